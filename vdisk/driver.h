@@ -1,0 +1,116 @@
+/* libvdisk — the driver interface (internal).
+ *
+ * A driver is one format (raw, vhd, vdz) or one composition (raid).  It
+ * fills a const struct vd_driver with designated initialisers and adds
+ * one line to the registry in vdisk/registry.c.  The struct is
+ * append-only: new ops go at the end, and NULL means "not supported".
+ *
+ * What drivers may assume (the dispatcher in vdisk/dev.c checks it):
+ *  - every request lies inside [0, dev->size), len > 0, and
+ *    off/len are multiples of dev->logical_block for write-type requests
+ *    when dev->strict_align is set (reads are always accepted unaligned);
+ *  - write-type requests never reach a read-only device;
+ *  - flags only hold bits the public API defines.
+ * Drivers must be thread-safe for concurrent requests.
+ */
+#ifndef VDISK_DRIVER_H
+#define VDISK_DRIVER_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk.h"
+#include "io.h"
+
+struct vd_driver;
+
+struct vd_dev {
+  const struct vd_driver *drv;
+  char *path;                 /* as given to vd_open */
+  struct vd_file *file;       /* the image file opened by the core, or NULL
+                                 if the driver opens its own files; the
+                                 core closes it after drv->close */
+  unsigned open_flags;        /* VD_OPEN_* */
+  bool read_only;
+  bool strict_align;          /* writes must be logical_block aligned */
+  uint64_t size;              /* virtual size in bytes; set by open */
+  uint32_t logical_block;     /* default 512 */
+  uint32_t preferred_io;      /* default 4096 */
+  void *priv;                 /* drv->priv_size bytes, zeroed, owned by core */
+};
+
+/* Bytes available to probe: the first VD_PROBE_HEAD bytes of the file (or
+ * fewer if the file is shorter) and its last 512 bytes. */
+#define VD_PROBE_HEAD 4096
+
+struct vd_probe_data {
+  const uint8_t *head;
+  size_t head_len;
+  const uint8_t *tail;        /* last 512 bytes, or NULL if shorter */
+  uint64_t file_size;
+  const char *path;
+};
+
+struct vd_driver {
+  const char *name;           /* canonical name, as qemu-img calls it */
+  const char *const *aliases; /* NULL-terminated, or NULL */
+  size_t priv_size;
+
+  /* Score 0..100 for how sure the driver is that these bytes are its
+   * format (raw answers 1). */
+  int (*probe)(const struct vd_probe_data *pd);
+
+  /* dev->file is open (read-only unless VD_OPEN_RDWR).  Set dev->size and
+   * optionally logical_block / preferred_io / strict_align. */
+  int (*open)(struct vd_dev *dev);
+  void (*close)(struct vd_dev *dev);
+  int (*create)(const char *path, const struct vd_create_args *args);
+
+  int (*pread)(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
+  int (*pwrite)(struct vd_dev *dev, const void *buf, size_t len,
+                uint64_t off, unsigned flags);
+  int (*flush)(struct vd_dev *dev);
+  int (*discard)(struct vd_dev *dev, uint64_t off, uint64_t len,
+                 unsigned flags);
+  int (*write_zeroes)(struct vd_dev *dev, uint64_t off, uint64_t len,
+                      unsigned flags);
+  int (*block_status)(struct vd_dev *dev, uint64_t off, uint64_t len,
+                      struct vd_extent *ext);
+  /* Fill format-specific parts; the core fills format, size, blocks,
+   * read_only and actual_size (from dev->file) first. */
+  void (*info)(struct vd_dev *dev, struct vd_info *info);
+
+  /* The driver opens its own files (RAID descriptor, ...): the core does
+   * not open dev->file.  Probing still reads the file at the path. */
+  bool opens_own_files;
+  /* Writes from several connections are coherent (see vd_can_multi_conn). */
+  bool multi_conn;
+};
+
+/* ---- helpers for drivers (vdisk/error.c, vdisk/options.c) ---- */
+
+/* Set the thread's error message and return -ERRNUM (ERRNUM > 0). */
+int vd_set_error(int errnum, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+/* Same with a va_list. */
+int vd_set_verror(int errnum, const char *fmt, va_list ap);
+/* Prefix the current message: "PREFIX: old message".  Returns -ERRNUM. */
+int vd_prefix_error(int errnum, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+void vd_clear_error(void);
+
+/* Look up KEY in a "k=v,k2=v2" option string.  Returns 1 and copies the
+ * value into VAL if found, 0 if absent, -EINVAL if the value is too long. */
+int vd_opt_get(const char *options, const char *key, char *val, size_t vallen);
+/* Fail with a message if OPTIONS holds a key not in KNOWN (NULL-ended). */
+int vd_opt_check(const char *options, const char *const *known,
+                 const char *what);
+
+/* Registry lookups (vdisk/registry.c). */
+const struct vd_driver *vd_find_driver(const char *name);
+/* Probe PATH; returns the best driver or NULL with an error set. */
+const struct vd_driver *vd_probe_path(const char *path, int *err);
+
+#endif /* VDISK_DRIVER_H */

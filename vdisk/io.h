@@ -1,0 +1,95 @@
+/* libvdisk — the I/O layer (internal): the only code that touches file
+ * descriptors of images.  Regular files and block devices.
+ *
+ * All functions return 0 (or a non-negative value) on success and a
+ * negative errno with vd_error() set on failure.  Transfers are always
+ * complete: short reads/writes and EINTR are retried.  Reads past the end
+ * of a regular file return zeros.
+ *
+ * Direct mode (VD_FILE_DIRECT): the descriptor has O_DIRECT; requests whose
+ * buffer, offset and length are aligned to vd_file_align() go straight to
+ * the kernel (large ones split and submitted together through libaio);
+ * unaligned ones go through an aligned bounce buffer (read-modify-write for
+ * writes, serialised per aligned block).
+ *
+ * Locking (as qemu does it): a writable open takes an exclusive lock and a
+ * read-only open a shared one (Linux open file description locks on a
+ * byte beyond any data), so two writers, or a writer and a reader, never
+ * have the same image open.  VD_FILE_NOLOCK skips it.
+ */
+#ifndef VDISK_IO_H
+#define VDISK_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define VD_FILE_RDWR    0x01u
+#define VD_FILE_DIRECT  0x02u
+#define VD_FILE_NOLOCK  0x04u
+#define VD_FILE_CREATE  0x08u  /* create if missing (O_CREAT) */
+#define VD_FILE_TRUNC   0x10u  /* truncate to 0 (O_TRUNC) */
+#define VD_FILE_EXCL    0x20u  /* fail if it exists (O_EXCL) */
+
+struct vd_file;
+
+int vd_file_open(const char *path, unsigned flags, struct vd_file **out);
+/* Close (no implicit flush).  Accepts NULL. */
+void vd_file_close(struct vd_file *f);
+
+int vd_file_pread(struct vd_file *f, void *buf, size_t len, uint64_t off);
+int vd_file_pwrite(struct vd_file *f, const void *buf, size_t len,
+                   uint64_t off);
+
+/* One request of a batch. */
+struct vd_file_req {
+  void *buf;
+  size_t len;
+  uint64_t off;
+  bool write;
+};
+/* Run N requests, concurrently where the file allows (libaio in direct
+ * mode); returns 0 when all succeeded, else the first error. */
+int vd_file_batch(struct vd_file *f, struct vd_file_req *reqs, int n);
+
+/* fdatasync. */
+int vd_file_flush(struct vd_file *f);
+/* Current size in bytes (block devices: their capacity). */
+int vd_file_size(struct vd_file *f, uint64_t *size);
+/* Set the size of a regular file (-ENOTSUP on block devices). */
+int vd_file_truncate(struct vd_file *f, uint64_t size);
+/* Deallocate: the range reads as zeros afterwards.  -ENOTSUP if the file
+ * system cannot. */
+int vd_file_punch(struct vd_file *f, uint64_t off, uint64_t len);
+/* Make the range read as zeros.  With KEEP_ALLOCATED the blocks stay
+ * allocated.  Tries FALLOC_FL_ZERO_RANGE / BLKZEROOUT; falls back to writing
+ * zeros unless NO_FALLBACK, in which case it returns -ENOTSUP. */
+int vd_file_zero(struct vd_file *f, uint64_t off, uint64_t len,
+                 bool keep_allocated, bool no_fallback);
+/* Preallocate (fallocate mode 0). */
+int vd_file_allocate(struct vd_file *f, uint64_t off, uint64_t len);
+
+/* Allocation map via SEEK_DATA/SEEK_HOLE: on return *IS_DATA tells whether
+ * OFF is in data, and *LEN the length of that run (clipped to MAXLEN).
+ * Files without hole support report everything as data. */
+int vd_file_extent(struct vd_file *f, uint64_t off, uint64_t maxlen,
+                   bool *is_data, uint64_t *len);
+
+/* Bytes allocated on the host (st_blocks * 512). */
+int vd_file_allocated(struct vd_file *f, uint64_t *bytes);
+
+const char *vd_file_path(const struct vd_file *f);
+bool vd_file_is_blockdev(const struct vd_file *f);
+bool vd_file_is_direct(const struct vd_file *f);
+bool vd_file_writable(const struct vd_file *f);
+/* Alignment needed for direct I/O (1 when not in direct mode). */
+uint32_t vd_file_align(const struct vd_file *f);
+/* Raw descriptor, for zero-copy frontends (splice/sendfile) only. */
+int vd_file_fd(const struct vd_file *f);
+
+/* Aligned buffer helpers (4096-aligned, zeroed on alloc). */
+void *vd_alloc_aligned(size_t len);
+void vd_free_aligned(void *p);
+
+#endif /* VDISK_IO_H */

@@ -1,0 +1,155 @@
+/* libvdisk — public engine API.
+ *
+ * Every virtual disk (raw file, VHD image, RAID array, compressed image)
+ * is a struct vd_dev opened by path with format probing.  All functions
+ * return 0 (or a non-negative count) on success and a negative errno on
+ * failure; a one-line human message naming the object is then available
+ * from vd_error() in the calling thread.
+ *
+ * Thread safety: every operation on an open device may be called from
+ * many threads at once.  vd_open/vd_close of one device are not
+ * concurrent with its other operations.
+ */
+#ifndef VDISK_VDISK_H
+#define VDISK_VDISK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct vd_dev;
+
+/* vd_open flags. */
+#define VD_OPEN_RDWR     0x01u  /* open for writing (default: read-only) */
+#define VD_OPEN_DIRECT   0x02u  /* O_DIRECT + libaio (qemu's cache=none) */
+#define VD_OPEN_NOLOCK   0x04u  /* take no image lock (qemu's -U / force-share) */
+#define VD_OPEN_NOPARENT 0x08u  /* do not open backing files (info on a lone child) */
+
+/* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */
+#define VD_REQ_FUA       0x01u  /* durable before returning */
+#define VD_REQ_NO_HOLE   0x02u  /* write_zeroes: allocate, do not punch */
+#define VD_REQ_FAST_ZERO 0x04u  /* write_zeroes: fail with -ENOTSUP unless fast */
+
+/* Extent flags from vd_block_status (same meaning as NBD base:allocation). */
+#define VD_EXT_HOLE      0x01u  /* not allocated at this layer or below */
+#define VD_EXT_ZERO      0x02u  /* reads as zeros */
+
+struct vd_extent {
+  uint64_t offset;      /* start (always the offset asked for) */
+  uint64_t length;      /* > 0, never past the requested range */
+  uint32_t flags;       /* VD_EXT_* */
+  int depth;            /* chain layer holding the data: 0 = this image,
+                           1 = its parent, ...; for holes the depth where
+                           the lookup ended */
+  int64_t host_offset;  /* byte offset in the host file of the layer at
+                           'depth', or -1 when not a plain mapping */
+};
+
+#define VD_INFO_MAX_FIELDS 32
+
+/* One format-specific property for `vdtool info`. */
+struct vd_info_field {
+  char key[48];
+  enum { VD_FIELD_STR, VD_FIELD_U64, VD_FIELD_BOOL } type;
+  char str[512];
+  uint64_t u64;
+};
+
+struct vd_info {
+  const char *format;         /* driver name, e.g. "raw", "vpc" */
+  uint64_t size;              /* virtual size in bytes */
+  uint32_t logical_block;     /* smallest addressable unit, bytes */
+  uint32_t preferred_io;      /* preferred request size, bytes */
+  uint64_t actual_size;       /* bytes allocated on the host (0 if unknown) */
+  bool read_only;
+  bool dirty;
+  char backing[4096];         /* backing/parent path, "" if none */
+  char backing_format[16];
+  unsigned nfields;
+  struct vd_info_field fields[VD_INFO_MAX_FIELDS];
+};
+
+/* Arguments for vd_create. */
+struct vd_create_args {
+  uint64_t size;              /* virtual size (0: take the backing file's) */
+  const char *options;        /* "key=value,key=value" (qemu-img -o), or NULL */
+  const char *backing;        /* parent image path, or NULL */
+  const char *backing_format; /* parent format, or NULL to probe */
+};
+
+/* Open the image at PATH.  FORMAT is a driver name or alias ("raw",
+ * "vhd", "vpc", ...) or NULL to probe by magic bytes.  On success stores
+ * the device in *OUT and returns 0. */
+int vd_open(const char *path, const char *format, unsigned flags,
+            struct vd_dev **out);
+
+/* Flush (if writable) and free the device.  Returns the flush result.
+ * Accepts NULL. */
+int vd_close(struct vd_dev *dev);
+
+/* Create a new image.  Fails with -EEXIST semantics left to the caller:
+ * an existing file is overwritten, as qemu-img create does. */
+int vd_create(const char *path, const char *format,
+              const struct vd_create_args *args);
+
+/* Read LEN bytes at OFF.  The whole range must lie inside the device.
+ * Returns 0 or -errno; never a short read. */
+int vd_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
+
+/* Write LEN bytes at OFF; FLAGS may hold VD_REQ_FUA. */
+int vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
+              unsigned flags);
+
+/* Make everything acknowledged so far durable. */
+int vd_flush(struct vd_dev *dev);
+
+/* Advisory: the range need not keep its data; it may read back as
+ * anything until written.  Drivers that free space make it read zeros. */
+int vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags);
+
+/* Make the range read as zeros.  VD_REQ_NO_HOLE keeps it allocated;
+ * VD_REQ_FAST_ZERO fails with -ENOTSUP rather than write zeros slowly. */
+int vd_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                    unsigned flags);
+
+/* Describe the extent starting at OFF, at most LEN bytes long. */
+int vd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
+                    struct vd_extent *ext);
+
+/* Fill *INFO. */
+int vd_get_info(struct vd_dev *dev, struct vd_info *info);
+
+/* Quick accessors. */
+uint64_t vd_size(const struct vd_dev *dev);
+uint32_t vd_logical_block(const struct vd_dev *dev);
+uint32_t vd_preferred_io(const struct vd_dev *dev);
+bool vd_is_read_only(const struct vd_dev *dev);
+const char *vd_path(const struct vd_dev *dev);
+const char *vd_format(const struct vd_dev *dev);
+/* True if writes, flushes and write_zeroes from several connections are
+ * coherent (a flush on one covers writes completed on all). */
+bool vd_can_multi_conn(const struct vd_dev *dev);
+
+/* The calling thread's last error message ("" if none). */
+const char *vd_error(void);
+
+/* Parse a size such as "512", "64K", "1.5G", "2T" (binary multiples,
+ * case-insensitive, optional trailing "B" or "iB").  Returns 0 or -EINVAL
+ * (message set). */
+int vd_parse_size(const char *s, uint64_t *out);
+
+/* Format a size for humans ("1 GiB", "1.5 MiB") into BUF. */
+const char *vd_format_size(uint64_t bytes, char *buf, size_t buflen);
+
+/* Names of the registered formats, NULL-terminated. */
+const char *const *vd_format_names(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VDISK_VDISK_H */
