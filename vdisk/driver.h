@@ -87,6 +87,14 @@ struct vd_driver {
   bool opens_own_files;
   /* Writes from several connections are coherent (see vd_can_multi_conn). */
   bool multi_conn;
+
+  /* See vd_import / vd_check in vdisk.h (NULL: unsupported). */
+  int (*import)(const char *path, struct vd_dev *src,
+                const struct vd_create_args *args, vd_progress_fn progress,
+                void *opaque);
+  int (*check)(const char *path, unsigned fix, struct vd_check_report *r);
+
+  /* New ops go here, at the end. */
 };
 
 /* ---- helpers for drivers (vdisk/error.c, vdisk/options.c) ---- */

@@ -120,6 +120,37 @@ int vd_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int vd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
                     struct vd_extent *ext);
 
+/* Progress callback for long operations: DONE of TOTAL units. */
+typedef void (*vd_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/* Create PATH in FORMAT holding the whole contents of SRC, for formats
+ * written once (vdz).  Returns -ENOTSUP if FORMAT has no such path; then
+ * the caller uses vd_create + vd_pwrite. */
+int vd_import(const char *path, const char *format, struct vd_dev *src,
+              const struct vd_create_args *args, vd_progress_fn progress,
+              void *opaque);
+
+/* Result of vd_check, with qemu-img check's counters. */
+struct vd_check_report {
+  uint64_t corruptions, leaks, check_errors;
+  uint64_t corruptions_fixed, leaks_fixed;
+  uint64_t total_clusters, allocated_clusters, fragmented_clusters,
+           compressed_clusters;
+  uint64_t image_end_offset;
+  /* Called once per problem found with a one-line message (may be NULL). */
+  void (*message)(void *opaque, const char *msg);
+  void *opaque;
+};
+#define VD_CHECK_FIX_LEAKS 0x1u
+#define VD_CHECK_FIX_ERRORS 0x2u
+#define VD_CHECK_FIX_ALL (VD_CHECK_FIX_LEAKS | VD_CHECK_FIX_ERRORS)
+
+/* Check (and with FIX, repair) the image at PATH.  Works on images too
+ * damaged to open.  Returns 0 when the check ran (look at *R), -ENOTSUP
+ * if the format has no checker, or another -errno if it could not run. */
+int vd_check(const char *path, const char *format, unsigned fix,
+             struct vd_check_report *r);
+
 /* Fill *INFO. */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
 
