@@ -1,0 +1,87 @@
+# Shared helpers for the shell integration tests.  Source it first:
+#   . "$top_srcdir/tests/functions.sh"
+# Exit codes follow automake: 0 pass, 77 skip, anything else fail.
+set -eu
+
+: "${top_srcdir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+: "${top_builddir:=$top_srcdir}"
+export LC_ALL=C
+
+# Our programs, optionally under valgrind (make check-valgrind).
+_vd_run() {
+  local prog=$1; shift
+  if [ -n "${VD_VALGRIND:-}" ]; then
+    "$top_builddir/libtool" --mode=execute $VD_VALGRIND "$prog" "$@"
+  else
+    "$prog" "$@"
+  fi
+}
+vdtool()     { _vd_run "$top_builddir/tools/vdtool" "$@"; }
+vdisk_nbd()  { _vd_run "$top_builddir/nbd-server/vdisk-nbd" "$@"; }
+vdisk_fuse() { _vd_run "$top_builddir/fuse-frontend/vdisk-fuse" "$@"; }
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*" >&2; exit 77; }
+
+# requires CMD...: skip the test (exit 77) when a peer is missing.
+requires() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || skip "$c is not installed"
+  done
+}
+
+# A private scratch directory, removed at exit together with anything
+# registered with on_exit.
+VD_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vdtest.XXXXXX")
+_vd_exit_cmds=()
+on_exit() { _vd_exit_cmds+=("$*"); }
+_vd_cleanup() {
+  local rc=$? i
+  for ((i=${#_vd_exit_cmds[@]}-1; i>=0; i--)); do
+    eval "${_vd_exit_cmds[i]}" >/dev/null 2>&1 || true
+  done
+  rm -rf "$VD_TMP"
+  exit $rc
+}
+trap _vd_cleanup EXIT
+trap 'exit 130' INT TERM
+
+# expect_error REGEX CMD...: CMD must exit non-zero (not by a signal, not
+# 77) and print exactly one line on stderr matching REGEX.
+expect_error() {
+  local re=$1; shift
+  local rc=0 out="$VD_TMP/.stderr"
+  "$@" >/dev/null 2>"$out" || rc=$?
+  [ "$rc" -ne 0 ] || fail "'$*' succeeded, expected an error matching /$re/"
+  [ "$rc" -lt 128 ] || fail "'$*' died with signal $((rc-128)): $(cat "$out")"
+  local n
+  n=$(grep -vc '^==' "$out" || true)
+  [ "$n" -eq 1 ] || fail "'$*' printed $n lines on stderr, expected one: $(cat "$out")"
+  grep -Eq -- "$re" "$out" || fail "'$*' said '$(cat "$out")', expected /$re/"
+}
+
+# Deterministic pattern data: pattern_file FILE SIZE SEED writes SIZE bytes.
+pattern_bytes() {
+  local n=$1 seed=$2
+  /usr/bin/python3 -c 'import sys,random
+r=random.Random(int(sys.argv[2])); n=int(sys.argv[1])
+sys.stdout.buffer.write(r.randbytes(n))' "$n" "$seed"
+}
+
+# Wait until a TCP port on 127.0.0.1 or a Unix socket accepts, at most ~10 s.
+wait_for_socket() {
+  local what=$1 i
+  for i in $(seq 100); do
+    if [ -S "$what" ] || { [[ "$what" =~ ^[0-9]+$ ]] && (exec 3<>"/dev/tcp/127.0.0.1/$what") 2>/dev/null; }; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "nothing listening on $what after 10 s"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
