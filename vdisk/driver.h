@@ -16,6 +16,7 @@
 #ifndef VDISK_DRIVER_H
 #define VDISK_DRIVER_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,6 +40,8 @@ struct vd_dev {
   uint32_t logical_block;     /* default 512 */
   uint32_t preferred_io;      /* default 4096 */
   void *priv;                 /* drv->priv_size bytes, zeroed, owned by core */
+  /* Core only: serialises read-modify-write of partial logical blocks. */
+  pthread_mutex_t rmw_lock[16];
 };
 
 /* Bytes available to probe: the first VD_PROBE_HEAD bytes of the file (or

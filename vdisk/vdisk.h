@@ -67,7 +67,8 @@ struct vd_info {
   uint64_t actual_size;       /* bytes allocated on the host (0 if unknown) */
   bool read_only;
   bool dirty;
-  char backing[4096];         /* backing/parent path, "" if none */
+  char backing[4096];         /* path that opens the parent (resolved
+                                 against the child's folder), "" if none */
   char backing_format[16];
   unsigned nfields;
   struct vd_info_field fields[VD_INFO_MAX_FIELDS];

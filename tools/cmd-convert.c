@@ -1,0 +1,260 @@
+/* vdtool convert — as qemu-img convert: copy an image into a new one,
+ * skipping holes (block status) and zero runs (-S), with -p progress.
+ *
+ * Several worker threads (-m, default 4) claim chunks in order, so the
+ * output is written mostly sequentially and dynamic formats allocate
+ * blocks in ascending order. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdtool.h"
+
+const char vt_summary_convert[] = "copy an image to a new image, any format";
+const char vt_usage_convert[] =
+  "Usage: vdtool convert [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SIZE]\n"
+  "                      [-m N] [-n] [-p] [-q] [-U] FILENAME OUTPUT\n"
+  "\n"
+  "Copy the virtual disk FILENAME into OUTPUT.  Unallocated ranges of the\n"
+  "source are skipped and runs of at least SIZE zero bytes are not written,\n"
+  "so the output stays sparse.\n"
+  "\n"
+  "  -f FMT         source format (default: probe)\n"
+  "  -O OUTPUT_FMT  output format (default raw)\n"
+  "  -o OPTIONS     output format options (see 'vdtool create --help')\n"
+  "  -S SIZE        sparse detection granularity (default 4K; 0 = write\n"
+  "                 everything, fully allocating the output)\n"
+  "  -m N           worker threads (1..16, default 4)\n"
+  "  -n             do not create OUTPUT: it must exist and be large enough\n"
+  "  -p             show progress\n"
+  "  -q             quiet\n"
+  "  -U             open the source without taking the image lock\n";
+
+#define CONV_CHUNK (2u << 20)
+
+struct conv {
+  struct vd_dev *src, *dst;
+  uint64_t size;
+  uint64_t sparse;        /* 0: no sparse detection */
+  bool fresh;             /* output created by us: reads as zeros */
+  _Atomic uint64_t next;  /* next chunk offset to claim */
+  _Atomic uint64_t done;
+  _Atomic int err;
+  pthread_mutex_t lock;   /* guards the progress bar */
+  struct vt_progress prog;
+  char errmsg[1024];
+};
+
+static void
+conv_fail(struct conv *cv, int r)
+{
+  int expected = 0;
+  if (atomic_compare_exchange_strong(&cv->err, &expected, r))
+    snprintf(cv->errmsg, sizeof cv->errmsg, "%s",
+             *vd_error() ? vd_error() : strerror(-r));
+}
+
+/* Write BUF (LEN bytes at OFF), leaving out zero runs of cv->sparse. */
+static int
+conv_write(struct conv *cv, const uint8_t *buf, size_t len, uint64_t off)
+{
+  if (!cv->sparse)
+    return vd_pwrite(cv->dst, buf, len, off, 0);
+  size_t pos = 0;
+  while (pos < len) {
+    size_t n = len - pos < cv->sparse ? len - pos : (size_t)cv->sparse;
+    bool zero = vt_is_zero(buf + pos, n);
+    size_t run = n;
+    while (pos + run < len) {   /* extend the run of the same kind */
+      size_t m = len - pos - run < cv->sparse ? len - pos - run
+                                               : (size_t)cv->sparse;
+      if (vt_is_zero(buf + pos + run, m) != zero)
+        break;
+      run += m;
+    }
+    int r;
+    if (!zero)
+      r = vd_pwrite(cv->dst, buf + pos, run, off + pos, 0);
+    else if (!cv->fresh)
+      r = vd_write_zeroes(cv->dst, off + pos, run, 0);
+    else
+      r = 0;
+    if (r < 0)
+      return r;
+    pos += run;
+  }
+  return 0;
+}
+
+static int
+conv_chunk(struct conv *cv, uint8_t *buf, uint64_t off, uint64_t len)
+{
+  uint64_t end = off + len;
+  while (off < end) {
+    struct vd_extent e;
+    int r = vd_block_status(cv->src, off, end - off, &e);
+    if (r < 0)
+      return r;
+    if (e.flags & VD_EXT_ZERO) {
+      if (!cv->fresh || !cv->sparse)
+        r = cv->sparse ? vd_write_zeroes(cv->dst, off, e.length, 0)
+                       : vd_write_zeroes(cv->dst, off, e.length,
+                                         VD_REQ_NO_HOLE);
+    } else {
+      r = vd_pread(cv->src, buf, (size_t)e.length, off);
+      if (r == 0)
+        r = conv_write(cv, buf, (size_t)e.length, off);
+    }
+    if (r < 0)
+      return r;
+    off += e.length;
+  }
+  return 0;
+}
+
+static void *
+conv_worker(void *opaque)
+{
+  struct conv *cv = opaque;
+  uint8_t *buf = malloc(CONV_CHUNK);
+  if (!buf) {
+    conv_fail(cv, -ENOMEM);
+    return NULL;
+  }
+  while (!atomic_load(&cv->err)) {
+    uint64_t off = atomic_fetch_add(&cv->next, CONV_CHUNK);
+    if (off >= cv->size)
+      break;
+    uint64_t len = cv->size - off < CONV_CHUNK ? cv->size - off : CONV_CHUNK;
+    int r = conv_chunk(cv, buf, off, len);
+    if (r < 0) {
+      conv_fail(cv, r);
+      break;
+    }
+    uint64_t d = atomic_fetch_add(&cv->done, len) + len;
+    pthread_mutex_lock(&cv->lock);
+    vt_progress_update(&cv->prog, d, cv->size);
+    pthread_mutex_unlock(&cv->lock);
+  }
+  free(buf);
+  return NULL;
+}
+
+int
+vt_cmd_convert(int argc, char **argv)
+{
+  const char *fmt = NULL, *ofmt = "raw", *opts = NULL;
+  uint64_t sparse = 4096, threads = 4;
+  bool no_create = false, progress = false, quiet = false;
+  unsigned sflags = 0;
+  int c;
+
+  optind = 1;
+  while ((c = getopt(argc, argv, "+f:O:o:S:m:npqU")) != -1) {
+    switch (c) {
+    case 'f': fmt = optarg; break;
+    case 'O': ofmt = optarg; break;
+    case 'o': opts = optarg; break;
+    case 'S':
+      if (vd_parse_size(optarg, &sparse) < 0) {
+        vt_error("-S: %s", vd_error());
+        return VT_EXIT_ERR;
+      }
+      if (sparse % 512 && sparse != 0)
+        return vt_bad_usage("convert", "-S must be a multiple of 512");
+      break;
+    case 'm': {
+      char *end;
+      threads = strtoull(optarg, &end, 10);
+      if (*end || threads < 1 || threads > 16)
+        return vt_bad_usage("convert", "-m must be between 1 and 16");
+      break;
+    }
+    case 'n': no_create = true; break;
+    case 'p': progress = true; break;
+    case 'q': quiet = true; break;
+    case 'U': sflags |= VD_OPEN_NOLOCK; break;
+    default: return vt_bad_usage("convert", "invalid option");
+    }
+  }
+  if (argc - optind != 2)
+    return vt_bad_usage("convert", "expected FILENAME and OUTPUT");
+  const char *in = argv[optind], *out = argv[optind + 1];
+
+  struct conv cv = { .sparse = sparse, .fresh = !no_create };
+  cv.prog.enabled = progress && !quiet;
+  cv.prog.last = -1;
+  pthread_mutex_init(&cv.lock, NULL);
+  int rc = VT_EXIT_ERR, r;
+
+  if (vt_open(in, fmt, sflags, &cv.src) < 0)
+    return VT_EXIT_ERR;
+  cv.size = vd_size(cv.src);
+  struct vd_create_args args = { .size = cv.size, .options = opts };
+
+  if (!no_create) {
+    r = vd_import(out, ofmt, cv.src, &args, progress ? vt_progress_cb : NULL,
+                  &cv.prog);
+    if (r == 0) {
+      vt_progress_end(&cv.prog);
+      rc = VT_EXIT_OK;
+      goto out;
+    }
+    if (r != -ENOTSUP) {
+      vt_engine_error(r);
+      goto out;
+    }
+    r = vd_create(out, ofmt, &args);
+    if (r < 0) {
+      vt_engine_error(r);
+      goto out;
+    }
+  }
+  if (vt_open(out, no_create ? NULL : ofmt, VD_OPEN_RDWR, &cv.dst) < 0)
+    goto out;
+  if (vd_size(cv.dst) < cv.size) {
+    vt_error("%s: output is smaller (%" PRIu64 " bytes) than the source (%"
+             PRIu64 " bytes)", out, vd_size(cv.dst), cv.size);
+    goto out;
+  }
+  if (vd_logical_block(cv.dst) > 512 && cv.sparse % vd_logical_block(cv.dst))
+    cv.sparse = vd_logical_block(cv.dst);
+
+  vt_progress_update(&cv.prog, 0, cv.size);
+  pthread_t tids[16];
+  unsigned started = 0;
+  for (unsigned i = 0; i < threads; i++) {
+    if (pthread_create(&tids[i], NULL, conv_worker, &cv) != 0)
+      break;
+    started++;
+  }
+  if (!started)
+    conv_worker(&cv);
+  for (unsigned i = 0; i < started; i++)
+    pthread_join(tids[i], NULL);
+  if (atomic_load(&cv.err)) {
+    vt_error("%s", cv.errmsg);
+    goto out;
+  }
+  r = vd_flush(cv.dst);
+  if (r < 0) {
+    vt_engine_error(r);
+    goto out;
+  }
+  vt_progress_end(&cv.prog);
+  rc = VT_EXIT_OK;
+out:
+  if (cv.dst && vd_close(cv.dst) < 0 && rc == VT_EXIT_OK) {
+    vt_engine_error(-EIO);
+    rc = VT_EXIT_ERR;
+  }
+  vd_close(cv.src);
+  pthread_mutex_destroy(&cv.lock);
+  return rc;
+}

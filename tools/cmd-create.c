@@ -1,0 +1,90 @@
+/* vdtool create — as qemu-img create. */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdtool.h"
+
+const char vt_summary_create[] = "create a new image";
+const char vt_usage_create[] =
+  "Usage: vdtool create [-f FMT] [-o OPTIONS] [-b BACKING [-F BACKING_FMT]]\n"
+  "                     [-u] [-q] FILENAME [SIZE]\n"
+  "\n"
+  "Create FILENAME of SIZE bytes (K, M, G, T suffixes) in format FMT\n"
+  "(default raw).  An existing file is overwritten, unless another process\n"
+  "has it open.  With -b, create a differencing image on top of BACKING;\n"
+  "SIZE then defaults to the backing image's size.\n"
+  "\n"
+  "  -f FMT          output format (raw, vhd/vpc, ...)\n"
+  "  -o OPTIONS      format options key=value,...\n"
+  "                  raw: preallocation=off|falloc|full\n"
+  "                  vhd: subformat=dynamic|fixed, block_size=SIZE\n"
+  "  -b BACKING      backing (parent) image\n"
+  "  -F BACKING_FMT  backing image format (default: probe)\n"
+  "  -u              do not open the backing image (size must be given)\n"
+  "  -q              quiet\n";
+
+int
+vt_cmd_create(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 }
+  };
+  const char *fmt = "raw", *opts = NULL, *backing = NULL, *bfmt = NULL;
+  bool unsafe = false, quiet = false;
+  int c;
+
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+f:o:b:F:uq", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'f': fmt = optarg; break;
+    case 'o': opts = optarg; break;
+    case 'b': backing = optarg; break;
+    case 'F': bfmt = optarg; break;
+    case 'u': unsafe = true; break;
+    case 'q': quiet = true; break;
+    default: return vt_bad_usage("create", "invalid option");
+    }
+  }
+  if (optind >= argc)
+    return vt_bad_usage("create", "missing FILENAME");
+  if (argc - optind > 2)
+    return vt_bad_usage("create", "too many arguments");
+  const char *path = argv[optind];
+  struct vd_create_args args = { .options = opts, .backing = backing,
+                                 .backing_format = bfmt };
+  if (optind + 1 < argc) {
+    if (vd_parse_size(argv[optind + 1], &args.size) < 0) {
+      vt_error("%s", vd_error());
+      return VT_EXIT_ERR;
+    }
+  } else if (!backing) {
+    return vt_bad_usage("create", "missing SIZE");
+  } else if (unsafe) {
+    return vt_bad_usage("create", "-u needs an explicit SIZE");
+  } else {
+    struct vd_dev *b;
+    if (vt_open(backing, bfmt, VD_OPEN_NOLOCK, &b) < 0)
+      return VT_EXIT_ERR;
+    args.size = vd_size(b);
+    vd_close(b);
+  }
+  int r = vd_create(path, fmt, &args);
+  if (r < 0) {
+    vt_engine_error(r);
+    return VT_EXIT_ERR;
+  }
+  if (!quiet) {
+    printf("Formatting '%s', fmt=%s size=%" PRIu64, path, fmt, args.size);
+    if (backing)
+      printf(" backing_file=%s", backing);
+    if (opts)
+      printf(" %s", opts);
+    printf("\n");
+  }
+  return VT_EXIT_OK;
+}

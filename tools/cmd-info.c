@@ -1,0 +1,165 @@
+/* vdtool info — as qemu-img info, with the same JSON keys. */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdtool.h"
+
+const char vt_summary_info[] = "show an image's format, size and properties";
+const char vt_usage_info[] =
+  "Usage: vdtool info [-f FMT] [--output=human|json] [--backing-chain] [-U]\n"
+  "                   FILENAME\n"
+  "\n"
+  "  -f FMT            image format (default: probe)\n"
+  "  --output=FMT      human (default) or json (qemu-img's keys)\n"
+  "  --backing-chain   also show every backing image down the chain\n"
+  "  -U, --force-share open without taking the image lock\n";
+
+static void
+info_human(const char *path, const struct vd_info *in)
+{
+  char a[64], b[64];
+  printf("image: %s\n", path);
+  printf("file format: %s\n", in->format);
+  printf("virtual size: %s (%" PRIu64 " bytes)\n",
+         vd_format_size(in->size, a, sizeof a), in->size);
+  printf("disk size: %s\n", vd_format_size(in->actual_size, b, sizeof b));
+  if (in->backing[0]) {
+    printf("backing file: %s\n", in->backing);
+    if (in->backing_format[0])
+      printf("backing file format: %s\n", in->backing_format);
+  }
+  if (in->nfields) {
+    printf("Format specific information:\n");
+    for (unsigned i = 0; i < in->nfields; i++) {
+      const struct vd_info_field *f = &in->fields[i];
+      printf("    %s: ", f->key);
+      switch (f->type) {
+      case VD_FIELD_STR: printf("%s\n", f->str); break;
+      case VD_FIELD_U64: printf("%" PRIu64 "\n", f->u64); break;
+      case VD_FIELD_BOOL: printf("%s\n", f->u64 ? "true" : "false"); break;
+      }
+    }
+  }
+}
+
+static void
+info_json(const char *path, const struct vd_info *in, const char *indent)
+{
+  printf("%s{\n", indent);
+  printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, in->size);
+  printf("%s    \"filename\": ", indent);
+  vt_json_string(stdout, path);
+  printf(",\n%s    \"format\": ", indent);
+  vt_json_string(stdout, in->format);
+  printf(",\n%s    \"actual-size\": %" PRIu64 ",\n", indent, in->actual_size);
+  if (in->backing[0]) {
+    printf("%s    \"backing-filename\": ", indent);
+    vt_json_string(stdout, in->backing);
+    printf(",\n%s    \"full-backing-filename\": ", indent);
+    char *full = realpath(in->backing, NULL);
+    vt_json_string(stdout, full ? full : in->backing);
+    free(full);
+    printf(",\n");
+    if (in->backing_format[0]) {
+      printf("%s    \"backing-filename-format\": ", indent);
+      vt_json_string(stdout, in->backing_format);
+      printf(",\n");
+    }
+  }
+  if (in->nfields) {
+    printf("%s    \"format-specific\": {\n", indent);
+    printf("%s        \"type\": ", indent);
+    vt_json_string(stdout, in->format);
+    printf(",\n%s        \"data\": {\n", indent);
+    for (unsigned i = 0; i < in->nfields; i++) {
+      const struct vd_info_field *f = &in->fields[i];
+      printf("%s            ", indent);
+      vt_json_string(stdout, f->key);
+      printf(": ");
+      switch (f->type) {
+      case VD_FIELD_STR: vt_json_string(stdout, f->str); break;
+      case VD_FIELD_U64: printf("%" PRIu64, f->u64); break;
+      case VD_FIELD_BOOL: printf("%s", f->u64 ? "true" : "false"); break;
+      }
+      printf("%s\n", i + 1 < in->nfields ? "," : "");
+    }
+    printf("%s        }\n%s    },\n", indent, indent);
+  }
+  printf("%s    \"dirty-flag\": %s\n", indent, in->dirty ? "true" : "false");
+  printf("%s}", indent);
+}
+
+int
+vt_cmd_info(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "output", required_argument, NULL, 'O' },
+    { "backing-chain", no_argument, NULL, 'B' },
+    { "force-share", no_argument, NULL, 'U' },
+    { "format", required_argument, NULL, 'f' },
+    { NULL, 0, NULL, 0 }
+  };
+  const char *fmt = NULL;
+  bool json = false, chain = false;
+  unsigned flags = VD_OPEN_NOPARENT;
+  int c;
+
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+f:U", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'f': fmt = optarg; break;
+    case 'O':
+      if (vt_parse_output(optarg, &json) < 0)
+        return vt_bad_usage("info", "--output must be human or json, not '%s'",
+                            optarg);
+      break;
+    case 'B': chain = true; break;
+    case 'U': flags |= VD_OPEN_NOLOCK; break;
+    default: return vt_bad_usage("info", "invalid option");
+    }
+  }
+  if (argc - optind != 1)
+    return vt_bad_usage("info", "expected exactly one FILENAME");
+
+  char *path = strdup(argv[optind]);
+  int depth = 0, rc = VT_EXIT_OK;
+  if (json && chain)
+    printf("[\n");
+  while (path) {
+    struct vd_dev *dev;
+    struct vd_info in;
+    if (vt_open(path, depth ? NULL : fmt, flags, &dev) < 0) {
+      rc = VT_EXIT_ERR;
+      break;
+    }
+    vd_get_info(dev, &in);
+    vd_close(dev);
+    if (json) {
+      if (depth)
+        printf(",\n");
+      info_json(path, &in, chain ? "    " : "");
+    } else {
+      if (depth)
+        printf("\n");
+      info_human(path, &in);
+    }
+    free(path);
+    path = NULL;
+    if (chain && in.backing[0]) {
+      path = strdup(in.backing);
+      if (++depth > 1000) {
+        vt_error("%s: backing chain too deep (a loop?)", in.backing);
+        rc = VT_EXIT_ERR;
+        break;
+      }
+    }
+  }
+  free(path);
+  if (json)
+    printf(chain ? "\n]\n" : "\n");
+  return rc;
+}

@@ -1,0 +1,133 @@
+/* vdtool — helpers shared by the commands. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vdtool.h"
+
+void
+vt_error(const char *fmt, ...)
+{
+  va_list ap;
+  fputs("vdtool: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+void
+vt_engine_error(int r)
+{
+  const char *m = vd_error();
+  if (m && *m)
+    vt_error("%s", m);
+  else
+    vt_error("%s", strerror(r < 0 ? -r : r));
+}
+
+void
+vt_usage(const char *cmd, FILE *f)
+{
+  for (const struct vt_command *c = vt_commands; c->name; c++)
+    if (strcmp(c->name, cmd) == 0) {
+      fputs(c->usage, f);
+      return;
+    }
+}
+
+int
+vt_bad_usage(const char *cmd, const char *fmt, ...)
+{
+  va_list ap;
+  fprintf(stderr, "vdtool %s: ", cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, " (see 'vdtool %s --help')\n", cmd);
+  return VT_EXIT_ERR;
+}
+
+int
+vt_open(const char *path, const char *format, unsigned flags,
+        struct vd_dev **out)
+{
+  int r = vd_open(path, format, flags, out);
+  if (r < 0)
+    vt_engine_error(r);
+  return r;
+}
+
+int
+vt_parse_output(const char *arg, bool *json)
+{
+  if (strcmp(arg, "json") == 0)
+    *json = true;
+  else if (strcmp(arg, "human") == 0)
+    *json = false;
+  else
+    return -1;
+  return 0;
+}
+
+void
+vt_progress_update(struct vt_progress *p, uint64_t done, uint64_t total)
+{
+  if (!p || !p->enabled)
+    return;
+  double pct = total ? (double)done * 100.0 / (double)total : 100.0;
+  if (pct - p->last < 1.0 && pct < 100.0 && p->last >= 0)
+    return;
+  p->last = pct;
+  fprintf(stdout, "    (%.2f/100%%)\r", pct);
+  fflush(stdout);
+}
+
+void
+vt_progress_end(struct vt_progress *p)
+{
+  if (!p || !p->enabled)
+    return;
+  fprintf(stdout, "    (100.00/100%%)\n");
+  fflush(stdout);
+}
+
+void
+vt_progress_cb(void *opaque, uint64_t done, uint64_t total)
+{
+  vt_progress_update(opaque, done, total);
+}
+
+void
+vt_json_string(FILE *f, const char *s)
+{
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+bool
+vt_is_zero(const void *buf, size_t len)
+{
+  const unsigned char *p = buf;
+  if (len == 0)
+    return true;
+  /* First 16 bytes by hand, then compare the buffer with itself shifted. */
+  size_t head = len < 16 ? len : 16;
+  for (size_t i = 0; i < head; i++)
+    if (p[i])
+      return false;
+  return len <= 16 || memcmp(p, p + 16, len - 16) == 0;
+}

@@ -1,0 +1,94 @@
+/* vdtool — create, inspect, convert and compare virtual disks.
+ * Commands and options follow qemu-img where qemu-img has the command.
+ * One file per command (tools/cmd-*.c); one line each in the table. */
+#include <config.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "vdtool.h"
+
+#define VT_CMD(n) \
+  int vt_cmd_##n(int argc, char **argv); \
+  extern const char vt_usage_##n[]; \
+  extern const char vt_summary_##n[];
+VT_CMD(create)
+VT_CMD(info)
+VT_CMD(convert)
+VT_CMD(compare)
+VT_CMD(map)
+#undef VT_CMD
+
+#define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
+const struct vt_command vt_commands[] = {
+  VT_ENTRY(create),
+  VT_ENTRY(info),
+  VT_ENTRY(convert),
+  VT_ENTRY(compare),
+  VT_ENTRY(map),
+  { NULL, NULL, NULL, NULL }
+};
+
+static void
+vt_main_help(FILE *f)
+{
+  fprintf(f,
+          "Usage: vdtool COMMAND [OPTIONS] ...\n"
+          "       vdtool help [COMMAND]\n"
+          "       vdtool COMMAND --help\n"
+          "\n"
+          "vdisk's image tool: create, inspect, check, convert and compare\n"
+          "virtual disks (raw and the other formats below).\n"
+          "\nCommands:\n");
+  for (const struct vt_command *c = vt_commands; c->name; c++)
+    fprintf(f, "  %-10s %s\n", c->name, c->summary);
+  fprintf(f, "\nFormats:");
+  for (const char *const *n = vd_format_names(); *n; n++)
+    fprintf(f, " %s", *n);
+  fprintf(f,
+          "\n\nSizes take K, M, G, T, P and E suffixes (powers of 1024).\n"
+          "Exit status: 0 on success, 1 on error (compare and check document\n"
+          "their own codes).\n");
+}
+
+int
+main(int argc, char **argv)
+{
+  if (argc < 2) {
+    vt_main_help(stderr);
+    return VT_EXIT_ERR;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+      strcmp(cmd, "-h") == 0) {
+    if (argc > 2 && strcmp(cmd, "help") == 0) {
+      for (const struct vt_command *c = vt_commands; c->name; c++)
+        if (strcmp(c->name, argv[2]) == 0) {
+          fputs(c->usage, stdout);
+          return VT_EXIT_OK;
+        }
+      vt_error("unknown command '%s' (see 'vdtool help')", argv[2]);
+      return VT_EXIT_ERR;
+    }
+    vt_main_help(stdout);
+    return VT_EXIT_OK;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+    printf("vdtool (vdisk) %s\n", PACKAGE_VERSION);
+    return VT_EXIT_OK;
+  }
+  for (const struct vt_command *c = vt_commands; c->name; c++)
+    if (strcmp(c->name, cmd) == 0) {
+      for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+          break;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+          fputs(c->usage, stdout);
+          return VT_EXIT_OK;
+        }
+      }
+      return c->run(argc - 1, argv + 1);
+    }
+  vt_error("unknown command '%s' (see 'vdtool help')", cmd);
+  return VT_EXIT_ERR;
+}

@@ -1,0 +1,59 @@
+/* vdtool — shared declarations between the command files. */
+#ifndef VDTOOL_H
+#define VDTOOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "vdisk.h"
+
+/* Exit codes (qemu-img's): 0 success, 1 error; compare and check have
+ * their own, documented in their help. */
+#define VT_EXIT_OK 0
+#define VT_EXIT_ERR 1
+
+struct vt_command {
+  const char *name;
+  int (*run)(int argc, char **argv);   /* argv[0] is the command name */
+  const char *summary;                 /* one line for `vdtool help` */
+  const char *usage;                   /* full help text */
+};
+
+/* The command table (vdtool.c). */
+extern const struct vt_command vt_commands[];
+
+/* Print "vdtool: MESSAGE" on stderr (one line). */
+void vt_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print vd_error() (or strerror) after a failed engine call. */
+void vt_engine_error(int r);
+/* Print the usage of CMD to F. */
+void vt_usage(const char *cmd, FILE *f);
+/* Report a bad command line: one line plus a hint, returns VT_EXIT_ERR. */
+int vt_bad_usage(const char *cmd, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+
+/* Open with an error message printed on failure. */
+int vt_open(const char *path, const char *format, unsigned flags,
+            struct vd_dev **out);
+
+/* --output=human|json */
+int vt_parse_output(const char *arg, bool *json);
+
+/* A terminal progress bar like qemu-img's "(42.00/100%)". */
+struct vt_progress {
+  bool enabled;
+  double last;
+};
+void vt_progress_update(struct vt_progress *p, uint64_t done, uint64_t total);
+void vt_progress_end(struct vt_progress *p);
+/* vd_progress_fn adapter: OPAQUE is a struct vt_progress. */
+void vt_progress_cb(void *opaque, uint64_t done, uint64_t total);
+
+/* JSON string output with escaping. */
+void vt_json_string(FILE *f, const char *s);
+
+/* True if BUF holds only zero bytes. */
+bool vt_is_zero(const void *buf, size_t len);
+
+#endif

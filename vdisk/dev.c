@@ -1,0 +1,412 @@
+/* libvdisk — the device object and the one dispatcher.
+ *
+ * Every public request goes through here: NULL/flag/bounds/read-only
+ * checks happen once, partial logical blocks of strictly aligned drivers
+ * are read-modify-written here, FUA is turned into a flush, and missing
+ * optional ops get a generic fallback.  Drivers then trust their input
+ * (see driver.h).
+ *
+ * Errors for out-of-range requests follow NBD's rules, which frontends
+ * pass on unchanged: reads, discards and block status past the end give
+ * -EINVAL; writes and write-zeroes past the end give -ENOSPC.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver.h"
+#include "endian.h"
+
+#define VD_REQ_ALL (VD_REQ_FUA | VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO)
+#define VD_OPEN_ALL (VD_OPEN_RDWR | VD_OPEN_DIRECT | VD_OPEN_NOLOCK | \
+                     VD_OPEN_NOPARENT)
+#define VD_ZERO_CHUNK (1u << 20)
+
+static void
+dev_free(struct vd_dev *dev)
+{
+  if (!dev)
+    return;
+  vd_file_close(dev->file);
+  for (int i = 0; i < 16; i++)
+    pthread_mutex_destroy(&dev->rmw_lock[i]);
+  free(dev->priv);
+  free(dev->path);
+  free(dev);
+}
+
+static const struct vd_driver *
+dev_lookup(const char *path, const char *format, int *err)
+{
+  if (!format)
+    return vd_probe_path(path, err);
+  const struct vd_driver *drv = vd_find_driver(format);
+  if (!drv)
+    *err = vd_set_error(EINVAL, "%s: unknown format '%s'", path, format);
+  return drv;
+}
+
+int
+vd_open(const char *path, const char *format, unsigned flags,
+        struct vd_dev **out)
+{
+  struct vd_dev *dev;
+  int r = 0;
+
+  if (!path || !out)
+    return vd_set_error(EINVAL, "vd_open: no path");
+  if (flags & ~VD_OPEN_ALL)
+    return vd_set_error(EINVAL, "%s: invalid open flags 0x%x", path, flags);
+  const struct vd_driver *drv = dev_lookup(path, format, &r);
+  if (!drv)
+    return r;
+
+  dev = calloc(1, sizeof *dev);
+  if (!dev || !(dev->path = strdup(path)) ||
+      (drv->priv_size && !(dev->priv = calloc(1, drv->priv_size)))) {
+    dev_free(dev);
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
+  for (int i = 0; i < 16; i++)
+    pthread_mutex_init(&dev->rmw_lock[i], NULL);
+  dev->drv = drv;
+  dev->open_flags = flags;
+  dev->read_only = !(flags & VD_OPEN_RDWR);
+  dev->logical_block = 512;
+  dev->preferred_io = 4096;
+
+  if (!drv->opens_own_files) {
+    unsigned ff = 0;
+    if (flags & VD_OPEN_RDWR) ff |= VD_FILE_RDWR;
+    if (flags & VD_OPEN_DIRECT) ff |= VD_FILE_DIRECT;
+    if (flags & VD_OPEN_NOLOCK) ff |= VD_FILE_NOLOCK;
+    r = vd_file_open(path, ff, &dev->file);
+    if (r < 0) {
+      dev_free(dev);
+      return r;
+    }
+  }
+  r = drv->open(dev);
+  if (r < 0) {
+    dev_free(dev);
+    return r;
+  }
+  if (!vd_is_pow2(dev->logical_block))
+    dev->logical_block = 512;
+  *out = dev;
+  return 0;
+}
+
+int
+vd_close(struct vd_dev *dev)
+{
+  int r = 0;
+  if (!dev)
+    return 0;
+  if (!dev->read_only && dev->drv->flush)
+    r = dev->drv->flush(dev);
+  if (dev->drv->close)
+    dev->drv->close(dev);
+  dev_free(dev);
+  return r;
+}
+
+int
+vd_create(const char *path, const char *format,
+          const struct vd_create_args *args)
+{
+  int r = 0;
+  if (!path || !args)
+    return vd_set_error(EINVAL, "vd_create: missing arguments");
+  const struct vd_driver *drv = vd_find_driver(format ? format : "raw");
+  if (!drv)
+    return vd_set_error(EINVAL, "%s: unknown format '%s'", path, format);
+  if (!drv->create)
+    return vd_set_error(ENOTSUP, "%s: format '%s' cannot be created directly",
+                        path, drv->name);
+  r = drv->create(path, args);
+  return r;
+}
+
+int
+vd_import(const char *path, const char *format, struct vd_dev *src,
+          const struct vd_create_args *args, vd_progress_fn progress,
+          void *opaque)
+{
+  const struct vd_driver *drv = vd_find_driver(format ? format : "raw");
+  if (!drv)
+    return vd_set_error(EINVAL, "%s: unknown format '%s'", path, format);
+  if (!drv->import)
+    return -ENOTSUP;
+  return drv->import(path, src, args, progress, opaque);
+}
+
+int
+vd_check(const char *path, const char *format, unsigned fix,
+         struct vd_check_report *r)
+{
+  int err = 0;
+  const struct vd_driver *drv = dev_lookup(path, format, &err);
+  if (!drv)
+    return err;
+  if (!drv->check)
+    return vd_set_error(ENOTSUP, "%s: format '%s' does not support checks",
+                        path, drv->name);
+  return drv->check(path, fix, r);
+}
+
+/* ---- request checks ---- */
+
+static int
+dev_check(struct vd_dev *dev, const char *op, uint64_t off, uint64_t len,
+          unsigned flags, unsigned allowed, bool write)
+{
+  if (flags & ~allowed)
+    return vd_set_error(EINVAL, "%s: %s: invalid flags 0x%x", dev->path, op,
+                        flags);
+  if (write && dev->read_only)
+    return vd_set_error(EROFS, "%s: %s: device is read-only", dev->path, op);
+  if (!vd_range_ok(off, len, dev->size))
+    return vd_set_error(write ? ENOSPC : EINVAL,
+                        "%s: %s of %" PRIu64 " bytes at offset %" PRIu64
+                        " is beyond the end of the device (%" PRIu64 " bytes)",
+                        dev->path, op, len, off, dev->size);
+  return 0;
+}
+
+static bool
+dev_aligned(const struct vd_dev *dev, uint64_t off, uint64_t len)
+{
+  return !dev->strict_align ||
+         ((off | len) & (dev->logical_block - 1)) == 0;
+}
+
+static void
+dev_rmw_lock(struct vd_dev *dev, uint64_t first, uint64_t last, bool lock)
+{
+  unsigned a = (unsigned)(first % 16), b = (unsigned)(last % 16);
+  if (a > b) {
+    unsigned t = a;
+    a = b;
+    b = t;
+  }
+  if (lock) {
+    pthread_mutex_lock(&dev->rmw_lock[a]);
+    if (b != a)
+      pthread_mutex_lock(&dev->rmw_lock[b]);
+  } else {
+    if (b != a)
+      pthread_mutex_unlock(&dev->rmw_lock[b]);
+    pthread_mutex_unlock(&dev->rmw_lock[a]);
+  }
+}
+
+/* Unaligned request on a strictly aligned driver: widen to whole blocks.
+ * BUF is the caller's data (write) or destination (read); a NULL BUF on a
+ * write means zeros. */
+static int
+dev_rmw(struct vd_dev *dev, void *buf, size_t len, uint64_t off, bool write,
+        unsigned flags)
+{
+  uint64_t bs = dev->logical_block;
+  uint64_t start = vd_round_down(off, bs);
+  uint64_t end = vd_round_up(off + len, bs);   /* off+len <= size checked */
+  size_t blen = (size_t)(end - start);
+  uint8_t *b = malloc(blen);
+  int r;
+
+  if (!b)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  if (!write) {
+    r = dev->drv->pread(dev, b, blen, start);
+    if (r == 0)
+      memcpy(buf, b + (off - start), len);
+    free(b);
+    return r;
+  }
+  uint64_t first = start / bs, last = end / bs - 1;
+  dev_rmw_lock(dev, first, last, true);
+  r = 0;
+  if (off != start)
+    r = dev->drv->pread(dev, b, bs, start);
+  if (r == 0 && (off + len) % bs && (last != first || off == start))
+    r = dev->drv->pread(dev, b + blen - bs, bs, end - bs);
+  if (r == 0) {
+    if (buf)
+      memcpy(b + (off - start), buf, len);
+    else
+      memset(b + (off - start), 0, len);
+    r = dev->drv->pwrite(dev, b, blen, start, flags);
+  }
+  dev_rmw_lock(dev, first, last, false);
+  free(b);
+  return r;
+}
+
+static int
+dev_fua(struct vd_dev *dev, int r, unsigned flags)
+{
+  if (r == 0 && (flags & VD_REQ_FUA) && dev->drv->flush)
+    r = dev->drv->flush(dev);
+  return r;
+}
+
+int
+vd_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+{
+  int r = dev_check(dev, "read", off, len, 0, 0, false);
+  if (r < 0 || len == 0)
+    return r;
+  if (!dev_aligned(dev, off, len))
+    return dev_rmw(dev, buf, len, off, false, 0);
+  return dev->drv->pread(dev, buf, len, off);
+}
+
+int
+vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
+          unsigned flags)
+{
+  int r = dev_check(dev, "write", off, len, flags, VD_REQ_FUA, true);
+  if (r < 0 || len == 0)
+    return r;
+  if (!dev->drv->pwrite)
+    return vd_set_error(EROFS, "%s: format '%s' is read-only", dev->path,
+                        dev->drv->name);
+  if (!dev_aligned(dev, off, len))
+    r = dev_rmw(dev, (void *)buf, len, off, true, 0);
+  else
+    r = dev->drv->pwrite(dev, buf, len, off, 0);
+  return dev_fua(dev, r, flags);
+}
+
+int
+vd_flush(struct vd_dev *dev)
+{
+  if (dev->read_only || !dev->drv->flush)
+    return 0;
+  return dev->drv->flush(dev);
+}
+
+int
+vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
+{
+  int r = dev_check(dev, "discard", off, len, flags, VD_REQ_FUA, false);
+  if (r < 0 || len == 0)
+    return r;
+  if (dev->read_only)
+    return vd_set_error(EROFS, "%s: discard: device is read-only", dev->path);
+  if (!dev->drv->discard)
+    return 0;  /* advisory */
+  if (dev->strict_align) {  /* only whole blocks can be discarded */
+    uint64_t s = vd_round_up(off, dev->logical_block);
+    uint64_t e = vd_round_down(off + len, dev->logical_block);
+    if (e <= s)
+      return 0;
+    off = s;
+    len = e - s;
+  }
+  r = dev->drv->discard(dev, off, len, 0);
+  return dev_fua(dev, r, flags);
+}
+
+/* Generic write_zeroes: write zero buffers. */
+static int
+dev_zero_fallback(struct vd_dev *dev, uint64_t off, uint64_t len)
+{
+  size_t chunk = len < VD_ZERO_CHUNK ? (size_t)len : VD_ZERO_CHUNK;
+  void *z = calloc(1, chunk);
+  int r = 0;
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  while (len > 0 && r == 0) {
+    size_t n = len < chunk ? (size_t)len : chunk;
+    r = vd_pwrite(dev, z, n, off, 0);
+    off += n;
+    len -= n;
+  }
+  free(z);
+  return r;
+}
+
+int
+vd_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
+{
+  int r = dev_check(dev, "write zeroes", off, len, flags, VD_REQ_ALL, true);
+  if (r < 0 || len == 0)
+    return r;
+  if (!dev->drv->write_zeroes) {
+    if (flags & VD_REQ_FAST_ZERO)
+      return vd_set_error(ENOTSUP, "%s: no fast zeroing", dev->path);
+    return dev_fua(dev, dev_zero_fallback(dev, off, len), flags);
+  }
+  unsigned dflags = flags & (VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO);
+  if (!dev_aligned(dev, off, len)) {
+    uint64_t bs = dev->logical_block;
+    uint64_t s = vd_round_up(off, bs), e = vd_round_down(off + len, bs);
+    if (e <= s)  /* inside one or two partial blocks */
+      return dev_fua(dev, dev_rmw(dev, NULL, (size_t)len, off, true, 0),
+                     flags);
+    if (s > off)
+      r = dev_rmw(dev, NULL, (size_t)(s - off), off, true, 0);
+    if (r == 0)
+      r = dev->drv->write_zeroes(dev, s, e - s, dflags);
+    if (r == 0 && off + len > e)
+      r = dev_rmw(dev, NULL, (size_t)(off + len - e), e, true, 0);
+    return dev_fua(dev, r, flags);
+  }
+  r = dev->drv->write_zeroes(dev, off, len, dflags);
+  return dev_fua(dev, r, flags);
+}
+
+int
+vd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
+                struct vd_extent *ext)
+{
+  int r = dev_check(dev, "block status", off, len, 0, 0, false);
+  if (r < 0)
+    return r;
+  if (len == 0)
+    return vd_set_error(EINVAL, "%s: block status of 0 bytes", dev->path);
+  memset(ext, 0, sizeof *ext);
+  ext->offset = off;
+  ext->host_offset = -1;
+  if (!dev->drv->block_status) {
+    ext->length = len;
+    return 0;
+  }
+  r = dev->drv->block_status(dev, off, len, ext);
+  if (r < 0)
+    return r;
+  ext->offset = off;
+  if (ext->length == 0 || ext->length > len)
+    return vd_set_error(EIO, "%s: driver returned a bad extent at %" PRIu64,
+                        dev->path, off);
+  return 0;
+}
+
+int
+vd_get_info(struct vd_dev *dev, struct vd_info *info)
+{
+  memset(info, 0, sizeof *info);
+  info->format = dev->drv->name;
+  info->size = dev->size;
+  info->logical_block = dev->logical_block;
+  info->preferred_io = dev->preferred_io;
+  info->read_only = dev->read_only;
+  if (dev->file)
+    vd_file_allocated(dev->file, &info->actual_size);
+  if (dev->drv->info)
+    dev->drv->info(dev, info);
+  return 0;
+}
+
+uint64_t vd_size(const struct vd_dev *dev) { return dev->size; }
+uint32_t vd_logical_block(const struct vd_dev *dev) { return dev->logical_block; }
+uint32_t vd_preferred_io(const struct vd_dev *dev) { return dev->preferred_io; }
+bool vd_is_read_only(const struct vd_dev *dev) { return dev->read_only; }
+const char *vd_path(const struct vd_dev *dev) { return dev->path; }
+const char *vd_format(const struct vd_dev *dev) { return dev->drv->name; }
+bool vd_can_multi_conn(const struct vd_dev *dev) { return dev->drv->multi_conn; }

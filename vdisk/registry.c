@@ -1,0 +1,87 @@
+/* libvdisk — the format registry and probing by magic bytes.
+ * Adding a format: one extern declaration and one line in vd_drivers. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "driver.h"
+
+extern const struct vd_driver vd_raw_driver;
+
+static const struct vd_driver *const vd_drivers[] = {
+  &vd_raw_driver,
+  NULL
+};
+
+const struct vd_driver *
+vd_find_driver(const char *name)
+{
+  for (const struct vd_driver *const *d = vd_drivers; *d; d++) {
+    if (strcasecmp((*d)->name, name) == 0)
+      return *d;
+    for (const char *const *a = (*d)->aliases; a && *a; a++)
+      if (strcasecmp(*a, name) == 0)
+        return *d;
+  }
+  return NULL;
+}
+
+const char *const *
+vd_format_names(void)
+{
+  static const char *names[sizeof vd_drivers / sizeof vd_drivers[0]];
+  for (size_t i = 0; vd_drivers[i]; i++)
+    names[i] = vd_drivers[i]->name;
+  return names;
+}
+
+const struct vd_driver *
+vd_probe_path(const char *path, int *err)
+{
+  uint8_t head[VD_PROBE_HEAD], tail[512];
+  struct stat st;
+  struct vd_probe_data pd = { .head = head, .path = path };
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1) {
+    *err = vd_set_error(errno, "%s: cannot open for reading: %s", path,
+                        strerror(errno));
+    return NULL;
+  }
+  if (fstat(fd, &st) == -1 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+    *err = S_ISDIR(st.st_mode)
+      ? vd_set_error(EISDIR, "%s: is a directory, not an image", path)
+      : vd_set_error(EINVAL, "%s: not a regular file or block device", path);
+    close(fd);
+    return NULL;
+  }
+  off_t end = lseek(fd, 0, SEEK_END);
+  pd.file_size = end > 0 ? (uint64_t)end : 0;
+  ssize_t n = pread(fd, head, sizeof head, 0);
+  pd.head_len = n > 0 ? (size_t)n : 0;
+  if (pd.file_size >= 512 &&
+      pread(fd, tail, 512, (off_t)(pd.file_size - 512)) == 512)
+    pd.tail = tail;
+  close(fd);
+
+  const struct vd_driver *best = NULL;
+  int best_score = 0;
+  for (const struct vd_driver *const *d = vd_drivers; *d; d++) {
+    if (!(*d)->probe)
+      continue;
+    int s = (*d)->probe(&pd);
+    if (s > best_score) {
+      best_score = s;
+      best = *d;
+    }
+  }
+  if (!best)
+    *err = vd_set_error(EINVAL, "%s: unknown image format", path);
+  return best;
+}
