@@ -5,6 +5,8 @@ set -eu
 
 : "${top_srcdir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${top_builddir:=$top_srcdir}"
+top_srcdir=$(cd "$top_srcdir" && pwd)
+top_builddir=$(cd "$top_builddir" && pwd)
 export LC_ALL=C
 
 # Our programs, optionally under valgrind (make check-valgrind).

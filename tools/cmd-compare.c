@@ -120,7 +120,8 @@ vt_cmd_compare(int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt(argc, argv, "+f:F:spqU")) != -1) {
+  opterr = 0;
+  while ((c = getopt(argc, argv, "f:F:spqU")) != -1) {
     switch (c) {
     case 'f': f1 = optarg; break;
     case 'F': f2 = optarg; break;
@@ -129,7 +130,7 @@ vt_cmd_compare(int argc, char **argv)
     case 'q': quiet = true; break;
     case 'U': flags |= VD_OPEN_NOLOCK; break;
     default:
-      vt_bad_usage("compare", "invalid option");
+      vt_bad_option("compare", argv);
       return CMP_EXIT_ERR;
     }
   }

@@ -101,11 +101,10 @@ conv_chunk(struct conv *cv, uint8_t *buf, uint64_t off, uint64_t len)
     int r = vd_block_status(cv->src, off, end - off, &e);
     if (r < 0)
       return r;
-    if (e.flags & VD_EXT_ZERO) {
-      if (!cv->fresh || !cv->sparse)
-        r = cv->sparse ? vd_write_zeroes(cv->dst, off, e.length, 0)
-                       : vd_write_zeroes(cv->dst, off, e.length,
-                                         VD_REQ_NO_HOLE);
+    /* -S 0 means "allocate everything": zeros are written as data. */
+    if ((e.flags & VD_EXT_ZERO) && cv->sparse) {
+      if (!cv->fresh)
+        r = vd_write_zeroes(cv->dst, off, e.length, 0);
     } else {
       r = vd_pread(cv->src, buf, (size_t)e.length, off);
       if (r == 0)
@@ -156,7 +155,8 @@ vt_cmd_convert(int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt(argc, argv, "+f:O:o:S:m:npqU")) != -1) {
+  opterr = 0;
+  while ((c = getopt(argc, argv, "f:O:o:S:m:npqU")) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O': ofmt = optarg; break;
@@ -180,7 +180,7 @@ vt_cmd_convert(int argc, char **argv)
     case 'p': progress = true; break;
     case 'q': quiet = true; break;
     case 'U': sflags |= VD_OPEN_NOLOCK; break;
-    default: return vt_bad_usage("convert", "invalid option");
+    default: return vt_bad_option("convert", argv);
     }
   }
   if (argc - optind != 2)

@@ -39,7 +39,8 @@ vt_cmd_create(int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+f:o:b:F:uq", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, "f:o:b:F:uq", longopts, NULL)) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'o': opts = optarg; break;
@@ -47,7 +48,7 @@ vt_cmd_create(int argc, char **argv)
     case 'F': bfmt = optarg; break;
     case 'u': unsafe = true; break;
     case 'q': quiet = true; break;
-    default: return vt_bad_usage("create", "invalid option");
+    default: return vt_bad_option("create", argv);
     }
   }
   if (optind >= argc)

@@ -109,7 +109,8 @@ vt_cmd_info(int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+f:U", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, "f:U", longopts, NULL)) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O':
@@ -119,7 +120,7 @@ vt_cmd_info(int argc, char **argv)
       break;
     case 'B': chain = true; break;
     case 'U': flags |= VD_OPEN_NOLOCK; break;
-    default: return vt_bad_usage("info", "invalid option");
+    default: return vt_bad_option("info", argv);
     }
   }
   if (argc - optind != 1)

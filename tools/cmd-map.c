@@ -80,7 +80,8 @@ vt_cmd_map(int argc, char **argv)
   int c;
 
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+f:U", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, "f:U", longopts, NULL)) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O':
@@ -96,7 +97,7 @@ vt_cmd_map(int argc, char **argv)
       }
       break;
     case 'U': flags |= VD_OPEN_NOLOCK; break;
-    default: return vt_bad_usage("map", "invalid option");
+    default: return vt_bad_option("map", argv);
     }
   }
   if (argc - optind != 1)

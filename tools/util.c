@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,16 @@ vt_bad_usage(const char *cmd, const char *fmt, ...)
   va_end(ap);
   fprintf(stderr, " (see 'vdtool %s --help')\n", cmd);
   return VT_EXIT_ERR;
+}
+
+int
+vt_bad_option(const char *cmd, char **argv)
+{
+  if (optopt)
+    return vt_bad_usage(cmd, "invalid option or missing argument: -%c",
+                        optopt);
+  return vt_bad_usage(cmd, "invalid option or missing argument: %s",
+                      argv[optind - 1]);
 }
 
 int

@@ -33,6 +33,9 @@ void vt_usage(const char *cmd, FILE *f);
 int vt_bad_usage(const char *cmd, const char *fmt, ...)
   __attribute__((format(printf, 2, 3)));
 
+/* After getopt returned '?': report the offending option (one line). */
+int vt_bad_option(const char *cmd, char **argv);
+
 /* Open with an error message printed on failure. */
 int vt_open(const char *path, const char *format, unsigned flags,
             struct vd_dev **out);
