@@ -19,7 +19,8 @@
 const char vt_summary_convert[] = "copy an image to a new image, any format";
 const char vt_usage_convert[] =
   "Usage: vdtool convert [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SIZE]\n"
-  "                      [-m N] [-n] [-p] [-q] [-U] FILENAME OUTPUT\n"
+  "                      [-m N] [-t CACHE] [-T CACHE] [-n] [-p] [-q] [-U]\n"
+  "                      FILENAME OUTPUT\n"
   "\n"
   "Copy the virtual disk FILENAME into OUTPUT.  Unallocated ranges of the\n"
   "source are skipped and runs of at least SIZE zero bytes are not written,\n"
@@ -31,6 +32,9 @@ const char vt_usage_convert[] =
   "  -S SIZE        sparse detection granularity (default 4K; 0 = write\n"
   "                 everything, fully allocating the output)\n"
   "  -m N           worker threads (1..16, default 4)\n"
+  "  -t CACHE       output cache mode: writeback (default) or none\n"
+  "                 (O_DIRECT with libaio, bypassing the page cache)\n"
+  "  -T CACHE       source cache mode, as -t\n"
   "  -n             do not create OUTPUT: it must exist and be large enough\n"
   "  -p             show progress\n"
   "  -q             quiet\n"
@@ -151,12 +155,12 @@ vt_cmd_convert(int argc, char **argv)
   const char *fmt = NULL, *ofmt = "raw", *opts = NULL;
   uint64_t sparse = 4096, threads = 4;
   bool no_create = false, progress = false, quiet = false;
-  unsigned sflags = 0;
+  unsigned sflags = 0, dflags = VD_OPEN_RDWR;
   int c;
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt(argc, argv, "f:O:o:S:m:npqU")) != -1) {
+  while ((c = getopt(argc, argv, "f:O:o:S:m:t:T:npqU")) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O': ofmt = optarg; break;
@@ -174,6 +178,16 @@ vt_cmd_convert(int argc, char **argv)
       threads = strtoull(optarg, &end, 10);
       if (*end || threads < 1 || threads > 16)
         return vt_bad_usage("convert", "-m must be between 1 and 16");
+      break;
+    }
+    case 't':
+    case 'T': {
+      unsigned *fl = c == 't' ? &dflags : &sflags;
+      if (strcmp(optarg, "none") == 0 || strcmp(optarg, "directsync") == 0)
+        *fl |= VD_OPEN_DIRECT;
+      else if (strcmp(optarg, "writeback") != 0)
+        return vt_bad_usage("convert", "-%c: cache mode must be writeback "
+                            "or none, not '%s'", c, optarg);
       break;
     }
     case 'n': no_create = true; break;
@@ -216,7 +230,7 @@ vt_cmd_convert(int argc, char **argv)
       goto out;
     }
   }
-  if (vt_open(out, no_create ? NULL : ofmt, VD_OPEN_RDWR, &cv.dst) < 0)
+  if (vt_open(out, no_create ? NULL : ofmt, dflags, &cv.dst) < 0)
     goto out;
   if (vd_size(cv.dst) < cv.size) {
     vt_error("%s: output is smaller (%" PRIu64 " bytes) than the source (%"
