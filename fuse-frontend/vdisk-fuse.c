@@ -1,0 +1,867 @@
+/* vdisk-fuse — expose virtual disks as plain files through FUSE 3.
+ *
+ *   vdisk-fuse [options] IMAGE... MOUNTPOINT
+ *
+ * The mount point is a flat directory (inode 1) holding one regular file
+ * per image (inodes 2, 3, ...), named after the image with its extension
+ * replaced by ".raw".  Each FUSE operation on such a file becomes one or
+ * a few engine calls; this file knows no image format.
+ *
+ * Operation map (low-level libfuse API, multithreaded session loop):
+ *   read               vd_pread into a per-thread buffer, one reply
+ *   write              vd_pwrite; past the end: short write, then ENOSPC
+ *   fsync              vd_flush
+ *   fallocate          PUNCH_HOLE: vd_discard, then vd_write_zeroes on
+ *                      whatever does not read as zeros afterwards;
+ *                      ZERO_RANGE: vd_write_zeroes
+ *   lseek              SEEK_DATA / SEEK_HOLE from vd_block_status
+ *   setattr(size)      EPERM (resizing goes through vdtool)
+ *
+ * Concurrency: the image table is built before the session starts and
+ * only read afterwards; each request runs on one libfuse worker thread
+ * and the engine is thread-safe, so there is no lock here.  Per-thread
+ * bounce buffers hang off a pthread key.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fuse_lowlevel.h>
+
+#include "vdisk.h"
+
+#define VF_ROOT_INO    1
+#define VF_FIRST_INO   2
+#define VF_MAX_IO      (1u << 20)   /* max_read / max_write */
+#define VF_TIMEOUT     86400.0      /* nothing changes behind the kernel */
+
+struct vf_image {
+  const char *path;         /* as given on the command line */
+  char *name;               /* exposed file name, "disk.raw" */
+  struct vd_dev *dev;
+  uint64_t size;
+  uint32_t blksize;
+};
+
+struct vf_state {
+  struct vf_image *img;
+  size_t nimg;
+  bool read_only;
+  bool verbose;
+  bool page_cache;          /* let the kernel cache file pages */
+  uid_t uid;
+  gid_t gid;
+  struct timespec start;
+};
+
+static const char *progname = "vdisk-fuse";
+
+static pthread_key_t vf_buf_key;
+
+static void
+vf_log(const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", progname);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+/* Report a failed engine call (the request gets -ERR).  Errors the caller
+ * provoked on purpose (ENOSPC past the end, EROFS, ...) are answered
+ * before reaching the engine and never logged. */
+static int
+vf_engine_error(const struct vf_image *im, const char *op, uint64_t off,
+                int err)
+{
+  vf_log("%s: %s at %llu: %s", im->name, op, (unsigned long long) off,
+         vd_error()[0] ? vd_error() : strerror(-err));
+  return -err;
+}
+
+/* A VF_MAX_IO bounce buffer owned by the calling worker thread. */
+static char *
+vf_thread_buf(void)
+{
+  char *b = pthread_getspecific(vf_buf_key);
+
+  if (b == NULL) {
+    if (posix_memalign((void **) &b, 4096, VF_MAX_IO) != 0)
+      return NULL;
+    if (pthread_setspecific(vf_buf_key, b) != 0) {
+      free(b);
+      return NULL;
+    }
+  }
+  return b;
+}
+
+static struct vf_state *
+vf_state(fuse_req_t req)
+{
+  return fuse_req_userdata(req);
+}
+
+static struct vf_image *
+vf_image(struct vf_state *s, fuse_ino_t ino)
+{
+  if (ino < VF_FIRST_INO || ino - VF_FIRST_INO >= s->nimg)
+    return NULL;
+  return &s->img[ino - VF_FIRST_INO];
+}
+
+static void
+vf_fill_stat(struct vf_state *s, fuse_ino_t ino, struct stat *st)
+{
+  struct vf_image *im = vf_image(s, ino);
+
+  memset(st, 0, sizeof *st);
+  st->st_ino = ino;
+  st->st_uid = s->uid;
+  st->st_gid = s->gid;
+  st->st_atim = st->st_mtim = st->st_ctim = s->start;
+  if (im == NULL) {
+    st->st_mode = S_IFDIR | 0755;
+    st->st_nlink = 2;
+    st->st_blksize = 4096;
+    return;
+  }
+  st->st_mode = S_IFREG | (s->read_only ? 0444 : 0644);
+  st->st_nlink = 1;
+  st->st_size = (off_t) im->size;
+  st->st_blksize = im->blksize;
+  /* What the image really occupies on the host, as du expects. */
+  struct vd_info *info = malloc(sizeof *info);
+  uint64_t used = im->size;
+  if (info != NULL && vd_get_info(im->dev, info) == 0 && info->actual_size)
+    used = info->actual_size;
+  free(info);
+  st->st_blocks = (blkcnt_t) ((used + 511) / 512);
+}
+
+/* ---- directory ---- */
+
+static void
+vf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  struct vf_state *s = vf_state(req);
+  struct fuse_entry_param e;
+  size_t i;
+
+  if (parent != VF_ROOT_INO) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  for (i = 0; i < s->nimg; i++)
+    if (strcmp(s->img[i].name, name) == 0)
+      break;
+  if (i == s->nimg) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  memset(&e, 0, sizeof e);
+  e.ino = VF_FIRST_INO + i;
+  e.attr_timeout = VF_TIMEOUT;
+  e.entry_timeout = VF_TIMEOUT;
+  vf_fill_stat(s, e.ino, &e.attr);
+  fuse_reply_entry(req, &e);
+}
+
+static void
+vf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct stat st;
+
+  if (ino != VF_ROOT_INO && vf_image(s, ino) == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  vf_fill_stat(s, ino, &st);
+  fuse_reply_attr(req, &st, VF_TIMEOUT);
+}
+
+static void
+vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+           struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  struct stat st;
+
+  if (s->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  /* The size is the virtual disk's; only a no-op "resize" is accepted.
+   * Ownership and mode are fixed at mount time; times are ignored so
+   * that touch works. */
+  if ((to_set & FUSE_SET_ATTR_SIZE) &&
+      (im == NULL || (uint64_t) attr->st_size != im->size)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  vf_fill_stat(s, ino, &st);
+  fuse_reply_attr(req, &st, VF_TIMEOUT);
+}
+
+static void
+vf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+           struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  char *buf, *p;
+  size_t used = 0;
+  off_t i;
+
+  if (ino != VF_ROOT_INO) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  buf = malloc(size);
+  if (buf == NULL) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  p = buf;
+  /* Entry I: 0 ".", 1 "..", 2.. images; the offset of an entry is the
+   * index of the next one. */
+  for (i = off; (size_t) i < s->nimg + 2; i++) {
+    struct stat st;
+    const char *name;
+    size_t n;
+
+    memset(&st, 0, sizeof st);
+    if (i < 2) {
+      name = i == 0 ? "." : "..";
+      st.st_ino = VF_ROOT_INO;
+      st.st_mode = S_IFDIR;
+    } else {
+      name = s->img[i - 2].name;
+      st.st_ino = VF_FIRST_INO + (fuse_ino_t) (i - 2);
+      st.st_mode = S_IFREG;
+    }
+    n = fuse_add_direntry(req, p, size - used, name, &st, i + 1);
+    if (n > size - used)
+      break;
+    p += n;
+    used += n;
+  }
+  fuse_reply_buf(req, buf, used);
+  free(buf);
+}
+
+/* Nothing can be created, removed or renamed here. */
+static void
+vf_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+         dev_t rdev)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+vf_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+vf_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+vf_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+          fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+vf_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+          struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, EPERM);
+}
+
+static void
+vf_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+  struct vf_state *s = vf_state(req);
+  struct statvfs sv;
+  uint64_t total = 0;
+  size_t i;
+
+  /* A full file system: its blocks are the disks, no room for more. */
+  for (i = 0; i < s->nimg; i++)
+    total += (s->img[i].size + 4095) / 4096;
+  memset(&sv, 0, sizeof sv);
+  sv.f_bsize = 4096;
+  sv.f_frsize = 4096;
+  sv.f_blocks = total;
+  sv.f_files = s->nimg + 1;
+  sv.f_namemax = NAME_MAX;
+  fuse_reply_statfs(req, &sv);
+}
+
+/* ---- files ---- */
+
+static void
+vf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+
+  if (vf_image(s, ino) == NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (s->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if ((fi->flags & O_TRUNC) && vf_image(s, ino)->size != 0) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  /* Direct I/O by default: requests reach us at the caller's size (up
+   * to 1 MiB) instead of the kernel's 128 KiB readahead, and data is not
+   * cached twice (here and with the image).  With --page-cache, every
+   * change still goes through this mount, so cached pages stay valid. */
+  if (s->page_cache)
+    fi->keep_cache = 1;
+  else
+    fi->direct_io = 1;
+  fi->noflush = 1;
+  fuse_reply_open(req, fi);
+}
+
+static void
+vf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+        struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  char *buf;
+  int r;
+
+  if (im == NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (off < 0 || (uint64_t) off >= im->size || size == 0) {
+    fuse_reply_buf(req, NULL, 0);
+    return;
+  }
+  if (size > im->size - (uint64_t) off)
+    size = im->size - (uint64_t) off;
+  if (size > VF_MAX_IO)
+    size = VF_MAX_IO;
+  buf = vf_thread_buf();
+  if (buf == NULL) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+
+  r = vd_pread(im->dev, buf, size, (uint64_t) off);
+  if (r < 0) {
+    fuse_reply_err(req, vf_engine_error(im, "read", (uint64_t) off, r));
+    return;
+  }
+  fuse_reply_buf(req, buf, size);
+}
+
+static void
+vf_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size,
+         off_t off, struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  int r;
+
+  if (im == NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (s->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (size == 0) {
+    fuse_reply_write(req, 0);
+    return;
+  }
+  /* A disk does not grow: the part up to the end is written (a short
+   * write), and a write starting at or past the end fails. */
+  if (off < 0 || (uint64_t) off >= im->size) {
+    fuse_reply_err(req, ENOSPC);
+    return;
+  }
+  if (size > im->size - (uint64_t) off)
+    size = im->size - (uint64_t) off;
+  r = vd_pwrite(im->dev, data, size, (uint64_t) off, 0);
+  if (r < 0) {
+    fuse_reply_err(req, vf_engine_error(im, "write", (uint64_t) off, r));
+    return;
+  }
+  fuse_reply_write(req, size);
+}
+
+static void
+vf_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+         struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  int r;
+
+  if (im == NULL || s->read_only) {
+    fuse_reply_err(req, 0);
+    return;
+  }
+  r = vd_flush(im->dev);
+  fuse_reply_err(req, r < 0 ? vf_engine_error(im, "flush", 0, r) : 0);
+}
+
+static void
+vf_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+            struct fuse_file_info *fi)
+{
+  fuse_reply_err(req, 0);
+}
+
+/* Make [OFF, OFF+LEN) read as zeros after a discard that may have left
+ * some of it holding old data. */
+static int
+vf_zero_leftovers(struct vf_image *im, uint64_t off, uint64_t len)
+{
+  uint64_t end = off + len;
+
+  while (off < end) {
+    struct vd_extent e;
+    int r = vd_block_status(im->dev, off, end - off, &e);
+
+    if (r < 0)
+      return r;
+    if (e.length == 0)
+      return -EIO;
+    if (e.length > end - off)
+      e.length = end - off;
+    if (!(e.flags & VD_EXT_ZERO)) {
+      r = vd_write_zeroes(im->dev, off, e.length, 0);
+      if (r < 0)
+        return r;
+    }
+    off += e.length;
+  }
+  return 0;
+}
+
+static void
+vf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+             off_t length, struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  uint64_t uoff, len;
+  int r;
+
+  if (im == NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (s->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  if (off < 0 || length <= 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  uoff = (uint64_t) off;
+  len = (uint64_t) length;
+  /* Without KEEP_SIZE a range past the end would grow the file. */
+  if (!(mode & FALLOC_FL_KEEP_SIZE) && (uoff > im->size ||
+                                        len > im->size - uoff)) {
+    fuse_reply_err(req, ENOSPC);
+    return;
+  }
+  if (uoff >= im->size) {
+    fuse_reply_err(req, 0);
+    return;
+  }
+  if (len > im->size - uoff)
+    len = im->size - uoff;
+
+  switch (mode & ~FALLOC_FL_KEEP_SIZE) {
+  case FALLOC_FL_PUNCH_HOLE:
+    /* Discard frees what the format can free; the caller is promised
+     * zeros, which discard alone does not guarantee. */
+    r = vd_discard(im->dev, uoff, len, 0);
+    if (r < 0 && r != -ENOTSUP && r != -EOPNOTSUPP) {
+      fuse_reply_err(req, vf_engine_error(im, "discard", uoff, r));
+      return;
+    }
+    r = vf_zero_leftovers(im, uoff, len);
+    if (r < 0) {
+      fuse_reply_err(req, vf_engine_error(im, "discard", uoff, r));
+      return;
+    }
+    break;
+  case FALLOC_FL_ZERO_RANGE:
+    r = vd_write_zeroes(im->dev, uoff, len, 0);
+    if (r < 0) {
+      fuse_reply_err(req, vf_engine_error(im, "write_zeroes", uoff, r));
+      return;
+    }
+    break;
+  default:
+    /* Preallocation (mode 0) has no meaning for a fixed-size disk. */
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  fuse_reply_err(req, 0);
+}
+
+static void
+vf_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+         struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_image(s, ino);
+  uint64_t pos;
+
+  if (im == NULL) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (off < 0 || (uint64_t) off >= im->size) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  /* A hole is a range guaranteed to read as zeros; the end of the disk
+   * is an implicit hole. */
+  for (pos = (uint64_t) off; pos < im->size; ) {
+    struct vd_extent e;
+    int r = vd_block_status(im->dev, pos, im->size - pos, &e);
+
+    if (r < 0) {
+      fuse_reply_err(req, vf_engine_error(im, "lseek", pos, r));
+      return;
+    }
+    if (e.length == 0) {
+      fuse_reply_err(req, EIO);
+      return;
+    }
+    if (((e.flags & VD_EXT_ZERO) != 0) == (whence == SEEK_HOLE)) {
+      fuse_reply_lseek(req, (off_t) pos);
+      return;
+    }
+    pos += e.length;
+  }
+  if (whence == SEEK_HOLE)
+    fuse_reply_lseek(req, (off_t) im->size);
+  else
+    fuse_reply_err(req, ENXIO);
+}
+
+static void
+vf_init(void *userdata, struct fuse_conn_info *conn)
+{
+  conn->max_write = VF_MAX_IO;
+  if (conn->max_readahead > VF_MAX_IO)
+    conn->max_readahead = VF_MAX_IO;
+  if (conn->capable & FUSE_CAP_ASYNC_DIO)
+    conn->want |= FUSE_CAP_ASYNC_DIO;
+  /* Writes are not cached in the kernel: a write past the end must fail
+   * at once, not at writeback. */
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static const struct fuse_lowlevel_ops vf_ops = {
+  .init = vf_init,
+  .lookup = vf_lookup,
+  .getattr = vf_getattr,
+  .setattr = vf_setattr,
+  .mknod = vf_mknod,
+  .mkdir = vf_mkdir,
+  .unlink = vf_unlink,
+  .rmdir = vf_unlink,
+  .rename = vf_rename,
+  .create = vf_create,
+  .readdir = vf_readdir,
+  .fsyncdir = vf_fsyncdir,
+  .statfs = vf_statfs,
+  .open = vf_open,
+  .read = vf_read,
+  .write = vf_write,
+  .fsync = vf_fsync,
+  .fallocate = vf_fallocate,
+  .lseek = vf_lseek,
+};
+
+/* ---- command line ---- */
+
+static void
+vf_usage(FILE *f)
+{
+  fprintf(f,
+"Usage: %s [OPTIONS] IMAGE... MOUNTPOINT\n"
+"Expose each virtual disk IMAGE (raw, VHD, RAID array, ...) as a regular\n"
+"file MOUNTPOINT/NAME.raw holding the disk's bytes.\n"
+"\n"
+"  -r, --read-only     open the images read-only and mount read-only\n"
+"  -f, --foreground    stay in the foreground\n"
+"  -o OPT[,OPT...]     FUSE mount options (allow_other, ...); may repeat\n"
+"  -v, --verbose       print what is exposed where\n"
+"      --page-cache    let the kernel cache the files' pages (allows mmap;\n"
+"                      faster small reads, slower large ones)\n"
+"  -h, --help          print this help\n"
+"  -V, --version       print the version\n"
+"\n"
+"Unmount with: fusermount3 -u MOUNTPOINT (or send SIGTERM); every disk is\n"
+"flushed before the program exits.\n",
+          progname);
+}
+
+/* "dir/disk.vhd" -> "disk.raw"; NULL if PATH has no file name. */
+static char *
+vf_exposed_name(const char *path)
+{
+  const char *base = strrchr(path, '/');
+  const char *dot;
+  size_t stem;
+  char *name;
+
+  base = base ? base + 1 : path;
+  if (*base == '\0' || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+    return NULL;
+  dot = strrchr(base, '.');
+  stem = dot != NULL && dot != base ? (size_t) (dot - base) : strlen(base);
+  if (asprintf(&name, "%.*s.raw", (int) stem, base) < 0)
+    return NULL;
+  return name;
+}
+
+static bool
+vf_has_opt(const char *opts, const char *opt)
+{
+  size_t n = strlen(opt);
+  const char *p = opts;
+
+  while (p != NULL && *p) {
+    if (strncmp(p, opt, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+      return true;
+    p = strchr(p, ',');
+    if (p)
+      p++;
+  }
+  return false;
+}
+
+static int
+vf_append_opt(char **opts, const char *more)
+{
+  char *n;
+
+  if (*opts == NULL)
+    n = strdup(more);
+  else if (asprintf(&n, "%s,%s", *opts, more) < 0)
+    n = NULL;
+  if (n == NULL)
+    return -1;
+  free(*opts);
+  *opts = n;
+  return 0;
+}
+
+static void
+vf_close_all(struct vf_state *s, int *status)
+{
+  size_t i;
+
+  for (i = 0; i < s->nimg; i++) {
+    if (s->img[i].dev != NULL && vd_close(s->img[i].dev) < 0) {
+      vf_log("%s", vd_error());
+      *status = 1;
+    }
+    s->img[i].dev = NULL;
+    free(s->img[i].name);
+  }
+}
+
+int
+main(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "read-only",  no_argument, NULL, 'r' },
+    { "foreground", no_argument, NULL, 'f' },
+    { "verbose",    no_argument, NULL, 'v' },
+    { "help",       no_argument, NULL, 'h' },
+    { "version",    no_argument, NULL, 'V' },
+    { "page-cache", no_argument, NULL, 'C' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct vf_state s;
+  bool foreground = false;
+  char *opts = NULL;
+  const char *mountpoint;
+  struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+  struct fuse_session *se = NULL;
+  struct fuse_loop_config *cfg = NULL;
+  int c, status = 1;
+  size_t i, j;
+
+  memset(&s, 0, sizeof s);
+  while ((c = getopt_long(argc, argv, "rfo:vhV", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'r': s.read_only = true; break;
+    case 'f': foreground = true; break;
+    case 'v': s.verbose = true; break;
+    case 'C': s.page_cache = true; break;
+    case 'o':
+      if (vf_append_opt(&opts, optarg) < 0) {
+        vf_log("out of memory");
+        return 1;
+      }
+      break;
+    case 'h': vf_usage(stdout); return 0;
+    case 'V': printf("%s %s\n", progname, PACKAGE_VERSION); return 0;
+    default:
+      fprintf(stderr, "Try '%s --help' for more information.\n", progname);
+      return 1;
+    }
+  }
+  if (argc - optind < 2) {
+    vf_log("expected IMAGE... MOUNTPOINT (try --help)");
+    free(opts);
+    return 1;
+  }
+  if (opts != NULL && vf_has_opt(opts, "ro"))
+    s.read_only = true;
+  mountpoint = argv[argc - 1];
+  s.nimg = (size_t) (argc - optind - 1);
+  s.img = calloc(s.nimg, sizeof *s.img);
+  if (s.img == NULL) {
+    vf_log("out of memory");
+    free(opts);
+    return 1;
+  }
+  s.uid = getuid();
+  s.gid = getgid();
+  clock_gettime(CLOCK_REALTIME, &s.start);
+
+  /* Names first: a clash is a usage error, found before any image is
+   * opened (and locked). */
+  for (i = 0; i < s.nimg; i++) {
+    struct vf_image *im = &s.img[i];
+
+    im->path = argv[optind + (int) i];
+    im->name = vf_exposed_name(im->path);
+    if (im->name == NULL) {
+      vf_log("%s: not an image file name", im->path);
+      goto out;
+    }
+    for (j = 0; j < i; j++)
+      if (strcmp(s.img[j].name, im->name) == 0) {
+        vf_log("%s and %s would both appear as %s", s.img[j].path,
+               im->path, im->name);
+        goto out;
+      }
+  }
+  for (i = 0; i < s.nimg; i++) {
+    struct vf_image *im = &s.img[i];
+    uint32_t pio;
+    int r;
+
+    r = vd_open(im->path, NULL, s.read_only ? 0 : VD_OPEN_RDWR, &im->dev);
+    if (r < 0) {
+      im->dev = NULL;
+      vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));
+      goto out;
+    }
+    im->size = vd_size(im->dev);
+    pio = vd_preferred_io(im->dev);
+    im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
+    if (s.verbose) {
+      char sz[32];
+      vf_log("%s (%s, %s) -> %s/%s", im->path, vd_format(im->dev),
+             vd_format_size(im->size, sz, sizeof sz), mountpoint, im->name);
+    }
+  }
+
+  if (pthread_key_create(&vf_buf_key, free) != 0) {
+    vf_log("out of memory");
+    goto out;
+  }
+
+  if (vf_append_opt(&opts, s.read_only ? "ro" : "rw") < 0 ||
+      vf_append_opt(&opts, "fsname=vdisk-fuse,subtype=vdisk") < 0 ||
+      fuse_opt_add_arg(&args, progname) < 0 ||
+      fuse_opt_add_arg(&args, "-o") < 0 ||
+      fuse_opt_add_arg(&args, opts) < 0) {
+    vf_log("out of memory");
+    goto out;
+  }
+  se = fuse_session_new(&args, &vf_ops, sizeof vf_ops, &s);
+  if (se == NULL)
+    goto out;                   /* libfuse said why */
+  if (fuse_set_signal_handlers(se) < 0)
+    goto out;
+  if (fuse_session_mount(se, mountpoint) < 0)
+    goto out_handlers;
+  if (fuse_daemonize(foreground) < 0)
+    goto out_unmount;
+
+  cfg = fuse_loop_cfg_create();
+  if (cfg == NULL) {
+    vf_log("out of memory");
+    goto out_unmount;
+  }
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  fuse_loop_cfg_set_max_threads(cfg, 16);
+  fuse_loop_cfg_set_idle_threads(cfg, 16);
+  /* A signal ends the loop with its (positive) number: a clean exit. */
+  status = fuse_session_loop_mt(se, cfg) < 0 ? 1 : 0;
+  fuse_loop_cfg_destroy(cfg);
+
+out_unmount:
+  fuse_session_unmount(se);
+out_handlers:
+  fuse_remove_signal_handlers(se);
+out:
+  if (se != NULL)
+    fuse_session_destroy(se);
+  fuse_opt_free_args(&args);
+  /* Flushes every disk; a failure turns the exit status into 1. */
+  vf_close_all(&s, &status);
+  free(s.img);
+  free(opts);
+  return status;
+}
