@@ -637,6 +637,8 @@ vf_usage(FILE *f)
 "file MOUNTPOINT/NAME.raw holding the disk's bytes.\n"
 "\n"
 "  -r, --read-only     open the images read-only and mount read-only\n"
+"  -U, --force-share   with -r: take no image lock, so an image in use by\n"
+"                      another program can be read (it may change underneath)\n"
 "  -f, --foreground    stay in the foreground\n"
 "  -o OPT[,OPT...]     FUSE mount options (allow_other, ...); may repeat\n"
 "  -v, --verbose       print what is exposed where\n"
@@ -726,10 +728,11 @@ main(int argc, char **argv)
     { "help",       no_argument, NULL, 'h' },
     { "version",    no_argument, NULL, 'V' },
     { "page-cache", no_argument, NULL, 'C' },
+    { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
   };
   struct vf_state s;
-  bool foreground = false;
+  bool foreground = false, force_share = false;
   char *opts = NULL;
   const char *mountpoint;
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -739,12 +742,13 @@ main(int argc, char **argv)
   size_t i, j;
 
   memset(&s, 0, sizeof s);
-  while ((c = getopt_long(argc, argv, "rfo:vhV", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "rUfo:vhV", longopts, NULL)) != -1) {
     switch (c) {
     case 'r': s.read_only = true; break;
     case 'f': foreground = true; break;
     case 'v': s.verbose = true; break;
     case 'C': s.page_cache = true; break;
+    case 'U': force_share = true; break;
     case 'o':
       if (vf_append_opt(&opts, optarg) < 0) {
         vf_log("out of memory");
@@ -765,6 +769,11 @@ main(int argc, char **argv)
   }
   if (opts != NULL && vf_has_opt(opts, "ro"))
     s.read_only = true;
+  if (force_share && !s.read_only) {
+    vf_log("-U (--force-share) needs -r: a writer always locks the images");
+    free(opts);
+    return 1;
+  }
   mountpoint = argv[argc - 1];
   s.nimg = (size_t) (argc - optind - 1);
   s.img = calloc(s.nimg, sizeof *s.img);
@@ -800,7 +809,9 @@ main(int argc, char **argv)
     uint32_t pio;
     int r;
 
-    r = vd_open(im->path, NULL, s.read_only ? 0 : VD_OPEN_RDWR, &im->dev);
+    r = vd_open(im->path, NULL,
+                (s.read_only ? 0 : VD_OPEN_RDWR) |
+                (force_share ? VD_OPEN_NOLOCK : 0), &im->dev);
     if (r < 0) {
       im->dev = NULL;
       vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));

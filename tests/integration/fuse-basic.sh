@@ -110,10 +110,20 @@ read -r blocks bsize free < <(stat -f -c '%b %S %f' "$mnt")
   fail "statfs: $blocks blocks of $bsize do not hold the disks"
 [ "$free" -eq 0 ] || fail "statfs: $free free blocks"
 
-# A second writable mount of the same image is refused by the lock.
+# A second mount of the image is refused by the lock, naming the holder;
+# -U reads it anyway (and only with -r).
 mkdir -p mnt2
-expect_error 'disk\.img.*(lock|in use|busy)' vdisk_fuse -f disk.img mnt2
+expect_error "disk\.img: image is in use by process $fuse_pid .*write lock" \
+  vdisk_fuse -f disk.img mnt2
+expect_error "disk\.img: image is in use by process $fuse_pid .*read lock" \
+  vdisk_fuse -f -r disk.img mnt2
+expect_error 'needs -r' vdisk_fuse -f -U disk.img mnt2
 ! mountpoint -q mnt2 || fail "the second mount went ahead"
+fuse_pid1=$fuse_pid
+fuse_mount mnt2 -r -U disk.img
+cmp mnt2/disk.raw "$mnt/disk.raw" || fail "-U mount reads differently"
+fuse_umount mnt2
+fuse_pid=$fuse_pid1
 
 fuse_umount "$mnt"
 qemu-img compare -q -f raw -F raw expected.raw disk.img ||
