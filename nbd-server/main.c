@@ -1,0 +1,551 @@
+/* vdisk-nbd — serve libvdisk devices over the NBD protocol.
+ *
+ * main.c: options, exports, listening sockets, the accept loop, signals
+ * and the orderly shutdown (stop accepting, stop reading requests, answer
+ * those in flight, flush every device, exit 0).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vdisk/endian.h"
+#include "vdisk/vdisk.h"
+#include "proto.h"
+#include "server.h"
+
+#define MAX_LISTEN 16
+
+static struct nbd_server server;
+
+/* Live connections, for the connection limit and the shutdown. */
+struct live_conn {
+  struct live_conn *next;
+  int fd;
+};
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t conns_cond = PTHREAD_COND_INITIALIZER;
+static struct live_conn *conns;       /* conns_lock */
+static unsigned nconns;               /* conns_lock */
+static bool persistent;
+static int wake_pipe[2] = { -1, -1 }; /* signals and "last client left" */
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+"Usage: vdisk-nbd [OPTIONS] [NAME=]IMAGE...\n"
+"Serve disk images (raw, VHD, RAID arrays, vdz: anything libvdisk opens)\n"
+"over the NBD protocol.  Each IMAGE is an export called NAME (default: the\n"
+"file's base name); the first one is also the default export \"\".\n"
+"\n"
+"  -p, --port PORT        TCP port (default 10809)\n"
+"  -b, --bind ADDR        address to listen on (default 127.0.0.1; use\n"
+"                         0.0.0.0 or :: for all interfaces)\n"
+"  -U, --socket PATH      listen on a Unix socket instead of TCP\n"
+"  -r, --read-only        export read-only\n"
+"  -f, --format FMT       image format (default: probe)\n"
+"  -e, --shared N         serve at most N clients at once (default 16)\n"
+"  -t, --persistent       keep serving after the last client leaves\n"
+"                         (default: exit when it does, as qemu-nbd)\n"
+"      --fork             run in the background once ready\n"
+"      --pid-file FILE    write the server's process id to FILE\n"
+"      --threads N        worker threads (default: 2 per CPU, at least 4)\n"
+"      --tls-creds DIR    X.509 credentials: DIR/ca-cert.pem,\n"
+"                         DIR/server-cert.pem, DIR/server-key.pem\n"
+"      --tls-psk FILE     pre-shared keys, in psktool's format\n"
+"      --tls=on|require   offer TLS / refuse clients without it\n"
+"                         (default with credentials: require)\n"
+"  -v, --verbose          log connections and errors (twice: every request)\n"
+"  -h, --help             show this help\n"
+"  -V, --version          print the version\n"
+"\n"
+"Attach with: nbdinfo nbd://127.0.0.1/NAME, qemu-img info nbd://127.0.0.1/NAME,\n"
+"or nbd-client 127.0.0.1 /dev/nbd0 -N NAME.  SIGTERM/SIGINT end the server\n"
+"cleanly: requests in flight are answered and every device is flushed.\n");
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
+                                                     noreturn));
+static void die(const char *fmt, ...)
+{
+  va_list ap;
+  fputs("vdisk-nbd: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  exit(1);
+}
+
+static uint32_t pow2_floor(uint32_t v)
+{
+  uint32_t p = 1;
+  while (p <= v / 2)
+    p *= 2;
+  return p;
+}
+
+/* "[NAME=]IMAGE": a '=' counts only if no '/' comes before it. */
+static void add_export(const char *arg, const char *format, bool ro,
+                       size_t idx)
+{
+  struct nbd_export *e = &server.exports[idx];
+  const char *eq = strchr(arg, '=');
+  const char *slash = strchr(arg, '/');
+  const char *path = arg;
+  char *name;
+  struct vd_dev *dev;
+  char sz[32];
+  int r;
+  size_t i;
+
+  if (eq && (!slash || slash > eq)) {
+    name = strndup(arg, (size_t)(eq - arg));
+    path = eq + 1;
+  } else {
+    const char *base = strrchr(arg, '/');
+    name = strdup(base ? base + 1 : arg);
+  }
+  if (!name)
+    die("out of memory");
+  e->name = name;     /* reachable from here on, even if we die below */
+  if (!*path)
+    die("%s: no image path", arg);
+  if (strlen(name) > NBD_MAX_STRING)
+    die("%s: export name longer than %u bytes", arg, NBD_MAX_STRING);
+  for (i = 0; i < idx; i++)
+    if (strcmp(server.exports[i].name, name) == 0)
+      die("%s: export name '%s' used twice", arg, name);
+
+  r = vd_open(path, format, ro ? 0 : VD_OPEN_RDWR, &dev);
+  if (r < 0)
+    die("%s", vd_error());
+  e->dev = dev;
+  e->size = vd_size(dev);
+  e->read_only = ro || vd_is_read_only(dev);
+  e->multi_conn = e->read_only || vd_can_multi_conn(dev);
+  e->min_block = vd_logical_block(dev);
+  if (!vd_is_pow2(e->min_block) || e->min_block > 65536)
+    e->min_block = 1;
+  e->pref_block = pow2_floor(vd_preferred_io(dev));
+  if (e->pref_block < 4096)
+    e->pref_block = 4096;
+  if (e->pref_block < e->min_block)
+    e->pref_block = e->min_block;
+  if (e->pref_block > NBD_MAX_PAYLOAD)
+    e->pref_block = NBD_MAX_PAYLOAD;
+  e->max_block = NBD_MAX_PAYLOAD;
+  if (asprintf(&e->description, "%s image %s, %s", vd_format(dev), path,
+               vd_format_size(e->size, sz, sizeof sz)) < 0)
+    e->description = NULL;
+}
+
+static unsigned parse_uint(const char *opt, const char *s, unsigned min,
+                           unsigned max)
+{
+  char *end;
+  unsigned long v;
+  errno = 0;
+  v = strtoul(s, &end, 10);
+  if (errno || end == s || *end || v < min || v > max)
+    die("%s: '%s' is not a number in %u..%u", opt, s, min, max);
+  return (unsigned)v;
+}
+
+static int listen_unix(const char *path)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct stat st;
+  int fd;
+
+  if (strlen(path) >= sizeof sa.sun_path)
+    die("%s: socket path too long", path);
+  strcpy(sa.sun_path, path);
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+      listen(fd, SOMAXCONN) < 0)
+    die("%s: cannot listen: %s", path, strerror(errno));
+  return fd;
+}
+
+static int listen_tcp(const char *addr, const char *port, int *fds)
+{
+  struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+  struct addrinfo *res, *ai;
+  int n = 0, r, err = 0;
+
+  r = getaddrinfo(addr, port, &hints, &res);
+  if (r)
+    die("%s port %s: %s", addr, port, gai_strerror(r));
+  for (ai = res; ai && n < MAX_LISTEN; ai = ai->ai_next) {
+    int one = 1;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+        listen(fd, SOMAXCONN) < 0) {
+      err = errno;
+      close(fd);
+      continue;
+    }
+    fds[n++] = fd;
+  }
+  freeaddrinfo(res);
+  if (n == 0)
+    die("%s port %s: cannot listen: %s", addr, port, strerror(err));
+  return n;
+}
+
+static void on_signal(int sig)
+{
+  char c = 's';
+  int saved = errno;
+  (void)sig;
+  if (write(wake_pipe[1], &c, 1) < 0) {
+    /* the pipe is full: a wake-up is already pending */
+  }
+  errno = saved;
+}
+
+static void *conn_thread(void *arg)
+{
+  struct live_conn *lc = arg;
+  struct nbd_io io;
+  struct nbd_session s;
+  int one = 1;
+
+  setsockopt(lc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  nbd_io_init_socket(&io, lc->fd);
+  if (nbd_negotiate(&server, &io, &s) == 1) {
+    if (server.verbose)
+      nbd_log("client attached to '%s'%s", s.exp->name,
+              io.tls ? " over TLS" : "");
+    nbd_conn_serve(&server, &io, &s);
+  }
+  nbd_tls_close(&io);
+
+  pthread_mutex_lock(&conns_lock);
+  for (struct live_conn **p = &conns; *p; p = &(*p)->next)
+    if (*p == lc) {
+      *p = lc->next;
+      break;
+    }
+  close(lc->fd);
+  free(lc);
+  nconns--;
+  if (nconns == 0 && !persistent) {
+    char c = 'e';
+    if (write(wake_pipe[1], &c, 1) < 0) {
+      /* already woken */
+    }
+  }
+  pthread_cond_broadcast(&conns_cond);
+  pthread_mutex_unlock(&conns_lock);
+  if (server.verbose)
+    nbd_log("client left");
+  return NULL;
+}
+
+static void accept_one(int lfd, unsigned shared)
+{
+  pthread_attr_t attr;
+  pthread_t t;
+  struct live_conn *lc;
+  int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+
+  if (fd < 0)
+    return;
+  pthread_mutex_lock(&conns_lock);
+  if (nconns >= shared) {
+    pthread_mutex_unlock(&conns_lock);
+    if (server.verbose)
+      nbd_log("connection limit (%u) reached: client refused", shared);
+    close(fd);
+    return;
+  }
+  lc = calloc(1, sizeof *lc);
+  if (!lc) {
+    pthread_mutex_unlock(&conns_lock);
+    close(fd);
+    return;
+  }
+  lc->fd = fd;
+  lc->next = conns;
+  conns = lc;
+  nconns++;
+  pthread_mutex_unlock(&conns_lock);
+
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&t, &attr, conn_thread, lc) != 0) {
+    pthread_mutex_lock(&conns_lock);
+    conns = lc->next;    /* still first: only this thread adds */
+    nconns--;
+    pthread_mutex_unlock(&conns_lock);
+    close(fd);
+    free(lc);
+    nbd_log("cannot start a connection thread");
+  }
+  pthread_attr_destroy(&attr);
+}
+
+/* Stop reading requests on every connection and wait for them to finish
+ * what is in flight; after 30 s cut them off. */
+static void drain_connections(void)
+{
+  struct timespec deadline;
+  struct live_conn *lc;
+  bool forced = false;
+
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 30;
+  pthread_mutex_lock(&conns_lock);
+  for (lc = conns; lc; lc = lc->next)
+    shutdown(lc->fd, SHUT_RD);
+  while (nconns) {
+    if (pthread_cond_timedwait(&conns_cond, &conns_lock, &deadline) ==
+        ETIMEDOUT && !forced) {
+      nbd_log("%u clients still busy after 30 s: disconnecting them", nconns);
+      for (lc = conns; lc; lc = lc->next)
+        shutdown(lc->fd, SHUT_RDWR);
+      forced = true;
+    }
+  }
+  pthread_mutex_unlock(&conns_lock);
+}
+
+static void write_pid_file(const char *path)
+{
+  FILE *f = fopen(path, "w");
+  if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0)
+    die("%s: cannot write pid file: %s", path, strerror(errno));
+}
+
+enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
+       OPT_TLS_PSK, OPT_TLS };
+
+int main(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "port", required_argument, NULL, 'p' },
+    { "bind", required_argument, NULL, 'b' },
+    { "socket", required_argument, NULL, 'U' },
+    { "read-only", no_argument, NULL, 'r' },
+    { "format", required_argument, NULL, 'f' },
+    { "shared", required_argument, NULL, 'e' },
+    { "persistent", no_argument, NULL, 't' },
+    { "fork", no_argument, NULL, OPT_FORK },
+    { "pid-file", required_argument, NULL, OPT_PID_FILE },
+    { "threads", required_argument, NULL, OPT_THREADS },
+    { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "tls", required_argument, NULL, OPT_TLS },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *port = "10809", *bind_addr = "127.0.0.1", *sock_path = NULL;
+  const char *format = NULL, *pid_file = NULL, *tls_creds = NULL;
+  const char *tls_psk = NULL, *tls_arg = NULL;
+  bool ro = false, do_fork = false;
+  unsigned shared = 16, threads = 0;
+  int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
+  int status = 0;
+
+  while ((c = getopt_long(argc, argv, "p:b:U:rf:e:tvhV", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
+    case 'b': bind_addr = optarg; break;
+    case 'U': sock_path = optarg; break;
+    case 'r': ro = true; break;
+    case 'f': format = optarg; break;
+    case 'e': shared = parse_uint("--shared", optarg, 1, 100000); break;
+    case 't': persistent = true; break;
+    case OPT_FORK: do_fork = true; break;
+    case OPT_PID_FILE: pid_file = optarg; break;
+    case OPT_THREADS: threads = parse_uint("--threads", optarg, 1, 1024); break;
+    case OPT_TLS_CREDS: tls_creds = optarg; break;
+    case OPT_TLS_PSK: tls_psk = optarg; break;
+    case OPT_TLS: tls_arg = optarg; break;
+    case 'v': server.verbose++; break;
+    case 'h': usage(stdout); return 0;
+    case 'V': printf("vdisk-nbd %s\n", PACKAGE_VERSION); return 0;
+    default:
+      fprintf(stderr, "Try 'vdisk-nbd --help'.\n");
+      return 1;
+    }
+  }
+  if (optind >= argc)
+    die("no image given (try --help)");
+  nbd_verbose = server.verbose;
+
+  /* TLS settings. */
+  if (tls_creds && tls_psk)
+    die("--tls-creds and --tls-psk cannot be combined");
+  if (tls_arg) {
+    if (strcmp(tls_arg, "on") == 0)
+      server.tls = NBD_TLS_ON;
+    else if (strcmp(tls_arg, "require") == 0)
+      server.tls = NBD_TLS_REQUIRE;
+    else if (strcmp(tls_arg, "off") == 0)
+      server.tls = NBD_TLS_OFF;
+    else
+      die("--tls: '%s' is not on, require or off", tls_arg);
+    if (server.tls != NBD_TLS_OFF && !tls_creds && !tls_psk)
+      die("--tls=%s needs --tls-creds or --tls-psk", tls_arg);
+  } else if (tls_creds || tls_psk)
+    server.tls = NBD_TLS_REQUIRE;
+  if (server.tls != NBD_TLS_OFF &&
+      nbd_tls_load(tls_creds, tls_psk, &server.tls_creds) < 0)
+    exit(1);
+
+  /* Exports. */
+  server.nexports = (size_t)(argc - optind);
+  server.exports = calloc(server.nexports, sizeof *server.exports);
+  if (!server.exports)
+    die("out of memory");
+  for (i = optind; i < argc; i++)
+    add_export(argv[i], format, ro, (size_t)(i - optind));
+
+  /* Sockets. */
+  if (sock_path)
+    lfds[nl++] = listen_unix(sock_path);
+  else
+    nl = listen_tcp(bind_addr, port, lfds);
+
+  if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+    die("pipe: %s", strerror(errno));
+
+  if (do_fork) {
+    pid_t pid;
+    char b;
+    if (pipe2(ready_pipe, O_CLOEXEC) < 0)
+      die("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+      die("fork: %s", strerror(errno));
+    if (pid > 0) {
+      /* The parent returns once the child serves (or dies trying). */
+      close(ready_pipe[1]);
+      _exit(read(ready_pipe[0], &b, 1) == 1 ? 0 : 1);
+    }
+    close(ready_pipe[0]);
+    setsid();
+    int nfd = open("/dev/null", O_RDWR);
+    if (nfd >= 0) {
+      dup2(nfd, 0);
+      dup2(nfd, 1);
+      if (nfd > 2)
+        close(nfd);
+    }
+  }
+  if (pid_file)
+    write_pid_file(pid_file);
+
+  struct sigaction sa = { .sa_handler = on_signal };
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (!threads) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = n > 2 ? (unsigned)(2 * n) : 4;
+  }
+  if (nbd_pool_start(threads) < 0)
+    die("cannot start %u worker threads", threads);
+
+  if (server.verbose)
+    nbd_log("serving %zu export%s on %s%s%s", server.nexports,
+            server.nexports > 1 ? "s" : "", sock_path ? sock_path : bind_addr,
+            sock_path ? "" : " port ", sock_path ? "" : port);
+  if (do_fork) {
+    if (write(ready_pipe[1], "r", 1) < 0) {
+      /* the parent is gone: keep serving */
+    }
+    close(ready_pipe[1]);
+  }
+
+  for (;;) {
+    struct pollfd pfd[MAX_LISTEN + 1];
+    char b;
+    for (i = 0; i < nl; i++)
+      pfd[i] = (struct pollfd){ .fd = lfds[i], .events = POLLIN };
+    pfd[nl] = (struct pollfd){ .fd = wake_pipe[0], .events = POLLIN };
+    if (poll(pfd, (nfds_t)nl + 1, -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      die("poll: %s", strerror(errno));
+    }
+    if (pfd[nl].revents) {
+      bool stop = false;
+      while (read(wake_pipe[0], &b, 1) == 1) {
+        if (b == 's')
+          stop = true;
+        else if (b == 'e') {
+          pthread_mutex_lock(&conns_lock);
+          if (nconns == 0)
+            stop = true;
+          pthread_mutex_unlock(&conns_lock);
+        }
+      }
+      if (stop)
+        break;
+    }
+    for (i = 0; i < nl; i++)
+      if (pfd[i].revents & POLLIN)
+        accept_one(lfds[i], shared);
+  }
+
+  /* Orderly shutdown. */
+  if (server.verbose)
+    nbd_log("shutting down");
+  for (i = 0; i < nl; i++)
+    close(lfds[i]);
+  drain_connections();
+  nbd_pool_stop();
+  for (size_t k = 0; k < server.nexports; k++) {
+    struct nbd_export *e = &server.exports[k];
+    if (vd_close(e->dev) < 0) {
+      nbd_log("%s", vd_error());
+      status = 1;
+    }
+    free(e->name);
+    free(e->description);
+  }
+  free(server.exports);
+  nbd_tls_free(server.tls_creds);
+  if (sock_path)
+    unlink(sock_path);
+  if (pid_file)
+    unlink(pid_file);
+  return status;
+}

@@ -1,0 +1,106 @@
+/* vdisk-nbd — internal interfaces between the server's modules.
+ *
+ *   main.c       options, listening sockets, accept loop, signals, shutdown
+ *   negotiate.c  option haggling (fixed newstyle) over a struct nbd_io
+ *   conn.c       transmission phase: reader per connection, worker pool
+ *   tls.c        GnuTLS credentials and the STARTTLS upgrade
+ *   proto.c      wire encoding, decoding and request validation
+ *
+ * Lock order: nbd_conn.lock and nbd_conn.wlock are never held together;
+ * the pool lock is taken with neither held.
+ */
+#ifndef NBD_SERVER_H
+#define NBD_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct vd_dev;
+
+/* One export, fixed after start-up. */
+struct nbd_export {
+  char *name;
+  char *description;
+  struct vd_dev *dev;     /* NULL only in the fuzzer */
+  uint64_t size;
+  bool read_only;
+  bool multi_conn;
+  uint32_t min_block, pref_block, max_block;
+};
+
+enum nbd_tls_mode { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
+
+struct nbd_tls;
+
+/* Server-wide configuration, read-only once serving. */
+struct nbd_server {
+  struct nbd_export *exports;
+  size_t nexports;
+  enum nbd_tls_mode tls;
+  struct nbd_tls *tls_creds;   /* NULL unless tls != OFF */
+  int verbose;
+};
+
+/* A connection's byte stream: a socket, possibly upgraded to TLS.  recv
+ * returns the number of bytes read (> 0), 0 at end of stream, -1 on
+ * error.  sendv writes everything or returns -1.  One thread may receive
+ * while another sends (GnuTLS allows that too). */
+struct nbd_io {
+  ssize_t (*recv)(struct nbd_io *io, void *buf, size_t len);
+  int (*sendv)(struct nbd_io *io, const struct iovec *iov, int n);
+  int fd;
+  void *tls;                   /* gnutls_session_t once upgraded */
+};
+
+/* Plain-socket transport on FD. */
+void nbd_io_init_socket(struct nbd_io *io, int fd);
+/* Read exactly LEN bytes: 0, or -1 at end of stream / on error. */
+int nbd_io_recv_full(struct nbd_io *io, void *buf, size_t len);
+/* Read and drop LEN bytes in bounded pieces: 0 or -1. */
+int nbd_io_discard(struct nbd_io *io, uint64_t len);
+int nbd_io_send(struct nbd_io *io, const void *buf, size_t len);
+
+/* Result of a successful negotiation. */
+struct nbd_session {
+  const struct nbd_export *exp;
+  uint16_t eflags;             /* transmission flags sent */
+  bool structured;
+  bool meta_alloc;
+};
+
+/* Option haggling on IO.  Returns 1 when the client entered transmission
+ * (*S filled), 0 when it ended the session politely (ABORT), -1 when the
+ * connection must be dropped (error, end of stream, protocol violation). */
+int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
+                  struct nbd_session *s);
+
+/* Transmission flags for EXP given the negotiated structured replies. */
+uint16_t nbd_export_flags(const struct nbd_export *exp, bool structured);
+
+/* Worker pool shared by all connections. */
+int nbd_pool_start(unsigned nthreads);
+void nbd_pool_stop(void);
+
+/* Serve requests until the client disconnects, the transport fails or the
+ * server shuts down; returns when every request has been answered. */
+void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
+                    const struct nbd_session *s);
+
+/* TLS (tls.c).  Without GnuTLS these fail with a message. */
+int nbd_tls_load(const char *x509_dir, const char *psk_file,
+                 struct nbd_tls **out);
+void nbd_tls_free(struct nbd_tls *t);
+/* Run the server side of a TLS handshake on IO and switch IO to it.
+ * Returns 0 or -1 (the connection must be dropped). */
+int nbd_tls_upgrade(struct nbd_tls *t, struct nbd_io *io, int verbose);
+/* Shut down and free IO's TLS session, if any. */
+void nbd_tls_close(struct nbd_io *io);
+
+/* Logging: messages go to stderr prefixed with the program name. */
+void nbd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int nbd_verbose;
+
+#endif /* NBD_SERVER_H */
