@@ -161,6 +161,14 @@ vd_check(const char *path, const char *format, unsigned fix,
 /* ---- request checks ---- */
 
 static int
+dev_read_only(struct vd_dev *dev, const char *op)
+{
+  const char *hint = dev->drv->read_only_hint;
+  return vd_set_error(EROFS, "%s: %s: device is read-only%s%s", dev->path, op,
+                      hint ? "; " : "", hint ? hint : "");
+}
+
+static int
 dev_check(struct vd_dev *dev, const char *op, uint64_t off, uint64_t len,
           unsigned flags, unsigned allowed, bool write)
 {
@@ -168,7 +176,7 @@ dev_check(struct vd_dev *dev, const char *op, uint64_t off, uint64_t len,
     return vd_set_error(EINVAL, "%s: %s: invalid flags 0x%x", dev->path, op,
                         flags);
   if (write && dev->read_only)
-    return vd_set_error(EROFS, "%s: %s: device is read-only", dev->path, op);
+    return dev_read_only(dev, op);
   if (!vd_range_ok(off, len, dev->size))
     return vd_set_error(write ? ENOSPC : EINVAL,
                         "%s: %s of %" PRIu64 " bytes at offset %" PRIu64
@@ -297,7 +305,7 @@ vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
   if (r < 0 || len == 0)
     return r;
   if (dev->read_only)
-    return vd_set_error(EROFS, "%s: discard: device is read-only", dev->path);
+    return dev_read_only(dev, "discard");
   if (!dev->drv->discard)
     return 0;  /* advisory */
   if (dev->strict_align) {  /* only whole blocks can be discarded */

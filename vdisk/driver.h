@@ -97,6 +97,10 @@ struct vd_driver {
                 void *opaque);
   int (*check)(const char *path, unsigned fix, struct vd_check_report *r);
 
+  /* Read-only formats: what to do instead, appended to the EROFS error of
+   * write-type requests (NULL: nothing to add). */
+  const char *read_only_hint;
+
   /* New ops go here, at the end. */
 };
 
