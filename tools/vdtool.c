@@ -17,6 +17,7 @@ VT_CMD(info)
 VT_CMD(convert)
 VT_CMD(compare)
 VT_CMD(map)
+VT_CMD(check)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -26,6 +27,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(convert),
   VT_ENTRY(compare),
   VT_ENTRY(map),
+  VT_ENTRY(check),
   { NULL, NULL, NULL, NULL }
 };
 
