@@ -13,9 +13,11 @@
 #include "driver.h"
 
 extern const struct vd_driver vd_raw_driver;
+extern const struct vd_driver vd_vdz_driver;
 
 static const struct vd_driver *const vd_drivers[] = {
   &vd_raw_driver,
+  &vd_vdz_driver,
   NULL
 };
 
