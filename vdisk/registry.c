@@ -14,10 +14,12 @@
 
 extern const struct vd_driver vd_raw_driver;
 extern const struct vd_driver vd_vdz_driver;
+extern const struct vd_driver vd_vhd_driver;
 
 static const struct vd_driver *const vd_drivers[] = {
   &vd_raw_driver,
   &vd_vdz_driver,
+  &vd_vhd_driver,
   NULL
 };
 

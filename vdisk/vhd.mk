@@ -1,0 +1,22 @@
+# VHD driver (vdisk/vhd*.c), its unit tests, integration tests, generator,
+# fuzzer and vdtool commands.  Included from vdisk/Makefile.inc.
+vdisk_libvdisk_la_SOURCES += \
+	vdisk/vhd.h \
+	vdisk/vhd.c \
+	vdisk/vhd-meta.c \
+	vdisk/vhd-check.c \
+	$(NULL)
+
+check_PROGRAMS += tests/unit/test-vhd-meta tests/unit/test-vhd-alloc
+TESTS += tests/unit/test-vhd-meta tests/unit/test-vhd-alloc
+tests_unit_test_vhd_meta_SOURCES = tests/unit/test-vhd-meta.c tests/unit/cu.h
+tests_unit_test_vhd_meta_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_vhd_meta_LDADD = $(UNIT_LDADD)
+tests_unit_test_vhd_alloc_SOURCES = tests/unit/test-vhd-alloc.c tests/unit/cu.h
+tests_unit_test_vhd_alloc_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_vhd_alloc_LDADD = $(UNIT_LDADD)
+
+TESTS += \
+	tests/integration/vhd-qemu-img.sh \
+	$(NULL)
+EXTRA_DIST += tests/vhdgen/vhdgen.py
