@@ -18,6 +18,10 @@ VT_CMD(convert)
 VT_CMD(compare)
 VT_CMD(map)
 VT_CMD(check)
+VT_CMD(commit)
+VT_CMD(rebase)
+VT_CMD(resize)
+VT_CMD(compact)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -28,6 +32,10 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(compare),
   VT_ENTRY(map),
   VT_ENTRY(check),
+  VT_ENTRY(commit),
+  VT_ENTRY(rebase),
+  VT_ENTRY(resize),
+  VT_ENTRY(compact),
   { NULL, NULL, NULL, NULL }
 };
 

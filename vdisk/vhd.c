@@ -120,6 +120,17 @@ vhd_probe(const struct vd_probe_data *pd)
  * parent already in here is a loop. */
 static __thread char *vhd_chain[VHD_MAX_CHAIN + 1];
 static __thread int vhd_chain_len;
+/* Set by vhd_open_lone: do not look for the parent at all. */
+static __thread bool vhd_lone;
+
+int
+vhd_open_lone(const char *path, unsigned flags, struct vd_dev **out)
+{
+  vhd_lone = true;
+  int r = vd_open(path, "vpc", flags | VD_OPEN_NOPARENT, out);
+  vhd_lone = false;
+  return r;
+}
 
 static void
 vhd_slashes(char *s)
@@ -155,7 +166,9 @@ static int
 vhd_join(char *out, size_t outlen, const char *dir, const char *rel)
 {
   int n;
-  if (rel[0] == '/')
+  while (rel[0] == '.' && rel[1] == '/')
+    rel += 2;
+  if (rel[0] == '/' || strcmp(dir, ".") == 0)
     n = snprintf(out, outlen, "%s", rel);
   else
     n = snprintf(out, outlen, "%s/%s", dir, rel);
@@ -506,7 +519,7 @@ vhd_open(struct vd_dev *dev)
   /* With VD_OPEN_NOPARENT the chain is still opened (without locks) to
    * validate it, then closed: info on a child with a missing parent, a
    * UUID mismatch or a loop fails like every other open. */
-  if (p->type == VHD_TYPE_DIFF) {
+  if (p->type == VHD_TYPE_DIFF && !vhd_lone) {
     char real[PATH_MAX];
     if (vhd_chain_len >= VHD_MAX_CHAIN)
       return vd_set_error(ELOOP, "%s: chain of differencing images deeper "
@@ -853,8 +866,7 @@ vhd_flush(struct vd_dev *dev)
 
 /* ---- discard / write zeroes ---- */
 
-/* Drop block BLK from the BAT and give its host space back. */
-static int
+int
 vhd_free_block(struct vd_dev *dev, uint32_t blk)
 {
   struct vhd_priv *p = dev->priv;
@@ -1194,10 +1206,7 @@ vhd_locator_encode(const char *path, uint8_t *out, size_t outlen)
   return vhd_utf8_to_utf16(tmp, out, outlen, false);
 }
 
-/* Fill H's parent fields for PARENT_PATH (opened as PARENT) seen from
- * CHILD, laying locator payloads out from *OFF (advanced).  PAYLOAD gets
- * the bytes to write at the two locator offsets. */
-static int
+int
 vhd_fill_parent(struct vhd_header *h, const char *child,
                 const char *parent_path, struct vd_dev *parent, uint64_t *off,
                 uint8_t *payload, size_t paylen, size_t *used)
@@ -1279,11 +1288,16 @@ vhd_create(const char *path, const struct vd_create_args *args)
     if (type == VHD_TYPE_FIXED)
       return vd_set_error(EINVAL, "%s: a fixed VHD cannot have a parent", path);
     type = VHD_TYPE_DIFF;
-    r = vd_open(args->backing, args->backing_format, 0, &parent);
+    r = vd_open(args->backing, args->backing_format, VD_OPEN_NOLOCK, &parent);
     if (r < 0)
       return r;
     if (size == 0)
       size = parent->size;
+    /* Children inherit the parent's block size unless told otherwise. */
+    struct vhd_priv *pp = vhd_priv_of(parent);
+    if (pp && pp->block_size >= (512u << 10) &&
+        vd_opt_get(args->options, "block_size", val, sizeof val) == 0)
+      block = pp->block_size;
   }
   size = vd_round_up(size, VHD_SECTOR);
   if (size > VHD_MAX_SIZE) {

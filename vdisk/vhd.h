@@ -182,6 +182,22 @@ static inline struct vhd_priv *vhd_priv_of(struct vd_dev *dev)
   return dev && dev->drv == &vd_vhd_driver ? dev->priv : NULL;
 }
 
+/* Open PATH as a VHD without looking for its parent (reads of sectors
+ * the image does not hold return zeros): for management commands that
+ * must work when the parent is missing or about to change. */
+int vhd_open_lone(const char *path, unsigned flags, struct vd_dev **out);
+/* Drop block BLK from the BAT (written at the next flush) and punch its
+ * host space.  Takes the block's stripe lock. */
+int vhd_free_block(struct vd_dev *dev, uint32_t blk);
+/* Fill H's parent fields (UUID, time stamp, name) and the two locators
+ * (W2ru, W2ku) for PARENT_PATH, opened as PARENT, seen from CHILD.  The
+ * locator payloads are laid out from *OFF (advanced) into PAYLOAD
+ * (PAYLEN bytes), *USED gets their total size. */
+int vhd_fill_parent(struct vhd_header *h, const char *child,
+                    const char *parent_path, struct vd_dev *parent,
+                    uint64_t *off, uint8_t *payload, size_t paylen,
+                    size_t *used);
+
 /* Read LEN bytes at OFF from this layer only: sectors this image does not
  * hold read as zeros and their bits are cleared in *HELD (one bool per
  * 512-byte sector of the range, OFF and LEN sector-aligned; may be NULL). */

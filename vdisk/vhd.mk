@@ -5,6 +5,7 @@ vdisk_libvdisk_la_SOURCES += \
 	vdisk/vhd.c \
 	vdisk/vhd-meta.c \
 	vdisk/vhd-check.c \
+	vdisk/vhd-manage.c \
 	$(NULL)
 
 check_PROGRAMS += tests/unit/test-vhd-meta tests/unit/test-vhd-alloc

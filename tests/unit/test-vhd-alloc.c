@@ -88,8 +88,10 @@ verify(const char *path, bool diff)
   struct vd_check_report rep = { 0 };
   uint8_t *buf = malloc(BS);
 
-  if (vd_open(path, NULL, 0, &dev) < 0) fprintf(stderr, "%s\n", vd_error());
-  CU_ASSERT_EQUAL_FATAL(vd_open(path, NULL, 0, &dev), 0);
+  int r = vd_open(path, NULL, 0, &dev);
+  if (r < 0)
+    fprintf(stderr, "%s\n", vd_error());
+  CU_ASSERT_EQUAL_FATAL(r, 0);
   CU_ASSERT_EQUAL(field(dev, "allocated-blocks"), NBLOCKS);
   for (uint32_t blk = 0; blk < NBLOCKS; blk++) {
     CU_ASSERT_EQUAL_FATAL(vd_pread(dev, buf, BS, (uint64_t)blk * BS), 0);

@@ -1,0 +1,667 @@
+/* libvdisk — VHD management: commit, rebase, resize, compact (the vdtool
+ * commands of the same names).  Each opens the image itself, works through
+ * the driver's own paths (vd_pwrite, vhd_read_own, vhd_free_block, flush)
+ * and rewrites metadata last, after the data it describes is durable.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "vhd.h"
+
+static bool
+is_zero(const uint8_t *b, size_t n)
+{
+  return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/* Open PATH as a VHD of type WANT (0: any). */
+static int
+mg_open(const char *path, unsigned flags, unsigned want, bool lone,
+        struct vd_dev **out)
+{
+  int r = lone ? vhd_open_lone(path, flags, out)
+               : vd_open(path, "vpc", flags, out);
+  if (r < 0)
+    return r;
+  struct vhd_priv *p = vhd_priv_of(*out);
+  if (want == VHD_TYPE_DIFF && p->type != VHD_TYPE_DIFF) {
+    vd_close(*out);
+    return vd_set_error(EINVAL, "%s: not a differencing image", path);
+  }
+  if (want == VHD_TYPE_DYNAMIC && p->type == VHD_TYPE_FIXED) {
+    vd_close(*out);
+    return vd_set_error(EINVAL, "%s: a fixed VHD has no blocks to compact",
+                        path);
+  }
+  return 0;
+}
+
+/* Per-block scratch: the block's bytes and one "held" flag per sector. */
+struct mg_buf {
+  uint8_t *data;
+  bool *held;
+};
+
+static int
+mg_buf_init(struct mg_buf *b, uint32_t block_size, const char *path)
+{
+  b->data = malloc(block_size);
+  b->held = malloc(block_size / VHD_SECTOR);
+  if (!b->data || !b->held) {
+    free(b->data);
+    free(b->held);
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
+  return 0;
+}
+
+static void
+mg_buf_free(struct mg_buf *b)
+{
+  free(b->data);
+  free(b->held);
+}
+
+/* ---- commit ---- */
+
+int
+vhd_commit(const char *child, vd_progress_fn progress, void *opaque)
+{
+  struct vd_dev *c, *par = NULL;
+  struct mg_buf b;
+  int r = mg_open(child, 0, VHD_TYPE_DIFF, false, &c);
+  if (r < 0)
+    return r;
+  struct vhd_priv *p = c->priv;
+  char parent_path[sizeof p->parent_path];
+  snprintf(parent_path, sizeof parent_path, "%s", p->parent_path);
+  /* Read the child alone from here on: the parent gets opened writable. */
+  vd_close(c);
+  r = mg_open(child, 0, VHD_TYPE_DIFF, true, &c);
+  if (r < 0)
+    return r;
+  p = c->priv;
+  r = vd_open(parent_path, NULL, VD_OPEN_RDWR, &par);
+  if (r < 0)
+    goto out;
+  if (c->size > par->size) {
+    r = vd_set_error(EINVAL, "%s: the child (%" PRIu64 " bytes) is larger "
+                     "than its parent %s (%" PRIu64 " bytes): resize the "
+                     "parent first", child, c->size, parent_path, par->size);
+    goto out;
+  }
+  if ((r = mg_buf_init(&b, p->block_size, child)) < 0)
+    goto out;
+  for (uint32_t blk = 0; r == 0 && blk < p->nblocks; blk++) {
+    if (progress)
+      progress(opaque, blk, p->nblocks);
+    if (__atomic_load_n(&p->bat[blk], __ATOMIC_ACQUIRE) == VHD_BAT_UNUSED)
+      continue;
+    uint64_t off = (uint64_t)blk * p->block_size;
+    size_t len = c->size - off < p->block_size ? (size_t)(c->size - off)
+                                               : p->block_size;
+    r = vhd_read_own(c, b.data, len, off, b.held);
+    for (size_t s = 0; r == 0 && s < len / VHD_SECTOR;) {
+      size_t t = s + 1;
+      while (t < len / VHD_SECTOR && b.held[t] == b.held[s])
+        t++;
+      if (b.held[s]) {
+        uint8_t *d = b.data + s * VHD_SECTOR;
+        size_t n = (t - s) * VHD_SECTOR;
+        r = is_zero(d, n) ? vd_write_zeroes(par, off + s * VHD_SECTOR, n, 0)
+                          : vd_pwrite(par, d, n, off + s * VHD_SECTOR, 0);
+      }
+      s = t;
+    }
+  }
+  mg_buf_free(&b);
+  if (r == 0)
+    r = vd_flush(par);
+  if (r == 0 && progress)
+    progress(opaque, p->nblocks, p->nblocks);
+out:
+  if (par) {
+    int r2 = vd_close(par);
+    if (r == 0)
+      r = r2;
+  }
+  vd_close(c);
+  return r;
+}
+
+/* ---- rebase ---- */
+
+/* Whether dev (possibly NULL = "no parent") reads [off, off+len) as all
+ * zeros according to block status. */
+static int
+mg_all_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
+{
+  *zero = true;
+  if (!dev || off >= dev->size)
+    return 0;
+  if (off + len > dev->size)
+    len = dev->size - off;
+  while (len > 0) {
+    struct vd_extent e;
+    int r = vd_block_status(dev, off, len, &e);
+    if (r < 0)
+      return r;
+    if (!(e.flags & VD_EXT_ZERO)) {
+      *zero = false;
+      return 0;
+    }
+    off += e.length;
+    len -= e.length;
+  }
+  return 0;
+}
+
+/* Read [off, off+len) of DEV, zeros past its end or when DEV is NULL. */
+static int
+mg_read(struct vd_dev *dev, uint8_t *buf, size_t len, uint64_t off)
+{
+  size_t n = 0;
+  if (dev && off < dev->size)
+    n = dev->size - off < len ? (size_t)(dev->size - off) : len;
+  memset(buf + n, 0, len - n);
+  return n ? vd_pread(dev, buf, n, off) : 0;
+}
+
+/* Write the parent pointer of C (open, writable) for NP at NP_PATH, or no
+ * parent when NP is NULL. */
+static int
+mg_set_parent(struct vd_dev *c, const char *np_path, struct vd_dev *np)
+{
+  struct vhd_priv *p = c->priv;
+  struct vhd_header h = p->header;
+  int r;
+
+  if (!np) {
+    memset(h.parent_uuid, 0, sizeof h.parent_uuid);
+    memset(h.parent_name, 0, sizeof h.parent_name);
+    h.parent_timestamp = 0;
+    memset(h.loc, 0, sizeof h.loc);
+    struct vhd_header old = p->header;
+    p->header = h;
+    p->footer.type = VHD_TYPE_DYNAMIC;
+    r = vhd_write_metadata(c, true, true);
+    /* The old locator payloads are now unreferenced: zero them. */
+    for (int i = 0; r == 0 && i < VHD_NLOC; i++)
+      if (old.loc[i].length)
+        r = vd_file_zero(c->file, old.loc[i].offset, old.loc[i].length,
+                         false, false);
+    return r;
+  }
+
+  size_t paylen = 4 * PATH_MAX + 2 * VHD_SECTOR, used;
+  uint8_t *payload = calloc(1, paylen);
+  if (!payload)
+    return vd_set_error(ENOMEM, "%s: out of memory", c->path);
+  uint64_t off = 0;
+  r = vhd_fill_parent(&h, c->path, np_path, np, &off, payload, paylen, &used);
+  if (r < 0)
+    goto out;
+  /* Payloads go where the old W2ru/W2ku ones were if they fit there, or
+   * else after the last block (the footer moves down first). */
+  uint64_t need = used, have = 0, where = UINT64_MAX, top = 0;
+  for (int i = 0; i < VHD_NLOC; i++) {
+    const struct vhd_locator *l = &p->header.loc[i];
+    if (!l->length)
+      continue;
+    uint64_t sp = vd_round_up(l->space > l->length ? l->space : l->length,
+                              VHD_SECTOR);
+    if (l->offset < where)
+      where = l->offset;
+    if (l->offset + sp > top)
+      top = l->offset + sp;
+    have += sp;
+  }
+  /* Reuse the old payloads' space only when it is one contiguous run
+   * large enough; otherwise append. */
+  if (where == UINT64_MAX || top - where != have || have < need) {
+    pthread_mutex_lock(&p->alloc_lock);
+    where = p->next_free;
+    p->next_free += vd_round_up(need, VHD_SECTOR);
+    r = vd_file_pwrite(c->file, p->footer_raw, VHD_FOOTER_SIZE, p->next_free);
+    pthread_mutex_unlock(&p->alloc_lock);
+    if (r < 0)
+      goto out;
+  } else {
+    for (int i = 0; i < VHD_NLOC; i++)
+      if (p->header.loc[i].length)
+        vd_file_zero(c->file, p->header.loc[i].offset,
+                     p->header.loc[i].length, false, false);
+  }
+  for (int i = 0; i < VHD_NLOC; i++)
+    if (h.loc[i].length)
+      h.loc[i].offset += where;
+  r = vd_file_pwrite(c->file, payload, used, where);
+  if (r == 0)
+    r = vd_file_flush(c->file);
+  if (r == 0) {
+    p->header = h;
+    r = vhd_write_metadata(c, true, false);
+  }
+out:
+  free(payload);
+  return r;
+}
+
+int
+vhd_rebase(const char *child, const char *new_parent, bool unsafe,
+           vd_progress_fn progress, void *opaque)
+{
+  struct vd_dev *c, *np = NULL;
+  struct mg_buf b = { NULL, NULL };
+  uint8_t *oldb = NULL, *newb = NULL;
+  int r;
+
+  if (new_parent && !*new_parent)
+    new_parent = NULL;
+  r = mg_open(child, VD_OPEN_RDWR, VHD_TYPE_DIFF, unsafe, &c);
+  if (r < 0)
+    return r;
+  struct vhd_priv *p = c->priv;
+  if (new_parent) {
+    r = vd_open(new_parent, NULL, VD_OPEN_NOLOCK, &np);
+    if (r < 0)
+      goto out;
+    /* The new parent's chain must not contain the child. */
+    char me[PATH_MAX], other[PATH_MAX];
+    if (!realpath(child, me))
+      snprintf(me, sizeof me, "%s", child);
+    for (struct vd_dev *d = np; d;) {
+      if (realpath(vd_path(d), other) && strcmp(me, other) == 0) {
+        r = vd_set_error(ELOOP, "%s: rebasing onto %s would make a parent "
+                         "loop", child, new_parent);
+        goto out;
+      }
+      struct vhd_priv *dp = vhd_priv_of(d);
+      d = dp ? dp->parent : NULL;
+    }
+  }
+
+  if (!unsafe) {
+    /* Copy into the child every sector it does not hold whose contents
+     * differ between the old chain and the new parent. */
+    if ((r = mg_buf_init(&b, p->block_size, child)) < 0)
+      goto out;
+    oldb = malloc(p->block_size);
+    newb = malloc(p->block_size);
+    if (!oldb || !newb) {
+      r = vd_set_error(ENOMEM, "%s: out of memory", child);
+      goto out;
+    }
+    for (uint32_t blk = 0; r == 0 && blk < p->nblocks; blk++) {
+      if (progress)
+        progress(opaque, blk, p->nblocks);
+      uint64_t off = (uint64_t)blk * p->block_size;
+      size_t len = c->size - off < p->block_size ? (size_t)(c->size - off)
+                                                 : p->block_size;
+      bool z_old, z_new;
+      if ((r = mg_all_zero(p->parent, off, len, &z_old)) < 0 ||
+          (r = mg_all_zero(np, off, len, &z_new)) < 0)
+        break;
+      if (z_old && z_new)
+        continue;
+      if ((r = vhd_read_own(c, b.data, len, off, b.held)) < 0 ||
+          (r = mg_read(p->parent, oldb, len, off)) < 0 ||
+          (r = mg_read(np, newb, len, off)) < 0)
+        break;
+      for (size_t s = 0; r == 0 && s < len / VHD_SECTOR;) {
+        size_t t = s, o = s * VHD_SECTOR;
+        while (t < len / VHD_SECTOR && !b.held[t] &&
+               memcmp(oldb + t * VHD_SECTOR, newb + t * VHD_SECTOR,
+                      VHD_SECTOR) != 0)
+          t++;
+        if (t > s) {
+          r = vd_pwrite(c, oldb + o, (t - s) * VHD_SECTOR, off + o, 0);
+          s = t;
+        } else {
+          s++;
+        }
+      }
+    }
+    if (r == 0)
+      r = vd_flush(c);
+  }
+  if (r == 0)
+    r = mg_set_parent(c, new_parent, np);
+  if (r == 0 && progress)
+    progress(opaque, p->nblocks, p->nblocks);
+out:
+  free(oldb);
+  free(newb);
+  mg_buf_free(&b);
+  vd_close(np);
+  int r2 = vd_close(c);
+  return r ? r : r2;
+}
+
+/* ---- resize ---- */
+
+static int
+mg_resize_fixed(struct vd_dev *dev, uint64_t size)
+{
+  struct vhd_priv *p = dev->priv;
+  uint64_t old = dev->size;
+  int r;
+
+  vhd_chs_for_size(size, &p->footer.cylinders, &p->footer.heads,
+                   &p->footer.sectors);
+  p->footer.current_size = size;
+  vhd_footer_encode(&p->footer, p->footer_raw);
+  r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, size);
+  /* Growing: the old footer becomes disk data, which must read zeros. */
+  if (r == 0 && size > old && p->footer_pos < size)
+    r = vd_file_zero(dev->file, p->footer_pos, VHD_FOOTER_SIZE, false, false);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r == 0)
+    r = vd_file_truncate(dev->file, size + VHD_FOOTER_SIZE);
+  p->footer_pos = size;
+  return r;
+}
+
+static int
+mg_grow_bat(struct vd_dev *dev, uint32_t entries)
+{
+  struct vhd_priv *p = dev->priv;
+  uint64_t bytes = vd_round_up((uint64_t)entries * 4, VHD_SECTOR);
+  uint8_t *raw = malloc((size_t)bytes);
+  uint32_t *bat = realloc(p->bat, sizeof *bat * ((size_t)entries + 1));
+  uint8_t *full = realloc(p->full, entries / 8 + 1);
+  uint8_t *dirty = realloc(p->bat_dirty, (size_t)(bytes / VHD_SECTOR) / 8 + 1);
+  if (bat) p->bat = bat;
+  if (full) p->full = full;
+  if (dirty) p->bat_dirty = dirty;
+  if (!raw || !bat || !full || !dirty) {
+    free(raw);
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  }
+  int r = vd_flush(dev);   /* no dirty BAT sectors from here on */
+  if (r < 0) {
+    free(raw);
+    return r;
+  }
+  uint64_t old_off = p->bat_offset;
+  uint64_t old_bytes = vd_round_up((uint64_t)p->bat_entries * 4, VHD_SECTOR);
+  memset(full + p->bat_entries / 8 + 1, 0,
+         entries / 8 - p->bat_entries / 8);
+  memset(dirty, 0, (size_t)(bytes / VHD_SECTOR) / 8 + 1);
+  for (uint32_t i = p->bat_entries; i < entries; i++)
+    bat[i] = VHD_BAT_UNUSED;
+  for (uint32_t i = 0; i < entries; i++)
+    vd_put_be32(raw + 4 * (size_t)i, bat[i]);
+  memset(raw + 4 * (size_t)entries, 0xFF, (size_t)bytes - 4 * (size_t)entries);
+  /* The new table goes after the last block; the header points at it
+   * only once it is durable; the old one is zeroed last. */
+  uint64_t where = p->next_free;
+  r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, where + bytes);
+  if (r == 0)
+    r = vd_file_pwrite(dev->file, raw, (size_t)bytes, where);
+  free(raw);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r < 0)
+    return r;
+  p->next_free = where + bytes;
+  p->bat_offset = where;
+  p->bat_entries = entries;
+  p->header.bat_offset = where;
+  p->header.max_entries = entries;
+  r = vhd_write_metadata(dev, true, false);
+  if (r == 0)
+    r = vd_file_zero(dev->file, old_off, old_bytes, false, false);
+  return r;
+}
+
+int
+vhd_resize(const char *path, uint64_t size, bool shrink)
+{
+  struct vd_dev *dev;
+  int r = mg_open(path, VD_OPEN_RDWR, 0, true, &dev);
+  if (r < 0)
+    return r;
+  struct vhd_priv *p = dev->priv;
+  uint8_t *buf = NULL;
+
+  size = vd_round_up(size, VHD_SECTOR);
+  if (size > VHD_MAX_SIZE) {
+    r = vd_set_error(EFBIG, "%s: size %" PRIu64 " exceeds the VHD limit of "
+                     "2040 GiB", path, size);
+    goto out;
+  }
+  if (size < dev->size && !shrink) {
+    r = vd_set_error(EINVAL, "%s: use --shrink to make the image smaller",
+                     path);
+    goto out;
+  }
+  if (size == dev->size)
+    goto out;
+
+  /* Shrinking: everything past the new end must be unallocated or zeros. */
+  if (size < dev->size) {
+    size_t chunk = 1u << 20;
+    buf = malloc(chunk);
+    if (!buf) {
+      r = vd_set_error(ENOMEM, "%s: out of memory", path);
+      goto out;
+    }
+    for (uint64_t off = size; off < dev->size;) {
+      struct vd_extent e;
+      uint64_t n = dev->size - off;
+      if ((r = vd_block_status(dev, off, n, &e)) < 0)
+        goto out;
+      if (!(e.flags & VD_EXT_ZERO) && e.depth == 0) {
+        for (uint64_t o = off; o < off + e.length; o += chunk) {
+          size_t k = off + e.length - o < chunk ? (size_t)(off + e.length - o)
+                                                : chunk;
+          if ((r = vd_pread(dev, buf, k, o)) < 0)
+            goto out;
+          if (!is_zero(buf, k)) {
+            r = vd_set_error(ENOTEMPTY, "%s: cannot shrink to %" PRIu64
+                             " bytes: data at offset %" PRIu64, path, size, o);
+            goto out;
+          }
+        }
+      }
+      off += e.length;
+    }
+  }
+
+  if (p->type == VHD_TYPE_FIXED) {
+    r = mg_resize_fixed(dev, size);
+    goto out;
+  }
+  uint64_t need = (size + p->block_size - 1) / p->block_size;
+  if (size < dev->size) {
+    for (uint64_t blk = need; blk < p->nblocks; blk++)
+      if ((r = vhd_free_block(dev, (uint32_t)blk)) < 0)
+        goto out;
+  } else if (need > p->bat_entries) {
+    if (need > VHD_MAX_BAT_ENTRIES) {
+      r = vd_set_error(EFBIG, "%s: too many blocks", path);
+      goto out;
+    }
+    if ((r = mg_grow_bat(dev, (uint32_t)need)) < 0)
+      goto out;
+  }
+  if ((r = vd_flush(dev)) < 0)
+    goto out;
+  p->footer.current_size = size;
+  vhd_chs_for_size(size, &p->footer.cylinders, &p->footer.heads,
+                   &p->footer.sectors);
+  r = vhd_write_metadata(dev, false, true);
+out:
+  free(buf);
+  int r2 = vd_close(dev);
+  return r ? r : r2;
+}
+
+/* ---- compact ---- */
+
+int
+vhd_compact(const char *path, uint64_t *freed, vd_progress_fn progress,
+            void *opaque)
+{
+  struct vd_dev *dev;
+  struct mg_buf b = { NULL, NULL };
+  struct vhd_extent *ext = NULL;
+  uint8_t *copy = NULL;
+  int r = mg_open(path, VD_OPEN_RDWR, VHD_TYPE_DYNAMIC, true, &dev);
+  if (r < 0)
+    return r;
+  struct vhd_priv *p = dev->priv;
+  uint64_t before = p->next_free;
+  *freed = 0;
+
+  /* 1. Free blocks that hold nothing. */
+  if ((r = mg_buf_init(&b, p->block_size, path)) < 0)
+    goto out;
+  for (uint32_t blk = 0; blk < p->nblocks; blk++) {
+    if (progress)
+      progress(opaque, blk, 2 * (uint64_t)p->nblocks);
+    if (__atomic_load_n(&p->bat[blk], __ATOMIC_ACQUIRE) == VHD_BAT_UNUSED)
+      continue;
+    uint64_t off = (uint64_t)blk * p->block_size;
+    size_t len = dev->size - off < p->block_size ? (size_t)(dev->size - off)
+                                                 : p->block_size;
+    if ((r = vhd_read_own(dev, b.data, len, off, b.held)) < 0)
+      goto out;
+    bool empty = true;
+    if (p->type == VHD_TYPE_DIFF)
+      empty = is_zero((const uint8_t *)b.held, len / VHD_SECTOR);
+    else
+      empty = is_zero(b.data, len);
+    if (empty && (r = vhd_free_block(dev, blk)) < 0)
+      goto out;
+  }
+  if ((r = vd_flush(dev)) < 0)
+    goto out;
+
+  /* 2. Move the last blocks into the lowest gaps, in passes: a pass only
+   * fills space that no BAT entry on disk references, then flushes (data,
+   * then BAT), so a crash leaves either copy valid. */
+  uint64_t slot = (uint64_t)p->bitmap_size + p->block_size;
+  ext = malloc(sizeof *ext * ((size_t)p->bat_entries + VHD_NLOC + 4));
+  copy = malloc((size_t)slot);
+  if (!ext || !copy) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+  for (;;) {
+    size_t n = 0;
+    uint64_t meta_end = p->footer.data_offset + VHD_HEADER_SIZE;
+    uint64_t bat_end = p->bat_offset +
+                       vd_round_up((uint64_t)p->bat_entries * 4, VHD_SECTOR);
+    if (bat_end > meta_end)
+      meta_end = bat_end;
+    for (int i = 0; i < VHD_NLOC; i++)
+      if (p->header.loc[i].length) {
+        uint64_t e = p->header.loc[i].offset +
+                     vd_round_up(p->header.loc[i].length, VHD_SECTOR);
+        if (e > meta_end)
+          meta_end = e;
+      }
+    for (uint32_t i = 0; i < p->bat_entries; i++) {
+      uint32_t e = __atomic_load_n(&p->bat[i], __ATOMIC_ACQUIRE);
+      if (e == VHD_BAT_UNUSED)
+        continue;
+      uint64_t len = p->bitmap_size + (i < p->nblocks
+        ? vd_round_up(dev->size - (uint64_t)i * p->block_size < p->block_size
+                      ? dev->size - (uint64_t)i * p->block_size : p->block_size,
+                      VHD_SECTOR)
+        : p->block_size);
+      ext[n++] = (struct vhd_extent){ (uint64_t)e * VHD_SECTOR, len, i };
+    }
+    qsort(ext, n, sizeof *ext, vhd_extent_cmp);
+    /* Gaps between meta_end and the blocks, lowest first; move blocks
+     * from the end into them. */
+    size_t moved = 0, hi = n;
+    uint64_t cursor = vd_round_up(meta_end, VHD_SECTOR);
+    size_t lo = 0;
+    while (hi > 0) {
+      /* Find the next gap at or after cursor. */
+      while (lo < hi && ext[lo].off < cursor + slot) {
+        if (ext[lo].off + ext[lo].len > cursor)
+          cursor = vd_round_up(ext[lo].off + ext[lo].len, VHD_SECTOR);
+        lo++;
+      }
+      if (lo >= hi)
+        break;
+      struct vhd_extent *last = &ext[hi - 1];
+      if (last->off <= cursor)
+        break;
+      /* [cursor, cursor+slot) is free and below the last block. */
+      r = vd_file_pread(dev->file, copy, (size_t)last->len, last->off);
+      if (r == 0)
+        r = vd_file_pwrite(dev->file, copy, (size_t)last->len, cursor);
+      if (r < 0)
+        goto out;
+      __atomic_store_n(&p->bat[last->index], (uint32_t)(cursor / VHD_SECTOR),
+                       __ATOMIC_RELEASE);
+      pthread_mutex_lock(&p->bat_lock);
+      uint32_t sec = last->index / (VHD_SECTOR / 4);
+      p->bat_dirty[sec / 8] = (uint8_t)(p->bat_dirty[sec / 8] | (1u << (sec % 8)));
+      pthread_mutex_unlock(&p->bat_lock);
+      cursor += slot;
+      hi--;
+      moved++;
+    }
+    if ((r = vd_flush(dev)) < 0)
+      goto out;
+    if (!moved)
+      break;
+    if (progress)
+      progress(opaque, p->nblocks + (uint64_t)p->nblocks * (n - hi) / (n ? n : 1),
+               2 * (uint64_t)p->nblocks);
+  }
+
+  /* 3. Footer right after the last referenced byte, then truncate. */
+  {
+    uint64_t end = p->footer.data_offset + VHD_HEADER_SIZE;
+    uint64_t bat_end = p->bat_offset +
+                       vd_round_up((uint64_t)p->bat_entries * 4, VHD_SECTOR);
+    if (bat_end > end)
+      end = bat_end;
+    for (int i = 0; i < VHD_NLOC; i++)
+      if (p->header.loc[i].length &&
+          p->header.loc[i].offset + p->header.loc[i].length > end)
+        end = p->header.loc[i].offset + p->header.loc[i].length;
+    for (uint32_t i = 0; i < p->bat_entries; i++) {
+      uint32_t e = p->bat[i];
+      if (e == VHD_BAT_UNUSED)
+        continue;
+      uint64_t be = (uint64_t)e * VHD_SECTOR + p->bitmap_size +
+        (i < p->nblocks && dev->size - (uint64_t)i * p->block_size < p->block_size
+         ? dev->size - (uint64_t)i * p->block_size : p->block_size);
+      if (be > end)
+        end = be;
+    }
+    end = vd_round_up(end, VHD_SECTOR);
+    if (end < p->next_free) {
+      p->next_free = end;
+      r = vhd_write_metadata(dev, false, true);
+      if (r == 0)
+        r = vd_file_truncate(dev->file, end + VHD_FOOTER_SIZE);
+      if (r == 0)
+        *freed = before - end;
+    }
+  }
+  if (r == 0 && progress)
+    progress(opaque, 1, 1);
+out:
+  free(ext);
+  free(copy);
+  mg_buf_free(&b);
+  int r2 = vd_close(dev);
+  return r ? r : r2;
+}
