@@ -440,5 +440,9 @@ vhd_check(const char *path, unsigned fix, struct vd_check_report *rep)
   }
 out:
   vd_file_close(c.f);
+  /* As qemu's drivers count them: what was repaired is only in *_fixed. */
+  rep->corruptions -= rep->corruptions_fixed < rep->corruptions
+                      ? rep->corruptions_fixed : rep->corruptions;
+  rep->leaks -= rep->leaks_fixed < rep->leaks ? rep->leaks_fixed : rep->leaks;
   return r;
 }
