@@ -2,13 +2,24 @@
  *
  * Each connection has one reader (the thread that accepted it): it reads
  * request headers and write payloads through a small input buffer,
- * validates them (proto.c), answers invalid ones itself and queues the
- * rest on a worker pool shared by every connection.  Workers call the
- * engine and write each reply whole under the connection's write lock, so
- * replies leave in completion order.  Memory is bounded per connection:
- * at most CONN_MAX_INFLIGHT requests and CONN_BYTE_BUDGET payload bytes in
- * flight (a single request of any allowed size is always admitted); the
- * reader stops reading the socket until work completes.
+ * validates them (proto.c) and queues them on a worker pool shared by
+ * every connection.  Workers call the engine and build the reply inside
+ * the job; the reply is then sent whole, in completion order, under the
+ * connection's write lock.
+ *
+ * A worker never waits on a client: it sends with MSG_DONTWAIT, and when
+ * the socket is full (a slow or stalled reader) the rest of the reply
+ * goes to the connection's output queue, drained by the connection's own
+ * writer thread; later replies queue behind it.  TLS replies always go
+ * through the writer.  So a client that stops reading blocks only its own
+ * threads, never the pool.
+ *
+ * Memory is bounded per connection: at most CONN_MAX_INFLIGHT requests and
+ * CONN_BYTE_BUDGET payload bytes between the reader taking a request and
+ * its reply leaving (a single request of any allowed size is always
+ * admitted); the reader stops reading the socket until replies drain.
+ *
+ * Lock order: wlock before lock; the pool lock alone.
  */
 #include <config.h>
 
@@ -32,13 +43,20 @@
 
 struct nbd_conn;
 
+#define JOB_MAX_IOV (2 * READ_MAX_CHUNKS)
+
 struct nbd_job {
-  struct nbd_job *next;
+  struct nbd_job *next;         /* free list, pool queue or output queue */
   struct nbd_conn *conn;
   struct nbd_request req;
   uint32_t cost;                /* bytes charged to the connection */
   uint8_t *buf;                 /* payload / read data, cap bytes */
   size_t cap;
+  /* The reply: iov[iov_pos..niov) still to send. */
+  struct iovec iov[JOB_MAX_IOV];
+  int niov, iov_pos;
+  uint8_t hdrs[READ_MAX_CHUNKS][NBD_CHUNK_HDR_LEN + 12];
+  char msg[256];                /* error message of an error chunk */
 };
 
 struct nbd_conn {
@@ -48,14 +66,17 @@ struct nbd_conn {
   struct nbd_req_ctx ctx;
   struct vd_dev *dev;
 
-  pthread_mutex_t wlock;        /* serialises writes to io */
+  pthread_mutex_t wlock;        /* serialises output on io */
+  pthread_cond_t wcond;         /* wakes the writer */
   bool dead;                    /* wlock: a send failed, stop replying */
+  bool closing;                 /* wlock: the writer may exit when idle */
+  struct nbd_job *outq, *outq_tail; /* wlock: replies waiting for the writer */
+  pthread_t writer;
 
   pthread_mutex_t lock;
-  pthread_cond_t cond;          /* signalled when a job completes */
+  pthread_cond_t cond;          /* signalled when a job is released */
   unsigned inflight;            /* lock */
   uint64_t inflight_bytes;      /* lock */
-  unsigned njobs;               /* lock: jobs allocated */
   struct nbd_job *free_jobs;    /* lock */
 
   uint8_t rbuf[RBUF_SIZE];      /* reader only */
@@ -144,57 +165,152 @@ static void pool_push(struct nbd_job *j)
 
 /* ---- replies ---- */
 
-static void conn_send(struct nbd_conn *c, const struct iovec *iov, int n)
+static void job_release(struct nbd_job *j);
+
+static void iov_advance(struct nbd_job *j, size_t n)
 {
-  pthread_mutex_lock(&c->wlock);
-  if (!c->dead && c->io->sendv(c->io, iov, n) < 0) {
-    c->dead = true;
-    /* Wake the reader: nobody is listening any more. */
-    shutdown(c->io->fd, SHUT_RDWR);
+  while (j->iov_pos < j->niov && n >= j->iov[j->iov_pos].iov_len)
+    n -= j->iov[j->iov_pos++].iov_len;
+  if (n) {
+    j->iov[j->iov_pos].iov_base = (char *)j->iov[j->iov_pos].iov_base + n;
+    j->iov[j->iov_pos].iov_len -= n;
   }
+}
+
+static void conn_kill_locked(struct nbd_conn *c)
+{
+  c->dead = true;
+  /* Wake the reader: nobody is listening any more. */
+  shutdown(c->io->fd, SHUT_RDWR);
+}
+
+/* Send J's reply (now, or through the writer) and release J after. */
+static void reply_submit(struct nbd_job *j)
+{
+  struct nbd_conn *c = j->conn;
+
+  pthread_mutex_lock(&c->wlock);
+  if (c->dead) {
+    pthread_mutex_unlock(&c->wlock);
+    job_release(j);
+    return;
+  }
+  if (!c->outq && !c->io->tls) {
+    while (j->iov_pos < j->niov) {
+      struct msghdr msg = { .msg_iov = j->iov + j->iov_pos,
+                            .msg_iovlen = (size_t)(j->niov - j->iov_pos) };
+      ssize_t w = sendmsg(c->io->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR)
+          continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+          conn_kill_locked(c);
+        break;
+      }
+      iov_advance(j, (size_t)w);
+    }
+    if (c->dead || j->iov_pos == j->niov) {
+      pthread_mutex_unlock(&c->wlock);
+      job_release(j);
+      return;
+    }
+  }
+  j->next = NULL;
+  if (c->outq_tail)
+    c->outq_tail->next = j;
+  else
+    c->outq = j;
+  c->outq_tail = j;
+  pthread_cond_signal(&c->wcond);
   pthread_mutex_unlock(&c->wlock);
 }
 
-static void reply_ok(struct nbd_conn *c, const struct nbd_request *req)
+/* The writer: blocking sends of queued replies, one whole reply at a
+ * time.  The head of the queue stays queued while it is sent, so that
+ * workers keep appending behind it instead of sending directly. */
+static void *conn_writer(void *arg)
 {
-  uint8_t hdr[NBD_SIMPLE_REPLY_LEN];
-  struct iovec iov = { hdr, nbd_encode_simple_reply(hdr, req->cookie, 0) };
-  conn_send(c, &iov, 1);
+  struct nbd_conn *c = arg;
+
+  pthread_mutex_lock(&c->wlock);
+  for (;;) {
+    struct nbd_job *j;
+    bool dead;
+    int r;
+    while (!c->outq && !c->closing)
+      pthread_cond_wait(&c->wcond, &c->wlock);
+    j = c->outq;
+    if (!j)
+      break;
+    dead = c->dead;
+    pthread_mutex_unlock(&c->wlock);
+    r = dead ? -1 : c->io->sendv(c->io, j->iov + j->iov_pos,
+                                 j->niov - j->iov_pos);
+    pthread_mutex_lock(&c->wlock);
+    if (r < 0 && !c->dead)
+      conn_kill_locked(c);
+    c->outq = j->next;
+    if (!c->outq)
+      c->outq_tail = NULL;
+    pthread_mutex_unlock(&c->wlock);
+    job_release(j);
+    pthread_mutex_lock(&c->wlock);
+  }
+  pthread_mutex_unlock(&c->wlock);
+  return NULL;
+}
+
+static void reply_ok(struct nbd_job *j)
+{
+  j->iov[0].iov_base = j->hdrs[0];
+  j->iov[0].iov_len = nbd_encode_simple_reply(j->hdrs[0], j->req.cookie, 0);
+  j->niov = 1;
+  reply_submit(j);
 }
 
 /* An error reply; with structured replies it carries MSG (may be NULL). */
-static void reply_error(struct nbd_conn *c, const struct nbd_request *req,
-                        uint32_t err, const char *msg)
+static void reply_error(struct nbd_job *j, uint32_t err, const char *msg)
 {
-  uint8_t hdr[NBD_CHUNK_HDR_LEN + 6];
-  size_t mlen = msg ? strlen(msg) : 0;
+  struct nbd_conn *c = j->conn;
+  const struct nbd_request *req = &j->req;
+  uint8_t *h = j->hdrs[0];
+  size_t mlen = 0;
 
   if (c->srv->verbose)
     nbd_log("%s %s at %llu+%u: error %u%s%s", c->s.exp->name,
             nbd_cmd_name(req->type), (unsigned long long)req->offset,
             req->length, err, msg ? ": " : "", msg ? msg : "");
   if (!c->s.structured) {
-    struct iovec iov = { hdr, nbd_encode_simple_reply(hdr, req->cookie, err) };
-    conn_send(c, &iov, 1);
+    j->iov[0].iov_base = h;
+    j->iov[0].iov_len = nbd_encode_simple_reply(h, req->cookie, err);
+    j->niov = 1;
+    reply_submit(j);
     return;
   }
-  if (mlen > 512)
-    mlen = 512;
-  nbd_encode_chunk_hdr(hdr, req->cookie, NBD_REPLY_FLAG_DONE,
+  if (msg) {
+    mlen = strlen(msg);
+    if (mlen >= sizeof j->msg)
+      mlen = sizeof j->msg - 1;
+    memcpy(j->msg, msg, mlen);
+  }
+  nbd_encode_chunk_hdr(h, req->cookie, NBD_REPLY_FLAG_DONE,
                        NBD_REPLY_TYPE_ERROR, (uint32_t)(6 + mlen));
-  vd_put_be32(hdr + NBD_CHUNK_HDR_LEN, err);
-  vd_put_be16(hdr + NBD_CHUNK_HDR_LEN + 4, (uint16_t)mlen);
-  struct iovec iov[2] = { { hdr, sizeof hdr }, { (void *)msg, mlen } };
-  conn_send(c, iov, mlen ? 2 : 1);
+  vd_put_be32(h + NBD_CHUNK_HDR_LEN, err);
+  vd_put_be16(h + NBD_CHUNK_HDR_LEN + 4, (uint16_t)mlen);
+  j->iov[0].iov_base = h;
+  j->iov[0].iov_len = NBD_CHUNK_HDR_LEN + 6;
+  j->iov[1].iov_base = j->msg;
+  j->iov[1].iov_len = mlen;
+  j->niov = mlen ? 2 : 1;
+  reply_submit(j);
 }
 
-static void reply_engine(struct nbd_conn *c, const struct nbd_request *req,
-                         int r)
+static void reply_engine(struct nbd_job *j, int r)
 {
   if (r == 0)
-    reply_ok(c, req);
+    reply_ok(j);
   else
-    reply_error(c, req, nbd_errno_to_wire(r), vd_error());
+    reply_error(j, nbd_errno_to_wire(r), vd_error());
 }
 
 /* ---- commands ---- */
@@ -216,19 +332,19 @@ static void do_read_simple(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
   const struct nbd_request *req = &j->req;
-  uint8_t hdr[NBD_SIMPLE_REPLY_LEN];
   int r;
 
   r = vd_pread(c->dev, j->buf, req->length, req->offset);
   if (r < 0) {
-    reply_error(c, req, nbd_errno_to_wire(r), vd_error());
+    reply_error(j, nbd_errno_to_wire(r), vd_error());
     return;
   }
-  struct iovec iov[2] = {
-    { hdr, nbd_encode_simple_reply(hdr, req->cookie, 0) },
-    { j->buf, req->length },
-  };
-  conn_send(c, iov, 2);
+  j->iov[0].iov_base = j->hdrs[0];
+  j->iov[0].iov_len = nbd_encode_simple_reply(j->hdrs[0], req->cookie, 0);
+  j->iov[1].iov_base = j->buf;
+  j->iov[1].iov_len = req->length;
+  j->niov = 2;
+  reply_submit(j);
 }
 
 /* Structured READ: holes that read as zeros become OFFSET_HOLE chunks,
@@ -239,8 +355,7 @@ static void do_read_structured(struct nbd_job *j)
   struct nbd_conn *c = j->conn;
   const struct nbd_request *req = &j->req;
   struct { uint64_t off; uint32_t len; bool hole; } ch[READ_MAX_CHUNKS];
-  uint8_t hdrs[READ_MAX_CHUNKS][NBD_CHUNK_HDR_LEN + 12];
-  struct iovec iov[2 * READ_MAX_CHUNKS];
+  struct iovec *iov = j->iov;
   uint64_t pos = req->offset, end = req->offset + req->length;
   int n = 0, niov = 0, i, r;
 
@@ -280,14 +395,14 @@ static void do_read_structured(struct nbd_job *j)
     r = vd_pread(c->dev, j->buf + (ch[i].off - req->offset), ch[i].len,
                  ch[i].off);
     if (r < 0) {
-      reply_error(c, req, nbd_errno_to_wire(r), vd_error());
+      reply_error(j, nbd_errno_to_wire(r), vd_error());
       return;
     }
   }
 
   for (i = 0; i < n; i++) {
     uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
-    uint8_t *h = hdrs[i];
+    uint8_t *h = j->hdrs[i];
     if (ch[i].hole) {
       nbd_encode_chunk_hdr(h, req->cookie, flags, NBD_REPLY_TYPE_OFFSET_HOLE,
                            12);
@@ -305,7 +420,8 @@ static void do_read_structured(struct nbd_job *j)
       iov[niov++].iov_len = ch[i].len;
     }
   }
-  conn_send(c, iov, niov);
+  j->niov = niov;
+  reply_submit(j);
 }
 
 static void do_block_status(struct nbd_job *j)
@@ -325,7 +441,7 @@ static void do_block_status(struct nbd_job *j)
     if (r < 0 || e.length == 0 || e.length > end - pos) {
       if (n)
         break;            /* report what we have */
-      reply_error(c, req, r < 0 ? nbd_errno_to_wire(r) : NBD_EIO,
+      reply_error(j, r < 0 ? nbd_errno_to_wire(r) : NBD_EIO,
                   r < 0 ? vd_error() : "bad extent from the engine");
       return;
     }
@@ -348,8 +464,10 @@ static void do_block_status(struct nbd_job *j)
   nbd_encode_chunk_hdr(j->buf, req->cookie, NBD_REPLY_FLAG_DONE,
                        NBD_REPLY_TYPE_BLOCK_STATUS, len);
   vd_put_be32(j->buf + NBD_CHUNK_HDR_LEN, NBD_META_ALLOC_ID);
-  struct iovec iov = { j->buf, NBD_CHUNK_HDR_LEN + len };
-  conn_send(c, &iov, 1);
+  j->iov[0].iov_base = j->buf;
+  j->iov[0].iov_len = NBD_CHUNK_HDR_LEN + len;
+  j->niov = 1;
+  reply_submit(j);
 }
 
 /* CACHE: read the range through so that later reads are fast. */
@@ -396,22 +514,22 @@ static void job_run(struct nbd_job *j)
   switch (req->type) {
   case NBD_CMD_READ:
     if (job_reserve(j, req->length) < 0)
-      reply_error(c, req, NBD_ENOMEM, "out of memory");
+      reply_error(j, NBD_ENOMEM, "out of memory");
     else if (c->s.structured)
       do_read_structured(j);
     else
       do_read_simple(j);
     break;
   case NBD_CMD_WRITE:
-    reply_engine(c, req, vd_pwrite(c->dev, j->buf, req->length, req->offset,
+    reply_engine(j, vd_pwrite(c->dev, j->buf, req->length, req->offset,
                                    fua));
     break;
   case NBD_CMD_FLUSH:
-    reply_engine(c, req, vd_flush(c->dev));
+    reply_engine(j, vd_flush(c->dev));
     break;
   case NBD_CMD_TRIM:
     r = vd_discard(c->dev, req->offset, req->length, fua);
-    reply_engine(c, req, r == -ENOTSUP ? 0 : r);   /* trim is advisory */
+    reply_engine(j, r == -ENOTSUP ? 0 : r);   /* trim is advisory */
     break;
   case NBD_CMD_WRITE_ZEROES:
     zf = fua;
@@ -419,26 +537,24 @@ static void job_run(struct nbd_job *j)
       zf |= VD_REQ_NO_HOLE;
     if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
       zf |= VD_REQ_FAST_ZERO;
-    reply_engine(c, req,
-                 vd_write_zeroes(c->dev, req->offset, req->length, zf));
+    reply_engine(j, vd_write_zeroes(c->dev, req->offset, req->length, zf));
     break;
   case NBD_CMD_CACHE:
     if (job_reserve(j, req->length < (1u << 20) ? req->length : 1u << 20) < 0)
-      reply_error(c, req, NBD_ENOMEM, "out of memory");
+      reply_error(j, NBD_ENOMEM, "out of memory");
     else
-      reply_engine(c, req, do_cache(j));
+      reply_engine(j, do_cache(j));
     break;
   case NBD_CMD_BLOCK_STATUS:
     if (job_reserve(j, NBD_CHUNK_HDR_LEN + 4 + 8 * BS_MAX_EXTENTS) < 0)
-      reply_error(c, req, NBD_ENOMEM, "out of memory");
+      reply_error(j, NBD_ENOMEM, "out of memory");
     else
       do_block_status(j);
     break;
   default:  /* nbd_request_check let nothing else through */
-    reply_error(c, req, NBD_EINVAL, "unknown command");
+    reply_error(j, NBD_EINVAL, "unknown command");
     break;
   }
-  job_release(j);
 }
 
 /* ---- the reader ---- */
@@ -496,8 +612,8 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
   j = c->free_jobs;
   if (j)
     c->free_jobs = j->next;
-  else if ((j = calloc(1, sizeof *j)) != NULL)
-    c->njobs++;
+  else
+    j = calloc(1, sizeof *j);
   if (j) {
     c->inflight++;
     c->inflight_bytes += cost;
@@ -506,8 +622,21 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
   if (j) {
     j->conn = c;
     j->cost = cost;
+    j->niov = j->iov_pos = 0;
   }
   return j;
+}
+
+/* Answer REQ with an error from the reader.  Returns -1 if impossible. */
+static int reader_error(struct nbd_conn *c, const struct nbd_request *req,
+                        uint32_t err, const char *msg)
+{
+  struct nbd_job *j = job_get(c, 0);
+  if (!j)
+    return -1;
+  j->req = *req;
+  reply_error(j, err, msg);
+  return 0;
 }
 
 void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
@@ -530,8 +659,13 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   c->ctx.meta_alloc = s->meta_alloc;
   c->ctx.max_payload = s->exp->max_block;
   pthread_mutex_init(&c->wlock, NULL);
+  pthread_cond_init(&c->wcond, NULL);
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->cond, NULL);
+  if (pthread_create(&c->writer, NULL, conn_writer, c) != 0) {
+    nbd_log("cannot start a writer thread: client dropped");
+    goto out;
+  }
 
   for (;;) {
     uint8_t hdr[NBD_REQUEST_LEN];
@@ -555,27 +689,26 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
 
     if (err) {
       /* Answered here; a write's payload is consumed to stay in sync. */
-      if (nbd_request_has_payload(&req) && rd_discard(c, req.length) < 0)
+      if ((nbd_request_has_payload(&req) && rd_discard(c, req.length) < 0) ||
+          reader_error(c, &req, err, "invalid request") < 0)
         break;
-      reply_error(c, &req, err, "invalid request");
       continue;
     }
 
     bool payload = req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE;
     j = job_get(c, payload ? req.length : 0);
     if (!j) {
-      if (nbd_request_has_payload(&req) && rd_discard(c, req.length) < 0)
-        break;
-      reply_error(c, &req, NBD_ENOMEM, "out of memory");
-      continue;
+      nbd_log("out of memory: client dropped");
+      break;
     }
     j->req = req;
     if (nbd_request_has_payload(&req)) {
       if (job_reserve(j, req.length) < 0) {
-        job_release(j);
-        if (rd_discard(c, req.length) < 0)
+        if (rd_discard(c, req.length) < 0) {
+          job_release(j);
           break;
-        reply_error(c, &req, NBD_ENOMEM, "out of memory");
+        }
+        reply_error(j, NBD_ENOMEM, "out of memory");
         continue;
       }
       if (rd_full(c, j->buf, req.length) < 0) {
@@ -591,6 +724,12 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   while (c->inflight)
     pthread_cond_wait(&c->cond, &c->lock);
   pthread_mutex_unlock(&c->lock);
+  pthread_mutex_lock(&c->wlock);
+  c->closing = true;
+  pthread_cond_signal(&c->wcond);
+  pthread_mutex_unlock(&c->wlock);
+  pthread_join(c->writer, NULL);
+out:
   while ((j = c->free_jobs) != NULL) {
     c->free_jobs = j->next;
     free(j->buf);
@@ -598,6 +737,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   }
   pthread_cond_destroy(&c->cond);
   pthread_mutex_destroy(&c->lock);
+  pthread_cond_destroy(&c->wcond);
   pthread_mutex_destroy(&c->wlock);
   free(c);
 }

@@ -343,6 +343,22 @@ def transmission_cases():
     c.close()
 
 
+def stalled_clients(n):
+    """Clients that queue reads and never read the replies: they must not
+    hold up anyone else (the server runs with fewer workers than this)."""
+    stalled = []
+    for _ in range(n):
+        c = Conn().go()
+        c.s.settimeout(5)
+        try:
+            for i in range(100):
+                c.request(CMD_READ, 0, 256 << 10, cookie=i)
+        except socket.timeout:
+            pass        # the server stopped reading: that is the point
+        stalled.append(c)
+    return stalled
+
+
 def fresh_client():
     c = Conn().go(meta=True)
     if c.size != SIZE:
@@ -364,5 +380,9 @@ def fresh_client():
 
 handshake_cases()
 transmission_cases()
+stalled = stalled_clients(3)
+fresh_client()
+for c in stalled:
+    c.close()
 fresh_client()
 print("hostile client checks (%s) passed" % mode)
