@@ -15,11 +15,13 @@
 extern const struct vd_driver vd_raw_driver;
 extern const struct vd_driver vd_vdz_driver;
 extern const struct vd_driver vd_vhd_driver;
+extern const struct vd_driver vd_raid_driver;
 
 static const struct vd_driver *const vd_drivers[] = {
   &vd_raw_driver,
   &vd_vdz_driver,
   &vd_vhd_driver,
+  &vd_raid_driver,
   NULL
 };
 

@@ -1,0 +1,291 @@
+/* A fault-injecting layer under RAID members, for the tests (in the spirit
+ * of SQLite's crash VFS).  A test attaches a fault to a member's path;
+ * whenever a RAID opens that member, its I/O goes through here:
+ *  - fail the Nth I/O (optionally every later one too), or I/O touching a
+ *    byte range, or everything (the device is gone);
+ *  - drop writes (report success, write nothing) or tear them (keep the
+ *    first 512 bytes);
+ *  - power-cut mode: remember each write since the member's last flush
+ *    (its pre-image and data); vd_raid_fault_powercut() then rolls the
+ *    member back to its last flush and re-applies a random subset.
+ * Members are matched by device and inode, so any spelling of the path
+ * works.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "raid/raid.h"
+#include "raid/fault.h"
+
+struct raid_fault_rec {
+  uint64_t off;
+  size_t len;
+  uint8_t *pre, *data;
+};
+
+struct raid_fault {
+  dev_t st_dev;
+  ino_t st_ino;
+  pthread_mutex_t lock;
+  struct vd_raid_fault_cfg cfg;   /* guarded by lock */
+  uint64_t count;                 /* I/Os matching cfg's kinds */
+  uint64_t total;
+  bool tripped;                   /* FAIL_NTH sticky has fired */
+  bool armed;                     /* power-cut recording */
+  struct vd_dev *dev;             /* last device seen (for the roll back) */
+  struct raid_fault_rec *rec;
+  size_t nrec, caprec;
+  struct raid_fault *next;
+};
+
+static pthread_mutex_t fault_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct raid_fault *fault_list;     /* guarded by fault_list_lock */
+static _Atomic int fault_count;
+
+struct raid_fault *vd_raid_fault_attach(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    vd_set_error(errno, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  struct raid_fault *f = calloc(1, sizeof *f);
+  if (!f)
+    return NULL;
+  f->st_dev = st.st_dev;
+  f->st_ino = st.st_ino;
+  pthread_mutex_init(&f->lock, NULL);
+  pthread_mutex_lock(&fault_list_lock);
+  f->next = fault_list;
+  fault_list = f;
+  atomic_fetch_add(&fault_count, 1);
+  pthread_mutex_unlock(&fault_list_lock);
+  return f;
+}
+
+static void fault_clear_recs(struct raid_fault *f)
+{
+  for (size_t i = 0; i < f->nrec; i++) {
+    free(f->rec[i].pre);
+    free(f->rec[i].data);
+  }
+  f->nrec = 0;
+}
+
+void vd_raid_fault_detach(struct raid_fault *f)
+{
+  if (!f)
+    return;
+  pthread_mutex_lock(&fault_list_lock);
+  for (struct raid_fault **p = &fault_list; *p; p = &(*p)->next)
+    if (*p == f) {
+      *p = f->next;
+      atomic_fetch_sub(&fault_count, 1);
+      break;
+    }
+  pthread_mutex_unlock(&fault_list_lock);
+  fault_clear_recs(f);
+  free(f->rec);
+  pthread_mutex_destroy(&f->lock);
+  free(f);
+}
+
+struct raid_fault *raid_fault_lookup(const char *path)
+{
+  struct stat st;
+  if (atomic_load(&fault_count) == 0 || !path || stat(path, &st) != 0)
+    return NULL;
+  struct raid_fault *r = NULL;
+  pthread_mutex_lock(&fault_list_lock);
+  for (struct raid_fault *f = fault_list; f; f = f->next)
+    if (f->st_dev == st.st_dev && f->st_ino == st.st_ino)
+      r = f;
+  pthread_mutex_unlock(&fault_list_lock);
+  return r;
+}
+
+void vd_raid_fault_set(struct raid_fault *f, const struct vd_raid_fault_cfg *c)
+{
+  pthread_mutex_lock(&f->lock);
+  f->cfg = *c;
+  f->count = 0;
+  f->tripped = false;
+  pthread_mutex_unlock(&f->lock);
+}
+
+void vd_raid_fault_powercut_arm(struct raid_fault *f, bool on)
+{
+  pthread_mutex_lock(&f->lock);
+  f->armed = on;
+  fault_clear_recs(f);
+  pthread_mutex_unlock(&f->lock);
+}
+
+uint64_t vd_raid_fault_count(struct raid_fault *f)
+{
+  pthread_mutex_lock(&f->lock);
+  uint64_t n = f->total;
+  pthread_mutex_unlock(&f->lock);
+  return n;
+}
+
+/* Decide the fate of one I/O.  Returns 0 (do it), -EIO (fail), 1 (drop),
+ * 2 (tear).  Caller holds f->lock. */
+static int fault_decide(struct raid_fault *f, int op, size_t len, uint64_t off)
+{
+  const struct vd_raid_fault_cfg *c = &f->cfg;
+  bool is_write = op == RAID_MIO_WRITE;
+  bool kinds = (!c->reads && !c->writes) ||
+               (c->reads && op == RAID_MIO_READ) || (c->writes && is_write);
+  f->total += op != RAID_MIO_FLUSH;
+  switch (c->mode) {
+  case VD_FAULT_FAIL_ALL:
+    return -EIO;
+  case VD_FAULT_FAIL_NTH:
+    if (op == RAID_MIO_FLUSH || !kinds)
+      return f->tripped ? -EIO : 0;
+    if (f->tripped)
+      return -EIO;
+    if (++f->count == c->nth) {
+      if (c->sticky)
+        f->tripped = true;
+      return -EIO;
+    }
+    return 0;
+  case VD_FAULT_FAIL_RANGE:
+    if (op != RAID_MIO_FLUSH && kinds && off < c->end && off + len > c->start)
+      return -EIO;
+    return 0;
+  case VD_FAULT_DROP_WRITES:
+    return is_write ? 1 : 0;
+  case VD_FAULT_TEAR_WRITES:
+    return is_write ? 2 : 0;
+  default:
+    return 0;
+  }
+}
+
+static int fault_record(struct raid_fault *f, struct vd_dev *dev,
+                        const void *buf, size_t len, uint64_t off)
+{
+  if (f->nrec == f->caprec) {
+    size_t nc = f->caprec ? f->caprec * 2 : 64;
+    struct raid_fault_rec *n = realloc(f->rec, nc * sizeof *n);
+    if (!n)
+      return -ENOMEM;
+    f->rec = n;
+    f->caprec = nc;
+  }
+  struct raid_fault_rec *r = &f->rec[f->nrec];
+  r->off = off;
+  r->len = len;
+  r->pre = malloc(len);
+  r->data = malloc(len);
+  if (!r->pre || !r->data) {
+    free(r->pre);
+    free(r->data);
+    return -ENOMEM;
+  }
+  uint64_t size = vd_size(dev);
+  memset(r->pre, 0, len);
+  if (off < size) {
+    size_t n = off + len <= size ? len : (size_t)(size - off);
+    int e = vd_pread(dev, r->pre, n, off);
+    if (e < 0) {
+      free(r->pre);
+      free(r->data);
+      return e;
+    }
+  }
+  memcpy(r->data, buf, len);
+  f->nrec++;
+  return 0;
+}
+
+int raid_fault_io(struct raid_fault *f, struct vd_dev *dev, int op, void *buf,
+                  size_t len, uint64_t off)
+{
+  pthread_mutex_lock(&f->lock);
+  f->dev = dev;
+  int fate = fault_decide(f, op, len, off);
+  int r = 0;
+  if (fate < 0) {
+    pthread_mutex_unlock(&f->lock);
+    return vd_set_error(EIO, "%s: injected I/O error at %llu",
+                        vd_path(dev), (unsigned long long)off);
+  }
+  if (op == RAID_MIO_WRITE && f->armed) {
+    r = fault_record(f, dev, buf, len, off);
+    if (r < 0) {
+      pthread_mutex_unlock(&f->lock);
+      return vd_set_error(-r, "%s: fault layer cannot record", vd_path(dev));
+    }
+  }
+  if (op == RAID_MIO_FLUSH && f->armed)
+    fault_clear_recs(f);
+  /* Writes are done under the lock so the record order is the real one. */
+  switch (op) {
+  case RAID_MIO_READ:
+    pthread_mutex_unlock(&f->lock);
+    return vd_pread(dev, buf, len, off);
+  case RAID_MIO_WRITE:
+    if (fate == 1)
+      r = 0;
+    else
+      r = vd_pwrite(dev, buf, fate == 2 && len > 512 ? 512 : len, off, 0);
+    pthread_mutex_unlock(&f->lock);
+    return r;
+  default:
+    pthread_mutex_unlock(&f->lock);
+    return vd_flush(dev);
+  }
+}
+
+int vd_raid_fault_powercut(struct raid_fault *f, unsigned keep_percent,
+                           unsigned seed)
+{
+  pthread_mutex_lock(&f->lock);
+  int r = 0;
+  if (!f->dev || f->nrec == 0)
+    goto out;
+  /* Back to the state of the last flush... */
+  for (size_t i = f->nrec; i-- > 0 && r == 0;)
+    r = vd_pwrite(f->dev, f->rec[i].pre, f->rec[i].len, f->rec[i].off, 0);
+  /* ...then the writes that made it to the platter anyway, in order. */
+  uint64_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < f->nrec && r == 0; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    if (keep_percent && x % 100 < keep_percent)
+      r = vd_pwrite(f->dev, f->rec[i].data, f->rec[i].len, f->rec[i].off, 0);
+  }
+  fault_clear_recs(f);
+out:
+  f->armed = false;
+  pthread_mutex_unlock(&f->lock);
+  return r;
+}
+
+int vd_raid_fault_corrupt(const char *path, uint64_t off, size_t len)
+{
+  struct vd_dev *dev;
+  int r = vd_open(path, "raw", VD_OPEN_RDWR, &dev);
+  if (r < 0)
+    return r;
+  uint8_t *b = malloc(len);
+  if (!b) {
+    vd_close(dev);
+    return -ENOMEM;
+  }
+  r = vd_pread(dev, b, len, off);
+  for (size_t i = 0; i < len && r == 0; i++)
+    b[i] ^= 0xff;
+  if (r == 0)
+    r = vd_pwrite(dev, b, len, off, 0);
+  free(b);
+  int c = vd_close(dev);
+  return r < 0 ? r : c;
+}

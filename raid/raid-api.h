@@ -1,0 +1,160 @@
+/* libvdisk — RAID management API for vdtool and the tests (internal, not
+ * installed).  Errors follow the library convention: -errno with a one-line
+ * message in vd_error().
+ */
+#ifndef VDISK_RAID_API_H
+#define VDISK_RAID_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk.h"
+
+struct raid_array;
+
+struct vd_raid_create_args {
+  int level;                   /* 0, 1 or 5 */
+  uint32_t chunk;              /* bytes, power of two; 0 = 512 KiB */
+  unsigned nmembers;
+  const char *const *members;  /* paths (absolute or relative to cwd) */
+  uint64_t member_size;        /* > 0: create the member files this big */
+  const char *member_format;   /* format for created members ("raw") */
+  int policy;                  /* enum raid_policy, -1 = level default */
+  uint64_t bitmap_region;      /* 0 = automatic */
+  bool assume_clean;           /* do not zero existing members */
+  const char *name;            /* optional array name */
+};
+
+/* Create the array: superblocks on every member and the descriptor at
+ * DESC.  Member paths in the descriptor are stored relative to its
+ * directory when they are below it. */
+int vd_raid_create(const char *desc, const struct vd_raid_create_args *args);
+
+/* The array behind DEV, or NULL if DEV is not a RAID. */
+struct raid_array *vd_raid_of(struct vd_dev *dev);
+
+#define VD_RAID_STATE_ACTIVE 0
+#define VD_RAID_STATE_FAULTY 1
+#define VD_RAID_STATE_REBUILDING 2
+#define VD_RAID_STATE_MISSING 3
+#define VD_RAID_STATE_STALE 4
+
+struct vd_raid_member_status {
+  char path[4096];
+  int slot;
+  int state;                   /* VD_RAID_STATE_* */
+  uint64_t events;             /* from its own superblock (0 if unreadable) */
+  uint64_t recovery_offset;    /* REBUILDING: bytes done */
+  char dev_uuid[37];
+};
+
+struct vd_raid_status {
+  char uuid[37];
+  char name[33];
+  int level;
+  const char *layout;
+  const char *policy;
+  uint32_t chunk;
+  unsigned nmembers;
+  uint64_t array_size, member_data_size, data_offset;
+  uint64_t events;
+  bool dirty, degraded, failed, rebuilding;
+  uint64_t rebuild_done, rebuild_total;
+  uint64_t bitmap_region, bitmap_dirty_regions;
+  char state[64];              /* "clean", "active, degraded", ... */
+  char refusal[512];           /* why it would not assemble, or "" */
+  struct vd_raid_member_status m[32];
+};
+
+/* Status of an open array. */
+int vd_raid_status(struct raid_array *a, struct vd_raid_status *st);
+/* Status from the members' superblocks alone (no assembly, no locks):
+ * works on an array that refuses to start or is served elsewhere. */
+int vd_raid_examine(const char *desc, struct vd_raid_status *st);
+
+/* Assemble from members alone: read their superblocks, order them by
+ * slot and write a descriptor at DESC.  FORCE accepts a dirty degraded
+ * RAID5 (marking it clean) and members one event behind. */
+int vd_raid_assemble(const char *desc, const char *const *members,
+                     unsigned n, bool force);
+
+/* Mark member SLOT faulty (as if it had failed). */
+int vd_raid_fail(struct raid_array *a, int slot);
+/* Find the slot of a member given by path or slot number ("2"). */
+int vd_raid_find_member(struct raid_array *a, const char *what);
+
+/* Replace member SLOT by the device at NEWPATH and rebuild it.  Blocks
+ * until the rebuild finishes.  RATE limits the rebuild (bytes/s, 0 =
+ * unlimited).  PROGRESS is called with bytes done/total. */
+int vd_raid_replace(struct raid_array *a, int slot, const char *newpath,
+                    const char *newformat, uint64_t rate,
+                    vd_progress_fn progress, void *opaque);
+/* The same without waiting: the rebuild runs on a background thread of
+ * this process (as a server does). */
+int vd_raid_replace_start(struct raid_array *a, int slot, const char *newpath,
+                          const char *newformat, uint64_t rate);
+/* Resume a checkpointed rebuild, if any (no-op otherwise). */
+int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
+                           vd_progress_fn progress, void *opaque);
+
+struct vd_raid_scrub_report {
+  uint64_t stripes, mismatches, repaired;
+  /* Called for each mismatched stripe (may be NULL). */
+  void (*mismatch)(void *opaque, uint64_t stripe, uint64_t array_off);
+  void *opaque;
+};
+int vd_raid_scrub(struct raid_array *a, bool repair,
+                  struct vd_raid_scrub_report *r, vd_progress_fn progress,
+                  void *opaque);
+
+/* Online requests to the process serving the array at DESC (see
+ * raid/sync.c): REQUEST is "fail SLOT", "replace SLOT FORMAT PATH",
+ * "scrub", "scrub repair" or "rate BYTES_PER_S".  Waits for the answer
+ * (at most TIMEOUT seconds if > 0) and copies its text to RESULT. */
+int vd_raid_request(const char *desc, const char *request, char *result,
+                    size_t reslen, int timeout);
+/* Pid of a live process serving DESC, or 0. */
+int vd_raid_served_by(const char *desc);
+
+/* Simulate kill -9 of the process owning A: stop background work and make
+ * the following vd_close write nothing (no flush, no clean marking). */
+void vd_raid_crash(struct raid_array *a);
+
+/* ---- fault injection (tests) ---- */
+struct raid_fault;
+enum vd_raid_fault_mode {
+  VD_FAULT_NONE = 0,
+  VD_FAULT_FAIL_NTH,           /* the Nth I/O (counting from 1) fails, and
+                                  every later one if STICKY */
+  VD_FAULT_FAIL_RANGE,         /* I/O touching [start, end) fails */
+  VD_FAULT_DROP_WRITES,        /* writes report success, do nothing */
+  VD_FAULT_TEAR_WRITES,        /* writes keep only the first 512 bytes */
+  VD_FAULT_FAIL_ALL,           /* every I/O fails (device gone) */
+};
+struct vd_raid_fault_cfg {
+  int mode;
+  uint64_t nth;
+  bool sticky;
+  bool reads, writes;          /* which ops count/fail (both if neither) */
+  uint64_t start, end;         /* member byte range (absolute) */
+};
+/* Attach a fault layer to the member at PATH whenever a RAID opens it
+ * (until detached).  Returns the handle. */
+struct raid_fault *vd_raid_fault_attach(const char *path);
+void vd_raid_fault_detach(struct raid_fault *f);
+void vd_raid_fault_set(struct raid_fault *f, const struct vd_raid_fault_cfg *c);
+/* Power-cut mode: remember the pre-image of every write until the next
+ * flush. */
+void vd_raid_fault_powercut_arm(struct raid_fault *f, bool on);
+/* Simulate the cut: undo unflushed writes, all of them (KEEP_PERCENT 0)
+ * or each with probability 1-KEEP_PERCENT/100 (random subset, SEED). */
+int vd_raid_fault_powercut(struct raid_fault *f, unsigned keep_percent,
+                           unsigned seed);
+/* Corrupt LEN bytes at absolute member offset OFF of the member at PATH
+ * (XOR 0xff), bypassing the array. */
+int vd_raid_fault_corrupt(const char *path, uint64_t off, size_t len);
+/* Number of I/Os seen (reads + writes). */
+uint64_t vd_raid_fault_count(struct raid_fault *f);
+
+#endif /* VDISK_RAID_API_H */

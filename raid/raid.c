@@ -1,0 +1,1178 @@
+/* RAID driver: assembly from the descriptor and the members' superblocks,
+ * the member I/O pool, failure handling, the write-intent bitmap and the
+ * vd_driver ops.  The levels live in raid0.c, raid1.c and raid5.c.
+ *
+ * Format of the descriptor and superblock: raid/super.c and
+ * docs/raid-format.md.
+ *
+ * Assembly rules (as md/mdadm):
+ *  - the member(s) with the highest event count are authoritative; their
+ *    role table says which slots are active, faulty or rebuilding;
+ *  - a member with a lower event count, or whose device UUID is not the
+ *    one recorded for its slot, is stale and never read;
+ *  - two freshest members that disagree about the roles (split brain)
+ *    refuse to assemble;
+ *  - a missing member on a clean array starts degraded; a RAID5 that is
+ *    dirty and degraded refuses unless forced (vdtool raid assemble
+ *    --force), which replays the partial parity log first.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "endian.h"
+#include "raid/raid.h"
+#include "raid/fault.h"
+
+const struct vd_driver vd_raid_driver;
+
+/* Set by vd_raid_assemble for the vd_open it performs (this thread only). */
+static __thread bool raid_force_next;
+
+/* ---- member I/O pool ----
+ * Members are vd_devs with a synchronous API, so fan-out to several members
+ * runs on a small pool of threads: the caller runs one request itself and
+ * waits for the others. */
+
+struct raid_batch {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int pending;
+};
+
+struct raid_pool {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct raid_mio *head, *tail;   /* guarded by lock */
+  bool stop;                      /* guarded by lock */
+  unsigned nthreads;
+  pthread_t th[16];
+};
+
+static int raid_member_io(struct raid_array *a, int slot, int op, void *buf,
+                          size_t len, uint64_t abs_off)
+{
+  struct raid_member *m = &a->m[slot];
+  struct vd_dev *dev = m->dev;
+  if (!dev)
+    return vd_set_error(EIO, "%s: member %d is missing", a->desc_path, slot);
+  if (m->fault)
+    return raid_fault_io(m->fault, dev, op, buf, len, abs_off);
+  switch (op) {
+  case RAID_MIO_READ: return vd_pread(dev, buf, len, abs_off);
+  case RAID_MIO_WRITE: return vd_pwrite(dev, buf, len, abs_off, 0);
+  default: return vd_flush(dev);
+  }
+}
+
+static void raid_mio_exec(struct raid_array *a, struct raid_mio *io)
+{
+  uint64_t abs = io->off;
+  if (io->op != RAID_MIO_FLUSH && io->slot >= 0)
+    abs += a->sb.data_offset;
+  io->ret = raid_member_io(a, io->slot < 0 ? ~io->slot : io->slot, io->op,
+                           io->buf, io->len, abs);
+}
+
+static void *raid_pool_worker(void *opaque)
+{
+  struct raid_array *a = opaque;
+  struct raid_pool *p = a->pool;
+  for (;;) {
+    pthread_mutex_lock(&p->lock);
+    while (!p->head && !p->stop)
+      pthread_cond_wait(&p->cond, &p->lock);
+    if (!p->head) {
+      pthread_mutex_unlock(&p->lock);
+      return NULL;
+    }
+    struct raid_mio *io = p->head;
+    p->head = io->next;
+    if (!p->head)
+      p->tail = NULL;
+    pthread_mutex_unlock(&p->lock);
+
+    raid_mio_exec(a, io);
+    struct raid_batch *b = io->batch;
+    pthread_mutex_lock(&b->lock);
+    if (--b->pending == 0)
+      pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+  }
+}
+
+static int raid_pool_start(struct raid_array *a)
+{
+  struct raid_pool *p = calloc(1, sizeof *p);
+  if (!p)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->cond, NULL);
+  a->pool = p;
+  unsigned want = a->n < 16 ? a->n : 16;
+  for (unsigned i = 0; i < want; i++) {
+    if (pthread_create(&p->th[i], NULL, raid_pool_worker, a) != 0)
+      break;
+    p->nthreads++;
+  }
+  if (p->nthreads == 0)
+    return vd_set_error(EAGAIN, "%s: cannot start I/O threads", a->desc_path);
+  return 0;
+}
+
+static void raid_pool_stop(struct raid_array *a)
+{
+  struct raid_pool *p = a->pool;
+  if (!p)
+    return;
+  pthread_mutex_lock(&p->lock);
+  p->stop = true;
+  pthread_cond_broadcast(&p->cond);
+  pthread_mutex_unlock(&p->lock);
+  for (unsigned i = 0; i < p->nthreads; i++)
+    pthread_join(p->th[i], NULL);
+  pthread_mutex_destroy(&p->lock);
+  pthread_cond_destroy(&p->cond);
+  free(p);
+  a->pool = NULL;
+}
+
+int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n)
+{
+  if (n <= 0)
+    return 0;
+  if (n == 1 || !a->pool) {
+    int first = 0;
+    for (int i = 0; i < n; i++) {
+      raid_mio_exec(a, &mio[i]);
+      if (mio[i].ret < 0 && first == 0)
+        first = mio[i].ret;
+    }
+    return first;
+  }
+  struct raid_batch b = { .pending = n - 1 };
+  pthread_mutex_init(&b.lock, NULL);
+  pthread_cond_init(&b.cond, NULL);
+  struct raid_pool *p = a->pool;
+  pthread_mutex_lock(&p->lock);
+  for (int i = 0; i < n - 1; i++) {
+    mio[i].batch = &b;
+    mio[i].next = NULL;
+    if (p->tail)
+      p->tail->next = &mio[i];
+    else
+      p->head = &mio[i];
+    p->tail = &mio[i];
+  }
+  pthread_cond_broadcast(&p->cond);
+  pthread_mutex_unlock(&p->lock);
+  raid_mio_exec(a, &mio[n - 1]);
+  pthread_mutex_lock(&b.lock);
+  while (b.pending > 0)
+    pthread_cond_wait(&b.cond, &b.lock);
+  pthread_mutex_unlock(&b.lock);
+  pthread_mutex_destroy(&b.lock);
+  pthread_cond_destroy(&b.cond);
+  int first = 0;
+  for (int i = 0; i < n; i++)
+    if (mio[i].ret < 0 && first == 0)
+      first = mio[i].ret;
+  return first;
+}
+
+int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
+                 size_t len, uint64_t off)
+{
+  struct raid_mio io = { .slot = slot, .op = op, .buf = buf, .len = len,
+                         .off = off };
+  raid_mio_exec(a, &io);
+  return io.ret;
+}
+
+/* ---- member state ---- */
+
+bool raid_member_usable(struct raid_array *a, int slot, uint64_t off)
+{
+  struct raid_member *m = &a->m[slot];
+  int st = atomic_load(&m->state);
+  if (!m->dev || st == RAID_ROLE_FAULTY)
+    return false;
+  if (st == RAID_ROLE_REBUILDING)
+    return off < atomic_load(&m->recovery);
+  return true;
+}
+
+bool raid_member_writable(struct raid_array *a, int slot, uint64_t off)
+{
+  return raid_member_usable(a, slot, off);
+}
+
+unsigned raid_active_count(struct raid_array *a)
+{
+  unsigned c = 0;
+  for (unsigned i = 0; i < a->n; i++)
+    if (a->m[i].dev && atomic_load(&a->m[i].state) == RAID_ROLE_ACTIVE)
+      c++;
+  return c;
+}
+
+/* Can the array still serve every byte with the members it has? */
+static bool raid_viable(struct raid_array *a)
+{
+  unsigned act = raid_active_count(a);
+  switch (a->sb.level) {
+  case 0: return act == a->n;
+  case 1: return act >= 1;
+  default: return act >= a->n - 1;
+  }
+}
+
+int raid_sb_write_all_locked(struct raid_array *a)
+{
+  for (int round = 0; round <= (int)a->n; round++) {
+    struct raid_mio mio[RAID_MAX_MEMBERS];
+    uint8_t *bufs = vd_alloc_aligned((size_t)a->n * RAID_SB_SIZE);
+    int slots[RAID_MAX_MEMBERS], k = 0;
+    if (!bufs)
+      return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    a->sb.events++;
+    a->sb.utime = (uint64_t)time(NULL);
+    for (unsigned i = 0; i < a->n; i++) {
+      a->sb.role[i].state = (uint32_t)atomic_load(&a->m[i].state);
+      a->sb.role[i].recovery_offset =
+        a->sb.role[i].state == RAID_ROLE_REBUILDING
+          ? atomic_load(&a->m[i].recovery) : 0;
+      memcpy(a->sb.role[i].dev_uuid, a->m[i].dev_uuid, 16);
+    }
+    for (unsigned i = 0; i < a->n; i++) {
+      if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
+        continue;
+      struct raid_sb s = a->sb;
+      s.slot = i;
+      raid_sb_encode(&s, bufs + (size_t)k * RAID_SB_SIZE);
+      mio[k] = (struct raid_mio){ .slot = ~(int)i, .op = RAID_MIO_WRITE,
+                                  .buf = bufs + (size_t)k * RAID_SB_SIZE,
+                                  .len = RAID_SB_SIZE,
+                                  .off = RAID_SB_OFFSET };
+      slots[k++] = (int)i;
+    }
+    raid_mio_run(a, mio, k);
+    int n = k;
+    for (int j = 0; j < n; j++)
+      if (mio[j].ret == 0)
+        mio[j] = (struct raid_mio){ .slot = ~slots[j], .op = RAID_MIO_FLUSH };
+      else
+        mio[j].op = -1;
+    /* Flush the ones written. */
+    struct raid_mio fl[RAID_MAX_MEMBERS];
+    int fslots[RAID_MAX_MEMBERS], f = 0;
+    bool bad = false;
+    for (int j = 0; j < n; j++) {
+      if (mio[j].op == RAID_MIO_FLUSH) {
+        fl[f] = mio[j];
+        fslots[f++] = slots[j];
+      } else {
+        atomic_store(&a->m[slots[j]].state, RAID_ROLE_FAULTY);
+        bad = true;
+      }
+    }
+    raid_mio_run(a, fl, f);
+    for (int j = 0; j < f; j++)
+      if (fl[j].ret < 0) {
+        atomic_store(&a->m[fslots[j]].state, RAID_ROLE_FAULTY);
+        bad = true;
+      }
+    vd_free_aligned(bufs);
+    if (!bad)
+      return 0;
+    /* A member failed under us: record that too (another round). */
+    if (!raid_viable(a)) {
+      atomic_store(&a->failed, true);
+      return vd_set_error(EIO, "%s: too many members failed", a->desc_path);
+    }
+  }
+  return vd_set_error(EIO, "%s: cannot write superblocks", a->desc_path);
+}
+
+int raid_sb_update(struct raid_array *a)
+{
+  pthread_mutex_lock(&a->sb_lock);
+  int r = atomic_load(&a->failed) ? -EIO : raid_sb_write_all_locked(a);
+  pthread_mutex_unlock(&a->sb_lock);
+  return r;
+}
+
+int raid_member_failed(struct raid_array *a, int slot, int err)
+{
+  pthread_mutex_lock(&a->sb_lock);
+  struct raid_member *m = &a->m[slot];
+  int r = 0;
+  if (atomic_load(&m->state) != RAID_ROLE_FAULTY) {
+    atomic_store(&m->state, RAID_ROLE_FAULTY);
+    if (!raid_viable(a)) {
+      /* Too many failures: stop writing anything, not even superblocks,
+       * so the survivors keep their last consistent state. */
+      atomic_store(&a->failed, true);
+    } else if (!atomic_load(&a->failed)) {
+      r = raid_sb_write_all_locked(a);
+    }
+  }
+  if (atomic_load(&a->failed))
+    r = vd_set_error(EIO, "%s: RAID%u has failed (member %d: %s)",
+                     a->desc_path, a->sb.level, slot,
+                     err ? strerror(-err) : "marked faulty");
+  pthread_mutex_unlock(&a->sb_lock);
+  return r < 0 ? -EIO : 0;
+}
+
+int raid_mark_dirty(struct raid_array *a)
+{
+  if (atomic_load(&a->dirty))
+    return 0;
+  pthread_mutex_lock(&a->sb_lock);
+  int r = 0;
+  if (!atomic_load(&a->dirty)) {
+    a->sb.flags |= RAID_SB_DIRTY;
+    r = raid_sb_write_all_locked(a);
+    if (r == 0)
+      atomic_store(&a->dirty, true);
+  }
+  pthread_mutex_unlock(&a->sb_lock);
+  return r;
+}
+
+void raid_stripe_lock(struct raid_array *a, uint64_t stripe)
+{
+  pthread_mutex_lock(&a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56]);
+}
+
+void raid_stripe_unlock(struct raid_array *a, uint64_t stripe)
+{
+  pthread_mutex_unlock(&a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56]);
+}
+
+/* ---- write-intent bitmap ---- */
+
+/* Write bitmap bytes [b0, b1) (rounded to 4 KiB blocks) to every member;
+ * flush if asked.  Caller holds bm_lock.  Returns failed slots in *FAILED. */
+static void raid_bitmap_write_locked(struct raid_array *a, uint64_t b0,
+                                     uint64_t b1, bool flush, bool *failed)
+{
+  b0 = vd_round_down(b0, 4096);
+  b1 = vd_round_up(b1, 4096);
+  struct raid_mio mio[RAID_MAX_MEMBERS];
+  int k = 0;
+  for (unsigned i = 0; i < a->n; i++) {
+    if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
+      continue;
+    mio[k++] = (struct raid_mio){ .slot = ~(int)i, .op = RAID_MIO_WRITE,
+                                  .buf = a->bm + b0, .len = b1 - b0,
+                                  .off = a->sb.bitmap_offset + b0 };
+  }
+  raid_mio_run(a, mio, k);
+  if (flush) {
+    for (int j = 0; j < k; j++)
+      if (mio[j].ret == 0)
+        mio[j].op = RAID_MIO_FLUSH;
+    raid_mio_run(a, mio, k);
+  }
+  for (int j = 0; j < k; j++)
+    if (mio[j].ret < 0)
+      failed[~mio[j].slot] = true;
+}
+
+static int raid_handle_failed(struct raid_array *a, const bool *failed, int err)
+{
+  int r = 0;
+  for (unsigned i = 0; i < a->n; i++)
+    if (failed[i] && raid_member_failed(a, (int)i, err) < 0)
+      r = -EIO;
+  return r;
+}
+
+int raid_bitmap_start(struct raid_array *a, uint64_t off, uint64_t len)
+{
+  if (!a->bm || len == 0)
+    return 0;
+  uint64_t r0 = off / a->sb.bitmap_region;
+  uint64_t r1 = (off + len - 1) / a->sb.bitmap_region;
+  uint64_t lo = UINT64_MAX, hi = 0;
+  bool failed[RAID_MAX_MEMBERS] = { false };
+  pthread_mutex_lock(&a->bm_lock);
+  for (uint64_t r = r0; r <= r1 && r < a->nregions; r++) {
+    a->bm_inflight[r]++;
+    a->bm_gen[r] = a->flush_gen;
+    if (!(a->bm[r / 8] & (1u << (r % 8)))) {
+      a->bm[r / 8] |= (uint8_t)(1u << (r % 8));
+      if (r / 8 < lo) lo = r / 8;
+      if (r / 8 + 1 > hi) hi = r / 8 + 1;
+    }
+  }
+  if (hi > 0)
+    raid_bitmap_write_locked(a, lo, hi, true, failed);
+  pthread_mutex_unlock(&a->bm_lock);
+  return raid_handle_failed(a, failed, -EIO);
+}
+
+void raid_bitmap_end(struct raid_array *a, uint64_t off, uint64_t len)
+{
+  if (!a->bm || len == 0)
+    return;
+  uint64_t r0 = off / a->sb.bitmap_region;
+  uint64_t r1 = (off + len - 1) / a->sb.bitmap_region;
+  pthread_mutex_lock(&a->bm_lock);
+  for (uint64_t r = r0; r <= r1 && r < a->nregions; r++)
+    a->bm_inflight[r]--;
+  pthread_mutex_unlock(&a->bm_lock);
+}
+
+/* After a flush: clear the bits of regions with no write since the flush
+ * began (their data is durable).  Lost clears are harmless. */
+static void raid_bitmap_flushed(struct raid_array *a, uint64_t gen)
+{
+  uint64_t lo = UINT64_MAX, hi = 0;
+  bool failed[RAID_MAX_MEMBERS] = { false };
+  pthread_mutex_lock(&a->bm_lock);
+  for (uint64_t r = 0; r < a->nregions; r++)
+    if ((a->bm[r / 8] & (1u << (r % 8))) && a->bm_inflight[r] == 0 &&
+        a->bm_gen[r] < gen) {
+      a->bm[r / 8] &= (uint8_t)~(1u << (r % 8));
+      if (r / 8 < lo) lo = r / 8;
+      if (r / 8 + 1 > hi) hi = r / 8 + 1;
+    }
+  if (hi > 0)
+    raid_bitmap_write_locked(a, lo, hi, false, failed);
+  pthread_mutex_unlock(&a->bm_lock);
+  raid_handle_failed(a, failed, -EIO);
+}
+
+/* Flush every writable member; record failures. */
+int raid_flush_members(struct raid_array *a)
+{
+  struct raid_mio mio[RAID_MAX_MEMBERS];
+  int k = 0;
+  for (unsigned i = 0; i < a->n; i++)
+    if (a->m[i].dev && atomic_load(&a->m[i].state) != RAID_ROLE_FAULTY)
+      mio[k++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_FLUSH };
+  raid_mio_run(a, mio, k);
+  int r = 0;
+  for (int j = 0; j < k; j++)
+    if (mio[j].ret < 0 && raid_member_failed(a, mio[j].slot, mio[j].ret) < 0)
+      r = -EIO;
+  return r;
+}
+
+static int raid_flush(struct vd_dev *dev)
+{
+  struct raid_array *a = dev->priv;
+  if (!a->writable || atomic_load(&a->crashed))
+    return 0;
+  if (atomic_load(&a->failed))
+    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                        a->sb.level);
+  uint64_t gen = 0;
+  if (a->bm) {
+    pthread_mutex_lock(&a->bm_lock);
+    gen = ++a->flush_gen;
+    /* Writes in flight now may finish after the member flush. */
+    for (uint64_t r = 0; r < a->nregions; r++)
+      if (a->bm_inflight[r])
+        a->bm_gen[r] = gen;
+    pthread_mutex_unlock(&a->bm_lock);
+  }
+  uint64_t pgen = raid5_ppl_flush_begin(a);
+  int r = raid_flush_members(a);
+  if (r == 0)
+    raid5_ppl_flush_end(a, pgen);
+  if (r == 0 && a->bm)
+    raid_bitmap_flushed(a, gen);
+  return r;
+}
+
+/* ---- data path dispatch ---- */
+
+static int raid_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+{
+  struct raid_array *a = dev->priv;
+  if (atomic_load(&a->failed))
+    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                        a->sb.level);
+  switch (a->sb.level) {
+  case 0: return raid0_read(a, buf, len, off);
+  case 1: return raid1_read(a, buf, len, off);
+  default: return raid5_read(a, buf, len, off);
+  }
+}
+
+static int raid_pwrite(struct vd_dev *dev, const void *buf, size_t len,
+                       uint64_t off, unsigned flags)
+{
+  struct raid_array *a = dev->priv;
+  if (atomic_load(&a->failed))
+    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                        a->sb.level);
+  int r = raid_mark_dirty(a);
+  if (r < 0)
+    return r;
+  switch (a->sb.level) {
+  case 0: r = raid0_write(a, buf, len, off, flags); break;
+  case 1: r = raid1_write(a, buf, len, off, flags); break;
+  default: r = raid5_write(a, buf, len, off, flags); break;
+  }
+  if (r == 0 && (flags & VD_REQ_FUA))
+    r = raid_flush_members(a);
+  return r;
+}
+
+/* ---- assembly ---- */
+
+struct raid_scan {
+  struct raid_desc d;
+  unsigned n;
+  char *path[RAID_MAX_MEMBERS];
+  struct vd_dev *dev[RAID_MAX_MEMBERS];
+  bool have_sb[RAID_MAX_MEMBERS];
+  struct raid_sb sb[RAID_MAX_MEMBERS];
+  char why[RAID_MAX_MEMBERS][160];   /* why a member is not usable */
+  int state[RAID_MAX_MEMBERS];       /* VD_RAID_STATE_* */
+  int fresh;                         /* slot of the freshest superblock */
+  char refusal[512];
+};
+
+static void raid_scan_free(struct raid_scan *s)
+{
+  for (unsigned i = 0; i < RAID_MAX_MEMBERS; i++) {
+    vd_close(s->dev[i]);
+    s->dev[i] = NULL;
+    free(s->path[i]);
+    s->path[i] = NULL;
+  }
+  raid_desc_free(&s->d);
+}
+
+static bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y)
+{
+  return memcmp(x->uuid, y->uuid, 16) == 0 && x->level == y->level &&
+         x->layout == y->layout && x->chunk == y->chunk &&
+         x->nmembers == y->nmembers && x->data_offset == y->data_offset &&
+         x->data_size == y->data_size && x->policy == y->policy &&
+         x->bitmap_bytes == y->bitmap_bytes &&
+         x->bitmap_region == y->bitmap_region &&
+         x->ppl_slots == y->ppl_slots;
+}
+
+/* Open the members named by the descriptor and read their superblocks;
+ * decide each slot's state.  Returns 0 with s->refusal set (non-empty) if
+ * the array must not start, or -errno for errors before any decision. */
+static int raid_scan(const char *desc, unsigned vdflags, bool force,
+                     struct raid_scan *s)
+{
+  memset(s, 0, sizeof *s);
+  s->fresh = -1;
+  int r = raid_desc_read(desc, &s->d);
+  if (r < 0)
+    return r;
+  s->n = s->d.nmembers;
+  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", desc);
+  for (unsigned i = 0; i < s->n; i++) {
+    s->state[i] = VD_RAID_STATE_MISSING;
+    if (!s->d.member[i]) {
+      snprintf(s->why[i], sizeof s->why[i], "not in the descriptor");
+      continue;
+    }
+    s->path[i] = raid_desc_resolve(desc, s->d.member[i]);
+    if (!s->path[i]) {
+      vd_free_aligned(buf);
+      return vd_set_error(ENOMEM, "%s: out of memory", desc);
+    }
+    r = vd_open(s->path[i], s->d.format[i], vdflags, &s->dev[i]);
+    if (r < 0) {
+      snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
+      if (r == -EBUSY) {
+        vd_free_aligned(buf);
+        return vd_set_error(EBUSY, "%s", s->why[i]);
+      }
+      continue;
+    }
+    if (vd_size(s->dev[i]) < RAID_SB_OFFSET + RAID_SB_SIZE ||
+        vd_pread(s->dev[i], buf, RAID_SB_SIZE, RAID_SB_OFFSET) < 0 ||
+        raid_sb_decode(buf, &s->sb[i], s->path[i]) < 0) {
+      snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
+      if (vd_size(s->dev[i]) < RAID_SB_OFFSET + RAID_SB_SIZE)
+        snprintf(s->why[i], sizeof s->why[i], "%s: too small to be a member",
+                 s->path[i]);
+      vd_close(s->dev[i]);
+      s->dev[i] = NULL;
+      continue;
+    }
+    if (memcmp(s->sb[i].uuid, s->d.uuid, 16) != 0) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: belongs to another array",
+               s->path[i]);
+      vd_close(s->dev[i]);
+      s->dev[i] = NULL;
+      continue;
+    }
+    if (s->sb[i].slot != i || s->sb[i].nmembers != s->n) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: superblock says slot %u of "
+               "%u, descriptor says %u of %u", s->path[i], s->sb[i].slot,
+               s->sb[i].nmembers, i, s->n);
+      vd_close(s->dev[i]);
+      s->dev[i] = NULL;
+      continue;
+    }
+    s->have_sb[i] = true;
+    if (s->fresh < 0 || s->sb[i].events > s->sb[s->fresh].events)
+      s->fresh = (int)i;
+  }
+  vd_free_aligned(buf);
+  if (s->fresh < 0) {
+    snprintf(s->refusal, sizeof s->refusal, "no member has a superblock of "
+             "this array (%s)", s->n ? s->why[0] : "no members");
+    return 0;
+  }
+  const struct raid_sb *f = &s->sb[s->fresh];
+  for (unsigned i = 0; i < s->n; i++) {
+    if (!s->have_sb[i])
+      continue;
+    const struct raid_sb *m = &s->sb[i];
+    if (!raid_sb_same_array(m, f)) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: geometry differs from the "
+               "freshest member's", s->path[i]);
+      s->state[i] = VD_RAID_STATE_STALE;
+      continue;
+    }
+    if (memcmp(f->role[i].dev_uuid, m->role[i].dev_uuid, 16) != 0) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: not the device recorded for "
+               "slot %u (replaced)", s->path[i], i);
+      s->state[i] = VD_RAID_STATE_STALE;
+      continue;
+    }
+    if (m->events == f->events) {
+      for (unsigned j = 0; j < s->n; j++)
+        if (m->role[j].state != f->role[j].state ||
+            memcmp(m->role[j].dev_uuid, f->role[j].dev_uuid, 16)) {
+          snprintf(s->refusal, sizeof s->refusal, "split brain: %s and %s "
+                   "both have events %" PRIu64 " but disagree about slot %u",
+                   s->path[i], s->path[s->fresh], f->events, j);
+          return 0;
+        }
+    }
+    if (f->role[i].state == RAID_ROLE_FAULTY) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: recorded as faulty",
+               s->path[i]);
+      s->state[i] = VD_RAID_STATE_FAULTY;
+      continue;
+    }
+    if (m->events < f->events &&
+        !(force && m->events + 1 == f->events &&
+          f->role[i].state != RAID_ROLE_FAULTY)) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: stale (events %" PRIu64
+               " < %" PRIu64 ")", s->path[i], m->events, f->events);
+      s->state[i] = VD_RAID_STATE_STALE;
+      continue;
+    }
+    switch (f->role[i].state) {
+    case RAID_ROLE_REBUILDING:
+      s->state[i] = VD_RAID_STATE_REBUILDING;
+      break;
+    default:
+      s->state[i] = VD_RAID_STATE_ACTIVE;
+    }
+  }
+
+  unsigned active = 0, rebuilding = 0;
+  for (unsigned i = 0; i < s->n; i++) {
+    if (s->state[i] == VD_RAID_STATE_ACTIVE) active++;
+    if (s->state[i] == VD_RAID_STATE_REBUILDING) rebuilding++;
+  }
+  unsigned need = f->level == 0 ? s->n : f->level == 1 ? 1 : s->n - 1;
+  if (active < need) {
+    int first = -1;
+    for (unsigned i = 0; i < s->n && first < 0; i++)
+      if (s->state[i] != VD_RAID_STATE_ACTIVE &&
+          s->state[i] != VD_RAID_STATE_REBUILDING)
+        first = (int)i;
+    snprintf(s->refusal, sizeof s->refusal, "RAID%u needs %u of %u members, "
+             "%u usable (slot %d: %s)", f->level, need, s->n, active, first,
+             first >= 0 ? s->why[first] : "rebuilding");
+    return 0;
+  }
+  bool degraded = active < s->n;
+  if ((f->flags & RAID_SB_DIRTY) && degraded && f->level == 5 && !force &&
+      (vdflags & VD_OPEN_RDWR)) {
+    int first = -1;
+    for (unsigned i = 0; i < s->n && first < 0; i++)
+      if (s->state[i] != VD_RAID_STATE_ACTIVE)
+        first = (int)i;
+    snprintf(s->refusal, sizeof s->refusal, "RAID5 was not stopped cleanly "
+             "and is degraded (slot %d: %s), so parity may be stale; "
+             "'vdtool raid assemble --force' starts it%s", first,
+             s->why[first][0] ? s->why[first] : "rebuilding",
+             f->policy == RAID_POLICY_PPL ? " after replaying the partial "
+             "parity log" : " and may return wrong data for that member");
+    return 0;
+  }
+  (void)rebuilding;
+  return 0;
+}
+
+static void raid_array_free(struct raid_array *a)
+{
+  raid_pool_stop(a);
+  for (unsigned i = 0; i < a->nretired; i++)
+    vd_close(a->retired[i]);
+  a->nretired = 0;
+  for (unsigned i = 0; i < RAID_MAX_MEMBERS; i++) {
+    if (a->m[i].dev)
+      vd_close(a->m[i].dev);
+    a->m[i].dev = NULL;
+    free(a->m[i].path);
+    a->m[i].path = NULL;
+  }
+  free(a->bm);
+  a->bm = NULL;
+  free(a->bm_inflight);
+  free(a->bm_gen);
+  if (a->ppl_lock) {
+    for (size_t i = 0; i < (size_t)a->n * a->sb.ppl_slots; i++)
+      pthread_mutex_destroy(&a->ppl_lock[i]);
+    free(a->ppl_lock);
+  }
+  free(a->ppl_stripe);
+  free(a->ppl_done_gen);
+  for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
+    pthread_mutex_destroy(&a->stripe_lock[i]);
+  pthread_mutex_destroy(&a->sb_lock);
+  pthread_mutex_destroy(&a->bm_lock);
+  free(a->desc_path);
+  a->desc_path = NULL;
+}
+
+/* Load the bitmap: OR of every usable member's copy. */
+static int raid_bitmap_load(struct raid_array *a)
+{
+  if (!a->sb.bitmap_bytes)
+    return 0;
+  a->nregions = (a->sb.data_size + a->sb.bitmap_region - 1) /
+                a->sb.bitmap_region;
+  size_t bytes = vd_round_up(a->sb.bitmap_bytes, 4096);
+  a->bm = vd_alloc_aligned(bytes);
+  uint8_t *tmp = vd_alloc_aligned(bytes);
+  a->bm_inflight = calloc(a->nregions, sizeof *a->bm_inflight);
+  a->bm_gen = calloc(a->nregions, sizeof *a->bm_gen);
+  if (!a->bm || !tmp || !a->bm_inflight || !a->bm_gen) {
+    vd_free_aligned(tmp);
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  }
+  memset(a->bm, 0, bytes);
+  for (unsigned i = 0; i < a->n; i++) {
+    if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
+      continue;
+    if (raid_mio_one(a, ~(int)i, RAID_MIO_READ, tmp, bytes,
+                     a->sb.bitmap_offset) < 0)
+      continue;
+    for (size_t b = 0; b < a->sb.bitmap_bytes; b++)
+      a->bm[b] |= tmp[b];
+  }
+  vd_free_aligned(tmp);
+  return 0;
+}
+
+
+static int raid_open(struct vd_dev *dev)
+{
+  struct raid_array *a = dev->priv;
+  bool force = raid_force_next;
+  raid_force_next = false;
+  unsigned mflags = dev->open_flags & (VD_OPEN_RDWR | VD_OPEN_DIRECT |
+                                       VD_OPEN_NOLOCK);
+  struct raid_scan *s = calloc(1, sizeof *s);
+  if (!s)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  pthread_mutex_init(&a->sb_lock, NULL);
+  pthread_mutex_init(&a->bm_lock, NULL);
+  for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
+    pthread_mutex_init(&a->stripe_lock[i], NULL);
+  a->desc_path = strdup(dev->path);
+  int r = raid_scan(dev->path, mflags, force, s);
+  if (r < 0)
+    goto fail;
+  if (s->refusal[0]) {
+    r = vd_set_error(EIO, "%s: %s", dev->path, s->refusal);
+    goto fail;
+  }
+
+  a->sb = s->sb[s->fresh];
+  a->n = s->n;
+  a->writable = (mflags & VD_OPEN_RDWR) != 0;
+  a->force = force;
+  bool recorded_change = false;
+  for (unsigned i = 0; i < a->n; i++) {
+    struct raid_member *m = &a->m[i];
+    m->path = s->path[i];
+    s->path[i] = NULL;
+    m->fault = raid_fault_lookup(m->path);
+    m->assembled = s->state[i];
+    memcpy(m->dev_uuid, a->sb.role[i].dev_uuid, 16);
+    switch (s->state[i]) {
+    case VD_RAID_STATE_ACTIVE:
+      m->dev = s->dev[i];
+      s->dev[i] = NULL;
+      atomic_store(&m->state, RAID_ROLE_ACTIVE);
+      break;
+    case VD_RAID_STATE_REBUILDING:
+      m->dev = s->dev[i];
+      s->dev[i] = NULL;
+      atomic_store(&m->state, RAID_ROLE_REBUILDING);
+      atomic_store(&m->recovery, a->sb.role[i].recovery_offset);
+      break;
+    default:
+      atomic_store(&m->state, RAID_ROLE_FAULTY);
+      if (a->sb.role[i].state != RAID_ROLE_FAULTY)
+        recorded_change = true;
+    }
+  }
+  raid_scan_free(s);
+  free(s);
+  s = NULL;
+
+  if (a->sb.level == 5)
+    a->stripe_bytes = (uint64_t)a->sb.chunk * (a->n - 1);
+  else if (a->sb.level == 0)
+    a->stripe_bytes = (uint64_t)a->sb.chunk * a->n;
+  else
+    a->stripe_bytes = a->sb.chunk;
+  dev->size = a->sb.array_size;
+  dev->logical_block = 512;
+  for (unsigned i = 0; i < a->n; i++)
+    if (a->m[i].dev && vd_logical_block(a->m[i].dev) > dev->logical_block)
+      dev->logical_block = vd_logical_block(a->m[i].dev);
+  dev->preferred_io = a->sb.level == 1 ? 4096
+                      : (uint32_t)(a->stripe_bytes > (1u << 30)
+                                   ? (1u << 30) : a->stripe_bytes);
+  dev->strict_align = false;
+
+  r = raid_pool_start(a);
+  if (r < 0)
+    goto fail;
+  r = raid_bitmap_load(a);
+  if (r < 0)
+    goto fail;
+  r = raid5_ppl_init(a);
+  if (r < 0)
+    goto fail;
+  atomic_store(&a->dirty, (a->sb.flags & RAID_SB_DIRTY) != 0);
+
+  if (a->writable) {
+    bool degraded = raid_active_count(a) < a->n;
+    bool was_dirty = (a->sb.flags & RAID_SB_DIRTY) != 0;
+    /* Record missing/stale members before anything else is written. */
+    if (recorded_change || force) {
+      r = raid_sb_update(a);
+      if (r < 0)
+        goto fail;
+    }
+    if (was_dirty && a->sb.level == 5 && degraded) {
+      r = raid5_ppl_recover(a);
+      if (r < 0)
+        goto fail;
+    }
+    if (was_dirty && a->sb.level != 0) {
+      r = raid_resync(a, a->sb.policy == RAID_POLICY_RESYNC);
+      if (r < 0)
+        goto fail;
+    }
+    if (a->sb.resync_offset != RAID_NO_OFFSET) {
+      r = raid_resync(a, true);
+      if (r < 0)
+        goto fail;
+    }
+    r = raid5_ppl_clear(a);
+    if (r < 0)
+      goto fail;
+    if (was_dirty && raid_flush_members(a) == 0) {
+      /* Everything is consistent again. */
+      pthread_mutex_lock(&a->sb_lock);
+      a->sb.flags &= ~RAID_SB_DIRTY;
+      r = raid_sb_write_all_locked(a);
+      pthread_mutex_unlock(&a->sb_lock);
+      if (r < 0)
+        goto fail;
+      atomic_store(&a->dirty, false);
+    }
+    raid_monitor_start(a);
+    raid_rebuild_start(a);
+  }
+  return 0;
+
+fail:
+  if (s) {
+    raid_scan_free(s);
+    free(s);
+  }
+  raid_array_free(a);
+  return r;
+}
+
+static void raid_close(struct vd_dev *dev)
+{
+  struct raid_array *a = dev->priv;
+  raid_monitor_stop(a);
+  raid_rebuild_stop(a);
+  if (a->writable && !atomic_load(&a->crashed) && !atomic_load(&a->failed)) {
+    /* Clean stop: everything is flushed (vd_close flushed before calling
+     * us), so the bitmap and the dirty flag can be cleared. */
+    if (raid_flush_members(a) == 0) {
+      if (a->bm) {
+        bool failed[RAID_MAX_MEMBERS] = { false };
+        pthread_mutex_lock(&a->bm_lock);
+        memset(a->bm, 0, a->sb.bitmap_bytes);
+        raid_bitmap_write_locked(a, 0, a->sb.bitmap_bytes, true, failed);
+        pthread_mutex_unlock(&a->bm_lock);
+        raid_handle_failed(a, failed, -EIO);
+      }
+      if (atomic_load(&a->dirty) && !atomic_load(&a->failed)) {
+        pthread_mutex_lock(&a->sb_lock);
+        a->sb.flags &= ~RAID_SB_DIRTY;
+        raid_sb_write_all_locked(a);
+        pthread_mutex_unlock(&a->sb_lock);
+      }
+    }
+  }
+  raid_array_free(a);
+}
+
+static int raid_probe(const struct vd_probe_data *pd)
+{
+  size_t ml = strlen(RAID_DESC_MAGIC);
+  return pd->head_len >= ml && memcmp(pd->head, RAID_DESC_MAGIC, ml) == 0
+         ? 100 : 0;
+}
+
+static const char *raid_state_name(struct raid_array *a, char *buf,
+                                   size_t len)
+{
+  bool rebuilding = false;
+  for (unsigned i = 0; i < a->n; i++)
+    if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      rebuilding = true;
+  snprintf(buf, len, "%s%s%s%s",
+           atomic_load(&a->failed) ? "failed"
+           : atomic_load(&a->dirty) ? "active" : "clean",
+           raid_active_count(a) < a->n && !atomic_load(&a->failed)
+             ? ", degraded" : "",
+           rebuilding ? ", recovering" : "",
+           a->writable ? "" : ", read-only");
+  return buf;
+}
+
+static void raid_info_str(struct vd_info *info, const char *k, const char *v)
+{
+  if (info->nfields >= VD_INFO_MAX_FIELDS)
+    return;
+  struct vd_info_field *f = &info->fields[info->nfields++];
+  snprintf(f->key, sizeof f->key, "%s", k);
+  f->type = VD_FIELD_STR;
+  snprintf(f->str, sizeof f->str, "%s", v);
+}
+
+static void raid_info_u64(struct vd_info *info, const char *k, uint64_t v)
+{
+  if (info->nfields >= VD_INFO_MAX_FIELDS)
+    return;
+  struct vd_info_field *f = &info->fields[info->nfields++];
+  snprintf(f->key, sizeof f->key, "%s", k);
+  f->type = VD_FIELD_U64;
+  f->u64 = v;
+}
+
+static void raid_info(struct vd_dev *dev, struct vd_info *info)
+{
+  struct raid_array *a = dev->priv;
+  char buf[64], u[37];
+  uint64_t actual = 0;
+  for (unsigned i = 0; i < a->n; i++) {
+    struct vd_info mi;
+    if (a->m[i].dev && vd_get_info(a->m[i].dev, &mi) == 0)
+      actual += mi.actual_size;
+  }
+  info->actual_size = actual;
+  info->dirty = atomic_load(&a->dirty);
+  raid_uuid_format(a->sb.uuid, u);
+  raid_info_u64(info, "raid level", a->sb.level);
+  raid_info_str(info, "uuid", u);
+  raid_info_u64(info, "chunk size", a->sb.chunk);
+  raid_info_u64(info, "members", a->n);
+  raid_info_u64(info, "active members", raid_active_count(a));
+  raid_info_str(info, "state", raid_state_name(a, buf, sizeof buf));
+  raid_info_u64(info, "events", a->sb.events);
+  for (unsigned i = 0; i < a->n && info->nfields < VD_INFO_MAX_FIELDS; i++) {
+    char k[48];
+    int st = atomic_load(&a->m[i].state);
+    snprintf(k, sizeof k, "member %u", i);
+    char v[512];
+    snprintf(v, sizeof v, "%s (%s)", a->m[i].path ? a->m[i].path : "-",
+             !a->m[i].dev ? "missing" : st == RAID_ROLE_ACTIVE ? "active"
+             : st == RAID_ROLE_REBUILDING ? "rebuilding" : "faulty");
+    raid_info_str(info, k, v);
+  }
+}
+
+const struct vd_driver vd_raid_driver = {
+  .name = "raid",
+  .aliases = (const char *const[]){ "vdraid", NULL },
+  .priv_size = sizeof(struct raid_array),
+  .probe = raid_probe,
+  .open = raid_open,
+  .close = raid_close,
+  .pread = raid_pread,
+  .pwrite = raid_pwrite,
+  .flush = raid_flush,
+  .info = raid_info,
+  .opens_own_files = true,
+  .multi_conn = true,
+};
+
+struct raid_array *vd_raid_of(struct vd_dev *dev)
+{
+  return dev && dev->drv == &vd_raid_driver ? dev->priv : NULL;
+}
+
+void vd_raid_crash(struct raid_array *a)
+{
+  raid_monitor_stop(a);
+  raid_rebuild_stop(a);
+  atomic_store(&a->crashed, true);
+}
+
+void raid_set_force_next(bool force)
+{
+  raid_force_next = force;
+}
+
+/* ---- status ---- */
+
+static const char *raid_policy_name(uint32_t p)
+{
+  return p == RAID_POLICY_PPL ? "ppl" : p == RAID_POLICY_BITMAP ? "bitmap"
+         : "resync";
+}
+
+static void raid_status_common(const struct raid_sb *sb,
+                               struct vd_raid_status *st)
+{
+  raid_uuid_format(sb->uuid, st->uuid);
+  snprintf(st->name, sizeof st->name, "%s", sb->name);
+  st->level = (int)sb->level;
+  st->layout = sb->level == 5 ? "left-symmetric" : "-";
+  st->policy = raid_policy_name(sb->policy);
+  st->chunk = sb->chunk;
+  st->nmembers = sb->nmembers;
+  st->array_size = sb->array_size;
+  st->member_data_size = sb->data_size;
+  st->data_offset = sb->data_offset;
+  st->events = sb->events;
+  st->bitmap_region = sb->bitmap_bytes ? sb->bitmap_region : 0;
+}
+
+int vd_raid_status(struct raid_array *a, struct vd_raid_status *st)
+{
+  memset(st, 0, sizeof *st);
+  pthread_mutex_lock(&a->sb_lock);
+  raid_status_common(&a->sb, st);
+  pthread_mutex_unlock(&a->sb_lock);
+  st->dirty = atomic_load(&a->dirty);
+  st->failed = atomic_load(&a->failed);
+  st->degraded = raid_active_count(a) < a->n;
+  raid_state_name(a, st->state, sizeof st->state);
+  for (unsigned i = 0; i < a->n; i++) {
+    struct vd_raid_member_status *m = &st->m[i];
+    snprintf(m->path, sizeof m->path, "%s", a->m[i].path ? a->m[i].path : "");
+    m->slot = (int)i;
+    int s = atomic_load(&a->m[i].state);
+    m->state = !a->m[i].dev ? (a->m[i].assembled == VD_RAID_STATE_STALE
+                               ? VD_RAID_STATE_STALE
+                               : a->m[i].assembled == VD_RAID_STATE_FAULTY
+                               ? VD_RAID_STATE_FAULTY : VD_RAID_STATE_MISSING)
+               : s == RAID_ROLE_ACTIVE ? VD_RAID_STATE_ACTIVE
+               : s == RAID_ROLE_REBUILDING ? VD_RAID_STATE_REBUILDING
+               : VD_RAID_STATE_FAULTY;
+    m->events = st->events;
+    raid_uuid_format(a->m[i].dev_uuid, m->dev_uuid);
+    if (s == RAID_ROLE_REBUILDING) {
+      m->recovery_offset = atomic_load(&a->m[i].recovery);
+      st->rebuilding = true;
+      st->rebuild_done = m->recovery_offset;
+      st->rebuild_total = a->sb.data_size;
+    }
+  }
+  if (a->bm) {
+    pthread_mutex_lock(&a->bm_lock);
+    for (uint64_t r = 0; r < a->nregions; r++)
+      if (a->bm[r / 8] & (1u << (r % 8)))
+        st->bitmap_dirty_regions++;
+    pthread_mutex_unlock(&a->bm_lock);
+  }
+  return 0;
+}
+
+int vd_raid_examine(const char *desc, struct vd_raid_status *st)
+{
+  struct raid_scan *s = calloc(1, sizeof *s);
+  memset(st, 0, sizeof *st);
+  if (!s)
+    return vd_set_error(ENOMEM, "%s: out of memory", desc);
+  int r = raid_scan(desc, VD_OPEN_NOLOCK, false, s);
+  if (r < 0) {
+    raid_scan_free(s);
+    free(s);
+    return r;
+  }
+  snprintf(st->refusal, sizeof st->refusal, "%s", s->refusal);
+  if (s->fresh >= 0) {
+    const struct raid_sb *f = &s->sb[s->fresh];
+    raid_status_common(f, st);
+    st->dirty = (f->flags & RAID_SB_DIRTY) != 0;
+  } else {
+    st->nmembers = s->n;
+  }
+  unsigned active = 0;
+  for (unsigned i = 0; i < s->n && i < 32; i++) {
+    struct vd_raid_member_status *m = &st->m[i];
+    snprintf(m->path, sizeof m->path, "%s", s->path[i] ? s->path[i] : "");
+    m->slot = (int)i;
+    m->state = s->state[i];
+    m->events = s->have_sb[i] ? s->sb[i].events : 0;
+    if (s->fresh >= 0)
+      raid_uuid_format(s->sb[s->fresh].role[i].dev_uuid, m->dev_uuid);
+    if (m->state == VD_RAID_STATE_ACTIVE)
+      active++;
+    if (m->state == VD_RAID_STATE_REBUILDING && s->fresh >= 0) {
+      m->recovery_offset = s->sb[s->fresh].role[i].recovery_offset;
+      st->rebuilding = true;
+      st->rebuild_done = m->recovery_offset;
+      st->rebuild_total = s->sb[s->fresh].data_size;
+    }
+  }
+  st->degraded = active < s->n;
+  st->failed = s->refusal[0] != '\0';
+  snprintf(st->state, sizeof st->state, "%s%s%s%s",
+           st->failed ? "inactive" : st->dirty ? "active" : "clean",
+           st->degraded && !st->failed ? ", degraded" : "",
+           st->rebuilding ? ", recovering" : "",
+           s->fresh >= 0 && !st->failed ? "" : "");
+  raid_scan_free(s);
+  free(s);
+  return 0;
+}

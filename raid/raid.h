@@ -1,0 +1,295 @@
+/* libvdisk — RAID 0, 1 and 5 over member vd_devs (internal header).
+ *
+ * An array is a vd_dev (driver "raid") opened through a small text
+ * descriptor naming its members; the authoritative state lives in a
+ * superblock on every member (raid/super.c, docs/raid-format.md).  Members
+ * are any vd_dev: raw files, block devices, VHD images.
+ *
+ * Files: raid.c (assembly, member I/O pool, failure handling, bitmap, the
+ * driver ops), raid0.c / raid1.c / raid5.c (one per level), parity.c (XOR),
+ * super.c (superblock and descriptor codecs), sync.c (resync, rebuild,
+ * scrub), fault.c (fault-injecting member layer for tests).
+ *
+ * Lock order (outer first):
+ *   stripe lock (raid_stripe_lock)  ->  arr->sb_lock  ->  arr->bm_lock
+ *   ->  pool lock.
+ * A thread holding sb_lock never takes a stripe lock.
+ */
+#ifndef VDISK_RAID_RAID_H
+#define VDISK_RAID_RAID_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vdisk.h"
+#include "driver.h"
+
+#define RAID_MAX_MEMBERS 32
+#define RAID_SB_OFFSET 4096u          /* as md v1.2: 4 KiB into the member */
+#define RAID_SB_SIZE 4096u
+#define RAID_BITMAP_OFFSET 8192u
+#define RAID_BITMAP_MAX (120u * 1024) /* bytes: 983040 regions at most */
+#define RAID_PPL_OFFSET (128u * 1024)
+#define RAID_PPL_HDR 4096u            /* header block of one PPL slot */
+#define RAID_PPL_SLOTS 8u
+#define RAID_DATA_ALIGN (1024u * 1024)
+#define RAID_DEFAULT_CHUNK (512u * 1024)
+#define RAID_MIN_CHUNK 4096u
+#define RAID_MAX_CHUNK (64u * 1024 * 1024)
+#define RAID_NO_OFFSET UINT64_MAX     /* resync/recovery: nothing pending */
+
+enum raid_level { RAID_LEVEL0 = 0, RAID_LEVEL1 = 1, RAID_LEVEL5 = 5 };
+enum raid_layout { RAID_LAYOUT_LEFT_SYMMETRIC = 0 };
+/* What keeps redundancy consistent across an unclean stop. */
+enum raid_policy {
+  RAID_POLICY_RESYNC = 0,  /* dirty flag only: full resync */
+  RAID_POLICY_BITMAP = 1,  /* write-intent bitmap: resync dirty regions */
+  RAID_POLICY_PPL = 2,     /* bitmap + partial parity log (RAID5) */
+};
+/* Role of a slot, as recorded in the superblock role table. */
+enum raid_role_state {
+  RAID_ROLE_ACTIVE = 0,
+  RAID_ROLE_FAULTY = 1,
+  RAID_ROLE_REBUILDING = 2, /* valid below its recovery offset */
+};
+#define RAID_SB_DIRTY 0x1u
+
+struct raid_role {
+  uint8_t dev_uuid[16];        /* identity of the device in this slot */
+  uint32_t state;              /* enum raid_role_state */
+  uint64_t recovery_offset;    /* REBUILDING: member bytes (from the data
+                                  offset) known good */
+};
+
+/* Decoded superblock; the byte layout is in super.c. */
+struct raid_sb {
+  uint8_t uuid[16];
+  uint32_t level, layout, chunk, nmembers, slot, flags, policy;
+  uint64_t events;
+  uint64_t array_size;         /* bytes */
+  uint64_t data_offset;        /* bytes from the member's start */
+  uint64_t data_size;          /* usable bytes per member (chunk multiple) */
+  uint64_t resync_offset;      /* member bytes below which redundancy is
+                                  known good; RAID_NO_OFFSET = all */
+  uint64_t bitmap_offset, bitmap_region;
+  uint32_t bitmap_bytes;
+  uint64_t ppl_offset;
+  uint32_t ppl_slots, ppl_slot_size;
+  uint64_t ctime, utime;
+  char name[33];
+  struct raid_role role[RAID_MAX_MEMBERS];
+};
+
+/* ---- super.c ---- */
+uint32_t raid_crc32c(uint32_t crc, const void *buf, size_t len);
+/* Encode SB into a RAID_SB_SIZE buffer (checksum included). */
+void raid_sb_encode(const struct raid_sb *sb, uint8_t *buf);
+/* Decode and validate; WHAT names the member in messages.  -EINVAL if it
+ * is not a superblock (message set), -EUCLEAN... never: just -EINVAL. */
+int raid_sb_decode(const uint8_t *buf, struct raid_sb *sb, const char *what);
+bool raid_sb_is_magic(const uint8_t *buf);
+
+/* The descriptor: "VDRAID 1" + uuid + member lines (docs/raid-format.md). */
+#define RAID_DESC_MAGIC "VDRAID 1\n"
+struct raid_desc {
+  uint8_t uuid[16];
+  unsigned nmembers;
+  char *member[RAID_MAX_MEMBERS];  /* as written (maybe relative), or NULL */
+  char *format[RAID_MAX_MEMBERS];  /* member format, or NULL to probe */
+};
+int raid_desc_read(const char *path, struct raid_desc *d);
+int raid_desc_write(const char *path, const struct raid_desc *d);
+void raid_desc_free(struct raid_desc *d);
+/* Resolve a member path relative to the descriptor's directory. */
+char *raid_desc_resolve(const char *desc_path, const char *member);
+void raid_uuid_format(const uint8_t *u, char *out /* 37 bytes */);
+int raid_uuid_parse(const char *s, uint8_t *u);
+void raid_uuid_generate(uint8_t *u);
+
+/* ---- parity.c ---- */
+/* DST = SRC[0] ^ SRC[1] ^ ... ^ SRC[N-1], one pass over the sources.  DST
+ * may be one of the sources. */
+void raid_xor(void *dst, const void *const *src, unsigned n, size_t len);
+/* DST ^= SRC. */
+void raid_xor_into(void *dst, const void *src, size_t len);
+
+/* ---- fault.c ---- */
+struct raid_fault;
+
+/* ---- the array ---- */
+enum raid_mio_op { RAID_MIO_READ, RAID_MIO_WRITE, RAID_MIO_FLUSH };
+
+struct raid_member {
+  char *path;                  /* resolved path, NULL if none in descriptor */
+  struct vd_dev *dev;          /* NULL when missing or closed after failure */
+  _Atomic int state;           /* enum raid_role_state, or RAID_ROLE_FAULTY
+                                  when missing */
+  _Atomic uint64_t recovery;   /* REBUILDING: data bytes known good */
+  uint8_t dev_uuid[16];
+  struct raid_fault *fault;    /* test hook, or NULL */
+  _Atomic unsigned inflight;   /* RAID1 read balancing */
+  _Atomic uint64_t next_read;  /* RAID1: end of this member's last read */
+  _Atomic unsigned read_errors;
+  int assembled;               /* VD_RAID_STATE_* decided at assembly */
+};
+
+struct raid_mio {
+  int slot;
+  int op;                      /* enum raid_mio_op */
+  void *buf;
+  size_t len;
+  uint64_t off;                /* data-relative member offset */
+  int ret;
+  struct raid_batch *batch;
+  struct raid_mio *next;
+};
+
+struct raid_pool;
+
+#define RAID_STRIPE_LOCKS 256
+
+struct raid_array {
+  struct raid_sb sb;           /* guarded by sb_lock (role[] mirrors the
+                                  members' states at the last sb write) */
+  unsigned n;
+  struct raid_member m[RAID_MAX_MEMBERS];
+  char *desc_path;
+  bool writable;
+  bool force;                  /* assembled with --force */
+  uint64_t stripe_bytes;       /* RAID5: (n-1)*chunk; RAID0: n*chunk */
+  uint64_t region;             /* lock unit in member bytes */
+
+  pthread_mutex_t sb_lock;
+  _Atomic bool failed;         /* too many failures: EIO, no more writes */
+  _Atomic bool dirty;          /* sb DIRTY flag written */
+  _Atomic bool crashed;        /* vd_raid_crash: close writes nothing */
+
+  pthread_mutex_t stripe_lock[RAID_STRIPE_LOCKS];
+
+  /* Write-intent bitmap (member regions of sb.bitmap_region bytes). */
+  pthread_mutex_t bm_lock;
+  uint8_t *bm;                 /* sb.bitmap_bytes, guarded by bm_lock */
+  uint32_t *bm_inflight;       /* per region, guarded by bm_lock */
+  uint64_t *bm_gen;            /* flush generation of the last write start */
+  uint64_t nregions;
+  uint64_t flush_gen;          /* guarded by bm_lock */
+
+  /* PPL slot locks, per member and slot. */
+  pthread_mutex_t *ppl_lock;
+  int64_t *ppl_stripe;         /* stripe whose entry is on disk, or -1;
+                                  guarded by the slot's ppl_lock */
+  uint64_t *ppl_done_gen;      /* ppl_gen when its writes completed */
+  _Atomic uint64_t ppl_gen;    /* bumped when a member flush starts */
+  _Atomic uint64_t ppl_durable;/* writes done before this gen are durable */
+  _Atomic uint64_t ppl_seq;
+
+  struct raid_pool *pool;
+
+  /* Online requests (raid.c monitor): the serving process executes
+   * requests that vdtool leaves next to the descriptor. */
+  pthread_t monitor;
+  bool monitor_running;
+  _Atomic bool stop;
+  pthread_mutex_t mon_lock;    /* with mon_cond: wakes the monitor to stop */
+  pthread_cond_t mon_cond;
+  pthread_t rebuild;
+  bool rebuild_running;        /* thread joinable; guarded by sb_lock */
+  _Atomic bool rebuild_active; /* thread still working */
+  _Atomic bool rebuild_stop;
+  _Atomic int rebuild_ret;
+  _Atomic uint64_t rebuild_rate; /* bytes/s, 0 = unlimited */
+  struct vd_dev *retired[RAID_MAX_MEMBERS * 4]; /* replaced members, closed
+                                  at the end (I/O may still use them) */
+  unsigned nretired;           /* guarded by sb_lock */
+
+  atomic_uint_fast64_t rr;     /* RAID1 round robin */
+};
+
+/* ---- raid.c: member I/O and state ---- */
+/* Run N member requests in parallel; each mio->ret gets its result.
+ * Returns 0 if all succeeded, else the first error. */
+int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n);
+/* Single member request, inline. */
+int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
+                 size_t len, uint64_t off);
+/* Whether SLOT can be read (and written) at member data offset OFF. */
+bool raid_member_usable(struct raid_array *a, int slot, uint64_t off);
+/* Whether SLOT should receive writes at OFF (usable, or rebuilding). */
+bool raid_member_writable(struct raid_array *a, int slot, uint64_t off);
+/* Record a failure of SLOT (error ERR): mark it faulty and write the
+ * survivors' superblocks before returning.  Returns 0 if the array can
+ * carry on, -EIO if it has failed. */
+int raid_member_failed(struct raid_array *a, int slot, int err);
+/* Number of members currently active (not faulty/missing). */
+unsigned raid_active_count(struct raid_array *a);
+/* Write every usable member's superblock (events + 1) and flush.  Caller
+ * holds sb_lock. */
+int raid_sb_write_all_locked(struct raid_array *a);
+int raid_sb_update(struct raid_array *a);
+void raid_stripe_lock(struct raid_array *a, uint64_t stripe);
+void raid_stripe_unlock(struct raid_array *a, uint64_t stripe);
+/* Write-intent bitmap: mark member range [off, off+len) dirty before a
+ * write, and done after. */
+int raid_bitmap_start(struct raid_array *a, uint64_t off, uint64_t len);
+void raid_bitmap_end(struct raid_array *a, uint64_t off, uint64_t len);
+/* Mark the array dirty (first write after open). */
+int raid_mark_dirty(struct raid_array *a);
+/* Flush every usable member; failures are recorded.  -EIO if the array
+ * failed. */
+int raid_flush_members(struct raid_array *a);
+void raid_set_force_next(bool force);
+/* Online requests and background rebuild (sync.c). */
+void raid_monitor_start(struct raid_array *a);
+void raid_monitor_stop(struct raid_array *a);
+void raid_rebuild_start(struct raid_array *a);
+void raid_rebuild_stop(struct raid_array *a);
+
+/* ---- one file per level ---- */
+int raid0_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
+int raid0_write(struct raid_array *a, const void *buf, size_t len,
+                uint64_t off, unsigned flags);
+int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
+int raid1_write(struct raid_array *a, const void *buf, size_t len,
+                uint64_t off, unsigned flags);
+int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
+int raid5_write(struct raid_array *a, const void *buf, size_t len,
+                uint64_t off, unsigned flags);
+/* RAID5 geometry (exposed for tests): array offset -> stripe, parity
+ * member, data member and member offset. */
+struct raid5_map {
+  uint64_t stripe;
+  unsigned parity, member, dchunk;
+  uint64_t moff;               /* data-relative member offset */
+};
+void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m);
+unsigned raid5_parity_member(unsigned n, uint64_t stripe);
+unsigned raid5_data_member(unsigned n, uint64_t stripe, unsigned d);
+/* Recompute one stripe's parity (or, with CHECK_ONLY, compare it); sets
+ * *MISMATCH.  Used by resync and scrub.  Caller holds no stripe lock. */
+int raid5_sync_stripe(struct raid_array *a, uint64_t stripe, bool check_only,
+                      bool *mismatch);
+/* Rebuild SLOT's chunk of STRIPE from the others (stripe lock held). */
+int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t stripe,
+                                int slot, void *scratch);
+/* Partial parity log: allocate its state; replay it after an unclean stop
+ * of a degraded array; clear every slot (at open, once consistent); note
+ * that a member flush made all logged writes durable. */
+int raid5_ppl_init(struct raid_array *a);
+int raid5_ppl_recover(struct raid_array *a);
+int raid5_ppl_clear(struct raid_array *a);
+uint64_t raid5_ppl_flush_begin(struct raid_array *a);
+void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen);
+int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
+                      bool check_only, bool *mismatch);
+
+/* ---- sync.c ---- */
+/* Resync regions marked in the bitmap (or everything). */
+int raid_resync(struct raid_array *a, bool all);
+
+/* ---- public-ish API for vdtool and tests (vd_raid_*) ---- */
+#include "raid-api.h"
+
+#endif /* VDISK_RAID_RAID_H */

@@ -1,0 +1,162 @@
+/* RAID1: mirroring over n >= 2 members.
+ *
+ * Reads go to one member: the one whose last read ended where this one
+ * starts (a sequential stream stays on its member), else the least busy.
+ * Writes go to every member in parallel, one chunk-sized region at a time
+ * under that region's lock, so concurrent overlapping writes land in the
+ * same order on every mirror and a rebuild never races a write.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "raid/raid.h"
+
+static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
+                      const bool *tried)
+{
+  int best = -1;
+  unsigned best_load = ~0u;
+  unsigned start = (unsigned)(atomic_fetch_add(&a->rr, 1) % a->n);
+  for (unsigned k = 0; k < a->n; k++) {
+    unsigned i = (start + k) % a->n;
+    if (tried[i] || !raid_member_usable(a, (int)i, off) ||
+        !raid_member_usable(a, (int)i, off + len - 1))
+      continue;
+    if (atomic_load(&a->m[i].next_read) == off)
+      return (int)i;
+    unsigned load = atomic_load(&a->m[i].inflight);
+    if (load < best_load) {
+      best_load = load;
+      best = (int)i;
+    }
+  }
+  return best;
+}
+
+int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
+{
+  bool tried[RAID_MAX_MEMBERS] = { false };
+  for (;;) {
+    int s = raid1_pick(a, off, len, tried);
+    if (s < 0)
+      return vd_set_error(EIO, "%s: RAID1 has no usable member for %zu bytes "
+                          "at %llu", a->desc_path, len,
+                          (unsigned long long)off);
+    tried[s] = true;
+    atomic_fetch_add(&a->m[s].inflight, 1);
+    int r = raid_mio_one(a, s, RAID_MIO_READ, buf, len, off);
+    atomic_fetch_sub(&a->m[s].inflight, 1);
+    if (r == 0) {
+      atomic_store(&a->m[s].next_read, off + len);
+      return 0;
+    }
+    if (raid_member_failed(a, s, r) < 0)
+      return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
+  }
+}
+
+/* Write one piece inside a single region (region lock held). */
+static int raid1_write_locked(struct raid_array *a, const void *buf,
+                              size_t len, uint64_t off)
+{
+  struct raid_mio mio[RAID_MAX_MEMBERS];
+  int k = 0;
+  for (unsigned i = 0; i < a->n; i++)
+    if (raid_member_writable(a, (int)i, off))
+      mio[k++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_WRITE,
+                                    .buf = (void *)buf, .len = len,
+                                    .off = off };
+  if (k == 0)
+    return vd_set_error(EIO, "%s: RAID1 has no usable member", a->desc_path);
+  raid_mio_run(a, mio, k);
+  int ok = 0;
+  for (int j = 0; j < k; j++) {
+    if (mio[j].ret == 0)
+      ok++;
+    else if (raid_member_failed(a, mio[j].slot, mio[j].ret) < 0)
+      return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
+  }
+  /* A member that failed is now recorded as faulty in the survivors'
+   * superblocks; the write is complete on the others. */
+  return ok ? 0 : vd_set_error(EIO, "%s: RAID1 write failed on every member",
+                               a->desc_path);
+}
+
+int raid1_write(struct raid_array *a, const void *buf, size_t len,
+                uint64_t off, unsigned flags)
+{
+  int r = raid_bitmap_start(a, off, len);
+  if (r < 0)
+    return r;
+  const uint8_t *p = buf;
+  uint64_t c = a->sb.chunk, o = off;
+  size_t left = len;
+  while (left > 0 && r == 0) {
+    size_t n = left < c - o % c ? left : (size_t)(c - o % c);
+    raid_stripe_lock(a, o / c);
+    r = raid1_write_locked(a, p, n, o);
+    raid_stripe_unlock(a, o / c);
+    p += n;
+    o += n;
+    left -= n;
+  }
+  raid_bitmap_end(a, off, len);
+  return r;
+}
+
+int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
+                      bool check_only, bool *mismatch)
+{
+  uint64_t c = a->sb.chunk;
+  uint8_t *ref = vd_alloc_aligned(c), *other = vd_alloc_aligned(c);
+  int r = 0;
+  *mismatch = false;
+  if (!ref || !other) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  for (uint64_t o = off; o < off + len && r == 0; o += c) {
+    size_t n = (size_t)(off + len - o < c ? off + len - o : c);
+    raid_stripe_lock(a, o / c);
+    int src = -1;
+    for (unsigned i = 0; i < a->n && src < 0; i++)
+      if (atomic_load(&a->m[i].state) == RAID_ROLE_ACTIVE && a->m[i].dev)
+        src = (int)i;
+    if (src < 0) {
+      raid_stripe_unlock(a, o / c);
+      r = vd_set_error(EIO, "%s: RAID1 has no active member", a->desc_path);
+      break;
+    }
+    r = raid_mio_one(a, src, RAID_MIO_READ, ref, n, o);
+    if (r < 0) {
+      raid_stripe_unlock(a, o / c);
+      if (raid_member_failed(a, src, r) < 0)
+        break;
+      o -= c;   /* retry this region from another member */
+      r = 0;
+      continue;
+    }
+    for (unsigned i = 0; i < a->n && r == 0; i++) {
+      if ((int)i == src || !raid_member_usable(a, (int)i, o))
+        continue;
+      int e = raid_mio_one(a, (int)i, RAID_MIO_READ, other, n, o);
+      if (e == 0 && memcmp(ref, other, n) == 0)
+        continue;
+      *mismatch = true;
+      if (e == 0 && check_only)
+        continue;
+      if (e == 0)
+        e = raid_mio_one(a, (int)i, RAID_MIO_WRITE, ref, n, o);
+      if (e < 0)
+        r = raid_member_failed(a, (int)i, e);
+    }
+    raid_stripe_unlock(a, o / c);
+  }
+out:
+  vd_free_aligned(ref);
+  vd_free_aligned(other);
+  return r;
+}

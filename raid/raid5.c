@@ -1,0 +1,743 @@
+/* RAID5: distributed parity, md's left-symmetric layout.
+ *
+ * With n members and chunk size C, stripe s holds n-1 data chunks and one
+ * parity chunk at member offset s*C.  Parity member p = (n-1) - (s mod n);
+ * data chunk d of the stripe is on member (p + 1 + d) mod n, so array data
+ * continues on the member after the parity ("rotating parity with data
+ * continuation").
+ *
+ * Writes take the stripe's lock, split the stripe's part of the request into
+ * row segments where the set of modified chunks is constant, and for each:
+ *  - full stripe: parity from the new data, no reads;
+ *  - otherwise read-modify-write (read old data and old parity) or
+ *    reconstruct-write (read the untouched chunks), whichever reads fewer
+ *    chunks; degraded arrays take the one that does not need the missing
+ *    member.
+ * A member error marks it faulty (survivors' superblocks first) and the
+ * segment is planned again without it, so the write completes degraded.
+ *
+ * Write hole: with the "ppl" policy, a partial-stripe write first logs the
+ * partial parity (XOR of the chunks it does not modify, over the rows it
+ * touches) to a slot on the stripe's parity member, flushed, before the
+ * in-place writes.  After an unclean stop with a member missing, each valid
+ * log entry gives the parity of the rows it covers as PP ^ (modified chunks
+ * as they are on disk), which makes the untouched chunks reconstructible
+ * whatever subset of the in-place writes reached the disk.  A slot is reused
+ * only once the writes it protected are flushed (see docs/raid-format.md).
+ *
+ * PPL slot header (4096 bytes, little-endian), followed by the partial
+ * parity (length bytes):
+ *   0 8 magic "VDRAIDPL"   8 16 array UUID   24 8 stripe   32 4 row offset
+ *  36 4 length   40 4 modified data chunks (bit d)   44 4 parity member
+ *  48 8 sequence   56 4 CRC-32C of the partial parity
+ *  4092 4 CRC-32C of bytes 0..4091
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "raid/raid.h"
+
+static const char ppl_magic[8] = { 'V', 'D', 'R', 'A', 'I', 'D', 'P', 'L' };
+
+unsigned raid5_parity_member(unsigned n, uint64_t stripe)
+{
+  return (n - 1) - (unsigned)(stripe % n);
+}
+
+unsigned raid5_data_member(unsigned n, uint64_t stripe, unsigned d)
+{
+  return (raid5_parity_member(n, stripe) + 1 + d) % n;
+}
+
+void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m)
+{
+  uint64_t sb = (uint64_t)chunk * (n - 1);
+  uint64_t rem = off % sb;
+  m->stripe = off / sb;
+  m->dchunk = (unsigned)(rem / chunk);
+  m->parity = raid5_parity_member(n, m->stripe);
+  m->member = raid5_data_member(n, m->stripe, m->dchunk);
+  m->moff = m->stripe * chunk + rem % chunk;
+}
+
+/* ---- reads ---- */
+
+/* Reconstruct LEN bytes at row O of data chunk D of stripe S into OUT from
+ * the other members (stripe lock taken here). */
+static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
+                               uint64_t o, size_t len, void *out)
+{
+  unsigned n = a->n;
+  unsigned t = raid5_data_member(n, s, d);
+  uint64_t moff = s * a->sb.chunk + o;
+  uint8_t *bufs = vd_alloc_aligned((size_t)(n - 1) * len);
+  if (!bufs)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  int r;
+  raid_stripe_lock(a, s);
+  for (;;) {
+    struct raid_mio mio[RAID_MAX_MEMBERS];
+    const void *src[RAID_MAX_MEMBERS];
+    int k = 0;
+    bool direct = raid_member_usable(a, (int)t, moff);
+    if (direct) {
+      /* It came back (rebuild passed this stripe): read it. */
+      r = raid_mio_one(a, (int)t, RAID_MIO_READ, out, len, moff);
+      if (r == 0 || raid_member_failed(a, (int)t, r) < 0)
+        break;
+      continue;
+    }
+    r = 0;
+    for (unsigned i = 0; i < n; i++) {
+      if (i == t)
+        continue;
+      if (!raid_member_usable(a, (int)i, moff)) {
+        r = vd_set_error(EIO, "%s: RAID5 stripe %llu: members %u and %u are "
+                         "both unavailable", a->desc_path,
+                         (unsigned long long)s, t, i);
+        break;
+      }
+      src[k] = bufs + (size_t)k * len;
+      mio[k] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
+                                  .buf = bufs + (size_t)k * len, .len = len,
+                                  .off = moff };
+      k++;
+    }
+    if (r < 0)
+      break;
+    raid_mio_run(a, mio, k);
+    bool retry = false;
+    for (int j = 0; j < k; j++)
+      if (mio[j].ret < 0) {
+        if (raid_member_failed(a, mio[j].slot, mio[j].ret) < 0) {
+          r = -EIO;
+          break;
+        }
+        retry = true;
+      }
+    if (r < 0 || retry) {
+      if (r == 0)
+        continue;
+      r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+      break;
+    }
+    raid_xor(out, src, (unsigned)k, len);
+    break;
+  }
+  raid_stripe_unlock(a, s);
+  vd_free_aligned(bufs);
+  return r;
+}
+
+int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
+{
+  uint64_t c = a->sb.chunk;
+  size_t nmax = (size_t)((off % c + len + c - 1) / c);
+  struct raid_mio stackmio[16];
+  struct raid_mio *mio = nmax <= 16 ? stackmio : calloc(nmax, sizeof *mio);
+  if (!mio)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  int k = 0, r = 0;
+  uint8_t *p = buf;
+  uint64_t o = off;
+  size_t left = len;
+  /* Healthy pieces: straight to their data member, all in parallel. */
+  while (left > 0) {
+    struct raid5_map m;
+    raid5_map(a->n, a->sb.chunk, o, &m);
+    size_t n = left < c - o % c ? left : (size_t)(c - o % c);
+    mio[k++] = (struct raid_mio){
+      .slot = raid_member_usable(a, (int)m.member, m.moff) ? (int)m.member
+                                                           : -1,
+      .op = RAID_MIO_READ, .buf = p, .len = n, .off = m.moff };
+    p += n;
+    o += n;
+    left -= n;
+  }
+  /* Run the healthy ones (slot >= 0) together. */
+  int h = 0;
+  struct raid_mio *hm = nmax <= 16 ? (struct raid_mio[16]){ { 0 } }
+                                   : calloc(nmax, sizeof *hm);
+  if (!hm) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  int *idx = calloc((size_t)k, sizeof *idx);
+  if (!idx) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    if (nmax > 16)
+      free(hm);
+    goto out;
+  }
+  for (int i = 0; i < k; i++)
+    if (mio[i].slot >= 0) {
+      hm[h] = mio[i];
+      idx[h++] = i;
+    }
+  raid_mio_run(a, hm, h);
+  for (int j = 0; j < h; j++)
+    if (hm[j].ret < 0) {
+      if (raid_member_failed(a, hm[j].slot, hm[j].ret) < 0) {
+        r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+        break;
+      }
+      mio[idx[j]].slot = -1;   /* reconstruct it below */
+    }
+  free(idx);
+  if (nmax > 16)
+    free(hm);
+  /* Pieces on missing members: reconstruct from the others. */
+  o = off;
+  for (int i = 0; i < k && r == 0; i++) {
+    if (mio[i].slot < 0) {
+      struct raid5_map m;
+      raid5_map(a->n, a->sb.chunk, o, &m);
+      r = raid5_read_degraded(a, m.stripe, m.dchunk, o % c, mio[i].len,
+                              mio[i].buf);
+    }
+    o += mio[i].len;
+  }
+out:
+  if (mio != stackmio)
+    free(mio);
+  return r;
+}
+
+/* ---- partial parity log ---- */
+
+static size_t ppl_index(struct raid_array *a, unsigned p, uint64_t s)
+{
+  return (size_t)p * a->sb.ppl_slots + (size_t)(s % a->sb.ppl_slots);
+}
+
+static uint64_t ppl_slot_off(struct raid_array *a, uint64_t s)
+{
+  return a->sb.ppl_offset + (s % a->sb.ppl_slots) * a->sb.ppl_slot_size;
+}
+
+int raid5_ppl_init(struct raid_array *a)
+{
+  if (a->sb.policy != RAID_POLICY_PPL)
+    return 0;
+  size_t n = (size_t)a->n * a->sb.ppl_slots;
+  a->ppl_lock = calloc(n, sizeof *a->ppl_lock);
+  a->ppl_stripe = calloc(n, sizeof *a->ppl_stripe);
+  a->ppl_done_gen = calloc(n, sizeof *a->ppl_done_gen);
+  if (!a->ppl_lock || !a->ppl_stripe || !a->ppl_done_gen) {
+    free(a->ppl_lock);
+    a->ppl_lock = NULL;
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  }
+  for (size_t i = 0; i < n; i++) {
+    pthread_mutex_init(&a->ppl_lock[i], NULL);
+    a->ppl_stripe[i] = -1;
+  }
+  return 0;
+}
+
+uint64_t raid5_ppl_flush_begin(struct raid_array *a)
+{
+  return atomic_fetch_add(&a->ppl_gen, 1) + 1;
+}
+
+void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
+{
+  uint64_t cur = atomic_load(&a->ppl_durable);
+  while (cur < gen && !atomic_compare_exchange_weak(&a->ppl_durable, &cur, gen))
+    ;
+}
+
+/* Log PP (LEN bytes, rows [R0, R0+LEN) of stripe S, modified chunks MASK)
+ * to parity member P.  On success the slot stays locked until
+ * raid5_ppl_done.  On a member error returns it with *BAD = P. */
+static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
+                         uint32_t r0, uint32_t len, uint32_t mask,
+                         const void *pp, size_t *slot)
+{
+  size_t i = ppl_index(a, p, s);
+  pthread_mutex_lock(&a->ppl_lock[i]);
+  if (a->ppl_stripe[i] >= 0 &&
+      a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable)) {
+    /* The entry here may still protect unflushed writes: flush first. */
+    uint64_t g = raid5_ppl_flush_begin(a);
+    int r = raid_flush_members(a);
+    if (r < 0) {
+      pthread_mutex_unlock(&a->ppl_lock[i]);
+      return r;
+    }
+    raid5_ppl_flush_end(a, g);
+  }
+  uint8_t *b = vd_alloc_aligned(RAID_PPL_HDR + len);
+  if (!b) {
+    pthread_mutex_unlock(&a->ppl_lock[i]);
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  }
+  memset(b, 0, RAID_PPL_HDR);
+  memcpy(b, ppl_magic, 8);
+  memcpy(b + 8, a->sb.uuid, 16);
+  vd_put_le64(b + 24, s);
+  vd_put_le32(b + 32, r0);
+  vd_put_le32(b + 36, len);
+  vd_put_le32(b + 40, mask);
+  vd_put_le32(b + 44, p);
+  vd_put_le64(b + 48, atomic_fetch_add(&a->ppl_seq, 1));
+  vd_put_le32(b + 56, raid_crc32c(0, pp, len));
+  vd_put_le32(b + 4092, raid_crc32c(0, b, 4092));
+  memcpy(b + RAID_PPL_HDR, pp, len);
+  int r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, b, RAID_PPL_HDR + len,
+                       ppl_slot_off(a, s));
+  if (r == 0)
+    r = raid_mio_one(a, ~(int)p, RAID_MIO_FLUSH, NULL, 0, 0);
+  vd_free_aligned(b);
+  if (r < 0) {
+    pthread_mutex_unlock(&a->ppl_lock[i]);
+    return r;
+  }
+  *slot = i;
+  return 0;
+}
+
+static void raid5_ppl_done(struct raid_array *a, size_t i, uint64_t s)
+{
+  a->ppl_stripe[i] = (int64_t)s;
+  a->ppl_done_gen[i] = atomic_load(&a->ppl_gen);
+  pthread_mutex_unlock(&a->ppl_lock[i]);
+}
+
+/* A full-stripe write supersedes any entry for S: invalidate it (durable
+ * by the next flush, which is when it matters). */
+static int raid5_ppl_forget(struct raid_array *a, uint64_t s, unsigned p)
+{
+  size_t i = ppl_index(a, p, s);
+  int r = 0;
+  pthread_mutex_lock(&a->ppl_lock[i]);
+  if (a->ppl_stripe[i] == (int64_t)s) {
+    uint8_t *z = vd_alloc_aligned(RAID_PPL_HDR);
+    if (!z) {
+      r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    } else {
+      memset(z, 0, RAID_PPL_HDR);
+      r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, z, RAID_PPL_HDR,
+                       ppl_slot_off(a, s));
+      vd_free_aligned(z);
+    }
+    if (r == 0)
+      a->ppl_stripe[i] = -1;
+  }
+  pthread_mutex_unlock(&a->ppl_lock[i]);
+  return r;
+}
+
+int raid5_ppl_clear(struct raid_array *a)
+{
+  if (a->sb.policy != RAID_POLICY_PPL || !a->writable)
+    return 0;
+  size_t bytes = (size_t)RAID_PPL_HDR;
+  uint8_t *z = vd_alloc_aligned(bytes);
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  memset(z, 0, bytes);
+  for (unsigned i = 0; i < a->n; i++) {
+    if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
+      continue;
+    for (uint32_t j = 0; j < a->sb.ppl_slots; j++) {
+      int r = raid_mio_one(a, ~(int)i, RAID_MIO_WRITE, z, bytes,
+                           a->sb.ppl_offset +
+                           (uint64_t)j * a->sb.ppl_slot_size);
+      if (r < 0 && raid_member_failed(a, (int)i, r) < 0) {
+        vd_free_aligned(z);
+        return -EIO;
+      }
+      if (r < 0)
+        break;
+    }
+  }
+  vd_free_aligned(z);
+  for (size_t i = 0; i < (size_t)a->n * a->sb.ppl_slots; i++)
+    a->ppl_stripe[i] = -1;
+  return raid_flush_members(a);
+}
+
+int raid5_ppl_recover(struct raid_array *a)
+{
+  if (a->sb.policy != RAID_POLICY_PPL)
+    return 0;
+  unsigned n = a->n;
+  uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
+  uint8_t *hdr = vd_alloc_aligned(RAID_PPL_HDR);
+  uint8_t *pp = vd_alloc_aligned(c), *tmp = vd_alloc_aligned(c);
+  int r = 0;
+  if (!hdr || !pp || !tmp) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  for (unsigned p = 0; p < n && r == 0; p++) {
+    if (!raid_member_usable(a, (int)p, 0) &&
+        atomic_load(&a->m[p].state) != RAID_ROLE_REBUILDING)
+      continue;
+    for (uint32_t j = 0; j < a->sb.ppl_slots && r == 0; j++) {
+      uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
+      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+        continue;
+      if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
+          raid_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
+        continue;
+      uint64_t s = vd_get_le64(hdr + 24);
+      uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
+      uint32_t mask = vd_get_le32(hdr + 40);
+      if (s >= nstripes || s % a->sb.ppl_slots != j ||
+          raid5_parity_member(n, s) != p || vd_get_le32(hdr + 44) != p ||
+          len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
+          (mask >> (n - 1)) != 0)
+        continue;
+      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
+                       soff + RAID_PPL_HDR) < 0 ||
+          raid_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
+        continue;
+      uint64_t moff = s * c + r0;
+      bool can = true;
+      for (unsigned d = 0; d < n - 1; d++)
+        if ((mask & (1u << d)) &&
+            !raid_member_usable(a, (int)raid5_data_member(n, s, d), moff))
+          can = false;    /* a modified chunk is lost: nothing to protect */
+      if (!can)
+        continue;
+      raid_stripe_lock(a, s);
+      for (unsigned d = 0; d < n - 1 && r == 0; d++) {
+        if (!(mask & (1u << d)))
+          continue;
+        r = raid_mio_one(a, (int)raid5_data_member(n, s, d), RAID_MIO_READ,
+                         tmp, len, moff);
+        if (r == 0)
+          raid_xor_into(pp, tmp, len);
+      }
+      if (r == 0)
+        r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, pp, len, moff);
+      raid_stripe_unlock(a, s);
+      if (r < 0)
+        r = vd_prefix_error(-r, "%s: replaying the partial parity log of "
+                            "stripe %llu", a->desc_path,
+                            (unsigned long long)s);
+    }
+  }
+  if (r == 0)
+    r = raid_flush_members(a);
+out:
+  vd_free_aligned(hdr);
+  vd_free_aligned(pp);
+  vd_free_aligned(tmp);
+  return r;
+}
+
+/* ---- writes ---- */
+
+enum { R5_FULL, R5_RMW, R5_RCW, R5_DATA_ONLY };
+
+/* Write rows [R0, R0+LEN) of stripe S: chunks in MASK get SRC[d].  Caller
+ * holds the stripe lock. */
+static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
+                         uint32_t len, uint32_t mask,
+                         const uint8_t *const *src)
+{
+  unsigned n = a->n, nd = n - 1;
+  unsigned p = raid5_parity_member(n, s);
+  uint64_t moff = s * a->sb.chunk + r0;
+  /* Scratch: parity, partial parity, one buffer per data chunk. */
+  uint8_t *scratch = vd_alloc_aligned((size_t)(n + 1) * len);
+  if (!scratch)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  uint8_t *par = scratch, *pp = scratch + len, *buf[RAID_MAX_MEMBERS];
+  for (unsigned d = 0; d < nd; d++)
+    buf[d] = scratch + (size_t)(d + 2) * len;
+  int r = 0;
+
+  for (int attempt = 0; attempt <= (int)n + 1; attempt++) {
+    if (atomic_load(&a->failed)) {
+      r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+      goto out;
+    }
+    bool ok[RAID_MAX_MEMBERS];
+    int missing = -1, nmissing = 0, nmod = 0;
+    for (unsigned d = 0; d < nd; d++) {
+      ok[d] = raid_member_usable(a, (int)raid5_data_member(n, s, d), moff);
+      if (!ok[d]) {
+        missing = (int)d;
+        nmissing++;
+      }
+      if (mask & (1u << d))
+        nmod++;
+    }
+    bool pok = raid_member_usable(a, (int)p, moff);
+    if (nmissing + !pok > 1) {
+      r = vd_set_error(EIO, "%s: RAID5 stripe %llu has two members missing",
+                       a->desc_path, (unsigned long long)s);
+      goto out;
+    }
+    /* Plan by counting member reads; a missing member forces the plan
+     * that does not need it. */
+    int mode;
+    if (!pok)
+      mode = R5_DATA_ONLY;
+    else if ((unsigned)nmod == nd)
+      mode = R5_FULL;
+    else if (missing >= 0)
+      mode = (mask & (1u << missing)) ? R5_RCW : R5_RMW;
+    else
+      mode = nmod + 1 < (int)nd - nmod ? R5_RMW : R5_RCW;
+
+    /* Phase 1: reads, in parallel. */
+    struct raid_mio mio[RAID_MAX_MEMBERS + 1];
+    int k = 0;
+    if (mode == R5_RMW)
+      mio[k++] = (struct raid_mio){ .slot = (int)p, .op = RAID_MIO_READ,
+                                    .buf = par, .len = len, .off = moff };
+    for (unsigned d = 0; d < nd; d++) {
+      bool mod = mask & (1u << d);
+      if ((mode == R5_RMW && mod) || (mode == R5_RCW && !mod))
+        mio[k++] = (struct raid_mio){
+          .slot = (int)raid5_data_member(n, s, d), .op = RAID_MIO_READ,
+          .buf = buf[d], .len = len, .off = moff };
+    }
+    raid_mio_run(a, mio, k);
+    bool replan = false;
+    for (int j = 0; j < k; j++)
+      if (mio[j].ret < 0) {
+        if (raid_member_failed(a, mio[j].slot, mio[j].ret) < 0) {
+          r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+          goto out;
+        }
+        replan = true;
+      }
+    if (replan)
+      continue;
+
+    /* Partial parity PP = XOR of the untouched chunks (RMW: old parity ^
+     * old modified data); new parity = PP ^ new data.  One pass each. */
+    const void *xs[RAID_MAX_MEMBERS + 1];
+    unsigned nx = 0;
+    if (mode == R5_RMW) {
+      xs[nx++] = par;
+      for (unsigned d = 0; d < nd; d++)
+        if (mask & (1u << d))
+          xs[nx++] = buf[d];
+      raid_xor(pp, xs, nx, len);
+    } else if (mode == R5_RCW) {
+      for (unsigned d = 0; d < nd; d++)
+        if (!(mask & (1u << d)))
+          xs[nx++] = buf[d];
+      raid_xor(pp, xs, nx, len);
+    }
+    if (mode != R5_DATA_ONLY) {
+      nx = 0;
+      if (mode != R5_FULL)
+        xs[nx++] = pp;
+      for (unsigned d = 0; d < nd; d++)
+        if (mask & (1u << d))
+          xs[nx++] = src[d];
+      raid_xor(par, xs, nx, len);
+    }
+
+    /* Close the write hole before touching the stripe in place. */
+    bool logged = false;
+    size_t slot = 0;
+    if (a->sb.policy == RAID_POLICY_PPL && mode != R5_DATA_ONLY) {
+      r = mode == R5_FULL ? raid5_ppl_forget(a, s, p)
+                          : raid5_ppl_log(a, s, p, r0, len, mask, pp, &slot);
+      if (r < 0) {
+        r = 0;
+        if (raid_member_failed(a, (int)p, -EIO) < 0) {
+          r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+          goto out;
+        }
+        continue;
+      }
+      logged = mode != R5_FULL;
+    }
+
+    /* Phase 2: in-place writes, in parallel. */
+    k = 0;
+    if (mode != R5_DATA_ONLY)
+      mio[k++] = (struct raid_mio){ .slot = (int)p, .op = RAID_MIO_WRITE,
+                                    .buf = par, .len = len, .off = moff };
+    for (unsigned d = 0; d < nd; d++)
+      if ((mask & (1u << d)) && ok[d])
+        mio[k++] = (struct raid_mio){
+          .slot = (int)raid5_data_member(n, s, d), .op = RAID_MIO_WRITE,
+          .buf = (void *)src[d], .len = len, .off = moff };
+    raid_mio_run(a, mio, k);
+    if (logged)
+      raid5_ppl_done(a, slot, s);
+    replan = false;
+    for (int j = 0; j < k; j++)
+      if (mio[j].ret < 0) {
+        if (raid_member_failed(a, mio[j].slot, mio[j].ret) < 0) {
+          r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+          goto out;
+        }
+        replan = true;
+      }
+    if (!replan)
+      goto out;
+    /* A member failed mid-write and is recorded as faulty: plan again
+     * without it (the data we hold is written again, parity recomputed
+     * from chunks that were not touched). */
+  }
+  r = vd_set_error(EIO, "%s: RAID5 stripe %llu: too many retries",
+                   a->desc_path, (unsigned long long)s);
+out:
+  vd_free_aligned(scratch);
+  return r;
+}
+
+/* Write [soff, soff+len) of stripe S (offsets inside the stripe's data). */
+static int raid5_write_stripe(struct raid_array *a, uint64_t s, uint64_t soff,
+                              size_t len, const uint8_t *data)
+{
+  unsigned nd = a->n - 1;
+  uint32_t c = a->sb.chunk;
+  uint32_t lo[RAID_MAX_MEMBERS], hi[RAID_MAX_MEMBERS];
+  uint32_t pts[2 * RAID_MAX_MEMBERS];
+  unsigned npts = 0;
+  for (unsigned d = 0; d < nd; d++) {
+    uint64_t cs = (uint64_t)d * c, ce = cs + c;
+    uint64_t a0 = soff > cs ? soff : cs, a1 = soff + len < ce ? soff + len : ce;
+    if (a0 < a1) {
+      lo[d] = (uint32_t)(a0 - cs);
+      hi[d] = (uint32_t)(a1 - cs);
+      pts[npts++] = lo[d];
+      pts[npts++] = hi[d];
+    } else {
+      lo[d] = hi[d] = 0;
+    }
+  }
+  /* Sort the breakpoints (few of them). */
+  for (unsigned i = 1; i < npts; i++)
+    for (unsigned j = i; j > 0 && pts[j - 1] > pts[j]; j--) {
+      uint32_t t = pts[j];
+      pts[j] = pts[j - 1];
+      pts[j - 1] = t;
+    }
+  int r = 0;
+  raid_stripe_lock(a, s);
+  for (unsigned i = 0; i + 1 < npts && r == 0; i++) {
+    uint32_t b0 = pts[i], b1 = pts[i + 1];
+    if (b0 == b1)
+      continue;
+    uint32_t mask = 0;
+    const uint8_t *src[RAID_MAX_MEMBERS] = { NULL };
+    for (unsigned d = 0; d < nd; d++)
+      if (lo[d] < hi[d] && lo[d] <= b0 && hi[d] >= b1) {
+        mask |= 1u << d;
+        src[d] = data + ((uint64_t)d * c + b0 - soff);
+      }
+    if (mask)
+      r = raid5_segment(a, s, b0, b1 - b0, mask, src);
+  }
+  raid_stripe_unlock(a, s);
+  return r;
+}
+
+int raid5_write(struct raid_array *a, const void *buf, size_t len,
+                uint64_t off, unsigned flags)
+{
+  uint64_t sb = a->stripe_bytes, c = a->sb.chunk;
+  uint64_t s0 = off / sb, s1 = (off + len - 1) / sb;
+  int r = raid_bitmap_start(a, s0 * c, (s1 - s0 + 1) * c);
+  if (r < 0)
+    return r;
+  const uint8_t *p = buf;
+  for (uint64_t s = s0; s <= s1 && r == 0; s++) {
+    uint64_t b = off > s * sb ? off : s * sb;
+    uint64_t e = off + len < (s + 1) * sb ? off + len : (s + 1) * sb;
+    r = raid5_write_stripe(a, s, b - s * sb, (size_t)(e - b), p + (b - off));
+  }
+  raid_bitmap_end(a, s0 * c, (s1 - s0 + 1) * c);
+  return r;
+}
+
+/* ---- resync, scrub, rebuild ---- */
+
+int raid5_sync_stripe(struct raid_array *a, uint64_t s, bool check_only,
+                      bool *mismatch)
+{
+  unsigned n = a->n;
+  size_t c = a->sb.chunk;
+  uint64_t moff = s * c;
+  *mismatch = false;
+  for (unsigned i = 0; i < n; i++)
+    if (!raid_member_usable(a, (int)i, moff))
+      return 0;   /* degraded: nothing to compare against */
+  uint8_t *bufs = vd_alloc_aligned((n + 1) * c);
+  if (!bufs)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  unsigned p = raid5_parity_member(n, s);
+  struct raid_mio mio[RAID_MAX_MEMBERS];
+  const void *src[RAID_MAX_MEMBERS];
+  int r = 0;
+  raid_stripe_lock(a, s);
+  for (unsigned i = 0; i < n; i++)
+    mio[i] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
+                                .buf = bufs + i * c, .len = c, .off = moff };
+  raid_mio_run(a, mio, (int)n);
+  for (unsigned i = 0; i < n; i++)
+    if (mio[i].ret < 0) {
+      r = raid_member_failed(a, (int)i, mio[i].ret);
+      goto out;   /* degraded now: skip */
+    }
+  unsigned k = 0;
+  for (unsigned i = 0; i < n; i++)
+    if (i != p)
+      src[k++] = bufs + i * c;
+  uint8_t *calc = bufs + n * c;
+  raid_xor(calc, src, k, c);
+  if (memcmp(calc, bufs + p * c, c) != 0) {
+    *mismatch = true;
+    if (!check_only) {
+      r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, calc, c, moff);
+      if (r < 0)
+        r = raid_member_failed(a, (int)p, r);
+    }
+  }
+out:
+  raid_stripe_unlock(a, s);
+  vd_free_aligned(bufs);
+  return r;
+}
+
+int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t s, int slot,
+                                void *scratch)
+{
+  unsigned n = a->n;
+  size_t c = a->sb.chunk;
+  uint64_t moff = s * c;
+  uint8_t *bufs = scratch;
+  struct raid_mio mio[RAID_MAX_MEMBERS];
+  const void *src[RAID_MAX_MEMBERS];
+  int k = 0;
+  for (unsigned i = 0; i < n; i++) {
+    if ((int)i == slot)
+      continue;
+    if (!raid_member_usable(a, (int)i, moff))
+      return vd_set_error(EIO, "%s: cannot rebuild slot %d: member %u is "
+                          "unavailable too", a->desc_path, slot, i);
+    src[k] = bufs + (size_t)k * c;
+    mio[k] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
+                                .buf = bufs + (size_t)k * c, .len = c,
+                                .off = moff };
+    k++;
+  }
+  raid_mio_run(a, mio, k);
+  for (int j = 0; j < k; j++)
+    if (mio[j].ret < 0) {
+      raid_member_failed(a, mio[j].slot, mio[j].ret);
+      return vd_set_error(EIO, "%s: rebuild of slot %d: member %d failed",
+                          a->desc_path, slot, mio[j].slot);
+    }
+  uint8_t *out = bufs + (size_t)k * c;
+  raid_xor(out, src, (unsigned)k, c);
+  return raid_mio_one(a, slot, RAID_MIO_WRITE, out, c, moff);
+}
