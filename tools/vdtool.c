@@ -22,6 +22,7 @@ VT_CMD(commit)
 VT_CMD(rebase)
 VT_CMD(resize)
 VT_CMD(compact)
+VT_CMD(raid)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -36,6 +37,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(rebase),
   VT_ENTRY(resize),
   VT_ENTRY(compact),
+  VT_ENTRY(raid),
   { NULL, NULL, NULL, NULL }
 };
 

@@ -1,0 +1,535 @@
+/* vdtool raid — create and manage RAID arrays, in mdadm's spirit.
+ *
+ * Commands that change an array talk to the process serving it (vdisk-nbd,
+ * vdisk-fuse) when there is one: it holds the members' locks, so the
+ * request goes through the array's request file (raid/sync.c) and that
+ * process performs it.  Otherwise vdtool opens the array itself. */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vdtool.h"
+#include "raid/raid-api.h"
+
+const char vt_summary_raid[] = "create, inspect, repair RAID 0/1/5 arrays";
+const char vt_usage_raid[] =
+  "Usage: vdtool raid create -l 0|1|5 [-c CHUNK] [--size SIZE [-f FMT]]\n"
+  "                          [--policy resync|bitmap|ppl] [--bitmap-region SIZE]\n"
+  "                          [--assume-clean] [--name NAME] ARRAY MEMBER...\n"
+  "       vdtool raid detail [--output=human|json] ARRAY\n"
+  "       vdtool raid assemble [--force] ARRAY MEMBER...\n"
+  "       vdtool raid fail ARRAY MEMBER\n"
+  "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
+  "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
+  "       vdtool raid scrub [--repair] ARRAY\n"
+  "\n"
+  "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
+  "vdisk-nbd ARRAY).  MEMBER is a path or a slot number.\n"
+  "\n"
+  "  create     write a superblock on every MEMBER and the descriptor ARRAY;\n"
+  "             with --size, create the member files (format -f, default raw).\n"
+  "             Chunk default 512K.  Policy (what makes an unclean stop safe):\n"
+  "             RAID5 ppl (write-intent bitmap + partial parity log, closes\n"
+  "             the write hole), RAID1 bitmap, RAID0 none.  Existing members\n"
+  "             are zeroed unless --assume-clean.\n"
+  "  detail     state, members and roles, events, rebuild progress (read from\n"
+  "             the superblocks; works on an array that will not start)\n"
+  "  assemble   find the array from its members alone and write ARRAY;\n"
+  "             --force starts a RAID5 that is dirty and degraded (replaying\n"
+  "             the partial parity log) and accepts members one event behind\n"
+  "  fail       mark MEMBER faulty (refused if the array would stop)\n"
+  "  replace    put NEW in OLD's slot and rebuild it (progress shown; stop\n"
+  "             with ^C and it resumes from its checkpoint on the next open\n"
+  "             or 'vdtool raid rebuild')\n"
+  "  rebuild    resume a checkpointed rebuild in the foreground\n"
+  "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
+  "             parity.  Exit status 3 when mismatches were found.\n"
+  "\n"
+  "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace and\n"
+  "scrub are performed by that process (online).\n";
+
+static int raid_open_rw(const char *desc, struct vd_dev **dev,
+                        struct raid_array **a)
+{
+  if (vt_open(desc, "raid", VD_OPEN_RDWR, dev) < 0)
+    return -1;
+  *a = vd_raid_of(*dev);
+  return 0;
+}
+
+static int raid_cmd_create(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "level", required_argument, NULL, 'l' },
+    { "chunk", required_argument, NULL, 'c' },
+    { "size", required_argument, NULL, 's' },
+    { "format", required_argument, NULL, 'f' },
+    { "policy", required_argument, NULL, 'p' },
+    { "bitmap-region", required_argument, NULL, 'b' },
+    { "assume-clean", no_argument, NULL, 'A' },
+    { "name", required_argument, NULL, 'n' },
+    { NULL, 0, NULL, 0 }
+  };
+  struct vd_raid_create_args ca = { .level = -1, .policy = -1,
+                                    .member_format = "raw" };
+  uint64_t v;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+l:c:f:", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'l':
+      if (strcmp(optarg, "0") && strcmp(optarg, "1") && strcmp(optarg, "5"))
+        return vt_bad_usage("raid", "level must be 0, 1 or 5, not '%s'",
+                            optarg);
+      ca.level = atoi(optarg);
+      break;
+    case 'c':
+      if (vd_parse_size(optarg, &v) < 0 || v > UINT32_MAX)
+        return vt_bad_usage("raid", "invalid chunk size '%s'", optarg);
+      ca.chunk = (uint32_t)v;
+      break;
+    case 's':
+      if (vd_parse_size(optarg, &ca.member_size) < 0 || !ca.member_size)
+        return vt_bad_usage("raid", "invalid size '%s'", optarg);
+      break;
+    case 'f': ca.member_format = optarg; break;
+    case 'p':
+      ca.policy = !strcmp(optarg, "resync") ? 0 : !strcmp(optarg, "bitmap")
+                  ? 1 : !strcmp(optarg, "ppl") ? 2 : -2;
+      if (ca.policy == -2)
+        return vt_bad_usage("raid", "policy must be resync, bitmap or ppl");
+      break;
+    case 'b':
+      if (vd_parse_size(optarg, &ca.bitmap_region) < 0)
+        return vt_bad_usage("raid", "invalid bitmap region '%s'", optarg);
+      break;
+    case 'A': ca.assume_clean = true; break;
+    case 'n': ca.name = optarg; break;
+    default: return vt_bad_usage("raid", "invalid option");
+    }
+  }
+  if (ca.level < 0)
+    return vt_bad_usage("raid", "create needs -l 0|1|5");
+  if (argc - optind < 2)
+    return vt_bad_usage("raid", "create needs ARRAY and its MEMBERs");
+  ca.nmembers = (unsigned)(argc - optind - 1);
+  ca.members = (const char *const *)argv + optind + 1;
+  if (access(argv[optind], F_OK) == 0) {
+    vt_error("%s: already exists (remove it first)", argv[optind]);
+    return VT_EXIT_ERR;
+  }
+  if (vd_raid_create(argv[optind], &ca) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+static const char *raid_state_str(int s)
+{
+  switch (s) {
+  case VD_RAID_STATE_ACTIVE: return "active";
+  case VD_RAID_STATE_FAULTY: return "faulty";
+  case VD_RAID_STATE_REBUILDING: return "rebuilding";
+  case VD_RAID_STATE_MISSING: return "missing";
+  default: return "stale";
+  }
+}
+
+static int raid_cmd_detail(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "output", required_argument, NULL, 'O' },
+    { NULL, 0, NULL, 0 }
+  };
+  bool json = false;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    if (c != 'O' || vt_parse_output(optarg, &json) < 0)
+      return vt_bad_usage("raid", "--output must be human or json");
+  }
+  if (argc - optind != 1)
+    return vt_bad_usage("raid", "detail needs exactly one ARRAY");
+  const char *desc = argv[optind];
+  struct vd_raid_status *st = malloc(sizeof *st);
+  if (!st || vd_raid_examine(desc, st) < 0) {
+    free(st);
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  int served = vd_raid_served_by(desc);
+  char sz[64];
+  if (json) {
+    printf("{\n    \"uuid\": \"%s\",\n    \"name\": ", st->uuid);
+    vt_json_string(stdout, st->name);
+    printf(",\n    \"level\": %d,\n    \"layout\": \"%s\",\n"
+           "    \"chunk-size\": %u,\n    \"policy\": \"%s\",\n"
+           "    \"array-size\": %" PRIu64 ",\n"
+           "    \"member-data-size\": %" PRIu64 ",\n"
+           "    \"data-offset\": %" PRIu64 ",\n    \"events\": %" PRIu64 ",\n"
+           "    \"state\": \"%s\",\n    \"dirty\": %s,\n    \"degraded\": %s,\n"
+           "    \"failed\": %s,\n    \"served-by\": %d,\n",
+           st->level, st->layout ? st->layout : "-", st->chunk,
+           st->policy ? st->policy : "-", st->array_size,
+           st->member_data_size, st->data_offset, st->events, st->state,
+           st->dirty ? "true" : "false", st->degraded ? "true" : "false",
+           st->failed ? "true" : "false", served);
+    printf("    \"refusal\": ");
+    vt_json_string(stdout, st->refusal);
+    printf(",\n    \"rebuild\": ");
+    if (st->rebuilding)
+      printf("{ \"done\": %" PRIu64 ", \"total\": %" PRIu64 " },\n",
+             st->rebuild_done, st->rebuild_total);
+    else
+      printf("null,\n");
+    printf("    \"members\": [\n");
+    for (unsigned i = 0; i < st->nmembers && i < 32; i++) {
+      const struct vd_raid_member_status *m = &st->m[i];
+      printf("        { \"slot\": %d, \"path\": ", m->slot);
+      vt_json_string(stdout, m->path);
+      printf(", \"state\": \"%s\", \"events\": %" PRIu64 ", "
+             "\"device-uuid\": \"%s\", \"recovery-offset\": %" PRIu64 " }%s\n",
+             raid_state_str(m->state), m->events, m->dev_uuid,
+             m->recovery_offset, i + 1 < st->nmembers ? "," : "");
+    }
+    printf("    ]\n}\n");
+  } else {
+    printf("%s:\n", desc);
+    printf("           UUID : %s\n", st->uuid);
+    if (st->name[0])
+      printf("           Name : %s\n", st->name);
+    printf("     Raid Level : raid%d\n", st->level);
+    printf("     Array Size : %s (%" PRIu64 " bytes)\n",
+           vd_format_size(st->array_size, sz, sizeof sz), st->array_size);
+    printf("  Used Dev Size : %s (%" PRIu64 " bytes, data at %" PRIu64 ")\n",
+           vd_format_size(st->member_data_size, sz, sizeof sz),
+           st->member_data_size, st->data_offset);
+    printf("   Raid Devices : %u\n", st->nmembers);
+    printf("         Layout : %s\n", st->layout ? st->layout : "-");
+    printf("     Chunk Size : %uK\n", st->chunk / 1024);
+    printf("    Consistency : %s\n", st->policy ? st->policy : "-");
+    printf("          State : %s\n", st->state);
+    printf("         Events : %" PRIu64 "\n", st->events);
+    if (served)
+      printf("      Served by : pid %d\n", served);
+    if (st->rebuilding)
+      printf(" Rebuild Status : %" PRIu64 "%% complete (%" PRIu64 " of %"
+             PRIu64 " bytes)\n",
+             st->rebuild_total ? st->rebuild_done * 100 / st->rebuild_total
+                               : 0, st->rebuild_done, st->rebuild_total);
+    if (st->refusal[0])
+      printf("  Will not start: %s\n", st->refusal);
+    printf("\n   Slot  State       Events  Device\n");
+    for (unsigned i = 0; i < st->nmembers && i < 32; i++) {
+      const struct vd_raid_member_status *m = &st->m[i];
+      printf("   %4d  %-10s  %6" PRIu64 "  %s\n", m->slot,
+             raid_state_str(m->state), m->events,
+             m->path[0] ? m->path : "-");
+    }
+  }
+  free(st);
+  return VT_EXIT_OK;
+}
+
+static int raid_cmd_assemble(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "force", no_argument, NULL, 'F' },
+    { NULL, 0, NULL, 0 }
+  };
+  bool force = false;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    if (c != 'F')
+      return vt_bad_usage("raid", "invalid option");
+    force = true;
+  }
+  if (argc - optind < 2)
+    return vt_bad_usage("raid", "assemble needs ARRAY and MEMBERs");
+  if (vd_raid_assemble(argv[optind],
+                       (const char *const *)argv + optind + 1,
+                       (unsigned)(argc - optind - 1), force) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+/* Slot number of MEMBER (path or number), from the descriptor's view. */
+static int raid_slot_of(const char *desc, const char *member)
+{
+  struct vd_raid_status *st = malloc(sizeof *st);
+  char *end;
+  long v = strtol(member, &end, 10);
+  int slot = -1;
+  if (!st)
+    return -1;
+  if (vd_raid_examine(desc, st) < 0) {
+    free(st);
+    vt_engine_error(-1);
+    return -1;
+  }
+  if (*member && !*end && v >= 0 && (unsigned long)v < st->nmembers)
+    slot = (int)v;
+  char *want = realpath(member, NULL);
+  for (unsigned i = 0; i < st->nmembers && slot < 0; i++) {
+    char *have = st->m[i].path[0] ? realpath(st->m[i].path, NULL) : NULL;
+    if (!strcmp(st->m[i].path, member) ||
+        (want && have && !strcmp(want, have)))
+      slot = (int)i;
+    free(have);
+  }
+  free(want);
+  free(st);
+  if (slot < 0)
+    vt_error("%s: %s is not a member (give a path or a slot number)", desc,
+             member);
+  return slot;
+}
+
+static int raid_cmd_fail(int argc, char **argv)
+{
+  if (argc != 3)
+    return vt_bad_usage("raid", "fail needs ARRAY and MEMBER");
+  const char *desc = argv[1];
+  int slot = raid_slot_of(desc, argv[2]);
+  if (slot < 0)
+    return VT_EXIT_ERR;
+  if (vd_raid_served_by(desc)) {
+    char req[64], res[2048];
+    snprintf(req, sizeof req, "fail %d", slot);
+    if (vd_raid_request(desc, req, res, sizeof res, 60) < 0) {
+      vt_engine_error(-1);
+      return VT_EXIT_ERR;
+    }
+    return VT_EXIT_OK;
+  }
+  struct vd_dev *dev;
+  struct raid_array *a;
+  if (raid_open_rw(desc, &dev, &a) < 0)
+    return VT_EXIT_ERR;
+  int r = vd_raid_fail(a, slot);
+  if (r < 0) {
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+/* Follow an online rebuild through the superblocks' checkpoints. */
+static int raid_watch_rebuild(const char *desc)
+{
+  struct vt_progress prog = { .enabled = isatty(2) };
+  struct vd_raid_status *st = malloc(sizeof *st);
+  int rc = VT_EXIT_OK;
+  if (!st)
+    return VT_EXIT_ERR;
+  for (;;) {
+    if (vd_raid_examine(desc, st) < 0) {
+      vt_engine_error(-1);
+      rc = VT_EXIT_ERR;
+      break;
+    }
+    if (!st->rebuilding)
+      break;
+    vt_progress_update(&prog, st->rebuild_done, st->rebuild_total);
+    if (!vd_raid_served_by(desc)) {
+      vt_error("%s: the serving process stopped; the rebuild resumes at the "
+               "next open (or 'vdtool raid rebuild')", desc);
+      rc = VT_EXIT_ERR;
+      break;
+    }
+    usleep(200000);
+  }
+  vt_progress_end(&prog);
+  if (rc == VT_EXIT_OK && st->degraded) {
+    vt_error("%s: rebuild did not complete (state: %s)", desc, st->state);
+    rc = VT_EXIT_ERR;
+  }
+  free(st);
+  return rc;
+}
+
+static int raid_cmd_replace(int argc, char **argv, bool resume)
+{
+  static const struct option longopts[] = {
+    { "rate", required_argument, NULL, 'r' },
+    { "no-wait", no_argument, NULL, 'N' },
+    { "format", required_argument, NULL, 'f' },
+    { NULL, 0, NULL, 0 }
+  };
+  uint64_t rate = 0;
+  bool wait = true;
+  const char *fmt = NULL;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+f:", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'r':
+      if (vd_parse_size(optarg, &rate) < 0)
+        return vt_bad_usage("raid", "invalid rate '%s'", optarg);
+      break;
+    case 'N': wait = false; break;
+    case 'f': fmt = optarg; break;
+    default: return vt_bad_usage("raid", "invalid option");
+    }
+  }
+  if (argc - optind != (resume ? 1 : 3))
+    return vt_bad_usage("raid", resume ? "rebuild needs ARRAY"
+                                       : "replace needs ARRAY OLD NEW");
+  const char *desc = argv[optind];
+  int slot = resume ? -1 : raid_slot_of(desc, argv[optind + 1]);
+  if (!resume && slot < 0)
+    return VT_EXIT_ERR;
+  const char *newp = resume ? NULL : argv[optind + 2];
+  char *absnew = newp ? realpath(newp, NULL) : NULL;
+  if (newp && !absnew) {
+    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
+             newp);
+    return VT_EXIT_ERR;
+  }
+  if (vd_raid_served_by(desc)) {
+    char res[2048], *req = malloc(PATH_MAX + 128);
+    int r = 0;
+    if (!req) {
+      free(absnew);
+      return VT_EXIT_ERR;
+    }
+    if (rate) {
+      snprintf(req, PATH_MAX + 128, "rate %" PRIu64, rate);
+      r = vd_raid_request(desc, req, res, sizeof res, 60);
+    }
+    if (r == 0 && !resume) {
+      snprintf(req, PATH_MAX + 128, "replace %d %s %s", slot,
+               fmt ? fmt : "-", absnew);
+      r = vd_raid_request(desc, req, res, sizeof res, 60);
+    }
+    free(req);
+    free(absnew);
+    if (r < 0) {
+      vt_engine_error(-1);
+      return VT_EXIT_ERR;
+    }
+    return wait ? raid_watch_rebuild(desc) : VT_EXIT_OK;
+  }
+  struct vd_dev *dev;
+  struct raid_array *a;
+  if (raid_open_rw(desc, &dev, &a) < 0) {
+    free(absnew);
+    return VT_EXIT_ERR;
+  }
+  struct vt_progress prog = { .enabled = isatty(2) };
+  int r = resume ? vd_raid_resume_rebuild(a, rate, vt_progress_cb, &prog)
+                 : vd_raid_replace(a, slot, absnew, fmt, rate, vt_progress_cb,
+                                   &prog);
+  vt_progress_end(&prog);
+  free(absnew);
+  if (r < 0) {
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+static void raid_print_mismatch(void *opaque, uint64_t stripe, uint64_t off)
+{
+  printf("mismatch: stripe %" PRIu64 " (array offset %" PRIu64 ")\n", stripe,
+         off);
+}
+
+static int raid_cmd_scrub(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "repair", no_argument, NULL, 'R' },
+    { NULL, 0, NULL, 0 }
+  };
+  bool repair = false;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    if (c != 'R')
+      return vt_bad_usage("raid", "invalid option");
+    repair = true;
+  }
+  if (argc - optind != 1)
+    return vt_bad_usage("raid", "scrub needs ARRAY");
+  const char *desc = argv[optind];
+  uint64_t stripes, mism, rep;
+  if (vd_raid_served_by(desc)) {
+    char res[2048];
+    if (vd_raid_request(desc, repair ? "scrub repair" : "scrub", res,
+                        sizeof res, 0) < 0) {
+      vt_engine_error(-1);
+      return VT_EXIT_ERR;
+    }
+    char list[1024] = "";
+    if (sscanf(res, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %1023s", &stripes,
+               &mism, &rep, list) < 3) {
+      vt_error("%s: unexpected answer '%s'", desc, res);
+      return VT_EXIT_ERR;
+    }
+    for (char *t = strtok(list, ","); t; t = strtok(NULL, ","))
+      printf("mismatch: stripe %s\n", t);
+  } else {
+    struct vd_dev *dev;
+    if (vt_open(desc, "raid", repair ? VD_OPEN_RDWR : 0, &dev) < 0)
+      return VT_EXIT_ERR;
+    struct vd_raid_scrub_report r = { .mismatch = raid_print_mismatch };
+    struct vt_progress prog = { .enabled = isatty(2) };
+    int e = vd_raid_scrub(vd_raid_of(dev), repair, &r, vt_progress_cb, &prog);
+    vt_progress_end(&prog);
+    if (e < 0) {
+      vt_engine_error(e);
+      vd_close(dev);
+      return VT_EXIT_ERR;
+    }
+    if (vd_close(dev) < 0) {
+      vt_engine_error(-1);
+      return VT_EXIT_ERR;
+    }
+    stripes = r.stripes;
+    mism = r.mismatches;
+    rep = r.repaired;
+  }
+  printf("scrubbed %" PRIu64 " stripes: %" PRIu64 " mismatched, %" PRIu64
+         " repaired\n", stripes, mism, rep);
+  return mism && !repair ? 3 : VT_EXIT_OK;
+}
+
+int vt_cmd_raid(int argc, char **argv)
+{
+  if (argc < 2)
+    return vt_bad_usage("raid", "missing subcommand");
+  const char *sub = argv[1];
+  argc--;
+  argv++;
+  if (!strcmp(sub, "create")) return raid_cmd_create(argc, argv);
+  if (!strcmp(sub, "detail")) return raid_cmd_detail(argc, argv);
+  if (!strcmp(sub, "assemble")) return raid_cmd_assemble(argc, argv);
+  if (!strcmp(sub, "fail")) return raid_cmd_fail(argc, argv);
+  if (!strcmp(sub, "replace")) return raid_cmd_replace(argc, argv, false);
+  if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
+  if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
+  if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+    vt_usage("raid", stdout);
+    return VT_EXIT_OK;
+  }
+  return vt_bad_usage("raid", "unknown subcommand '%s'", sub);
+}
