@@ -1,0 +1,951 @@
+/* Unit tests for raid/: geometry, parity, superblock codec, and every
+ * failure scenario of the reference notes, driven through the fault layer
+ * and checked against a reference model (a plain buffer holding what the
+ * array must contain). */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cu.h"
+#include "vdisk.h"
+#include "driver.h"
+#include "raid/raid.h"
+
+#define MIB (1024u * 1024)
+
+static char tmpdir[256];
+static unsigned test_no;
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint64_t rnd(void)
+{
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+static void fill(uint8_t *b, size_t n, uint64_t seed)
+{
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    b[i] = (uint8_t)x;
+  }
+}
+
+struct tarr {
+  char dir[300];
+  char desc[340];
+  char mem[8][340];
+  unsigned n;
+  int level;
+  uint32_t chunk;
+  struct vd_dev *dev;
+  struct raid_array *a;
+  uint8_t *model;
+  uint64_t size;
+};
+
+static void tarr_create(struct tarr *t, int level, unsigned n, uint32_t chunk,
+                        uint64_t msize, int policy, uint64_t region)
+{
+  memset(t, 0, sizeof *t);
+  snprintf(t->dir, sizeof t->dir, "%s/t%u", tmpdir, ++test_no);
+  CU_ASSERT_FATAL(mkdir(t->dir, 0700) == 0);
+  snprintf(t->desc, sizeof t->desc, "%s/array.vdraid", t->dir);
+  const char *names[8];
+  for (unsigned i = 0; i < n; i++) {
+    snprintf(t->mem[i], sizeof t->mem[i], "%s/m%u.img", t->dir, i);
+    names[i] = t->mem[i];
+  }
+  t->n = n;
+  t->level = level;
+  t->chunk = chunk;
+  struct vd_raid_create_args ca = {
+    .level = level, .chunk = chunk, .nmembers = n, .members = names,
+    .member_size = msize, .member_format = "raw", .policy = policy,
+    .bitmap_region = region,
+  };
+  int r = vd_raid_create(t->desc, &ca);
+  if (r < 0)
+    fprintf(stderr, "create: %s\n", vd_error());
+  CU_ASSERT_FATAL(r == 0);
+}
+
+static int tarr_open(struct tarr *t)
+{
+  int r = vd_open(t->desc, NULL, VD_OPEN_RDWR, &t->dev);
+  if (r < 0) {
+    t->dev = NULL;
+    return r;
+  }
+  t->a = vd_raid_of(t->dev);
+  CU_ASSERT_FATAL(t->a != NULL);
+  if (!t->model) {
+    t->size = vd_size(t->dev);
+    t->model = calloc(1, t->size);
+    CU_ASSERT_FATAL(t->model != NULL);
+  }
+  CU_ASSERT(vd_size(t->dev) == t->size);
+  return 0;
+}
+
+static void tarr_close(struct tarr *t)
+{
+  if (t->dev)
+    CU_ASSERT(vd_close(t->dev) == 0);
+  t->dev = NULL;
+  t->a = NULL;
+}
+
+static void tarr_free(struct tarr *t)
+{
+  if (t->dev)
+    vd_close(t->dev);
+  t->dev = NULL;
+  free(t->model);
+  t->model = NULL;
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "cannot remove %s\n", t->dir);
+}
+
+static int mwrite(struct tarr *t, uint64_t off, size_t len, uint64_t seed)
+{
+  uint8_t *b = malloc(len);
+  CU_ASSERT_FATAL(b != NULL);
+  fill(b, len, seed);
+  int r = vd_pwrite(t->dev, b, len, off, 0);
+  if (r == 0)
+    memcpy(t->model + off, b, len);
+  free(b);
+  return r;
+}
+
+/* Check [off, off+len) against the model; returns the number of bad
+ * bytes (0 = good), -1 if the read failed. */
+static long mcheck(struct tarr *t, uint64_t off, size_t len)
+{
+  uint8_t *b = malloc(len);
+  CU_ASSERT_FATAL(b != NULL);
+  int r = vd_pread(t->dev, b, len, off);
+  long bad = 0;
+  if (r < 0)
+    bad = -1;
+  else
+    for (size_t i = 0; i < len; i++)
+      bad += b[i] != t->model[off + i];
+  free(b);
+  return bad;
+}
+
+static long verify_all(struct tarr *t)
+{
+  long bad = 0;
+  for (uint64_t o = 0; o < t->size; o += MIB) {
+    size_t n = t->size - o < MIB ? (size_t)(t->size - o) : MIB;
+    long b = mcheck(t, o, n);
+    if (b < 0)
+      return -1;
+    bad += b;
+  }
+  return bad;
+}
+
+/* A random request: small unaligned, chunk-sized, full stripe, or long. */
+static void rnd_req(struct tarr *t, uint64_t lo, uint64_t hi, uint64_t *off,
+                    size_t *len)
+{
+  uint64_t span = hi - lo;
+  size_t l;
+  switch (rnd() % 5) {
+  case 0: l = 1 + rnd() % 9000; break;
+  case 1: l = t->chunk; break;
+  case 2: l = (size_t)t->chunk * (t->level == 5 ? t->n - 1 : t->n); break;
+  case 3: l = 512 * (1 + rnd() % 64); break;
+  default: l = 1 + rnd() % (3 * t->chunk * t->n); break;
+  }
+  if (l > span)
+    l = (size_t)span;
+  uint64_t o = lo + rnd() % (span - l + 1);
+  if (rnd() % 2)
+    o = o / 512 * 512;
+  if (o + l > hi)
+    o = hi - l;
+  *off = o;
+  *len = l;
+}
+
+/* NOPS random writes (each verified by a read of a random range). */
+static void random_ops(struct tarr *t, unsigned nops)
+{
+  for (unsigned i = 0; i < nops; i++) {
+    uint64_t off;
+    size_t len;
+    rnd_req(t, 0, t->size, &off, &len);
+    CU_ASSERT(mwrite(t, off, len, rnd()) == 0);
+    rnd_req(t, 0, t->size, &off, &len);
+    CU_ASSERT(mcheck(t, off, len) == 0);
+  }
+}
+
+static uint64_t noted[4];
+static unsigned nnoted;
+static void note_mismatch(void *o, uint64_t s, uint64_t off)
+{
+  if (nnoted < 4)
+    noted[nnoted++] = s;
+}
+
+static long scrub_mismatches(struct tarr *t, bool repair)
+{
+  struct vd_raid_scrub_report rep = { 0 };
+  int r = vd_raid_scrub(t->a, repair, &rep, NULL, NULL);
+  if (r < 0) {
+    fprintf(stderr, "scrub: %s\n", vd_error());
+    return -1;
+  }
+  return (long)rep.mismatches;
+}
+
+static int member_state(struct tarr *t, int slot)
+{
+  struct vd_raid_status st;
+  CU_ASSERT_FATAL(vd_raid_status(t->a, &st) == 0);
+  return st.m[slot].state;
+}
+
+/* ---- geometry, parity, codecs ---- */
+
+static void test_geometry(void)
+{
+  /* md left-symmetric, 4 members: parity 3,2,1,0 and data continuing
+   * after the parity member (md's raid5_compute_sector). */
+  static const unsigned want[4][3] = {
+    { 0, 1, 2 }, { 3, 0, 1 }, { 2, 3, 0 }, { 1, 2, 3 },
+  };
+  for (unsigned s = 0; s < 8; s++) {
+    CU_ASSERT(raid5_parity_member(4, s) == 3 - s % 4);
+    for (unsigned d = 0; d < 3; d++)
+      CU_ASSERT(raid5_data_member(4, s, d) == want[s % 4][d]);
+  }
+  struct raid5_map m;
+  raid5_map(4, 65536, 3 * 65536 + 100, &m);   /* stripe 1, chunk 0 */
+  CU_ASSERT(m.stripe == 1 && m.dchunk == 0 && m.member == 3 &&
+            m.parity == 2 && m.moff == 65536 + 100);
+  raid5_map(3, 4096, 5 * 4096 + 7, &m);       /* stripe 2, chunk 1 */
+  CU_ASSERT(m.stripe == 2 && m.dchunk == 1 && m.parity == 0 &&
+            m.member == 2 && m.moff == 2 * 4096 + 7);
+}
+
+static void test_parity(void)
+{
+  for (unsigned n = 1; n <= 70; n += 7) {
+    size_t len = 1 + rnd() % 5000;
+    uint8_t **src = calloc(n, sizeof *src);
+    uint8_t *want = calloc(1, len), *got = malloc(len + 1);
+    for (unsigned k = 0; k < n; k++) {
+      src[k] = malloc(len + 1);
+      fill(src[k] + 1, len, rnd());   /* unaligned sources */
+      for (size_t i = 0; i < len; i++)
+        want[i] ^= src[k][1 + i];
+    }
+    const void *s[70];
+    for (unsigned k = 0; k < n; k++)
+      s[k] = src[k] + 1;
+    raid_xor(got + 1, s, n, len);
+    CU_ASSERT(memcmp(got + 1, want, len) == 0);
+    /* In place: dst is one of the sources. */
+    memcpy(got, src[0] + 1, len);
+    s[0] = got;
+    raid_xor(got, s, n, len);
+    CU_ASSERT(memcmp(got, want, len) == 0);
+    for (unsigned k = 0; k < n; k++)
+      free(src[k]);
+    free(src);
+    free(want);
+    free(got);
+  }
+}
+
+static void test_superblock(void)
+{
+  /* CRC-32C check value (RFC 3720). */
+  CU_ASSERT(raid_crc32c(0, "123456789", 9) == 0xE3069283);
+  struct raid_sb sb, back;
+  memset(&sb, 0, sizeof sb);
+  raid_uuid_generate(sb.uuid);
+  sb.level = 5; sb.chunk = 65536; sb.nmembers = 3; sb.slot = 2;
+  sb.events = 42; sb.data_offset = MIB; sb.data_size = 8 * 65536;
+  sb.array_size = 2 * sb.data_size; sb.resync_offset = RAID_NO_OFFSET;
+  sb.policy = RAID_POLICY_BITMAP; sb.bitmap_offset = RAID_BITMAP_OFFSET;
+  sb.bitmap_region = 65536; sb.bitmap_bytes = 4096; sb.flags = RAID_SB_DIRTY;
+  sb.role[1].state = RAID_ROLE_FAULTY;
+  uint8_t buf[RAID_SB_SIZE];
+  raid_sb_encode(&sb, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == 0);
+  CU_ASSERT(back.events == 42 && back.slot == 2 && back.level == 5 &&
+            back.role[1].state == RAID_ROLE_FAULTY &&
+            back.flags == RAID_SB_DIRTY &&
+            memcmp(back.uuid, sb.uuid, 16) == 0);
+  /* Any flipped byte is caught. */
+  for (int i = 0; i < 200; i++) {
+    size_t at = rnd() % RAID_SB_SIZE;
+    buf[at] ^= 0x10;
+    CU_ASSERT(raid_sb_decode(buf, &back, "t") < 0);
+    buf[at] ^= 0x10;
+  }
+  /* A valid checksum over invalid fields is refused too. */
+  struct raid_sb bad = sb;
+  bad.array_size++;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  bad = sb;
+  bad.chunk = 65536 + 512;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  bad = sb;
+  bad.slot = 3;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+}
+
+/* ---- data paths against the model ---- */
+
+static void model_level(int level, unsigned n, uint32_t chunk)
+{
+  struct tarr t;
+  tarr_create(&t, level, n, chunk, 3 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 60);
+  CU_ASSERT(verify_all(&t) == 0);
+  if (level != 0)
+    CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  tarr_close(&t);
+  /* The members hold the documented layout: check them directly. */
+  if (level != 1) {
+    struct vd_dev *m[8];
+    uint64_t doff = 0;
+    for (unsigned i = 0; i < n; i++)
+      CU_ASSERT_FATAL(vd_open(t.mem[i], "raw", 0, &m[i]) == 0);
+    struct raid_sb sb;
+    uint8_t sbuf[RAID_SB_SIZE];
+    CU_ASSERT_FATAL(vd_pread(m[0], sbuf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0);
+    CU_ASSERT_FATAL(raid_sb_decode(sbuf, &sb, "m0") == 0);
+    doff = sb.data_offset;
+    uint8_t *c = malloc(chunk);
+    for (uint64_t x = 0; x < t.size; x += chunk) {
+      unsigned mem;
+      uint64_t moff;
+      if (level == 0) {
+        mem = (unsigned)((x / chunk) % n);
+        moff = (x / chunk / n) * chunk;
+      } else {
+        struct raid5_map mp;
+        raid5_map(n, chunk, x, &mp);
+        mem = mp.member;
+        moff = mp.moff;
+      }
+      CU_ASSERT(vd_pread(m[mem], c, chunk, doff + moff) == 0);
+      CU_ASSERT(memcmp(c, t.model + x, chunk) == 0);
+    }
+    free(c);
+    for (unsigned i = 0; i < n; i++)
+      vd_close(m[i]);
+  }
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+static void test_raid0(void) { model_level(0, 2, 16384); model_level(0, 3, 4096); }
+static void test_raid1(void) { model_level(1, 2, 16384); model_level(1, 3, 65536); }
+static void test_raid5(void)
+{
+  model_level(5, 3, 16384);
+  model_level(5, 4, 4096);
+  model_level(5, 5, 65536);
+}
+
+/* Every member failed in turn, for each level; reads and writes go on
+ * degraded, survive a reopen, and the failed member is never read again. */
+static void fail_each(int level, unsigned n)
+{
+  for (unsigned slot = 0; slot < n; slot++) {
+    struct tarr t;
+    tarr_create(&t, level, n, 16384, 3 * MIB, -1, 0);
+    struct raid_fault *f = vd_raid_fault_attach(t.mem[slot]);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    random_ops(&t, 15);
+    struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+    vd_raid_fault_set(f, &fc);
+    if (level == 0) {
+      /* No redundancy: the first I/O touching the member fails the array,
+       * everything after is EIO, never wrong data. */
+      uint8_t b[4096];
+      int r = 0;
+      for (uint64_t o = 0; o < t.size && r == 0; o += t.chunk)
+        r = vd_pread(t.dev, b, sizeof b, o);
+      CU_ASSERT(r == -EIO);
+      CU_ASSERT(vd_pread(t.dev, b, sizeof b, 0) == -EIO);
+      CU_ASSERT(vd_pwrite(t.dev, b, sizeof b, 0, 0) == -EIO);
+      vd_close(t.dev);
+      t.dev = NULL;
+      vd_raid_fault_detach(f);
+      tarr_free(&t);
+      continue;
+    }
+    random_ops(&t, 15);
+    CU_ASSERT(verify_all(&t) == 0);
+    CU_ASSERT(member_state(&t, (int)slot) == VD_RAID_STATE_FAULTY);
+    tarr_close(&t);
+    /* The failed member comes back healthy-looking: stale, not read. */
+    vd_raid_fault_detach(f);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    CU_ASSERT(member_state(&t, (int)slot) != VD_RAID_STATE_ACTIVE);
+    CU_ASSERT(verify_all(&t) == 0);
+    random_ops(&t, 5);
+    CU_ASSERT(verify_all(&t) == 0);
+    tarr_free(&t);
+  }
+}
+
+static void test_fail_each_member(void)
+{
+  fail_each(0, 3);
+  fail_each(1, 2);
+  fail_each(1, 3);
+  fail_each(5, 3);
+  fail_each(5, 4);
+}
+
+/* Member errors in the middle of a write: the Nth write or read of one
+ * member fails (data member, parity member, RMW pre-read). */
+static void test_fail_midwrite(void)
+{
+  for (int kind = 0; kind < 3; kind++) {
+    for (unsigned nth = 1; nth <= 3; nth++) {
+      struct tarr t;
+      tarr_create(&t, 5, 4, 16384, 3 * MIB, -1, 0);
+      /* Stripe 0: parity member 3, data members 0, 1, 2. */
+      unsigned victim = kind == 1 ? 3 : 1;
+      struct raid_fault *f = vd_raid_fault_attach(t.mem[victim]);
+      CU_ASSERT_FATAL(tarr_open(&t) == 0);
+      CU_ASSERT(mwrite(&t, 0, 3 * 16384, 1) == 0);  /* full stripe */
+      struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_NTH, .nth = nth,
+                                      .sticky = true,
+                                      .reads = kind == 2,
+                                      .writes = kind != 2 };
+      vd_raid_fault_set(f, &fc);
+      /* Small writes to chunk 1 (member 1) of stripe 0: RMW reads old
+       * data of member 1 and old parity. */
+      for (int i = 0; i < 4; i++)
+        CU_ASSERT(mwrite(&t, 16384 + 1000 * (uint64_t)i, 700, 10 + i) == 0);
+      random_ops(&t, 10);
+      CU_ASSERT(verify_all(&t) == 0);
+      CU_ASSERT(member_state(&t, (int)victim) == VD_RAID_STATE_FAULTY);
+      tarr_close(&t);
+      vd_raid_fault_detach(f);
+      CU_ASSERT_FATAL(tarr_open(&t) == 0);
+      CU_ASSERT(verify_all(&t) == 0);
+      tarr_free(&t);
+    }
+  }
+}
+
+/* A failed write is acknowledged only after the survivors' superblocks
+ * record the failure. */
+static void test_fail_recorded_before_ack(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
+  struct raid_fault *f = vd_raid_fault_attach(t.mem[0]);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+  vd_raid_fault_set(f, &fc);
+  CU_ASSERT(mwrite(&t, 0, 100000, 5) == 0);
+  /* Read member 1's superblock straight from the file, now. */
+  struct vd_dev *m;
+  uint8_t buf[RAID_SB_SIZE];
+  struct raid_sb sb;
+  CU_ASSERT_FATAL(vd_open(t.mem[1], "raw", VD_OPEN_NOLOCK, &m) == 0);
+  CU_ASSERT(vd_pread(m, buf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0);
+  CU_ASSERT(raid_sb_decode(buf, &sb, "m1") == 0);
+  CU_ASSERT(sb.role[0].state == RAID_ROLE_FAULTY);
+  vd_close(m);
+  vd_raid_crash(t.a);     /* even without a clean stop */
+  vd_close(t.dev);
+  t.dev = NULL;
+  vd_raid_fault_detach(f);
+  /* Dirty and degraded: refused unless forced. */
+  CU_ASSERT(vd_open(t.desc, NULL, VD_OPEN_RDWR, &t.dev) == -EIO);
+  t.dev = NULL;
+  const char *mem[3] = { t.mem[0], t.mem[1], t.mem[2] };
+  CU_ASSERT(vd_raid_assemble(t.desc, mem, 3, true) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(member_state(&t, 0) != VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+/* Member missing at assembly: a clean array starts degraded; a dirty
+ * degraded RAID5 refuses unless forced; too few members refuse. */
+static void test_missing_member(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  tarr_close(&t);
+  char saved[400];
+  snprintf(saved, sizeof saved, "%s.saved", t.mem[2]);
+  CU_ASSERT(rename(t.mem[2], saved) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);   /* clean: starts degraded */
+  CU_ASSERT(member_state(&t, 2) == VD_RAID_STATE_MISSING);
+  CU_ASSERT(verify_all(&t) == 0);
+  random_ops(&t, 10);
+  CU_ASSERT(verify_all(&t) == 0);
+  /* Unclean stop while degraded. */
+  vd_raid_crash(t.a);
+  vd_close(t.dev);
+  t.dev = NULL;
+  CU_ASSERT(vd_open(t.desc, NULL, VD_OPEN_RDWR, &t.dev) == -EIO);
+  CU_ASSERT(strstr(vd_error(), "--force") != NULL);
+  t.dev = NULL;
+  /* Read-only access still works (nothing is written). */
+  CU_ASSERT_FATAL(vd_open(t.desc, NULL, 0, &t.dev) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  vd_close(t.dev);
+  t.dev = NULL;
+  /* Assemble from the members alone, forced. */
+  const char *mem[2] = { t.mem[0], t.mem[1] };
+  CU_ASSERT(vd_raid_assemble(t.desc, mem, 2, false) < 0);
+  int ar = vd_raid_assemble(t.desc, mem, 2, true);
+  if (ar < 0)
+    fprintf(stderr, "assemble: %s\n", vd_error());
+  CU_ASSERT(ar == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_close(&t);
+  /* Two of three gone: refuse, naming the member. */
+  char saved1[400];
+  snprintf(saved1, sizeof saved1, "%s.saved", t.mem[1]);
+  CU_ASSERT(rename(t.mem[1], saved1) == 0);
+  CU_ASSERT(vd_open(t.desc, NULL, VD_OPEN_RDWR, &t.dev) == -EIO);
+  CU_ASSERT(strstr(vd_error(), "needs 2 of 3") != NULL);
+  t.dev = NULL;
+  tarr_free(&t);
+}
+
+/* An old copy of a member (lower event count) is never read. */
+static void test_stale_member(void)
+{
+  for (int level = 1; level <= 5; level += 4) {
+    struct tarr t;
+    tarr_create(&t, level, 3, 16384, 3 * MIB, -1, 0);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    random_ops(&t, 10);
+    tarr_close(&t);
+    char cmd[800], old[400];
+    snprintf(old, sizeof old, "%s.old", t.mem[1]);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", t.mem[1], old);
+    CU_ASSERT_FATAL(system(cmd) == 0);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    /* Overwrite everything so any read of the old copy would show. */
+    for (uint64_t o = 0; o < t.size; o += 65536)
+      CU_ASSERT(mwrite(&t, o, 65536, o + 99) == 0);
+    tarr_close(&t);
+    CU_ASSERT(rename(old, t.mem[1]) == 0);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_STALE);
+    for (int i = 0; i < 20; i++)   /* RAID1 reads spread over members */
+      CU_ASSERT(verify_all(&t) == 0);
+    tarr_close(&t);
+    struct vd_raid_status st;
+    CU_ASSERT(vd_raid_examine(t.desc, &st) == 0);
+    CU_ASSERT(st.m[1].state == VD_RAID_STATE_FAULTY ||
+              st.m[1].state == VD_RAID_STATE_STALE);
+    tarr_free(&t);
+  }
+}
+
+/* Second failure on RAID5: EIO, never wrong data, no further writes. */
+static void test_two_failures(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
+  struct raid_fault *f0 = vd_raid_fault_attach(t.mem[0]);
+  struct raid_fault *f1 = vd_raid_fault_attach(t.mem[1]);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 10);
+  struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+  vd_raid_fault_set(f0, &fc);
+  random_ops(&t, 5);
+  CU_ASSERT(verify_all(&t) == 0);
+  vd_raid_fault_set(f1, &fc);
+  uint64_t before = vd_raid_fault_count(f1);
+  uint8_t b[65536];
+  int eio = 0, wrong = 0;
+  for (uint64_t o = 0; o < t.size; o += sizeof b) {
+    int r = vd_pread(t.dev, b, sizeof b, o);
+    if (r == -EIO)
+      eio++;
+    else if (r == 0 && memcmp(b, t.model + o, sizeof b))
+      wrong++;
+  }
+  CU_ASSERT(eio > 0);
+  CU_ASSERT(wrong == 0);
+  /* Survivor (member 2) must not be written any more. */
+  struct stat st0, st1;
+  CU_ASSERT(stat(t.mem[2], &st0) == 0);
+  char cmd[800];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s.copy'", t.mem[2], t.mem[2]);
+  CU_ASSERT(system(cmd) == 0);
+  CU_ASSERT(vd_pwrite(t.dev, b, sizeof b, 0, 0) == -EIO);
+  CU_ASSERT(vd_flush(t.dev) == -EIO);
+  CU_ASSERT(vd_pread(t.dev, b, 512, 0) == -EIO);
+  CU_ASSERT(vd_raid_fault_count(f1) >= before);
+  vd_close(t.dev);
+  t.dev = NULL;
+  snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s.copy'", t.mem[2], t.mem[2]);
+  CU_ASSERT(system(cmd) == 0);
+  (void)st1;
+  vd_raid_fault_detach(f0);
+  vd_raid_fault_detach(f1);
+  tarr_free(&t);
+}
+
+/* Power cut during partial-stripe writes, then a member lost: every byte
+ * flushed before the cut (and not rewritten after) is still there. */
+static void powercut_case(int policy, unsigned lost, unsigned keep, bool
+                          restart_first)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 16384, 3 * MIB, policy, 256 * 1024);
+  struct raid_fault *f[4];
+  for (unsigned i = 0; i < 4; i++)
+    f[i] = vd_raid_fault_attach(t.mem[i]);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  for (uint64_t o = 0; o < t.size; o += 3 * 16384)
+    CU_ASSERT(mwrite(&t, o, 3 * 16384, o + 1) == 0);
+  CU_ASSERT(vd_flush(t.dev) == 0);
+  for (unsigned i = 0; i < 4; i++)
+    vd_raid_fault_powercut_arm(f[i], true);
+  /* Unflushed partial-stripe writes; remember what they touched. */
+  uint8_t *touched = calloc(1, t.size);
+  for (int i = 0; i < 40; i++) {
+    uint64_t off = rnd() % (t.size - 20000);
+    size_t len = 1 + rnd() % 20000;
+    if (rnd() % 4 == 0) {
+      off = off / 16384 * 16384;
+      len = 16384;
+    }
+    CU_ASSERT(mwrite(&t, off, len, rnd()) == 0);
+    memset(touched + off, 1, len);
+  }
+  vd_raid_crash(t.a);
+  for (unsigned i = 0; i < 4; i++)
+    CU_ASSERT(vd_raid_fault_powercut(f[i], keep, 7 + i) == 0);
+  vd_close(t.dev);
+  t.dev = NULL;
+  for (unsigned i = 0; i < 4; i++)
+    vd_raid_fault_detach(f[i]);
+
+  char saved[400];
+  snprintf(saved, sizeof saved, "%s.gone", t.mem[lost]);
+  if (restart_first) {
+    /* Restart with every member (bitmap resync), then lose one. */
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+    CU_ASSERT(scrub_mismatches(&t, false) == 0);
+    tarr_close(&t);
+    CU_ASSERT(rename(t.mem[lost], saved) == 0);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  } else {
+    /* Lost at the same time: dirty + degraded, started by force. */
+    CU_ASSERT(rename(t.mem[lost], saved) == 0);
+    CU_ASSERT(vd_open(t.desc, NULL, VD_OPEN_RDWR, &t.dev) < 0);
+    t.dev = NULL;
+    const char *mem[3];
+    unsigned k = 0;
+    for (unsigned i = 0; i < 4; i++)
+      if (i != lost)
+        mem[k++] = t.mem[i];
+    CU_ASSERT_FATAL(vd_raid_assemble(t.desc, mem, 3, true) == 0);
+    CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  }
+  uint8_t *b = malloc(t.size);
+  CU_ASSERT_FATAL(vd_pread(t.dev, b, t.size, 0) == 0);
+  uint64_t lostbytes = 0;
+  for (uint64_t i = 0; i < t.size; i++)
+    if (!touched[i] && b[i] != t.model[i])
+      lostbytes++;
+  if (lostbytes)
+    fprintf(stderr, "policy %d lost %u keep %u restart %d: %llu flushed "
+            "bytes lost\n", policy, lost, keep, restart_first,
+            (unsigned long long)lostbytes);
+  CU_ASSERT(lostbytes == 0);
+  free(b);
+  free(touched);
+  tarr_free(&t);
+}
+
+static void test_powercut(void)
+{
+  for (unsigned lost = 0; lost < 4; lost++) {
+    powercut_case(RAID_POLICY_PPL, lost, 0, true);
+    powercut_case(RAID_POLICY_PPL, lost, 50, true);
+    powercut_case(RAID_POLICY_PPL, lost, 50, false);
+    powercut_case(RAID_POLICY_PPL, lost, 30, false);
+    powercut_case(RAID_POLICY_BITMAP, lost, 50, true);
+  }
+}
+
+/* Bitmap-driven resync: after an unclean stop only dirty regions are
+ * resynced (a parity error planted in a clean region stays visible). */
+static void test_bitmap_resync(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, RAID_POLICY_BITMAP, 256 * 1024);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(vd_flush(t.dev) == 0);
+  CU_ASSERT(mwrite(&t, 0, 1000, 3) == 0);   /* region 0 (stripe 0) dirty */
+  struct vd_raid_status st;
+  CU_ASSERT(vd_raid_status(t.a, &st) == 0);
+  CU_ASSERT(st.bitmap_dirty_regions == 1);
+  vd_raid_crash(t.a);
+  vd_close(t.dev);
+  t.dev = NULL;
+  /* Plant bad parity in stripe 0 (dirty region) and stripe 40 (clean:
+   * member offset 40*16K = 640K, region 2).  Parity of stripe s is on
+   * member 2 - s % 3. */
+  uint64_t doff = 0;
+  {
+    struct vd_dev *m;
+    uint8_t sbuf[RAID_SB_SIZE];
+    struct raid_sb sb;
+    CU_ASSERT_FATAL(vd_open(t.mem[0], "raw", 0, &m) == 0);
+    CU_ASSERT(vd_pread(m, sbuf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0);
+    CU_ASSERT(raid_sb_decode(sbuf, &sb, "m0") == 0);
+    CU_ASSERT(sb.flags & RAID_SB_DIRTY);
+    doff = sb.data_offset;
+    vd_close(m);
+  }
+  CU_ASSERT(vd_raid_fault_corrupt(t.mem[2], doff + 10, 1) == 0);
+  CU_ASSERT(vd_raid_fault_corrupt(t.mem[2 - 40 % 3], doff + 40 * 16384 + 5,
+                                  1) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  struct vd_raid_scrub_report rep = { .mismatch = note_mismatch };
+  nnoted = 0;
+  CU_ASSERT(vd_raid_scrub(t.a, false, &rep, NULL, NULL) == 0);
+  CU_ASSERT(rep.mismatches == 1 && nnoted == 1 && noted[0] == 40);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+/* Bit rot: scrub names the stripe, repair fixes parity, next scrub clean. */
+static void test_bitrot(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  tarr_close(&t);
+  struct vd_dev *m;
+  uint8_t sbuf[RAID_SB_SIZE];
+  struct raid_sb sb;
+  CU_ASSERT_FATAL(vd_open(t.mem[0], "raw", 0, &m) == 0);
+  CU_ASSERT(vd_pread(m, sbuf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0);
+  CU_ASSERT(raid_sb_decode(sbuf, &sb, "m0") == 0);
+  vd_close(m);
+  /* Stripe 7's parity lives on member 2 - 7 % 3 = 1. */
+  CU_ASSERT(vd_raid_fault_corrupt(t.mem[1], sb.data_offset + 7 * 16384 + 123,
+                                  3) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  struct vd_raid_scrub_report rep = { .mismatch = note_mismatch };
+  nnoted = 0;
+  CU_ASSERT(vd_raid_scrub(t.a, false, &rep, NULL, NULL) == 0);
+  CU_ASSERT(rep.mismatches == 1 && nnoted == 1 && noted[0] == 7);
+  CU_ASSERT(scrub_mismatches(&t, true) == 1);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  /* Parity is right again: losing a data member of stripe 7 reads back
+   * the right data. */
+  CU_ASSERT(vd_raid_fail(t.a, 0) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+/* Online rebuild under concurrent checksummed I/O (each thread owns a
+ * region of the array and checks its reads against the model). */
+struct worker {
+  struct tarr *t;
+  uint64_t lo, hi;
+  _Atomic bool *stop;
+  unsigned long bad, ops;
+  uint64_t seed;
+};
+
+static void *worker_main(void *opaque)
+{
+  struct worker *w = opaque;
+  uint64_t x = w->seed;
+  uint8_t *b = malloc(65536);
+  while (!atomic_load(w->stop)) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    size_t len = 1 + x % 65536;
+    if (len > w->hi - w->lo)
+      len = (size_t)(w->hi - w->lo);
+    uint64_t off = w->lo + (x >> 20) % (w->hi - w->lo - len + 1);
+    if (x & 1) {
+      fill(b, len, x);
+      if (vd_pwrite(w->t->dev, b, len, off, 0) == 0)
+        memcpy(w->t->model + off, b, len);
+      else
+        w->bad++;
+    } else {
+      if (vd_pread(w->t->dev, b, len, off) != 0 ||
+          memcmp(b, w->t->model + off, len) != 0)
+        w->bad++;
+    }
+    w->ops++;
+  }
+  free(b);
+  return NULL;
+}
+
+static void rebuild_online(int level)
+{
+  struct tarr t;
+  tarr_create(&t, level, 3, 16384, 4 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 10);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  char newp[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  struct vd_create_args ca = { .size = 4 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  _Atomic bool stop = false;
+  struct worker w[3];
+  pthread_t th[3];
+  for (int i = 0; i < 3; i++) {
+    w[i] = (struct worker){ .t = &t, .lo = t.size / 3 * i,
+                            .hi = t.size / 3 * (i + 1), .stop = &stop,
+                            .seed = 1234567 + i };
+    pthread_create(&th[i], NULL, worker_main, &w[i]);
+  }
+  /* Rate-limited so the workers overlap the whole rebuild. */
+  int r = vd_raid_replace(t.a, 1, newp, "raw", 8 * MIB, NULL, NULL);
+  atomic_store(&stop, true);
+  for (int i = 0; i < 3; i++) {
+    pthread_join(th[i], NULL);
+    CU_ASSERT(w[i].bad == 0);
+    CU_ASSERT(w[i].ops > 0);
+  }
+  CU_ASSERT(r == 0);
+  CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  /* The rebuilt member carries the data: lose another one. */
+  CU_ASSERT(vd_raid_fail(t.a, 0) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_close(&t);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+static void test_rebuild_online(void)
+{
+  rebuild_online(5);
+  rebuild_online(1);
+}
+
+/* A rebuild killed midway resumes from its checkpoint. */
+static void test_rebuild_killed(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 6 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  CU_ASSERT(vd_raid_fail(t.a, 2) == 0);
+  tarr_close(&t);
+  /* Replace through a server-like open: the rebuild runs in the
+   * background; kill the "process" once a checkpoint is written. */
+  char newp[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  struct vd_create_args ca = { .size = 6 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  /* Rebuild at 1 MiB/s: checkpoints every 1/16 (320 KiB) of 5 MiB. */
+  CU_ASSERT(vd_raid_replace_start(t.a, 2, newp, "raw", 1 * MIB) == 0);
+  uint64_t done = 0;
+  for (int i = 0; i < 100 && done < 2 * MIB; i++) {
+    usleep(50000);
+    done = atomic_load(&t.a->m[2].recovery);
+  }
+  vd_raid_crash(t.a);       /* kill -9: no final checkpoint */
+  vd_close(t.dev);
+  t.dev = NULL;
+  struct vd_raid_status st;
+  CU_ASSERT(vd_raid_examine(t.desc, &st) == 0);
+  CU_ASSERT(st.rebuilding);
+  CU_ASSERT(st.rebuild_done > 0 && st.rebuild_done < st.rebuild_total);
+  uint64_t ckpt = st.rebuild_done;
+  /* Reopen: resumes from the checkpoint, not from zero. */
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(atomic_load(&t.a->m[2].recovery) >= ckpt);
+  CU_ASSERT(vd_raid_resume_rebuild(t.a, 0, NULL, NULL) == 0);
+  CU_ASSERT(member_state(&t, 2) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(verify_all(&t) == 0);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(vd_raid_fail(t.a, 0) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+int main(void)
+{
+  /* Thousands of fdatasync calls: on a tmpfs when there is one (crashes
+   * are simulated by the fault layer, not by the host). */
+  const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  if (!getenv("TMPDIR") && access("/dev/shm", W_OK) == 0)
+    base = "/dev/shm";
+  snprintf(tmpdir, sizeof tmpdir, "%s/vdraid.XXXXXX", base);
+  if (!mkdtemp(tmpdir))
+    return 99;
+  static const struct cu_test tests[] = {
+    { "geometry (md left-symmetric)", test_geometry },
+    { "parity, one pass", test_parity },
+    { "superblock codec", test_superblock },
+    { "RAID0 against the model", test_raid0 },
+    { "RAID1 against the model", test_raid1 },
+    { "RAID5 against the model", test_raid5 },
+    { "every member failed in turn", test_fail_each_member },
+    { "member error mid-write and in RMW pre-read", test_fail_midwrite },
+    { "failure recorded before the write is acked",
+      test_fail_recorded_before_ack },
+    { "missing member at assembly", test_missing_member },
+    { "stale member never read", test_stale_member },
+    { "two failures: EIO, no more writes", test_two_failures },
+    { "power cut then member loss", test_powercut },
+    { "bitmap-driven resync", test_bitmap_resync },
+    { "bit rot found and repaired by scrub", test_bitrot },
+    { "online rebuild under concurrent I/O", test_rebuild_online },
+    { "killed rebuild resumes", test_rebuild_killed },
+    { NULL, NULL }
+  };
+  int rc = cu_main("raid", tests);
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0)
+    return 99;
+  return rc;
+}
