@@ -47,6 +47,7 @@ struct vd_raid_member_status {
   uint64_t events;             /* from its own superblock (0 if unreadable) */
   uint64_t recovery_offset;    /* REBUILDING: bytes done */
   char dev_uuid[37];
+  char why[160];               /* examine: why it is not used, or "" */
 };
 
 struct vd_raid_status {

@@ -1154,6 +1154,9 @@ int vd_raid_examine(const char *desc, struct vd_raid_status *st)
     m->slot = (int)i;
     m->state = s->state[i];
     m->events = s->have_sb[i] ? s->sb[i].events : 0;
+    if (m->state != VD_RAID_STATE_ACTIVE &&
+        m->state != VD_RAID_STATE_REBUILDING)
+      snprintf(m->why, sizeof m->why, "%s", s->why[i]);
     if (s->fresh >= 0)
       raid_uuid_format(s->sb[s->fresh].role[i].dev_uuid, m->dev_uuid);
     if (m->state == VD_RAID_STATE_ACTIVE)

@@ -526,6 +526,15 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
         return vd_set_error(EINVAL, "%s: member %s given twice", desc,
                             ar->members[i]);
 
+  uint64_t meta_end = RAID_PPL_OFFSET;
+  if (policy == RAID_POLICY_PPL)
+    meta_end += (uint64_t)RAID_PPL_SLOTS * (RAID_PPL_HDR + chunk);
+  uint64_t data_offset = vd_round_up(meta_end, RAID_DATA_ALIGN);
+  if (ar->member_size && ar->member_size < data_offset + chunk)
+    return vd_set_error(ENOSPC, "%s: members must hold at least %" PRIu64
+                        " bytes (metadata %" PRIu64 " + one chunk)", desc,
+                        data_offset + chunk, data_offset);
+
   struct vd_dev *dev[RAID_MAX_MEMBERS] = { NULL };
   int r = 0;
   for (unsigned i = 0; i < n && r == 0; i++) {
@@ -552,14 +561,12 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
     sb.chunk = chunk;
     sb.nmembers = n;
     sb.policy = (uint32_t)policy;
-    uint64_t meta_end = RAID_PPL_OFFSET;
     if (policy == RAID_POLICY_PPL) {
       sb.ppl_offset = RAID_PPL_OFFSET;
       sb.ppl_slots = RAID_PPL_SLOTS;
       sb.ppl_slot_size = RAID_PPL_HDR + chunk;
-      meta_end += (uint64_t)sb.ppl_slots * sb.ppl_slot_size;
     }
-    sb.data_offset = vd_round_up(meta_end, RAID_DATA_ALIGN);
+    sb.data_offset = data_offset;
     if (msize < sb.data_offset + chunk) {
       r = vd_set_error(ENOSPC, "%s: members must hold at least %" PRIu64
                        " bytes (metadata %" PRIu64 " + one chunk)", desc,

@@ -194,9 +194,11 @@ static int raid_cmd_detail(int argc, char **argv)
       printf("        { \"slot\": %d, \"path\": ", m->slot);
       vt_json_string(stdout, m->path);
       printf(", \"state\": \"%s\", \"events\": %" PRIu64 ", "
-             "\"device-uuid\": \"%s\", \"recovery-offset\": %" PRIu64 " }%s\n",
-             raid_state_str(m->state), m->events, m->dev_uuid,
-             m->recovery_offset, i + 1 < st->nmembers ? "," : "");
+             "\"device-uuid\": \"%s\", \"recovery-offset\": %" PRIu64 ", "
+             "\"reason\": ", raid_state_str(m->state), m->events, m->dev_uuid,
+             m->recovery_offset);
+      vt_json_string(stdout, m->why);
+      printf(" }%s\n", i + 1 < st->nmembers ? "," : "");
     }
     printf("    ]\n}\n");
   } else {
@@ -232,6 +234,9 @@ static int raid_cmd_detail(int argc, char **argv)
              raid_state_str(m->state), m->events,
              m->path[0] ? m->path : "-");
     }
+    for (unsigned i = 0; i < st->nmembers && i < 32; i++)
+      if (st->m[i].why[0])
+        printf("   slot %u: %s\n", i, st->m[i].why);
   }
   free(st);
   return VT_EXIT_OK;
