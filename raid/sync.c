@@ -333,22 +333,6 @@ static int raid_replace_install(struct raid_array *a, int slot,
       return vd_set_error(EBUSY, "%s: slot %u is being rebuilt; wait for it",
                           a->desc_path, i);
   }
-  struct raid_member *m = &a->m[slot];
-  int st = atomic_load(&m->state);
-  if (st != RAID_ROLE_FAULTY || m->dev) {
-    /* Replacing a working member: fail it first (the array runs degraded
-     * during the rebuild), unless that would stop it. */
-    if (st == RAID_ROLE_ACTIVE && raid_active_count(a) < a->n)
-      return vd_set_error(EBUSY, "%s: slot %d is active and the array is "
-                          "degraded: replace the failed member first",
-                          a->desc_path, slot);
-    if (st != RAID_ROLE_FAULTY) {
-      raid_rebuild_stop(a);
-      int r = raid_member_failed(a, slot, 0);
-      if (r < 0)
-        return r;
-    }
-  }
   unsigned flags = VD_OPEN_RDWR;
   struct vd_dev *nd;
   int r = vd_open(newpath, fmt, flags, &nd);
@@ -356,10 +340,30 @@ static int raid_replace_install(struct raid_array *a, int slot,
     return r;
   uint64_t need = a->sb.data_offset + a->sb.data_size;
   if (vd_size(nd) < need) {
+    uint64_t have = vd_size(nd);
     vd_close(nd);
     return vd_set_error(ENOSPC, "%s: too small for slot %d: %" PRIu64
-                        " bytes, needs %" PRIu64, newpath, slot, vd_size(nd),
-                        need);
+                        " bytes, needs %" PRIu64, newpath, slot, have, need);
+  }
+  struct raid_member *m = &a->m[slot];
+  int st = atomic_load(&m->state);
+  if (st != RAID_ROLE_FAULTY || m->dev) {
+    /* Replacing a working member: fail it first (the array runs degraded
+     * during the rebuild), unless that would stop it. */
+    if (st == RAID_ROLE_ACTIVE && raid_active_count(a) < a->n) {
+      vd_close(nd);
+      return vd_set_error(EBUSY, "%s: slot %d is active and the array is "
+                          "degraded: replace the failed member first",
+                          a->desc_path, slot);
+    }
+    if (st != RAID_ROLE_FAULTY) {
+      raid_rebuild_stop(a);
+      r = raid_member_failed(a, slot, 0);
+      if (r < 0) {
+        vd_close(nd);
+        return r;
+      }
+    }
   }
   char *path = strdup(newpath);
   if (!path) {
