@@ -60,7 +60,8 @@
 #define VDZ_CACHE_BYTES (8u << 20) /* decompressed + compressed buffers */
 #define VDZ_CACHE_MIN 4
 #define VDZ_CACHE_MAX 64           /* entries (the lookup is a linear scan) */
-#define VDZ_SPAN_MAX (4u << 20)    /* largest single read of stored data */
+#define VDZ_SPAN_MAX (1u << 20)    /* largest single read of stored data */
+#define VDZ_POOL_MAX 8             /* idle read buffers kept */
 #define VDZ_MAX_INDEX (1ull << 30) /* index bytes: 64 Mi clusters */
 
 _Static_assert(VDZ_HEADER_LEN <= VDZ_HEADER_AREA, "header fits its area");
@@ -90,6 +91,7 @@ struct vdz_cent {
   uint64_t last_use;
   unsigned refs;           /* readers copying out, or the loader */
   bool loading;
+  uint32_t valid;          /* bytes of data[] decoded (a prefix) */
   uint8_t *data;           /* cluster_size decompressed bytes */
   uint8_t *cbuf;           /* cluster_size bytes for the stored form */
 };
@@ -106,6 +108,12 @@ struct vdz_priv {
   unsigned ncache;
   struct vdz_cent *ents;
   uint64_t tick;
+
+  /* Buffers of span_cap bytes for runs of stored clusters. */
+  pthread_mutex_t pool_lock;       /* guards pool[] and npool */
+  size_t span_cap;
+  unsigned npool;
+  uint8_t *pool[VDZ_POOL_MAX];
 };
 
 /* ---- parsing (shared by open and check) ---- */
@@ -220,13 +228,15 @@ static int vdz_parse_entry(const char *path, const struct vdz_header *h,
   return 0;
 }
 
-/* Verify and expand the stored form SRC (E->length bytes) of cluster C
- * into DST (its full length). */
+/* Verify the stored form SRC (E->length bytes) of cluster C and expand
+ * at least its first WANT bytes into DST (room for the whole cluster).
+ * Returns the number of bytes expanded. */
 static int vdz_expand(const char *path, const struct vdz_header *h,
                       uint64_t c, const struct vdz_entry *e,
-                      const uint8_t *src, uint8_t *dst)
+                      const uint8_t *src, uint8_t *dst, uint32_t want)
 {
   uint32_t ulen = vdz_cluster_len(h, c);
+  int n;
 
   if (vd_crc32c(0, src, e->length) != e->crc)
     return vd_set_error(EIO, "%s: cluster %" PRIu64 " (virtual offset %"
@@ -234,15 +244,22 @@ static int vdz_expand(const char *path, const struct vdz_header *h,
                         "): checksum mismatch", path, c,
                         c << h->cluster_bits, e->offset);
   if (e->length == ulen) {
-    memcpy(dst, src, ulen);
-    return 0;
+    memcpy(dst, src, want);
+    return (int)want;
   }
-  if (LZ4_decompress_safe((const char *)src, (char *)dst, (int)e->length,
-                          (int)ulen) != (int)ulen)
+  /* Stopping early is what makes small random reads cheap; the CRC above
+   * already covered the whole block. */
+  if (want < ulen)
+    n = LZ4_decompress_safe_partial((const char *)src, (char *)dst,
+                                    (int)e->length, (int)want, (int)ulen);
+  else
+    n = LZ4_decompress_safe((const char *)src, (char *)dst, (int)e->length,
+                            (int)ulen);
+  if (n != (int)want)
     return vd_set_error(EIO, "%s: cluster %" PRIu64 " (virtual offset %"
                         PRIu64 "): LZ4 data does not decode to %" PRIu32
                         " bytes", path, c, c << h->cluster_bits, ulen);
-  return 0;
+  return n;
 }
 
 /* Read and decode the header and index of F.  On success *INDEX holds
@@ -317,9 +334,12 @@ static void vdz_close(struct vd_dev *dev)
     }
   free(p->ents);
   free(p->index);
+  for (unsigned i = 0; i < p->npool; i++)
+    free(p->pool[i]);
   if (p->cache_init) {
     pthread_mutex_destroy(&p->cache_lock);
     pthread_cond_destroy(&p->cache_cond);
+    pthread_mutex_destroy(&p->pool_lock);
   }
 }
 
@@ -352,7 +372,10 @@ static int vdz_open(struct vd_dev *dev)
   }
   pthread_mutex_init(&p->cache_lock, NULL);
   pthread_cond_init(&p->cache_cond, NULL);
+  pthread_mutex_init(&p->pool_lock, NULL);
   p->cache_init = true;
+  p->span_cap = p->cluster_size > VDZ_SPAN_MAX ? p->cluster_size
+                                                : VDZ_SPAN_MAX;
 
   dev->size = p->h.virtual_size;
   dev->read_only = true;
@@ -367,9 +390,10 @@ nomem:
   return r;
 }
 
-/* Read cluster C's stored bytes into CBUF and expand them into DST. */
+/* Read cluster C's stored bytes into CBUF and expand at least WANT bytes
+ * into DST; returns the number expanded. */
 static int vdz_load_cluster(struct vd_dev *dev, uint64_t c, uint8_t *cbuf,
-                            uint8_t *dst)
+                            uint8_t *dst, uint32_t want)
 {
   struct vdz_priv *p = dev->priv;
   const struct vdz_entry *e = &p->index[c];
@@ -378,16 +402,18 @@ static int vdz_load_cluster(struct vd_dev *dev, uint64_t c, uint8_t *cbuf,
   r = vd_file_pread(dev->file, cbuf, e->length, e->offset);
   if (r < 0)
     return r;
-  return vdz_expand(dev->path, &p->h, c, e, cbuf, dst);
+  return vdz_expand(dev->path, &p->h, c, e, cbuf, dst, want);
 }
 
 /* Copy LEN bytes at OFF inside non-zero cluster C into BUF, through the
- * cache. */
+ * cache.  A miss decodes the cluster only up to the end of the request;
+ * a later request past that decodes all of it. */
 static int vdz_read_cached(struct vd_dev *dev, uint64_t c, uint32_t off,
                            uint32_t len, uint8_t *buf)
 {
   struct vdz_priv *p = dev->priv;
   struct vdz_cent *e, *victim;
+  uint32_t need = off + len, want = need;
   int r;
 
   pthread_mutex_lock(&p->cache_lock);
@@ -400,12 +426,18 @@ again:
         pthread_cond_wait(&p->cache_cond, &p->cache_lock);
         goto again;
       }
-      e->refs++;
-      e->last_use = ++p->tick;
-      pthread_mutex_unlock(&p->cache_lock);
-      memcpy(buf, e->data + off, len);
-      r = 0;
-      goto release;
+      if (e->valid >= need) {
+        e->refs++;
+        e->last_use = ++p->tick;
+        pthread_mutex_unlock(&p->cache_lock);
+        memcpy(buf, e->data + off, len);
+        r = 0;
+        goto release;
+      }
+      /* Decoded too little: decode it all, here if nobody is copying. */
+      want = vdz_cluster_len(&p->h, c);
+      victim = e->refs == 0 ? e : NULL;
+      break;
     }
     if (e->refs == 0 && (!victim || e->last_use < victim->last_use))
       victim = e;
@@ -420,9 +452,11 @@ again:
     if (!tmp)
       return vd_set_error(ENOMEM, "%s: out of memory reading cluster %"
                           PRIu64, dev->path, c);
-    r = vdz_load_cluster(dev, c, tmp + p->cluster_size, tmp);
-    if (r == 0)
+    r = vdz_load_cluster(dev, c, tmp + p->cluster_size, tmp, need);
+    if (r >= 0) {
       memcpy(buf, tmp + off, len);
+      r = 0;
+    }
     free(tmp);
     return r;
   }
@@ -430,18 +464,23 @@ again:
   e = victim;
   e->cluster = c;
   e->loading = true;
+  e->valid = 0;
   e->refs = 1;
   e->last_use = ++p->tick;
   pthread_mutex_unlock(&p->cache_lock);
 
-  r = vdz_load_cluster(dev, c, e->cbuf, e->data);
-  if (r == 0)
+  r = vdz_load_cluster(dev, c, e->cbuf, e->data, want);
+  if (r >= 0)
     memcpy(buf, e->data + off, len);
 
   pthread_mutex_lock(&p->cache_lock);
   e->loading = false;
-  if (r < 0)
+  if (r < 0) {
     e->cluster = UINT64_MAX;
+  } else {
+    e->valid = (uint32_t)r;
+    r = 0;
+  }
   pthread_cond_broadcast(&p->cache_cond);
   pthread_mutex_unlock(&p->cache_lock);
 release:
@@ -449,6 +488,28 @@ release:
   e->refs--;
   pthread_mutex_unlock(&p->cache_lock);
   return r;
+}
+
+static uint8_t *vdz_pool_get(struct vdz_priv *p)
+{
+  uint8_t *b = NULL;
+
+  pthread_mutex_lock(&p->pool_lock);
+  if (p->npool)
+    b = p->pool[--p->npool];
+  pthread_mutex_unlock(&p->pool_lock);
+  return b ? b : malloc(p->span_cap);
+}
+
+static void vdz_pool_put(struct vdz_priv *p, uint8_t *b)
+{
+  pthread_mutex_lock(&p->pool_lock);
+  if (p->npool < VDZ_POOL_MAX) {
+    p->pool[p->npool++] = b;
+    b = NULL;
+  }
+  pthread_mutex_unlock(&p->pool_lock);
+  free(b);
 }
 
 /* Clusters [C, C+N) are wholly inside the request, stored and contiguous
@@ -462,19 +523,20 @@ static int vdz_read_run(struct vd_dev *dev, uint64_t c, uint64_t n,
   uint8_t *sbuf;
   int r;
 
-  sbuf = malloc(span);
+  sbuf = vdz_pool_get(p);
   if (!sbuf)
     return vd_set_error(ENOMEM, "%s: out of memory reading %zu bytes",
                         dev->path, span);
   r = vd_file_pread(dev->file, sbuf, span, first->offset);
-  for (uint64_t i = 0; r == 0 && i < n; i++) {
+  for (uint64_t i = 0; r >= 0 && i < n; i++) {
     const struct vdz_entry *e = &p->index[c + i];
     r = vdz_expand(dev->path, &p->h, c + i, e,
                    sbuf + (e->offset - first->offset),
-                   buf + (i << p->h.cluster_bits));
+                   buf + (i << p->h.cluster_bits),
+                   vdz_cluster_len(&p->h, c + i));
   }
-  free(sbuf);
-  return r;
+  vdz_pool_put(p, sbuf);
+  return r < 0 ? r : 0;
 }
 
 static int vdz_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
@@ -502,7 +564,7 @@ static int vdz_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
         const struct vdz_entry *x = &p->index[c + k];
         uint32_t xl = vdz_cluster_len(&p->h, c + k);
         if (x->length == 0 || total + xl > len ||
-            x->offset != e->offset + span || span + x->length > VDZ_SPAN_MAX)
+            x->offset != e->offset + span || span + x->length > p->span_cap)
           break;
         span += x->length;
         total += xl;
@@ -665,7 +727,7 @@ static int vdz_check(const char *path, unsigned fix, struct vd_check_report *r)
       vdz_report(r);
       continue;
     }
-    if (vdz_expand(path, &h, i, &e, cbuf, dbuf) < 0) {
+    if (vdz_expand(path, &h, i, &e, cbuf, dbuf, vdz_cluster_len(&h, i)) < 0) {
       r->corruptions++;
       vdz_report(r);
     }
