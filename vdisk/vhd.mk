@@ -19,5 +19,7 @@ tests_unit_test_vhd_alloc_LDADD = $(UNIT_LDADD)
 
 TESTS += \
 	tests/integration/vhd-qemu-img.sh \
+	tests/integration/vhd-chain.sh \
+	tests/integration/vhd-damage.sh \
 	$(NULL)
 EXTRA_DIST += tests/vhdgen/vhdgen.py

@@ -17,6 +17,7 @@ chains, into a raw file.
   vhdgen.py size IMG RULE         virtual size as RULE reads it:
                                   qemu7, qemu10, windows
   vhdgen.py uuid IMG              footer UUID as hex
+  vhdgen.py setuuid IMG HEX       rewrite both footers with UUID HEX
 All integers in the format are big-endian; locator payloads UTF-16LE.
 """
 import argparse
@@ -335,6 +336,23 @@ def create(a):
         f.write(ft[:511] if a.footer511 else ft)
 
 
+def setuuid(path, hexuuid):
+    with open(path, 'r+b') as f:
+        f.seek(0, 2)
+        fsz = f.tell()
+        offsets = [fsz - 512]
+        f.seek(0)
+        if f.read(8) == b'conectix':
+            offsets.append(0)
+        for off in offsets:
+            f.seek(off)
+            b = bytearray(f.read(512))
+            b[68:84] = bytes.fromhex(hexuuid)
+            struct.pack_into('>I', b, 64, checksum(b, 64))
+            f.seek(off)
+            f.write(b)
+
+
 def size_rule(path, rule):
     with open(path, 'rb') as f:
         f.seek(0, 2)
@@ -382,6 +400,9 @@ def main():
     s.add_argument('rule')
     u = sub.add_parser('uuid')
     u.add_argument('img')
+    u = sub.add_parser('setuuid')
+    u.add_argument('img')
+    u.add_argument('hex')
     a = ap.parse_args()
     if a.cmd == 'create':
         create(a)
@@ -393,6 +414,8 @@ def main():
                 f.write(img.read(off, min(step, img.size - off)))
     elif a.cmd == 'size':
         print(size_rule(a.img, a.rule))
+    elif a.cmd == 'setuuid':
+        setuuid(a.img, a.hex)
     elif a.cmd == 'uuid':
         print(Image(a.img).ft['uuid'].hex())
     return 0
