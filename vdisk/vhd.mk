@@ -16,10 +16,15 @@ tests_unit_test_vhd_meta_LDADD = $(UNIT_LDADD)
 tests_unit_test_vhd_alloc_SOURCES = tests/unit/test-vhd-alloc.c tests/unit/cu.h
 tests_unit_test_vhd_alloc_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_vhd_alloc_LDADD = $(UNIT_LDADD)
+# Not a test: the writer vhd-crash.sh kills.
+check_PROGRAMS += tests/unit/test-vhd-crash-writer
+tests_unit_test_vhd_crash_writer_SOURCES = tests/unit/test-vhd-crash-writer.c
+tests_unit_test_vhd_crash_writer_LDADD = vdisk/libvdisk.la -lpthread
 
 TESTS += \
 	tests/integration/vhd-qemu-img.sh \
 	tests/integration/vhd-chain.sh \
 	tests/integration/vhd-damage.sh \
+	tests/integration/vhd-crash.sh \
 	$(NULL)
 EXTRA_DIST += tests/vhdgen/vhdgen.py
