@@ -390,7 +390,7 @@ vhd_load_bat(struct vd_dev *dev, uint64_t fsz, uint64_t tail_pos)
 }
 
 static int
-vhd_open(struct vd_dev *dev)
+vhd_open_inner(struct vd_dev *dev)
 {
   struct vhd_priv *p = dev->priv;
   const char *path = dev->path;
@@ -540,6 +540,16 @@ vhd_open(struct vd_dev *dev)
     }
   }
   return 0;
+}
+
+/* The core does not call close after a failed open. */
+static int
+vhd_open(struct vd_dev *dev)
+{
+  int r = vhd_open_inner(dev);
+  if (r < 0)
+    vhd_close(dev);
+  return r;
 }
 
 /* ---- reads ---- */
