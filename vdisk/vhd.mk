@@ -28,3 +28,18 @@ TESTS += \
 	tests/integration/vhd-crash.sh \
 	$(NULL)
 EXTRA_DIST += tests/vhdgen/vhdgen.py
+
+# Fuzzing: the harness over seeds in make check (standalone driver); with
+# --enable-fuzzing and CC=clang also linked with libFuzzer.
+check_PROGRAMS += tests/fuzz/fuzz-vhd
+TESTS += tests/fuzz/fuzz-vhd.sh
+EXTRA_DIST += tests/fuzz/fuzz-vhd.sh
+tests_fuzz_fuzz_vhd_SOURCES = tests/fuzz/fuzz-vhd.c tests/fuzz/driver.c
+tests_fuzz_fuzz_vhd_LDADD = vdisk/libvdisk.la -lpthread
+if ENABLE_FUZZING
+noinst_PROGRAMS += tests/fuzz/libfuzzer-vhd
+tests_fuzz_libfuzzer_vhd_SOURCES = tests/fuzz/fuzz-vhd.c
+tests_fuzz_libfuzzer_vhd_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
+tests_fuzz_libfuzzer_vhd_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
+tests_fuzz_libfuzzer_vhd_LDADD = vdisk/libvdisk.la -lpthread
+endif
