@@ -193,6 +193,7 @@ struct raid_array {
   pthread_t monitor;
   bool monitor_running;
   _Atomic bool stop;
+  char *mon_req, *mon_res;     /* ARRAY.request and ARRAY.result */
   pthread_mutex_t mon_lock;    /* with mon_cond: wakes the monitor to stop */
   pthread_cond_t mon_cond;
   pthread_t rebuild;
@@ -206,6 +207,14 @@ struct raid_array {
   unsigned nretired;           /* guarded by sb_lock */
 
   atomic_uint_fast64_t rr;     /* RAID1 round robin */
+
+  /* Fork safety: frontends open images before daemonizing, and threads do
+   * not survive fork.  The atfork child handler re-initialises the locks
+   * and sets need_restart; the next operation starts the threads again. */
+  _Atomic bool need_restart;
+  struct raid_pool *dead_pool;  /* the parent's pool, freed after a fork */
+  pthread_mutex_t restart_lock;
+  struct raid_array *next_open; /* list of open arrays, raid_list_lock */
 };
 
 /* ---- raid.c: member I/O and state ---- */

@@ -818,9 +818,8 @@ static void raid_handle_request(struct raid_array *a, char *req, char *res,
 static void *raid_monitor_main(void *opaque)
 {
   struct raid_array *a = opaque;
-  char *reqp = raid_side_path(a->desc_path, ".request");
-  char *resp = raid_side_path(a->desc_path, ".result");
-  while (reqp && resp && !atomic_load(&a->stop)) {
+  const char *reqp = a->mon_req, *resp = a->mon_res;
+  while (!atomic_load(&a->stop)) {
     FILE *f = fopen(reqp, "r");
     if (f) {
       char req[4200] = "", res[2048];
@@ -844,14 +843,18 @@ static void *raid_monitor_main(void *opaque)
       pthread_cond_timedwait(&a->mon_cond, &a->mon_lock, &ts);
     pthread_mutex_unlock(&a->mon_lock);
   }
-  free(reqp);
-  free(resp);
   return NULL;
 }
 
 void raid_monitor_start(struct raid_array *a)
 {
   if (!a->writable || a->monitor_running)
+    return;
+  if (!a->mon_req)
+    a->mon_req = raid_side_path(a->desc_path, ".request");
+  if (!a->mon_res)
+    a->mon_res = raid_side_path(a->desc_path, ".result");
+  if (!a->mon_req || !a->mon_res)
     return;
   char *sp = raid_side_path(a->desc_path, ".served");
   if (!sp)
