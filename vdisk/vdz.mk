@@ -19,12 +19,14 @@ TESTS += \
 	tests/integration/vdz-ext4.sh \
 	tests/integration/vdz-bad-input.sh \
 	tests/integration/vdz-frontends.sh \
+	tests/integration/vdz-overlay.sh \
 	$(NULL)
 EXTRA_DIST += \
 	tests/integration/vdz-roundtrip.sh \
 	tests/integration/vdz-ext4.sh \
 	tests/integration/vdz-bad-input.sh \
 	tests/integration/vdz-frontends.sh \
+	tests/integration/vdz-overlay.sh \
 	$(NULL)
 
 tests_unit_test_vdz_crc32c_SOURCES = tests/unit/test-vdz-crc32c.c
