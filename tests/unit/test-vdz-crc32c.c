@@ -10,16 +10,22 @@
 
 #include "crc32c.h"
 
-/* Bit-at-a-time reference, straight from the definition. */
-static uint32_t ref_crc32c(const uint8_t *p, size_t n)
+/* Bit-at-a-time reference, straight from the definition, continuing
+ * from a previous result CRC. */
+static uint32_t ref_crc32c_from(uint32_t crc, const uint8_t *p, size_t n)
 {
-  uint32_t c = 0xFFFFFFFFu;
+  uint32_t c = ~crc;
   while (n--) {
     c ^= *p++;
     for (int k = 0; k < 8; k++)
       c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
   }
   return ~c;
+}
+
+static uint32_t ref_crc32c(const uint8_t *p, size_t n)
+{
+  return ref_crc32c_from(0, p, n);
 }
 
 static void test_vectors(void)
@@ -54,6 +60,20 @@ static void test_against_reference(void)
   for (int a = 0; a < 8; a++)
     for (int n = 0; n <= N; n += (n < 64 ? 1 : 97))
       CU_ASSERT_EQUAL(vd_crc32c(0, b + a, n), ref_crc32c(b + a, n));
+  free(b);
+
+  /* Long buffers, around the boundaries of the SSE4.2 path's lanes
+   * (3 x 256 and 3 x 8192 bytes). */
+  static const size_t lens[] = { 767, 768, 769, 775, 776, 1543, 24575, 24576,
+                                 24577, 24583, 25343, 49152, 65536, 100003 };
+  b = malloc(100003 + 8);
+  CU_ASSERT_FATAL(b != NULL);
+  for (int i = 0; i < 100003 + 8; i++)
+    b[i] = (uint8_t)rand();
+  for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+    for (int a = 0; a < 8; a += 3)
+      CU_ASSERT_EQUAL(vd_crc32c(0x12345678, b + a, lens[i]),
+                      ref_crc32c_from(0x12345678, b + a, lens[i]));
   free(b);
 }
 
