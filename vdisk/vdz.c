@@ -26,13 +26,14 @@
  * Reads: clusters fully covered by a request are decompressed straight
  * into the caller's buffer (contiguous ones read from the file at once);
  * partly covered ones go through a small cache of decompressed clusters.
+ * Locks: cache_lock and pool_lock are never held together, nor across
+ * I/O or decompression.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,9 @@ struct vdz_entry {
   uint32_t crc;
 };
 
+/* A cache entry.  The fields are guarded by vdz_priv.cache_lock; the
+ * contents of data[] and cbuf[] are written only by the loader (while
+ * loading is set) and read by holders of a reference (refs). */
 struct vdz_cent {
   uint64_t cluster;        /* UINT64_MAX: empty */
   uint64_t last_use;

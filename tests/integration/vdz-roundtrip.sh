@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # raw -> vdz -> raw is byte-exact on patterned sparse images, with the
 # default options, small and large clusters, LZ4HC and one thread, judged
-# by qemu-img compare and cmp; no temporary file is left behind; a
-# conversion killed half-way never leaves a target that opens.
+# by qemu-img compare and cmp; vdz -> VHD is read back by qemu-img; no
+# temporary file is left behind; a conversion killed half-way never
+# leaves a target that opens.
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img cmp
 
@@ -36,6 +37,13 @@ roundtrip() {
 roundtrip default -p
 roundtrip small -o cluster_size=4K,level=9
 roundtrip big -o cluster_size=2M,threads=1
+
+# vdz -> VHD, read by qemu-img; and VHD -> vdz again.
+vdtool convert -O vpc "$VD_TMP/default.vdz" "$VD_TMP/default.vhd"
+qemu-img compare -q -f raw -F vpc "$raw" "$VD_TMP/default.vhd" ||
+  fail "vdz -> vhd: qemu-img compare differs"
+vdtool convert -O vdz "$VD_TMP/default.vhd" "$VD_TMP/again.vdz"
+vdtool compare "$raw" "$VD_TMP/again.vdz" >/dev/null || fail "vhd -> vdz differs"
 
 # Much smaller than the source, and the default cluster size is 64 KiB.
 size=$(stat -c %s "$VD_TMP/default.vdz")
