@@ -115,6 +115,12 @@ void raid_uuid_generate(uint8_t *u);
 void raid_xor(void *dst, const void *const *src, unsigned n, size_t len);
 /* DST ^= SRC. */
 void raid_xor_into(void *dst, const void *src, size_t len);
+/* A 4096-aligned buffer of at least LEN bytes owned by the calling thread
+ * (contents undefined), valid until its next call with the same SLOT;
+ * NULL when out of memory.  Slot 0: a request's data path; slot 1: the
+ * partial parity log entry written inside it. */
+#define RAID_SCRATCH_SLOTS 2
+void *raid_scratch(int slot, size_t len);
 
 /* ---- fault.c ---- */
 struct raid_fault;

@@ -74,7 +74,7 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
   unsigned n = a->n;
   unsigned t = raid5_data_member(n, s, d);
   uint64_t moff = s * a->sb.chunk + o;
-  uint8_t *bufs = vd_alloc_aligned((size_t)(n - 1) * len);
+  uint8_t *bufs = raid_scratch(0, (size_t)(n - 1) * len);
   if (!bufs)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   int r;
@@ -129,7 +129,6 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
     break;
   }
   raid_stripe_unlock(a, s);
-  vd_free_aligned(bufs);
   return r;
 }
 
@@ -271,7 +270,7 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
     }
     raid5_ppl_flush_end(a, g);
   }
-  uint8_t *b = vd_alloc_aligned(RAID_PPL_HDR + len);
+  uint8_t *b = raid_scratch(1, RAID_PPL_HDR + len);
   if (!b) {
     pthread_mutex_unlock(&a->ppl_lock[i]);
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
@@ -292,7 +291,6 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
                        ppl_slot_off(a, s));
   if (r == 0)
     r = raid_mio_one(a, ~(int)p, RAID_MIO_FLUSH, NULL, 0, 0);
-  vd_free_aligned(b);
   if (r < 0) {
     pthread_mutex_unlock(&a->ppl_lock[i]);
     return r;
@@ -447,7 +445,7 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
   unsigned p = raid5_parity_member(n, s);
   uint64_t moff = s * a->sb.chunk + r0;
   /* Scratch: parity, partial parity, one buffer per data chunk. */
-  uint8_t *scratch = vd_alloc_aligned((size_t)(n + 1) * len);
+  uint8_t *scratch = raid_scratch(0, (size_t)(n + 1) * len);
   if (!scratch)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   uint8_t *par = scratch, *pp = scratch + len, *buf[RAID_MAX_MEMBERS];
@@ -589,7 +587,6 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
   r = vd_set_error(EIO, "%s: RAID5 stripe %llu: too many retries",
                    a->desc_path, (unsigned long long)s);
 out:
-  vd_free_aligned(scratch);
   return r;
 }
 
@@ -671,7 +668,7 @@ int raid5_sync_stripe(struct raid_array *a, uint64_t s, bool check_only,
   for (unsigned i = 0; i < n; i++)
     if (!raid_member_usable(a, (int)i, moff))
       return 0;   /* degraded: nothing to compare against */
-  uint8_t *bufs = vd_alloc_aligned((n + 1) * c);
+  uint8_t *bufs = raid_scratch(0, (n + 1) * c);
   if (!bufs)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   unsigned p = raid5_parity_member(n, s);
@@ -704,7 +701,6 @@ int raid5_sync_stripe(struct raid_array *a, uint64_t s, bool check_only,
   }
 out:
   raid_stripe_unlock(a, s);
-  vd_free_aligned(bufs);
   return r;
 }
 

@@ -99,7 +99,7 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
 {
   struct raid_member *m = &a->m[slot];
   uint64_t c = a->sb.chunk, total = a->sb.data_size;
-  uint8_t *scratch = vd_alloc_aligned((size_t)(a->n + 1) * c);
+  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * c);
   if (!scratch)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   double t0 = raid_now(), last_ckpt = t0;
@@ -159,7 +159,6 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       last_ckpt = now;
     }
   }
-  vd_free_aligned(scratch);
   if (r == -EINTR) {
     /* Stopped: leave a checkpoint so the next open resumes here. */
     if (!atomic_load(&a->failed) && !atomic_load(&a->crashed) &&
@@ -581,8 +580,10 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
                       : ar->level == 1 ? sb.data_size
                       : sb.data_size * (n - 1);
       if (policy != RAID_POLICY_RESYNC) {
+        /* md's default bitmap chunk: 64 MiB.  Setting a bit flushes every
+         * member, so small regions cost sequential writes dearly. */
         uint64_t region = ar->bitmap_region ? ar->bitmap_region
-                          : (4u << 20);
+                          : (64u << 20);
         if (!vd_is_pow2(region))
           r = vd_set_error(EINVAL, "%s: bitmap region must be a power of two",
                            desc);

@@ -1,0 +1,270 @@
+/* RAID benchmark (not part of make check): parity speed against memcpy,
+ * sequential full-stripe write and sequential read of RAID0 and RAID5
+ * against the members' own bandwidth, degraded against healthy read, and
+ * the rebuild rate.  Usage: raid-bench DIR [MEMBER_MIB] [MEMBERS]
+ * (bench/raid-bench.sh runs it and prints the ratios). */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#include "vdisk.h"
+#include "raid/raid.h"
+
+static double now(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what)
+{
+  fprintf(stderr, "raid-bench: %s: %s\n", what, vd_error());
+  exit(1);
+}
+
+/* GB/s of source data: raid_xor over NSRC buffers of LEN, and memcpy of
+ * the same number of bytes. */
+static void bench_parity(unsigned nsrc, size_t len, double *xor_gbs,
+                         double *cpy_gbs)
+{
+  uint8_t *src[16], *dst = vd_alloc_aligned(len * nsrc);
+  const void *s[16];
+  for (unsigned k = 0; k < nsrc; k++) {
+    src[k] = vd_alloc_aligned(len);
+    for (size_t i = 0; i < len; i++)
+      src[k][i] = (uint8_t)(i * 31 + k);
+    s[k] = src[k];
+  }
+  memset(dst, 1, len * nsrc);
+  /* Best of 5 short runs each, alternating (the machine is shared). */
+  *xor_gbs = *cpy_gbs = 0;
+  for (int round = 0; round < 5; round++) {
+    double bytes = 0, t0 = now();
+    while (now() - t0 < 0.1) {
+      raid_xor(dst, s, nsrc, len);
+      bytes += (double)len * nsrc;
+    }
+    double g = bytes / (now() - t0) / 1e9;
+    if (g > *xor_gbs)
+      *xor_gbs = g;
+    bytes = 0;
+    t0 = now();
+    while (now() - t0 < 0.1) {
+      for (unsigned k = 0; k < nsrc; k++)
+        memcpy(dst + k * len, src[k], len);
+      bytes += (double)len * nsrc;
+    }
+    g = bytes / (now() - t0) / 1e9;
+    if (g > *cpy_gbs)
+      *cpy_gbs = g;
+  }
+  for (unsigned k = 0; k < nsrc; k++)
+    vd_free_aligned(src[k]);
+  vd_free_aligned(dst);
+}
+
+/* Sequential write of TOTAL bytes in requests of REQ, then flush: MB/s. */
+static double seq_write(struct vd_dev *d, uint64_t total, size_t req,
+                        uint8_t *buf)
+{
+  double t0 = now();
+  for (uint64_t o = 0; o + req <= total; o += req)
+    if (vd_pwrite(d, buf, req, o, 0) < 0)
+      die("write");
+  if (vd_flush(d) < 0)
+    die("flush");
+  return (double)(total / req * req) / (now() - t0) / 1e6;
+}
+
+static double seq_read(struct vd_dev *d, uint64_t total, size_t req,
+                       uint8_t *buf)
+{
+  double t0 = now();
+  for (uint64_t o = 0; o + req <= total; o += req)
+    if (vd_pread(d, buf, req, o) < 0)
+      die("read");
+  return (double)(total / req * req) / (now() - t0) / 1e6;
+}
+
+static void progress_none(void *o, uint64_t d, uint64_t t) {}
+
+/* The members' aggregate: N raw files written (then read) at once by N
+ * threads, as the array's members are, on the same storage. */
+struct agg {
+  char path[4096];
+  uint64_t bytes;
+  size_t req;
+  bool read;
+  uint8_t *buf;
+  pthread_barrier_t *bar;
+};
+
+static void *agg_main(void *o)
+{
+  struct agg *g = o;
+  struct vd_dev *d;
+  if (vd_open(g->path, "raw", VD_OPEN_RDWR, &d) < 0)
+    die(g->path);
+  if (g->read)
+    seq_read(d, g->bytes, g->req, g->buf);
+  else
+    seq_write(d, g->bytes, g->req, g->buf);   /* allocates: not timed */
+  pthread_barrier_wait(g->bar);
+  pthread_barrier_wait(g->bar);
+  if (g->read)
+    seq_read(d, g->bytes, g->req, g->buf);
+  else
+    seq_write(d, g->bytes, g->req, g->buf);
+  vd_close(d);
+  return NULL;
+}
+
+static double aggregate(const char *dir, unsigned n, uint64_t bytes,
+                        size_t req, bool read, uint8_t *buf)
+{
+  struct agg g[8];
+  pthread_t th[8];
+  pthread_barrier_t bar;
+  pthread_barrier_init(&bar, NULL, n + 1);
+  for (unsigned i = 0; i < n; i++) {
+    g[i].bar = &bar;
+    snprintf(g[i].path, sizeof g[i].path, "%s/bench-agg%u.img", dir, i);
+    g[i].bytes = bytes;
+    g[i].req = req;
+    g[i].read = read;
+    g[i].buf = buf;
+    if (!read) {
+      struct vd_create_args ca = { .size = bytes };
+      if (vd_create(g[i].path, "raw", &ca) < 0)
+        die(g[i].path);
+    }
+  }
+  for (unsigned i = 0; i < n; i++)
+    pthread_create(&th[i], NULL, agg_main, &g[i]);
+  pthread_barrier_wait(&bar);       /* first pass done */
+  double t0 = now();
+  pthread_barrier_wait(&bar);       /* timed pass starts */
+  for (unsigned i = 0; i < n; i++)
+    pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&bar);
+  double mbs = (double)(bytes / req * req) * n / (now() - t0) / 1e6;
+  if (read)
+    for (unsigned i = 0; i < n; i++)
+      unlink(g[i].path);
+  return mbs;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc < 2) {
+    fprintf(stderr, "usage: raid-bench DIR [MEMBER_MIB] [MEMBERS]\n");
+    return 2;
+  }
+  const char *dir = argv[1];
+  uint64_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 128;
+  unsigned n = argc > 3 ? (unsigned)atoi(argv[3]) : 4;
+  if (n < 3 || n > 8 || mib < 16)
+    return 2;
+  uint64_t msize = mib << 20;
+  const uint32_t chunk = 512 * 1024;
+
+  double x1, c1, x64, c64;
+  bench_parity(4, 1 << 20, &x1, &c1);
+  bench_parity(4, 64 << 20, &x64, &c64);
+  printf("parity 4 x 1 MiB     xor %6.1f GB/s   memcpy %6.1f GB/s   ratio %.2f\n",
+         x1, c1, x1 / c1);
+  printf("parity 4 x 64 MiB    xor %6.1f GB/s   memcpy %6.1f GB/s   ratio %.2f\n",
+         x64, c64, x64 / c64);
+
+  size_t bufsz = (size_t)chunk * n;
+  uint8_t *buf = vd_alloc_aligned(bufsz);
+  for (size_t i = 0; i < bufsz; i++)
+    buf[i] = (uint8_t)(i * 7);
+
+  /* The members alone, all at once: their aggregate bandwidth. */
+  struct vd_create_args ca = { .size = msize };
+  struct vd_dev *d;
+  uint64_t data = msize - 5 * (1 << 20);
+  /* Best of three: the machine is shared. */
+  double aw = 0, ar = 0;
+  for (int i = 0; i < 3; i++) {
+    double w = aggregate(dir, n, data, chunk, false, buf);
+    double r = aggregate(dir, n, data, chunk, true, buf);
+    aw = w > aw ? w : aw;
+    ar = r > ar ? r : ar;
+  }
+  printf("%u members at once   write %7.0f MB/s   read %7.0f MB/s "
+         "(aggregate)\n", n, aw, ar);
+
+  for (int level = 0; level <= 5; level += 5) {
+    char desc[4096], mem[8][4096];
+    const char *mp[8];
+    snprintf(desc, sizeof desc, "%s/bench-r%d.vdraid", dir, level);
+    for (unsigned i = 0; i < n; i++) {
+      snprintf(mem[i], sizeof mem[i], "%s/bench-r%d-m%u.img", dir, level, i);
+      mp[i] = mem[i];
+    }
+    unlink(desc);
+    struct vd_raid_create_args ra = { .level = level, .chunk = chunk,
+                                      .nmembers = n, .members = mp,
+                                      .member_size = msize,
+                                      .member_format = "raw", .policy = -1 };
+    if (vd_raid_create(desc, &ra) < 0 || vd_open(desc, NULL, VD_OPEN_RDWR, &d) < 0)
+      die(desc);
+    unsigned nd = level == 5 ? n - 1 : n;
+    size_t stripe = (size_t)chunk * nd;
+    uint64_t total = vd_size(d) / stripe * stripe;
+    seq_write(d, total, stripe, buf);           /* allocates: not timed */
+    double w = 0, r = 0;
+    for (int i = 0; i < 3; i++) {
+      double x = seq_write(d, total, stripe, buf);
+      double y = seq_read(d, total, stripe, buf);
+      w = x > w ? x : w;
+      r = y > r ? y : r;
+    }
+    /* Data share of the aggregate: RAID5 writes n-1 data chunks per n. */
+    printf("RAID%d x%u full-stripe write %7.0f MB/s = %.2f x members' data "
+           "share (%u/%u of aggregate)\n", level, n, w, w / (aw * nd / n),
+           nd, n);
+    printf("RAID%d x%u sequential read   %7.0f MB/s = %.2f x members' data "
+           "share\n", level, n, r, r / (ar * nd / n));
+    if (level == 5) {
+      if (vd_raid_fail(vd_raid_of(d), 0) < 0)
+        die("fail");
+      double dr = 0;
+      for (int i = 0; i < 3; i++) {
+        double y = seq_read(d, total, stripe, buf);
+        dr = y > dr ? y : dr;
+      }
+      printf("RAID5 x%u degraded read      %7.0f MB/s = %.2f x healthy\n", n,
+             dr, dr / r);
+      char newp[4096];
+      snprintf(newp, sizeof newp, "%s/bench-r5-new.img", dir);
+      if (vd_create(newp, "raw", &ca) < 0)
+        die(newp);
+      double t0 = now();
+      if (vd_raid_replace(vd_raid_of(d), 0, newp, "raw", 0, progress_none,
+                          NULL) < 0)
+        die("replace");
+      double rt = now() - t0;
+      printf("RAID5 x%u rebuild            %7.0f MB/s of member data "
+             "(%.1f s for %llu MiB)\n", n,
+             (double)(msize - (5 << 20)) / rt / 1e6, rt,
+             (unsigned long long)mib);
+      unlink(newp);
+    }
+    vd_close(d);
+    unlink(desc);
+    for (unsigned i = 0; i < n; i++)
+      unlink(mem[i]);
+  }
+  vd_free_aligned(buf);
+  return 0;
+}
