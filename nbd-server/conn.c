@@ -36,7 +36,9 @@
 
 #define CONN_MAX_INFLIGHT 128
 #define CONN_BYTE_BUDGET  (64u << 20)
-#define JOB_CACHE_MAX     (256u << 10)   /* larger buffers are freed */
+#define CONN_BUF_KEEP     (64u << 20)    /* buffer bytes kept for reuse */
+#define JOB_SMALL_BUF     (256u << 10)   /* always kept */
+#define READ_SPARSE_MIN   (64u << 10)    /* smaller reads skip hole detection */
 #define READ_MAX_CHUNKS   16             /* content chunks per READ */
 #define BS_MAX_EXTENTS    128            /* descriptors per BLOCK_STATUS */
 #define RBUF_SIZE         65536
@@ -77,10 +79,15 @@ struct nbd_conn {
   pthread_cond_t cond;          /* signalled when a job is released */
   unsigned inflight;            /* lock */
   uint64_t inflight_bytes;      /* lock */
+  uint64_t buf_bytes;           /* atomic: job buffer bytes allocated */
   struct nbd_job *free_jobs;    /* lock */
 
-  uint8_t rbuf[RBUF_SIZE];      /* reader only */
+  /* Reader only: input buffer, and requests parsed but not yet queued
+   * (handed to the pool in one go before the reader blocks). */
+  uint8_t rbuf[RBUF_SIZE];
   size_t rpos, rlen;
+  struct nbd_job *batch, *batch_tail;
+  unsigned nbatch;
 };
 
 /* ---- worker pool ---- */
@@ -89,6 +96,7 @@ static struct {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   struct nbd_job *head, *tail;  /* lock */
+  unsigned idle;                /* lock: workers waiting for work */
   bool stop;                    /* lock */
   unsigned n;
   pthread_t *threads;
@@ -103,8 +111,11 @@ static void *pool_worker(void *arg)
   for (;;) {
     struct nbd_job *j;
     pthread_mutex_lock(&pool.lock);
-    while (!pool.head && !pool.stop)
+    while (!pool.head && !pool.stop) {
+      pool.idle++;
       pthread_cond_wait(&pool.cond, &pool.lock);
+      pool.idle--;
+    }
     j = pool.head;
     if (!j) {
       pthread_mutex_unlock(&pool.lock);
@@ -150,16 +161,19 @@ void nbd_pool_stop(void)
   pool.n = 0;
 }
 
-static void pool_push(struct nbd_job *j)
+/* Queue the list HEAD..TAIL (N jobs) and wake up to N workers. */
+static void pool_push_list(struct nbd_job *head, struct nbd_job *tail,
+                           unsigned n)
 {
-  j->next = NULL;
   pthread_mutex_lock(&pool.lock);
   if (pool.tail)
-    pool.tail->next = j;
+    pool.tail->next = head;
   else
-    pool.head = j;
-  pool.tail = j;
-  pthread_cond_signal(&pool.cond);
+    pool.head = head;
+  pool.tail = tail;
+  /* Wake no more workers than there are new jobs. */
+  for (unsigned i = 0; i < n && i < pool.idle; i++)
+    pthread_cond_signal(&pool.cond);
   pthread_mutex_unlock(&pool.lock);
 }
 
@@ -315,16 +329,23 @@ static void reply_engine(struct nbd_job *j, int r)
 
 /* ---- commands ---- */
 
+/* Grow J's buffer to LEN bytes.  Buffers stay with their job (no
+ * allocation per request) within a per-connection allowance. */
 static int job_reserve(struct nbd_job *j, size_t len)
 {
   uint8_t *p;
   if (j->cap >= len)
     return 0;
-  p = realloc(j->buf, len);
-  if (!p)
-    return -ENOMEM;
+  free(j->buf);
+  p = malloc(len);
+  __atomic_add_fetch(&j->conn->buf_bytes, len - j->cap, __ATOMIC_RELAXED);
   j->buf = p;
   j->cap = len;
+  if (!p) {
+    __atomic_sub_fetch(&j->conn->buf_bytes, len, __ATOMIC_RELAXED);
+    j->cap = 0;
+    return -ENOMEM;
+  }
   return 0;
 }
 
@@ -349,7 +370,9 @@ static void do_read_simple(struct nbd_job *j)
 
 /* Structured READ: holes that read as zeros become OFFSET_HOLE chunks,
  * the rest is read and sent as OFFSET_DATA; the whole reply is built
- * first so that an engine error yields a single error chunk. */
+ * first so that an engine error yields a single error chunk.  Reads
+ * under READ_SPARSE_MIN are one data chunk: looking for holes would cost
+ * more than sending the zeros. */
 static void do_read_structured(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
@@ -359,7 +382,7 @@ static void do_read_structured(struct nbd_job *j)
   uint64_t pos = req->offset, end = req->offset + req->length;
   int n = 0, niov = 0, i, r;
 
-  if (!(req->flags & NBD_CMD_FLAG_DF)) {
+  if (!(req->flags & NBD_CMD_FLAG_DF) && req->length >= READ_SPARSE_MIN) {
     while (pos < end && n < READ_MAX_CHUNKS - 1) {
       struct vd_extent e;
       bool hole;
@@ -489,7 +512,9 @@ static int do_cache(struct nbd_job *j)
 static void job_release(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
-  if (j->cap > JOB_CACHE_MAX) {
+  if (j->cap > JOB_SMALL_BUF &&
+      __atomic_load_n(&c->buf_bytes, __ATOMIC_RELAXED) > CONN_BUF_KEEP) {
+    __atomic_sub_fetch(&c->buf_bytes, j->cap, __ATOMIC_RELAXED);
     free(j->buf);
     j->buf = NULL;
     j->cap = 0;
@@ -559,6 +584,27 @@ static void job_run(struct nbd_job *j)
 
 /* ---- the reader ---- */
 
+static void batch_flush(struct nbd_conn *c)
+{
+  if (!c->nbatch)
+    return;
+  pool_push_list(c->batch, c->batch_tail, c->nbatch);
+  c->batch = c->batch_tail = NULL;
+  c->nbatch = 0;
+}
+
+static void batch_add(struct nbd_conn *c, struct nbd_job *j)
+{
+  j->next = NULL;
+  if (c->batch_tail)
+    c->batch_tail->next = j;
+  else
+    c->batch = j;
+  c->batch_tail = j;
+  if (++c->nbatch == 16)
+    batch_flush(c);
+}
+
 static int rd_full(struct nbd_conn *c, void *dst, size_t len)
 {
   uint8_t *p = dst;
@@ -572,6 +618,7 @@ static int rd_full(struct nbd_conn *c, void *dst, size_t len)
       len -= n;
       continue;
     }
+    batch_flush(c);               /* about to block: start the work */
     if (len >= RBUF_SIZE) {       /* big payloads go straight in */
       r = c->io->recv(c->io, p, len);
       if (r <= 0)
@@ -606,6 +653,12 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
 {
   struct nbd_job *j;
   pthread_mutex_lock(&c->lock);
+  if (c->inflight >= CONN_MAX_INFLIGHT ||
+      (c->inflight && c->inflight_bytes + cost > CONN_BYTE_BUDGET)) {
+    pthread_mutex_unlock(&c->lock);
+    batch_flush(c);               /* the batch may hold what frees room */
+    pthread_mutex_lock(&c->lock);
+  }
   while (c->inflight >= CONN_MAX_INFLIGHT ||
          (c->inflight && c->inflight_bytes + cost > CONN_BYTE_BUDGET))
     pthread_cond_wait(&c->cond, &c->lock);
@@ -716,8 +769,9 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
         break;
       }
     }
-    pool_push(j);
+    batch_add(c, j);
   }
+  batch_flush(c);
 
   /* Every queued request is answered before the connection closes. */
   pthread_mutex_lock(&c->lock);
