@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@
 #include "server.h"
 
 #define MAX_LISTEN 16
+#define HANDSHAKE_LIMIT 10      /* seconds a negotiating client may stay silent */
 
 static struct nbd_server server;
 
@@ -240,9 +242,14 @@ static void *conn_thread(void *arg)
   struct nbd_session s;
   int one = 1;
 
+  /* A client gets HANDSHAKE_LIMIT seconds of silence during negotiation
+   * (TLS included), so idle connections cannot hold the -e slots. */
+  struct timeval limit = { .tv_sec = HANDSHAKE_LIMIT }, none = { 0 };
   setsockopt(lc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(lc->fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   nbd_io_init_socket(&io, lc->fd);
   if (nbd_negotiate(&server, &io, &s) == 1) {
+    setsockopt(lc->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
     if (server.verbose)
       nbd_log("client attached to '%s'%s", s.exp->name,
               io.tls ? " over TLS" : "");
