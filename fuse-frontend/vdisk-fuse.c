@@ -56,12 +56,13 @@ struct vf_image {
   struct vd_dev *dev;
   uint64_t size;
   uint32_t blksize;
+  bool read_only;           /* -r, or a read-only format (vdz) */
 };
 
 struct vf_state {
   struct vf_image *img;
   size_t nimg;
-  bool read_only;
+  bool read_only;           /* -r: everything read-only, mounted ro */
   bool verbose;
   bool page_cache;          /* let the kernel cache file pages */
   uid_t uid;
@@ -144,7 +145,7 @@ vf_fill_stat(struct vf_state *s, fuse_ino_t ino, struct stat *st)
     st->st_blksize = 4096;
     return;
   }
-  st->st_mode = S_IFREG | (s->read_only ? 0444 : 0644);
+  st->st_mode = S_IFREG | (im->read_only ? 0444 : 0644);
   st->st_nlink = 1;
   st->st_size = (off_t) im->size;
   st->st_blksize = im->blksize;
@@ -207,7 +208,7 @@ vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
   struct vf_image *im = vf_image(s, ino);
   struct stat st;
 
-  if (s->read_only) {
+  if (s->read_only || (im != NULL && im->read_only)) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -338,7 +339,7 @@ vf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, EISDIR);
     return;
   }
-  if (s->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+  if (vf_image(s, ino)->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -405,7 +406,7 @@ vf_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size,
     fuse_reply_err(req, EISDIR);
     return;
   }
-  if (s->read_only) {
+  if (im->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -437,7 +438,7 @@ vf_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
   struct vf_image *im = vf_image(s, ino);
   int r;
 
-  if (im == NULL || s->read_only) {
+  if (im == NULL || im->read_only) {
     fuse_reply_err(req, 0);
     return;
   }
@@ -492,7 +493,7 @@ vf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
     fuse_reply_err(req, EISDIR);
     return;
   }
-  if (s->read_only) {
+  if (im->read_only) {
     fuse_reply_err(req, EROFS);
     return;
   }
@@ -818,6 +819,7 @@ main(int argc, char **argv)
       goto out;
     }
     im->size = vd_size(im->dev);
+    im->read_only = s.read_only || vd_is_read_only(im->dev);
     pio = vd_preferred_io(im->dev);
     im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
     if (s.verbose) {
