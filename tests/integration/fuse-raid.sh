@@ -75,4 +75,24 @@ vdtool raid fail array.vdraid m1.vhd >/dev/null 2>&1 || fail "could not fail a m
 fuse_mount "$mnt" -r array.vdraid
 cmp "$mnt/array.raw" expected.raw || fail "degraded RAID5 reads differently through the mount"
 fuse_umount "$mnt"
+
+# Without -f vdisk-fuse opens the array, then detaches (forks): the array
+# must keep working in the daemon and be flushed when it exits.
+vdtool raid create -l 5 -c 64K --size 8M -f vpc bg.vdraid n0.vhd n1.vhd n2.vhd >/dev/null
+head -c "$(vsize bg.vdraid)" /dev/zero > bg-expected.raw
+mkdir -p "$mnt"
+vdisk_fuse bg.vdraid "$mnt"
+on_exit "fusermount3 -uz '$mnt'"
+mountpoint -q "$mnt" || fail "vdisk-fuse returned before the mount was ready"
+pid=$(pgrep -f -- "vdisk-fuse bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
+random_writes "$mnt/bg.raw" bg-expected.raw 3
+cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 in a detached vdisk-fuse reads back wrong"
+fusermount3 -u "$mnt"
+for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$pid" 2>/dev/null || fail "the detached vdisk-fuse did not exit after unmount"
+vdtool raid scrub bg.vdraid > scrub.log 2>&1 || { cat scrub.log; fail "scrub failed"; }
+grep -q ' 0 mismatched' scrub.log || fail "parity mismatches after a detached mount: $(cat scrub.log)"
+fuse_mount "$mnt" -r bg.vdraid
+cmp "$mnt/bg.raw" bg-expected.raw || fail "data written through a detached mount is missing"
+fuse_umount "$mnt"
 echo OK
