@@ -6,9 +6,10 @@
  *    a bad dynamic header, BAT entries past the end of file or overlapping
  *    metadata or each other, a parent that cannot be opened, a parent UUID
  *    mismatch, a parent loop;
- *  - leaks: non-zero bytes in the file that nothing references (blocks
- *    appended by a writer that died before its next flush, old locator or
- *    BAT copies).  One leak per started block of such bytes.
+ *  - leaks: non-zero bytes in the file that nothing references, in a gap
+ *    large enough for a block (blocks appended by a writer that died before
+ *    its next flush).  Smaller gaps are padding other tools leave.  One
+ *    leak per started block of such bytes.
  * Repairs: -r leaks punches leaked ranges, or cuts them off the end of the
  * file and moves the footer down.  -r all also rewrites bad footer copies
  * from the good one, recomputes a header checksum when its fields are sane
@@ -313,7 +314,9 @@ chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
     uint64_t next = k < n ? ext[k].off : tail;
     if (k < n && ext[k].index == VHD_BAT_UNUSED)
       continue;   /* dropped above */
-    if (next > end) {
+    /* Only a gap that could hold a block counts: other tools pad the BAT
+     * and align blocks, and our own leaks are whole appended blocks. */
+    if (next > end && next - end >= (uint64_t)bms + h.block_size) {
       bool nz;
       r = chk_nonzero(c, end, next - end, &nz);
       if (r < 0)

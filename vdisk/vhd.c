@@ -405,7 +405,7 @@ vhd_open_inner(struct vd_dev *dev)
   r = vd_file_size(dev->file, &fsz);
   if (r < 0)
     return r;
-  if (fsz < VHD_FOOTER_SIZE - 1)
+  if (fsz < VHD_FOOTER_SIZE)
     return vd_set_error(EINVAL, "%s: file too short (%" PRIu64
                         " bytes) for a VHD footer", path, fsz);
   r = vd_file_pread(dev->file, tail, VHD_FOOTER_SIZE, fsz - VHD_FOOTER_SIZE);
@@ -1055,6 +1055,8 @@ vhd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
         free(bm);
       return r;
     }
+    if (bm_all_set(bm, vhd_valid_sectors(dev, blk)))
+      full_set(p, blk, true);
     uint32_t s = (uint32_t)(boff / VHD_SECTOR);
     uint32_t lim = (uint32_t)((boff + n + VHD_SECTOR - 1) / VHD_SECTOR);
     own = bm_test(bm, s);

@@ -26,6 +26,7 @@ TESTS += \
 	tests/integration/vhd-chain.sh \
 	tests/integration/vhd-damage.sh \
 	tests/integration/vhd-crash.sh \
+	tests/integration/vhd-samples.sh \
 	$(NULL)
 EXTRA_DIST += tests/vhdgen/vhdgen.py
 
