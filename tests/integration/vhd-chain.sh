@@ -154,6 +154,18 @@ truncate -s $((16*MB)) mmodel.raw
 same cmid.vhd mmodel.raw
 vdtool convert -O vhd -o block_size=512K src.raw dyn.vhd
 nbd_io dyn.vhd src.raw 'write -z 0 3M' 'write -P 0x55 12M 512k'
+# Discard frees whole blocks (the file's space too); check stays clean.
+nbd_io dyn.vhd src.raw 'write -P 0x56 4M 1M' 'discard 4M 1M'
+vdtool map --output=json dyn.vhd > map.json
+/usr/bin/python3 - "$MB" <<'PY' || fail "discard did not free the blocks"
+import json, sys
+mb = int(sys.argv[1])
+ext = json.load(open("map.json"))
+for off in (4 * mb, 5 * mb - 512):
+    e = next(e for e in ext if e["start"] <= off < e["start"] + e["length"])
+    assert e["present"] is False and e["zero"], e
+PY
+same dyn.vhd src.raw
 before=$(stat -c %s dyn.vhd)
 vdtool compact dyn.vhd | grep -q 'bytes freed' || fail "compact"
 [ "$(stat -c %s dyn.vhd)" -lt "$before" ] || fail "compact did not shrink the file"
