@@ -462,7 +462,6 @@ vhd_open_inner(struct vd_dev *dev)
   dev->size = size;
   dev->logical_block = VHD_SECTOR;
   dev->strict_align = true;
-  p->file_size_at_open = fsz;
 
   if (p->type == VHD_TYPE_FIXED) {
     if (fsz - footer_len < size)

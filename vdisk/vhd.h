@@ -153,7 +153,6 @@ struct vhd_priv {
   struct vhd_footer footer;       /* immutable while open */
   uint8_t footer_raw[VHD_FOOTER_SIZE];  /* its encoding; alloc_lock */
   struct vhd_header header;
-  uint64_t file_size_at_open;
   /* fixed */
   uint64_t footer_pos;
   /* dynamic / differencing (immutable while open unless noted) */
