@@ -19,7 +19,8 @@
  * its reply leaving (a single request of any allowed size is always
  * admitted); the reader stops reading the socket until replies drain.
  *
- * Lock order: wlock before lock; the pool lock alone.
+ * Locks: a connection's wlock and lock are never held together, and the
+ * pool lock is taken with neither.
  */
 #include <config.h>
 
