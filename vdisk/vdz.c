@@ -755,8 +755,11 @@ out:
 
 enum { VDZ_SLOT_FREE, VDZ_SLOT_BUSY, VDZ_SLOT_DONE };
 
+/* One cluster in flight.  state is guarded by vdz_imp.lock; buf, len
+ * and crc belong to the worker that claimed the slot while it is BUSY
+ * and to the writer while it is DONE. */
 struct vdz_slot {
-  int state;               /* VDZ_SLOT_*, guarded by imp.lock */
+  int state;               /* VDZ_SLOT_* */
   uint8_t *buf;            /* stored form (cluster_size bytes) */
   uint32_t len;            /* stored length, 0 = zero cluster */
   uint32_t crc;
