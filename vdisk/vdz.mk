@@ -20,6 +20,7 @@ TESTS += \
 	tests/integration/vdz-bad-input.sh \
 	tests/integration/vdz-frontends.sh \
 	tests/integration/vdz-overlay.sh \
+	tests/integration/vdz-blockdev.sh \
 	$(NULL)
 EXTRA_DIST += \
 	tests/integration/vdz-roundtrip.sh \
@@ -27,6 +28,7 @@ EXTRA_DIST += \
 	tests/integration/vdz-bad-input.sh \
 	tests/integration/vdz-frontends.sh \
 	tests/integration/vdz-overlay.sh \
+	tests/integration/vdz-blockdev.sh \
 	$(NULL)
 
 tests_unit_test_vdz_crc32c_SOURCES = tests/unit/test-vdz-crc32c.c
