@@ -938,8 +938,10 @@ static int vdz_imp_finish(struct vd_file *f, const struct vdz_header *h,
   return vd_file_flush(f);
 }
 
-/* Compress everything into F (empty, writable).  Returns 0 or -errno. */
-static int vdz_imp_run(struct vdz_imp *im, struct vd_file *f,
+/* Compress everything into F (writable; IN_PLACE: it may hold an older
+ * image, whose header must be gone for good before its data is
+ * overwritten).  Returns 0 or -errno. */
+static int vdz_imp_run(struct vdz_imp *im, struct vd_file *f, bool in_place,
                        unsigned nthreads, vd_progress_fn progress,
                        void *opaque)
 {
@@ -953,6 +955,8 @@ static int vdz_imp_run(struct vdz_imp *im, struct vd_file *f,
 
   /* The header area stays zero until the very end. */
   r = vd_file_pwrite(f, zeros, sizeof zeros, 0);
+  if (r == 0 && in_place)
+    r = vd_file_flush(f);
   if (r < 0)
     return r;
   index = calloc(h->index_size ? h->index_size : 1, 1);
@@ -1125,7 +1129,7 @@ static int vdz_import(const char *path, struct vd_dev *src,
 
   pthread_mutex_init(&im.lock, NULL);
   pthread_cond_init(&im.cond, NULL);
-  r = vdz_imp_run(&im, f, (unsigned)nthreads, progress, opaque);
+  r = vdz_imp_run(&im, f, in_place, (unsigned)nthreads, progress, opaque);
   pthread_mutex_destroy(&im.lock);
   pthread_cond_destroy(&im.cond);
   if (r < 0)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A vdz written onto a block device (a loop device): written in place with
 # the header last, read back identical; a conversion killed half-way over
-# an existing image leaves a device that either does not open as vdz or
-# holds the complete new image.  Skips without root or loop devices.
+# an existing image leaves a device that does not open as vdz, or holds
+# the old image intact (killed before it started), or the complete new
+# one.  Skips without root or loop devices.
 . "$top_srcdir/tests/functions.sh"
 requires losetup
 [ "$(id -u)" -eq 0 ] || skip "needs root for a loop device"
@@ -27,8 +28,11 @@ for delay in 0.05 0.2; do
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if vdtool info -f vdz "$loop" >/dev/null 2>&1; then
-    vdtool compare "$VD_TMP/big.raw" "$loop" >/dev/null ||
-      fail "killed after ${delay}s: $loop opens as vdz but is not the new image"
+    vdtool compare "$VD_TMP/big.raw" "$loop" >/dev/null 2>&1 ||
+      vdtool compare "$VD_TMP/src.raw" "$loop" >/dev/null 2>&1 ||
+      fail "killed after ${delay}s: $loop opens as vdz but holds neither image"
   fi
+  # Start each round from the old image.
+  vdtool convert -O vdz "$VD_TMP/src.raw" "$loop"
 done
 exit 0
