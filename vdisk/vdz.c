@@ -58,7 +58,7 @@
 #define VDZ_MAX_CLUSTER_BITS 21    /* 2 MiB */
 #define VDZ_DEFAULT_CLUSTER_BITS 16
 #define VDZ_MAX_THREADS 64
-#define VDZ_CACHE_BYTES (8u << 20) /* decompressed + compressed buffers */
+#define VDZ_CACHE_BYTES (4u << 20) /* of decompressed clusters */
 #define VDZ_CACHE_MIN 4
 #define VDZ_CACHE_MAX 64           /* entries (the lookup is a linear scan) */
 #define VDZ_SPAN_MAX (1u << 20)    /* largest single read of stored data */
@@ -88,8 +88,8 @@ struct vdz_entry {
 };
 
 /* A cache entry.  The fields are guarded by vdz_priv.cache_lock; the
- * contents of data[] and cbuf[] are written only by the loader (while
- * loading is set) and read by holders of a reference (refs). */
+ * contents of data[] are written only by the loader (while loading is
+ * set) and read by holders of a reference (refs). */
 struct vdz_cent {
   uint64_t cluster;        /* UINT64_MAX: empty */
   uint64_t last_use;
@@ -97,7 +97,6 @@ struct vdz_cent {
   bool loading;
   uint32_t valid;          /* bytes of data[] decoded (a prefix) */
   uint8_t *data;           /* cluster_size decompressed bytes */
-  uint8_t *cbuf;           /* cluster_size bytes for the stored form */
 };
 
 struct vdz_priv {
@@ -113,7 +112,7 @@ struct vdz_priv {
   struct vdz_cent *ents;
   uint64_t tick;
 
-  /* Buffers of span_cap bytes for runs of stored clusters. */
+  /* Buffers of span_cap bytes for stored clusters being read. */
   pthread_mutex_t pool_lock;       /* guards pool[] and npool */
   size_t span_cap;
   unsigned npool;
@@ -332,10 +331,8 @@ static void vdz_close(struct vd_dev *dev)
   struct vdz_priv *p = dev->priv;
 
   if (p->ents)
-    for (unsigned i = 0; i < p->ncache; i++) {
+    for (unsigned i = 0; i < p->ncache; i++)
       free(p->ents[i].data);
-      free(p->ents[i].cbuf);
-    }
   free(p->ents);
   free(p->index);
   for (unsigned i = 0; i < p->npool; i++)
@@ -359,7 +356,7 @@ static int vdz_open(struct vd_dev *dev)
   for (uint64_t i = 0; i < p->h.cluster_count; i++)
     p->data_clusters += p->index[i].length != 0;
 
-  p->ncache = VDZ_CACHE_BYTES / (2 * p->cluster_size);
+  p->ncache = VDZ_CACHE_BYTES / p->cluster_size;
   if (p->ncache < VDZ_CACHE_MIN)
     p->ncache = VDZ_CACHE_MIN;
   if (p->ncache > VDZ_CACHE_MAX)
@@ -370,8 +367,7 @@ static int vdz_open(struct vd_dev *dev)
   for (unsigned i = 0; i < p->ncache; i++) {
     p->ents[i].cluster = UINT64_MAX;
     p->ents[i].data = malloc(p->cluster_size);
-    p->ents[i].cbuf = malloc(p->cluster_size);
-    if (!p->ents[i].data || !p->ents[i].cbuf)
+    if (!p->ents[i].data)
       goto nomem;
   }
   pthread_mutex_init(&p->cache_lock, NULL);
@@ -394,19 +390,46 @@ nomem:
   return r;
 }
 
-/* Read cluster C's stored bytes into CBUF and expand at least WANT bytes
- * into DST; returns the number expanded. */
-static int vdz_load_cluster(struct vd_dev *dev, uint64_t c, uint8_t *cbuf,
-                            uint8_t *dst, uint32_t want)
+static uint8_t *vdz_pool_get(struct vdz_priv *p)
+{
+  uint8_t *b = NULL;
+
+  pthread_mutex_lock(&p->pool_lock);
+  if (p->npool)
+    b = p->pool[--p->npool];
+  pthread_mutex_unlock(&p->pool_lock);
+  return b ? b : malloc(p->span_cap);
+}
+
+static void vdz_pool_put(struct vdz_priv *p, uint8_t *b)
+{
+  pthread_mutex_lock(&p->pool_lock);
+  if (p->npool < VDZ_POOL_MAX) {
+    p->pool[p->npool++] = b;
+    b = NULL;
+  }
+  pthread_mutex_unlock(&p->pool_lock);
+  free(b);
+}
+
+/* Read cluster C's stored bytes and expand at least WANT bytes into DST;
+ * returns the number expanded. */
+static int vdz_load_cluster(struct vd_dev *dev, uint64_t c, uint8_t *dst,
+                            uint32_t want)
 {
   struct vdz_priv *p = dev->priv;
   const struct vdz_entry *e = &p->index[c];
+  uint8_t *cbuf = vdz_pool_get(p);
   int r;
 
+  if (!cbuf)
+    return vd_set_error(ENOMEM, "%s: out of memory reading cluster %"
+                        PRIu64, dev->path, c);
   r = vd_file_pread(dev->file, cbuf, e->length, e->offset);
-  if (r < 0)
-    return r;
-  return vdz_expand(dev->path, &p->h, c, e, cbuf, dst, want);
+  if (r == 0)
+    r = vdz_expand(dev->path, &p->h, c, e, cbuf, dst, want);
+  vdz_pool_put(p, cbuf);
+  return r;
 }
 
 /* Copy LEN bytes at OFF inside non-zero cluster C into BUF, through the
@@ -452,11 +475,11 @@ again:
     uint8_t *tmp;
 
     pthread_mutex_unlock(&p->cache_lock);
-    tmp = malloc(2 * (size_t)p->cluster_size);
+    tmp = malloc(p->cluster_size);
     if (!tmp)
       return vd_set_error(ENOMEM, "%s: out of memory reading cluster %"
                           PRIu64, dev->path, c);
-    r = vdz_load_cluster(dev, c, tmp + p->cluster_size, tmp, need);
+    r = vdz_load_cluster(dev, c, tmp, need);
     if (r >= 0) {
       memcpy(buf, tmp + off, len);
       r = 0;
@@ -473,7 +496,7 @@ again:
   e->last_use = ++p->tick;
   pthread_mutex_unlock(&p->cache_lock);
 
-  r = vdz_load_cluster(dev, c, e->cbuf, e->data, want);
+  r = vdz_load_cluster(dev, c, e->data, want);
   if (r >= 0)
     memcpy(buf, e->data + off, len);
 
@@ -492,28 +515,6 @@ release:
   e->refs--;
   pthread_mutex_unlock(&p->cache_lock);
   return r;
-}
-
-static uint8_t *vdz_pool_get(struct vdz_priv *p)
-{
-  uint8_t *b = NULL;
-
-  pthread_mutex_lock(&p->pool_lock);
-  if (p->npool)
-    b = p->pool[--p->npool];
-  pthread_mutex_unlock(&p->pool_lock);
-  return b ? b : malloc(p->span_cap);
-}
-
-static void vdz_pool_put(struct vdz_priv *p, uint8_t *b)
-{
-  pthread_mutex_lock(&p->pool_lock);
-  if (p->npool < VDZ_POOL_MAX) {
-    p->pool[p->npool++] = b;
-    b = NULL;
-  }
-  pthread_mutex_unlock(&p->pool_lock);
-  free(b);
 }
 
 /* Clusters [C, C+N) are wholly inside the request, stored and contiguous
