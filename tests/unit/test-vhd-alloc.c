@@ -58,9 +58,10 @@ work(void *opaque)
  * else (another block's data, a bitmap, a footer). */
 struct reader {
   struct vd_dev *dev;
-  volatile bool *stop;
+  bool *stop;
   int bad, err;
   unsigned seed;
+  bool flusher;
 };
 
 static void *
@@ -68,7 +69,11 @@ read_loop(void *opaque)
 {
   struct reader *rd = opaque;
   uint8_t *buf = malloc(PIECE);
-  while (!*rd->stop) {
+  for (unsigned n = 0; !__atomic_load_n(rd->stop, __ATOMIC_ACQUIRE); n++) {
+    /* The first reader also flushes now and then: BAT writes racing
+     * allocations. */
+    if (rd->flusher && n % 8 == 7 && vd_flush(rd->dev) < 0)
+      rd->err = 1;
     uint64_t off = (uint64_t)(rand_r(&rd->seed) % (NBLOCKS * (BS / 512))) * 512;
     size_t len = PIECE;
     if (off + len > NBLOCKS * (uint64_t)BS)
@@ -99,11 +104,11 @@ run_writers(struct vd_dev *dev)
   pthread_t th[NTHREADS], rth[2];
   struct worker w[NTHREADS];
   struct reader rd[2];
-  volatile bool stop = false;
+  bool stop = false;
   pthread_barrier_t bar;
   pthread_barrier_init(&bar, NULL, NTHREADS);
   for (int i = 0; i < 2; i++) {
-    rd[i] = (struct reader){ dev, &stop, 0, 0, (unsigned)i + 1 };
+    rd[i] = (struct reader){ dev, &stop, 0, 0, (unsigned)i + 1, i == 0 };
     pthread_create(&rth[i], NULL, read_loop, &rd[i]);
   }
   for (int i = 0; i < NTHREADS; i++) {
@@ -114,7 +119,7 @@ run_writers(struct vd_dev *dev)
     pthread_join(th[i], NULL);
     CU_ASSERT_EQUAL(w[i].err, 0);
   }
-  stop = true;
+  __atomic_store_n(&stop, true, __ATOMIC_RELEASE);
   for (int i = 0; i < 2; i++) {
     pthread_join(rth[i], NULL);
     CU_ASSERT_EQUAL(rd[i].err, 0);
