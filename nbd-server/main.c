@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -85,9 +84,13 @@ static void usage(FILE *f)
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
+static const char *socket_to_unlink;   /* our Unix socket, once bound */
+
 static void die(const char *fmt, ...)
 {
   va_list ap;
+  if (socket_to_unlink)
+    unlink(socket_to_unlink);
   fputs("vdisk-nbd: ", stderr);
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
@@ -433,18 +436,11 @@ int main(int argc, char **argv)
       nbd_tls_load(tls_creds, tls_psk, &server.tls_creds) < 0)
     exit(1);
 
-  /* Exports. */
-  server.nexports = (size_t)(argc - optind);
-  server.exports = calloc(server.nexports, sizeof *server.exports);
-  if (!server.exports)
-    die("out of memory");
-  for (i = optind; i < argc; i++)
-    add_export(argv[i], format, ro, (size_t)(i - optind));
-
   /* Sockets. */
-  if (sock_path)
+  if (sock_path) {
     lfds[nl++] = listen_unix(sock_path);
-  else
+    socket_to_unlink = sock_path;
+  } else
     nl = listen_tcp(bind_addr, port, lfds);
 
   if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
@@ -474,6 +470,16 @@ int main(int argc, char **argv)
         close(nfd);
     }
   }
+
+  /* Exports, opened after the fork: drivers may start threads (RAID),
+   * and a fork keeps only the calling thread. */
+  server.nexports = (size_t)(argc - optind);
+  server.exports = calloc(server.nexports, sizeof *server.exports);
+  if (!server.exports)
+    die("out of memory");
+  for (i = optind; i < argc; i++)
+    add_export(argv[i], format, ro, (size_t)(i - optind));
+
   if (pid_file)
     write_pid_file(pid_file);
 

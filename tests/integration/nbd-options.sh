@@ -11,9 +11,12 @@ truncate -s 4M "$img"
 
 vdisk_nbd --help | grep -q -- '--tls-creds' || fail "--help"
 expect_error 'no image' vdisk_nbd
-expect_error 'nosuch.img' vdisk_nbd "$VD_TMP/nosuch.img"
+expect_error 'nosuch.img' vdisk_nbd -U "$VD_TMP/e.sock" "$VD_TMP/nosuch.img"
+[ ! -e "$VD_TMP/e.sock" ] || fail "socket left behind after an error"
+expect_error 'nosuch.img' vdisk_nbd --fork -U "$VD_TMP/e.sock" "$VD_TMP/nosuch.img"
+[ ! -e "$VD_TMP/e.sock" ] || fail "socket left behind after an error (--fork)"
 expect_error 'port' vdisk_nbd -p 70000 "$img"
-expect_error 'used twice' vdisk_nbd "a=$img" "a=$img"
+expect_error 'used twice' vdisk_nbd -U "$VD_TMP/e.sock" "a=$img" "a=$img"
 expect_error 'tls' vdisk_nbd --tls=maybe "$img"
 expect_error 'tls' vdisk_nbd --tls=on "$img"
 
