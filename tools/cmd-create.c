@@ -15,7 +15,8 @@ const char vt_usage_create[] =
   "\n"
   "Create FILENAME of SIZE bytes (K, M, G, T suffixes) in format FMT\n"
   "(default raw).  An existing file is overwritten, unless another process\n"
-  "has it open.  With -b, create a differencing image on top of BACKING;\n"
+  "has it open.  With -b, create a differencing image on top of BACKING\n"
+  "(a relative BACKING is relative to FILENAME's folder, as in qemu-img);\n"
   "SIZE then defaults to the backing image's size.\n"
   "\n"
   "  -f FMT          output format (raw, vhd/vpc, ...)\n"
@@ -24,7 +25,8 @@ const char vt_usage_create[] =
   "                  vhd: subformat=dynamic|fixed, block_size=SIZE\n"
   "  -b BACKING      backing (parent) image\n"
   "  -F BACKING_FMT  backing image format (default: probe)\n"
-  "  -u              do not open the backing image (size must be given)\n"
+  "  -u              as qemu-img's unsafe mode, SIZE must be given (the\n"
+  "                  backing image is still read: VHD stores its UUID)\n"
   "  -q              quiet\n";
 
 int
@@ -67,20 +69,16 @@ vt_cmd_create(int argc, char **argv)
     return vt_bad_usage("create", "missing SIZE");
   } else if (unsafe) {
     return vt_bad_usage("create", "-u needs an explicit SIZE");
-  } else {
-    struct vd_dev *b;
-    if (vt_open(backing, bfmt, VD_OPEN_NOLOCK, &b) < 0)
-      return VT_EXIT_ERR;
-    args.size = vd_size(b);
-    vd_close(b);
-  }
+  }  /* else size 0: the engine takes the backing image's size */
   int r = vd_create(path, fmt, &args);
   if (r < 0) {
     vt_engine_error(r);
     return VT_EXIT_ERR;
   }
   if (!quiet) {
-    printf("Formatting '%s', fmt=%s size=%" PRIu64, path, fmt, args.size);
+    printf("Formatting '%s', fmt=%s", path, fmt);
+    if (args.size)
+      printf(" size=%" PRIu64, args.size);
     if (backing)
       printf(" backing_file=%s", backing);
     if (opts)

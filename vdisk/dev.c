@@ -13,6 +13,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +128,30 @@ vd_create(const char *path, const char *format,
   if (!drv->create)
     return vd_set_error(ENOTSUP, "%s: format '%s' cannot be created directly",
                         path, drv->name);
-  r = drv->create(path, args);
+
+  /* As qemu-img: a relative backing path is relative to the new image's
+   * folder, and a size of 0 means the backing image's size. */
+  struct vd_create_args a = *args;
+  char *resolved = NULL;
+  const char *slash = strrchr(path, '/');
+  if (a.backing && a.backing[0] != '/' && slash) {
+    int dl = (int)(slash - path);
+    if (asprintf(&resolved, "%.*s/%s", dl, path, a.backing) < 0)
+      return vd_set_error(ENOMEM, "%s: out of memory", path);
+    a.backing = resolved;
+  }
+  if (a.backing && a.size == 0) {
+    struct vd_dev *b;
+    r = vd_open(a.backing, a.backing_format, VD_OPEN_NOLOCK, &b);
+    if (r < 0) {
+      free(resolved);
+      return vd_prefix_error(-r, "%s: backing file", path);
+    }
+    a.size = vd_size(b);
+    vd_close(b);
+  }
+  r = drv->create(path, &a);
+  free(resolved);
   return r;
 }
 

@@ -132,7 +132,7 @@ mkdir -p a/b p
 vdtool create -q -f vhd -o block_size=512K p/par.vhd 4M
 vdtool create -q par.raw 4M
 nbd_io p/par.vhd par.raw 'write -P 0x91 0 64k'
-vdtool create -q -f vhd -b p/par.vhd a/b/kid.vhd
+vdtool create -q -f vhd -b ../../p/par.vhd a/b/kid.vhd   # relative to the child, as qemu-img
 vdtool info a/b/kid.vhd | grep -q '^backing file: a/b/../../p/par.vhd' || fail "relative lookup"
 mv a/b/kid.vhd a/kid.vhd                 # relative path broken: absolute
 vdtool info a/kid.vhd | grep -q "^backing file: $VD_TMP/p/par.vhd" || fail "absolute lookup"
