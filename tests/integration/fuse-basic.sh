@@ -22,6 +22,8 @@ expect_error 'a/disk\.img and b/disk\.qcow2 would both appear as disk\.raw' \
   vdisk_fuse a/disk.img b/disk.qcow2 "$mnt"
 ! mountpoint -q "$mnt" || fail "a failed start left $mnt mounted"
 vdisk_fuse --help | grep -q 'MOUNTPOINT' || fail "--help says nothing useful"
+: > plain.img
+expect_error "unknown option.*bogus" vdisk_fuse -f -o bogus plain.img "$mnt"
 
 # A patterned image with an odd size and a second one without extension.
 pattern_bytes "$size" 1 > disk.img
@@ -138,8 +140,14 @@ cmp "$mnt/disk.raw" expected.raw || fail "read-only mount reads differently"
   fail "open for writing on a read-only mount did not fail with EROFS"
 [ "$(errno_of "os.truncate('$mnt/disk.raw', 0)")" = EROFS ] ||
   fail "truncate on a read-only mount did not fail with EROFS"
-# Read-only mounts share the image.
+# -o passes FUSE options through; -o ro is -r.
 fuse_pid1=$fuse_pid
+fuse_mount mnt2 -o allow_other -o ro disk.img
+grep -q " $VD_TMP/mnt2 fuse.vdisk ro,.*allow_other" /proc/mounts ||
+  fail "mount options not passed: $(grep " $VD_TMP/mnt2 " /proc/mounts)"
+[ "$(errno_of "os.open('mnt2/disk.raw', os.O_WRONLY)")" = EROFS ] || fail "-o ro is not read-only"
+fuse_umount mnt2
+# Read-only mounts share the image.
 fuse_mount mnt2 -r disk.img
 cmp mnt2/disk.raw expected.raw || fail "second read-only mount reads differently"
 fuse_umount mnt2
