@@ -38,21 +38,25 @@ ext4_on() {   # FORMAT IMAGE
     cmp "$f" "out-$f" || fail "$fmt: $f read back from the file system differs"
   done
 
+  # Loop devices are shared with every other test on the machine: detach
+  # ours once, and at exit only if still attached.
   if command -v losetup >/dev/null &&
      loop=$(losetup --find --show "$mnt/$name" 2>/dev/null); then
-    on_exit "losetup -d $loop"
+    loop_dev=$loop
     mkdir -p fs
     if mount -t ext4 "$loop" fs 2>/dev/null; then
-      on_exit "umount $VD_TMP/fs"
+      fs_mounted=1
       cmp f1 fs/f1 || fail "$fmt: f1 read through the loop device differs"
       cp f2 fs/f4
       umount fs
+      fs_mounted=
       cmp f2 <(debugfs -R "cat f4" "$mnt/$name" 2>/dev/null) ||
         fail "$fmt: a file written by the kernel's ext4 reads back differently"
     else
       echo "note: mounting ext4 from a loop device is not possible here"
     fi
     losetup -d "$loop"
+    loop_dev=
   else
     echo "note: no loop device available here"
   fi
@@ -64,6 +68,9 @@ ext4_on() {   # FORMAT IMAGE
   cmp f3 <(debugfs -R "cat f3" check.raw 2>/dev/null) || fail "$fmt: f3 missing in qemu-img's view"
 }
 
+loop_dev= fs_mounted=
+on_exit '[ -z "$loop_dev" ] || losetup -d "$loop_dev"'
+on_exit '[ -z "$fs_mounted" ] || umount "$VD_TMP/fs"'
 ext4_on raw disk.img
 ext4_on vpc disk.vhd
 echo OK

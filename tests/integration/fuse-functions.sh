@@ -21,7 +21,7 @@ fuse_mount() {
     "$top_builddir/fuse-frontend/vdisk-fuse" -f "$@" "$mnt" &
   fi
   fuse_pid=$!
-  on_exit "fusermount3 -uz '$mnt'; kill $fuse_pid"
+  on_exit "_fuse_cleanup '$mnt' $fuse_pid"
   for i in $(seq 300); do
     if mountpoint -q "$mnt"; then
       return 0
@@ -34,6 +34,17 @@ fuse_mount() {
     sleep 0.1
   done
   fail "vdisk-fuse $*: $mnt not mounted after 30 s"
+}
+
+# At exit: unmount if still mounted, and stop the daemon only while it is
+# still our unreaped child (a reaped pid may belong to anyone by now).
+_fuse_cleanup() {
+  if mountpoint -q "$1"; then
+    fusermount3 -uz "$1"
+  fi
+  if jobs -p | grep -qx "$2"; then
+    kill "$2"
+  fi
 }
 
 # fuse_umount MOUNTPOINT: unmount, then wait for vdisk-fuse to flush and
