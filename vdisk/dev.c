@@ -73,6 +73,10 @@ vd_open(const char *path, const char *format, unsigned flags,
   }
   for (int i = 0; i < 16; i++)
     pthread_mutex_init(&dev->rmw_lock[i], NULL);
+  /* A read-only format is opened read-only whatever was asked, so that
+   * serving it "writable" does not take the exclusive image lock. */
+  if (drv->read_only_hint)
+    flags &= ~VD_OPEN_RDWR;
   dev->drv = drv;
   dev->open_flags = flags;
   dev->read_only = !(flags & VD_OPEN_RDWR);

@@ -97,8 +97,10 @@ struct vd_driver {
                 void *opaque);
   int (*check)(const char *path, unsigned fix, struct vd_check_report *r);
 
-  /* Read-only formats: what to do instead, appended to the EROFS error of
-   * write-type requests (NULL: nothing to add). */
+  /* Read-only formats set this to what to do instead.  The core then
+   * opens their files read-only (shared lock) and makes the device
+   * read-only whatever the open flags, and appends the hint to the EROFS
+   * error of write-type requests.  NULL: a writable format. */
   const char *read_only_hint;
 
   /* New ops go here, at the end. */
