@@ -378,7 +378,6 @@ static int vdz_open(struct vd_dev *dev)
                                                 : VDZ_SPAN_MAX;
 
   dev->size = p->h.virtual_size;
-  dev->read_only = true;
   dev->preferred_io = p->cluster_size;
   return 0;
 

@@ -32,6 +32,8 @@ assert e["is_read_only"], "export is writable"
 assert e["export-size"] == int(sys.argv[2]), "wrong size"
 PY
 qemu-img compare -q -f raw -F raw "$raw" "$uri" || fail "qemu-img compare over NBD differs"
+# Served without -r, the image still takes only a shared lock.
+vdtool info "$VD_TMP/disk.vdz" >/dev/null || fail "the served vdz is locked exclusively"
 nbdcopy --connections=2 --requests=16 --request-size=4096 "$uri" "$VD_TMP/back.raw" ||
   fail "nbdcopy from NBD failed"
 cmp "$raw" "$VD_TMP/back.raw" || fail "nbdcopy copy differs"
