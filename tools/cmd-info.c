@@ -27,6 +27,8 @@ info_human(const char *path, const struct vd_info *in)
   printf("virtual size: %s (%" PRIu64 " bytes)\n",
          vd_format_size(in->size, a, sizeof a), in->size);
   printf("disk size: %s\n", vd_format_size(in->actual_size, b, sizeof b));
+  if (in->cluster_size)
+    printf("cluster_size: %" PRIu64 "\n", in->cluster_size);
   if (in->backing[0]) {
     printf("backing file: %s\n", in->backing);
     if (in->backing_format[0])
@@ -53,6 +55,8 @@ info_json(const char *path, const struct vd_info *in, const char *indent)
   printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, in->size);
   printf("%s    \"filename\": ", indent);
   vt_json_string(stdout, path);
+  if (in->cluster_size)
+    printf(",\n%s    \"cluster-size\": %" PRIu64, indent, in->cluster_size);
   printf(",\n%s    \"format\": ", indent);
   vt_json_string(stdout, in->format);
   printf(",\n%s    \"actual-size\": %" PRIu64 ",\n", indent, in->actual_size);

@@ -439,6 +439,36 @@ vd_get_info(struct vd_dev *dev, struct vd_info *info)
   return 0;
 }
 
+static struct vd_info_field *
+dev_info_field(struct vd_info *info, const char *key)
+{
+  if (info->nfields >= VD_INFO_MAX_FIELDS)
+    return NULL;
+  struct vd_info_field *f = &info->fields[info->nfields++];
+  snprintf(f->key, sizeof f->key, "%s", key);
+  return f;
+}
+
+void
+vd_info_add_str(struct vd_info *info, const char *key, const char *val)
+{
+  struct vd_info_field *f = dev_info_field(info, key);
+  if (f) {
+    f->type = VD_FIELD_STR;
+    snprintf(f->str, sizeof f->str, "%s", val);
+  }
+}
+
+void
+vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val)
+{
+  struct vd_info_field *f = dev_info_field(info, key);
+  if (f) {
+    f->type = VD_FIELD_U64;
+    f->u64 = val;
+  }
+}
+
 uint64_t vd_size(const struct vd_dev *dev) { return dev->size; }
 uint32_t vd_logical_block(const struct vd_dev *dev) { return dev->logical_block; }
 uint32_t vd_preferred_io(const struct vd_dev *dev) { return dev->preferred_io; }

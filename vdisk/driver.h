@@ -125,6 +125,10 @@ int vd_opt_get(const char *options, const char *key, char *val, size_t vallen);
 int vd_opt_check(const char *options, const char *const *known,
                  const char *what);
 
+/* Append a format-specific property to INFO (dropped when full). */
+void vd_info_add_str(struct vd_info *info, const char *key, const char *val);
+void vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val);
+
 /* Registry lookups (vdisk/registry.c). */
 const struct vd_driver *vd_find_driver(const char *name);
 /* Probe PATH; returns the best driver or NULL with an error set. */

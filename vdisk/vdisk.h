@@ -72,6 +72,8 @@ struct vd_info {
   char backing_format[16];
   unsigned nfields;
   struct vd_info_field fields[VD_INFO_MAX_FIELDS];
+  uint64_t cluster_size;      /* allocation unit of the format, 0 if none
+                                 (qemu-img info's cluster_size) */
 };
 
 /* Arguments for vd_create. */

@@ -610,24 +610,6 @@ static int vdz_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
   return 0;
 }
 
-static void vdz_add_field(struct vd_info *info, const char *key,
-                          const char *str, uint64_t u64, bool is_str)
-{
-  struct vd_info_field *f;
-
-  if (info->nfields >= VD_INFO_MAX_FIELDS)
-    return;
-  f = &info->fields[info->nfields++];
-  snprintf(f->key, sizeof f->key, "%s", key);
-  if (is_str) {
-    f->type = VD_FIELD_STR;
-    snprintf(f->str, sizeof f->str, "%s", str);
-  } else {
-    f->type = VD_FIELD_U64;
-    f->u64 = u64;
-  }
-}
-
 static void vdz_info(struct vd_dev *dev, struct vd_info *info)
 {
   struct vdz_priv *p = dev->priv;
@@ -637,20 +619,20 @@ static void vdz_info(struct vd_dev *dev, struct vd_info *info)
   for (uint64_t i = 0; i < p->h.cluster_count; i++)
     if (p->index[i].length)
       plain += vdz_cluster_len(&p->h, i);
-  vdz_add_field(info, "cluster_size", NULL, p->cluster_size, false);
+  info->cluster_size = p->cluster_size;
   if (p->h.level)
     snprintf(s, sizeof s, "lz4hc level %" PRIu32, p->h.level);
   else
     snprintf(s, sizeof s, "lz4");
-  vdz_add_field(info, "compression", s, 0, true);
+  vd_info_add_str(info, "compression", s);
   /* Ratio of the stored clusters' plain size to their stored size. */
   snprintf(s, sizeof s, "%.2f",
            p->h.data_size ? (double)plain / (double)p->h.data_size : 1.0);
-  vdz_add_field(info, "compression_ratio", s, 0, true);
-  vdz_add_field(info, "data_clusters", NULL, p->data_clusters, false);
-  vdz_add_field(info, "zero_clusters", NULL,
-                p->h.cluster_count - p->data_clusters, false);
-  vdz_add_field(info, "stored_bytes", NULL, p->h.data_size, false);
+  vd_info_add_str(info, "compression_ratio", s);
+  vd_info_add_u64(info, "data_clusters", p->data_clusters);
+  vd_info_add_u64(info, "zero_clusters",
+                  p->h.cluster_count - p->data_clusters);
+  vd_info_add_u64(info, "stored_bytes", p->h.data_size);
 }
 
 static int vdz_create(const char *path, const struct vd_create_args *args)

@@ -1100,28 +1100,6 @@ vhd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
 /* ---- info ---- */
 
 static void
-vhd_field_str(struct vd_info *info, const char *key, const char *val)
-{
-  if (info->nfields >= VD_INFO_MAX_FIELDS)
-    return;
-  struct vd_info_field *f = &info->fields[info->nfields++];
-  snprintf(f->key, sizeof f->key, "%s", key);
-  f->type = VD_FIELD_STR;
-  snprintf(f->str, sizeof f->str, "%s", val);
-}
-
-static void
-vhd_field_u64(struct vd_info *info, const char *key, uint64_t val)
-{
-  if (info->nfields >= VD_INFO_MAX_FIELDS)
-    return;
-  struct vd_info_field *f = &info->fields[info->nfields++];
-  snprintf(f->key, sizeof f->key, "%s", key);
-  f->type = VD_FIELD_U64;
-  f->u64 = val;
-}
-
-static void
 vhd_info(struct vd_dev *dev, struct vd_info *info)
 {
   struct vhd_priv *p = dev->priv;
@@ -1129,29 +1107,29 @@ vhd_info(struct vd_dev *dev, struct vd_info *info)
   static const char *const types[] = { [VHD_TYPE_FIXED] = "fixed",
     [VHD_TYPE_DYNAMIC] = "dynamic", [VHD_TYPE_DIFF] = "differencing" };
 
-  vhd_field_str(info, "subformat", types[p->type]);
+  vd_info_add_str(info, "subformat", types[p->type]);
   snprintf(buf, sizeof buf, "%.4s", p->footer.creator_app);
   for (char *c = buf; *c; c++)
     if (*c < 0x20 || *c > 0x7e)
       *c = '.';
-  vhd_field_str(info, "creator", buf);
+  vd_info_add_str(info, "creator", buf);
   vhd_uuid_format(p->footer.uuid, buf);
-  vhd_field_str(info, "uuid", buf);
+  vd_info_add_str(info, "uuid", buf);
   snprintf(buf, sizeof buf, "%u/%u/%u", p->footer.cylinders, p->footer.heads,
            p->footer.sectors);
-  vhd_field_str(info, "chs", buf);
-  vhd_field_u64(info, "current-size", p->footer.current_size);
+  vd_info_add_str(info, "chs", buf);
+  vd_info_add_u64(info, "current-size", p->footer.current_size);
   if (p->type == VHD_TYPE_FIXED)
     return;
-  vhd_field_u64(info, "cluster-size", p->block_size);
-  vhd_field_u64(info, "bat-entries", p->bat_entries);
+  info->cluster_size = p->block_size;
+  vd_info_add_u64(info, "bat-entries", p->bat_entries);
   uint64_t n = 0;
   for (uint32_t i = 0; i < p->bat_entries; i++)
     n += bat_get(p, i) != VHD_BAT_UNUSED;
-  vhd_field_u64(info, "allocated-blocks", n);
+  vd_info_add_u64(info, "allocated-blocks", n);
   if (p->type == VHD_TYPE_DIFF) {
     vhd_uuid_format(p->header.parent_uuid, buf);
-    vhd_field_str(info, "parent-uuid", buf);
+    vd_info_add_str(info, "parent-uuid", buf);
     snprintf(info->backing, sizeof info->backing, "%s", p->parent_path);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",
              p->parent_format);

@@ -85,7 +85,7 @@ vdtool convert -O vhd -o block_size=512K src.raw cbase.vhd
 cp src.raw cmodel.raw
 vdtool create -q -f vhd -b cbase.vhd cmid.vhd
 vdtool create -q -f vhd -b cmid.vhd ctop.vhd
-vdtool info cmid.vhd | grep -q 'cluster-size: 524288' || fail "child did not inherit the block size"
+vdtool info cmid.vhd | grep -q '^cluster_size: 524288' || fail "child did not inherit the block size"
 nbd_io cmid.vhd cmodel.raw 'write -P 0x71 512 1024' 'write -P 0x72 2M 700k' \
   'write -z -u 7M 4k' 'write -z -u 12M 64k'
 nbd_io ctop.vhd cmodel.raw 'write -P 0x81 1M 4k' 'write -z 0 8k' \

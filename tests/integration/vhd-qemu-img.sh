@@ -37,7 +37,7 @@ vdtool info --output=json f.vhd | grep -q '"format": "vpc"' || fail "fixed VHD n
 [ "$(stat -c %s f.vhd)" = $((8*1024*1024 + 512)) ] || fail "fixed VHD file size"
 # Block sizes.
 vdtool create -q -f vhd -o block_size=512K b.vhd 10M
-vdtool info b.vhd | grep -q 'cluster-size: 524288' || fail "block_size option"
+vdtool info b.vhd | grep -q '^cluster_size: 524288' || fail "block_size option"
 expect_error 'block_size' vdtool create -q -f vhd -o block_size=3M x.vhd 10M
 expect_error 'subformat' vdtool create -q -f vhd -o subformat=sparse x.vhd 10M
 expect_error '2040 GiB' vdtool create -q -f vhd x.vhd 2041G
@@ -85,7 +85,15 @@ for t in dynamic fixed; do
   vdtool compare -f vpc -F vpc qemu-$t.vhd qemu-$t.vhd >/dev/null || fail "compare $t"
   vdtool info qemu-$t.vhd | grep -q "creator: qemu" || fail "creator"
 done
-qemu-img info -f vpc qemu-dynamic.vhd >/dev/null
+# info agrees with qemu-img on the keys both print.
+vdtool info --output=json qemu-dynamic.vhd > v.json
+qemu-img info -f vpc --output=json qemu-dynamic.vhd > q.json
+/usr/bin/python3 - <<'PY' || fail "info --output=json disagrees with qemu-img"
+import json
+v = json.load(open("v.json")); q = json.load(open("q.json"))
+for k in ("virtual-size", "cluster-size", "format", "filename", "dirty-flag"):
+    assert v.get(k) == q.get(k), (k, v.get(k), q.get(k))
+PY
 
 # vdtool writing into an image qemu made keeps it valid for qemu.
 qemu-img create -q -f vpc -o subformat=dynamic into.vhd "$size"
