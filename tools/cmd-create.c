@@ -23,6 +23,8 @@ const char vt_usage_create[] =
   "  -o OPTIONS      format options key=value,...\n"
   "                  raw: preallocation=off|falloc|full\n"
   "                  vhd: subformat=dynamic|fixed, block_size=SIZE\n"
+  "                  vdz (made by 'convert -O vdz' only): cluster_size=SIZE,\n"
+  "                  level=0..12 (LZ4HC above 0), threads=N\n"
   "  -b BACKING      backing (parent) image\n"
   "  -F BACKING_FMT  backing image format (default: probe)\n"
   "  -u              as qemu-img's unsafe mode, SIZE must be given (the\n"
