@@ -86,9 +86,10 @@ vf_log(const char *fmt, ...)
   va_end(ap);
 }
 
-/* Report a failed engine call (the request gets -ERR).  Errors the caller
- * provoked on purpose (ENOSPC past the end, EROFS, ...) are answered
- * before reaching the engine and never logged. */
+/* Log a failed engine call (ERR < 0) with the engine's message and return
+ * the positive errno for fuse_reply_err.  Errors the caller provoked on
+ * purpose (ENOSPC past the end, EROFS, ...) are answered before reaching
+ * the engine and never logged. */
 static int
 vf_engine_error(const struct vf_image *im, const char *op, uint64_t off,
                 int err)
@@ -743,7 +744,8 @@ main(int argc, char **argv)
   size_t i, j;
 
   memset(&s, 0, sizeof s);
-  while ((c = getopt_long(argc, argv, "rUfo:vhV", longopts, NULL)) != -1) {
+  opterr = 0;                   /* one-line errors of our own below */
+  while ((c = getopt_long(argc, argv, ":rUfo:vhV", longopts, NULL)) != -1) {
     switch (c) {
     case 'r': s.read_only = true; break;
     case 'f': foreground = true; break;
@@ -758,8 +760,16 @@ main(int argc, char **argv)
       break;
     case 'h': vf_usage(stdout); return 0;
     case 'V': printf("%s %s\n", progname, PACKAGE_VERSION); return 0;
+    case ':':
+      vf_log("option '%s' needs an argument (try --help)", argv[optind - 1]);
+      free(opts);
+      return 1;
     default:
-      fprintf(stderr, "Try '%s --help' for more information.\n", progname);
+      if (optopt != 0)
+        vf_log("unknown option '-%c' (try --help)", optopt);
+      else
+        vf_log("unknown option '%s' (try --help)", argv[optind - 1]);
+      free(opts);
       return 1;
     }
   }

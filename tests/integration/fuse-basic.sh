@@ -15,6 +15,8 @@ size=$((9 * 1024 * 1024 + 1536))
 mkdir -p "$mnt" a b
 expect_error 'IMAGE' vdisk_fuse
 expect_error 'IMAGE' vdisk_fuse "$mnt"
+expect_error "unknown option '-x'" vdisk_fuse -x a.img "$mnt"
+expect_error "unknown option '--bogus'" vdisk_fuse --bogus a.img "$mnt"
 expect_error 'missing\.img' vdisk_fuse missing.img "$mnt"
 : > a/disk.img
 : > b/disk.qcow2
