@@ -724,6 +724,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   for (;;) {
     uint8_t hdr[NBD_REQUEST_LEN];
     struct nbd_request req;
+    const char *why;
     uint32_t err;
 
     if (rd_full(c, hdr, sizeof hdr) < 0)
@@ -737,14 +738,14 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
       nbd_log("%s %s flags 0x%x at %llu+%u", s->exp->name,
               nbd_cmd_name(req.type), req.flags,
               (unsigned long long)req.offset, req.length);
-    err = nbd_request_check(&req, &c->ctx);
+    err = nbd_request_check(&req, &c->ctx, &why);
     if (err == 0 && req.type == NBD_CMD_DISC)
       break;
 
     if (err) {
       /* Answered here; a write's payload is consumed to stay in sync. */
       if ((nbd_request_has_payload(&req) && rd_discard(c, req.length) < 0) ||
-          reader_error(c, &req, err, "invalid request") < 0)
+          reader_error(c, &req, err, why) < 0)
         break;
       continue;
     }

@@ -320,8 +320,8 @@ int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
     if (len > NBD_MAX_OPTION_LEN) {
       if (opt == NBD_OPT_EXPORT_NAME || nbd_io_discard(io, len) < 0)
         break;
-      r = neg_error(&n, opt, strcmp(nbd_opt_name(opt), "unknown")
-                             ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_UNSUP,
+      r = neg_error(&n, opt, nbd_opt_known(opt) ? NBD_REP_ERR_TOO_BIG
+                                                : NBD_REP_ERR_UNSUP,
                     "option of %u bytes is too long", len);
       if (r < 0)
         break;

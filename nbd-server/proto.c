@@ -45,15 +45,20 @@ static uint16_t nbd_cmd_valid_flags(uint16_t type)
 }
 
 uint32_t nbd_request_check(const struct nbd_request *req,
-                           const struct nbd_req_ctx *ctx)
+                           const struct nbd_req_ctx *ctx, const char **why)
 {
   uint16_t ef = ctx->eflags;
+  const char *dummy;
+
+  if (!why)
+    why = &dummy;
+#define BAD(err, msg) do { *why = (msg); return (err); } while (0)
 
   /* A read-only export refuses writes as such, advertised or not. */
   if ((ef & NBD_FLAG_READ_ONLY) &&
       (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
        req->type == NBD_CMD_WRITE_ZEROES))
-    return NBD_EPERM;
+    BAD(NBD_EPERM, "the export is read-only");
 
   /* The command must exist and have been advertised. */
   switch (req->type) {
@@ -63,52 +68,58 @@ uint32_t nbd_request_check(const struct nbd_request *req,
     break;
   case NBD_CMD_FLUSH:
     if (!(ef & NBD_FLAG_SEND_FLUSH))
-      return NBD_EINVAL;
+      BAD(NBD_EINVAL, "FLUSH was not advertised");
     break;
   case NBD_CMD_TRIM:
     if (!(ef & NBD_FLAG_SEND_TRIM))
-      return NBD_EINVAL;
+      BAD(NBD_EINVAL, "TRIM was not advertised");
     break;
   case NBD_CMD_CACHE:
     if (!(ef & NBD_FLAG_SEND_CACHE))
-      return NBD_EINVAL;
+      BAD(NBD_EINVAL, "CACHE was not advertised");
     break;
   case NBD_CMD_WRITE_ZEROES:
     if (!(ef & NBD_FLAG_SEND_WRITE_ZEROES))
-      return NBD_EINVAL;
+      BAD(NBD_EINVAL, "WRITE_ZEROES was not advertised");
     break;
   case NBD_CMD_BLOCK_STATUS:
     if (!ctx->structured || !ctx->meta_alloc)
-      return NBD_EINVAL;
+      BAD(NBD_EINVAL, "no metadata context was negotiated");
     break;
   default:
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "unknown command");
   }
 
   /* Flags: valid for this command, and advertised. */
   if (req->flags & ~nbd_cmd_valid_flags(req->type))
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "flag not valid for this command");
   if ((req->flags & NBD_CMD_FLAG_FUA) && !(ef & NBD_FLAG_SEND_FUA))
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "FUA was not advertised");
   if ((req->flags & NBD_CMD_FLAG_DF) && !(ef & NBD_FLAG_SEND_DF))
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "DF was not advertised");
   if ((req->flags & NBD_CMD_FLAG_FAST_ZERO) &&
       !(ef & NBD_FLAG_SEND_FAST_ZERO))
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "FAST_ZERO was not advertised");
 
   if (req->type == NBD_CMD_DISC)
     return 0;
-  if (req->type == NBD_CMD_FLUSH)
-    return req->offset || req->length ? NBD_EINVAL : 0;
+  if (req->type == NBD_CMD_FLUSH) {
+    if (req->offset || req->length)
+      BAD(NBD_EINVAL, "FLUSH takes no offset or length");
+    return 0;
+  }
 
   if (req->length == 0)
-    return NBD_EINVAL;
+    BAD(NBD_EINVAL, "zero-length request");
   if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
       req->length > ctx->max_payload)
-    return NBD_EINVAL;
-  if (!vd_range_ok(req->offset, req->length, ctx->size))
-    return req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES
-           ? NBD_ENOSPC : NBD_EINVAL;
+    BAD(NBD_EINVAL, "request larger than the maximum block size");
+  if (!vd_range_ok(req->offset, req->length, ctx->size)) {
+    if (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES)
+      BAD(NBD_ENOSPC, "write beyond the end of the export");
+    BAD(NBD_EINVAL, "request beyond the end of the export");
+  }
+#undef BAD
   return 0;
 }
 

@@ -162,10 +162,10 @@ void nbd_request_encode(uint8_t *buf, const struct nbd_request *req);
  * negotiated: command known and advertised, flags valid for the command
  * and advertised, lengths, bounds (EINVAL for reads, ENOSPC for writes),
  * read-only.  Returns 0 if the request may run, else the NBD error
- * value to reply with.  Never decides to disconnect: a WRITE's payload is
+ * value to reply with and (if WHY is not NULL) a static message in *WHY.  Never decides to disconnect: a WRITE's payload is
  * always consumed by the caller whatever this returns. */
 uint32_t nbd_request_check(const struct nbd_request *req,
-                           const struct nbd_req_ctx *ctx);
+                           const struct nbd_req_ctx *ctx, const char **why);
 
 /* Whether the request carries a payload after the header. */
 static inline bool nbd_request_has_payload(const struct nbd_request *req)
@@ -228,6 +228,11 @@ bool nbd_string_ok(const char *s, uint32_t len);
 
 /* Name of an option / command, for -v logging ("unknown" if not known). */
 const char *nbd_opt_name(uint32_t opt);
+static inline bool nbd_opt_known(uint32_t opt)
+{
+  return opt >= NBD_OPT_EXPORT_NAME && opt <= NBD_OPT_SET_META_CONTEXT &&
+         opt != 4;   /* 4 was PEEK_EXPORT, withdrawn */
+}
 const char *nbd_cmd_name(uint16_t type);
 
 #endif /* NBD_PROTO_H */

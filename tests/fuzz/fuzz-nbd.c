@@ -85,7 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.left -= NBD_REQUEST_LEN;
     if (!ok)
       break;
-    err = nbd_request_check(&req, &ctx);
+    err = nbd_request_check(&req, &ctx, NULL);
     if (err == 0 && req.type == NBD_CMD_DISC)
       break;
     if (nbd_request_has_payload(&req)) {

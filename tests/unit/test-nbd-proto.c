@@ -92,7 +92,10 @@ static uint32_t check(const struct nbd_req_ctx *ctx, uint16_t type,
                       uint16_t flags, uint64_t off, uint32_t len)
 {
   struct nbd_request r = { NBD_REQUEST_MAGIC, flags, type, 1, off, len };
-  return nbd_request_check(&r, ctx);
+  const char *why = NULL;
+  uint32_t err = nbd_request_check(&r, ctx, &why);
+  CU_ASSERT_TRUE(err == 0 || (why && *why));
+  return err;
 }
 
 static void test_check_valid(void)
