@@ -141,7 +141,8 @@ struct vd_raid_fault_cfg {
   uint64_t start, end;         /* member byte range (absolute) */
 };
 /* Attach a fault layer to the member at PATH whenever a RAID opens it
- * (until detached).  Returns the handle. */
+ * (until detached; detach only once no open array uses it).  Returns the
+ * handle. */
 struct raid_fault *vd_raid_fault_attach(const char *path);
 void vd_raid_fault_detach(struct raid_fault *f);
 void vd_raid_fault_set(struct raid_fault *f, const struct vd_raid_fault_cfg *c);

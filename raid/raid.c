@@ -44,6 +44,7 @@ static struct raid_array *raid_list;          /* guarded by raid_list_lock */
 static pthread_once_t raid_atfork_once = PTHREAD_ONCE_INIT;
 
 static int raid_pool_start(struct raid_array *a);
+static int raid_check_fork(struct raid_array *a);
 
 /* In the child of a fork only this thread exists: every lock another
  * thread held is unusable, and the pool, monitor and rebuild threads are
@@ -52,6 +53,7 @@ static void raid_atfork_child(void)
 {
   pthread_mutex_init(&raid_list_lock, NULL);
   for (struct raid_array *a = raid_list; a; a = a->next_open) {
+    pthread_rwlock_init(&a->fork_lock, NULL);
     pthread_mutex_init(&a->sb_lock, NULL);
     pthread_mutex_init(&a->bm_lock, NULL);
     pthread_mutex_init(&a->restart_lock, NULL);
@@ -68,11 +70,33 @@ static void raid_atfork_child(void)
     atomic_store(&a->rebuild_active, false);
     atomic_store(&a->need_restart, true);
   }
+  /* Frontends fork to daemonize right after opening, and then serve: start
+   * the threads now, so online requests are answered even before the
+   * first I/O.  (glibc's system() and popen() use posix_spawn, which runs
+   * no fork handlers.)  Anything that fails here is retried by the next
+   * operation. */
+  for (struct raid_array *a = raid_list; a; a = a->next_open)
+    raid_check_fork(a);
+}
+
+/* Quiesce every array's threads across fork (see fork_lock). */
+static void raid_atfork_prepare(void)
+{
+  pthread_mutex_lock(&raid_list_lock);
+  for (struct raid_array *a = raid_list; a; a = a->next_open)
+    pthread_rwlock_wrlock(&a->fork_lock);
+}
+
+static void raid_atfork_parent(void)
+{
+  for (struct raid_array *a = raid_list; a; a = a->next_open)
+    pthread_rwlock_unlock(&a->fork_lock);
+  pthread_mutex_unlock(&raid_list_lock);
 }
 
 static void raid_atfork_init(void)
 {
-  pthread_atfork(NULL, NULL, raid_atfork_child);
+  pthread_atfork(raid_atfork_prepare, raid_atfork_parent, raid_atfork_child);
 }
 
 static void raid_list_add(struct raid_array *a)
@@ -180,7 +204,9 @@ static void *raid_pool_worker(void *opaque)
       p->tail = NULL;
     pthread_mutex_unlock(&p->lock);
 
+    pthread_rwlock_rdlock(&a->fork_lock);
     raid_mio_exec(a, io);
+    pthread_rwlock_unlock(&a->fork_lock);
     struct raid_batch *b = io->batch;
     pthread_mutex_lock(&b->lock);
     if (--b->pending == 0)
@@ -850,6 +876,7 @@ static void raid_array_free(struct raid_array *a)
   pthread_mutex_destroy(&a->sb_lock);
   pthread_mutex_destroy(&a->bm_lock);
   pthread_mutex_destroy(&a->restart_lock);
+  pthread_rwlock_destroy(&a->fork_lock);
   free(a->desc_path);
   a->desc_path = NULL;
 }
@@ -898,6 +925,7 @@ static int raid_open(struct vd_dev *dev)
   pthread_mutex_init(&a->sb_lock, NULL);
   pthread_mutex_init(&a->bm_lock, NULL);
   pthread_mutex_init(&a->restart_lock, NULL);
+  pthread_rwlock_init(&a->fork_lock, NULL);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);
   a->desc_path = strdup(dev->path);

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "vdisk.h"
+#include "crc32c.h"
 #include "driver.h"
 
 #define RAID_MAX_MEMBERS 32
@@ -84,7 +85,6 @@ struct raid_sb {
 };
 
 /* ---- super.c ---- */
-uint32_t raid_crc32c(uint32_t crc, const void *buf, size_t len);
 /* Encode SB into a RAID_SB_SIZE buffer (checksum included). */
 void raid_sb_encode(const struct raid_sb *sb, uint8_t *buf);
 /* Decode and validate; WHAT names the member in messages.  -EINVAL if it
@@ -218,6 +218,10 @@ struct raid_array {
    * not survive fork.  The atfork child handler re-initialises the locks
    * and sets need_restart; the next operation starts the threads again. */
   _Atomic bool need_restart;
+  pthread_rwlock_t fork_lock;  /* read-held by this array's threads while
+                                  they work; the atfork prepare handler
+                                  write-locks it so none is mid-malloc (or
+                                  mid-anything) when the process forks */
   struct raid_pool *dead_pool;  /* the parent's pool, freed after a fork */
   pthread_mutex_t restart_lock;
   struct raid_array *next_open; /* list of open arrays, raid_list_lock */

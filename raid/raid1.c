@@ -36,25 +36,60 @@ static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
   return best;
 }
 
+/* A member could not read [off, off+len): rewrite it from the good copy
+ * in BUF and check it reads back; fail it if not, or after too many. */
+static void raid1_fix(struct raid_array *a, int bad, const void *buf,
+                      size_t len, uint64_t off)
+{
+  uint64_t c = a->sb.chunk;
+  int e = 0;
+  uint8_t *chk = raid_scratch(0, len);
+  if (!chk)
+    e = -ENOMEM;
+  /* Region by region, under each region's lock, so a concurrent write
+   * cannot be undone by the stale copy. */
+  for (uint64_t o = off; o < off + len && e == 0;) {
+    size_t n = (size_t)(off + len - o < c - o % c ? off + len - o
+                                                  : c - o % c);
+    raid_stripe_lock(a, o / c);
+    e = raid_mio_one(a, bad, RAID_MIO_WRITE,
+                     (void *)((const uint8_t *)buf + (o - off)), n, o);
+    if (e == 0)
+      e = raid_mio_one(a, bad, RAID_MIO_READ, chk, n, o);
+    if (e == 0 && memcmp(chk, (const uint8_t *)buf + (o - off), n) != 0)
+      e = -EIO;
+    raid_stripe_unlock(a, o / c);
+    o += n;
+  }
+  if (e < 0 || atomic_fetch_add(&a->m[bad].read_errors, 1) + 1 > 16)
+    raid_member_failed(a, bad, e < 0 ? e : -EIO);
+}
+
 int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
 {
   bool tried[RAID_MAX_MEMBERS] = { false };
+  int bad[RAID_MAX_MEMBERS], nbad = 0;
   for (;;) {
     int s = raid1_pick(a, off, len, tried);
-    if (s < 0)
+    if (s < 0) {
+      /* Nobody could read it: the members that tried have failed. */
+      for (int i = 0; i < nbad; i++)
+        raid_member_failed(a, bad[i], -EIO);
       return vd_set_error(EIO, "%s: RAID1 has no usable member for %zu bytes "
                           "at %llu", a->desc_path, len,
                           (unsigned long long)off);
+    }
     tried[s] = true;
     atomic_fetch_add(&a->m[s].inflight, 1);
     int r = raid_mio_one(a, s, RAID_MIO_READ, buf, len, off);
     atomic_fetch_sub(&a->m[s].inflight, 1);
     if (r == 0) {
       atomic_store(&a->m[s].next_read, off + len);
+      for (int i = 0; i < nbad; i++)
+        raid1_fix(a, bad[i], buf, len, off);
       return 0;
     }
-    if (raid_member_failed(a, s, r) < 0)
-      return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
+    bad[nbad++] = s;
   }
 }
 

@@ -67,9 +67,13 @@ void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m)
 /* ---- reads ---- */
 
 /* Reconstruct LEN bytes at row O of data chunk D of stripe S into OUT from
- * the other members (stripe lock taken here). */
+ * the other members (stripe lock taken here).  With FIX, the member had a
+ * read error there: reconstruct even though it looks usable, write the
+ * result back and read it again (md's read-error handling); a member that
+ * fails that, or has too many read errors, is failed. */
+#define RAID_MAX_READ_ERRORS 16
 static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
-                               uint64_t o, size_t len, void *out)
+                               uint64_t o, size_t len, void *out, bool fix)
 {
   unsigned n = a->n;
   unsigned t = raid5_data_member(n, s, d);
@@ -83,7 +87,7 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
     struct raid_mio mio[RAID_MAX_MEMBERS];
     const void *src[RAID_MAX_MEMBERS];
     int k = 0;
-    bool direct = raid_member_usable(a, (int)t, moff);
+    bool direct = !fix && raid_member_usable(a, (int)t, moff);
     if (direct) {
       /* It came back (rebuild passed this stripe): read it. */
       r = raid_mio_one(a, (int)t, RAID_MIO_READ, out, len, moff);
@@ -126,6 +130,20 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
       break;
     }
     raid_xor(out, src, (unsigned)k, len);
+    if (fix && raid_member_usable(a, (int)t, moff)) {
+      /* Rewrite the unreadable block and check it reads back. */
+      uint8_t *chk = bufs;   /* the sources are no longer needed */
+      int e = raid_mio_one(a, (int)t, RAID_MIO_WRITE, out, len, moff);
+      if (e == 0)
+        e = raid_mio_one(a, (int)t, RAID_MIO_READ, chk, len, moff);
+      if (e == 0 && memcmp(chk, out, len) != 0)
+        e = -EIO;
+      if (e < 0 || atomic_fetch_add(&a->m[t].read_errors, 1) + 1 >
+                   RAID_MAX_READ_ERRORS) {
+        if (raid_member_failed(a, (int)t, e < 0 ? e : -EIO) < 0)
+          r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
+      }
+    }
     break;
   }
   raid_stripe_unlock(a, s);
@@ -179,13 +197,8 @@ int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
     }
   raid_mio_run(a, hm, h);
   for (int j = 0; j < h; j++)
-    if (hm[j].ret < 0) {
-      if (raid_member_failed(a, hm[j].slot, hm[j].ret) < 0) {
-        r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
-        break;
-      }
-      mio[idx[j]].slot = -1;   /* reconstruct it below */
-    }
+    if (hm[j].ret < 0)
+      mio[idx[j]].slot = -2;   /* read error: reconstruct and rewrite */
   free(idx);
   if (nmax > 16)
     free(hm);
@@ -196,7 +209,7 @@ int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
       struct raid5_map m;
       raid5_map(a->n, a->sb.chunk, o, &m);
       r = raid5_read_degraded(a, m.stripe, m.dchunk, o % c, mio[i].len,
-                              mio[i].buf);
+                              mio[i].buf, mio[i].slot == -2);
     }
     o += mio[i].len;
   }
@@ -284,8 +297,8 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
   vd_put_le32(b + 40, mask);
   vd_put_le32(b + 44, p);
   vd_put_le64(b + 48, atomic_fetch_add(&a->ppl_seq, 1));
-  vd_put_le32(b + 56, raid_crc32c(0, pp, len));
-  vd_put_le32(b + 4092, raid_crc32c(0, b, 4092));
+  vd_put_le32(b + 56, vd_crc32c(0, pp, len));
+  vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
   memcpy(b + RAID_PPL_HDR, pp, len);
   int r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, b, RAID_PPL_HDR + len,
                        ppl_slot_off(a, s));
@@ -382,7 +395,7 @@ int raid5_ppl_recover(struct raid_array *a)
       if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
         continue;
       if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
-          raid_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
+          vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
         continue;
       uint64_t s = vd_get_le64(hdr + 24);
       uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
@@ -394,7 +407,7 @@ int raid5_ppl_recover(struct raid_array *a)
         continue;
       if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
                        soff + RAID_PPL_HDR) < 0 ||
-          raid_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
+          vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
         continue;
       uint64_t moff = s * c + r0;
       bool can = true;

@@ -38,36 +38,13 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "crc32c.h"
 #include "endian.h"
 #include "raid/raid.h"
 
 static const char sb_magic[8] = { 'V', 'D', 'R', 'A', 'I', 'D', 'S', 'B' };
 
 _Static_assert(512 + RAID_MAX_MEMBERS * 32 <= 4092, "role table fits");
-
-/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bytewise table. */
-static uint32_t crc_table[256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void raid_crc_init(void)
-{
-  for (uint32_t i = 0; i < 256; i++) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; k++)
-      c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    crc_table[i] = c;
-  }
-}
-
-uint32_t raid_crc32c(uint32_t crc, const void *buf, size_t len)
-{
-  const uint8_t *p = buf;
-  pthread_once(&crc_once, raid_crc_init);
-  crc = ~crc;
-  while (len--)
-    crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
 
 bool raid_sb_is_magic(const uint8_t *buf)
 {
@@ -108,7 +85,7 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *b)
     vd_put_le32(r + 16, sb->role[i].state);
     vd_put_le64(r + 24, sb->role[i].recovery_offset);
   }
-  vd_put_le32(b + 4092, raid_crc32c(0, b, 4092));
+  vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
 }
 
 static uint64_t raid_capacity(uint32_t level, uint32_t n, uint64_t m)
@@ -130,7 +107,7 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
   if (vd_get_le32(b + 12) != RAID_SB_SIZE)
     return vd_set_error(EINVAL, "%s: RAID superblock size %u invalid", what,
                         vd_get_le32(b + 12));
-  uint32_t crc = raid_crc32c(0, b, 4092);
+  uint32_t crc = vd_crc32c(0, b, 4092);
   if (crc != vd_get_le32(b + 4092))
     return vd_set_error(EINVAL, "%s: RAID superblock checksum mismatch "
                         "(stored %08x, computed %08x)", what,

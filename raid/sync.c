@@ -95,6 +95,33 @@ int raid_resync(struct raid_array *a, bool all)
 
 /* ---- rebuild ---- */
 
+/* End of a rebuild pass: checkpoint if stopped, else mark the member
+ * active.  Caller holds fork_lock for reading. */
+static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
+{
+  struct raid_member *m = &a->m[slot];
+  uint64_t total = a->sb.data_size;
+  if (r == -EINTR) {
+    /* Stopped: leave a checkpoint so the next open resumes here. */
+    if (!atomic_load(&a->failed) && !atomic_load(&a->crashed) &&
+        atomic_load(&m->state) == RAID_ROLE_REBUILDING &&
+        raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
+      raid_sb_update(a);
+    return vd_set_error(EINTR, "%s: rebuild of slot %d interrupted at %" PRIu64
+                        " of %" PRIu64 " bytes", a->desc_path, slot,
+                        atomic_load(&m->recovery), total);
+  }
+  if (r < 0)
+    return r;
+  r = raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0);
+  if (r < 0) {
+    raid_member_failed(a, slot, r);
+    return r;
+  }
+  atomic_store(&m->state, RAID_ROLE_ACTIVE);
+  return raid_sb_update(a);
+}
+
 static int raid_rebuild_slot(struct raid_array *a, int slot)
 {
   struct raid_member *m = &a->m[slot];
@@ -111,6 +138,7 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       r = -EINTR;
       break;
     }
+    pthread_rwlock_rdlock(&a->fork_lock);
     uint64_t s = off / c;
     raid_stripe_lock(a, s);
     if (a->sb.level == 5) {
@@ -141,13 +169,8 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       /* The new member failed, or a source did (then the array failed). */
       if (!atomic_load(&a->failed))
         raid_member_failed(a, slot, r);
+      pthread_rwlock_unlock(&a->fork_lock);
       break;
-    }
-    /* Rate limit: foreground I/O keeps flowing. */
-    uint64_t rate = atomic_load(&a->rebuild_rate);
-    if (rate) {
-      double due = t0 + (double)(off + c - start) / (double)rate;
-      raid_sleep(due - raid_now());
     }
     /* Checkpoint every 1/16 of the member or 2 seconds (md: 1/16 or 5 min). */
     double now = raid_now();
@@ -158,26 +181,18 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       ckpt_off = off + c;
       last_ckpt = now;
     }
+    pthread_rwlock_unlock(&a->fork_lock);
+    /* Rate limit: foreground I/O keeps flowing. */
+    uint64_t rate = atomic_load(&a->rebuild_rate);
+    if (rate) {
+      double due = t0 + (double)(off + c - start) / (double)rate;
+      raid_sleep(due - raid_now());
+    }
   }
-  if (r == -EINTR) {
-    /* Stopped: leave a checkpoint so the next open resumes here. */
-    if (!atomic_load(&a->failed) && !atomic_load(&a->crashed) &&
-        atomic_load(&m->state) == RAID_ROLE_REBUILDING &&
-        raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
-      raid_sb_update(a);
-    return vd_set_error(EINTR, "%s: rebuild of slot %d interrupted at %" PRIu64
-                        " of %" PRIu64 " bytes", a->desc_path, slot,
-                        atomic_load(&m->recovery), total);
-  }
-  if (r < 0)
-    return r;
-  r = raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0);
-  if (r < 0) {
-    raid_member_failed(a, slot, r);
-    return r;
-  }
-  atomic_store(&m->state, RAID_ROLE_ACTIVE);
-  return raid_sb_update(a);
+  pthread_rwlock_rdlock(&a->fork_lock);
+  r = raid_rebuild_finish(a, slot, r);
+  pthread_rwlock_unlock(&a->fork_lock);
+  return r;
 }
 
 static void *raid_rebuild_main(void *opaque)
@@ -821,6 +836,7 @@ static void *raid_monitor_main(void *opaque)
   struct raid_array *a = opaque;
   const char *reqp = a->mon_req, *resp = a->mon_res;
   while (!atomic_load(&a->stop)) {
+    pthread_rwlock_rdlock(&a->fork_lock);
     FILE *f = fopen(reqp, "r");
     if (f) {
       char req[4200] = "", res[2048];
@@ -832,6 +848,7 @@ static void *raid_monitor_main(void *opaque)
       raid_write_file(resp, res);
       unlink(reqp);
     }
+    pthread_rwlock_unlock(&a->fork_lock);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 100 * 1000 * 1000;
