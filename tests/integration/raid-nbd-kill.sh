@@ -24,8 +24,14 @@ doomed_writes() {
   fio --name=doomed --ioengine=nbd --uri="$nbd_uri" --iodepth=16 \
       --rw=randwrite --bsrange=512-48k --offset=40M --size=24M \
       --time_based --runtime=30 --output=/dev/null >/dev/null 2>&1 &
-  local fpid=$!
-  sleep 1
+  local fpid=$! i
+  # Kill once writes are under way (the array is marked dirty).
+  for i in $(seq 200); do
+    vdtool raid detail --output=json a.vdraid |
+      grep -q '"dirty": true' && break
+    sleep 0.1
+  done
+  sleep 0.5
   kill -9 "$(cat "$nbd_pidfile")"
   wait $fpid || true
   rm -f "$nbd_pidfile"
@@ -47,6 +53,8 @@ vdtool raid fail a.vdraid 2
 run_fio $A --verify_only
 # Killed again, now degraded: dirty + degraded must not start silently.
 doomed_writes
+vdtool raid detail --output=json a.vdraid | grep -q '"dirty": true' ||
+  fail "no write reached the array before the kill"
 expect_error "not stopped cleanly and is degraded.*assemble --force" \
   vdisk_nbd -U "$VD_TMP/x.sock" a.vdraid
 vdtool raid assemble --force a.vdraid m0 m1 m3
