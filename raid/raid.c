@@ -805,11 +805,10 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
     }
   }
 
-  unsigned active = 0, rebuilding = 0;
-  for (unsigned i = 0; i < s->n; i++) {
-    if (s->state[i] == VD_RAID_STATE_ACTIVE) active++;
-    if (s->state[i] == VD_RAID_STATE_REBUILDING) rebuilding++;
-  }
+  unsigned active = 0;
+  for (unsigned i = 0; i < s->n; i++)
+    if (s->state[i] == VD_RAID_STATE_ACTIVE)
+      active++;
   unsigned need = f->level == 0 ? s->n : f->level == 1 ? 1 : s->n - 1;
   if (active < need) {
     int first = -1;
@@ -837,7 +836,6 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
              "parity log" : " and may return wrong data for that member");
     return 0;
   }
-  (void)rebuilding;
   return 0;
 }
 
