@@ -1100,26 +1100,6 @@ static const char *raid_state_name(struct raid_array *a, char *buf,
   return buf;
 }
 
-static void raid_info_str(struct vd_info *info, const char *k, const char *v)
-{
-  if (info->nfields >= VD_INFO_MAX_FIELDS)
-    return;
-  struct vd_info_field *f = &info->fields[info->nfields++];
-  snprintf(f->key, sizeof f->key, "%s", k);
-  f->type = VD_FIELD_STR;
-  snprintf(f->str, sizeof f->str, "%s", v);
-}
-
-static void raid_info_u64(struct vd_info *info, const char *k, uint64_t v)
-{
-  if (info->nfields >= VD_INFO_MAX_FIELDS)
-    return;
-  struct vd_info_field *f = &info->fields[info->nfields++];
-  snprintf(f->key, sizeof f->key, "%s", k);
-  f->type = VD_FIELD_U64;
-  f->u64 = v;
-}
-
 static void raid_info(struct vd_dev *dev, struct vd_info *info)
 {
   struct raid_array *a = dev->priv;
@@ -1133,13 +1113,13 @@ static void raid_info(struct vd_dev *dev, struct vd_info *info)
   info->actual_size = actual;
   info->dirty = atomic_load(&a->dirty);
   raid_uuid_format(a->sb.uuid, u);
-  raid_info_u64(info, "raid level", a->sb.level);
-  raid_info_str(info, "uuid", u);
-  raid_info_u64(info, "chunk size", a->sb.chunk);
-  raid_info_u64(info, "members", a->n);
-  raid_info_u64(info, "active members", raid_active_count(a));
-  raid_info_str(info, "state", raid_state_name(a, buf, sizeof buf));
-  raid_info_u64(info, "events", a->sb.events);
+  vd_info_add_u64(info, "raid level", a->sb.level);
+  vd_info_add_str(info, "uuid", u);
+  vd_info_add_u64(info, "chunk size", a->sb.chunk);
+  vd_info_add_u64(info, "members", a->n);
+  vd_info_add_u64(info, "active members", raid_active_count(a));
+  vd_info_add_str(info, "state", raid_state_name(a, buf, sizeof buf));
+  vd_info_add_u64(info, "events", a->sb.events);
   for (unsigned i = 0; i < a->n && info->nfields < VD_INFO_MAX_FIELDS; i++) {
     char k[48];
     int st = atomic_load(&a->m[i].state);
@@ -1148,7 +1128,7 @@ static void raid_info(struct vd_dev *dev, struct vd_info *info)
     snprintf(v, sizeof v, "%s (%s)", a->m[i].path ? a->m[i].path : "-",
              !a->m[i].dev ? "missing" : st == RAID_ROLE_ACTIVE ? "active"
              : st == RAID_ROLE_REBUILDING ? "rebuilding" : "faulty");
-    raid_info_str(info, k, v);
+    vd_info_add_str(info, k, v);
   }
 }
 
