@@ -110,7 +110,7 @@ static int raid_cmd_create(int argc, char **argv)
       break;
     case 'A': ca.assume_clean = true; break;
     case 'n': ca.name = optarg; break;
-    default: return vt_bad_usage("raid", "invalid option");
+    default: return vt_bad_option("raid", argv);
     }
   }
   if (ca.level < 0)
@@ -151,7 +151,9 @@ static int raid_cmd_detail(int argc, char **argv)
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
-    if (c != 'O' || vt_parse_output(optarg, &json) < 0)
+    if (c != 'O')
+      return vt_bad_option("raid", argv);
+    if (vt_parse_output(optarg, &json) < 0)
       return vt_bad_usage("raid", "--output must be human or json");
   }
   if (argc - optind != 1)
@@ -253,7 +255,7 @@ static int raid_cmd_assemble(int argc, char **argv)
   optind = 1;
   while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
     if (c != 'F')
-      return vt_bad_usage("raid", "invalid option");
+      return vt_bad_option("raid", argv);
     force = true;
   }
   if (argc - optind < 2)
@@ -388,7 +390,7 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
       break;
     case 'N': wait = false; break;
     case 'f': fmt = optarg; break;
-    default: return vt_bad_usage("raid", "invalid option");
+    default: return vt_bad_option("raid", argv);
     }
   }
   if (argc - optind != (resume ? 1 : 3))
@@ -470,7 +472,7 @@ static int raid_cmd_scrub(int argc, char **argv)
   optind = 1;
   while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
     if (c != 'R')
-      return vt_bad_usage("raid", "invalid option");
+      return vt_bad_option("raid", argv);
     repair = true;
   }
   if (argc - optind != 1)
@@ -525,6 +527,7 @@ int vt_cmd_raid(int argc, char **argv)
   const char *sub = argv[1];
   argc--;
   argv++;
+  opterr = 0;  /* errors are reported in one line by vt_bad_option */
   if (!strcmp(sub, "create")) return raid_cmd_create(argc, argv);
   if (!strcmp(sub, "detail")) return raid_cmd_detail(argc, argv);
   if (!strcmp(sub, "assemble")) return raid_cmd_assemble(argc, argv);

@@ -5,6 +5,8 @@
 requires cmp
 
 cd "$VD_TMP"
+expect_error "invalid option or missing argument: --bogus" vdtool raid scrub --bogus a.vdraid
+expect_error "invalid option or missing argument: -Z" vdtool raid create -Z a.vdraid m0 m1
 expect_error "level must be 0, 1 or 5" vdtool raid create -l 6 a.vdraid m0 m1
 expect_error "RAID5 needs 3 to 32 members" \
   vdtool raid create -l 5 --size 8M a.vdraid m0 m1
