@@ -389,6 +389,7 @@ int main(int argc, char **argv)
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
   int status = 0;
 
+  opterr = 0;  /* one line of our own instead of getopt's */
   while ((c = getopt_long(argc, argv, "p:b:U:rf:e:tvhV", longopts, NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
@@ -408,7 +409,12 @@ int main(int argc, char **argv)
     case 'h': usage(stdout); return 0;
     case 'V': printf("vdisk-nbd %s\n", PACKAGE_VERSION); return 0;
     default:
-      fprintf(stderr, "Try 'vdisk-nbd --help'.\n");
+      if (optopt)
+        fprintf(stderr, "vdisk-nbd: invalid option or missing argument: -%c "
+                "(try --help)\n", optopt);
+      else
+        fprintf(stderr, "vdisk-nbd: invalid option or missing argument: %s "
+                "(try --help)\n", argv[optind - 1]);
       return 1;
     }
   }

@@ -10,6 +10,7 @@ img=$VD_TMP/disk.img
 truncate -s 4M "$img"
 
 vdisk_nbd --help | grep -q -- '--tls-creds' || fail "--help"
+expect_error 'invalid option or missing argument: --bogus' vdisk_nbd --bogus "$img"
 expect_error 'no image' vdisk_nbd
 expect_error 'nosuch.img' vdisk_nbd -U "$VD_TMP/e.sock" "$VD_TMP/nosuch.img"
 [ ! -e "$VD_TMP/e.sock" ] || fail "socket left behind after an error"
