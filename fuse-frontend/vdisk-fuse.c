@@ -16,6 +16,16 @@
  *                      ZERO_RANGE: vd_write_zeroes
  *   lseek              SEEK_DATA / SEEK_HOLE from vd_block_status
  *   setattr(size)      EPERM (resizing goes through vdtool)
+ *   setattr(mode, uid) EPERM (they mirror the image file, see below)
+ *
+ * Permissions: the mount always has default_permissions, so the kernel
+ * checks every access against the attributes we report, and each disk is
+ * reported with the owner, group and permission bits of its image file as
+ * they were when it was opened (minus the write bits when served
+ * read-only).  Under -o allow_other another user can therefore do with a
+ * disk exactly what the image file's mode lets them do with the file;
+ * without default_permissions FUSE would check nothing and every user
+ * could read and write every disk.
  *
  * Concurrency: the image table is built before the session starts and
  * only read afterwards; each request runs on one libfuse worker thread
@@ -57,6 +67,9 @@ struct vf_image {
   uint64_t size;
   uint32_t blksize;
   bool read_only;           /* -r, or a read-only format (vdz) */
+  uid_t uid;                /* the image file's owner, group and */
+  gid_t gid;                /* permission bits (no write bits if */
+  mode_t perm;              /* read_only) */
 };
 
 struct vf_state {
@@ -146,7 +159,9 @@ vf_fill_stat(struct vf_state *s, fuse_ino_t ino, struct stat *st)
     st->st_blksize = 4096;
     return;
   }
-  st->st_mode = S_IFREG | (im->read_only ? 0444 : 0644);
+  st->st_uid = im->uid;
+  st->st_gid = im->gid;
+  st->st_mode = S_IFREG | im->perm;
   st->st_nlink = 1;
   st->st_size = (off_t) im->size;
   st->st_blksize = im->blksize;
@@ -214,8 +229,10 @@ vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
     return;
   }
   /* The size is the virtual disk's; only a no-op "resize" is accepted.
-   * Ownership and mode are fixed at mount time; times are ignored so
-   * that touch works. */
+   * Ownership and mode mirror the image file's (the kernel lets only the
+   * owner or root get here); changing them on the disk alone would make
+   * the disk more open than its image, so they are refused.  Times are
+   * ignored so that touch works. */
   if ((to_set & FUSE_SET_ATTR_SIZE) &&
       (im == NULL || (uint64_t) attr->st_size != im->size)) {
     fuse_reply_err(req, EPERM);
@@ -642,7 +659,9 @@ vf_usage(FILE *f)
 "  -U, --force-share   with -r: take no image lock, so an image in use by\n"
 "                      another program can be read (it may change underneath)\n"
 "  -f, --foreground    stay in the foreground\n"
-"  -o OPT[,OPT...]     FUSE mount options (allow_other, ...); may repeat\n"
+"  -o OPT[,OPT...]     FUSE mount options (allow_other, ...); may repeat;\n"
+"                      each disk has its image file's owner and mode, and\n"
+"                      the kernel enforces them (default_permissions)\n"
 "  -v, --verbose       print what is exposed where\n"
 "      --page-cache    let the kernel cache the files' pages (allows mmap;\n"
 "                      faster small reads, slower large ones)\n"
@@ -702,6 +721,33 @@ vf_append_opt(char **opts, const char *more)
     return -1;
   free(*opts);
   *opts = n;
+  return 0;
+}
+
+/* Take IM's owner and permission bits from its image file, whose status
+ * BEFORE was taken just before it was opened (NULL if that failed): if
+ * the path names another file now, the attributes might not be the
+ * opened file's, so refuse rather than guess.  Set-id and sticky bits
+ * mean nothing on a disk; the write bits go when it is served read-only. */
+static int
+vf_take_perms(struct vf_image *im, const struct stat *before)
+{
+  struct stat st;
+
+  if (stat(im->path, &st) < 0) {
+    vf_log("%s: %s", im->path, strerror(errno));
+    return -1;
+  }
+  if (before == NULL || before->st_dev != st.st_dev ||
+      before->st_ino != st.st_ino) {
+    vf_log("%s: replaced by another file while being opened", im->path);
+    return -1;
+  }
+  im->uid = st.st_uid;
+  im->gid = st.st_gid;
+  im->perm = st.st_mode & 0777;
+  if (im->read_only)
+    im->perm &= (mode_t) ~0222;
   return 0;
 }
 
@@ -817,9 +863,12 @@ main(int argc, char **argv)
   }
   for (i = 0; i < s.nimg; i++) {
     struct vf_image *im = &s.img[i];
+    struct stat before;
+    bool have_before;
     uint32_t pio;
     int r;
 
+    have_before = stat(im->path, &before) == 0;
     r = vd_open(im->path, NULL,
                 (s.read_only ? 0 : VD_OPEN_RDWR) |
                 (force_share ? VD_OPEN_NOLOCK : 0), &im->dev);
@@ -830,6 +879,8 @@ main(int argc, char **argv)
     }
     im->size = vd_size(im->dev);
     im->read_only = s.read_only || vd_is_read_only(im->dev);
+    if (vf_take_perms(im, have_before ? &before : NULL) < 0)
+      goto out;
     pio = vd_preferred_io(im->dev);
     im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
     if (s.verbose) {
@@ -844,7 +895,10 @@ main(int argc, char **argv)
     goto out;
   }
 
+  /* default_permissions: the kernel checks the modes (see the top). */
   if (vf_append_opt(&opts, s.read_only ? "ro" : "rw") < 0 ||
+      (!vf_has_opt(opts, "default_permissions") &&
+       vf_append_opt(&opts, "default_permissions") < 0) ||
       vf_append_opt(&opts, "fsname=vdisk-fuse,subtype=vdisk") < 0 ||
       fuse_opt_add_arg(&args, progname) < 0 ||
       fuse_opt_add_arg(&args, "-o") < 0 ||

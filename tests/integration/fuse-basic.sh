@@ -134,7 +134,9 @@ qemu-img compare -q -f raw -F raw expected.raw disk.img ||
   fail "image differs from the expected contents after unmount"
 qemu-img compare -q -f raw -F raw data-ref.raw data || fail "untouched image changed"
 
-# Read-only: reads work, every kind of write fails with EROFS.
+# Read-only: reads work, every kind of write fails with EROFS, and the
+# file shows the image file's mode without write bits.
+chmod 664 disk.img
 fuse_mount "$mnt" -r disk.img
 cmp "$mnt/disk.raw" expected.raw || fail "read-only mount reads differently"
 [ "$(stat -c %a "$mnt/disk.raw")" = 444 ] || fail "read-only file is writable by mode"

@@ -20,6 +20,8 @@ qemu-img convert -f vpc -O raw disk.vhd disk-ref.raw
 vdtool convert -O vdz src.raw packed.vdz
 vdtool raid create -l 0 -c 64K --size 4M stripe.vdraid s0.img s1.img >/dev/null
 
+# The disks show their image files' modes (whatever the umask made them).
+chmod 644 plain.img packed.vdz
 fuse_mount "$mnt" plain.img disk.vhd packed.vdz stripe.vdraid
 [ "$(cd "$mnt" && echo *)" = "disk.raw packed.raw plain.raw stripe.raw" ] ||
   fail "the mount shows '$(cd "$mnt" && echo *)'"
