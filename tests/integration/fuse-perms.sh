@@ -139,6 +139,8 @@ fuse_umount "$mnt"
 if command -v strace >/dev/null; then
   for fg in -f ""; do
     rm -f "$VD_TMP/trace"
+    # (LeakSanitizer cannot run under ptrace: off for this run.)
+    ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
     "$top_builddir/libtool" --mode=execute strace -f -qq -o "$VD_TMP/trace" \
       -e trace=open,openat,openat2,creat,mkdir,mkdirat,mknodat,rename,renameat,renameat2,symlink,symlinkat,link,linkat \
       "$top_builddir/fuse-frontend/vdisk-fuse" $fg public.img "$mnt" &
