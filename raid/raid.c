@@ -12,9 +12,12 @@
  *    one recorded for its slot, is stale and never read;
  *  - two freshest members that disagree about the roles (split brain)
  *    refuse to assemble;
- *  - a missing member on a clean array starts degraded; a RAID5 that is
- *    dirty and degraded refuses unless forced (vdtool raid assemble
- *    --force), which replays the partial parity log first.
+ *  - a missing member on a clean array starts degraded (vdtool raid
+ *    assemble asks for --run first); it is recorded as faulty only by the
+ *    first superblock write, i.e. once the array is written without it;
+ *  - a RAID5 that is dirty and degraded refuses unless forced (vdtool raid
+ *    assemble --force), which replays the partial parity log first;
+ *  - a descriptor that contains itself, at any depth, is refused (ELOOP).
  */
 #include <config.h>
 

@@ -7,6 +7,8 @@
  * request file next to the descriptor (ARRAY.request: "fail SLOT",
  * "replace SLOT FORMAT PATH", "scrub" or "scrub repair"), executes it and
  * answers in ARRAY.result.  ARRAY.served holds its pid while it serves.
+ * The request file is checked before it is trusted (owner, type, mode,
+ * every field): see "online requests" below and docs/raid-format.md.
  * Rebuilds run on a background thread of that process and checkpoint their
  * progress in every member's superblock, so a killed rebuild resumes.
  */

@@ -61,7 +61,8 @@ const char vt_usage_raid[] =
   "             parity.  Exit status 3 when mismatches were found.\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace and\n"
-  "scrub are performed by that process (online).\n";
+  "scrub are performed by that process (online), through ARRAY.request: run\n"
+  "vdtool as the serving user or root (requests from others are ignored).\n";
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
                         struct raid_array **a)
