@@ -702,12 +702,18 @@ struct raid_opening {
 };
 static __thread struct raid_opening raid_opening[RAID_MAX_NESTING];
 static __thread unsigned raid_nopening;
+/* Set when a loop was found, so the levels above fail the whole open
+ * rather than treating an ELOOP from the file system (a symlink loop in a
+ * member path) as a loop of arrays. */
+static __thread bool raid_loop_found;
 
 /* Enter DESC (already read, so it exists); -ELOOP with the chain in the
  * message when it is being opened already. */
 static int raid_opening_push(const char *desc)
 {
   struct stat st;
+  if (raid_nopening == 0)
+    raid_loop_found = false;
   if (stat(desc, &st) != 0)
     return vd_set_error(errno, "%s: %s", desc, strerror(errno));
   for (unsigned i = 0; i < raid_nopening; i++) {
@@ -720,12 +726,15 @@ static int raid_opening_push(const char *desc)
                             raid_opening[j].path);
     if (l < sizeof chain)
       snprintf(chain + l, sizeof chain - l, "%s", desc);
+    raid_loop_found = true;
     return vd_set_error(ELOOP, "%s: RAID member loop: the array contains "
                         "itself (%s)", raid_opening[0].path, chain);
   }
-  if (raid_nopening == RAID_MAX_NESTING)
+  if (raid_nopening == RAID_MAX_NESTING) {
+    raid_loop_found = true;
     return vd_set_error(ELOOP, "%s: RAID arrays nested more than %u deep",
                         raid_opening[0].path, RAID_MAX_NESTING);
+  }
   raid_opening[raid_nopening++] = (struct raid_opening){
     .dev = st.st_dev, .ino = st.st_ino, .path = desc };
   return 0;
@@ -783,7 +792,7 @@ static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
     if (r < 0) {
       s->dev[i] = NULL;
       snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
-      if (r == -EBUSY || r == -ELOOP) {
+      if (r == -EBUSY || (r == -ELOOP && raid_loop_found)) {
         /* A lock held elsewhere, or a loop: the whole open fails (the
          * message names the chain). */
         vd_free_aligned(buf);
