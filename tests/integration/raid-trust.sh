@@ -213,6 +213,7 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
     fail "vdisk-nbd ignored SIGTERM with a FIFO as the request file"
   fi
   rm -f "$nbd_pidfile"
+  check_nbd_log 2>/dev/null
   rm -f "$W/s.vdraid.request"
 else
   echo "not root or no setpriv: the other-uid checks are skipped" >&2
