@@ -1081,6 +1081,14 @@ static ssize_t raid_read_side(const char *path, char *buf, size_t len,
   return (ssize_t)got;
 }
 
+/* vdtool's side: believe ARRAY.served and ARRAY.result only when they were
+ * written by our own uid or root (the serving process must be one of them
+ * anyway, see raid_monitor_poll), not by another user of the folder. */
+static bool raid_side_trusted(const struct stat *st)
+{
+  return st->st_uid == geteuid() || st->st_uid == 0;
+}
+
 static int raid_write_side(const char *path, const char *text, mode_t mode)
 {
   return raid_file_replace(path, text, strlen(text), mode);
@@ -1312,7 +1320,7 @@ int vd_raid_served_by(const char *desc)
   struct stat st;
   ssize_t n = raid_read_side(sp, buf, sizeof buf, &st);
   free(sp);
-  if (n <= 0)
+  if (n <= 0 || !raid_side_trusted(&st))
     return 0;
   char *nl = strchr(buf, '\n');
   if (nl)
@@ -1353,9 +1361,10 @@ int vd_raid_request(const char *desc, const char *request, char *result,
     ssize_t n = raid_read_side(resp, buf, sizeof buf, &st);
     if (n >= 0 || n == -EFBIG || n == -ELOOP || n == -ENODEV) {
       unlink(resp);
-      if (n < 0) {
-        r = vd_set_error(EIO, "%s: the answer is not a regular file",
-                         resp);
+      if (n < 0 || !raid_side_trusted(&st)) {
+        r = vd_set_error(EIO, "%s: the answer is not a regular file of "
+                         "uid %u or root: ignored", resp,
+                         (unsigned)geteuid());
         break;
       }
       char *nl = strchr(buf, '\n');
