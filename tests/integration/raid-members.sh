@@ -115,6 +115,17 @@ if command -v mkfs.ext4 >/dev/null 2>&1; then
   expect_error "e2.img: holds an ext2 filesystem" \
     vdtool raid create -l 1 n.vdraid e2.img f1
   e2fsck -n -f e4.img >/dev/null 2>&1 || fail "e4.img is not a clean ext4 to start with"
+  # On a terminal vdtool asks (script(1) gives it one): no keeps the data.
+  if command -v script >/dev/null 2>&1; then
+    out=$(printf 'n\n' | script -qec "'$top_builddir/tools/vdtool' raid create -l 1 n.vdraid e4.img f1" /dev/null) &&
+      fail "answering no on a terminal still created the array: $out"
+    echo "$out" | grep -q "e4.img: holds an ext4 filesystem" ||
+      fail "the terminal question does not name the filesystem: $out"
+    echo "$out" | grep -q "Overwrite it and create the array? \[y/N\]" ||
+      fail "no question on a terminal: $out"
+    cmp -s e4.img e4.orig || fail "answering no changed the image"
+    [ ! -e n.vdraid ] || fail "answering no wrote a descriptor"
+  fi
   vdtool raid create --force -l 1 n.vdraid e4.img f1
   e2fsck -n -f e4.img >/dev/null 2>&1 && fail "--force did not overwrite the filesystem"
   vdtool raid detail n.vdraid | grep -q "State : clean$" || fail "forced create"
@@ -135,6 +146,10 @@ if command -v sfdisk >/dev/null 2>&1; then
   expect_error "mbr.img: holds an MBR partition table \(0x55AA at byte 510\)" \
     vdtool raid create -l 1 s.vdraid mbr.img f0
 fi
+# A FIFO is never a member, even forced, and never blocks.
+mkfifo pipe
+expect_error "pipe: not a regular file or block device" \
+  timeout 60 "$top_builddir/tools/vdtool" raid create --force -l 1 p.vdraid pipe f0
 # Empty and zeroed members are fine without --force.
 vdtool create -f raw z0 5M >/dev/null
 vdtool create -f raw z1 5M >/dev/null

@@ -219,6 +219,23 @@ else
   echo "not root or no setpriv: the other-uid checks are skipped" >&2
 fi
 
+# vdtool believes ARRAY.served (and the answer) only from its own uid or
+# root: a pid planted by another user does not make it wait for an answer.
+if [ -n "${W:-}" ]; then
+  sleep 1000 & sleeper=$!
+  on_exit "kill $sleeper"
+  as_nobody sh -c "echo $sleeper > '$W/s.vdraid.served'"
+  vdtool raid detail "$W/s.vdraid" | grep -q "Served by" &&
+    fail "a .served file of uid nobody was believed"
+  # Not served: vdtool does the work itself instead of waiting for an answer.
+  timeout 30 "$top_builddir/tools/vdtool" raid fail "$W/s.vdraid" 1 ||
+    fail "vdtool waited for a server that a planted .served file named"
+  [ "$(states)" = "active faulty faulty" ] || fail "offline fail: $(states)"
+  vdtool raid detail --output=json "$W/s.vdraid" | grep -q '"served-by": 0' ||
+    fail "served-by is not 0"
+  kill $sleeper
+fi
+
 # ---- item 9: loops and FIFO members ----
 vdtool raid create -l 1 --size 4M l.vdraid l0 l1
 sed 's/^member 1 raw l1$/member 1 - self.vdraid/' l.vdraid > self.vdraid
