@@ -24,12 +24,27 @@ struct vd_raid_create_args {
   uint64_t bitmap_region;      /* 0 = automatic */
   bool assume_clean;           /* do not zero existing members */
   const char *name;            /* optional array name */
+  bool force;                  /* overwrite members that hold a filesystem,
+                                  partition table or another array */
 };
 
 /* Create the array: superblocks on every member and the descriptor at
  * DESC.  Member paths in the descriptor are stored relative to its
- * directory when they are below it. */
+ * directory when they are below it.  Unless ARGS->force, an existing member
+ * that holds data (vd_raid_member_check) is refused with -EEXIST, naming
+ * what it holds; a member that is neither a regular file nor a block
+ * device is always refused. */
 int vd_raid_create(const char *desc, const struct vd_raid_create_args *args);
+
+/* What DEV already holds, as a list for a message ("an ext4 filesystem
+ * (magic 0xEF53 at byte 1080), ..."): another array's superblock (vdisk or
+ * Linux md), a filesystem, swap, LUKS, LVM2 or a partition table.  Returns
+ * 1 with WHAT filled, 0 if nothing was found, -errno on a read error. */
+int vd_raid_member_signature(struct vd_dev *dev, char *what, size_t len);
+/* The same for the file or device at PATH (probing its format); 0 when
+ * PATH does not exist or is empty, -EINVAL when it is neither a regular
+ * file nor a block device. */
+int vd_raid_member_check(const char *path, char *what, size_t len);
 
 /* The array behind DEV, or NULL if DEV is not a RAID. */
 struct raid_array *vd_raid_of(struct vd_dev *dev);
@@ -75,10 +90,19 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st);
 int vd_raid_examine(const char *desc, struct vd_raid_status *st);
 
 /* Assemble from members alone: read their superblocks, order them by
- * slot and write a descriptor at DESC.  FORCE accepts a dirty degraded
- * RAID5 (marking it clean) and members one event behind. */
+ * slot, write a descriptor at DESC and start the array once (so refusals
+ * are reported now).  FLAGS:
+ *  VD_RAID_ASSEMBLE_RUN: start even when a slot the superblocks record as
+ *    working was not given (degraded).  Without it that is refused
+ *    (-EAGAIN), as mdadm --assemble without --run.  A member left off is
+ *    not recorded as faulty by the assembly itself: it comes back without
+ *    a rebuild unless the array was written meanwhile.
+ *  VD_RAID_ASSEMBLE_FORCE (implies RUN): accept a dirty degraded RAID5
+ *    (replaying its partial parity log) and members one event behind. */
+#define VD_RAID_ASSEMBLE_FORCE 1u   /* == true, for older callers */
+#define VD_RAID_ASSEMBLE_RUN 2u
 int vd_raid_assemble(const char *desc, const char *const *members,
-                     unsigned n, bool force);
+                     unsigned n, unsigned flags);
 
 /* Mark member SLOT faulty (as if it had failed). */
 int vd_raid_fail(struct raid_array *a, int slot);

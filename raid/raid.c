@@ -12,9 +12,12 @@
  *    one recorded for its slot, is stale and never read;
  *  - two freshest members that disagree about the roles (split brain)
  *    refuse to assemble;
- *  - a missing member on a clean array starts degraded; a RAID5 that is
- *    dirty and degraded refuses unless forced (vdtool raid assemble
- *    --force), which replays the partial parity log first.
+ *  - a missing member on a clean array starts degraded (vdtool raid
+ *    assemble asks for --run first); it is recorded as faulty only by the
+ *    first superblock write, i.e. once the array is written without it;
+ *  - a RAID5 that is dirty and degraded refuses unless forced (vdtool raid
+ *    assemble --force), which replays the partial parity log first;
+ *  - a descriptor that contains itself, at any depth, is refused (ELOOP).
  */
 #include <config.h>
 
@@ -659,6 +662,7 @@ struct raid_scan {
   char why[RAID_MAX_MEMBERS][160];   /* why a member is not usable */
   int state[RAID_MAX_MEMBERS];       /* VD_RAID_STATE_* */
   int fresh;                         /* slot of the freshest superblock */
+  bool forced_behind;                /* force took a member one event behind */
   char refusal[512];
 };
 
@@ -684,6 +688,66 @@ static bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y)
          x->ppl_slots == y->ppl_slots;
 }
 
+/* Descriptors being opened by this thread, outermost first: opening a
+ * member runs vd_open, which may open another descriptor (a RAID over
+ * RAIDs, or a VHD whose parent is an array), so a descriptor naming
+ * itself, directly or through others, would recurse until the stack
+ * overflows.  Identified by device and inode (symlinks and different
+ * spellings of one path are the same file). */
+#define RAID_MAX_NESTING 8
+struct raid_opening {
+  dev_t dev;
+  ino_t ino;
+  const char *path;
+};
+static __thread struct raid_opening raid_opening[RAID_MAX_NESTING];
+static __thread unsigned raid_nopening;
+/* Set when a loop was found, so the levels above fail the whole open
+ * rather than treating an ELOOP from the file system (a symlink loop in a
+ * member path) as a loop of arrays. */
+static __thread bool raid_loop_found;
+
+/* Enter DESC (already read, so it exists); -ELOOP with the chain in the
+ * message when it is being opened already. */
+static int raid_opening_push(const char *desc)
+{
+  struct stat st;
+  if (raid_nopening == 0)
+    raid_loop_found = false;
+  if (stat(desc, &st) != 0)
+    return vd_set_error(errno, "%s: %s", desc, strerror(errno));
+  for (unsigned i = 0; i < raid_nopening; i++) {
+    if (raid_opening[i].dev != st.st_dev || raid_opening[i].ino != st.st_ino)
+      continue;
+    char chain[512] = "";
+    size_t l = 0;
+    for (unsigned j = i; j < raid_nopening && l < sizeof chain; j++)
+      l += (size_t)snprintf(chain + l, sizeof chain - l, "%s -> ",
+                            raid_opening[j].path);
+    if (l < sizeof chain)
+      snprintf(chain + l, sizeof chain - l, "%s", desc);
+    raid_loop_found = true;
+    return vd_set_error(ELOOP, "%s: RAID member loop: the array contains "
+                        "itself (%s)", raid_opening[0].path, chain);
+  }
+  if (raid_nopening == RAID_MAX_NESTING) {
+    raid_loop_found = true;
+    return vd_set_error(ELOOP, "%s: RAID arrays nested more than %u deep",
+                        raid_opening[0].path, RAID_MAX_NESTING);
+  }
+  raid_opening[raid_nopening++] = (struct raid_opening){
+    .dev = st.st_dev, .ino = st.st_ino, .path = desc };
+  return 0;
+}
+
+static void raid_opening_pop(void)
+{
+  raid_nopening--;
+}
+
+static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
+                             struct raid_scan *s);
+
 /* Open the members named by the descriptor and read their superblocks;
  * decide each slot's state.  Returns 0 with s->refusal set (non-empty) if
  * the array must not start, or -errno for errors before any decision. */
@@ -695,6 +759,18 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
   int r = raid_desc_read(desc, &s->d);
   if (r < 0)
     return r;
+  r = raid_opening_push(desc);
+  if (r < 0)
+    return r;
+  r = raid_scan_members(desc, vdflags, force, s);
+  raid_opening_pop();
+  return r;
+}
+
+static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
+                             struct raid_scan *s)
+{
+  int r;
   s->n = s->d.nmembers;
   uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
   if (!buf)
@@ -710,12 +786,17 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
       vd_free_aligned(buf);
       return vd_set_error(ENOMEM, "%s: out of memory", desc);
     }
-    r = vd_open(s->path[i], s->d.format[i], vdflags, &s->dev[i]);
+    r = raid_check_member_type(s->path[i]);
+    if (r == 0)
+      r = vd_open(s->path[i], s->d.format[i], vdflags, &s->dev[i]);
     if (r < 0) {
+      s->dev[i] = NULL;
       snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
-      if (r == -EBUSY) {
+      if (r == -EBUSY || (r == -ELOOP && raid_loop_found)) {
+        /* A lock held elsewhere, or a loop: the whole open fails (the
+         * message names the chain). */
         vd_free_aligned(buf);
-        return vd_set_error(EBUSY, "%s", s->why[i]);
+        return vd_set_error(-r, "%s", s->why[i]);
       }
       continue;
     }
@@ -796,6 +877,8 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
       s->state[i] = VD_RAID_STATE_STALE;
       continue;
     }
+    if (m->events < f->events)
+      s->forced_behind = true;
     switch (f->role[i].state) {
     case RAID_ROLE_REBUILDING:
       s->state[i] = VD_RAID_STATE_REBUILDING;
@@ -966,6 +1049,7 @@ static int raid_open(struct vd_dev *dev)
         recorded_change = true;
     }
   }
+  bool forced_behind = s->forced_behind;
   raid_scan_free(s);
   free(s);
   s = NULL;
@@ -1000,8 +1084,22 @@ static int raid_open(struct vd_dev *dev)
   if (a->writable) {
     bool degraded = raid_active_count(a) < a->n;
     bool was_dirty = (a->sb.flags & RAID_SB_DIRTY) != 0;
-    /* Record missing/stale members before anything else is written. */
-    if (recorded_change || force) {
+    /* Missing or stale members are recorded as faulty by the first
+     * superblock write (raid_sb_write_all_locked writes every slot's
+     * state), which the first write to the array causes (marking it
+     * dirty): from then on they are out of date.  An open that writes
+     * nothing leaves the superblocks alone, so a member that was merely
+     * absent (not given to vdtool raid assemble --run, unplugged) comes
+     * back without a rebuild.  Opens that write at once (resync, rebuild)
+     * record the absent members first; a forced start rewrites the
+     * superblocks to accept members one event behind. */
+    bool rebuilding = false;
+    for (unsigned i = 0; i < a->n; i++)
+      if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+        rebuilding = true;
+    bool writes_now = was_dirty || rebuilding ||
+                      a->sb.resync_offset != RAID_NO_OFFSET;
+    if ((recorded_change && writes_now) || forced_behind) {
       r = raid_sb_update(a);
       if (r < 0)
         goto fail;

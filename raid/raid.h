@@ -23,6 +23,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include "vdisk.h"
 #include "crc32c.h"
@@ -103,6 +105,19 @@ struct raid_desc {
 int raid_desc_read(const char *path, struct raid_desc *d);
 int raid_desc_write(const char *path, const struct raid_desc *d);
 void raid_desc_free(struct raid_desc *d);
+/* Replace PATH by a file holding DATA: a fresh temporary name (O_EXCL |
+ * O_NOFOLLOW, never a planted file or symlink), fdatasync, rename, then
+ * fsync of the folder.  MODE for a new file (umask applies); an existing
+ * regular file's mode and owner are kept. */
+int raid_file_replace(const char *path, const void *data, size_t len,
+                      mode_t mode);
+/* fsync the folder holding PATH. */
+int raid_sync_dir(const char *path);
+/* Check that PATH may be opened as a member without blocking: it must be
+ * a regular file or a block device (a FIFO or a terminal would block the
+ * opener).  A path that does not exist passes (vd_open reports it).
+ * Message names the path. */
+int raid_check_member_type(const char *path);
 /* Resolve a member path relative to the descriptor's directory. */
 char *raid_desc_resolve(const char *desc_path, const char *member);
 void raid_uuid_format(const uint8_t *u, char *out /* 37 bytes */);
@@ -200,6 +215,9 @@ struct raid_array {
   bool monitor_running;
   _Atomic bool stop;
   char *mon_req, *mon_res;     /* ARRAY.request and ARRAY.result */
+  dev_t mon_ign_dev;           /* the last request file ignored (logged */
+  ino_t mon_ign_ino;           /* once): monitor thread only */
+  struct timespec mon_ign_mtime;
   pthread_mutex_t mon_lock;    /* with mon_cond: wakes the monitor to stop */
   pthread_cond_t mon_cond;
   pthread_t rebuild;

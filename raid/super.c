@@ -32,10 +32,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -293,9 +295,16 @@ void raid_desc_free(struct raid_desc *d)
 int raid_desc_read(const char *path, struct raid_desc *d)
 {
   memset(d, 0, sizeof *d);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO planted as the descriptor must not block us. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return vd_set_error(errno, "%s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return vd_set_error(EINVAL, "%s: a RAID descriptor must be a regular "
+                        "file", path);
+  }
   char *text = malloc(65537);
   if (!text) {
     close(fd);
@@ -403,19 +412,107 @@ out:
   return ret;
 }
 
-int raid_desc_write(const char *path, const struct raid_desc *d)
+/* ---- files beside the descriptor ----
+ *
+ * Every file the RAID code creates next to the descriptor (the descriptor
+ * itself when rewritten, ARRAY.request, ARRAY.result, ARRAY.served) is
+ * written to a fresh temporary name created with O_CREAT|O_EXCL|O_NOFOLLOW
+ * (so a planted symlink or file at any name is never followed or reused),
+ * synced, renamed over the final name (rename replaces a symlink, it does
+ * not write through it) and the folder is synced, so the new name is
+ * durable. */
+
+int raid_sync_dir(const char *path)
 {
-  size_t plen = strlen(path);
-  char *tmp = malloc(plen + 8);
+  char *dir = strdup(path), *slash;
+  int fd, r = 0;
+
+  if (!dir)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  slash = strrchr(dir, '/');
+  if (!slash)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    dir[1] = '\0';
+  else
+    *slash = '\0';
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) < 0)
+    r = vd_set_error(errno, "%s: cannot sync folder: %s", dir,
+                     strerror(errno));
+  if (fd >= 0)
+    close(fd);
+  free(dir);
+  return r;
+}
+
+int raid_file_replace(const char *path, const void *data, size_t len,
+                      mode_t mode)
+{
+  size_t tl = strlen(path) + 64;
+  char *tmp = malloc(tl);
   if (!tmp)
     return vd_set_error(ENOMEM, "%s: out of memory", path);
-  snprintf(tmp, plen + 8, "%s.tmpXX", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    int e = errno;
-    free(tmp);
-    return vd_set_error(e, "%s: %s", path, strerror(e));
+  /* Keep the mode and owner of the file being replaced (the descriptor):
+   * its owner set them. */
+  struct stat old;
+  bool have_old = lstat(path, &old) == 0 && S_ISREG(old.st_mode);
+  int fd = -1, e = 0;
+  for (int tries = 0; tries < 100 && fd < 0; tries++) {
+    uint64_t rnd;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+      rnd = ((uint64_t)getpid() << 32) ^ (uint64_t)random();
+    snprintf(tmp, tl, "%s.tmp-%ld-%016" PRIx64, path, (long)getpid(), rnd);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+              mode);
+    e = errno;
+    if (fd < 0 && e != EEXIST)
+      break;
   }
+  if (fd < 0) {
+    free(tmp);
+    return vd_set_error(e, "%s: cannot create a temporary file: %s", path,
+                        strerror(e));
+  }
+  int r = 0;
+  if (have_old) {
+    if (geteuid() == 0 && (old.st_uid != 0 || old.st_gid != 0))
+      (void)!fchown(fd, old.st_uid, old.st_gid);
+    (void)!fchmod(fd, old.st_mode & 07777);
+  }
+  const char *p = data;
+  size_t done = 0;
+  while (r == 0 && done < len) {
+    ssize_t w = write(fd, p + done, len - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      r = vd_set_error(w < 0 ? errno : EIO, "%s: write: %s", tmp,
+                       strerror(w < 0 ? errno : EIO));
+    else
+      done += (size_t)w;
+  }
+  if (r == 0 && fdatasync(fd) != 0)
+    r = vd_set_error(errno, "%s: sync: %s", tmp, strerror(errno));
+  if (close(fd) != 0 && r == 0)
+    r = vd_set_error(errno, "%s: write: %s", tmp, strerror(errno));
+  if (r == 0 && rename(tmp, path) != 0)
+    r = vd_set_error(errno, "%s: rename: %s", path, strerror(errno));
+  if (r < 0)
+    unlink(tmp);
+  else
+    r = raid_sync_dir(path);
+  free(tmp);
+  return r;
+}
+
+int raid_desc_write(const char *path, const struct raid_desc *d)
+{
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
   char u[37];
   raid_uuid_format(d->uuid, u);
   fprintf(f, "%s# vdisk RAID array: open this file like any image.\n"
@@ -424,17 +521,24 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
     if (d->member[i])
       fprintf(f, "member %u %s %s\n", i, d->format[i] ? d->format[i] : "-",
               d->member[i]);
-  int ret = 0;
-  if (fflush(f) != 0 || fdatasync(fileno(f)) != 0)
-    ret = vd_set_error(errno, "%s: write: %s", path, strerror(errno));
-  if (fclose(f) != 0 && ret == 0)
-    ret = vd_set_error(errno, "%s: write: %s", path, strerror(errno));
-  if (ret == 0 && rename(tmp, path) != 0)
-    ret = vd_set_error(errno, "%s: rename: %s", path, strerror(errno));
-  if (ret < 0)
-    unlink(tmp);
-  free(tmp);
-  return ret;
+  if (fclose(f) != 0) {
+    free(text);
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
+  int r = raid_file_replace(path, text, len, 0666);
+  free(text);
+  return r;
+}
+
+int raid_check_member_type(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return 0;
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    return vd_set_error(EINVAL, "%s: not a regular file or block device "
+                        "(cannot be a RAID member)", path);
+  return 0;
 }
 
 char *raid_desc_resolve(const char *desc_path, const char *member)

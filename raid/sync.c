@@ -7,6 +7,8 @@
  * request file next to the descriptor (ARRAY.request: "fail SLOT",
  * "replace SLOT FORMAT PATH", "scrub" or "scrub repair"), executes it and
  * answers in ARRAY.result.  ARRAY.served holds its pid while it serves.
+ * The request file is checked before it is trusted (owner, type, mode,
+ * every field): see "online requests" below and docs/raid-format.md.
  * Rebuilds run on a background thread of that process and checkpoint their
  * progress in every member's superblock, so a killed rebuild resumes.
  */
@@ -17,6 +19,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,6 +320,25 @@ static int raid_desc_set_member(struct raid_array *a, int slot,
   return r;
 }
 
+static char *raid_side_path(const char *desc, const char *suffix);
+
+/* Whether DEV holds a valid superblock of an array other than UUID; its
+ * UUID goes to OTHER. */
+static bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid,
+                            char *other)
+{
+  struct raid_sb sb;
+  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
+  bool foreign = buf && vd_size(dev) >= RAID_SB_OFFSET + RAID_SB_SIZE &&
+                 vd_pread(dev, buf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0 &&
+                 raid_sb_decode(buf, &sb, "member") == 0 &&
+                 memcmp(sb.uuid, uuid, 16) != 0;
+  if (foreign)
+    raid_uuid_format(sb.uuid, other);
+  vd_free_aligned(buf);
+  return foreign;
+}
+
 static bool raid_same_file(const char *x, const char *y)
 {
   struct stat a, b;
@@ -347,6 +369,24 @@ static int raid_replace_install(struct raid_array *a, int slot,
       return vd_set_error(EBUSY, "%s: slot %u is being rebuilt; wait for it",
                           a->desc_path, i);
   }
+  /* Only a regular file or a block device (a FIFO or a character device
+   * would block or make no sense), never the descriptor or its side
+   * files. */
+  struct stat nst;
+  if (stat(newpath, &nst) != 0)
+    return vd_set_error(errno, "%s: %s", newpath, strerror(errno));
+  if (!S_ISREG(nst.st_mode) && !S_ISBLK(nst.st_mode))
+    return vd_set_error(EINVAL, "%s: not a regular file or block device",
+                        newpath);
+  static const char *const side[] = { "", ".request", ".result", ".served" };
+  for (size_t i = 0; i < sizeof side / sizeof side[0]; i++) {
+    char *sp = raid_side_path(a->desc_path, side[i]);
+    bool same = sp && raid_same_file(sp, newpath);
+    free(sp);
+    if (same)
+      return vd_set_error(EINVAL, "%s: is the array's %s", newpath,
+                          i == 0 ? "descriptor" : "control file");
+  }
   unsigned flags = VD_OPEN_RDWR;
   struct vd_dev *nd;
   int r = vd_open(newpath, fmt, flags, &nd);
@@ -358,6 +398,14 @@ static int raid_replace_install(struct raid_array *a, int slot,
     vd_close(nd);
     return vd_set_error(ENOSPC, "%s: too small for slot %d: %" PRIu64
                         " bytes, needs %" PRIu64, newpath, slot, have, need);
+  }
+  /* A member of another array stays out (md refuses such a device
+   * too); an old member of this array may come back. */
+  char other[37];
+  if (raid_foreign_sb(nd, a->sb.uuid, other)) {
+    vd_close(nd);
+    return vd_set_error(EBUSY, "%s: holds the superblock of another RAID "
+                        "array (%s): wipe it first", newpath, other);
   }
   struct raid_member *m = &a->m[slot];
   int st = atomic_load(&m->state);
@@ -514,6 +562,182 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
   return r;
 }
 
+/* ---- what a device already holds (raid create) ----
+ *
+ * mdadm warns before it overwrites a device that holds a filesystem, a
+ * partition table or another array; vdisk refuses unless forced.  The
+ * signatures are read through the member's vd_dev, so a VHD member is
+ * judged by the disk it contains, not by its container (which is why this
+ * is not libblkid, which probes a file descriptor).  Offsets are bytes from
+ * the start of the device, as the formats define them:
+ *   vdisk RAID superblock  "VDRAIDSB" at 4096 (docs/raid-format.md)
+ *   Linux md superblock    0xa92b4efc (LE) at 0 (v1.1), 4096 (v1.2), at
+ *                          the last 64 KiB boundary - 64 KiB (v0.90) and
+ *                          8 KiB before the end, 4 KiB aligned (v1.0)
+ *   LUKS 1/2               "LUKS\xba\xbe" at 0
+ *   XFS                    "XFSB" at 0
+ *   ext2/3/4               0xEF53 (LE) at 1080 (superblock at 1024, s_magic
+ *                          at +56); ext3 = has_journal (compat 0x4), ext4 =
+ *                          incompat or ro_compat bits ext3 lacks
+ *   btrfs                  "_BHRfS_M" at 65600 (superblock at 64 KiB, +64)
+ *   Linux swap             "SWAPSPACE2" or "SWAP-SPACE" 10 bytes before the
+ *                          end of the first page (4, 8, 16 or 64 KiB)
+ *   LVM2 physical volume   "LABELONE" at sector 0..3, "LVM2 001" at +24
+ *   GPT                    "EFI PART" at 512 (or 4096, 4 KiB sectors)
+ *   NTFS                   "NTFS    " at 3
+ *   FAT                    "FAT12   "/"FAT16   " at 54, "FAT32   " at 82
+ *   MBR                    0x55 0xAA at 510 with a partition entry (type
+ *                          byte at 446 + 16 * i + 4) that is not zero
+ */
+#define RAID_SIG_HEAD (68u * 1024)
+
+static void raid_sig_add(char *what, size_t len, const char *fmt, ...)
+  __attribute__((format(printf, 3, 4)));
+static void raid_sig_add(char *what, size_t len, const char *fmt, ...)
+{
+  size_t l = strlen(what);
+  if (l + 3 >= len)
+    return;
+  if (l)
+    l += (size_t)snprintf(what + l, len - l, ", ");
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what + l, len - l, fmt, ap);
+  va_end(ap);
+}
+
+static bool raid_has(const uint8_t *b, size_t blen, size_t off,
+                     const char *magic, size_t mlen)
+{
+  return off + mlen <= blen && memcmp(b + off, magic, mlen) == 0;
+}
+
+int vd_raid_member_signature(struct vd_dev *dev, char *what, size_t len)
+{
+  what[0] = '\0';
+  uint64_t size = vd_size(dev);
+  size_t hl = size < RAID_SIG_HEAD ? (size_t)size : RAID_SIG_HEAD;
+  uint8_t *b = vd_alloc_aligned(RAID_SIG_HEAD);
+  uint8_t *t = vd_alloc_aligned(128 * 1024);
+  int r = 0;
+  if (!b || !t) {
+    r = vd_set_error(ENOMEM, "out of memory");
+    goto out;
+  }
+  memset(b, 0, RAID_SIG_HEAD);
+  if (hl && (r = vd_pread(dev, b, hl, 0)) < 0)
+    goto out;
+  if (raid_has(b, hl, RAID_SB_OFFSET, "VDRAIDSB", 8)) {
+    struct raid_sb sb;
+    char u[37];
+    if (raid_sb_decode(b + RAID_SB_OFFSET, &sb, "member") == 0) {
+      raid_uuid_format(sb.uuid, u);
+      raid_sig_add(what, len, "a vdisk RAID superblock of array %s (RAID%u, "
+                   "slot %u of %u)", u, sb.level, sb.slot, sb.nmembers);
+    } else {
+      raid_sig_add(what, len, "a damaged vdisk RAID superblock (\"VDRAIDSB\""
+                   " at byte 4096)");
+    }
+  }
+  static const uint8_t md_magic[4] = { 0xfc, 0x4e, 0x2b, 0xa9 };
+  if (raid_has(b, hl, 0, (const char *)md_magic, 4))
+    raid_sig_add(what, len, "a Linux md RAID superblock 1.1 (at byte 0)");
+  if (raid_has(b, hl, 4096, (const char *)md_magic, 4))
+    raid_sig_add(what, len, "a Linux md RAID superblock 1.2 (at byte 4096)");
+  if (size >= 128 * 1024) {
+    uint64_t toff = size - 128 * 1024;
+    if ((r = vd_pread(dev, t, 128 * 1024, toff)) < 0)
+      goto out;
+    uint64_t o090 = (size & ~(uint64_t)65535) - 65536;
+    uint64_t o10 = (size - 8192) & ~(uint64_t)4095;
+    if (o090 >= toff && raid_has(t, 128 * 1024, o090 - toff,
+                                 (const char *)md_magic, 4))
+      raid_sig_add(what, len, "a Linux md RAID superblock 0.90 (at byte %"
+                   PRIu64 ")", o090);
+    else if (o10 >= toff && raid_has(t, 128 * 1024, o10 - toff,
+                                     (const char *)md_magic, 4))
+      raid_sig_add(what, len, "a Linux md RAID superblock 1.0 (at byte %"
+                   PRIu64 ")", o10);
+  }
+  if (raid_has(b, hl, 0, "LUKS\xba\xbe", 6))
+    raid_sig_add(what, len, "a LUKS header (at byte 0)");
+  if (raid_has(b, hl, 0, "XFSB", 4))
+    raid_sig_add(what, len, "an XFS filesystem (\"XFSB\" at byte 0)");
+  if (hl >= 2048 && b[1080] == 0x53 && b[1081] == 0xef) {
+    uint32_t compat = vd_get_le32(b + 1024 + 92);
+    uint32_t incompat = vd_get_le32(b + 1024 + 96);
+    uint32_t ro = vd_get_le32(b + 1024 + 100);
+    /* As libblkid: ext4 uses features ext3 does not know. */
+    const char *kind = (incompat & ~0x16u) || (ro & ~0x7u) ? "ext4"
+                       : (compat & 0x4) ? "ext3" : "ext2";
+    raid_sig_add(what, len, "an %s filesystem (magic 0xEF53 at byte 1080)",
+                 kind);
+  }
+  if (raid_has(b, hl, 65600, "_BHRfS_M", 8))
+    raid_sig_add(what, len, "a btrfs filesystem (at byte 65600)");
+  static const size_t pages[] = { 4096, 8192, 16384, 65536 };
+  for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++)
+    if (raid_has(b, hl, pages[i] - 10, "SWAPSPACE2", 10) ||
+        raid_has(b, hl, pages[i] - 10, "SWAP-SPACE", 10)) {
+      raid_sig_add(what, len, "Linux swap space (at byte %zu)",
+                   pages[i] - 10);
+      break;
+    }
+  for (size_t sec = 0; sec < 4; sec++)
+    if (raid_has(b, hl, sec * 512, "LABELONE", 8) &&
+        raid_has(b, hl, sec * 512 + 24, "LVM2 001", 8)) {
+      raid_sig_add(what, len, "an LVM2 physical volume (label in sector "
+                   "%zu)", sec);
+      break;
+    }
+  bool gpt = raid_has(b, hl, 512, "EFI PART", 8) ||
+             raid_has(b, hl, 4096, "EFI PART", 8);
+  if (gpt)
+    raid_sig_add(what, len, "a GPT partition table (\"EFI PART\" at byte "
+                 "%d)", raid_has(b, hl, 512, "EFI PART", 8) ? 512 : 4096);
+  if (raid_has(b, hl, 3, "NTFS    ", 8))
+    raid_sig_add(what, len, "an NTFS filesystem (at byte 3)");
+  else if (raid_has(b, hl, 54, "FAT12   ", 8) ||
+           raid_has(b, hl, 54, "FAT16   ", 8) ||
+           raid_has(b, hl, 82, "FAT32   ", 8))
+    raid_sig_add(what, len, "a FAT filesystem");
+  else if (!gpt && hl >= 512 && b[510] == 0x55 && b[511] == 0xaa) {
+    bool parts = false;
+    for (int i = 0; i < 4; i++)
+      if (b[446 + 16 * i + 4] != 0)
+        parts = true;
+    if (parts)
+      raid_sig_add(what, len, "an MBR partition table (0x55AA at byte 510)");
+  }
+  r = what[0] ? 1 : 0;
+out:
+  vd_free_aligned(b);
+  vd_free_aligned(t);
+  return r;
+}
+
+int vd_raid_member_check(const char *path, char *what, size_t len)
+{
+  what[0] = '\0';
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return 0;    /* created by raid create --size */
+  int r = raid_check_member_type(path);
+  if (r < 0)
+    return r;
+  if (S_ISREG(st.st_mode) && st.st_size == 0)
+    return 0;
+  struct vd_dev *dev;
+  r = vd_open(path, NULL, VD_OPEN_NOLOCK, &dev);
+  if (r < 0)
+    return r;
+  r = vd_raid_member_signature(dev, what, len);
+  if (r < 0)
+    r = vd_prefix_error(-r, "%s", path);
+  vd_close(dev);
+  return r;
+}
+
 /* ---- create ---- */
 
 int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
@@ -543,6 +767,22 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
           raid_same_file(ar->members[i], ar->members[j]))
         return vd_set_error(EINVAL, "%s: member %s given twice", desc,
                             ar->members[i]);
+
+  /* Never overwrite what looks like someone's data without being told. */
+  for (unsigned i = 0; i < n; i++) {
+    char what[512];
+    int r = raid_check_member_type(ar->members[i]);
+    if (r < 0)
+      return r;
+    if (ar->force)
+      continue;
+    r = vd_raid_member_check(ar->members[i], what, sizeof what);
+    if (r < 0)
+      return r;
+    if (r > 0)
+      return vd_set_error(EEXIST, "%s: holds %s: not overwritten (--force "
+                          "to use it anyway)", ar->members[i], what);
+  }
 
   uint64_t meta_end = RAID_PPL_OFFSET;
   if (policy == RAID_POLICY_PPL)
@@ -666,8 +906,10 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
 /* ---- assemble from members alone ---- */
 
 int vd_raid_assemble(const char *desc, const char *const *members,
-                     unsigned n, bool force)
+                     unsigned n, unsigned flags)
 {
+  bool force = (flags & VD_RAID_ASSEMBLE_FORCE) != 0;
+  bool run = force || (flags & VD_RAID_ASSEMBLE_RUN) != 0;
   if (n == 0 || n > RAID_MAX_MEMBERS)
     return vd_set_error(EINVAL, "%s: give 1 to %u members", desc,
                         RAID_MAX_MEMBERS);
@@ -681,6 +923,9 @@ int vd_raid_assemble(const char *desc, const char *const *members,
   }
   for (unsigned i = 0; i < n && r == 0; i++) {
     struct vd_dev *dev;
+    r = raid_check_member_type(members[i]);
+    if (r < 0)
+      break;
     r = vd_open(members[i], NULL, VD_OPEN_NOLOCK, &dev);
     if (r < 0)
       break;
@@ -720,6 +965,21 @@ int vd_raid_assemble(const char *desc, const char *const *members,
     if (pick[s] < 0 || sbs[i].events > sbs[pick[s]].events)
       pick[s] = (int)i;
   }
+  /* A slot the freshest superblock records as working but that was not
+   * given: as mdadm, start degraded only when told to (--run), and never
+   * record it as faulty for that alone (raid_open leaves absent members
+   * alone until the array is written), so giving it again later needs no
+   * rebuild. */
+  for (unsigned s = 0; s < d.nmembers && !run; s++)
+    if (pick[s] < 0 && sbs[fresh].role[s].state != RAID_ROLE_FAULTY) {
+      char u[37];
+      raid_uuid_format(sbs[fresh].uuid, u);
+      r = vd_set_error(EAGAIN, "%s: slot %u of array %s is working but was "
+                       "not given: name every member, or add --run to start "
+                       "the array degraded", desc, s, u);
+      raid_desc_free(&d);
+      goto out;
+    }
   for (unsigned s = 0; s < d.nmembers && r == 0; s++) {
     if (pick[s] < 0)
       continue;
@@ -751,7 +1011,25 @@ out:
   return r;
 }
 
-/* ---- online requests ---- */
+/* ---- online requests ----
+ *
+ * The request file is a control channel in a folder that other users may
+ * be able to write, so the serving process trusts it only as far as it
+ * can check it (until the control socket replaces it):
+ *  - opened with O_NOFOLLOW | O_NONBLOCK (a symlink is refused, a FIFO
+ *    never blocks the monitor) and checked with fstat after the open:
+ *    a regular file with one link, owned by this process's uid or root,
+ *    not writable by group or others.  Anything else is ignored with one
+ *    log line on stderr and left alone (a legitimate request replaces it
+ *    by rename);
+ *  - one line of at most RAID_REQ_MAX bytes; every field parsed strictly
+ *    (slots and rates with strtoull, no sign, no trailing bytes, range
+ *    checked; formats must name a driver; paths must be absolute) and a
+ *    malformed request is answered with an error.
+ * Every side file is written through raid_file_replace (O_EXCL |
+ * O_NOFOLLOW temporary, rename, folder fsync). */
+
+#define RAID_REQ_MAX 4200
 
 static char *raid_side_path(const char *desc, const char *suffix)
 {
@@ -762,92 +1040,217 @@ static char *raid_side_path(const char *desc, const char *suffix)
   return p;
 }
 
-static int raid_write_file(const char *path, const char *text)
+/* Read a small side file without following a symlink or blocking on a
+ * FIFO.  Returns the byte count (BUF NUL-terminated) with *ST filled, or
+ * -ENOENT, -ELOOP (a symlink), -ENODEV (not a regular file), -EFBIG (LEN - 1 bytes or more), or another -errno. */
+static ssize_t raid_read_side(const char *path, char *buf, size_t len,
+                              struct stat *st)
 {
-  char *tmp = raid_side_path(path, ".tmp");
-  if (!tmp)
-    return -ENOMEM;
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, st) != 0) {
     int e = errno;
-    free(tmp);
+    close(fd);
     return -e;
   }
-  fputs(text, f);
-  int r = fclose(f) == 0 ? 0 : -errno;
-  if (r == 0 && rename(tmp, path) != 0)
-    r = -errno;
-  if (r < 0)
-    unlink(tmp);
-  free(tmp);
-  return r;
+  if (!S_ISREG(st->st_mode)) {
+    close(fd);
+    return -ENODEV;
+  }
+  size_t got = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + got, len - 1 - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return -e;
+    }
+    if (n == 0)
+      break;
+    got += (size_t)n;
+    if (got == len - 1) {
+      close(fd);
+      return -EFBIG;
+    }
+  }
+  close(fd);
+  buf[got] = '\0';
+  return (ssize_t)got;
+}
+
+/* vdtool's side: believe ARRAY.served and ARRAY.result only when they were
+ * written by our own uid or root (the serving process must be one of them
+ * anyway, see raid_monitor_poll), not by another user of the folder. */
+static bool raid_side_trusted(const struct stat *st)
+{
+  return st->st_uid == geteuid() || st->st_uid == 0;
+}
+
+static int raid_write_side(const char *path, const char *text, mode_t mode)
+{
+  return raid_file_replace(path, text, strlen(text), mode);
+}
+
+/* Strict decimal: digits only (no sign, space or suffix), <= MAX. */
+static bool raid_parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+  if (*s < '0' || *s > '9')
+    return false;
+  errno = 0;
+  char *end;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end || v > max)
+    return false;
+  *out = v;
+  return true;
 }
 
 static void raid_mismatch_note(void *opaque, uint64_t stripe, uint64_t off)
 {
+  (void)off;
   char *list = opaque;
   size_t l = strlen(list);
   if (l < 900)
     snprintf(list + l, 1024 - l, "%s%" PRIu64, l ? "," : "", stripe);
 }
 
+/* Execute one request line (already checked to be one line of printable
+ * bytes, newline removed) and write the answer to RES. */
 static void raid_handle_request(struct raid_array *a, char *req, char *res,
                                 size_t reslen)
 {
   int r;
-  char *nl = strchr(req, '\n');
-  if (nl)
-    *nl = '\0';
+  uint64_t v;
   if (strncmp(req, "fail ", 5) == 0) {
-    r = vd_raid_fail(a, atoi(req + 5));
-    snprintf(res, reslen, r == 0 ? "ok" : "error %s", vd_error());
-  } else if (strncmp(req, "replace ", 8) == 0) {
-    char fmt[32];
-    int slot, pos = 0;
-    if (sscanf(req + 8, "%d %31s %n", &slot, fmt, &pos) < 2 || pos == 0) {
-      snprintf(res, reslen, "error bad request");
+    if (!raid_parse_u64(req + 5, a->n - 1, &v)) {
+      snprintf(res, reslen, "error %s: bad request '%.64s': fail needs a "
+               "slot number below %u", a->desc_path, req, a->n);
       return;
     }
-    r = raid_replace_install(a, slot, req + 8 + pos,
-                             strcmp(fmt, "-") ? fmt : NULL);
+    r = vd_raid_fail(a, (int)v);
+    snprintf(res, reslen, r == 0 ? "ok" : "error %s", vd_error());
+  } else if (strncmp(req, "replace ", 8) == 0) {
+    /* replace SLOT FORMAT PATH */
+    char *slot_s = req + 8, *fmt = strchr(slot_s, ' ');
+    char *path = fmt ? strchr(fmt + 1, ' ') : NULL;
+    if (fmt)
+      *fmt++ = '\0';
+    if (path)
+      *path++ = '\0';
+    const char *bad = NULL;
+    if (!fmt || !path)
+      bad = "expected 'replace SLOT FORMAT PATH'";
+    else if (!raid_parse_u64(slot_s, a->n - 1, &v))
+      bad = "slot number out of range";
+    else if (strcmp(fmt, "-") && (strlen(fmt) > 31 || !vd_find_driver(fmt)))
+      bad = "unknown format";
+    else if (path[0] != '/' || strlen(path) >= PATH_MAX)
+      bad = "the path must be absolute";
+    if (bad) {
+      snprintf(res, reslen, "error %s: bad replace request: %s",
+               a->desc_path, bad);
+      return;
+    }
+    r = raid_replace_install(a, (int)v, path, strcmp(fmt, "-") ? fmt : NULL);
     if (r == 0)
       raid_rebuild_start(a);
     snprintf(res, reslen, r == 0 ? "ok rebuilding" : "error %s", vd_error());
-  } else if (strncmp(req, "scrub", 5) == 0) {
+  } else if (strcmp(req, "scrub") == 0 || strcmp(req, "scrub repair") == 0) {
     char list[1024] = "";
     struct vd_raid_scrub_report rep = { .mismatch = raid_mismatch_note,
                                         .opaque = list };
-    r = vd_raid_scrub(a, strstr(req, "repair") != NULL, &rep, NULL, NULL);
+    r = vd_raid_scrub(a, req[5] != '\0', &rep, NULL, NULL);
     if (r == 0)
       snprintf(res, reslen, "ok %" PRIu64 " %" PRIu64 " %" PRIu64 " %s",
                rep.stripes, rep.mismatches, rep.repaired, list);
     else
       snprintf(res, reslen, "error %s", vd_error());
   } else if (strncmp(req, "rate ", 5) == 0) {
-    atomic_store(&a->rebuild_rate, strtoull(req + 5, NULL, 10));
+    if (!raid_parse_u64(req + 5, UINT64_MAX, &v)) {
+      snprintf(res, reslen, "error %s: bad request: rate needs bytes per "
+               "second", a->desc_path);
+      return;
+    }
+    atomic_store(&a->rebuild_rate, v);
     snprintf(res, reslen, "ok");
   } else {
-    snprintf(res, reslen, "error unknown request '%.64s'", req);
+    snprintf(res, reslen, "error %s: unknown request '%.64s'", a->desc_path,
+             req);
   }
+}
+
+/* One look at the request file (monitor thread, fork_lock read-held). */
+static void raid_monitor_poll(struct raid_array *a)
+{
+  char req[RAID_REQ_MAX + 1], res[2048];
+  struct stat st;
+  ssize_t n = raid_read_side(a->mon_req, req, sizeof req, &st);
+  if (n == -ENOENT)
+    return;
+  char why[160] = "";
+  if (n == -ELOOP)
+    snprintf(why, sizeof why, "it is a symbolic link");
+  else if (n == -ENODEV)
+    snprintf(why, sizeof why, "it is not a regular file");
+  else if (n < 0 && n != -EFBIG)
+    snprintf(why, sizeof why, "%s", strerror((int)-n));
+  else if (st.st_uid != geteuid() && st.st_uid != 0)
+    snprintf(why, sizeof why, "owned by uid %u, not by uid %u or root",
+             (unsigned)st.st_uid, (unsigned)geteuid());
+  else if (st.st_mode & (S_IWGRP | S_IWOTH))
+    snprintf(why, sizeof why, "writable by group or others (mode %03o)",
+             (unsigned)(st.st_mode & 0777));
+  else if (st.st_nlink != 1)
+    snprintf(why, sizeof why, "it has %lu hard links",
+             (unsigned long)st.st_nlink);
+  if (why[0]) {
+    /* Not ours to execute (nor to delete): log it once per file. */
+    struct stat ls;
+    if (lstat(a->mon_req, &ls) != 0)
+      return;
+    if (ls.st_dev == a->mon_ign_dev && ls.st_ino == a->mon_ign_ino &&
+        ls.st_mtim.tv_sec == a->mon_ign_mtime.tv_sec &&
+        ls.st_mtim.tv_nsec == a->mon_ign_mtime.tv_nsec)
+      return;
+    a->mon_ign_dev = ls.st_dev;
+    a->mon_ign_ino = ls.st_ino;
+    a->mon_ign_mtime = ls.st_mtim;
+    fprintf(stderr, "vdisk: %s: request ignored: %s\n", a->mon_req, why);
+    return;
+  }
+  /* A request we accept: take it away before answering, so a following
+   * request (written once the answer is seen) is never deleted. */
+  unlink(a->mon_req);
+  if (n == -EFBIG || n == 0 || req[n - 1] != '\n' ||
+      strchr(req, '\n') != req + n - 1) {
+    snprintf(res, sizeof res, "error %s: bad request: expected one line of "
+             "at most %d bytes", a->desc_path, RAID_REQ_MAX - 1);
+  } else {
+    req[n - 1] = '\0';
+    bool printable = true;
+    for (ssize_t i = 0; i < n - 1; i++)
+      if ((unsigned char)req[i] < 0x20 || req[i] == 0x7f)
+        printable = false;
+    if (!printable)
+      snprintf(res, sizeof res, "error %s: bad request: control characters",
+               a->desc_path);
+    else
+      raid_handle_request(a, req, res, sizeof res);
+  }
+  strcat(res, "\n");
+  if (raid_write_side(a->mon_res, res, 0600) < 0)
+    fprintf(stderr, "vdisk: %s\n", vd_error());
 }
 
 static void *raid_monitor_main(void *opaque)
 {
   struct raid_array *a = opaque;
-  const char *reqp = a->mon_req, *resp = a->mon_res;
   while (!atomic_load(&a->stop)) {
     pthread_rwlock_rdlock(&a->fork_lock);
-    FILE *f = fopen(reqp, "r");
-    if (f) {
-      char req[4200] = "", res[2048];
-      size_t got = fread(req, 1, sizeof req - 1, f);
-      req[got] = '\0';
-      fclose(f);
-      raid_handle_request(a, req, res, sizeof res);
-      strcat(res, "\n");
-      raid_write_file(resp, res);
-      unlink(reqp);
-    }
+    raid_monitor_poll(a);
     pthread_rwlock_unlock(&a->fork_lock);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -879,7 +1282,8 @@ void raid_monitor_start(struct raid_array *a)
     return;
   char pid[32];
   snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-  raid_write_file(sp, pid);
+  if (raid_write_side(sp, pid, 0644) < 0)
+    fprintf(stderr, "vdisk: %s\n", vd_error());
   free(sp);
   atomic_store(&a->stop, false);
   pthread_mutex_init(&a->mon_lock, NULL);
@@ -912,15 +1316,18 @@ int vd_raid_served_by(const char *desc)
   char *sp = raid_side_path(desc, ".served");
   if (!sp)
     return 0;
-  FILE *f = fopen(sp, "r");
+  char buf[64];
+  struct stat st;
+  ssize_t n = raid_read_side(sp, buf, sizeof buf, &st);
   free(sp);
-  if (!f)
+  if (n <= 0 || !raid_side_trusted(&st))
     return 0;
-  long pid = 0;
-  if (fscanf(f, "%ld", &pid) != 1)
-    pid = 0;
-  fclose(f);
-  if (pid <= 0 || pid == (long)getpid() ||
+  char *nl = strchr(buf, '\n');
+  if (nl)
+    *nl = '\0';
+  uint64_t pid;
+  if (!raid_parse_u64(buf, INT_MAX, &pid) || pid == 0 ||
+      (pid_t)pid == getpid() ||
       (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
     return 0;
   return (int)pid;
@@ -937,23 +1344,29 @@ int vd_raid_request(const char *desc, const char *request, char *result,
     goto out;
   }
   unlink(resp);
-  char line[4200];
-  snprintf(line, sizeof line, "%s\n", request);
-  r = raid_write_file(reqp, line);
+  char line[RAID_REQ_MAX];
+  if ((size_t)snprintf(line, sizeof line, "%s\n", request) >= sizeof line) {
+    r = vd_set_error(EINVAL, "%s: request too long", desc);
+    goto out;
+  }
+  r = raid_write_side(reqp, line, 0600);
   if (r < 0) {
-    r = vd_set_error(-r, "%s: cannot leave a request: %s", reqp,
-                     strerror(-r));
+    r = vd_prefix_error(-r, "%s: cannot leave a request", reqp);
     goto out;
   }
   double t0 = raid_now();
   for (;;) {
-    FILE *f = fopen(resp, "r");
-    if (f) {
-      char buf[2048] = "";
-      if (!fgets(buf, sizeof buf, f))
-        buf[0] = '\0';
-      fclose(f);
+    char buf[2048];
+    struct stat st;
+    ssize_t n = raid_read_side(resp, buf, sizeof buf, &st);
+    if (n >= 0 || n == -EFBIG || n == -ELOOP || n == -ENODEV) {
       unlink(resp);
+      if (n < 0 || !raid_side_trusted(&st)) {
+        r = vd_set_error(EIO, "%s: the answer is not a regular file of "
+                         "uid %u or root: ignored", resp,
+                         (unsigned)geteuid());
+        break;
+      }
       char *nl = strchr(buf, '\n');
       if (nl)
         *nl = '\0';
@@ -968,8 +1381,8 @@ int vd_raid_request(const char *desc, const char *request, char *result,
     }
     if ((timeout > 0 && raid_now() - t0 > timeout) || !vd_raid_served_by(desc)) {
       unlink(reqp);
-      r = vd_set_error(ETIMEDOUT, "%s: the serving process did not answer",
-                       desc);
+      r = vd_set_error(ETIMEDOUT, "%s: the serving process did not answer "
+                       "(see its log)", desc);
       break;
     }
     raid_sleep(0.05);

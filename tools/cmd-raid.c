@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,9 +21,10 @@ const char vt_summary_raid[] = "create, inspect, repair RAID 0/1/5 arrays";
 const char vt_usage_raid[] =
   "Usage: vdtool raid create -l 0|1|5 [-c CHUNK] [--size SIZE [-f FMT]]\n"
   "                          [--policy resync|bitmap|ppl] [--bitmap-region SIZE]\n"
-  "                          [--assume-clean] [--name NAME] ARRAY MEMBER...\n"
+  "                          [--assume-clean] [--name NAME] [--force]\n"
+  "                          ARRAY MEMBER...\n"
   "       vdtool raid detail [--output=human|json] ARRAY\n"
-  "       vdtool raid assemble [--force] ARRAY MEMBER...\n"
+  "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
   "       vdtool raid fail ARRAY MEMBER\n"
   "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
@@ -36,12 +38,20 @@ const char vt_usage_raid[] =
   "             Chunk default 512K.  Policy (what makes an unclean stop safe):\n"
   "             RAID5 ppl (write-intent bitmap + partial parity log, closes\n"
   "             the write hole), RAID1 bitmap, RAID0 none.  Existing members\n"
-  "             are zeroed unless --assume-clean.\n"
+  "             are zeroed unless --assume-clean.  A MEMBER that holds\n"
+  "             another array's superblock, a filesystem, swap, LUKS, LVM2\n"
+  "             or a partition table is refused (named) unless --force; on\n"
+  "             a terminal vdtool asks instead.\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
   "             the superblocks; works on an array that will not start)\n"
-  "  assemble   find the array from its members alone and write ARRAY;\n"
-  "             --force starts a RAID5 that is dirty and degraded (replaying\n"
-  "             the partial parity log) and accepts members one event behind\n"
+  "  assemble   find the array from its members alone, write ARRAY and\n"
+  "             start it once.  A member the superblocks record as working\n"
+  "             but not given is refused unless --run (start degraded; the\n"
+  "             member is not marked faulty, so it comes back without a\n"
+  "             rebuild if the array was not written meanwhile).  --force\n"
+  "             (implies --run) starts a RAID5 that is dirty and degraded\n"
+  "             (replaying the partial parity log) and accepts members one\n"
+  "             event behind\n"
   "  fail       mark MEMBER faulty (refused if the array would stop)\n"
   "  replace    put NEW in OLD's slot and rebuild it (progress shown; stop\n"
   "             with ^C and it resumes from its checkpoint on the next open\n"
@@ -51,7 +61,8 @@ const char vt_usage_raid[] =
   "             parity.  Exit status 3 when mismatches were found.\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace and\n"
-  "scrub are performed by that process (online).\n";
+  "scrub are performed by that process (online), through ARRAY.request: run\n"
+  "vdtool as the serving user or root (requests from others are ignored).\n";
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
                         struct raid_array **a)
@@ -73,6 +84,7 @@ static int raid_cmd_create(int argc, char **argv)
     { "bitmap-region", required_argument, NULL, 'b' },
     { "assume-clean", no_argument, NULL, 'A' },
     { "name", required_argument, NULL, 'n' },
+    { "force", no_argument, NULL, 'F' },
     { NULL, 0, NULL, 0 }
   };
   struct vd_raid_create_args ca = { .level = -1, .policy = -1,
@@ -110,6 +122,7 @@ static int raid_cmd_create(int argc, char **argv)
       break;
     case 'A': ca.assume_clean = true; break;
     case 'n': ca.name = optarg; break;
+    case 'F': ca.force = true; break;
     default: return vt_bad_option("raid", argv);
     }
   }
@@ -122,6 +135,32 @@ static int raid_cmd_create(int argc, char **argv)
   if (access(argv[optind], F_OK) == 0) {
     vt_error("%s: already exists (remove it first)", argv[optind]);
     return VT_EXIT_ERR;
+  }
+  /* On a terminal, ask as mdadm does; elsewhere the library refuses. */
+  if (!ca.force && isatty(0) && isatty(2)) {
+    bool found = false;
+    for (unsigned i = 0; i < ca.nmembers; i++) {
+      char what[512];
+      int r = vd_raid_member_check(ca.members[i], what, sizeof what);
+      if (r < 0) {
+        vt_engine_error(r);
+        return VT_EXIT_ERR;
+      }
+      if (r > 0) {
+        vt_error("%s: holds %s", ca.members[i], what);
+        found = true;
+      }
+    }
+    if (found) {
+      char ans[16] = "";
+      fputs("Overwrite it and create the array? [y/N] ", stderr);
+      fflush(stderr);
+      if (!fgets(ans, sizeof ans, stdin) || (ans[0] != 'y' && ans[0] != 'Y')) {
+        vt_error("%s: not created", argv[optind]);
+        return VT_EXIT_ERR;
+      }
+      ca.force = true;
+    }
   }
   if (vd_raid_create(argv[optind], &ca) < 0) {
     vt_engine_error(-1);
@@ -248,24 +287,43 @@ static int raid_cmd_assemble(int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "force", no_argument, NULL, 'F' },
+    { "run", no_argument, NULL, 'R' },
     { NULL, 0, NULL, 0 }
   };
-  bool force = false;
+  unsigned flags = 0;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
-    if (c != 'F')
+    if (c == 'F')
+      flags |= VD_RAID_ASSEMBLE_FORCE;
+    else if (c == 'R')
+      flags |= VD_RAID_ASSEMBLE_RUN;
+    else
       return vt_bad_option("raid", argv);
-    force = true;
   }
   if (argc - optind < 2)
     return vt_bad_usage("raid", "assemble needs ARRAY and MEMBERs");
-  if (vd_raid_assemble(argv[optind],
-                       (const char *const *)argv + optind + 1,
-                       (unsigned)(argc - optind - 1), force) < 0) {
+  const char *desc = argv[optind];
+  if (vd_raid_assemble(desc, (const char *const *)argv + optind + 1,
+                       (unsigned)(argc - optind - 1), flags) < 0) {
     vt_engine_error(-1);
     return VT_EXIT_ERR;
   }
+  /* Say so when it runs degraded (only possible with --run or --force,
+   * or when the missing members had failed before). */
+  struct vd_raid_status *st = malloc(sizeof *st);
+  if (st && vd_raid_examine(desc, st) == 0 && st->degraded) {
+    char list[256] = "";
+    size_t l = 0;
+    for (unsigned i = 0; i < st->nmembers && i < 32 && l < sizeof list; i++)
+      if (st->m[i].state != VD_RAID_STATE_ACTIVE)
+        l += (size_t)snprintf(list + l, sizeof list - l, "%s%u (%s)",
+                              l ? ", " : "", i,
+                              raid_state_str(st->m[i].state));
+    vt_error("%s: started degraded: slot%s %s", desc,
+             strchr(list, ',') ? "s" : "", list);
+  }
+  free(st);
   return VT_EXIT_OK;
 }
 
