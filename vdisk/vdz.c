@@ -1139,6 +1139,7 @@ const struct vd_driver vd_vdz_driver = {
   .name = "vdz",
   .priv_size = sizeof(struct vdz_priv),
   .probe = vdz_probe,
+  .leaf = true,
   .open = vdz_open,
   .close = vdz_close,
   .create = vdz_create,
