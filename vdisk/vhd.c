@@ -316,8 +316,10 @@ vhd_try_parent(struct vd_dev *dev, const char *cand, bool override,
     a.flags |= VD_OPEN_PROBE_LEAF;
   struct vd_dev *parent;
   int r = vd_open_parent(dev, cand, &a, &parent);
+  /* Only the top image prefixes, so an error deep in a long chain stays
+   * one readable line naming the image where it happened. */
   if (r < 0)
-    return vd_prefix_error(-r, "%s: parent", dev->path);
+    return dev->child ? r : vd_prefix_error(-r, "%s: parent", dev->path);
   struct vhd_priv *pp = vhd_priv_of(parent);
   if (want_vhd && pp && memcmp(pp->footer.uuid, p->header.parent_uuid, 16)) {
     vhd_uuid_format(pp->footer.uuid, got);
