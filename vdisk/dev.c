@@ -406,6 +406,17 @@ dev_overlay(uint8_t *win, uint64_t woff, size_t wlen, const void *buf,
     memset(win + (s - woff), 0, e - s);
 }
 
+/* True if DEV is probe-guarded and [OFF, OFF + LEN) touches the bytes
+ * probing reads. */
+static bool
+dev_probe_touches(const struct vd_dev *dev, uint64_t off, uint64_t len)
+{
+  if (!dev->probe_guard || len == 0)
+    return false;
+  uint64_t head_len = dev->size < VD_PROBE_HEAD ? dev->size : VD_PROBE_HEAD;
+  return off < head_len || (dev->size >= 512 && off + len > dev->size - 512);
+}
+
 /* If DEV was probed as raw and the request [OFF, OFF + LEN) (data BUF, or
  * zeros if NULL) touches what probing reads (the first VD_PROBE_HEAD bytes
  * and the last 512), probe the bytes as they would be after it and refuse
@@ -417,14 +428,12 @@ dev_probe_guard(struct vd_dev *dev, const char *op, const void *buf,
                 uint64_t off, uint64_t len, bool *locked)
 {
   *locked = false;
-  if (!dev->probe_guard || len == 0)
+  if (!dev_probe_touches(dev, off, len))
     return 0;
   size_t head_len = dev->size < VD_PROBE_HEAD ? (size_t)dev->size
                                               : VD_PROBE_HEAD;
   uint64_t tail_off = dev->size >= 512 ? dev->size - 512 : 0;
   bool tail = dev->size >= 512;
-  if (off >= head_len && (!tail || off + len <= tail_off))
-    return 0;
 
   uint8_t head[VD_PROBE_HEAD], tl[512];
   pthread_mutex_lock(&dev->probe_lock);
@@ -473,14 +482,27 @@ vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   if (!dev->drv->pwrite)
     return vd_set_error(EROFS, "%s: format '%s' is read-only", dev->path,
                         dev->drv->name);
+  /* A guarded write is checked and written from a private copy: the
+   * caller's buffer may be memory the guest can change behind the check
+   * (qemu: "a malicious guest might be overwriting its original buffer"). */
+  void *copy = NULL;
+  if (dev_probe_touches(dev, off, len)) {
+    if (!(copy = malloc(len)))
+      return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+    memcpy(copy, buf, len);
+    buf = copy;
+  }
   bool locked;
-  if ((r = dev_probe_guard(dev, "write", buf, off, len, &locked)) < 0)
+  if ((r = dev_probe_guard(dev, "write", buf, off, len, &locked)) < 0) {
+    free(copy);
     return r;
+  }
   if (!dev_aligned(dev, off, len))
     r = dev_rmw(dev, (void *)buf, len, off, true, 0);
   else
     r = dev->drv->pwrite(dev, buf, len, off, 0);
   dev_probe_unlock(dev, locked);
+  free(copy);
   return dev_fua(dev, r, flags);
 }
 

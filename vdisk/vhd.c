@@ -1419,6 +1419,21 @@ vhd_create(const char *path, const struct vd_create_args *args)
       vd_close(parent);
       return r;
     }
+    /* A UUID-less parent is reopened by probing among leaf formats: the
+     * format asked for must be the one that probe finds, or the child
+     * would later read its parent differently (-F raw over a vdz). */
+    if (!pp) {
+      const struct vd_driver *again = vd_probe_path_leaf(args->backing, true,
+                                                          &r);
+      if (again != parent->drv) {
+        r = vd_set_error(EINVAL, "%s: backing file %s cannot be recorded as "
+                         "'%s': a VHD child would reopen it as '%s'", path,
+                         args->backing, vd_format(parent),
+                         again ? again->name : "nothing");
+        vd_close(parent);
+        return r;
+      }
+    }
     if (size == 0)
       size = parent->size;
     /* Children inherit the parent's block size unless told otherwise. */

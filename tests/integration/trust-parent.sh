@@ -165,6 +165,9 @@ truncate -s 2M base.raw
 expect_error "rawkid2\.vhd: backing file is not a 'vpc' image: .*base\.raw" \
   vdtool create -f vhd -b base.raw -F vpc rawkid2.vhd
 ! [ -e rawkid2.vhd ] || fail "-F vpc over raw left a file"
+vdtool convert -O vdz base.raw base.vdz
+expect_error "cannot be recorded as 'raw': a VHD child would reopen it as 'vdz'" \
+  vdtool create -f vhd -b base.vdz -F raw vdzkid.vhd
 vdtool create -q -f vhd -b base.vhd -F vpc vkid.vhd
 vdtool info vkid.vhd | grep -q '^backing file format: vpc' || fail "-F vpc"
 exit 0
