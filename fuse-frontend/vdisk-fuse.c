@@ -849,11 +849,7 @@ main(int argc, char **argv)
       vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));
       goto out;
     }
-    if (vd_probed_raw(im->dev) && !vd_is_read_only(im->dev))
-      vf_log("warning: %s: image format was not specified; probing guessed "
-             "raw, so writes that would change what it probes as (its first "
-             "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "
-             "to remove the restriction.", im->path);
+
     im->size = vd_size(im->dev);
     im->read_only = s.read_only || vd_is_read_only(im->dev);
     pio = vd_preferred_io(im->dev);
@@ -885,6 +881,14 @@ main(int argc, char **argv)
     goto out;
   if (fuse_session_mount(se, mountpoint) < 0)
     goto out_handlers;
+  /* Once mounted (so a failed start still prints one line), before the
+   * daemon loses its stderr. */
+  for (i = 0; i < s.nimg; i++)
+    if (vd_probed_raw(s.img[i].dev) && !vd_is_read_only(s.img[i].dev))
+      vf_log("warning: %s: image format was not specified; probing guessed "
+             "raw, so writes that would change what it probes as (its first "
+             "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "
+             "to remove the restriction.", s.img[i].path);
   if (fuse_daemonize(foreground) < 0)
     goto out_unmount;
 

@@ -152,11 +152,7 @@ static void add_export(const char *arg, const char *format, bool ro,
   r = vd_open_opts(path, &oa, &dev);
   if (r < 0)
     die("%s", vd_error());
-  if (vd_probed_raw(dev) && !vd_is_read_only(dev))
-    fprintf(stderr, "vdisk-nbd: warning: %s: image format was not specified; "
-            "probing guessed raw, so writes that would change what it probes "
-            "as (its first 4 KiB and last 512 bytes) are refused. Specify "
-            "'-f raw' to remove the restriction.\n", path);
+
   e->dev = dev;
   e->size = vd_size(dev);
   e->read_only = ro || vd_is_read_only(dev);
@@ -507,6 +503,16 @@ int main(int argc, char **argv)
     die("out of memory");
   for (i = optind; i < argc; i++)
     add_export(argv[i], format, ro, (size_t)(i - optind));
+  /* After every export opened, so a failed start prints one line. */
+  for (size_t k = 0; k < server.nexports; k++) {
+    struct nbd_export *e = &server.exports[k];
+    if (vd_probed_raw(e->dev) && !vd_is_read_only(e->dev))
+      fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
+              "specified; probing guessed raw, so writes that would change "
+              "what it probes as (its first 4 KiB and last 512 bytes) are "
+              "refused. Specify '-f raw' to remove the restriction.\n",
+              vd_path(e->dev));
+  }
 
   if (pid_file)
     write_pid_file(pid_file);
