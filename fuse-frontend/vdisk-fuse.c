@@ -665,6 +665,11 @@ vf_usage(FILE *f)
 "  -v, --verbose       print what is exposed where\n"
 "      --page-cache    let the kernel cache the files' pages (allows mmap;\n"
 "                      faster small reads, slower large ones)\n"
+"      --format=FMT    image format (default: probe; a probed raw image\n"
+"                      cannot be written into another format's header)\n"
+"      --backing=FILE  the parent of a differencing IMAGE, when it is\n"
+"                      outside IMAGE's folder tree (one IMAGE only)\n"
+"      --backing-format=FMT  the parent's format\n"
 "  -h, --help          print this help\n"
 "  -V, --version       print the version\n"
 "\n"
@@ -777,10 +782,14 @@ main(int argc, char **argv)
     { "version",    no_argument, NULL, 'V' },
     { "page-cache", no_argument, NULL, 'C' },
     { "force-share", no_argument, NULL, 'U' },
+    { "format", required_argument, NULL, 'F' },
+    { "backing", required_argument, NULL, 'B' },
+    { "backing-format", required_argument, NULL, 'b' },
     { NULL, 0, NULL, 0 },
   };
   struct vf_state s;
   bool foreground = false, force_share = false;
+  const char *format = NULL, *backing = NULL, *backing_format = NULL;
   char *opts = NULL;
   const char *mountpoint;
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -798,6 +807,9 @@ main(int argc, char **argv)
     case 'v': s.verbose = true; break;
     case 'C': s.page_cache = true; break;
     case 'U': force_share = true; break;
+    case 'F': format = optarg; break;
+    case 'B': backing = optarg; break;
+    case 'b': backing_format = optarg; break;
     case 'o':
       if (vf_append_opt(&opts, optarg) < 0) {
         vf_log("out of memory");
@@ -828,6 +840,12 @@ main(int argc, char **argv)
     s.read_only = true;
   if (force_share && !s.read_only) {
     vf_log("-U (--force-share) needs -r: a writer always locks the images");
+    free(opts);
+    return 1;
+  }
+  if ((backing || backing_format) && argc - optind > 2) {
+    vf_log("--backing and --backing-format name the parent of one image; "
+           "%d images given", argc - optind - 1);
     free(opts);
     return 1;
   }
@@ -869,14 +887,18 @@ main(int argc, char **argv)
     int r;
 
     have_before = stat(im->path, &before) == 0;
-    r = vd_open(im->path, NULL,
-                (s.read_only ? 0 : VD_OPEN_RDWR) |
-                (force_share ? VD_OPEN_NOLOCK : 0), &im->dev);
+    struct vd_open_args oa = {
+      .format = format, .backing = backing, .backing_format = backing_format,
+      .flags = (s.read_only ? 0 : VD_OPEN_RDWR) |
+               (force_share ? VD_OPEN_NOLOCK : 0),
+    };
+    r = vd_open_opts(im->path, &oa, &im->dev);
     if (r < 0) {
       im->dev = NULL;
       vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));
       goto out;
     }
+
     im->size = vd_size(im->dev);
     im->read_only = s.read_only || vd_is_read_only(im->dev);
     if (vf_take_perms(im, have_before ? &before : NULL) < 0)
@@ -913,6 +935,14 @@ main(int argc, char **argv)
     goto out;
   if (fuse_session_mount(se, mountpoint) < 0)
     goto out_handlers;
+  /* Once mounted (so a failed start still prints one line), before the
+   * daemon loses its stderr. */
+  for (i = 0; i < s.nimg; i++)
+    if (vd_probed_raw(s.img[i].dev) && !vd_is_read_only(s.img[i].dev))
+      vf_log("warning: %s: image format was not specified; probing guessed "
+             "raw, so writes that would change what it probes as (its first "
+             "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "
+             "to remove the restriction.", s.img[i].path);
   if (fuse_daemonize(foreground) < 0)
     goto out_unmount;
 

@@ -61,7 +61,11 @@ static void usage(FILE *f)
 "                         0.0.0.0 or :: for all interfaces)\n"
 "  -U, --socket PATH      listen on a Unix socket instead of TCP\n"
 "  -r, --read-only        export read-only\n"
-"  -f, --format FMT       image format (default: probe)\n"
+"  -f, --format FMT       image format (default: probe; a probed raw image\n"
+"                         cannot be written into another format's header)\n"
+"      --backing FILE     the parent of a differencing IMAGE, when it is\n"
+"                         outside IMAGE's folder tree (one IMAGE only)\n"
+"      --backing-format FMT  the parent's format\n"
 "  -e, --shared N         serve at most N clients at once (default 16)\n"
 "  -t, --persistent       keep serving after the last client leaves\n"
 "                         (default: exit when it does, as qemu-nbd)\n"
@@ -108,6 +112,8 @@ static uint32_t pow2_floor(uint32_t v)
 }
 
 /* "[NAME=]IMAGE": a '=' counts only if no '/' comes before it. */
+static const char *backing, *backing_format;  /* --backing[-format] */
+
 static void add_export(const char *arg, const char *format, bool ro,
                        size_t idx)
 {
@@ -139,9 +145,14 @@ static void add_export(const char *arg, const char *format, bool ro,
     if (strcmp(server.exports[i].name, name) == 0)
       die("%s: export name '%s' used twice", arg, name);
 
-  r = vd_open(path, format, ro ? 0 : VD_OPEN_RDWR, &dev);
+  struct vd_open_args oa = { .format = format,
+                             .flags = ro ? 0 : VD_OPEN_RDWR,
+                             .backing = backing,
+                             .backing_format = backing_format };
+  r = vd_open_opts(path, &oa, &dev);
   if (r < 0)
     die("%s", vd_error());
+
   e->dev = dev;
   e->size = vd_size(dev);
   e->read_only = ro || vd_is_read_only(dev);
@@ -358,7 +369,7 @@ static void write_pid_file(const char *path)
 }
 
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
-       OPT_TLS_PSK, OPT_TLS };
+       OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT };
 
 int main(int argc, char **argv)
 {
@@ -376,6 +387,8 @@ int main(int argc, char **argv)
     { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
     { "tls", required_argument, NULL, OPT_TLS },
+    { "backing", required_argument, NULL, OPT_BACKING },
+    { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -405,6 +418,8 @@ int main(int argc, char **argv)
     case OPT_TLS_CREDS: tls_creds = optarg; break;
     case OPT_TLS_PSK: tls_psk = optarg; break;
     case OPT_TLS: tls_arg = optarg; break;
+    case OPT_BACKING: backing = optarg; break;
+    case OPT_BACKING_FORMAT: backing_format = optarg; break;
     case 'v': server.verbose++; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("vdisk-nbd %s\n", PACKAGE_VERSION); return 0;
@@ -420,6 +435,9 @@ int main(int argc, char **argv)
   }
   if (optind >= argc)
     die("no image given (try --help)");
+  if ((backing || backing_format) && argc - optind > 1)
+    die("--backing and --backing-format name the parent of one image; "
+        "%d images given", argc - optind);
   nbd_verbose = server.verbose;
 
   /* TLS settings. */
@@ -485,6 +503,16 @@ int main(int argc, char **argv)
     die("out of memory");
   for (i = optind; i < argc; i++)
     add_export(argv[i], format, ro, (size_t)(i - optind));
+  /* After every export opened, so a failed start prints one line. */
+  for (size_t k = 0; k < server.nexports; k++) {
+    struct nbd_export *e = &server.exports[k];
+    if (vd_probed_raw(e->dev) && !vd_is_read_only(e->dev))
+      fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
+              "specified; probing guessed raw, so writes that would change "
+              "what it probes as (its first 4 KiB and last 512 bytes) are "
+              "refused. Specify '-f raw' to remove the restriction.\n",
+              vd_path(e->dev));
+  }
 
   if (pid_file)
     write_pid_file(pid_file);

@@ -22,6 +22,9 @@ const char vt_usage_compare[] =
   "  -p      show progress\n"
   "  -q      quiet\n"
   "  -U      open without taking the image locks\n"
+  "  --backing=FILE  FILE1's parent (needed when it is outside FILE1's\n"
+  "                  folder tree or not a regular file)\n"
+  "  --backing-format=FMT  the parent's format\n"
   "Exit status: 0 identical, 1 different, 2 error.\n";
 
 #define CMP_CHUNK (1u << 20)

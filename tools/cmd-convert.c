@@ -38,7 +38,10 @@ const char vt_usage_convert[] =
   "  -n             do not create OUTPUT: it must exist and be large enough\n"
   "  -p             show progress\n"
   "  -q             quiet\n"
-  "  -U             open the source without taking the image lock\n";
+  "  -U             open the source without taking the image lock\n"
+  "  --backing=FILE the source's parent (needed when it is outside the\n"
+  "                 source's folder tree or not a regular file)\n"
+  "  --backing-format=FMT  the parent's format\n";
 
 #define CONV_CHUNK (2u << 20)
 

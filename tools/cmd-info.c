@@ -16,7 +16,10 @@ const char vt_usage_info[] =
   "  -f FMT            image format (default: probe)\n"
   "  --output=FMT      human (default) or json (qemu-img's keys)\n"
   "  --backing-chain   also show every backing image down the chain\n"
-  "  -U, --force-share open without taking the image lock\n";
+  "  -U, --force-share open without taking the image lock\n"
+  "  --backing=FILE    FILENAME's parent (needed when it is outside\n"
+  "                    FILENAME's folder tree or not a regular file)\n"
+  "  --backing-format=FMT  the parent's format\n";
 
 static void
 info_human(const char *path, const struct vd_info *in)
@@ -109,7 +112,10 @@ vt_cmd_info(int argc, char **argv)
   };
   const char *fmt = NULL;
   bool json = false, chain = false;
-  unsigned flags = VD_OPEN_NOPARENT;
+  /* The whole chain is opened (and so checked: UUIDs, loops, where each
+   * parent is), as every other open does. */
+  unsigned flags = 0;
+  char bfmt[sizeof ((struct vd_info *)0)->backing_format] = "";
   int c;
 
   optind = 1;
@@ -137,7 +143,9 @@ vt_cmd_info(int argc, char **argv)
   while (path) {
     struct vd_dev *dev;
     struct vd_info in;
-    if (vt_open(path, depth ? NULL : fmt, flags, &dev) < 0) {
+    /* A parent opens in the format its child named, never probed. */
+    if (vt_open(path, depth ? (bfmt[0] ? bfmt : NULL) : fmt, flags,
+                &dev) < 0) {
       rc = VT_EXIT_ERR;
       break;
     }
@@ -156,6 +164,7 @@ vt_cmd_info(int argc, char **argv)
     path = NULL;
     if (chain && in.backing[0]) {
       path = strdup(in.backing);
+      snprintf(bfmt, sizeof bfmt, "%s", in.backing_format);
       if (++depth > 1000) {
         vt_error("%s: backing chain too deep (a loop?)", in.backing);
         rc = VT_EXIT_ERR;

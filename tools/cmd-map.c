@@ -19,7 +19,10 @@ const char vt_usage_map[] =
   "  --output=json   every extent: start, length, depth, present, zero,\n"
   "                  data and offset (host file offset, where known)\n"
   "  --output=human  (default) the data extents and where they are mapped\n"
-  "  -U              open without taking the image lock\n";
+  "  -U              open without taking the image lock\n"
+  "  --backing=FILE  FILENAME's parent (needed when it is outside\n"
+  "                  FILENAME's folder tree or not a regular file)\n"
+  "  --backing-format=FMT  the parent's format\n";
 
 struct map_ent {
   uint64_t start, length;

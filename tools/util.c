@@ -63,14 +63,75 @@ vt_bad_option(const char *cmd, char **argv)
                       argv[optind - 1]);
 }
 
+const char *vt_backing, *vt_backing_format;
+
 int
 vt_open(const char *path, const char *format, unsigned flags,
         struct vd_dev **out)
 {
-  int r = vd_open(path, format, flags, out);
+  static bool used;
+  struct vd_open_args a = { .format = format, .flags = flags };
+  /* The override belongs to the image named first on the command line,
+   * which every command opens first. */
+  if (!used) {
+    a.backing = vt_backing;
+    a.backing_format = vt_backing_format;
+    used = true;
+  }
+  int r = vd_open_opts(path, &a, out);
   if (r < 0)
     vt_engine_error(r);
   return r;
+}
+
+int
+vt_take_backing_opts(const char *cmd, int *argc, char **argv)
+{
+  static const char *const takes[] = { "info", "map", "compare", "convert",
+                                       NULL };
+  int out = 1;
+  bool any = false;
+  for (int i = 1; i < *argc; i++) {
+    const char **dst = NULL, *val = NULL, *a = argv[i];
+    if (strcmp(a, "--") == 0) {
+      while (i < *argc)
+        argv[out++] = argv[i++];
+      break;
+    }
+    if (strncmp(a, "--backing=", 10) == 0) {
+      dst = &vt_backing;
+      val = a + 10;
+    } else if (strncmp(a, "--backing-format=", 17) == 0) {
+      dst = &vt_backing_format;
+      val = a + 17;
+    } else if (strcmp(a, "--backing") == 0 ||
+               strcmp(a, "--backing-format") == 0) {
+      dst = a[9] ? &vt_backing_format : &vt_backing;
+      if (i + 1 >= *argc)
+        return vt_bad_usage(cmd, "%s needs an argument", a);
+      val = argv[++i];
+    }
+    if (!dst) {
+      argv[out++] = argv[i];
+      continue;
+    }
+    if (!*val)
+      return vt_bad_usage(cmd, "%s needs a non-empty argument",
+                          *dst == vt_backing ? "--backing" : "--backing-format");
+    *dst = val;
+    any = true;
+  }
+  argv[out] = NULL;
+  *argc = out;
+  if (any) {
+    bool ok = false;
+    for (const char *const *t = takes; *t; t++)
+      ok |= strcmp(*t, cmd) == 0;
+    if (!ok)
+      return vt_bad_usage(cmd, "--backing and --backing-format are not "
+                          "supported by this command");
+  }
+  return 0;
 }
 
 int

@@ -58,7 +58,12 @@ vt_main_help(FILE *f)
   for (const char *const *n = vd_format_names(); *n; n++)
     fprintf(f, " %s", *n);
   fprintf(f,
-          "\n\nSizes take K, M, G, T, P and E suffixes (powers of 1024).\n"
+          "\n\nImages are opened by probing their format unless -f names it.\n"
+          "A differencing image's parent must be a regular file inside the\n"
+          "child's folder tree; info, map, compare and convert take\n"
+          "--backing=FILE (and --backing-format=FMT) to name the parent of\n"
+          "the first image explicitly, wherever it is.\n"
+          "\nSizes take K, M, G, T, P and E suffixes (powers of 1024).\n"
           "Exit status: 0 on success, 1 on error (compare and check document\n"
           "their own codes).\n");
 }
@@ -99,7 +104,10 @@ main(int argc, char **argv)
           return VT_EXIT_OK;
         }
       }
-      return c->run(argc - 1, argv + 1);
+      int sub_argc = argc - 1;
+      if (vt_take_backing_opts(c->name, &sub_argc, argv + 1) != 0)
+        return VT_EXIT_ERR;
+      return c->run(sub_argc, argv + 1);
     }
   vt_error("unknown command '%s' (see 'vdtool help')", cmd);
   return VT_EXIT_ERR;

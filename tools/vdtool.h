@@ -36,9 +36,18 @@ int vt_bad_usage(const char *cmd, const char *fmt, ...)
 /* After getopt returned '?': report the offending option (one line). */
 int vt_bad_option(const char *cmd, char **argv);
 
-/* Open with an error message printed on failure. */
+/* Open with an error message printed on failure.  The first call also
+ * passes the operator's backing override (vt_backing, vt_backing_format)
+ * for the image named first on the command line. */
 int vt_open(const char *path, const char *format, unsigned flags,
             struct vd_dev **out);
+/* --backing=FILE / --backing-format=FMT (qemu's backing.file idea), or
+ * NULL: set by vt_take_backing_opts. */
+extern const char *vt_backing, *vt_backing_format;
+/* Remove --backing[=]FILE and --backing-format[=]FMT from ARGV (ARGV[0]
+ * is the command CMD; stops at "--") into vt_backing*, refusing them for
+ * commands that do not take them.  Returns 0 or VT_EXIT_ERR (printed). */
+int vt_take_backing_opts(const char *cmd, int *argc, char **argv);
 
 /* --output=human|json */
 int vt_parse_output(const char *arg, bool *json);

@@ -17,13 +17,14 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "driver.h"
 #include "endian.h"
 
 #define VD_REQ_ALL (VD_REQ_FUA | VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO)
 #define VD_OPEN_ALL (VD_OPEN_RDWR | VD_OPEN_DIRECT | VD_OPEN_NOLOCK | \
-                     VD_OPEN_NOPARENT)
+                     VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF)
 #define VD_ZERO_CHUNK (1u << 20)
 
 static void
@@ -34,54 +35,111 @@ dev_free(struct vd_dev *dev)
   vd_file_close(dev->file);
   for (int i = 0; i < 16; i++)
     pthread_mutex_destroy(&dev->rmw_lock[i]);
+  pthread_mutex_destroy(&dev->probe_lock);
   free(dev->priv);
   free(dev->path);
+  free(dev->real);
+  free((char *)dev->opts.format);
+  free((char *)dev->opts.backing);
+  free((char *)dev->opts.backing_format);
   free(dev);
 }
 
 static const struct vd_driver *
-dev_lookup(const char *path, const char *format, int *err)
+dev_lookup(const char *path, const char *format, bool leaf_only, int *err)
 {
   if (!format)
-    return vd_probe_path(path, err);
+    return vd_probe_path_leaf(path, leaf_only, err);
   const struct vd_driver *drv = vd_find_driver(format);
   if (!drv)
     *err = vd_set_error(EINVAL, "%s: unknown format '%s'", path, format);
   return drv;
 }
 
-int
-vd_open(const char *path, const char *format, unsigned flags,
-        struct vd_dev **out)
+/* strdup that keeps NULL; false only when out of memory. */
+static bool
+dev_strdup(const char **dst, const char *src)
 {
+  *dst = src ? strdup(src) : NULL;
+  return !src || *dst;
+}
+
+/* Refuse what is neither a regular file nor a block device before any
+ * open(): opening a FIFO blocks until a writer comes, a character device
+ * may have side effects.  The RAID descriptor and other drivers that open
+ * their own files go through here too. */
+static int
+dev_check_type(const char *path, unsigned flags)
+{
+  struct stat st;
+  if (stat(path, &st) == -1)
+    return vd_set_error(errno, "%s: cannot open %s: %s", path,
+                        (flags & VD_OPEN_RDWR) ? "for writing" : "for reading",
+                        strerror(errno));
+  if (S_ISDIR(st.st_mode))
+    return vd_set_error(EISDIR, "%s: is a directory, not an image", path);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    return vd_set_error(EINVAL, "%s: not a regular file or block device",
+                        path);
+  return 0;
+}
+
+static int
+dev_open(const struct vd_dev *child, const char *path,
+         const struct vd_open_args *args, struct vd_dev **out)
+{
+  static const struct vd_open_args none;
   struct vd_dev *dev;
   int r = 0;
 
   if (!path || !out)
     return vd_set_error(EINVAL, "vd_open: no path");
+  if (!args)
+    args = &none;
+  unsigned flags = args->flags;
   if (flags & ~VD_OPEN_ALL)
     return vd_set_error(EINVAL, "%s: invalid open flags 0x%x", path, flags);
-  const struct vd_driver *drv = dev_lookup(path, format, &r);
+  if (args->parent_policy > VD_PARENT_ANY_FOLDER)
+    return vd_set_error(EINVAL, "%s: invalid parent policy %u", path,
+                        args->parent_policy);
+  if ((r = dev_check_type(path, flags)) < 0)
+    return r;
+  const struct vd_driver *drv = dev_lookup(path, args->format,
+                                           flags & VD_OPEN_PROBE_LEAF, &r);
   if (!drv)
     return r;
 
   dev = calloc(1, sizeof *dev);
-  if (!dev || !(dev->path = strdup(path)) ||
+  if (!dev)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  for (int i = 0; i < 16; i++)
+    pthread_mutex_init(&dev->rmw_lock[i], NULL);
+  pthread_mutex_init(&dev->probe_lock, NULL);
+  dev->opts = *args;
+  dev->opts.format = dev->opts.backing = dev->opts.backing_format = NULL;
+  if (!(dev->path = strdup(path)) ||
+      !dev_strdup(&dev->opts.format, args->format) ||
+      !dev_strdup(&dev->opts.backing, args->backing) ||
+      !dev_strdup(&dev->opts.backing_format, args->backing_format) ||
       (drv->priv_size && !(dev->priv = calloc(1, drv->priv_size)))) {
     dev_free(dev);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
   }
-  for (int i = 0; i < 16; i++)
-    pthread_mutex_init(&dev->rmw_lock[i], NULL);
+  dev->real = realpath(path, NULL);
+  dev->child = child;
   /* A read-only format is opened read-only whatever was asked, so that
    * serving it "writable" does not take the exclusive image lock. */
   if (drv->read_only_hint)
     flags &= ~VD_OPEN_RDWR;
   dev->drv = drv;
   dev->open_flags = flags;
+  dev->opts.flags = flags;
   dev->read_only = !(flags & VD_OPEN_RDWR);
   dev->logical_block = 512;
   dev->preferred_io = 4096;
+  /* qemu's rule: a guessed raw format may not be written into something
+   * that probes differently (vd_probed_raw). */
+  dev->probe_guard = !args->format && drv == vd_find_driver("raw");
 
   if (!drv->opens_own_files) {
     unsigned ff = 0;
@@ -103,6 +161,28 @@ vd_open(const char *path, const char *format, unsigned flags,
     dev->logical_block = 512;
   *out = dev;
   return 0;
+}
+
+int
+vd_open_opts(const char *path, const struct vd_open_args *args,
+             struct vd_dev **out)
+{
+  return dev_open(NULL, path, args, out);
+}
+
+int
+vd_open(const char *path, const char *format, unsigned flags,
+        struct vd_dev **out)
+{
+  struct vd_open_args a = { .format = format, .flags = flags };
+  return dev_open(NULL, path, &a, out);
+}
+
+int
+vd_open_parent(const struct vd_dev *child, const char *path,
+               const struct vd_open_args *args, struct vd_dev **out)
+{
+  return dev_open(child, path, args, out);
 }
 
 int
@@ -144,14 +224,21 @@ vd_create(const char *path, const char *format,
       return vd_set_error(ENOMEM, "%s: out of memory", path);
     a.backing = resolved;
   }
-  if (a.backing && a.size == 0) {
+  /* The backing file must open in the format the child will record (-F,
+   * as qemu-img: "Image is not in qcow2 format"), checked before anything
+   * is written. */
+  if (a.backing) {
     struct vd_dev *b;
     r = vd_open(a.backing, a.backing_format, VD_OPEN_NOLOCK, &b);
     if (r < 0) {
       free(resolved);
+      if (a.backing_format)
+        return vd_prefix_error(-r, "%s: backing file is not a '%s' image",
+                               path, a.backing_format);
       return vd_prefix_error(-r, "%s: backing file", path);
     }
-    a.size = vd_size(b);
+    if (a.size == 0)
+      a.size = vd_size(b);
     vd_close(b);
   }
   r = drv->create(path, &a);
@@ -177,7 +264,7 @@ vd_check(const char *path, const char *format, unsigned fix,
          struct vd_check_report *r)
 {
   int err = 0;
-  const struct vd_driver *drv = dev_lookup(path, format, &err);
+  const struct vd_driver *drv = dev_lookup(path, format, false, &err);
   if (!drv)
     return err;
   if (!drv->check)
@@ -301,6 +388,90 @@ vd_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   return dev->drv->pread(dev, buf, len, off);
 }
 
+/* ---- the probe guard (qemu's rule for a guessed raw format) ---- */
+
+/* Copy into WIN (the window [WOFF, WOFF + WLEN) of the device) the part of
+ * a request [OFF, OFF + LEN) that falls inside it; BUF NULL means zeros. */
+static void
+dev_overlay(uint8_t *win, uint64_t woff, size_t wlen, const void *buf,
+            uint64_t off, uint64_t len)
+{
+  uint64_t s = off > woff ? off : woff;
+  uint64_t e = off + len < woff + wlen ? off + len : woff + wlen;
+  if (s >= e)
+    return;
+  if (buf)
+    memcpy(win + (s - woff), (const uint8_t *)buf + (s - off), e - s);
+  else
+    memset(win + (s - woff), 0, e - s);
+}
+
+/* True if DEV is probe-guarded and [OFF, OFF + LEN) touches the bytes
+ * probing reads. */
+static bool
+dev_probe_touches(const struct vd_dev *dev, uint64_t off, uint64_t len)
+{
+  if (!dev->probe_guard || len == 0)
+    return false;
+  uint64_t head_len = dev->size < VD_PROBE_HEAD ? dev->size : VD_PROBE_HEAD;
+  return off < head_len || (dev->size >= 512 && off + len > dev->size - 512);
+}
+
+/* If DEV was probed as raw and the request [OFF, OFF + LEN) (data BUF, or
+ * zeros if NULL) touches what probing reads (the first VD_PROBE_HEAD bytes
+ * and the last 512), probe the bytes as they would be after it and refuse
+ * it unless they still probe as raw.  On return 0 with *LOCKED set, the
+ * caller holds probe_lock until the request is done, so no other guarded
+ * request changes those bytes between this check and the write. */
+static int
+dev_probe_guard(struct vd_dev *dev, const char *op, const void *buf,
+                uint64_t off, uint64_t len, bool *locked)
+{
+  *locked = false;
+  if (!dev_probe_touches(dev, off, len))
+    return 0;
+  size_t head_len = dev->size < VD_PROBE_HEAD ? (size_t)dev->size
+                                              : VD_PROBE_HEAD;
+  uint64_t tail_off = dev->size >= 512 ? dev->size - 512 : 0;
+  bool tail = dev->size >= 512;
+
+  uint8_t head[VD_PROBE_HEAD], tl[512];
+  pthread_mutex_lock(&dev->probe_lock);
+  int r = head_len ? dev->drv->pread(dev, head, head_len, 0) : 0;
+  if (r == 0 && tail)
+    r = dev->drv->pread(dev, tl, 512, tail_off);
+  if (r < 0) {
+    pthread_mutex_unlock(&dev->probe_lock);
+    return r;
+  }
+  dev_overlay(head, 0, head_len, buf, off, len);
+  if (tail)
+    dev_overlay(tl, tail_off, 512, buf, off, len);
+  struct vd_probe_data pd = {
+    .head = head, .head_len = head_len, .tail = tail ? tl : NULL,
+    .file_size = dev->size, .path = dev->path,
+  };
+  const struct vd_driver *now = vd_probe_data(&pd, false);
+  if (now && now != dev->drv) {
+    pthread_mutex_unlock(&dev->probe_lock);
+    return vd_set_error(EPERM, "%s: %s of %" PRIu64 " bytes at offset %"
+                        PRIu64 " refused: the image format was not "
+                        "specified and probing guessed raw, and this write "
+                        "would make the image probe as '%s'; specify the "
+                        "format raw explicitly to remove the restriction",
+                        dev->path, op, len, off, now->name);
+  }
+  *locked = true;
+  return 0;
+}
+
+static void
+dev_probe_unlock(struct vd_dev *dev, bool locked)
+{
+  if (locked)
+    pthread_mutex_unlock(&dev->probe_lock);
+}
+
 int
 vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
           unsigned flags)
@@ -311,10 +482,27 @@ vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   if (!dev->drv->pwrite)
     return vd_set_error(EROFS, "%s: format '%s' is read-only", dev->path,
                         dev->drv->name);
+  /* A guarded write is checked and written from a private copy: the
+   * caller's buffer may be memory the guest can change behind the check
+   * (qemu: "a malicious guest might be overwriting its original buffer"). */
+  void *copy = NULL;
+  if (dev_probe_touches(dev, off, len)) {
+    if (!(copy = malloc(len)))
+      return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+    memcpy(copy, buf, len);
+    buf = copy;
+  }
+  bool locked;
+  if ((r = dev_probe_guard(dev, "write", buf, off, len, &locked)) < 0) {
+    free(copy);
+    return r;
+  }
   if (!dev_aligned(dev, off, len))
     r = dev_rmw(dev, (void *)buf, len, off, true, 0);
   else
     r = dev->drv->pwrite(dev, buf, len, off, 0);
+  dev_probe_unlock(dev, locked);
+  free(copy);
   return dev_fua(dev, r, flags);
 }
 
@@ -344,7 +532,12 @@ vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
     off = s;
     len = e - s;
   }
+  /* Judged as if the range then reads zeros, as it does on raw files. */
+  bool locked;
+  if ((r = dev_probe_guard(dev, "discard", NULL, off, len, &locked)) < 0)
+    return r;
   r = dev->drv->discard(dev, off, len, 0);
+  dev_probe_unlock(dev, locked);
   return dev_fua(dev, r, flags);
 }
 
@@ -367,12 +560,34 @@ dev_zero_fallback(struct vd_dev *dev, uint64_t off, uint64_t len)
   return r;
 }
 
+static int dev_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                            unsigned flags);
+
 int
 vd_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
 {
   int r = dev_check(dev, "write zeroes", off, len, flags, VD_REQ_ALL, true);
   if (r < 0 || len == 0)
     return r;
+  /* The zero fallback writes through vd_pwrite, which takes probe_lock:
+   * check here without holding it across the request in that case. */
+  bool locked;
+  if ((r = dev_probe_guard(dev, "write zeroes", NULL, off, len, &locked)) < 0)
+    return r;
+  if (locked && !dev->drv->write_zeroes) {
+    dev_probe_unlock(dev, locked);
+    locked = false;
+  }
+  r = dev_write_zeroes(dev, off, len, flags);
+  dev_probe_unlock(dev, locked);
+  return r;
+}
+
+static int
+dev_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                 unsigned flags)
+{
+  int r = 0;
   if (!dev->drv->write_zeroes) {
     if (flags & VD_REQ_FAST_ZERO)
       return vd_set_error(ENOTSUP, "%s: no fast zeroing", dev->path);
@@ -475,4 +690,5 @@ uint32_t vd_preferred_io(const struct vd_dev *dev) { return dev->preferred_io; }
 bool vd_is_read_only(const struct vd_dev *dev) { return dev->read_only; }
 const char *vd_path(const struct vd_dev *dev) { return dev->path; }
 const char *vd_format(const struct vd_dev *dev) { return dev->drv->name; }
+bool vd_probed_raw(const struct vd_dev *dev) { return dev->probe_guard; }
 bool vd_can_multi_conn(const struct vd_dev *dev) { return dev->drv->multi_conn; }

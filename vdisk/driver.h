@@ -34,6 +34,21 @@ struct vd_dev {
                                  if the driver opens its own files; the
                                  core closes it after drv->close */
   unsigned open_flags;        /* VD_OPEN_* */
+  /* The options it was opened with (strings owned by the device; format
+   * is the one asked for, NULL if probed).  Drivers read backing,
+   * backing_format and parent_policy from here. */
+  struct vd_open_args opts;
+  char *real;                 /* realpath of path (NULL if it failed) */
+  /* For a parent: the device that opened it (its child), up to the top
+   * image; NULL for an image opened through the public API.  Walking it
+   * gives the chain depth and the images a loop would revisit. */
+  const struct vd_dev *child;
+  /* Opened without a format and probed as raw: write-type requests that
+   * would change the probe result are refused (dev.c).  probe_lock
+   * serialises those requests so two of them cannot together build a
+   * header that neither would alone. */
+  bool probe_guard;
+  pthread_mutex_t probe_lock;
   bool read_only;
   bool strict_align;          /* writes must be logical_block aligned */
   uint64_t size;              /* virtual size in bytes; set by open */
@@ -103,6 +118,10 @@ struct vd_driver {
    * error of write-type requests.  NULL: a writable format. */
   const char *read_only_hint;
 
+  /* Images of this format reference no other file (raw, vdz): the only
+   * formats a parent lookup may probe (VD_OPEN_PROBE_LEAF). */
+  bool leaf;
+
   /* New ops go here, at the end. */
 };
 
@@ -131,7 +150,21 @@ void vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val);
 
 /* Registry lookups (vdisk/registry.c). */
 const struct vd_driver *vd_find_driver(const char *name);
-/* Probe PATH; returns the best driver or NULL with an error set. */
+/* Probe PATH; returns the best driver or NULL with an error set.  The
+ * file is opened with O_NONBLOCK and must be a regular file or a block
+ * device, so a FIFO never blocks the prober.  LEAF_ONLY: consider only
+ * drivers with .leaf set. */
 const struct vd_driver *vd_probe_path(const char *path, int *err);
+const struct vd_driver *vd_probe_path_leaf(const char *path, bool leaf_only,
+                                           int *err);
+/* The best driver for the bytes in PD (any driver; never NULL while the
+ * raw driver is registered). */
+const struct vd_driver *vd_probe_data(const struct vd_probe_data *pd,
+                                      bool leaf_only);
+
+/* Open PATH with ARGS as the parent of CHILD (sets the new device's
+ * child link, so depth and loops can be checked up the chain). */
+int vd_open_parent(const struct vd_dev *child, const char *path,
+                   const struct vd_open_args *args, struct vd_dev **out);
 
 #endif /* VDISK_DRIVER_H */

@@ -130,6 +130,7 @@ raw_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
 const struct vd_driver vd_raw_driver = {
   .name = "raw",
   .probe = raw_probe,
+  .leaf = true,
   .open = raw_open,
   .create = raw_create,
   .pread = raw_pread,

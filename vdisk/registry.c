@@ -48,12 +48,37 @@ vd_format_names(void)
 }
 
 const struct vd_driver *
+vd_probe_data(const struct vd_probe_data *pd, bool leaf_only)
+{
+  const struct vd_driver *best = NULL;
+  int best_score = 0;
+  for (const struct vd_driver *const *d = vd_drivers; *d; d++) {
+    if (!(*d)->probe || (leaf_only && !(*d)->leaf))
+      continue;
+    int s = (*d)->probe(pd);
+    if (s > best_score) {
+      best_score = s;
+      best = *d;
+    }
+  }
+  return best;
+}
+
+const struct vd_driver *
 vd_probe_path(const char *path, int *err)
 {
+  return vd_probe_path_leaf(path, false, err);
+}
+
+const struct vd_driver *
+vd_probe_path_leaf(const char *path, bool leaf_only, int *err)
+{
   uint8_t head[VD_PROBE_HEAD], tail[512];
-  struct stat st;
+  struct stat st = { 0 };
   struct vd_probe_data pd = { .head = head, .path = path };
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO for reading must not wait for a writer;
+   * the type check below then refuses it. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
   if (fd == -1) {
     *err = vd_set_error(errno, "%s: cannot open for reading: %s", path,
@@ -76,17 +101,7 @@ vd_probe_path(const char *path, int *err)
     pd.tail = tail;
   close(fd);
 
-  const struct vd_driver *best = NULL;
-  int best_score = 0;
-  for (const struct vd_driver *const *d = vd_drivers; *d; d++) {
-    if (!(*d)->probe)
-      continue;
-    int s = (*d)->probe(&pd);
-    if (s > best_score) {
-      best_score = s;
-      best = *d;
-    }
-  }
+  const struct vd_driver *best = vd_probe_data(&pd, leaf_only);
   if (!best)
     *err = vd_set_error(EINVAL, "%s: unknown image format", path);
   return best;

@@ -27,7 +27,36 @@ struct vd_dev;
 #define VD_OPEN_RDWR     0x01u  /* open for writing (default: read-only) */
 #define VD_OPEN_DIRECT   0x02u  /* O_DIRECT + libaio (qemu's cache=none) */
 #define VD_OPEN_NOLOCK   0x04u  /* take no image lock (qemu's -U / force-share) */
-#define VD_OPEN_NOPARENT 0x08u  /* do not open backing files (info on a lone child) */
+#define VD_OPEN_NOPARENT 0x08u  /* do not open backing files at all: reads of
+                                   sectors the image does not hold give
+                                   zeros (management of a lone child) */
+#define VD_OPEN_PROBE_LEAF 0x10u /* when probing, consider only formats whose
+                                   images reference no other file (raw,
+                                   vdz): never vpc or raid */
+
+/* Where the parent (backing file) of a differencing image may be found,
+ * when the operator did not name it (see docs/vhd.md, "Parent lookup"). */
+#define VD_PARENT_CONFINED 0u   /* default: a regular file inside the
+                                   child's folder tree (after realpath) */
+#define VD_PARENT_ANY_FOLDER 1u /* a regular file anywhere */
+
+/* Options of vd_open_opts (QEMU's options dict, nbdkit's .config): they
+ * travel down the open path and stay with the device.  Zero-initialise
+ * and set what you need; strings are copied. */
+struct vd_open_args {
+  const char *format;         /* driver name or alias, NULL to probe */
+  unsigned flags;             /* VD_OPEN_* */
+  /* Backing override for the top image (qemu's backing.file): its parent
+   * is this file, whatever the image's parent locators say.  The operator
+   * names it, so it is exempt from the folder confinement; it must still
+   * be a regular file or a block device.  NULL: look it up. */
+  const char *backing;
+  /* Format of BACKING (or of the looked-up parent).  NULL: what the child
+   * implies (a VHD parent for a VHD child that records a parent UUID, else
+   * a probe among VD_OPEN_PROBE_LEAF formats). */
+  const char *backing_format;
+  unsigned parent_policy;     /* VD_PARENT_*; applies to the whole chain */
+};
 
 /* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */
 #define VD_REQ_FUA       0x01u  /* durable before returning */
@@ -86,9 +115,21 @@ struct vd_create_args {
 
 /* Open the image at PATH.  FORMAT is a driver name or alias ("raw",
  * "vhd", "vpc", ...) or NULL to probe by magic bytes.  On success stores
- * the device in *OUT and returns 0. */
+ * the device in *OUT and returns 0.  The same as vd_open_opts with only
+ * format and flags set. */
 int vd_open(const char *path, const char *format, unsigned flags,
             struct vd_dev **out);
+
+/* Open the image at PATH with the options in ARGS (NULL: all defaults).
+ * PATH must be a regular file or a block device (a FIFO, socket or
+ * character device is refused before it is opened, so it never blocks).
+ * An image opened without a format that probed as raw refuses, with
+ * -EPERM, any write-type request that would change what it probes as
+ * (qemu's rule: probing never turns guest-written content into
+ * configuration); see vd_probed_raw.  Returns 0 and the device in *OUT, or
+ * -errno with vd_error() set. */
+int vd_open_opts(const char *path, const struct vd_open_args *args,
+                 struct vd_dev **out);
 
 /* Flush (if writable) and free the device.  Returns the flush result.
  * Accepts NULL. */
@@ -164,6 +205,11 @@ uint32_t vd_preferred_io(const struct vd_dev *dev);
 bool vd_is_read_only(const struct vd_dev *dev);
 const char *vd_path(const struct vd_dev *dev);
 const char *vd_format(const struct vd_dev *dev);
+/* True if DEV was opened without a format and probed as raw: writes that
+ * would make its first 4 KiB or its last 512 bytes probe as another format
+ * are refused (frontends warn when serving such a device writable; open
+ * with format "raw" to lift the restriction). */
+bool vd_probed_raw(const struct vd_dev *dev);
 /* True if writes, flushes and write_zeroes from several connections are
  * coherent (a flush on one covers writes completed on all). */
 bool vd_can_multi_conn(const struct vd_dev *dev);

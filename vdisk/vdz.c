@@ -20,8 +20,11 @@
  *
  * Images are written once by vd_import (vdtool convert -O vdz) into a
  * temporary file whose header is written last, after the data and index
- * are flushed, and which is renamed over the target only after fsync: a
- * crash never leaves a file at the target path that opens as valid.
+ * are flushed, and which is renamed over the target only after fsync (then
+ * the folder is fsynced): a crash never leaves a file at the target path
+ * that opens as valid.  The temporary file ("TARGET.tmp-PID-RANDOM") is
+ * created with O_CREAT|O_EXCL, so a symlink planted at its name is never
+ * followed.
  *
  * Reads: clusters fully covered by a request are decompressed straight
  * into the caller's buffer (contiguous ones read from the file at once);
@@ -38,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1046,6 +1050,34 @@ static int vdz_sync_dir(const char *path)
   return r;
 }
 
+/* Create the temporary file beside PATH that the image is written into
+ * before it is renamed over PATH: "PATH.tmp-PID-RANDOM", created with
+ * O_CREAT|O_EXCL (never through a symlink or over a file someone planted
+ * there; an unpredictable name as well), retried on a name clash.  On
+ * success *TMP (malloc'd) names the file, which the caller owns. */
+static int vdz_create_tmp(const char *path, char **tmp, struct vd_file **f)
+{
+  for (int tries = 0; tries < 16; tries++) {
+    uint32_t rnd;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+      return vd_set_error(errno ? errno : EIO, "%s: getrandom: %m", path);
+    if (asprintf(tmp, "%s.tmp-%ld-%08" PRIx32, path, (long)getpid(), rnd) < 0) {
+      *tmp = NULL;
+      return vd_set_error(ENOMEM, "%s: out of memory", path);
+    }
+    int r = vd_file_open(*tmp, VD_FILE_RDWR | VD_FILE_CREATE | VD_FILE_EXCL,
+                         f);
+    if (r == 0)
+      return 0;
+    free(*tmp);
+    *tmp = NULL;
+    if (r != -EEXIST)
+      return r;
+  }
+  return vd_set_error(EEXIST, "%s: no free temporary file name beside it",
+                      path);
+}
+
 static int vdz_import(const char *path, struct vd_dev *src,
                       const struct vd_create_args *args,
                       vd_progress_fn progress, void *opaque)
@@ -1101,13 +1133,13 @@ static int vdz_import(const char *path, struct vd_dev *src,
   in_place = stat(path, &st) == 0 && S_ISBLK(st.st_mode);
   if (in_place) {
     r = vd_file_open(path, VD_FILE_RDWR, &f);
+    if (r < 0)
+      return r;
   } else {
-    if (asprintf(&tmp, "%s.tmp-%ld", path, (long)getpid()) < 0)
-      return vd_set_error(ENOMEM, "%s: out of memory", path);
-    r = vd_file_open(tmp, VD_FILE_RDWR | VD_FILE_CREATE | VD_FILE_TRUNC, &f);
+    r = vdz_create_tmp(path, &tmp, &f);
+    if (r < 0)
+      return r;
   }
-  if (r < 0)
-    goto out;
 
   pthread_mutex_init(&im.lock, NULL);
   pthread_cond_init(&im.cond, NULL);
@@ -1139,6 +1171,7 @@ const struct vd_driver vd_vdz_driver = {
   .name = "vdz",
   .priv_size = sizeof(struct vdz_priv),
   .probe = vdz_probe,
+  .leaf = true,
   .open = vdz_open,
   .close = vdz_close,
   .create = vdz_create,

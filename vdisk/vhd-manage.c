@@ -81,14 +81,18 @@ vhd_commit(const char *child, vd_progress_fn progress, void *opaque)
     return r;
   struct vhd_priv *p = c->priv;
   char parent_path[sizeof p->parent_path];
+  char parent_format[sizeof p->parent_format];
   snprintf(parent_path, sizeof parent_path, "%s", p->parent_path);
+  snprintf(parent_format, sizeof parent_format, "%s", p->parent_format);
   /* Read the child alone from here on: the parent gets opened writable. */
   vd_close(c);
   r = mg_open(child, 0, VHD_TYPE_DIFF, true, &c);
   if (r < 0)
     return r;
   p = c->priv;
-  r = vd_open(parent_path, NULL, VD_OPEN_RDWR, &par);
+  /* The parent the chain open found and checked, in the format it opened
+   * with (never probed again). */
+  r = vd_open(parent_path, parent_format, VD_OPEN_RDWR, &par);
   if (r < 0)
     goto out;
   if (c->size > par->size) {
@@ -273,6 +277,14 @@ vhd_rebase(const char *child, const char *new_parent, bool unsafe,
     r = vd_open(new_parent, NULL, VD_OPEN_NOLOCK, &np);
     if (r < 0)
       goto out;
+    /* A UUID-less parent is reopened probing only formats that reference
+     * no other file (vhd.c): anything else could never be reopened. */
+    if (!vhd_priv_of(np) && !np->drv->leaf) {
+      r = vd_set_error(EINVAL, "%s: %s is a '%s' image; a VHD can only have "
+                       "a VHD, raw or vdz parent", child, new_parent,
+                       vd_format(np));
+      goto out;
+    }
     /* The new parent's chain must not contain the child. */
     char me[PATH_MAX], other[PATH_MAX];
     if (!realpath(child, me))

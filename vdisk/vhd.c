@@ -114,22 +114,34 @@ vhd_probe(const struct vd_probe_data *pd)
   return 0;
 }
 
-/* ---- parent resolution ---- */
-
-/* Paths of the images being opened by this thread, outermost first: a
- * parent already in here is a loop. */
-static __thread char *vhd_chain[VHD_MAX_CHAIN + 1];
-static __thread int vhd_chain_len;
-/* Set by vhd_open_lone: do not look for the parent at all. */
-static __thread bool vhd_lone;
+/* ---- parent resolution ----
+ *
+ * The rules (docs/vhd.md, "Parent lookup and trust"):
+ *  - a child that records a parent UUID opens its parent as a VHD (never
+ *    probed) whose UUID matches; a child with a zero parent UUID (vdisk's
+ *    non-VHD base) probes its parent among formats that reference no other
+ *    file (raw, vdz);
+ *  - candidates from the locators are resolved with realpath and must be
+ *    regular files inside the child's folder tree (VD_PARENT_CONFINED),
+ *    checked with stat before any open, so a FIFO or a device never opens;
+ *  - the operator's backing override (dev->opts.backing, top image only)
+ *    replaces the lookup and is exempt from the folder rule;
+ *  - a parent already in the chain is a loop; chains are at most
+ *    VHD_MAX_CHAIN deep.  Both found through dev->child links, not
+ *    thread-local state.
+ */
 
 int
 vhd_open_lone(const char *path, unsigned flags, struct vd_dev **out)
 {
-  vhd_lone = true;
-  int r = vd_open(path, "vpc", flags | VD_OPEN_NOPARENT, out);
-  vhd_lone = false;
-  return r;
+  return vd_open(path, "vpc", flags | VD_OPEN_NOPARENT, out);
+}
+
+static bool
+vhd_uuid_zero(const uint8_t *u)
+{
+  static const uint8_t z[16];
+  return memcmp(u, z, 16) == 0;
 }
 
 static void
@@ -205,77 +217,201 @@ vhd_parent_candidates(struct vd_dev *dev, char (*cand)[PATH_MAX], int max)
                         true, tmp, sizeof tmp) > 0) {
     vhd_slashes(tmp);
     const char *base = strrchr(tmp, '/') ? strrchr(tmp, '/') + 1 : tmp;
-    if (*base && vhd_join(cand[n], PATH_MAX, dir, base) == 0)
+    if (*base && strcmp(base, ".") && strcmp(base, "..") &&
+        vhd_join(cand[n], PATH_MAX, dir, base) == 0)
       n++;
   }
   return n;
 }
 
-static int vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
-                                char (*real)[PATH_MAX], int n);
-
+/* The real folder of DEV as the operator named it (the directory part of
+ * its path, symlinks resolved), into DIR.  Returns 0 or -1. */
 static int
-vhd_open_parent(struct vd_dev *dev)
+vhd_real_dir(const struct vd_dev *dev, char *dir)
+{
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s", dev->path);
+  return realpath(dirname(tmp), dir) ? 0 : -1;
+}
+
+/* True if REAL (a resolved path) lies inside the folder tree DIR. */
+static bool
+vhd_inside(const char *dir, const char *real)
+{
+  size_t n = strlen(dir);
+  if (n == 1 && dir[0] == '/')
+    return true;
+  return strncmp(real, dir, n) == 0 && real[n] == '/';
+}
+
+/* Why the last refused candidate was refused (for the final message). */
+struct vhd_refusal {
+  char path[PATH_MAX];
+  char why[96];
+  int err;
+};
+
+/* Check candidate CAND (resolved into REAL) before anything opens it:
+ * it must exist, be a regular file (a block device too when the operator
+ * named it), lie inside the child's folder tree unless OVERRIDE or the
+ * policy says otherwise, and not already be in the chain.  Returns 0 if it
+ * may be opened, 1 if it is to be skipped (reason in *REF), or -ELOOP. */
+static int
+vhd_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
+                 bool override, const char *dir, struct vhd_refusal *ref)
+{
+  struct stat st;
+  if (!realpath(cand, real) || stat(real, &st) == -1) {
+    int e = errno;
+    if (ref->err == 0 || ref->err == ENOENT) {  /* a refusal says more */
+      ref->err = e == ENOTDIR ? ENOENT : e;
+      snprintf(ref->path, sizeof ref->path, "%s", cand);
+      snprintf(ref->why, sizeof ref->why, "%s", strerror(e));
+    }
+    return 1;
+  }
+  const char *bad = NULL;
+  if (S_ISDIR(st.st_mode))
+    bad = "is a directory";
+  else if (!S_ISREG(st.st_mode) && !(override && S_ISBLK(st.st_mode)))
+    bad = "is not a regular file";
+  else if (!override && dev->opts.parent_policy == VD_PARENT_CONFINED &&
+           (!dir || !vhd_inside(dir, real)))
+    bad = "is outside the child's folder (name it with --backing to use it)";
+  if (bad) {
+    if (ref->err && ref->err != ENOENT)
+      return 1;             /* keep the first refusal */
+    ref->err = EPERM;
+    snprintf(ref->path, sizeof ref->path, "%s", cand);
+    snprintf(ref->why, sizeof ref->why, "%s", bad);
+    return 1;
+  }
+  for (const struct vd_dev *d = dev; d; d = d->child)
+    if (d->real && strcmp(d->real, real) == 0)
+      return vd_set_error(ELOOP, "%s: parent loop: %s is already in the "
+                          "chain", dev->path, cand);
+  return 0;
+}
+
+/* Open CAND (checked) as DEV's parent.  Returns 0 with p->parent set, 1 if
+ * it is a VHD whose UUID does not match (*GOT gets its UUID), or -errno. */
+static int
+vhd_try_parent(struct vd_dev *dev, const char *cand, bool override,
+               char *got)
+{
+  struct vhd_priv *p = dev->priv;
+  bool want_vhd = !vhd_uuid_zero(p->header.parent_uuid);
+  struct vd_open_args a = {
+    .flags = dev->open_flags & (VD_OPEN_DIRECT | VD_OPEN_NOLOCK),
+    .parent_policy = dev->opts.parent_policy,
+  };
+  /* The format is the child's to say, never the parent bytes': a VHD for a
+   * UUID, else only formats that reference no other file.  The operator's
+   * backing_format wins over both. */
+  if (dev->opts.backing_format && (override || !dev->child))
+    a.format = dev->opts.backing_format;
+  else if (want_vhd)
+    a.format = "vpc";
+  else
+    a.flags |= VD_OPEN_PROBE_LEAF;
+  struct vd_dev *parent;
+  int r = vd_open_parent(dev, cand, &a, &parent);
+  /* Only the top image prefixes, so an error deep in a long chain stays
+   * one readable line naming the image where it happened. */
+  if (r < 0)
+    return dev->child ? r : vd_prefix_error(-r, "%s: parent", dev->path);
+  struct vhd_priv *pp = vhd_priv_of(parent);
+  if (want_vhd && pp && memcmp(pp->footer.uuid, p->header.parent_uuid, 16)) {
+    vhd_uuid_format(pp->footer.uuid, got);
+    vd_close(parent);
+    return 1;
+  }
+  p->parent = parent;
+  snprintf(p->parent_path, sizeof p->parent_path, "%s", cand);
+  snprintf(p->parent_format, sizeof p->parent_format, "%s",
+           vd_format(parent));
+  return 0;
+}
+
+static int vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
+                                char (*real)[PATH_MAX], int n, bool override,
+                                bool lookup_only);
+
+/* Find (and unless LOOKUP_ONLY, open) DEV's parent.  LOOKUP_ONLY fills
+ * parent_path with the candidate that passes the checks, opening nothing
+ * (VD_OPEN_NOPARENT), and never fails. */
+static int
+vhd_open_parent(struct vd_dev *dev, bool lookup_only)
 {
   enum { MAXC = 2 * VHD_NLOC + 1 };
   /* On the heap: this recurses once per chain level. */
   char (*cand)[PATH_MAX] = malloc(2 * MAXC * sizeof *cand);
   if (!cand)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = vhd_open_parent_from(dev, cand, cand + MAXC,
-                               vhd_parent_candidates(dev, cand, MAXC));
+  /* The backing override names the top image's parent only. */
+  bool override = dev->opts.backing && !dev->child;
+  int n;
+  if (override) {
+    snprintf(cand[0], PATH_MAX, "%s", dev->opts.backing);
+    n = 1;
+  } else {
+    n = vhd_parent_candidates(dev, cand, MAXC);
+  }
+  int r = vhd_open_parent_from(dev, cand, cand + MAXC, n, override,
+                               lookup_only);
   free(cand);
   return r;
 }
 
 static int
 vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
-                     char (*real)[PATH_MAX], int n)
+                     char (*real)[PATH_MAX], int n, bool override,
+                     bool lookup_only)
 {
   struct vhd_priv *p = dev->priv;
-  char want[37], got[37] = "", mismatch[PATH_MAX] = "";
-  unsigned flags = dev->open_flags & (VD_OPEN_DIRECT | VD_OPEN_NOLOCK);
+  char want[37], got[37] = "", mismatch[PATH_MAX] = "", dirbuf[PATH_MAX];
+  struct vhd_refusal ref = { .err = 0 };
+  const char *dir = vhd_real_dir(dev, dirbuf) == 0 ? dirbuf : NULL;
 
-  if (dev->open_flags & VD_OPEN_NOPARENT)
-    flags |= VD_OPEN_NOLOCK;
   vhd_uuid_format(p->header.parent_uuid, want);
   if (n == 0)
-    return vd_set_error(ENOENT, "%s: differencing image names no parent",
-                        dev->path);
+    return lookup_only ? 0
+           : vd_set_error(ENOENT, "%s: differencing image names no parent",
+                          dev->path);
   for (int i = 0; i < n; i++) {
     bool seen = false;
-    if (!realpath(cand[i], real[i])) {
+    int r = vhd_candidate_ok(dev, cand[i], real[i], override, dir, &ref);
+    if (r == 1 || (r < 0 && lookup_only)) {
       real[i][0] = '\0';
       continue;
     }
+    if (r < 0)
+      return r;
     for (int j = 0; j < i; j++)
       seen |= strcmp(real[i], real[j]) == 0;
     if (seen)
       continue;
-    for (int j = 0; j < vhd_chain_len; j++)
-      if (strcmp(vhd_chain[j], real[i]) == 0)
-        return vd_set_error(ELOOP, "%s: parent loop: %s is already in the chain",
-                            dev->path, cand[i]);
-    struct vd_dev *parent;
-    int r = vd_open(cand[i], NULL, flags, &parent);
-    if (r < 0)
-      return vd_prefix_error(-r, "%s: parent", dev->path);
-    struct vhd_priv *pp = vhd_priv_of(parent);
-    if (pp && memcmp(pp->footer.uuid, p->header.parent_uuid, 16) != 0) {
-      if (!mismatch[0]) {
-        snprintf(mismatch, sizeof mismatch, "%s", cand[i]);
-        vhd_uuid_format(pp->footer.uuid, got);
-      }
-      vd_close(parent);
-      continue;
+    if (lookup_only) {
+      snprintf(p->parent_path, sizeof p->parent_path, "%s", cand[i]);
+      snprintf(p->parent_format, sizeof p->parent_format, "%s",
+               dev->opts.backing_format ? dev->opts.backing_format
+               : vhd_uuid_zero(p->header.parent_uuid) ? "" : "vpc");
+      return 0;
     }
-    p->parent = parent;
-    snprintf(p->parent_path, sizeof p->parent_path, "%s", cand[i]);
-    return 0;
+    r = vhd_try_parent(dev, cand[i], override, got);
+    if (r <= 0)
+      return r;
+    if (!mismatch[0])
+      snprintf(mismatch, sizeof mismatch, "%s", cand[i]);
   }
+  if (lookup_only)
+    return 0;
   if (mismatch[0])
     return vd_set_error(EINVAL, "%s: parent UUID mismatch: %s has %s, "
                         "the child expects %s", dev->path, mismatch, got, want);
+  if (ref.err && ref.err != ENOENT)
+    return vd_set_error(ref.err, "%s: parent %s %s", dev->path, ref.path,
+                        ref.why);
   return vd_set_error(ENOENT, "%s: parent image not found (tried %s%s)",
                       dev->path, cand[0], n > 1 ? " and others" : "");
 }
@@ -515,28 +651,20 @@ vhd_open_inner(struct vd_dev *dev)
     return r;
   vhd_footer_encode(&p->footer, p->footer_raw);
 
-  /* With VD_OPEN_NOPARENT the chain is still opened (without locks) to
-   * validate it, then closed: info on a child with a missing parent, a
-   * UUID mismatch or a loop fails like every other open. */
-  if (p->type == VHD_TYPE_DIFF && !vhd_lone) {
-    char real[PATH_MAX];
-    if (vhd_chain_len >= VHD_MAX_CHAIN)
+  /* VD_OPEN_NOPARENT opens nothing but the image: the parent path is only
+   * looked up (checked with stat) for info. */
+  if (p->type == VHD_TYPE_DIFF) {
+    if (dev->open_flags & VD_OPEN_NOPARENT)
+      return vhd_open_parent(dev, true);
+    int depth = 0;
+    for (const struct vd_dev *d = dev->child; d; d = d->child)
+      depth++;
+    if (depth >= VHD_MAX_CHAIN)
       return vd_set_error(ELOOP, "%s: chain of differencing images deeper "
                           "than %d", path, VHD_MAX_CHAIN);
-    if (!realpath(path, real))
-      snprintf(real, sizeof real, "%s", path);
-    vhd_chain[vhd_chain_len] = real;
-    vhd_chain_len++;
-    r = vhd_open_parent(dev);
-    vhd_chain_len--;
+    r = vhd_open_parent(dev, false);
     if (r < 0)
       return r;
-    snprintf(p->parent_format, sizeof p->parent_format, "%s",
-             vd_format(p->parent));
-    if (dev->open_flags & VD_OPEN_NOPARENT) {
-      vd_close(p->parent);
-      p->parent = NULL;
-    }
   }
   return 0;
 }
@@ -1280,10 +1408,35 @@ vhd_create(const char *path, const struct vd_create_args *args)
     r = vd_open(args->backing, args->backing_format, VD_OPEN_NOLOCK, &parent);
     if (r < 0)
       return r;
+    /* The child records a UUID for a VHD parent and none otherwise, and
+     * reopens a UUID-less parent probing only formats that reference no
+     * other file: any other parent could never be reopened. */
+    struct vhd_priv *pp = vhd_priv_of(parent);
+    if (!pp && !parent->drv->leaf) {
+      r = vd_set_error(EINVAL, "%s: backing file %s is a '%s' image; a VHD "
+                       "can only have a VHD, raw or vdz parent", path,
+                       args->backing, vd_format(parent));
+      vd_close(parent);
+      return r;
+    }
+    /* A UUID-less parent is reopened by probing among leaf formats: the
+     * format asked for must be the one that probe finds, or the child
+     * would later read its parent differently (-F raw over a vdz). */
+    if (!pp) {
+      const struct vd_driver *again = vd_probe_path_leaf(args->backing, true,
+                                                          &r);
+      if (again != parent->drv) {
+        r = vd_set_error(EINVAL, "%s: backing file %s cannot be recorded as "
+                         "'%s': a VHD child would reopen it as '%s'", path,
+                         args->backing, vd_format(parent),
+                         again ? again->name : "nothing");
+        vd_close(parent);
+        return r;
+      }
+    }
     if (size == 0)
       size = parent->size;
     /* Children inherit the parent's block size unless told otherwise. */
-    struct vhd_priv *pp = vhd_priv_of(parent);
     if (pp && pp->block_size >= (512u << 10) &&
         vd_opt_get(args->options, "block_size", val, sizeof val) == 0)
       block = pp->block_size;

@@ -146,9 +146,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_close(&dev);
   }
 
-  vhd_lone = true;
   int r = fuzz_open(&dev, &priv, path2, VD_OPEN_RDWR | VD_OPEN_NOPARENT);
-  vhd_lone = false;
   if (r == 0) {
     uint64_t sectors = dev.size / VHD_SECTOR;
     memset(buf, 0xA5, sizeof buf);

@@ -127,18 +127,27 @@ vdtool info ctop.vhd | grep -q 'subformat: dynamic' || fail "rebase -b ''"
 qemu-img compare -f vpc -F raw ctop.vhd cmodel.raw >/dev/null || fail "qemu reads the flattened child differently"
 same ctop.vhd cmodel.raw
 
-# 6. Parent lookup: relative locator, then absolute, then the name.
-mkdir -p a/b p
-vdtool create -q -f vhd -o block_size=512K p/par.vhd 4M
+# 6. Parent lookup: relative locator, then absolute, then the name.  A
+# parent must lie in the child's folder tree (docs/vhd.md), so the child
+# moves up to break its relative locator; a parent outside the tree needs
+# --backing (the layout this test used before the confinement rule).
+mkdir -p a/b/p p
+vdtool create -q -f vhd -o block_size=512K a/b/p/par.vhd 4M
 vdtool create -q par.raw 4M
-nbd_io p/par.vhd par.raw 'write -P 0x91 0 64k'
-vdtool create -q -f vhd -b ../../p/par.vhd a/b/kid.vhd   # relative to the child, as qemu-img
-vdtool info a/b/kid.vhd | grep -q '^backing file: a/b/../../p/par.vhd' || fail "relative lookup"
+nbd_io a/b/p/par.vhd par.raw 'write -P 0x91 0 64k'
+vdtool create -q -f vhd -b p/par.vhd a/b/kid.vhd   # relative to the child, as qemu-img
+vdtool info a/b/kid.vhd | grep -q '^backing file: a/b/p/par.vhd' || fail "relative lookup"
 mv a/b/kid.vhd a/kid.vhd                 # relative path broken: absolute
-vdtool info a/kid.vhd | grep -q "^backing file: $VD_TMP/p/par.vhd" || fail "absolute lookup"
-mv p/par.vhd a/par.vhd                   # both broken: the name beside it
+vdtool info a/kid.vhd | grep -q "^backing file: $VD_TMP/a/b/p/par.vhd" || fail "absolute lookup"
+mv a/b/p/par.vhd a/par.vhd               # both broken: the name beside it
 vdtool info a/kid.vhd | grep -q '^backing file: a/par.vhd' || fail "lookup by name"
 same a/kid.vhd par.raw
+mv a/par.vhd p/par.vhd
+vdtool create -q -f vhd -b ../../p/par.vhd a/b/kid.vhd
+expect_error 'outside the child' vdtool info a/b/kid.vhd
+vdtool info --backing=p/par.vhd a/b/kid.vhd | grep -q '^backing file: p/par.vhd' ||
+  fail "--backing"
+vdtool compare --backing=p/par.vhd a/b/kid.vhd par.raw >/dev/null || fail "--backing: contents"
 
 # 7. resize and compact keep the contents.
 cp cmid0.vhd cmid.vhd; mv sub/cbase.vhd .

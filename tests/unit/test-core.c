@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cu.h"
@@ -281,6 +282,125 @@ test_create_errors(void)
   CU_ASSERT_EQUAL(vd_create(tmp_path("nodir/c.img"), "raw", &a), -ENOENT);
 }
 
+/* The probe guard (qemu's rule) through the public API. */
+static void
+test_probe_guard(void)
+{
+  struct vd_dev *d;
+  char *p = tmp_path("guard.img");
+  struct vd_create_args a = { .size = 1 << 20 };
+  uint8_t sec[512] = { 0 };
+
+  CU_ASSERT_EQUAL_FATAL(vd_create(p, "raw", &a), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(p, NULL, &d), 0);
+  CU_ASSERT_TRUE(vd_probed_raw(d));
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, 0, 0), -EROFS);  /* read-only */
+  vd_close(d);
+
+  struct vd_open_args oa = { .flags = VD_OPEN_RDWR };
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(p, &oa, &d), 0);
+  CU_ASSERT_TRUE(vd_probed_raw(d));
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, 0, 0), -EPERM);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "probe as 'vpc'"));
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, (1 << 20) - 512, 0), -EPERM);
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, (1 << 20) - 511, 0), -EPERM);
+  /* Two halves: the second sees the first. */
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conec", 5, 0, 0), 0);
+  CU_ASSERT_EQUAL(vd_pwrite(d, "tix", 3, 5, 0), -EPERM);
+  /* Outside the probed areas, and harmless data inside them, is fine. */
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, 8192, 0), 0);
+  sec[510] = 0x55;
+  sec[511] = 0xaa;
+  CU_ASSERT_EQUAL(vd_pwrite(d, sec, 512, 0, 0), 0);
+  CU_ASSERT_EQUAL(vd_write_zeroes(d, 0, 4096, 0), 0);
+  CU_ASSERT_EQUAL(vd_discard(d, 0, 1 << 20, 0), 0);
+  vd_close(d);
+
+  oa.format = "raw";
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(p, &oa, &d), 0);
+  CU_ASSERT_FALSE(vd_probed_raw(d));
+  CU_ASSERT_EQUAL(vd_pwrite(d, "conectix", 8, 0, 0), 0);
+  vd_close(d);
+
+  oa.parent_policy = 7;
+  CU_ASSERT_EQUAL(vd_open_opts(p, &oa, &d), -EINVAL);
+}
+
+/* Special files never open (and never block), with or without a format. */
+static void
+test_open_special(void)
+{
+  struct vd_dev *d;
+  char *p = tmp_path("fifo.img");
+  CU_ASSERT_EQUAL_FATAL(mkfifo(p, 0600), 0);
+  CU_ASSERT_EQUAL(vd_open(p, NULL, 0, &d), -EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "not a regular file"));
+  CU_ASSERT_EQUAL(vd_open(p, "raw", VD_OPEN_RDWR, &d), -EINVAL);
+  CU_ASSERT_EQUAL(vd_open(p, "vpc", 0, &d), -EINVAL);
+  CU_ASSERT_EQUAL(vd_open("/dev/null", "raw", 0, &d), -EINVAL);
+  unlink(p);
+}
+
+/* Parent options: confinement, the policy, the override, NOPARENT. */
+static void
+test_open_parent_opts(void)
+{
+  struct vd_dev *d;
+  struct vd_info info;
+  char dir[300], par[300], kid[300], buf[512];
+  struct vd_create_args a = { .size = 1 << 20 };
+
+  snprintf(dir, sizeof dir, "%s/kids", tmpdir);
+  snprintf(par, sizeof par, "%s/par.vhd", tmpdir);
+  snprintf(kid, sizeof kid, "%s/kids/kid.vhd", tmpdir);
+  CU_ASSERT_EQUAL_FATAL(mkdir(dir, 0755), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_create(par, "vpc", &a), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_open(par, NULL, VD_OPEN_RDWR, &d), 0);
+  memset(buf, 0x5a, sizeof buf);
+  CU_ASSERT_EQUAL(vd_pwrite(d, buf, sizeof buf, 0, 0), 0);
+  vd_close(d);
+  struct vd_create_args c = { .backing = "../par.vhd" };
+  CU_ASSERT_EQUAL_FATAL(vd_create(kid, "vpc", &c), 0);
+
+  CU_ASSERT_EQUAL(vd_open(kid, NULL, 0, &d), -EPERM);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "outside the child's folder"));
+
+  struct vd_open_args oa = { .parent_policy = VD_PARENT_ANY_FOLDER };
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(kid, &oa, &d), 0);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, sizeof buf, 0), 0);
+  CU_ASSERT_EQUAL(buf[0], 0x5a);
+  vd_close(d);
+
+  struct vd_open_args ov = { .backing = par };
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(kid, &ov, &d), 0);
+  vd_get_info(d, &info);
+  CU_ASSERT_STRING_EQUAL(info.backing, par);
+  CU_ASSERT_STRING_EQUAL(info.backing_format, "vpc");
+  vd_close(d);
+  ov.backing_format = "raw";   /* the operator may say otherwise */
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(kid, &ov, &d), 0);
+  vd_get_info(d, &info);
+  CU_ASSERT_STRING_EQUAL(info.backing_format, "raw");
+  vd_close(d);
+
+  /* NOPARENT opens nothing: not a FIFO, not a missing file. */
+  char moved[300];
+  snprintf(moved, sizeof moved, "%s/par.moved", tmpdir);
+  CU_ASSERT_EQUAL_FATAL(rename(par, moved), 0);
+  CU_ASSERT_EQUAL_FATAL(mkfifo(par, 0600), 0);
+  oa.flags = VD_OPEN_NOPARENT;
+  CU_ASSERT_EQUAL_FATAL(vd_open_opts(kid, &oa, &d), 0);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, sizeof buf, 0), 0);
+  CU_ASSERT_EQUAL(buf[0], 0);
+  vd_close(d);
+  oa.flags = 0;
+  CU_ASSERT_EQUAL(vd_open_opts(kid, &oa, &d), -EPERM);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "not a regular file"));
+  unlink(par);
+  CU_ASSERT_EQUAL(vd_open(kid, "vpc", VD_OPEN_NOPARENT, &d), 0);
+  vd_close(d);
+}
+
 int
 main(void)
 {
@@ -295,6 +415,9 @@ main(void)
     { "dispatcher", test_dispatcher },
     { "raw_block_status", test_raw_block_status },
     { "create_errors", test_create_errors },
+    { "probe_guard", test_probe_guard },
+    { "open_special", test_open_special },
+    { "open_parent_opts", test_open_parent_opts },
     { NULL, NULL }
   };
   if (!mkdtemp(tmpdir))
