@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fairness between connections: clients flooding 32 MiB CACHE (and READ)
-# requests do not make another client's 4 KiB read wait behind the flood
-# (CACHE is bounded and charged like READ; the worker pool serves the
-# connections round-robin).  The check is on reply order, not on time.
+# requests, or many 512 KiB CACHEs within their budget, do not make another
+# client's 4 KiB read wait behind the flood (CACHE is bounded and charged
+# like READ; the worker pool serves the connections round-robin).  The
+# check is on reply order, not on time (see tests/nbd/fairness.py).
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 
