@@ -3,7 +3,11 @@
  * Each connection has one reader (the thread that accepted it): it reads
  * request headers and write payloads through a small input buffer,
  * validates them (proto.c) and queues them on a worker pool shared by
- * every connection.  Workers call the engine and build the reply inside
+ * every connection.  Each connection has its own queue in the pool, and
+ * workers take one job from each connection with work in turn (round
+ * robin), so a connection with thousands of queued requests delays
+ * another's next request by at most one job per busy connection.
+ * Workers call the engine and build the reply inside
  * the job; the reply is then sent whole, in completion order, under the
  * connection's write lock.
  *
@@ -14,10 +18,11 @@
  * through the writer.  So a client that stops reading blocks only its own
  * threads, never the pool.
  *
- * Memory is bounded per connection: at most CONN_MAX_INFLIGHT requests and
- * CONN_BYTE_BUDGET payload bytes between the reader taking a request and
- * its reply leaving (a single request of any allowed size is always
- * admitted); the reader stops reading the socket until replies drain.
+ * Memory and work are bounded per connection: at most CONN_MAX_INFLIGHT
+ * requests and CONN_BYTE_BUDGET bytes of READ, WRITE and CACHE length
+ * between the reader taking a request and its reply leaving (a single
+ * request of any allowed size is always admitted); the reader stops
+ * reading the socket until replies drain.
  *
  * Locks: a connection's wlock and lock are never held together, and the
  * pool lock is taken with neither.
@@ -83,6 +88,12 @@ struct nbd_conn {
   uint64_t buf_bytes;           /* atomic: job buffer bytes allocated */
   struct nbd_job *free_jobs;    /* lock */
 
+  /* The pool's queue of this connection's jobs, and its place in the
+   * pool's ring of connections with queued jobs. */
+  struct nbd_job *q_head, *q_tail;  /* pool.lock */
+  struct nbd_conn *ring_next;       /* pool.lock */
+  bool in_ring;                     /* pool.lock */
+
   /* Reader only: input buffer, and requests parsed but not yet queued
    * (handed to the pool in one go before the reader blocks). */
   uint8_t rbuf[RBUF_SIZE];
@@ -96,7 +107,8 @@ struct nbd_conn {
 static struct {
   pthread_mutex_t lock;
   pthread_cond_t cond;
-  struct nbd_job *head, *tail;  /* lock */
+  /* Connections with queued jobs, served in turn. */
+  struct nbd_conn *ring_head, *ring_tail;  /* lock */
   unsigned idle;                /* lock: workers waiting for work */
   bool stop;                    /* lock */
   unsigned n;
@@ -106,26 +118,54 @@ static struct {
 
 static void job_run(struct nbd_job *j);
 
+static void pool_ring_append_locked(struct nbd_conn *c)
+{
+  c->ring_next = NULL;
+  if (pool.ring_tail)
+    pool.ring_tail->ring_next = c;
+  else
+    pool.ring_head = c;
+  pool.ring_tail = c;
+  c->in_ring = true;
+}
+
+/* Take the next job: the first of the connection whose turn it is; that
+ * connection goes to the back of the ring if it has more. */
+static struct nbd_job *pool_take_locked(void)
+{
+  struct nbd_conn *c = pool.ring_head;
+  struct nbd_job *j;
+
+  if (!c)
+    return NULL;
+  pool.ring_head = c->ring_next;
+  if (!pool.ring_head)
+    pool.ring_tail = NULL;
+  c->in_ring = false;
+  j = c->q_head;
+  c->q_head = j->next;
+  if (c->q_head)
+    pool_ring_append_locked(c);
+  else
+    c->q_tail = NULL;
+  return j;
+}
+
 static void *pool_worker(void *arg)
 {
   (void)arg;
   for (;;) {
     struct nbd_job *j;
     pthread_mutex_lock(&pool.lock);
-    while (!pool.head && !pool.stop) {
+    while (!pool.ring_head && !pool.stop) {
       pool.idle++;
       pthread_cond_wait(&pool.cond, &pool.lock);
       pool.idle--;
     }
-    j = pool.head;
-    if (!j) {
-      pthread_mutex_unlock(&pool.lock);
-      return NULL;
-    }
-    pool.head = j->next;
-    if (!pool.head)
-      pool.tail = NULL;
+    j = pool_take_locked();
     pthread_mutex_unlock(&pool.lock);
+    if (!j)
+      return NULL;
     job_run(j);
   }
 }
@@ -162,16 +202,20 @@ void nbd_pool_stop(void)
   pool.n = 0;
 }
 
-/* Queue the list HEAD..TAIL (N jobs) and wake up to N workers. */
-static void pool_push_list(struct nbd_job *head, struct nbd_job *tail,
-                           unsigned n)
+/* Queue the list HEAD..TAIL (N jobs of connection C) and wake up to N
+ * workers. */
+static void pool_push_list(struct nbd_conn *c, struct nbd_job *head,
+                           struct nbd_job *tail, unsigned n)
 {
   pthread_mutex_lock(&pool.lock);
-  if (pool.tail)
-    pool.tail->next = head;
+  tail->next = NULL;
+  if (c->q_tail)
+    c->q_tail->next = head;
   else
-    pool.head = head;
-  pool.tail = tail;
+    c->q_head = head;
+  c->q_tail = tail;
+  if (!c->in_ring)
+    pool_ring_append_locked(c);
   /* Wake no more workers than there are new jobs. */
   for (unsigned i = 0; i < n && i < pool.idle; i++)
     pthread_cond_signal(&pool.cond);
@@ -589,7 +633,7 @@ static void batch_flush(struct nbd_conn *c)
 {
   if (!c->nbatch)
     return;
-  pool_push_list(c->batch, c->batch_tail, c->nbatch);
+  pool_push_list(c, c->batch, c->batch_tail, c->nbatch);
   c->batch = c->batch_tail = NULL;
   c->nbatch = 0;
 }
@@ -750,8 +794,11 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
       continue;
     }
 
-    bool payload = req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE;
-    j = job_get(c, payload ? req.length : 0);
+    /* CACHE reads like READ: it is charged the same, so that a client
+     * cannot queue more work than its budget. */
+    bool costly = req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE ||
+                  req.type == NBD_CMD_CACHE;
+    j = job_get(c, costly ? req.length : 0);
     if (!j) {
       nbd_log("out of memory: client dropped");
       break;

@@ -32,9 +32,9 @@
 #include "server.h"
 
 #define MAX_LISTEN 16
-#define HANDSHAKE_LIMIT 10      /* seconds a negotiating client may stay silent */
 
 static struct nbd_server server;
+static unsigned handshake_limit = 10;  /* --handshake-limit, 0: none */
 
 /* Live connections, for the connection limit and the shutdown. */
 struct live_conn {
@@ -60,12 +60,15 @@ static void usage(FILE *f)
 "  -b, --bind ADDR        address to listen on (default 127.0.0.1; use\n"
 "                         0.0.0.0 or :: for all interfaces)\n"
 "  -U, --socket PATH      listen on a Unix socket instead of TCP\n"
+"      --socket-mode MODE  permissions of that socket (octal, default 0600)\n"
 "  -r, --read-only        export read-only\n"
 "  -f, --format FMT       image format (default: probe; a probed raw image\n"
 "                         cannot be written into another format's header)\n"
 "      --backing FILE     the parent of a differencing IMAGE, when it is\n"
 "                         outside IMAGE's folder tree (one IMAGE only)\n"
 "      --backing-format FMT  the parent's format\n"
+"  -D, --description TEXT export description sent to clients (default:\n"
+"                         the format and size)\n"
 "  -e, --shared N         serve at most N clients at once (default 16)\n"
 "  -t, --persistent       keep serving after the last client leaves\n"
 "                         (default: exit when it does, as qemu-nbd)\n"
@@ -77,6 +80,12 @@ static void usage(FILE *f)
 "      --tls-psk FILE     pre-shared keys, in psktool's format\n"
 "      --tls=on|require   offer TLS / refuse clients without it\n"
 "                         (default with credentials: require)\n"
+"      --tls-verify-peer[=yes|no]  require a client certificate signed by\n"
+"                         DIR/ca-cert.pem (default: yes if that file exists)\n"
+"      --tls-authz FILE   serve only client certificates whose subject DN\n"
+"                         is a line of FILE\n"
+"      --handshake-limit SECONDS  drop clients that have not chosen an\n"
+"                         export after SECONDS (default 10, 0: never)\n"
 "  -v, --verbose          log connections and errors (twice: every request)\n"
 "  -h, --help             show this help\n"
 "  -V, --version          print the version\n"
@@ -88,13 +97,41 @@ static void usage(FILE *f)
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
-static const char *socket_to_unlink;   /* our Unix socket, once bound */
+
+/* A file we created (the Unix socket, the pid file): removed at exit
+ * only if the name still leads to the same inode, never what somebody
+ * put there since. */
+struct own_file {
+  const char *path;
+  dev_t dev;
+  ino_t ino;
+};
+static struct own_file own_socket, own_pid_file;
+
+static void own_file_set(struct own_file *f, const char *path)
+{
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    f->path = path;
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+  }
+}
+
+static void own_file_remove(struct own_file *f)
+{
+  struct stat st;
+  if (f->path && lstat(f->path, &st) == 0 && st.st_dev == f->dev &&
+      st.st_ino == f->ino)
+    unlink(f->path);
+  f->path = NULL;
+}
 
 static void die(const char *fmt, ...)
 {
   va_list ap;
-  if (socket_to_unlink)
-    unlink(socket_to_unlink);
+  own_file_remove(&own_socket);
+  own_file_remove(&own_pid_file);
   fputs("vdisk-nbd: ", stderr);
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
@@ -115,7 +152,7 @@ static uint32_t pow2_floor(uint32_t v)
 static const char *backing, *backing_format;  /* --backing[-format] */
 
 static void add_export(const char *arg, const char *format, bool ro,
-                       size_t idx)
+                       const char *desc, size_t idx)
 {
   struct nbd_export *e = &server.exports[idx];
   const char *eq = strchr(arg, '=');
@@ -168,8 +205,11 @@ static void add_export(const char *arg, const char *format, bool ro,
   if (e->pref_block > NBD_MAX_PAYLOAD)
     e->pref_block = NBD_MAX_PAYLOAD;
   e->max_block = NBD_MAX_PAYLOAD;
-  if (asprintf(&e->description, "%s image %s, %s", vd_format(dev), path,
-               vd_format_size(e->size, sz, sizeof sz)) < 0)
+  /* Sent before any authentication (LIST, INFO): never the host path. */
+  if (desc)
+    e->description = strdup(desc);
+  else if (asprintf(&e->description, "%s image, %s", vd_format(dev),
+                    vd_format_size(e->size, sz, sizeof sz)) < 0)
     e->description = NULL;
 }
 
@@ -185,20 +225,58 @@ static unsigned parse_uint(const char *opt, const char *s, unsigned min,
   return (unsigned)v;
 }
 
-static int listen_unix(const char *path)
+/* Listen on a Unix socket at PATH with permissions MODE whatever the
+ * umask.  Only a stale socket is replaced: any other file, a symlink
+ * (bind never follows one) or a socket somebody still listens on is
+ * refused.  Runs before any thread exists, so the umask change is safe. */
+static int listen_unix(const char *path, mode_t mode)
 {
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
   struct stat st;
-  int fd;
+  mode_t old_mask;
+  int fd, r, err;
 
   if (strlen(path) >= sizeof sa.sun_path)
     die("%s: socket path too long", path);
   strcpy(sa.sun_path, path);
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-    unlink(path);
   fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-      listen(fd, SOMAXCONN) < 0)
+  if (fd < 0)
+    die("%s: cannot create a socket: %s", path, strerror(errno));
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      die("%s: exists and is not a socket: not replacing it", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+      die("%s: a server is already listening on this socket", path);
+    if (errno != ECONNREFUSED && errno != ENOENT)
+      die("%s: cannot tell whether this socket is in use: %s", path,
+          strerror(errno));
+    close(fd);          /* a failed connect leaves the socket unusable */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      die("%s: cannot create a socket: %s", path, strerror(errno));
+    if (unlink(path) < 0 && errno != ENOENT)
+      die("%s: cannot remove the stale socket: %s", path, strerror(errno));
+  } else if (errno != ENOENT)
+    die("%s: %s", path, strerror(errno));
+
+  old_mask = umask(~mode & 0777);    /* bind creates it 0777 & ~umask */
+  r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+  err = errno;
+  umask(old_mask);
+  if (r < 0)
+    die("%s: cannot bind: %s", path,
+        err == EADDRINUSE ? "the name was taken meanwhile: not replacing it"
+                          : strerror(err));
+  own_file_set(&own_socket, path);
+  /* A default ACL on the folder overrides the umask: fix the mode,
+   * without following a symlink planted meanwhile. */
+  if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
+    die("%s: the socket vanished after bind", path);
+  if ((st.st_mode & 07777) != mode &&
+      fchmodat(AT_FDCWD, path, mode, AT_SYMLINK_NOFOLLOW) < 0)
+    die("%s: cannot set mode %04o: %s", path, (unsigned)mode,
+        strerror(errno));
+  if (listen(fd, SOMAXCONN) < 0)
     die("%s: cannot listen: %s", path, strerror(errno));
   return fd;
 }
@@ -256,14 +334,19 @@ static void *conn_thread(void *arg)
   struct nbd_session s;
   int one = 1;
 
-  /* A client gets HANDSHAKE_LIMIT seconds of silence during negotiation
-   * (TLS included), so idle connections cannot hold the -e slots. */
-  struct timeval limit = { .tv_sec = HANDSHAKE_LIMIT }, none = { 0 };
   setsockopt(lc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(lc->fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   nbd_io_init_socket(&io, lc->fd);
-  if (nbd_negotiate(&server, &io, &s) == 1) {
-    setsockopt(lc->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  /* The whole negotiation, TLS handshake included, must end within
+   * handshake_limit seconds, so that slow or idle clients cannot hold
+   * the -e slots (qemu-nbd's --handshake-limit). */
+  if (handshake_limit)
+    io.deadline = nbd_now_ms() + (int64_t)handshake_limit * 1000;
+  int r = nbd_negotiate(&server, &io, &s);
+  if (r < 0 && server.verbose && nbd_io_expired(&io))
+    nbd_log("handshake not finished within %u s: client dropped",
+            handshake_limit);
+  if (r == 1) {
+    io.deadline = 0;
     if (server.verbose)
       nbd_log("client attached to '%s'%s", s.exp->name,
               io.tls ? " over TLS" : "");
@@ -361,15 +444,51 @@ static void drain_connections(void)
   pthread_mutex_unlock(&conns_lock);
 }
 
+/* Write our pid to PATH, mode 0644 whatever the umask: into a new file
+ * beside it (O_EXCL | O_NOFOLLOW, so nothing planted there is followed),
+ * renamed over PATH (which replaces a symlink, never its target), then
+ * the folder is synced. */
 static void write_pid_file(const char *path)
 {
-  FILE *f = fopen(path, "w");
-  if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0)
-    die("%s: cannot write pid file: %s", path, strerror(errno));
+  char *tmp = NULL, *dir, buf[32];
+  const char *slash = strrchr(path, '/');
+  int fd, len, dfd;
+
+  if (asprintf(&tmp, "%s.tmp-%ld", path, (long)getpid()) < 0)
+    die("out of memory");
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0)
+    die("%s: cannot create: %s", tmp, strerror(errno));
+  len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (fchmod(fd, 0644) < 0 || write(fd, buf, (size_t)len) != len ||
+      fsync(fd) < 0 || close(fd) < 0) {
+    int err = errno;
+    unlink(tmp);
+    die("%s: cannot write pid file: %s", path, strerror(err));
+  }
+  if (rename(tmp, path) < 0) {
+    int err = errno;
+    unlink(tmp);
+    die("%s: cannot write pid file: %s", path, strerror(err));
+  }
+  free(tmp);
+  own_file_set(&own_pid_file, path);
+  dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path))
+              : strdup(".");
+  if (!dir)
+    die("out of memory");
+  dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || fsync(dfd) < 0)
+    die("%s: cannot sync the folder of the pid file: %s", dir,
+        strerror(errno));
+  close(dfd);
+  free(dir);
 }
 
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
-       OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT };
+       OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT,
+       OPT_TLS_VERIFY_PEER, OPT_TLS_AUTHZ, OPT_HANDSHAKE_LIMIT,
+       OPT_SOCKET_MODE };
 
 int main(int argc, char **argv)
 {
@@ -389,6 +508,11 @@ int main(int argc, char **argv)
     { "tls", required_argument, NULL, OPT_TLS },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
+    { "tls-verify-peer", optional_argument, NULL, OPT_TLS_VERIFY_PEER },
+    { "tls-authz", required_argument, NULL, OPT_TLS_AUTHZ },
+    { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_LIMIT },
+    { "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+    { "description", required_argument, NULL, 'D' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -396,14 +520,18 @@ int main(int argc, char **argv)
   };
   const char *port = "10809", *bind_addr = "127.0.0.1", *sock_path = NULL;
   const char *format = NULL, *pid_file = NULL, *tls_creds = NULL;
-  const char *tls_psk = NULL, *tls_arg = NULL;
+  const char *tls_psk = NULL, *tls_arg = NULL, *tls_authz = NULL;
+  const char *description = NULL;
+  int tls_verify = -1;
+  long socket_mode = -1;
   bool ro = false, do_fork = false;
   unsigned shared = 16, threads = 0;
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
   int status = 0;
 
   opterr = 0;  /* one line of our own instead of getopt's */
-  while ((c = getopt_long(argc, argv, "p:b:U:rf:e:tvhV", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "p:b:U:rf:D:e:tvhV", longopts,
+                          NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
     case 'b': bind_addr = optarg; break;
@@ -420,6 +548,32 @@ int main(int argc, char **argv)
     case OPT_TLS: tls_arg = optarg; break;
     case OPT_BACKING: backing = optarg; break;
     case OPT_BACKING_FORMAT: backing_format = optarg; break;
+    case OPT_TLS_VERIFY_PEER:
+      if (!optarg || !strcmp(optarg, "yes") || !strcmp(optarg, "on"))
+        tls_verify = 1;
+      else if (!strcmp(optarg, "no") || !strcmp(optarg, "off"))
+        tls_verify = 0;
+      else
+        die("--tls-verify-peer: '%s' is not yes or no", optarg);
+      break;
+    case OPT_TLS_AUTHZ: tls_authz = optarg; break;
+    case OPT_HANDSHAKE_LIMIT:
+      handshake_limit = parse_uint("--handshake-limit", optarg, 0, 86400);
+      break;
+    case OPT_SOCKET_MODE: {
+      char *end;
+      errno = 0;
+      socket_mode = strtol(optarg, &end, 8);
+      if (errno || end == optarg || *end || socket_mode < 0 ||
+          socket_mode > 0777)
+        die("--socket-mode: '%s' is not an octal mode in 0..0777", optarg);
+      break;
+    }
+    case 'D':
+      if (strlen(optarg) > NBD_MAX_STRING)
+        die("--description: longer than %u bytes", NBD_MAX_STRING);
+      description = optarg;
+      break;
     case 'v': server.verbose++; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("vdisk-nbd %s\n", PACKAGE_VERSION); return 0;
@@ -456,15 +610,20 @@ int main(int argc, char **argv)
       die("--tls=%s needs --tls-creds or --tls-psk", tls_arg);
   } else if (tls_creds || tls_psk)
     server.tls = NBD_TLS_REQUIRE;
+  if ((tls_verify >= 0 || tls_authz) && server.tls == NBD_TLS_OFF)
+    die("--tls-verify-peer and --tls-authz need --tls-creds");
   if (server.tls != NBD_TLS_OFF &&
-      nbd_tls_load(tls_creds, tls_psk, &server.tls_creds) < 0)
+      nbd_tls_load(tls_creds, tls_psk, tls_verify, tls_authz, server.verbose,
+                   &server.tls_creds) < 0)
     exit(1);
+  if (socket_mode >= 0 && !sock_path)
+    die("--socket-mode needs --socket");
 
   /* Sockets. */
-  if (sock_path) {
-    lfds[nl++] = listen_unix(sock_path);
-    socket_to_unlink = sock_path;
-  } else
+  if (sock_path)
+    lfds[nl++] = listen_unix(sock_path,
+                             socket_mode >= 0 ? (mode_t)socket_mode : 0600);
+  else
     nl = listen_tcp(bind_addr, port, lfds);
 
   if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
@@ -502,7 +661,7 @@ int main(int argc, char **argv)
   if (!server.exports)
     die("out of memory");
   for (i = optind; i < argc; i++)
-    add_export(argv[i], format, ro, (size_t)(i - optind));
+    add_export(argv[i], format, ro, description, (size_t)(i - optind));
   /* After every export opened, so a failed start prints one line. */
   for (size_t k = 0; k < server.nexports; k++) {
     struct nbd_export *e = &server.exports[k];
@@ -590,9 +749,7 @@ int main(int argc, char **argv)
   }
   free(server.exports);
   nbd_tls_free(server.tls_creds);
-  if (sock_path)
-    unlink(sock_path);
-  if (pid_file)
-    unlink(pid_file);
+  own_file_remove(&own_socket);
+  own_file_remove(&own_pid_file);
   return status;
 }

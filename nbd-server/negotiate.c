@@ -4,7 +4,9 @@
  * ones are skipped in bounded pieces and refused), so the stream never
  * loses sync: a malformed option gets NBD_REP_ERR_INVALID, an unknown one
  * NBD_REP_ERR_UNSUP, and only a bad magic, an unknown client flag, an
- * unusable NBD_OPT_EXPORT_NAME or a transport failure drop the client.
+ * unusable NBD_OPT_EXPORT_NAME, more than NBD_MAX_OPTIONS options or a
+ * transport failure drop the client.  The time a client may spend here is
+ * bounded by the caller through io->deadline (main.c, --handshake-limit).
  */
 #include <config.h>
 
@@ -302,9 +304,17 @@ int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
     return -1;
   }
 
-  for (;;) {
+  for (unsigned nopts = 0;; nopts++) {
     uint32_t opt, len;
 
+    /* Every option costs a reply: a client that never picks an export
+     * is not served, before or after STARTTLS. */
+    if (nopts == NBD_MAX_OPTIONS) {
+      if (srv->verbose)
+        nbd_log("client sent %u options without choosing an export: "
+                "dropped", NBD_MAX_OPTIONS);
+      break;
+    }
     if (nbd_io_recv_full(io, buf, NBD_OPT_HDR_LEN) < 0)
       break;
     if (vd_get_be64(buf) != NBD_OPTS_MAGIC) {

@@ -111,7 +111,10 @@ uint32_t nbd_request_check(const struct nbd_request *req,
 
   if (req->length == 0)
     BAD(NBD_EINVAL, "zero-length request");
-  if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
+  /* CACHE reads as much as READ does: the same bound, so that one
+   * request cannot make the server read gigabytes. */
+  if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE ||
+       req->type == NBD_CMD_CACHE) &&
       req->length > ctx->max_payload)
     BAD(NBD_EINVAL, "request larger than the maximum block size");
   if (!vd_range_ok(req->offset, req->length, ctx->size)) {

@@ -44,19 +44,39 @@ struct nbd_server {
   int verbose;
 };
 
+/* Options a client may send in one negotiation, STARTTLS and the final
+ * GO included (nbdkit's limit); the next one drops the client. */
+#define NBD_MAX_OPTIONS 32
+
 /* A connection's byte stream: a socket, possibly upgraded to TLS.  recv
  * returns the number of bytes read (> 0), 0 at end of stream, -1 on
  * error.  sendv writes everything or returns -1.  One thread may receive
- * while another sends (GnuTLS allows that too). */
+ * while another sends (GnuTLS allows that too).  While DEADLINE is set
+ * (CLOCK_MONOTONIC milliseconds, see nbd_now_ms), no socket operation
+ * waits beyond it: they fail with errno ETIMEDOUT instead.  It is set
+ * only while one thread negotiates. */
 struct nbd_io {
   ssize_t (*recv)(struct nbd_io *io, void *buf, size_t len);
   int (*sendv)(struct nbd_io *io, const struct iovec *iov, int n);
   int fd;
   void *tls;                   /* gnutls_session_t once upgraded */
+  int64_t deadline;            /* 0: none */
 };
 
-/* Plain-socket transport on FD. */
+/* Plain-socket transport on FD, without a deadline. */
 void nbd_io_init_socket(struct nbd_io *io, int fd);
+/* The monotonic clock in milliseconds. */
+int64_t nbd_now_ms(void);
+/* True when IO has a deadline and it has passed. */
+bool nbd_io_expired(const struct nbd_io *io);
+/* IO's socket itself, under the deadline (the transport under TLS):
+ * recv and send move at least one byte, or return 0 at end of stream
+ * (recv), or -1 with errno (ETIMEDOUT past the deadline).  wait returns 1
+ * once data can be read, 0 after MS milliseconds (-1: no limit of its
+ * own) or at the deadline, -1 on error. */
+ssize_t nbd_io_sock_recv(struct nbd_io *io, void *buf, size_t len);
+ssize_t nbd_io_sock_send(struct nbd_io *io, const void *buf, size_t len);
+int nbd_io_sock_wait(struct nbd_io *io, int ms);
 /* Read exactly LEN bytes: 0, or -1 at end of stream / on error. */
 int nbd_io_recv_full(struct nbd_io *io, void *buf, size_t len);
 /* Read and drop LEN bytes in bounded pieces: 0 or -1. */
@@ -89,9 +109,16 @@ void nbd_pool_stop(void);
 void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
                     const struct nbd_session *s);
 
-/* TLS (tls.c).  Without GnuTLS these fail with a message. */
-int nbd_tls_load(const char *x509_dir, const char *psk_file,
-                 struct nbd_tls **out);
+/* TLS (tls.c).  Without GnuTLS these fail with a message.
+ * nbd_tls_load reads X.509 credentials from X509_DIR or PSKs from
+ * PSK_FILE (exactly one is non-NULL).  VERIFY_PEER: 1 require a valid
+ * client certificate (X509_DIR/ca-cert.pem must exist), 0 never ask for
+ * one, -1 (default) require one when ca-cert.pem exists.  AUTHZ_FILE,
+ * if not NULL, lists the client subject DNs allowed (implies
+ * verification).  VERBOSE: log refused clients.  0, or -1 after one
+ * line on stderr naming the file or option at fault. */
+int nbd_tls_load(const char *x509_dir, const char *psk_file, int verify_peer,
+                 const char *authz_file, int verbose, struct nbd_tls **out);
 void nbd_tls_free(struct nbd_tls *t);
 /* Run the server side of a TLS handshake on IO and switch IO to it.
  * Returns 0 or -1 (the connection must be dropped). */

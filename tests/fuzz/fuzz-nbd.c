@@ -7,12 +7,20 @@
  * skip write payloads) the way the connection reader does.  Every byte
  * the server would send is read back, so that a reply built from
  * out-of-bounds memory shows up under the sanitizers.
+ *
+ * Invariants checked (abort on violation): a client never reaches
+ * transmission after more than NBD_MAX_OPTIONS options, and no READ,
+ * WRITE or CACHE longer than the export's maximum payload is accepted.
+ * The transport has no deadline (io.deadline 0): the handshake time
+ * limit is tested by tests/integration/nbd-handshake.sh.
  */
 #include <config.h>
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "vdisk/endian.h"
 #include "nbd-server/proto.h"
 #include "nbd-server/server.h"
 
@@ -54,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   static struct nbd_export exps[2] = {
     { .name = (char *)"disk", .description = (char *)"fuzz disk",
-      .size = 1 << 20, .multi_conn = true,
+      .size = UINT64_C(1) << 40, .multi_conn = true,
       .min_block = 512, .pref_block = 4096, .max_block = NBD_MAX_PAYLOAD },
     { .name = (char *)"ro", .size = 12345, .read_only = true,
       .min_block = 1, .pref_block = 4096, .max_block = NBD_MAX_PAYLOAD },
@@ -72,6 +80,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   f.left = size - 1;
   if (nbd_negotiate(&srv, &f.io, &s) != 1)
     return 0;
+  /* Count the options the server consumed: after the 4 flag bytes,
+   * headers of 16 bytes each followed by their payload, read whole or
+   * skipped whole. */
+  {
+    const uint8_t *in = data + 1;
+    size_t used = size - 1 - f.left, pos = 4;
+    unsigned nopts = 0;
+    while (pos + NBD_OPT_HDR_LEN <= used) {
+      nopts++;
+      pos += NBD_OPT_HDR_LEN + (size_t)vd_get_be32(in + pos + 12);
+    }
+    if (nopts > NBD_MAX_OPTIONS)
+      abort();
+  }
 
   ctx = (struct nbd_req_ctx){ .size = s.exp->size, .eflags = s.eflags,
                               .structured = s.structured,
@@ -86,6 +108,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!ok)
       break;
     err = nbd_request_check(&req, &ctx, NULL);
+    if (err == 0 && req.length > ctx.max_payload &&
+        (req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE ||
+         req.type == NBD_CMD_CACHE))
+      abort();
     if (err == 0 && req.type == NBD_CMD_DISC)
       break;
     if (nbd_request_has_payload(&req)) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TLS: a throwaway X.509 CA and server certificate (certtool) and a PSK
+# TLS: a throwaway X.509 CA, server and client certificates (certtool) and a PSK
 # file (psktool); nbdinfo (libnbd) and qemu-img connect over STARTTLS;
 # clients without TLS are refused with --tls=require and served with
 # --tls=on; a wrong key is refused and the server goes on.
@@ -34,9 +34,23 @@ certtool -q --generate-certificate --load-ca-certificate "$pki/ca-cert.pem" \
   --load-ca-privkey "$VD_TMP/ca-key.pem" --load-privkey "$pki/server-key.pem" \
   --template "$VD_TMP/server.info" --outfile "$pki/server-cert.pem" 2>/dev/null
 [ -s "$pki/server-cert.pem" ] || fail "certtool made no certificate"
-# Client side for qemu: the CA only.
+# A client certificate (ca-cert.pem makes the server require one; see
+# nbd-tls-verify.sh): libnbd finds it in the same folder as client-*.pem.
+cat > "$VD_TMP/client.info" <<INFO
+organization = vdisk test
+cn = client
+tls_www_client
+encryption_key
+signing_key
+expiration_days = 2
+INFO
+certtool -q --generate-privkey --key-type=ecdsa --outfile "$pki/client-key.pem" 2>/dev/null
+certtool -q --generate-certificate --load-ca-certificate "$pki/ca-cert.pem" \
+  --load-ca-privkey "$VD_TMP/ca-key.pem" --load-privkey "$pki/client-key.pem" \
+  --template "$VD_TMP/client.info" --outfile "$pki/client-cert.pem" 2>/dev/null
+# Client side for qemu: the CA and the client certificate.
 mkdir -p "$VD_TMP/qemu-x509"
-cp "$pki/ca-cert.pem" "$VD_TMP/qemu-x509/"
+cp "$pki/ca-cert.pem" "$pki"/client-*.pem "$VD_TMP/qemu-x509/"
 
 mkdir -p "$VD_TMP/psk"
 psktool -u alice -p "$VD_TMP/psk/keys.psk" >/dev/null

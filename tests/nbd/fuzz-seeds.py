@@ -41,6 +41,15 @@ seeds = {
               opt(10, meta) + opt(8) + opt(8) + opt(9, b"\0\0") + opt(2),
     "tls-required": b"\1" + struct.pack(">I", 3) + opt(3) + opt(5) +
                     opt(7, info) + opt(1, b"disk"),
+    # 31 options and GO: the most a negotiation may use.
+    "option-limit": b"\0" + struct.pack(">I", 3) + opt(8) * 31 +
+                    opt(7, info) + requests + req(5, 0, 32 << 20),
+    # A 33rd option drops the client before it reaches transmission.
+    "too-many-options": b"\0" + struct.pack(">I", 3) + opt(3) * 32 +
+                        opt(7, info) + requests,
+    # CACHE beyond the maximum payload is refused like READ.
+    "cache-big": b"\0" + struct.pack(">I", 3) + opt(7, info) +
+                 req(5, 0, (32 << 20) + 1) + req(5, 0, 0xffffffff) + requests,
 }
 os.makedirs(out, exist_ok=True)
 for name, data in seeds.items():

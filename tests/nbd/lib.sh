@@ -44,3 +44,44 @@ check_nbd_log() {
     fail "vdisk-nbd reported memory errors"
   fi
 }
+
+# make_ca NAME: a throwaway CA in $VD_TMP/NAME-ca-{key,cert}.pem (certtool).
+make_ca() {
+  cat > "$VD_TMP/$1-ca.info" <<INFO
+cn = vdisk test CA $1
+ca
+cert_signing_key
+expiration_days = 2
+INFO
+  certtool -q --generate-privkey --key-type=ecdsa \
+    --outfile "$VD_TMP/$1-ca-key.pem" 2>/dev/null
+  certtool -q --generate-self-signed --load-privkey "$VD_TMP/$1-ca-key.pem" \
+    --template "$VD_TMP/$1-ca.info" --outfile "$VD_TMP/$1-ca-cert.pem" 2>/dev/null
+  [ -s "$VD_TMP/$1-ca-cert.pem" ] || fail "certtool made no CA certificate"
+}
+
+# make_cert CA server|client CN OUT-PREFIX: a key and a certificate signed
+# by CA, in OUT-PREFIX-key.pem and OUT-PREFIX-cert.pem.  Server certificates
+# name localhost and 127.0.0.1; client ones have the TLS client purpose.
+make_cert() {
+  local ca=$1 kind=$2 cn=$3 out=$4 info=$VD_TMP/cert.$$.info
+  {
+    echo "organization = vdisk test"
+    echo "cn = $cn"
+    if [ "$kind" = server ]; then
+      echo "dns_name = localhost"
+      echo "ip_address = 127.0.0.1"
+      echo "tls_www_server"
+    else
+      echo "tls_www_client"
+    fi
+    echo "encryption_key"
+    echo "signing_key"
+    echo "expiration_days = 2"
+  } > "$info"
+  certtool -q --generate-privkey --key-type=ecdsa --outfile "$out-key.pem" 2>/dev/null
+  certtool -q --generate-certificate --load-ca-certificate "$VD_TMP/$ca-ca-cert.pem" \
+    --load-ca-privkey "$VD_TMP/$ca-ca-key.pem" --load-privkey "$out-key.pem" \
+    --template "$info" --outfile "$out-cert.pem" 2>/dev/null
+  [ -s "$out-cert.pem" ] || fail "certtool made no certificate for $cn"
+}

@@ -140,6 +140,17 @@ static void test_check_errors(void)
                   NBD_EINVAL);
   CU_ASSERT_EQUAL(check(&rw_ctx, NBD_CMD_FLUSH, 0, 0, 1), NBD_EINVAL);
   CU_ASSERT_EQUAL(check(&rw_ctx, NBD_CMD_FLUSH, 0, 1, 0), NBD_EINVAL);
+  /* CACHE is bounded like READ (it reads as much), on a big export too. */
+  {
+    struct nbd_req_ctx big = rw_ctx;
+    big.size = UINT64_C(1) << 40;
+    CU_ASSERT_EQUAL(check(&big, NBD_CMD_CACHE, 0, 0, NBD_MAX_PAYLOAD), 0);
+    CU_ASSERT_EQUAL(check(&big, NBD_CMD_CACHE, 0, 0, NBD_MAX_PAYLOAD + 1),
+                    NBD_EINVAL);
+    CU_ASSERT_EQUAL(check(&big, NBD_CMD_READ, 0, 0, NBD_MAX_PAYLOAD + 1),
+                    NBD_EINVAL);
+    CU_ASSERT_EQUAL(check(&big, NBD_CMD_TRIM, 0, 0, NBD_MAX_PAYLOAD + 1), 0);
+  }
   /* Unknown commands and flags; flags on the wrong command. */
   CU_ASSERT_EQUAL(check(&rw_ctx, 8, 0, 0, 512), NBD_EINVAL);
   CU_ASSERT_EQUAL(check(&rw_ctx, 0xffff, 0, 0, 512), NBD_EINVAL);
