@@ -18,6 +18,10 @@
  *                        fallocate, pwritev) abort the process while
  *                        recording, so a test cannot silently model less
  *                        than what happened.
+ *   VDTEST_CUT_AFTER=K   kill the process (SIGKILL) right after its Kth
+ *                        write to the file: a crash at a chosen point of
+ *                        the write stream, reproducible, whatever the
+ *                        timing of the machine.
  *
  * Record and write happen under one lock, so the journal order is the
  * order the writes reached the page cache; a sync holds the lock from
@@ -29,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +51,8 @@ static pthread_mutex_t shim_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *shim_target;
 static long shim_fail_nth;       /* 0: never */
 static long shim_syncs;          /* syncs of the target seen */
+static long shim_cut_after;      /* 0: never */
+static long shim_writes;         /* writes to the target seen */
 static int shim_jfd = -1;
 static uint64_t shim_seq;
 
@@ -55,10 +62,12 @@ shim_init(void)
   shim_target = getenv("VDTEST_SHIM_FILE");
   const char *n = getenv("VDTEST_FAIL_SYNC");
   shim_fail_nth = n ? strtol(n, NULL, 10) : 0;
+  const char *k = getenv("VDTEST_CUT_AFTER");
+  shim_cut_after = k ? strtol(k, NULL, 10) : 0;
   const char *j = getenv("VDTEST_JOURNAL");
   if (shim_target && j) {
     shim_jfd = (int)syscall(SYS_openat, AT_FDCWD, j,
-                            O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                            O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (shim_jfd < 0) {
       fprintf(stderr, "vdtest-shim: cannot create %s\n", j);
       abort();
@@ -123,12 +132,15 @@ shim_record(int fd, const void *buf, size_t len, off_t off)
 static ssize_t
 shim_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
-  if (shim_jfd < 0 || !shim_is_target(fd))
+  if ((shim_jfd < 0 && !shim_cut_after) || !shim_is_target(fd))
     return syscall(SYS_pwrite64, fd, buf, len, off);
   pthread_mutex_lock(&shim_lock);
-  shim_record(fd, buf, len, off);
+  if (shim_jfd >= 0)
+    shim_record(fd, buf, len, off);
   ssize_t r = syscall(SYS_pwrite64, fd, buf, len, off);
   int e = errno;
+  if (++shim_writes == shim_cut_after)
+    kill(getpid(), SIGKILL);
   pthread_mutex_unlock(&shim_lock);
   errno = e;
   return r;
