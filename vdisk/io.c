@@ -609,11 +609,41 @@ vd_file_flush(struct vd_file *f)
   return 0;
 }
 
-bool
-vd_file_flush_failed(const struct vd_file *f)
+int
+vd_file_sync_dir(const char *path)
 {
-  return __atomic_load_n(&f->flush_err, __ATOMIC_ACQUIRE) != 0;
+  char *copy = strdup(path);
+  if (!copy)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  char *slash = strrchr(copy, '/');
+  const char *dir = ".";
+  if (slash == copy)
+    dir = "/";
+  else if (slash) {
+    *slash = '\0';
+    dir = copy;
+  }
+  int r = 0;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1)
+    r = vd_set_error(errno, "%s: cannot open its folder to sync it: %s",
+                     path, strerror(errno));
+  else {
+    while (fsync(fd) == -1) {
+      if (errno == EINTR)
+        continue;
+      /* Some file systems cannot sync a folder; nothing more to do. */
+      if (errno != EINVAL && errno != EROFS)
+        r = vd_set_error(errno, "%s: sync of its folder: %s", path,
+                         strerror(errno));
+      break;
+    }
+    close(fd);
+  }
+  free(copy);
+  return r;
 }
+
 
 int
 vd_file_size(struct vd_file *f, uint64_t *size)

@@ -59,8 +59,9 @@ int vd_file_batch(struct vd_file *f, struct vd_file_req *reqs, int n);
  * the unwritten pages and cleared the error, so a later success would be
  * a lie).  Writes and reads still work; only reopening starts afresh. */
 int vd_file_flush(struct vd_file *f);
-/* Whether a flush of F has failed (see vd_file_flush). */
-bool vd_file_flush_failed(const struct vd_file *f);
+/* fsync the folder holding PATH, so that a file just created there keeps
+ * its name after a crash. */
+int vd_file_sync_dir(const char *path);
 /* Current size in bytes (block devices: their capacity). */
 int vd_file_size(struct vd_file *f, uint64_t *size);
 /* Set the size of a regular file (-ENOTSUP on block devices). */

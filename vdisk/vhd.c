@@ -1540,6 +1540,8 @@ vhd_create(const char *path, const struct vd_create_args *args)
 done:
   if (r == 0)
     r = vd_file_flush(f);
+  if (r == 0 && !vd_file_is_blockdev(f))
+    r = vd_file_sync_dir(path);
 out:
   vd_file_close(f);
   vd_close(parent);
