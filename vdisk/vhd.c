@@ -11,8 +11,11 @@
  * flush: fdatasync (all blocks and footers durable), then write the dirty
  * BAT sectors snapshotted before that fdatasync, then fdatasync again.  So
  * the BAT on disk only ever points at blocks whose bytes are durable; a
- * crash leaves at worst unreferenced blocks (leaks), and the file always
- * ends with a footer in the order the writes were issued.
+ * crash leaves at worst unreferenced blocks (leaks).  A power cut may also
+ * keep an appended block but not the footer after it: the copy at offset
+ * 0 is sound, and a read-write open puts the tail copy back
+ * (vhd_repair_tail).  A failed fdatasync fails every later flush (io.c),
+ * so no BAT sector is written after one.
  */
 #include <config.h>
 
