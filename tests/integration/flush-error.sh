@@ -4,7 +4,8 @@
 # with EIO, once, as the kernel reports a lost write-back once and then
 # forgets it.  Every later flush must fail too and the error must reach
 # the client: NBD_CMD_FLUSH and FUA writes through vdisk-nbd (judged by
-# libnbd), vdtool's exit code; a dynamic VHD must not have written its BAT.
+# libnbd), fsync through vdisk-fuse, vdtool's exit code; a dynamic VHD
+# must not have written its BAT.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
@@ -68,6 +69,35 @@ assert not used, used
 PY
 rc=0; vdtool check disk.vhd >/dev/null 2>&1 || rc=$?
 [ $rc = 0 ] || [ $rc = 3 ] || fail "check after the failed flush exited $rc"
+
+# vdisk-fuse: fsync of the disk file gets EIO, and again the second time.
+if [ -c /dev/fuse ] && [ -r /dev/fuse ] && command -v fusermount3 >/dev/null &&
+   command -v mountpoint >/dev/null; then
+  . "$top_srcdir/tests/integration/fuse-functions.sh"
+  truncate -s 8M fuse.img
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=fuse.img VDTEST_FAIL_SYNC=1 \
+    fuse_mount "$VD_TMP/mnt" fuse.img
+  f=$(ls "$VD_TMP/mnt")
+  [ "$(echo "$f" | wc -l)" = 1 ] || fail "vdisk-fuse shows '$f'"
+  /usr/bin/python3 - "$VD_TMP/mnt/$f" <<'PY' || fail "vdisk-fuse forgot a failed flush"
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for n in ("first", "second"):
+    os.pwrite(fd, b"\x77" * 4096, 0)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EIO:
+            sys.exit("%s fsync: %s, expected EIO" % (n, e))
+        continue
+    sys.exit("%s fsync succeeded, expected EIO" % n)
+os.close(fd)
+PY
+  fusermount3 -u "$VD_TMP/mnt"
+  wait "$fuse_pid" || true    # its closing flush fails too
+else
+  echo "vdisk-fuse part skipped: /dev/fuse or fusermount3 missing"
+fi
 
 # vdtool: a convert whose final flush fails exits non-zero with one line.
 pattern_bytes 1048576 3 > src.raw

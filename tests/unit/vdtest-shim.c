@@ -60,6 +60,14 @@ __attribute__((constructor)) static void
 shim_init(void)
 {
   shim_target = getenv("VDTEST_SHIM_FILE");
+  /* Absolute, so that a program changing its folder (FUSE daemons go to
+   * "/") still finds it. */
+  static char abs[4096];
+  char cwd[2048];
+  if (shim_target && shim_target[0] != '/' && getcwd(cwd, sizeof cwd) &&
+      (size_t)snprintf(abs, sizeof abs, "%s/%s", cwd, shim_target) <
+      sizeof abs)
+    shim_target = abs;
   const char *n = getenv("VDTEST_FAIL_SYNC");
   shim_fail_nth = n ? strtol(n, NULL, 10) : 0;
   const char *k = getenv("VDTEST_CUT_AFTER");
