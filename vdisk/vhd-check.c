@@ -437,12 +437,20 @@ vhd_check(const char *path, unsigned fix, struct vd_check_report *rep)
     /* No footer cookie at the end: a crash (a leak, see chk_dynamic); a
      * damaged or different copy: a corruption (opening refuses it). */
     bool tail_bad = tail_cookie && !tail_ok;
+    bool tail_missing = !tail_cookie;
+    if (tail_missing && vd_file_is_blockdev(c.f)) {
+      /* A device's end is not where an image on it ends. */
+      chk_msg(&c, &rep->corruptions, "no footer copy at the end of the "
+              "device");
+      tail_missing = false;
+      tail_bad = true;
+    }
     if (tail_ok && memcmp(head, tp, tlen) != 0) {
       chk_msg(&c, &rep->corruptions, "the footer copies at offset 0 and at "
               "the end of file differ");
       tail_bad = true;
     }
-    r = chk_dynamic(&c, &hf, false, tail_bad, !tail_cookie);
+    r = chk_dynamic(&c, &hf, false, tail_bad, tail_missing);
   } else if (tail_ok && tf.type != VHD_TYPE_FIXED) {
     if (head_cookie)
       chk_corrupt_error(&c);

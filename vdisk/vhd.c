@@ -676,7 +676,8 @@ vhd_open_inner(struct vd_dev *dev)
   if (r < 0)
     return r;
   vhd_footer_encode(&p->footer, p->footer_raw);
-  if (!tail_ok && !dev->read_only) {
+  /* (Not on a block device: its end is not where an image ends.) */
+  if (!tail_ok && !dev->read_only && !vd_file_is_blockdev(dev->file)) {
     r = vhd_repair_tail(dev);
     if (r < 0)
       return r;
