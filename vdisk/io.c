@@ -43,6 +43,8 @@ struct vd_file {
   bool direct;
   uint32_t align;                 /* direct I/O alignment, 1 if buffered */
   bool no_punch, no_zero_range;   /* cached "not supported" answers */
+  int flush_err;                  /* errno of the first failed flush, 0
+                                     if none (atomic); never cleared */
   pthread_mutex_t rmw[VD_RMW_LOCKS]; /* unaligned direct writes, by block */
 };
 
@@ -580,17 +582,68 @@ vd_file_batch(struct vd_file *f, struct vd_file_req *reqs, int n)
 
 /* ---- metadata operations ---- */
 
+/* A failed fdatasync is remembered for the life of the vd_file: the
+ * kernel reports a write-back error once per open file description, may
+ * have dropped the dirty pages, and a later fdatasync then succeeds
+ * although the data is gone (the "fsyncgate" lesson; qemu's file-posix
+ * does the same).  Write errors the kernel only reports at fdatasync
+ * (asynchronous write-back: EIO, ENOSPC, EDQUOT) end up here too. */
 int
 vd_file_flush(struct vd_file *f)
 {
+  int e = __atomic_load_n(&f->flush_err, __ATOMIC_ACQUIRE);
+  if (e)
+    return vd_set_error(e, "%s: flush refused: an earlier flush failed "
+                        "(%s), so data written before it may be lost",
+                        f->path, strerror(e));
   while (fdatasync(f->fd) == -1) {
     if (errno == EINTR)
       continue;
-    return vd_set_error(errno, "%s: flush (fdatasync): %s", f->path,
-                        strerror(errno));
+    e = errno;
+    int zero = 0;
+    __atomic_compare_exchange_n(&f->flush_err, &zero, e, false,
+                                __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    return vd_set_error(e, "%s: flush (fdatasync): %s", f->path,
+                        strerror(e));
   }
   return 0;
 }
+
+int
+vd_file_sync_dir(const char *path)
+{
+  char *copy = strdup(path);
+  if (!copy)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  char *slash = strrchr(copy, '/');
+  const char *dir = ".";
+  if (slash == copy)
+    dir = "/";
+  else if (slash) {
+    *slash = '\0';
+    dir = copy;
+  }
+  int r = 0;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1)
+    r = vd_set_error(errno, "%s: cannot open its folder to sync it: %s",
+                     path, strerror(errno));
+  else {
+    while (fsync(fd) == -1) {
+      if (errno == EINTR)
+        continue;
+      /* Some file systems cannot sync a folder; nothing more to do. */
+      if (errno != EINVAL && errno != EROFS)
+        r = vd_set_error(errno, "%s: sync of its folder: %s", path,
+                         strerror(errno));
+      break;
+    }
+    close(fd);
+  }
+  free(copy);
+  return r;
+}
+
 
 int
 vd_file_size(struct vd_file *f, uint64_t *size)

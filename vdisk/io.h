@@ -53,8 +53,15 @@ struct vd_file_req {
  * mode); returns 0 when all succeeded, else the first error. */
 int vd_file_batch(struct vd_file *f, struct vd_file_req *reqs, int n);
 
-/* fdatasync. */
+/* fdatasync: 0 once everything written before the call is on stable
+ * storage.  A failure is sticky: after one failed flush every later flush
+ * of this vd_file fails with the same errno (the kernel may have dropped
+ * the unwritten pages and cleared the error, so a later success would be
+ * a lie).  Writes and reads still work; only reopening starts afresh. */
 int vd_file_flush(struct vd_file *f);
+/* fsync the folder holding PATH, so that a file just created there keeps
+ * its name after a crash. */
+int vd_file_sync_dir(const char *path);
 /* Current size in bytes (block devices: their capacity). */
 int vd_file_size(struct vd_file *f, uint64_t *size);
 /* Set the size of a regular file (-ENOTSUP on block devices). */

@@ -75,6 +75,8 @@ raw_create(const char *path, const struct vd_create_args *args)
   if (r == 0)
     r = vd_file_flush(f);
   vd_file_close(f);
+  if (r == 0)
+    r = vd_file_sync_dir(path);
   return r;
 }
 

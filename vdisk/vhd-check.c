@@ -2,16 +2,20 @@
  *
  * Works on the file directly, so images too damaged to open can be
  * examined.  Counts, as qemu-img check does:
- *  - corruptions: a bad or missing footer copy, footer copies that differ,
+ *  - corruptions: a bad footer copy, a missing copy at offset 0, footer
+ *    copies that differ,
  *    a bad dynamic header, BAT entries past the end of file or overlapping
  *    metadata or each other, a parent that cannot be opened, a parent UUID
  *    mismatch, a parent loop;
  *  - leaks: non-zero bytes in the file that nothing references, in a gap
  *    large enough for a block (blocks appended by a writer that died before
  *    its next flush).  Smaller gaps are padding other tools leave.  One
- *    leak per started block of such bytes.
+ *    leak per started block of such bytes.  Also a dynamic or differencing
+ *    image whose file does not end with a footer copy while the copy at
+ *    offset 0 is sound: a power cut during an allocation leaves that, and
+ *    a read-write open repairs it the same way (vhd.c, vhd_repair_tail).
  * Repairs: -r leaks punches leaked ranges, or cuts them off the end of the
- * file and moves the footer down.  -r all also rewrites bad footer copies
+ * file and moves the footer down (or puts the missing one back).  -r all also rewrites bad footer copies
  * from the good one, recomputes a header checksum when its fields are sane
  * and drops BAT entries that point outside the file or into other data.
  * Without a fix flag the file is opened read-only and never changed.
@@ -132,9 +136,15 @@ chk_write_footer(struct vhd_checker *c, const uint8_t *fb, bool head,
   return r;
 }
 
+/* TAIL_MISSING: the file does not end with a footer copy while the one at
+ * offset 0 is sound - what a power cut during an allocation leaves (see
+ * vhd_repair_tail in vhd.c, which a read-write open runs).  Nothing
+ * references the bytes after the last block, so it is counted as a leak
+ * and -r leaks cuts the file after the last block and writes the footer
+ * there.  TAIL_BAD: a damaged or different tail copy (a corruption). */
 static int
 chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
-            bool tail_bad)
+            bool tail_bad, bool tail_missing)
 {
   struct vd_check_report *rep = c->r;
   uint8_t hb[VHD_HEADER_SIZE], fb[VHD_FOOTER_SIZE];
@@ -308,7 +318,8 @@ chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
   }
 
   /* Leaks: non-zero bytes between referenced extents. */
-  uint64_t end = 0, tail = tail_bad ? c->fsz : c->fsz - VHD_FOOTER_SIZE;
+  uint64_t end = 0;
+  uint64_t tail = tail_bad || tail_missing ? c->fsz : c->fsz - VHD_FOOTER_SIZE;
   uint64_t leak_trailing = 0;
   for (size_t k = 0; k <= n; k++) {
     uint64_t next = k < n ? ext[k].off : tail;
@@ -341,20 +352,25 @@ chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
   }
   end = vd_round_up(end, VHD_SECTOR);
   rep->image_end_offset = end + VHD_FOOTER_SIZE;
+  if (tail_missing) {
+    rep->leaks++;
+    chk_msg(c, NULL, "no footer copy at the end of file: an allocation cut "
+            "short by a crash; the copy at offset 0 is sound (leaked)");
+  }
 
   /* Footer copies: rewrite the bad one from the good one; cutting leaks
    * off the end moves the tail copy down. */
   vhd_footer_encode(f, fb);
   bool fix_head = head_bad && (c->fix & VD_CHECK_FIX_ERRORS);
   bool fix_tail = tail_bad && (c->fix & VD_CHECK_FIX_ERRORS);
-  bool cut = leak_trailing && (c->fix & VD_CHECK_FIX_LEAKS);
+  bool cut = (leak_trailing || tail_missing) && (c->fix & VD_CHECK_FIX_LEAKS);
   if (fix_head || fix_tail || cut) {
     r = chk_write_footer(c, fb, fix_head, fix_tail || cut ? end : UINT64_MAX);
     if (r < 0)
       goto out;
     rep->corruptions_fixed += fix_head + fix_tail;
     if (cut)
-      rep->leaks_fixed += leak_trailing;
+      rep->leaks_fixed += leak_trailing + tail_missing;
   }
 
   /* The parent: the driver's own resolution, loop and UUID checks. */
@@ -418,21 +434,29 @@ vhd_check(const char *path, unsigned fix, struct vd_check_report *rep)
                                                   where) == 0;
 
   if (head_ok && hf.type != VHD_TYPE_FIXED) {
-    bool tail_bad = !tail_ok;
-    if (!tail_cookie)
-      chk_msg(&c, &rep->corruptions, "no footer copy at the end of file");
-    else if (tail_ok && memcmp(head, tp, tlen) != 0) {
+    /* No footer cookie at the end: a crash (a leak, see chk_dynamic); a
+     * damaged or different copy: a corruption (opening refuses it). */
+    bool tail_bad = tail_cookie && !tail_ok;
+    bool tail_missing = !tail_cookie;
+    if (tail_missing && vd_file_is_blockdev(c.f)) {
+      /* A device's end is not where an image on it ends. */
+      chk_msg(&c, &rep->corruptions, "no footer copy at the end of the "
+              "device");
+      tail_missing = false;
+      tail_bad = true;
+    }
+    if (tail_ok && memcmp(head, tp, tlen) != 0) {
       chk_msg(&c, &rep->corruptions, "the footer copies at offset 0 and at "
               "the end of file differ");
       tail_bad = true;
     }
-    r = chk_dynamic(&c, &hf, false, tail_bad);
+    r = chk_dynamic(&c, &hf, false, tail_bad, tail_missing);
   } else if (tail_ok && tf.type != VHD_TYPE_FIXED) {
     if (head_cookie)
       chk_corrupt_error(&c);
     else
       chk_msg(&c, &rep->corruptions, "no footer copy at offset 0");
-    r = chk_dynamic(&c, &tf, true, false);
+    r = chk_dynamic(&c, &tf, true, false, false);
   } else if (tail_ok) {
     r = chk_fixed(&c, &tf, tlen);
   } else {

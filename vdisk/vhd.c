@@ -11,8 +11,11 @@
  * flush: fdatasync (all blocks and footers durable), then write the dirty
  * BAT sectors snapshotted before that fdatasync, then fdatasync again.  So
  * the BAT on disk only ever points at blocks whose bytes are durable; a
- * crash leaves at worst unreferenced blocks (leaks), and the file always
- * ends with a footer in the order the writes were issued.
+ * crash leaves at worst unreferenced blocks (leaks).  A power cut may also
+ * keep an appended block but not the footer after it: the copy at offset
+ * 0 is sound, and a read-write open puts the tail copy back
+ * (vhd_repair_tail).  A failed fdatasync fails every later flush (io.c),
+ * so no BAT sector is written after one.
  */
 #include <config.h>
 
@@ -525,6 +528,29 @@ vhd_load_bat(struct vd_dev *dev, uint64_t fsz, uint64_t tail_pos)
   return 0;
 }
 
+/* A dynamic or differencing image whose file does not end with its
+ * footer, opened read-write: what a power cut leaves when it keeps part
+ * of an allocation (docs/vhd.md, "Crash safety") - a block appended past
+ * the old end without the footer written after it, the size grown
+ * without the data, or the new bitmap over the old footer.  The copy at
+ * offset 0 is intact and the BAT references only durable blocks, so write
+ * the footer after everything the file holds (never over a byte of it:
+ * another tool may keep locators past the blocks) and make it durable.
+ * What lies between is unreferenced: `vdtool check` counts it as leaked. */
+static int
+vhd_repair_tail(struct vd_dev *dev)
+{
+  struct vhd_priv *p = dev->priv;
+  int r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE,
+                         p->next_free);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r < 0)
+    return vd_prefix_error(-r, "%s: cannot restore the footer at the end "
+                           "of file", dev->path);
+  return 0;
+}
+
 static int
 vhd_open_inner(struct vd_dev *dev)
 {
@@ -650,6 +676,12 @@ vhd_open_inner(struct vd_dev *dev)
   if (r < 0)
     return r;
   vhd_footer_encode(&p->footer, p->footer_raw);
+  /* (Not on a block device: its end is not where an image ends.) */
+  if (!tail_ok && !dev->read_only && !vd_file_is_blockdev(dev->file)) {
+    r = vhd_repair_tail(dev);
+    if (r < 0)
+      return r;
+  }
 
   /* VD_OPEN_NOPARENT opens nothing but the image: the parent path is only
    * looked up (checked with stat) for info. */
@@ -1512,6 +1544,8 @@ vhd_create(const char *path, const struct vd_create_args *args)
 done:
   if (r == 0)
     r = vd_file_flush(f);
+  if (r == 0 && !vd_file_is_blockdev(f))
+    r = vd_file_sync_dir(path);
 out:
   vd_file_close(f);
   vd_close(parent);

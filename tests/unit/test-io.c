@@ -1,16 +1,38 @@
 /* Unit tests for the I/O layer: complete transfers, zeros past EOF,
  * direct mode with aligned, unaligned and batched requests, hole
- * punching, zeroing, SEEK_DATA extents and image locks. */
+ * punching, zeroing, SEEK_DATA extents, image locks, and a failed flush
+ * that stays failed (for the file and for a VHD above it). */
 #include <config.h>
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "cu.h"
 #include "driver.h"
+#include "endian.h"
 #include "io.h"
+#include "vdisk.h"
+
+/* This program's fdatasync interposes on libc's for libvdisk (a shared
+ * library resolves it through the executable first): a test sets
+ * fail_fdatasync to N and the Nth call from now fails with EIO, once,
+ * as the kernel reports a lost write-back once and then forgets it. */
+static int fail_fdatasync;
+static int fdatasync_calls;
+
+int
+fdatasync(int fd)
+{
+  fdatasync_calls++;
+  if (fail_fdatasync > 0 && --fail_fdatasync == 0) {
+    errno = EIO;
+    return -1;
+  }
+  return (int)syscall(SYS_fdatasync, fd);
+}
 
 static char tmpdir[] = "/tmp/vdunit-io.XXXXXX";
 
@@ -197,6 +219,69 @@ test_open_errors(void)
                                VD_FILE_EXCL, &f), -EEXIST);
 }
 
+/* Once a flush failed, every later flush of that file fails too: the
+ * kernel may have dropped the dirty pages and cleared the error, so a
+ * later fdatasync that "succeeds" proves nothing. */
+static void
+test_flush_sticky(void)
+{
+  struct vd_file *f;
+  uint8_t b[4096];
+  CU_ASSERT_EQUAL_FATAL(vd_file_open(tmp_path("sticky"), VD_FILE_RDWR |
+                                     VD_FILE_CREATE, &f), 0);
+  fill(b, sizeof b, 5);
+  CU_ASSERT_EQUAL(vd_file_pwrite(f, b, sizeof b, 0), 0);
+  CU_ASSERT_EQUAL(vd_file_flush(f), 0);
+  CU_ASSERT_EQUAL(vd_file_pwrite(f, b, sizeof b, 4096), 0);
+  fail_fdatasync = 1;
+  CU_ASSERT_EQUAL(vd_file_flush(f), -EIO);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "sticky"));
+  /* The next fdatasync would succeed; the flush must not. */
+  CU_ASSERT_EQUAL(fail_fdatasync, 0);
+  CU_ASSERT_EQUAL(vd_file_flush(f), -EIO);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "earlier"));
+  CU_ASSERT_EQUAL(vd_file_pwrite(f, b, sizeof b, 8192), 0);
+  CU_ASSERT_EQUAL(vd_file_flush(f), -EIO);
+  vd_file_close(f);
+  /* A new open of the file starts afresh (what qemu does too). */
+  CU_ASSERT_EQUAL_FATAL(vd_file_open(tmp_path("sticky"), VD_FILE_RDWR, &f),
+                        0);
+  CU_ASSERT_EQUAL(vd_file_flush(f), 0);
+  vd_file_close(f);
+}
+
+/* A dynamic VHD whose first flush fails: no later flush (nor the close)
+ * may report success, and the BAT on disk must never reference the
+ * block whose data may have been lost. */
+static void
+test_flush_sticky_vhd(void)
+{
+  char *p = tmp_path("sticky.vhd");
+  struct vd_create_args args = { .size = 8u << 20,
+                                 .options = "block_size=512K" };
+  struct vd_dev *dev;
+  uint8_t b[65536];
+  CU_ASSERT_EQUAL_FATAL(vd_create(p, "vpc", &args), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_open(p, "vpc", VD_OPEN_RDWR, &dev), 0);
+  fill(b, sizeof b, 9);
+  CU_ASSERT_EQUAL(vd_pwrite(dev, b, sizeof b, 0, 0), 0);
+  fail_fdatasync = 1;
+  CU_ASSERT_EQUAL(vd_flush(dev), -EIO);
+  CU_ASSERT_EQUAL(vd_flush(dev), -EIO);
+  CU_ASSERT_EQUAL(vd_pwrite(dev, b, sizeof b, 1u << 20, VD_REQ_FUA), -EIO);
+  CU_ASSERT_EQUAL(vd_flush(dev), -EIO);
+  CU_ASSERT_EQUAL(vd_close(dev), -EIO);
+
+  /* The BAT (right after footer and header) is still empty. */
+  struct vd_file *f;
+  uint8_t bat[8];
+  CU_ASSERT_EQUAL_FATAL(vd_file_open(p, 0, &f), 0);
+  CU_ASSERT_EQUAL(vd_file_pread(f, bat, sizeof bat, 1536), 0);
+  CU_ASSERT_EQUAL(vd_get_be32(bat), 0xFFFFFFFFu);
+  CU_ASSERT_EQUAL(vd_get_be32(bat + 4), 0xFFFFFFFFu);
+  vd_file_close(f);
+}
+
 int
 main(void)
 {
@@ -206,6 +291,8 @@ main(void)
     { "punch_zero_extent", test_punch_zero_extent },
     { "locks", test_locks },
     { "open_errors", test_open_errors },
+    { "flush_sticky", test_flush_sticky },
+    { "flush_sticky_vhd", test_flush_sticky_vhd },
     { NULL, NULL }
   };
   if (!mkdtemp(tmpdir))

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# A failed flush stays failed (issue 10, item 10).  An LD_PRELOAD shim
+# (tests/unit/vdtest-shim.c) makes the first fdatasync of the image fail
+# with EIO, once, as the kernel reports a lost write-back once and then
+# forgets it.  Every later flush must fail too and the error must reach
+# the client: NBD_CMD_FLUSH and FUA writes through vdisk-nbd (judged by
+# libnbd), fsync through vdisk-fuse, vdtool's exit code; a dynamic VHD
+# must not have written its BAT.
+. "${top_srcdir:-.}/tests/functions.sh"
+. "$top_srcdir/tests/nbd/lib.sh"
+/usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
+shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
+[ -f "$shim" ] || skip "the test shim is not built"
+# A sanitized binary wants its runtime first in the library list.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+
+cd "$VD_TMP"
+
+# nbd_round FORMAT IMAGE: serve IMAGE with the first fdatasync failing.
+nbd_round() {
+  local fmt=$1 img=$2
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=$img VDTEST_FAIL_SYNC=1 \
+    start_nbd -f "$fmt" "disk=$img"
+  /usr/bin/python3 - "$nbd_sock" <<'PY' || fail "$fmt: vdisk-nbd forgot a failed flush"
+import errno, sys
+import nbd
+h = nbd.NBD()
+h.set_export_name("disk")
+h.connect_unix(sys.argv[1])
+def expect_eio(what, fn, *args):
+    try:
+        fn(*args)
+    except nbd.Error as e:
+        if e.errnum != errno.EIO:
+            sys.exit("%s: errno %s (%s), expected EIO" % (what, e.errnum, e.string))
+        return
+    sys.exit("%s: succeeded, expected EIO" % what)
+h.pwrite(b"\x5a" * 65536, 0)
+expect_eio("first flush", h.flush)
+# The kernel would report success now: the server must not.
+h.pwrite(b"\xa5" * 65536, 1 << 20)
+expect_eio("second flush", h.flush)
+expect_eio("FUA write", h.pwrite, b"\x33" * 4096, 2 << 20, nbd.CMD_FLAG_FUA)
+expect_eio("third flush", h.flush)
+# Reads and plain writes still work.
+assert h.pread(65536, 0) == b"\x5a" * 65536
+h.pwrite(b"\x11" * 512, 4 << 20)
+h.shutdown()
+PY
+  stop_nbd
+  rm -f "$nbd_errlog"
+}
+
+truncate -s 8M disk.img
+nbd_round raw disk.img
+
+vdtool create -q -f vhd -o block_size=512K disk.vhd 8M
+nbd_round vpc disk.vhd
+# The blocks written before the failed flush may be lost: the BAT on disk
+# must not reference them (it is written only after a successful flush).
+/usr/bin/python3 - disk.vhd <<'PY' || fail "the VHD BAT was written after a failed flush"
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+bat_off = struct.unpack(">Q", d[512 + 16:512 + 24])[0]
+n = struct.unpack(">I", d[512 + 28:512 + 32])[0]
+bat = struct.unpack(">%dI" % n, d[bat_off:bat_off + 4 * n])
+used = [i for i, e in enumerate(bat) if e != 0xFFFFFFFF]
+assert not used, used
+PY
+rc=0; vdtool check disk.vhd >/dev/null 2>&1 || rc=$?
+[ $rc = 0 ] || [ $rc = 3 ] || fail "check after the failed flush exited $rc"
+
+# vdisk-fuse: fsync of the disk file gets EIO, and again the second time.
+if [ -c /dev/fuse ] && [ -r /dev/fuse ] && command -v fusermount3 >/dev/null &&
+   command -v mountpoint >/dev/null; then
+  . "$top_srcdir/tests/integration/fuse-functions.sh"
+  truncate -s 8M fuse.img
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=fuse.img VDTEST_FAIL_SYNC=1 \
+    fuse_mount "$VD_TMP/mnt" fuse.img
+  f=$(ls "$VD_TMP/mnt")
+  [ "$(echo "$f" | wc -l)" = 1 ] || fail "vdisk-fuse shows '$f'"
+  /usr/bin/python3 - "$VD_TMP/mnt/$f" <<'PY' || fail "vdisk-fuse forgot a failed flush"
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for n in ("first", "second"):
+    os.pwrite(fd, b"\x77" * 4096, 0)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EIO:
+            sys.exit("%s fsync: %s, expected EIO" % (n, e))
+        continue
+    sys.exit("%s fsync succeeded, expected EIO" % n)
+os.close(fd)
+PY
+  fusermount3 -u "$VD_TMP/mnt"
+  wait "$fuse_pid" || true    # its closing flush fails too
+else
+  echo "vdisk-fuse part skipped: /dev/fuse or fusermount3 missing"
+fi
+
+# vdtool: a convert whose final flush fails exits non-zero with one line.
+pattern_bytes 1048576 3 > src.raw
+vdtool create -q -f raw dst.raw 1M
+LD_PRELOAD=$shim VDTEST_SHIM_FILE=dst.raw VDTEST_FAIL_SYNC=1 \
+  expect_error 'dst.raw: .*flush.*Input/output error' \
+  vdtool convert -n -f raw -O raw src.raw dst.raw
+echo PASS
