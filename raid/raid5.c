@@ -263,6 +263,24 @@ void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
     ;
 }
 
+/* Whether the in-place writes protected by slot I's entry may still be
+ * volatile (not covered by a completed member flush).  Slot lock held. */
+static bool ppl_slot_busy(struct raid_array *a, size_t i)
+{
+  return a->ppl_stripe[i] >= 0 &&
+         a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable);
+}
+
+/* Make every completed member write durable (and note it for the slots). */
+static int ppl_flush_all(struct raid_array *a)
+{
+  uint64_t g = raid5_ppl_flush_begin(a);
+  int r = raid_flush_members(a);
+  if (r == 0)
+    raid5_ppl_flush_end(a, g);
+  return r;
+}
+
 /* Log PP (LEN bytes, rows [R0, R0+LEN) of stripe S, modified chunks MASK)
  * to parity member P.  On success the slot stays locked until
  * raid5_ppl_done.  On a member error returns it with *BAD = P. */
@@ -272,16 +290,15 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
 {
   size_t i = ppl_index(a, p, s);
   pthread_mutex_lock(&a->ppl_lock[i]);
-  if (a->ppl_stripe[i] >= 0 &&
-      a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable)) {
-    /* The entry here may still protect unflushed writes: flush first. */
-    uint64_t g = raid5_ppl_flush_begin(a);
-    int r = raid_flush_members(a);
+  if (ppl_slot_busy(a, i)) {
+    /* The entry here still protects writes that may be volatile (of this
+     * stripe or another one sharing the slot): they must be durable before
+     * their protection goes. */
+    int r = ppl_flush_all(a);
     if (r < 0) {
       pthread_mutex_unlock(&a->ppl_lock[i]);
       return r;
     }
-    raid5_ppl_flush_end(a, g);
   }
   uint8_t *b = raid_scratch(1, RAID_PPL_HDR + len);
   if (!b) {
@@ -305,6 +322,8 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
   if (r == 0)
     r = raid_mio_one(a, ~(int)p, RAID_MIO_FLUSH, NULL, 0, 0);
   if (r < 0) {
+    /* The slot may now hold anything: no longer trust what we knew. */
+    a->ppl_stripe[i] = -1;
     pthread_mutex_unlock(&a->ppl_lock[i]);
     return r;
   }
@@ -319,18 +338,30 @@ static void raid5_ppl_done(struct raid_array *a, size_t i, uint64_t s)
   pthread_mutex_unlock(&a->ppl_lock[i]);
 }
 
-/* A full-stripe write supersedes any entry for S: invalidate it (durable
- * by the next flush, which is when it matters). */
+/* Before the in-place writes of a segment that modifies every data chunk
+ * of its rows (a full row, or the full stripe) of stripe S.  Such a write
+ * needs no entry of its own: after a cut every chunk of those rows is
+ * being written, so none holds data that must be reconstructed there.
+ * But the entry of an earlier partial write to S would go stale (its
+ * partial parity no longer matches the chunks it did not modify), and
+ * replayed once this write is durable it would corrupt flushed data.  So
+ * the entry is invalidated, which must not drop the protection of the
+ * partial writes it covers: if they may still be volatile, the members
+ * are flushed first.  The invalidation itself needs no flush of its own:
+ * until the flush that makes this write durable, a surviving stale entry
+ * only affects rows being written (see docs/raid-format.md). */
 static int raid5_ppl_forget(struct raid_array *a, uint64_t s, unsigned p)
 {
   size_t i = ppl_index(a, p, s);
   int r = 0;
   pthread_mutex_lock(&a->ppl_lock[i]);
   if (a->ppl_stripe[i] == (int64_t)s) {
-    uint8_t *z = vd_alloc_aligned(RAID_PPL_HDR);
-    if (!z) {
+    if (ppl_slot_busy(a, i))
+      r = ppl_flush_all(a);
+    uint8_t *z = r == 0 ? vd_alloc_aligned(RAID_PPL_HDR) : NULL;
+    if (r == 0 && !z) {
       r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    } else {
+    } else if (r == 0) {
       memset(z, 0, RAID_PPL_HDR);
       r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, z, RAID_PPL_HDR,
                        ppl_slot_off(a, s));
