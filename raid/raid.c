@@ -34,6 +34,7 @@
 
 #include "endian.h"
 #include "raid/raid.h"
+#include "raid/check.h"
 #include "raid/fault.h"
 
 const struct vd_driver vd_raid_driver;
@@ -1241,6 +1242,7 @@ const struct vd_driver vd_raid_driver = {
   .pwrite = raid_pwrite,
   .flush = raid_flush,
   .info = raid_info,
+  .check = raid_check,
   .opens_own_files = true,
   .multi_conn = true,
 };

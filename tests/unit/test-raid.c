@@ -868,6 +868,67 @@ static void cr_judge(struct cutrun *c, int lost, struct cr_result *res)
   free(b);
 }
 
+/* vdtool check's judgement of the array at DESC (closed). */
+struct chk_seen {
+  uint64_t stripes[64];
+  unsigned n;
+  bool other;                  /* a message not about a stripe */
+};
+
+static void chk_note(void *opaque, const char *msg)
+{
+  struct chk_seen *cs = opaque;
+  unsigned long long s;
+  if (sscanf(msg, "stripe %llu ", &s) == 1) {
+    if (cs->n < 64)
+      cs->stripes[cs->n++] = s;
+  } else {
+    cs->other = true;
+    fprintf(stderr, "check: %s\n", msg);
+  }
+}
+
+/* Right after a cut, all members present: check finds at worst leaks
+ * (parity to resync), and only in stripes with unflushed writes. */
+static unsigned cr_check_after_cut(struct cutrun *c)
+{
+  struct chk_seen cs = { .n = 0 };
+  struct vd_check_report rep = { .message = chk_note, .opaque = &cs };
+  int r = vd_check(c->t.desc, NULL, 0, &rep);
+  unsigned bad = 0;
+  if (r < 0 || rep.corruptions || rep.check_errors || cs.other) {
+    fprintf(stderr, "check after the cut: r %d, %llu corruptions, %llu "
+            "check errors: %s\n", r, (unsigned long long)rep.corruptions,
+            (unsigned long long)rep.check_errors, r < 0 ? vd_error() : "");
+    bad++;
+  }
+  if (getenv("RAID_CUT_SEED"))
+    fprintf(stderr, "check after the cut: %llu leaks (stripes to resync)\n",
+            (unsigned long long)rep.leaks);
+  uint64_t sb = (uint64_t)c->t.chunk * (c->t.n - 1);
+  for (unsigned i = 0; i < cs.n; i++) {
+    bool pending = false;
+    for (size_t k = 0; k < c->np && !pending; k++)
+      pending = c->p[k].off < (cs.stripes[i] + 1) * sb &&
+                c->p[k].off + c->p[k].len > cs.stripes[i] * sb;
+    if (!pending) {
+      fprintf(stderr, "check after the cut: stripe %llu inconsistent "
+              "without an unflushed write\n",
+              (unsigned long long)cs.stripes[i]);
+      bad++;
+    }
+  }
+  return bad;
+}
+
+static bool check_clean(const char *desc)
+{
+  struct chk_seen cs = { .n = 0 };
+  struct vd_check_report rep = { .message = chk_note, .opaque = &cs };
+  int r = vd_check(desc, NULL, 0, &rep);
+  return r == 0 && !rep.corruptions && !rep.leaks && !rep.check_errors;
+}
+
 /* After a cut: lose LOST, either at once (dirty + degraded, forced
  * assembly, PPL replay) or after a restart with every member (bitmap
  * resync), then judge. */
@@ -881,6 +942,7 @@ static void cr_lose(struct cutrun *c, unsigned lost, bool restart_first,
     CU_ASSERT_FATAL(tarr_open(t) == 0);
     CU_ASSERT(scrub_mismatches(t, false) == 0);
     tarr_close(t);
+    CU_ASSERT(check_clean(t->desc));
     CU_ASSERT(rename(t->mem[lost], saved) == 0);
     CU_ASSERT_FATAL(tarr_open(t) == 0);
   } else {
@@ -1013,8 +1075,11 @@ static unsigned powercut_round(uint64_t seed, bool verbose)
     }
   }
   cr_cut(&c, keep, flags, seed);
+  unsigned bad = cr_check_after_cut(&c);
+  if (bad)
+    fprintf(stderr, "power-cut round seed %llu: check found more than "
+            "leaks\n", (unsigned long long)seed);
   cr_files(&c, true);
-  unsigned bad = 0;
   unsigned late = (unsigned)(rnd() % n);
   for (unsigned lost = 0; lost <= n; lost++) {
     bool restart = lost == n;
