@@ -23,7 +23,8 @@
  *     is a corruption, named by stripe and array offset as `vdtool raid
  *     scrub` names it.
  * A degraded array (member missing, faulty, stale or rebuilding) cannot be
- * scrubbed: the check says so and counts a check error.  The array must
+ * scrubbed: the check says so and counts a check error (exit 1), unless a
+ * corruption found above explains it (exit 2).  The array must
  * not be served at the same time (its members are locked): `vdtool raid
  * scrub` asks the serving process instead.
  */
@@ -346,19 +347,18 @@ static void chk_redundancy(struct chk *c)
   if (f->level == 0)
     return;
   if (c->degraded) {
-    chk_report(c, &c->r->check_errors, "%s: array is degraded (%s): parity "
-               "and mirrors cannot be verified", c->path, c->degraded_why);
+    /* Not verified, so the check is incomplete, unless a corruption
+     * already found (a bad superblock) is why: exit 2 says more. */
+    uint64_t ignored = 0;
+    chk_report(c, c->r->corruptions ? &ignored : &c->r->check_errors,
+               "%s: array is degraded (%s): parity and mirrors cannot be "
+               "verified", c->path, c->degraded_why);
     return;
   }
   struct vd_dev *dev;
   int e = vd_open(c->path, "raid", 0, &dev);
   if (e < 0) {
-    int pid = vd_raid_served_by(c->path);
-    if (pid > 0)
-      chk_report(c, &c->r->check_errors, "%s: served by process %d: check "
-                 "its redundancy with 'vdtool raid scrub'", c->path, pid);
-    else
-      chk_report(c, &c->r->check_errors, "%s", vd_error());
+    chk_report(c, &c->r->check_errors, "%s", vd_error());
     return;
   }
   struct vd_raid_scrub_report rep = { .mismatch = chk_mismatch, .opaque = c };
@@ -386,10 +386,19 @@ int raid_check(const char *path, unsigned fix, struct vd_check_report *r)
     free(c);
     return e;
   }
+  int pid = vd_raid_served_by(path);
+  if (pid > 0) {
+    /* Its members are locked and changing under us. */
+    chk_report(c, &r->check_errors, "%s: served by process %d: check it "
+               "online with 'vdtool raid scrub', or stop it first", path, pid);
+    raid_desc_free(&c->d);
+    free(c);
+    return 0;
+  }
   chk_superblocks(c);
   if (c->fresh < 0) {
-    chk_report(c, &r->corruptions, "%s: no member has a valid superblock of "
-               "this array", path);
+    chk_report(c, r->check_errors ? &r->check_errors : &r->corruptions,
+               "%s: no member has a valid superblock of this array", path);
   } else {
     chk_bitmap(c);
     chk_ppl(c);
@@ -401,6 +410,9 @@ int raid_check(const char *path, unsigned fix, struct vd_check_report *r)
   }
   if (c->fresh >= 0 && r->check_errors == 0)
     chk_redundancy(c);
+  else if (c->fresh >= 0)
+    chk_report(c, &r->check_errors, "%s: parity and mirrors not verified "
+               "(see above)", path);
   for (unsigned i = 0; i < RAID_MAX_MEMBERS; i++)
     free(c->mpath[i]);
   vd_free_aligned(c->bm);
