@@ -22,8 +22,20 @@
  * in-place writes.  After an unclean stop with a member missing, each valid
  * log entry gives the parity of the rows it covers as PP ^ (modified chunks
  * as they are on disk), which makes the untouched chunks reconstructible
- * whatever subset of the in-place writes reached the disk.  A slot is reused
- * only once the writes it protected are flushed (see docs/raid-format.md).
+ * whatever subset of the in-place writes reached the disk.  The protocol
+ * (docs/raid-format.md has the reasoning):
+ *  - one slot per stripe (stripe mod slots on its parity member), so a
+ *    stripe's newer entry replaces its older one;
+ *  - an entry is overwritten or invalidated only once the writes it
+ *    protects are durable: if no member flush completed since they did,
+ *    every member is flushed first (ppl_slot_busy / ppl_flush_all);
+ *  - full-row and full-stripe segments log nothing (every chunk of their
+ *    rows is in flight, none needs reconstructing) but invalidate the
+ *    stripe's earlier entry, which would be stale once they are durable,
+ *    under the same rule; the invalidation rides on the next flush;
+ *  - every slot is cleared at each read-write open once consistent.
+ * Not protected, as in md: a chunk in flight on the member that is lost
+ * in the same crash may read back as anything.
  *
  * PPL slot header (4096 bytes, little-endian), followed by the partial
  * parity (length bytes):
