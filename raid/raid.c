@@ -953,6 +953,7 @@ static void raid_array_free(struct raid_array *a)
   }
   free(a->ppl_stripe);
   free(a->ppl_done_gen);
+  raid5_ppl_free(a);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_destroy(&a->stripe_lock[i]);
   pthread_mutex_destroy(&a->sb_lock);

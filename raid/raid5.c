@@ -78,6 +78,10 @@ void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m)
 
 /* ---- reads ---- */
 
+static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
+                              uint64_t o, size_t len, uint8_t *bufs, int k,
+                              unsigned t);
+
 /* Reconstruct LEN bytes at row O of data chunk D of stripe S into OUT from
  * the other members (stripe lock taken here).  With FIX, the member had a
  * read error there: reconstruct even though it looks usable, write the
@@ -140,6 +144,11 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
         continue;
       r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
       break;
+    }
+    if (a->ppl_ro) {
+      r = raid5_ppl_apply_ro(a, s, d, o, len, bufs, k, t);
+      if (r < 0)
+        break;
     }
     raid_xor(out, src, (unsigned)k, len);
     if (fix && raid_member_usable(a, (int)t, moff)) {
@@ -243,6 +252,132 @@ static uint64_t ppl_slot_off(struct raid_array *a, uint64_t s)
   return a->sb.ppl_offset + (s % a->sb.ppl_slots) * a->sb.ppl_slot_size;
 }
 
+/* A validated log entry (header fields; the partial parity stays on disk
+ * at SOFF + RAID_PPL_HDR on member P). */
+struct ppl_entry {
+  uint64_t stripe, soff;
+  uint32_t r0, len, mask;
+  unsigned p;
+};
+
+/* Entries a read-only open of a dirty degraded array applies to reads
+ * (nothing may be written, so the log cannot be replayed on disk). */
+struct raid5_ppl_ro {
+  size_t n;
+  struct ppl_entry e[];
+};
+
+/* Read slot J of member P.  True if it holds a valid entry of this array
+ * (header checksum and fields; with PP non-NULL also the partial parity,
+ * read into PP, which has room for a chunk) whose modified chunks are all
+ * usable: one that recovery can apply. */
+static bool ppl_read_entry(struct raid_array *a, unsigned p, uint32_t j,
+                           uint8_t *hdr, uint8_t *pp, struct ppl_entry *e)
+{
+  unsigned n = a->n;
+  uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
+  uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
+  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+    return false;
+  if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
+      vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
+    return false;
+  uint64_t s = vd_get_le64(hdr + 24);
+  uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
+  uint32_t mask = vd_get_le32(hdr + 40);
+  if (s >= nstripes || s % a->sb.ppl_slots != j ||
+      raid5_parity_member(n, s) != p || vd_get_le32(hdr + 44) != p ||
+      len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
+      (mask >> (n - 1)) != 0)
+    return false;
+  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
+                   soff + RAID_PPL_HDR) < 0 ||
+      vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
+    return false;
+  uint64_t moff = s * c + r0;
+  for (unsigned d = 0; d < n - 1; d++)
+    if ((mask & (1u << d)) &&
+        !raid_member_usable(a, (int)raid5_data_member(n, s, d), moff))
+      return false;   /* a modified chunk is lost: nothing to protect */
+  *e = (struct ppl_entry){ .stripe = s, .soff = soff, .r0 = r0, .len = len,
+                           .mask = mask, .p = p };
+  return true;
+}
+
+/* Read-only open of a dirty, degraded array: note the entries recovery
+ * would replay, for raid5_read_degraded to apply. */
+static int raid5_ppl_load_ro(struct raid_array *a)
+{
+  size_t max = (size_t)a->n * a->sb.ppl_slots;
+  struct raid5_ppl_ro *ro = calloc(1, sizeof *ro + max * sizeof ro->e[0]);
+  uint8_t *hdr = vd_alloc_aligned(RAID_PPL_HDR);
+  uint8_t *pp = vd_alloc_aligned(a->sb.chunk);
+  int r = 0;
+  if (!ro || !hdr || !pp) {
+    free(ro);
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  for (unsigned p = 0; p < a->n; p++) {
+    if (!raid_member_usable(a, (int)p, 0))
+      continue;
+    for (uint32_t j = 0; j < a->sb.ppl_slots; j++)
+      if (ppl_read_entry(a, p, j, hdr, pp, &ro->e[ro->n]))
+        ro->n++;
+  }
+  a->ppl_ro = ro;
+out:
+  vd_free_aligned(hdr);
+  vd_free_aligned(pp);
+  return r;
+}
+
+void raid5_ppl_free(struct raid_array *a)
+{
+  free(a->ppl_ro);
+  a->ppl_ro = NULL;
+}
+
+/* raid5_read_degraded on a read-only open of a dirty degraded array: BUFS
+ * holds rows [O, O+LEN) of the K members other than T (the lost one, data
+ * chunk D of stripe S), in member order.  Where an entry of S covers those
+ * rows and D is not among its modified chunks, the parity on disk may be
+ * half-written: replace it there by PP ^ (modified chunks as read), what
+ * recovery would have written. */
+static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
+                              uint64_t o, size_t len, uint8_t *bufs, int k,
+                              unsigned t)
+{
+  const struct raid5_ppl_ro *ro = a->ppl_ro;
+  unsigned n = a->n;
+  for (size_t i = 0; i < ro->n; i++) {
+    const struct ppl_entry *e = &ro->e[i];
+    if (e->stripe != s || (e->mask & (1u << d)))
+      continue;
+    uint64_t lo = o > e->r0 ? o : e->r0;
+    uint64_t hi = o + len < (uint64_t)e->r0 + e->len ? o + len
+                                                    : (uint64_t)e->r0 + e->len;
+    if (lo >= hi)
+      continue;
+    /* Index of member M in BUFS: members in order, T left out. */
+#define RO_IDX(m) ((m) < t ? (m) : (m) - 1)
+    uint8_t *par = bufs + (size_t)RO_IDX(e->p) * len + (lo - o);
+    int r = raid_mio_one(a, ~(int)e->p, RAID_MIO_READ, par, (size_t)(hi - lo),
+                         e->soff + RAID_PPL_HDR + (lo - e->r0));
+    if (r < 0)
+      return r;
+    for (unsigned dd = 0; dd < n - 1; dd++)
+      if (e->mask & (1u << dd)) {
+        unsigned m = raid5_data_member(n, s, dd);
+        raid_xor_into(par, bufs + (size_t)RO_IDX(m) * len + (lo - o),
+                      (size_t)(hi - lo));
+      }
+#undef RO_IDX
+    (void)k;
+  }
+  return 0;
+}
+
 int raid5_ppl_init(struct raid_array *a)
 {
   if (a->sb.policy != RAID_POLICY_PPL)
@@ -260,6 +395,9 @@ int raid5_ppl_init(struct raid_array *a)
     pthread_mutex_init(&a->ppl_lock[i], NULL);
     a->ppl_stripe[i] = -1;
   }
+  if (!a->writable && (a->sb.flags & RAID_SB_DIRTY) &&
+      raid_active_count(a) < a->n)
+    return raid5_ppl_load_ro(a);
   return 0;
 }
 
@@ -421,7 +559,7 @@ int raid5_ppl_recover(struct raid_array *a)
   if (a->sb.policy != RAID_POLICY_PPL)
     return 0;
   unsigned n = a->n;
-  uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
+  uint64_t c = a->sb.chunk;
   uint8_t *hdr = vd_alloc_aligned(RAID_PPL_HDR);
   uint8_t *pp = vd_alloc_aligned(c), *tmp = vd_alloc_aligned(c);
   int r = 0;
@@ -434,43 +572,21 @@ int raid5_ppl_recover(struct raid_array *a)
         atomic_load(&a->m[p].state) != RAID_ROLE_REBUILDING)
       continue;
     for (uint32_t j = 0; j < a->sb.ppl_slots && r == 0; j++) {
-      uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
-      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+      struct ppl_entry e;
+      if (!ppl_read_entry(a, p, j, hdr, pp, &e))
         continue;
-      if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
-          vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
-        continue;
-      uint64_t s = vd_get_le64(hdr + 24);
-      uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
-      uint32_t mask = vd_get_le32(hdr + 40);
-      if (s >= nstripes || s % a->sb.ppl_slots != j ||
-          raid5_parity_member(n, s) != p || vd_get_le32(hdr + 44) != p ||
-          len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
-          (mask >> (n - 1)) != 0)
-        continue;
-      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
-                       soff + RAID_PPL_HDR) < 0 ||
-          vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
-        continue;
-      uint64_t moff = s * c + r0;
-      bool can = true;
-      for (unsigned d = 0; d < n - 1; d++)
-        if ((mask & (1u << d)) &&
-            !raid_member_usable(a, (int)raid5_data_member(n, s, d), moff))
-          can = false;    /* a modified chunk is lost: nothing to protect */
-      if (!can)
-        continue;
+      uint64_t s = e.stripe, moff = s * c + e.r0;
       raid_stripe_lock(a, s);
       for (unsigned d = 0; d < n - 1 && r == 0; d++) {
-        if (!(mask & (1u << d)))
+        if (!(e.mask & (1u << d)))
           continue;
         r = raid_mio_one(a, (int)raid5_data_member(n, s, d), RAID_MIO_READ,
-                         tmp, len, moff);
+                         tmp, e.len, moff);
         if (r == 0)
-          raid_xor_into(pp, tmp, len);
+          raid_xor_into(pp, tmp, e.len);
       }
       if (r == 0)
-        r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, pp, len, moff);
+        r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, pp, e.len, moff);
       raid_stripe_unlock(a, s);
       if (r < 0)
         r = vd_prefix_error(-r, "%s: replaying the partial parity log of "

@@ -929,22 +929,36 @@ static bool check_clean(const char *desc)
   return r == 0 && !rep.corruptions && !rep.leaks && !rep.check_errors;
 }
 
-/* After a cut: lose LOST, either at once (dirty + degraded, forced
- * assembly, PPL replay) or after a restart with every member (bitmap
- * resync), then judge. */
-static void cr_lose(struct cutrun *c, unsigned lost, bool restart_first,
+/* How the array goes on after a cut: LOSE_AT_CUT, the member is lost
+ * with the crash and the array started by force (PPL replay); LOSE_LATER,
+ * restarted with every member first (bitmap resync), lost afterwards;
+ * LOSE_READ_ONLY, lost with the crash and the array only opened read-only
+ * (nothing replayed on disk: reads must apply the log themselves). */
+enum { LOSE_AT_CUT, LOSE_LATER, LOSE_READ_ONLY, LOSE_MODES };
+static const char *const lose_name[] = { "at the cut", "after a restart",
+                                         "at the cut, read-only open" };
+
+/* After a cut: lose LOST as MODE says, then judge. */
+static void cr_lose(struct cutrun *c, unsigned lost, int mode,
                     struct cr_result *res)
 {
   struct tarr *t = &c->t;
   char saved[400];
   snprintf(saved, sizeof saved, "%s.gone", t->mem[lost]);
-  if (restart_first) {
+  if (mode == LOSE_LATER) {
     CU_ASSERT_FATAL(tarr_open(t) == 0);
     CU_ASSERT(scrub_mismatches(t, false) == 0);
     tarr_close(t);
     CU_ASSERT(check_clean(t->desc));
     CU_ASSERT(rename(t->mem[lost], saved) == 0);
     CU_ASSERT_FATAL(tarr_open(t) == 0);
+  } else if (mode == LOSE_READ_ONLY) {
+    CU_ASSERT(rename(t->mem[lost], saved) == 0);
+    int r = vd_open(t->desc, NULL, 0, &t->dev);
+    if (r < 0)
+      fprintf(stderr, "read-only open: %s\n", vd_error());
+    CU_ASSERT_FATAL(r == 0);
+    t->a = vd_raid_of(t->dev);
   } else {
     CU_ASSERT(rename(t->mem[lost], saved) == 0);
     const char *mem[8];
@@ -958,7 +972,7 @@ static void cr_lose(struct cutrun *c, unsigned lost, bool restart_first,
     CU_ASSERT_FATAL(r == 0);
     CU_ASSERT_FATAL(tarr_open(t) == 0);
   }
-  cr_judge(c, restart_first ? -1 : (int)lost, res);
+  cr_judge(c, mode == LOSE_LATER ? -1 : (int)lost, res);
   tarr_close(t);
   CU_ASSERT(rename(saved, t->mem[lost]) == 0);
 }
@@ -990,14 +1004,15 @@ static void test_powercut_full_row(void)
         cr_cut(&c, keeps[ki], flags[fi], seed);
         cr_files(&c, true);
         for (unsigned lost = 0; lost < 3; lost++)
-          for (int restart = 0; restart < 2; restart++) {
+          for (int mode = 0; mode < LOSE_MODES; mode++) {
             struct cr_result res;
             cr_files(&c, false);
-            cr_lose(&c, lost, restart, &res);
+            cr_lose(&c, lost, mode, &res);
             if (res.flushed_lost || res.never_written) {
-              fprintf(stderr, "full row: keep %u flags %u seed %u lost %u "
-                      "restart %d: %llu flushed bytes lost, %llu never "
-                      "written\n", keeps[ki], flags[fi], seed, lost, restart,
+              fprintf(stderr, "full row: keep %u flags %u seed %u member %u "
+                      "lost %s: %llu flushed bytes lost, %llu never "
+                      "written\n", keeps[ki], flags[fi], seed, lost,
+                      lose_name[mode],
                       (unsigned long long)res.flushed_lost,
                       (unsigned long long)res.never_written);
               bad++;
@@ -1080,20 +1095,20 @@ static unsigned powercut_round(uint64_t seed, bool verbose)
     fprintf(stderr, "power-cut round seed %llu: check found more than "
             "leaks\n", (unsigned long long)seed);
   cr_files(&c, true);
-  unsigned late = (unsigned)(rnd() % n);
-  for (unsigned lost = 0; lost <= n; lost++) {
-    bool restart = lost == n;
-    unsigned who = restart ? late : lost;
+  unsigned late = (unsigned)(rnd() % n), ro = (unsigned)(rnd() % n);
+  for (unsigned lost = 0; lost <= n + 1; lost++) {
+    int mode = lost < n ? LOSE_AT_CUT : lost == n ? LOSE_LATER
+                                                  : LOSE_READ_ONLY;
+    unsigned who = lost < n ? lost : lost == n ? late : ro;
     struct cr_result res;
     cr_files(&c, false);
-    cr_lose(&c, who, restart, &res);
+    cr_lose(&c, who, mode, &res);
     if (verbose || res.flushed_lost || res.never_written)
       fprintf(stderr, "power-cut round seed %llu (%u members, chunk %u, %u "
               "writes, %u flushes, keep %u%%, flags %u): member %u lost %s: "
               "%llu flushed bytes lost, %llu never written, %llu in flight "
               "on the lost member\n", (unsigned long long)seed, n, chunk,
-              nops, flushes, keep, flags, who,
-              restart ? "after a restart" : "at the cut",
+              nops, flushes, keep, flags, who, lose_name[mode],
               (unsigned long long)res.flushed_lost,
               (unsigned long long)res.never_written,
               (unsigned long long)res.inflight_lost);
