@@ -79,7 +79,7 @@ void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m)
 /* ---- reads ---- */
 
 static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
-                              uint64_t o, size_t len, uint8_t *bufs, int k,
+                              uint64_t o, size_t len, uint8_t *bufs,
                               unsigned t);
 
 /* Reconstruct LEN bytes at row O of data chunk D of stripe S into OUT from
@@ -146,7 +146,7 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
       break;
     }
     if (a->ppl_ro) {
-      r = raid5_ppl_apply_ro(a, s, d, o, len, bufs, k, t);
+      r = raid5_ppl_apply_ro(a, s, d, o, len, bufs, t);
       if (r < 0)
         break;
     }
@@ -268,9 +268,9 @@ struct raid5_ppl_ro {
 };
 
 /* Read slot J of member P.  True if it holds a valid entry of this array
- * (header checksum and fields; with PP non-NULL also the partial parity,
- * read into PP, which has room for a chunk) whose modified chunks are all
- * usable: one that recovery can apply. */
+ * (header checksum and fields, and the partial parity's checksum; the
+ * partial parity is left in PP, which has room for a chunk) whose modified
+ * chunks are all usable: one that recovery can apply. */
 static bool ppl_read_entry(struct raid_array *a, unsigned p, uint32_t j,
                            uint8_t *hdr, uint8_t *pp, struct ppl_entry *e)
 {
@@ -339,13 +339,13 @@ void raid5_ppl_free(struct raid_array *a)
 }
 
 /* raid5_read_degraded on a read-only open of a dirty degraded array: BUFS
- * holds rows [O, O+LEN) of the K members other than T (the lost one, data
+ * holds rows [O, O+LEN) of the members other than T (the lost one, data
  * chunk D of stripe S), in member order.  Where an entry of S covers those
  * rows and D is not among its modified chunks, the parity on disk may be
  * half-written: replace it there by PP ^ (modified chunks as read), what
  * recovery would have written. */
 static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
-                              uint64_t o, size_t len, uint8_t *bufs, int k,
+                              uint64_t o, size_t len, uint8_t *bufs,
                               unsigned t)
 {
   const struct raid5_ppl_ro *ro = a->ppl_ro;
@@ -359,9 +359,9 @@ static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
                                                     : (uint64_t)e->r0 + e->len;
     if (lo >= hi)
       continue;
-    /* Index of member M in BUFS: members in order, T left out. */
-#define RO_IDX(m) ((m) < t ? (m) : (m) - 1)
-    uint8_t *par = bufs + (size_t)RO_IDX(e->p) * len + (lo - o);
+    /* Member M's rows in BUFS: members in order, T left out. */
+#define RO_ROWS(m) (bufs + (size_t)((m) < t ? (m) : (m) - 1) * len + (lo - o))
+    uint8_t *par = RO_ROWS(e->p);
     int r = raid_mio_one(a, ~(int)e->p, RAID_MIO_READ, par, (size_t)(hi - lo),
                          e->soff + RAID_PPL_HDR + (lo - e->r0));
     if (r < 0)
@@ -369,11 +369,9 @@ static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
     for (unsigned dd = 0; dd < n - 1; dd++)
       if (e->mask & (1u << dd)) {
         unsigned m = raid5_data_member(n, s, dd);
-        raid_xor_into(par, bufs + (size_t)RO_IDX(m) * len + (lo - o),
-                      (size_t)(hi - lo));
+        raid_xor_into(par, RO_ROWS(m), (size_t)(hi - lo));
       }
-#undef RO_IDX
-    (void)k;
+#undef RO_ROWS
   }
   return 0;
 }
