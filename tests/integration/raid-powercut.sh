@@ -23,7 +23,7 @@ rounds=${RAID_POWERCUT_ROUNDS:-6}
 chunk=16384 n=3 bad=0
 for round in $(seq "$rounds"); do
   rm -rf r && mkdir r && cd r
-  vdtool raid create -l 5 -c 16K --size 2M a.vdraid m0 m1 m2
+  vdtool raid create -l 5 -c 16K --size 1280K a.vdraid m0 m1 m2
   size=$(vdtool info --output=json a.vdraid |
          /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
   pattern_bytes "$size" "$round" > base.raw
