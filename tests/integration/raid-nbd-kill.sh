@@ -34,9 +34,13 @@ doomed_writes() {
     sleep 0.1
   done
   sleep 0.5
-  kill -9 "$(cat "$nbd_pidfile")"
+  local pid
+  pid=$(cat "$nbd_pidfile")
+  kill -9 "$pid"
   wait $fpid || true
   rm -f "$nbd_pidfile"
+  # Gone before anyone looks at ARRAY.served (bounded: a hang fails later).
+  for i in $(seq 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 }
 A="--rw=randwrite --bs=4k --offset=0 --size=16M"
 
