@@ -36,7 +36,7 @@ for round in $(seq "$rounds"); do
   # Kill at a random moment once writes are under way (timing only picks
   # the moment; nothing is measured).
   for i in $(seq 100); do
-    [ "$(grep -c '^W' ops.log 2>/dev/null)" -ge 5 ] && break
+    [ "$(cat ops.log 2>/dev/null | grep -c '^W')" -ge 5 ] && break
     sleep 0.05
   done
   sleep "0.$(( (round * 7919) % 9 + 1 ))"
