@@ -7,7 +7,9 @@
  *    first 512 bytes);
  *  - power-cut mode: remember each write since the member's last flush
  *    (its pre-image and data); vd_raid_fault_powercut() then rolls the
- *    member back to its last flush and re-applies a random subset.
+ *    member back to its last flush and re-applies a random subset, which
+ *    vd_raid_fault_powercut_ex() may also reorder and tear (some 512-byte
+ *    sectors of a write land, others not).
  * Members are matched by device and inode, so any spelling of the path
  * works.
  */
@@ -245,28 +247,68 @@ int raid_fault_io(struct raid_fault *f, struct vd_dev *dev, int op, void *buf,
   }
 }
 
-int vd_raid_fault_powercut(struct raid_fault *f, unsigned keep_percent,
-                           unsigned seed)
+static uint64_t cut_rnd(uint64_t *x)
+{
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+
+int vd_raid_fault_powercut_ex(struct raid_fault *f, unsigned keep_percent,
+                              unsigned flags, uint64_t seed)
 {
   pthread_mutex_lock(&f->lock);
   int r = 0;
+  size_t *order = NULL;
   if (!f->dev || f->nrec == 0)
     goto out;
+  order = malloc(f->nrec * sizeof *order);
+  if (!order) {
+    r = -ENOMEM;
+    goto out;
+  }
   /* Back to the state of the last flush... */
   for (size_t i = f->nrec; i-- > 0 && r == 0;)
     r = vd_pwrite(f->dev, f->rec[i].pre, f->rec[i].len, f->rec[i].off, 0);
-  /* ...then the writes that made it to the platter anyway, in order. */
-  uint64_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < f->nrec && r == 0; i++) {
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    if (keep_percent && x % 100 < keep_percent)
-      r = vd_pwrite(f->dev, f->rec[i].data, f->rec[i].len, f->rec[i].off, 0);
+  /* ...then the writes that made it to the medium anyway: in issue order,
+   * or shuffled (a volatile cache writes back in any order). */
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+  for (size_t i = 0; i < f->nrec; i++)
+    order[i] = i;
+  if (flags & VD_FAULT_CUT_REORDER)
+    for (size_t i = f->nrec; i > 1; i--) {
+      size_t j = (size_t)(cut_rnd(&x) % i), t = order[i - 1];
+      order[i - 1] = order[j];
+      order[j] = t;
+    }
+  for (size_t k = 0; k < f->nrec && r == 0; k++) {
+    const struct raid_fault_rec *w = &f->rec[order[k]];
+    if (keep_percent < 100 && cut_rnd(&x) % 100 >= keep_percent)
+      continue;
+    if (!(flags & VD_FAULT_CUT_TEAR) || cut_rnd(&x) % 2 == 0) {
+      r = vd_pwrite(f->dev, w->data, w->len, w->off, 0);
+      continue;
+    }
+    /* Torn: some of its sectors land, the others keep what was there. */
+    for (size_t o = 0; o < w->len && r == 0; o += 512) {
+      size_t n = w->len - o < 512 ? w->len - o : 512;
+      if (cut_rnd(&x) % 2)
+        r = vd_pwrite(f->dev, w->data + o, n, w->off + o, 0);
+    }
   }
   fault_clear_recs(f);
 out:
+  free(order);
   f->armed = false;
   pthread_mutex_unlock(&f->lock);
   return r;
+}
+
+int vd_raid_fault_powercut(struct raid_fault *f, unsigned keep_percent,
+                           unsigned seed)
+{
+  return vd_raid_fault_powercut_ex(f, keep_percent, 0, seed);
 }
 
 int vd_raid_fault_corrupt(const char *path, uint64_t off, size_t len)

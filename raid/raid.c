@@ -34,6 +34,7 @@
 
 #include "endian.h"
 #include "raid/raid.h"
+#include "raid/check.h"
 #include "raid/fault.h"
 
 const struct vd_driver vd_raid_driver;
@@ -952,6 +953,7 @@ static void raid_array_free(struct raid_array *a)
   }
   free(a->ppl_stripe);
   free(a->ppl_done_gen);
+  raid5_ppl_free(a);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_destroy(&a->stripe_lock[i]);
   pthread_mutex_destroy(&a->sb_lock);
@@ -1241,6 +1243,7 @@ const struct vd_driver vd_raid_driver = {
   .pwrite = raid_pwrite,
   .flush = raid_flush,
   .info = raid_info,
+  .check = raid_check,
   .opens_own_files = true,
   .multi_conn = true,
 };

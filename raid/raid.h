@@ -206,6 +206,8 @@ struct raid_array {
   _Atomic uint64_t ppl_gen;    /* bumped when a member flush starts */
   _Atomic uint64_t ppl_durable;/* writes done before this gen are durable */
   _Atomic uint64_t ppl_seq;
+  struct raid5_ppl_ro *ppl_ro; /* read-only open of a dirty degraded array:
+                                  the log entries reads apply (raid5.c) */
 
   struct raid_pool *pool;
 
@@ -317,6 +319,8 @@ int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t stripe,
 int raid5_ppl_init(struct raid_array *a);
 int raid5_ppl_recover(struct raid_array *a);
 int raid5_ppl_clear(struct raid_array *a);
+/* Free what raid5_ppl_init allocated for a read-only open. */
+void raid5_ppl_free(struct raid_array *a);
 uint64_t raid5_ppl_flush_begin(struct raid_array *a);
 void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen);
 int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,

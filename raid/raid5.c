@@ -22,8 +22,20 @@
  * in-place writes.  After an unclean stop with a member missing, each valid
  * log entry gives the parity of the rows it covers as PP ^ (modified chunks
  * as they are on disk), which makes the untouched chunks reconstructible
- * whatever subset of the in-place writes reached the disk.  A slot is reused
- * only once the writes it protected are flushed (see docs/raid-format.md).
+ * whatever subset of the in-place writes reached the disk.  The protocol
+ * (docs/raid-format.md has the reasoning):
+ *  - one slot per stripe (stripe mod slots on its parity member), so a
+ *    stripe's newer entry replaces its older one;
+ *  - an entry is overwritten or invalidated only once the writes it
+ *    protects are durable: if no member flush completed since they did,
+ *    every member is flushed first (ppl_slot_busy / ppl_flush_all);
+ *  - full-row and full-stripe segments log nothing (every chunk of their
+ *    rows is in flight, none needs reconstructing) but invalidate the
+ *    stripe's earlier entry, which would be stale once they are durable,
+ *    under the same rule; the invalidation rides on the next flush;
+ *  - every slot is cleared at each read-write open once consistent.
+ * Not protected, as in md: a chunk in flight on the member that is lost
+ * in the same crash may read back as anything.
  *
  * PPL slot header (4096 bytes, little-endian), followed by the partial
  * parity (length bytes):
@@ -65,6 +77,10 @@ void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m)
 }
 
 /* ---- reads ---- */
+
+static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
+                              uint64_t o, size_t len, uint8_t *bufs,
+                              unsigned t);
 
 /* Reconstruct LEN bytes at row O of data chunk D of stripe S into OUT from
  * the other members (stripe lock taken here).  With FIX, the member had a
@@ -128,6 +144,11 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
         continue;
       r = vd_set_error(EIO, "%s: RAID5 has failed", a->desc_path);
       break;
+    }
+    if (a->ppl_ro) {
+      r = raid5_ppl_apply_ro(a, s, d, o, len, bufs, t);
+      if (r < 0)
+        break;
     }
     raid_xor(out, src, (unsigned)k, len);
     if (fix && raid_member_usable(a, (int)t, moff)) {
@@ -231,6 +252,130 @@ static uint64_t ppl_slot_off(struct raid_array *a, uint64_t s)
   return a->sb.ppl_offset + (s % a->sb.ppl_slots) * a->sb.ppl_slot_size;
 }
 
+/* A validated log entry (header fields; the partial parity stays on disk
+ * at SOFF + RAID_PPL_HDR on member P). */
+struct ppl_entry {
+  uint64_t stripe, soff;
+  uint32_t r0, len, mask;
+  unsigned p;
+};
+
+/* Entries a read-only open of a dirty degraded array applies to reads
+ * (nothing may be written, so the log cannot be replayed on disk). */
+struct raid5_ppl_ro {
+  size_t n;
+  struct ppl_entry e[];
+};
+
+/* Read slot J of member P.  True if it holds a valid entry of this array
+ * (header checksum and fields, and the partial parity's checksum; the
+ * partial parity is left in PP, which has room for a chunk) whose modified
+ * chunks are all usable: one that recovery can apply. */
+static bool ppl_read_entry(struct raid_array *a, unsigned p, uint32_t j,
+                           uint8_t *hdr, uint8_t *pp, struct ppl_entry *e)
+{
+  unsigned n = a->n;
+  uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
+  uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
+  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+    return false;
+  if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
+      vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
+    return false;
+  uint64_t s = vd_get_le64(hdr + 24);
+  uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
+  uint32_t mask = vd_get_le32(hdr + 40);
+  if (s >= nstripes || s % a->sb.ppl_slots != j ||
+      raid5_parity_member(n, s) != p || vd_get_le32(hdr + 44) != p ||
+      len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
+      (mask >> (n - 1)) != 0)
+    return false;
+  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
+                   soff + RAID_PPL_HDR) < 0 ||
+      vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
+    return false;
+  uint64_t moff = s * c + r0;
+  for (unsigned d = 0; d < n - 1; d++)
+    if ((mask & (1u << d)) &&
+        !raid_member_usable(a, (int)raid5_data_member(n, s, d), moff))
+      return false;   /* a modified chunk is lost: nothing to protect */
+  *e = (struct ppl_entry){ .stripe = s, .soff = soff, .r0 = r0, .len = len,
+                           .mask = mask, .p = p };
+  return true;
+}
+
+/* Read-only open of a dirty, degraded array: note the entries recovery
+ * would replay, for raid5_read_degraded to apply. */
+static int raid5_ppl_load_ro(struct raid_array *a)
+{
+  size_t max = (size_t)a->n * a->sb.ppl_slots;
+  struct raid5_ppl_ro *ro = calloc(1, sizeof *ro + max * sizeof ro->e[0]);
+  uint8_t *hdr = vd_alloc_aligned(RAID_PPL_HDR);
+  uint8_t *pp = vd_alloc_aligned(a->sb.chunk);
+  int r = 0;
+  if (!ro || !hdr || !pp) {
+    free(ro);
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  for (unsigned p = 0; p < a->n; p++) {
+    if (!raid_member_usable(a, (int)p, 0))
+      continue;
+    for (uint32_t j = 0; j < a->sb.ppl_slots; j++)
+      if (ppl_read_entry(a, p, j, hdr, pp, &ro->e[ro->n]))
+        ro->n++;
+  }
+  a->ppl_ro = ro;
+out:
+  vd_free_aligned(hdr);
+  vd_free_aligned(pp);
+  return r;
+}
+
+void raid5_ppl_free(struct raid_array *a)
+{
+  free(a->ppl_ro);
+  a->ppl_ro = NULL;
+}
+
+/* raid5_read_degraded on a read-only open of a dirty degraded array: BUFS
+ * holds rows [O, O+LEN) of the members other than T (the lost one, data
+ * chunk D of stripe S), in member order.  Where an entry of S covers those
+ * rows and D is not among its modified chunks, the parity on disk may be
+ * half-written: replace it there by PP ^ (modified chunks as read), what
+ * recovery would have written. */
+static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
+                              uint64_t o, size_t len, uint8_t *bufs,
+                              unsigned t)
+{
+  const struct raid5_ppl_ro *ro = a->ppl_ro;
+  unsigned n = a->n;
+  for (size_t i = 0; i < ro->n; i++) {
+    const struct ppl_entry *e = &ro->e[i];
+    if (e->stripe != s || (e->mask & (1u << d)))
+      continue;
+    uint64_t lo = o > e->r0 ? o : e->r0;
+    uint64_t hi = o + len < (uint64_t)e->r0 + e->len ? o + len
+                                                    : (uint64_t)e->r0 + e->len;
+    if (lo >= hi)
+      continue;
+    /* Member M's rows in BUFS: members in order, T left out. */
+#define RO_ROWS(m) (bufs + (size_t)((m) < t ? (m) : (m) - 1) * len + (lo - o))
+    uint8_t *par = RO_ROWS(e->p);
+    int r = raid_mio_one(a, ~(int)e->p, RAID_MIO_READ, par, (size_t)(hi - lo),
+                         e->soff + RAID_PPL_HDR + (lo - e->r0));
+    if (r < 0)
+      return r;
+    for (unsigned dd = 0; dd < n - 1; dd++)
+      if (e->mask & (1u << dd)) {
+        unsigned m = raid5_data_member(n, s, dd);
+        raid_xor_into(par, RO_ROWS(m), (size_t)(hi - lo));
+      }
+#undef RO_ROWS
+  }
+  return 0;
+}
+
 int raid5_ppl_init(struct raid_array *a)
 {
   if (a->sb.policy != RAID_POLICY_PPL)
@@ -248,6 +393,9 @@ int raid5_ppl_init(struct raid_array *a)
     pthread_mutex_init(&a->ppl_lock[i], NULL);
     a->ppl_stripe[i] = -1;
   }
+  if (!a->writable && (a->sb.flags & RAID_SB_DIRTY) &&
+      raid_active_count(a) < a->n)
+    return raid5_ppl_load_ro(a);
   return 0;
 }
 
@@ -263,6 +411,24 @@ void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
     ;
 }
 
+/* Whether the in-place writes protected by slot I's entry may still be
+ * volatile (not covered by a completed member flush).  Slot lock held. */
+static bool ppl_slot_busy(struct raid_array *a, size_t i)
+{
+  return a->ppl_stripe[i] >= 0 &&
+         a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable);
+}
+
+/* Make every completed member write durable (and note it for the slots). */
+static int ppl_flush_all(struct raid_array *a)
+{
+  uint64_t g = raid5_ppl_flush_begin(a);
+  int r = raid_flush_members(a);
+  if (r == 0)
+    raid5_ppl_flush_end(a, g);
+  return r;
+}
+
 /* Log PP (LEN bytes, rows [R0, R0+LEN) of stripe S, modified chunks MASK)
  * to parity member P.  On success the slot stays locked until
  * raid5_ppl_done.  On a member error returns it with *BAD = P. */
@@ -272,16 +438,15 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
 {
   size_t i = ppl_index(a, p, s);
   pthread_mutex_lock(&a->ppl_lock[i]);
-  if (a->ppl_stripe[i] >= 0 &&
-      a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable)) {
-    /* The entry here may still protect unflushed writes: flush first. */
-    uint64_t g = raid5_ppl_flush_begin(a);
-    int r = raid_flush_members(a);
+  if (ppl_slot_busy(a, i)) {
+    /* The entry here still protects writes that may be volatile (of this
+     * stripe or another one sharing the slot): they must be durable before
+     * their protection goes. */
+    int r = ppl_flush_all(a);
     if (r < 0) {
       pthread_mutex_unlock(&a->ppl_lock[i]);
       return r;
     }
-    raid5_ppl_flush_end(a, g);
   }
   uint8_t *b = raid_scratch(1, RAID_PPL_HDR + len);
   if (!b) {
@@ -305,6 +470,8 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
   if (r == 0)
     r = raid_mio_one(a, ~(int)p, RAID_MIO_FLUSH, NULL, 0, 0);
   if (r < 0) {
+    /* The slot may now hold anything: no longer trust what we knew. */
+    a->ppl_stripe[i] = -1;
     pthread_mutex_unlock(&a->ppl_lock[i]);
     return r;
   }
@@ -319,18 +486,30 @@ static void raid5_ppl_done(struct raid_array *a, size_t i, uint64_t s)
   pthread_mutex_unlock(&a->ppl_lock[i]);
 }
 
-/* A full-stripe write supersedes any entry for S: invalidate it (durable
- * by the next flush, which is when it matters). */
+/* Before the in-place writes of a segment that modifies every data chunk
+ * of its rows (a full row, or the full stripe) of stripe S.  Such a write
+ * needs no entry of its own: after a cut every chunk of those rows is
+ * being written, so none holds data that must be reconstructed there.
+ * But the entry of an earlier partial write to S would go stale (its
+ * partial parity no longer matches the chunks it did not modify), and
+ * replayed once this write is durable it would corrupt flushed data.  So
+ * the entry is invalidated, which must not drop the protection of the
+ * partial writes it covers: if they may still be volatile, the members
+ * are flushed first.  The invalidation itself needs no flush of its own:
+ * until the flush that makes this write durable, a surviving stale entry
+ * only affects rows being written (see docs/raid-format.md). */
 static int raid5_ppl_forget(struct raid_array *a, uint64_t s, unsigned p)
 {
   size_t i = ppl_index(a, p, s);
   int r = 0;
   pthread_mutex_lock(&a->ppl_lock[i]);
   if (a->ppl_stripe[i] == (int64_t)s) {
-    uint8_t *z = vd_alloc_aligned(RAID_PPL_HDR);
-    if (!z) {
+    if (ppl_slot_busy(a, i))
+      r = ppl_flush_all(a);
+    uint8_t *z = r == 0 ? vd_alloc_aligned(RAID_PPL_HDR) : NULL;
+    if (r == 0 && !z) {
       r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    } else {
+    } else if (r == 0) {
       memset(z, 0, RAID_PPL_HDR);
       r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, z, RAID_PPL_HDR,
                        ppl_slot_off(a, s));
@@ -378,7 +557,7 @@ int raid5_ppl_recover(struct raid_array *a)
   if (a->sb.policy != RAID_POLICY_PPL)
     return 0;
   unsigned n = a->n;
-  uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
+  uint64_t c = a->sb.chunk;
   uint8_t *hdr = vd_alloc_aligned(RAID_PPL_HDR);
   uint8_t *pp = vd_alloc_aligned(c), *tmp = vd_alloc_aligned(c);
   int r = 0;
@@ -391,43 +570,21 @@ int raid5_ppl_recover(struct raid_array *a)
         atomic_load(&a->m[p].state) != RAID_ROLE_REBUILDING)
       continue;
     for (uint32_t j = 0; j < a->sb.ppl_slots && r == 0; j++) {
-      uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
-      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+      struct ppl_entry e;
+      if (!ppl_read_entry(a, p, j, hdr, pp, &e))
         continue;
-      if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
-          vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
-        continue;
-      uint64_t s = vd_get_le64(hdr + 24);
-      uint32_t r0 = vd_get_le32(hdr + 32), len = vd_get_le32(hdr + 36);
-      uint32_t mask = vd_get_le32(hdr + 40);
-      if (s >= nstripes || s % a->sb.ppl_slots != j ||
-          raid5_parity_member(n, s) != p || vd_get_le32(hdr + 44) != p ||
-          len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
-          (mask >> (n - 1)) != 0)
-        continue;
-      if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
-                       soff + RAID_PPL_HDR) < 0 ||
-          vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
-        continue;
-      uint64_t moff = s * c + r0;
-      bool can = true;
-      for (unsigned d = 0; d < n - 1; d++)
-        if ((mask & (1u << d)) &&
-            !raid_member_usable(a, (int)raid5_data_member(n, s, d), moff))
-          can = false;    /* a modified chunk is lost: nothing to protect */
-      if (!can)
-        continue;
+      uint64_t s = e.stripe, moff = s * c + e.r0;
       raid_stripe_lock(a, s);
       for (unsigned d = 0; d < n - 1 && r == 0; d++) {
-        if (!(mask & (1u << d)))
+        if (!(e.mask & (1u << d)))
           continue;
         r = raid_mio_one(a, (int)raid5_data_member(n, s, d), RAID_MIO_READ,
-                         tmp, len, moff);
+                         tmp, e.len, moff);
         if (r == 0)
-          raid_xor_into(pp, tmp, len);
+          raid_xor_into(pp, tmp, e.len);
       }
       if (r == 0)
-        r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, pp, len, moff);
+        r = raid_mio_one(a, (int)p, RAID_MIO_WRITE, pp, e.len, moff);
       raid_stripe_unlock(a, s);
       if (r < 0)
         r = vd_prefix_error(-r, "%s: replaying the partial parity log of "
