@@ -662,17 +662,6 @@ int main(int argc, char **argv)
     die("out of memory");
   for (i = optind; i < argc; i++)
     add_export(argv[i], format, ro, description, (size_t)(i - optind));
-  /* After every export opened, so a failed start prints one line. */
-  for (size_t k = 0; k < server.nexports; k++) {
-    struct nbd_export *e = &server.exports[k];
-    if (vd_probed_raw(e->dev) && !vd_is_read_only(e->dev))
-      fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
-              "specified; probing guessed raw, so writes that would change "
-              "what it probes as (its first 4 KiB and last 512 bytes) are "
-              "refused. Specify '-f raw' to remove the restriction.\n",
-              vd_path(e->dev));
-  }
-
   if (pid_file)
     write_pid_file(pid_file);
 
@@ -693,6 +682,17 @@ int main(int argc, char **argv)
     nbd_log("serving %zu export%s on %s%s%s", server.nexports,
             server.nexports > 1 ? "s" : "", sock_path ? sock_path : bind_addr,
             sock_path ? "" : " port ", sock_path ? "" : port);
+  /* Once the start can no longer fail, so a failed start prints one line. */
+  for (size_t k = 0; k < server.nexports; k++) {
+    struct nbd_export *e = &server.exports[k];
+    if (vd_probed_raw(e->dev) && !vd_is_read_only(e->dev))
+      fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
+              "specified; probing guessed raw, so writes that would change "
+              "what it probes as (its first 4 KiB and last 512 bytes) are "
+              "refused. Specify '-f raw' to remove the restriction.\n",
+              vd_path(e->dev));
+  }
+
   if (do_fork) {
     if (write(ready_pipe[1], "r", 1) < 0) {
       /* the parent is gone: keep serving */
