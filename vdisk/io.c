@@ -241,7 +241,9 @@ vd_file_open(const char *path, unsigned flags, struct vd_file **out)
   /* Open without O_TRUNC first when locking, so a locked image is never
    * truncated by a refused open. */
   int first = oflags & ~O_TRUNC;
-  f->fd = open(path, first, 0644);
+  /* O_NONBLOCK: a FIFO swapped in after a caller's stat must not block
+   * the open; the type is checked below and the flag dropped again. */
+  f->fd = open(path, first | O_NONBLOCK, 0644);
   if (f->fd == -1) {
     r = -errno;
     if (r == -EISDIR || r == -ENOENT || r == -EACCES || r == -EROFS ||
@@ -266,6 +268,10 @@ vd_file_open(const char *path, unsigned flags, struct vd_file **out)
     goto fail;
   }
   f->blk = S_ISBLK(st.st_mode);
+  if (fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    r = vd_set_error(errno, "%s: fcntl: %s", path, strerror(errno));
+    goto fail;
+  }
 
   if (!(flags & VD_FILE_NOLOCK)) {
     r = io_lock(f, flags & VD_FILE_RDWR);

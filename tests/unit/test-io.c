@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -282,6 +283,22 @@ test_flush_sticky_vhd(void)
   vd_file_close(f);
 }
 
+/* A FIFO reaching vd_file_open (swapped in after a caller's stat) is
+ * refused at once instead of blocking the open (issue 10 item 9).  The
+ * alarm turns a hang into a failure. */
+static void
+test_open_fifo(void)
+{
+  struct vd_file *f = NULL;
+  char *p = tmp_path("fifo");
+  CU_ASSERT_EQUAL_FATAL(mkfifo(p, 0600), 0);
+  alarm(20);
+  CU_ASSERT_EQUAL(vd_file_open(p, 0, &f), -EINVAL);
+  CU_ASSERT_EQUAL(vd_file_open(p, VD_FILE_RDWR, &f), -EINVAL);
+  alarm(0);
+  CU_ASSERT_PTR_NULL(f);
+}
+
 int
 main(void)
 {
@@ -293,6 +310,7 @@ main(void)
     { "open_errors", test_open_errors },
     { "flush_sticky", test_flush_sticky },
     { "flush_sticky_vhd", test_flush_sticky_vhd },
+    { "open_fifo", test_open_fifo },
     { NULL, NULL }
   };
   if (!mkdtemp(tmpdir))
