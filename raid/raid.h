@@ -111,8 +111,6 @@ void raid_desc_free(struct raid_desc *d);
  * regular file's mode and owner are kept. */
 int raid_file_replace(const char *path, const void *data, size_t len,
                       mode_t mode);
-/* fsync the folder holding PATH. */
-int raid_sync_dir(const char *path);
 /* Check that PATH may be opened as a member without blocking: it must be
  * a regular file or a block device (a FIFO or a terminal would block the
  * opener).  A path that does not exist passes (vd_open reports it).

@@ -422,30 +422,6 @@ out:
  * not write through it) and the folder is synced, so the new name is
  * durable. */
 
-int raid_sync_dir(const char *path)
-{
-  char *dir = strdup(path), *slash;
-  int fd, r = 0;
-
-  if (!dir)
-    return vd_set_error(ENOMEM, "%s: out of memory", path);
-  slash = strrchr(dir, '/');
-  if (!slash)
-    strcpy(dir, ".");
-  else if (slash == dir)
-    dir[1] = '\0';
-  else
-    *slash = '\0';
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || fsync(fd) < 0)
-    r = vd_set_error(errno, "%s: cannot sync folder: %s", dir,
-                     strerror(errno));
-  if (fd >= 0)
-    close(fd);
-  free(dir);
-  return r;
-}
-
 int raid_file_replace(const char *path, const void *data, size_t len,
                       mode_t mode)
 {
@@ -501,7 +477,7 @@ int raid_file_replace(const char *path, const void *data, size_t len,
   if (r < 0)
     unlink(tmp);
   else
-    r = raid_sync_dir(path);
+    r = vd_file_sync_dir(path);
   free(tmp);
   return r;
 }

@@ -1026,29 +1026,6 @@ out:
   return r;
 }
 
-/* fsync the directory holding PATH so a rename in it is durable. */
-static int vdz_sync_dir(const char *path)
-{
-  char *dir = strdup(path), *slash;
-  int fd, r = 0;
-
-  if (!dir)
-    return vd_set_error(ENOMEM, "%s: out of memory", path);
-  slash = strrchr(dir, '/');
-  if (!slash)
-    strcpy(dir, ".");
-  else if (slash == dir)
-    dir[1] = '\0';
-  else
-    *slash = '\0';
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || fsync(fd) < 0)
-    r = vd_set_error(errno, "%s: cannot sync directory: %m", dir);
-  if (fd >= 0)
-    close(fd);
-  free(dir);
-  return r;
-}
 
 /* Create the temporary file beside PATH that the image is written into
  * before it is renamed over PATH: "PATH.tmp-PID-RANDOM", created with
@@ -1156,7 +1133,7 @@ static int vdz_import(const char *path, struct vd_dev *src,
     }
     free(tmp);
     tmp = NULL;
-    r = vdz_sync_dir(path);
+    r = vd_file_sync_dir(path);
   }
 out:
   vd_file_close(f);
