@@ -5,6 +5,8 @@ differencing-VHD header whose parent locators name a host file.
   trust-craft.py head SIZE LOCATOR [PARENT_UUID_HEX]  > head.bin
   trust-craft.py tail SIZE                            > tail.bin
   trust-craft.py file OUT SIZE LOCATOR [PARENT_UUID_HEX]
+  trust-craft.py no-secret FILE SECRET    exit 1 if any 4 KiB piece of
+                                          SECRET appears in FILE
 
 head: footer copy, dynamic header, BAT (all blocks absent: every sector
 reads from the parent) and the two locators, 3 KiB at offset 0; tail: the
@@ -89,6 +91,12 @@ def main(argv):
             f.truncate(size)
             f.seek(size - 512)
             f.write(footer(size))
+    elif cmd == 'no-secret':
+        data = open(argv[2], 'rb').read()
+        secret = open(argv[3], 'rb').read()
+        for off in range(0, len(secret), 4096):
+            if secret[off:off + 4096] in data:
+                sys.exit("secret bytes at %d found" % off)
     else:
         sys.exit('unknown command ' + cmd)
 

@@ -22,29 +22,12 @@ import struct
 import sys
 import time
 
+from nbdwire import (CMD_CACHE, CMD_READ, EINVAL, IHAVEOPT, OPT_GO,
+                     REP_ACK, REP_INFO, REQ_MAGIC, SIMPLE_MAGIC,
+                     fail, recv)
+
 path = sys.argv[1]
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3E889045565A9
-REQ_MAGIC, SIMPLE_MAGIC = 0x25609513, 0x67446698
-OPT_GO, REP_ACK, REP_INFO = 7, 1, 3
-CMD_READ, CMD_CACHE = 0, 5
 MiB = 1 << 20
-EINVAL = 22
-
-
-def fail(msg):
-    print("FAIL:", msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def recv(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            fail("connection closed")
-        buf += d
-    return bytes(buf)
 
 
 def attach():

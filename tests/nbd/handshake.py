@@ -16,37 +16,10 @@ import sys
 import threading
 import time
 
+from nbdwire import (IHAVEOPT, OPT_GO, OPT_STARTTLS, OPT_STRUCTURED, REP_ACK,
+                     fail, option, recv, reply)
+
 mode, port = sys.argv[1], int(sys.argv[2])
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3E889045565A9
-OPT_STARTTLS, OPT_GO, OPT_STRUCTURED = 5, 7, 8
-REP_ACK = 1
-
-
-def fail(msg):
-    print("FAIL:", msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def recv(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            raise EOFError("closed by the server")
-        buf += d
-    return buf
-
-
-def option(s, opt, data=b""):
-    s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
-
-
-def reply(s):
-    magic, opt, typ, ln = struct.unpack(">QIII", recv(s, 20))
-    if magic != REP_MAGIC:
-        raise ValueError("bad reply magic")
-    return typ, recv(s, ln)
 
 
 def connect():

@@ -11,34 +11,10 @@ import ssl
 import struct
 import sys
 
+from nbdwire import OPT_GO, OPT_STARTTLS, REP_ACK, REP_INFO, option, recv, reply
+
 port, ca = int(sys.argv[1]), sys.argv[2]
 cert = sys.argv[3:5]
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3E889045565A9
-OPT_STARTTLS, OPT_GO = 5, 7
-REP_ACK, REP_INFO = 1, 3
-
-
-def recv(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            raise EOFError("connection closed")
-        buf += d
-    return buf
-
-
-def option(s, opt, data=b""):
-    s.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
-
-
-def reply(s):
-    magic, opt, typ, ln = struct.unpack(">QIII", recv(s, 20))
-    if magic != REP_MAGIC:
-        raise ValueError("bad reply magic")
-    return typ, recv(s, ln)
-
 
 try:
     raw = socket.create_connection(("127.0.0.1", port), timeout=30)
