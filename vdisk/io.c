@@ -650,7 +650,6 @@ vd_file_sync_dir(const char *path)
   return r;
 }
 
-
 int
 vd_file_size(struct vd_file *f, uint64_t *size)
 {
