@@ -16,7 +16,7 @@
  *     member, bad length or chunk mask) is a corruption.  Torn entries
  *     (checksum wrong) are what an unclean stop leaves and are ignored, as
  *     the replay ignores them.
- *  4. Redundancy: a read-only scrub (sync.c's vd_raid_scrub) compares
+ *  4. Redundancy: a read-only scrub (rebuild.c's vd_raid_scrub) compares
  *     parity or mirrors with the data.  A mismatch in a region an unclean
  *     stop left dirty (bitmap bit set, or any region with policy resync) is
  *     what the next read-write open resyncs: a leak.  Any other mismatch

@@ -134,7 +134,7 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
                   void *opaque);
 
 /* Online requests to the process serving the array at DESC (see
- * raid/sync.c): REQUEST is "fail SLOT", "replace SLOT FORMAT PATH",
+ * raid/request.c): REQUEST is "fail SLOT", "replace SLOT FORMAT PATH",
  * "scrub", "scrub repair" or "rate BYTES_PER_S".  Waits for the answer
  * (at most TIMEOUT seconds if > 0) and copies its text to RESULT. */
 int vd_raid_request(const char *desc, const char *request, char *result,

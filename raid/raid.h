@@ -7,8 +7,10 @@
  *
  * Files: raid.c (assembly, member I/O pool, failure handling, bitmap, the
  * driver ops), raid0.c / raid1.c / raid5.c (one per level), parity.c (XOR),
- * super.c (superblock and descriptor codecs), sync.c (resync, rebuild,
- * scrub), fault.c (fault-injecting member layer for tests).
+ * super.c (superblock and descriptor codecs), assemble.c (create,
+ * assemble), members.c (fail, replace, member signatures), rebuild.c
+ * (resync, rebuild, scrub), request.c (online requests, monitor thread),
+ * check.c (vdtool check), fault.c (fault-injecting member layer for tests).
  *
  * Lock order (outer first):
  *   stripe lock (raid_stripe_lock)  ->  arr->sb_lock  ->  arr->bm_lock
@@ -278,7 +280,7 @@ int raid_mark_dirty(struct raid_array *a);
  * failed. */
 int raid_flush_members(struct raid_array *a);
 void raid_set_force_next(bool force);
-/* Online requests and background rebuild (sync.c). */
+/* Online requests (request.c) and background rebuild (rebuild.c). */
 void raid_monitor_start(struct raid_array *a);
 void raid_monitor_stop(struct raid_array *a);
 void raid_rebuild_start(struct raid_array *a);
@@ -324,9 +326,31 @@ void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen);
 int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
                       bool check_only, bool *mismatch);
 
-/* ---- sync.c ---- */
+/* ---- rebuild.c ---- */
 /* Resync regions marked in the bitmap (or everything). */
 int raid_resync(struct raid_array *a, bool all);
+/* Monotonic seconds; sleep SEC seconds (nothing when SEC <= 0). */
+double raid_now(void);
+void raid_sleep(double sec);
+/* Wait for the running rebuild to end, reporting to PROGRESS; its result. */
+int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
+                      void *opaque);
+
+/* ---- members.c ---- */
+/* Path to store in descriptor DESC for member PATH: relative to the
+ * descriptor's folder when below it, else absolute (malloc'd; NULL on
+ * out of memory). */
+char *raid_desc_relpath(const char *desc, const char *path);
+/* Whether paths X and Y name the same existing file (device and inode). */
+bool raid_same_file(const char *x, const char *y);
+/* Put NEWPATH (format FMT, NULL to probe) in SLOT as a rebuilding member
+ * and record it in the descriptor; no rebuild is started. */
+int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
+                         const char *fmt);
+
+/* ---- request.c ---- */
+/* DESC followed by SUFFIX (malloc'd; NULL on out of memory). */
+char *raid_side_path(const char *desc, const char *suffix);
 
 /* ---- public-ish API for vdtool and tests (vd_raid_*) ---- */
 #include "raid-api.h"

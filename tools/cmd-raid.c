@@ -2,7 +2,7 @@
  *
  * Commands that change an array talk to the process serving it (vdisk-nbd,
  * vdisk-fuse) when there is one: it holds the members' locks, so the
- * request goes through the array's request file (raid/sync.c) and that
+ * request goes through the array's request file (raid/request.c) and that
  * process performs it.  Otherwise vdtool opens the array itself. */
 #include <config.h>
 

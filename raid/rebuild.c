@@ -1,0 +1,325 @@
+/* RAID resync, rebuild and scrub.
+ *
+ * Resync after an unclean stop (bitmap-driven or whole), rebuilds of a
+ * replaced member on a background thread of the process that serves the
+ * array (checkpointing progress in every member's superblock, so a killed
+ * rebuild resumes), and scrub (check or repair of redundancy).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "endian.h"
+#include "raid/raid.h"
+#include "raid/fault.h"
+
+double raid_now(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void raid_sleep(double sec)
+{
+  if (sec <= 0)
+    return;
+  struct timespec ts = { .tv_sec = (time_t)sec,
+                         .tv_nsec = (long)((sec - (double)(time_t)sec) * 1e9) };
+  nanosleep(&ts, NULL);
+}
+
+/* ---- resync after an unclean stop ---- */
+
+int raid_resync(struct raid_array *a, bool all)
+{
+  if (a->sb.level == 0)
+    return 0;
+  uint64_t c = a->sb.chunk, total = a->sb.data_size;
+  uint64_t start = a->sb.resync_offset != RAID_NO_OFFSET && all
+                   ? a->sb.resync_offset : 0;
+  uint64_t region = a->bm && !all ? a->sb.bitmap_region : total;
+  uint64_t next_ckpt = start + total / 16;
+  int r = 0;
+  for (uint64_t roff = start; roff < total && r == 0; roff += region) {
+    if (!all && a->bm) {
+      uint64_t ri = roff / region;
+      if (!(a->bm[ri / 8] & (1u << (ri % 8))))
+        continue;
+    }
+    uint64_t rend = roff + region < total ? roff + region : total;
+    for (uint64_t o = roff; o < rend && r == 0; o += c) {
+      bool mm;
+      if (a->sb.level == 5)
+        r = raid5_sync_stripe(a, o / c, false, &mm);
+      else
+        r = raid1_sync_region(a, o, c, false, &mm);
+      if (all && o + c >= next_ckpt && o + c < total && r == 0) {
+        /* Checkpoint a long full resync. */
+        if (raid_flush_members(a) == 0) {
+          pthread_mutex_lock(&a->sb_lock);
+          a->sb.resync_offset = o + c;
+          raid_sb_write_all_locked(a);
+          pthread_mutex_unlock(&a->sb_lock);
+        }
+        next_ckpt += total / 16;
+      }
+    }
+  }
+  if (r < 0)
+    return vd_prefix_error(-r, "%s: resync", a->desc_path);
+  r = raid_flush_members(a);
+  if (r == 0 && a->sb.resync_offset != RAID_NO_OFFSET) {
+    pthread_mutex_lock(&a->sb_lock);
+    a->sb.resync_offset = RAID_NO_OFFSET;
+    r = raid_sb_write_all_locked(a);
+    pthread_mutex_unlock(&a->sb_lock);
+  }
+  return r;
+}
+
+/* ---- rebuild ---- */
+
+/* End of a rebuild pass: checkpoint if stopped, else mark the member
+ * active.  Caller holds fork_lock for reading. */
+static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
+{
+  struct raid_member *m = &a->m[slot];
+  uint64_t total = a->sb.data_size;
+  if (r == -EINTR) {
+    /* Stopped: leave a checkpoint so the next open resumes here. */
+    if (!atomic_load(&a->failed) && !atomic_load(&a->crashed) &&
+        atomic_load(&m->state) == RAID_ROLE_REBUILDING &&
+        raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
+      raid_sb_update(a);
+    return vd_set_error(EINTR, "%s: rebuild of slot %d interrupted at %" PRIu64
+                        " of %" PRIu64 " bytes", a->desc_path, slot,
+                        atomic_load(&m->recovery), total);
+  }
+  if (r < 0)
+    return r;
+  r = raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0);
+  if (r < 0) {
+    raid_member_failed(a, slot, r);
+    return r;
+  }
+  atomic_store(&m->state, RAID_ROLE_ACTIVE);
+  return raid_sb_update(a);
+}
+
+static int raid_rebuild_slot(struct raid_array *a, int slot)
+{
+  struct raid_member *m = &a->m[slot];
+  uint64_t c = a->sb.chunk, total = a->sb.data_size;
+  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * c);
+  if (!scratch)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  double t0 = raid_now(), last_ckpt = t0;
+  uint64_t start = atomic_load(&m->recovery), ckpt_off = start;
+  int r = 0;
+  for (uint64_t off = start; off < total; off += c) {
+    if (atomic_load(&a->rebuild_stop) || atomic_load(&a->failed) ||
+        atomic_load(&m->state) != RAID_ROLE_REBUILDING) {
+      r = -EINTR;
+      break;
+    }
+    pthread_rwlock_rdlock(&a->fork_lock);
+    uint64_t s = off / c;
+    raid_stripe_lock(a, s);
+    if (a->sb.level == 5) {
+      r = raid5_rebuild_stripe_locked(a, s, slot, scratch);
+    } else {
+      r = -EIO;
+      for (unsigned i = 0; i < a->n && r < 0; i++) {
+        if ((int)i == slot || atomic_load(&a->m[i].state) != RAID_ROLE_ACTIVE ||
+            !a->m[i].dev)
+          continue;
+        r = raid_mio_one(a, (int)i, RAID_MIO_READ, scratch, c, off);
+        if (r < 0) {
+          if (raid_member_failed(a, (int)i, r) < 0)
+            break;
+          r = -EIO;
+          continue;
+        }
+        r = raid_mio_one(a, slot, RAID_MIO_WRITE, scratch, c, off);
+        if (r < 0)
+          r = vd_set_error(-r, "%s: rebuild: writing %s: %s", a->desc_path,
+                           m->path, vd_error());
+      }
+    }
+    if (r == 0)
+      atomic_store(&m->recovery, off + c);
+    raid_stripe_unlock(a, s);
+    if (r < 0) {
+      /* The new member failed, or a source did (then the array failed). */
+      if (!atomic_load(&a->failed))
+        raid_member_failed(a, slot, r);
+      pthread_rwlock_unlock(&a->fork_lock);
+      break;
+    }
+    /* Checkpoint every 1/16 of the member or 2 seconds (md: 1/16 or 5 min). */
+    double now = raid_now();
+    if (off + c < total &&
+        (off + c - ckpt_off >= total / 16 || now - last_ckpt >= 2.0)) {
+      if (raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
+        raid_sb_update(a);
+      ckpt_off = off + c;
+      last_ckpt = now;
+    }
+    pthread_rwlock_unlock(&a->fork_lock);
+    /* Rate limit: foreground I/O keeps flowing. */
+    uint64_t rate = atomic_load(&a->rebuild_rate);
+    if (rate) {
+      double due = t0 + (double)(off + c - start) / (double)rate;
+      raid_sleep(due - raid_now());
+    }
+  }
+  pthread_rwlock_rdlock(&a->fork_lock);
+  r = raid_rebuild_finish(a, slot, r);
+  pthread_rwlock_unlock(&a->fork_lock);
+  return r;
+}
+
+static void *raid_rebuild_main(void *opaque)
+{
+  struct raid_array *a = opaque;
+  int r = 0;
+  for (unsigned i = 0; i < a->n && r == 0; i++)
+    if (a->m[i].dev && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      r = raid_rebuild_slot(a, (int)i);
+  atomic_store(&a->rebuild_ret, r);
+  atomic_store(&a->rebuild_active, false);
+  return NULL;
+}
+
+void raid_rebuild_start(struct raid_array *a)
+{
+  if (!a->writable || a->sb.level == 0 || atomic_load(&a->crashed))
+    return;
+  bool any = false;
+  for (unsigned i = 0; i < a->n; i++)
+    if (a->m[i].dev && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      any = true;
+  pthread_mutex_lock(&a->sb_lock);
+  if (any && !atomic_load(&a->rebuild_active)) {
+    if (a->rebuild_running)
+      pthread_join(a->rebuild, NULL);
+    a->rebuild_running = false;
+    atomic_store(&a->rebuild_stop, false);
+    atomic_store(&a->rebuild_active, true);
+    atomic_store(&a->rebuild_ret, 0);
+    if (pthread_create(&a->rebuild, NULL, raid_rebuild_main, a) == 0)
+      a->rebuild_running = true;
+    else
+      atomic_store(&a->rebuild_active, false);
+  }
+  pthread_mutex_unlock(&a->sb_lock);
+}
+
+void raid_rebuild_stop(struct raid_array *a)
+{
+  atomic_store(&a->rebuild_stop, true);
+  pthread_mutex_lock(&a->sb_lock);
+  bool running = a->rebuild_running;
+  a->rebuild_running = false;
+  pthread_mutex_unlock(&a->sb_lock);
+  if (running)
+    pthread_join(a->rebuild, NULL);
+  atomic_store(&a->rebuild_stop, false);
+}
+
+int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
+                      void *opaque)
+{
+  int slot = -1;
+  for (unsigned i = 0; i < a->n; i++)
+    if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      slot = (int)i;
+  while (atomic_load(&a->rebuild_active)) {
+    if (progress && slot >= 0)
+      progress(opaque, atomic_load(&a->m[slot].recovery), a->sb.data_size);
+    raid_sleep(0.02);
+  }
+  pthread_mutex_lock(&a->sb_lock);
+  bool running = a->rebuild_running;
+  a->rebuild_running = false;
+  pthread_mutex_unlock(&a->sb_lock);
+  if (running)
+    pthread_join(a->rebuild, NULL);
+  int r = atomic_load(&a->rebuild_ret);
+  if (r == 0 && progress)
+    progress(opaque, a->sb.data_size, a->sb.data_size);
+  return r;
+}
+
+int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
+                           vd_progress_fn progress, void *opaque)
+{
+  atomic_store(&a->rebuild_rate, rate);
+  raid_rebuild_start(a);
+  return raid_rebuild_wait(a, progress, opaque);
+}
+
+/* ---- scrub ---- */
+
+int vd_raid_scrub(struct raid_array *a, bool repair,
+                  struct vd_raid_scrub_report *rep, vd_progress_fn progress,
+                  void *opaque)
+{
+  rep->stripes = rep->mismatches = rep->repaired = 0;
+  if (a->sb.level == 0)
+    return vd_set_error(ENOTSUP, "%s: RAID0 has no redundancy to scrub",
+                        a->desc_path);
+  if (repair && !a->writable)
+    return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
+  if (raid_active_count(a) < a->n)
+    return vd_set_error(EIO, "%s: array is degraded: nothing to compare "
+                        "against (rebuild first)", a->desc_path);
+  if (repair) {
+    int r = raid_mark_dirty(a);
+    if (r < 0)
+      return r;
+  }
+  uint64_t c = a->sb.chunk, total = a->sb.data_size;
+  int r = 0;
+  for (uint64_t o = 0; o < total && r == 0; o += c) {
+    bool mm = false;
+    if (repair)
+      r = raid_bitmap_start(a, o, c);
+    if (r < 0)
+      break;
+    if (a->sb.level == 5)
+      r = raid5_sync_stripe(a, o / c, !repair, &mm);
+    else
+      r = raid1_sync_region(a, o, c, !repair, &mm);
+    if (repair)
+      raid_bitmap_end(a, o, c);
+    rep->stripes++;
+    if (mm) {
+      rep->mismatches++;
+      if (repair)
+        rep->repaired++;
+      if (rep->mismatch)
+        rep->mismatch(rep->opaque, o / c,
+                      a->sb.level == 5 ? o / c * a->stripe_bytes : o);
+    }
+    if (progress && (o / c) % 64 == 0)
+      progress(opaque, o, total);
+  }
+  if (r == 0 && repair)
+    r = raid_flush_members(a);
+  if (r == 0 && progress)
+    progress(opaque, total, total);
+  return r;
+}
