@@ -1,59 +1,64 @@
-/* vdtool commit — merge a differencing VHD into its parent (qemu-img's
- * name and options; qemu-img cannot do it for VHD). */
+/* vdtool commit — as qemu-img commit: merge an image into its backing
+ * file, then empty it unless -d (through vd_commit / vd_make_empty, for
+ * any format the engine can do it for). */
 #include <config.h>
 
-#include <getopt.h>
-#include <string.h>
-#include <strings.h>
+#include <errno.h>
 
-#include "vhd.h"
 #include "vdtool.h"
 
-const char vt_summary_commit[] = "merge a differencing VHD into its parent";
+const char vt_summary_commit[] = "merge an image into its backing file";
 const char vt_usage_commit[] =
-  "Usage: vdtool commit [-f vpc] [-p] [-q] FILENAME\n"
+  "Usage: vdtool commit [-f FMT] [-d] [-p] [-q] [--backing=FILE\n"
+  "                     [--backing-format=FMT]] FILENAME\n"
   "\n"
-  "Copy every sector the differencing image FILENAME holds into its parent.\n"
-  "The child is left as it was and still reads the same.\n"
+  "Copy every sector the image FILENAME holds itself into its backing\n"
+  "file, then (as qemu-img) empty FILENAME so it reads through to the\n"
+  "backing file, where its format can be emptied (vpc can).  Either way\n"
+  "FILENAME reads the same afterwards.\n"
   "\n"
-  "  -f FMT   image format: vpc (vhd); other formats have no commit\n"
-  "  -p       show progress\n"
-  "  -q       quiet\n";
+  "  -f FMT            format of FILENAME (default: probe)\n"
+  "  -d                keep FILENAME's data (do not empty it)\n"
+  "  --backing=FILE    commit into FILE: the parent, wherever it is\n"
+  "  --backing-format=FMT  its format\n"
+  "  -p                show progress\n"
+  "  -q                quiet\n";
+
+static int
+commit_opt(int c, const char *arg, void *ctx)
+{
+  (void)arg;
+  if (c != 'd')
+    return VT_EXIT_ERR;
+  *(bool *)ctx = true;
+  return 0;
+}
 
 int
 vt_cmd_commit(int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "format", required_argument, NULL, 'f' },
-    { NULL, 0, NULL, 0 }
-  };
-  struct vt_progress prog = { false, 0 };
-  bool quiet = false;
-  int c;
-
-  optind = 1;
-  opterr = 0;
-  while ((c = getopt_long(argc, argv, "+f:pq", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'f':
-      if (strcasecmp(optarg, "vpc") && strcasecmp(optarg, "vhd"))
-        return vt_bad_usage("commit", "only VHD (vpc) images, not '%s'", optarg);
-      break;
-    case 'p': prog.enabled = true; break;
-    case 'q': quiet = true; break;
-    default: return vt_bad_option("commit", argv);
+  struct vt_manage_opts o;
+  bool keep = false;
+  int r = vt_parse_manage("commit", argc, argv, "d", NULL, commit_opt, &keep,
+                          1, "exactly one FILENAME", &o);
+  if (r)
+    return r;
+  const char *path = argv[optind];
+  struct vd_open_args a = { .format = o.format, .backing = vt_backing,
+                            .backing_format = vt_backing_format };
+  r = vd_commit(path, &a, o.prog.enabled ? vt_progress_cb : NULL, &o.prog);
+  if (r == 0 && !keep) {
+    /* qemu-img's rule: a format that cannot be emptied keeps its data. */
+    struct vd_dev *dev;
+    a.flags = VD_OPEN_RDWR | VD_OPEN_NOPARENT;
+    a.backing = a.backing_format = NULL;
+    if ((r = vd_open_opts(path, &a, &dev)) == 0) {
+      r = vd_make_empty(dev);
+      if (r == -ENOTSUP)
+        r = 0;
+      int r2 = vd_close(dev);
+      r = r ? r : r2;
     }
   }
-  if (argc - optind != 1)
-    return vt_bad_usage("commit", "expected exactly one FILENAME");
-  int r = vhd_commit(argv[optind], prog.enabled ? vt_progress_cb : NULL, &prog);
-  if (prog.enabled)
-    vt_progress_end(&prog);
-  if (r < 0) {
-    vt_engine_error(r);
-    return VT_EXIT_ERR;
-  }
-  if (!quiet)
-    printf("Image committed.\n");
-  return VT_EXIT_OK;
+  return vt_manage_done(&o, r, "Image committed.");
 }

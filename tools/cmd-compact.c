@@ -1,63 +1,44 @@
-/* vdtool compact — give back the space of empty blocks in a dynamic or
- * differencing VHD (like Optimize-VHD / diskpart compact). */
+/* vdtool compact — give back the space of empty blocks (like Optimize-VHD
+ * / diskpart compact) through vd_compact, for formats that can. */
 #include <config.h>
 
-#include <getopt.h>
 #include <inttypes.h>
-#include <string.h>
-#include <strings.h>
+#include <stdio.h>
 
-#include "vhd.h"
 #include "vdtool.h"
 
-const char vt_summary_compact[] = "free empty blocks of a VHD and shrink the file";
+const char vt_summary_compact[] = "free empty blocks of an image and shrink the file";
 const char vt_usage_compact[] =
-  "Usage: vdtool compact [-f vpc] [-p] [-q] FILENAME\n"
+  "Usage: vdtool compact [-f FMT] [-p] [-q] FILENAME\n"
   "\n"
-  "Free the blocks that hold only zeros (dynamic) or no sectors\n"
-  "(differencing), move the remaining blocks down and truncate the file.\n"
-  "The virtual disk reads the same afterwards.\n"
+  "Free the blocks that hold only zeros (dynamic VHD) or no sectors\n"
+  "(differencing VHD), move the remaining blocks down and truncate the\n"
+  "file.  The virtual disk reads the same afterwards.  Formats without\n"
+  "blocks to free (raw, vdz, fixed VHD) are refused.\n"
   "\n"
-  "  -f FMT   image format: vpc (vhd)\n"
+  "  -f FMT   image format (default: probe)\n"
   "  -p       show progress\n"
   "  -q       quiet\n";
 
 int
 vt_cmd_compact(int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "format", required_argument, NULL, 'f' },
-    { NULL, 0, NULL, 0 }
-  };
-  struct vt_progress prog = { false, 0 };
-  bool quiet = false;
-  int c;
-
-  optind = 1;
-  opterr = 0;
-  while ((c = getopt_long(argc, argv, "+f:pq", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'f':
-      if (strcasecmp(optarg, "vpc") && strcasecmp(optarg, "vhd"))
-        return vt_bad_usage("compact", "only VHD (vpc) images, not '%s'", optarg);
-      break;
-    case 'p': prog.enabled = true; break;
-    case 'q': quiet = true; break;
-    default: return vt_bad_option("compact", argv);
-    }
-  }
-  if (argc - optind != 1)
-    return vt_bad_usage("compact", "expected exactly one FILENAME");
+  struct vt_manage_opts o;
+  struct vd_dev *dev;
   uint64_t freed = 0;
-  int r = vhd_compact(argv[optind], &freed,
-                      prog.enabled ? vt_progress_cb : NULL, &prog);
-  if (prog.enabled)
-    vt_progress_end(&prog);
-  if (r < 0) {
-    vt_engine_error(r);
+  int r = vt_parse_manage("compact", argc, argv, NULL, NULL, NULL, NULL, 1,
+                          "exactly one FILENAME", &o);
+  if (r)
+    return r;
+  /* Compacting reads only this image's own blocks: no parent needed. */
+  if (vt_open(argv[optind], o.format, VD_OPEN_RDWR | VD_OPEN_NOPARENT,
+              &dev) < 0)
     return VT_EXIT_ERR;
-  }
-  if (!quiet)
-    printf("Image compacted: %" PRIu64 " bytes freed.\n", freed);
-  return VT_EXIT_OK;
+  r = vd_compact(dev, &freed, o.prog.enabled ? vt_progress_cb : NULL,
+                 &o.prog);
+  int r2 = vd_close(dev);
+  char done[80];
+  snprintf(done, sizeof done, "Image compacted: %" PRIu64 " bytes freed.",
+           freed);
+  return vt_manage_done(&o, r ? r : r2, done);
 }

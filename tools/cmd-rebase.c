@@ -1,70 +1,66 @@
-/* vdtool rebase — point a differencing VHD at another parent (qemu-img's
- * name and options). */
+/* vdtool rebase — as qemu-img rebase: point an image at another backing
+ * file (vd_change_backing, for any format that has one). */
 #include <config.h>
 
-#include <getopt.h>
-#include <string.h>
-#include <strings.h>
-
-#include "vhd.h"
 #include "vdtool.h"
 
-const char vt_summary_rebase[] = "change the parent of a differencing VHD";
+const char vt_summary_rebase[] = "change the backing file of an image";
 const char vt_usage_rebase[] =
-  "Usage: vdtool rebase [-f vpc] [-u] [-p] [-q] -b BACKING FILENAME\n"
+  "Usage: vdtool rebase [-f FMT] [-u] [-p] [-q] [--backing=FILE\n"
+  "                     [--backing-format=FMT]] -b BACKING [-F FMT] FILENAME\n"
   "\n"
-  "Make BACKING the parent of the differencing image FILENAME.  Safe mode\n"
+  "Make BACKING the backing file of the image FILENAME.  Safe mode\n"
   "(default) first copies into FILENAME every sector it does not hold whose\n"
-  "contents differ between the old parent chain and BACKING, so FILENAME\n"
-  "reads the same afterwards.  -b \"\" removes the parent: FILENAME becomes\n"
-  "a dynamic image.\n"
+  "contents differ between the old backing chain and BACKING, so FILENAME\n"
+  "reads the same afterwards.  -b \"\" removes the backing file: a VHD\n"
+  "becomes a dynamic image.\n"
   "\n"
-  "  -b BACKING  the new parent (\"\" for none)\n"
-  "  -F FMT      ignored (the parent's format is probed)\n"
-  "  -u          unsafe: only rewrite the parent pointer (the old parent\n"
-  "              need not exist)\n"
+  "  -f FMT      format of FILENAME (default: probe)\n"
+  "  -b BACKING  the new backing file (\"\" for none)\n"
+  "  -F FMT      its format (default: probe)\n"
+  "  -u          unsafe: only rewrite the backing pointer (the old backing\n"
+  "              file need not exist)\n"
+  "  --backing=FILE  the old backing file, wherever it is (safe mode reads\n"
+  "              it); --backing-format=FMT its format\n"
   "  -p          show progress\n"
   "  -q          quiet\n";
+
+struct rebase_opts {
+  const char *backing, *backing_format;
+  bool unsafe;
+};
+
+static int
+rebase_opt(int c, const char *arg, void *ctx)
+{
+  struct rebase_opts *ro = ctx;
+  switch (c) {
+  case 'b': ro->backing = arg; return 0;
+  case 'F': ro->backing_format = arg; return 0;
+  case 'u': ro->unsafe = true; return 0;
+  default: return VT_EXIT_ERR;
+  }
+}
 
 int
 vt_cmd_rebase(int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "format", required_argument, NULL, 'f' },
-    { NULL, 0, NULL, 0 }
-  };
-  struct vt_progress prog = { false, 0 };
-  const char *backing = NULL;
-  bool unsafe = false;
-  int c;
-
-  optind = 1;
-  opterr = 0;
-  while ((c = getopt_long(argc, argv, "+f:b:F:upq", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'f':
-      if (strcasecmp(optarg, "vpc") && strcasecmp(optarg, "vhd"))
-        return vt_bad_usage("rebase", "only VHD (vpc) images, not '%s'", optarg);
-      break;
-    case 'b': backing = optarg; break;
-    case 'F': break;
-    case 'u': unsafe = true; break;
-    case 'p': prog.enabled = true; break;
-    case 'q': break;
-    default: return vt_bad_option("rebase", argv);
-    }
-  }
-  if (argc - optind != 1)
-    return vt_bad_usage("rebase", "expected exactly one FILENAME");
-  if (!backing)
+  struct vt_manage_opts o;
+  struct rebase_opts ro = { NULL, NULL, false };
+  struct vd_dev *dev;
+  int r = vt_parse_manage("rebase", argc, argv, "b:F:u", NULL, rebase_opt,
+                          &ro, 1, "exactly one FILENAME", &o);
+  if (r)
+    return r;
+  if (!ro.backing)
     return vt_bad_usage("rebase", "-b BACKING is required (\"\" for none)");
-  int r = vhd_rebase(argv[optind], backing, unsafe,
-                     prog.enabled ? vt_progress_cb : NULL, &prog);
-  if (prog.enabled)
-    vt_progress_end(&prog);
-  if (r < 0) {
-    vt_engine_error(r);
+  /* Unsafe mode never reads the old chain, so it opens the image alone. */
+  if (vt_open(argv[optind], o.format,
+              VD_OPEN_RDWR | (ro.unsafe ? VD_OPEN_NOPARENT : 0), &dev) < 0)
     return VT_EXIT_ERR;
-  }
-  return VT_EXIT_OK;
+  r = vd_change_backing(dev, ro.backing, ro.backing_format,
+                        ro.unsafe ? VD_BACKING_UNSAFE : 0,
+                        o.prog.enabled ? vt_progress_cb : NULL, &o.prog);
+  int r2 = vd_close(dev);
+  return vt_manage_done(&o, r ? r : r2, NULL);
 }

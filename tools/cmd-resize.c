@@ -1,55 +1,48 @@
-/* vdtool resize — change a VHD's virtual size (qemu-img's name and
- * options; qemu-img cannot resize VHDs). */
+/* vdtool resize — as qemu-img resize: change an image's virtual size
+ * (vd_truncate: raw and vpc). */
 #include <config.h>
 
-#include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <string.h>
-#include <strings.h>
 
-#include "vhd.h"
 #include "vdtool.h"
 
-const char vt_summary_resize[] = "grow or shrink a VHD image";
+const char vt_summary_resize[] = "grow or shrink an image";
 const char vt_usage_resize[] =
-  "Usage: vdtool resize [-f vpc] [--shrink] [-q] FILENAME [+|-]SIZE\n"
+  "Usage: vdtool resize [-f FMT] [--shrink] [-q] FILENAME [+|-]SIZE\n"
   "\n"
   "Set the virtual size to SIZE, or grow (+) or shrink (-) it by SIZE.\n"
-  "Shrinking needs --shrink and only cuts space that is unallocated or\n"
-  "holds zeros.\n"
+  "Shrinking needs --shrink.  A raw image is cut as qemu-img cuts it; a\n"
+  "VHD only gives up space that is unallocated or holds zeros.  A raw\n"
+  "image opened without -f may grow but not shrink.\n"
   "\n"
-  "  -f FMT     image format: vpc (vhd)\n"
+  "  -f FMT     image format (default: probe)\n"
   "  --shrink   allow making the image smaller\n"
   "  -q         quiet\n";
+
+static int
+resize_opt(int c, const char *arg, void *ctx)
+{
+  (void)arg;
+  if (c != 'S')
+    return VT_EXIT_ERR;
+  *(bool *)ctx = true;
+  return 0;
+}
 
 int
 vt_cmd_resize(int argc, char **argv)
 {
   static const struct option longopts[] = {
-    { "format", required_argument, NULL, 'f' },
     { "shrink", no_argument, NULL, 'S' },
     { NULL, 0, NULL, 0 }
   };
-  bool shrink = false, quiet = false;
-  int c;
-
-  optind = 1;
-  opterr = 0;
-  /* No '+': "-1G" after FILENAME is a size, not an option. */
-  while ((c = getopt_long(argc, argv, "+f:q", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'f':
-      if (strcasecmp(optarg, "vpc") && strcasecmp(optarg, "vhd"))
-        return vt_bad_usage("resize", "only VHD (vpc) images, not '%s'", optarg);
-      break;
-    case 'S': shrink = true; break;
-    case 'q': quiet = true; break;
-    default: return vt_bad_option("resize", argv);
-    }
-  }
-  if (argc - optind != 2)
-    return vt_bad_usage("resize", "expected FILENAME and SIZE");
+  struct vt_manage_opts o;
+  struct vd_dev *dev;
+  bool shrink = false;
+  int r = vt_parse_manage("resize", argc, argv, NULL, longopts, resize_opt,
+                          &shrink, 2, "FILENAME and SIZE", &o);
+  if (r)
+    return r;
   const char *path = argv[optind], *arg = argv[optind + 1];
   int sign = 0;
   if (*arg == '+' || *arg == '-')
@@ -59,26 +52,20 @@ vt_cmd_resize(int argc, char **argv)
     vt_error("%s", vd_error());
     return VT_EXIT_ERR;
   }
-  uint64_t size = n;
-  if (sign) {
-    struct vd_dev *dev;
-    if (vt_open(path, "vpc", VD_OPEN_NOPARENT, &dev) < 0)
-      return VT_EXIT_ERR;
-    uint64_t cur = vd_size(dev);
+  /* Resizing never reads the backing chain: the image alone. */
+  if (vt_open(path, o.format, VD_OPEN_RDWR | VD_OPEN_NOPARENT, &dev) < 0)
+    return VT_EXIT_ERR;
+  uint64_t cur = vd_size(dev), size = n;
+  if (sign < 0 && n > cur) {
     vd_close(dev);
-    if (sign < 0 && n > cur) {
-      vt_error("%s: cannot shrink by more than the size (%" PRIu64 " bytes)",
-               path, cur);
-      return VT_EXIT_ERR;
-    }
-    size = sign > 0 ? cur + n : cur - n;
-  }
-  int r = vhd_resize(path, size, shrink);
-  if (r < 0) {
-    vt_engine_error(r);
+    vt_error("%s: cannot shrink by more than the size (%" PRIu64 " bytes)",
+             path, cur);
     return VT_EXIT_ERR;
   }
-  if (!quiet)
-    printf("Image resized.\n");
-  return VT_EXIT_OK;
+  if (sign)
+    size = sign > 0 ? cur + n : cur - n;
+  r = vd_truncate(dev, size, shrink ? VD_TRUNCATE_SHRINK : 0);
+  int r2 = vd_close(dev);
+  /* qemu-img prints this even with nothing to do. */
+  return vt_manage_done(&o, r ? r : r2, "Image resized.");
 }

@@ -88,7 +88,7 @@ int
 vt_take_backing_opts(const char *cmd, int *argc, char **argv)
 {
   static const char *const takes[] = { "info", "map", "compare", "convert",
-                                       NULL };
+                                       "commit", "rebase", NULL };
   int out = 1;
   bool any = false;
   for (int i = 1; i < *argc; i++) {
@@ -132,6 +132,57 @@ vt_take_backing_opts(const char *cmd, int *argc, char **argv)
                           "supported by this command");
   }
   return 0;
+}
+
+int
+vt_parse_manage(const char *cmd, int argc, char **argv,
+                const char *extra_short, const struct option *extra_long,
+                vt_manage_opt_fn on_opt, void *ctx, int noper,
+                const char *operands, struct vt_manage_opts *o)
+{
+  enum { MAXLONG = 16 };
+  struct option longopts[MAXLONG + 2] = {
+    { "format", required_argument, NULL, 'f' },
+  };
+  char shortopts[64];
+  size_t nl = 1;
+  for (const struct option *l = extra_long; l && l->name && nl < MAXLONG; l++)
+    longopts[nl++] = *l;
+  /* '+': stop at the first operand (resize's "-1G" is one). */
+  snprintf(shortopts, sizeof shortopts, "+f:pq%s",
+           extra_short ? extra_short : "");
+  *o = (struct vt_manage_opts){ .prog = { false, 0 } };
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+    switch (c) {
+    case 'f': o->format = optarg; break;
+    case 'p': o->prog.enabled = true; break;
+    case 'q': o->quiet = true; break;
+    case '?': return vt_bad_option(cmd, argv);
+    default:
+      if (!on_opt || on_opt(c, optarg, ctx) != 0)
+        return VT_EXIT_ERR;
+    }
+  }
+  if (argc - optind != noper)
+    return vt_bad_usage(cmd, "expected %s", operands);
+  return 0;
+}
+
+int
+vt_manage_done(struct vt_manage_opts *o, int r, const char *done)
+{
+  if (o->prog.enabled)
+    vt_progress_end(&o->prog);
+  if (r < 0) {
+    vt_engine_error(r);
+    return VT_EXIT_ERR;
+  }
+  if (done && !o->quiet)
+    printf("%s\n", done);
+  return VT_EXIT_OK;
 }
 
 int

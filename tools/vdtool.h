@@ -2,6 +2,7 @@
 #ifndef VDTOOL_H
 #define VDTOOL_H
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,6 +62,32 @@ void vt_progress_update(struct vt_progress *p, uint64_t done, uint64_t total);
 void vt_progress_end(struct vt_progress *p);
 /* vd_progress_fn adapter: OPAQUE is a struct vt_progress. */
 void vt_progress_cb(void *opaque, uint64_t done, uint64_t total);
+
+/* Options shared by the image management commands (commit, rebase,
+ * resize, compact): -f FMT, -p, -q. */
+struct vt_manage_opts {
+  const char *format;          /* -f/--format, NULL: probe */
+  bool quiet;                  /* -q */
+  struct vt_progress prog;     /* -p */
+};
+/* A command's own option for vt_parse_manage: called with getopt's
+ * character (or a long option's val) and optarg; returns 0, or
+ * VT_EXIT_ERR after printing why. */
+typedef int (*vt_manage_opt_fn)(int c, const char *arg, void *ctx);
+/* Parse ARGV of CMD (getopt_long from the start, stopping at the first
+ * operand so that "-1G" after FILENAME is an operand): the shared options
+ * into *O, and EXTRA_SHORT / EXTRA_LONG (NULL-ended, may be NULL) through
+ * ON_OPT(c, optarg, CTX).  Exactly NOPER operands must follow (OPERANDS
+ * names them for the message).  Returns 0 with optind at the first
+ * operand, or VT_EXIT_ERR (printed). */
+int vt_parse_manage(const char *cmd, int argc, char **argv,
+                    const char *extra_short, const struct option *extra_long,
+                    vt_manage_opt_fn on_opt, void *ctx, int noper,
+                    const char *operands, struct vt_manage_opts *o);
+/* Finish a management command whose engine call returned R: end the
+ * progress bar, then print the engine error and return VT_EXIT_ERR, or
+ * print DONE (unless -q or DONE is NULL) and return VT_EXIT_OK. */
+int vt_manage_done(struct vt_manage_opts *o, int r, const char *done);
 
 /* JSON string output with escaping. */
 void vt_json_string(FILE *f, const char *s);

@@ -122,6 +122,30 @@ struct vd_driver {
    * formats a parent lookup may probe (VD_OPEN_PROBE_LEAF). */
   bool leaf;
 
+  /* ---- Management ops (vd_truncate, vd_compact, vd_make_empty,
+   * vd_change_backing, vd_commit in vdisk.h).  The engine (vdisk/manage.c)
+   * has checked the arguments and that DEV is writable; NULL: the engine's
+   * generic fallback where it has one, else -ENOTSUP. ---- */
+  /* Set the virtual size to SIZE and update dev->size.  A smaller SIZE
+   * only arrives with VD_TRUNCATE_SHRINK. */
+  int (*truncate)(struct vd_dev *dev, uint64_t size, unsigned flags);
+  /* Give back the host space of allocation units that hold nothing; *FREED
+   * gets the bytes the file shrank by. */
+  int (*compact)(struct vd_dev *dev, uint64_t *freed,
+                 vd_progress_fn progress, void *opaque);
+  /* Drop every allocation unit of DEV, so it reads as its backing file
+   * (zeros without one). */
+  int (*make_empty)(struct vd_dev *dev);
+  /* Record BACKING (opened as BDEV, for what the format stores about it)
+   * as DEV's backing file, or none when BACKING is NULL.  Only the
+   * pointer: in safe mode the engine has already copied the data. */
+  int (*change_backing)(struct vd_dev *dev, const char *backing,
+                        struct vd_dev *bdev);
+  /* Copy what TOP (opened without its parent) holds into BASE (writable).
+   * NULL: the engine copies TOP's allocated extents (block status). */
+  int (*commit)(struct vd_dev *top, struct vd_dev *base,
+                vd_progress_fn progress, void *opaque);
+
   /* New ops go here, at the end. */
 };
 

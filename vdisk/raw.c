@@ -129,6 +129,21 @@ raw_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
   return 0;
 }
 
+/* The file is the disk: its length is the size (qemu-img resize -f raw),
+ * grown sparse, cut at once when shrinking (the engine asked for
+ * VD_TRUNCATE_SHRINK). */
+static int
+raw_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
+{
+  if (vd_file_is_blockdev(dev->file))
+    return vd_set_error(ENOTSUP, "%s: a block device cannot be resized",
+                        dev->path);
+  int r = vd_file_truncate(dev->file, size);
+  if (r == 0)
+    dev->size = size;
+  return r;
+}
+
 const struct vd_driver vd_raw_driver = {
   .name = "raw",
   .probe = raw_probe,
@@ -142,4 +157,5 @@ const struct vd_driver vd_raw_driver = {
   .write_zeroes = raw_write_zeroes,
   .block_status = raw_block_status,
   .multi_conn = true,
+  .truncate = raw_truncate,
 };

@@ -195,6 +195,61 @@ struct vd_check_report {
 int vd_check(const char *path, const char *format, unsigned fix,
              struct vd_check_report *r);
 
+/* ---- Management operations (qemu-img's commit, rebase, resize; compact).
+ * Each is a driver op with a generic fallback where the job can be done by
+ * copying (vdisk/manage.c); a format that cannot do it fails with -ENOTSUP
+ * and a message naming the image and the format.  None may run
+ * concurrently with other requests on the same device. ---- */
+
+/* vd_truncate flags. */
+#define VD_TRUNCATE_SHRINK 0x1u  /* allow a smaller size (qemu-img --shrink) */
+
+/* Set the virtual size of DEV (opened VD_OPEN_RDWR) to SIZE.  Growing adds
+ * space that reads as zeros; a smaller size needs VD_TRUNCATE_SHRINK, and
+ * formats may refuse to cut data (vpc does).  Formats may round SIZE up to
+ * their unit (vpc: 512 bytes).  A device probed as raw (vd_probed_raw) may
+ * grow but not shrink, as that would expose other bytes to the probe.
+ * Returns 0 and vd_size() is the new size, or -errno. */
+int vd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
+
+/* Give back the host space of DEV's (opened VD_OPEN_RDWR) allocation units
+ * that hold nothing (zeros; for a differencing image, no sectors), moving
+ * the rest down and shortening the file.  Reads are the same afterwards.
+ * *FREED gets the bytes saved (may be NULL). */
+int vd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
+               void *opaque);
+
+/* Drop all data DEV (opened VD_OPEN_RDWR) holds itself, so it reads as
+ * its backing file, or as zeros without one (what qemu-img commit does to
+ * the top image unless -d). */
+int vd_make_empty(struct vd_dev *dev);
+
+/* vd_change_backing flags. */
+#define VD_BACKING_UNSAFE 0x1u   /* only rewrite the pointer (rebase -u) */
+
+/* Make BACKING (in BACKING_FORMAT, NULL to probe) the backing file of DEV
+ * (opened VD_OPEN_RDWR); NULL or "" removes it.  BACKING is named relative
+ * to the current folder and recorded relative to DEV, as qemu-img rebase.
+ * Safe mode (no VD_BACKING_UNSAFE) first copies into DEV every range it
+ * does not hold whose contents differ between its current chain and
+ * BACKING, so DEV reads the same afterwards; it needs DEV opened with its
+ * chain (not VD_OPEN_NOPARENT).  Unsafe mode only rewrites the pointer, so
+ * the old backing file need not exist.  An open DEV keeps reading through
+ * the chain it was opened with: close and reopen it to read through the
+ * new one.  Refuses a BACKING whose chain contains DEV (-ELOOP). */
+int vd_change_backing(struct vd_dev *dev, const char *backing,
+                      const char *backing_format, unsigned flags,
+                      vd_progress_fn progress, void *opaque);
+
+/* Commit the image at PATH into its backing file: open PATH with ARGS
+ * (NULL: defaults) and its chain, as any open (so the backing file found
+ * is the checked one, or ARGS->backing), then copy every range PATH holds
+ * itself into the backing file, opened writable in the format the chain
+ * open found.  PATH is left unchanged (see vd_make_empty).  The backing
+ * file must be at least as large as PATH. */
+int vd_commit(const char *path, const struct vd_open_args *args,
+              vd_progress_fn progress, void *opaque);
+
 /* Fill *INFO. */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
 

@@ -1,7 +1,9 @@
-/* libvdisk — VHD management: commit, rebase, resize, compact (the vdtool
- * commands of the same names).  Each opens the image itself, works through
- * the driver's own paths (vd_pwrite, vhd_read_own, vhd_free_block, flush)
- * and rewrites metadata last, after the data it describes is durable.
+/* libvdisk — VHD management ops (struct vd_driver's truncate, compact,
+ * make_empty, change_backing; commit is the engine's generic copy).  The
+ * engine (vdisk/manage.c) has checked the arguments and that the device is
+ * writable.  Each works through the driver's own paths (vd_pwrite,
+ * vhd_read_own, vhd_free_block, flush) and rewrites metadata last, after
+ * the data it describes is durable.
  */
 #include <config.h>
 
@@ -19,28 +21,6 @@ static bool
 is_zero(const uint8_t *b, size_t n)
 {
   return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
-}
-
-/* Open PATH as a VHD of type WANT (0: any). */
-static int
-mg_open(const char *path, unsigned flags, unsigned want, bool lone,
-        struct vd_dev **out)
-{
-  int r = lone ? vhd_open_lone(path, flags, out)
-               : vd_open(path, "vpc", flags, out);
-  if (r < 0)
-    return r;
-  struct vhd_priv *p = vhd_priv_of(*out);
-  if (want == VHD_TYPE_DIFF && p->type != VHD_TYPE_DIFF) {
-    vd_close(*out);
-    return vd_set_error(EINVAL, "%s: not a differencing image", path);
-  }
-  if (want == VHD_TYPE_DYNAMIC && p->type == VHD_TYPE_FIXED) {
-    vd_close(*out);
-    return vd_set_error(EINVAL, "%s: a fixed VHD has no blocks to compact",
-                        path);
-  }
-  return 0;
 }
 
 /* Per-block scratch: the block's bytes and one "held" flag per sector. */
@@ -69,114 +49,7 @@ mg_buf_free(struct mg_buf *b)
   free(b->held);
 }
 
-/* ---- commit ---- */
-
-int
-vhd_commit(const char *child, vd_progress_fn progress, void *opaque)
-{
-  struct vd_dev *c, *par = NULL;
-  struct mg_buf b;
-  int r = mg_open(child, 0, VHD_TYPE_DIFF, false, &c);
-  if (r < 0)
-    return r;
-  struct vhd_priv *p = c->priv;
-  char parent_path[sizeof p->parent_path];
-  char parent_format[sizeof p->parent_format];
-  snprintf(parent_path, sizeof parent_path, "%s", p->parent_path);
-  snprintf(parent_format, sizeof parent_format, "%s", p->parent_format);
-  /* Read the child alone from here on: the parent gets opened writable. */
-  vd_close(c);
-  r = mg_open(child, 0, VHD_TYPE_DIFF, true, &c);
-  if (r < 0)
-    return r;
-  p = c->priv;
-  /* The parent the chain open found and checked, in the format it opened
-   * with (never probed again). */
-  r = vd_open(parent_path, parent_format, VD_OPEN_RDWR, &par);
-  if (r < 0)
-    goto out;
-  if (c->size > par->size) {
-    r = vd_set_error(EINVAL, "%s: the child (%" PRIu64 " bytes) is larger "
-                     "than its parent %s (%" PRIu64 " bytes): resize the "
-                     "parent first", child, c->size, parent_path, par->size);
-    goto out;
-  }
-  if ((r = mg_buf_init(&b, p->block_size, child)) < 0)
-    goto out;
-  for (uint32_t blk = 0; r == 0 && blk < p->nblocks; blk++) {
-    if (progress)
-      progress(opaque, blk, p->nblocks);
-    if (__atomic_load_n(&p->bat[blk], __ATOMIC_ACQUIRE) == VHD_BAT_UNUSED)
-      continue;
-    uint64_t off = (uint64_t)blk * p->block_size;
-    size_t len = c->size - off < p->block_size ? (size_t)(c->size - off)
-                                               : p->block_size;
-    r = vhd_read_own(c, b.data, len, off, b.held);
-    for (size_t s = 0; r == 0 && s < len / VHD_SECTOR;) {
-      size_t t = s + 1;
-      while (t < len / VHD_SECTOR && b.held[t] == b.held[s])
-        t++;
-      if (b.held[s]) {
-        uint8_t *d = b.data + s * VHD_SECTOR;
-        size_t n = (t - s) * VHD_SECTOR;
-        r = is_zero(d, n) ? vd_write_zeroes(par, off + s * VHD_SECTOR, n, 0)
-                          : vd_pwrite(par, d, n, off + s * VHD_SECTOR, 0);
-      }
-      s = t;
-    }
-  }
-  mg_buf_free(&b);
-  if (r == 0)
-    r = vd_flush(par);
-  if (r == 0 && progress)
-    progress(opaque, p->nblocks, p->nblocks);
-out:
-  if (par) {
-    int r2 = vd_close(par);
-    if (r == 0)
-      r = r2;
-  }
-  vd_close(c);
-  return r;
-}
-
-/* ---- rebase ---- */
-
-/* Whether dev (possibly NULL = "no parent") reads [off, off+len) as all
- * zeros according to block status. */
-static int
-mg_all_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
-{
-  *zero = true;
-  if (!dev || off >= dev->size)
-    return 0;
-  if (off + len > dev->size)
-    len = dev->size - off;
-  while (len > 0) {
-    struct vd_extent e;
-    int r = vd_block_status(dev, off, len, &e);
-    if (r < 0)
-      return r;
-    if (!(e.flags & VD_EXT_ZERO)) {
-      *zero = false;
-      return 0;
-    }
-    off += e.length;
-    len -= e.length;
-  }
-  return 0;
-}
-
-/* Read [off, off+len) of DEV, zeros past its end or when DEV is NULL. */
-static int
-mg_read(struct vd_dev *dev, uint8_t *buf, size_t len, uint64_t off)
-{
-  size_t n = 0;
-  if (dev && off < dev->size)
-    n = dev->size - off < len ? (size_t)(dev->size - off) : len;
-  memset(buf + n, 0, len - n);
-  return n ? vd_pread(dev, buf, n, off) : 0;
-}
+/* ---- change backing ---- */
 
 /* Write the parent pointer of C (open, writable) for NP at NP_PATH, or no
  * parent when NP is NULL. */
@@ -250,8 +123,12 @@ mg_set_parent(struct vd_dev *c, const char *np_path, struct vd_dev *np)
   if (r == 0)
     r = vd_file_flush(c->file);
   if (r == 0) {
+    /* A dynamic image given a parent becomes a differencing one: the
+     * footers change too. */
+    bool was_dynamic = p->footer.type == VHD_TYPE_DYNAMIC;
     p->header = h;
-    r = vhd_write_metadata(c, true, false);
+    p->footer.type = VHD_TYPE_DIFF;
+    r = vhd_write_metadata(c, true, was_dynamic);
   }
 out:
   free(payload);
@@ -259,102 +136,20 @@ out:
 }
 
 int
-vhd_rebase(const char *child, const char *new_parent, bool unsafe,
-           vd_progress_fn progress, void *opaque)
+vhd_change_backing(struct vd_dev *dev, const char *backing,
+                   struct vd_dev *bdev)
 {
-  struct vd_dev *c, *np = NULL;
-  struct mg_buf b = { NULL, NULL };
-  uint8_t *oldb = NULL, *newb = NULL;
-  int r;
-
-  if (new_parent && !*new_parent)
-    new_parent = NULL;
-  r = mg_open(child, VD_OPEN_RDWR, VHD_TYPE_DIFF, unsafe, &c);
-  if (r < 0)
-    return r;
-  struct vhd_priv *p = c->priv;
-  if (new_parent) {
-    r = vd_open(new_parent, NULL, VD_OPEN_NOLOCK, &np);
-    if (r < 0)
-      goto out;
-    /* A UUID-less parent is reopened probing only formats that reference
-     * no other file (vhd.c): anything else could never be reopened. */
-    if (!vhd_priv_of(np) && !np->drv->leaf) {
-      r = vd_set_error(EINVAL, "%s: %s is a '%s' image; a VHD can only have "
-                       "a VHD, raw or vdz parent", child, new_parent,
-                       vd_format(np));
-      goto out;
-    }
-    /* The new parent's chain must not contain the child. */
-    char me[PATH_MAX], other[PATH_MAX];
-    if (!realpath(child, me))
-      snprintf(me, sizeof me, "%s", child);
-    for (struct vd_dev *d = np; d;) {
-      if (realpath(vd_path(d), other) && strcmp(me, other) == 0) {
-        r = vd_set_error(ELOOP, "%s: rebasing onto %s would make a parent "
-                         "loop", child, new_parent);
-        goto out;
-      }
-      struct vhd_priv *dp = vhd_priv_of(d);
-      d = dp ? dp->parent : NULL;
-    }
-  }
-
-  if (!unsafe) {
-    /* Copy into the child every sector it does not hold whose contents
-     * differ between the old chain and the new parent. */
-    if ((r = mg_buf_init(&b, p->block_size, child)) < 0)
-      goto out;
-    oldb = malloc(p->block_size);
-    newb = malloc(p->block_size);
-    if (!oldb || !newb) {
-      r = vd_set_error(ENOMEM, "%s: out of memory", child);
-      goto out;
-    }
-    for (uint32_t blk = 0; r == 0 && blk < p->nblocks; blk++) {
-      if (progress)
-        progress(opaque, blk, p->nblocks);
-      uint64_t off = (uint64_t)blk * p->block_size;
-      size_t len = c->size - off < p->block_size ? (size_t)(c->size - off)
-                                                 : p->block_size;
-      bool z_old, z_new;
-      if ((r = mg_all_zero(p->parent, off, len, &z_old)) < 0 ||
-          (r = mg_all_zero(np, off, len, &z_new)) < 0)
-        break;
-      if (z_old && z_new)
-        continue;
-      if ((r = vhd_read_own(c, b.data, len, off, b.held)) < 0 ||
-          (r = mg_read(p->parent, oldb, len, off)) < 0 ||
-          (r = mg_read(np, newb, len, off)) < 0)
-        break;
-      for (size_t s = 0; r == 0 && s < len / VHD_SECTOR;) {
-        size_t t = s, o = s * VHD_SECTOR;
-        while (t < len / VHD_SECTOR && !b.held[t] &&
-               memcmp(oldb + t * VHD_SECTOR, newb + t * VHD_SECTOR,
-                      VHD_SECTOR) != 0)
-          t++;
-        if (t > s) {
-          r = vd_pwrite(c, oldb + o, (t - s) * VHD_SECTOR, off + o, 0);
-          s = t;
-        } else {
-          s++;
-        }
-      }
-    }
-    if (r == 0)
-      r = vd_flush(c);
-  }
-  if (r == 0)
-    r = mg_set_parent(c, new_parent, np);
-  if (r == 0 && progress)
-    progress(opaque, p->nblocks, p->nblocks);
-out:
-  free(oldb);
-  free(newb);
-  mg_buf_free(&b);
-  vd_close(np);
-  int r2 = vd_close(c);
-  return r ? r : r2;
+  struct vhd_priv *p = dev->priv;
+  if (p->type == VHD_TYPE_FIXED)
+    return vd_set_error(ENOTSUP, "%s: a fixed VHD cannot have a backing "
+                        "file", dev->path);
+  /* A UUID-less parent is reopened probing only formats that reference no
+   * other file (vhd.c): anything else could never be reopened. */
+  if (bdev && !vhd_priv_of(bdev) && !bdev->drv->leaf)
+    return vd_set_error(EINVAL, "%s: %s is a '%s' image; a VHD can only have "
+                        "a VHD, raw or vdz parent", dev->path, backing,
+                        vd_format(bdev));
+  return mg_set_parent(dev, backing, bdev);
 }
 
 /* ---- resize ---- */
@@ -436,28 +231,20 @@ mg_grow_bat(struct vd_dev *dev, uint32_t entries)
 }
 
 int
-vhd_resize(const char *path, uint64_t size, bool shrink)
+vhd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
 {
-  struct vd_dev *dev;
-  int r = mg_open(path, VD_OPEN_RDWR, 0, true, &dev);
-  if (r < 0)
-    return r;
+  const char *path = dev->path;
   struct vhd_priv *p = dev->priv;
   uint8_t *buf = NULL;
+  int r = 0;
 
+  (void)flags;   /* the engine has checked VD_TRUNCATE_SHRINK */
   size = vd_round_up(size, VHD_SECTOR);
-  if (size > VHD_MAX_SIZE) {
-    r = vd_set_error(EFBIG, "%s: size %" PRIu64 " exceeds the VHD limit of "
-                     "2040 GiB", path, size);
-    goto out;
-  }
-  if (size < dev->size && !shrink) {
-    r = vd_set_error(EINVAL, "%s: use --shrink to make the image smaller",
-                     path);
-    goto out;
-  }
+  if (size > VHD_MAX_SIZE)
+    return vd_set_error(EFBIG, "%s: size %" PRIu64 " exceeds the VHD limit "
+                        "of 2040 GiB", path, size);
   if (size == dev->size)
-    goto out;
+    return 0;
 
   /* Shrinking: everything past the new end must be unallocated or zeros. */
   if (size < dev->size) {
@@ -490,7 +277,8 @@ vhd_resize(const char *path, uint64_t size, bool shrink)
   }
 
   if (p->type == VHD_TYPE_FIXED) {
-    r = mg_resize_fixed(dev, size);
+    if ((r = mg_resize_fixed(dev, size)) == 0)
+      dev->size = size;
     goto out;
   }
   uint64_t need = (size + p->block_size - 1) / p->block_size;
@@ -512,28 +300,33 @@ vhd_resize(const char *path, uint64_t size, bool shrink)
   vhd_chs_for_size(size, &p->footer.cylinders, &p->footer.heads,
                    &p->footer.sectors);
   r = vhd_write_metadata(dev, false, true);
+  if (r == 0) {
+    /* The open device now describes the new size. */
+    dev->size = size;
+    p->nblocks = (uint32_t)need;
+  }
 out:
   free(buf);
-  int r2 = vd_close(dev);
-  return r ? r : r2;
+  return r;
 }
 
 /* ---- compact ---- */
 
 int
-vhd_compact(const char *path, uint64_t *freed, vd_progress_fn progress,
+vhd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
             void *opaque)
 {
-  struct vd_dev *dev;
+  const char *path = dev->path;
   struct mg_buf b = { NULL, NULL };
   struct vhd_extent *ext = NULL;
   uint8_t *copy = NULL;
-  int r = mg_open(path, VD_OPEN_RDWR, VHD_TYPE_DYNAMIC, true, &dev);
-  if (r < 0)
-    return r;
   struct vhd_priv *p = dev->priv;
   uint64_t before = p->next_free;
-  *freed = 0;
+  int r;
+
+  if (p->type == VHD_TYPE_FIXED)
+    return vd_set_error(EINVAL, "%s: a fixed VHD has no blocks to compact",
+                        path);
 
   /* 1. Free blocks that hold nothing. */
   if ((r = mg_buf_init(&b, p->block_size, path)) < 0)
@@ -674,6 +467,22 @@ out:
   free(ext);
   free(copy);
   mg_buf_free(&b);
-  int r2 = vd_close(dev);
-  return r ? r : r2;
+  return r;
+}
+
+/* ---- make empty ---- */
+
+int
+vhd_make_empty(struct vd_dev *dev)
+{
+  struct vhd_priv *p = dev->priv;
+  if (p->type == VHD_TYPE_FIXED)
+    return vd_set_error(ENOTSUP, "%s: a fixed VHD has no blocks to free",
+                        dev->path);
+  /* Freed blocks read through to the parent (zeros without one); the BAT
+   * reaches the disk at the flush. */
+  for (uint32_t blk = 0; blk < p->bat_entries; blk++)
+    if (__atomic_load_n(&p->bat[blk], __ATOMIC_ACQUIRE) != VHD_BAT_UNUSED)
+      vhd_free_block(dev, blk);
+  return vd_flush(dev);
 }

@@ -134,12 +134,6 @@ vhd_probe(const struct vd_probe_data *pd)
  *    thread-local state.
  */
 
-int
-vhd_open_lone(const char *path, unsigned flags, struct vd_dev **out)
-{
-  return vd_open(path, "vpc", flags | VD_OPEN_NOPARENT, out);
-}
-
 static bool
 vhd_uuid_zero(const uint8_t *u)
 {
@@ -1597,4 +1591,8 @@ const struct vd_driver vd_vhd_driver = {
   .block_status = vhd_block_status,
   .info = vhd_info,
   .check = vhd_check,
+  .truncate = vhd_truncate,
+  .compact = vhd_compact,
+  .make_empty = vhd_make_empty,
+  .change_backing = vhd_change_backing,
 };

@@ -181,10 +181,6 @@ static inline struct vhd_priv *vhd_priv_of(struct vd_dev *dev)
   return dev && dev->drv == &vd_vhd_driver ? dev->priv : NULL;
 }
 
-/* Open PATH as a VHD without looking for its parent (reads of sectors
- * the image does not hold return zeros): for management commands that
- * must work when the parent is missing or about to change. */
-int vhd_open_lone(const char *path, unsigned flags, struct vd_dev **out);
 /* Drop block BLK from the BAT (written at the next flush) and punch its
  * host space.  Takes the block's stripe lock. */
 int vhd_free_block(struct vd_dev *dev, uint32_t blk);
@@ -213,22 +209,21 @@ int vhd_write_metadata(struct vd_dev *dev, bool header, bool footers);
 /* ---- vhd-check.c ---- */
 int vhd_check(const char *path, unsigned fix, struct vd_check_report *r);
 
-/* ---- vhd-manage.c: management commands (vdtool) ---- */
+/* ---- vhd-manage.c: management ops (see struct vd_driver) ---- */
 
-/* Merge CHILD's own data into its parent (which must be writable).  The
- * child is left unchanged and still valid. */
-int vhd_commit(const char *child, vd_progress_fn progress, void *opaque);
-/* Point CHILD at NEW_PARENT (NULL or "": none, the child becomes a
- * dynamic image).  Unless UNSAFE, first copy into the child every sector
- * whose contents would change, so the child reads the same afterwards. */
-int vhd_rebase(const char *child, const char *new_parent, bool unsafe,
-               vd_progress_fn progress, void *opaque);
-/* Change the virtual size.  Shrinking needs SHRINK and only cuts
+/* Set the virtual size (rounded up to a sector).  A smaller size only cuts
  * unallocated (or all-zero) space. */
-int vhd_resize(const char *path, uint64_t size, bool shrink);
+int vhd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
 /* Free blocks holding only zeros (dynamic) or no sectors (differencing),
  * then move blocks down and truncate.  *FREED gets the bytes saved. */
-int vhd_compact(const char *path, uint64_t *freed, vd_progress_fn progress,
+int vhd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
                 void *opaque);
+/* Free every block (dynamic or differencing). */
+int vhd_make_empty(struct vd_dev *dev);
+/* Point the image at BACKING opened as BDEV (a dynamic image becomes a
+ * differencing one), or at no parent when BDEV is NULL (it becomes a
+ * dynamic image).  Only the pointer: the engine copies data first. */
+int vhd_change_backing(struct vd_dev *dev, const char *backing,
+                       struct vd_dev *bdev);
 
 #endif /* VDISK_VHD_H */

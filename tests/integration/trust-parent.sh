@@ -100,7 +100,7 @@ vdtool compare --backing p/par.vhd a/b/kid.vhd par.raw >/dev/null || fail "--bac
 vdtool map --backing=p/par.vhd a/b/kid.vhd >/dev/null || fail "--backing: map"
 vdtool info --backing-chain --backing=p/par.vhd a/b/kid.vhd | grep -c '^image:' | grep -qx 2 ||
   fail "--backing: info --backing-chain"
-expect_error "not supported by this command" vdtool commit --backing=p/par.vhd a/b/kid.vhd
+expect_error "not supported by this command" vdtool resize --backing=p/par.vhd a/b/kid.vhd +1M
 # The override is checked like any parent: a VHD with another UUID is not it.
 vdtool create -q -f vhd p/stranger.vhd 4M
 expect_error "parent UUID mismatch" vdtool info --backing=p/stranger.vhd a/b/kid.vhd
@@ -118,6 +118,26 @@ if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null; then
   fuse_mount mnt -r --backing=p/par.vhd a/b/kid.vhd
   cmp mnt/kid.raw par.raw || fail "vdisk-fuse --backing: contents"
   fuse_umount mnt
+fi
+
+# commit and rebase take the override too (the parent they read or write).
+expect_error "outside the child's folder" vdtool commit a/b/kid.vhd
+expect_error "outside the child's folder" vdtool rebase -b "" a/b/kid.vhd
+if command -v qemu-io >/dev/null; then
+  start_nbd --backing=p/par.vhd a/b/kid.vhd
+  qemu-io -f raw -c 'write -P 0x3c 64k 4k' "$nbd_uri" >/dev/null || fail "write into kid"
+  stop_nbd
+  cp par.raw want.raw
+  head -c 4096 /dev/zero | tr '\0' '\074' |
+    dd of=want.raw bs=4096 seek=16 conv=notrunc status=none
+  cp a/b/kid.vhd kid0.vhd; cp p/par.vhd par0.vhd
+  vdtool commit --backing=p/par.vhd a/b/kid.vhd | grep -q 'Image committed' ||
+    fail "commit --backing"
+  vdtool convert -f vpc -O raw p/par.vhd out/par-committed.raw
+  cmp out/par-committed.raw want.raw || fail "commit --backing: the parent differs"
+  cp kid0.vhd a/b/kid.vhd; cp par0.vhd p/par.vhd
+  vdtool rebase --backing=p/par.vhd -b "" a/b/kid.vhd
+  vdtool compare a/b/kid.vhd want.raw >/dev/null || fail "rebase --backing: contents"
 fi
 
 # 5. Loops at depth 3 and the depth bound.

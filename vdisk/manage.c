@@ -1,0 +1,332 @@
+/* libvdisk — management operations (vd_truncate, vd_compact, vd_make_empty,
+ * vd_change_backing, vd_commit): argument checks, dispatch to the driver
+ * ops, and the generic fallbacks that work on any format by copying
+ * through the public request paths (block status, read, write).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver.h"
+
+/* Copy unit of the generic paths. */
+#define MG_CHUNK (1u << 20)
+/* Compare unit of safe rebase: a sector, as qemu-img rebase. */
+#define MG_SECTOR 512u
+
+static int
+mg_writable(struct vd_dev *dev, const char *what)
+{
+  if (dev->read_only)
+    return vd_set_error(EROFS, "%s: cannot %s: the image is open read-only",
+                        dev->path, what);
+  return 0;
+}
+
+static int
+mg_unsupported(const struct vd_dev *dev, const char *what)
+{
+  return vd_set_error(ENOTSUP, "%s: format '%s' cannot %s", dev->path,
+                      dev->drv->name, what);
+}
+
+int
+vd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
+{
+  int r;
+  if (flags & ~VD_TRUNCATE_SHRINK)
+    return vd_set_error(EINVAL, "%s: invalid truncate flags 0x%x", dev->path,
+                        flags);
+  if ((r = mg_writable(dev, "resize")) < 0)
+    return r;
+  if (!dev->drv->truncate)
+    return mg_unsupported(dev, "be resized");
+  if (size < dev->size && !(flags & VD_TRUNCATE_SHRINK))
+    return vd_set_error(EINVAL, "%s: use --shrink to make the image smaller",
+                        dev->path);
+  /* The new end would be probed: a guessed raw image must not be cut to
+   * show other bytes there (vd_probed_raw).  Growing adds zeros, which
+   * probe as nothing. */
+  if (size < dev->size && dev->probe_guard)
+    return vd_set_error(EPERM, "%s: probed as raw: name the format (-f raw) "
+                        "to shrink it", dev->path);
+  return dev->drv->truncate(dev, size, flags);
+}
+
+int
+vd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
+           void *opaque)
+{
+  uint64_t dummy;
+  int r;
+  if (!freed)
+    freed = &dummy;
+  *freed = 0;
+  if ((r = mg_writable(dev, "compact")) < 0)
+    return r;
+  if (!dev->drv->compact)
+    return mg_unsupported(dev, "be compacted");
+  return dev->drv->compact(dev, freed, progress, opaque);
+}
+
+int
+vd_make_empty(struct vd_dev *dev)
+{
+  int r;
+  if ((r = mg_writable(dev, "empty it")) < 0)
+    return r;
+  if (!dev->drv->make_empty)
+    return mg_unsupported(dev, "be emptied");
+  return dev->drv->make_empty(dev);
+}
+
+/* ---- shared by the copying fallbacks ---- */
+
+static bool
+mg_is_zero(const uint8_t *b, size_t n)
+{
+  return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
+}
+
+/* Whether DEV (NULL: no backing file) reads [OFF, OFF+LEN) as zeros by
+ * block status; past its end it reads zeros. */
+static int
+mg_all_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
+{
+  *zero = true;
+  if (!dev || off >= dev->size)
+    return 0;
+  if (off + len > dev->size)
+    len = dev->size - off;
+  while (len > 0) {
+    struct vd_extent e;
+    int r = vd_block_status(dev, off, len, &e);
+    if (r < 0)
+      return r;
+    if (!(e.flags & VD_EXT_ZERO)) {
+      *zero = false;
+      return 0;
+    }
+    off += e.length;
+    len -= e.length;
+  }
+  return 0;
+}
+
+/* Read [OFF, OFF+LEN) of DEV, zeros past its end or when DEV is NULL. */
+static int
+mg_read(struct vd_dev *dev, uint8_t *buf, size_t len, uint64_t off)
+{
+  size_t n = 0;
+  if (dev && off < dev->size)
+    n = dev->size - off < len ? (size_t)(dev->size - off) : len;
+  memset(buf + n, 0, len - n);
+  return n ? vd_pread(dev, buf, n, off) : 0;
+}
+
+/* ---- commit ---- */
+
+/* The generic commit: every extent TOP (opened without its parent) holds
+ * itself goes into BASE, zeros as write_zeroes so BASE need not allocate. */
+static int
+mg_commit_copy(struct vd_dev *top, struct vd_dev *base,
+               vd_progress_fn progress, void *opaque)
+{
+  uint8_t *buf = malloc(MG_CHUNK);
+  int r = 0;
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", top->path);
+  for (uint64_t off = 0; r == 0 && off < top->size;) {
+    struct vd_extent e;
+    if (progress)
+      progress(opaque, off, top->size);
+    if ((r = vd_block_status(top, off, top->size - off, &e)) < 0)
+      break;
+    if (!(e.flags & VD_EXT_HOLE) && e.depth == 0) {
+      for (uint64_t o = off; r == 0 && o < off + e.length;) {
+        size_t n = off + e.length - o < MG_CHUNK ? (size_t)(off + e.length - o)
+                                                 : MG_CHUNK;
+        if (e.flags & VD_EXT_ZERO)
+          r = vd_write_zeroes(base, o, n, 0);
+        else if ((r = vd_pread(top, buf, n, o)) == 0)
+          r = mg_is_zero(buf, n) ? vd_write_zeroes(base, o, n, 0)
+                                 : vd_pwrite(base, buf, n, o, 0);
+        o += n;
+      }
+    }
+    off += e.length;
+  }
+  free(buf);
+  if (r == 0)
+    r = vd_flush(base);
+  if (r == 0 && progress)
+    progress(opaque, top->size, top->size);
+  return r;
+}
+
+int
+vd_commit(const char *path, const struct vd_open_args *args,
+          vd_progress_fn progress, void *opaque)
+{
+  static const struct vd_open_args none;
+  struct vd_dev *top = NULL, *base = NULL;
+  struct vd_info *info = calloc(1, sizeof *info);
+  int r;
+
+  if (!info)
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  if (!args)
+    args = &none;
+  /* 1. The chain open finds and checks the backing file (locators, UUID,
+   * confinement, loops); info says which one and in what format. */
+  struct vd_open_args a = *args;
+  a.flags &= ~(VD_OPEN_RDWR | VD_OPEN_NOPARENT);
+  if ((r = vd_open_opts(path, &a, &top)) < 0)
+    goto out;
+  vd_get_info(top, info);
+  vd_close(top);
+  top = NULL;
+  if (!info->backing[0]) {
+    r = vd_set_error(EINVAL, "%s: has no backing file to commit into", path);
+    goto out;
+  }
+  /* 2. The top alone (its parent is about to be opened writable, which a
+   * read lock from the chain would forbid), then that parent. */
+  a.flags |= VD_OPEN_NOPARENT;
+  a.format = info->format;
+  if ((r = vd_open_opts(path, &a, &top)) < 0)
+    goto out;
+  struct vd_open_args b = {
+    .format = info->backing_format[0] ? info->backing_format : NULL,
+    .flags = VD_OPEN_RDWR | (args->flags & (VD_OPEN_DIRECT | VD_OPEN_NOLOCK)),
+    .parent_policy = args->parent_policy,
+  };
+  if ((r = vd_open_parent(top, info->backing, &b, &base)) < 0)
+    goto out;
+  if (top->size > base->size) {
+    r = vd_set_error(EINVAL, "%s: the image (%" PRIu64 " bytes) is larger "
+                     "than its backing file %s (%" PRIu64 " bytes): resize "
+                     "the backing file first", path, top->size,
+                     info->backing, base->size);
+    goto out;
+  }
+  r = top->drv->commit ? top->drv->commit(top, base, progress, opaque)
+                       : mg_commit_copy(top, base, progress, opaque);
+out:
+  if (base) {
+    int r2 = vd_close(base);
+    if (r == 0)
+      r = r2;
+  }
+  vd_close(top);
+  free(info);
+  return r;
+}
+
+/* ---- change backing (rebase) ---- */
+
+/* Safe rebase: every range DEV does not hold itself reads from its current
+ * chain; where that differs from NP (NULL: no backing file), write the
+ * current contents into DEV. */
+static int
+mg_rebase_copy(struct vd_dev *dev, struct vd_dev *np, vd_progress_fn progress,
+               void *opaque)
+{
+  uint8_t *oldb = malloc(MG_CHUNK), *newb = malloc(MG_CHUNK);
+  int r = 0;
+  if (!oldb || !newb) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+    goto out;
+  }
+  for (uint64_t off = 0; r == 0 && off < dev->size;) {
+    struct vd_extent e;
+    if (progress)
+      progress(opaque, off, dev->size);
+    uint64_t want = dev->size - off < MG_CHUNK ? dev->size - off : MG_CHUNK;
+    if ((r = vd_block_status(dev, off, want, &e)) < 0)
+      break;
+    size_t len = (size_t)e.length;
+    bool own = !(e.flags & VD_EXT_HOLE) && e.depth == 0, z_new;
+    if (own || ((e.flags & VD_EXT_ZERO) &&
+                (r = mg_all_zero(np, off, len, &z_new)) == 0 && z_new)) {
+      off += len;
+      continue;
+    }
+    if (r < 0 || (r = vd_pread(dev, oldb, len, off)) < 0 ||
+        (r = mg_read(np, newb, len, off)) < 0)
+      break;
+    /* Runs of sectors that differ (the extent may end mid-sector only at
+     * the end of the disk). */
+    for (size_t s = 0; r == 0 && s < len;) {
+      size_t t = s;
+      while (t < len && memcmp(oldb + t, newb + t,
+                               len - t < MG_SECTOR ? len - t : MG_SECTOR))
+        t += len - t < MG_SECTOR ? len - t : MG_SECTOR;
+      if (t > s) {
+        r = vd_pwrite(dev, oldb + s, t - s, off + s, 0);
+        s = t;
+      } else {
+        s += len - s < MG_SECTOR ? len - s : MG_SECTOR;
+      }
+    }
+    off += len;
+  }
+  if (r == 0)
+    r = vd_flush(dev);
+out:
+  free(oldb);
+  free(newb);
+  return r;
+}
+
+int
+vd_change_backing(struct vd_dev *dev, const char *backing,
+                  const char *backing_format, unsigned flags,
+                  vd_progress_fn progress, void *opaque)
+{
+  struct vd_dev *np = NULL;
+  int r;
+
+  if (flags & ~VD_BACKING_UNSAFE)
+    return vd_set_error(EINVAL, "%s: invalid change_backing flags 0x%x",
+                        dev->path, flags);
+  if ((r = mg_writable(dev, "change its backing file")) < 0)
+    return r;
+  if (!dev->drv->change_backing)
+    return mg_unsupported(dev, "have a backing file");
+  bool unsafe = flags & VD_BACKING_UNSAFE;
+  if (!unsafe && (dev->open_flags & VD_OPEN_NOPARENT))
+    return vd_set_error(EINVAL, "%s: a safe rebase reads the current backing "
+                        "chain: open the image with it", dev->path);
+  if (backing && !*backing)
+    backing = NULL;
+  if (backing) {
+    /* The operator names it, so no confinement for it; its own parents
+     * follow DEV's policy and may not lead back to DEV (the child link
+     * makes its chain open check that). */
+    char *real = realpath(backing, NULL);
+    bool self = real && dev->real && strcmp(real, dev->real) == 0;
+    free(real);
+    if (self)
+      return vd_set_error(ELOOP, "%s: rebasing onto %s would make a parent "
+                          "loop", dev->path, backing);
+    struct vd_open_args a = {
+      .format = backing_format,
+      .flags = VD_OPEN_NOLOCK,
+      .parent_policy = dev->opts.parent_policy,
+    };
+    if ((r = vd_open_parent(dev, backing, &a, &np)) < 0)
+      return vd_prefix_error(-r, "%s: new backing file", dev->path);
+  }
+  if (!unsafe)
+    r = mg_rebase_copy(dev, np, progress, opaque);
+  if (r == 0)
+    r = dev->drv->change_backing(dev, backing, np);
+  if (r == 0 && progress)
+    progress(opaque, dev->size, dev->size);
+  vd_close(np);
+  return r;
+}
