@@ -40,10 +40,10 @@ vd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   if (flags & ~VD_TRUNCATE_SHRINK)
     return vd_set_error(EINVAL, "%s: invalid truncate flags 0x%x", dev->path,
                         flags);
-  if ((r = mg_writable(dev, "resize")) < 0)
-    return r;
   if (!dev->drv->truncate)
     return mg_unsupported(dev, "be resized");
+  if ((r = mg_writable(dev, "resize")) < 0)
+    return r;
   if (size < dev->size && !(flags & VD_TRUNCATE_SHRINK))
     return vd_set_error(EINVAL, "%s: use --shrink to make the image smaller",
                         dev->path);
@@ -65,10 +65,10 @@ vd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
   if (!freed)
     freed = &dummy;
   *freed = 0;
-  if ((r = mg_writable(dev, "compact")) < 0)
-    return r;
   if (!dev->drv->compact)
     return mg_unsupported(dev, "be compacted");
+  if ((r = mg_writable(dev, "compact")) < 0)
+    return r;
   return dev->drv->compact(dev, freed, progress, opaque);
 }
 
@@ -76,10 +76,10 @@ int
 vd_make_empty(struct vd_dev *dev)
 {
   int r;
-  if ((r = mg_writable(dev, "empty it")) < 0)
-    return r;
   if (!dev->drv->make_empty)
     return mg_unsupported(dev, "be emptied");
+  if ((r = mg_writable(dev, "empty it")) < 0)
+    return r;
   return dev->drv->make_empty(dev);
 }
 
@@ -293,10 +293,10 @@ vd_change_backing(struct vd_dev *dev, const char *backing,
   if (flags & ~VD_BACKING_UNSAFE)
     return vd_set_error(EINVAL, "%s: invalid change_backing flags 0x%x",
                         dev->path, flags);
-  if ((r = mg_writable(dev, "change its backing file")) < 0)
-    return r;
   if (!dev->drv->change_backing)
     return mg_unsupported(dev, "have a backing file");
+  if ((r = mg_writable(dev, "change its backing file")) < 0)
+    return r;
   bool unsafe = flags & VD_BACKING_UNSAFE;
   if (!unsafe && (dev->open_flags & VD_OPEN_NOPARENT))
     return vd_set_error(EINVAL, "%s: a safe rebase reads the current backing "

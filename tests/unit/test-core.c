@@ -401,6 +401,58 @@ test_open_parent_opts(void)
   vd_close(d);
 }
 
+/* Management ops: the engine's checks before any driver runs. */
+static void
+test_manage_ops(void)
+{
+  struct vd_dev *d;
+  char raw[300], kid[300], par[300];
+  struct vd_create_args a = { .size = 1 << 20 };
+
+  snprintf(raw, sizeof raw, "%s/m.raw", tmpdir);
+  CU_ASSERT_EQUAL_FATAL(vd_create(raw, "raw", &a), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_open(raw, "raw", 0, &d), 0);
+  CU_ASSERT_EQUAL(vd_truncate(d, 2 << 20, 0), -EROFS);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "read-only"));
+  vd_close(d);
+  CU_ASSERT_EQUAL_FATAL(vd_open(raw, "raw", VD_OPEN_RDWR, &d), 0);
+  CU_ASSERT_EQUAL(vd_truncate(d, 2 << 20, 0x80), -EINVAL);
+  CU_ASSERT_EQUAL(vd_truncate(d, 3 << 20, 0), 0);
+  CU_ASSERT_EQUAL(vd_size(d), 3u << 20);
+  CU_ASSERT_EQUAL(vd_truncate(d, 1000, 0), -EINVAL);
+  CU_ASSERT_EQUAL(vd_size(d), 3u << 20);
+  CU_ASSERT_EQUAL(vd_truncate(d, 1000, VD_TRUNCATE_SHRINK), 0);
+  CU_ASSERT_EQUAL(vd_size(d), 1000u);
+  uint64_t freed = 7;
+  CU_ASSERT_EQUAL(vd_compact(d, &freed, NULL, NULL), -ENOTSUP);
+  CU_ASSERT_EQUAL(freed, 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "m.raw: format 'raw' cannot"));
+  CU_ASSERT_EQUAL(vd_make_empty(d), -ENOTSUP);
+  CU_ASSERT_EQUAL(vd_change_backing(d, NULL, NULL, 0, NULL, NULL), -ENOTSUP);
+  vd_close(d);
+  struct stat st;
+  CU_ASSERT_EQUAL(stat(raw, &st), 0);
+  CU_ASSERT_EQUAL(st.st_size, 1000);
+  CU_ASSERT_EQUAL(vd_commit(raw, NULL, NULL, NULL), -EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "no backing file"));
+
+  /* A safe rebase reads the old chain: not with a lone open. */
+  snprintf(par, sizeof par, "%s/mpar.vhd", tmpdir);
+  snprintf(kid, sizeof kid, "%s/mkid.vhd", tmpdir);
+  CU_ASSERT_EQUAL_FATAL(vd_create(par, "vpc", &a), 0);
+  struct vd_create_args c = { .backing = par };
+  CU_ASSERT_EQUAL_FATAL(vd_create(kid, "vpc", &c), 0);
+  CU_ASSERT_EQUAL_FATAL(vd_open(kid, "vpc", VD_OPEN_RDWR | VD_OPEN_NOPARENT,
+                                &d), 0);
+  CU_ASSERT_EQUAL(vd_change_backing(d, NULL, NULL, 0, NULL, NULL), -EINVAL);
+  CU_ASSERT_EQUAL(vd_change_backing(d, kid, NULL, VD_BACKING_UNSAFE, NULL,
+                                    NULL), -ELOOP);
+  vd_close(d);
+  unlink(raw);
+  unlink(kid);
+  unlink(par);
+}
+
 int
 main(void)
 {
@@ -418,6 +470,7 @@ main(void)
     { "probe_guard", test_probe_guard },
     { "open_special", test_open_special },
     { "open_parent_opts", test_open_parent_opts },
+    { "manage_ops", test_manage_ops },
     { NULL, NULL }
   };
   if (!mkdtemp(tmpdir))
