@@ -60,9 +60,9 @@ vt_main_help(FILE *f)
   fprintf(f,
           "\n\nImages are opened by probing their format unless -f names it.\n"
           "A differencing image's parent must be a regular file inside the\n"
-          "child's folder tree; info, map, compare and convert take\n"
-          "--backing=FILE (and --backing-format=FMT) to name the parent of\n"
-          "the first image explicitly, wherever it is.\n"
+          "child's folder tree; info, map, compare, convert, commit and\n"
+          "rebase take --backing=FILE (and --backing-format=FMT) to name the\n"
+          "parent of the first image explicitly, wherever it is.\n"
           "\nSizes take K, M, G, T, P and E suffixes (powers of 1024).\n"
           "Exit status: 0 on success, 1 on error (compare and check document\n"
           "their own codes).\n");
