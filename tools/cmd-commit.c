@@ -24,22 +24,12 @@ const char vt_usage_commit[] =
   "  -p                show progress\n"
   "  -q                quiet\n";
 
-static int
-commit_opt(int c, const char *arg, void *ctx)
-{
-  (void)arg;
-  if (c != 'd')
-    return VT_EXIT_ERR;
-  *(bool *)ctx = true;
-  return 0;
-}
-
 int
 vt_cmd_commit(int argc, char **argv)
 {
   struct vt_manage_opts o;
   bool keep = false;
-  int r = vt_parse_manage("commit", argc, argv, "d", NULL, commit_opt, &keep,
+  int r = vt_parse_manage("commit", argc, argv, "d", NULL, vt_manage_flag, &keep,
                           1, "exactly one FILENAME", &o);
   if (r)
     return r;

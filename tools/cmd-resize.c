@@ -19,16 +19,6 @@ const char vt_usage_resize[] =
   "  --shrink   allow making the image smaller\n"
   "  -q         quiet\n";
 
-static int
-resize_opt(int c, const char *arg, void *ctx)
-{
-  (void)arg;
-  if (c != 'S')
-    return VT_EXIT_ERR;
-  *(bool *)ctx = true;
-  return 0;
-}
-
 int
 vt_cmd_resize(int argc, char **argv)
 {
@@ -39,7 +29,7 @@ vt_cmd_resize(int argc, char **argv)
   struct vt_manage_opts o;
   struct vd_dev *dev;
   bool shrink = false;
-  int r = vt_parse_manage("resize", argc, argv, NULL, longopts, resize_opt,
+  int r = vt_parse_manage("resize", argc, argv, NULL, longopts, vt_manage_flag,
                           &shrink, 2, "FILENAME and SIZE", &o);
   if (r)
     return r;

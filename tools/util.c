@@ -172,6 +172,15 @@ vt_parse_manage(const char *cmd, int argc, char **argv,
 }
 
 int
+vt_manage_flag(int c, const char *arg, void *ctx)
+{
+  (void)c;
+  (void)arg;
+  *(bool *)ctx = true;
+  return 0;
+}
+
+int
 vt_manage_done(struct vt_manage_opts *o, int r, const char *done)
 {
   if (o->prog.enabled)

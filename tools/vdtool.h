@@ -84,6 +84,9 @@ int vt_parse_manage(const char *cmd, int argc, char **argv,
                     const char *extra_short, const struct option *extra_long,
                     vt_manage_opt_fn on_opt, void *ctx, int noper,
                     const char *operands, struct vt_manage_opts *o);
+/* A vt_manage_opt_fn for a command whose one extra option is a flag: sets
+ * the bool CTX points to. */
+int vt_manage_flag(int c, const char *arg, void *ctx);
 /* Finish a management command whose engine call returned R: end the
  * progress bar, then print the engine error and return VT_EXIT_ERR, or
  * print DONE (unless -q or DONE is NULL) and return VT_EXIT_OK. */

@@ -186,6 +186,10 @@ const struct vd_driver *vd_probe_path_leaf(const char *path, bool leaf_only,
 const struct vd_driver *vd_probe_data(const struct vd_probe_data *pd,
                                       bool leaf_only);
 
+/* Whether DEV reads [OFF, OFF+LEN) as zeros by block status (vdisk/
+ * manage.c).  A NULL DEV, and bytes past its end, read as zeros. */
+int vd_reads_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero);
+
 /* Open PATH with ARGS as the parent of CHILD (sets the new device's
  * child link, so depth and loops can be checked up the chain). */
 int vd_open_parent(const struct vd_dev *child, const char *path,

@@ -91,10 +91,8 @@ mg_is_zero(const uint8_t *b, size_t n)
   return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
 }
 
-/* Whether DEV (NULL: no backing file) reads [OFF, OFF+LEN) as zeros by
- * block status; past its end it reads zeros. */
-static int
-mg_all_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
+int
+vd_reads_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
 {
   *zero = true;
   if (!dev || off >= dev->size)
@@ -251,7 +249,7 @@ mg_rebase_copy(struct vd_dev *dev, struct vd_dev *np, vd_progress_fn progress,
     size_t len = (size_t)e.length;
     bool own = !(e.flags & VD_EXT_HOLE) && e.depth == 0, z_new;
     if (own || ((e.flags & VD_EXT_ZERO) &&
-                (r = mg_all_zero(np, off, len, &z_new)) == 0 && z_new)) {
+                (r = vd_reads_zero(np, off, len, &z_new)) == 0 && z_new)) {
       off += len;
       continue;
     }

@@ -1095,24 +1095,10 @@ static int
 vhd_below_has_data(struct vd_dev *dev, uint64_t off, uint64_t len, bool *data)
 {
   struct vhd_priv *p = dev->priv;
-  *data = false;
-  if (!p->parent || off >= p->parent->size)
-    return 0;
-  if (off + len > p->parent->size)
-    len = p->parent->size - off;
-  while (len > 0) {
-    struct vd_extent ext;
-    int r = vd_block_status(p->parent, off, len, &ext);
-    if (r < 0)
-      return r;
-    if (!(ext.flags & VD_EXT_ZERO)) {
-      *data = true;
-      return 0;
-    }
-    off += ext.length;
-    len -= ext.length;
-  }
-  return 0;
+  bool zero;
+  int r = vd_reads_zero(p->parent, off, len, &zero);
+  *data = !zero;
+  return r;
 }
 
 static int
