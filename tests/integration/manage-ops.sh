@@ -97,6 +97,16 @@ vdtool compare -F raw top.vhd model.raw >/dev/null || fail "commit: the top read
 vdtool check -q base.vhd && vdtool check -q top.vhd || fail "check after commit"
 qemu-img compare -f vpc -F raw base.vhd model.raw >/dev/null || fail "qemu reads the base differently"
 
+# rebase (safe) of an image without a backing file onto one: a dynamic VHD
+# becomes a differencing one that reads the same; -b "" turns it back.
+vdtool convert -f raw -O vpc model.raw dyn.vhd
+vdtool rebase -b base.vhd dyn.vhd
+vdtool info dyn.vhd | grep -q 'subformat: differencing' || fail "rebase of a dynamic VHD"
+vdtool compare -F raw dyn.vhd model.raw >/dev/null || fail "rebase of a dynamic VHD: contents"
+vdtool rebase -b "" dyn.vhd
+vdtool info dyn.vhd | grep -q 'subformat: dynamic' || fail "rebase -b '' back"
+qemu-img compare -f vpc -F raw dyn.vhd model.raw >/dev/null || fail "qemu reads the round trip differently"
+
 # 4. A child whose parent is missing: the lone opens (resize, compact,
 # rebase -u) never look for it; what reads through it says so.
 cp base0.vhd base.vhd; cp top0.vhd top.vhd
