@@ -29,8 +29,8 @@ vt_cmd_commit(int argc, char **argv)
 {
   struct vt_manage_opts o;
   bool keep = false;
-  int r = vt_parse_manage("commit", argc, argv, "d", NULL, vt_manage_flag, &keep,
-                          1, "exactly one FILENAME", &o);
+  int r = vt_parse_manage("commit", argc, argv, "d", NULL, vt_manage_flag,
+                          &keep, 1, "exactly one FILENAME", &o);
   if (r)
     return r;
   const char *path = argv[optind];

@@ -7,7 +7,8 @@
 
 #include "vdtool.h"
 
-const char vt_summary_compact[] = "free empty blocks of an image and shrink the file";
+const char vt_summary_compact[] =
+  "free empty blocks of an image and shrink the file";
 const char vt_usage_compact[] =
   "Usage: vdtool compact [-f FMT] [-p] [-q] FILENAME\n"
   "\n"

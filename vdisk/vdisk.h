@@ -202,7 +202,7 @@ int vd_check(const char *path, const char *format, unsigned fix,
  * concurrently with other requests on the same device. ---- */
 
 /* vd_truncate flags. */
-#define VD_TRUNCATE_SHRINK 0x1u  /* allow a smaller size (qemu-img --shrink) */
+#define VD_TRUNCATE_SHRINK 0x1u  /* a smaller size is allowed (--shrink) */
 
 /* Set the virtual size of DEV (opened VD_OPEN_RDWR) to SIZE.  Growing adds
  * space that reads as zeros; a smaller size needs VD_TRUNCATE_SHRINK, and

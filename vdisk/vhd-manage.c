@@ -146,8 +146,8 @@ vhd_change_backing(struct vd_dev *dev, const char *backing,
   /* A UUID-less parent is reopened probing only formats that reference no
    * other file (vhd.c): anything else could never be reopened. */
   if (bdev && !vhd_priv_of(bdev) && !bdev->drv->leaf)
-    return vd_set_error(EINVAL, "%s: %s is a '%s' image; a VHD can only have "
-                        "a VHD, raw or vdz parent", dev->path, backing,
+    return vd_set_error(EINVAL, "%s: %s is a '%s' image; a VHD can only "
+                        "have a VHD, raw or vdz parent", dev->path, backing,
                         vd_format(bdev));
   return mg_set_parent(dev, backing, bdev);
 }
