@@ -1,8 +1,9 @@
-/* RAID benchmark (not part of make check): parity speed against memcpy,
+/* RAID benchmark (not part of make check), through the public API only:
  * sequential full-stripe write and sequential read of RAID0 and RAID5
  * against the members' own bandwidth, degraded against healthy read, and
  * the rebuild rate.  Usage: raid-bench DIR [MEMBER_MIB] [MEMBERS]
- * (bench/raid-bench.sh runs it and prints the ratios). */
+ * (bench/raid-bench.sh runs it after bench/parity-bench and prints the
+ * ratios). */
 #include <config.h>
 
 #include <errno.h>
@@ -13,8 +14,8 @@
 #include <unistd.h>
 #include <pthread.h>
 
-#include "vdisk.h"
-#include "raid/raid.h"
+#include "vdisk/vdisk.h"
+#include "vdisk/raid.h"
 
 static double now(void)
 {
@@ -29,45 +30,13 @@ static void die(const char *what)
   exit(1);
 }
 
-/* GB/s of source data: raid_xor over NSRC buffers of LEN, and memcpy of
- * the same number of bytes. */
-static void bench_parity(unsigned nsrc, size_t len, double *xor_gbs,
-                         double *cpy_gbs)
+/* Buffers for direct I/O: 4 KiB aligned (only the public API here). */
+static uint8_t *alloc_buf(size_t len)
 {
-  uint8_t *src[16], *dst = vd_alloc_aligned(len * nsrc);
-  const void *s[16];
-  for (unsigned k = 0; k < nsrc; k++) {
-    src[k] = vd_alloc_aligned(len);
-    for (size_t i = 0; i < len; i++)
-      src[k][i] = (uint8_t)(i * 31 + k);
-    s[k] = src[k];
-  }
-  memset(dst, 1, len * nsrc);
-  /* Best of 5 short runs each, alternating (the machine is shared). */
-  *xor_gbs = *cpy_gbs = 0;
-  for (int round = 0; round < 5; round++) {
-    double bytes = 0, t0 = now();
-    while (now() - t0 < 0.1) {
-      raid_xor(dst, s, nsrc, len);
-      bytes += (double)len * nsrc;
-    }
-    double g = bytes / (now() - t0) / 1e9;
-    if (g > *xor_gbs)
-      *xor_gbs = g;
-    bytes = 0;
-    t0 = now();
-    while (now() - t0 < 0.1) {
-      for (unsigned k = 0; k < nsrc; k++)
-        memcpy(dst + k * len, src[k], len);
-      bytes += (double)len * nsrc;
-    }
-    g = bytes / (now() - t0) / 1e9;
-    if (g > *cpy_gbs)
-      *cpy_gbs = g;
-  }
-  for (unsigned k = 0; k < nsrc; k++)
-    vd_free_aligned(src[k]);
-  vd_free_aligned(dst);
+  void *p = NULL;
+  if (posix_memalign(&p, 4096, len) != 0)
+    die("out of memory");
+  return p;
 }
 
 /* Sequential write of TOTAL bytes in requests of REQ, then flush: MB/s. */
@@ -175,16 +144,8 @@ int main(int argc, char **argv)
   uint64_t msize = mib << 20;
   const uint32_t chunk = 512 * 1024;
 
-  double x1, c1, x64, c64;
-  bench_parity(4, 1 << 20, &x1, &c1);
-  bench_parity(4, 64 << 20, &x64, &c64);
-  printf("parity 4 x 1 MiB     xor %6.1f GB/s   memcpy %6.1f GB/s   ratio %.2f\n",
-         x1, c1, x1 / c1);
-  printf("parity 4 x 64 MiB    xor %6.1f GB/s   memcpy %6.1f GB/s   ratio %.2f\n",
-         x64, c64, x64 / c64);
-
   size_t bufsz = (size_t)chunk * n;
-  uint8_t *buf = vd_alloc_aligned(bufsz);
+  uint8_t *buf = alloc_buf(bufsz);
   for (size_t i = 0; i < bufsz; i++)
     buf[i] = (uint8_t)(i * 7);
 
@@ -215,7 +176,8 @@ int main(int argc, char **argv)
     struct vd_raid_create_args ra = { .level = level, .chunk = chunk,
                                       .nmembers = n, .members = mp,
                                       .member_size = msize,
-                                      .member_format = "raw", .policy = -1 };
+                                      .member_format = "raw",
+                                      .policy = -1 };
     if (vd_raid_create(desc, &ra) < 0 || vd_open(desc, NULL, VD_OPEN_RDWR, &d) < 0)
       die(desc);
     unsigned nd = level == 5 ? n - 1 : n;
@@ -265,6 +227,6 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < n; i++)
       unlink(mem[i]);
   }
-  vd_free_aligned(buf);
+  free(buf);
   return 0;
 }

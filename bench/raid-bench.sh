@@ -8,11 +8,14 @@
 # bench/README-raid.md by hand; nothing here passes or fails.
 set -eu
 prog=${RAID_BENCH:-./bench/raid-bench}
-[ -x "$prog" ] || { echo "run from a build directory after make" >&2; exit 1; }
+parity=${PARITY_BENCH:-./bench/parity-bench}
+[ -x "$prog" ] && [ -x "$parity" ] ||
+  { echo "run from a build directory after make" >&2; exit 1; }
 dir=${1:-}
 if [ -z "$dir" ]; then
   dir=$(mktemp -d "${TMPDIR:-/tmp}/raid-bench.XXXXXX")
   trap 'rm -rf "$dir"' EXIT
 fi
 echo "# raid-bench on $(nproc) CPUs, members in $dir ($(df -T "$dir" | awk 'NR==2 {print $2}'))"
+"$parity"
 "$prog" "$dir" "${2:-128}" "${3:-4}"

@@ -1,6 +1,6 @@
-/* libvdisk — RAID management API for vdtool and the tests (internal, not
- * installed).  Errors follow the library convention: -errno with a one-line
- * message in vd_error().
+/* libvdisk — RAID hooks for the tests (internal, not installed): the
+ * public management API is vdisk/raid.h; what is here is test-only and
+ * not exported from libvdisk.so (the tests link the internal library).
  */
 #ifndef VDISK_RAID_API_H
 #define VDISK_RAID_API_H
@@ -9,138 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "vdisk.h"
-
-struct raid_array;
-
-struct vd_raid_create_args {
-  int level;                   /* 0, 1 or 5 */
-  uint32_t chunk;              /* bytes, power of two; 0 = 512 KiB */
-  unsigned nmembers;
-  const char *const *members;  /* paths (absolute or relative to cwd) */
-  uint64_t member_size;        /* > 0: create the member files this big */
-  const char *member_format;   /* format for created members ("raw") */
-  int policy;                  /* enum raid_policy, -1 = level default */
-  uint64_t bitmap_region;      /* 0 = automatic */
-  bool assume_clean;           /* do not zero existing members */
-  const char *name;            /* optional array name */
-  bool force;                  /* overwrite members that hold a filesystem,
-                                  partition table or another array */
-};
-
-/* Create the array: superblocks on every member and the descriptor at
- * DESC.  Member paths in the descriptor are stored relative to its
- * directory when they are below it.  Unless ARGS->force, an existing member
- * that holds data (vd_raid_member_check) is refused with -EEXIST, naming
- * what it holds; a member that is neither a regular file nor a block
- * device is always refused. */
-int vd_raid_create(const char *desc, const struct vd_raid_create_args *args);
-
-/* What DEV already holds, as a list for a message ("an ext4 filesystem
- * (magic 0xEF53 at byte 1080), ..."): another array's superblock (vdisk or
- * Linux md), a filesystem, swap, LUKS, LVM2 or a partition table.  Returns
- * 1 with WHAT filled, 0 if nothing was found, -errno on a read error. */
-int vd_raid_member_signature(struct vd_dev *dev, char *what, size_t len);
-/* The same for the file or device at PATH (probing its format); 0 when
- * PATH does not exist or is empty, -EINVAL when it is neither a regular
- * file nor a block device. */
-int vd_raid_member_check(const char *path, char *what, size_t len);
-
-/* The array behind DEV, or NULL if DEV is not a RAID. */
-struct raid_array *vd_raid_of(struct vd_dev *dev);
-
-#define VD_RAID_STATE_ACTIVE 0
-#define VD_RAID_STATE_FAULTY 1
-#define VD_RAID_STATE_REBUILDING 2
-#define VD_RAID_STATE_MISSING 3
-#define VD_RAID_STATE_STALE 4
-
-struct vd_raid_member_status {
-  char path[4096];
-  int slot;
-  int state;                   /* VD_RAID_STATE_* */
-  uint64_t events;             /* from its own superblock (0 if unreadable) */
-  uint64_t recovery_offset;    /* REBUILDING: bytes done */
-  char dev_uuid[37];
-  char why[160];               /* examine: why it is not used, or "" */
-};
-
-struct vd_raid_status {
-  char uuid[37];
-  char name[33];
-  int level;
-  const char *layout;
-  const char *policy;
-  uint32_t chunk;
-  unsigned nmembers;
-  uint64_t array_size, member_data_size, data_offset;
-  uint64_t events;
-  bool dirty, degraded, failed, rebuilding;
-  uint64_t rebuild_done, rebuild_total;
-  uint64_t bitmap_region, bitmap_dirty_regions;
-  char state[64];              /* "clean", "active, degraded", ... */
-  char refusal[512];           /* why it would not assemble, or "" */
-  struct vd_raid_member_status m[32];
-};
-
-/* Status of an open array. */
-int vd_raid_status(struct raid_array *a, struct vd_raid_status *st);
-/* Status from the members' superblocks alone (no assembly, no locks):
- * works on an array that refuses to start or is served elsewhere. */
-int vd_raid_examine(const char *desc, struct vd_raid_status *st);
-
-/* Assemble from members alone: read their superblocks, order them by
- * slot, write a descriptor at DESC and start the array once (so refusals
- * are reported now).  FLAGS:
- *  VD_RAID_ASSEMBLE_RUN: start even when a slot the superblocks record as
- *    working was not given (degraded).  Without it that is refused
- *    (-EAGAIN), as mdadm --assemble without --run.  A member left off is
- *    not recorded as faulty by the assembly itself: it comes back without
- *    a rebuild unless the array was written meanwhile.
- *  VD_RAID_ASSEMBLE_FORCE (implies RUN): accept a dirty degraded RAID5
- *    (replaying its partial parity log) and members one event behind. */
-#define VD_RAID_ASSEMBLE_FORCE 1u   /* == true, for older callers */
-#define VD_RAID_ASSEMBLE_RUN 2u
-int vd_raid_assemble(const char *desc, const char *const *members,
-                     unsigned n, unsigned flags);
-
-/* Mark member SLOT faulty (as if it had failed). */
-int vd_raid_fail(struct raid_array *a, int slot);
-/* Find the slot of a member given by path or slot number ("2"). */
-int vd_raid_find_member(struct raid_array *a, const char *what);
-
-/* Replace member SLOT by the device at NEWPATH and rebuild it.  Blocks
- * until the rebuild finishes.  RATE limits the rebuild (bytes/s, 0 =
- * unlimited).  PROGRESS is called with bytes done/total. */
-int vd_raid_replace(struct raid_array *a, int slot, const char *newpath,
-                    const char *newformat, uint64_t rate,
-                    vd_progress_fn progress, void *opaque);
-/* The same without waiting: the rebuild runs on a background thread of
- * this process (as a server does). */
-int vd_raid_replace_start(struct raid_array *a, int slot, const char *newpath,
-                          const char *newformat, uint64_t rate);
-/* Resume a checkpointed rebuild, if any (no-op otherwise). */
-int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
-                           vd_progress_fn progress, void *opaque);
-
-struct vd_raid_scrub_report {
-  uint64_t stripes, mismatches, repaired;
-  /* Called for each mismatched stripe (may be NULL). */
-  void (*mismatch)(void *opaque, uint64_t stripe, uint64_t array_off);
-  void *opaque;
-};
-int vd_raid_scrub(struct raid_array *a, bool repair,
-                  struct vd_raid_scrub_report *r, vd_progress_fn progress,
-                  void *opaque);
-
-/* Online requests to the process serving the array at DESC (see
- * raid/request.c): REQUEST is "fail SLOT", "replace SLOT FORMAT PATH",
- * "scrub", "scrub repair" or "rate BYTES_PER_S".  Waits for the answer
- * (at most TIMEOUT seconds if > 0) and copies its text to RESULT. */
-int vd_raid_request(const char *desc, const char *request, char *result,
-                    size_t reslen, int timeout);
-/* Pid of a live process serving DESC, or 0. */
-int vd_raid_served_by(const char *desc);
+#include "vdisk/raid.h"
 
 /* Simulate kill -9 of the process owning A: stop background work and make
  * the following vd_close write nothing (no flush, no clean marking). */

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "vdtool.h"
-#include "raid/raid-api.h"
+#include "vdisk/raid.h"
 
 const char vt_summary_raid[] = "create, inspect, repair RAID 0/1/5 arrays";
 const char vt_usage_raid[] =
@@ -111,8 +111,9 @@ static int raid_cmd_create(int argc, char **argv)
       break;
     case 'f': ca.member_format = optarg; break;
     case 'p':
-      ca.policy = !strcmp(optarg, "resync") ? 0 : !strcmp(optarg, "bitmap")
-                  ? 1 : !strcmp(optarg, "ppl") ? 2 : -2;
+      ca.policy = !strcmp(optarg, "resync") ? VD_RAID_POLICY_RESYNC
+                  : !strcmp(optarg, "bitmap") ? VD_RAID_POLICY_BITMAP
+                  : !strcmp(optarg, "ppl") ? VD_RAID_POLICY_PPL : -2;
       if (ca.policy == -2)
         return vt_bad_usage("raid", "policy must be resync, bitmap or ppl");
       break;

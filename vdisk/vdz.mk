@@ -1,6 +1,6 @@
 # vdz: LZ4-compressed, random-access, read-only images, and CRC-32C
 # (included from vdisk/Makefile.inc).
-vdisk_libvdisk_la_SOURCES += \
+vdisk_libvdisk_internal_la_SOURCES += \
 	vdisk/crc32c.h \
 	vdisk/crc32c.c \
 	vdisk/vdz.c \
@@ -51,11 +51,11 @@ TESTS += tests/fuzz/fuzz-vdz.sh
 EXTRA_DIST += tests/fuzz/fuzz-vdz.sh
 tests_fuzz_fuzz_vdz_SOURCES = tests/fuzz/fuzz-vdz.c tests/fuzz/driver.c
 tests_fuzz_fuzz_vdz_CFLAGS = $(AM_CFLAGS) $(LZ4_CFLAGS)
-tests_fuzz_fuzz_vdz_LDADD = vdisk/libvdisk.la $(LZ4_LIBS) -lpthread
+tests_fuzz_fuzz_vdz_LDADD = vdisk/libvdisk-internal.la $(LZ4_LIBS) -lpthread
 if ENABLE_FUZZING
 noinst_PROGRAMS += tests/fuzz/libfuzzer-vdz
 tests_fuzz_libfuzzer_vdz_SOURCES = tests/fuzz/fuzz-vdz.c
 tests_fuzz_libfuzzer_vdz_CFLAGS = $(AM_CFLAGS) $(LZ4_CFLAGS) -fsanitize=fuzzer
 tests_fuzz_libfuzzer_vdz_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
-tests_fuzz_libfuzzer_vdz_LDADD = vdisk/libvdisk.la $(LZ4_LIBS) -lpthread
+tests_fuzz_libfuzzer_vdz_LDADD = vdisk/libvdisk-internal.la $(LZ4_LIBS) -lpthread
 endif

@@ -1,6 +1,6 @@
 # VHD driver (vdisk/vhd*.c), its unit tests, integration tests, generator,
 # fuzzer and vdtool commands.  Included from vdisk/Makefile.inc.
-vdisk_libvdisk_la_SOURCES += \
+vdisk_libvdisk_internal_la_SOURCES += \
 	vdisk/vhd.h \
 	vdisk/vhd.c \
 	vdisk/vhd-meta.c \
@@ -36,11 +36,11 @@ check_PROGRAMS += tests/fuzz/fuzz-vhd
 TESTS += tests/fuzz/fuzz-vhd.sh
 EXTRA_DIST += tests/fuzz/fuzz-vhd.sh
 tests_fuzz_fuzz_vhd_SOURCES = tests/fuzz/fuzz-vhd.c tests/fuzz/driver.c
-tests_fuzz_fuzz_vhd_LDADD = vdisk/libvdisk.la -lpthread
+tests_fuzz_fuzz_vhd_LDADD = vdisk/libvdisk-internal.la -lpthread
 if ENABLE_FUZZING
 noinst_PROGRAMS += tests/fuzz/libfuzzer-vhd
 tests_fuzz_libfuzzer_vhd_SOURCES = tests/fuzz/fuzz-vhd.c
 tests_fuzz_libfuzzer_vhd_CFLAGS = $(AM_CFLAGS) -fsanitize=fuzzer
 tests_fuzz_libfuzzer_vhd_LDFLAGS = $(AM_LDFLAGS) -fsanitize=fuzzer
-tests_fuzz_libfuzzer_vhd_LDADD = vdisk/libvdisk.la -lpthread
+tests_fuzz_libfuzzer_vhd_LDADD = vdisk/libvdisk-internal.la -lpthread
 endif

@@ -30,9 +30,9 @@
  * Everything lives in memfds: nothing on disk is read or written.
  *
  * The raid/ sources are compiled into this program (see
- * tests/fuzz/Makefile.inc) so their code is instrumented; the driver is
- * renamed fuzz_vd_raid_driver there, and members are raw images opened
- * through the library.  In make check, tests/fuzz/fuzz-raid.sh makes seed
+ * tests/fuzz/Makefile.inc) so their code is instrumented (the registry
+ * finds this copy of the driver: the internal library's raid objects are
+ * not linked), and members are raw images opened through the library.  In make check, tests/fuzz/fuzz-raid.sh makes seed
  * bundles from arrays made by `vdtool raid create` and runs the standalone
  * driver over them; for long runs by hand:
  *   ./configure CC=clang --enable-fuzzing && make tests/fuzz/libfuzzer-raid
@@ -56,7 +56,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* -Dvd_raid_driver=fuzz_vd_raid_driver: the instrumented copy. */
+/* The instrumented copy, compiled into this program. */
 extern const struct vd_driver vd_raid_driver;
 
 #define FUZZ_MEMBERS 3

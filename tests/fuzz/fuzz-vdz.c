@@ -8,14 +8,15 @@
  * driver's own open, every cluster is read, the extent map walked and
  * the checker run.
  *
- * vdz.c is compiled into this file so its code is instrumented.  In
- * make check, tests/fuzz/fuzz-vdz.sh makes seed images with vdtool and
- * runs the standalone driver over them; for long runs by hand:
+ * vdz.c is compiled into this file so its code is instrumented (the
+ * program links the internal library, whose vdz object is then not pulled
+ * in: this copy is the vdz driver).  In make check, tests/fuzz/fuzz-vdz.sh
+ * makes seed images with vdtool and runs the standalone driver over them;
+ * for long runs by hand:
  *   ./configure CC=clang --enable-fuzzing && make tests/fuzz/libfuzzer-vdz
  *   VD_FUZZ_SEEDS=seeds tests/fuzz/fuzz-vdz.sh    (keeps the seeds)
  *   tests/fuzz/libfuzzer-vdz -max_total_time=600 seeds
  */
-#define vd_vdz_driver fuzz_vd_vdz_driver
 #include "../../vdisk/vdz.c"
 
 #include <sys/mman.h>

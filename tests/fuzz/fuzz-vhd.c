@@ -10,14 +10,15 @@
  *    discard and flush on hostile metadata, then check -r all on the result.
  *
  * vhd.c, vhd-meta.c and vhd-check.c are compiled into this file so their
- * code is instrumented.  In make check, tests/fuzz/fuzz-vhd.sh makes seed
- * images with vdtool and the independent generator and runs the standalone
- * driver over them; for long runs by hand:
+ * code is instrumented (the program links the internal library, whose own
+ * objects for them are then not pulled in: this copy is the VHD driver).
+ * In make check, tests/fuzz/fuzz-vhd.sh makes seed images with vdtool and
+ * the independent generator and runs the standalone driver over them; for
+ * long runs by hand:
  *   ./configure CC=clang --enable-fuzzing && make tests/fuzz/libfuzzer-vhd
  *   VD_FUZZ_SEEDS=seeds tests/fuzz/fuzz-vhd.sh    (keeps the seeds)
  *   tests/fuzz/libfuzzer-vhd -max_total_time=600 seeds
  */
-#define vd_vhd_driver fuzz_vd_vhd_driver
 #include "../../vdisk/vhd-meta.c"
 #include "../../vdisk/vhd-check.c"
 #include "../../vdisk/vhd.c"
