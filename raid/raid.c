@@ -1383,3 +1383,5 @@ int vd_raid_examine(const char *desc, struct vd_raid_status *st)
   free(s);
   return 0;
 }
+
+VD_REGISTER_DRIVER(vd_raid_driver);

@@ -1,9 +1,10 @@
 /* libvdisk — the driver interface (internal).
  *
  * A driver is one format (raw, vhd, vdz) or one composition (raid).  It
- * fills a const struct vd_driver with designated initialisers and adds
- * one line to the registry in vdisk/registry.c.  The struct is
- * append-only: new ops go at the end, and NULL means "not supported".
+ * fills a const struct vd_driver with designated initialisers and ends its
+ * file with VD_REGISTER_DRIVER(its_struct); nothing else names it (see
+ * "Registry" below).  The struct is append-only: new ops go at the end,
+ * and NULL means "not supported".
  *
  * What drivers may assume (the dispatcher in vdisk/dev.c checks it):
  *  - every request lies inside [0, dev->size), len > 0, and
@@ -172,7 +173,36 @@ int vd_opt_check(const char *options, const char *const *known,
 void vd_info_add_str(struct vd_info *info, const char *key, const char *val);
 void vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val);
 
-/* Registry lookups (vdisk/registry.c). */
+/* ---- registry (vdisk/registry.c) ---- */
+
+/* Add DRV to the registry: vd_open finds it by its name and aliases (any
+ * case), probing asks it, vd_format_names lists it.  The library's own
+ * drivers come first, in the order of its source list; others follow in
+ * the order they register.  Registering the same DRV again is a no-op.
+ * Returns 0, or -EEXIST when its name or an alias is another driver's,
+ * -EINVAL without a name, -ENOSPC when the registry is full.  Call it
+ * before other threads use the library (VD_REGISTER_DRIVER does). */
+int vd_register_driver(const struct vd_driver *drv);
+/* vd_register_driver for a constructor, which has nobody to return an
+ * error to: prints the message and aborts. */
+void vd_register_driver_at_load(const struct vd_driver *drv);
+
+/* The one line that makes SYM (a const struct vd_driver) a format, placed
+ * at the end of the driver's file, alone on its line.  It registers SYM
+ * from a constructor when the program or library is loaded.  For files of
+ * libvdisk (vdisk/Makefile.inc) make also collects the line into the
+ * generated table vdisk/drivers.c: there SYM must be extern, and the
+ * table fixes the order and keeps the driver linked into programs that
+ * use the internal static library.  A driver elsewhere (a test's) may be
+ * static. */
+#define VD_REGISTER_DRIVER(sym)                                          \
+  __attribute__((constructor)) static void vd_register_##sym(void)       \
+  {                                                                      \
+    vd_register_driver_at_load(&(sym));                                  \
+  }                                                                      \
+  extern int vd_register_driver(const struct vd_driver *)
+
+/* Lookups. */
 const struct vd_driver *vd_find_driver(const char *name);
 /* Probe PATH; returns the best driver or NULL with an error set.  The
  * file is opened with O_NONBLOCK and must be a regular file or a block

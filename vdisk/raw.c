@@ -159,3 +159,5 @@ const struct vd_driver vd_raw_driver = {
   .multi_conn = true,
   .truncate = raw_truncate,
 };
+
+VD_REGISTER_DRIVER(vd_raw_driver);

@@ -1160,3 +1160,5 @@ const struct vd_driver vd_vdz_driver = {
   .read_only_hint = "vdz images are read-only: write to a differencing "
                     "overlay (vdtool create -f vhd -b BASE.vdz overlay.vhd)",
 };
+
+VD_REGISTER_DRIVER(vd_vdz_driver);

@@ -1582,3 +1582,5 @@ const struct vd_driver vd_vhd_driver = {
   .make_empty = vhd_make_empty,
   .change_backing = vhd_change_backing,
 };
+
+VD_REGISTER_DRIVER(vd_vhd_driver);
