@@ -129,14 +129,13 @@ fi
 echo
 
 # ---- sequential reads on one thread ----
-cc -O2 -I"$top_srcdir/vdisk" -o vdz-read "$top_srcdir/bench/vdz-read.c" \
-  -L"$top_builddir/vdisk/.libs" -lvdisk -Wl,-rpath,"$top_builddir/vdisk/.libs"
+vdz_read=$top_builddir/bench/vdz-read    # built by make (bench/Makefile.inc)
 echo "sequential reads through libvdisk, one thread, 1 MiB requests:"
 for img in fs.vdz fs.raw; do
-  ./vdz-read "$img" | sed "s/^/  $img  /"
+  "$vdz_read" "$img" | sed "s/^/  $img  /"
 done
 echo "  fs.vdz, 64 KiB requests:"
-./vdz-read fs.vdz 65536 | sed "s/^/  fs.vdz  /"
+"$vdz_read" fs.vdz 65536 | sed "s/^/  fs.vdz  /"
 echo
 
 # ---- random 4 KiB reads over NBD ----

@@ -7,7 +7,7 @@
  * every byte, then only the data extents (holes skipped through
  * block_status, as nbdcopy and qemu-img do).  Each pass runs twice and
  * the second (warm) run is reported: bytes, seconds and GB/s (10^9
- * bytes).  Built by bench/vdz-bench.sh against the build tree. */
+ * bytes).  Built by make (bench/Makefile.inc); bench/vdz-bench.sh runs it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>

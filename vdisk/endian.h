@@ -3,6 +3,10 @@
  * On-disk and on-wire integers go through these right after reading and
  * right before writing, never used raw.  They work on byte pointers, so
  * no alignment is assumed.
+ *
+ * Header-only (static inline, no library symbol) and not installed: the
+ * engine and the in-tree frontends (vdisk-nbd's wire format) share it
+ * without reaching into the library.  Keep it free of library calls.
  */
 #ifndef VDISK_ENDIAN_H
 #define VDISK_ENDIAN_H
