@@ -1,8 +1,11 @@
 /* The public header compiles on its own (it is the first and only vdisk
- * include here) and links against the installed library's symbols. */
+ * include here) and links against the installed library's symbols; so
+ * does vdisk/raid.h (tests/unit/test-header-raid.c). */
 #include "vdisk.h"
 
 #include <stdio.h>
+
+int test_header_raid(void);
 
 int
 main(void)
@@ -12,6 +15,11 @@ main(void)
     fprintf(stderr, "vd_parse_size through the public header failed\n");
     return 1;
   }
-  printf("public header: ok\n");
+  if (test_header_raid() != 0) {
+    fprintf(stderr, "the RAID API through vdisk/raid.h failed: %s\n",
+            vd_error());
+    return 1;
+  }
+  printf("public headers: ok\n");
   return 0;
 }
