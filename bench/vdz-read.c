@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 static double now(void)
 {

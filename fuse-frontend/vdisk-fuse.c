@@ -53,7 +53,7 @@
 
 #include <fuse_lowlevel.h>
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 #define VF_ROOT_INO    1
 #define VF_FIRST_INO   2

@@ -37,8 +37,8 @@
 
 #include "vdisk/endian.h"
 #include "vdisk/vdisk.h"
-#include "proto.h"
-#include "server.h"
+#include "nbd-server/proto.h"
+#include "nbd-server/server.h"
 
 #define CONN_MAX_INFLIGHT 128
 #define CONN_BYTE_BUDGET  (64u << 20)

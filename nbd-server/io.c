@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "nbd-server/server.h"
 
 int nbd_verbose;
 

@@ -28,8 +28,8 @@
 
 #include "vdisk/endian.h"
 #include "vdisk/vdisk.h"
-#include "proto.h"
-#include "server.h"
+#include "nbd-server/proto.h"
+#include "nbd-server/server.h"
 
 #define MAX_LISTEN 16
 

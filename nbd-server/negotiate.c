@@ -17,8 +17,8 @@
 #include <string.h>
 
 #include "vdisk/endian.h"
-#include "proto.h"
-#include "server.h"
+#include "nbd-server/proto.h"
+#include "nbd-server/server.h"
 
 struct nbd_neg {
   const struct nbd_server *srv;

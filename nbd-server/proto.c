@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "vdisk/endian.h"
-#include "proto.h"
+#include "nbd-server/proto.h"
 
 bool nbd_request_decode(const uint8_t *buf, struct nbd_request *req)
 {

@@ -22,7 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "server.h"
+#include "nbd-server/server.h"
 
 #ifdef HAVE_GNUTLS
 #include <gnutls/gnutls.h>

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "endian.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 #include "raid/fault.h"
 /* ---- create ---- */

@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "endian.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 #include "raid/check.h"
 

@@ -2,7 +2,7 @@
 #ifndef VDISK_RAID_CHECK_H
 #define VDISK_RAID_CHECK_H
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 /* Check the array whose descriptor is PATH, read-only: superblocks,
  * write-intent bitmap, partial parity log and a scrub of parity/mirrors,

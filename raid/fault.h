@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 struct raid_fault;
 

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "endian.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 #include "raid/fault.h"
 /* Path to store in the descriptor: relative to its directory when below

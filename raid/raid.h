@@ -28,9 +28,9 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include "vdisk.h"
-#include "crc32c.h"
-#include "driver.h"
+#include "vdisk/vdisk.h"
+#include "vdisk/crc32c.h"
+#include "vdisk/driver.h"
 
 #define RAID_MAX_MEMBERS 32
 #define RAID_SB_OFFSET 4096u          /* as md v1.2: 4 KiB into the member */
@@ -353,6 +353,6 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
 char *raid_side_path(const char *desc, const char *suffix);
 
 /* ---- public-ish API for vdtool and tests (vd_raid_*) ---- */
-#include "raid-api.h"
+#include "raid/raid-api.h"
 
 #endif /* VDISK_RAID_RAID_H */

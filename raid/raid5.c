@@ -50,7 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "endian.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 
 static const char ppl_magic[8] = { 'V', 'D', 'R', 'A', 'I', 'D', 'P', 'L' };

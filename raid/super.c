@@ -40,8 +40,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "crc32c.h"
-#include "endian.h"
+#include "vdisk/crc32c.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 
 static const char sb_magic[8] = { 'V', 'D', 'R', 'A', 'I', 'D', 'S', 'B' };

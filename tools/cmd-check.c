@@ -8,7 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 #define CHECK_EXIT_CORRUPT 2
 #define CHECK_EXIT_LEAKS 3

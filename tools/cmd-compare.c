@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_compare[] = "compare the contents of two images";
 const char vt_usage_compare[] =

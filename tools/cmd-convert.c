@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_convert[] = "copy an image to a new image, any format";
 const char vt_usage_convert[] =

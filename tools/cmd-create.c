@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_create[] = "create a new image";
 const char vt_usage_create[] =

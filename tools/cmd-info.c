@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_info[] = "show an image's format, size and properties";
 const char vt_usage_info[] =

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_map[] = "show the allocation map of an image";
 const char vt_usage_map[] =

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 #include "vdisk/raid.h"
 
 const char vt_summary_raid[] = "create, inspect, repair RAID 0/1/5 arrays";

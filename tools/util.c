@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 void
 vt_error(const char *fmt, ...)

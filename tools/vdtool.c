@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 #define VT_CMD(n) \
   int vt_cmd_##n(int argc, char **argv); \

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 /* Exit codes (qemu-img's): 0 success, 1 error; compare and check have
  * their own, documented in their help. */

@@ -14,7 +14,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "crc32c.h"
+#include "vdisk/crc32c.h"
 
 #define CRC32C_POLY_REFLECTED 0x82F63B78u
 

@@ -19,8 +19,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "driver.h"
-#include "endian.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
 
 #define VD_REQ_ALL (VD_REQ_FUA | VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO)
 #define VD_OPEN_ALL (VD_OPEN_RDWR | VD_OPEN_DIRECT | VD_OPEN_NOLOCK | \

@@ -23,8 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "vdisk.h"
-#include "io.h"
+#include "vdisk/vdisk.h"
+#include "vdisk/io.h"
 
 struct vd_driver;
 

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "driver.h"
+#include "vdisk/driver.h"
 
 #define VD_ERR_MAX 1024
 

@@ -26,9 +26,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "driver.h"
-#include "endian.h"
-#include "io.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
+#include "vdisk/io.h"
 
 #define VD_RMW_LOCKS 64
 #define VD_AIO_CHUNK (1u << 20)      /* split large direct I/O into 1 MiB */

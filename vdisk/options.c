@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "driver.h"
+#include "vdisk/driver.h"
 
 /* Walk OPTIONS; for each item call FN(key, keylen, val, vallen). */
 static int

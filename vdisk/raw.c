@@ -10,8 +10,8 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "driver.h"
-#include "endian.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
 
 static int
 raw_probe(const struct vd_probe_data *pd)

@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "driver.h"
+#include "vdisk/driver.h"
 
 /* Generated: every VD_REGISTER_DRIVER of the library's sources, in order,
  * NULL-terminated. */

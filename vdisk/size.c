@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "driver.h"
-#include "endian.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
 
 int
 vd_parse_size(const char *s, uint64_t *out)

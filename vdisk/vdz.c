@@ -48,9 +48,9 @@
 #include <lz4.h>
 #include <lz4hc.h>
 
-#include "crc32c.h"
-#include "driver.h"
-#include "endian.h"
+#include "vdisk/crc32c.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
 
 #define VDZ_MAGIC "\x89VDZ\r\n\x1a\n"
 #define VDZ_VERSION 1

@@ -29,8 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "endian.h"
-#include "vhd.h"
+#include "vdisk/endian.h"
+#include "vdisk/vhd.h"
 
 enum { VHD_EXT_META = 0xFFFFFFFEu };   /* BAT indexes stay below */
 

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "endian.h"
-#include "vhd.h"
+#include "vdisk/endian.h"
+#include "vdisk/vhd.h"
 
 static bool
 is_zero(const uint8_t *b, size_t n)

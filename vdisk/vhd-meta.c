@@ -9,8 +9,8 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "endian.h"
-#include "vhd.h"
+#include "vdisk/endian.h"
+#include "vdisk/vhd.h"
 
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t skip)
 {

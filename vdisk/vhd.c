@@ -29,8 +29,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "endian.h"
-#include "vhd.h"
+#include "vdisk/endian.h"
+#include "vdisk/vhd.h"
 
 static const char *const vhd_aliases[] = { "vhd", NULL };
 

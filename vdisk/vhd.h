@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "driver.h"
+#include "vdisk/driver.h"
 
 #define VHD_SECTOR          512u
 #define VHD_FOOTER_SIZE     512u

@@ -50,8 +50,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "crc32c.h"
-#include "endian.h"
+#include "vdisk/crc32c.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

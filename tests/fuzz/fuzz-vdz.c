@@ -17,7 +17,7 @@
  *   VD_FUZZ_SEEDS=seeds tests/fuzz/fuzz-vdz.sh    (keeps the seeds)
  *   tests/fuzz/libfuzzer-vdz -max_total_time=600 seeds
  */
-#include "../../vdisk/vdz.c"
+#include "vdisk/vdz.c"
 
 #include <sys/mman.h>
 

@@ -19,9 +19,9 @@
  *   VD_FUZZ_SEEDS=seeds tests/fuzz/fuzz-vhd.sh    (keeps the seeds)
  *   tests/fuzz/libfuzzer-vhd -max_total_time=600 seeds
  */
-#include "../../vdisk/vhd-meta.c"
-#include "../../vdisk/vhd-check.c"
-#include "../../vdisk/vhd.c"
+#include "vdisk/vhd-meta.c"
+#include "vdisk/vhd-check.c"
+#include "vdisk/vhd.c"
 
 #include <sys/mman.h>
 

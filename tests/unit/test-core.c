@@ -11,10 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "driver.h"
-#include "endian.h"
-#include "vdisk.h"
+#include "tests/unit/cu.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
+#include "vdisk/vdisk.h"
 
 static char tmpdir[] = "/tmp/vdunit.XXXXXX";
 

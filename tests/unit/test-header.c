@@ -1,7 +1,7 @@
 /* The public header compiles on its own (it is the first and only vdisk
  * include here) and links against the installed library's symbols; so
  * does vdisk/raid.h (tests/unit/test-header-raid.c). */
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 #include <stdio.h>
 

@@ -11,11 +11,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "driver.h"
-#include "endian.h"
-#include "io.h"
-#include "vdisk.h"
+#include "tests/unit/cu.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
+#include "vdisk/io.h"
+#include "vdisk/vdisk.h"
 
 /* This program's fdatasync interposes on libc's for libvdisk (a shared
  * library resolves it through the executable first): a test sets

@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "cu.h"
+#include "tests/unit/cu.h"
 #include "nbd-server/proto.h"
 #include "vdisk/endian.h"
 

@@ -13,9 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "vdisk.h"
-#include "driver.h"
+#include "tests/unit/cu.h"
+#include "vdisk/vdisk.h"
+#include "vdisk/driver.h"
 #include "raid/raid.h"
 #include "raid/fault.h"
 

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "driver.h"
-#include "endian.h"
-#include "vdisk.h"
+#include "tests/unit/cu.h"
+#include "vdisk/driver.h"
+#include "vdisk/endian.h"
+#include "vdisk/vdisk.h"
 
 /* ---- the toy format: a 512-byte header, then the disk ----
  *   0  8  magic "VDTOYFMT"

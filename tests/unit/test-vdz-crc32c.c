@@ -8,7 +8,7 @@
 
 #include <CUnit/Basic.h>
 
-#include "crc32c.h"
+#include "vdisk/crc32c.h"
 
 /* Bit-at-a-time reference, straight from the definition, continuing
  * from a previous result CRC. */

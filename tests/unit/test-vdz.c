@@ -15,9 +15,9 @@
 
 #include <CUnit/Basic.h>
 
-#include "vdisk.h"
-#include "crc32c.h"
-#include "endian.h"
+#include "vdisk/vdisk.h"
+#include "vdisk/crc32c.h"
+#include "vdisk/endian.h"
 
 static char tmpdir[] = "/tmp/test-vdz.XXXXXX";
 static char raw_path[256], vdz_path[256];

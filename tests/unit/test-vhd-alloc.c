@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "vhd.h"
+#include "tests/unit/cu.h"
+#include "vdisk/vhd.h"
 
 #define NTHREADS 8
 #define NBLOCKS 16

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vdisk.h"
+#include "vdisk/vdisk.h"
 
 #define SLOT (32u << 10)
 #define SLOTS_PER_BLOCK ((512u << 10) / SLOT)

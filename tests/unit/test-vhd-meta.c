@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cu.h"
-#include "vhd.h"
+#include "tests/unit/cu.h"
+#include "vdisk/vhd.h"
 
 static void
 test_checksum(void)
