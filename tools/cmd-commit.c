@@ -5,7 +5,7 @@
 
 #include <errno.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_commit[] = "merge an image into its backing file";
 const char vt_usage_commit[] =

@@ -5,7 +5,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_compact[] =
   "free empty blocks of an image and shrink the file";

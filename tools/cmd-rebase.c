@@ -2,7 +2,7 @@
  * file (vd_change_backing, for any format that has one). */
 #include <config.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_rebase[] = "change the backing file of an image";
 const char vt_usage_rebase[] =

@@ -4,7 +4,7 @@
 
 #include <inttypes.h>
 
-#include "vdtool.h"
+#include "tools/vdtool.h"
 
 const char vt_summary_resize[] = "grow or shrink an image";
 const char vt_usage_resize[] =

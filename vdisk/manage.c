@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "driver.h"
+#include "vdisk/driver.h"
 
 /* Copy unit of the generic paths. */
 #define MG_CHUNK (1u << 20)

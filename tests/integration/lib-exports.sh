@@ -26,14 +26,7 @@ done | tr '\n' ' ' | grep -oE '\bvd_[a-z0-9_]+[[:space:]]*\(' \
 nm -D --defined-only "$lib" | awk '{ print $NF }' | sed 's/@.*//' \
   | sort -u > "$VD_TMP/exported"
 
-# Exported for vdtool until issue 11 item 4 (management operations as
-# driver ops) removes its last calls into vdisk/vhd.h; allowed, not
-# required.  Delete with the matching lines of vdisk/libvdisk.sym.
-TRANSITIONAL="vhd_commit vhd_compact vhd_rebase vhd_resize"
-printf '%s\n' $TRANSITIONAL | sort > "$VD_TMP/transitional"
-
-extra=$(comm -13 "$VD_TMP/declared" "$VD_TMP/exported" \
-        | comm -23 - "$VD_TMP/transitional")
+extra=$(comm -13 "$VD_TMP/declared" "$VD_TMP/exported")
 missing=$(comm -23 "$VD_TMP/declared" "$VD_TMP/exported")
 [ -z "$extra" ] || fail "libvdisk.so exports symbols no installed header declares:" $extra
 [ -z "$missing" ] || fail "declared in an installed header but not exported:" $missing
