@@ -123,6 +123,36 @@ expect_error "disk\.img: image is in use by process $fuse_pid .*read lock" \
   vdisk_fuse -f -r disk.img mnt2
 expect_error 'needs -r' vdisk_fuse -f -U disk.img mnt2
 ! mountpoint -q mnt2 || fail "the second mount went ahead"
+# Without -f the same: whatever fails on the way to serving (the image
+# lock, a FUSE option, the mount point) prints one line and makes the
+# command exit non-zero, leaving nothing mounted and no process behind.
+bg=$VD_TMP/mnt2
+expect_error "disk\.img: image is in use by process $fuse_pid .*write lock" \
+  vdisk_fuse disk.img "$bg"
+expect_error "unknown option.*bogus" vdisk_fuse -o bogus plain.img "$bg"
+expect_error "$VD_TMP/nosuch" vdisk_fuse plain.img "$VD_TMP/nosuch"
+! mountpoint -q mnt2 || fail "a failed background start left mnt2 mounted"
+! pgrep -f -- "vdisk-fuse .*$VD_TMP/(mnt2|nosuch)\$" >/dev/null ||
+  fail "a failed background start left a process behind"
+# A background start returns 0 once the mount is ready and the daemon has
+# said what it had to (the probed-raw warning); a relative image path
+# means the caller's folder.
+head -c 65536 /dev/zero > bg.img
+rc=0
+vdisk_fuse bg.img "$bg" 2>bg.err || rc=$?
+on_exit "fusermount3 -uz '$bg'"
+[ "$rc" -eq 0 ] || fail "background start exited with $rc: $(cat bg.err)"
+mountpoint -q mnt2 || fail "vdisk-fuse returned before the mount was ready"
+grep -q "warning: bg\.img: image format was not specified" bg.err ||
+  fail "the warning of a background start is missing: '$(cat bg.err)'"
+[ "$(wc -l < bg.err)" -eq 1 ] || fail "background start said: $(cat bg.err)"
+bgpid=$(pgrep -f -- "vdisk-fuse bg\.img $bg\$") || fail "no vdisk-fuse daemon found"
+printf 'daemon' | dd of=mnt2/bg.raw bs=1 seek=512 conv=notrunc status=none
+fusermount3 -u mnt2
+for i in $(seq 300); do kill -0 "$bgpid" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$bgpid" 2>/dev/null || fail "the background vdisk-fuse did not exit after unmount"
+[ "$(dd if=bg.img bs=1 skip=512 count=6 status=none)" = daemon ] ||
+  fail "data written through a background mount is missing"
 fuse_pid1=$fuse_pid
 fuse_mount mnt2 -r -U disk.img
 cmp mnt2/disk.raw "$mnt/disk.raw" || fail "-U mount reads differently"

@@ -80,13 +80,30 @@ fuse_umount "$mnt"
 # must keep working in the daemon and be flushed when it exits.
 vdtool raid create -l 5 -c 64K --size 8M -f vpc bg.vdraid n0.vhd n1.vhd n2.vhd >/dev/null
 head -c "$(vsize bg.vdraid)" /dev/zero > bg-expected.raw
+vdtool create -f vpc n3.vhd "$(vsize n1.vhd)" >/dev/null   # a replacement
 mkdir -p "$mnt"
-vdisk_fuse bg.vdraid "$mnt"
+# (An absolute path: the daemon runs in "/", and the array's side files
+# are named from the path it was opened by.)
+vdisk_fuse "$VD_TMP/bg.vdraid" "$mnt"
 on_exit "fusermount3 -uz '$mnt'"
 mountpoint -q "$mnt" || fail "vdisk-fuse returned before the mount was ready"
-pid=$(pgrep -f -- "vdisk-fuse bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
+pid=$(pgrep -f -- "vdisk-fuse $VD_TMP/bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
 random_writes "$mnt/bg.raw" bg-expected.raw 3
 cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 in a detached vdisk-fuse reads back wrong"
+# The daemon runs the array's threads: its monitor answers online
+# requests, and a replacement is rebuilt by its rebuild thread.
+[ "$(cat bg.vdraid.served)" = "$pid" ] ||
+  fail "bg.vdraid.served names $(cat bg.vdraid.served), not the daemon $pid"
+vdtool raid fail bg.vdraid 1 >/dev/null || fail "online fail through the daemon"
+vdtool raid replace bg.vdraid 1 n3.vhd >/dev/null || fail "online replace through the daemon"
+vdtool raid detail --output=json bg.vdraid | /usr/bin/python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+assert not j["degraded"], j
+assert [m["state"] for m in j["members"]] == ["active"] * 3, j
+assert j["members"][1]["path"].endswith("n3.vhd"), j
+' || fail "the detached vdisk-fuse did not rebuild the replaced member"
+cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 reads back wrong after the rebuild"
 fusermount3 -u "$mnt"
 for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 ! kill -0 "$pid" 2>/dev/null || fail "the detached vdisk-fuse did not exit after unmount"
