@@ -27,6 +27,13 @@
  * without default_permissions FUSE would check nothing and every user
  * could read and write every disk.
  *
+ * Start-up: command-line errors are found first; then, without -f, the
+ * program forks and the child does the rest (opens the images, creates
+ * the FUSE session, mounts), because drivers start threads when they open
+ * and a fork keeps only the calling thread.  The parent exits 0 once the
+ * child serves, or 1 once it has died with its one-line error (see
+ * vf_detach_begin).
+ *
  * Concurrency: the image table is built before the session starts and
  * only read afterwards; each request runs on one libfuse worker thread
  * and the engine is thread-safe, so there is no lock here.  Per-thread
@@ -756,6 +763,75 @@ vf_take_perms(struct vf_image *im, const struct stat *before)
   return 0;
 }
 
+/* Detach before anything is opened: drivers start threads when they open
+ * (a RAID array's I/O pool, monitor and rebuild), and a fork keeps only
+ * the calling thread.  The parent waits on a pipe and exits 0 once the
+ * child says it serves (vf_detach_end), or 1 when the child dies first:
+ * the child prints its one-line error on the stderr they share, and the
+ * pipe closes only when it has exited (its images closed, their locks
+ * released).  As vdisk-nbd --fork.  Returns the child's end of the pipe,
+ * or -1 with a message. */
+static int
+vf_detach_begin(void)
+{
+  int p[2];
+  pid_t pid;
+  ssize_t n;
+  char b;
+
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    vf_log("pipe: %s", strerror(errno));
+    return -1;
+  }
+  fflush(NULL);
+  pid = fork();
+  if (pid < 0) {
+    vf_log("fork: %s", strerror(errno));
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  if (pid > 0) {
+    close(p[1]);
+    do
+      n = read(p[0], &b, 1);
+    while (n < 0 && errno == EINTR);
+    _exit(n == 1 ? 0 : 1);
+  }
+  close(p[0]);
+  return p[1];
+}
+
+/* Once mounted: what fuse_daemonize does, after the start-up instead of
+ * before it.  Leave the caller's folder (so that it can be unmounted; the
+ * images and the mount point were found from it already) and, when
+ * detached (READY_FD >= 0), the session and the terminal; then let the
+ * waiting parent exit 0. */
+static void
+vf_detach_end(int ready_fd)
+{
+  int nfd;
+
+  if (chdir("/") < 0) {
+    /* as fuse_daemonize: serve from wherever we are */
+  }
+  if (ready_fd < 0)
+    return;
+  setsid();
+  nfd = open("/dev/null", O_RDWR);
+  if (nfd >= 0) {
+    dup2(nfd, 0);
+    dup2(nfd, 1);
+    dup2(nfd, 2);
+    if (nfd > 2)
+      close(nfd);
+  }
+  if (write(ready_fd, "r", 1) < 0) {
+    /* the parent is gone (SIGPIPE is ignored): serve anyway */
+  }
+  close(ready_fd);
+}
+
 static void
 vf_close_all(struct vf_state *s, int *status)
 {
@@ -795,7 +871,7 @@ main(int argc, char **argv)
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
   struct fuse_session *se = NULL;
   struct fuse_loop_config *cfg = NULL;
-  int c, status = 1;
+  int c, status = 1, ready_fd = -1;
   size_t i, j;
 
   memset(&s, 0, sizeof s);
@@ -879,6 +955,9 @@ main(int argc, char **argv)
         goto out;
       }
   }
+  /* Everything below runs in the process that serves. */
+  if (!foreground && (ready_fd = vf_detach_begin()) < 0)
+    goto out;
   for (i = 0; i < s.nimg; i++) {
     struct vf_image *im = &s.img[i];
     struct stat before;
@@ -936,15 +1015,14 @@ main(int argc, char **argv)
   if (fuse_session_mount(se, mountpoint) < 0)
     goto out_handlers;
   /* Once mounted (so a failed start still prints one line), before the
-   * daemon loses its stderr. */
+   * daemon loses its stderr (and before the parent exits). */
   for (i = 0; i < s.nimg; i++)
     if (vd_probed_raw(s.img[i].dev) && !vd_is_read_only(s.img[i].dev))
       vf_log("warning: %s: image format was not specified; probing guessed "
              "raw, so writes that would change what it probes as (its first "
              "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "
              "to remove the restriction.", s.img[i].path);
-  if (fuse_daemonize(foreground) < 0)
-    goto out_unmount;
+  vf_detach_end(ready_fd);
 
   cfg = fuse_loop_cfg_create();
   if (cfg == NULL) {

@@ -42,109 +42,6 @@ const struct vd_driver vd_raid_driver;
 /* Set by vd_raid_assemble for the vd_open it performs (this thread only). */
 static __thread bool raid_force_next;
 
-/* Open arrays, for the fork handler. */
-static pthread_mutex_t raid_list_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct raid_array *raid_list;          /* guarded by raid_list_lock */
-static pthread_once_t raid_atfork_once = PTHREAD_ONCE_INIT;
-
-static int raid_pool_start(struct raid_array *a);
-static int raid_check_fork(struct raid_array *a);
-
-/* In the child of a fork only this thread exists: every lock another
- * thread held is unusable, and the pool, monitor and rebuild threads are
- * gone.  Re-initialise the locks and ask for the threads again. */
-static void raid_atfork_child(void)
-{
-  pthread_mutex_init(&raid_list_lock, NULL);
-  for (struct raid_array *a = raid_list; a; a = a->next_open) {
-    pthread_rwlock_init(&a->fork_lock, NULL);
-    pthread_mutex_init(&a->sb_lock, NULL);
-    pthread_mutex_init(&a->bm_lock, NULL);
-    pthread_mutex_init(&a->restart_lock, NULL);
-    for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
-      pthread_mutex_init(&a->stripe_lock[i], NULL);
-    if (a->ppl_lock)
-      for (size_t i = 0; i < (size_t)a->n * a->sb.ppl_slots; i++)
-        pthread_mutex_init(&a->ppl_lock[i], NULL);
-    if (a->pool)
-      a->dead_pool = a->pool;  /* its threads are gone: freed later */
-    a->pool = NULL;
-    a->monitor_running = false;
-    a->rebuild_running = false;
-    atomic_store(&a->rebuild_active, false);
-    atomic_store(&a->need_restart, true);
-  }
-  /* Frontends fork to daemonize right after opening, and then serve: start
-   * the threads now, so online requests are answered even before the
-   * first I/O.  (glibc's system() and popen() use posix_spawn, which runs
-   * no fork handlers.)  Anything that fails here is retried by the next
-   * operation. */
-  for (struct raid_array *a = raid_list; a; a = a->next_open)
-    raid_check_fork(a);
-}
-
-/* Quiesce every array's threads across fork (see fork_lock). */
-static void raid_atfork_prepare(void)
-{
-  pthread_mutex_lock(&raid_list_lock);
-  for (struct raid_array *a = raid_list; a; a = a->next_open)
-    pthread_rwlock_wrlock(&a->fork_lock);
-}
-
-static void raid_atfork_parent(void)
-{
-  for (struct raid_array *a = raid_list; a; a = a->next_open)
-    pthread_rwlock_unlock(&a->fork_lock);
-  pthread_mutex_unlock(&raid_list_lock);
-}
-
-static void raid_atfork_init(void)
-{
-  pthread_atfork(raid_atfork_prepare, raid_atfork_parent, raid_atfork_child);
-}
-
-static void raid_list_add(struct raid_array *a)
-{
-  pthread_once(&raid_atfork_once, raid_atfork_init);
-  pthread_mutex_lock(&raid_list_lock);
-  a->next_open = raid_list;
-  raid_list = a;
-  pthread_mutex_unlock(&raid_list_lock);
-}
-
-static void raid_list_del(struct raid_array *a)
-{
-  pthread_mutex_lock(&raid_list_lock);
-  for (struct raid_array **p = &raid_list; *p; p = &(*p)->next_open)
-    if (*p == a) {
-      *p = a->next_open;
-      break;
-    }
-  pthread_mutex_unlock(&raid_list_lock);
-}
-
-/* Called at the start of every operation: after a fork, start the threads
- * of this process. */
-static int raid_check_fork(struct raid_array *a)
-{
-  if (!atomic_load(&a->need_restart))
-    return 0;
-  int r = 0;
-  pthread_mutex_lock(&a->restart_lock);
-  if (atomic_load(&a->need_restart)) {
-    free(a->dead_pool);
-    a->dead_pool = NULL;
-    r = raid_pool_start(a);
-    if (r == 0) {
-      raid_monitor_start(a);
-      raid_rebuild_start(a);
-      atomic_store(&a->need_restart, false);
-    }
-  }
-  pthread_mutex_unlock(&a->restart_lock);
-  return r;
-}
-
 /* ---- member I/O pool ----
  * Members are vd_devs with a synchronous API, so fan-out to several members
  * runs on a small pool of threads: the caller runs one request itself and
@@ -208,9 +105,7 @@ static void *raid_pool_worker(void *opaque)
       p->tail = NULL;
     pthread_mutex_unlock(&p->lock);
 
-    pthread_rwlock_rdlock(&a->fork_lock);
     raid_mio_exec(a, io);
-    pthread_rwlock_unlock(&a->fork_lock);
     struct raid_batch *b = io->batch;
     pthread_mutex_lock(&b->lock);
     if (--b->pending == 0)
@@ -585,9 +480,6 @@ static int raid_flush(struct vd_dev *dev)
   struct raid_array *a = dev->priv;
   if (!a->writable || atomic_load(&a->crashed))
     return 0;
-  int fr = raid_check_fork(a);
-  if (fr < 0)
-    return fr;
   if (atomic_load(&a->failed))
     return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
                         a->sb.level);
@@ -615,9 +507,6 @@ static int raid_flush(struct vd_dev *dev)
 static int raid_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 {
   struct raid_array *a = dev->priv;
-  int fr = raid_check_fork(a);
-  if (fr < 0)
-    return fr;
   if (atomic_load(&a->failed))
     return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
                         a->sb.level);
@@ -632,9 +521,6 @@ static int raid_pwrite(struct vd_dev *dev, const void *buf, size_t len,
                        uint64_t off, unsigned flags)
 {
   struct raid_array *a = dev->priv;
-  int fr = raid_check_fork(a);
-  if (fr < 0)
-    return fr;
   if (atomic_load(&a->failed))
     return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
                         a->sb.level);
@@ -925,10 +811,7 @@ static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
 
 static void raid_array_free(struct raid_array *a)
 {
-  raid_list_del(a);
   raid_pool_stop(a);
-  free(a->dead_pool);
-  a->dead_pool = NULL;
   free(a->mon_req);
   free(a->mon_res);
   a->mon_req = a->mon_res = NULL;
@@ -958,8 +841,6 @@ static void raid_array_free(struct raid_array *a)
     pthread_mutex_destroy(&a->stripe_lock[i]);
   pthread_mutex_destroy(&a->sb_lock);
   pthread_mutex_destroy(&a->bm_lock);
-  pthread_mutex_destroy(&a->restart_lock);
-  pthread_rwlock_destroy(&a->fork_lock);
   free(a->desc_path);
   a->desc_path = NULL;
 }
@@ -1007,12 +888,9 @@ static int raid_open(struct vd_dev *dev)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   pthread_mutex_init(&a->sb_lock, NULL);
   pthread_mutex_init(&a->bm_lock, NULL);
-  pthread_mutex_init(&a->restart_lock, NULL);
-  pthread_rwlock_init(&a->fork_lock, NULL);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);
   a->desc_path = strdup(dev->path);
-  raid_list_add(a);
   int r = raid_scan(dev->path, mflags, force, s);
   if (r < 0)
     goto fail;

@@ -233,18 +233,6 @@ struct raid_array {
   unsigned nretired;           /* guarded by sb_lock */
 
   atomic_uint_fast64_t rr;     /* RAID1 round robin */
-
-  /* Fork safety: frontends open images before daemonizing, and threads do
-   * not survive fork.  The atfork child handler re-initialises the locks
-   * and sets need_restart; the next operation starts the threads again. */
-  _Atomic bool need_restart;
-  pthread_rwlock_t fork_lock;  /* read-held by this array's threads while
-                                  they work; the atfork prepare handler
-                                  write-locks it so none is mid-malloc (or
-                                  mid-anything) when the process forks */
-  struct raid_pool *dead_pool;  /* the parent's pool, freed after a fork */
-  pthread_mutex_t restart_lock;
-  struct raid_array *next_open; /* list of open arrays, raid_list_lock */
 };
 
 /* ---- raid.c: member I/O and state ---- */

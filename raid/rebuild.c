@@ -92,7 +92,7 @@ int raid_resync(struct raid_array *a, bool all)
 /* ---- rebuild ---- */
 
 /* End of a rebuild pass: checkpoint if stopped, else mark the member
- * active.  Caller holds fork_lock for reading. */
+ * active. */
 static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
 {
   struct raid_member *m = &a->m[slot];
@@ -134,7 +134,6 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       r = -EINTR;
       break;
     }
-    pthread_rwlock_rdlock(&a->fork_lock);
     uint64_t s = off / c;
     raid_stripe_lock(a, s);
     if (a->sb.level == 5) {
@@ -165,7 +164,6 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       /* The new member failed, or a source did (then the array failed). */
       if (!atomic_load(&a->failed))
         raid_member_failed(a, slot, r);
-      pthread_rwlock_unlock(&a->fork_lock);
       break;
     }
     /* Checkpoint every 1/16 of the member or 2 seconds (md: 1/16 or 5 min). */
@@ -177,7 +175,6 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       ckpt_off = off + c;
       last_ckpt = now;
     }
-    pthread_rwlock_unlock(&a->fork_lock);
     /* Rate limit: foreground I/O keeps flowing. */
     uint64_t rate = atomic_load(&a->rebuild_rate);
     if (rate) {
@@ -185,10 +182,7 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
       raid_sleep(due - raid_now());
     }
   }
-  pthread_rwlock_rdlock(&a->fork_lock);
-  r = raid_rebuild_finish(a, slot, r);
-  pthread_rwlock_unlock(&a->fork_lock);
-  return r;
+  return raid_rebuild_finish(a, slot, r);
 }
 
 static void *raid_rebuild_main(void *opaque)

@@ -200,7 +200,7 @@ static void raid_handle_request(struct raid_array *a, char *req, char *res,
   }
 }
 
-/* One look at the request file (monitor thread, fork_lock read-held). */
+/* One look at the request file (monitor thread). */
 static void raid_monitor_poll(struct raid_array *a)
 {
   char req[RAID_REQ_MAX + 1], res[2048];
@@ -267,9 +267,7 @@ static void *raid_monitor_main(void *opaque)
 {
   struct raid_array *a = opaque;
   while (!atomic_load(&a->stop)) {
-    pthread_rwlock_rdlock(&a->fork_lock);
     raid_monitor_poll(a);
-    pthread_rwlock_unlock(&a->fork_lock);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 100 * 1000 * 1000;

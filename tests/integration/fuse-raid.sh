@@ -95,14 +95,21 @@ cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 in a detached vdisk-fuse reads 
 [ "$(cat bg.vdraid.served)" = "$pid" ] ||
   fail "bg.vdraid.served names $(cat bg.vdraid.served), not the daemon $pid"
 vdtool raid fail bg.vdraid 1 >/dev/null || fail "online fail through the daemon"
-vdtool raid replace bg.vdraid 1 n3.vhd >/dev/null || fail "online replace through the daemon"
-vdtool raid detail --output=json bg.vdraid | /usr/bin/python3 -c '
+vdtool raid replace --no-wait bg.vdraid 1 n3.vhd >/dev/null ||
+  fail "online replace through the daemon"
+# (Polled: a look at the superblocks while the daemon rewrites them may
+# see a transient state.)
+rebuilt() {
+  vdtool raid detail --output=json bg.vdraid 2>/dev/null | /usr/bin/python3 -c '
 import json, sys
 j = json.load(sys.stdin)
 assert not j["degraded"], j
 assert [m["state"] for m in j["members"]] == ["active"] * 3, j
 assert j["members"][1]["path"].endswith("n3.vhd"), j
-' || fail "the detached vdisk-fuse did not rebuild the replaced member"
+' 2>/dev/null
+}
+for i in $(seq 300); do rebuilt && break; sleep 0.2; done
+rebuilt || fail "the detached vdisk-fuse did not rebuild the replaced member: $(vdtool raid detail bg.vdraid 2>&1)"
 cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 reads back wrong after the rebuild"
 fusermount3 -u "$mnt"
 for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
