@@ -242,6 +242,7 @@ static bool raid_viable(struct raid_array *a)
 
 int raid_sb_write_all_locked(struct raid_array *a)
 {
+  VD_ASSERT_HELD(&a->sb_lock);
   for (int round = 0; round <= (int)a->n; round++) {
     struct raid_mio mio[RAID_MAX_MEMBERS];
     uint8_t *bufs = vd_alloc_aligned((size_t)a->n * RAID_SB_SIZE);
@@ -356,12 +357,17 @@ int raid_mark_dirty(struct raid_array *a)
 
 void raid_stripe_lock(struct raid_array *a, uint64_t stripe)
 {
-  pthread_mutex_lock(&a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56]);
+  pthread_mutex_lock(raid_stripe_mutex(a, stripe));
 }
 
 void raid_stripe_unlock(struct raid_array *a, uint64_t stripe)
 {
-  pthread_mutex_unlock(&a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56]);
+  pthread_mutex_unlock(raid_stripe_mutex(a, stripe));
+}
+
+pthread_mutex_t *raid_stripe_mutex(struct raid_array *a, uint64_t stripe)
+{
+  return &a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56];
 }
 
 /* ---- write-intent bitmap ---- */
@@ -371,6 +377,7 @@ void raid_stripe_unlock(struct raid_array *a, uint64_t stripe)
 static void raid_bitmap_write_locked(struct raid_array *a, uint64_t b0,
                                      uint64_t b1, bool flush, bool *failed)
 {
+  VD_ASSERT_HELD(&a->bm_lock);
   b0 = vd_round_down(b0, 4096);
   b1 = vd_round_up(b1, 4096);
   struct raid_mio mio[RAID_MAX_MEMBERS];

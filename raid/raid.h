@@ -12,10 +12,56 @@
  * (resync, rebuild, scrub), request.c (online requests, monitor thread),
  * check.c (vdtool check), fault.c (fault-injecting member layer for tests).
  *
- * Lock order (outer first):
- *   stripe lock (raid_stripe_lock)  ->  arr->sb_lock  ->  arr->bm_lock
- *   ->  pool lock.
- * A thread holding sb_lock never takes a stripe lock.
+ * Locks of an array, outer first (a thread holding one never takes one
+ * listed above it; an array's locks come before those of its members):
+ *   stripe_lock[h(s)]  raid_stripe_lock(a, s): stripe s (RAID5) or chunk s
+ *                      (RAID1) on the members: writes, read-modify-write,
+ *                      resync/scrub/rebuild of it, read repair.  Held
+ *                      across that member I/O: that is what it orders.
+ *                      One at a time; hashed, so unrelated stripes share.
+ *   ppl_lock[slot]     a PPL slot (member, stripe mod slots): ppl_stripe[]
+ *                      and ppl_done_gen[] of the slot and its entry on
+ *                      disk.  Held from the log write (and flush; maybe a
+ *                      flush of every member) until the in-place writes it
+ *                      protects are done (raid5_ppl_done): the entry must
+ *                      not be replaced under them.
+ *   sb_lock            sb (events, flags, resync_offset, roles), the
+ *                      member swap of a replace (m[].dev, path, dev_uuid),
+ *                      retired[]/nretired, rebuild_running and the rebuild
+ *                      thread handle; writers of m[].state and .recovery
+ *                      that must reach the superblocks.  Held across the
+ *                      superblock writes and flushes of every member
+ *                      (raid_sb_write_all_locked), so that each update is
+ *                      one event and all members get the same one.
+ *   bm_lock            bm[], bm_inflight[], bm_gen[], flush_gen.  Held
+ *                      across bitmap block writes (and their flush in
+ *                      raid_bitmap_start): a region's bit is durable
+ *                      before the write it covers starts, and an older copy
+ *                      of a bitmap block never lands after a newer one.
+ *   pool lock, batch lock (raid.c), mon_lock (request.c, with mon_cond:
+ *                      wakes the monitor to stop): leaves, never held
+ *                      across I/O.
+ * sb_lock and bm_lock are never held together today.  Lock-free: m[].state,
+ * .recovery, .inflight, .next_read, .read_errors, failed, dirty, crashed,
+ * stop, rebuild_active/stop/ret/rate, rr (atomics; a reader may see a
+ * state one update old, and rechecks under the lock where it matters).
+ *
+ * Generation counters (which writes a flush made durable):
+ *   flush_gen      bm_lock; bumped by each raid_flush before its member
+ *                  flush, which also stamps regions with writes in flight
+ *   bm_gen[r]      bm_lock; flush_gen when the last write to region r
+ *                  started: after flush G completes, region r's bit is
+ *                  cleared only if bm_gen[r] < G and nothing is in flight
+ *   ppl_gen        atomic; bumped when a member flush starts
+ *                  (raid5_ppl_flush_begin)
+ *   ppl_durable    atomic, only grows: the ppl_gen of the newest completed
+ *                  member flush; writes completed before it are durable
+ *   ppl_done_gen[] the slot's ppl_lock; ppl_gen when the slot's in-place
+ *                  writes completed: the slot is busy (its entry still
+ *                  protects volatile writes) while >= ppl_durable
+ *   ppl_seq        atomic; sequence number of log entries
+ * Functions named *_locked assert their lock in debug builds
+ * (VD_ASSERT_HELD, vdisk/driver.h).
  */
 #ifndef VDISK_RAID_RAID_H
 #define VDISK_RAID_RAID_H
@@ -91,8 +137,8 @@ struct raid_sb {
 /* ---- super.c ---- */
 /* Encode SB into a RAID_SB_SIZE buffer (checksum included). */
 void raid_sb_encode(const struct raid_sb *sb, uint8_t *buf);
-/* Decode and validate; WHAT names the member in messages.  -EINVAL if it
- * is not a superblock (message set), -EUCLEAN... never: just -EINVAL. */
+/* Decode and validate; WHAT names the member in messages.  -EINVAL (message
+ * set) if it is not a valid superblock, whatever is wrong with it. */
 int raid_sb_decode(const uint8_t *buf, struct raid_sb *sb, const char *what);
 bool raid_sb_is_magic(const uint8_t *buf);
 
@@ -188,13 +234,14 @@ struct raid_array {
   _Atomic bool dirty;          /* sb DIRTY flag written */
   _Atomic bool crashed;        /* vd_raid_crash: close writes nothing */
 
-  pthread_mutex_t stripe_lock[RAID_STRIPE_LOCKS];
+  pthread_mutex_t stripe_lock[RAID_STRIPE_LOCKS]; /* raid_stripe_lock */
 
   /* Write-intent bitmap (member regions of sb.bitmap_region bytes). */
   pthread_mutex_t bm_lock;
   uint8_t *bm;                 /* sb.bitmap_bytes, guarded by bm_lock */
   uint32_t *bm_inflight;       /* per region, guarded by bm_lock */
-  uint64_t *bm_gen;            /* flush generation of the last write start */
+  uint64_t *bm_gen;            /* flush generation of the last write start,
+                                  guarded by bm_lock */
   uint64_t nregions;
   uint64_t flush_gen;          /* guarded by bm_lock */
 
@@ -202,7 +249,8 @@ struct raid_array {
   pthread_mutex_t *ppl_lock;
   int64_t *ppl_stripe;         /* stripe whose entry is on disk, or -1;
                                   guarded by the slot's ppl_lock */
-  uint64_t *ppl_done_gen;      /* ppl_gen when its writes completed */
+  uint64_t *ppl_done_gen;      /* ppl_gen when its writes completed;
+                                  guarded by the slot's ppl_lock */
   _Atomic uint64_t ppl_gen;    /* bumped when a member flush starts */
   _Atomic uint64_t ppl_durable;/* writes done before this gen are durable */
   _Atomic uint64_t ppl_seq;
@@ -211,8 +259,8 @@ struct raid_array {
 
   struct raid_pool *pool;
 
-  /* Online requests (raid.c monitor): the serving process executes
-   * requests that vdtool leaves next to the descriptor. */
+  /* Online requests (the monitor thread, request.c): the serving process
+   * executes requests that vdtool leaves next to the descriptor. */
   pthread_t monitor;
   bool monitor_running;
   _Atomic bool stop;
@@ -253,11 +301,13 @@ int raid_member_failed(struct raid_array *a, int slot, int err);
 /* Number of members currently active (not faulty/missing). */
 unsigned raid_active_count(struct raid_array *a);
 /* Write every usable member's superblock (events + 1) and flush.  Caller
- * holds sb_lock. */
+ * holds sb_lock (asserted). */
 int raid_sb_write_all_locked(struct raid_array *a);
 int raid_sb_update(struct raid_array *a);
 void raid_stripe_lock(struct raid_array *a, uint64_t stripe);
 void raid_stripe_unlock(struct raid_array *a, uint64_t stripe);
+/* The mutex raid_stripe_lock takes for STRIPE (for VD_ASSERT_HELD). */
+pthread_mutex_t *raid_stripe_mutex(struct raid_array *a, uint64_t stripe);
 /* Write-intent bitmap: mark member range [off, off+len) dirty before a
  * write, and done after. */
 int raid_bitmap_start(struct raid_array *a, uint64_t off, uint64_t len);
@@ -298,7 +348,8 @@ unsigned raid5_data_member(unsigned n, uint64_t stripe, unsigned d);
  * *MISMATCH.  Used by resync and scrub.  Caller holds no stripe lock. */
 int raid5_sync_stripe(struct raid_array *a, uint64_t stripe, bool check_only,
                       bool *mismatch);
-/* Rebuild SLOT's chunk of STRIPE from the others (stripe lock held). */
+/* Rebuild SLOT's chunk of STRIPE from the others (stripe lock held,
+ * asserted). */
 int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t stripe,
                                 int slot, void *scratch);
 /* Partial parity log: allocate its state; replay it after an unclean stop

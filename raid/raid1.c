@@ -97,6 +97,7 @@ int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
 static int raid1_write_locked(struct raid_array *a, const void *buf,
                               size_t len, uint64_t off)
 {
+  VD_ASSERT_HELD(raid_stripe_mutex(a, off / a->sb.chunk));
   struct raid_mio mio[RAID_MAX_MEMBERS];
   int k = 0;
   for (unsigned i = 0; i < a->n; i++)

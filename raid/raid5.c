@@ -415,6 +415,7 @@ void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
  * volatile (not covered by a completed member flush).  Slot lock held. */
 static bool ppl_slot_busy(struct raid_array *a, size_t i)
 {
+  VD_ASSERT_HELD(&a->ppl_lock[i]);
   return a->ppl_stripe[i] >= 0 &&
          a->ppl_done_gen[i] >= atomic_load(&a->ppl_durable);
 }
@@ -430,8 +431,9 @@ static int ppl_flush_all(struct raid_array *a)
 }
 
 /* Log PP (LEN bytes, rows [R0, R0+LEN) of stripe S, modified chunks MASK)
- * to parity member P.  On success the slot stays locked until
- * raid5_ppl_done.  On a member error returns it with *BAD = P. */
+ * to parity member P.  On success *SLOT is the slot, which stays locked
+ * until raid5_ppl_done.  On failure the slot is unlocked and the error
+ * returned; the caller records it as a failure of P, where the log is. */
 static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
                          uint32_t r0, uint32_t len, uint32_t mask,
                          const void *pp, size_t *slot)
@@ -481,6 +483,7 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
 
 static void raid5_ppl_done(struct raid_array *a, size_t i, uint64_t s)
 {
+  VD_ASSERT_HELD(&a->ppl_lock[i]);
   a->ppl_stripe[i] = (int64_t)s;
   a->ppl_done_gen[i] = atomic_load(&a->ppl_gen);
   pthread_mutex_unlock(&a->ppl_lock[i]);
@@ -611,6 +614,7 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
                          uint32_t len, uint32_t mask,
                          const uint8_t *const *src)
 {
+  VD_ASSERT_HELD(raid_stripe_mutex(a, s));
   unsigned n = a->n, nd = n - 1;
   unsigned p = raid5_parity_member(n, s);
   uint64_t moff = s * a->sb.chunk + r0;
@@ -877,6 +881,7 @@ out:
 int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t s, int slot,
                                 void *scratch)
 {
+  VD_ASSERT_HELD(raid_stripe_mutex(a, s));
   unsigned n = a->n;
   size_t c = a->sb.chunk;
   uint64_t moff = s * c;

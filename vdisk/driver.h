@@ -13,6 +13,26 @@
  *  - write-type requests never reach a read-only device;
  *  - flags only hold bits the public API defines.
  * Drivers must be thread-safe for concurrent requests.
+ *
+ * Locks of the engine (outer first; a device's locks come before those
+ * of the devices below it: RAID members, VHD parents, the vd_file):
+ *   vd_dev.probe_lock      (dev.c) guarded write-type requests to a probed
+ *                          raw image; held from the probe of the bytes as
+ *                          they would be through the driver's write, so
+ *                          no other such request changes them in between
+ *   vd_dev.rmw_lock[16]    (dev.c) read-modify-write of partial logical
+ *                          blocks, by block; held across the driver's read
+ *                          and write of those blocks (their purpose)
+ *   driver locks           vhd_priv (vhd.h): stripe[] -> alloc_lock,
+ *                          stripe[] -> bat_lock, flush_lock -> bat_lock;
+ *                          vdz_priv (vdz.c): cache_lock, pool_lock,
+ *                          never together nor across I/O; vdz_imp.lock
+ *                          (import workers' shared state);
+ *                          raid_array: raid/raid.h
+ *   vd_file.rmw[64]        (io.c) unaligned O_DIRECT writes, by aligned
+ *                          block; held across the bounce read and write
+ * Functions named *_locked expect their lock held, and assert it in debug
+ * builds (VD_ASSERT_HELD below).
  */
 #ifndef VDISK_DRIVER_H
 #define VDISK_DRIVER_H
@@ -219,6 +239,34 @@ const struct vd_driver *vd_probe_data(const struct vd_probe_data *pd,
 /* Whether DEV reads [OFF, OFF+LEN) as zeros by block status (vdisk/
  * manage.c).  A NULL DEV, and bytes past its end, read as zeros. */
 int vd_reads_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero);
+
+/* Whether the calling thread holds mutex M, for VD_ASSERT_HELD in
+ * functions that expect a lock held (SQLite's assert(mutexHeld())).
+ * glibc records the owner's thread id in every mutex (a field of its
+ * public pthread_mutex_t); elsewhere only "some thread holds it" is
+ * checked.  Debug builds only: compiled out with NDEBUG. */
+#ifdef NDEBUG
+#define VD_ASSERT_HELD(m) ((void)0)
+#else
+#include <assert.h>
+#include <unistd.h>
+static inline bool
+vd_mutex_held(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+  static __thread pid_t tid;
+  if (tid == 0)
+    tid = gettid();
+  return __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED) == tid;
+#else
+  if (pthread_mutex_trylock(m) != 0)
+    return true;
+  pthread_mutex_unlock(m);
+  return false;
+#endif
+}
+#define VD_ASSERT_HELD(m) assert(vd_mutex_held(m))
+#endif
 
 /* Open PATH with ARGS as the parent of CHILD (sets the new device's
  * child link, so depth and loops can be checked up the chain). */

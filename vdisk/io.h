@@ -12,10 +12,18 @@
  * unaligned ones go through an aligned bounce buffer (read-modify-write for
  * writes, serialised per aligned block).
  *
- * Locking (as qemu does it): a writable open takes an exclusive lock and a
- * read-only open a shared one (Linux open file description locks on a
- * byte beyond any data), so two writers, or a writer and a reader, never
- * have the same image open.  VD_FILE_NOLOCK skips it.
+ * Image locks (qemu's byte-range scheme, so that vdisk and qemu tools
+ * refuse each other; details in io.c): every lock taken is a shared open
+ * file description lock on one byte, 100+i for "I use permission i" and
+ * 200+i for "nobody else may use permission i" (i: read, write,
+ * write-unchanged, resize).  A read-only open uses read and forbids write;
+ * a writable open uses all four and forbids write and resize.  The open then fails with -EBUSY if another open file holds a
+ * byte that conflicts, so two writers, or a writer and a reader, never
+ * have the same image open.  VD_FILE_NOLOCK takes and checks nothing.
+ *
+ * Thread locks: vd_file.rmw[] serialises unaligned direct writes per
+ * aligned block, held across the bounce read and write (see driver.h for
+ * the engine's lock order).
  */
 #ifndef VDISK_IO_H
 #define VDISK_IO_H

@@ -773,6 +773,7 @@ static bool vdz_all_zero(const uint8_t *b, size_t len)
 
 static void vdz_imp_fail_locked(struct vdz_imp *im, int err)
 {
+  VD_ASSERT_HELD(&im->lock);
   if (!im->err) {
     im->err = err;
     snprintf(im->errmsg, sizeof im->errmsg, "%s", vd_error());

@@ -843,9 +843,11 @@ vhd_read_own(struct vd_dev *dev, void *buf, size_t len, uint64_t off,
 /* Append a block for BLK with bitmap BM; returns its sector in *ENTRY.
  * Caller holds BLK's stripe lock. */
 static int
-vhd_alloc_block_locked(struct vd_dev *dev, const uint8_t *bm, uint32_t *entry)
+vhd_alloc_block_locked(struct vd_dev *dev, uint32_t blk, const uint8_t *bm,
+                       uint32_t *entry)
 {
   struct vhd_priv *p = dev->priv;
+  VD_ASSERT_HELD(&p->stripe[blk % VHD_NSTRIPES]);
   uint64_t slot = (uint64_t)p->bitmap_size + p->block_size;
   int r;
 
@@ -898,7 +900,7 @@ vhd_write_block(struct vd_dev *dev, uint32_t blk, const uint8_t *buf,
     if (p->type == VHD_TYPE_DIFF)
       for (uint32_t s = first; s < end; s++)
         bm_set(bm, s);
-    r = vhd_alloc_block_locked(dev, bm, &e);
+    r = vhd_alloc_block_locked(dev, blk, bm, &e);
     uint64_t host = (uint64_t)e * VHD_SECTOR + p->bitmap_size + boff;
     if (r == 0 && buf)
       r = vd_file_pwrite(dev->file, buf, len, host);

@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/unit/cu.h"
@@ -1449,6 +1452,85 @@ static void test_same_stripe_concurrency(void)
   }
 }
 
+/* ---- lock assertions (debug builds) ---- */
+
+#ifndef NDEBUG
+static void *hold_main(void *opaque)
+{
+  pthread_mutex_t *m = opaque;
+  pthread_mutex_lock(m);
+  return NULL;            /* exits holding it */
+}
+
+/* Run FN(A) in a child process; whether it died of SIGABRT (an assert). */
+static bool aborts(void (*fn)(struct raid_array *), struct raid_array *a)
+{
+  fflush(NULL);
+  pid_t pid = fork();
+  CU_ASSERT_FATAL(pid >= 0);
+  if (pid == 0) {
+    /* Only this thread exists here: FN must assert before any I/O (which
+     * would wait for the array's threads forever: the alarm ends that). */
+    alarm(30);
+    if (!freopen("/dev/null", "w", stderr))
+      _exit(98);
+    fn(a);
+    _exit(0);
+  }
+  int st;
+  CU_ASSERT_FATAL(waitpid(pid, &st, 0) == pid);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+
+static void call_sb_write_all(struct raid_array *a)
+{
+  raid_sb_write_all_locked(a);
+}
+
+static void call_rebuild_stripe(struct raid_array *a)
+{
+  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
+  raid5_rebuild_stripe_locked(a, 3, 1, scratch);
+}
+#endif
+
+/* vd_mutex_held knows the owner, and the _locked functions assert that
+ * their caller holds the lock (in debug builds; nothing to test with
+ * NDEBUG). */
+static void test_lock_asserts(void)
+{
+#ifndef NDEBUG
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  CU_ASSERT(!vd_mutex_held(&m));
+  pthread_mutex_lock(&m);
+  CU_ASSERT(vd_mutex_held(&m));
+  pthread_mutex_unlock(&m);
+  CU_ASSERT(!vd_mutex_held(&m));
+  pthread_t th;
+  CU_ASSERT_FATAL(pthread_create(&th, NULL, hold_main, &m) == 0);
+  pthread_join(th, NULL);
+#ifdef __GLIBC__
+  CU_ASSERT(!vd_mutex_held(&m));   /* held, but by another thread */
+#endif
+
+  struct tarr t;
+  tarr_create(&t, 5, 3, 64 * 1024, 4 * MIB, RAID_POLICY_PPL, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(aborts(call_sb_write_all, t.a));
+  CU_ASSERT(aborts(call_rebuild_stripe, t.a));
+  /* With the locks held they run. */
+  pthread_mutex_lock(&t.a->sb_lock);
+  CU_ASSERT(raid_sb_write_all_locked(t.a) == 0);
+  pthread_mutex_unlock(&t.a->sb_lock);
+  uint8_t *scratch = raid_scratch(0, (size_t)(t.a->n + 1) * t.a->sb.chunk);
+  raid_stripe_lock(t.a, 3);
+  CU_ASSERT(raid5_rebuild_stripe_locked(t.a, 3, 1, scratch) == 0);
+  raid_stripe_unlock(t.a, 3);
+  tarr_close(&t);
+  tarr_free(&t);
+#endif
+}
+
 int main(void)
 {
   /* Thousands of fdatasync calls: on a tmpfs when there is one (crashes
@@ -1482,6 +1564,7 @@ int main(void)
     { "killed rebuild resumes", test_rebuild_killed },
     { "read errors repaired or failing the member", test_read_errors },
     { "concurrent writes to the same stripes", test_same_stripe_concurrency },
+    { "_locked functions assert their lock", test_lock_asserts },
     { NULL, NULL }
   };
   int rc = cu_main("raid", tests);
