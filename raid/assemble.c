@@ -18,7 +18,6 @@
 
 #include "vdisk/endian.h"
 #include "raid/raid.h"
-#include "raid/fault.h"
 /* ---- create ---- */
 
 int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)

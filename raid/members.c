@@ -19,7 +19,6 @@
 
 #include "vdisk/endian.h"
 #include "raid/raid.h"
-#include "raid/fault.h"
 /* Path to store in the descriptor: relative to its directory when below
  * it, else absolute. */
 char *raid_desc_relpath(const char *desc, const char *path)
@@ -126,9 +125,10 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
       return vd_set_error(EINVAL, "%s: is the array's %s", newpath,
                           i == 0 ? "descriptor" : "control file");
   }
-  unsigned flags = VD_OPEN_RDWR;
+  struct vd_open_args oa = { .format = fmt, .flags = VD_OPEN_RDWR,
+                             .filter = a->member_filter };
   struct vd_dev *nd;
-  int r = vd_open(newpath, fmt, flags, &nd);
+  int r = vd_open_opts(newpath, &oa, &nd);
   if (r < 0)
     return r;
   uint64_t need = a->sb.data_offset + a->sb.data_size;
@@ -178,7 +178,6 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     vd_close(m->dev);
   free(m->path);
   m->path = path;
-  m->fault = raid_fault_lookup(path);
   raid_uuid_generate(m->dev_uuid);
   atomic_store(&m->recovery, 0);
   m->dev = nd;

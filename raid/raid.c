@@ -35,7 +35,6 @@
 #include "vdisk/endian.h"
 #include "raid/raid.h"
 #include "raid/check.h"
-#include "raid/fault.h"
 
 const struct vd_driver vd_raid_driver;
 
@@ -69,8 +68,6 @@ static int raid_member_io(struct raid_array *a, int slot, int op, void *buf,
   struct vd_dev *dev = m->dev;
   if (!dev)
     return vd_set_error(EIO, "%s: member %d is missing", a->desc_path, slot);
-  if (m->fault)
-    return raid_fault_io(m->fault, dev, op, buf, len, abs_off);
   switch (op) {
   case RAID_MIO_READ: return vd_pread(dev, buf, len, abs_off);
   case RAID_MIO_WRITE: return vd_pwrite(dev, buf, len, abs_off, 0);
@@ -639,14 +636,16 @@ static void raid_opening_pop(void)
   raid_nopening--;
 }
 
-static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
+static int raid_scan_members(const char *desc,
+                             const struct vd_open_args *margs, bool force,
                              struct raid_scan *s);
 
-/* Open the members named by the descriptor and read their superblocks;
- * decide each slot's state.  Returns 0 with s->refusal set (non-empty) if
+/* Open the members named by the descriptor (with MARGS, each in the format
+ * the descriptor names) and read their superblocks; decide each slot's
+ * state.  Returns 0 with s->refusal set (non-empty) if
  * the array must not start, or -errno for errors before any decision. */
-static int raid_scan(const char *desc, unsigned vdflags, bool force,
-                     struct raid_scan *s)
+static int raid_scan(const char *desc, const struct vd_open_args *margs,
+                     bool force, struct raid_scan *s)
 {
   memset(s, 0, sizeof *s);
   s->fresh = -1;
@@ -656,12 +655,13 @@ static int raid_scan(const char *desc, unsigned vdflags, bool force,
   r = raid_opening_push(desc);
   if (r < 0)
     return r;
-  r = raid_scan_members(desc, vdflags, force, s);
+  r = raid_scan_members(desc, margs, force, s);
   raid_opening_pop();
   return r;
 }
 
-static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
+static int raid_scan_members(const char *desc,
+                             const struct vd_open_args *margs, bool force,
                              struct raid_scan *s)
 {
   int r;
@@ -681,8 +681,10 @@ static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
       return vd_set_error(ENOMEM, "%s: out of memory", desc);
     }
     r = raid_check_member_type(s->path[i]);
+    struct vd_open_args ma = *margs;
+    ma.format = s->d.format[i];
     if (r == 0)
-      r = vd_open(s->path[i], s->d.format[i], vdflags, &s->dev[i]);
+      r = vd_open_opts(s->path[i], &ma, &s->dev[i]);
     if (r < 0) {
       s->dev[i] = NULL;
       snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
@@ -800,7 +802,7 @@ static int raid_scan_members(const char *desc, unsigned vdflags, bool force,
   }
   bool degraded = active < s->n;
   if ((f->flags & RAID_SB_DIRTY) && degraded && f->level == 5 && !force &&
-      (vdflags & VD_OPEN_RDWR)) {
+      (margs->flags & VD_OPEN_RDWR)) {
     int first = -1;
     for (unsigned i = 0; i < s->n && first < 0; i++)
       if (s->state[i] != VD_RAID_STATE_ACTIVE)
@@ -898,7 +900,9 @@ static int raid_open(struct vd_dev *dev)
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);
   a->desc_path = strdup(dev->path);
-  int r = raid_scan(dev->path, mflags, force, s);
+  struct vd_open_args margs = { .flags = mflags,
+                                .filter = dev->opts.filter };
+  int r = raid_scan(dev->path, &margs, force, s);
   if (r < 0)
     goto fail;
   if (s->refusal[0]) {
@@ -910,12 +914,12 @@ static int raid_open(struct vd_dev *dev)
   a->n = s->n;
   a->writable = (mflags & VD_OPEN_RDWR) != 0;
   a->force = force;
+  a->member_filter = dev->opts.filter;
   bool recorded_change = false;
   for (unsigned i = 0; i < a->n; i++) {
     struct raid_member *m = &a->m[i];
     m->path = s->path[i];
     s->path[i] = NULL;
-    m->fault = raid_fault_lookup(m->path);
     m->assembled = s->state[i];
     memcpy(m->dev_uuid, a->sb.role[i].dev_uuid, 16);
     switch (s->state[i]) {
@@ -1222,7 +1226,8 @@ int vd_raid_examine(const char *desc, struct vd_raid_status *st)
   memset(st, 0, sizeof *st);
   if (!s)
     return vd_set_error(ENOMEM, "%s: out of memory", desc);
-  int r = raid_scan(desc, VD_OPEN_NOLOCK, false, s);
+  struct vd_open_args margs = { .flags = VD_OPEN_NOLOCK };
+  int r = raid_scan(desc, &margs, false, s);
   if (r < 0) {
     raid_scan_free(s);
     free(s);

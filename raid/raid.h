@@ -10,7 +10,8 @@
  * super.c (superblock and descriptor codecs), assemble.c (create,
  * assemble), members.c (fail, replace, member signatures), rebuild.c
  * (resync, rebuild, scrub), request.c (online requests, monitor thread),
- * check.c (vdtool check), fault.c (fault-injecting member layer for tests).
+ * check.c (vdtool check).  Faults are injected by a filter stacked over
+ * the members (tests/unit/fault.h), not here.
  *
  * Locks of an array, outer first (a thread holding one never takes one
  * listed above it; an array's locks come before those of its members):
@@ -183,9 +184,6 @@ void raid_xor_into(void *dst, const void *src, size_t len);
 #define RAID_SCRATCH_SLOTS 2
 void *raid_scratch(int slot, size_t len);
 
-/* ---- fault.c ---- */
-struct raid_fault;
-
 /* ---- the array ---- */
 enum raid_mio_op { RAID_MIO_READ, RAID_MIO_WRITE, RAID_MIO_FLUSH };
 
@@ -196,7 +194,6 @@ struct raid_member {
                                   when missing */
   _Atomic uint64_t recovery;   /* REBUILDING: data bytes known good */
   uint8_t dev_uuid[16];
-  struct raid_fault *fault;    /* test hook, or NULL */
   _Atomic unsigned inflight;   /* RAID1 read balancing */
   _Atomic uint64_t next_read;  /* RAID1: end of this member's last read */
   _Atomic unsigned read_errors;
@@ -226,6 +223,8 @@ struct raid_array {
   char *desc_path;
   bool writable;
   bool force;                  /* assembled with --force */
+  const char *member_filter;   /* open option filter the members are
+                                  opened with (the array device's), or NULL */
   uint64_t stripe_bytes;       /* RAID5: (n-1)*chunk; RAID0: n*chunk */
   uint64_t region;             /* lock unit in member bytes */
 

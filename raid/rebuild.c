@@ -22,7 +22,6 @@
 
 #include "vdisk/endian.h"
 #include "raid/raid.h"
-#include "raid/fault.h"
 
 double raid_now(void)
 {

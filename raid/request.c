@@ -28,7 +28,6 @@
 
 #include "vdisk/endian.h"
 #include "raid/raid.h"
-#include "raid/fault.h"
 /* ---- online requests ----
  *
  * The request file is a control channel in a folder that other users may

@@ -27,11 +27,14 @@
                      VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF)
 #define VD_ZERO_CHUNK (1u << 20)
 
-static void
+/* Free DEV and close what a filter's device stands on; returns that
+ * close's result. */
+static int
 dev_free(struct vd_dev *dev)
 {
   if (!dev)
-    return;
+    return 0;
+  int r = vd_close(dev->below);
   vd_file_close(dev->file);
   for (int i = 0; i < 16; i++)
     pthread_mutex_destroy(&dev->rmw_lock[i]);
@@ -42,7 +45,9 @@ dev_free(struct vd_dev *dev)
   free((char *)dev->opts.format);
   free((char *)dev->opts.backing);
   free((char *)dev->opts.backing_format);
+  free((char *)dev->opts.filter);
   free(dev);
+  return r;
 }
 
 static const struct vd_driver *
@@ -84,6 +89,33 @@ dev_check_type(const char *path, unsigned flags)
   return 0;
 }
 
+static int dev_open(const struct vd_dev *child, const char *path,
+                    const struct vd_open_args *args, struct vd_dev **out);
+
+/* The open option `filter` over an image opened as DRV: a composition
+ * (opens_own_files: RAID) passes it on to what it opens; otherwise open
+ * the image itself as *BELOW, with every other option, and make *DRV the
+ * filter that goes over it. */
+static int
+dev_open_below(const struct vd_dev *child, const char *path,
+               const struct vd_open_args *args, const struct vd_driver **drv,
+               struct vd_dev **below)
+{
+  *below = NULL;
+  if (!args->filter || (*drv)->opens_own_files)
+    return 0;
+  const struct vd_driver *f = vd_find_driver(args->filter);
+  if (!f || !f->filter)
+    return vd_set_error(EINVAL, "%s: unknown filter '%s'", path,
+                        args->filter);
+  struct vd_open_args ia = *args;
+  ia.filter = NULL;
+  int r = dev_open(child, path, &ia, below);
+  if (r == 0)
+    *drv = f;
+  return r;
+}
+
 static int
 dev_open(const struct vd_dev *child, const char *path,
          const struct vd_open_args *args, struct vd_dev **out)
@@ -108,19 +140,30 @@ dev_open(const struct vd_dev *child, const char *path,
                                            flags & VD_OPEN_PROBE_LEAF, &r);
   if (!drv)
     return r;
+  if (drv->filter)
+    return vd_set_error(EINVAL, "%s: '%s' is a filter, not a format (the "
+                        "open option filter stacks it)", path, drv->name);
+  struct vd_dev *below;
+  if ((r = dev_open_below(child, path, args, &drv, &below)) < 0)
+    return r;
 
   dev = calloc(1, sizeof *dev);
-  if (!dev)
+  if (!dev) {
+    vd_close(below);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
+  dev->below = below;
   for (int i = 0; i < 16; i++)
     pthread_mutex_init(&dev->rmw_lock[i], NULL);
   pthread_mutex_init(&dev->probe_lock, NULL);
   dev->opts = *args;
   dev->opts.format = dev->opts.backing = dev->opts.backing_format = NULL;
+  dev->opts.filter = NULL;
   if (!(dev->path = strdup(path)) ||
       !dev_strdup(&dev->opts.format, args->format) ||
       !dev_strdup(&dev->opts.backing, args->backing) ||
       !dev_strdup(&dev->opts.backing_format, args->backing_format) ||
+      !dev_strdup(&dev->opts.filter, args->filter) ||
       (drv->priv_size && !(dev->priv = calloc(1, drv->priv_size)))) {
     dev_free(dev);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
@@ -140,8 +183,16 @@ dev_open(const struct vd_dev *child, const char *path,
   /* qemu's rule: a guessed raw format may not be written into something
    * that probes differently (vd_probed_raw). */
   dev->probe_guard = !args->format && drv == vd_find_driver("raw");
+  if (below) {
+    /* A filter looks like the image it stands on (driver.h). */
+    dev->open_flags = dev->opts.flags = below->open_flags;
+    dev->read_only = below->read_only;
+    dev->size = below->size;
+    dev->logical_block = below->logical_block;
+    dev->preferred_io = below->preferred_io;
+  }
 
-  if (!drv->opens_own_files) {
+  if (!drv->opens_own_files && !below) {
     unsigned ff = 0;
     if (flags & VD_OPEN_RDWR) ff |= VD_FILE_RDWR;
     if (flags & VD_OPEN_DIRECT) ff |= VD_FILE_DIRECT;
@@ -195,8 +246,8 @@ vd_close(struct vd_dev *dev)
     r = dev->drv->flush(dev);
   if (dev->drv->close)
     dev->drv->close(dev);
-  dev_free(dev);
-  return r;
+  int rb = dev_free(dev);
+  return r < 0 ? r : rb;
 }
 
 int
@@ -641,6 +692,8 @@ vd_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
 int
 vd_get_info(struct vd_dev *dev, struct vd_info *info)
 {
+  if (dev->below)
+    return vd_get_info(dev->below, info);
   memset(info, 0, sizeof *info);
   info->format = dev->drv->name;
   info->size = dev->size;
@@ -689,6 +742,23 @@ uint32_t vd_logical_block(const struct vd_dev *dev) { return dev->logical_block;
 uint32_t vd_preferred_io(const struct vd_dev *dev) { return dev->preferred_io; }
 bool vd_is_read_only(const struct vd_dev *dev) { return dev->read_only; }
 const char *vd_path(const struct vd_dev *dev) { return dev->path; }
-const char *vd_format(const struct vd_dev *dev) { return dev->drv->name; }
-bool vd_probed_raw(const struct vd_dev *dev) { return dev->probe_guard; }
+
+/* What describes the image skips the filters stacked over it. */
+static const struct vd_dev *
+dev_image(const struct vd_dev *dev)
+{
+  while (dev->below)
+    dev = dev->below;
+  return dev;
+}
+
+const char *vd_format(const struct vd_dev *dev)
+{
+  return dev_image(dev)->drv->name;
+}
+
+bool vd_probed_raw(const struct vd_dev *dev)
+{
+  return dev_image(dev)->probe_guard;
+}
 bool vd_can_multi_conn(const struct vd_dev *dev) { return dev->drv->multi_conn; }

@@ -64,6 +64,9 @@ struct vd_dev {
    * image; NULL for an image opened through the public API.  Walking it
    * gives the chain depth and the images a loop would revisit. */
   const struct vd_dev *child;
+  /* For a filter's device: the image it passes requests to (opened and
+   * closed by the core, see vd_driver.filter); NULL for everything else. */
+  struct vd_dev *below;
   /* Opened without a format and probed as raw: write-type requests that
    * would change the probe result are refused (dev.c).  probe_lock
    * serialises those requests so two of them cannot together build a
@@ -166,6 +169,18 @@ struct vd_driver {
    * NULL: the engine copies TOP's allocated extents (block status). */
   int (*commit)(struct vd_dev *top, struct vd_dev *base,
                 vd_progress_fn progress, void *opaque);
+
+  /* A filter, not a format: stacked over an image by the open option
+   * `filter` (vd_open_args), never opened by format name nor probed.  The
+   * core opens the image first and hands it over as dev->below, with
+   * dev->size, logical_block, preferred_io and read_only copied from it
+   * (strict_align stays off: requests reach the filter as the caller
+   * made them); open then only sets up the filter's own state.  The
+   * filter's ops pass requests on with vd_pread(dev->below, ...) etc.; a
+   * missing discard drops discards (they are advisory), a missing
+   * write_zeroes writes zeros through pwrite.  The core closes dev->below
+   * after close. */
+  bool filter;
 
   /* New ops go here, at the end. */
 };

@@ -56,6 +56,14 @@ struct vd_open_args {
    * a probe among VD_OPEN_PROBE_LEAF formats). */
   const char *backing_format;
   unsigned parent_policy;     /* VD_PARENT_*; applies to the whole chain */
+  /* A filter stacked over the image (nbdkit's --filter, QEMU's blkdebug):
+   * every request goes through the registered filter driver of that name,
+   * which passes it on to the image opened with the other options.  A
+   * RAID array is not filtered itself: it opens each member with it.  The
+   * image's description (vd_format, vd_get_info) is the image's.  libvdisk
+   * has no filter of its own; the tests register "fault"
+   * (tests/unit/fault.h).  NULL: none. */
+  const char *filter;
 };
 
 /* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */
@@ -250,7 +258,7 @@ int vd_change_backing(struct vd_dev *dev, const char *backing,
 int vd_commit(const char *path, const struct vd_open_args *args,
               vd_progress_fn progress, void *opaque);
 
-/* Fill *INFO. */
+/* Fill *INFO (through a filter: the image's). */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
 
 /* Quick accessors. */
@@ -259,6 +267,7 @@ uint32_t vd_logical_block(const struct vd_dev *dev);
 uint32_t vd_preferred_io(const struct vd_dev *dev);
 bool vd_is_read_only(const struct vd_dev *dev);
 const char *vd_path(const struct vd_dev *dev);
+/* The image's format ("raw", "vpc", ...), also through a filter. */
 const char *vd_format(const struct vd_dev *dev);
 /* True if DEV was opened without a format and probed as raw: writes that
  * would make its first 4 KiB or its last 512 bytes probe as another format

@@ -20,7 +20,7 @@
 #include "vdisk/vdisk.h"
 #include "vdisk/driver.h"
 #include "raid/raid.h"
-#include "raid/fault.h"
+#include "tests/unit/fault.h"
 
 #define MIB (1024u * 1024)
 
@@ -53,6 +53,8 @@ struct tarr {
   uint32_t chunk;
   struct vd_dev *dev;
   struct raid_array *a;
+  const char *filter;          /* open option for the members: "fault" once
+                                  tarr_fault attached one */
   uint8_t *model;
   uint64_t size;
 };
@@ -85,7 +87,8 @@ static void tarr_create(struct tarr *t, int level, unsigned n, uint32_t chunk,
 
 static int tarr_open(struct tarr *t)
 {
-  int r = vd_open(t->desc, NULL, VD_OPEN_RDWR, &t->dev);
+  struct vd_open_args oa = { .flags = VD_OPEN_RDWR, .filter = t->filter };
+  int r = vd_open_opts(t->desc, &oa, &t->dev);
   if (r < 0) {
     t->dev = NULL;
     return r;
@@ -99,6 +102,16 @@ static int tarr_open(struct tarr *t)
   }
   CU_ASSERT(vd_size(t->dev) == t->size);
   return 0;
+}
+
+/* Attach a fault to member SLOT; tarr_open opens the members through the
+ * fault filter from now on (members with no fault pass through). */
+static struct vd_fault *tarr_fault(struct tarr *t, unsigned slot)
+{
+  struct vd_fault *f = vd_fault_attach(t->mem[slot]);
+  CU_ASSERT_FATAL(f != NULL);
+  t->filter = "fault";
+  return f;
 }
 
 static void tarr_close(struct tarr *t)
@@ -386,11 +399,11 @@ static void fail_each(int level, unsigned n)
   for (unsigned slot = 0; slot < n; slot++) {
     struct tarr t;
     tarr_create(&t, level, n, 16384, 3 * MIB, -1, 0);
-    struct raid_fault *f = vd_raid_fault_attach(t.mem[slot]);
+    struct vd_fault *f = tarr_fault(&t, slot);
     CU_ASSERT_FATAL(tarr_open(&t) == 0);
     random_ops(&t, 15);
-    struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
-    vd_raid_fault_set(f, &fc);
+    struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+    vd_fault_set(f, &fc);
     if (level == 0) {
       /* No redundancy: the first I/O touching the member fails the array,
        * everything after is EIO, never wrong data. */
@@ -403,7 +416,7 @@ static void fail_each(int level, unsigned n)
       CU_ASSERT(vd_pwrite(t.dev, b, sizeof b, 0, 0) == -EIO);
       vd_close(t.dev);
       t.dev = NULL;
-      vd_raid_fault_detach(f);
+      vd_fault_detach(f);
       tarr_free(&t);
       continue;
     }
@@ -412,7 +425,7 @@ static void fail_each(int level, unsigned n)
     CU_ASSERT(member_state(&t, (int)slot) == VD_RAID_STATE_FAULTY);
     tarr_close(&t);
     /* The failed member comes back healthy-looking: stale, not read. */
-    vd_raid_fault_detach(f);
+    vd_fault_detach(f);
     CU_ASSERT_FATAL(tarr_open(&t) == 0);
     CU_ASSERT(member_state(&t, (int)slot) != VD_RAID_STATE_ACTIVE);
     CU_ASSERT(verify_all(&t) == 0);
@@ -441,14 +454,14 @@ static void test_fail_midwrite(void)
       tarr_create(&t, 5, 4, 16384, 3 * MIB, -1, 0);
       /* Stripe 0: parity member 3, data members 0, 1, 2. */
       unsigned victim = kind == 1 ? 3 : 1;
-      struct raid_fault *f = vd_raid_fault_attach(t.mem[victim]);
+      struct vd_fault *f = tarr_fault(&t, victim);
       CU_ASSERT_FATAL(tarr_open(&t) == 0);
       CU_ASSERT(mwrite(&t, 0, 3 * 16384, 1) == 0);  /* full stripe */
-      struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_NTH, .nth = nth,
+      struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_NTH, .nth = nth,
                                       .sticky = true,
                                       .reads = kind == 2,
                                       .writes = kind != 2 };
-      vd_raid_fault_set(f, &fc);
+      vd_fault_set(f, &fc);
       /* Small writes to chunk 1 (member 1) of stripe 0: RMW reads old
        * data of member 1 and old parity. */
       for (int i = 0; i < 4; i++)
@@ -457,7 +470,7 @@ static void test_fail_midwrite(void)
       CU_ASSERT(verify_all(&t) == 0);
       CU_ASSERT(member_state(&t, (int)victim) == VD_RAID_STATE_FAULTY);
       tarr_close(&t);
-      vd_raid_fault_detach(f);
+      vd_fault_detach(f);
       CU_ASSERT_FATAL(tarr_open(&t) == 0);
       CU_ASSERT(verify_all(&t) == 0);
       tarr_free(&t);
@@ -471,10 +484,10 @@ static void test_fail_recorded_before_ack(void)
 {
   struct tarr t;
   tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
-  struct raid_fault *f = vd_raid_fault_attach(t.mem[0]);
+  struct vd_fault *f = tarr_fault(&t, 0);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
-  struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
-  vd_raid_fault_set(f, &fc);
+  struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+  vd_fault_set(f, &fc);
   CU_ASSERT(mwrite(&t, 0, 100000, 5) == 0);
   /* Read member 1's superblock straight from the file, now. */
   struct vd_dev *m;
@@ -488,7 +501,7 @@ static void test_fail_recorded_before_ack(void)
   vd_raid_crash(t.a);     /* even without a clean stop */
   vd_close(t.dev);
   t.dev = NULL;
-  vd_raid_fault_detach(f);
+  vd_fault_detach(f);
   /* Dirty and degraded: refused unless forced. */
   CU_ASSERT(vd_open(t.desc, NULL, VD_OPEN_RDWR, &t.dev) == -EIO);
   t.dev = NULL;
@@ -586,16 +599,16 @@ static void test_two_failures(void)
 {
   struct tarr t;
   tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
-  struct raid_fault *f0 = vd_raid_fault_attach(t.mem[0]);
-  struct raid_fault *f1 = vd_raid_fault_attach(t.mem[1]);
+  struct vd_fault *f0 = tarr_fault(&t, 0);
+  struct vd_fault *f1 = tarr_fault(&t, 1);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
   random_ops(&t, 10);
-  struct vd_raid_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
-  vd_raid_fault_set(f0, &fc);
+  struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_ALL };
+  vd_fault_set(f0, &fc);
   random_ops(&t, 5);
   CU_ASSERT(verify_all(&t) == 0);
-  vd_raid_fault_set(f1, &fc);
-  uint64_t before = vd_raid_fault_count(f1);
+  vd_fault_set(f1, &fc);
+  uint64_t before = vd_fault_count(f1);
   uint8_t b[65536];
   int eio = 0, wrong = 0;
   for (uint64_t o = 0; o < t.size; o += sizeof b) {
@@ -616,14 +629,14 @@ static void test_two_failures(void)
   CU_ASSERT(vd_pwrite(t.dev, b, sizeof b, 0, 0) == -EIO);
   CU_ASSERT(vd_flush(t.dev) == -EIO);
   CU_ASSERT(vd_pread(t.dev, b, 512, 0) == -EIO);
-  CU_ASSERT(vd_raid_fault_count(f1) >= before);
+  CU_ASSERT(vd_fault_count(f1) >= before);
   vd_close(t.dev);
   t.dev = NULL;
   snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s.copy'", t.mem[2], t.mem[2]);
   CU_ASSERT(system(cmd) == 0);
   (void)st1;
-  vd_raid_fault_detach(f0);
-  vd_raid_fault_detach(f1);
+  vd_fault_detach(f0);
+  vd_fault_detach(f1);
   tarr_free(&t);
 }
 
@@ -634,15 +647,15 @@ static void powercut_case(int policy, unsigned lost, unsigned keep, bool
 {
   struct tarr t;
   tarr_create(&t, 5, 4, 16384, 3 * MIB, policy, 256 * 1024);
-  struct raid_fault *f[4];
+  struct vd_fault *f[4];
   for (unsigned i = 0; i < 4; i++)
-    f[i] = vd_raid_fault_attach(t.mem[i]);
+    f[i] = tarr_fault(&t, i);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
   for (uint64_t o = 0; o < t.size; o += 3 * 16384)
     CU_ASSERT(mwrite(&t, o, 3 * 16384, o + 1) == 0);
   CU_ASSERT(vd_flush(t.dev) == 0);
   for (unsigned i = 0; i < 4; i++)
-    vd_raid_fault_powercut_arm(f[i], true);
+    vd_fault_powercut_arm(f[i], true);
   /* Unflushed partial-stripe writes; remember what they touched. */
   uint8_t *touched = calloc(1, t.size);
   for (int i = 0; i < 40; i++) {
@@ -657,11 +670,11 @@ static void powercut_case(int policy, unsigned lost, unsigned keep, bool
   }
   vd_raid_crash(t.a);
   for (unsigned i = 0; i < 4; i++)
-    CU_ASSERT(vd_raid_fault_powercut(f[i], keep, 7 + i) == 0);
+    CU_ASSERT(vd_fault_powercut(f[i], keep, 7 + i) == 0);
   vd_close(t.dev);
   t.dev = NULL;
   for (unsigned i = 0; i < 4; i++)
-    vd_raid_fault_detach(f[i]);
+    vd_fault_detach(f[i]);
 
   char saved[400];
   snprintf(saved, sizeof saved, "%s.gone", t.mem[lost]);
@@ -728,7 +741,7 @@ struct pend {
 
 struct cutrun {
   struct tarr t;
-  struct raid_fault *f[8];
+  struct vd_fault *f[8];
   uint8_t *flushed;            /* array contents at the last flush */
   struct pend *p;
   size_t np, cap;
@@ -740,7 +753,7 @@ static void cr_start(struct cutrun *c, unsigned n, uint32_t chunk,
   memset(c, 0, sizeof *c);
   tarr_create(&c->t, 5, n, chunk, msize, policy, 64 * 1024);
   for (unsigned i = 0; i < n; i++)
-    c->f[i] = vd_raid_fault_attach(c->t.mem[i]);
+    c->f[i] = tarr_fault(&c->t, i);
   CU_ASSERT_FATAL(tarr_open(&c->t) == 0);
   c->flushed = calloc(1, c->t.size);
   CU_ASSERT_FATAL(c->flushed != NULL);
@@ -763,7 +776,7 @@ static void cr_flush(struct cutrun *c)
 static void cr_arm(struct cutrun *c)
 {
   for (unsigned i = 0; i < c->t.n; i++)
-    vd_raid_fault_powercut_arm(c->f[i], true);
+    vd_fault_powercut_arm(c->f[i], true);
 }
 
 static void cr_write(struct cutrun *c, uint64_t off, size_t len, uint64_t seed)
@@ -789,13 +802,13 @@ static void cr_cut(struct cutrun *c, unsigned keep, unsigned flags,
 {
   vd_raid_crash(c->t.a);
   for (unsigned i = 0; i < c->t.n; i++)
-    CU_ASSERT(vd_raid_fault_powercut_ex(c->f[i], keep, flags,
+    CU_ASSERT(vd_fault_powercut_ex(c->f[i], keep, flags,
                                         seed * 31 + i) == 0);
   vd_close(c->t.dev);
   c->t.dev = NULL;
   c->t.a = NULL;
   for (unsigned i = 0; i < c->t.n; i++) {
-    vd_raid_fault_detach(c->f[i]);
+    vd_fault_detach(c->f[i]);
     c->f[i] = NULL;
   }
 }
@@ -807,7 +820,7 @@ static void cr_free(struct cutrun *c)
   free(c->flushed);
   for (unsigned i = 0; i < c->t.n; i++)
     if (c->f[i])
-      vd_raid_fault_detach(c->f[i]);
+      vd_fault_detach(c->f[i]);
   tarr_free(&c->t);
 }
 
@@ -1175,8 +1188,8 @@ static void test_bitmap_resync(void)
     doff = sb.data_offset;
     vd_close(m);
   }
-  CU_ASSERT(vd_raid_fault_corrupt(t.mem[2], doff + 10, 1) == 0);
-  CU_ASSERT(vd_raid_fault_corrupt(t.mem[2 - 40 % 3], doff + 40 * 16384 + 5,
+  CU_ASSERT(vd_fault_corrupt(t.mem[2], doff + 10, 1) == 0);
+  CU_ASSERT(vd_fault_corrupt(t.mem[2 - 40 % 3], doff + 40 * 16384 + 5,
                                   1) == 0);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
   struct vd_raid_scrub_report rep = { .mismatch = note_mismatch };
@@ -1203,7 +1216,7 @@ static void test_bitrot(void)
   CU_ASSERT(raid_sb_decode(sbuf, &sb, "m0") == 0);
   vd_close(m);
   /* Stripe 7's parity lives on member 2 - 7 % 3 = 1. */
-  CU_ASSERT(vd_raid_fault_corrupt(t.mem[1], sb.data_offset + 7 * 16384 + 123,
+  CU_ASSERT(vd_fault_corrupt(t.mem[1], sb.data_offset + 7 * 16384 + 123,
                                   3) == 0);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
   struct vd_raid_scrub_report rep = { .mismatch = note_mismatch };
@@ -1354,20 +1367,20 @@ static void read_error(int level, bool persistent)
 {
   struct tarr t;
   tarr_create(&t, level, 3, 16384, 3 * MIB, -1, 0);
-  struct raid_fault *f[3];
+  struct vd_fault *f[3];
   for (int i = 0; i < 3; i++)
-    f[i] = vd_raid_fault_attach(t.mem[i]);
+    f[i] = tarr_fault(&t, i);
   CU_ASSERT_FATAL(tarr_open(&t) == 0);
   random_ops(&t, 10);
   for (uint64_t o = 0; o < t.size; o += 65536)
     CU_ASSERT(mwrite(&t, o, 65536, o + 5) == 0);
   uint64_t doff = t.a->sb.data_offset;
-  struct vd_raid_fault_cfg fc = { .mode = persistent ? VD_FAULT_FAIL_RANGE
+  struct vd_fault_cfg fc = { .mode = persistent ? VD_FAULT_FAIL_RANGE
                                                      : VD_FAULT_FAIL_NTH,
                                   .nth = 1, .reads = true,
                                   .start = doff + 20000, .end = doff + 20001 };
   /* Member 0 only: stripe 1 row 3616 holds data chunk 1 there. */
-  vd_raid_fault_set(f[0], &fc);
+  vd_fault_set(f[0], &fc);
   for (int pass = 0; pass < 3; pass++)
     CU_ASSERT(verify_all(&t) == 0);
   struct vd_raid_status st;
@@ -1375,7 +1388,7 @@ static void read_error(int level, bool persistent)
   int failed = 0;
   for (int i = 0; i < 3; i++)
     failed += st.m[i].state != VD_RAID_STATE_ACTIVE;
-  CU_ASSERT(vd_raid_fault_count(f[0]) > 0);
+  CU_ASSERT(vd_fault_count(f[0]) > 0);
   /* RAID1 may have served every read from the other mirrors. */
   CU_ASSERT(persistent || failed == 0);
   CU_ASSERT(!persistent || level != 5 ||
@@ -1383,12 +1396,12 @@ static void read_error(int level, bool persistent)
   CU_ASSERT(!persistent || failed <= 1);
   if (!persistent && level == 5)
     CU_ASSERT(scrub_mismatches(&t, false) == 0);
-  struct vd_raid_fault_cfg none = { .mode = VD_FAULT_NONE };
-  vd_raid_fault_set(f[0], &none);
+  struct vd_fault_cfg none = { .mode = VD_FAULT_NONE };
+  vd_fault_set(f[0], &none);
   CU_ASSERT(verify_all(&t) == 0);
   tarr_close(&t);
   for (int i = 0; i < 3; i++)
-    vd_raid_fault_detach(f[i]);
+    vd_fault_detach(f[i]);
   tarr_free(&t);
 }
 

@@ -1,75 +1,90 @@
-/* A fault-injecting layer under RAID members, for the tests (in the spirit
- * of SQLite's crash VFS).  A test attaches a fault to a member's path;
- * whenever a RAID opens that member, its I/O goes through here:
+/* The fault filter (QEMU's blkdebug, nbdkit's error filter, in the spirit
+ * of SQLite's crash VFS): a driver stacked over any image by the open
+ * option filter = "fault", built into the tests only.  A test attaches a
+ * fault to a file; every device opened on it through the filter sends its
+ * I/O through here:
  *  - fail the Nth I/O (optionally every later one too), or I/O touching a
  *    byte range, or everything (the device is gone);
  *  - drop writes (report success, write nothing) or tear them (keep the
  *    first 512 bytes);
- *  - power-cut mode: remember each write since the member's last flush
- *    (its pre-image and data); vd_raid_fault_powercut() then rolls the
- *    member back to its last flush and re-applies a random subset, which
- *    vd_raid_fault_powercut_ex() may also reorder and tear (some 512-byte
+ *  - power-cut mode: remember each write since the device's last flush
+ *    (its pre-image and data); vd_fault_powercut() then rolls the device
+ *    back to its last flush and re-applies a random subset, which
+ *    vd_fault_powercut_ex() may also reorder and tear (some 512-byte
  *    sectors of a write land, others not).
- * Members are matched by device and inode, so any spelling of the path
- * works.
+ * A device opened through the filter on a file with no fault attached
+ * passes everything through.
  */
 #include <config.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "raid/raid.h"
-#include "raid/fault.h"
+#include "vdisk/driver.h"
+#include "tests/unit/fault.h"
 
-struct raid_fault_rec {
+enum fault_op { FAULT_READ, FAULT_WRITE, FAULT_FLUSH };
+
+struct fault_rec {
   uint64_t off;
   size_t len;
   uint8_t *pre, *data;
 };
 
-struct raid_fault {
+struct vd_fault {
   dev_t st_dev;
   ino_t st_ino;
   pthread_mutex_t lock;
-  struct vd_raid_fault_cfg cfg;   /* guarded by lock */
+  struct vd_fault_cfg cfg;        /* guarded by lock */
   uint64_t count;                 /* I/Os matching cfg's kinds */
   uint64_t total;
   bool tripped;                   /* FAIL_NTH sticky has fired */
   bool armed;                     /* power-cut recording */
-  struct vd_dev *dev;             /* last device seen (for the roll back) */
-  struct raid_fault_rec *rec;
+  struct vd_dev *dev;             /* last device below seen (for the roll
+                                     back), NULL once it closed */
+  struct fault_rec *rec;
   size_t nrec, caprec;
-  struct raid_fault *next;
+  unsigned refs;                  /* the list's and each open device's;
+                                     guarded by fault_list_lock */
+  struct vd_fault *next;          /* guarded by fault_list_lock */
+};
+
+/* Per device opened through the filter. */
+struct fault_dev {
+  struct vd_fault *f;             /* NULL: nothing attached, pass through */
 };
 
 static pthread_mutex_t fault_list_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct raid_fault *fault_list;     /* guarded by fault_list_lock */
-static _Atomic int fault_count;
+static struct vd_fault *fault_list;       /* guarded by fault_list_lock */
 
-struct raid_fault *vd_raid_fault_attach(const char *path)
+struct vd_fault *vd_fault_attach(const char *path)
 {
   struct stat st;
   if (stat(path, &st) != 0) {
     vd_set_error(errno, "%s: %s", path, strerror(errno));
     return NULL;
   }
-  struct raid_fault *f = calloc(1, sizeof *f);
-  if (!f)
+  struct vd_fault *f = calloc(1, sizeof *f);
+  if (!f) {
+    vd_set_error(ENOMEM, "%s: out of memory", path);
     return NULL;
+  }
   f->st_dev = st.st_dev;
   f->st_ino = st.st_ino;
+  f->refs = 1;
   pthread_mutex_init(&f->lock, NULL);
   pthread_mutex_lock(&fault_list_lock);
   f->next = fault_list;
   fault_list = f;
-  atomic_fetch_add(&fault_count, 1);
   pthread_mutex_unlock(&fault_list_lock);
   return f;
 }
 
-static void fault_clear_recs(struct raid_fault *f)
+static void fault_clear_recs(struct vd_fault *f)
 {
   for (size_t i = 0; i < f->nrec; i++) {
     free(f->rec[i].pre);
@@ -78,39 +93,57 @@ static void fault_clear_recs(struct raid_fault *f)
   f->nrec = 0;
 }
 
-void vd_raid_fault_detach(struct raid_fault *f)
+static void fault_unref(struct vd_fault *f)
 {
-  if (!f)
-    return;
   pthread_mutex_lock(&fault_list_lock);
-  for (struct raid_fault **p = &fault_list; *p; p = &(*p)->next)
-    if (*p == f) {
-      *p = f->next;
-      atomic_fetch_sub(&fault_count, 1);
-      break;
-    }
+  bool last = --f->refs == 0;
   pthread_mutex_unlock(&fault_list_lock);
+  if (!last)
+    return;
   fault_clear_recs(f);
   free(f->rec);
   pthread_mutex_destroy(&f->lock);
   free(f);
 }
 
-struct raid_fault *raid_fault_lookup(const char *path)
+void vd_fault_detach(struct vd_fault *f)
+{
+  if (!f)
+    return;
+  pthread_mutex_lock(&fault_list_lock);
+  for (struct vd_fault **p = &fault_list; *p; p = &(*p)->next)
+    if (*p == f) {
+      *p = f->next;
+      break;
+    }
+  pthread_mutex_unlock(&fault_list_lock);
+  pthread_mutex_lock(&f->lock);
+  memset(&f->cfg, 0, sizeof f->cfg);
+  f->tripped = f->armed = false;
+  fault_clear_recs(f);
+  pthread_mutex_unlock(&f->lock);
+  fault_unref(f);
+}
+
+/* The fault attached to the file at PATH (the earliest attached if
+ * several), with a reference taken, or NULL. */
+static struct vd_fault *fault_lookup(const char *path)
 {
   struct stat st;
-  if (atomic_load(&fault_count) == 0 || !path || stat(path, &st) != 0)
+  if (stat(path, &st) != 0)
     return NULL;
-  struct raid_fault *r = NULL;
+  struct vd_fault *r = NULL;
   pthread_mutex_lock(&fault_list_lock);
-  for (struct raid_fault *f = fault_list; f; f = f->next)
+  for (struct vd_fault *f = fault_list; f; f = f->next)
     if (f->st_dev == st.st_dev && f->st_ino == st.st_ino)
       r = f;
+  if (r)
+    r->refs++;
   pthread_mutex_unlock(&fault_list_lock);
   return r;
 }
 
-void vd_raid_fault_set(struct raid_fault *f, const struct vd_raid_fault_cfg *c)
+void vd_fault_set(struct vd_fault *f, const struct vd_fault_cfg *c)
 {
   pthread_mutex_lock(&f->lock);
   f->cfg = *c;
@@ -119,7 +152,7 @@ void vd_raid_fault_set(struct raid_fault *f, const struct vd_raid_fault_cfg *c)
   pthread_mutex_unlock(&f->lock);
 }
 
-void vd_raid_fault_powercut_arm(struct raid_fault *f, bool on)
+void vd_fault_powercut_arm(struct vd_fault *f, bool on)
 {
   pthread_mutex_lock(&f->lock);
   f->armed = on;
@@ -127,7 +160,7 @@ void vd_raid_fault_powercut_arm(struct raid_fault *f, bool on)
   pthread_mutex_unlock(&f->lock);
 }
 
-uint64_t vd_raid_fault_count(struct raid_fault *f)
+uint64_t vd_fault_count(struct vd_fault *f)
 {
   pthread_mutex_lock(&f->lock);
   uint64_t n = f->total;
@@ -137,18 +170,19 @@ uint64_t vd_raid_fault_count(struct raid_fault *f)
 
 /* Decide the fate of one I/O.  Returns 0 (do it), -EIO (fail), 1 (drop),
  * 2 (tear).  Caller holds f->lock. */
-static int fault_decide(struct raid_fault *f, int op, size_t len, uint64_t off)
+static int fault_decide(struct vd_fault *f, enum fault_op op, size_t len,
+                        uint64_t off)
 {
-  const struct vd_raid_fault_cfg *c = &f->cfg;
-  bool is_write = op == RAID_MIO_WRITE;
+  const struct vd_fault_cfg *c = &f->cfg;
+  bool is_write = op == FAULT_WRITE;
   bool kinds = (!c->reads && !c->writes) ||
-               (c->reads && op == RAID_MIO_READ) || (c->writes && is_write);
-  f->total += op != RAID_MIO_FLUSH;
+               (c->reads && op == FAULT_READ) || (c->writes && is_write);
+  f->total += op != FAULT_FLUSH;
   switch (c->mode) {
   case VD_FAULT_FAIL_ALL:
     return -EIO;
   case VD_FAULT_FAIL_NTH:
-    if (op == RAID_MIO_FLUSH || !kinds)
+    if (op == FAULT_FLUSH || !kinds)
       return f->tripped ? -EIO : 0;
     if (f->tripped)
       return -EIO;
@@ -159,7 +193,7 @@ static int fault_decide(struct raid_fault *f, int op, size_t len, uint64_t off)
     }
     return 0;
   case VD_FAULT_FAIL_RANGE:
-    if (op != RAID_MIO_FLUSH && kinds && off < c->end && off + len > c->start)
+    if (op != FAULT_FLUSH && kinds && off < c->end && off + len > c->start)
       return -EIO;
     return 0;
   case VD_FAULT_DROP_WRITES:
@@ -171,18 +205,18 @@ static int fault_decide(struct raid_fault *f, int op, size_t len, uint64_t off)
   }
 }
 
-static int fault_record(struct raid_fault *f, struct vd_dev *dev,
+static int fault_record(struct vd_fault *f, struct vd_dev *dev,
                         const void *buf, size_t len, uint64_t off)
 {
   if (f->nrec == f->caprec) {
     size_t nc = f->caprec ? f->caprec * 2 : 64;
-    struct raid_fault_rec *n = realloc(f->rec, nc * sizeof *n);
+    struct fault_rec *n = realloc(f->rec, nc * sizeof *n);
     if (!n)
       return -ENOMEM;
     f->rec = n;
     f->caprec = nc;
   }
-  struct raid_fault_rec *r = &f->rec[f->nrec];
+  struct fault_rec *r = &f->rec[f->nrec];
   r->off = off;
   r->len = len;
   r->pre = malloc(len);
@@ -208,8 +242,9 @@ static int fault_record(struct raid_fault *f, struct vd_dev *dev,
   return 0;
 }
 
-int raid_fault_io(struct raid_fault *f, struct vd_dev *dev, int op, void *buf,
-                  size_t len, uint64_t off)
+/* One request through F to DEV (the device below the filter). */
+static int fault_io(struct vd_fault *f, struct vd_dev *dev, enum fault_op op,
+                    void *buf, size_t len, uint64_t off)
 {
   pthread_mutex_lock(&f->lock);
   f->dev = dev;
@@ -220,21 +255,21 @@ int raid_fault_io(struct raid_fault *f, struct vd_dev *dev, int op, void *buf,
     return vd_set_error(EIO, "%s: injected I/O error at %llu",
                         vd_path(dev), (unsigned long long)off);
   }
-  if (op == RAID_MIO_WRITE && f->armed) {
+  if (op == FAULT_WRITE && f->armed) {
     r = fault_record(f, dev, buf, len, off);
     if (r < 0) {
       pthread_mutex_unlock(&f->lock);
       return vd_set_error(-r, "%s: fault layer cannot record", vd_path(dev));
     }
   }
-  if (op == RAID_MIO_FLUSH && f->armed)
+  if (op == FAULT_FLUSH && f->armed)
     fault_clear_recs(f);
   /* Writes are done under the lock so the record order is the real one. */
   switch (op) {
-  case RAID_MIO_READ:
+  case FAULT_READ:
     pthread_mutex_unlock(&f->lock);
     return vd_pread(dev, buf, len, off);
-  case RAID_MIO_WRITE:
+  case FAULT_WRITE:
     if (fate == 1)
       r = 0;
     else
@@ -255,8 +290,8 @@ static uint64_t cut_rnd(uint64_t *x)
   return *x;
 }
 
-int vd_raid_fault_powercut_ex(struct raid_fault *f, unsigned keep_percent,
-                              unsigned flags, uint64_t seed)
+int vd_fault_powercut_ex(struct vd_fault *f, unsigned keep_percent,
+                         unsigned flags, uint64_t seed)
 {
   pthread_mutex_lock(&f->lock);
   int r = 0;
@@ -283,7 +318,7 @@ int vd_raid_fault_powercut_ex(struct raid_fault *f, unsigned keep_percent,
       order[j] = t;
     }
   for (size_t k = 0; k < f->nrec && r == 0; k++) {
-    const struct raid_fault_rec *w = &f->rec[order[k]];
+    const struct fault_rec *w = &f->rec[order[k]];
     if (keep_percent < 100 && cut_rnd(&x) % 100 >= keep_percent)
       continue;
     if (!(flags & VD_FAULT_CUT_TEAR) || cut_rnd(&x) % 2 == 0) {
@@ -305,13 +340,13 @@ out:
   return r;
 }
 
-int vd_raid_fault_powercut(struct raid_fault *f, unsigned keep_percent,
-                           unsigned seed)
+int vd_fault_powercut(struct vd_fault *f, unsigned keep_percent,
+                      unsigned seed)
 {
-  return vd_raid_fault_powercut_ex(f, keep_percent, 0, seed);
+  return vd_fault_powercut_ex(f, keep_percent, 0, seed);
 }
 
-int vd_raid_fault_corrupt(const char *path, uint64_t off, size_t len)
+int vd_fault_corrupt(const char *path, uint64_t off, size_t len)
 {
   struct vd_dev *dev;
   int r = vd_open(path, "raw", VD_OPEN_RDWR, &dev);
@@ -331,3 +366,75 @@ int vd_raid_fault_corrupt(const char *path, uint64_t off, size_t len)
   int c = vd_close(dev);
   return r < 0 ? r : c;
 }
+
+/* ---- the filter driver ---- */
+
+static int fault_open(struct vd_dev *dev)
+{
+  struct fault_dev *fd = dev->priv;
+  fd->f = fault_lookup(dev->path);
+  return 0;
+}
+
+static void fault_close(struct vd_dev *dev)
+{
+  struct fault_dev *fd = dev->priv;
+  if (!fd->f)
+    return;
+  pthread_mutex_lock(&fd->f->lock);
+  if (fd->f->dev == dev->below)
+    fd->f->dev = NULL;
+  pthread_mutex_unlock(&fd->f->lock);
+  fault_unref(fd->f);
+}
+
+static int fault_pread(struct vd_dev *dev, void *buf, size_t len,
+                       uint64_t off)
+{
+  struct fault_dev *fd = dev->priv;
+  if (!fd->f)
+    return vd_pread(dev->below, buf, len, off);
+  return fault_io(fd->f, dev->below, FAULT_READ, buf, len, off);
+}
+
+/* FLAGS: the dispatcher turns FUA into a flush after the write, so it
+ * never reaches a driver. */
+static int fault_pwrite(struct vd_dev *dev, const void *buf, size_t len,
+                        uint64_t off, unsigned flags)
+{
+  struct fault_dev *fd = dev->priv;
+  if (!fd->f)
+    return vd_pwrite(dev->below, buf, len, off, flags);
+  return fault_io(fd->f, dev->below, FAULT_WRITE, (void *)buf, len, off);
+}
+
+static int fault_flush(struct vd_dev *dev)
+{
+  struct fault_dev *fd = dev->priv;
+  if (!fd->f)
+    return vd_flush(dev->below);
+  return fault_io(fd->f, dev->below, FAULT_FLUSH, NULL, 0, 0);
+}
+
+static int fault_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
+                              struct vd_extent *ext)
+{
+  return vd_block_status(dev->below, off, len, ext);
+}
+
+/* No discard (advisory: dropped) and no write_zeroes (zeros are written
+ * through fault_pwrite, so they fail, tear and are recorded like any
+ * write). */
+static const struct vd_driver fault_driver = {
+  .name = "fault",
+  .priv_size = sizeof(struct fault_dev),
+  .open = fault_open,
+  .close = fault_close,
+  .pread = fault_pread,
+  .pwrite = fault_pwrite,
+  .flush = fault_flush,
+  .block_status = fault_block_status,
+  .filter = true,
+};
+
+VD_REGISTER_DRIVER(fault_driver);
