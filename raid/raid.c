@@ -642,8 +642,8 @@ static int raid_scan_members(const char *desc,
 
 /* Open the members named by the descriptor (with MARGS, each in the format
  * the descriptor names) and read their superblocks; decide each slot's
- * state.  Returns 0 with s->refusal set (non-empty) if
- * the array must not start, or -errno for errors before any decision. */
+ * state.  Returns 0 with s->refusal set (non-empty) if the array must not
+ * start, or -errno for errors before any decision. */
 static int raid_scan(const char *desc, const struct vd_open_args *margs,
                      bool force, struct raid_scan *s)
 {
