@@ -32,12 +32,24 @@ static void make_image(const char *path, const char *format, uint64_t size)
   CU_ASSERT_FATAL(r == 0);
 }
 
-static int open_filtered(const char *path, const char *format, unsigned flags,
-                         struct vd_dev **dev)
+/* Create the FORMAT image NAME (PATH gets its path), attach a fault to it
+ * and open it writable through the filter (OPEN_FORMAT: the format asked
+ * for, NULL to probe). */
+static struct vd_fault *fault_image(char *path, size_t plen, const char *name,
+                                    const char *format,
+                                    const char *open_format, uint64_t size,
+                                    struct vd_dev **dev)
 {
-  struct vd_open_args a = { .format = format, .flags = flags,
+  path_of(path, plen, name);
+  make_image(path, format, size);
+  struct vd_fault *f = vd_fault_attach(path);
+  CU_ASSERT_FATAL(f != NULL);
+  struct vd_open_args a = { .format = open_format, .flags = VD_OPEN_RDWR,
                             .filter = "fault" };
-  return vd_open_opts(path, &a, dev);
+  CU_ASSERT_FATAL(vd_open_opts(path, &a, dev) == 0);
+  /* Filters are not formats: the device still says what the image is. */
+  CU_ASSERT_STRING_EQUAL(vd_format(*dev), format);
+  return f;
 }
 
 /* The Nth read of a raw image fails with -EIO through the layer and the
@@ -46,14 +58,9 @@ static int open_filtered(const char *path, const char *format, unsigned flags,
 static void test_raw_read_error(void)
 {
   char path[300];
-  path_of(path, sizeof path, "raw.img");
-  make_image(path, "raw", 1 * MIB);
-  struct vd_fault *f = vd_fault_attach(path);
-  CU_ASSERT_FATAL(f != NULL);
   struct vd_dev *dev;
-  CU_ASSERT_FATAL(open_filtered(path, "raw", VD_OPEN_RDWR, &dev) == 0);
-  /* Filters are not formats: the device still says what the image is. */
-  CU_ASSERT_STRING_EQUAL(vd_format(dev), "raw");
+  struct vd_fault *f = fault_image(path, sizeof path, "raw.img", "raw", "raw",
+                                   1 * MIB, &dev);
   CU_ASSERT(vd_size(dev) == 1 * MIB);
   struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_NTH, .nth = 2,
                              .reads = true };
@@ -92,13 +99,9 @@ static void test_raw_read_error(void)
 static void vhd_cut(unsigned keep)
 {
   char path[300];
-  path_of(path, sizeof path, "cut.vhd");
-  make_image(path, "vpc", 4 * MIB);
-  struct vd_fault *f = vd_fault_attach(path);
-  CU_ASSERT_FATAL(f != NULL);
   struct vd_dev *dev;
-  CU_ASSERT_FATAL(open_filtered(path, NULL, VD_OPEN_RDWR, &dev) == 0);
-  CU_ASSERT_STRING_EQUAL(vd_format(dev), "vpc");
+  struct vd_fault *f = fault_image(path, sizeof path, "cut.vhd", "vpc", NULL,
+                                   4 * MIB, &dev);
   uint8_t a[8192], b[8192], got[8192], zero[8192] = { 0 };
   memset(a, 0xa1, sizeof a);
   memset(b, 0xb2, sizeof b);
