@@ -296,8 +296,15 @@ int vd_fault_powercut_ex(struct vd_fault *f, unsigned keep_percent,
   pthread_mutex_lock(&f->lock);
   int r = 0;
   size_t *order = NULL;
-  if (!f->dev || f->nrec == 0)
+  if (f->nrec == 0)
     goto out;
+  if (!f->dev) {
+    /* Recorded writes, but the device they went to has closed. */
+    r = vd_set_error(ENODEV, "power cut: the device written through the "
+                     "fault layer is closed");
+    fault_clear_recs(f);
+    goto out;
+  }
   order = malloc(f->nrec * sizeof *order);
   if (!order) {
     r = -ENOMEM;
