@@ -278,6 +278,113 @@ bool vd_probed_raw(const struct vd_dev *dev);
  * coherent (a flush on one covers writes completed on all). */
 bool vd_can_multi_conn(const struct vd_dev *dev);
 
+/* ---- the device graph: nodes ----
+ *
+ * A node is what a frontend exports: a handle that points at the current
+ * top device of a graph (a raw file, a differencing chain, an array).
+ * Frontends do all their I/O through the node and never learn what it
+ * points at; the engine can drain a node, make it point at another device
+ * and resume (a live snapshot puts a new differencing child on top, a
+ * mirror pivot or a live commit moves to another device), atomically from
+ * the frontends' point of view.
+ *
+ * Requests.  Every vd_node_<op> (and every vd_node_get/vd_node_put
+ * bracket) is one request: it enters the node, runs on the device the
+ * node points at when it entered, and leaves.  The fast path is one
+ * atomic increment and one decrement of the node's in-flight counter plus
+ * a load of its drain count; no lock is taken unless the node is drained.
+ *
+ * The drain rule.  vd_node_drain returns once no request is in flight on
+ * the node, and from then until the matching vd_node_resume new requests
+ * wait (they block inside vd_node_<op> / vd_node_get; they are neither
+ * failed nor lost) and run after the resume, on whatever device the node
+ * points at then.  Drains nest: the node resumes at the last resume.  A
+ * thread must not drain a node while it is inside a request on it (it
+ * would wait for itself).
+ *
+ * The pointer.  The node's device pointer changes only in vd_node_replace,
+ * with the node drained and the node's control mutex held; requests read
+ * it without a lock after they have entered (entering orders the read
+ * after any replacement, see vdisk/node.c).  So a request never runs on a
+ * device after the vd_node_replace that removed it has returned, and a
+ * device returned by vd_node_replace is the caller's to close at once.
+ *
+ * Lock order: the node's control mutex, then device locks (the replace
+ * flushes the old device while holding it); the node's wait mutex is a
+ * leaf, never held while calling into a device.
+ *
+ * Flush across a swap: vd_node_replace flushes the old device after the
+ * drain and before the swap, and fails (keeping the old device) if that
+ * flush fails.  So a flush acknowledged after the swap covers every write
+ * acknowledged before it, and a flush in flight at the drain completes
+ * on the old device before the swap.
+ *
+ * What a node reports about itself (size, logical block, preferred I/O,
+ * read-only, multi-connection) is fixed by the device it was created
+ * with; vd_node_replace refuses a device that would change it. */
+struct vd_node;
+
+/* Make a node that points at DEV and owns it (vd_node_free closes it).
+ * Returns 0 and the node in *OUT, or -errno (DEV stays the caller's). */
+int vd_node_new(struct vd_dev *dev, struct vd_node **out);
+
+/* Close the device the node points at (flushing it if writable) and free
+ * the node.  No request may be in flight or arrive.  Returns the close
+ * result.  Accepts NULL. */
+int vd_node_free(struct vd_node *node);
+
+/* The device operations of vdisk.h, as one request each on the device the
+ * node points at (same arguments, results and errors).  NODE NULL gives
+ * -EINVAL. */
+int vd_node_pread(struct vd_node *node, void *buf, size_t len, uint64_t off);
+int vd_node_pwrite(struct vd_node *node, const void *buf, size_t len,
+                   uint64_t off, unsigned flags);
+int vd_node_flush(struct vd_node *node);
+int vd_node_discard(struct vd_node *node, uint64_t off, uint64_t len,
+                    unsigned flags);
+int vd_node_write_zeroes(struct vd_node *node, uint64_t off, uint64_t len,
+                         unsigned flags);
+int vd_node_block_status(struct vd_node *node, uint64_t off, uint64_t len,
+                         struct vd_extent *ext);
+int vd_node_get_info(struct vd_node *node, struct vd_info *info);
+
+/* The node's fixed properties (those of the device it was created with,
+ * which every replacement keeps). */
+uint64_t vd_node_size(const struct vd_node *node);
+uint32_t vd_node_logical_block(const struct vd_node *node);
+uint32_t vd_node_preferred_io(const struct vd_node *node);
+bool vd_node_is_read_only(const struct vd_node *node);
+bool vd_node_can_multi_conn(const struct vd_node *node);
+
+/* A request bracket for a caller that needs several device calls as one
+ * request: vd_node_get enters (waiting while the node is drained) and
+ * returns the current device, borrowed until the matching vd_node_put. */
+struct vd_dev *vd_node_get(struct vd_node *node);
+void vd_node_put(struct vd_node *node);
+
+/* The device the node points at, borrowed: valid until the node is next
+ * replaced or freed, so only for the thread that controls replacement (or
+ * while it holds the node drained) and before the node is shared.  Use it
+ * for names and messages, never for I/O from a frontend. */
+struct vd_dev *vd_node_dev(const struct vd_node *node);
+
+/* Wait until no request is in flight on NODE and hold new ones back until
+ * vd_node_resume (see the drain rule above).  Returns 0, or -EINVAL for
+ * NODE NULL. */
+int vd_node_drain(struct vd_node *node);
+/* End one vd_node_drain; at the last one, the waiting requests proceed. */
+void vd_node_resume(struct vd_node *node);
+
+/* Atomically make NODE point at NEWDEV: drain, flush the old device, swap,
+ * resume.  NEWDEV must have the node's size and logical block, and must be
+ * writable if the node is, multi-connection safe if the node is.  On
+ * success the node owns NEWDEV and the old device is stored in *OLDDEV,
+ * idle and flushed, now the caller's (to close, or to keep as the new
+ * device's parent).  On failure nothing changes: NEWDEV stays the
+ * caller's.  May be called with the node already drained by the caller. */
+int vd_node_replace(struct vd_node *node, struct vd_dev *newdev,
+                    struct vd_dev **olddev);
+
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);
 
