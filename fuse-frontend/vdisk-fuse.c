@@ -5,16 +5,18 @@
  * The mount point is a flat directory (inode 1) holding one regular file
  * per image (inodes 2, 3, ...), named after the image with its extension
  * replaced by ".raw".  Each FUSE operation on such a file becomes one or
- * a few engine calls; this file knows no image format.
+ * a few engine calls on the image's node (vdisk.h, "the device graph"),
+ * never on a device; this file knows no image format and no swap.
  *
  * Operation map (low-level libfuse API, multithreaded session loop):
- *   read               vd_pread into a per-thread buffer, one reply
- *   write              vd_pwrite; past the end: short write, then ENOSPC
- *   fsync              vd_flush
- *   fallocate          PUNCH_HOLE: vd_discard, then vd_write_zeroes on
- *                      whatever does not read as zeros afterwards;
- *                      ZERO_RANGE: vd_write_zeroes
- *   lseek              SEEK_DATA / SEEK_HOLE from vd_block_status
+ *   read               vd_node_pread into a per-thread buffer, one reply
+ *   write              vd_node_pwrite; past the end: short write, then
+ *                      ENOSPC
+ *   fsync              vd_node_flush
+ *   fallocate          PUNCH_HOLE: vd_node_discard, then
+ *                      vd_node_write_zeroes on whatever does not read as
+ *                      zeros afterwards; ZERO_RANGE: vd_node_write_zeroes
+ *   lseek              SEEK_DATA / SEEK_HOLE from vd_node_block_status
  *   setattr(size)      EPERM (resizing goes through vdtool)
  *   setattr(mode, uid) EPERM (they mirror the image file, see below)
  *
@@ -70,7 +72,7 @@
 struct vf_image {
   const char *path;         /* as given on the command line */
   char *name;               /* exposed file name, "disk.raw" */
-  struct vd_dev *dev;
+  struct vd_node *node;     /* all I/O goes through it, never a device */
   uint64_t size;
   uint32_t blksize;
   bool read_only;           /* -r, or a read-only format (vdz) */
@@ -175,7 +177,8 @@ vf_fill_stat(struct vf_state *s, fuse_ino_t ino, struct stat *st)
   /* What the image really occupies on the host, as du expects. */
   struct vd_info *info = malloc(sizeof *info);
   uint64_t used = im->size;
-  if (info != NULL && vd_get_info(im->dev, info) == 0 && info->actual_size)
+  if (info != NULL && vd_node_get_info(im->node, info) == 0 &&
+      info->actual_size)
     used = info->actual_size;
   free(info);
   st->st_blocks = (blkcnt_t) ((used + 511) / 512);
@@ -411,7 +414,7 @@ vf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     return;
   }
 
-  r = vd_pread(im->dev, buf, size, (uint64_t) off);
+  r = vd_node_pread(im->node, buf, size, (uint64_t) off);
   if (r < 0) {
     fuse_reply_err(req, vf_engine_error(im, "read", (uint64_t) off, r));
     return;
@@ -447,7 +450,7 @@ vf_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size,
   }
   if (size > im->size - (uint64_t) off)
     size = im->size - (uint64_t) off;
-  r = vd_pwrite(im->dev, data, size, (uint64_t) off, 0);
+  r = vd_node_pwrite(im->node, data, size, (uint64_t) off, 0);
   if (r < 0) {
     fuse_reply_err(req, vf_engine_error(im, "write", (uint64_t) off, r));
     return;
@@ -467,7 +470,7 @@ vf_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
     fuse_reply_err(req, 0);
     return;
   }
-  r = vd_flush(im->dev);
+  r = vd_node_flush(im->node);
   fuse_reply_err(req, r < 0 ? vf_engine_error(im, "flush", 0, r) : 0);
 }
 
@@ -487,7 +490,7 @@ vf_zero_leftovers(struct vf_image *im, uint64_t off, uint64_t len)
 
   while (off < end) {
     struct vd_extent e;
-    int r = vd_block_status(im->dev, off, end - off, &e);
+    int r = vd_node_block_status(im->node, off, end - off, &e);
 
     if (r < 0)
       return r;
@@ -496,7 +499,7 @@ vf_zero_leftovers(struct vf_image *im, uint64_t off, uint64_t len)
     if (e.length > end - off)
       e.length = end - off;
     if (!(e.flags & VD_EXT_ZERO)) {
-      r = vd_write_zeroes(im->dev, off, e.length, 0);
+      r = vd_node_write_zeroes(im->node, off, e.length, 0);
       if (r < 0)
         return r;
     }
@@ -545,7 +548,7 @@ vf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
   case FALLOC_FL_PUNCH_HOLE:
     /* Discard frees what the format can free; the caller is promised
      * zeros, which discard alone does not guarantee. */
-    r = vd_discard(im->dev, uoff, len, 0);
+    r = vd_node_discard(im->node, uoff, len, 0);
     if (r < 0 && r != -ENOTSUP && r != -EOPNOTSUPP) {
       fuse_reply_err(req, vf_engine_error(im, "discard", uoff, r));
       return;
@@ -557,7 +560,7 @@ vf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
     }
     break;
   case FALLOC_FL_ZERO_RANGE:
-    r = vd_write_zeroes(im->dev, uoff, len, 0);
+    r = vd_node_write_zeroes(im->node, uoff, len, 0);
     if (r < 0) {
       fuse_reply_err(req, vf_engine_error(im, "write_zeroes", uoff, r));
       return;
@@ -595,7 +598,7 @@ vf_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
    * is an implicit hole. */
   for (pos = (uint64_t) off; pos < im->size; ) {
     struct vd_extent e;
-    int r = vd_block_status(im->dev, pos, im->size - pos, &e);
+    int r = vd_node_block_status(im->node, pos, im->size - pos, &e);
 
     if (r < 0) {
       fuse_reply_err(req, vf_engine_error(im, "lseek", pos, r));
@@ -838,11 +841,11 @@ vf_close_all(struct vf_state *s, int *status)
   size_t i;
 
   for (i = 0; i < s->nimg; i++) {
-    if (s->img[i].dev != NULL && vd_close(s->img[i].dev) < 0) {
+    if (vd_node_free(s->img[i].node) < 0) {
       vf_log("%s", vd_error());
       *status = 1;
     }
-    s->img[i].dev = NULL;
+    s->img[i].node = NULL;
     free(s->img[i].name);
   }
 }
@@ -961,6 +964,7 @@ main(int argc, char **argv)
   for (i = 0; i < s.nimg; i++) {
     struct vf_image *im = &s.img[i];
     struct stat before;
+    struct vd_dev *dev;
     bool have_before;
     uint32_t pio;
     int r;
@@ -971,22 +975,24 @@ main(int argc, char **argv)
       .flags = (s.read_only ? 0 : VD_OPEN_RDWR) |
                (force_share ? VD_OPEN_NOLOCK : 0),
     };
-    r = vd_open_opts(im->path, &oa, &im->dev);
+    r = vd_open_opts(im->path, &oa, &dev);
+    if (r == 0 && (r = vd_node_new(dev, &im->node)) < 0)
+      vd_close(dev);            /* out of memory; the message stays */
     if (r < 0) {
-      im->dev = NULL;
+      im->node = NULL;
       vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));
       goto out;
     }
 
-    im->size = vd_size(im->dev);
-    im->read_only = s.read_only || vd_is_read_only(im->dev);
+    im->size = vd_node_size(im->node);
+    im->read_only = s.read_only || vd_node_is_read_only(im->node);
     if (vf_take_perms(im, have_before ? &before : NULL) < 0)
       goto out;
-    pio = vd_preferred_io(im->dev);
+    pio = vd_node_preferred_io(im->node);
     im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
     if (s.verbose) {
       char sz[32];
-      vf_log("%s (%s, %s) -> %s/%s", im->path, vd_format(im->dev),
+      vf_log("%s (%s, %s) -> %s/%s", im->path, vd_format(dev),
              vd_format_size(im->size, sz, sizeof sz), mountpoint, im->name);
     }
   }
@@ -1017,7 +1023,8 @@ main(int argc, char **argv)
   /* Once mounted (so a failed start still prints one line), before the
    * daemon loses its stderr (and before the parent exits). */
   for (i = 0; i < s.nimg; i++)
-    if (vd_probed_raw(s.img[i].dev) && !vd_is_read_only(s.img[i].dev))
+    if (vd_probed_raw(vd_node_dev(s.img[i].node)) &&
+        !vd_node_is_read_only(s.img[i].node))
       vf_log("warning: %s: image format was not specified; probing guessed "
              "raw, so writes that would change what it probes as (its first "
              "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "

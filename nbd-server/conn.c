@@ -72,7 +72,7 @@ struct nbd_conn {
   struct nbd_io *io;
   struct nbd_session s;
   struct nbd_req_ctx ctx;
-  struct vd_dev *dev;
+  struct vd_node *node;         /* the export's: all I/O goes through it */
 
   pthread_mutex_t wlock;        /* serialises output on io */
   pthread_cond_t wcond;         /* wakes the writer */
@@ -400,7 +400,7 @@ static void do_read_simple(struct nbd_job *j)
   const struct nbd_request *req = &j->req;
   int r;
 
-  r = vd_pread(c->dev, j->buf, req->length, req->offset);
+  r = vd_node_pread(c->node, j->buf, req->length, req->offset);
   if (r < 0) {
     reply_error(j, nbd_errno_to_wire(r), vd_error());
     return;
@@ -431,7 +431,7 @@ static void do_read_structured(struct nbd_job *j)
     while (pos < end && n < READ_MAX_CHUNKS - 1) {
       struct vd_extent e;
       bool hole;
-      if (vd_block_status(c->dev, pos, end - pos, &e) < 0 ||
+      if (vd_node_block_status(c->node, pos, end - pos, &e) < 0 ||
           e.length == 0 || e.length > end - pos)
         break;
       hole = e.flags & VD_EXT_ZERO;
@@ -460,8 +460,8 @@ static void do_read_structured(struct nbd_job *j)
   for (i = 0; i < n; i++) {
     if (ch[i].hole)
       continue;
-    r = vd_pread(c->dev, j->buf + (ch[i].off - req->offset), ch[i].len,
-                 ch[i].off);
+    r = vd_node_pread(c->node, j->buf + (ch[i].off - req->offset),
+                      ch[i].len, ch[i].off);
     if (r < 0) {
       reply_error(j, nbd_errno_to_wire(r), vd_error());
       return;
@@ -505,7 +505,7 @@ static void do_block_status(struct nbd_job *j)
   while (pos < end) {
     struct vd_extent e;
     uint32_t st;
-    int r = vd_block_status(c->dev, pos, end - pos, &e);
+    int r = vd_node_block_status(c->node, pos, end - pos, &e);
     if (r < 0 || e.length == 0 || e.length > end - pos) {
       if (n)
         break;            /* report what we have */
@@ -546,7 +546,7 @@ static int do_cache(struct nbd_job *j)
   size_t chunk = j->cap;
   while (pos < end) {
     size_t n = end - pos < chunk ? (size_t)(end - pos) : chunk;
-    int r = vd_pread(j->conn->dev, j->buf, n, pos);
+    int r = vd_node_pread(j->conn->node, j->buf, n, pos);
     if (r < 0)
       return r;
     pos += n;
@@ -591,14 +591,14 @@ static void job_run(struct nbd_job *j)
       do_read_simple(j);
     break;
   case NBD_CMD_WRITE:
-    reply_engine(j, vd_pwrite(c->dev, j->buf, req->length, req->offset,
+    reply_engine(j, vd_node_pwrite(c->node, j->buf, req->length, req->offset,
                                    fua));
     break;
   case NBD_CMD_FLUSH:
-    reply_engine(j, vd_flush(c->dev));
+    reply_engine(j, vd_node_flush(c->node));
     break;
   case NBD_CMD_TRIM:
-    r = vd_discard(c->dev, req->offset, req->length, fua);
+    r = vd_node_discard(c->node, req->offset, req->length, fua);
     reply_engine(j, r == -ENOTSUP ? 0 : r);   /* trim is advisory */
     break;
   case NBD_CMD_WRITE_ZEROES:
@@ -607,7 +607,8 @@ static void job_run(struct nbd_job *j)
       zf |= VD_REQ_NO_HOLE;
     if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
       zf |= VD_REQ_FAST_ZERO;
-    reply_engine(j, vd_write_zeroes(c->dev, req->offset, req->length, zf));
+    reply_engine(j, vd_node_write_zeroes(c->node, req->offset, req->length,
+                                         zf));
     break;
   case NBD_CMD_CACHE:
     if (job_reserve(j, req->length < (1u << 20) ? req->length : 1u << 20) < 0)
@@ -750,7 +751,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   c->srv = srv;
   c->io = io;
   c->s = *s;
-  c->dev = s->exp->dev;
+  c->node = s->exp->node;
   c->ctx.size = s->exp->size;
   c->ctx.eflags = s->eflags;
   c->ctx.structured = s->structured;

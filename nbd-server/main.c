@@ -189,15 +189,19 @@ static void add_export(const char *arg, const char *format, bool ro,
   r = vd_open_opts(path, &oa, &dev);
   if (r < 0)
     die("%s", vd_error());
+  /* The export holds a node, never the device: the engine may swap what
+   * the node points at (snapshot, mirror pivot) without us knowing. */
+  r = vd_node_new(dev, &e->node);
+  if (r < 0)
+    die("%s", vd_error());
 
-  e->dev = dev;
-  e->size = vd_size(dev);
-  e->read_only = ro || vd_is_read_only(dev);
-  e->multi_conn = e->read_only || vd_can_multi_conn(dev);
-  e->min_block = vd_logical_block(dev);
+  e->size = vd_node_size(e->node);
+  e->read_only = ro || vd_node_is_read_only(e->node);
+  e->multi_conn = e->read_only || vd_node_can_multi_conn(e->node);
+  e->min_block = vd_node_logical_block(e->node);
   if (!vd_is_pow2(e->min_block) || e->min_block > 65536)
     e->min_block = 1;
-  e->pref_block = pow2_floor(vd_preferred_io(dev));
+  e->pref_block = pow2_floor(vd_node_preferred_io(e->node));
   if (e->pref_block < 4096)
     e->pref_block = 4096;
   if (e->pref_block < e->min_block)
@@ -685,12 +689,14 @@ int main(int argc, char **argv)
   /* Once the start can no longer fail, so a failed start prints one line. */
   for (size_t k = 0; k < server.nexports; k++) {
     struct nbd_export *e = &server.exports[k];
-    if (vd_probed_raw(e->dev) && !vd_is_read_only(e->dev))
+    /* Nothing swaps the node yet: the device it was made with. */
+    const struct vd_dev *dev = vd_node_dev(e->node);
+    if (vd_probed_raw(dev) && !vd_is_read_only(dev))
       fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
               "specified; probing guessed raw, so writes that would change "
               "what it probes as (its first 4 KiB and last 512 bytes) are "
               "refused. Specify '-f raw' to remove the restriction.\n",
-              vd_path(e->dev));
+              vd_path(dev));
   }
 
   if (do_fork) {
@@ -740,7 +746,7 @@ int main(int argc, char **argv)
   nbd_pool_stop();
   for (size_t k = 0; k < server.nexports; k++) {
     struct nbd_export *e = &server.exports[k];
-    if (vd_close(e->dev) < 0) {
+    if (vd_node_free(e->node) < 0) {
       nbd_log("%s", vd_error());
       status = 1;
     }

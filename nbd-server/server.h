@@ -18,13 +18,14 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-struct vd_dev;
+struct vd_node;
 
 /* One export, fixed after start-up. */
 struct nbd_export {
   char *name;
   char *description;
-  struct vd_dev *dev;     /* NULL only in the fuzzer */
+  struct vd_node *node;   /* the device graph's handle; NULL only in the
+                             fuzzer */
   uint64_t size;
   bool read_only;
   bool multi_conn;
