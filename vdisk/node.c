@@ -30,8 +30,9 @@
  *
  * A single counter per node is shared by all requests.  One atomic
  * add/sub pair per request costs tens of nanoseconds even when contended,
- * against microseconds for the request itself (measured: see the issue 11
- * note); shard it per CPU only if a profile ever shows it.
+ * against microseconds for the request itself (bench/ab-frontends.sh
+ * compares two builds' frontends); shard it per CPU only if a profile
+ * ever shows it.
  */
 #include <config.h>
 
