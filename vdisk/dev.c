@@ -36,7 +36,7 @@ dev_free(struct vd_dev *dev)
     return 0;
   int r = vd_close(dev->below);
   vd_file_close(dev->file);
-  for (int i = 0; i < 16; i++)
+  for (int i = 0; i < VD_DEV_RMW_LOCKS; i++)
     pthread_mutex_destroy(&dev->rmw_lock[i]);
   pthread_mutex_destroy(&dev->probe_lock);
   free(dev->priv);
@@ -153,7 +153,7 @@ dev_open(const struct vd_dev *child, const char *path,
     return vd_set_error(ENOMEM, "%s: out of memory", path);
   }
   dev->below = below;
-  for (int i = 0; i < 16; i++)
+  for (int i = 0; i < VD_DEV_RMW_LOCKS; i++)
     pthread_mutex_init(&dev->rmw_lock[i], NULL);
   pthread_mutex_init(&dev->probe_lock, NULL);
   dev->opts = *args;
@@ -361,7 +361,8 @@ dev_aligned(const struct vd_dev *dev, uint64_t off, uint64_t len)
 static void
 dev_rmw_lock(struct vd_dev *dev, uint64_t first, uint64_t last, bool lock)
 {
-  unsigned a = (unsigned)(first % 16), b = (unsigned)(last % 16);
+  unsigned a = (unsigned)(first % VD_DEV_RMW_LOCKS);
+  unsigned b = (unsigned)(last % VD_DEV_RMW_LOCKS);
   if (a > b) {
     unsigned t = a;
     a = b;

@@ -48,6 +48,9 @@
 
 struct vd_driver;
 
+/* Read-modify-write locks per device (vd_dev.rmw_lock). */
+#define VD_DEV_RMW_LOCKS 16
+
 struct vd_dev {
   const struct vd_driver *drv;
   char *path;                 /* as given to vd_open */
@@ -79,8 +82,9 @@ struct vd_dev {
   uint32_t logical_block;     /* default 512 */
   uint32_t preferred_io;      /* default 4096 */
   void *priv;                 /* drv->priv_size bytes, zeroed, owned by core */
-  /* Core only: serialises read-modify-write of partial logical blocks. */
-  pthread_mutex_t rmw_lock[16];
+  /* Core only: serialises read-modify-write of partial logical blocks
+   * (block number modulo VD_DEV_RMW_LOCKS). */
+  pthread_mutex_t rmw_lock[VD_DEV_RMW_LOCKS];
 };
 
 /* Bytes available to probe: the first VD_PROBE_HEAD bytes of the file (or
