@@ -24,22 +24,23 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
 {
   unsigned n = ar->nmembers;
   uint32_t chunk = ar->chunk ? ar->chunk : RAID_DEFAULT_CHUNK;
-  if (ar->level != 0 && ar->level != 1 && ar->level != 5)
+  const struct raid_level_ops *ops =
+    ar->level < 0 ? NULL : raid_level_find((uint32_t)ar->level);
+  if (!ops)
     return vd_set_error(EINVAL, "%s: RAID level %d not supported (0, 1 or 5)",
                         desc, ar->level);
-  unsigned minn = ar->level == 5 ? 3 : 2;
-  if (n < minn || n > RAID_MAX_MEMBERS)
+  if (n < ops->min_members || n > RAID_MAX_MEMBERS)
     return vd_set_error(EINVAL, "%s: RAID%d needs %u to %u members, got %u",
-                        desc, ar->level, minn, RAID_MAX_MEMBERS, n);
+                        desc, ar->level, ops->min_members, RAID_MAX_MEMBERS,
+                        n);
   if (!vd_is_pow2(chunk) || chunk < RAID_MIN_CHUNK || chunk > RAID_MAX_CHUNK)
     return vd_set_error(EINVAL, "%s: chunk size %u must be a power of two "
                         "from 4 KiB to 64 MiB", desc, chunk);
-  int policy = ar->policy >= 0 ? ar->policy
-               : ar->level == 0 ? RAID_POLICY_RESYNC
-               : ar->level == 1 ? RAID_POLICY_BITMAP : RAID_POLICY_PPL;
-  if (policy == RAID_POLICY_PPL && ar->level != 5)
+  int policy = ar->policy >= 0 ? ar->policy : (int)ops->default_policy;
+  if (policy == RAID_POLICY_PPL && !ops->parity_log)
     return vd_set_error(EINVAL, "%s: the ppl policy is for RAID5 only", desc);
-  if (ar->level == 0)
+  /* Without redundancy there is nothing to resync: no bitmap. */
+  if (!ops->redundant)
     policy = RAID_POLICY_RESYNC;
   for (unsigned i = 0; i < n; i++)
     for (unsigned j = 0; j < i; j++)
@@ -111,9 +112,7 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
                        sb.data_offset + chunk, sb.data_offset);
     } else {
       sb.data_size = vd_round_down(msize - sb.data_offset, chunk);
-      sb.array_size = ar->level == 0 ? sb.data_size * n
-                      : ar->level == 1 ? sb.data_size
-                      : sb.data_size * (n - 1);
+      sb.array_size = ops->capacity(n, sb.data_size);
       if (policy != RAID_POLICY_RESYNC) {
         /* md's default bitmap chunk: 64 MiB.  Setting a bit flushes every
          * member, so small regions cost sequential writes dearly. */

@@ -268,7 +268,7 @@ static bool chk_region_dirty(struct chk *c, uint64_t moff)
 static void chk_ppl(struct chk *c)
 {
   const struct raid_sb *f = &c->sb[c->fresh];
-  if (f->level != 5 || f->policy != RAID_POLICY_PPL)
+  if (f->policy != RAID_POLICY_PPL)   /* only levels with a parity log */
     return;
   unsigned n = c->d.nmembers;
   uint64_t chunk = f->chunk, nstripes = f->data_size / chunk;
@@ -327,24 +327,21 @@ static void chk_mismatch(void *opaque, uint64_t stripe, uint64_t off)
 {
   struct chk *c = opaque;
   const struct raid_sb *f = &c->sb[c->fresh];
-  uint64_t moff = f->level == 5 ? stripe * f->chunk : off;
-  if (chk_region_dirty(c, moff))
+  const char *what = raid_level_find(f->level)->mismatch_what;
+  /* The scrub reports rows: stripe is the row's member offset / chunk. */
+  if (chk_region_dirty(c, stripe * f->chunk))
     chk_report(c, &c->r->leaks, "stripe %" PRIu64 " (array offset %" PRIu64
                "): %s after an unclean stop (the next read-write open "
-               "resyncs it)", stripe, off,
-               f->level == 5 ? "parity does not match the data"
-                             : "mirrors differ");
+               "resyncs it)", stripe, off, what);
   else
     chk_report(c, &c->r->corruptions, "stripe %" PRIu64 " (array offset %"
-               PRIu64 "): %s", stripe, off,
-               f->level == 5 ? "parity does not match the data"
-                             : "mirrors differ");
+               PRIu64 "): %s", stripe, off, what);
 }
 
 static void chk_redundancy(struct chk *c)
 {
   const struct raid_sb *f = &c->sb[c->fresh];
-  if (f->level == 0)
+  if (!raid_level_find(f->level)->redundant)
     return;
   if (c->degraded) {
     /* Not verified, so the check is incomplete, unless a corruption

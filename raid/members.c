@@ -90,9 +90,9 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
 {
   if (!a->writable)
     return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
-  if (a->sb.level == 0)
-    return vd_set_error(ENOTSUP, "%s: RAID0 has no redundancy, a member "
-                        "cannot be rebuilt", a->desc_path);
+  if (!a->ops->redundant)
+    return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy, a member "
+                        "cannot be rebuilt", a->desc_path, a->sb.level);
   if (slot < 0 || (unsigned)slot >= a->n)
     return vd_set_error(EINVAL, "%s: no slot %d", a->desc_path, slot);
   if (atomic_load(&a->failed))
@@ -223,8 +223,7 @@ int vd_raid_fail(struct raid_array *a, int slot)
                         slot);
   if (st == RAID_ROLE_ACTIVE) {
     unsigned act = raid_active_count(a);
-    unsigned need = a->sb.level == 0 ? a->n : a->sb.level == 1 ? 1 : a->n - 1;
-    if (act - 1 < need)
+    if (!raid_level_viable(a->ops, a->n, act - 1))
       return vd_set_error(EBUSY, "%s: failing slot %d would stop the RAID%u "
                           "(%u of %u members active): refused", a->desc_path,
                           slot, a->sb.level, act, a->n);

@@ -78,10 +78,9 @@ static int raid_member_io(struct raid_array *a, int slot, int op, void *buf,
 static void raid_mio_exec(struct raid_array *a, struct raid_mio *io)
 {
   uint64_t abs = io->off;
-  if (io->op != RAID_MIO_FLUSH && io->slot >= 0)
+  if (io->op != RAID_MIO_FLUSH && !io->abs_off)
     abs += a->sb.data_offset;
-  io->ret = raid_member_io(a, io->slot < 0 ? ~io->slot : io->slot, io->op,
-                           io->buf, io->len, abs);
+  io->ret = raid_member_io(a, io->slot, io->op, io->buf, io->len, abs);
 }
 
 static void *raid_pool_worker(void *opaque)
@@ -199,6 +198,15 @@ int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
   return io.ret;
 }
 
+int raid_mio_one_abs(struct raid_array *a, int slot, int op, void *buf,
+                     size_t len, uint64_t off)
+{
+  struct raid_mio io = { .slot = slot, .op = op, .buf = buf, .len = len,
+                         .off = off, .abs_off = true };
+  raid_mio_exec(a, &io);
+  return io.ret;
+}
+
 /* ---- member state ---- */
 
 bool raid_member_usable(struct raid_array *a, int slot, uint64_t off)
@@ -229,12 +237,7 @@ unsigned raid_active_count(struct raid_array *a)
 /* Can the array still serve every byte with the members it has? */
 static bool raid_viable(struct raid_array *a)
 {
-  unsigned act = raid_active_count(a);
-  switch (a->sb.level) {
-  case 0: return act == a->n;
-  case 1: return act >= 1;
-  default: return act >= a->n - 1;
-  }
+  return raid_level_viable(a->ops, a->n, raid_active_count(a));
 }
 
 int raid_sb_write_all_locked(struct raid_array *a)
@@ -261,17 +264,17 @@ int raid_sb_write_all_locked(struct raid_array *a)
       struct raid_sb s = a->sb;
       s.slot = i;
       raid_sb_encode(&s, bufs + (size_t)k * RAID_SB_SIZE);
-      mio[k] = (struct raid_mio){ .slot = ~(int)i, .op = RAID_MIO_WRITE,
+      mio[k] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_WRITE,
                                   .buf = bufs + (size_t)k * RAID_SB_SIZE,
                                   .len = RAID_SB_SIZE,
-                                  .off = RAID_SB_OFFSET };
+                                  .off = RAID_SB_OFFSET, .abs_off = true };
       slots[k++] = (int)i;
     }
     raid_mio_run(a, mio, k);
     int n = k;
     for (int j = 0; j < n; j++)
       if (mio[j].ret == 0)
-        mio[j] = (struct raid_mio){ .slot = ~slots[j], .op = RAID_MIO_FLUSH };
+        mio[j] = (struct raid_mio){ .slot = slots[j], .op = RAID_MIO_FLUSH };
       else
         mio[j].op = -1;
     /* Flush the ones written. */
@@ -352,6 +355,14 @@ int raid_mark_dirty(struct raid_array *a)
   return r;
 }
 
+/* The lock of STRIPE: Fibonacci hashing spreads neighbouring stripes,
+ * which concurrent sequential writers touch, over different locks. */
+pthread_mutex_t *raid_stripe_mutex(struct raid_array *a, uint64_t stripe)
+{
+  return &a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >>
+                         (64 - RAID_STRIPE_LOCK_BITS)];
+}
+
 void raid_stripe_lock(struct raid_array *a, uint64_t stripe)
 {
   pthread_mutex_lock(raid_stripe_mutex(a, stripe));
@@ -360,11 +371,6 @@ void raid_stripe_lock(struct raid_array *a, uint64_t stripe)
 void raid_stripe_unlock(struct raid_array *a, uint64_t stripe)
 {
   pthread_mutex_unlock(raid_stripe_mutex(a, stripe));
-}
-
-pthread_mutex_t *raid_stripe_mutex(struct raid_array *a, uint64_t stripe)
-{
-  return &a->stripe_lock[(stripe * 0x9E3779B97F4A7C15ull) >> 56];
 }
 
 /* ---- write-intent bitmap ---- */
@@ -382,9 +388,10 @@ static void raid_bitmap_write_locked(struct raid_array *a, uint64_t b0,
   for (unsigned i = 0; i < a->n; i++) {
     if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
       continue;
-    mio[k++] = (struct raid_mio){ .slot = ~(int)i, .op = RAID_MIO_WRITE,
+    mio[k++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_WRITE,
                                   .buf = a->bm + b0, .len = b1 - b0,
-                                  .off = a->sb.bitmap_offset + b0 };
+                                  .off = a->sb.bitmap_offset + b0,
+                                  .abs_off = true };
   }
   raid_mio_run(a, mio, k);
   if (flush) {
@@ -395,7 +402,7 @@ static void raid_bitmap_write_locked(struct raid_array *a, uint64_t b0,
   }
   for (int j = 0; j < k; j++)
     if (mio[j].ret < 0)
-      failed[~mio[j].slot] = true;
+      failed[mio[j].slot] = true;
 }
 
 static int raid_handle_failed(struct raid_array *a, const bool *failed, int err)
@@ -497,10 +504,10 @@ static int raid_flush(struct vd_dev *dev)
         a->bm_gen[r] = gen;
     pthread_mutex_unlock(&a->bm_lock);
   }
-  uint64_t pgen = raid5_ppl_flush_begin(a);
+  uint64_t lgen = a->ops->flush_begin ? a->ops->flush_begin(a) : 0;
   int r = raid_flush_members(a);
-  if (r == 0)
-    raid5_ppl_flush_end(a, pgen);
+  if (r == 0 && a->ops->flush_end)
+    a->ops->flush_end(a, lgen);
   if (r == 0 && a->bm)
     raid_bitmap_flushed(a, gen);
   return r;
@@ -508,17 +515,24 @@ static int raid_flush(struct vd_dev *dev)
 
 /* ---- data path dispatch ---- */
 
+const struct raid_level_ops *raid_level_find(uint32_t level)
+{
+  static const struct raid_level_ops *const levels[] = {
+    &raid0_ops, &raid1_ops, &raid5_ops,
+  };
+  for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+    if (levels[i]->level == level)
+      return levels[i];
+  return NULL;
+}
+
 static int raid_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 {
   struct raid_array *a = dev->priv;
   if (atomic_load(&a->failed))
     return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
                         a->sb.level);
-  switch (a->sb.level) {
-  case 0: return raid0_read(a, buf, len, off);
-  case 1: return raid1_read(a, buf, len, off);
-  default: return raid5_read(a, buf, len, off);
-  }
+  return a->ops->read(a, buf, len, off);
 }
 
 static int raid_pwrite(struct vd_dev *dev, const void *buf, size_t len,
@@ -531,11 +545,7 @@ static int raid_pwrite(struct vd_dev *dev, const void *buf, size_t len,
   int r = raid_mark_dirty(a);
   if (r < 0)
     return r;
-  switch (a->sb.level) {
-  case 0: r = raid0_write(a, buf, len, off, flags); break;
-  case 1: r = raid1_write(a, buf, len, off, flags); break;
-  default: r = raid5_write(a, buf, len, off, flags); break;
-  }
+  r = a->ops->write(a, buf, len, off, flags);
   if (r == 0 && (flags & VD_REQ_FUA))
     r = raid_flush_members(a);
   return r;
@@ -788,28 +798,29 @@ static int raid_scan_members(const char *desc,
   for (unsigned i = 0; i < s->n; i++)
     if (s->state[i] == VD_RAID_STATE_ACTIVE)
       active++;
-  unsigned need = f->level == 0 ? s->n : f->level == 1 ? 1 : s->n - 1;
-  if (active < need) {
+  const struct raid_level_ops *ops = raid_level_find(f->level);
+  if (!raid_level_viable(ops, s->n, active)) {
     int first = -1;
     for (unsigned i = 0; i < s->n && first < 0; i++)
       if (s->state[i] != VD_RAID_STATE_ACTIVE &&
           s->state[i] != VD_RAID_STATE_REBUILDING)
         first = (int)i;
     snprintf(s->refusal, sizeof s->refusal, "RAID%u needs %u of %u members, "
-             "%u usable (slot %d: %s)", f->level, need, s->n, active, first,
+             "%u usable (slot %d: %s)", f->level, ops->members_needed(s->n),
+             s->n, active, first,
              first >= 0 ? s->why[first] : "rebuilding");
     return 0;
   }
   bool degraded = active < s->n;
-  if ((f->flags & RAID_SB_DIRTY) && degraded && f->level == 5 && !force &&
+  if ((f->flags & RAID_SB_DIRTY) && degraded && ops->write_hole && !force &&
       (margs->flags & VD_OPEN_RDWR)) {
     int first = -1;
     for (unsigned i = 0; i < s->n && first < 0; i++)
       if (s->state[i] != VD_RAID_STATE_ACTIVE)
         first = (int)i;
-    snprintf(s->refusal, sizeof s->refusal, "RAID5 was not stopped cleanly "
+    snprintf(s->refusal, sizeof s->refusal, "RAID%u was not stopped cleanly "
              "and is degraded (slot %d: %s), so parity may be stale; "
-             "'vdtool raid assemble --force' starts it%s", first,
+             "'vdtool raid assemble --force' starts it%s", f->level, first,
              s->why[first][0] ? s->why[first] : "rebuilding",
              f->policy == RAID_POLICY_PPL ? " after replaying the partial "
              "parity log" : " and may return wrong data for that member");
@@ -838,14 +849,8 @@ static void raid_array_free(struct raid_array *a)
   a->bm = NULL;
   free(a->bm_inflight);
   free(a->bm_gen);
-  if (a->ppl_lock) {
-    for (size_t i = 0; i < (size_t)a->n * a->sb.ppl_slots; i++)
-      pthread_mutex_destroy(&a->ppl_lock[i]);
-    free(a->ppl_lock);
-  }
-  free(a->ppl_stripe);
-  free(a->ppl_done_gen);
-  raid5_ppl_free(a);
+  if (a->ops && a->ops->stop)
+    a->ops->stop(a);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_destroy(&a->stripe_lock[i]);
   pthread_mutex_destroy(&a->sb_lock);
@@ -874,8 +879,8 @@ static int raid_bitmap_load(struct raid_array *a)
   for (unsigned i = 0; i < a->n; i++) {
     if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
       continue;
-    if (raid_mio_one(a, ~(int)i, RAID_MIO_READ, tmp, bytes,
-                     a->sb.bitmap_offset) < 0)
+    if (raid_mio_one_abs(a, (int)i, RAID_MIO_READ, tmp, bytes,
+                         a->sb.bitmap_offset) < 0)
       continue;
     for (size_t b = 0; b < a->sb.bitmap_bytes; b++)
       a->bm[b] |= tmp[b];
@@ -912,6 +917,7 @@ static int raid_open(struct vd_dev *dev)
 
   a->sb = s->sb[s->fresh];
   a->n = s->n;
+  a->ops = raid_level_find(a->sb.level);  /* checked by raid_sb_decode */
   a->writable = (mflags & VD_OPEN_RDWR) != 0;
   a->force = force;
   a->member_filter = dev->opts.filter;
@@ -945,18 +951,13 @@ static int raid_open(struct vd_dev *dev)
   free(s);
   s = NULL;
 
-  if (a->sb.level == 5)
-    a->stripe_bytes = (uint64_t)a->sb.chunk * (a->n - 1);
-  else if (a->sb.level == 0)
-    a->stripe_bytes = (uint64_t)a->sb.chunk * a->n;
-  else
-    a->stripe_bytes = a->sb.chunk;
+  a->stripe_bytes = a->ops->row_bytes(a->n, a->sb.chunk);
   dev->size = a->sb.array_size;
   dev->logical_block = 512;
   for (unsigned i = 0; i < a->n; i++)
     if (a->m[i].dev && vd_logical_block(a->m[i].dev) > dev->logical_block)
       dev->logical_block = vd_logical_block(a->m[i].dev);
-  dev->preferred_io = a->sb.level == 1 ? 4096
+  dev->preferred_io = !a->ops->striped ? 4096
                       : (uint32_t)(a->stripe_bytes > (1u << 30)
                                    ? (1u << 30) : a->stripe_bytes);
   dev->strict_align = false;
@@ -967,7 +968,7 @@ static int raid_open(struct vd_dev *dev)
   r = raid_bitmap_load(a);
   if (r < 0)
     goto fail;
-  r = raid5_ppl_init(a);
+  r = a->ops->start ? a->ops->start(a) : 0;
   if (r < 0)
     goto fail;
   atomic_store(&a->dirty, (a->sb.flags & RAID_SB_DIRTY) != 0);
@@ -995,12 +996,12 @@ static int raid_open(struct vd_dev *dev)
       if (r < 0)
         goto fail;
     }
-    if (was_dirty && a->sb.level == 5 && degraded) {
-      r = raid5_ppl_recover(a);
+    if (was_dirty && degraded && a->ops->replay_log) {
+      r = a->ops->replay_log(a);
       if (r < 0)
         goto fail;
     }
-    if (was_dirty && a->sb.level != 0) {
+    if (was_dirty && a->ops->redundant) {
       r = raid_resync(a, a->sb.policy == RAID_POLICY_RESYNC);
       if (r < 0)
         goto fail;
@@ -1010,7 +1011,7 @@ static int raid_open(struct vd_dev *dev)
       if (r < 0)
         goto fail;
     }
-    r = raid5_ppl_clear(a);
+    r = a->ops->clear_log ? a->ops->clear_log(a) : 0;
     if (r < 0)
       goto fail;
     if (was_dirty && raid_flush_members(a) == 0) {
@@ -1168,7 +1169,7 @@ static void raid_status_common(const struct raid_sb *sb,
   raid_uuid_format(sb->uuid, st->uuid);
   snprintf(st->name, sizeof st->name, "%s", sb->name);
   st->level = (int)sb->level;
-  st->layout = sb->level == 5 ? "left-symmetric" : "-";
+  st->layout = raid_level_find(sb->level)->layout_name;
   st->policy = raid_policy_name(sb->policy);
   st->chunk = sb->chunk;
   st->nmembers = sb->nmembers;

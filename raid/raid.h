@@ -205,27 +205,36 @@ struct raid_mio {
   int op;                      /* enum raid_mio_op */
   void *buf;
   size_t len;
-  uint64_t off;                /* data-relative member offset */
+  uint64_t off;                /* data-relative member offset, or from the
+                                  member's start when abs_off */
+  bool abs_off;                /* metadata (superblock, bitmap, log): OFF
+                                  is not moved past sb.data_offset */
   int ret;
   struct raid_batch *batch;
   struct raid_mio *next;
 };
 
 struct raid_pool;
+struct raid_level_ops;
 
-#define RAID_STRIPE_LOCKS 256
+/* Stripe locks (RAID5 read-modify-write, RAID1 regions, rebuild): a
+ * stripe takes one of RAID_STRIPE_LOCKS mutexes, picked by the top
+ * RAID_STRIPE_LOCK_BITS bits of a multiplicative hash of its number. */
+#define RAID_STRIPE_LOCK_BITS 8
+#define RAID_STRIPE_LOCKS (1 << RAID_STRIPE_LOCK_BITS)
 
 struct raid_array {
   struct raid_sb sb;           /* guarded by sb_lock (role[] mirrors the
                                   members' states at the last sb write) */
   unsigned n;
+  const struct raid_level_ops *ops; /* of sb.level, set at open */
   struct raid_member m[RAID_MAX_MEMBERS];
   char *desc_path;
   bool writable;
   bool force;                  /* assembled with --force */
   const char *member_filter;   /* open option filter the members are
                                   opened with (the array device's), or NULL */
-  uint64_t stripe_bytes;       /* RAID5: (n-1)*chunk; RAID0: n*chunk */
+  uint64_t stripe_bytes;       /* array bytes per row: ops->row_bytes */
   uint64_t region;             /* lock unit in member bytes */
 
   pthread_mutex_t sb_lock;
@@ -286,9 +295,12 @@ struct raid_array {
 /* Run N member requests in parallel; each mio->ret gets its result.
  * Returns 0 if all succeeded, else the first error. */
 int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n);
-/* Single member request, inline. */
+/* Single member request, inline: at data-relative OFF, or (_abs) at OFF
+ * from the member's start (metadata areas). */
 int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
                  size_t len, uint64_t off);
+int raid_mio_one_abs(struct raid_array *a, int slot, int op, void *buf,
+                     size_t len, uint64_t off);
 /* Whether SLOT can be read (and written) at member data offset OFF. */
 bool raid_member_usable(struct raid_array *a, int slot, uint64_t off);
 /* Whether SLOT should receive writes at OFF (usable, or rebuilding). */
@@ -323,16 +335,79 @@ void raid_monitor_stop(struct raid_array *a);
 void raid_rebuild_start(struct raid_array *a);
 void raid_rebuild_stop(struct raid_array *a);
 
-/* ---- one file per level ---- */
-int raid0_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
-int raid0_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags);
-int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
-int raid1_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags);
-int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off);
-int raid5_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags);
+/* ---- RAID levels ----
+ * Everything that depends on the level, as md's struct md_personality:
+ * one instance per level file (raid0.c, raid1.c, raid5.c), found by the
+ * superblock's level number; the rest of the driver calls a->ops->... and
+ * never tests the number.  MOFF is a data-relative member offset; a "row"
+ * is the chunk at a chunk-aligned MOFF on every member (a RAID5 stripe, one
+ * region of the mirrors, a RAID0 stripe): the unit of resync, scrub and
+ * rebuild. */
+struct raid_level_ops {
+  uint32_t level;              /* number in the superblock */
+  unsigned min_members;        /* fewest members an array is created with */
+  bool redundant;              /* survives the loss of a member: resync,
+                                  rebuild, replace and scrub apply */
+  bool write_hole;             /* a write torn by an unclean stop can make a
+                                  lost member's data unrecoverable: dirty
+                                  and degraded starts only when forced */
+  bool striped;                /* data striped over the members: the
+                                  preferred I/O size is a whole row */
+  bool parity_log;             /* the ppl policy applies */
+  enum raid_policy default_policy;
+  const char *layout_name;     /* for status: "left-symmetric", "-" */
+  const char *mismatch_what;   /* what a scrub mismatch means (check) */
+
+  /* Geometry: array bytes given N members of DATA_SIZE usable bytes; array
+   * bytes in one row of N members with chunk CHUNK. */
+  uint64_t (*capacity)(unsigned n, uint64_t data_size);
+  uint64_t (*row_bytes)(unsigned n, uint32_t chunk);
+  /* Degraded rule: the fewest active members of N with which the array
+   * still serves every byte (see raid_level_viable). */
+  unsigned (*members_needed)(unsigned n);
+
+  /* Data path: array range [OFF, OFF+LEN); member failures are recorded. */
+  int (*read)(struct raid_array *a, void *buf, size_t len, uint64_t off);
+  int (*write)(struct raid_array *a, const void *buf, size_t len,
+               uint64_t off, unsigned flags);
+
+  /* Redundant levels only (NULL otherwise).  Resync (or with CHECK_ONLY,
+   * compare) the row at MOFF, taking its stripe lock; *MISMATCH says
+   * whether the redundancy differed.  Rebuild SLOT's chunk of the row at
+   * MOFF from the others; the caller holds the stripe lock and SCRATCH
+   * holds (n + 1) chunks. */
+  int (*sync_row)(struct raid_array *a, uint64_t moff, bool check_only,
+                  bool *mismatch);
+  int (*rebuild_row_locked)(struct raid_array *a, uint64_t moff, int slot,
+                            void *scratch);
+
+  /* Optional (NULL: nothing to do).  START sets up the level's state once
+   * the members are known (open), STOP frees it (close, failed open);
+   * REPLAY_LOG repairs a dirty degraded array from its log before the
+   * resync; CLEAR_LOG empties the log once the array is consistent (every
+   * read-write open); FLUSH_BEGIN / FLUSH_END bracket a member flush
+   * (FLUSH_END only after it succeeded, with FLUSH_BEGIN's result). */
+  int (*start)(struct raid_array *a);
+  void (*stop)(struct raid_array *a);
+  int (*replay_log)(struct raid_array *a);
+  int (*clear_log)(struct raid_array *a);
+  uint64_t (*flush_begin)(struct raid_array *a);
+  void (*flush_end)(struct raid_array *a, uint64_t gen);
+};
+
+extern const struct raid_level_ops raid0_ops, raid1_ops, raid5_ops;
+
+/* The ops of LEVEL, or NULL if it is not supported (raid.c). */
+const struct raid_level_ops *raid_level_find(uint32_t level);
+
+/* Whether an array of N members of level OPS can run with ACTIVE of them
+ * active (every byte served). */
+static inline bool raid_level_viable(const struct raid_level_ops *ops,
+                                     unsigned n, unsigned active)
+{
+  return active >= ops->members_needed(n);
+}
+
 /* RAID5 geometry (exposed for tests): array offset -> stripe, parity
  * member, data member and member offset. */
 struct raid5_map {
@@ -343,26 +418,6 @@ struct raid5_map {
 void raid5_map(unsigned n, uint32_t chunk, uint64_t off, struct raid5_map *m);
 unsigned raid5_parity_member(unsigned n, uint64_t stripe);
 unsigned raid5_data_member(unsigned n, uint64_t stripe, unsigned d);
-/* Recompute one stripe's parity (or, with CHECK_ONLY, compare it); sets
- * *MISMATCH.  Used by resync and scrub.  Caller holds no stripe lock. */
-int raid5_sync_stripe(struct raid_array *a, uint64_t stripe, bool check_only,
-                      bool *mismatch);
-/* Rebuild SLOT's chunk of STRIPE from the others (stripe lock held,
- * asserted). */
-int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t stripe,
-                                int slot, void *scratch);
-/* Partial parity log: allocate its state; replay it after an unclean stop
- * of a degraded array; clear every slot (at open, once consistent); note
- * that a member flush made all logged writes durable. */
-int raid5_ppl_init(struct raid_array *a);
-int raid5_ppl_recover(struct raid_array *a);
-int raid5_ppl_clear(struct raid_array *a);
-/* Free what raid5_ppl_init allocated for a read-only open. */
-void raid5_ppl_free(struct raid_array *a);
-uint64_t raid5_ppl_flush_begin(struct raid_array *a);
-void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen);
-int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
-                      bool check_only, bool *mismatch);
 
 /* ---- rebuild.c ---- */
 /* Resync regions marked in the bitmap (or everything). */

@@ -48,13 +48,45 @@ static int raid0_io(struct raid_array *a, int op, void *buf, size_t len,
   return r;
 }
 
-int raid0_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
+static int raid0_read(struct raid_array *a, void *buf, size_t len,
+                      uint64_t off)
 {
   return raid0_io(a, RAID_MIO_READ, buf, len, off);
 }
 
-int raid0_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags)
+static int raid0_write(struct raid_array *a, const void *buf, size_t len,
+                       uint64_t off, unsigned flags)
 {
   return raid0_io(a, RAID_MIO_WRITE, (void *)buf, len, off);
 }
+
+static uint64_t raid0_capacity(unsigned n, uint64_t data_size)
+{
+  return data_size * n;
+}
+
+static uint64_t raid0_row_bytes(unsigned n, uint32_t chunk)
+{
+  return (uint64_t)chunk * n;
+}
+
+/* Every member holds data nothing else has. */
+static unsigned raid0_members_needed(unsigned n)
+{
+  return n;
+}
+
+/* No redundancy: nothing to resync, rebuild or log. */
+const struct raid_level_ops raid0_ops = {
+  .level = RAID_LEVEL0,
+  .min_members = 2,
+  .striped = true,
+  .default_policy = RAID_POLICY_RESYNC,
+  .layout_name = "-",
+  .mismatch_what = "-",
+  .capacity = raid0_capacity,
+  .row_bytes = raid0_row_bytes,
+  .members_needed = raid0_members_needed,
+  .read = raid0_read,
+  .write = raid0_write,
+};

@@ -65,7 +65,8 @@ static void raid1_fix(struct raid_array *a, int bad, const void *buf,
     raid_member_failed(a, bad, e < 0 ? e : -EIO);
 }
 
-int raid1_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
+static int raid1_read(struct raid_array *a, void *buf, size_t len,
+                      uint64_t off)
 {
   bool tried[RAID_MAX_MEMBERS] = { false };
   int bad[RAID_MAX_MEMBERS], nbad = 0;
@@ -121,8 +122,8 @@ static int raid1_write_locked(struct raid_array *a, const void *buf,
                                a->desc_path);
 }
 
-int raid1_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags)
+static int raid1_write(struct raid_array *a, const void *buf, size_t len,
+                       uint64_t off, unsigned flags)
 {
   int r = raid_bitmap_start(a, off, len);
   if (r < 0)
@@ -143,8 +144,11 @@ int raid1_write(struct raid_array *a, const void *buf, size_t len,
   return r;
 }
 
-int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
-                      bool check_only, bool *mismatch)
+/* Make the mirrors of [OFF, OFF+LEN) equal to the first active member (or,
+ * with CHECK_ONLY, compare them), region by region under the region's lock;
+ * *MISMATCH says whether any differed. */
+static int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
+                             bool check_only, bool *mismatch)
 {
   uint64_t c = a->sb.chunk;
   uint8_t *ref = vd_alloc_aligned(c), *other = vd_alloc_aligned(c);
@@ -196,3 +200,68 @@ out:
   vd_free_aligned(other);
   return r;
 }
+
+static int raid1_sync_row(struct raid_array *a, uint64_t moff, bool check_only,
+                          bool *mismatch)
+{
+  return raid1_sync_region(a, moff, a->sb.chunk, check_only, mismatch);
+}
+
+/* Copy the chunk at MOFF to SLOT from the first active member that reads
+ * it; a source that fails is recorded and the next one tried. */
+static int raid1_rebuild_row_locked(struct raid_array *a, uint64_t moff,
+                                    int slot, void *scratch)
+{
+  VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
+  size_t c = a->sb.chunk;
+  int r = -EIO;
+  for (unsigned i = 0; i < a->n && r < 0; i++) {
+    if ((int)i == slot || atomic_load(&a->m[i].state) != RAID_ROLE_ACTIVE ||
+        !a->m[i].dev)
+      continue;
+    r = raid_mio_one(a, (int)i, RAID_MIO_READ, scratch, c, moff);
+    if (r < 0) {
+      if (raid_member_failed(a, (int)i, r) < 0)
+        break;
+      r = -EIO;
+      continue;
+    }
+    r = raid_mio_one(a, slot, RAID_MIO_WRITE, scratch, c, moff);
+    if (r < 0)
+      r = vd_set_error(-r, "%s: rebuild: writing %s: %s", a->desc_path,
+                       a->m[slot].path, vd_error());
+  }
+  return r;
+}
+
+static uint64_t raid1_capacity(unsigned n, uint64_t data_size)
+{
+  return data_size;
+}
+
+static uint64_t raid1_row_bytes(unsigned n, uint32_t chunk)
+{
+  return chunk;
+}
+
+/* Any one mirror holds everything. */
+static unsigned raid1_members_needed(unsigned n)
+{
+  return 1;
+}
+
+const struct raid_level_ops raid1_ops = {
+  .level = RAID_LEVEL1,
+  .min_members = 2,
+  .redundant = true,
+  .default_policy = RAID_POLICY_BITMAP,
+  .layout_name = "-",
+  .mismatch_what = "mirrors differ",
+  .capacity = raid1_capacity,
+  .row_bytes = raid1_row_bytes,
+  .members_needed = raid1_members_needed,
+  .read = raid1_read,
+  .write = raid1_write,
+  .sync_row = raid1_sync_row,
+  .rebuild_row_locked = raid1_rebuild_row_locked,
+};

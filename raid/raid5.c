@@ -171,7 +171,8 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
   return r;
 }
 
-int raid5_read(struct raid_array *a, void *buf, size_t len, uint64_t off)
+static int raid5_read(struct raid_array *a, void *buf, size_t len,
+                      uint64_t off)
 {
   uint64_t c = a->sb.chunk;
   size_t nmax = (size_t)((off % c + len + c - 1) / c);
@@ -277,7 +278,7 @@ static bool ppl_read_entry(struct raid_array *a, unsigned p, uint32_t j,
   unsigned n = a->n;
   uint64_t c = a->sb.chunk, nstripes = a->sb.data_size / c;
   uint64_t soff = a->sb.ppl_offset + (uint64_t)j * a->sb.ppl_slot_size;
-  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
+  if (raid_mio_one_abs(a, (int)p, RAID_MIO_READ, hdr, RAID_PPL_HDR, soff) < 0)
     return false;
   if (memcmp(hdr, ppl_magic, 8) || memcmp(hdr + 8, a->sb.uuid, 16) ||
       vd_crc32c(0, hdr, 4092) != vd_get_le32(hdr + 4092))
@@ -290,8 +291,8 @@ static bool ppl_read_entry(struct raid_array *a, unsigned p, uint32_t j,
       len == 0 || r0 >= c || len > c - r0 || mask == 0 ||
       (mask >> (n - 1)) != 0)
     return false;
-  if (raid_mio_one(a, ~(int)p, RAID_MIO_READ, pp, len,
-                   soff + RAID_PPL_HDR) < 0 ||
+  if (raid_mio_one_abs(a, (int)p, RAID_MIO_READ, pp, len,
+                       soff + RAID_PPL_HDR) < 0 ||
       vd_crc32c(0, pp, len) != vd_get_le32(hdr + 56))
     return false;
   uint64_t moff = s * c + r0;
@@ -332,8 +333,19 @@ out:
   return r;
 }
 
-void raid5_ppl_free(struct raid_array *a)
+/* Free the partial parity log state (raid5_ppl_init). */
+static void raid5_ppl_free(struct raid_array *a)
 {
+  if (a->ppl_lock) {
+    for (size_t i = 0; i < (size_t)a->n * a->sb.ppl_slots; i++)
+      pthread_mutex_destroy(&a->ppl_lock[i]);
+    free(a->ppl_lock);
+    a->ppl_lock = NULL;
+  }
+  free(a->ppl_stripe);
+  a->ppl_stripe = NULL;
+  free(a->ppl_done_gen);
+  a->ppl_done_gen = NULL;
   free(a->ppl_ro);
   a->ppl_ro = NULL;
 }
@@ -362,8 +374,9 @@ static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
     /* Member M's rows in BUFS: members in order, T left out. */
 #define RO_ROWS(m) (bufs + (size_t)((m) < t ? (m) : (m) - 1) * len + (lo - o))
     uint8_t *par = RO_ROWS(e->p);
-    int r = raid_mio_one(a, ~(int)e->p, RAID_MIO_READ, par, (size_t)(hi - lo),
-                         e->soff + RAID_PPL_HDR + (lo - e->r0));
+    int r = raid_mio_one_abs(a, (int)e->p, RAID_MIO_READ, par,
+                             (size_t)(hi - lo),
+                             e->soff + RAID_PPL_HDR + (lo - e->r0));
     if (r < 0)
       return r;
     for (unsigned dd = 0; dd < n - 1; dd++)
@@ -376,7 +389,9 @@ static int raid5_ppl_apply_ro(struct raid_array *a, uint64_t s, unsigned d,
   return 0;
 }
 
-int raid5_ppl_init(struct raid_array *a)
+/* Allocate the partial parity log state; a read-only open of a dirty
+ * degraded array loads the log entries its reads apply. */
+static int raid5_ppl_init(struct raid_array *a)
 {
   if (a->sb.policy != RAID_POLICY_PPL)
     return 0;
@@ -399,12 +414,13 @@ int raid5_ppl_init(struct raid_array *a)
   return 0;
 }
 
-uint64_t raid5_ppl_flush_begin(struct raid_array *a)
+/* A member flush starts: writes done before it are durable once it ends. */
+static uint64_t raid5_ppl_flush_begin(struct raid_array *a)
 {
   return atomic_fetch_add(&a->ppl_gen, 1) + 1;
 }
 
-void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
+static void raid5_ppl_flush_end(struct raid_array *a, uint64_t gen)
 {
   uint64_t cur = atomic_load(&a->ppl_durable);
   while (cur < gen && !atomic_compare_exchange_weak(&a->ppl_durable, &cur, gen))
@@ -467,10 +483,10 @@ static int raid5_ppl_log(struct raid_array *a, uint64_t s, unsigned p,
   vd_put_le32(b + 56, vd_crc32c(0, pp, len));
   vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
   memcpy(b + RAID_PPL_HDR, pp, len);
-  int r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, b, RAID_PPL_HDR + len,
-                       ppl_slot_off(a, s));
+  int r = raid_mio_one_abs(a, (int)p, RAID_MIO_WRITE, b, RAID_PPL_HDR + len,
+                           ppl_slot_off(a, s));
   if (r == 0)
-    r = raid_mio_one(a, ~(int)p, RAID_MIO_FLUSH, NULL, 0, 0);
+    r = raid_mio_one(a, (int)p, RAID_MIO_FLUSH, NULL, 0, 0);
   if (r < 0) {
     /* The slot may now hold anything: no longer trust what we knew. */
     a->ppl_stripe[i] = -1;
@@ -514,8 +530,8 @@ static int raid5_ppl_forget(struct raid_array *a, uint64_t s, unsigned p)
       r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
     } else if (r == 0) {
       memset(z, 0, RAID_PPL_HDR);
-      r = raid_mio_one(a, ~(int)p, RAID_MIO_WRITE, z, RAID_PPL_HDR,
-                       ppl_slot_off(a, s));
+      r = raid_mio_one_abs(a, (int)p, RAID_MIO_WRITE, z, RAID_PPL_HDR,
+                           ppl_slot_off(a, s));
       vd_free_aligned(z);
     }
     if (r == 0)
@@ -525,7 +541,8 @@ static int raid5_ppl_forget(struct raid_array *a, uint64_t s, unsigned p)
   return r;
 }
 
-int raid5_ppl_clear(struct raid_array *a)
+/* Clear every log slot (each read-write open, once consistent). */
+static int raid5_ppl_clear(struct raid_array *a)
 {
   if (a->sb.policy != RAID_POLICY_PPL || !a->writable)
     return 0;
@@ -538,9 +555,9 @@ int raid5_ppl_clear(struct raid_array *a)
     if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
       continue;
     for (uint32_t j = 0; j < a->sb.ppl_slots; j++) {
-      int r = raid_mio_one(a, ~(int)i, RAID_MIO_WRITE, z, bytes,
-                           a->sb.ppl_offset +
-                           (uint64_t)j * a->sb.ppl_slot_size);
+      int r = raid_mio_one_abs(a, (int)i, RAID_MIO_WRITE, z, bytes,
+                               a->sb.ppl_offset +
+                               (uint64_t)j * a->sb.ppl_slot_size);
       if (r < 0 && raid_member_failed(a, (int)i, r) < 0) {
         vd_free_aligned(z);
         return -EIO;
@@ -555,7 +572,8 @@ int raid5_ppl_clear(struct raid_array *a)
   return raid_flush_members(a);
 }
 
-int raid5_ppl_recover(struct raid_array *a)
+/* Replay the log after an unclean stop of a degraded array. */
+static int raid5_ppl_recover(struct raid_array *a)
 {
   if (a->sb.policy != RAID_POLICY_PPL)
     return 0;
@@ -812,8 +830,8 @@ static int raid5_write_stripe(struct raid_array *a, uint64_t s, uint64_t soff,
   return r;
 }
 
-int raid5_write(struct raid_array *a, const void *buf, size_t len,
-                uint64_t off, unsigned flags)
+static int raid5_write(struct raid_array *a, const void *buf, size_t len,
+                       uint64_t off, unsigned flags)
 {
   uint64_t sb = a->stripe_bytes, c = a->sb.chunk;
   uint64_t s0 = off / sb, s1 = (off + len - 1) / sb;
@@ -832,12 +850,14 @@ int raid5_write(struct raid_array *a, const void *buf, size_t len,
 
 /* ---- resync, scrub, rebuild ---- */
 
-int raid5_sync_stripe(struct raid_array *a, uint64_t s, bool check_only,
-                      bool *mismatch)
+/* Recompute the parity of the stripe at MOFF (or, with CHECK_ONLY, compare
+ * it); a degraded stripe has nothing to compare against and is skipped. */
+static int raid5_sync_row(struct raid_array *a, uint64_t moff, bool check_only,
+                          bool *mismatch)
 {
   unsigned n = a->n;
   size_t c = a->sb.chunk;
-  uint64_t moff = s * c;
+  uint64_t s = moff / c;
   *mismatch = false;
   for (unsigned i = 0; i < n; i++)
     if (!raid_member_usable(a, (int)i, moff))
@@ -878,13 +898,13 @@ out:
   return r;
 }
 
-int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t s, int slot,
-                                void *scratch)
+/* SLOT's chunk of the stripe at MOFF is the XOR of the others'. */
+static int raid5_rebuild_row_locked(struct raid_array *a, uint64_t moff,
+                                    int slot, void *scratch)
 {
-  VD_ASSERT_HELD(raid_stripe_mutex(a, s));
+  VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
   unsigned n = a->n;
   size_t c = a->sb.chunk;
-  uint64_t moff = s * c;
   uint8_t *bufs = scratch;
   struct raid_mio mio[RAID_MAX_MEMBERS];
   const void *src[RAID_MAX_MEMBERS];
@@ -912,3 +932,44 @@ int raid5_rebuild_stripe_locked(struct raid_array *a, uint64_t s, int slot,
   raid_xor(out, src, (unsigned)k, c);
   return raid_mio_one(a, slot, RAID_MIO_WRITE, out, c, moff);
 }
+
+static uint64_t raid5_capacity(unsigned n, uint64_t data_size)
+{
+  return data_size * (n - 1);
+}
+
+static uint64_t raid5_row_bytes(unsigned n, uint32_t chunk)
+{
+  return (uint64_t)chunk * (n - 1);
+}
+
+/* Any one member's chunks are the XOR of the others'. */
+static unsigned raid5_members_needed(unsigned n)
+{
+  return n - 1;
+}
+
+const struct raid_level_ops raid5_ops = {
+  .level = RAID_LEVEL5,
+  .min_members = 3,
+  .redundant = true,
+  .write_hole = true,
+  .striped = true,
+  .parity_log = true,
+  .default_policy = RAID_POLICY_PPL,
+  .layout_name = "left-symmetric",
+  .mismatch_what = "parity does not match the data",
+  .capacity = raid5_capacity,
+  .row_bytes = raid5_row_bytes,
+  .members_needed = raid5_members_needed,
+  .read = raid5_read,
+  .write = raid5_write,
+  .sync_row = raid5_sync_row,
+  .rebuild_row_locked = raid5_rebuild_row_locked,
+  .start = raid5_ppl_init,
+  .stop = raid5_ppl_free,
+  .replay_log = raid5_ppl_recover,
+  .clear_log = raid5_ppl_clear,
+  .flush_begin = raid5_ppl_flush_begin,
+  .flush_end = raid5_ppl_flush_end,
+};

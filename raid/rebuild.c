@@ -43,7 +43,7 @@ void raid_sleep(double sec)
 
 int raid_resync(struct raid_array *a, bool all)
 {
-  if (a->sb.level == 0)
+  if (!a->ops->redundant)
     return 0;
   uint64_t c = a->sb.chunk, total = a->sb.data_size;
   uint64_t start = a->sb.resync_offset != RAID_NO_OFFSET && all
@@ -60,10 +60,7 @@ int raid_resync(struct raid_array *a, bool all)
     uint64_t rend = roff + region < total ? roff + region : total;
     for (uint64_t o = roff; o < rend && r == 0; o += c) {
       bool mm;
-      if (a->sb.level == 5)
-        r = raid5_sync_stripe(a, o / c, false, &mm);
-      else
-        r = raid1_sync_region(a, o, c, false, &mm);
+      r = a->ops->sync_row(a, o, false, &mm);
       if (all && o + c >= next_ckpt && o + c < total && r == 0) {
         /* Checkpoint a long full resync. */
         if (raid_flush_members(a) == 0) {
@@ -135,27 +132,7 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
     }
     uint64_t s = off / c;
     raid_stripe_lock(a, s);
-    if (a->sb.level == 5) {
-      r = raid5_rebuild_stripe_locked(a, s, slot, scratch);
-    } else {
-      r = -EIO;
-      for (unsigned i = 0; i < a->n && r < 0; i++) {
-        if ((int)i == slot || atomic_load(&a->m[i].state) != RAID_ROLE_ACTIVE ||
-            !a->m[i].dev)
-          continue;
-        r = raid_mio_one(a, (int)i, RAID_MIO_READ, scratch, c, off);
-        if (r < 0) {
-          if (raid_member_failed(a, (int)i, r) < 0)
-            break;
-          r = -EIO;
-          continue;
-        }
-        r = raid_mio_one(a, slot, RAID_MIO_WRITE, scratch, c, off);
-        if (r < 0)
-          r = vd_set_error(-r, "%s: rebuild: writing %s: %s", a->desc_path,
-                           m->path, vd_error());
-      }
-    }
+    r = a->ops->rebuild_row_locked(a, off, slot, scratch);
     if (r == 0)
       atomic_store(&m->recovery, off + c);
     raid_stripe_unlock(a, s);
@@ -198,7 +175,7 @@ static void *raid_rebuild_main(void *opaque)
 
 void raid_rebuild_start(struct raid_array *a)
 {
-  if (!a->writable || a->sb.level == 0 || atomic_load(&a->crashed))
+  if (!a->writable || !a->ops->redundant || atomic_load(&a->crashed))
     return;
   bool any = false;
   for (unsigned i = 0; i < a->n; i++)
@@ -271,9 +248,9 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
                   void *opaque)
 {
   rep->stripes = rep->mismatches = rep->repaired = 0;
-  if (a->sb.level == 0)
-    return vd_set_error(ENOTSUP, "%s: RAID0 has no redundancy to scrub",
-                        a->desc_path);
+  if (!a->ops->redundant)
+    return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy to scrub",
+                        a->desc_path, a->sb.level);
   if (repair && !a->writable)
     return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
   if (raid_active_count(a) < a->n)
@@ -292,10 +269,7 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
       r = raid_bitmap_start(a, o, c);
     if (r < 0)
       break;
-    if (a->sb.level == 5)
-      r = raid5_sync_stripe(a, o / c, !repair, &mm);
-    else
-      r = raid1_sync_region(a, o, c, !repair, &mm);
+    r = a->ops->sync_row(a, o, !repair, &mm);
     if (repair)
       raid_bitmap_end(a, o, c);
     rep->stripes++;
@@ -304,8 +278,7 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
       if (repair)
         rep->repaired++;
       if (rep->mismatch)
-        rep->mismatch(rep->opaque, o / c,
-                      a->sb.level == 5 ? o / c * a->stripe_bytes : o);
+        rep->mismatch(rep->opaque, o / c, o / c * a->stripe_bytes);
     }
     if (progress && (o / c) % 64 == 0)
       progress(opaque, o, total);

@@ -90,15 +90,6 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *b)
   vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
 }
 
-static uint64_t raid_capacity(uint32_t level, uint32_t n, uint64_t m)
-{
-  switch (level) {
-  case 0: return m * n;
-  case 1: return m;
-  default: return m * (n - 1);
-  }
-}
-
 int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
 {
   if (!raid_sb_is_magic(b))
@@ -146,8 +137,8 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
   }
 
   /* Validate every field before anything trusts it. */
-  unsigned minn = sb->level == 0 ? 2 : sb->level == 1 ? 2 : 3;
-  if (sb->level != 0 && sb->level != 1 && sb->level != 5)
+  const struct raid_level_ops *ops = raid_level_find(sb->level);
+  if (!ops)
     return vd_set_error(EINVAL, "%s: RAID level %u not supported", what,
                         sb->level);
   if (sb->layout != RAID_LAYOUT_LEFT_SYMMETRIC)
@@ -157,7 +148,7 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
       sb->chunk > RAID_MAX_CHUNK)
     return vd_set_error(EINVAL, "%s: RAID chunk size %u invalid", what,
                         sb->chunk);
-  if (sb->nmembers < minn || sb->nmembers > RAID_MAX_MEMBERS)
+  if (sb->nmembers < ops->min_members || sb->nmembers > RAID_MAX_MEMBERS)
     return vd_set_error(EINVAL, "%s: RAID%u with %u members invalid", what,
                         sb->level, sb->nmembers);
   if (sb->slot >= sb->nmembers)
@@ -167,7 +158,7 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
     return vd_set_error(EINVAL, "%s: RAID superblock flags %#x unknown", what,
                         sb->flags);
   if (sb->policy > RAID_POLICY_PPL ||
-      (sb->policy == RAID_POLICY_PPL && sb->level != 5))
+      (sb->policy == RAID_POLICY_PPL && !ops->parity_log))
     return vd_set_error(EINVAL, "%s: RAID consistency policy %u invalid",
                         what, sb->policy);
   if (sb->data_size == 0 || sb->data_size % sb->chunk ||
@@ -179,7 +170,7 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
   uint64_t end;
   if (vd_add_overflow(sb->data_offset, sb->data_size, &end) ||
       sb->data_size > (UINT64_MAX >> 6) ||
-      sb->array_size != raid_capacity(sb->level, sb->nmembers, sb->data_size))
+      sb->array_size != ops->capacity(sb->nmembers, sb->data_size))
     return vd_set_error(EINVAL, "%s: RAID array size %llu inconsistent", what,
                         (unsigned long long)sb->array_size);
   if (sb->bitmap_bytes) {

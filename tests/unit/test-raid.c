@@ -263,6 +263,49 @@ static void test_geometry(void)
             m.member == 2 && m.moff == 2 * 4096 + 7);
 }
 
+/* The level table: the rules the rest of the driver takes from it, for
+ * every level in one place (members needed, sizes, what applies). */
+static void test_level_ops(void)
+{
+  static const struct {
+    uint32_t level;
+    unsigned min_members, need_of_4;
+    uint64_t capacity_of_4, row_of_4;   /* members of 1 MiB, chunk 64 KiB */
+    bool redundant, parity_log;
+    int policy;
+  } want[] = {
+    { 0, 2, 4, 4 * MIB, 4 * 65536, false, false, RAID_POLICY_RESYNC },
+    { 1, 2, 1, MIB, 65536, true, false, RAID_POLICY_BITMAP },
+    { 5, 3, 3, 3 * MIB, 3 * 65536, true, true, RAID_POLICY_PPL },
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    const struct raid_level_ops *ops = raid_level_find(want[i].level);
+    CU_ASSERT_FATAL(ops != NULL);
+    CU_ASSERT(ops->level == want[i].level);
+    CU_ASSERT(ops->min_members == want[i].min_members);
+    CU_ASSERT(ops->members_needed(4) == want[i].need_of_4);
+    CU_ASSERT(raid_level_viable(ops, 4, want[i].need_of_4));
+    CU_ASSERT(!raid_level_viable(ops, 4, want[i].need_of_4 - 1));
+    CU_ASSERT(ops->capacity(4, MIB) == want[i].capacity_of_4);
+    CU_ASSERT(ops->row_bytes(4, 65536) == want[i].row_of_4);
+    CU_ASSERT(ops->redundant == want[i].redundant);
+    CU_ASSERT(ops->parity_log == want[i].parity_log);
+    CU_ASSERT((int)ops->default_policy == want[i].policy);
+    CU_ASSERT(ops->read && ops->write && ops->capacity && ops->row_bytes);
+    /* Resync, scrub and rebuild exactly where there is redundancy. */
+    CU_ASSERT((ops->sync_row != NULL) == ops->redundant);
+    CU_ASSERT((ops->rebuild_row_locked != NULL) == ops->redundant);
+    /* Only a level with a log has its hooks; start and stop pair up. */
+    CU_ASSERT((ops->replay_log != NULL) == ops->parity_log);
+    CU_ASSERT((ops->start != NULL) == (ops->stop != NULL));
+    CU_ASSERT((ops->flush_begin != NULL) == (ops->flush_end != NULL));
+  }
+  for (uint32_t level = 0; level < 10; level++)
+    if (level != 0 && level != 1 && level != 5)
+      CU_ASSERT(raid_level_find(level) == NULL);
+  CU_ASSERT(raid_level_find(UINT32_MAX) == NULL);
+}
+
 static void test_parity(void)
 {
   for (unsigned n = 1; n <= 70; n += 7) {
@@ -1503,7 +1546,7 @@ static void call_sb_write_all(struct raid_array *a)
 static void call_rebuild_stripe(struct raid_array *a)
 {
   uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
-  raid5_rebuild_stripe_locked(a, 3, 1, scratch);
+  a->ops->rebuild_row_locked(a, 3 * (uint64_t)a->sb.chunk, 1, scratch);
 }
 #endif
 
@@ -1537,7 +1580,8 @@ static void test_lock_asserts(void)
   pthread_mutex_unlock(&t.a->sb_lock);
   uint8_t *scratch = raid_scratch(0, (size_t)(t.a->n + 1) * t.a->sb.chunk);
   raid_stripe_lock(t.a, 3);
-  CU_ASSERT(raid5_rebuild_stripe_locked(t.a, 3, 1, scratch) == 0);
+  CU_ASSERT(t.a->ops->rebuild_row_locked(t.a, 3 * (uint64_t)t.a->sb.chunk, 1,
+                                        scratch) == 0);
   raid_stripe_unlock(t.a, 3);
   tarr_close(&t);
   tarr_free(&t);
@@ -1556,6 +1600,7 @@ int main(void)
     return 99;
   static const struct cu_test tests[] = {
     { "geometry (md left-symmetric)", test_geometry },
+    { "level table: members needed, sizes, hooks", test_level_ops },
     { "parity, one pass", test_parity },
     { "superblock codec", test_superblock },
     { "RAID0 against the model", test_raid0 },
