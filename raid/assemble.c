@@ -275,9 +275,7 @@ int vd_raid_assemble(const char *desc, const char *const *members,
   /* Start it once, so refusals are reported now and --force takes effect
    * (PPL replay, resync, superblocks updated). */
   struct vd_dev *arr;
-  raid_set_force_next(force);
-  r = vd_open(desc, "raid", VD_OPEN_RDWR, &arr);
-  raid_set_force_next(false);
+  r = vd_open(desc, "raid", VD_OPEN_RDWR | (force ? VD_OPEN_FORCE : 0), &arr);
   if (r == 0)
     r = vd_close(arr);
 out:

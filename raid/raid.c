@@ -38,9 +38,6 @@
 
 const struct vd_driver vd_raid_driver;
 
-/* Set by vd_raid_assemble for the vd_open it performs (this thread only). */
-static __thread bool raid_force_next;
-
 /* ---- member I/O pool ----
  * Members are vd_devs with a synchronous API, so fan-out to several members
  * runs on a small pool of threads: the caller runs one request itself and
@@ -893,8 +890,7 @@ static int raid_bitmap_load(struct raid_array *a)
 static int raid_open(struct vd_dev *dev)
 {
   struct raid_array *a = dev->priv;
-  bool force = raid_force_next;
-  raid_force_next = false;
+  bool force = (dev->open_flags & VD_OPEN_FORCE) != 0;
   unsigned mflags = dev->open_flags & (VD_OPEN_RDWR | VD_OPEN_DIRECT |
                                        VD_OPEN_NOLOCK);
   struct raid_scan *s = calloc(1, sizeof *s);
@@ -1148,11 +1144,6 @@ void vd_raid_crash(struct raid_array *a)
   raid_monitor_stop(a);
   raid_rebuild_stop(a);
   atomic_store(&a->crashed, true);
-}
-
-void raid_set_force_next(bool force)
-{
-  raid_force_next = force;
 }
 
 /* ---- status ---- */

@@ -328,7 +328,6 @@ int raid_mark_dirty(struct raid_array *a);
 /* Flush every usable member; failures are recorded.  -EIO if the array
  * failed. */
 int raid_flush_members(struct raid_array *a);
-void raid_set_force_next(bool force);
 /* Online requests (request.c) and background rebuild (rebuild.c). */
 void raid_monitor_start(struct raid_array *a);
 void raid_monitor_stop(struct raid_array *a);

@@ -24,7 +24,7 @@
 
 #define VD_REQ_ALL (VD_REQ_FUA | VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO)
 #define VD_OPEN_ALL (VD_OPEN_RDWR | VD_OPEN_DIRECT | VD_OPEN_NOLOCK | \
-                     VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF)
+                     VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF | VD_OPEN_FORCE)
 #define VD_ZERO_CHUNK (1u << 20)
 
 /* Free DEV and close what a filter's device stands on; returns that

@@ -33,6 +33,11 @@ struct vd_dev;
 #define VD_OPEN_PROBE_LEAF 0x10u /* when probing, consider only formats whose
                                    images reference no other file (raw,
                                    vdz): never vpc or raid */
+#define VD_OPEN_FORCE    0x20u  /* RAID: start an array that is dirty and
+                                   degraded (RAID5: replaying the partial
+                                   parity log) or has members one event
+                                   behind, as mdadm --force; not passed to
+                                   members; other formats ignore it */
 
 /* Where the parent (backing file) of a differencing image may be found,
  * when the operator did not name it (see docs/vhd.md, "Parent lookup"). */

@@ -150,14 +150,13 @@ fuzz_array(unsigned flags, bool force)
   memset(&dev, 0, sizeof dev);
   dev.drv = &vd_raid_driver;
   dev.path = desc_path;
-  dev.open_flags = flags | VD_OPEN_NOLOCK;
+  dev.open_flags = flags | VD_OPEN_NOLOCK | (force ? VD_OPEN_FORCE : 0);
   dev.read_only = !(flags & VD_OPEN_RDWR);
   dev.logical_block = 512;
   dev.preferred_io = 4096;
   dev.priv = calloc(1, vd_raid_driver.priv_size);
   if (!dev.priv)
     return;
-  raid_set_force_next(force);
   if (vd_raid_driver.open(&dev) < 0) {
     if (fuzz_verbose)
       fprintf(stderr, "fuzz-raid: not opened: %s\n", vd_error());
