@@ -6,7 +6,8 @@
  * are any vd_dev: raw files, block devices, VHD images.
  *
  * Files: raid.c (assembly, member I/O pool, failure handling, bitmap, the
- * driver ops), raid0.c / raid1.c / raid5.c (one per level), parity.c (XOR),
+ * driver ops, the level table), raid0.c / raid1.c / raid5.c (one per
+ * level, each its struct raid_level_ops), parity.c (XOR),
  * super.c (superblock and descriptor codecs), assemble.c (create,
  * assemble), members.c (fail, replace, member signatures), rebuild.c
  * (resync, rebuild, scrub), request.c (online requests, monitor thread),
