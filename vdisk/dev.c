@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "vdisk/blocklock.h"
 #include "vdisk/driver.h"
 #include "vdisk/endian.h"
 
@@ -36,8 +37,7 @@ dev_free(struct vd_dev *dev)
     return 0;
   int r = vd_close(dev->below);
   vd_file_close(dev->file);
-  for (int i = 0; i < VD_DEV_RMW_LOCKS; i++)
-    pthread_mutex_destroy(&dev->rmw_lock[i]);
+  vd_blocklock_destroy(dev->rmw_lock, VD_DEV_RMW_LOCKS);
   pthread_mutex_destroy(&dev->probe_lock);
   free(dev->priv);
   free(dev->path);
@@ -153,8 +153,7 @@ dev_open(const struct vd_dev *child, const char *path,
     return vd_set_error(ENOMEM, "%s: out of memory", path);
   }
   dev->below = below;
-  for (int i = 0; i < VD_DEV_RMW_LOCKS; i++)
-    pthread_mutex_init(&dev->rmw_lock[i], NULL);
+  vd_blocklock_init(dev->rmw_lock, VD_DEV_RMW_LOCKS);
   pthread_mutex_init(&dev->probe_lock, NULL);
   dev->opts = *args;
   dev->opts.format = dev->opts.backing = dev->opts.backing_format = NULL;
@@ -358,27 +357,6 @@ dev_aligned(const struct vd_dev *dev, uint64_t off, uint64_t len)
          ((off | len) & (dev->logical_block - 1)) == 0;
 }
 
-static void
-dev_rmw_lock(struct vd_dev *dev, uint64_t first, uint64_t last, bool lock)
-{
-  unsigned a = (unsigned)(first % VD_DEV_RMW_LOCKS);
-  unsigned b = (unsigned)(last % VD_DEV_RMW_LOCKS);
-  if (a > b) {
-    unsigned t = a;
-    a = b;
-    b = t;
-  }
-  if (lock) {
-    pthread_mutex_lock(&dev->rmw_lock[a]);
-    if (b != a)
-      pthread_mutex_lock(&dev->rmw_lock[b]);
-  } else {
-    if (b != a)
-      pthread_mutex_unlock(&dev->rmw_lock[b]);
-    pthread_mutex_unlock(&dev->rmw_lock[a]);
-  }
-}
-
 /* Unaligned request on a strictly aligned driver: widen to whole blocks.
  * BUF is the caller's data (write) or destination (read); a NULL BUF on a
  * write means zeros. */
@@ -403,7 +381,7 @@ dev_rmw(struct vd_dev *dev, void *buf, size_t len, uint64_t off, bool write,
     return r;
   }
   uint64_t first = start / bs, last = end / bs - 1;
-  dev_rmw_lock(dev, first, last, true);
+  vd_blocklock(dev->rmw_lock, VD_DEV_RMW_LOCKS, first, last, true);
   r = 0;
   if (off != start)
     r = dev->drv->pread(dev, b, bs, start);
@@ -416,7 +394,7 @@ dev_rmw(struct vd_dev *dev, void *buf, size_t len, uint64_t off, bool write,
       memset(b + (off - start), 0, len);
     r = dev->drv->pwrite(dev, b, blen, start, flags);
   }
-  dev_rmw_lock(dev, first, last, false);
+  vd_blocklock(dev->rmw_lock, VD_DEV_RMW_LOCKS, first, last, false);
   free(b);
   return r;
 }

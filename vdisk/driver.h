@@ -20,17 +20,19 @@
  *                          raw image; held from the probe of the bytes as
  *                          they would be through the driver's write, so
  *                          no other such request changes them in between
- *   vd_dev.rmw_lock[16]    (dev.c) read-modify-write of partial logical
- *                          blocks, by block; held across the driver's read
- *                          and write of those blocks (their purpose)
+ *   vd_dev.rmw_lock[16]    (dev.c, blocklock.h) read-modify-write of
+ *                          partial logical blocks, by block; held
+ *                          across the driver's read and write of those
+ *                          blocks (their purpose)
  *   driver locks           vhd_priv (vhd.h): stripe[] -> alloc_lock,
  *                          stripe[] -> bat_lock, flush_lock -> bat_lock;
  *                          vdz_priv (vdz.c): cache_lock, pool_lock,
  *                          never together nor across I/O; vdz_imp.lock
  *                          (import workers' shared state);
  *                          raid_array: raid/raid.h
- *   vd_file.rmw[64]        (io.c) unaligned O_DIRECT writes, by aligned
- *                          block; held across the bounce read and write
+ *   vd_file.rmw[64]        (io.c, blocklock.h) unaligned O_DIRECT
+ *                          writes, by aligned block; held across the
+ *                          bounce read and write
  * Functions named *_locked expect their lock held, and assert it in debug
  * builds (VD_ASSERT_HELD below).
  */

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vdisk/blocklock.h"
 #include "vdisk/driver.h"
 #include "vdisk/endian.h"
 #include "vdisk/io.h"
@@ -235,8 +236,7 @@ vd_file_open(const char *path, unsigned flags, struct vd_file **out)
   }
   f->flags = flags;
   f->align = 1;
-  for (int i = 0; i < VD_RMW_LOCKS; i++)
-    pthread_mutex_init(&f->rmw[i], NULL);
+  vd_blocklock_init(f->rmw, VD_RMW_LOCKS);
 
   /* Open without O_TRUNC first when locking, so a locked image is never
    * truncated by a refused open. */
@@ -308,8 +308,7 @@ vd_file_close(struct vd_file *f)
     return;
   if (f->fd >= 0)
     close(f->fd);
-  for (int i = 0; i < VD_RMW_LOCKS; i++)
-    pthread_mutex_destroy(&f->rmw[i]);
+  vd_blocklock_destroy(f->rmw, VD_RMW_LOCKS);
   free(f->path);
   free(f);
 }
@@ -485,26 +484,6 @@ io_direct_rw(struct vd_file *f, void *buf, size_t len, uint64_t off,
   return r;
 }
 
-static void
-io_rmw_lock(struct vd_file *f, uint64_t a, uint64_t b, bool lock)
-{
-  unsigned ia = (unsigned)(a % VD_RMW_LOCKS), ib = (unsigned)(b % VD_RMW_LOCKS);
-  if (ia > ib) {
-    unsigned t = ia;
-    ia = ib;
-    ib = t;
-  }
-  if (lock) {
-    pthread_mutex_lock(&f->rmw[ia]);
-    if (ib != ia)
-      pthread_mutex_lock(&f->rmw[ib]);
-  } else {
-    if (ib != ia)
-      pthread_mutex_unlock(&f->rmw[ib]);
-    pthread_mutex_unlock(&f->rmw[ia]);
-  }
-}
-
 /* Unaligned direct I/O through an aligned bounce buffer. */
 static int
 io_bounce_rw(struct vd_file *f, void *buf, size_t len, uint64_t off,
@@ -527,7 +506,7 @@ io_bounce_rw(struct vd_file *f, void *buf, size_t len, uint64_t off,
       memcpy(buf, b + (off - start), len);
   } else {
     uint64_t first = start / a, last = end / a - 1;
-    io_rmw_lock(f, first, last, true);
+    vd_blocklock(f->rmw, VD_RMW_LOCKS, first, last, true);
     r = 0;
     if (off != start)
       r = io_sync_rw(f, b, a, start, false);
@@ -537,7 +516,7 @@ io_bounce_rw(struct vd_file *f, void *buf, size_t len, uint64_t off,
       memcpy(b + (off - start), buf, len);
       r = io_direct_rw(f, b, blen, start, true);
     }
-    io_rmw_lock(f, first, last, false);
+    vd_blocklock(f->rmw, VD_RMW_LOCKS, first, last, false);
   }
   vd_free_aligned(b);
   return r;
