@@ -48,14 +48,14 @@ static int raid_desc_set_member(struct raid_array *a, int slot,
                                 const char *path, const char *format)
 {
   struct raid_desc d;
-  int r = raid_desc_read(a->desc_path, &d);
+  int r = raid_desc_read(a->desc_abs, &d);
   if (r < 0)
     return r;
   free(d.member[slot]);
   free(d.format[slot]);
-  d.member[slot] = raid_desc_relpath(a->desc_path, path);
+  d.member[slot] = raid_desc_relpath(a->desc_abs, path);
   d.format[slot] = format ? strdup(format) : NULL;
-  r = d.member[slot] ? raid_desc_write(a->desc_path, &d)
+  r = d.member[slot] ? raid_desc_write(a->desc_abs, &d)
                      : vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   raid_desc_free(&d);
   return r;
@@ -118,7 +118,7 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
                         newpath);
   static const char *const side[] = { "", ".request", ".result", ".served" };
   for (size_t i = 0; i < sizeof side / sizeof side[0]; i++) {
-    char *sp = raid_side_path(a->desc_path, side[i]);
+    char *sp = raid_side_path(a->desc_abs, side[i]);
     bool same = sp && raid_same_file(sp, newpath);
     free(sp);
     if (same)

@@ -854,6 +854,8 @@ static void raid_array_free(struct raid_array *a)
   pthread_mutex_destroy(&a->bm_lock);
   free(a->desc_path);
   a->desc_path = NULL;
+  free(a->desc_abs);
+  a->desc_abs = NULL;
 }
 
 /* Load the bitmap: OR of every usable member's copy. */
@@ -901,9 +903,18 @@ static int raid_open(struct vd_dev *dev)
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);
   a->desc_path = strdup(dev->path);
+  /* (A path realpath cannot resolve, such as a memfd's, is kept as is.) */
+  a->desc_abs = realpath(dev->path, NULL);
+  if (!a->desc_abs)
+    a->desc_abs = strdup(dev->path);
+  int r = 0;
+  if (!a->desc_path || !a->desc_abs) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+    goto fail;
+  }
   struct vd_open_args margs = { .flags = mflags,
                                 .filter = dev->opts.filter };
-  int r = raid_scan(dev->path, &margs, force, s);
+  r = raid_scan(dev->path, &margs, force, s);
   if (r < 0)
     goto fail;
   if (s->refusal[0]) {

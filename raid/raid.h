@@ -230,7 +230,12 @@ struct raid_array {
   unsigned n;
   const struct raid_level_ops *ops; /* of sb.level, set at open */
   struct raid_member m[RAID_MAX_MEMBERS];
-  char *desc_path;
+  char *desc_path;             /* as opened: for messages */
+  char *desc_abs;              /* absolute (realpath at open): for the
+                                  descriptor's rewrites and its side files,
+                                  which must not move when the serving
+                                  process changes folder (a daemon's
+                                  chdir("/")) */
   bool writable;
   bool force;                  /* assembled with --force */
   const char *member_filter;   /* open option filter the members are

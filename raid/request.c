@@ -287,12 +287,12 @@ void raid_monitor_start(struct raid_array *a)
   if (!a->writable || a->monitor_running)
     return;
   if (!a->mon_req)
-    a->mon_req = raid_side_path(a->desc_path, ".request");
+    a->mon_req = raid_side_path(a->desc_abs, ".request");
   if (!a->mon_res)
-    a->mon_res = raid_side_path(a->desc_path, ".result");
+    a->mon_res = raid_side_path(a->desc_abs, ".result");
   if (!a->mon_req || !a->mon_res)
     return;
-  char *sp = raid_side_path(a->desc_path, ".served");
+  char *sp = raid_side_path(a->desc_abs, ".served");
   if (!sp)
     return;
   char pid[32];
@@ -319,7 +319,7 @@ void raid_monitor_stop(struct raid_array *a)
   a->monitor_running = false;
   pthread_mutex_destroy(&a->mon_lock);
   pthread_cond_destroy(&a->mon_cond);
-  char *sp = raid_side_path(a->desc_path, ".served");
+  char *sp = raid_side_path(a->desc_abs, ".served");
   if (sp) {
     unlink(sp);
     free(sp);

@@ -82,12 +82,12 @@ vdtool raid create -l 5 -c 64K --size 8M -f vpc bg.vdraid n0.vhd n1.vhd n2.vhd >
 head -c "$(vsize bg.vdraid)" /dev/zero > bg-expected.raw
 vdtool create -f vpc n3.vhd "$(vsize n1.vhd)" >/dev/null   # a replacement
 mkdir -p "$mnt"
-# (An absolute path: the daemon runs in "/", and the array's side files
-# are named from the path it was opened by.)
-vdisk_fuse "$VD_TMP/bg.vdraid" "$mnt"
+# (A relative path: the daemon runs in "/", yet the array's side files
+# and its descriptor must stay those of the array it opened.)
+vdisk_fuse bg.vdraid "$mnt"
 on_exit "fusermount3 -uz '$mnt'"
 mountpoint -q "$mnt" || fail "vdisk-fuse returned before the mount was ready"
-pid=$(pgrep -f -- "vdisk-fuse $VD_TMP/bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
+pid=$(pgrep -f -- "vdisk-fuse bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
 random_writes "$mnt/bg.raw" bg-expected.raw 3
 cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 in a detached vdisk-fuse reads back wrong"
 # The daemon runs the array's threads: its monitor answers online
