@@ -788,15 +788,21 @@ static void powercut_case(int policy, unsigned lost, unsigned keep, bool
   }
   uint8_t *b = malloc(t.size);
   CU_ASSERT_FATAL(vd_pread(t.dev, b, t.size, 0) == 0);
-  uint64_t lostbytes = 0;
-  for (uint64_t i = 0; i < t.size; i++)
+  uint64_t lostbytes = 0, undone = 0;
+  for (uint64_t i = 0; i < t.size; i++) {
     if (!touched[i] && b[i] != t.model[i])
       lostbytes++;
+    if (touched[i] && b[i] != t.model[i])
+      undone++;
+  }
   if (lostbytes)
     fprintf(stderr, "policy %d lost %u keep %u restart %d: %llu flushed "
             "bytes lost\n", policy, lost, keep, restart_first,
             (unsigned long long)lostbytes);
   CU_ASSERT(lostbytes == 0);
+  /* The cut took effect: with nothing kept, unflushed writes are gone. */
+  if (keep == 0)
+    CU_ASSERT(undone > 0);
   free(b);
   free(touched);
   tarr_free(&t);
