@@ -197,15 +197,21 @@ void raid_rebuild_start(struct raid_array *a)
   pthread_mutex_unlock(&a->sb_lock);
 }
 
-void raid_rebuild_stop(struct raid_array *a)
+/* Join the rebuild thread if one was started and not joined yet. */
+static void raid_rebuild_join(struct raid_array *a)
 {
-  atomic_store(&a->rebuild_stop, true);
   pthread_mutex_lock(&a->sb_lock);
   bool running = a->rebuild_running;
   a->rebuild_running = false;
   pthread_mutex_unlock(&a->sb_lock);
   if (running)
     pthread_join(a->rebuild, NULL);
+}
+
+void raid_rebuild_stop(struct raid_array *a)
+{
+  atomic_store(&a->rebuild_stop, true);
+  raid_rebuild_join(a);
   atomic_store(&a->rebuild_stop, false);
 }
 
@@ -221,12 +227,7 @@ int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
       progress(opaque, atomic_load(&a->m[slot].recovery), a->sb.data_size);
     raid_sleep(0.02);
   }
-  pthread_mutex_lock(&a->sb_lock);
-  bool running = a->rebuild_running;
-  a->rebuild_running = false;
-  pthread_mutex_unlock(&a->sb_lock);
-  if (running)
-    pthread_join(a->rebuild, NULL);
+  raid_rebuild_join(a);
   int r = atomic_load(&a->rebuild_ret);
   if (r == 0 && progress)
     progress(opaque, a->sb.data_size, a->sb.data_size);
