@@ -25,8 +25,14 @@
  * drainer checks inflight under wait_mu, so the wake-up cannot be lost.
  * wait_mu is a leaf lock: nothing is called with it held.
  *
- * ctl_mu serialises control operations (replace) and is held while the
- * old device is flushed, so it comes before every device lock.
+ * ctl_mu serialises control operations (replace, observer changes) and
+ * is held while the old device is flushed, so it comes before every
+ * device lock.
+ *
+ * Observers: the set is an immutable array, replaced (never edited) under
+ * ctl_mu with the node drained; a request loads it after entering, so no
+ * request can still be reading an array once the drain that replaced it
+ * returned, and the old array is freed at once.
  *
  * A single counter per node is shared by all requests.  One atomic
  * add/sub pair per request costs tens of nanoseconds even when contended,
@@ -43,6 +49,16 @@
 
 #include "vdisk/driver.h"
 
+struct vd_node_observer {
+  vd_node_observer_fn fn;
+  void *opaque;
+};
+
+struct obs_set {
+  size_t n;
+  struct vd_node_observer *v[];
+};
+
 struct vd_node {
   /* Read by every request; the two counters share a line on purpose
    * (each request touches both anyway). */
@@ -53,7 +69,10 @@ struct vd_node {
   pthread_mutex_t wait_mu;        /* leaf; guards the waits below */
   pthread_cond_t idle;            /* inflight reached 0 while drained */
   pthread_cond_t resumed;         /* drained reached 0 */
-  pthread_mutex_t ctl_mu;         /* serialises replacements */
+  pthread_mutex_t ctl_mu;         /* serialises replacements and observer
+                                     changes */
+  _Atomic(struct obs_set *) obs;  /* NULL: none; written only while
+                                     drained, ctl_mu held */
 
   /* Fixed at creation; every replacement keeps them. */
   uint64_t size;
@@ -72,6 +91,7 @@ vd_node_new(struct vd_dev *dev, struct vd_node **out)
   if (!n)
     return vd_set_error(ENOMEM, "%s: out of memory for its node", dev->path);
   atomic_init(&n->dev, dev);
+  atomic_init(&n->obs, NULL);
   atomic_init(&n->inflight, 0);
   atomic_init(&n->drained, 0);
   pthread_mutex_init(&n->wait_mu, NULL);
@@ -93,6 +113,12 @@ vd_node_free(struct vd_node *node)
   if (!node)
     return 0;
   int r = vd_close(atomic_load_explicit(&node->dev, memory_order_relaxed));
+  struct obs_set *os = atomic_load_explicit(&node->obs, memory_order_relaxed);
+  if (os) {
+    for (size_t i = 0; i < os->n; i++)
+      free(os->v[i]);
+    free(os);
+  }
   pthread_mutex_destroy(&node->wait_mu);
   pthread_cond_destroy(&node->idle);
   pthread_cond_destroy(&node->resumed);
@@ -131,6 +157,25 @@ vd_node_get(struct vd_node *node)
   }
 }
 
+/* Tell the observers about a write-type request that ran with result R;
+ * returns R, or the first observer's error when R is 0.  Called inside
+ * the request. */
+static int
+node_notify(struct vd_node *node, enum vd_obs_op op, const void *buf,
+            uint64_t off, uint64_t len, int r)
+{
+  struct obs_set *os = atomic_load_explicit(&node->obs, memory_order_acquire);
+  if (!os)
+    return r;
+  int res = r;
+  for (size_t i = 0; i < os->n; i++) {
+    int o = os->v[i]->fn(os->v[i]->opaque, op, buf, off, len, res);
+    if (r == 0 && o < 0)
+      r = o;
+  }
+  return r;
+}
+
 int
 vd_node_pread(struct vd_node *node, void *buf, size_t len, uint64_t off)
 {
@@ -148,6 +193,7 @@ vd_node_pwrite(struct vd_node *node, const void *buf, size_t len,
   if (!node)
     return vd_set_error(EINVAL, "vd_node_pwrite: no node");
   int r = vd_pwrite(vd_node_get(node), buf, len, off, flags);
+  r = node_notify(node, VD_OBS_WRITE, buf, off, len, r);
   vd_node_put(node);
   return r;
 }
@@ -158,6 +204,7 @@ vd_node_flush(struct vd_node *node)
   if (!node)
     return vd_set_error(EINVAL, "vd_node_flush: no node");
   int r = vd_flush(vd_node_get(node));
+  r = node_notify(node, VD_OBS_FLUSH, NULL, 0, 0, r);
   vd_node_put(node);
   return r;
 }
@@ -169,6 +216,7 @@ vd_node_discard(struct vd_node *node, uint64_t off, uint64_t len,
   if (!node)
     return vd_set_error(EINVAL, "vd_node_discard: no node");
   int r = vd_discard(vd_node_get(node), off, len, flags);
+  r = node_notify(node, VD_OBS_DISCARD, NULL, off, len, r);
   vd_node_put(node);
   return r;
 }
@@ -180,6 +228,7 @@ vd_node_write_zeroes(struct vd_node *node, uint64_t off, uint64_t len,
   if (!node)
     return vd_set_error(EINVAL, "vd_node_write_zeroes: no node");
   int r = vd_write_zeroes(vd_node_get(node), off, len, flags);
+  r = node_notify(node, VD_OBS_ZEROES, NULL, off, len, r);
   vd_node_put(node);
   return r;
 }
@@ -287,4 +336,82 @@ vd_node_replace(struct vd_node *node, struct vd_dev *newdev,
   }
   pthread_mutex_unlock(&node->ctl_mu);
   return r;
+}
+
+/* ---- observers ---- */
+
+/* Install NEW as NODE's observer set (ctl_mu held) and free the old one. */
+static void
+node_set_observers(struct vd_node *node, struct obs_set *set)
+{
+  vd_node_drain(node);
+  struct obs_set *old = atomic_load_explicit(&node->obs, memory_order_relaxed);
+  atomic_store_explicit(&node->obs, set, memory_order_release);
+  vd_node_resume(node);
+  free(old);
+}
+
+int
+vd_node_observer_add(struct vd_node *node, vd_node_observer_fn fn,
+                     void *opaque, struct vd_node_observer **out)
+{
+  if (!node || !fn || !out)
+    return vd_set_error(EINVAL, "vd_node_observer_add: no node or function");
+  struct vd_node_observer *o = malloc(sizeof *o);
+  if (!o)
+    return vd_set_error(ENOMEM, "out of memory for a node observer");
+  o->fn = fn;
+  o->opaque = opaque;
+  pthread_mutex_lock(&node->ctl_mu);
+  struct obs_set *cur = atomic_load_explicit(&node->obs, memory_order_relaxed);
+  size_t n = cur ? cur->n : 0;
+  struct obs_set *set = malloc(sizeof *set + (n + 1) * sizeof set->v[0]);
+  if (!set) {
+    pthread_mutex_unlock(&node->ctl_mu);
+    free(o);
+    return vd_set_error(ENOMEM, "out of memory for a node observer");
+  }
+  set->n = n + 1;
+  for (size_t i = 0; i < n; i++)
+    set->v[i] = cur->v[i];
+  set->v[n] = o;
+  node_set_observers(node, set);
+  pthread_mutex_unlock(&node->ctl_mu);
+  *out = o;
+  return 0;
+}
+
+int
+vd_node_observer_remove(struct vd_node *node, struct vd_node_observer *obs)
+{
+  if (!obs)
+    return 0;
+  if (!node)
+    return vd_set_error(EINVAL, "vd_node_observer_remove: no node");
+  pthread_mutex_lock(&node->ctl_mu);
+  struct obs_set *cur = atomic_load_explicit(&node->obs, memory_order_relaxed);
+  size_t n = cur ? cur->n : 0, k = 0;
+  while (k < n && cur->v[k] != obs)
+    k++;
+  if (k == n) {
+    pthread_mutex_unlock(&node->ctl_mu);
+    return vd_set_error(EINVAL, "vd_node_observer_remove: not an observer "
+                        "of this node");
+  }
+  struct obs_set *set = NULL;
+  if (n > 1) {
+    set = malloc(sizeof *set + (n - 1) * sizeof set->v[0]);
+    if (!set) {
+      pthread_mutex_unlock(&node->ctl_mu);
+      return vd_set_error(ENOMEM, "out of memory removing a node observer");
+    }
+    set->n = 0;
+    for (size_t i = 0; i < n; i++)
+      if (i != k)
+        set->v[set->n++] = cur->v[i];
+  }
+  node_set_observers(node, set);
+  pthread_mutex_unlock(&node->ctl_mu);
+  free(obs);
+  return 0;
 }

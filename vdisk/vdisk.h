@@ -390,6 +390,95 @@ void vd_node_resume(struct vd_node *node);
 int vd_node_replace(struct vd_node *node, struct vd_dev *newdev,
                     struct vd_dev **olddev);
 
+/* ---- node write observers ----
+ *
+ * An observer sees every write-type request on a node: dirty bitmaps for
+ * incremental backup and mirrors (live storage migration) are built on
+ * it.  FN runs on the request's thread, inside the request (so a drain
+ * waits for it), after the device operation and before the request is
+ * acknowledged, whatever the operation's result (a failed write may have
+ * changed some of the range).  OP says which request: VD_OBS_WRITE (BUF
+ * holds the LEN bytes written at OFF), VD_OBS_DISCARD, VD_OBS_ZEROES
+ * (BUF NULL) or VD_OBS_FLUSH (OFF and LEN 0).  RESULT is the operation's
+ * result.  When RESULT is 0 and FN returns a negative errno, the request
+ * fails with it (a write-blocking mirror whose target failed); otherwise
+ * FN's return is ignored.  FN may run on many threads at once, must not
+ * drain or replace the node, and must not block for long (every request
+ * on the node waits for it).  Observers run in the order they were added.
+ *
+ * Reads are not observed.  Requests made through a vd_node_get bracket
+ * on the device directly bypass observers: only vd_node_<op> is seen. */
+enum vd_obs_op { VD_OBS_WRITE, VD_OBS_DISCARD, VD_OBS_ZEROES, VD_OBS_FLUSH };
+typedef int (*vd_node_observer_fn)(void *opaque, enum vd_obs_op op,
+                                   const void *buf, uint64_t off,
+                                   uint64_t len, int result);
+struct vd_node_observer;
+
+/* Add an observer to NODE.  The node is drained while the set changes, so
+ * FN sees every write-type request that completes after this returns (and
+ * none that completed before).  Returns 0 and a handle in *OUT, or
+ * -errno.  Must not be called from inside a request on NODE. */
+int vd_node_observer_add(struct vd_node *node, vd_node_observer_fn fn,
+                         void *opaque, struct vd_node_observer **out);
+/* Remove and free OBS (NULL accepted).  Drains the node: once this
+ * returns, FN is not running and will not run again for this observer.
+ * Returns 0, or -EINVAL if OBS is not NODE's. */
+int vd_node_observer_remove(struct vd_node *node,
+                            struct vd_node_observer *obs);
+
+/* ---- dirty bitmaps ----
+ *
+ * A bitmap over SIZE bytes with one bit per GRANULARITY bytes (a power of
+ * two, 512 B to 2 GiB, as QEMU's): a set bit marks its granule dirty.
+ * Set, reset and the queries may run on any threads at once (each word is
+ * updated atomically); a query racing with updates sees each granule
+ * either before or after each update.  Offsets and lengths are bytes;
+ * ranges are clipped to SIZE.  The bitmap knows nothing of nodes: a
+ * caller records writes into it through an observer. */
+struct vd_bitmap;
+
+/* A clean bitmap.  Returns 0 and *OUT, or -EINVAL (bad granularity, size
+ * 0) or -ENOMEM. */
+int vd_bitmap_new(uint64_t size, uint32_t granularity,
+                  struct vd_bitmap **out);
+void vd_bitmap_free(struct vd_bitmap *bm);
+uint64_t vd_bitmap_size(const struct vd_bitmap *bm);
+uint32_t vd_bitmap_granularity(const struct vd_bitmap *bm);
+/* Mark dirty every granule that [OFF, OFF+LEN) touches. */
+void vd_bitmap_set(struct vd_bitmap *bm, uint64_t off, uint64_t len);
+/* Mark clean every granule that lies wholly inside [OFF, OFF+LEN) (the
+ * last, short granule counts as whole when the range reaches SIZE), so a
+ * reset never forgets a write to bytes outside the range. */
+void vd_bitmap_reset(struct vd_bitmap *bm, uint64_t off, uint64_t len);
+/* Everything clean. */
+void vd_bitmap_clear(struct vd_bitmap *bm);
+/* Whether the granule holding byte OFF is dirty (false past SIZE). */
+bool vd_bitmap_get(const struct vd_bitmap *bm, uint64_t off);
+/* The first dirty run at or after OFF: returns 1 with *START (OFF, or the
+ * start of the first dirty granule after it) and *LEN (up to the end of
+ * the run of dirty granules, the end of the bitmap, or MAX_LEN when
+ * MAX_LEN is not 0), or 0 when nothing at or after OFF is dirty. */
+int vd_bitmap_next_dirty(const struct vd_bitmap *bm, uint64_t off,
+                         uint64_t max_len, uint64_t *start, uint64_t *len);
+/* The same for the first clean run. */
+int vd_bitmap_next_clean(const struct vd_bitmap *bm, uint64_t off,
+                         uint64_t max_len, uint64_t *start, uint64_t *len);
+/* Dirty bytes (dirty granules times the granularity, the last granule
+ * clipped to SIZE). */
+uint64_t vd_bitmap_count(const struct vd_bitmap *bm);
+/* DST |= SRC.  Both must have the same size and granularity (else
+ * -EINVAL).  Returns 0. */
+int vd_bitmap_merge(struct vd_bitmap *dst, const struct vd_bitmap *src);
+/* The bits as bytes, for persistence: bit I (granule I) is bit I % 8 of
+ * byte I / 8.  vd_bitmap_serialized_size is the length they take;
+ * serialize writes them to BUF (LEN must be at least that), deserialize
+ * replaces the bitmap's bits with BUF's (LEN must equal it; bits past the
+ * last granule must be 0).  Return 0 or -EINVAL. */
+size_t vd_bitmap_serialized_size(const struct vd_bitmap *bm);
+int vd_bitmap_serialize(const struct vd_bitmap *bm, void *buf, size_t len);
+int vd_bitmap_deserialize(struct vd_bitmap *bm, const void *buf,
+                          size_t len);
+
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);
 

@@ -516,6 +516,146 @@ test_node_swap_stress(void)
 
 /* ---- real images: a VHD, then a VHD differencing child on it ---- */
 
+/* ---- write observers (vdisk.h "node write observers") ---- */
+
+struct obs_log {
+  atomic_long writes, discards, zeroes, flushes;
+  atomic_long bytes;
+  atomic_int fail;          /* return -ENOSPC while set */
+  atomic_int bad_buf;       /* a write seen without its data */
+  struct vd_bitmap *bm;     /* every observed range marked here */
+};
+
+static int
+obs_fn(void *opaque, enum vd_obs_op op, const void *buf, uint64_t off,
+       uint64_t len, int result)
+{
+  struct obs_log *l = opaque;
+  (void) result;
+  switch (op) {
+  case VD_OBS_WRITE:
+    atomic_fetch_add(&l->writes, 1);
+    if (!buf)
+      atomic_fetch_add(&l->bad_buf, 1);
+    break;
+  case VD_OBS_DISCARD: atomic_fetch_add(&l->discards, 1); break;
+  case VD_OBS_ZEROES: atomic_fetch_add(&l->zeroes, 1); break;
+  case VD_OBS_FLUSH: atomic_fetch_add(&l->flushes, 1); break;
+  }
+  atomic_fetch_add(&l->bytes, (long) len);
+  if (l->bm && len)
+    vd_bitmap_set(l->bm, off, len);
+  return atomic_load(&l->fail) ? -ENOSPC : 0;
+}
+
+struct obs_writer {
+  struct vd_node *node;
+  int id;
+  atomic_int *stop;
+  long done;
+};
+
+/* Writes 4 KiB blocks of its own 64 KiB area until told to stop. */
+static void *
+obs_writer_run(void *arg)
+{
+  struct obs_writer *w = arg;
+  uint8_t buf[4096];
+  memset(buf, w->id + 1, sizeof buf);
+  for (int i = 0; !atomic_load(w->stop); i++) {
+    uint64_t off = (uint64_t) w->id * 65536 + (uint64_t) (i % 16) * 4096;
+    if (vd_node_pwrite(w->node, buf, sizeof buf, off, 0) == 0)
+      w->done++;
+  }
+  return NULL;
+}
+
+static void
+test_node_observers(void)
+{
+  struct vd_node *n = NULL;
+  CU_ASSERT_EQUAL_FATAL(vd_node_new(tmem_new(1 << 20), &n), 0);
+  struct obs_log a = { 0 }, b = { 0 };
+  struct vd_node_observer *oa = NULL, *ob = NULL;
+  uint8_t buf[4096] = { 1 };
+
+  /* Before any observer: nothing seen. */
+  CU_ASSERT_EQUAL(vd_node_pwrite(n, buf, 4096, 0, 0), 0);
+  CU_ASSERT_EQUAL(vd_node_observer_add(n, NULL, &a, &oa), -EINVAL);
+  CU_ASSERT_EQUAL_FATAL(vd_node_observer_add(n, obs_fn, &a, &oa), 0);
+  CU_ASSERT_EQUAL(atomic_load(&a.writes), 0);
+
+  /* Each write-type request is seen once, with its range; reads are not. */
+  CU_ASSERT_EQUAL(vd_node_pwrite(n, buf, 4096, 8192, 0), 0);
+  CU_ASSERT_EQUAL(vd_node_pread(n, buf, 4096, 8192), 0);
+  CU_ASSERT_EQUAL(vd_node_write_zeroes(n, 0, 512, 0), 0);
+  CU_ASSERT_EQUAL(vd_node_flush(n), 0);
+  CU_ASSERT_EQUAL(atomic_load(&a.writes), 1);
+  CU_ASSERT_EQUAL(atomic_load(&a.zeroes) + atomic_load(&a.discards), 1);
+  CU_ASSERT_EQUAL(atomic_load(&a.flushes), 1);
+  CU_ASSERT_EQUAL(atomic_load(&a.bytes), 4096 + 512);
+  CU_ASSERT_EQUAL(atomic_load(&a.bad_buf), 0);
+
+  /* An observer's error fails a request that succeeded on the device. */
+  CU_ASSERT_EQUAL_FATAL(vd_node_observer_add(n, obs_fn, &b, &ob), 0);
+  atomic_store(&b.fail, 1);
+  CU_ASSERT_EQUAL(vd_node_pwrite(n, buf, 4096, 0, 0), -ENOSPC);
+  CU_ASSERT_EQUAL(vd_node_flush(n), -ENOSPC);
+  CU_ASSERT_EQUAL(atomic_load(&a.writes), 2);     /* both still called */
+  CU_ASSERT_EQUAL(atomic_load(&b.writes), 1);
+  atomic_store(&b.fail, 0);
+
+  /* Removal: not seen any more; a foreign handle is refused. */
+  CU_ASSERT_EQUAL(vd_node_observer_remove(n, ob), 0);
+  struct vd_node *other = NULL;
+  CU_ASSERT_EQUAL_FATAL(vd_node_new(tmem_new(1 << 20), &other), 0);
+  CU_ASSERT_EQUAL(vd_node_observer_remove(other, oa), -EINVAL);
+  CU_ASSERT_EQUAL(vd_node_observer_remove(other, NULL), 0);
+  CU_ASSERT_EQUAL(vd_node_pwrite(n, buf, 4096, 0, 0), 0);
+  CU_ASSERT_EQUAL(atomic_load(&b.writes), 1);
+  CU_ASSERT_EQUAL(atomic_load(&a.writes), 3);
+
+  /* Under concurrent writers, an observer added while they run sees
+   * every write that completes afterwards: count the writes from the
+   * moment add returned to the moment remove returned by comparing the
+   * writers' totals (each thread counts only completed writes). */
+  struct vd_bitmap *bm = NULL;
+  CU_ASSERT_EQUAL_FATAL(vd_bitmap_new(1 << 20, 4096, &bm), 0);
+  struct obs_log c = { .bm = bm };
+  struct vd_node_observer *oc = NULL;
+  atomic_int stop = 0;
+  struct obs_writer w[4];
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (struct obs_writer) { n, i, &stop, 0 };
+    pthread_create(&t[i], NULL, obs_writer_run, &w[i]);
+  }
+  sleep_ms(20);
+  CU_ASSERT_EQUAL_FATAL(vd_node_observer_add(n, obs_fn, &c, &oc), 0);
+  sleep_ms(50);
+  atomic_store(&stop, 1);
+  long total = 0;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(t[i], NULL);
+    total += w[i].done;
+  }
+  long seen = atomic_load(&c.writes);
+  CU_ASSERT_TRUE(seen > 0);
+  CU_ASSERT_TRUE(seen <= total);
+  /* After the writers stopped, the observer saw every one of their areas'
+   * blocks being written (16 blocks each, written round-robin). */
+  CU_ASSERT_EQUAL(vd_bitmap_count(bm), 4 * 65536);
+  CU_ASSERT_EQUAL(vd_node_observer_remove(n, oc), 0);
+  long before = atomic_load(&c.writes);
+  CU_ASSERT_EQUAL(vd_node_pwrite(n, buf, 4096, 0, 0), 0);
+  CU_ASSERT_EQUAL(atomic_load(&c.writes), before);
+  vd_bitmap_free(bm);
+
+  /* vd_node_free frees the observers still attached (oa). */
+  CU_ASSERT_EQUAL(vd_node_free(n), 0);
+  CU_ASSERT_EQUAL(vd_node_free(other), 0);
+}
+
 static char tmpdir[] = "/tmp/vdnode.XXXXXX";
 
 static void
@@ -603,6 +743,7 @@ main(void)
     { "flush across swap", test_node_flush_across_swap },
     { "swap stress", test_node_swap_stress },
     { "snapshot chain", test_node_snapshot_chain },
+    { "write observers", test_node_observers },
     { NULL, NULL },
   };
   if (!mkdtemp(tmpdir))
