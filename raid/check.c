@@ -44,6 +44,7 @@
 struct chk {
   const char *path;
   struct vd_check_report *r;
+  unsigned open_flags;             /* VD_OPEN_NOLOCK for check -U */
   struct raid_desc d;
   struct vd_dev *dev[RAID_MAX_MEMBERS];
   char *mpath[RAID_MAX_MEMBERS];
@@ -109,7 +110,7 @@ static void chk_superblocks(struct chk *c)
       chk_report(c, &r->check_errors, "%s: out of memory", c->path);
       continue;
     }
-    int e = vd_open(c->mpath[i], c->d.format[i], 0, &c->dev[i]);
+    int e = vd_open(c->mpath[i], c->d.format[i], c->open_flags, &c->dev[i]);
     if (e == -ENOENT) {
       c->dev[i] = NULL;
       chk_degraded(c, "slot %u (%s) is missing", i, chk_name(c, i));
@@ -353,7 +354,7 @@ static void chk_redundancy(struct chk *c)
     return;
   }
   struct vd_dev *dev;
-  int e = vd_open(c->path, "raid", 0, &dev);
+  int e = vd_open(c->path, "raid", c->open_flags, &dev);
   if (e < 0) {
     chk_report(c, &c->r->check_errors, "%s", vd_error());
     return;
@@ -365,9 +366,9 @@ static void chk_redundancy(struct chk *c)
   vd_close(dev);
 }
 
-int raid_check(const char *path, unsigned fix, struct vd_check_report *r)
+int raid_check(const char *path, unsigned flags, struct vd_check_report *r)
 {
-  if (fix)
+  if (flags & VD_CHECK_FIX_ALL)
     return vd_set_error(ENOTSUP, "%s: RAID arrays are repaired by 'vdtool "
                         "raid scrub --repair' (parity, mirrors) or by opening "
                         "them read-write (resync after an unclean stop), not "
@@ -378,6 +379,7 @@ int raid_check(const char *path, unsigned fix, struct vd_check_report *r)
   c->path = path;
   c->r = r;
   c->fresh = -1;
+  c->open_flags = flags & VD_CHECK_NOLOCK ? VD_OPEN_NOLOCK : 0;
   int e = raid_desc_read(path, &c->d);
   if (e < 0) {
     free(c);

@@ -17,17 +17,21 @@
 const char vt_summary_check[] = "check an image for errors";
 const char vt_usage_check[] =
   "Usage: vdtool check [-f FMT] [-r leaks|all] [--output=human|json] [-q]\n"
-  "                    FILENAME\n"
+  "                    [-U] FILENAME\n"
   "\n"
   "Check the image FILENAME for inconsistencies (for checksummed formats\n"
   "such as vdz: every checksum; for RAID arrays: superblocks, bitmap,\n"
   "partial parity log and a read-only scrub).  Each problem is printed on\n"
-  "one line.\n"
+  "standard error as one line starting with ERROR; the summary goes to\n"
+  "standard output (as qemu-img check does).\n"
   "\n"
   "  -f FMT          format (default: probe)\n"
   "  -r leaks|all    repair leaked space only, or everything repairable\n"
   "  --output=json   the report as JSON (qemu-img's fields)\n"
   "  -q              quiet: only the exit status\n"
+  "  -U, --force-share  check without taking the image lock, while another\n"
+  "                  process has it open (its writes in flight may show\n"
+  "                  as problems); not with -r\n"
   "\n"
   "Exit status: 0 no problems, 1 the check could not run, 2 corruptions\n"
   "found, 3 only leaked space found, 63 the format cannot be checked.\n";
@@ -41,7 +45,7 @@ check_message(void *opaque, const char *msg)
 {
   struct check_ctx *ctx = opaque;
   if (!ctx->quiet && !ctx->json)
-    printf("ERROR %s\n", msg);
+    fprintf(stderr, "ERROR %s\n", msg);
 }
 
 int
@@ -51,19 +55,22 @@ vt_cmd_check(int argc, char **argv)
     { "output", required_argument, NULL, 'O' },
     { "format", required_argument, NULL, 'f' },
     { "repair", required_argument, NULL, 'r' },
+    { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 }
   };
   struct check_ctx ctx = { false, false };
   const char *fmt = NULL;
   unsigned fix = 0;
+  bool force_share = false;
   int c, r;
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, "f:r:q", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:r:qU", longopts, NULL)) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'q': ctx.quiet = true; break;
+    case 'U': force_share = true; break;
     case 'r':
       if (strcmp(optarg, "leaks") == 0)
         fix = VD_CHECK_FIX_LEAKS;
@@ -84,10 +91,13 @@ vt_cmd_check(int argc, char **argv)
   }
   if (argc - optind != 1)
     return vt_bad_usage("check", "expected exactly one FILENAME");
+  if (force_share && fix)
+    return vt_bad_usage("check", "-U cannot be used with -r (a repair needs "
+                        "the image to itself)");
   const char *path = argv[optind];
 
   struct vd_check_report rep = { .message = check_message, .opaque = &ctx };
-  r = vd_check(path, fmt, fix, &rep);
+  r = vd_check(path, fmt, fix | (force_share ? VD_CHECK_NOLOCK : 0), &rep);
   if (r < 0) {
     vt_engine_error(r);
     return r == -ENOTSUP && !fix ? CHECK_EXIT_NOTSUP : VT_EXIT_ERR;

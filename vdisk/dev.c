@@ -310,17 +310,20 @@ vd_import(const char *path, const char *format, struct vd_dev *src,
 }
 
 int
-vd_check(const char *path, const char *format, unsigned fix,
+vd_check(const char *path, const char *format, unsigned flags,
          struct vd_check_report *r)
 {
   int err = 0;
+  if ((flags & VD_CHECK_NOLOCK) && (flags & VD_CHECK_FIX_ALL))
+    return vd_set_error(EINVAL, "%s: a check without locks cannot repair",
+                        path);
   const struct vd_driver *drv = dev_lookup(path, format, false, &err);
   if (!drv)
     return err;
   if (!drv->check)
     return vd_set_error(ENOTSUP, "%s: format '%s' does not support checks",
                         path, drv->name);
-  return drv->check(path, fix, r);
+  return drv->check(path, flags, r);
 }
 
 /* ---- request checks ---- */

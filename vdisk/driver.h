@@ -140,7 +140,8 @@ struct vd_driver {
   int (*import)(const char *path, struct vd_dev *src,
                 const struct vd_create_args *args, vd_progress_fn progress,
                 void *opaque);
-  int (*check)(const char *path, unsigned fix, struct vd_check_report *r);
+  int (*check)(const char *path, unsigned flags,
+               struct vd_check_report *r);
 
   /* Read-only formats set this to what to do instead.  The core then
    * opens their files read-only (shared lock) and makes the device

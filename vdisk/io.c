@@ -177,16 +177,18 @@ conflict:;
   pid_t pid = 0;
   if (fstat(f->fd, &st) == 0)
     pid = io_find_lock_holder(&st, comm, sizeof comm);
+  /* -U (force share) exists only for commands that read: no hint for a
+   * write, where it would send the user to an option they cannot use. */
+  const char *hint = write ? "" : " (use -U to read it without locking)";
   if (pid)
     return vd_set_error(EBUSY,
                         "%s: image is in use by process %ld (%s); cannot get "
-                        "%s lock (use -U to read it without locking)",
-                        f->path, (long)pid, comm[0] ? comm : "?",
-                        write ? "a write" : "a shared read");
+                        "%s lock%s", f->path, (long)pid, comm[0] ? comm : "?",
+                        write ? "a write" : "a shared read", hint);
   return vd_set_error(EBUSY,
                       "%s: image is in use by another process; cannot get %s "
-                      "lock (use -U to read it without locking)",
-                      f->path, write ? "a write" : "a shared read");
+                      "lock%s", f->path, write ? "a write" : "a shared read",
+                      hint);
 }
 
 /* ---- open / close ---- */

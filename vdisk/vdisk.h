@@ -201,11 +201,17 @@ struct vd_check_report {
 #define VD_CHECK_FIX_LEAKS 0x1u
 #define VD_CHECK_FIX_ERRORS 0x2u
 #define VD_CHECK_FIX_ALL (VD_CHECK_FIX_LEAKS | VD_CHECK_FIX_ERRORS)
+/* Take no image lock (qemu-img check -U): check an image another process
+ * has open, at the risk of reporting what its writes in flight change.
+ * Not with a FIX flag. */
+#define VD_CHECK_NOLOCK 0x4u
 
-/* Check (and with FIX, repair) the image at PATH.  Works on images too
- * damaged to open.  Returns 0 when the check ran (look at *R), -ENOTSUP
- * if the format has no checker, or another -errno if it could not run. */
-int vd_check(const char *path, const char *format, unsigned fix,
+/* Check (and with a VD_CHECK_FIX_* flag in FLAGS, repair) the image at
+ * PATH.  Works on images too damaged to open.  Returns 0 when the check
+ * ran (look at *R), -ENOTSUP if the format has no checker, -EINVAL for
+ * VD_CHECK_NOLOCK with a fix flag, or another -errno if it could not
+ * run. */
+int vd_check(const char *path, const char *format, unsigned flags,
              struct vd_check_report *r);
 
 /* ---- Management operations (qemu-img's commit, rebase, resize; compact).

@@ -653,7 +653,8 @@ static void vdz_report(struct vd_check_report *r)
     r->message(r->opaque, vd_error());
 }
 
-static int vdz_check(const char *path, unsigned fix, struct vd_check_report *r)
+static int vdz_check(const char *path, unsigned flags,
+                     struct vd_check_report *r)
 {
   struct vd_file *f = NULL;
   struct vdz_header h;
@@ -662,10 +663,10 @@ static int vdz_check(const char *path, unsigned fix, struct vd_check_report *r)
   uint64_t fsize;
   int ret;
 
-  if (fix)
+  if (flags & VD_CHECK_FIX_ALL)
     return vd_set_error(ENOTSUP, "%s: vdz images are read-only and cannot "
                         "be repaired; convert the source again", path);
-  ret = vd_file_open(path, 0, &f);
+  ret = vd_file_open(path, flags & VD_CHECK_NOLOCK ? VD_FILE_NOLOCK : 0, &f);
   if (ret < 0)
     return ret;
   ret = vd_file_size(f, &fsize);

@@ -392,15 +392,18 @@ out:
 }
 
 int
-vhd_check(const char *path, unsigned fix, struct vd_check_report *rep)
+vhd_check(const char *path, unsigned flags, struct vd_check_report *rep)
 {
+  unsigned fix = flags & VD_CHECK_FIX_ALL;
   struct vhd_checker c = { .path = path, .r = rep, .fix = fix };
   uint8_t head[VHD_FOOTER_SIZE], tail[VHD_FOOTER_SIZE];
   struct vhd_footer hf, tf;
   char where[4200];
   int r;
 
-  r = vd_file_open(path, fix ? VD_FILE_RDWR : 0, &c.f);
+  r = vd_file_open(path, fix ? VD_FILE_RDWR
+                        : flags & VD_CHECK_NOLOCK ? VD_FILE_NOLOCK : 0,
+                   &c.f);
   if (r < 0)
     return r;
   r = vd_file_size(c.f, &c.fsz);
