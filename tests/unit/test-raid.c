@@ -936,6 +936,8 @@ struct cr_result {
   uint64_t flushed_lost;       /* bytes no pending write covers, changed */
   uint64_t never_written;      /* covered, but neither flushed nor written */
   uint64_t inflight_lost;      /* allowed: in flight on the lost member */
+  uint64_t undone;             /* differ from the last value written: a
+                                  cut keeping nothing must undo some */
 };
 
 /* Read the whole array and judge every byte.  LOST: the member lost in
@@ -952,6 +954,7 @@ static void cr_judge(struct cutrun *c, int lost, struct cr_result *res)
     fprintf(stderr, "read: %s\n", vd_error());
   CU_ASSERT_FATAL(r == 0);
   for (uint64_t i = 0; i < t->size; i++) {
+    res->undone += b[i] != t->model[i];
     if (b[i] == c->flushed[i])
       continue;
     bool covered = false, match = false;
@@ -1118,13 +1121,17 @@ static void test_powercut_full_row(void)
             struct cr_result res;
             cr_files(&c, false);
             cr_lose(&c, lost, mode, &res);
-            if (res.flushed_lost || res.never_written) {
+            /* With nothing kept the cut must undo the two writes:
+             * a cut that did nothing would pass the rest unseen. */
+            bool no_cut = keeps[ki] == 0 && res.undone == 0;
+            if (res.flushed_lost || res.never_written || no_cut) {
               fprintf(stderr, "full row: keep %u flags %u seed %u member %u "
                       "lost %s: %llu flushed bytes lost, %llu never "
-                      "written\n", keeps[ki], flags[fi], seed, lost,
+                      "written%s\n", keeps[ki], flags[fi], seed, lost,
                       lose_name[mode],
                       (unsigned long long)res.flushed_lost,
-                      (unsigned long long)res.never_written);
+                      (unsigned long long)res.never_written,
+                      no_cut ? ", the cut undid nothing" : "");
               bad++;
             }
           }
@@ -1199,6 +1206,10 @@ static unsigned powercut_round(uint64_t seed, bool verbose)
       flushes++;
     }
   }
+  /* Pending writes that change something (random data over flushed). */
+  bool pending = false;
+  for (size_t k = 0; k < c.np && !pending; k++)
+    pending = memcmp(c.p[k].data, c.flushed + c.p[k].off, c.p[k].len) != 0;
   cr_cut(&c, keep, flags, seed);
   unsigned bad = cr_check_after_cut(&c);
   if (bad)
@@ -1213,16 +1224,20 @@ static unsigned powercut_round(uint64_t seed, bool verbose)
     struct cr_result res;
     cr_files(&c, false);
     cr_lose(&c, who, mode, &res);
-    if (verbose || res.flushed_lost || res.never_written)
+    /* Writes pending at the cut and nothing kept: some must be undone
+     * (a cut that did nothing would pass the rest unseen). */
+    bool no_cut = keep == 0 && pending && res.undone == 0;
+    if (verbose || res.flushed_lost || res.never_written || no_cut)
       fprintf(stderr, "power-cut round seed %llu (%u members, chunk %u, %u "
               "writes, %u flushes, keep %u%%, flags %u): member %u lost %s: "
               "%llu flushed bytes lost, %llu never written, %llu in flight "
-              "on the lost member\n", (unsigned long long)seed, n, chunk,
-              nops, flushes, keep, flags, who, lose_name[mode],
+              "on the lost member, %llu undone\n", (unsigned long long)seed,
+              n, chunk, nops, flushes, keep, flags, who, lose_name[mode],
               (unsigned long long)res.flushed_lost,
               (unsigned long long)res.never_written,
-              (unsigned long long)res.inflight_lost);
-    if (res.flushed_lost || res.never_written)
+              (unsigned long long)res.inflight_lost,
+              (unsigned long long)res.undone);
+    if (res.flushed_lost || res.never_written || no_cut)
       bad++;
   }
   cr_free(&c);
