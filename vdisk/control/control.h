@@ -46,9 +46,12 @@ typedef json_t *(*vc_cmd_fn)(struct vc_server *s, json_t *args, void *opaque,
  * symlinks are never followed), register the generic commands and start
  * the control thread.  PROGRAM names the process in the greeting's
  * "package" ("vdisk-nbd").  Returns 0 and *OUT, or a negative errno with
- * a message in vd_error(). */
+ * a message in vc_last_error(). */
 int vc_server_start(const char *path, const char *program,
                     struct vc_server **out);
+
+/* The message of the last vc_server_start that failed in this thread. */
+const char *vc_last_error(void);
 
 /* Stop the server: cancel every block job and wait for its thread (each
  * job's abort() runs), disconnect the clients, join the control thread,
