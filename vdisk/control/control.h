@@ -82,6 +82,10 @@ int vc_device_add(struct vc_server *s, const char *name, struct vd_node *node);
 void vc_device_remove(struct vc_server *s, const char *name);
 /* The node registered as NAME, or NULL. */
 struct vd_node *vc_device_find(struct vc_server *s, const char *name);
+/* True while a block job that has not concluded runs on device NAME (a
+ * frontend must not remove or close that device then; vc_job_start
+ * refuses a second job on it). */
+bool vc_device_busy(struct vc_server *s, const char *name);
 
 /* Block jobs, QEMU's job model (created/running/paused/ready/standby/
  * aborting/concluded/null; events JOB_STATUS_CHANGE, BLOCK_JOB_READY,
