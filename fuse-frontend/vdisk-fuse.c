@@ -63,6 +63,7 @@
 #include <fuse_lowlevel.h>
 
 #include "vdisk/vdisk.h"
+#include "vdisk/control/control.h"
 
 #define VF_ROOT_INO    1
 #define VF_FIRST_INO   2
@@ -680,6 +681,9 @@ vf_usage(FILE *f)
 "      --backing=FILE  the parent of a differencing IMAGE, when it is\n"
 "                      outside IMAGE's folder tree (one IMAGE only)\n"
 "      --backing-format=FMT  the parent's format\n"
+"      --control=PATH  QMP control socket (mode 0600) for queries and live\n"
+"                      operations on the disks, named by their file names\n"
+"                      (docs/control.md)\n"
 "  -h, --help          print this help\n"
 "  -V, --version       print the version\n"
 "\n"
@@ -864,11 +868,14 @@ main(int argc, char **argv)
     { "format", required_argument, NULL, 'F' },
     { "backing", required_argument, NULL, 'B' },
     { "backing-format", required_argument, NULL, 'b' },
+    { "control", required_argument, NULL, 'K' },
     { NULL, 0, NULL, 0 },
   };
   struct vf_state s;
   bool foreground = false, force_share = false;
   const char *format = NULL, *backing = NULL, *backing_format = NULL;
+  const char *control_path = NULL;
+  struct vc_server *control = NULL;
   char *opts = NULL;
   const char *mountpoint;
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -889,6 +896,7 @@ main(int argc, char **argv)
     case 'F': format = optarg; break;
     case 'B': backing = optarg; break;
     case 'b': backing_format = optarg; break;
+    case 'K': control_path = optarg; break;
     case 'o':
       if (vf_append_opt(&opts, optarg) < 0) {
         vf_log("out of memory");
@@ -1029,6 +1037,19 @@ main(int argc, char **argv)
              "raw, so writes that would change what it probes as (its first "
              "4 KiB and last 512 bytes) are refused. Specify '--format=raw' "
              "to remove the restriction.", s.img[i].path);
+  /* Before we leave the caller's folder (a relative PATH) and before
+   * the parent returns, so the socket exists once we are "started". */
+  if (control_path) {
+    if (vc_server_start(control_path, progname, &control) < 0) {
+      vf_log("%s", vc_last_error());
+      goto out_unmount;
+    }
+    for (i = 0; i < s.nimg; i++)
+      if (vc_device_add(control, s.img[i].name, s.img[i].node) < 0) {
+        vf_log("%s: cannot register disk '%s'", control_path, s.img[i].name);
+        goto out_unmount;
+      }
+  }
   vf_detach_end(ready_fd);
 
   cfg = fuse_loop_cfg_create();
@@ -1051,6 +1072,8 @@ out:
   if (se != NULL)
     fuse_session_destroy(se);
   fuse_opt_free_args(&args);
+  /* Jobs end (cancelled) before the nodes they work on are freed. */
+  vc_server_stop(control);
   /* Flushes every disk; a failure turns the exit status into 1. */
   vf_close_all(&s, &status);
   free(s.img);

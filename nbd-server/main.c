@@ -28,6 +28,8 @@
 
 #include "vdisk/endian.h"
 #include "vdisk/vdisk.h"
+#include "vdisk/control/control.h"
+#include "vdisk/control/unixsock.h"
 #include "nbd-server/proto.h"
 #include "nbd-server/server.h"
 
@@ -61,6 +63,8 @@ static void usage(FILE *f)
 "                         0.0.0.0 or :: for all interfaces)\n"
 "  -U, --socket PATH      listen on a Unix socket instead of TCP\n"
 "      --socket-mode MODE  permissions of that socket (octal, default 0600)\n"
+"      --control PATH     QMP control socket (mode 0600) for queries and\n"
+"                         live operations on the exports (docs/control.md)\n"
 "  -r, --read-only        export read-only\n"
 "  -f, --format FMT       image format (default: probe; a probed raw image\n"
 "                         cannot be written into another format's header)\n"
@@ -98,40 +102,15 @@ static void usage(FILE *f)
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
 
-/* A file we created (the Unix socket, the pid file): removed at exit
- * only if the name still leads to the same inode, never what somebody
- * put there since. */
-struct own_file {
-  const char *path;
-  dev_t dev;
-  ino_t ino;
-};
-static struct own_file own_socket, own_pid_file;
-
-static void own_file_set(struct own_file *f, const char *path)
-{
-  struct stat st;
-  if (lstat(path, &st) == 0) {
-    f->path = path;
-    f->dev = st.st_dev;
-    f->ino = st.st_ino;
-  }
-}
-
-static void own_file_remove(struct own_file *f)
-{
-  struct stat st;
-  if (f->path && lstat(f->path, &st) == 0 && st.st_dev == f->dev &&
-      st.st_ino == f->ino)
-    unlink(f->path);
-  f->path = NULL;
-}
+/* Files we created (the Unix socket, the pid file): removed at exit only
+ * if the name still leads to the same inode (vdisk/control/unixsock.h). */
+static struct vc_own_file own_socket, own_pid_file;
 
 static void die(const char *fmt, ...)
 {
   va_list ap;
-  own_file_remove(&own_socket);
-  own_file_remove(&own_pid_file);
+  vc_own_file_remove(&own_socket);
+  vc_own_file_remove(&own_pid_file);
   fputs("vdisk-nbd: ", stderr);
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
@@ -230,58 +209,13 @@ static unsigned parse_uint(const char *opt, const char *s, unsigned min,
 }
 
 /* Listen on a Unix socket at PATH with permissions MODE whatever the
- * umask.  Only a stale socket is replaced: any other file, a symlink
- * (bind never follows one) or a socket somebody still listens on is
- * refused.  Runs before any thread exists, so the umask change is safe. */
+ * umask; only a stale socket of ours is replaced (vc_unix_listen). */
 static int listen_unix(const char *path, mode_t mode)
 {
-  struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  struct stat st;
-  mode_t old_mask;
-  int fd, r, err;
-
-  if (strlen(path) >= sizeof sa.sun_path)
-    die("%s: socket path too long", path);
-  strcpy(sa.sun_path, path);
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  char msg[512];
+  int fd = vc_unix_listen(path, mode, &own_socket, msg, sizeof msg);
   if (fd < 0)
-    die("%s: cannot create a socket: %s", path, strerror(errno));
-  if (lstat(path, &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      die("%s: exists and is not a socket: not replacing it", path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
-      die("%s: a server is already listening on this socket", path);
-    if (errno != ECONNREFUSED && errno != ENOENT)
-      die("%s: cannot tell whether this socket is in use: %s", path,
-          strerror(errno));
-    close(fd);          /* a failed connect leaves the socket unusable */
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-      die("%s: cannot create a socket: %s", path, strerror(errno));
-    if (unlink(path) < 0 && errno != ENOENT)
-      die("%s: cannot remove the stale socket: %s", path, strerror(errno));
-  } else if (errno != ENOENT)
-    die("%s: %s", path, strerror(errno));
-
-  old_mask = umask(~mode & 0777);    /* bind creates it 0777 & ~umask */
-  r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-  err = errno;
-  umask(old_mask);
-  if (r < 0)
-    die("%s: cannot bind: %s", path,
-        err == EADDRINUSE ? "the name was taken meanwhile: not replacing it"
-                          : strerror(err));
-  own_file_set(&own_socket, path);
-  /* A default ACL on the folder overrides the umask: fix the mode,
-   * without following a symlink planted meanwhile. */
-  if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
-    die("%s: the socket vanished after bind", path);
-  if ((st.st_mode & 07777) != mode &&
-      fchmodat(AT_FDCWD, path, mode, AT_SYMLINK_NOFOLLOW) < 0)
-    die("%s: cannot set mode %04o: %s", path, (unsigned)mode,
-        strerror(errno));
-  if (listen(fd, SOMAXCONN) < 0)
-    die("%s: cannot listen: %s", path, strerror(errno));
+    die("%s", msg);
   return fd;
 }
 
@@ -476,7 +410,8 @@ static void write_pid_file(const char *path)
     die("%s: cannot write pid file: %s", path, strerror(err));
   }
   free(tmp);
-  own_file_set(&own_pid_file, path);
+  if (vc_own_file_set(&own_pid_file, path) < 0)
+    die("out of memory");
   dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path))
               : strdup(".");
   if (!dir)
@@ -492,7 +427,7 @@ static void write_pid_file(const char *path)
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
        OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT,
        OPT_TLS_VERIFY_PEER, OPT_TLS_AUTHZ, OPT_HANDSHAKE_LIMIT,
-       OPT_SOCKET_MODE };
+       OPT_SOCKET_MODE, OPT_CONTROL };
 
 int main(int argc, char **argv)
 {
@@ -516,6 +451,7 @@ int main(int argc, char **argv)
     { "tls-authz", required_argument, NULL, OPT_TLS_AUTHZ },
     { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_LIMIT },
     { "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+    { "control", required_argument, NULL, OPT_CONTROL },
     { "description", required_argument, NULL, 'D' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -528,6 +464,8 @@ int main(int argc, char **argv)
   const char *description = NULL;
   int tls_verify = -1;
   long socket_mode = -1;
+  const char *control_path = NULL;
+  struct vc_server *control = NULL;
   bool ro = false, do_fork = false;
   unsigned shared = 16, threads = 0;
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
@@ -573,6 +511,7 @@ int main(int argc, char **argv)
         die("--socket-mode: '%s' is not an octal mode in 0..0777", optarg);
       break;
     }
+    case OPT_CONTROL: control_path = optarg; break;
     case 'D':
       if (strlen(optarg) > NBD_MAX_STRING)
         die("--description: longer than %u bytes", NBD_MAX_STRING);
@@ -699,6 +638,17 @@ int main(int argc, char **argv)
               vd_path(dev));
   }
 
+  if (control_path) {
+    /* After the fork (the server runs a thread), the exports and the
+     * look at their devices above (commands may swap them from here on). */
+    if (vc_server_start(control_path, "vdisk-nbd", &control) < 0)
+      die("%s", vc_last_error());
+    for (size_t k = 0; k < server.nexports; k++)
+      if (vc_device_add(control, server.exports[k].name,
+                        server.exports[k].node) < 0)
+        die("%s: cannot register export '%s'", control_path,
+            server.exports[k].name);
+  }
   if (do_fork) {
     if (write(ready_pipe[1], "r", 1) < 0) {
       /* the parent is gone: keep serving */
@@ -744,6 +694,8 @@ int main(int argc, char **argv)
     close(lfds[i]);
   drain_connections();
   nbd_pool_stop();
+  /* Jobs end (cancelled) before the nodes they work on are freed. */
+  vc_server_stop(control);
   for (size_t k = 0; k < server.nexports; k++) {
     struct nbd_export *e = &server.exports[k];
     if (vd_node_free(e->node) < 0) {
@@ -755,7 +707,7 @@ int main(int argc, char **argv)
   }
   free(server.exports);
   nbd_tls_free(server.tls_creds);
-  own_file_remove(&own_socket);
-  own_file_remove(&own_pid_file);
+  vc_own_file_remove(&own_socket);
+  vc_own_file_remove(&own_pid_file);
   return status;
 }

@@ -19,7 +19,12 @@ int vc_own_file_set(struct vc_own_file *f, const char *path)
 {
   struct stat st;
   if (lstat(path, &st) == 0) {
-    char *p = strdup(path);
+    /* Absolute: a daemon leaves its folder (chdir "/") before exit. */
+    char *p = NULL, cwd[4096];
+    if (path[0] == '/')
+      p = strdup(path);
+    else if (getcwd(cwd, sizeof cwd) && asprintf(&p, "%s/%s", cwd, path) < 0)
+      p = NULL;
     if (!p)
       return -ENOMEM;
     free(f->path);

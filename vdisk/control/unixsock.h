@@ -15,7 +15,8 @@ struct vc_own_file {
   ino_t ino;
 };
 
-/* Remember PATH's current inode as ours (no-op if it cannot be lstat'ed).
+/* Remember PATH's current inode as ours (no-op if it cannot be lstat'ed),
+ * under its absolute name (the process may change folder later).
  * Returns 0 or -ENOMEM. */
 int vc_own_file_set(struct vc_own_file *f, const char *path);
 /* Unlink F's path if it still names our inode; forget it either way. */
