@@ -211,13 +211,16 @@ other = subprocess.run(
      "s=socket.socket(socket.AF_UNIX)\n"
      "s.settimeout(10)\n"
      "s.connect(sys.argv[1])\n"
-     "print(s.makefile().read())\n", ctl],
+     "f=s.makefile()\n"
+     "print(f.readline())\n"
+     "print(repr(f.read(1)))\n", ctl],
     capture_output=True, text=True, timeout=30)
 check(other.returncode == 0, "other uid could not connect at all "
       "(the test must open the socket's mode): %s" % other.stderr)
 out = other.stdout.strip()
 check('"error"' in out and "permission denied" in out and '"QMP"' not in out,
       "another uid was served: %r" % out)
+check(out.endswith("''"), "another uid's connection was not closed: %r" % out)
 check(q2.cmd("query-version") == v, "refusing a peer hurt the others")
 nbd_serves()
 q.close()
