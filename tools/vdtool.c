@@ -23,6 +23,7 @@ VT_CMD(rebase)
 VT_CMD(resize)
 VT_CMD(compact)
 VT_CMD(raid)
+VT_CMD(qmp)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -38,6 +39,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(resize),
   VT_ENTRY(compact),
   VT_ENTRY(raid),
+  VT_ENTRY(qmp),
   { NULL, NULL, NULL, NULL }
 };
 

@@ -51,5 +51,28 @@ chmod 0666 "$ctl"
 timeout 300 /usr/bin/python3 "$top_srcdir/tests/integration/control-protocol.py" \
   "$ctl" "$uri" "$child" "$base" || fail "protocol checks failed"
 nbdinfo --size "$uri" >/dev/null || fail "the NBD export is gone"
+
+# ---- vdtool qmp ----
+out=$(vdtool qmp "$ctl" query-version)
+/usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1]); assert set(v["qemu"]) == {"major","minor","micro"} and v["package"].startswith("vdisk-nbd ")' "$out" ||
+  fail "vdtool qmp query-version printed: $out"
+out=$(vdtool qmp "$ctl" query-block)
+/usr/bin/python3 -c 'import json,sys; b=json.loads(sys.argv[1]); assert b[0]["device"] == "disk" and b[0]["inserted"]["drv"] == "vpc"' "$out" ||
+  fail "vdtool qmp query-block printed: $out"
+expect_error "^vdtool: The command no-such has not been found$" vdtool qmp "$ctl" no-such
+# KEY=VALUE: JSON when it parses (5 is a number), else a string.
+expect_error "^vdtool: Parameter 'device' expects a string$" \
+  vdtool qmp "$ctl" block-job-pause device=5
+expect_error "^vdtool: Block job '5' not found$" \
+  vdtool qmp "$ctl" block-job-pause 'device="5"'
+expect_error "^vdtool: Block job 'job 0' not found$" \
+  vdtool qmp "$ctl" block-job-cancel 'device=job 0' force=true
+expect_error "^vdtool: Parameter 'force' expects a boolean$" \
+  vdtool qmp "$ctl" block-job-cancel device=x force=yes
+# Arguments as a JSON object on stdin.
+expect_error "^vdtool: Block job 'x y' not found$" \
+  vdtool qmp "$ctl" block-job-pause - <<<'{"device": "x y"}'
+expect_error "not a JSON object" vdtool qmp "$ctl" block-job-pause - <<<'[1]'
+expect_error "cannot connect" vdtool qmp "$VD_TMP/nothing.sock" query-block
 stop_nbd
 [ ! -e "$ctl" ] || fail "control socket left behind at exit"
