@@ -211,18 +211,25 @@ static json_t *cmd_query_block(struct vc_server *s, json_t *args,
   return list;
 }
 
-int vc_commands_register_generic(struct vc_server *s)
+int vc_command_register_table(struct vc_server *s,
+                              const struct vc_command_def *table)
 {
-  static const struct { const char *name; vc_cmd_fn fn; } cmds[] = {
-    { "qmp_capabilities", cmd_qmp_capabilities },
-    { "query-version", cmd_query_version },
-    { "query-commands", cmd_query_commands },
-    { "query-block", cmd_query_block },
-  };
-  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-    int r = vc_command_register(s, cmds[i].name, cmds[i].fn, NULL);
+  for (; table->name; table++) {
+    int r = vc_command_register(s, table->name, table->fn, NULL);
     if (r < 0)
       return r;
   }
   return 0;
+}
+
+int vc_commands_register_generic(struct vc_server *s)
+{
+  static const struct vc_command_def cmds[] = {
+    { "qmp_capabilities", cmd_qmp_capabilities },
+    { "query-version", cmd_query_version },
+    { "query-commands", cmd_query_commands },
+    { "query-block", cmd_query_block },
+    { NULL, NULL },
+  };
+  return vc_command_register_table(s, cmds);
 }

@@ -84,6 +84,11 @@ void vc_broadcast(struct vc_server *s, json_t *msg);
 
 /* commands.c */
 int vc_commands_register_generic(struct vc_server *s);
+/* Register every command of TABLE (ended by a NULL name; opaque NULL).
+ * Returns 0 or the first vc_command_register error. */
+struct vc_command_def { const char *name; vc_cmd_fn fn; };
+int vc_command_register_table(struct vc_server *s,
+                              const struct vc_command_def *table);
 /* jobs.c */
 int vc_jobs_register_commands(struct vc_server *s);
 /* Cancel every job (force) and wait for their threads. */

@@ -523,66 +523,107 @@ static json_t *cmd_query_jobs(struct vc_server *s, json_t *args, void *opaque,
   return list;
 }
 
-static json_t *cmd_pause(struct vc_server *s, json_t *args, void *opaque,
-                         struct vc_error *err)
+/* A block-job-* command that changes one job's requests: check the
+ * arguments and the verb, then APPLY under jobs_lock (false: *ERR set);
+ * the runner is woken to see the change. */
+typedef bool (*job_apply_fn)(struct vc_job *j, json_t *args,
+                             struct vc_error *err);
+
+static json_t *job_command(struct vc_server *s, json_t *args,
+                           enum job_verb verb, const char *const *known,
+                           job_apply_fn apply, struct vc_error *err)
 {
-  static const char *const known[] = { "device", NULL };
   struct vc_job *j;
   json_t *ret = NULL;
-  (void)opaque;
   pthread_mutex_lock(&s->jobs_lock);
-  j = job_for_verb_locked(s, args, JV_PAUSE, known, err);
-  if (j && j->user_paused)
-    vc_error_set(err, "GenericError", "Job is already paused");
-  else if (j) {
-    j->user_paused = true;
+  j = job_for_verb_locked(s, args, verb, known, err);
+  if (j && apply(j, args, err)) {
     pthread_cond_broadcast(&s->jobs_cond);
     ret = json_object();
   }
   pthread_mutex_unlock(&s->jobs_lock);
   return ret;
+}
+
+static bool apply_pause(struct vc_job *j, json_t *args, struct vc_error *err)
+{
+  (void)args;
+  if (j->user_paused) {
+    vc_error_set(err, "GenericError", "Job is already paused");
+    return false;
+  }
+  j->user_paused = true;
+  return true;
+}
+
+static bool apply_resume(struct vc_job *j, json_t *args, struct vc_error *err)
+{
+  (void)args;
+  if (!j->user_paused) {
+    vc_error_set(err, "GenericError",
+                 "Can't resume a job that was not paused");
+    return false;
+  }
+  j->user_paused = false;
+  return true;
+}
+
+static bool apply_cancel(struct vc_job *j, json_t *args, struct vc_error *err)
+{
+  bool force = false;
+  if (!vc_arg_bool(args, "force", false, &force, err))
+    return false;
+  j->cancel = true;
+  j->force = j->force || force;
+  return true;
+}
+
+static bool apply_speed(struct vc_job *j, json_t *args, struct vc_error *err)
+{
+  uint64_t speed;
+  if (!vc_arg_uint(args, "speed", true, &speed, err))
+    return false;
+  j->speed = speed;
+  return true;
+}
+
+static json_t *cmd_pause(struct vc_server *s, json_t *args, void *opaque,
+                         struct vc_error *err)
+{
+  static const char *const known[] = { "device", NULL };
+  (void)opaque;
+  return job_command(s, args, JV_PAUSE, known, apply_pause, err);
 }
 
 static json_t *cmd_resume(struct vc_server *s, json_t *args, void *opaque,
                           struct vc_error *err)
 {
   static const char *const known[] = { "device", NULL };
-  struct vc_job *j;
-  json_t *ret = NULL;
   (void)opaque;
-  pthread_mutex_lock(&s->jobs_lock);
-  j = job_for_verb_locked(s, args, JV_RESUME, known, err);
-  if (j && !j->user_paused)
-    vc_error_set(err, "GenericError", "Can't resume a job that was not paused");
-  else if (j) {
-    j->user_paused = false;
-    pthread_cond_broadcast(&s->jobs_cond);
-    ret = json_object();
-  }
-  pthread_mutex_unlock(&s->jobs_lock);
-  return ret;
+  return job_command(s, args, JV_RESUME, known, apply_resume, err);
 }
 
 static json_t *cmd_cancel(struct vc_server *s, json_t *args, void *opaque,
                           struct vc_error *err)
 {
   static const char *const known[] = { "device", "force", NULL };
-  struct vc_job *j;
-  bool force = false;
-  json_t *ret = NULL;
+  bool force;
   (void)opaque;
+  /* Argument types are checked before the job is looked up, as QEMU. */
   if (!vc_arg_bool(args, "force", false, &force, err))
     return NULL;
-  pthread_mutex_lock(&s->jobs_lock);
-  j = job_for_verb_locked(s, args, JV_CANCEL, known, err);
-  if (j) {
-    j->cancel = true;
-    j->force = j->force || force;
-    pthread_cond_broadcast(&s->jobs_cond);
-    ret = json_object();
-  }
-  pthread_mutex_unlock(&s->jobs_lock);
-  return ret;
+  return job_command(s, args, JV_CANCEL, known, apply_cancel, err);
+}
+
+static json_t *cmd_set_speed(struct vc_server *s, json_t *args, void *opaque,
+                             struct vc_error *err)
+{
+  static const char *const known[] = { "device", "speed", NULL };
+  uint64_t speed;
+  (void)opaque;
+  if (!vc_arg_uint(args, "speed", true, &speed, err))
+    return NULL;
+  return job_command(s, args, JV_SET_SPEED, known, apply_speed, err);
 }
 
 static json_t *cmd_complete(struct vc_server *s, json_t *args, void *opaque,
@@ -612,27 +653,6 @@ static json_t *cmd_complete(struct vc_server *s, json_t *args, void *opaque,
       *err = j->complete_err;
     j->complete_req = 0;
     job_maybe_free_locked(j);
-  }
-  pthread_mutex_unlock(&s->jobs_lock);
-  return ret;
-}
-
-static json_t *cmd_set_speed(struct vc_server *s, json_t *args, void *opaque,
-                             struct vc_error *err)
-{
-  static const char *const known[] = { "device", "speed", NULL };
-  struct vc_job *j;
-  uint64_t speed;
-  json_t *ret = NULL;
-  (void)opaque;
-  if (!vc_arg_uint(args, "speed", true, &speed, err))
-    return NULL;
-  pthread_mutex_lock(&s->jobs_lock);
-  j = job_for_verb_locked(s, args, JV_SET_SPEED, known, err);
-  if (j) {
-    j->speed = speed;
-    pthread_cond_broadcast(&s->jobs_cond);
-    ret = json_object();
   }
   pthread_mutex_unlock(&s->jobs_lock);
   return ret;
@@ -670,7 +690,7 @@ static json_t *cmd_dismiss(struct vc_server *s, json_t *args, void *opaque,
 
 int vc_jobs_register_commands(struct vc_server *s)
 {
-  static const struct { const char *name; vc_cmd_fn fn; } cmds[] = {
+  static const struct vc_command_def cmds[] = {
     { "query-block-jobs", cmd_query_block_jobs },
     { "query-jobs", cmd_query_jobs },
     { "block-job-pause", cmd_pause },
@@ -679,11 +699,7 @@ int vc_jobs_register_commands(struct vc_server *s)
     { "block-job-complete", cmd_complete },
     { "block-job-set-speed", cmd_set_speed },
     { "block-job-dismiss", cmd_dismiss },
+    { NULL, NULL },
   };
-  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-    int r = vc_command_register(s, cmds[i].name, cmds[i].fn, NULL);
-    if (r < 0)
-      return r;
-  }
-  return 0;
+  return vc_command_register_table(s, cmds);
 }
