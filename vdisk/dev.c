@@ -739,6 +739,14 @@ const char *vd_format(const struct vd_dev *dev)
   return dev_image(dev)->drv->name;
 }
 
+struct vd_dev *vd_backing_dev(const struct vd_dev *dev)
+{
+  const struct vd_dev *img = dev_image(dev);
+  /* The op takes a mutable device only because drivers' privs are. */
+  return img->drv->backing_dev ? img->drv->backing_dev((struct vd_dev *)img)
+                               : NULL;
+}
+
 bool vd_probed_raw(const struct vd_dev *dev)
 {
   return dev_image(dev)->probe_guard;

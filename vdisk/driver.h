@@ -189,6 +189,11 @@ struct vd_driver {
    * after close. */
   bool filter;
 
+  /* The device DEV reads through below itself (a differencing image's
+   * parent, opened and owned by the driver), or NULL; stable for DEV's
+   * life.  NULL op: none.  For vd_backing_dev (query-block's chain). */
+  struct vd_dev *(*backing_dev)(struct vd_dev *dev);
+
   /* New ops go here, at the end. */
 };
 

@@ -278,6 +278,11 @@ uint32_t vd_logical_block(const struct vd_dev *dev);
 uint32_t vd_preferred_io(const struct vd_dev *dev);
 bool vd_is_read_only(const struct vd_dev *dev);
 const char *vd_path(const struct vd_dev *dev);
+/* The parent device DEV reads through (a differencing image's backing
+ * file; through a filter, the image's), or NULL when it has none.
+ * Borrowed: valid as long as DEV is open.  For describing a chain (the
+ * control socket's query-block); never write through it. */
+struct vd_dev *vd_backing_dev(const struct vd_dev *dev);
 /* The image's format ("raw", "vpc", ...), also through a filter. */
 const char *vd_format(const struct vd_dev *dev);
 /* True if DEV was opened without a format and probed as raw: writes that

@@ -1563,6 +1563,13 @@ vhd_write_metadata(struct vd_dev *dev, bool header, bool footers)
   return r;
 }
 
+static struct vd_dev *
+vhd_backing_dev(struct vd_dev *dev)
+{
+  struct vhd_priv *p = dev->priv;
+  return p->parent;
+}
+
 const struct vd_driver vd_vhd_driver = {
   .name = "vpc",
   .aliases = vhd_aliases,
@@ -1583,6 +1590,7 @@ const struct vd_driver vd_vhd_driver = {
   .compact = vhd_compact,
   .make_empty = vhd_make_empty,
   .change_backing = vhd_change_backing,
+  .backing_dev = vhd_backing_dev,
 };
 
 VD_REGISTER_DRIVER(vd_vhd_driver);
