@@ -1,6 +1,6 @@
 # The QMP protocol of the control socket, driven against a running
 # vdisk-nbd --control (see control-protocol.sh, which starts it):
-#   control-protocol.py CONTROL NBD_URI CHILD BASE
+#   control-protocol.py CONTROL NBD_URI CHILD MID BASE (a VHD chain)
 import json
 import os
 import socket
@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qmp import QMP  # noqa: E402
 
-ctl, nbd_uri, child, base = sys.argv[1:5]
+ctl, nbd_uri, child, mid, base = sys.argv[1:6]
 
 
 def qemu_info(path):
@@ -21,7 +21,7 @@ def qemu_info(path):
         capture_output=True, text=True, check=True, timeout=30).stdout)
 
 
-top, parent = qemu_info(child), qemu_info(base)
+top = qemu_info(child)
 vsize = top["virtual-size"]
 
 
@@ -151,16 +151,27 @@ check(img["virtual-size"] == top["virtual-size"] == ins["image-size"],
 check(os.path.realpath(img["filename"]) == os.path.realpath(top["filename"]),
       "image filename %r" % img["filename"])
 check(img["format"] == top["format"], "image format %r" % img["format"])
-check(os.path.realpath(img["full-backing-filename"]) ==
-      os.path.realpath(base), "backing %r vs %r" %
-      (img["full-backing-filename"], base))
-bi = img["backing-image"]
-check(os.path.realpath(bi["filename"]) == os.path.realpath(parent["filename"]),
-      "backing-image %r vs %r" % (bi, parent["filename"]))
-check(bi.get("format") == parent["format"] == "vpc",
-      "backing-image format %r vs %r" % (bi, parent["format"]))
-check(parent["virtual-size"] == top["virtual-size"], "test chain sizes")
-check(ins["backing_file_depth"] == 1, "depth %r" % ins)
+# Each layer of the nested "backing-image" against qemu-img info of that
+# file alone.
+layer = img
+for path in [child, mid, base]:
+    q_info = qemu_info(path)
+    check(os.path.realpath(layer["filename"]) == os.path.realpath(path),
+          "layer %r is not %s" % (layer, path))
+    for key in ["format", "virtual-size", "cluster-size", "dirty-flag"]:
+        check(layer.get(key) == q_info.get(key), "%s: %s %r, qemu-img %r" %
+              (path, key, layer.get(key), q_info.get(key)))
+    if path != base:
+        check(os.path.realpath(layer["full-backing-filename"]) ==
+              os.path.realpath({child: mid, mid: base}[path]),
+              "%s: backing %r" % (path, layer["full-backing-filename"]))
+        check(layer["backing-filename-format"] == "vpc", "backing format")
+        layer = layer["backing-image"]
+check("backing-image" not in layer and "backing-filename" not in layer,
+      "the base has a backing image: %r" % layer)
+check(ins["backing_file_depth"] == 2, "depth %r" % ins["backing_file_depth"])
+check(os.path.realpath(ins["backing_file"]) == os.path.realpath(mid),
+      "backing_file %r" % ins["backing_file"])
 
 # ---- two clients at once; the 17th is refused ----
 q2 = QMP(ctl)

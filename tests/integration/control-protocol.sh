@@ -12,11 +12,14 @@
 requires nbdinfo qemu-img setpriv
 [ -x /usr/bin/python3 ] || skip "no /usr/bin/python3"
 
+# A chain of three: child -> mid (differencing) -> base (dynamic).
 base=$VD_TMP/base.vhd
+mid=$VD_TMP/mid.vhd
 child=$VD_TMP/child.vhd
 ctl=$VD_TMP/ctl.sock
 qemu-img create -q -f vpc -o subformat=dynamic "$base" 8M
-vdtool create -q -f vpc -b "$base" -F vpc "$child"    # qemu-img cannot
+vdtool create -q -f vpc -b "$base" -F vpc "$mid"      # qemu-img cannot
+vdtool create -q -f vpc -b "$mid" -F vpc "$child"
 
 # ---- the socket file ----
 echo "not a socket" >"$ctl"
@@ -49,7 +52,7 @@ expect_error 'already listening' \
 chmod 0711 "$VD_TMP"
 chmod 0666 "$ctl"
 timeout 300 /usr/bin/python3 "$top_srcdir/tests/integration/control-protocol.py" \
-  "$ctl" "$uri" "$child" "$base" || fail "protocol checks failed"
+  "$ctl" "$uri" "$child" "$mid" "$base" || fail "protocol checks failed"
 nbdinfo --size "$uri" >/dev/null || fail "the NBD export is gone"
 
 # ---- vdtool qmp ----

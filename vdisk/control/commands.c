@@ -132,14 +132,19 @@ static json_t *cmd_query_commands(struct vc_server *s, json_t *args,
   return list;
 }
 
-/* ImageInfo of DEV (QEMU's query-block "image"): the top layer, and its
- * backing file as far as the public API shows it (the path and format
- * the image names; deeper layers are not reachable through
- * libvdisk's public API). */
-static json_t *image_info(struct vd_dev *dev, int *depth)
+/* Chains deeper than this are cut short (a loop cannot happen: the engine
+ * refuses to open one). */
+#define MAX_CHAIN 64
+
+/* ImageInfo of DEV (QEMU's query-block "image"), with its parent nested as
+ * "backing-image" down the chain (vd_backing_dev).  *DEPTH gets the number
+ * of layers below DEV. */
+static json_t *image_info(struct vd_dev *dev, int level, int *depth)
 {
   struct vd_info *info = calloc(1, sizeof *info);
+  struct vd_dev *parent = vd_backing_dev(dev);
   json_t *o;
+
   *depth = 0;
   if (!info)
     return NULL;
@@ -156,17 +161,24 @@ static json_t *image_info(struct vd_dev *dev, int *depth)
     json_object_set_new(o, "cluster-size",
                         json_integer((json_int_t)info->cluster_size));
   if (o && info->backing[0]) {
-    json_t *b = json_pack("{s:s}", "filename", info->backing);
+    json_t *b = NULL;
     json_object_set_new(o, "backing-filename", json_string(info->backing));
     json_object_set_new(o, "full-backing-filename",
-                        json_string(info->backing));
-    if (info->backing_format[0]) {
+                        json_string(parent ? vd_path(parent)
+                                           : info->backing));
+    if (info->backing_format[0])
       json_object_set_new(o, "backing-filename-format",
                           json_string(info->backing_format));
-      json_object_set_new(b, "format", json_string(info->backing_format));
+    if (parent && level < MAX_CHAIN) {
+      b = image_info(parent, level + 1, depth);
+    } else {
+      /* Not opened (or too deep): what the image says of it. */
+      b = json_pack("{s:s}", "filename", info->backing);
+      if (b && info->backing_format[0])
+        json_object_set_new(b, "format", json_string(info->backing_format));
     }
     json_object_set_new(o, "backing-image", b);
-    *depth = 1;
+    ++*depth;
   }
   free(info);
   return o;
@@ -187,7 +199,7 @@ static json_t *cmd_query_block(struct vc_server *s, json_t *args,
      * snapshot running on a job thread. */
     struct vd_dev *dev = vd_node_get(d->node);
     int depth;
-    json_t *image = image_info(dev, &depth);
+    json_t *image = image_info(dev, 0, &depth);
     json_t *o = json_pack(
       "{s:s, s:s, s:b, s:b, s:s, s:{s:s, s:s, s:s, s:b, s:I, s:i, s:b, "
       "s:s, s:o*}}",
