@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "tests/unit/cu.h"
@@ -597,6 +600,93 @@ static void test_start_errors(void)
   rmdir(tmpdir);
 }
 
+/* ---- events over the socket ---- */
+
+/* A raw client: connect to the test server's socket. */
+static int client_connect(void)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct timeval tv = { .tv_sec = 10 };
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s/ctl.sock", tmpdir);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+    return -1;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);   /* no hang */
+  return fd;
+}
+
+/* Read lines from FD until one contains NEEDLE (true) or 10 s passed or
+ * the stream ended (false).  What follows that line stays for the next
+ * call on FD.  Lines are at most 64 KiB here. */
+static char last_line[65536];  /* the line client_wait_for matched */
+
+static bool client_wait_for(int fd, const char *needle)
+{
+  static char bufs[64][65536];
+  static size_t lens[64];
+  CU_ASSERT_FATAL(fd >= 0 && fd < 64);
+  char *buf = bufs[fd];
+  size_t *len = &lens[fd];
+  for (;;) {
+    char *nl;
+    buf[*len] = 0;
+    while ((nl = strchr(buf, '\n')) != NULL) {
+      *nl = 0;
+      bool hit = strstr(buf, needle) != NULL;
+      if (hit)
+        snprintf(last_line, sizeof last_line, "%s", buf);
+      *len -= (size_t)(nl + 1 - buf);
+      memmove(buf, nl + 1, *len + 1);
+      if (hit)
+        return true;
+    }
+    ssize_t n = recv(fd, buf + *len, sizeof bufs[0] - 1 - *len, 0);
+    if (n <= 0)
+      return false;
+    *len += (size_t)n;
+  }
+}
+
+static void client_send(int fd, const char *text)
+{
+  CU_ASSERT((size_t)send(fd, text, strlen(text), MSG_NOSIGNAL) ==
+            strlen(text));
+}
+
+static void test_events_over_socket(void)
+{
+  struct toy t;
+  struct vc_error err;
+  setup();
+  int a = client_connect(), b = client_connect(), c = client_connect();
+  CU_ASSERT_FATAL(a >= 0 && b >= 0 && c >= 0);
+  CU_ASSERT(client_wait_for(a, "\"QMP\""));
+  CU_ASSERT(client_wait_for(b, "\"QMP\""));
+  CU_ASSERT(client_wait_for(c, "\"QMP\""));
+  client_send(a, "{\"execute\": \"qmp_capabilities\"}");
+  client_send(b, "{\"execute\": \"qmp_capabilities\", \"id\": 1}\n");
+  CU_ASSERT(client_wait_for(a, "\"return\""));
+  CU_ASSERT(client_wait_for(b, "\"id\":1"));
+  toy_init(&t, 2 * MiB, MiB);
+  CU_ASSERT_FATAL(vc_job_start(srv, "ev", "disk0", &toy_stream, &t, 0,
+                               &err) == 0);
+  /* Both negotiated clients see the job through to its end ... */
+  CU_ASSERT(client_wait_for(a, "\"BLOCK_JOB_COMPLETED\""));
+  CU_ASSERT(client_wait_for(b, "\"BLOCK_JOB_COMPLETED\""));
+  CU_ASSERT(client_wait_for(a, "\"status\":\"null\""));
+  /* ... the one that did not negotiate sees no event: its next message
+   * is the answer to what it sends now. */
+  client_send(c, "{\"execute\": \"query-version\"}\n");
+  CU_ASSERT(client_wait_for(c, ""));               /* its next line */
+  CU_ASSERT(strstr(last_line, "\"event\"") == NULL);
+  CU_ASSERT(strstr(last_line, "CommandNotFound") != NULL);
+  close(a);
+  close(b);
+  close(c);
+  wait_freed(&t);
+  teardown();
+}
+
 int main(void)
 {
   static const struct cu_test tests[] = {
@@ -611,6 +701,7 @@ int main(void)
     { "error path", test_error },
     { "auto-dismiss off, dismiss", test_no_auto_dismiss },
     { "start errors, stop cancels", test_start_errors },
+    { "events over the socket", test_events_over_socket },
     { NULL, NULL },
   };
   int r = cu_main("control-jobs", tests);
