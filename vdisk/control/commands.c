@@ -184,42 +184,67 @@ static json_t *image_info(struct vd_dev *dev, int level, int *depth)
   return o;
 }
 
+/* One device as query-block shows it. */
+static json_t *block_info(const char *name, struct vd_node *node)
+{
+  /* A request bracket keeps the device alive against a pivot or a
+   * snapshot running on a job thread. */
+  struct vd_dev *dev = vd_node_get(node);
+  int depth;
+  json_t *image = image_info(dev, 0, &depth);
+  json_t *o = json_pack(
+    "{s:s, s:s, s:b, s:b, s:s, s:{s:s, s:s, s:s, s:b, s:I, s:i, s:b, "
+    "s:s, s:o*}}",
+    "device", name, "qdev", "", "locked", 0, "removable", 0,
+    "io-status", "ok",
+    "inserted", "node-name", name, "file", vd_path(dev),
+    "drv", vd_format(dev), "ro", vd_node_is_read_only(node),
+    "image-size", (json_int_t)vd_node_size(node),
+    "backing_file_depth", depth, "encrypted", 0,
+    "detect_zeroes", "off", "image", image);
+  vd_node_put(node);
+  if (o) {
+    json_t *bf = json_object_get(image, "backing-filename");
+    if (bf)
+      json_object_set(json_object_get(o, "inserted"), "backing_file", bf);
+  }
+  return o;
+}
+
 static json_t *cmd_query_block(struct vc_server *s, json_t *args,
                                void *opaque, struct vc_error *err)
 {
   static const char *const known[] = { NULL };
+  struct vc_device *copy = NULL, **tail = &copy;
   json_t *list;
   (void)opaque;
   if (!vc_arg_only(args, known, err))
     return NULL;
-  list = json_array();
+  /* A snapshot of the table: vd_node_get may wait for a drained node,
+   * and whoever drains it (a job thread) may send an event meanwhile,
+   * which needs s->lock.  Devices are removed only by commands (we are
+   * one) or after the server stopped, so the nodes stay valid. */
   pthread_mutex_lock(&s->lock);
-  for (struct vc_device *d = s->devices; d && list; d = d->next) {
-    /* A request bracket keeps the device alive against a pivot or a
-     * snapshot running on a job thread. */
-    struct vd_dev *dev = vd_node_get(d->node);
-    int depth;
-    json_t *image = image_info(dev, 0, &depth);
-    json_t *o = json_pack(
-      "{s:s, s:s, s:b, s:b, s:s, s:{s:s, s:s, s:s, s:b, s:I, s:i, s:b, "
-      "s:s, s:o*}}",
-      "device", d->name, "qdev", "", "locked", 0, "removable", 0,
-      "io-status", "ok",
-      "inserted", "node-name", d->name, "file", vd_path(dev),
-      "drv", vd_format(dev), "ro", vd_node_is_read_only(d->node),
-      "image-size", (json_int_t)vd_node_size(d->node),
-      "backing_file_depth", depth, "encrypted", 0,
-      "detect_zeroes", "off", "image", image);
-    vd_node_put(d->node);
-    if (o) {
-      json_t *ins = json_object_get(o, "inserted");
-      json_t *bf = json_object_get(image, "backing-filename");
-      if (bf)
-        json_object_set(ins, "backing_file", bf);
+  for (struct vc_device *d = s->devices; d; d = d->next) {
+    struct vc_device *c = calloc(1, sizeof *c);
+    if (!c || !(c->name = strdup(d->name))) {
+      free(c);
+      break;
     }
-    json_array_append_new(list, o);
+    c->node = d->node;
+    *tail = c;
+    tail = &c->next;
   }
   pthread_mutex_unlock(&s->lock);
+  list = json_array();
+  while (copy) {
+    struct vc_device *c = copy;
+    copy = c->next;
+    if (list)
+      json_array_append_new(list, block_info(c->name, c->node));
+    free(c->name);
+    free(c);
+  }
   return list;
 }
 

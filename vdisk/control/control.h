@@ -78,7 +78,10 @@ void vc_event(struct vc_server *s, const char *name, json_t *data);
  * vc_device_remove or vc_server_stop returned.  Returns 0, -EEXIST if
  * NAME is taken, -EINVAL for an empty NAME, -ENOMEM. */
 int vc_device_add(struct vc_server *s, const char *name, struct vd_node *node);
-/* Forget device NAME (no-op if unknown). */
+/* Forget device NAME (no-op if unknown).  Only from a command handler
+ * (commands are serialised, so no other command is using the node) or
+ * from the thread that owns the server before any client could connect;
+ * the frontends otherwise keep their devices until vc_server_stop. */
 void vc_device_remove(struct vc_server *s, const char *name);
 /* The node registered as NAME, or NULL. */
 struct vd_node *vc_device_find(struct vc_server *s, const char *name);

@@ -211,10 +211,13 @@ static void accept_client(struct vc_server *s)
   s->nclients++;
   pthread_mutex_unlock(&s->lock);
   greeting = vc_greeting(s);
-  if (greeting)
+  if (greeting) {
     send_to(s, c, greeting);
-  else
+  } else {
+    pthread_mutex_lock(&s->lock);
     c->dead = true;
+    pthread_mutex_unlock(&s->lock);
+  }
   json_decref(greeting);
 }
 
