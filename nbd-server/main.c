@@ -119,27 +119,28 @@ static void die(const char *fmt, ...)
   exit(1);
 }
 
-static uint32_t pow2_floor(uint32_t v)
-{
-  uint32_t p = 1;
-  while (p <= v / 2)
-    p *= 2;
-  return p;
-}
-
 /* "[NAME=]IMAGE": a '=' counts only if no '/' comes before it. */
 static const char *backing, *backing_format;  /* --backing[-format] */
+
+/* The command line's images: their nodes live until exit, whether their
+ * exports were deleted meanwhile or not (the devices stay registered). */
+struct cl_image {
+  char *name;
+  struct vd_node *node;
+};
+static struct cl_image *cl_images;
+static size_t cl_nimages;
 
 static void add_export(const char *arg, const char *format, bool ro,
                        const char *desc, size_t idx)
 {
-  struct nbd_export *e = &server.exports[idx];
+  struct cl_image *im = &cl_images[idx];
   const char *eq = strchr(arg, '=');
   const char *slash = strchr(arg, '/');
   const char *path = arg;
   char *name;
   struct vd_dev *dev;
-  char sz[32];
+  struct nbd_export *e;
   int r;
   size_t i;
 
@@ -152,13 +153,13 @@ static void add_export(const char *arg, const char *format, bool ro,
   }
   if (!name)
     die("out of memory");
-  e->name = name;     /* reachable from here on, even if we die below */
+  im->name = name;     /* reachable from here on, even if we die below */
   if (!*path)
     die("%s: no image path", arg);
   if (strlen(name) > NBD_MAX_STRING)
     die("%s: export name longer than %u bytes", arg, NBD_MAX_STRING);
   for (i = 0; i < idx; i++)
-    if (strcmp(server.exports[i].name, name) == 0)
+    if (strcmp(cl_images[i].name, name) == 0)
       die("%s: export name '%s' used twice", arg, name);
 
   struct vd_open_args oa = { .format = format,
@@ -170,30 +171,21 @@ static void add_export(const char *arg, const char *format, bool ro,
     die("%s", vd_error());
   /* The export holds a node, never the device: the engine may swap what
    * the node points at (snapshot, mirror pivot) without us knowing. */
-  r = vd_node_new(dev, &e->node);
+  r = vd_node_new(dev, &im->node);
   if (r < 0)
     die("%s", vd_error());
 
-  e->size = vd_node_size(e->node);
-  e->read_only = ro || vd_node_is_read_only(e->node);
-  e->multi_conn = e->read_only || vd_node_can_multi_conn(e->node);
-  e->min_block = vd_node_logical_block(e->node);
-  if (!vd_is_pow2(e->min_block) || e->min_block > 65536)
-    e->min_block = 1;
-  e->pref_block = pow2_floor(vd_node_preferred_io(e->node));
-  if (e->pref_block < 4096)
-    e->pref_block = 4096;
-  if (e->pref_block < e->min_block)
-    e->pref_block = e->min_block;
-  if (e->pref_block > NBD_MAX_PAYLOAD)
-    e->pref_block = NBD_MAX_PAYLOAD;
-  e->max_block = NBD_MAX_PAYLOAD;
-  /* Sent before any authentication (LIST, INFO): never the host path. */
-  if (desc)
-    e->description = strdup(desc);
-  else if (asprintf(&e->description, "%s image, %s", vd_format(dev),
-                    vd_format_size(e->size, sz, sizeof sz)) < 0)
-    e->description = NULL;
+  /* Sent before any authentication (LIST, INFO): never the host path.
+   * Its id (block-export-del, query-block-exports) is its name. */
+  struct nbd_export_args ea = { .id = name, .name = name, .node_name = name,
+                                .description = desc, .format = vd_format(dev),
+                                .node = im->node, .read_only = ro };
+  e = nbd_export_new(&ea);
+  if (!e)
+    die("out of memory");
+  /* The first one is also the default export "". */
+  if (nbd_exports_add(server.exports, e, idx == 0) < 0)
+    die("%s: export '%s' cannot be listed", arg, name);
 }
 
 static unsigned parse_uint(const char *opt, const char *s, unsigned min,
@@ -289,6 +281,8 @@ static void *conn_thread(void *arg)
       nbd_log("client attached to '%s'%s", s.exp->name,
               io.tls ? " over TLS" : "");
     nbd_conn_serve(&server, &io, &s);
+    /* Last: a deleted export is released once its last client left. */
+    nbd_export_detach(server.exports, s.exp, s.user);
   }
   nbd_tls_close(&io);
 
@@ -599,9 +593,10 @@ int main(int argc, char **argv)
 
   /* Exports, opened after the fork: drivers may start threads (RAID),
    * and a fork keeps only the calling thread. */
-  server.nexports = (size_t)(argc - optind);
-  server.exports = calloc(server.nexports, sizeof *server.exports);
-  if (!server.exports)
+  cl_nimages = (size_t)(argc - optind);
+  cl_images = calloc(cl_nimages, sizeof *cl_images);
+  server.exports = nbd_exports_new();
+  if (!cl_images || !server.exports)
     die("out of memory");
   for (i = optind; i < argc; i++)
     add_export(argv[i], format, ro, description, (size_t)(i - optind));
@@ -622,14 +617,13 @@ int main(int argc, char **argv)
     die("cannot start %u worker threads", threads);
 
   if (server.verbose)
-    nbd_log("serving %zu export%s on %s%s%s", server.nexports,
-            server.nexports > 1 ? "s" : "", sock_path ? sock_path : bind_addr,
+    nbd_log("serving %zu export%s on %s%s%s", cl_nimages,
+            cl_nimages > 1 ? "s" : "", sock_path ? sock_path : bind_addr,
             sock_path ? "" : " port ", sock_path ? "" : port);
   /* Once the start can no longer fail, so a failed start prints one line. */
-  for (size_t k = 0; k < server.nexports; k++) {
-    struct nbd_export *e = &server.exports[k];
+  for (size_t k = 0; k < cl_nimages; k++) {
     /* Nothing swaps the node yet: the device it was made with. */
-    const struct vd_dev *dev = vd_node_dev(e->node);
+    const struct vd_dev *dev = vd_node_dev(cl_images[k].node);
     if (vd_probed_raw(dev) && !vd_is_read_only(dev))
       fprintf(stderr, "vdisk-nbd: warning: %s: image format was not "
               "specified; probing guessed raw, so writes that would change "
@@ -643,11 +637,12 @@ int main(int argc, char **argv)
      * look at their devices above (commands may swap them from here on). */
     if (vc_server_start(control_path, "vdisk-nbd", &control) < 0)
       die("%s", vc_last_error());
-    for (size_t k = 0; k < server.nexports; k++)
-      if (vc_device_add(control, server.exports[k].name,
-                        server.exports[k].node) < 0)
+    for (size_t k = 0; k < cl_nimages; k++)
+      if (vc_device_add(control, cl_images[k].name, cl_images[k].node) < 0)
         die("%s: cannot register export '%s'", control_path,
-            server.exports[k].name);
+            cl_images[k].name);
+    if (nbd_control_start(control, &server) < 0)
+      die("%s: cannot register the export commands", control_path);
   }
   if (do_fork) {
     if (write(ready_pipe[1], "r", 1) < 0) {
@@ -695,17 +690,20 @@ int main(int argc, char **argv)
   drain_connections();
   nbd_pool_stop();
   /* Jobs end (cancelled) before the nodes they work on are freed. */
+  nbd_control_stop();
   vc_server_stop(control);
-  for (size_t k = 0; k < server.nexports; k++) {
-    struct nbd_export *e = &server.exports[k];
-    if (vd_node_free(e->node) < 0) {
+  /* The exports added over the control socket close their nodes here. */
+  nbd_exports_free(server.exports);
+  if (nbd_export_release_errors)
+    status = 1;
+  for (size_t k = 0; k < cl_nimages; k++) {
+    if (vd_node_free(cl_images[k].node) < 0) {
       nbd_log("%s", vd_error());
       status = 1;
     }
-    free(e->name);
-    free(e->description);
+    free(cl_images[k].name);
   }
-  free(server.exports);
+  free(cl_images);
   nbd_tls_free(server.tls_creds);
   vc_own_file_remove(&own_socket);
   vc_own_file_remove(&own_pid_file);

@@ -26,7 +26,9 @@ struct nbd_neg {
   bool no_zeroes;
   bool structured;
   bool meta_alloc;
-  const struct nbd_export *meta_exp;   /* export the contexts were set for */
+  struct nbd_export *meta_exp;         /* export the contexts were set for
+                                          (a reference, so that its address
+                                          cannot be reused meanwhile) */
   uint8_t *data;                       /* current option payload */
 };
 
@@ -80,17 +82,28 @@ static int neg_error(struct nbd_neg *n, uint32_t opt, uint32_t type,
   return neg_reply(n, opt, type, msg, (uint32_t)len);
 }
 
-static const struct nbd_export *find_export(const struct nbd_server *srv,
-                                            const char *name, uint32_t len)
+/* The export called NAME (LEN bytes), with a reference, or NULL. */
+static struct nbd_export *find_export(const struct nbd_server *srv,
+                                      const char *name, uint32_t len)
 {
-  size_t i;
-  if (len == 0)
-    return &srv->exports[0];
-  for (i = 0; i < srv->nexports; i++)
-    if (strlen(srv->exports[i].name) == len &&
-        memcmp(srv->exports[i].name, name, len) == 0)
-      return &srv->exports[i];
-  return NULL;
+  return nbd_exports_get(srv->exports, name, len);
+}
+
+/* Attach the connection to EXP (the client chose it) and fill *S.
+ * Returns 0, or -1 if EXP was deleted meanwhile (or memory is short). */
+static int choose_export(struct nbd_neg *n, struct nbd_export *exp,
+                         uint16_t eflags, struct nbd_session *s)
+{
+  struct nbd_export_user *u = nbd_export_attach(n->srv->exports, exp,
+                                                n->io->fd);
+  if (!u)
+    return -1;
+  s->exp = exp;
+  s->user = u;
+  s->eflags = eflags;
+  s->structured = n->structured;
+  s->meta_alloc = n->meta_alloc && n->meta_exp == exp;
+  return 0;
 }
 
 static int send_info(struct nbd_neg *n, uint32_t opt, uint16_t type,
@@ -107,14 +120,16 @@ static int send_info(struct nbd_neg *n, uint32_t opt, uint16_t type,
 
 /* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 if GO succeeded, 0 to keep
  * haggling, -1 on transport failure. */
+static int opt_info_exp(struct nbd_neg *n, uint32_t opt,
+                        const struct nbd_opt_info *oi,
+                        struct nbd_export *exp, struct nbd_session *s);
+
 static int opt_info(struct nbd_neg *n, uint32_t opt, uint32_t len,
                     struct nbd_session *s)
 {
   struct nbd_opt_info oi;
-  const struct nbd_export *exp;
-  uint8_t buf[16];
-  bool want_name = false, want_desc = false;
-  uint16_t i;
+  struct nbd_export *exp;
+  int r;
 
   if (nbd_parse_opt_info(n->data, len, &oi) < 0)
     return neg_error(n, opt, NBD_REP_ERR_INVALID, "malformed request");
@@ -122,8 +137,22 @@ static int opt_info(struct nbd_neg *n, uint32_t opt, uint32_t len,
   if (!exp)
     return neg_error(n, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
                      (int)oi.name_len, oi.name);
-  for (i = 0; i < oi.nreqs; i++) {
-    uint16_t t = vd_get_be16(oi.reqs + 2 * i);
+  r = opt_info_exp(n, opt, &oi, exp, s);
+  nbd_export_put(n->srv->exports, exp);   /* a chosen one is held by s */
+  return r;
+}
+
+/* opt_info on the export found, EXP. */
+static int opt_info_exp(struct nbd_neg *n, uint32_t opt,
+                        const struct nbd_opt_info *oi,
+                        struct nbd_export *exp, struct nbd_session *s)
+{
+  uint8_t buf[16];
+  bool want_name = false, want_desc = false;
+  uint16_t i;
+
+  for (i = 0; i < oi->nreqs; i++) {
+    uint16_t t = vd_get_be16(oi->reqs + 2 * i);
     if (t == NBD_INFO_NAME)
       want_name = true;
     else if (t == NBD_INFO_DESCRIPTION)
@@ -131,38 +160,42 @@ static int opt_info(struct nbd_neg *n, uint32_t opt, uint32_t len,
   }
 
   uint16_t eflags = nbd_export_flags(exp, n->structured);
+  /* Attached before the final ACK, so that a client told it may go is
+   * counted as a user by the time it is told (block-export-del's safe
+   * mode sees it). */
+  if (opt == NBD_OPT_GO && choose_export(n, exp, eflags, s) < 0)
+    return neg_error(n, opt, NBD_REP_ERR_UNKNOWN, "export '%s' was removed",
+                     exp->name);
   if (neg_reply(n, opt, NBD_REP_INFO, buf,
                 (uint32_t)nbd_encode_info_export(buf, exp->size, eflags)) < 0)
-    return -1;
+    goto fail;
   /* Always sent: clients that did not ask must ignore it, and it tells
    * the others the engine's alignment and our payload limit. */
   if (neg_reply(n, opt, NBD_REP_INFO, buf,
                 (uint32_t)nbd_encode_info_block_size(buf, exp->min_block,
                                                      exp->pref_block,
                                                      exp->max_block)) < 0)
-    return -1;
+    goto fail;
   if (want_name && send_info(n, opt, NBD_INFO_NAME, exp->name) < 0)
-    return -1;
+    goto fail;
   if (want_desc && exp->description &&
       send_info(n, opt, NBD_INFO_DESCRIPTION, exp->description) < 0)
-    return -1;
+    goto fail;
   if (neg_reply(n, opt, NBD_REP_ACK, NULL, 0) < 0)
-    return -1;
-  if (opt != NBD_OPT_GO)
-    return 0;
+    goto fail;
+  return opt == NBD_OPT_GO ? 1 : 0;
 
-  s->exp = exp;
-  s->eflags = eflags;
-  s->structured = n->structured;
-  s->meta_alloc = n->meta_alloc && n->meta_exp == exp;
-  return 1;
+fail:
+  if (opt == NBD_OPT_GO)
+    nbd_export_detach(n->srv->exports, exp, s->user);
+  return -1;
 }
 
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
 static int opt_meta(struct nbd_neg *n, uint32_t opt, uint32_t len)
 {
   struct nbd_opt_meta m;
-  const struct nbd_export *exp;
+  struct nbd_export *exp;
   bool list = opt == NBD_OPT_LIST_META_CONTEXT;
   bool found = false;
   uint32_t pos = 0, qlen;
@@ -187,8 +220,10 @@ static int opt_meta(struct nbd_neg *n, uint32_t opt, uint32_t len)
 
   if (!list) {
     n->meta_alloc = found;
-    n->meta_exp = exp;
-  }
+    nbd_export_put(n->srv->exports, n->meta_exp);
+    n->meta_exp = exp;                /* keeps the reference */
+  } else
+    nbd_export_put(n->srv->exports, exp);
   if (found) {
     vd_put_be32(buf, list ? 0 : NBD_META_ALLOC_ID);
     memcpy(buf + 4, NBD_META_ALLOC_NAME, sizeof NBD_META_ALLOC_NAME - 1);
@@ -201,15 +236,23 @@ static int opt_meta(struct nbd_neg *n, uint32_t opt, uint32_t len)
 
 static int opt_list(struct nbd_neg *n, uint32_t len)
 {
+  struct nbd_export **v;
+  long nv;
   size_t i;
+  int r = 0;
   uint8_t buf[4 + 2 * NBD_MAX_STRING];
 
   if (len != 0)
     return neg_error(n, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                      "NBD_OPT_LIST takes no data");
+  /* A snapshot of the listed exports, held while we send (never under
+   * the registry's lock: a slow client must not stall other lookups). */
+  nv = nbd_exports_list(n->srv->exports, false, &v);
+  if (nv < 0)
+    return -1;                        /* out of memory */
   /* Name, then the description as the human-readable details. */
-  for (i = 0; i < n->srv->nexports; i++) {
-    const struct nbd_export *e = &n->srv->exports[i];
+  for (i = 0; i < (size_t)nv && r == 0; i++) {
+    const struct nbd_export *e = v[i];
     size_t nlen = strlen(e->name);
     size_t dlen = e->description ? strlen(e->description) : 0;
     if (nlen > NBD_MAX_STRING)
@@ -220,10 +263,12 @@ static int opt_list(struct nbd_neg *n, uint32_t len)
     memcpy(buf + 4, e->name, nlen);
     if (dlen)
       memcpy(buf + 4 + nlen, e->description, dlen);
-    if (neg_reply(n, NBD_OPT_LIST, NBD_REP_SERVER, buf,
-                  (uint32_t)(4 + nlen + dlen)) < 0)
-      return -1;
+    r = neg_reply(n, NBD_OPT_LIST, NBD_REP_SERVER, buf,
+                  (uint32_t)(4 + nlen + dlen));
   }
+  nbd_exports_put_all(n->srv->exports, v, (size_t)nv);
+  if (r < 0)
+    return -1;
   return neg_reply(n, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
@@ -232,9 +277,10 @@ static int opt_export_name(struct nbd_neg *n, uint32_t len,
                            struct nbd_session *s)
 {
   static const uint8_t zeroes[124];
-  const struct nbd_export *exp;
+  struct nbd_export *exp;
   uint8_t buf[10];
   uint16_t eflags;
+  int r;
 
   if (!nbd_string_ok((const char *)n->data, len) ||
       !(exp = find_export(n->srv, (const char *)n->data, len))) {
@@ -244,15 +290,17 @@ static int opt_export_name(struct nbd_neg *n, uint32_t len,
     return -1;
   }
   eflags = nbd_export_flags(exp, n->structured);
+  r = choose_export(n, exp, eflags, s);
+  nbd_export_put(n->srv->exports, exp);   /* held by s from here on */
+  if (r < 0)
+    return -1;
   vd_put_be64(buf, exp->size);
   vd_put_be16(buf + 8, eflags);
   struct iovec iov[2] = { { buf, 10 }, { (void *)zeroes, 124 } };
-  if (n->io->sendv(n->io, iov, n->no_zeroes ? 1 : 2) < 0)
+  if (n->io->sendv(n->io, iov, n->no_zeroes ? 1 : 2) < 0) {
+    nbd_export_detach(n->srv->exports, exp, s->user);
     return -1;
-  s->exp = exp;
-  s->eflags = eflags;
-  s->structured = n->structured;
-  s->meta_alloc = n->meta_alloc && n->meta_exp == exp;
+  }
   return 1;
 }
 
@@ -274,6 +322,7 @@ static int opt_starttls(struct nbd_neg *n, uint32_t len)
   /* Nothing negotiated in clear text survives the upgrade. */
   n->structured = false;
   n->meta_alloc = false;
+  nbd_export_put(n->srv->exports, n->meta_exp);
   n->meta_exp = NULL;
   return 0;
 }
@@ -399,6 +448,7 @@ int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
   }
   r = -1;
 out:
+  nbd_export_put(srv->exports, n.meta_exp);
   free(n.data);
   return r;
 }

@@ -5,6 +5,9 @@
  *   conn.c       transmission phase: reader per connection, worker pool
  *   tls.c        GnuTLS credentials and the STARTTLS upgrade
  *   proto.c      wire encoding, decoding and request validation
+ *   exports.c    the export registry, changed while serving (exports.h)
+ *   export-node.c  an export's fields from its node
+ *   control.c    block-export-add/-del, query-block-exports (QMP)
  *
  * Lock order: nbd_conn.lock and nbd_conn.wlock are never held together;
  * the pool lock is taken with neither held.
@@ -20,26 +23,16 @@
 
 struct vd_node;
 
-/* One export, fixed after start-up. */
-struct nbd_export {
-  char *name;
-  char *description;
-  struct vd_node *node;   /* the device graph's handle; NULL only in the
-                             fuzzer */
-  uint64_t size;
-  bool read_only;
-  bool multi_conn;
-  uint32_t min_block, pref_block, max_block;
-};
+#include "nbd-server/exports.h"
 
 enum nbd_tls_mode { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
 
 struct nbd_tls;
 
-/* Server-wide configuration, read-only once serving. */
+/* Server-wide configuration, read-only once serving (the export set
+ * changes inside its registry). */
 struct nbd_server {
-  struct nbd_export *exports;
-  size_t nexports;
+  struct nbd_exports *exports;
   enum nbd_tls_mode tls;
   struct nbd_tls *tls_creds;   /* NULL unless tls != OFF */
   int verbose;
@@ -86,14 +79,16 @@ int nbd_io_send(struct nbd_io *io, const void *buf, size_t len);
 
 /* Result of a successful negotiation. */
 struct nbd_session {
-  const struct nbd_export *exp;
+  struct nbd_export *exp;      /* held through USER until the client left */
+  struct nbd_export_user *user;
   uint16_t eflags;             /* transmission flags sent */
   bool structured;
   bool meta_alloc;
 };
 
 /* Option haggling on IO.  Returns 1 when the client entered transmission
- * (*S filled), 0 when it ended the session politely (ABORT), -1 when the
+ * (*S filled: the caller serves it, then nbd_export_detach(srv->exports,
+ * s->exp, s->user)), 0 when it ended the session politely (ABORT), -1 when the
  * connection must be dropped (error, end of stream, protocol violation). */
 int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
                   struct nbd_session *s);
@@ -126,6 +121,40 @@ void nbd_tls_free(struct nbd_tls *t);
 int nbd_tls_upgrade(struct nbd_tls *t, struct nbd_io *io, int verbose);
 /* Shut down and free IO's TLS session, if any. */
 void nbd_tls_close(struct nbd_io *io);
+
+/* Node-backed exports (export-node.c). */
+struct nbd_export_args {
+  const char *id, *name, *node_name;
+  const char *description;     /* NULL: "FORMAT, SIZE" */
+  const char *format;          /* for that default; NULL: "vdisk node" */
+  struct vd_node *node;
+  bool read_only;              /* also when NODE is read-only */
+  bool owns_node;              /* the release frees NODE */
+  const char *const *bitmaps;  /* NULL-terminated, or NULL */
+  bool alloc_depth;
+};
+/* A new unlisted export of A->node (strings copied), whose release
+ * (after nbd_exports_add, once its last reference went) frees it, frees
+ * the node if A->owns_node, counts a failed final flush in
+ * nbd_export_release_errors and calls nbd_control_export_deleted.
+ * NULL when out of memory. */
+struct nbd_export *nbd_export_new(const struct nbd_export_args *a);
+/* Free an export nbd_export_new made that was never listed (never its
+ * node). */
+void nbd_export_discard(struct nbd_export *e);
+/* Releases whose node failed to close (its final flush): the exit status
+ * turns 1. */
+extern unsigned nbd_export_release_errors;
+
+/* Control socket commands (control.c): register block-export-add,
+ * block-export-del and query-block-exports of SRV on VC.  0 or a negative
+ * errno. */
+struct vc_server;
+int nbd_control_start(struct vc_server *vc, struct nbd_server *srv);
+/* Stop emitting events (before vc_server_stop). */
+void nbd_control_stop(void);
+/* BLOCK_EXPORT_DELETED for ID, if the control socket runs.  Any thread. */
+void nbd_control_export_deleted(const char *id);
 
 /* Logging: messages go to stderr prefixed with the program name. */
 void nbd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -61,13 +61,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   static struct nbd_export exps[2] = {
-    { .name = (char *)"disk", .description = (char *)"fuzz disk",
+    { .id = (char *)"disk", .name = (char *)"disk", .description = (char *)"fuzz disk",
       .size = UINT64_C(1) << 40, .multi_conn = true,
       .min_block = 512, .pref_block = 4096, .max_block = NBD_MAX_PAYLOAD },
-    { .name = (char *)"ro", .size = 12345, .read_only = true,
+    { .id = (char *)"ro", .name = (char *)"ro", .size = 12345, .read_only = true,
       .min_block = 1, .pref_block = 4096, .max_block = NBD_MAX_PAYLOAD },
   };
-  struct nbd_server srv = { .exports = exps, .nexports = 2 };
+  /* Static exports without a release callback: the registry frees
+   * nothing of them. */
+  static struct nbd_exports *reg;
+  if (!reg) {
+    reg = nbd_exports_new();
+    if (!reg || nbd_exports_add(reg, &exps[0], true) < 0 ||
+        nbd_exports_add(reg, &exps[1], false) < 0)
+      abort();
+  }
+  struct nbd_server srv = { .exports = reg };
   struct fuzz_io f = { .io = { .recv = fuzz_recv, .sendv = fuzz_sendv,
                                .fd = -1 } };
   struct nbd_session s;
@@ -120,5 +129,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       f.left -= skip;
     }
   }
+  nbd_export_detach(reg, s.exp, s.user);
+  /* Every reference the negotiation took was given back. */
+  if (exps[0].refs != 1 || exps[1].refs != 1)
+    abort();
   return 0;
 }
