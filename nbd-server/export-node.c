@@ -84,8 +84,9 @@ struct nbd_export *nbd_export_new(const struct nbd_export_args *a)
   e->node_name = strdup(a->node_name);
   if (a->description)
     e->description = strdup(a->description);
-  else if (asprintf(&e->description, "%s, %s",
+  else if (asprintf(&e->description, "%s%s, %s",
                     a->format ? a->format : "vdisk node",
+                    a->format ? " image" : "",
                     vd_format_size(vd_node_size(a->node), sz, sizeof sz)) < 0)
     e->description = NULL;
   if (a->bitmaps) {

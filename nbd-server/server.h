@@ -125,7 +125,7 @@ void nbd_tls_close(struct nbd_io *io);
 /* Node-backed exports (export-node.c). */
 struct nbd_export_args {
   const char *id, *name, *node_name;
-  const char *description;     /* NULL: "FORMAT, SIZE" */
+  const char *description;     /* NULL: "FORMAT image, SIZE" */
   const char *format;          /* for that default; NULL: "vdisk node" */
   struct vd_node *node;
   bool read_only;              /* also when NODE is read-only */
