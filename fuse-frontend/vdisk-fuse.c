@@ -64,40 +64,18 @@
 
 #include "vdisk/vdisk.h"
 #include "vdisk/control/control.h"
+#include "fuse-frontend/disks.h"
+#include "fuse-frontend/control.h"
 
 #define VF_ROOT_INO    1
-#define VF_FIRST_INO   2
 #define VF_MAX_IO      (1u << 20)   /* max_read / max_write */
 #define VF_TIMEOUT     86400.0      /* nothing changes behind the kernel */
 
-struct vf_image {
-  const char *path;         /* as given on the command line */
-  char *name;               /* exposed file name, "disk.raw" */
-  struct vd_node *node;     /* all I/O goes through it, never a device */
-  uint64_t size;
-  uint32_t blksize;
-  bool read_only;           /* -r, or a read-only format (vdz) */
-  uid_t uid;                /* the image file's owner, group and */
-  gid_t gid;                /* permission bits (no write bits if */
-  mode_t perm;              /* read_only) */
-};
-
-struct vf_state {
-  struct vf_image *img;
-  size_t nimg;
-  bool read_only;           /* -r: everything read-only, mounted ro */
-  bool verbose;
-  bool page_cache;          /* let the kernel cache file pages */
-  uid_t uid;
-  gid_t gid;
-  struct timespec start;
-};
-
-static const char *progname = "vdisk-fuse";
+const char *progname = "vdisk-fuse";
 
 static pthread_key_t vf_buf_key;
 
-static void
+void
 vf_log(const char *fmt, ...)
 {
   va_list ap;
@@ -145,21 +123,20 @@ vf_state(fuse_req_t req)
   return fuse_req_userdata(req);
 }
 
+/* The disk of an open file handle (its reference lives until release),
+ * or NULL for the root folder. */
 static struct vf_image *
-vf_image(struct vf_state *s, fuse_ino_t ino)
+vf_file(struct fuse_file_info *fi)
 {
-  if (ino < VF_FIRST_INO || ino - VF_FIRST_INO >= s->nimg)
-    return NULL;
-  return &s->img[ino - VF_FIRST_INO];
+  return (struct vf_image *) (uintptr_t) fi->fh;
 }
 
+/* Attributes of disk IM, or of the root folder if IM is NULL. */
 static void
-vf_fill_stat(struct vf_state *s, fuse_ino_t ino, struct stat *st)
+vf_fill_stat(struct vf_state *s, struct vf_image *im, struct stat *st)
 {
-  struct vf_image *im = vf_image(s, ino);
-
   memset(st, 0, sizeof *st);
-  st->st_ino = ino;
+  st->st_ino = im ? im->ino : VF_ROOT_INO;
   st->st_uid = s->uid;
   st->st_gid = s->gid;
   st->st_atim = st->st_mtim = st->st_ctim = s->start;
@@ -192,24 +169,25 @@ vf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   struct vf_state *s = vf_state(req);
   struct fuse_entry_param e;
-  size_t i;
+  struct vf_image *im;
 
   if (parent != VF_ROOT_INO) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
-  for (i = 0; i < s->nimg; i++)
-    if (strcmp(s->img[i].name, name) == 0)
-      break;
-  if (i == s->nimg) {
+  im = vf_disks_get_name(&s->disks, name);
+  if (im == NULL) {
     fuse_reply_err(req, ENOENT);
     return;
   }
   memset(&e, 0, sizeof e);
-  e.ino = VF_FIRST_INO + i;
+  e.ino = im->ino;
+  /* Cached for long: a deleted disk's entry is invalidated explicitly
+   * (fuse-frontend/control.c). */
   e.attr_timeout = VF_TIMEOUT;
   e.entry_timeout = VF_TIMEOUT;
-  vf_fill_stat(s, e.ino, &e.attr);
+  vf_fill_stat(s, im, &e.attr);
+  vf_disks_put(&s->disks, im);
   fuse_reply_entry(req, &e);
 }
 
@@ -217,22 +195,41 @@ static void
 vf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
+  struct vf_image *im = NULL;
   struct stat st;
 
-  if (ino != VF_ROOT_INO && vf_image(s, ino) == NULL) {
+  /* A deleted disk still open somewhere keeps answering (fstat). */
+  if (ino != VF_ROOT_INO && (im = vf_disks_get_ino(&s->disks, ino)) == NULL) {
     fuse_reply_err(req, ENOENT);
     return;
   }
-  vf_fill_stat(s, ino, &st);
+  vf_fill_stat(s, im, &st);
+  vf_disks_put(&s->disks, im);
   fuse_reply_attr(req, &st, VF_TIMEOUT);
 }
+
+static void vf_setattr_im(fuse_req_t req, struct vf_state *s,
+                          struct vf_image *im, struct stat *attr, int to_set);
 
 static void
 vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
            struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = NULL;
+
+  if (ino != VF_ROOT_INO && (im = vf_disks_get_ino(&s->disks, ino)) == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  vf_setattr_im(req, s, im, attr, to_set);
+  vf_disks_put(&s->disks, im);
+}
+
+static void
+vf_setattr_im(fuse_req_t req, struct vf_state *s, struct vf_image *im,
+              struct stat *attr, int to_set)
+{
   struct stat st;
 
   if (s->read_only || (im != NULL && im->read_only)) {
@@ -253,7 +250,7 @@ vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
     fuse_reply_err(req, EPERM);
     return;
   }
-  vf_fill_stat(s, ino, &st);
+  vf_fill_stat(s, im, &st);
   fuse_reply_attr(req, &st, VF_TIMEOUT);
 }
 
@@ -264,6 +261,8 @@ vf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   struct vf_state *s = vf_state(req);
   char *buf, *p;
   size_t used = 0;
+  struct vf_image **v;
+  long nv;
   off_t i;
 
   if (ino != VF_ROOT_INO) {
@@ -275,12 +274,21 @@ vf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     fuse_reply_err(req, ENOMEM);
     return;
   }
+  nv = vf_disks_list(&s->disks, &v);
+  if (nv < 0) {
+    free(buf);
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
   p = buf;
-  /* Entry I: 0 ".", 1 "..", 2.. images; the offset of an entry is the
-   * index of the next one. */
-  for (i = off; (size_t) i < s->nimg + 2; i++) {
+  /* "." has offset 1, ".." 2, a disk its inode + 1 (inodes start at 2
+   * and grow in the list's order, never reused): a reader that resumes
+   * at an offset neither skips nor repeats a disk when the set changes
+   * between two calls. */
+  for (i = 0; i < 2 + nv; i++) {
     struct stat st;
     const char *name;
+    off_t next;
     size_t n;
 
     memset(&st, 0, sizeof st);
@@ -288,17 +296,22 @@ vf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
       name = i == 0 ? "." : "..";
       st.st_ino = VF_ROOT_INO;
       st.st_mode = S_IFDIR;
+      next = i + 1;
     } else {
-      name = s->img[i - 2].name;
-      st.st_ino = VF_FIRST_INO + (fuse_ino_t) (i - 2);
+      name = v[i - 2]->name;
+      st.st_ino = v[i - 2]->ino;
       st.st_mode = S_IFREG;
+      next = (off_t) v[i - 2]->ino + 1;
     }
-    n = fuse_add_direntry(req, p, size - used, name, &st, i + 1);
+    if (next <= off)
+      continue;
+    n = fuse_add_direntry(req, p, size - used, name, &st, next);
     if (n > size - used)
       break;
     p += n;
     used += n;
   }
+  vf_disks_put_all(&s->disks, v, (size_t) nv);
   fuse_reply_buf(req, buf, used);
   free(buf);
 }
@@ -343,16 +356,23 @@ vf_statfs(fuse_req_t req, fuse_ino_t ino)
   struct vf_state *s = vf_state(req);
   struct statvfs sv;
   uint64_t total = 0;
-  size_t i;
+  struct vf_image **v;
+  long nv, i;
 
+  nv = vf_disks_list(&s->disks, &v);
+  if (nv < 0) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
   /* A full file system: its blocks are the disks, no room for more. */
-  for (i = 0; i < s->nimg; i++)
-    total += (s->img[i].size + 4095) / 4096;
+  for (i = 0; i < nv; i++)
+    total += (v[i]->size + 4095) / 4096;
+  vf_disks_put_all(&s->disks, v, (size_t) nv);
   memset(&sv, 0, sizeof sv);
   sv.f_bsize = 4096;
   sv.f_frsize = 4096;
   sv.f_blocks = total;
-  sv.f_files = s->nimg + 1;
+  sv.f_files = (fsfilcnt_t) nv + 1;
   sv.f_namemax = NAME_MAX;
   fuse_reply_statfs(req, &sv);
 }
@@ -363,19 +383,30 @@ static void
 vf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
+  struct vf_image *im;
+  int err = 0;
 
-  if (vf_image(s, ino) == NULL) {
+  if (ino == VF_ROOT_INO) {
     fuse_reply_err(req, EISDIR);
     return;
   }
-  if (vf_image(s, ino)->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
-    fuse_reply_err(req, EROFS);
+  im = vf_disks_get_ino(&s->disks, ino);
+  if (im == NULL)
+    err = ENOENT;
+  else if (im->read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
+    err = EROFS;
+  else if ((fi->flags & O_TRUNC) && im->size != 0)
+    err = EPERM;
+  else if (vf_disks_open(&s->disks, im) < 0)
+    err = ENOENT;               /* deleted: no new opens */
+  vf_disks_put(&s->disks, im);
+  if (err) {
+    fuse_reply_err(req, err);
     return;
   }
-  if ((fi->flags & O_TRUNC) && vf_image(s, ino)->size != 0) {
-    fuse_reply_err(req, EPERM);
-    return;
-  }
+  /* The handle's reference keeps the disk (and its node) alive until
+   * release, even once deleted. */
+  fi->fh = (uint64_t) (uintptr_t) im;
   /* Direct I/O by default: requests reach us at the caller's size (up
    * to 1 MiB) instead of the kernel's 128 KiB readahead, and data is not
    * cached twice (here and with the image).  With --page-cache, every
@@ -385,7 +416,19 @@ vf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   else
     fi->direct_io = 1;
   fi->noflush = 1;
-  fuse_reply_open(req, fi);
+  if (fuse_reply_open(req, fi) < 0)
+    vf_disks_close(&s->disks, im);   /* interrupted: no release comes */
+}
+
+static void
+vf_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct vf_state *s = vf_state(req);
+  struct vf_image *im = vf_file(fi);
+
+  if (im != NULL)
+    vf_disks_close(&s->disks, im);
+  fuse_reply_err(req, 0);
 }
 
 static void
@@ -393,12 +436,16 @@ vf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = vf_file(fi);
   char *buf;
   int r;
 
   if (im == NULL) {
     fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (vf_disks_dead(&s->disks, im)) {
+    fuse_reply_err(req, EIO);
     return;
   }
   if (off < 0 || (uint64_t) off >= im->size || size == 0) {
@@ -428,11 +475,15 @@ vf_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size,
          off_t off, struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = vf_file(fi);
   int r;
 
   if (im == NULL) {
     fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (vf_disks_dead(&s->disks, im)) {
+    fuse_reply_err(req, EIO);
     return;
   }
   if (im->read_only) {
@@ -464,9 +515,13 @@ vf_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
          struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = vf_file(fi);
   int r;
 
+  if (im != NULL && vf_disks_dead(&s->disks, im)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   if (im == NULL || im->read_only) {
     fuse_reply_err(req, 0);
     return;
@@ -514,12 +569,16 @@ vf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
              off_t length, struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = vf_file(fi);
   uint64_t uoff, len;
   int r;
 
   if (im == NULL) {
     fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (vf_disks_dead(&s->disks, im)) {
+    fuse_reply_err(req, EIO);
     return;
   }
   if (im->read_only) {
@@ -580,11 +639,15 @@ vf_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
          struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = vf_image(s, ino);
+  struct vf_image *im = vf_file(fi);
   uint64_t pos;
 
   if (im == NULL) {
     fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (vf_disks_dead(&s->disks, im)) {
+    fuse_reply_err(req, EIO);
     return;
   }
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
@@ -649,6 +712,7 @@ static const struct fuse_lowlevel_ops vf_ops = {
   .fsyncdir = vf_fsyncdir,
   .statfs = vf_statfs,
   .open = vf_open,
+  .release = vf_release,
   .read = vf_read,
   .write = vf_write,
   .fsync = vf_fsync,
@@ -693,7 +757,7 @@ vf_usage(FILE *f)
 }
 
 /* "dir/disk.vhd" -> "disk.raw"; NULL if PATH has no file name. */
-static char *
+char *
 vf_exposed_name(const char *path)
 {
   const char *base = strrchr(path, '/');
@@ -743,12 +807,21 @@ vf_append_opt(char **opts, const char *more)
   return 0;
 }
 
+void
+vf_image_fill(struct vf_image *im, bool read_only)
+{
+  uint32_t pio = vd_node_preferred_io(im->node);
+  im->size = vd_node_size(im->node);
+  im->read_only = read_only || vd_node_is_read_only(im->node);
+  im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
+}
+
 /* Take IM's owner and permission bits from its image file, whose status
  * BEFORE was taken just before it was opened (NULL if that failed): if
  * the path names another file now, the attributes might not be the
  * opened file's, so refuse rather than guess.  Set-id and sticky bits
  * mean nothing on a disk; the write bits go when it is served read-only. */
-static int
+int
 vf_take_perms(struct vf_image *im, const struct stat *before)
 {
   struct stat st;
@@ -946,6 +1019,7 @@ main(int argc, char **argv)
   }
   s.uid = getuid();
   s.gid = getgid();
+  vf_disks_init(&s.disks, vf_image_release, &s);
   clock_gettime(CLOCK_REALTIME, &s.start);
 
   /* Names first: a clash is a usage error, found before any image is
@@ -955,6 +1029,8 @@ main(int argc, char **argv)
 
     im->path = argv[optind + (int) i];
     im->name = vf_exposed_name(im->path);
+    /* Its export id (block-export-del) and device are its file name. */
+    im->id = im->node_name = im->name;
     if (im->name == NULL) {
       vf_log("%s: not an image file name", im->path);
       goto out;
@@ -974,7 +1050,6 @@ main(int argc, char **argv)
     struct stat before;
     struct vd_dev *dev;
     bool have_before;
-    uint32_t pio;
     int r;
 
     have_before = stat(im->path, &before) == 0;
@@ -992,18 +1067,22 @@ main(int argc, char **argv)
       goto out;
     }
 
-    im->size = vd_node_size(im->node);
-    im->read_only = s.read_only || vd_node_is_read_only(im->node);
+    vf_image_fill(im, s.read_only);
     if (vf_take_perms(im, have_before ? &before : NULL) < 0)
       goto out;
-    pio = vd_node_preferred_io(im->node);
-    im->blksize = pio < 4096 ? 4096 : pio > VF_MAX_IO ? VF_MAX_IO : pio;
     if (s.verbose) {
       char sz[32];
       vf_log("%s (%s, %s) -> %s/%s", im->path, vd_format(dev),
              vd_format_size(im->size, sz, sizeof sz), mountpoint, im->name);
     }
   }
+
+  /* The first files of the mount, inodes 2, 3, ... in this order. */
+  for (i = 0; i < s.nimg; i++)
+    if (vf_disks_add(&s.disks, &s.img[i]) < 0) {
+      vf_log("%s: cannot list disk '%s'", s.img[i].path, s.img[i].name);
+      goto out;
+    }
 
   if (pthread_key_create(&vf_buf_key, free) != 0) {
     vf_log("out of memory");
@@ -1024,6 +1103,7 @@ main(int argc, char **argv)
   se = fuse_session_new(&args, &vf_ops, sizeof vf_ops, &s);
   if (se == NULL)
     goto out;                   /* libfuse said why */
+  s.se = se;
   if (fuse_set_signal_handlers(se) < 0)
     goto out;
   if (fuse_session_mount(se, mountpoint) < 0)
@@ -1049,6 +1129,10 @@ main(int argc, char **argv)
         vf_log("%s: cannot register disk '%s'", control_path, s.img[i].name);
         goto out_unmount;
       }
+    if (vf_control_start(control, &s) < 0) {
+      vf_log("%s: cannot register the export commands", control_path);
+      goto out_unmount;
+    }
   }
   vf_detach_end(ready_fd);
 
@@ -1073,7 +1157,12 @@ out:
     fuse_session_destroy(se);
   fuse_opt_free_args(&args);
   /* Jobs end (cancelled) before the nodes they work on are freed. */
+  vf_control_stop();
   vc_server_stop(control);
+  /* The disks added over the control socket close their nodes here. */
+  vf_disks_destroy(&s.disks);
+  if (vf_release_errors)
+    status = 1;
   /* Flushes every disk; a failure turns the exit status into 1. */
   vf_close_all(&s, &status);
   free(s.img);
