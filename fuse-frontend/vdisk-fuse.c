@@ -3,8 +3,8 @@
  *   vdisk-fuse [options] IMAGE... MOUNTPOINT
  *
  * The mount point is a flat directory (inode 1) holding one regular file
- * per image (inodes 2, 3, ...), named after the image with its extension
- * replaced by ".raw".  Each FUSE operation on such a file becomes one or
+ * per image (inodes 2, 3, ..., never reused), named after the image with
+ * its extension replaced by ".raw".  Each FUSE operation on such a file becomes one or
  * a few engine calls on the image's node (vdisk.h, "the device graph"),
  * never on a device; this file knows no image format and no swap.
  *
@@ -36,9 +36,12 @@
  * child serves, or 1 once it has died with its one-line error (see
  * vf_detach_begin).
  *
- * Concurrency: the image table is built before the session starts and
- * only read afterwards; each request runs on one libfuse worker thread
- * and the engine is thread-safe, so there is no lock here.  Per-thread
+ * Concurrency: the set of disks changes while serving (block-export-add
+ * and -del over --control, control.c), so disks live in a table
+ * (disks.h) looked up under its lock: a request holds a reference to the
+ * disk it works on, an open file handle holds one until release (so a
+ * deleted disk stays valid under its open handles).  Each request runs
+ * on one libfuse worker thread and the engine is thread-safe.  Per-thread
  * bounce buffers hang off a pthread key.
  */
 #define FUSE_USE_VERSION 312
