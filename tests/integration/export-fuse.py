@@ -4,55 +4,14 @@ import errno
 import os
 import subprocess
 import sys
-import time
 
-from qmp import QMP
+from export_checks import Checks
 
 ctl, mnt, live, ref = sys.argv[1:5]
-failures = 0
+t = Checks(ctl)
+check, cmd, error, wait_event = t.check, t.cmd, t.error, t.wait_event
 
 
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
-
-
-q = QMP(ctl)
-
-
-def cmd(name, args=None):
-    r = q.execute(name, args)
-    if r is None:
-        raise RuntimeError("control connection closed")
-    return r.get("return", r)
-
-
-def error(name, args, want):
-    r = q.execute(name, args)
-    check(r is not None and "error" in r and want in r["error"]["desc"],
-          "%s %s: expected an error with %r, got %r" % (name, args, want, r))
-
-
-def wait_event(name, data, seconds=20):
-    deadline = time.monotonic() + seconds
-    while True:
-        for i, e in enumerate(q.events):
-            if e["event"] == name and e.get("data") == data:
-                del q.events[i]
-                return True
-        if time.monotonic() > deadline:
-            return False
-        q.sock.settimeout(max(0.1, deadline - time.monotonic()))
-        try:
-            m = q.read()
-        except OSError:
-            continue
-        if m is None:
-            return False
-        if "event" in m:
-            q.events.append(m)
 
 
 def files():
@@ -163,5 +122,4 @@ check(errno_of(lambda: os.close(os.open(path, os.O_RDWR))) in
 check(cmd("block-export-del", {"id": "e1"}) == {}, "del e1 again")
 check(wait_event("BLOCK_EXPORT_DELETED", {"id": "e1"}), "event again")
 
-q.close()
-sys.exit(1 if failures else 0)
+t.finish()

@@ -6,17 +6,11 @@ import sys
 import time
 
 import nbd
-from qmp import QMP
+from export_checks import Checks
 
 ctl, sock, live = sys.argv[1:4]
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", what, file=sys.stderr)
+t = Checks(ctl)
+check, cmd, error, wait_event = t.check, t.cmd, t.error, t.wait_event
 
 
 def uri(name):
@@ -38,40 +32,6 @@ def connect(name):
     return h
 
 
-def cmd(name, args=None):
-    """The command's return value, or the error reply itself."""
-    r = q.execute(name, args)
-    if r is None:
-        raise RuntimeError("control connection closed")
-    return r.get("return", r)
-
-
-def error(q, name, args, want):
-    r = q.execute(name, args)
-    check(r is not None and "error" in r and want in r["error"]["desc"],
-          "%s %s: expected an error with %r, got %r" % (name, args, want, r))
-
-
-def wait_event(q, name, data, seconds=20):
-    deadline = time.monotonic() + seconds
-    while True:
-        for i, e in enumerate(q.events):
-            if e["event"] == name and e.get("data") == data:
-                del q.events[i]
-                return True
-        if time.monotonic() > deadline:
-            return False
-        q.sock.settimeout(max(0.1, deadline - time.monotonic()))
-        try:
-            m = q.read()
-        except OSError:
-            continue
-        if m is None:
-            return False
-        if "event" in m:
-            q.events.append(m)
-
-
 def disk_ok():
     """The command line's export serves its data all along."""
     h = connect("disk")
@@ -79,7 +39,6 @@ def disk_ok():
     h.shutdown()
 
 
-q = QMP(ctl)
 check(listed() == ["disk"], "only the command line's export at first")
 check(cmd("query-block-exports") ==
       [{"id": "disk", "type": "nbd", "node-name": "disk",
@@ -120,33 +79,33 @@ except nbd.Error as ex:
 r.shutdown()
 
 # ---- errors, with QEMU's wording ----
-error(q, "block-export-add", {"type": "nbd", "id": "e1", "node-name": "disk",
+error("block-export-add", {"type": "nbd", "id": "e1", "node-name": "disk",
                               "name": "other"}, "Block export id 'e1' is already in use")
-error(q, "block-export-add", {"type": "nbd", "id": "e3", "node-name": "nope"},
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "nope"},
       "Cannot find device='' nor node-name='nope'")
-error(q, "block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk"},
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk"},
       "NBD server already has export named 'disk'")
-error(q, "block-export-add", {"type": "nbd", "node-name": "disk"},
+error("block-export-add", {"type": "nbd", "node-name": "disk"},
       "Parameter 'id' is missing")
-error(q, "block-export-add", {"type": "nbd", "id": "1bad", "node-name": "disk"},
+error("block-export-add", {"type": "nbd", "id": "1bad", "node-name": "disk"},
       "Invalid block export id '1bad'")
-error(q, "block-export-add", {"type": "vhost-user-blk", "id": "e3",
+error("block-export-add", {"type": "vhost-user-blk", "id": "e3",
                               "node-name": "disk"}, "Parameter 'type'")
-error(q, "block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
                               "filename": live}, "Exactly one of")
-error(q, "block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
                               "bogus": 1}, "Parameter 'bogus' is unexpected")
-error(q, "block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
                               "writable": "yes"}, "Parameter 'writable' expects")
-error(q, "block-export-add", {"type": "nbd", "id": "e3",
+error("block-export-add", {"type": "nbd", "id": "e3",
                               "filename": live + ".missing"}, "")
-error(q, "block-export-del", {"id": "nope"}, "Export 'nope' is not found")
-error(q, "block-export-del", {"id": "e1", "mode": "gentle"}, "Parameter 'mode'")
+error("block-export-del", {"id": "nope"}, "Export 'nope' is not found")
+error("block-export-del", {"id": "e1", "mode": "gentle"}, "Parameter 'mode'")
 check(listed() == ["disk", "disk-ro", "live"], "errors changed nothing")
 
 # ---- safe deletion while a client is connected: refused ----
-error(q, "block-export-del", {"id": "e1"}, "export 'e1' still in use")
-error(q, "block-export-del", {"id": "e1", "mode": "safe"},
+error("block-export-del", {"id": "e1"}, "export 'e1' still in use")
+error("block-export-del", {"id": "e1", "mode": "safe"},
       "export 'e1' still in use")
 check(h.pread(4096, 0) == b"\x5a" * 4096, "client unaffected by safe del")
 check(listed() == ["disk", "disk-ro", "live"], "still listed after safe del")
@@ -154,7 +113,7 @@ check(listed() == ["disk", "disk-ro", "live"], "still listed after safe del")
 # ---- hard deletion: the client is disconnected ----
 check(cmd("block-export-del", {"id": "e1", "mode": "hard"}) == {},
       "hard del e1")
-check(wait_event(q, "BLOCK_EXPORT_DELETED", {"id": "e1"}),
+check(wait_event("BLOCK_EXPORT_DELETED", {"id": "e1"}),
       "BLOCK_EXPORT_DELETED for e1")
 try:
     h.pread(4096, 0)
@@ -174,17 +133,17 @@ disk_ok()
 
 # ---- safe deletion once the client left ----
 r = connect("disk-ro")
-error(q, "block-export-del", {"id": "e2"}, "still in use")
+error("block-export-del", {"id": "e2"}, "still in use")
 r.shutdown()
 r = None
 deadline = time.monotonic() + 20
 while True:   # the server notices the client left asynchronously
-    res = q.execute("block-export-del", {"id": "e2"})
+    res = t.q.execute("block-export-del", {"id": "e2"})
     if "return" in res or time.monotonic() > deadline:
         break
     time.sleep(0.1)
 check(res == {"return": {}}, "safe del of e2 once idle: %r" % res)
-check(wait_event(q, "BLOCK_EXPORT_DELETED", {"id": "e2"}),
+check(wait_event("BLOCK_EXPORT_DELETED", {"id": "e2"}),
       "BLOCK_EXPORT_DELETED for e2")
 check(listed() == ["disk"], "only 'disk' left")
 disk_ok()
@@ -196,7 +155,6 @@ h = connect("")
 check(h.get_size() == 8 << 20, "the default export is still 'disk'")
 h.shutdown()
 check(cmd("block-export-del", {"id": "e1"}) == {}, "del e1 again")
-check(wait_event(q, "BLOCK_EXPORT_DELETED", {"id": "e1"}), "event again")
+check(wait_event("BLOCK_EXPORT_DELETED", {"id": "e1"}), "event again")
 
-q.close()
-sys.exit(1 if failures else 0)
+t.finish()
