@@ -1152,6 +1152,12 @@ main(int argc, char **argv)
   fuse_loop_cfg_destroy(cfg);
 
 out_unmount:
+  /* Before the session goes: a block-export-del tells the kernel through
+   * it.  Once vc_server_stop returned no command runs (and its jobs
+   * ended, cancelled, before the nodes they work on are freed). */
+  vf_control_stop();
+  vc_server_stop(control);
+  control = NULL;
   fuse_session_unmount(se);
 out_handlers:
   fuse_remove_signal_handlers(se);
@@ -1159,9 +1165,7 @@ out:
   if (se != NULL)
     fuse_session_destroy(se);
   fuse_opt_free_args(&args);
-  /* Jobs end (cancelled) before the nodes they work on are freed. */
-  vf_control_stop();
-  vc_server_stop(control);
+  vc_server_stop(control);     /* NULL unless it started: no-op */
   /* The disks added over the control socket close their nodes here. */
   vf_disks_destroy(&s.disks);
   if (vf_release_errors)
