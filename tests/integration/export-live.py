@@ -99,6 +99,12 @@ error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
                               "writable": "yes"}, "Parameter 'writable' expects")
 error("block-export-add", {"type": "nbd", "id": "e3",
                               "filename": live + ".missing"}, "")
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
+                           "name": "b", "bitmaps": ["x" * 4096]},
+      "too long")
+error("block-export-add", {"type": "nbd", "id": "e3", "node-name": "disk",
+                           "name": "b", "bitmaps": "b0"},
+      "Parameter 'bitmaps' expects an array")
 error("block-export-del", {"id": "nope"}, "Export 'nope' is not found")
 error("block-export-del", {"id": "e1", "mode": "gentle"}, "Parameter 'mode'")
 check(listed() == ["disk", "disk-ro", "live"], "errors changed nothing")
