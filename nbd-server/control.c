@@ -70,9 +70,11 @@ static bool arg_strv(json_t *args, const char *key, const char ***out,
      * the wire; a selection of them is one 64-bit word (H-bitmap). */
     if (strlen("qemu:dirty-bitmap:") + strlen(json_string_value(x)) >
         NBD_MAX_STRING || i >= 64) {
-      vc_error_set(err, "GenericError", i >= 64 ? "at most 64 bitmaps per "
-                   "export" : "bitmap name '%s' too long",
-                   json_string_value(x));
+      if (i >= 64)
+        vc_error_set(err, "GenericError", "at most 64 bitmaps per export");
+      else
+        vc_error_set(err, "GenericError", "bitmap name '%.32s...' too long",
+                     json_string_value(x));
       free(*out);
       *out = NULL;
       return false;
