@@ -241,14 +241,16 @@ static json_t *cmd_query_exports(struct vc_server *vc, json_t *args,
 
 int vf_control_start(struct vc_server *vc, struct vf_state *s)
 {
+  static const struct vc_command_def cmds[] = {
+    { "block-export-add", cmd_export_add },
+    { "block-export-del", cmd_export_del },
+    { "query-block-exports", cmd_query_exports },
+    { NULL, NULL },
+  };
   int r;
   st = s;
-  if ((r = vc_command_register(vc, "block-export-add", cmd_export_add,
-                               NULL)) < 0 ||
-      (r = vc_command_register(vc, "block-export-del", cmd_export_del,
-                               NULL)) < 0 ||
-      (r = vc_command_register(vc, "query-block-exports", cmd_query_exports,
-                               NULL)) < 0)
+  r = vc_command_register_table(vc, cmds);
+  if (r < 0)
     return r;
   atomic_store(&events, vc);
   return 0;

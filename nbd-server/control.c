@@ -239,14 +239,16 @@ static json_t *cmd_query_exports(struct vc_server *vc, json_t *args,
 
 int nbd_control_start(struct vc_server *vc, struct nbd_server *server)
 {
+  static const struct vc_command_def cmds[] = {
+    { "block-export-add", cmd_export_add },
+    { "block-export-del", cmd_export_del },
+    { "query-block-exports", cmd_query_exports },
+    { NULL, NULL },
+  };
   int r;
   srv = server;
-  if ((r = vc_command_register(vc, "block-export-add", cmd_export_add,
-                               NULL)) < 0 ||
-      (r = vc_command_register(vc, "block-export-del", cmd_export_del,
-                               NULL)) < 0 ||
-      (r = vc_command_register(vc, "query-block-exports", cmd_query_exports,
-                               NULL)) < 0)
+  r = vc_command_register_table(vc, cmds);
+  if (r < 0)
     return r;
   atomic_store(&events, vc);
   return 0;
