@@ -96,7 +96,8 @@ int vf_disks_add(struct vf_disks *d, struct vf_image *im)
     im->next = NULL;
     im->refs = 1;
     im->nopen = 0;
-    im->removed = im->dead = false;
+    im->removed = false;
+    atomic_store(&im->dead, false);
     im->ino = d->next_ino++;
     *p = im;
   }
@@ -197,11 +198,8 @@ void vf_disks_close(struct vf_disks *d, struct vf_image *im)
 
 bool vf_disks_dead(struct vf_disks *d, struct vf_image *im)
 {
-  bool dead;
-  pthread_mutex_lock(&d->lock);
-  dead = im->dead;
-  pthread_mutex_unlock(&d->lock);
-  return dead;
+  (void)d;
+  return atomic_load(&im->dead);
 }
 
 bool vf_disks_node_shared(struct vf_disks *d, const struct vf_image *im,
@@ -242,7 +240,7 @@ int vf_disks_del(struct vf_disks *d, const char *id, bool hard,
   }
   *ino = im->ino;
   unlist_locked(d, im);
-  im->dead = hard;
+  atomic_store(&im->dead, hard);
   last = put_locked(d, im);
   pthread_mutex_unlock(&d->lock);
   if (last)

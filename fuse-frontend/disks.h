@@ -19,6 +19,7 @@
 #define VF_DISKS_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -49,7 +50,8 @@ struct vf_image {
   unsigned refs;
   unsigned nopen;           /* open file handles */
   bool removed;             /* unlisted */
-  bool dead;                /* hard-deleted: open handles get EIO */
+  _Atomic bool dead;        /* hard-deleted: open handles get EIO; read
+                               without the lock on every I/O */
 };
 
 struct vf_disks {
@@ -90,7 +92,8 @@ void vf_disks_put_all(struct vf_disks *d, struct vf_image **v, size_t n);
 int vf_disks_open(struct vf_disks *d, struct vf_image *im);
 /* The handle was released: drop its reference. */
 void vf_disks_close(struct vf_disks *d, struct vf_image *im);
-/* True once IM was hard-deleted (its handles fail with EIO). */
+/* True once IM was hard-deleted (its handles fail with EIO).  Lock-free:
+ * it is asked on every read and write. */
 bool vf_disks_dead(struct vf_disks *d, struct vf_image *im);
 /* True when another disk than IM (listed or removed) serves NODE. */
 bool vf_disks_node_shared(struct vf_disks *d, const struct vf_image *im,
