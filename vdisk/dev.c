@@ -89,8 +89,10 @@ dev_check_type(const char *path, unsigned flags)
   return 0;
 }
 
+static int dev_read_only(struct vd_dev *dev, const char *op);
 static int dev_open(const struct vd_dev *child, const char *path,
-                    const struct vd_open_args *args, struct vd_dev **out);
+                    const struct vd_open_args *args, struct vd_dev *adopt,
+                    struct vd_dev **out);
 
 /* The open option `filter` over an image opened as DRV: a composition
  * (opens_own_files: RAID) passes it on to what it opens; otherwise open
@@ -110,7 +112,7 @@ dev_open_below(const struct vd_dev *child, const char *path,
                         args->filter);
   struct vd_open_args ia = *args;
   ia.filter = NULL;
-  int r = dev_open(child, path, &ia, below);
+  int r = dev_open(child, path, &ia, NULL, below);
   if (r == 0)
     *drv = f;
   return r;
@@ -118,7 +120,8 @@ dev_open_below(const struct vd_dev *child, const char *path,
 
 static int
 dev_open(const struct vd_dev *child, const char *path,
-         const struct vd_open_args *args, struct vd_dev **out)
+         const struct vd_open_args *args, struct vd_dev *adopt,
+         struct vd_dev **out)
 {
   static const struct vd_open_args none;
   struct vd_dev *dev;
@@ -202,10 +205,21 @@ dev_open(const struct vd_dev *child, const char *path,
       return r;
     }
   }
+  dev->adopt_parent = adopt;
   r = drv->open(dev);
   if (r < 0) {
     dev_free(dev);
     return r;
+  }
+  if (dev->adopt_parent) {
+    /* The driver ignored the parent it was handed: it is still the
+     * caller's, and this device would read without it. */
+    dev->adopt_parent = NULL;
+    if (drv->close)
+      drv->close(dev);
+    dev_free(dev);
+    return vd_set_error(ENOTSUP, "%s: format '%s' cannot take an open "
+                        "device as its parent", path, drv->name);
   }
   if (!vd_is_pow2(dev->logical_block))
     dev->logical_block = 512;
@@ -217,7 +231,7 @@ int
 vd_open_opts(const char *path, const struct vd_open_args *args,
              struct vd_dev **out)
 {
-  return dev_open(NULL, path, args, out);
+  return dev_open(NULL, path, args, NULL, out);
 }
 
 int
@@ -225,14 +239,66 @@ vd_open(const char *path, const char *format, unsigned flags,
         struct vd_dev **out)
 {
   struct vd_open_args a = { .format = format, .flags = flags };
-  return dev_open(NULL, path, &a, out);
+  return dev_open(NULL, path, &a, NULL, out);
 }
 
 int
 vd_open_parent(const struct vd_dev *child, const char *path,
                const struct vd_open_args *args, struct vd_dev **out)
 {
-  return dev_open(child, path, args, out);
+  return dev_open(child, path, args, NULL, out);
+}
+
+int
+vd_open_over(const char *path, const struct vd_open_args *args,
+             struct vd_dev *parent, struct vd_dev **out)
+{
+  static const struct vd_open_args none;
+  if (!parent)
+    return vd_set_error(EINVAL, "%s: vd_open_over: no parent", path);
+  if (!args)
+    args = &none;
+  if (args->filter || (args->flags & VD_OPEN_NOPARENT))
+    return vd_set_error(EINVAL, "%s: an image over an open parent takes no "
+                        "filter and needs its parent", path);
+  return dev_open(NULL, path, args, parent, out);
+}
+
+/* vd_reopen for a device whose image file the core opened (or a filter
+ * over one): the file switches, then the device's flags follow. */
+int
+vd_reopen(struct vd_dev *dev, unsigned flags)
+{
+  if (!dev)
+    return vd_set_error(EINVAL, "vd_reopen: no device");
+  if (flags & ~VD_OPEN_RDWR)
+    return vd_set_error(EINVAL, "%s: vd_reopen: only VD_OPEN_RDWR may be "
+                        "switched (flags 0x%x)", dev->path, flags);
+  bool write = flags & VD_OPEN_RDWR;
+  if (write == !dev->read_only)
+    return 0;
+  if (write && dev->drv->read_only_hint)
+    return dev_read_only(dev, "reopen for writing");
+  if (dev->drv->opens_own_files)
+    return vd_set_error(ENOTSUP, "%s: a '%s' device cannot switch between "
+                        "read-only and read-write in place", dev->path,
+                        dev->drv->name);
+  int r = 0;
+  /* Going read-only: what was acknowledged must be durable first, and a
+   * failed flush keeps the device writable (nothing is forgotten). */
+  if (!write && (r = vd_flush(dev)) < 0)
+    return r;
+  if (dev->below)
+    r = vd_reopen(dev->below, flags);
+  else if (dev->file)
+    r = vd_file_reopen(dev->file, write);
+  if (r < 0)
+    return r;
+  unsigned of = write ? (dev->open_flags | VD_OPEN_RDWR)
+                      : (dev->open_flags & ~VD_OPEN_RDWR);
+  dev->open_flags = dev->opts.flags = of;
+  __atomic_store_n(&dev->read_only, !write, __ATOMIC_RELEASE);
+  return 0;
 }
 
 int

@@ -69,6 +69,12 @@ struct vd_dev {
    * image; NULL for an image opened through the public API.  Walking it
    * gives the chain depth and the images a loop would revisit. */
   const struct vd_dev *child;
+  /* During open only: an already-open device the driver must take as
+   * this image's parent instead of opening one (vd_open_over); NULL
+   * otherwise.  A driver that takes it sets it back to NULL (it then owns
+   * the parent and closes it with itself); the core refuses an open that
+   * left it set. */
+  struct vd_dev *adopt_parent;
   /* For a filter's device: the image it passes requests to (opened and
    * closed by the core, see vd_driver.filter); NULL for everything else. */
   struct vd_dev *below;
@@ -294,6 +300,31 @@ vd_mutex_held(pthread_mutex_t *m)
 }
 #define VD_ASSERT_HELD(m) assert(vd_mutex_held(m))
 #endif
+
+/* vd_node_replace with two additions for engine operations built on it
+ * (vdisk/snapshot.c): when EXPECT is not NULL the swap is refused with
+ * -EBUSY unless the node still points at EXPECT (another control
+ * operation moved it since the caller looked); and DRAINED, when not
+ * NULL, is called with the old device once the node is drained and the
+ * old device flushed, just before the swap: a negative return cancels the
+ * swap (the node keeps the old device, NEWDEV stays the caller's) and is
+ * returned.  DRAINED runs with the node's ctl_mu held and no request in
+ * flight; it must not enter the node. */
+struct vd_node;
+int vd_node_swap(struct vd_node *node, struct vd_dev *expect,
+                 struct vd_dev *newdev, struct vd_dev **olddev,
+                 int (*drained)(void *opaque, struct vd_dev *old),
+                 void *opaque);
+
+/* Open PATH with ARGS (NULL: defaults) as a differencing image whose
+ * parent is the already-open PARENT, which is not opened again: the new
+ * device owns PARENT from then on (closes it when it closes) and sets
+ * PARENT's child link.  The format must be one that adopts a parent (vpc:
+ * the parent must be the one the image records, by UUID for a VHD
+ * parent); others fail with -ENOTSUP.  On failure PARENT is untouched and
+ * still the caller's.  Internal: vd_node_snapshot uses it. */
+int vd_open_over(const char *path, const struct vd_open_args *args,
+                 struct vd_dev *parent, struct vd_dev **out);
 
 /* Open PATH with ARGS as the parent of CHILD (sets the new device's
  * child link, so depth and loops can be checked up the chain). */

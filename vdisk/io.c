@@ -315,6 +315,96 @@ vd_file_close(struct vd_file *f)
   free(f);
 }
 
+/* Switch F between read-only and read-write in place (see io.h).
+ *
+ * The new mode gets a new open file description of the same inode
+ * (through /proc/self/fd, so a rename or unlink of the path since the open
+ * does not matter), which is then dup2()ed over f->fd: the descriptor
+ * number stays, so requests running concurrently on other threads use
+ * either the old or the new description, never a closed one.  Locks are
+ * OFD locks and belong to the description: the new one takes the new
+ * mode's bytes; the old one's go when dup2 closes it.  Our own old
+ * description would conflict with the new one's checks (OFD locks of one
+ * process conflict like anybody's), so the bytes the new mode gives up
+ * are released on the old description first, and the one byte an upgrade
+ * must drop before it can check (200+write: "nobody may write", held by
+ * every read-only open) is put back if the upgrade fails.  A downgrade
+ * therefore never meets a conflict: while we held the write permission
+ * nobody else could hold or forbid anything we keep. */
+static int
+io_unlock_byte(int fd, off_t byte)
+{
+  return io_ofd_lock(fd, F_OFD_SETLK, F_UNLCK, byte, NULL);
+}
+
+int
+vd_file_reopen(struct vd_file *f, bool write)
+{
+  bool was = f->flags & VD_FILE_RDWR;
+  if (was == write)
+    return 0;
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", f->fd);
+  int oflags = O_CLOEXEC | (write ? O_RDWR : O_RDONLY);
+  int nfd = open(proc, oflags);
+  if (nfd == -1)
+    return vd_set_error(errno, "%s: cannot reopen %s: %s", f->path,
+                        write ? "for writing" : "read-only", strerror(errno));
+  struct stat a, b;
+  if (fstat(f->fd, &a) == -1 || fstat(nfd, &b) == -1 ||
+      a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+    close(nfd);
+    return vd_set_error(EIO, "%s: reopen found another file", f->path);
+  }
+  if (f->direct) {
+    int fl = fcntl(nfd, F_GETFL);
+    if (fl == -1 || fcntl(nfd, F_SETFL, fl | O_DIRECT) == -1) {
+      int e = errno;
+      close(nfd);
+      return vd_set_error(e, "%s: reopen: O_DIRECT: %s", f->path,
+                          strerror(e));
+    }
+  }
+  if (!(f->flags & VD_FILE_NOLOCK)) {
+    if (write) {
+      /* Ours: read-only held "nobody may write". */
+      io_unlock_byte(f->fd, VD_LOCK_SHARED_BASE + VD_PERM_WRITE);
+    } else {
+      for (int i = VD_PERM_WRITE; i < VD_PERM_COUNT; i++)
+        io_unlock_byte(f->fd, VD_LOCK_PERM_BASE + i);
+      io_unlock_byte(f->fd, VD_LOCK_SHARED_BASE + VD_PERM_RESIZE);
+    }
+    struct vd_file probe = { .fd = nfd, .path = f->path };
+    int r = io_lock(&probe, write);
+    if (r < 0) {
+      close(nfd);   /* drops whatever the new description took */
+      /* Taking a shared (read) lock conflicts with nobody in this
+       * scheme (conflicts are only tested, with F_WRLCK), so putting the
+       * released bytes back cannot fail for a lock reason. */
+      if (write) {
+        io_ofd_lock(f->fd, F_OFD_SETLK, F_RDLCK,
+                    VD_LOCK_SHARED_BASE + VD_PERM_WRITE, NULL);
+      } else {
+        for (int i = VD_PERM_WRITE; i < VD_PERM_COUNT; i++)
+          io_ofd_lock(f->fd, F_OFD_SETLK, F_RDLCK, VD_LOCK_PERM_BASE + i,
+                      NULL);
+        io_ofd_lock(f->fd, F_OFD_SETLK, F_RDLCK,
+                    VD_LOCK_SHARED_BASE + VD_PERM_RESIZE, NULL);
+      }
+      return r;
+    }
+  }
+  if (dup2(nfd, f->fd) == -1) {
+    int e = errno;
+    close(nfd);
+    return vd_set_error(e, "%s: reopen: dup2: %s", f->path, strerror(e));
+  }
+  close(nfd);
+  unsigned fl = write ? (f->flags | VD_FILE_RDWR) : (f->flags & ~VD_FILE_RDWR);
+  __atomic_store_n(&f->flags, fl, __ATOMIC_RELEASE);
+  return 0;
+}
+
 /* ---- libaio: one context per thread ---- */
 
 static pthread_key_t io_aio_key;

@@ -61,6 +61,16 @@ struct vd_file_req {
  * mode); returns 0 when all succeeded, else the first error. */
 int vd_file_batch(struct vd_file *f, struct vd_file_req *reqs, int n);
 
+/* Switch F to read-write (WRITE) or read-only in place: the descriptor
+ * number stays (reads running on other threads carry on), its access
+ * mode and image lock become those of an open in the new mode (a
+ * read-only open's shared lock, a writable open's write lock).  Fails
+ * with -EBUSY, leaving F as it was, when another process's lock forbids
+ * the new mode.  No write may be in flight on F during a switch to
+ * read-only; the caller flushes first if it wants the writes durable.
+ * The sticky flush error (vd_file_flush) is kept.  0 if already so. */
+int vd_file_reopen(struct vd_file *f, bool write);
+
 /* fdatasync: 0 once everything written before the call is on stable
  * storage.  A failure is sticky: after one failed flush every later flush
  * of this vd_file fails with the same errno (the kernel may have dropped

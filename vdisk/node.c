@@ -314,20 +314,27 @@ node_check_replacement(const struct vd_node *node, const struct vd_dev *old,
 }
 
 int
-vd_node_replace(struct vd_node *node, struct vd_dev *newdev,
-                struct vd_dev **olddev)
+vd_node_swap(struct vd_node *node, struct vd_dev *expect,
+             struct vd_dev *newdev, struct vd_dev **olddev,
+             int (*drained)(void *opaque, struct vd_dev *old), void *opaque)
 {
   if (!node || !newdev || !olddev)
     return vd_set_error(EINVAL, "vd_node_replace: no node or device");
   pthread_mutex_lock(&node->ctl_mu);
   struct vd_dev *old = atomic_load_explicit(&node->dev, memory_order_relaxed);
   int r = node_check_replacement(node, old, newdev);
+  if (r == 0 && expect && old != expect)
+    r = vd_set_error(EBUSY, "%s: cannot replace %s: the node moved to %s "
+                     "meanwhile", vd_path(newdev), vd_path(expect),
+                     vd_path(old));
   if (r == 0) {
     vd_node_drain(node);
     /* Every write acknowledged so far went to OLD: make it durable before
      * a flush on NEWDEV can be acknowledged (see vdisk.h). */
     if (!vd_is_read_only(old))
       r = vd_flush(old);
+    if (r == 0 && drained)
+      r = drained(opaque, old);
     if (r == 0) {
       atomic_store_explicit(&node->dev, newdev, memory_order_release);
       *olddev = old;
@@ -414,4 +421,11 @@ vd_node_observer_remove(struct vd_node *node, struct vd_node_observer *obs)
   pthread_mutex_unlock(&node->ctl_mu);
   free(obs);
   return 0;
+}
+
+int
+vd_node_replace(struct vd_node *node, struct vd_dev *newdev,
+                struct vd_dev **olddev)
+{
+  return vd_node_swap(node, NULL, newdev, olddev, NULL, NULL);
 }

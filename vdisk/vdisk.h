@@ -269,6 +269,25 @@ int vd_change_backing(struct vd_dev *dev, const char *backing,
 int vd_commit(const char *path, const struct vd_open_args *args,
               vd_progress_fn progress, void *opaque);
 
+/* Switch the open DEV between read-only (FLAGS 0) and read-write (FLAGS
+ * VD_OPEN_RDWR) in place, as a live commit needs to write into a base the
+ * chain holds read-only, and a live snapshot needs the old top to become
+ * a read-only parent.  The device stays the same object (its parents,
+ * children and node keep pointing at it); its image file's access mode
+ * and image lock become those of an open in the new mode: read-write
+ * takes the write lock, so it fails with -EBUSY (DEV unchanged) while
+ * another process holds the image (a reader without -U included);
+ * read-only goes back to the shared lock.  Going read-only first flushes
+ * DEV: if that flush fails DEV stays writable and the error is returned,
+ * so nothing acknowledged is lost; afterwards write-type requests fail
+ * with -EROFS.  Reads may run on other threads during the switch; no
+ * write-type request may be in flight or start until it returns (drain
+ * the node first).  Only DEV switches, never its parents.  Devices whose
+ * driver opens its own files (RAID arrays) fail with -ENOTSUP; read-only
+ * formats (vdz) refuse read-write with -EROFS.  Returns 0 (also when DEV
+ * is already in that mode) or -errno. */
+int vd_reopen(struct vd_dev *dev, unsigned flags);
+
 /* Fill *INFO (through a filter: the image's). */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
 
@@ -489,6 +508,44 @@ size_t vd_bitmap_serialized_size(const struct vd_bitmap *bm);
 int vd_bitmap_serialize(const struct vd_bitmap *bm, void *buf, size_t len);
 int vd_bitmap_deserialize(struct vd_bitmap *bm, const void *buf,
                           size_t len);
+/* Live external snapshot (QEMU's blockdev-snapshot-sync): put a new, empty
+ * differencing image SNAPSHOT_FILE on top of the device NODE points at,
+ * and make the node point at it, while frontends keep doing I/O.
+ * FORMAT is "vhd" (alias "vpc"; NULL means vhd); other formats fail with
+ * -ENOTSUP.  FLAGS must be 0.  SNAPSHOT_FILE must not exist (it is
+ * created exclusively: an existing file or symlink fails with -EEXIST);
+ * its parent locators name the old top by its absolute (and relative)
+ * path, so `vdtool info` and any later open of SNAPSHOT_FILE find the
+ * chain.  The old top must be able to become a VHD's parent (a VHD, raw
+ * or vdz image) and, if the node is writable, to switch to read-only in
+ * place (vd_reopen: not a RAID array; -ENOTSUP).
+ *
+ * Steps, and the flush order that makes them lose nothing:
+ *  1. flush through the node: not needed for correctness, it shortens
+ *     step 4's drained window to what is written meanwhile;
+ *  2. create SNAPSHOT_FILE (written under a temporary name in the same
+ *     folder, fdatasync'ed, then linked to its name, which fails if the
+ *     name exists, and the folder fsync'ed: a crash never leaves a
+ *     half-made file under that name);
+ *  3. open it over the old top device as its parent (the parent is not
+ *     opened a second time; the child owns it from then on);
+ *  4. vd_node_replace: drain the node (every acknowledged write has
+ *     completed on the old top), flush the old top, switch it to
+ *     read-only in place (vd_reopen: its image lock becomes shared, any
+ *     write to it fails with -EROFS), swap the node onto the child,
+ *     resume.  A flush acknowledged after the swap runs on the child; it
+ *     covers the writes acknowledged before the swap because the old top
+ *     was made durable in step 4 before the first request reached the
+ *     child, and the child's own metadata was durable since step 2.
+ * Requests arriving during step 4 wait (the drain rule) and then run on
+ * the child.  On failure before the swap (any step) the node still points
+ * at the old top, which is still writable with its write lock, and
+ * SNAPSHOT_FILE is removed (it is never left half-made).  Serialised with
+ * other replacements of NODE; if one moved the node between step 1 and
+ * step 4 the snapshot fails with -EBUSY.  Returns 0 or -errno with
+ * vd_error() set. */
+int vd_node_snapshot(struct vd_node *node, const char *snapshot_file,
+                     const char *format, unsigned flags);
 
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);

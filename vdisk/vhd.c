@@ -415,6 +415,46 @@ vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
 
 /* ---- open / close ---- */
 
+/* Take dev->adopt_parent (vd_open_over) as the parent, after the checks a
+ * lookup would make of it: the parent the image records (a VHD by UUID;
+ * a UUID-less image only a format that references no other file), and
+ * not already in this chain. */
+static int
+vhd_adopt_parent(struct vd_dev *dev)
+{
+  struct vhd_priv *p = dev->priv;
+  struct vd_dev *parent = dev->adopt_parent;
+  struct vhd_priv *pp = vhd_priv_of(parent);
+  bool want_vhd = !vhd_uuid_zero(p->header.parent_uuid);
+  if (want_vhd ? !pp || memcmp(pp->footer.uuid, p->header.parent_uuid, 16)
+               : !parent->drv->leaf)
+    return vd_set_error(EINVAL, "%s: %s is not the parent this image "
+                        "records", dev->path, parent->path);
+  if (parent->child)
+    return vd_set_error(EBUSY, "%s: %s is already another image's parent",
+                        dev->path, parent->path);
+  p->parent = parent;
+  parent->child = dev;
+  dev->adopt_parent = NULL;
+  snprintf(p->parent_path, sizeof p->parent_path, "%s",
+           parent->real ? parent->real : parent->path);
+  snprintf(p->parent_format, sizeof p->parent_format, "%s",
+           vd_format(parent));
+  return 0;
+}
+
+struct vd_dev *
+vhd_detach_parent(struct vd_dev *dev)
+{
+  struct vhd_priv *p = vhd_priv_of(dev);
+  if (!p || !p->parent)
+    return NULL;
+  struct vd_dev *parent = p->parent;
+  p->parent = NULL;
+  parent->child = NULL;
+  return parent;
+}
+
 static void
 vhd_close(struct vd_dev *dev)
 {
@@ -688,6 +728,8 @@ vhd_open_inner(struct vd_dev *dev)
     if (depth >= VHD_MAX_CHAIN)
       return vd_set_error(ELOOP, "%s: chain of differencing images deeper "
                           "than %d", path, VHD_MAX_CHAIN);
+    if (dev->adopt_parent)
+      return vhd_adopt_parent(dev);
     r = vhd_open_parent(dev, false);
     if (r < 0)
       return r;
@@ -1378,6 +1420,36 @@ vhd_fill_parent(struct vhd_header *h, const char *child,
   return 0;
 }
 
+/* Whether PARENT (open, at BACKING) can be the parent of a new VHD at
+ * PATH.  The child records a UUID for a VHD parent and none otherwise,
+ * and reopens a UUID-less parent probing only formats that reference no
+ * other file: any other parent could never be reopened, and the format
+ * that probe finds must be PARENT's, or the child would later read its
+ * parent differently (-F raw over a vdz). */
+static int
+vhd_check_parent(const char *path, const char *backing,
+                 struct vd_dev *parent)
+{
+  if (vhd_priv_of(parent))
+    return 0;
+  if (!parent->drv->leaf)
+    return vd_set_error(EINVAL, "%s: backing file %s is a '%s' image; a VHD "
+                        "can only have a VHD, raw or vdz parent", path,
+                        backing, vd_format(parent));
+  int r = 0;
+  const struct vd_driver *again = vd_probe_path_leaf(backing, true, &r);
+  if (again != parent->drv)
+    return vd_set_error(EINVAL, "%s: backing file %s cannot be recorded as "
+                        "'%s': a VHD child would reopen it as '%s'", path,
+                        backing, vd_format(parent),
+                        again ? again->name : "nothing");
+  return 0;
+}
+
+static int vhd_create_file(const char *path, unsigned type, uint64_t size,
+                           uint64_t block, const char *backing,
+                           struct vd_dev *parent, unsigned fflags);
+
 static int
 vhd_create(const char *path, const struct vd_create_args *args)
 {
@@ -1387,9 +1459,6 @@ vhd_create(const char *path, const struct vd_create_args *args)
   unsigned type = VHD_TYPE_DYNAMIC;
   uint64_t block = VHD_DEFAULT_BLOCK, size = args->size;
   struct vd_dev *parent = NULL;
-  struct vd_file *f = NULL;
-  uint8_t *buf = NULL, *payload = NULL;
-  size_t payload_len = 0;
   int r;
 
   r = vd_opt_check(args->options, known, path);
@@ -1422,31 +1491,10 @@ vhd_create(const char *path, const struct vd_create_args *args)
     r = vd_open(args->backing, args->backing_format, VD_OPEN_NOLOCK, &parent);
     if (r < 0)
       return r;
-    /* The child records a UUID for a VHD parent and none otherwise, and
-     * reopens a UUID-less parent probing only formats that reference no
-     * other file: any other parent could never be reopened. */
     struct vhd_priv *pp = vhd_priv_of(parent);
-    if (!pp && !parent->drv->leaf) {
-      r = vd_set_error(EINVAL, "%s: backing file %s is a '%s' image; a VHD "
-                       "can only have a VHD, raw or vdz parent", path,
-                       args->backing, vd_format(parent));
+    if ((r = vhd_check_parent(path, args->backing, parent)) < 0) {
       vd_close(parent);
       return r;
-    }
-    /* A UUID-less parent is reopened by probing among leaf formats: the
-     * format asked for must be the one that probe finds, or the child
-     * would later read its parent differently (-F raw over a vdz). */
-    if (!pp) {
-      const struct vd_driver *again = vd_probe_path_leaf(args->backing, true,
-                                                          &r);
-      if (again != parent->drv) {
-        r = vd_set_error(EINVAL, "%s: backing file %s cannot be recorded as "
-                         "'%s': a VHD child would reopen it as '%s'", path,
-                         args->backing, vd_format(parent),
-                         again ? again->name : "nothing");
-        vd_close(parent);
-        return r;
-      }
     }
     if (size == 0)
       size = parent->size;
@@ -1455,13 +1503,44 @@ vhd_create(const char *path, const struct vd_create_args *args)
         vd_opt_get(args->options, "block_size", val, sizeof val) == 0)
       block = pp->block_size;
   }
+  r = vhd_create_file(path, type, size, block, args->backing, parent,
+                      VD_FILE_TRUNC);
+  vd_close(parent);
+  return r;
+}
+
+int
+vhd_create_child(const char *path, const char *parent_path,
+                 struct vd_dev *parent)
+{
+  struct vhd_priv *pp = vhd_priv_of(parent);
+  int r = vhd_check_parent(path, parent_path, parent);
+  if (r < 0)
+    return r;
+  uint64_t block = pp && pp->block_size >= (512u << 10) ? pp->block_size
+                                                         : VHD_DEFAULT_BLOCK;
+  return vhd_create_file(path, VHD_TYPE_DIFF, parent->size, block,
+                         parent_path, parent, VD_FILE_EXCL);
+}
+
+/* Write a new image of TYPE at PATH (opened with FFLAGS besides read-write
+ * and create), differencing over PARENT (open, borrowed) named
+ * BACKING when PARENT is not NULL. */
+static int
+vhd_create_file(const char *path, unsigned type, uint64_t size,
+                uint64_t block, const char *backing, struct vd_dev *parent,
+                unsigned fflags)
+{
+  struct vd_file *f = NULL;
+  uint8_t *buf = NULL, *payload = NULL;
+  size_t payload_len = 0;
+  int r;
+
   size = vd_round_up(size, VHD_SECTOR);
-  if (size > VHD_MAX_SIZE) {
-    vd_close(parent);
+  if (size > VHD_MAX_SIZE)
     return vd_set_error(EFBIG, "%s: size %" PRIu64 " exceeds the VHD limit "
                         "of 2040 GiB (%" PRIu64 " bytes)", path, size,
                         (uint64_t)VHD_MAX_SIZE);
-  }
 
   struct vhd_footer ft = {
     .features = VHD_FEATURES, .version = VHD_VERSION,
@@ -1477,7 +1556,7 @@ vhd_create(const char *path, const struct vd_create_args *args)
   uint8_t fbuf[VHD_FOOTER_SIZE];
   vhd_footer_encode(&ft, fbuf);
 
-  r = vd_file_open(path, VD_FILE_RDWR | VD_FILE_CREATE | VD_FILE_TRUNC, &f);
+  r = vd_file_open(path, VD_FILE_RDWR | VD_FILE_CREATE | fflags, &f);
   if (r < 0)
     goto out;
   if (type == VHD_TYPE_FIXED) {
@@ -1501,7 +1580,7 @@ vhd_create(const char *path, const struct vd_create_args *args)
       goto out;
     }
     size_t used;
-    r = vhd_fill_parent(&h, path, args->backing, parent, &off, payload,
+    r = vhd_fill_parent(&h, path, backing, parent, &off, payload,
                         payload_len, &used);
     if (r < 0)
       goto out;
@@ -1530,7 +1609,6 @@ done:
     r = vd_file_sync_dir(path);
 out:
   vd_file_close(f);
-  vd_close(parent);
   free(buf);
   free(payload);
   return r;
@@ -1591,6 +1669,13 @@ const struct vd_driver vd_vhd_driver = {
   .make_empty = vhd_make_empty,
   .change_backing = vhd_change_backing,
   .backing_dev = vhd_backing_dev,
+  /* A flush covers every write that completed before it, from any thread
+   * or connection: a write returns only after its data and any block
+   * allocation were written to the file (one file, one page cache or
+   * O_DIRECT) and its BAT entry marked dirty under bat_lock; vhd_flush
+   * snapshots the dirty entries under bat_lock after that, then
+   * fdatasyncs the whole file before and after writing them. */
+  .multi_conn = true,
 };
 
 VD_REGISTER_DRIVER(vd_vhd_driver);

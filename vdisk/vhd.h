@@ -206,6 +206,20 @@ int vhd_locator_paths(const char *child, const char *parent,
  * from p->header, and both footers from p->footer.  Flushes around. */
 int vhd_write_metadata(struct vd_dev *dev, bool header, bool footers);
 
+/* Create PATH (which must not exist: O_EXCL, so a symlink there is
+ * refused too) as an empty differencing image over the open PARENT,
+ * recorded as PARENT_PATH (locators relative to PATH's folder and
+ * absolute); PARENT is only read (its UUID, size, block size), never
+ * reopened.  Same rules as vd_create -b: a VHD, raw or vdz parent, and a
+ * UUID-less parent must probe as its own format.  A failure may leave a
+ * partly written PATH behind (the caller removes it). */
+int vhd_create_child(const char *path, const char *parent_path,
+                     struct vd_dev *parent);
+/* Take DEV's parent back from it (DEV then reads as if it had none) and
+ * clear the parent's child link; returns the parent or NULL.  For undoing
+ * a vd_open_over before closing DEV. */
+struct vd_dev *vhd_detach_parent(struct vd_dev *dev);
+
 /* ---- vhd-check.c ---- */
 int vhd_check(const char *path, unsigned fix, struct vd_check_report *r);
 
