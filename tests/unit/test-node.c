@@ -673,11 +673,11 @@ test_node_snapshot_chain(void)
   struct writer w[2];
   pthread_t tid[2];
 
-  /* The base is a VHD, not raw: a raw export promises multi-connection
-   * coherence, which a VHD child does not (vd_node_replace refuses it). */
+  /* The swap done by hand, as vd_node_snapshot did before it existed
+   * (tests/unit/test-snapshot.c tests that one): the base is opened
+   * without the image lock, since this child opens it again (read-only)
+   * as its parent while this handle is still the node's. */
   CU_ASSERT_FATAL(vd_create(base, "vpc", &ca) == 0);
-  /* The base is opened without the image lock: the child opens it again
-   * (read-only) as its parent while this handle is still the node's. */
   CU_ASSERT_FATAL(vd_open(base, "vpc", VD_OPEN_RDWR | VD_OPEN_NOLOCK,
                           &bd) == 0);
   CU_ASSERT_FATAL(vd_node_new(bd, &n) == 0);
