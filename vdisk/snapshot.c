@@ -121,8 +121,13 @@ vd_node_snapshot(struct vd_node *node, const char *snapshot_file,
     unlink(snapshot_file);
     return r;
   }
-  r = vd_node_swap(node, top, child, &old, writable ? snap_downgrade : NULL,
-                   NULL);
+  /* Steps 2 and 3 fsync'ed under a write load that kept dirtying the
+   * top: flush it once more outside the drain, so the drained flush in
+   * the swap only writes back what arrives in between. */
+  r = vd_node_flush(node);
+  if (r == 0)
+    r = vd_node_swap(node, top, child, &old,
+                     writable ? snap_downgrade : NULL, NULL);
   if (r < 0) {
     /* The top goes back to being nobody's parent; closing the child must
      * not close it. */

@@ -522,7 +522,8 @@ int vd_bitmap_deserialize(struct vd_bitmap *bm, const void *buf,
  *
  * Steps, and the flush order that makes them lose nothing:
  *  1. flush through the node: not needed for correctness, it shortens
- *     step 4's drained window to what is written meanwhile;
+ *     step 4's drained window to what is written meanwhile (and again
+ *     after step 3, whose fsyncs take a while under load);
  *  2. create SNAPSHOT_FILE (written under a temporary name in the same
  *     folder, fdatasync'ed, then linked to its name, which fails if the
  *     name exists, and the folder fsync'ed: a crash never leaves a
