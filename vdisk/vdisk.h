@@ -282,7 +282,8 @@ int vd_commit(const char *path, const struct vd_open_args *args,
  * so nothing acknowledged is lost; afterwards write-type requests fail
  * with -EROFS.  Reads may run on other threads during the switch; no
  * write-type request may be in flight or start until it returns (drain
- * the node first).  Only DEV switches, never its parents.  Devices whose
+ * the node first).  Only DEV switches, never its parents (a filter's
+ * device switches the image below it).  Devices whose
  * driver opens its own files (RAID arrays) fail with -ENOTSUP; read-only
  * formats (vdz) refuse read-write with -EROFS.  Returns 0 (also when DEV
  * is already in that mode) or -errno. */

@@ -24,6 +24,7 @@
 
 #include "tests/unit/cu.h"
 #include "vdisk/driver.h"
+#include "vdisk/io.h"
 #include "vdisk/vdisk.h"
 
 #define NW 4                          /* writer threads */
@@ -382,6 +383,29 @@ test_reopen(void)
   CU_ASSERT_EQUAL(vd_reopen(d, VD_OPEN_DIRECT), -EINVAL);
   CU_ASSERT_EQUAL(vd_close(d), 0);
   check_image(p);
+  unlink(p);
+
+  /* Direct I/O (cache=none) stays direct across the switches. */
+  path_in(p, sizeof p, "re.raw");
+  CU_ASSERT_FATAL(vd_create(p, "raw", &ca) == 0);
+  int r = vd_open(p, "raw", VD_OPEN_RDWR | VD_OPEN_DIRECT, &d);
+  if (r == -ENOTSUP) {
+    unlink(p);
+    return;                 /* no O_DIRECT on this file system */
+  }
+  CU_ASSERT_FATAL(r == 0);
+  uint8_t *ab = vd_alloc_aligned(4096);
+  memset(ab, 0x3c, 4096);
+  CU_ASSERT_EQUAL(vd_pwrite(d, ab, 4096, 8192, 0), 0);
+  CU_ASSERT_EQUAL(vd_reopen(d, 0), 0);
+  CU_ASSERT(can_share(p));
+  CU_ASSERT_EQUAL(vd_reopen(d, VD_OPEN_RDWR), 0);
+  CU_ASSERT_EQUAL(vd_pwrite(d, ab, 4096, 12288, 0), 0);
+  int fd = vd_file_fd(d->file);
+  CU_ASSERT((fcntl(fd, F_GETFL) & (O_DIRECT | O_ACCMODE)) ==
+            (O_DIRECT | O_RDWR));
+  CU_ASSERT_EQUAL(vd_close(d), 0);
+  vd_free_aligned(ab);
   unlink(p);
 }
 
