@@ -93,6 +93,8 @@ int vc_command_register_table(struct vc_server *s,
 int vc_jobs_register_commands(struct vc_server *s);
 /* Cancel every job (force) and wait for their threads. */
 void vc_jobs_shutdown(struct vc_server *s);
+/* cmd-snapshot.c: blockdev-snapshot-sync. */
+int vc_snapshot_register_commands(struct vc_server *s);
 
 /* Argument helpers for command handlers (commands.c).  Each returns false
  * with *ERR set (GenericError, QEMU's wording) when the argument is
