@@ -24,6 +24,10 @@ start_nbd --control "$ctl" "disk=$base"
 uri=$(nbd_uri_for disk)
 snap() { vdtool qmp "$ctl" blockdev-snapshot-sync "$@"; }
 
+# A VHD export is multi-connection safe (a flush covers every connection's
+# completed writes), so a raw export may take a VHD snapshot and a VHD
+# export keeps its promise across one.
+nbdinfo --can multi-conn "$uri" || fail "a VHD export should be multi-conn"
 # Held writable by the server: qemu-img cannot take its shared lock.
 qemu-img info "$base" >/dev/null 2>&1 && fail "qemu-img opened the served base"
 
