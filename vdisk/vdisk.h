@@ -548,6 +548,111 @@ int vd_bitmap_deserialize(struct vd_bitmap *bm, const void *buf,
  * vd_error() set. */
 int vd_node_snapshot(struct vd_node *node, const char *snapshot_file,
                      const char *format, unsigned flags);
+/* ---- live mirror (drive-mirror) and active commit (vdisk/mirror.c) ----
+ *
+ * A mirror copies what a node serves onto a target device while the node
+ * keeps serving, tracks the guest's writes with a dirty bitmap fed by a
+ * node write observer, and can then make the node point at the target
+ * (the pivot).  It is driven in steps by its caller (the control socket's
+ * job runner): vd_mirror_step until it returns 1 (ready: the first copy
+ * is done and nothing is dirty), then vd_mirror_complete (pivot) or
+ * vd_mirror_cancel (no pivot), then vd_mirror_free.  QEMU's drive-mirror
+ * semantics: cancel before ready leaves the source untouched and the
+ * target a partial copy; cancel after ready leaves the target a
+ * consistent, flushed copy of the source at the moment of the cancel.
+ * Errors writing the target never fail a guest request: the next step
+ * returns them.  Copy modes and the stall rule: see vd_mirror_args. */
+struct vd_mirror;
+
+enum vd_mirror_sync {
+  VD_MIRROR_SYNC_FULL = 0,   /* everything the node reads, except ranges
+                                that read as zeros on both sides */
+  VD_MIRROR_SYNC_TOP,        /* only what the top image holds itself: the
+                                target must have the top's backing file as
+                                its own */
+  VD_MIRROR_SYNC_NONE,       /* only writes made after the start; such a
+                                mirror can be cancelled, not completed */
+};
+
+struct vd_mirror_args {
+  int sync;                  /* enum vd_mirror_sync */
+  /* copy-mode=write-blocking: every guest write is also written to the
+   * target before it is acknowledged.  Otherwise (background) writes only
+   * mark the bitmap, and the mirror switches to write-blocking by itself
+   * when its dirty byte count, taken at the end of each pass over the
+   * bitmap, has set no new low for STALL_PASSES passes in a row: the
+   * writes dirty as fast as the copy cleans (vd_mirror_status: switched). */
+  bool write_blocking;
+  uint64_t granularity;      /* bitmap granularity: a power of two in
+                                [512, 64 MiB]; 0: 64 KiB */
+  uint64_t buf_size;         /* most bytes one step copies (rounded down to
+                                the granularity, at least one granule, at
+                                most 256 MiB); 0: 1 MiB */
+  unsigned stall_passes;     /* 0: 4 */
+};
+
+struct vd_mirror_status {
+  uint64_t dirty;            /* bytes marked to copy */
+  uint64_t copied;           /* bytes copied so far */
+  bool ready;                /* ready once: complete is allowed */
+  bool write_blocking;       /* the current copy mode */
+  bool switched;             /* write-blocking by the stall rule */
+  int error;                 /* first target error (negative errno), 0 */
+};
+
+/* Open (CREATE false: QEMU's mode=existing) or create then open (CREATE
+ * true: mode=absolute-paths; an existing file is refused, O_EXCL) the
+ * mirror target PATH in FORMAT (NULL: probe when opening, raw when
+ * creating) read-write, for a mirror of NODE with sync mode SYNC (a
+ * created target of a sync=top mirror gets the top's backing file as its
+ * own).  The target's size must equal the node's.  Returns 0 and the
+ * device in *OUT, or -errno. */
+int vd_mirror_open_target(struct vd_node *node, const char *path,
+                          const char *format, bool create, int sync,
+                          struct vd_dev **out);
+
+/* Start mirroring NODE onto TARGET (writable, the node's size and logical
+ * block, multi-connection safe if the node is).  Attaches the write
+ * observer; copies nothing yet.  On success the mirror owns TARGET (it is
+ * closed by vd_mirror_free unless a pivot handed it to the node).  ARGS
+ * NULL: all defaults.  Returns 0 and the mirror in *OUT, or -errno (TARGET
+ * stays the caller's). */
+int vd_mirror_start(struct vd_node *node, struct vd_dev *target,
+                    const struct vd_mirror_args *args, struct vd_mirror **out);
+
+/* One unit of work: scan part of the source, or copy one dirty run of at
+ * most buf_size bytes.  Adds the bytes copied to *DONE and sets *TOTAL to
+ * the current estimate (copied + dirty + not yet scanned); either may be
+ * NULL.  Returns 0 (call again), 1 (ready: nothing to copy right now; the
+ * mirror stays ready for vd_mirror_complete even if writes dirty it
+ * again) or -errno (the mirror failed; the source is untouched). */
+int vd_mirror_step(struct vd_mirror *m, uint64_t *done, uint64_t *total);
+
+/* Current state, from any thread. */
+void vd_mirror_status(struct vd_mirror *m, struct vd_mirror_status *st);
+
+/* The pivot, once ready: drain the node, copy what is still dirty, flush
+ * the target, make the node point at it (vd_node_replace), detach,
+ * resume.  On success the node owns the target and the former device is
+ * stored in *OLDDEV, the caller's (to close).  On failure nothing changed
+ * (the mirror goes on, the caller may cancel).  -EAGAIN before ready,
+ * -ENOTSUP for sync=none. */
+int vd_mirror_complete(struct vd_mirror *m, struct vd_dev **olddev);
+
+/* Stop without a pivot.  Before ready: detach (the target is left a
+ * partial copy).  After ready: drain, copy the rest, flush the target,
+ * detach, resume (a consistent copy).  Returns 0 or the -errno of that
+ * last copy (the target may then be inconsistent).  The source is never
+ * changed.  Idempotent. */
+int vd_mirror_cancel(struct vd_mirror *m);
+
+/* The target device, borrowed (valid until vd_mirror_free, or after a
+ * pivot while the node holds it). */
+struct vd_dev *vd_mirror_target(struct vd_mirror *m);
+
+/* Detach if still attached, close the target unless the node took it,
+ * free.  No vd_mirror_step may run.  Accepts NULL. */
+void vd_mirror_free(struct vd_mirror *m);
 
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);
