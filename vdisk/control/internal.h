@@ -95,6 +95,8 @@ int vc_jobs_register_commands(struct vc_server *s);
 void vc_jobs_shutdown(struct vc_server *s);
 /* cmd-snapshot.c: blockdev-snapshot-sync. */
 int vc_snapshot_register_commands(struct vc_server *s);
+/* cmd-mirror.c: drive-mirror, block-commit. */
+int vc_mirror_register_commands(struct vc_server *s);
 
 /* Argument helpers for command handlers (commands.c).  Each returns false
  * with *ERR set (GenericError, QEMU's wording) when the argument is

@@ -1,0 +1,195 @@
+/* cmd-mirror.c: the drive-mirror and block-commit commands, block jobs
+ * (type "mirror" and "commit") over libvdisk's live mirror
+ * (vd_mirror_*, vdisk/mirror.c).  Arguments, defaults and errors follow
+ * QEMU's qapi/block-core.json; what differs is listed in docs/control.md
+ * ("Live mirror and commit").
+ *
+ * The job driver maps the runner's callbacks onto the mirror: step ->
+ * vd_mirror_step (1 = ready), complete -> vd_mirror_complete (the pivot;
+ * the old device is closed), abort -> vd_mirror_cancel (after ready: a
+ * consistent copy, no pivot), free -> vd_mirror_free.  A background
+ * mirror that switches itself to write-blocking (no progress towards
+ * ready, see vd_mirror_args) says so once with the event
+ * VDISK_MIRROR_WRITE_BLOCKING. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdisk/control/internal.h"
+#include "vdisk/vdisk.h"
+
+struct mirror_job {
+  struct vc_server *s;
+  struct vd_mirror *m;
+  char id[128];
+  bool announced;       /* the switch to write-blocking was reported */
+};
+
+static void
+mj_error(struct vc_error *err, int r)
+{
+  vc_error_set(err, "GenericError", "%s",
+               vd_error()[0] ? vd_error() : strerror(-r));
+}
+
+static int
+mj_step(void *opaque, uint64_t *done, uint64_t *total, struct vc_error *err)
+{
+  struct mirror_job *j = opaque;
+  int r = vd_mirror_step(j->m, done, total);
+  if (r < 0)
+    mj_error(err, r);
+  struct vd_mirror_status st;
+  vd_mirror_status(j->m, &st);
+  if (st.switched && !j->announced) {
+    j->announced = true;
+    vc_event(j->s, "VDISK_MIRROR_WRITE_BLOCKING",
+             json_pack("{s:s, s:s, s:I}", "device", j->id, "copy-mode",
+                       "write-blocking", "dirty", (json_int_t) st.dirty));
+  }
+  return r;
+}
+
+static int
+mj_complete(void *opaque, struct vc_error *err)
+{
+  struct mirror_job *j = opaque;
+  struct vd_dev *old = NULL;
+  int r = vd_mirror_complete(j->m, &old);
+  if (r < 0) {
+    mj_error(err, r);
+    return r;
+  }
+  /* The node serves the target now; the source image is left as it was
+   * at the pivot (QEMU drops it too). */
+  vd_close(old);
+  return 0;
+}
+
+static void
+mj_abort(void *opaque, bool was_ready)
+{
+  struct mirror_job *j = opaque;
+  (void) was_ready;   /* the mirror knows whether it was ready */
+  vd_mirror_cancel(j->m);
+}
+
+static void
+mj_free(void *opaque)
+{
+  struct mirror_job *j = opaque;
+  vd_mirror_free(j->m);
+  free(j);
+}
+
+static const struct vc_job_driver mirror_driver = {
+  .type = "mirror",
+  .step = mj_step,
+  .complete = mj_complete,
+  .abort = mj_abort,
+  .free = mj_free,
+};
+
+/* Look one keyword up in a NULL-terminated list: its index, or -1 with
+ * QEMU's error. */
+static int
+enum_arg(const char *key, const char *val, const char *const *names,
+         struct vc_error *err)
+{
+  for (int i = 0; names[i]; i++)
+    if (strcmp(names[i], val) == 0)
+      return i;
+  vc_error_set(err, "GenericError", "Parameter '%s' does not accept value "
+               "'%s'", key, val);
+  return -1;
+}
+
+static json_t *
+cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
+                 struct vc_error *err)
+{
+  static const char *const known[] = {
+    "device", "target", "format", "sync", "mode", "speed", "copy-mode",
+    "job-id", "granularity", "buf-size", NULL };
+  static const char *const syncs[] = { "full", "top", "none", NULL };
+  static const char *const modes[] = { "absolute-paths", "existing", NULL };
+  static const char *const copy_modes[] = { "background", "write-blocking",
+                                            NULL };
+  (void) opaque;
+  const char *device = NULL, *target = NULL, *format = NULL, *sync = NULL,
+             *mode = "absolute-paths", *copy_mode = "background",
+             *job_id = NULL;
+  uint64_t speed = 0, granularity = 0, buf_size = 0;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &device, err) ||
+      !vc_arg_str(args, "target", true, &target, err) ||
+      !vc_arg_str(args, "format", false, &format, err) ||
+      !vc_arg_str(args, "sync", true, &sync, err) ||
+      !vc_arg_str(args, "mode", false, &mode, err) ||
+      !vc_arg_uint(args, "speed", false, &speed, err) ||
+      !vc_arg_str(args, "copy-mode", false, &copy_mode, err) ||
+      !vc_arg_str(args, "job-id", false, &job_id, err) ||
+      !vc_arg_uint(args, "granularity", false, &granularity, err) ||
+      !vc_arg_uint(args, "buf-size", false, &buf_size, err))
+    return NULL;
+  int sy = enum_arg("sync", sync, syncs, err);
+  int mo = sy < 0 ? -1 : enum_arg("mode", mode, modes, err);
+  int cm = mo < 0 ? -1 : enum_arg("copy-mode", copy_mode, copy_modes, err);
+  if (cm < 0)
+    return NULL;
+  if (granularity && (granularity < 512 || granularity > (64u << 20) ||
+                      (granularity & (granularity - 1)))) {
+    vc_error_set(err, "GenericError", "Parameter 'granularity' expects a "
+                 "power of 2 between 512 and 64M");
+    return NULL;
+  }
+  struct vd_node *node = vc_device_find(s, device);
+  if (!node) {
+    vc_error_set(err, "DeviceNotFound", "Device '%s' not found", device);
+    return NULL;
+  }
+  if (vc_device_busy(s, device)) {
+    vc_error_set(err, "GenericError", "Node '%s' is busy: block device is "
+                 "in use by block job", device);
+    return NULL;
+  }
+  /* QEMU's default target format is the source's. */
+  if (!format)
+    format = vd_format(vd_node_dev(node));
+  struct vd_dev *t = NULL;
+  int r = vd_mirror_open_target(node, target, format, mo == 0, sy, &t);
+  if (r < 0) {
+    mj_error(err, r);
+    return NULL;
+  }
+  struct vd_mirror_args ma = {
+    .sync = sy, .write_blocking = cm == 1, .granularity = granularity,
+    .buf_size = buf_size };
+  struct mirror_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    vd_close(t);
+    vc_error_set(err, "GenericError", "out of memory");
+    return NULL;
+  }
+  r = vd_mirror_start(node, t, &ma, &j->m);
+  if (r < 0) {
+    mj_error(err, r);
+    vd_close(t);
+    free(j);
+    return NULL;
+  }
+  j->s = s;
+  snprintf(j->id, sizeof j->id, "%s", job_id && *job_id ? job_id : device);
+  if (vc_job_start(s, job_id, device, &mirror_driver, j, speed, err) < 0)
+    return NULL;   /* mj_free released the mirror and the target */
+  return json_object();
+}
+
+int
+vc_mirror_register_commands(struct vc_server *s)
+{
+  int r = vc_command_register(s, "drive-mirror", cmd_drive_mirror, NULL);
+  return r;
+}
