@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "vdisk/driver.h"
+#include "vdisk/mirror.h"
 
 #define MR_DEFAULT_GRANULARITY (64u * 1024)
 #define MR_DEFAULT_BUF_SIZE (1024u * 1024)
@@ -81,6 +82,10 @@ struct vd_mirror {
   struct vd_bitmap *dirty;
   struct vd_node_observer *obs;   /* NULL once detached */
   int sync;                       /* enum vd_mirror_sync */
+  int copy_depth;                 /* sync=top: copy layers above this */
+  /* Live commit: after the pivot onto a second handle of the base,
+   * reopen the base with its image lock (vd_commit_start). */
+  char *relock_path, *relock_format;
   uint64_t size, granularity, buf_size;
   unsigned stall_passes;
   uint8_t *buf;
@@ -268,7 +273,7 @@ mr_scan(struct vd_mirror *m)
     if (m->sync == VD_MIRROR_SYNC_TOP)
       /* Data and zeros the top holds itself hide the backing file: copy
        * them; the rest the target reads from the same backing. */
-      copy = e.depth == 0 && !(e.flags & VD_EXT_HOLE);
+      copy = e.depth < m->copy_depth && !(e.flags & VD_EXT_HOLE);
     else if (e.flags & VD_EXT_ZERO) {
       bool tz;
       r = vd_reads_zero(m->target, off, e.length, &tz);
@@ -355,6 +360,14 @@ int
 vd_mirror_start(struct vd_node *node, struct vd_dev *target,
                 const struct vd_mirror_args *args, struct vd_mirror **out)
 {
+  return vd_mirror_start_depth(node, target, args, 1, out);
+}
+
+int
+vd_mirror_start_depth(struct vd_node *node, struct vd_dev *target,
+                      const struct vd_mirror_args *args, int copy_depth,
+                      struct vd_mirror **out)
+{
   *out = NULL;
   struct vd_mirror_args def = { 0 };
   if (!args)
@@ -397,6 +410,7 @@ vd_mirror_start(struct vd_node *node, struct vd_dev *target,
   m->node = node;
   m->target = target;
   m->sync = args->sync;
+  m->copy_depth = copy_depth;
   m->size = vd_node_size(node);
   m->granularity = gran;
   m->buf_size = bufsz;
@@ -542,6 +556,30 @@ mr_finish_copy(struct vd_mirror *m)
   return 0;
 }
 
+/* Live commit, still drained after the pivot onto the unlocked second
+ * handle of the base: close the old top's chain (its read-only handle of
+ * the base with it: it writes nothing), open the base again as any
+ * writable open does (with its image lock), and swap onto that.  The
+ * second handle was flushed by the swap and its VHD close writes nothing,
+ * so the new handle reads every byte from disk.  If the base cannot be
+ * locked (another process took it in between), the node stays on the
+ * second handle, which serves correctly, only unlocked. */
+static void
+mr_relock(struct vd_mirror *m, struct vd_dev **olddev)
+{
+  vd_close(*olddev);
+  *olddev = NULL;
+  struct vd_dev *b = NULL, *unlocked = NULL;
+  if (vd_open(m->relock_path, m->relock_format, VD_OPEN_RDWR, &b) < 0)
+    return;
+  if (vd_node_replace(m->node, b, &unlocked) < 0) {
+    vd_close(b);
+    return;
+  }
+  m->target = b;
+  vd_close(unlocked);
+}
+
 int
 vd_mirror_complete(struct vd_mirror *m, struct vd_dev **olddev)
 {
@@ -562,6 +600,8 @@ vd_mirror_complete(struct vd_mirror *m, struct vd_dev **olddev)
       r = vd_node_replace(m->node, m->target, olddev);
       if (r == 0) {
         m->target_owned = false;
+        if (m->relock_path)
+          mr_relock(m, olddev);
         /* Still drained: the observer sees nothing on the new device. */
         mr_detach(m);
         m->finished = true;
@@ -607,8 +647,21 @@ vd_mirror_free(struct vd_mirror *m)
     vd_close(m->target);
   vd_bitmap_free(m->dirty);
   free(m->buf);
+  free(m->relock_path);
+  free(m->relock_format);
   pthread_mutex_destroy(&m->job_mu);
   pthread_mutex_destroy(&m->mu);
   pthread_cond_destroy(&m->cv);
   free(m);
+}
+
+int
+vd_mirror_set_relock(struct vd_mirror *m, const char *path,
+                     const char *format)
+{
+  m->relock_path = strdup(path);
+  m->relock_format = strdup(format);
+  if (!m->relock_path || !m->relock_format)
+    return vd_set_error(ENOMEM, "mirror: out of memory");
+  return 0;
 }

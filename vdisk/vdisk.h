@@ -650,6 +650,22 @@ int vd_mirror_cancel(struct vd_mirror *m);
  * pivot while the node holds it). */
 struct vd_dev *vd_mirror_target(struct vd_mirror *m);
 
+/* Live commit of the active layer (QEMU's block-commit with top = the
+ * active layer): a sync=top mirror from NODE into BASE, an image of the
+ * node's backing chain (a path naming the same file; NULL or "": the
+ * bottom image), of everything the layers above BASE hold, driven like
+ * any mirror (ARGS' sync is ignored).  vd_mirror_complete then pivots the
+ * node onto BASE, which from then on is opened read-write with its image
+ * lock (if another process took the lock meanwhile, it stays open
+ * unlocked), closes the layers above (their files are left as they were)
+ * and stores NULL in *OLDDEV; cancel leaves the chain as it was (BASE
+ * holds data the layers above also hold, which reads the same).  TOP
+ * (NULL or "": the active layer) must name the active layer: an
+ * intermediate commit fails with -ENOTSUP.  BASE must have the node's
+ * size.  Returns 0 and the mirror in *OUT, or -errno. */
+int vd_commit_start(struct vd_node *node, const char *top, const char *base,
+                    const struct vd_mirror_args *args, struct vd_mirror **out);
+
 /* Detach if still attached, close the target unless the node took it,
  * free.  No vd_mirror_step may run.  Accepts NULL. */
 void vd_mirror_free(struct vd_mirror *m);

@@ -472,6 +472,69 @@ test_mirror_size_mismatch(void)
   unlink(dst);
 }
 
+/* Live commit of the active layer: base.vhd holds the pattern, top.vhd
+ * (a child made with vd_create -b, as vdtool create -b) is served and
+ * written; the commit mirrors top into base and pivots onto base, which
+ * then holds every byte and checks clean. */
+static void
+test_commit_active(void)
+{
+  char base[96], top[96];
+  snprintf(base, sizeof base, "%s/base.vhd", tmpdir);
+  snprintf(top, sizeof top, "%s/top.vhd", tmpdir);
+  struct vd_node *bn = make_source(base);
+  CU_ASSERT_EQUAL(vd_node_free(bn), 0);
+  struct vd_create_args cc = { .backing = base, .backing_format = "vpc" };
+  CU_ASSERT_FATAL(vd_create(top, "vpc", &cc) == 0);
+  struct vd_dev *td = NULL, *old = NULL;
+  struct vd_node *n = NULL;
+  CU_ASSERT_FATAL(vd_open(top, "vpc", VD_OPEN_RDWR, &td) == 0);
+  CU_ASSERT_FATAL(vd_node_new(td, &n) == 0);
+  struct shared sh = { .node = n };
+  struct writer w[WR_THREADS];
+  pthread_t tid[WR_THREADS];
+  start_writers(&sh, w, tid);
+  /* Writes before the start reach base only through the commit's scan. */
+  while (atomic_load(&sh.ops) < 3000 && !atomic_load(&sh.errors))
+    sched_yield();
+
+  struct vd_mirror *m = NULL;
+  /* Only the active layer can be the top. */
+  CU_ASSERT_EQUAL(vd_commit_start(n, base, NULL, NULL, &m), -ENOTSUP);
+  CU_ASSERT_EQUAL(vd_commit_start(n, top, "/nonexistent", NULL, &m),
+                  -ENOENT);
+  CU_ASSERT_FATAL(vd_commit_start(n, top, base, NULL, &m) == 0);
+  CU_ASSERT_EQUAL(step_until_ready(m, NULL), 1);
+  long before = atomic_load(&sh.ops);
+  int r = vd_mirror_complete(m, &old);
+  CU_ASSERT_EQUAL(r, 0);
+  if (r < 0)
+    fprintf(stderr, "commit complete: %s\n", vd_error());
+  CU_ASSERT_PTR_NULL(old);
+  vd_mirror_free(m);
+  while (atomic_load(&sh.ops) < before + 20 && !atomic_load(&sh.errors))
+    sched_yield();
+  stop_writers(&sh, tid);
+  CU_ASSERT_EQUAL(atomic_load(&sh.errors), 0);
+  struct vd_info info;
+  CU_ASSERT_EQUAL(vd_node_get_info(n, &info), 0);
+  CU_ASSERT_STRING_EQUAL(info.backing, "");        /* base: no parent */
+  CU_ASSERT_FALSE(info.read_only);
+  CU_ASSERT_EQUAL(count_wrong(vd_node_dev(n), w), 0);
+  /* The base is locked again: a second writer is refused. */
+  struct vd_dev *d = NULL;
+  CU_ASSERT(vd_open(base, "vpc", VD_OPEN_RDWR, &d) < 0);
+  CU_ASSERT_EQUAL(vd_node_free(n), 0);
+  CU_ASSERT_FATAL(vd_open(base, "vpc", 0, &d) == 0);
+  CU_ASSERT_EQUAL(count_wrong(d, w), 0);
+  vd_close(d);
+  struct vd_check_report rep = { 0 };
+  CU_ASSERT_EQUAL(vd_check(base, "vpc", 0, &rep), 0);
+  CU_ASSERT_EQUAL(rep.corruptions + rep.leaks + rep.check_errors, 0);
+  unlink(top);
+  unlink(base);
+}
+
 int
 main(void)
 {
@@ -485,6 +548,7 @@ main(void)
     { "target error", test_mirror_target_error },
     { "target error, write-blocking", test_mirror_target_error_blocking },
     { "size mismatch", test_mirror_size_mismatch },
+    { "commit of the active layer", test_commit_active },
     { NULL, NULL },
   };
   if (!mkdtemp(tmpdir))
