@@ -57,7 +57,7 @@ wait_event(size_t *from, const char *name)
   return found;
 }
 
-static char tmpdir[64], src[128], dst[128];
+static char tmpdir[64], src[128], dst[128], base[128];
 static struct vc_server *srv;
 static struct vd_node *node;
 static atomic_int stop;
@@ -104,8 +104,9 @@ wrong_bytes(struct vd_dev *dev)
 
 static pthread_t wtid;
 
+/* The device: src.vhd alone, or (CHAIN) src.vhd over base.vhd. */
 static void
-setup(void)
+setup_chain(bool chain)
 {
   char path[160];
   struct vd_create_args ca = { .size = DISK };
@@ -114,6 +115,11 @@ setup(void)
   CU_ASSERT_FATAL(mkdtemp(tmpdir) != NULL);
   snprintf(src, sizeof src, "%s/src.vhd", tmpdir);
   snprintf(dst, sizeof dst, "%s/dst.img", tmpdir);
+  snprintf(base, sizeof base, "%s/base.vhd", tmpdir);
+  if (chain) {
+    CU_ASSERT_FATAL(vd_create(base, "vpc", &ca) == 0);
+    ca = (struct vd_create_args) { .backing = base, .backing_format = "vpc" };
+  }
   CU_ASSERT_FATAL(vd_create(src, "vpc", &ca) == 0);
   CU_ASSERT_FATAL(vd_open(src, "vpc", VD_OPEN_RDWR, &dev) == 0);
   CU_ASSERT_FATAL(vd_node_new(dev, &node) == 0);
@@ -132,6 +138,12 @@ setup(void)
 }
 
 static void
+setup(void)
+{
+  setup_chain(false);
+}
+
+static void
 stop_writer(void)
 {
   if (!atomic_exchange(&stop, 1))
@@ -147,6 +159,7 @@ teardown(void)
   vd_node_free(node);
   unlink(src);
   unlink(dst);
+  unlink(base);
   char path[160];
   snprintf(path, sizeof path, "%s/ctl.sock", tmpdir);
   unlink(path);
@@ -287,6 +300,38 @@ test_bad_arguments(void)
   teardown();
 }
 
+/* block-commit of the active layer: the device moves onto base.vhd. */
+static void
+test_commit(void)
+{
+  setup_chain(true);
+  struct vc_error err;
+  char a[300];
+  size_t at = 0;
+  snprintf(a, sizeof a, "{\"device\": \"disk0\", \"top\": \"%s\"}", base);
+  CU_ASSERT_PTR_NULL(run("block-commit", a, &err));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.desc, "active layer"));
+  CU_ASSERT_PTR_NULL(run("block-commit", "{\"device\": \"disk0\", "
+                         "\"base-node\": \"x\"}", &err));
+  snprintf(a, sizeof a, "{\"device\": \"disk0\", \"base\": \"%s\", "
+           "\"job-id\": \"c1\"}", base);
+  CU_ASSERT_FATAL(run_ok("block-commit", a));
+  json_t *e = wait_event(&at, "BLOCK_JOB_READY");
+  CU_ASSERT_PTR_NOT_NULL(e);
+  CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(
+    json_object_get(e, "data"), "type")), "commit");
+  CU_ASSERT(run_ok("block-job-complete", "{\"device\": \"c1\"}"));
+  e = wait_event(&at, "BLOCK_JOB_COMPLETED");
+  CU_ASSERT_PTR_NOT_NULL(e);
+  CU_ASSERT_PTR_NULL(json_object_get(json_object_get(e, "data"), "error"));
+  stop_writer();
+  CU_ASSERT_EQUAL(atomic_load(&errs), 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_path(vd_node_dev(node)), "base.vhd"));
+  CU_ASSERT_EQUAL(wrong_bytes(vd_node_dev(node)), 0);
+  check_file(base, "vpc");
+  teardown();
+}
+
 int
 main(void)
 {
@@ -296,6 +341,7 @@ main(void)
     { "cancel after ready", test_cancel_after_ready },
     { "cancel before ready", test_cancel_before_ready },
     { "bad arguments", test_bad_arguments },
+    { "block-commit of the active layer", test_commit },
     { NULL, NULL },
   };
   return cu_main("control-mirror", tests);

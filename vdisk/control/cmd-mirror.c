@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vdisk/control/internal.h"
 #include "vdisk/vdisk.h"
@@ -63,8 +64,9 @@ mj_complete(void *opaque, struct vc_error *err)
     return r;
   }
   /* The node serves the target now; the source image is left as it was
-   * at the pivot (QEMU drops it too). */
-  vd_close(old);
+   * at the pivot (QEMU drops it too).  A commit closed it itself. */
+  if (old)
+    vd_close(old);
   return 0;
 }
 
@@ -92,6 +94,15 @@ static const struct vc_job_driver mirror_driver = {
   .free = mj_free,
 };
 
+/* An active commit is a mirror job of QEMU's type "commit". */
+static const struct vc_job_driver commit_driver = {
+  .type = "commit",
+  .step = mj_step,
+  .complete = mj_complete,
+  .abort = mj_abort,
+  .free = mj_free,
+};
+
 /* Look one keyword up in a NULL-terminated list: its index, or -1 with
  * QEMU's error. */
 static int
@@ -104,6 +115,41 @@ enum_arg(const char *key, const char *val, const char *const *names,
   vc_error_set(err, "GenericError", "Parameter '%s' does not accept value "
                "'%s'", key, val);
   return -1;
+}
+
+/* Start job DRV over mirror M on DEVICE; takes M in every case. */
+static json_t *
+start_job(struct vc_server *s, const struct vc_job_driver *drv,
+          struct vd_mirror *m, const char *device, const char *job_id,
+          uint64_t speed, struct vc_error *err)
+{
+  struct mirror_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    vd_mirror_free(m);
+    vc_error_set(err, "GenericError", "out of memory");
+    return NULL;
+  }
+  j->s = s;
+  j->m = m;
+  snprintf(j->id, sizeof j->id, "%s", job_id && *job_id ? job_id : device);
+  if (vc_job_start(s, job_id, device, drv, j, speed, err) < 0)
+    return NULL;   /* mj_free released the mirror */
+  return json_object();
+}
+
+/* The node of DEVICE, free for a job, or NULL with ERR set. */
+static struct vd_node *
+job_node(struct vc_server *s, const char *device, struct vc_error *err)
+{
+  struct vd_node *node = vc_device_find(s, device);
+  if (!node)
+    vc_error_set(err, "DeviceNotFound", "Device '%s' not found", device);
+  else if (vc_device_busy(s, device)) {
+    vc_error_set(err, "GenericError", "Node '%s' is busy: block device is "
+                 "in use by block job", device);
+    node = NULL;
+  }
+  return node;
 }
 
 static json_t *
@@ -145,16 +191,9 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
                  "power of 2 between 512 and 64M");
     return NULL;
   }
-  struct vd_node *node = vc_device_find(s, device);
-  if (!node) {
-    vc_error_set(err, "DeviceNotFound", "Device '%s' not found", device);
+  struct vd_node *node = job_node(s, device, err);
+  if (!node)
     return NULL;
-  }
-  if (vc_device_busy(s, device)) {
-    vc_error_set(err, "GenericError", "Node '%s' is busy: block device is "
-                 "in use by block job", device);
-    return NULL;
-  }
   /* QEMU's default target format is the source's. */
   if (!format)
     format = vd_format(vd_node_dev(node));
@@ -167,29 +206,69 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
   struct vd_mirror_args ma = {
     .sync = sy, .write_blocking = cm == 1, .granularity = granularity,
     .buf_size = buf_size };
-  struct mirror_job *j = calloc(1, sizeof *j);
-  if (!j) {
-    vd_close(t);
-    vc_error_set(err, "GenericError", "out of memory");
-    return NULL;
-  }
-  r = vd_mirror_start(node, t, &ma, &j->m);
+  struct vd_mirror *m = NULL;
+  r = vd_mirror_start(node, t, &ma, &m);
   if (r < 0) {
     mj_error(err, r);
     vd_close(t);
-    free(j);
+    if (mo == 0)
+      unlink(target);   /* we created it a moment ago */
     return NULL;
   }
-  j->s = s;
-  snprintf(j->id, sizeof j->id, "%s", job_id && *job_id ? job_id : device);
-  if (vc_job_start(s, job_id, device, &mirror_driver, j, speed, err) < 0)
-    return NULL;   /* mj_free released the mirror and the target */
-  return json_object();
+  return start_job(s, &mirror_driver, m, device, job_id, speed, err);
+}
+
+/* block-commit: only the active layer as top (an active commit); images
+ * are named by file (top, base): the chain's images have no node names,
+ * so top-node is accepted only as the device itself and base-node not at
+ * all. */
+static json_t *
+cmd_block_commit(struct vc_server *s, json_t *args, void *opaque,
+                 struct vc_error *err)
+{
+  static const char *const known[] = {
+    "device", "top", "top-node", "base", "base-node", "speed", "job-id",
+    NULL };
+  (void) opaque;
+  const char *device = NULL, *top = NULL, *top_node = NULL, *base = NULL,
+             *base_node = NULL, *job_id = NULL;
+  uint64_t speed = 0;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &device, err) ||
+      !vc_arg_str(args, "top", false, &top, err) ||
+      !vc_arg_str(args, "top-node", false, &top_node, err) ||
+      !vc_arg_str(args, "base", false, &base, err) ||
+      !vc_arg_str(args, "base-node", false, &base_node, err) ||
+      !vc_arg_uint(args, "speed", false, &speed, err) ||
+      !vc_arg_str(args, "job-id", false, &job_id, err))
+    return NULL;
+  if ((top && top_node) || (base && base_node)) {
+    vc_error_set(err, "GenericError", "'%s' and '%s' are mutually exclusive",
+                 top ? "top" : "base", top ? "top-node" : "base-node");
+    return NULL;
+  }
+  if ((top_node && strcmp(top_node, device) != 0) || base_node) {
+    vc_error_set(err, "GenericError", "Backing images have no node names "
+                 "here; name them by file with 'top' and 'base'");
+    return NULL;
+  }
+  struct vd_node *node = job_node(s, device, err);
+  if (!node)
+    return NULL;
+  struct vd_mirror *m = NULL;
+  int r = vd_commit_start(node, top, base, NULL, &m);
+  if (r < 0) {
+    mj_error(err, r);
+    return NULL;
+  }
+  return start_job(s, &commit_driver, m, device, job_id, speed, err);
 }
 
 int
 vc_mirror_register_commands(struct vc_server *s)
 {
   int r = vc_command_register(s, "drive-mirror", cmd_drive_mirror, NULL);
+  if (r == 0)
+    r = vc_command_register(s, "block-commit", cmd_block_commit, NULL);
   return r;
 }
