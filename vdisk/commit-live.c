@@ -26,7 +26,6 @@
 
 #include "vdisk/driver.h"
 #include "vdisk/mirror.h"
-#include "vdisk/vhd.h"
 
 static bool
 cl_same_file(const char *a, const char *b)
@@ -51,8 +50,8 @@ vd_commit_start(struct vd_node *node, const char *top, const char *base,
   /* Walk down the chain to the base: by file, or the bottom image. */
   struct vd_dev *b = NULL, *d = active;
   int depth = 0, bdepth = 0;
-  for (struct vhd_priv *p; (p = vhd_priv_of(d)) && p->parent;) {
-    d = p->parent;
+  while (vd_backing_dev(d)) {
+    d = vd_backing_dev(d);
     depth++;
     if (!base || !*base || cl_same_file(base, vd_path(d))) {
       b = d;

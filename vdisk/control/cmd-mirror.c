@@ -267,8 +267,10 @@ cmd_block_commit(struct vc_server *s, json_t *args, void *opaque,
 int
 vc_mirror_register_commands(struct vc_server *s)
 {
-  int r = vc_command_register(s, "drive-mirror", cmd_drive_mirror, NULL);
-  if (r == 0)
-    r = vc_command_register(s, "block-commit", cmd_block_commit, NULL);
-  return r;
+  static const struct vc_command_def cmds[] = {
+    { "drive-mirror", cmd_drive_mirror },
+    { "block-commit", cmd_block_commit },
+    { NULL, NULL },
+  };
+  return vc_command_register_table(s, cmds);
 }
