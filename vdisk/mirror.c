@@ -42,6 +42,8 @@
  *    whose observers run together may reach the target in the other order
  *    than the source; the later-registered one marks its range dirty, so
  *    the copy puts the source's final bytes there.
+ *  - A copy enters the node (vd_node_get) before it takes its range, never
+ *    after: see mr_copy for the deadlock with a drain the other order has.
  *  - step against complete/cancel (different threads): job_mu, held across
  *    a whole step, so no copy writes the target after the pivot.
  *  - A target write error in the observer never fails the guest's request
@@ -193,11 +195,18 @@ mr_is_zero(const uint8_t *b, size_t n)
 }
 
 /* Copy [OFF, OFF+LEN) from SRC (a device, with the node drained) or from
- * the node (SRC NULL) to the target.  Clears the bits first; on error sets
+ * the node (SRC NULL: inside a vd_node_get bracket) to the target.  Clears the bits first; on error sets
  * them again. */
 static int
 mr_copy(struct vd_mirror *m, struct vd_dev *src, uint64_t off, uint64_t len)
 {
+  /* Enter the node before taking the range: an observer waiting for our
+   * range is inside a request, so a drain started meanwhile waits for it;
+   * were we to enter the node while holding the range, we would wait for
+   * that drain and the three would wait for each other. */
+  bool entered = !src;
+  if (entered && !(src = vd_node_get(m->node)))
+    return vd_set_error(EINVAL, "mirror source: no device");
   struct mr_range self = { .off = off, .end = off + len, .copy = true };
   pthread_mutex_lock(&m->mu);
   while (mr_overlaps_locked(m, self.off, self.end, false, true))
@@ -207,8 +216,7 @@ mr_copy(struct vd_mirror *m, struct vd_dev *src, uint64_t off, uint64_t len)
   m->ranges = &self;
   pthread_mutex_unlock(&m->mu);
 
-  int r = src ? vd_pread(src, m->buf, len, off)
-              : vd_node_pread(m->node, m->buf, len, off);
+  int r = vd_pread(src, m->buf, len, off);
   if (r < 0)
     r = vd_prefix_error(-r, "mirror source: read at %llu",
                         (unsigned long long)off);
@@ -228,6 +236,8 @@ mr_copy(struct vd_mirror *m, struct vd_dev *src, uint64_t off, uint64_t len)
     vd_bitmap_set(m->dirty, off, len);
   mr_unlink_locked(m, &self);
   pthread_mutex_unlock(&m->mu);
+  if (entered)
+    vd_node_put(m->node);
   if (r >= 0)
     atomic_fetch_add(&m->copied, len);
   return r;
