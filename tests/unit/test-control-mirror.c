@@ -223,7 +223,9 @@ pivot(const char *format, const char *extra, const char *id)
   CU_ASSERT_EQUAL(atomic_load(&errs), 0);
   CU_ASSERT_STRING_EQUAL(vd_path(vd_node_dev(node)), dst);
   CU_ASSERT_EQUAL(wrong_bytes(vd_node_dev(node)), 0);
-  /* Flushed at the pivot: another open reads the same. */
+  /* Another open reads the same once the writes since the pivot (the
+   * target's new blocks) are flushed. */
+  CU_ASSERT_EQUAL(vd_node_flush(node), 0);
   check_file(dst, format);
   teardown();
 }
@@ -328,6 +330,7 @@ test_commit(void)
   CU_ASSERT_EQUAL(atomic_load(&errs), 0);
   CU_ASSERT_PTR_NOT_NULL(strstr(vd_path(vd_node_dev(node)), "base.vhd"));
   CU_ASSERT_EQUAL(wrong_bytes(vd_node_dev(node)), 0);
+  CU_ASSERT_EQUAL(vd_node_flush(node), 0);
   check_file(base, "vpc");
   teardown();
 }
