@@ -817,4 +817,12 @@ bool vd_probed_raw(const struct vd_dev *dev)
 {
   return dev_image(dev)->probe_guard;
 }
-bool vd_can_multi_conn(const struct vd_dev *dev) { return dev->drv->multi_conn; }
+/* A filter is coherent across connections when it says so and so is
+ * what it stands on. */
+bool vd_can_multi_conn(const struct vd_dev *dev)
+{
+  for (; dev; dev = dev->below)
+    if (!dev->drv->multi_conn)
+      return false;
+  return true;
+}

@@ -434,6 +434,8 @@ static int fault_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
  * write). */
 static const struct vd_driver fault_driver = {
   .name = "fault",
+  /* Its state is the device's, shared by every connection. */
+  .multi_conn = true,
   .priv_size = sizeof(struct fault_dev),
   .open = fault_open,
   .close = fault_close,
