@@ -492,48 +492,122 @@ static void do_read_structured(struct nbd_job *j)
   reply_submit(j);
 }
 
-static void do_block_status(struct nbd_job *j)
+/* The state of one metadata context at POS: *ST for the run of *ELEN
+ * bytes (0 < *ELEN <= LEN) starting there.  0 or a negative errno. */
+static int meta_state(struct nbd_conn *c, uint32_t id, uint64_t pos,
+                      uint64_t len, uint32_t *st, uint64_t *elen)
+{
+  struct vd_extent e;
+  bool dirty;
+  int r;
+
+  if (id >= NBD_META_BITMAP_ID0) {
+    r = vd_node_bitmap_status(c->node,
+                              c->s.exp->bitmaps[id - NBD_META_BITMAP_ID0],
+                              pos, len, &dirty, elen);
+    *st = dirty ? NBD_STATE_DIRTY : 0;
+    return r;
+  }
+  r = vd_node_block_status(c->node, pos, len, &e);
+  if (r < 0)
+    return r;
+  *elen = e.length;
+  if (id == NBD_META_ALLOC_ID)
+    *st = (e.flags & VD_EXT_HOLE ? NBD_STATE_HOLE : 0) |
+          (e.flags & VD_EXT_ZERO ? NBD_STATE_ZERO : 0);
+  else   /* a layer that maps the range provides it, file hole or not
+            (as vdtool map's "present" and qemu's raw over a sparse file) */
+    *st = !(e.flags & VD_EXT_HOLE) || e.host_offset >= 0
+            ? (uint32_t)e.depth + 1 : 0;
+  return 0;
+}
+
+/* One NBD_REPLY_TYPE_BLOCK_STATUS chunk for context ID at P (room for
+ * BS_MAX_EXTENTS descriptors): returns its total length, or 0 with *ERR
+ * and *WHY set when not even one extent could be had. */
+static size_t bs_chunk(struct nbd_job *j, uint32_t id, uint16_t flags,
+                       uint8_t *p, uint32_t *err, const char **why)
 {
   struct nbd_conn *c = j->conn;
   const struct nbd_request *req = &j->req;
   unsigned max = req->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : BS_MAX_EXTENTS;
   uint64_t pos = req->offset, end = req->offset + req->length;
-  uint8_t *p = j->buf + NBD_CHUNK_HDR_LEN + 4;
+  uint8_t *d = p + NBD_CHUNK_HDR_LEN + 4;
   unsigned n = 0;
   uint32_t last = 0;
 
   while (pos < end) {
-    struct vd_extent e;
     uint32_t st;
-    int r = vd_node_block_status(c->node, pos, end - pos, &e);
-    if (r < 0 || e.length == 0 || e.length > end - pos) {
+    uint64_t elen = 0;
+    int r = meta_state(c, id, pos, end - pos, &st, &elen);
+    if (r < 0 || elen == 0 || elen > end - pos) {
       if (n)
         break;            /* report what we have */
-      reply_error(j, r < 0 ? nbd_errno_to_wire(r) : NBD_EIO,
-                  r < 0 ? vd_error() : "bad extent from the engine");
-      return;
+      *err = r < 0 ? nbd_errno_to_wire(r) : NBD_EIO;
+      *why = r < 0 ? vd_error() : "bad extent from the engine";
+      return 0;
     }
-    st = (e.flags & VD_EXT_HOLE ? NBD_STATE_HOLE : 0) |
-         (e.flags & VD_EXT_ZERO ? NBD_STATE_ZERO : 0);
-    if (n && st == last)
-      vd_put_be32(p - 8, vd_get_be32(p - 8) + (uint32_t)e.length);
+    if (n && st == last && vd_get_be32(d - 8) <= UINT32_MAX - elen)
+      vd_put_be32(d - 8, vd_get_be32(d - 8) + (uint32_t)elen);
     else {
       if (n == max)
         break;
-      vd_put_be32(p, (uint32_t)e.length);
-      vd_put_be32(p + 4, st);
-      p += 8;
+      vd_put_be32(d, (uint32_t)elen);
+      vd_put_be32(d + 4, st);
+      d += 8;
       n++;
       last = st;
     }
-    pos += e.length;
+    pos += elen;
   }
   uint32_t len = 4 + 8 * n;
-  nbd_encode_chunk_hdr(j->buf, req->cookie, NBD_REPLY_FLAG_DONE,
-                       NBD_REPLY_TYPE_BLOCK_STATUS, len);
-  vd_put_be32(j->buf + NBD_CHUNK_HDR_LEN, NBD_META_ALLOC_ID);
+  nbd_encode_chunk_hdr(p, req->cookie, flags, NBD_REPLY_TYPE_BLOCK_STATUS,
+                       len);
+  vd_put_be32(p + NBD_CHUNK_HDR_LEN, id);
+  return NBD_CHUNK_HDR_LEN + len;
+}
+
+/* Room one context's chunk may take in a BLOCK_STATUS reply. */
+#define BS_CHUNK_MAX (NBD_CHUNK_HDR_LEN + 4 + 8 * BS_MAX_EXTENTS)
+
+/* The contexts the connection selected, in id order. */
+static unsigned meta_ids(const struct nbd_conn *c, uint32_t *ids)
+{
+  unsigned n = 0;
+  if (c->s.meta.alloc)
+    ids[n++] = NBD_META_ALLOC_ID;
+  if (c->s.meta.depth)
+    ids[n++] = NBD_META_DEPTH_ID;
+  for (unsigned i = 0; i < NBD_MAX_EXPORT_BITMAPS; i++)
+    if (c->s.meta.bitmaps >> i & 1)
+      ids[n++] = NBD_META_BITMAP_ID0 + i;
+  return n;
+}
+
+/* BLOCK_STATUS: one chunk per selected context, all built before any is
+ * sent, so that a failure is a single error chunk. */
+static void do_block_status(struct nbd_job *j)
+{
+  uint32_t ids[2 + NBD_MAX_EXPORT_BITMAPS], err = 0;
+  unsigned n = meta_ids(j->conn, ids), i;
+  const char *why = NULL;
+  size_t used = 0;
+
+  if (job_reserve(j, (size_t)n * BS_CHUNK_MAX) < 0) {
+    reply_error(j, NBD_ENOMEM, "out of memory");
+    return;
+  }
+  for (i = 0; i < n; i++) {
+    size_t k = bs_chunk(j, ids[i], i == n - 1 ? NBD_REPLY_FLAG_DONE : 0,
+                        j->buf + used, &err, &why);
+    if (k == 0) {
+      reply_error(j, err, why);
+      return;
+    }
+    used += k;
+  }
   j->iov[0].iov_base = j->buf;
-  j->iov[0].iov_len = NBD_CHUNK_HDR_LEN + len;
+  j->iov[0].iov_len = used;
   j->niov = 1;
   reply_submit(j);
 }
@@ -617,10 +691,7 @@ static void job_run(struct nbd_job *j)
       reply_engine(j, do_cache(j));
     break;
   case NBD_CMD_BLOCK_STATUS:
-    if (job_reserve(j, NBD_CHUNK_HDR_LEN + 4 + 8 * BS_MAX_EXTENTS) < 0)
-      reply_error(j, NBD_ENOMEM, "out of memory");
-    else
-      do_block_status(j);
+    do_block_status(j);
     break;
   default:  /* nbd_request_check let nothing else through */
     reply_error(j, NBD_EINVAL, "unknown command");
@@ -755,7 +826,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   c->ctx.size = s->exp->size;
   c->ctx.eflags = s->eflags;
   c->ctx.structured = s->structured;
-  c->ctx.meta_alloc = s->meta_alloc;
+  c->ctx.meta_any = nbd_meta_sel_any(&s->meta);
   c->ctx.max_payload = s->exp->max_block;
   pthread_mutex_init(&c->wlock, NULL);
   pthread_cond_init(&c->wcond, NULL);

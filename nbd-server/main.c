@@ -71,6 +71,11 @@ static void usage(FILE *f)
 "      --backing FILE     the parent of a differencing IMAGE, when it is\n"
 "                         outside IMAGE's folder tree (one IMAGE only)\n"
 "      --backing-format FMT  the parent's format\n"
+"  -A, --allocation-depth  offer the qemu:allocation-depth meta context\n"
+"                         (0 unallocated, 1 the image, 2 its parent, ...)\n"
+"  -B, --bitmap NAME      offer the dirty bitmap NAME of every image as\n"
+"                         qemu:dirty-bitmap:NAME (repeatable); a missing\n"
+"                         one is added, persistent (IMAGE.bitmaps)\n"
 "  -D, --description TEXT export description sent to clients (default:\n"
 "                         the format and size)\n"
 "  -e, --shared N         serve at most N clients at once (default 16)\n"
@@ -106,9 +111,17 @@ static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
  * if the name still leads to the same inode (vdisk/control/unixsock.h). */
 static struct vc_own_file own_socket, own_pid_file;
 
+static bool serving;   /* past the start: no more die() before shutdown */
+static int cl_bitmaps_detach(void);
+
 static void die(const char *fmt, ...)
 {
   va_list ap;
+  /* A start that fails after some image's bitmaps were marked in use:
+   * nothing was written through it, so close them cleanly rather than
+   * leave them to be found inconsistent. */
+  if (!serving)
+    (void)cl_bitmaps_detach();
   vc_own_file_remove(&own_socket);
   vc_own_file_remove(&own_pid_file);
   fputs("vdisk-nbd: ", stderr);
@@ -130,6 +143,52 @@ struct cl_image {
 };
 static struct cl_image *cl_images;
 static size_t cl_nimages;
+
+/* -A and -B: the same for every command-line image. */
+static bool opt_alloc_depth;
+static char *opt_bitmaps[NBD_MAX_EXPORT_BITMAPS + 1];
+static unsigned opt_nbitmaps;
+
+/* Load PATH's persistent bitmaps onto NODE (IMAGE.bitmaps: a bad file
+ * stops the start with its message) and hold the -B ones, adding those
+ * that do not exist. */
+static void cl_bitmaps_attach(struct vd_node *node, const char *path)
+{
+  if (vd_node_bitmaps_attach(node, path) < 0)
+    die("%s", vd_error());
+  for (unsigned i = 0; i < opt_nbitmaps; i++) {
+    const char *b = opt_bitmaps[i];
+    int r = vd_node_bitmap_hold(node, b);
+    if (r == -ENOENT) {
+      if (vd_node_is_read_only(node))
+        die("%s: no dirty bitmap '%s' (a read-only export cannot start "
+            "one)", path, b);
+      if (vd_node_bitmap_add(node, b, 0, VD_BITMAP_PERSISTENT) < 0)
+        die("%s", vd_error());
+      r = vd_node_bitmap_hold(node, b);
+    }
+    if (r < 0)
+      die("%s: %s", path, vd_error());
+  }
+}
+
+/* Stop the command-line images' bitmaps cleanly (bits written, in-use
+ * mark cleared).  0, or -1 if a side file could not be written. */
+static int cl_bitmaps_detach(void)
+{
+  int r = 0;
+  for (size_t k = 0; cl_images && k < cl_nimages; k++) {
+    if (!cl_images[k].node)
+      continue;
+    for (unsigned i = 0; i < opt_nbitmaps; i++)
+      vd_node_bitmap_release(cl_images[k].node, opt_bitmaps[i]);
+    if (vd_node_bitmaps_detach(cl_images[k].node) < 0) {
+      nbd_log("%s", vd_error());
+      r = -1;
+    }
+  }
+  return r;
+}
 
 static void add_export(const char *arg, const char *format, bool ro,
                        const char *desc, size_t idx)
@@ -174,12 +233,15 @@ static void add_export(const char *arg, const char *format, bool ro,
   r = vd_node_new(dev, &im->node);
   if (r < 0)
     die("%s", vd_error());
+  cl_bitmaps_attach(im->node, path);
 
   /* Sent before any authentication (LIST, INFO): never the host path.
    * Its id (block-export-del, query-block-exports) is its name. */
   struct nbd_export_args ea = { .id = name, .name = name, .node_name = name,
                                 .description = desc, .format = vd_format(dev),
-                                .node = im->node, .read_only = ro };
+                                .node = im->node, .read_only = ro,
+                                .bitmaps = (const char *const *)opt_bitmaps,
+                                .alloc_depth = opt_alloc_depth };
   e = nbd_export_new(&ea);
   if (!e)
     die("out of memory");
@@ -447,6 +509,8 @@ int main(int argc, char **argv)
     { "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
     { "control", required_argument, NULL, OPT_CONTROL },
     { "description", required_argument, NULL, 'D' },
+    { "allocation-depth", no_argument, NULL, 'A' },
+    { "bitmap", required_argument, NULL, 'B' },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
@@ -466,7 +530,7 @@ int main(int argc, char **argv)
   int status = 0;
 
   opterr = 0;  /* one line of our own instead of getopt's */
-  while ((c = getopt_long(argc, argv, "p:b:U:rf:D:e:tvhV", longopts,
+  while ((c = getopt_long(argc, argv, "p:b:U:rf:D:e:tvhVAB:", longopts,
                           NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
@@ -510,6 +574,17 @@ int main(int argc, char **argv)
       if (strlen(optarg) > NBD_MAX_STRING)
         die("--description: longer than %u bytes", NBD_MAX_STRING);
       description = optarg;
+      break;
+    case 'A': opt_alloc_depth = true; break;
+    case 'B':
+      if (opt_nbitmaps == NBD_MAX_EXPORT_BITMAPS)
+        die("--bitmap: at most %u bitmaps", NBD_MAX_EXPORT_BITMAPS);
+      if (!*optarg || strlen(optarg) > VD_BITMAP_NAME_MAX)
+        die("--bitmap: a name of 1 to %u bytes", VD_BITMAP_NAME_MAX);
+      for (unsigned k = 0; k < opt_nbitmaps; k++)
+        if (strcmp(opt_bitmaps[k], optarg) == 0)
+          die("--bitmap %s given twice", optarg);
+      opt_bitmaps[opt_nbitmaps++] = optarg;
       break;
     case 'v': server.verbose++; break;
     case 'h': usage(stdout); return 0;
@@ -644,6 +719,7 @@ int main(int argc, char **argv)
     if (nbd_control_start(control, &server) < 0)
       die("%s: cannot register the export commands", control_path);
   }
+  serving = true;
   if (do_fork) {
     if (write(ready_pipe[1], "r", 1) < 0) {
       /* the parent is gone: keep serving */
@@ -695,6 +771,8 @@ int main(int argc, char **argv)
   /* The exports added over the control socket close their nodes here. */
   nbd_exports_free(server.exports);
   if (nbd_export_release_errors)
+    status = 1;
+  if (cl_bitmaps_detach() < 0)
     status = 1;
   for (size_t k = 0; k < cl_nimages; k++) {
     if (vd_node_free(cl_images[k].node) < 0) {

@@ -25,8 +25,8 @@ struct nbd_neg {
   struct nbd_io *io;
   bool no_zeroes;
   bool structured;
-  bool meta_alloc;
-  struct nbd_export *meta_exp;         /* export the contexts were set for
+  struct nbd_meta_sel meta;            /* contexts set ... */
+  struct nbd_export *meta_exp;         /* ... for this export
                                           (a reference, so that its address
                                           cannot be reused meanwhile) */
   uint8_t *data;                       /* current option payload */
@@ -102,7 +102,10 @@ static int choose_export(struct nbd_neg *n, struct nbd_export *exp,
   s->user = u;
   s->eflags = eflags;
   s->structured = n->structured;
-  s->meta_alloc = n->meta_alloc && n->meta_exp == exp;
+  if (n->meta_exp == exp)
+    s->meta = n->meta;
+  else
+    s->meta = (struct nbd_meta_sel){ 0 };
   return 0;
 }
 
@@ -191,16 +194,111 @@ fail:
   return -1;
 }
 
-/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
+/* How many of EXP's bitmaps are offered (block-export-add and -B refuse
+ * more; the cap keeps a selection in one word). */
+static unsigned export_nbitmaps(const struct nbd_export *exp)
+{
+  unsigned nb = 0;
+  while (exp->bitmaps && exp->bitmaps[nb] && nb < NBD_MAX_EXPORT_BITMAPS)
+    nb++;
+  return nb;
+}
+
+/* One NBD_REP_META_CONTEXT: ID (0 when listing), then PREFIX NAME. */
+static int meta_reply(struct nbd_neg *n, uint32_t opt, uint32_t id,
+                      const char *prefix, const char *name)
+{
+  uint8_t buf[4 + NBD_MAX_STRING];
+  size_t plen = strlen(prefix), nlen = strlen(name);
+
+  if (plen + nlen > NBD_MAX_STRING)   /* refused when the export is made */
+    return 0;
+  vd_put_be32(buf, id);
+  memcpy(buf + 4, prefix, plen);
+  memcpy(buf + 4 + plen, name, nlen);
+  return neg_reply(n, opt, NBD_REP_META_CONTEXT, buf,
+                   (uint32_t)(4 + plen + nlen));
+}
+
+/* What the queries of M select on EXP. */
+static struct nbd_meta_sel meta_select(const struct nbd_opt_meta *m,
+                                       const struct nbd_export *exp,
+                                       bool list)
+{
+  struct nbd_meta_sel sel = { 0 };
+  unsigned nb = export_nbitmaps(exp), i;
+  uint64_t all = nb == 64 ? ~UINT64_C(0) : (UINT64_C(1) << nb) - 1;
+  uint32_t pos = 0, qlen, leaf_len = 0;
+  const char *q, *leaf = NULL;
+
+  if (list && m->nqueries == 0) {
+    sel.alloc = true;
+    sel.depth = exp->alloc_depth;
+    sel.bitmaps = all;
+  }
+  while (nbd_meta_next_query(m, &pos, &q, &qlen)) {
+    switch (nbd_meta_query_match(q, qlen, list, &leaf, &leaf_len)) {
+    case NBD_META_ALLOC:
+      sel.alloc = true;
+      break;
+    case NBD_META_DEPTH:
+      sel.depth |= exp->alloc_depth;
+      break;
+    case NBD_META_QEMU_ALL:
+      sel.depth |= exp->alloc_depth;
+      sel.bitmaps |= all;
+      break;
+    case NBD_META_BITMAPS_ALL:
+      sel.bitmaps |= all;
+      break;
+    case NBD_META_BITMAP:
+      for (i = 0; i < nb; i++)
+        if (strlen(exp->bitmaps[i]) == leaf_len &&
+            memcmp(exp->bitmaps[i], leaf, leaf_len) == 0)
+          sel.bitmaps |= UINT64_C(1) << i;
+      break;
+    case NBD_META_NONE:
+      break;
+    }
+  }
+  return sel;
+}
+
+/* The replies for SEL on EXP, then the ACK.  0 or -1. */
+static int meta_replies(struct nbd_neg *n, uint32_t opt, bool list,
+                        const struct nbd_export *exp,
+                        const struct nbd_meta_sel *sel)
+{
+  unsigned nb = export_nbitmaps(exp), i;
+
+  if (sel->alloc &&
+      meta_reply(n, opt, list ? 0 : NBD_META_ALLOC_ID, NBD_META_ALLOC_NAME,
+                 "") < 0)
+    return -1;
+  if (sel->depth &&
+      meta_reply(n, opt, list ? 0 : NBD_META_DEPTH_ID, NBD_META_DEPTH_NAME,
+                 "") < 0)
+    return -1;
+  for (i = 0; i < nb; i++)
+    if ((sel->bitmaps >> i & 1) &&
+        meta_reply(n, opt, list ? 0 : NBD_META_BITMAP_ID0 + i,
+                   NBD_META_BITMAP_PREFIX, exp->bitmaps[i]) < 0)
+      return -1;
+  return neg_reply(n, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: base:allocation
+ * always, qemu:allocation-depth and qemu:dirty-bitmap:NAME when the export
+ * offers them (qemu-nbd's names and query rules, see proto.h).  Each
+ * context is answered once however many queries name it; a SET replaces
+ * the whole selection. */
 static int opt_meta(struct nbd_neg *n, uint32_t opt, uint32_t len)
 {
   struct nbd_opt_meta m;
   struct nbd_export *exp;
+  struct nbd_meta_sel sel;
   bool list = opt == NBD_OPT_LIST_META_CONTEXT;
-  bool found = false;
-  uint32_t pos = 0, qlen;
-  const char *q;
-  uint8_t buf[4 + sizeof NBD_META_ALLOC_NAME];
+  int r;
 
   if (!n->structured)
     return neg_error(n, opt, NBD_REP_ERR_INVALID,
@@ -212,26 +310,15 @@ static int opt_meta(struct nbd_neg *n, uint32_t opt, uint32_t len)
     return neg_error(n, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
                      (int)m.name_len, m.name);
 
-  if (list && m.nqueries == 0)
-    found = true;
-  while (nbd_meta_next_query(&m, &pos, &q, &qlen))
-    if (nbd_meta_query_matches_alloc(q, qlen, list))
-      found = true;
-
+  sel = meta_select(&m, exp, list);
+  r = meta_replies(n, opt, list, exp, &sel);   /* EXP still referenced */
   if (!list) {
-    n->meta_alloc = found;
+    n->meta = sel;
     nbd_export_put(n->srv->exports, n->meta_exp);
     n->meta_exp = exp;                /* keeps the reference */
   } else
     nbd_export_put(n->srv->exports, exp);
-  if (found) {
-    vd_put_be32(buf, list ? 0 : NBD_META_ALLOC_ID);
-    memcpy(buf + 4, NBD_META_ALLOC_NAME, sizeof NBD_META_ALLOC_NAME - 1);
-    if (neg_reply(n, opt, NBD_REP_META_CONTEXT, buf,
-                  4 + sizeof NBD_META_ALLOC_NAME - 1) < 0)
-      return -1;
-  }
-  return neg_reply(n, opt, NBD_REP_ACK, NULL, 0);
+  return r;
 }
 
 static int opt_list(struct nbd_neg *n, uint32_t len)
@@ -321,7 +408,7 @@ static int opt_starttls(struct nbd_neg *n, uint32_t len)
     return -1;
   /* Nothing negotiated in clear text survives the upgrade. */
   n->structured = false;
-  n->meta_alloc = false;
+  n->meta = (struct nbd_meta_sel){ 0 };
   nbd_export_put(n->srv->exports, n->meta_exp);
   n->meta_exp = NULL;
   return 0;

@@ -83,7 +83,7 @@ uint32_t nbd_request_check(const struct nbd_request *req,
       BAD(NBD_EINVAL, "WRITE_ZEROES was not advertised");
     break;
   case NBD_CMD_BLOCK_STATUS:
-    if (!ctx->structured || !ctx->meta_alloc)
+    if (!ctx->structured || !ctx->meta_any)
       BAD(NBD_EINVAL, "no metadata context was negotiated");
     break;
   default:
@@ -281,6 +281,36 @@ bool nbd_meta_query_matches_alloc(const char *q, uint32_t qlen, bool list)
   if (qlen == sizeof full - 1 && memcmp(q, full, qlen) == 0)
     return true;
   return list && qlen == 5 && memcmp(q, "base:", 5) == 0;
+}
+
+/* Whether Q is exactly the NUL-terminated LIT. */
+static bool meta_is(const char *q, uint32_t qlen, const char *lit)
+{
+  size_t n = strlen(lit);
+  return qlen == n && memcmp(q, lit, n) == 0;
+}
+
+enum nbd_meta_match nbd_meta_query_match(const char *q, uint32_t qlen,
+                                         bool list, const char **leaf,
+                                         uint32_t *leaf_len)
+{
+  static const char pfx[] = NBD_META_BITMAP_PREFIX;
+  const uint32_t plen = sizeof pfx - 1;
+
+  if (nbd_meta_query_matches_alloc(q, qlen, list))
+    return NBD_META_ALLOC;
+  if (meta_is(q, qlen, NBD_META_DEPTH_NAME))
+    return NBD_META_DEPTH;
+  if (list && meta_is(q, qlen, "qemu:"))
+    return NBD_META_QEMU_ALL;
+  if (qlen >= plen && memcmp(q, pfx, plen) == 0) {
+    if (qlen == plen)
+      return list ? NBD_META_BITMAPS_ALL : NBD_META_NONE;
+    *leaf = q + plen;
+    *leaf_len = qlen - plen;
+    return NBD_META_BITMAP;
+  }
+  return NBD_META_NONE;
 }
 
 const char *nbd_opt_name(uint32_t opt)

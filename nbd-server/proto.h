@@ -109,6 +109,10 @@
 /* base:allocation states. */
 #define NBD_STATE_HOLE 1u
 #define NBD_STATE_ZERO 2u
+/* qemu:dirty-bitmap:NAME state (QEMU's docs/interop/nbd.txt); the
+ * qemu:allocation-depth value is the whole 32-bit word: 0 unallocated in
+ * the whole chain, 1 the top image, 2 its parent, ... */
+#define NBD_STATE_DIRTY 1u
 
 /* Error values on the wire (not the host's errno values by definition). */
 #define NBD_EPERM     1u
@@ -132,6 +136,11 @@
 #define NBD_MAX_PAYLOAD     (32u * 1024 * 1024) /* largest READ / WRITE */
 #define NBD_META_ALLOC_ID   1u    /* context id of base:allocation */
 #define NBD_META_ALLOC_NAME "base:allocation"
+#define NBD_META_DEPTH_ID   2u    /* context id of qemu:allocation-depth */
+#define NBD_META_DEPTH_NAME "qemu:allocation-depth"
+#define NBD_META_BITMAP_ID0 3u    /* qemu:dirty-bitmap:<bitmaps[i]>: 3 + i */
+#define NBD_META_BITMAP_PREFIX "qemu:dirty-bitmap:"
+#define NBD_MAX_EXPORT_BITMAPS 64u /* bitmaps one export may offer */
 
 /* A decoded request header. */
 struct nbd_request {
@@ -148,7 +157,7 @@ struct nbd_req_ctx {
   uint64_t size;         /* export size */
   uint16_t eflags;       /* transmission flags advertised */
   bool structured;       /* structured replies negotiated */
-  bool meta_alloc;       /* base:allocation selected */
+  bool meta_any;         /* at least one metadata context selected */
   uint32_t max_payload;  /* advertised maximum payload */
 };
 
@@ -221,6 +230,20 @@ bool nbd_meta_next_query(const struct nbd_opt_meta *m, uint32_t *pos,
 /* Whether query Q selects base:allocation.  LIST also accepts the bare
  * namespace "base:". */
 bool nbd_meta_query_matches_alloc(const char *q, uint32_t qlen, bool list);
+
+/* What a meta context query names.  NBD_META_BITMAP: the bitmap whose
+ * export name is [*LEAF, *LEAF + *LEAF_LEN) (pointing into Q; maybe not an
+ * existing one).  The namespace queries (QEMU_ALL: "qemu:", every qemu
+ * context; BITMAPS_ALL: "qemu:dirty-bitmap:", every bitmap; "base:") are
+ * only valid when LIST is true (NBD_OPT_LIST_META_CONTEXT), as in
+ * qemu-nbd. */
+enum nbd_meta_match {
+  NBD_META_NONE, NBD_META_ALLOC, NBD_META_DEPTH, NBD_META_QEMU_ALL,
+  NBD_META_BITMAPS_ALL, NBD_META_BITMAP,
+};
+enum nbd_meta_match nbd_meta_query_match(const char *q, uint32_t qlen,
+                                         bool list, const char **leaf,
+                                         uint32_t *leaf_len);
 
 /* Check that a string from the wire is acceptable: at most NBD_MAX_STRING
  * bytes and no NUL. */

@@ -25,6 +25,22 @@ struct vd_node;
 
 #include "nbd-server/exports.h"
 
+/* Metadata contexts selected by NBD_OPT_SET_META_CONTEXT: base:allocation,
+ * and the export's qemu:allocation-depth (alloc_depth) and
+ * qemu:dirty-bitmap:NAME contexts (bitmaps, looked up on the node at every
+ * BLOCK_STATUS, so a bitmap removed meanwhile gives an error reply, never
+ * another bitmap's bits). */
+struct nbd_meta_sel {
+  bool alloc;          /* base:allocation */
+  bool depth;          /* qemu:allocation-depth */
+  uint64_t bitmaps;    /* bit i: qemu:dirty-bitmap:exp->bitmaps[i] */
+};
+
+static inline bool nbd_meta_sel_any(const struct nbd_meta_sel *m)
+{
+  return m->alloc || m->depth || m->bitmaps;
+}
+
 enum nbd_tls_mode { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
 
 struct nbd_tls;
@@ -83,7 +99,7 @@ struct nbd_session {
   struct nbd_export_user *user;
   uint16_t eflags;             /* transmission flags sent */
   bool structured;
-  bool meta_alloc;
+  struct nbd_meta_sel meta;
 };
 
 /* Option haggling on IO.  Returns 1 when the client entered transmission

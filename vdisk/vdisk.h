@@ -670,6 +670,94 @@ int vd_commit_start(struct vd_node *node, const char *top, const char *base,
  * free.  No vd_mirror_step may run.  Accepts NULL. */
 void vd_mirror_free(struct vd_mirror *m);
 
+/* ---- named dirty bitmaps on a node (incremental backup) ----
+ *
+ * QEMU's model (block-dirty-bitmap-add and friends): a node carries named
+ * bitmaps that record, through a node write observer, every write,
+ * discard and write-zeroes made through vd_node_<op> while they are
+ * enabled ("recording").  A persistent bitmap survives a restart: it is
+ * kept in a side file beside the top image, IMAGE.bitmaps (QEMU keeps
+ * them inside qcow2; our formats have no room), named from the path the
+ * operator opened, never from anything read from the disk; the format is
+ * docs/bitmap-file.md.  While the image is open read-write its persistent
+ * bitmaps are marked in use in that file before any write can be
+ * recorded (at attach, or at add), and a clean detach writes the bits
+ * and clears the mark; a bitmap found marked in use at attach (the
+ * process died) is loaded "inconsistent": listed, never recording, never
+ * exported or cleared, only removable, as QEMU does.
+ *
+ * Names are 1..VD_BITMAP_NAME_MAX bytes without NUL, unique per node.
+ * Every function may be called from any thread except from inside a
+ * request on the node (the ones that add or remove an observer drain
+ * it).  Messages go through vd_error(). */
+#define VD_BITMAP_NAME_MAX 1023u
+#define VD_BITMAP_GRANULARITY_DEFAULT 65536u   /* QEMU's default */
+#define VD_BITMAP_PERSISTENT 0x01u   /* vd_node_bitmap_add flags */
+#define VD_BITMAP_DISABLED   0x02u   /* added not recording */
+
+struct vd_bitmap_info {
+  char name[VD_BITMAP_NAME_MAX + 1];
+  uint32_t granularity;
+  uint64_t count;        /* dirty bytes */
+  bool persistent;
+  bool recording;        /* enabled and consistent */
+  bool busy;             /* held (an NBD export): cannot be removed */
+  bool inconsistent;     /* found in use at attach: only removable */
+};
+
+/* Load the persistent bitmaps of the image at IMAGE_PATH (the path the
+ * operator opened NODE's top image with) from IMAGE_PATH.bitmaps, if it
+ * exists, and remember that file for later persistent adds.  When NODE
+ * is writable, the file is rewritten with every bitmap marked in use
+ * before this returns.  A file that is not a valid bitmap file, or whose
+ * bitmaps do not cover the node's size, fails with -EINVAL and a message
+ * naming it (remove it to start without bitmaps); a symlink or special
+ * file is refused.  Returns 0 or -errno; -EEXIST if NODE is attached. */
+int vd_node_bitmaps_attach(struct vd_node *node, const char *image_path);
+/* Clean close: write the persistent bitmaps' bits with the in-use mark
+ * cleared (inconsistent ones stay marked), stop recording, free every
+ * bitmap of NODE.  Call before vd_node_free; a node never attached is
+ * fine.  Returns 0 or the error of writing the file (the bitmaps are
+ * freed anyway; the file then still says in use, so the next attach
+ * reports them inconsistent rather than wrong). */
+int vd_node_bitmaps_detach(struct vd_node *node);
+/* Add bitmap NAME over the whole node: GRANULARITY bytes per bit (0: the
+ * default; else a power of two from 512 to 2^31), FLAGS VD_BITMAP_*.
+ * A persistent one needs a writable node and an attached file name (or
+ * takes IMAGE.bitmaps from the node's current device path); it is in the
+ * file, marked in use, when this returns.  -EEXIST if the name is taken,
+ * -EINVAL bad name or granularity, -EROFS persistent on a read-only node. */
+int vd_node_bitmap_add(struct vd_node *node, const char *name,
+                       uint32_t granularity, unsigned flags);
+/* Remove NAME (and from the file if persistent).  -ENOENT, -EBUSY when
+ * held. */
+int vd_node_bitmap_remove(struct vd_node *node, const char *name);
+/* Mark everything clean (after a backup).  -ENOENT, -EBUSY (held),
+ * -EINVAL (inconsistent). */
+int vd_node_bitmap_clear(struct vd_node *node, const char *name);
+/* Start (ENABLE) or stop recording.  -ENOENT, -EINVAL (inconsistent). */
+int vd_node_bitmap_enable(struct vd_node *node, const char *name,
+                          bool enable);
+/* TARGET |= SOURCE (same granularity).  -ENOENT, -EINVAL (granularity
+ * or an inconsistent one), -EBUSY (target held). */
+int vd_node_bitmap_merge(struct vd_node *node, const char *target,
+                         const char *source);
+/* NODE's bitmaps in name order: a malloc'd array of *N entries in *OUT
+ * (NULL when none); free() it.  0 or -ENOMEM. */
+int vd_node_bitmap_list(struct vd_node *node, struct vd_bitmap_info **out,
+                        size_t *n);
+/* Hold NAME for an export: while held it cannot be removed or cleared.
+ * -ENOENT, -EINVAL (inconsistent: not usable until removed). */
+int vd_node_bitmap_hold(struct vd_node *node, const char *name);
+/* Undo one vd_node_bitmap_hold. */
+void vd_node_bitmap_release(struct vd_node *node, const char *name);
+/* The state of NAME at OFF: *DIRTY, and in *LEN (> 0, at most MAX_LEN)
+ * the length of the run with that state from OFF (for NBD block status).
+ * -ENOENT, -EINVAL (OFF past the end, MAX_LEN 0, inconsistent). */
+int vd_node_bitmap_status(struct vd_node *node, const char *name,
+                          uint64_t off, uint64_t max_len, bool *dirty,
+                          uint64_t *len);
+
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);
 

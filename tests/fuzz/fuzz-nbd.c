@@ -106,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
   ctx = (struct nbd_req_ctx){ .size = s.exp->size, .eflags = s.eflags,
                               .structured = s.structured,
-                              .meta_alloc = s.meta_alloc,
+                              .meta_any = nbd_meta_sel_any(&s.meta),
                               .max_payload = s.exp->max_block };
   while (f.left >= NBD_REQUEST_LEN) {
     struct nbd_request req;

@@ -84,7 +84,7 @@ static const struct nbd_req_ctx rw_ctx = {
             NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
             NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE | NBD_FLAG_SEND_FAST_ZERO,
   .structured = true,
-  .meta_alloc = true,
+  .meta_any = true,
   .max_payload = NBD_MAX_PAYLOAD,
 };
 
@@ -176,7 +176,7 @@ static void test_check_errors(void)
 
   /* Without structured replies: no DF, no block status. */
   plain.structured = false;
-  plain.meta_alloc = false;
+  plain.meta_any = false;
   plain.eflags &= (uint16_t)~NBD_FLAG_SEND_DF;
   CU_ASSERT_EQUAL(check(&plain, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512),
                   NBD_EINVAL);
@@ -260,6 +260,35 @@ static void test_parse_meta(void)
   CU_ASSERT_EQUAL(nbd_parse_opt_meta(b, 7, &m), -EINVAL);
 }
 
+/* The qemu: namespace as qemu-nbd parses it (docs/interop/nbd.txt):
+ * full names in both options, the bare namespace and the bare
+ * "qemu:dirty-bitmap:" prefix only when listing. */
+static void test_meta_match(void)
+{
+  const char *leaf = NULL;
+  uint32_t ll = 0;
+#define M(s, list) nbd_meta_query_match(s, (uint32_t)strlen(s), list, &leaf, &ll)
+  CU_ASSERT_EQUAL(M("base:allocation", false), NBD_META_ALLOC);
+  CU_ASSERT_EQUAL(M("base:", true), NBD_META_ALLOC);
+  CU_ASSERT_EQUAL(M("base:", false), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("qemu:allocation-depth", false), NBD_META_DEPTH);
+  CU_ASSERT_EQUAL(M("qemu:allocation-depth", true), NBD_META_DEPTH);
+  CU_ASSERT_EQUAL(M("qemu:allocation-dept", true), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("qemu:", true), NBD_META_QEMU_ALL);
+  CU_ASSERT_EQUAL(M("qemu:", false), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("qemu:dirty-bitmap:", true), NBD_META_BITMAPS_ALL);
+  CU_ASSERT_EQUAL(M("qemu:dirty-bitmap:", false), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("qemu:dirty-bitmap:b0", false), NBD_META_BITMAP);
+  CU_ASSERT_EQUAL(ll, 2);
+  CU_ASSERT_NSTRING_EQUAL(leaf, "b0", 2);
+  CU_ASSERT_EQUAL(M("qemu:dirty-bitmap:b0", true), NBD_META_BITMAP);
+  CU_ASSERT_EQUAL(M("qemu:dirty-bitmap", true), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("qemu", true), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("", true), NBD_META_NONE);
+  CU_ASSERT_EQUAL(M("QEMU:allocation-depth", false), NBD_META_NONE);
+#undef M
+}
+
 int main(void)
 {
   static const struct cu_test tests[] = {
@@ -270,6 +299,7 @@ int main(void)
     { "errno mapping", test_errno_map },
     { "INFO/GO payload", test_parse_info },
     { "META_CONTEXT payload", test_parse_meta },
+    { "meta context names", test_meta_match },
     { NULL, NULL },
   };
   return cu_main("nbd-proto", tests);
