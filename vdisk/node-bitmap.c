@@ -42,7 +42,9 @@ struct nb_bitmap {
   struct vd_node_observer *obs; /* recording when not NULL */
   bool persistent;
   bool inconsistent;
-  bool was_recording;           /* inconsistent: the file's flag, kept */
+  bool enabled;                 /* recording wanted (the file's flag): the
+                                   observer may already be gone at detach,
+                                   and an inconsistent one keeps it */
   unsigned busy;
 };
 
@@ -153,22 +155,32 @@ static int nb_record(void *opaque, enum vd_obs_op op, const void *buf,
   return 0;
 }
 
+/* REG held.  Remove B's observer, if any (B->enabled unchanged). */
+static int bm_obs_stop(struct nb_node *n, struct nb_bitmap *b)
+{
+  int r = 0;
+  if (b->obs)
+    r = vd_node_observer_remove(n->node, b->obs);
+  b->obs = NULL;
+  return r;
+}
+
 /* REG held.  Start or stop B's recording. */
 static int bm_set_recording(struct nb_node *n, struct nb_bitmap *b, bool on)
 {
+  int r = 0;
   if (on && !b->obs)
-    return vd_node_observer_add(n->node, nb_record, b->bm, &b->obs);
-  if (!on && b->obs) {
-    int r = vd_node_observer_remove(n->node, b->obs);
-    b->obs = NULL;
-    return r;
-  }
-  return 0;
+    r = vd_node_observer_add(n->node, nb_record, b->bm, &b->obs);
+  else if (!on)
+    r = bm_obs_stop(n, b);
+  if (r == 0)
+    b->enabled = on;
+  return r;
 }
 
 static void bm_free(struct nb_node *n, struct nb_bitmap *b)
 {
-  bm_set_recording(n, b, false);
+  bm_obs_stop(n, b);
   vd_bitmap_free(b->bm);
   free(b->name);
   free(b);
@@ -224,8 +236,7 @@ static int side_save(struct nb_node *n, bool in_use)
     e[i].granularity = vd_bitmap_granularity(b->bm);
     e[i].size = vd_bitmap_size(b->bm);
     e[i].flags = (in_use || b->inconsistent ? VD_BMFILE_IN_USE : 0) |
-                 (b->obs || (b->inconsistent && b->was_recording)
-                    ? VD_BMFILE_RECORDING : 0);
+                 (b->enabled ? VD_BMFILE_RECORDING : 0);
     i++;
   }
   len = vd_bmfile_encoded_len(e, cnt);
@@ -351,7 +362,7 @@ static int load_entry(void *opaque, const struct vd_bmfile_entry *e)
   }
   b->persistent = true;
   b->inconsistent = e->flags & VD_BMFILE_IN_USE;
-  b->was_recording = e->flags & VD_BMFILE_RECORDING;
+  b->enabled = e->flags & VD_BMFILE_RECORDING;
   bm_insert(lc->n, b);
   return 0;
 }
@@ -396,7 +407,7 @@ int vd_node_bitmaps_attach(struct vd_node *node, const char *image_path)
   /* Recording restarts for the consistent enabled ones, and the file
    * says "in use" before any write can be acknowledged. */
   for (struct nb_bitmap *b = n->bitmaps; b; b = b->next)
-    if (!b->inconsistent && b->was_recording &&
+    if (!b->inconsistent && b->enabled &&
         (r = bm_set_recording(n, b, true)) < 0)
       goto fail;
   if (!vd_node_is_read_only(node) && n->file_exists &&
@@ -430,7 +441,7 @@ int vd_node_bitmaps_detach(struct vd_node *node)
   }
   /* Stop recording first: the bits written are final. */
   for (struct nb_bitmap *b = n->bitmaps; b; b = b->next)
-    bm_set_recording(n, b, false);
+    bm_obs_stop(n, b);
   if (!vd_node_is_read_only(node))
     r = side_save(n, false);
   while (n->bitmaps) {
