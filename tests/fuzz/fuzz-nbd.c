@@ -8,8 +8,12 @@
  * the server would send is read back, so that a reply built from
  * out-of-bounds memory shows up under the sanitizers.
  *
+ * The first export offers qemu:allocation-depth and two dirty bitmaps
+ * (qemu-nbd -A -B b0 -B b1), the second nothing but base:allocation.
+ *
  * Invariants checked (abort on violation): a client never reaches
- * transmission after more than NBD_MAX_OPTIONS options, and no READ,
+ * transmission after more than NBD_MAX_OPTIONS options, the contexts it
+ * selected are ones its export offers, and no READ,
  * WRITE or CACHE longer than the export's maximum payload is accepted.
  * The transport has no deadline (io.deadline 0): the handshake time
  * limit is tested by tests/integration/nbd-handshake.sh.
@@ -60,8 +64,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+  static char *bitmaps[] = { (char *)"b0", (char *)"b1", NULL };
   static struct nbd_export exps[2] = {
     { .id = (char *)"disk", .name = (char *)"disk", .description = (char *)"fuzz disk",
+      .bitmaps = bitmaps, .alloc_depth = true,
       .size = UINT64_C(1) << 40, .multi_conn = true,
       .min_block = 512, .pref_block = 4096, .max_block = NBD_MAX_PAYLOAD },
     { .id = (char *)"ro", .name = (char *)"ro", .size = 12345, .read_only = true,
@@ -104,6 +110,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       abort();
   }
 
+  if ((s.meta.depth && !s.exp->alloc_depth) ||
+      (s.meta.bitmaps && s.exp->bitmaps != bitmaps) ||
+      (s.meta.bitmaps & ~UINT64_C(3)) ||
+      ((s.meta.alloc || s.meta.depth || s.meta.bitmaps) && !s.structured))
+    abort();
   ctx = (struct nbd_req_ctx){ .size = s.exp->size, .eflags = s.eflags,
                               .structured = s.structured,
                               .meta_any = nbd_meta_sel_any(&s.meta),

@@ -28,7 +28,21 @@ requests = (req(0, 0, 4096) + req(1, 512, 8, 1, b"abcdefgh") +
             req(3, 0, 0) + req(4, 0, 4096) + req(5, 0, 65536) +
             req(6, 4096, 4096, 2 | 16) + req(7, 0, 1 << 20, 8) +
             req(0, 0, 512, 4) + req(9, 0, 1) + req(2, 0, 0))
+def metaq(name, *qs):
+    return s32(name) + struct.pack(">I", len(qs)) + b"".join(s32(q) for q in qs)
+
+
+qemu_meta = metaq(b"disk", b"base:allocation", b"qemu:allocation-depth",
+                  b"qemu:dirty-bitmap:b0", b"qemu:dirty-bitmap:b1",
+                  b"qemu:dirty-bitmap:nope", b"qemu:dirty-bitmap:b0")
 seeds = {
+    # qemu-nbd -A -B: every context, listed by namespace then set.
+    "qemu-contexts": b"\0" + struct.pack(">I", 3) + opt(8) +
+                     opt(9, metaq(b"disk")) + opt(9, metaq(b"disk", b"qemu:")) +
+                     opt(9, metaq(b"disk", b"qemu:dirty-bitmap:")) +
+                     opt(10, metaq(b"disk", b"qemu:", b"qemu:dirty-bitmap:")) +
+                     opt(10, qemu_meta) + opt(9, metaq(b"ro", b"qemu:")) +
+                     opt(7, info) + req(7, 0, 1 << 20) + req(7, 0, 1 << 20, 8),
     "libnbd": b"\0" + struct.pack(">I", 3) + opt(8) + opt(10, meta) +
               opt(9, meta) + opt(3) + opt(6, info) + opt(7, info) + requests,
     "qemu": b"\0" + struct.pack(">I", 3) + opt(8) + opt(10, meta) +
