@@ -14,8 +14,9 @@ mkdir -p "$seeds"
 truncate -s 3M "$VD_TMP/d.raw"
 vdisk_nbd -f raw -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" \
   -B one -B two "$VD_TMP/d.raw"
+on_exit 'kill "$(cat "$VD_TMP/pid")"'
 wait_for_socket "$VD_TMP/sock"
-qemu-io -f raw -c "write -P 120 100000 70000" \
+timeout 60 qemu-io -f raw -c "write -P 120 100000 70000" \
   "nbd+unix:///?socket=$VD_TMP/sock" >/dev/null
 for _ in $(seq 100); do [ -f "$VD_TMP/pid" ] && kill -0 "$(cat "$VD_TMP/pid")" 2>/dev/null || break; sleep 0.1; done
 { printf '\0'; cat "$VD_TMP/d.raw.bitmaps"; } > "$seeds/real-clean"
