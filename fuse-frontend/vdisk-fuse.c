@@ -921,6 +921,10 @@ vf_close_all(struct vf_state *s, int *status)
   size_t i;
 
   for (i = 0; i < s->nimg; i++) {
+    if (s->img[i].node && vd_node_bitmaps_detach(s->img[i].node) < 0) {
+      vf_log("%s", vd_error());
+      *status = 1;
+    }
     if (vd_node_free(s->img[i].node) < 0) {
       vf_log("%s", vd_error());
       *status = 1;
@@ -1067,6 +1071,12 @@ main(int argc, char **argv)
     if (r < 0) {
       im->node = NULL;
       vf_log("%s", vd_error()[0] ? vd_error() : strerror(-r));
+      goto out;
+    }
+    /* Persistent dirty bitmaps (IMAGE.bitmaps) record writes made here
+     * too, or the next backup would trust bits that missed them. */
+    if (vd_node_bitmaps_attach(im->node, im->path) < 0) {
+      vf_log("%s", vd_error());
       goto out;
     }
 

@@ -76,6 +76,22 @@ norm nbdinfo map3 > n3
 grep -q "^$((3 * MB)) $G 1\$" n3 ||
   fail "write after restart not recorded: $(cat map3)"
 
+# Writes through vdisk-fuse are recorded in the same persistent bitmap
+# (else the next backup would trust bits that missed them).
+if [ -c /dev/fuse ] && [ -w /dev/fuse ] && command -v fusermount3 >/dev/null; then
+  . "$top_srcdir/tests/integration/fuse-functions.sh"
+  stop_nbd
+  fuse_mount "$VD_TMP/mnt" --format=raw src.raw
+  fimg=$(ls "$VD_TMP/mnt")
+  dd if=/dev/urandom of="$VD_TMP/mnt/$fimg" bs=4096 count=1 \
+    seek=$((7 * MB / 4096)) conv=notrunc,fsync status=none
+  fuse_umount "$VD_TMP/mnt"
+  start_nbd -f raw -B b0 src.raw
+  nbdinfo --map=qemu:dirty-bitmap:b0 "$nbd_uri" > map4
+  norm nbdinfo map4 > n4
+  grep -q "^$((7 * MB)) $G 1\$" n4 || fail "write through FUSE not recorded: $(cat n4)"
+fi
+
 # kill -9: the file still says "in use"; the next start refuses to serve
 # the bitmap as if it were consistent.
 pid=$(cat "$nbd_pidfile")
