@@ -92,6 +92,63 @@ if [ -c /dev/fuse ] && [ -w /dev/fuse ] && command -v fusermount3 >/dev/null; th
   grep -q "^$((7 * MB)) $G 1\$" n4 || fail "write through FUSE not recorded: $(cat n4)"
 fi
 
+# The QMP commands (control socket): query-block's dirty-bitmaps, add,
+# errors as QEMU words them, clear, disable/enable, merge, remove.
+q() { vdtool qmp "$VD_TMP/qmp" "$@"; }
+# bm NAME FIELD: FIELD of bitmap NAME in query-block ("-" if absent).
+bm() {
+  q query-block | /usr/bin/python3 -c 'import json, sys
+d = json.load(sys.stdin)[0]["inserted"].get("dirty-bitmaps", [])
+b = [x for x in d if x["name"] == sys.argv[1]]
+v = b[0].get(sys.argv[2]) if b else None
+print("-" if v is None else json.dumps(v))' "$1" "$2"
+}
+stop_nbd
+start_nbd -f raw --control "$VD_TMP/qmp" src.raw
+dev=src.raw
+nfuse=0; [ -f n4 ] && nfuse=$G
+[ "$(bm b0 count)" = $((8 * G + nfuse)) ] || fail "b0 count: $(bm b0 count)"
+[ "$(bm b0 granularity)" = $G ] && [ "$(bm b0 persistent)" = true ] &&
+  [ "$(bm b0 recording)" = true ] && [ "$(bm b0 busy)" = false ] &&
+  [ "$(bm b0 inconsistent)" = - ] || fail "b0: $(q query-block)"
+q block-dirty-bitmap-add node=$dev name=b1 granularity=4096 > /dev/null
+expect_error "already exists" q block-dirty-bitmap-add node=$dev name=b1
+expect_error "Granularity must be power of 2" \
+  q block-dirty-bitmap-add node=$dev name=b2 granularity=1000
+expect_error "Cannot find device='nope'" \
+  q block-dirty-bitmap-add node=nope name=b2
+expect_error "not found" q block-dirty-bitmap-clear node=$dev name=b2
+q block-dirty-bitmap-clear node=$dev name=b0 > /dev/null
+[ "$(bm b0 count)" = 0 ] || fail "b0 not cleared: $(bm b0 count)"
+qemu-io -f raw -c "write -P 0x55 $((2 * MB)) 1" "$nbd_uri" > /dev/null
+[ "$(bm b0 count)" = $G ] && [ "$(bm b1 count)" = 4096 ] ||
+  fail "after one write: b0 $(bm b0 count), b1 $(bm b1 count)"
+[ "$(bm b1 persistent)" = false ] || fail "b1 persistent?"
+q block-dirty-bitmap-disable node=$dev name=b1 > /dev/null
+[ "$(bm b1 recording)" = false ] || fail "b1 still recording"
+qemu-io -f raw -c "write -P 0x66 $((4 * MB)) 1" "$nbd_uri" > /dev/null
+[ "$(bm b1 count)" = 4096 ] || fail "a disabled bitmap recorded"
+q block-dirty-bitmap-enable node=$dev name=b1 > /dev/null
+expect_error "granularit" \
+  q block-dirty-bitmap-merge node=$dev target=b0 'bitmaps=["b1"]'
+q block-dirty-bitmap-add node=$dev name=b3 disabled=true > /dev/null
+q block-dirty-bitmap-merge node=$dev target=b3 'bitmaps=["b0"]' > /dev/null
+[ "$(bm b3 count)" = $((2 * G)) ] || fail "merge: b3 $(bm b3 count)"
+q block-dirty-bitmap-remove node=$dev name=b1 > /dev/null
+[ "$(bm b1 count)" = - ] || fail "b1 not removed"
+stop_nbd
+# Cleared, then two writes: that is what the restarted export serves.
+start_nbd -f raw -B b0 --control "$VD_TMP/qmp" src.raw
+[ "$(bm b0 busy)" = true ] || fail "an exported bitmap is not busy"
+expect_error "in use" q block-dirty-bitmap-remove node=$dev name=b0
+expect_error "in use" q block-dirty-bitmap-clear node=$dev name=b0
+nbdinfo --map=qemu:dirty-bitmap:b0 "$nbd_uri" > map5
+norm nbdinfo map5 | awk '$3 == 1 { print $1, $2 }' > dirty5
+printf '%s\n' "$((2 * MB)) $G" "$((4 * MB)) $G" > want5
+diff want5 dirty5 > /dev/null ||
+  fail "after clear and restart: $(tr '\n' ' ' < dirty5)"
+[ "$(bm b3 count)" = - ] || fail "a non-persistent bitmap survived"
+
 # kill -9: the file still says "in use"; the next start refuses to serve
 # the bitmap as if it were consistent.
 pid=$(cat "$nbd_pidfile")

@@ -205,8 +205,12 @@ static json_t *block_info(const char *name, struct vd_node *node)
   vd_node_put(node);
   if (o) {
     json_t *bf = json_object_get(image, "backing-filename");
+    json_t *bitmaps = vc_bitmap_query(node);
     if (bf)
       json_object_set(json_object_get(o, "inserted"), "backing_file", bf);
+    if (bitmaps)
+      json_object_set_new(json_object_get(o, "inserted"), "dirty-bitmaps",
+                          bitmaps);
   }
   return o;
 }

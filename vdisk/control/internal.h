@@ -89,6 +89,11 @@ int vc_commands_register_generic(struct vc_server *s);
 struct vc_command_def { const char *name; vc_cmd_fn fn; };
 int vc_command_register_table(struct vc_server *s,
                               const struct vc_command_def *table);
+/* cmd-bitmap.c: the block-dirty-bitmap-* commands, and query-block's
+ * "dirty-bitmaps" list of NODE (a new reference, NULL when it has none:
+ * QEMU then leaves the member out). */
+int vc_bitmap_register_commands(struct vc_server *s);
+json_t *vc_bitmap_query(struct vd_node *node);
 /* jobs.c */
 int vc_jobs_register_commands(struct vc_server *s);
 /* Cancel every job (force) and wait for their threads. */

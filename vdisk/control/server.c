@@ -601,6 +601,8 @@ int vc_server_start(const char *path, const char *program,
     r = vc_snapshot_register_commands(s);
   if (r == 0)
     r = vc_mirror_register_commands(s);
+  if (r == 0)
+    r = vc_bitmap_register_commands(s);
   if (r < 0) {
     snprintf(last_error, sizeof last_error, "%s: %s", path, strerror(-r));
     goto fail;
