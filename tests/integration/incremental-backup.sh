@@ -51,8 +51,12 @@ $((16 * MB - G)) $G
 EOF
 diff want1 dirty1 > /dev/null ||
   fail "dirty extents: got $(tr '\n' ' ' < dirty1), want $(tr '\n' ' ' < want1)"
-# Both contexts at once (one chunk each) agree with each alone.
-nbdinfo --map=base:allocation "$uri" > /dev/null || fail "base:allocation"
+# Several contexts on one connection (one chunk each), the qemu:
+# namespace queries, REQ_ONE (libnbd).
+stop_nbd
+start_nbd -f raw -A -B b0 -B other src.raw
+uri=$nbd_uri
+py meta-contexts.py "$uri" b0 other > meta.out || fail "$(cat meta.out)"
 
 # The full copy is now stale; the dirty extents alone bring it up to date.
 if qemu-img compare -q -f raw "$uri" full.raw 2>/dev/null; then
@@ -158,13 +162,29 @@ rm -f "$nbd_pidfile" "$nbd_sock"
 expect_error "b0.*inconsistent" \
   timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -U "$VD_TMP/s2" -B b0 src.raw
 [ ! -e "$VD_TMP/s2" ] || fail "the refused start left its socket"
-# Without -B the image is served, and the bitmap stays inconsistent on disk.
-start_nbd -f raw src.raw
+# Without -B the image is served; query-block says inconsistent (as
+# QEMU), the bitmap is neither offered nor usable, and stays so on disk.
+start_nbd -f raw --control "$VD_TMP/qmp" src.raw
 nbdinfo --map=qemu:dirty-bitmap:b0 "$nbd_uri" > /dev/null 2>&1 &&
   fail "an inconsistent bitmap was offered"
+[ "$(bm b0 inconsistent)" = true ] && [ "$(bm b0 recording)" = false ] ||
+  fail "after kill -9: $(q query-block)"
+[ "$(bm other inconsistent)" = true ] || fail "other: $(q query-block)"
+expect_error "inconsistent" q block-dirty-bitmap-clear node=$dev name=b0
+expect_error "inconsistent" q block-dirty-bitmap-enable node=$dev name=b0
 stop_nbd
 expect_error "b0.*inconsistent" \
   timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -U "$VD_TMP/s2" -B b0 src.raw
+# Removed, they can be added again (a new full backup starts).
+start_nbd -f raw --control "$VD_TMP/qmp" src.raw
+q block-dirty-bitmap-remove node=$dev name=b0 > /dev/null
+q block-dirty-bitmap-remove node=$dev name=other > /dev/null
+[ ! -e src.raw.bitmaps ] || fail "removing the last bitmap left the file"
+q block-dirty-bitmap-add node=$dev name=b0 persistent=true > /dev/null
+[ "$(bm b0 inconsistent)" = - ] && [ "$(bm b0 count)" = 0 ] ||
+  fail "re-added b0: $(q query-block)"
+stop_nbd
+[ -e src.raw.bitmaps ] || fail "a persistent add wrote no file"
 
 # A corrupt side file stops the start with a message naming it.
 printf 'garbage' | dd of=src.raw.bitmaps bs=1 seek=30 conv=notrunc status=none
