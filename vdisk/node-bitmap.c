@@ -186,6 +186,17 @@ static void bm_free(struct nb_node *n, struct nb_bitmap *b)
   free(b);
 }
 
+/* REG held: free every bitmap of N, then N. */
+static void node_free_all(struct nb_node *n)
+{
+  while (n->bitmaps) {
+    struct nb_bitmap *b = n->bitmaps;
+    n->bitmaps = b->next;
+    bm_free(n, b);
+  }
+  node_drop(n);
+}
+
 /* ---- the side file ---- */
 
 static int side_name(const char *image_path, char **out)
@@ -418,12 +429,7 @@ int vd_node_bitmaps_attach(struct vd_node *node, const char *image_path)
   return 0;
 
 fail:
-  while (n->bitmaps) {
-    struct nb_bitmap *b = n->bitmaps;
-    n->bitmaps = b->next;
-    bm_free(n, b);
-  }
-  node_drop(n);
+  node_free_all(n);
   pthread_mutex_unlock(&reg);
   return r;
 }
@@ -444,12 +450,7 @@ int vd_node_bitmaps_detach(struct vd_node *node)
     bm_obs_stop(n, b);
   if (!vd_node_is_read_only(node))
     r = side_save(n, false);
-  while (n->bitmaps) {
-    struct nb_bitmap *b = n->bitmaps;
-    n->bitmaps = b->next;
-    bm_free(n, b);
-  }
-  node_drop(n);
+  node_free_all(n);
   pthread_mutex_unlock(&reg);
   return r;
 }
@@ -567,31 +568,43 @@ static int bm_usable(const struct nb_bitmap *b, bool write)
   return 0;
 }
 
-int vd_node_bitmap_clear(struct vd_node *node, const char *name)
+/* Lock REG and find NAME on NODE, usable for a change (WRITE) or a use:
+ * the bitmap with REG held, or NULL with REG released and *R the error. */
+static struct nb_bitmap *bm_begin(struct vd_node *node, const char *name,
+                                  bool write, int *r)
 {
   struct nb_bitmap *b;
-  int r;
 
   pthread_mutex_lock(&reg);
   if (!(b = bm_lookup(node, name)))
-    r = -ENOENT;
-  else if ((r = bm_usable(b, true)) == 0)
-    vd_bitmap_clear(b->bm);
+    *r = -ENOENT;
+  else if ((*r = bm_usable(b, write)) == 0)
+    return b;
   pthread_mutex_unlock(&reg);
-  return r;
+  return NULL;
+}
+
+int vd_node_bitmap_clear(struct vd_node *node, const char *name)
+{
+  int r;
+  struct nb_bitmap *b = bm_begin(node, name, true, &r);
+
+  if (!b)
+    return r;
+  vd_bitmap_clear(b->bm);
+  pthread_mutex_unlock(&reg);
+  return 0;
 }
 
 int vd_node_bitmap_enable(struct vd_node *node, const char *name,
                           bool enable)
 {
-  struct nb_bitmap *b;
   int r;
+  struct nb_bitmap *b = bm_begin(node, name, false, &r);
 
-  pthread_mutex_lock(&reg);
-  if (!(b = bm_lookup(node, name)))
-    r = -ENOENT;
-  else if ((r = bm_usable(b, false)) == 0)
-    r = bm_set_recording(node_find(node), b, enable);
+  if (!b)
+    return r;
+  r = bm_set_recording(node_find(node), b, enable);
   pthread_mutex_unlock(&reg);
   return r;
 }
@@ -646,16 +659,14 @@ int vd_node_bitmap_list(struct vd_node *node, struct vd_bitmap_info **out,
 
 int vd_node_bitmap_hold(struct vd_node *node, const char *name)
 {
-  struct nb_bitmap *b;
   int r;
+  struct nb_bitmap *b = bm_begin(node, name, false, &r);
 
-  pthread_mutex_lock(&reg);
-  if (!(b = bm_lookup(node, name)))
-    r = -ENOENT;
-  else if ((r = bm_usable(b, false)) == 0)
-    b->busy++;
+  if (!b)
+    return r;
+  b->busy++;
   pthread_mutex_unlock(&reg);
-  return r;
+  return 0;
 }
 
 void vd_node_bitmap_release(struct vd_node *node, const char *name)
@@ -673,16 +684,13 @@ int vd_node_bitmap_status(struct vd_node *node, const char *name,
                           uint64_t off, uint64_t max_len, bool *dirty,
                           uint64_t *len)
 {
-  struct nb_bitmap *b;
   uint64_t start;
   int r;
+  struct nb_bitmap *b = bm_begin(node, name, false, &r);
 
-  pthread_mutex_lock(&reg);
-  if (!(b = bm_lookup(node, name)))
-    r = -ENOENT;
-  else if ((r = bm_usable(b, false)) < 0)
-    ;
-  else if (max_len == 0 || off >= vd_bitmap_size(b->bm))
+  if (!b)
+    return r;
+  if (max_len == 0 || off >= vd_bitmap_size(b->bm))
     r = vd_set_error(EINVAL, "dirty bitmap '%s': no bits at %llu+%llu",
                      name, (unsigned long long)off,
                      (unsigned long long)max_len);

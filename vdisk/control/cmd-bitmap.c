@@ -69,11 +69,12 @@ static json_t *cmd_add(struct vc_server *s, json_t *args, void *opaque,
                err);
 }
 
-/* The commands that take only "node" and "name". */
+/* The commands that take only "node" and "name"; OPAQUE points at the
+ * enum simple_op of the command. */
 enum simple_op { OP_REMOVE, OP_CLEAR, OP_ENABLE, OP_DISABLE };
 
-static json_t *simple(struct vc_server *s, json_t *args, enum simple_op op,
-                      struct vc_error *err)
+static json_t *cmd_simple(struct vc_server *s, json_t *args, void *opaque,
+                          struct vc_error *err)
 {
   static const char *const known[] = { "node", "name", NULL };
   const char *name = NULL;
@@ -82,41 +83,13 @@ static json_t *simple(struct vc_server *s, json_t *args, enum simple_op op,
 
   if (!vc_arg_only(args, known, err) || !(n = arg_node(s, args, &name, err)))
     return NULL;
-  switch (op) {
+  switch (*(const enum simple_op *)opaque) {
   case OP_REMOVE:  r = vd_node_bitmap_remove(n, name); break;
   case OP_CLEAR:   r = vd_node_bitmap_clear(n, name); break;
   case OP_ENABLE:  r = vd_node_bitmap_enable(n, name, true); break;
   default:         r = vd_node_bitmap_enable(n, name, false); break;
   }
   return reply(r, err);
-}
-
-static json_t *cmd_remove(struct vc_server *s, json_t *args, void *opaque,
-                          struct vc_error *err)
-{
-  (void)opaque;
-  return simple(s, args, OP_REMOVE, err);
-}
-
-static json_t *cmd_clear(struct vc_server *s, json_t *args, void *opaque,
-                         struct vc_error *err)
-{
-  (void)opaque;
-  return simple(s, args, OP_CLEAR, err);
-}
-
-static json_t *cmd_enable(struct vc_server *s, json_t *args, void *opaque,
-                          struct vc_error *err)
-{
-  (void)opaque;
-  return simple(s, args, OP_ENABLE, err);
-}
-
-static json_t *cmd_disable(struct vc_server *s, json_t *args, void *opaque,
-                           struct vc_error *err)
-{
-  (void)opaque;
-  return simple(s, args, OP_DISABLE, err);
 }
 
 /* block-dirty-bitmap-merge: "bitmaps" lists names on the same node, or
@@ -208,12 +181,18 @@ int vc_bitmap_register_commands(struct vc_server *s)
 {
   static const struct vc_command_def cmds[] = {
     { "block-dirty-bitmap-add", cmd_add },
-    { "block-dirty-bitmap-remove", cmd_remove },
-    { "block-dirty-bitmap-clear", cmd_clear },
-    { "block-dirty-bitmap-enable", cmd_enable },
-    { "block-dirty-bitmap-disable", cmd_disable },
     { "block-dirty-bitmap-merge", cmd_merge },
     { NULL, NULL },
   };
-  return vc_command_register_table(s, cmds);
+  static const struct { const char *name; enum simple_op op; } simple[] = {
+    { "block-dirty-bitmap-remove", OP_REMOVE },
+    { "block-dirty-bitmap-clear", OP_CLEAR },
+    { "block-dirty-bitmap-enable", OP_ENABLE },
+    { "block-dirty-bitmap-disable", OP_DISABLE },
+  };
+  int r = vc_command_register_table(s, cmds);
+  for (size_t i = 0; r == 0 && i < sizeof simple / sizeof simple[0]; i++)
+    r = vc_command_register(s, simple[i].name, cmd_simple,
+                            (void *)&simple[i].op);
+  return r;
 }
