@@ -136,6 +136,20 @@ static json_t *cmd_export_add(struct vc_server *vc, json_t *args,
   node = vc_export_node(vc, &o, err);
   if (!node)
     goto fail;
+  /* An image opened here records into its persistent bitmaps too (H-bitmap:
+   * IMAGE.bitmaps, marked in use while open), and every bitmap offered
+   * must exist and be consistent (QEMU refuses the export otherwise). */
+  if (o.filename && vd_node_bitmaps_attach(node, o.filename) < 0) {
+    vc_error_set(err, "GenericError", "%s", vd_error());
+    goto fail_node;
+  }
+  for (size_t i = 0; bitmaps && bitmaps[i]; i++) {
+    if (vd_node_bitmap_hold(node, bitmaps[i]) < 0) {
+      vc_error_set(err, "GenericError", "%s", vd_error());
+      goto fail_node;
+    }
+    vd_node_bitmap_release(node, bitmaps[i]);
+  }
   struct nbd_export_args ea = {
     .id = o.id, .name = name, .node_name = o.node_name ? o.node_name : o.id,
     .description = desc,
@@ -168,6 +182,8 @@ static json_t *cmd_export_add(struct vc_server *vc, json_t *args,
 
 fail_node:
   nbd_export_discard(e);
+  if (o.filename)
+    vd_node_bitmaps_detach(node);
   if (o.filename && vd_node_free(node) < 0)
     nbd_log("%s: %s", o.filename, vd_error());
 fail:

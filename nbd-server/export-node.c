@@ -64,6 +64,10 @@ static void export_free(struct nbd_export *e)
  * means the export owns its node. */
 static void export_release(struct nbd_export *e, void *opaque)
 {
+  if (opaque && vd_node_bitmaps_detach(e->node) < 0) {
+    nbd_log("%s: %s", e->name, vd_error());
+    nbd_export_release_errors++;
+  }
   if (opaque && vd_node_free(e->node) < 0) {
     nbd_log("%s: %s", e->name, vd_error());
     nbd_export_release_errors++;

@@ -152,6 +152,23 @@ printf '%s\n' "$((2 * MB)) $G" "$((4 * MB)) $G" > want5
 diff want5 dirty5 > /dev/null ||
   fail "after clear and restart: $(tr '\n' ' ' < dirty5)"
 [ "$(bm b3 count)" = - ] || fail "a non-persistent bitmap survived"
+# block-export-add (H-export) offers only existing, consistent bitmaps; an
+# image it opens itself records into its persistent bitmaps too.
+expect_error "'nope' not found" q block-export-add type=nbd id=e1 \
+  node-name=$dev name=e1 'bitmaps=["nope"]'
+q block-export-add type=nbd id=e1 node-name=$dev name=e1 \
+  'bitmaps=["b0"]' allocation-depth=true > /dev/null
+nbdinfo --map=qemu:dirty-bitmap:b0 "$(nbd_uri_for e1)" > map6
+diff map5 map6 > /dev/null || fail "block-export-add's b0 differs: $(cat map6)"
+nbdinfo --map=qemu:allocation-depth "$(nbd_uri_for e1)" > /dev/null ||
+  fail "block-export-add allocation-depth=true"
+truncate -s 4M other.raw
+q block-export-add type=nbd id=e2 filename="$VD_TMP/other.raw" format=raw \
+  writable=true > /dev/null
+q block-dirty-bitmap-add node=e2 name=ob persistent=true > /dev/null
+qemu-io -f raw -c "write -P 1 $MB 512" "$(nbd_uri_for e2)" > /dev/null
+[ -f other.raw.bitmaps ] || fail "no side file for an image block-export-add opened"
+q block-export-del id=e2 > /dev/null
 
 # kill -9: the file still says "in use"; the next start refuses to serve
 # the bitmap as if it were consistent.
