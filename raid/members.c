@@ -193,6 +193,9 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
 int vd_raid_replace_start(struct raid_array *a, int slot, const char *newpath,
                           const char *newformat, uint64_t rate)
 {
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
   int r = raid_replace_install(a, slot, newpath, newformat);
   if (r < 0)
     return r;

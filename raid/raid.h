@@ -290,6 +290,12 @@ struct raid_array {
   _Atomic bool rebuild_stop;
   _Atomic int rebuild_ret;
   _Atomic uint64_t rebuild_rate; /* bytes/s, 0 = unlimited */
+  _Atomic bool rebuild_caller; /* the rebuild is driven by a caller
+                                  (vd_raid_rebuild_step), not a thread;
+                                  rebuild_active is set meanwhile */
+  int rb_slot;                 /* the rebuild owner's slot and checkpoint */
+  uint64_t rb_ckpt_off;        /* state (raid_rebuild_row): the rebuild */
+  double rb_last_ckpt;         /* thread or the stepping caller only */
   struct vd_dev *retired[RAID_MAX_MEMBERS * 4]; /* replaced members, closed
                                   at the end (I/O may still use them) */
   unsigned nretired;           /* guarded by sb_lock */

@@ -114,51 +114,70 @@ static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
   return raid_sb_update(a);
 }
 
-static int raid_rebuild_slot(struct raid_array *a, int slot)
+/* Rebuild the next row of SLOT (at its recovery offset) and checkpoint
+ * every 1/16 of the member or 2 seconds (md: 1/16 or 5 min), so a killed
+ * rebuild resumes near where it stopped.  Only the rebuild's owner (the
+ * background thread or the caller of vd_raid_rebuild_step) calls it.
+ * Returns 0 when rows remain, 1 when the member is complete (not yet
+ * marked active: raid_rebuild_finish does that), -EINTR when asked to stop
+ * or when the slot stopped rebuilding, or another -errno (the failure is
+ * recorded). */
+static int raid_rebuild_row(struct raid_array *a, int slot, uint8_t *scratch)
 {
   struct raid_member *m = &a->m[slot];
   uint64_t c = a->sb.chunk, total = a->sb.data_size;
+  if (atomic_load(&a->rebuild_stop) || atomic_load(&a->failed) ||
+      atomic_load(&m->state) != RAID_ROLE_REBUILDING)
+    return -EINTR;
+  uint64_t off = atomic_load(&m->recovery);
+  if (off >= total)
+    return 1;
+  uint64_t s = off / c;
+  raid_stripe_lock(a, s);
+  int r = a->ops->rebuild_row_locked(a, off, slot, scratch);
+  if (r == 0)
+    atomic_store(&m->recovery, off + c);
+  raid_stripe_unlock(a, s);
+  if (r < 0) {
+    /* The new member failed, or a source did (then the array failed). */
+    if (!atomic_load(&a->failed))
+      raid_member_failed(a, slot, r);
+    return r;
+  }
+  if (off + c >= total)
+    return 1;
+  double now = raid_now();
+  if (off + c - a->rb_ckpt_off >= total / 16 || now - a->rb_last_ckpt >= 2.0) {
+    if (raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
+      raid_sb_update(a);
+    a->rb_ckpt_off = off + c;
+    a->rb_last_ckpt = now;
+  }
+  return 0;
+}
+
+static int raid_rebuild_slot(struct raid_array *a, int slot)
+{
+  struct raid_member *m = &a->m[slot];
+  uint64_t c = a->sb.chunk;
   uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * c);
   if (!scratch)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-  double t0 = raid_now(), last_ckpt = t0;
-  uint64_t start = atomic_load(&m->recovery), ckpt_off = start;
-  int r = 0;
-  for (uint64_t off = start; off < total; off += c) {
-    if (atomic_load(&a->rebuild_stop) || atomic_load(&a->failed) ||
-        atomic_load(&m->state) != RAID_ROLE_REBUILDING) {
-      r = -EINTR;
-      break;
-    }
-    uint64_t s = off / c;
-    raid_stripe_lock(a, s);
-    r = a->ops->rebuild_row_locked(a, off, slot, scratch);
-    if (r == 0)
-      atomic_store(&m->recovery, off + c);
-    raid_stripe_unlock(a, s);
-    if (r < 0) {
-      /* The new member failed, or a source did (then the array failed). */
-      if (!atomic_load(&a->failed))
-        raid_member_failed(a, slot, r);
-      break;
-    }
-    /* Checkpoint every 1/16 of the member or 2 seconds (md: 1/16 or 5 min). */
-    double now = raid_now();
-    if (off + c < total &&
-        (off + c - ckpt_off >= total / 16 || now - last_ckpt >= 2.0)) {
-      if (raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
-        raid_sb_update(a);
-      ckpt_off = off + c;
-      last_ckpt = now;
-    }
+  double t0 = raid_now();
+  uint64_t start = atomic_load(&m->recovery);
+  a->rb_ckpt_off = start;
+  a->rb_last_ckpt = t0;
+  int r;
+  while ((r = raid_rebuild_row(a, slot, scratch)) == 0) {
     /* Rate limit: foreground I/O keeps flowing. */
     uint64_t rate = atomic_load(&a->rebuild_rate);
     if (rate) {
-      double due = t0 + (double)(off + c - start) / (double)rate;
+      double due = t0 + (double)(atomic_load(&m->recovery) - start) /
+                   (double)rate;
       raid_sleep(due - raid_now());
     }
   }
-  return raid_rebuild_finish(a, slot, r);
+  return raid_rebuild_finish(a, slot, r == 1 ? 0 : r);
 }
 
 static void *raid_rebuild_main(void *opaque)
@@ -237,18 +256,126 @@ int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
 int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
                            vd_progress_fn progress, void *opaque)
 {
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
   atomic_store(&a->rebuild_rate, rate);
   raid_rebuild_start(a);
   return raid_rebuild_wait(a, progress, opaque);
 }
 
+/* ---- caller-driven rebuild (a control job) ----
+ *
+ * A control job rebuilds on its own thread, one step per call, so pausing,
+ * throttling and cancelling the job act on the rebuild itself.  The caller
+ * owns the rebuild from vd_raid_replace_begin to vd_raid_rebuild_end:
+ * rebuild_active is set for that time, so no background thread starts
+ * (raid_rebuild_start) and a second owner is refused. */
+
+int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
+                          const char *newformat)
+{
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
+  int r = raid_replace_install(a, slot, newpath, newformat);
+  if (r < 0)
+    return r;
+  pthread_mutex_lock(&a->sb_lock);
+  if (atomic_load(&a->rebuild_active)) {
+    r = vd_set_error(EBUSY, "%s: slot %d installed, but a background rebuild "
+                     "is running: it rebuilds the slot", a->desc_path, slot);
+  } else {
+    if (a->rebuild_running)
+      pthread_join(a->rebuild, NULL);
+    a->rebuild_running = false;
+    atomic_store(&a->rebuild_active, true);
+    atomic_store(&a->rebuild_caller, true);
+    a->rb_slot = -1;
+  }
+  pthread_mutex_unlock(&a->sb_lock);
+  return r;
+}
+
+int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,
+                         uint64_t *total)
+{
+  if (!atomic_load(&a->rebuild_caller))
+    return vd_set_error(EINVAL, "%s: no rebuild was begun by this caller",
+                        a->desc_path);
+  *total = a->sb.data_size;
+  int slot = -1;
+  for (unsigned i = 0; i < a->n && slot < 0; i++)
+    if (a->m[i].dev && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      slot = (int)i;
+  if (slot < 0) {
+    if (a->rb_slot >= 0 &&
+        atomic_load(&a->m[a->rb_slot].state) != RAID_ROLE_ACTIVE)
+      return vd_set_error(EIO, "%s: slot %d failed during its rebuild",
+                          a->desc_path, a->rb_slot);
+    return 1;
+  }
+  struct raid_member *m = &a->m[slot];
+  if (slot != a->rb_slot) {
+    a->rb_slot = slot;
+    a->rb_ckpt_off = atomic_load(&m->recovery);
+    a->rb_last_ckpt = raid_now();
+  }
+  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
+  if (!scratch)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  uint64_t bytes = 0;
+  int r = 0;
+  while (r == 0 && (bytes < max || bytes == 0)) {
+    uint64_t before = atomic_load(&m->recovery);
+    r = raid_rebuild_row(a, slot, scratch);
+    uint64_t after = atomic_load(&m->recovery);
+    if (after > before)
+      bytes += after - before;
+  }
+  *done += bytes;
+  if (r == 1) {
+    r = raid_rebuild_finish(a, slot, 0);
+    /* Another slot may still be rebuilding (a resumed RAID1): next call. */
+    return r < 0 ? r : 0;
+  }
+  if (r == -EINTR) {
+    if (atomic_load(&a->failed))
+      return vd_set_error(EIO, "%s: the array failed during the rebuild",
+                          a->desc_path);
+    if (atomic_load(&m->state) != RAID_ROLE_REBUILDING)
+      return vd_set_error(EIO, "%s: slot %d failed during its rebuild",
+                          a->desc_path, slot);
+    return vd_set_error(EINTR, "%s: the array is stopping", a->desc_path);
+  }
+  return r;
+}
+
+void vd_raid_rebuild_end(struct raid_array *a)
+{
+  if (!atomic_load(&a->rebuild_caller))
+    return;
+  for (unsigned i = 0; i < a->n; i++) {
+    struct raid_member *m = &a->m[i];
+    if (m->dev && atomic_load(&m->state) == RAID_ROLE_REBUILDING &&
+        !atomic_load(&a->failed) && !atomic_load(&a->crashed) &&
+        raid_mio_one(a, (int)i, RAID_MIO_FLUSH, NULL, 0, 0) == 0) {
+      /* Checkpoint: the next open resumes from here. */
+      raid_sb_update(a);
+      break;
+    }
+  }
+  pthread_mutex_lock(&a->sb_lock);
+  atomic_store(&a->rebuild_caller, false);
+  atomic_store(&a->rebuild_active, false);
+  pthread_mutex_unlock(&a->sb_lock);
+}
+
 /* ---- scrub ---- */
 
-int vd_raid_scrub(struct raid_array *a, bool repair,
-                  struct vd_raid_scrub_report *rep, vd_progress_fn progress,
-                  void *opaque)
+int vd_raid_scrub_step(struct raid_array *a, bool repair, uint64_t *pos,
+                       uint64_t max, struct vd_raid_scrub_report *rep)
 {
-  rep->stripes = rep->mismatches = rep->repaired = 0;
   if (!a->ops->redundant)
     return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy to scrub",
                         a->desc_path, a->sb.level);
@@ -257,14 +384,15 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
   if (raid_active_count(a) < a->n)
     return vd_set_error(EIO, "%s: array is degraded: nothing to compare "
                         "against (rebuild first)", a->desc_path);
-  if (repair) {
-    int r = raid_mark_dirty(a);
-    if (r < 0)
-      return r;
-  }
   uint64_t c = a->sb.chunk, total = a->sb.data_size;
+  if (*pos % c)
+    return vd_set_error(EINVAL, "%s: scrub position %" PRIu64 " is not a "
+                        "multiple of the chunk", a->desc_path, *pos);
   int r = 0;
-  for (uint64_t o = 0; o < total && r == 0; o += c) {
+  if (repair && *pos < total)
+    r = raid_mark_dirty(a);
+  uint64_t o = *pos;
+  for (; o < total && r == 0 && (o - *pos < max || o == *pos); o += c) {
     bool mm = false;
     if (repair)
       r = raid_bitmap_start(a, o, c);
@@ -281,12 +409,29 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
       if (rep->mismatch)
         rep->mismatch(rep->opaque, o / c, o / c * a->stripe_bytes);
     }
-    if (progress && (o / c) % 64 == 0)
-      progress(opaque, o, total);
   }
-  if (r == 0 && repair)
-    r = raid_flush_members(a);
-  if (r == 0 && progress)
+  if (r < 0)
+    return r;
+  *pos = o;
+  if (o < total)
+    return 0;
+  if (repair && (r = raid_flush_members(a)) < 0)
+    return r;
+  return 1;
+}
+
+int vd_raid_scrub(struct raid_array *a, bool repair,
+                  struct vd_raid_scrub_report *rep, vd_progress_fn progress,
+                  void *opaque)
+{
+  rep->stripes = rep->mismatches = rep->repaired = 0;
+  uint64_t pos = 0, total = a->sb.data_size;
+  int r;
+  while ((r = vd_raid_scrub_step(a, repair, &pos, 64 * (uint64_t)a->sb.chunk,
+                                 rep)) == 0)
+    if (progress)
+      progress(opaque, pos, total);
+  if (r == 1 && progress)
     progress(opaque, total, total);
-  return r;
+  return r < 0 ? r : 0;
 }

@@ -131,6 +131,23 @@ int vd_raid_replace(struct raid_array *a, int slot, const char *newpath,
  * this process (as a server does). */
 int vd_raid_replace_start(struct raid_array *a, int slot, const char *newpath,
                           const char *newformat, uint64_t rate);
+/* The same, driven by the caller one step at a time on its own thread (a
+ * control job: pausing, throttling or cancelling it acts on the rebuild).
+ * vd_raid_replace_begin installs NEWPATH in SLOT as vd_raid_replace does
+ * and makes the caller the rebuild's owner (no background thread runs it);
+ * -EBUSY when a rebuild is already running.  vd_raid_rebuild_step then
+ * rebuilds at least one row and about MAX bytes (member bytes), adds them
+ * to *DONE and sets *TOTAL (the member's data size); it returns 0 while
+ * work remains, 1 once every rebuilding member is active, or -errno (-EIO
+ * when the member or the array failed meanwhile).  vd_raid_rebuild_end
+ * gives the rebuild up (always call it, also after 1 or an error): an
+ * unfinished rebuild is checkpointed in the superblocks and the member stays
+ * rebuilding, to resume on the next open (or vd_raid_resume_rebuild). */
+int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
+                          const char *newformat);
+int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,
+                         uint64_t *total);
+void vd_raid_rebuild_end(struct raid_array *a);
 /* Resume a checkpointed rebuild, if any (no-op otherwise). */
 int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
                            vd_progress_fn progress, void *opaque);
@@ -141,6 +158,14 @@ struct vd_raid_scrub_report {
   void (*mismatch)(void *opaque, uint64_t stripe, uint64_t array_off);
   void *opaque;
 };
+/* One step of a scrub driven by the caller (a control job): the rows from
+ * member offset *POS (0 at the start; a multiple of the chunk) for about MAX
+ * member bytes, at least one row; *POS advances and counts add to R (which
+ * the caller zeroes before the first step).  Returns 0 while rows remain, 1
+ * when the scrub is complete (with REPAIR, the members flushed), or -errno
+ * (not redundant, degraded, read-only with REPAIR, an I/O error). */
+int vd_raid_scrub_step(struct raid_array *a, bool repair, uint64_t *pos,
+                       uint64_t max, struct vd_raid_scrub_report *r);
 /* Read every stripe and compare its copies (RAID1) or parity (RAID5);
  * with REPAIR rewrite what does not match.  Counts go to R. */
 int vd_raid_scrub(struct raid_array *a, bool repair,

@@ -1470,6 +1470,135 @@ static void test_rebuild_killed(void)
   tarr_free(&t);
 }
 
+/* A caller-driven rebuild (a control job) advances only when stepped, by
+ * at least the asked size; a second owner or a background resume is
+ * refused meanwhile; writes between steps land on both sides of the
+ * recovery offset; a rebuild given up midway is checkpointed and resumes
+ * at the next open. */
+static void test_rebuild_steps(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 4 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 10);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  char newp[400], newp2[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  snprintf(newp2, sizeof newp2, "%s/new2.img", t.dir);
+  struct vd_create_args ca = { .size = 4 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  CU_ASSERT_FATAL(vd_create(newp2, "raw", &ca) == 0);
+  CU_ASSERT_FATAL(vd_raid_replace_begin(t.a, 1, newp, "raw") == 0);
+  struct vd_raid_status st;
+  CU_ASSERT(vd_raid_status(t.a, &st) == 0);
+  CU_ASSERT(st.rebuilding && st.m[1].state == VD_RAID_STATE_REBUILDING);
+  /* Nobody else rebuilds meanwhile. */
+  CU_ASSERT(vd_raid_replace_begin(t.a, 1, newp2, "raw") == -EBUSY);
+  CU_ASSERT(vd_raid_replace_start(t.a, 1, newp2, "raw", 0) == -EBUSY);
+  CU_ASSERT(vd_raid_resume_rebuild(t.a, 0, NULL, NULL) == -EBUSY);
+  usleep(100000);
+  CU_ASSERT(atomic_load(&t.a->m[1].recovery) == 0);
+  uint64_t done = 0, total = 0;
+  int r = vd_raid_rebuild_step(t.a, 3 * 16384, &done, &total);
+  CU_ASSERT(r == 0);
+  CU_ASSERT(done == 3 * 16384);
+  CU_ASSERT(total == st.member_data_size);
+  CU_ASSERT(atomic_load(&t.a->m[1].recovery) == done);
+  /* Writes behind and ahead of the rebuild, then a few more steps. */
+  random_ops(&t, 10);
+  for (int i = 0; i < 5; i++)
+    CU_ASSERT(vd_raid_rebuild_step(t.a, 16384, &done, &total) == 0);
+  CU_ASSERT(done == 8 * 16384);
+  /* Given up midway: checkpointed where it stopped. */
+  vd_raid_rebuild_end(t.a);
+  tarr_close(&t);
+  CU_ASSERT(vd_raid_examine(t.desc, &st) == 0);
+  CU_ASSERT(st.rebuilding && st.rebuild_done == 8 * 16384);
+  /* The next open resumes it (in the background); let it finish. */
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  CU_ASSERT(vd_raid_resume_rebuild(t.a, 0, NULL, NULL) == 0);
+  CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(verify_all(&t) == 0);
+  /* Replace again, stepped to the end, under writes. */
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  CU_ASSERT_FATAL(vd_raid_replace_begin(t.a, 1, newp2, "raw") == 0);
+  done = 0;
+  int steps = 0;
+  while ((r = vd_raid_rebuild_step(t.a, 256 * 1024, &done, &total)) == 0) {
+    if (++steps % 4 == 0)
+      random_ops(&t, 2);
+  }
+  CU_ASSERT(r == 1);
+  CU_ASSERT(done == total);
+  vd_raid_rebuild_end(t.a);
+  CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  CU_ASSERT(vd_raid_fail(t.a, 0) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  /* A member failed during a stepped rebuild ends it with an error. */
+  tarr_close(&t);
+  tarr_free(&t);
+  tarr_create(&t, 1, 2, 16384, 2 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 5);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  CU_ASSERT_FATAL(vd_raid_replace_begin(t.a, 1, newp, "raw") == 0);
+  done = 0;
+  CU_ASSERT(vd_raid_rebuild_step(t.a, 16384, &done, &total) == 0);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  CU_ASSERT(vd_raid_rebuild_step(t.a, 16384, &done, &total) == -EIO);
+  vd_raid_rebuild_end(t.a);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
+/* A stepped scrub finds and repairs exactly what the one-call scrub does,
+ * and resumes from the position it is given. */
+static void test_scrub_steps(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 3, 16384, 3 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  tarr_close(&t);
+  struct vd_dev *m;
+  uint8_t sbuf[RAID_SB_SIZE];
+  struct raid_sb sb;
+  CU_ASSERT_FATAL(vd_open(t.mem[0], "raw", 0, &m) == 0);
+  CU_ASSERT(vd_pread(m, sbuf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0);
+  CU_ASSERT(raid_sb_decode(sbuf, &sb, "m0") == 0);
+  vd_close(m);
+  /* Parity of stripes 7 (member 1) and 40 (member 2 - 40 % 3 = 1). */
+  CU_ASSERT(vd_fault_corrupt(t.mem[1], sb.data_offset + 7 * 16384 + 5, 3) == 0);
+  CU_ASSERT(vd_fault_corrupt(t.mem[1], sb.data_offset + 40 * 16384, 1) == 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  for (int repair = 0; repair <= 1; repair++) {
+    struct vd_raid_scrub_report rep = { .mismatch = note_mismatch };
+    uint64_t pos = 0;
+    int r, steps = 0;
+    nnoted = 0;
+    /* Unaligned positions are refused. */
+    uint64_t bad = 100;
+    CU_ASSERT(vd_raid_scrub_step(t.a, false, &bad, 16384, &rep) == -EINVAL);
+    while ((r = vd_raid_scrub_step(t.a, repair, &pos, 5 * 16384, &rep)) == 0) {
+      CU_ASSERT(pos == (uint64_t)(steps + 1) * 5 * 16384);
+      steps++;
+    }
+    CU_ASSERT(r == 1);
+    CU_ASSERT(pos == sb.data_size);
+    CU_ASSERT(rep.stripes == sb.data_size / 16384);
+    CU_ASSERT(rep.mismatches == 2 && nnoted == 2);
+    CU_ASSERT(noted[0] == 7 && noted[1] == 40);
+    CU_ASSERT(rep.repaired == (repair ? 2u : 0u));
+  }
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
 /* A read error is repaired from the others and the block rewritten: a
  * transient error keeps the member, a persistent one fails it. */
 static void read_error(int level, bool persistent)
@@ -1687,6 +1816,8 @@ int main(void)
     { "bit rot found and repaired by scrub", test_bitrot },
     { "online rebuild under concurrent I/O", test_rebuild_online },
     { "killed rebuild resumes", test_rebuild_killed },
+    { "caller-driven rebuild, step by step", test_rebuild_steps },
+    { "caller-driven scrub, step by step", test_scrub_steps },
     { "read errors repaired or failing the member", test_read_errors },
     { "concurrent writes to the same stripes", test_same_stripe_concurrency },
     { "_locked functions assert their lock", test_lock_asserts },
