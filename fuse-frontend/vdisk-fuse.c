@@ -67,6 +67,7 @@
 
 #include "vdisk/vdisk.h"
 #include "vdisk/control/control.h"
+#include "vdisk/control/cmd-raid.h"
 #include "fuse-frontend/disks.h"
 #include "fuse-frontend/control.h"
 
@@ -956,6 +957,8 @@ main(int argc, char **argv)
   const char *format = NULL, *backing = NULL, *backing_format = NULL;
   const char *control_path = NULL;
   struct vc_server *control = NULL;
+  struct vc_raid *raid = NULL;
+  char raid_msg[512];
   char *opts = NULL;
   const char *mountpoint;
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -1147,6 +1150,19 @@ main(int argc, char **argv)
       goto out_unmount;
     }
   }
+  /* RAID arrays: their commands, and runtime entries through which
+   * 'vdtool raid' finds this process (with a control socket of our own
+   * when there is no --control); also before leaving the caller's folder. */
+  for (i = 0; i < s.nimg; i++)
+    if (vc_raid_add(&raid, s.img[i].name, s.img[i].node) < 0) {
+      vf_log("out of memory");
+      goto out_unmount;
+    }
+  if (vc_raid_start(&raid, &control, control_path, progname, raid_msg,
+                    sizeof raid_msg) < 0) {
+    vf_log("%s", raid_msg);
+    goto out_unmount;
+  }
   vf_detach_end(ready_fd);
 
   cfg = fuse_loop_cfg_create();
@@ -1176,6 +1192,7 @@ out:
     fuse_session_destroy(se);
   fuse_opt_free_args(&args);
   vc_server_stop(control);     /* NULL unless it started: no-op */
+  vc_raid_free(raid);          /* our runtime entries, after the jobs */
   /* The disks added over the control socket close their nodes here. */
   vf_disks_destroy(&s.disks);
   if (vf_release_errors)

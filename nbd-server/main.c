@@ -29,6 +29,7 @@
 #include "vdisk/endian.h"
 #include "vdisk/vdisk.h"
 #include "vdisk/control/control.h"
+#include "vdisk/control/cmd-raid.h"
 #include "vdisk/control/unixsock.h"
 #include "nbd-server/proto.h"
 #include "nbd-server/server.h"
@@ -524,6 +525,8 @@ int main(int argc, char **argv)
   long socket_mode = -1;
   const char *control_path = NULL;
   struct vc_server *control = NULL;
+  struct vc_raid *raid = NULL;
+  char raid_msg[512];
   bool ro = false, do_fork = false;
   unsigned shared = 16, threads = 0;
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
@@ -719,6 +722,15 @@ int main(int argc, char **argv)
     if (nbd_control_start(control, &server) < 0)
       die("%s: cannot register the export commands", control_path);
   }
+  /* RAID arrays: their commands, and runtime entries through which
+   * 'vdtool raid' finds this process (with a control socket of our own
+   * when there is no --control). */
+  for (size_t k = 0; k < cl_nimages; k++)
+    if (vc_raid_add(&raid, cl_images[k].name, cl_images[k].node) < 0)
+      die("out of memory");
+  if (vc_raid_start(&raid, &control, control_path, "vdisk-nbd", raid_msg,
+                    sizeof raid_msg) < 0)
+    die("%s", raid_msg);
   serving = true;
   if (do_fork) {
     if (write(ready_pipe[1], "r", 1) < 0) {
@@ -768,6 +780,7 @@ int main(int argc, char **argv)
   /* Jobs end (cancelled) before the nodes they work on are freed. */
   nbd_control_stop();
   vc_server_stop(control);
+  vc_raid_free(raid);          /* our runtime entries, after the jobs */
   /* The exports added over the control socket close their nodes here. */
   nbd_exports_free(server.exports);
   if (nbd_export_release_errors)

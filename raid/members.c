@@ -108,23 +108,15 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
                           a->desc_path, i);
   }
   /* Only a regular file or a block device (a FIFO or a character device
-   * would block or make no sense), never the descriptor or its side
-   * files. */
+   * would block or make no sense), never the descriptor. */
   struct stat nst;
   if (stat(newpath, &nst) != 0)
     return vd_set_error(errno, "%s: %s", newpath, strerror(errno));
   if (!S_ISREG(nst.st_mode) && !S_ISBLK(nst.st_mode))
     return vd_set_error(EINVAL, "%s: not a regular file or block device",
                         newpath);
-  static const char *const side[] = { "", ".request", ".result", ".served" };
-  for (size_t i = 0; i < sizeof side / sizeof side[0]; i++) {
-    char *sp = raid_side_path(a->desc_abs, side[i]);
-    bool same = sp && raid_same_file(sp, newpath);
-    free(sp);
-    if (same)
-      return vd_set_error(EINVAL, "%s: is the array's %s", newpath,
-                          i == 0 ? "descriptor" : "control file");
-  }
+  if (raid_same_file(a->desc_abs, newpath))
+    return vd_set_error(EINVAL, "%s: is the array's descriptor", newpath);
   struct vd_open_args oa = { .format = fmt, .flags = VD_OPEN_RDWR,
                              .filter = a->member_filter };
   struct vd_dev *nd;

@@ -829,9 +829,6 @@ static int raid_scan_members(const char *desc,
 static void raid_array_free(struct raid_array *a)
 {
   raid_pool_stop(a);
-  free(a->mon_req);
-  free(a->mon_res);
-  a->mon_req = a->mon_res = NULL;
   for (unsigned i = 0; i < a->nretired; i++)
     vd_close(a->retired[i]);
   a->nretired = 0;
@@ -1031,7 +1028,6 @@ static int raid_open(struct vd_dev *dev)
         goto fail;
       atomic_store(&a->dirty, false);
     }
-    raid_monitor_start(a);
     raid_rebuild_start(a);
   }
   return 0;
@@ -1048,7 +1044,6 @@ fail:
 static void raid_close(struct vd_dev *dev)
 {
   struct raid_array *a = dev->priv;
-  raid_monitor_stop(a);
   raid_rebuild_stop(a);
   if (a->writable && !atomic_load(&a->crashed) && !atomic_load(&a->failed)) {
     /* Clean stop: everything is flushed (vd_close flushed before calling
@@ -1152,7 +1147,6 @@ struct raid_array *vd_raid_of(struct vd_dev *dev)
 
 void vd_raid_crash(struct raid_array *a)
 {
-  raid_monitor_stop(a);
   raid_rebuild_stop(a);
   atomic_store(&a->crashed, true);
 }

@@ -10,9 +10,10 @@
  * level, each its struct raid_level_ops), parity.c (XOR),
  * super.c (superblock and descriptor codecs), assemble.c (create,
  * assemble), members.c (fail, replace, member signatures), rebuild.c
- * (resync, rebuild, scrub), request.c (online requests, monitor thread),
- * check.c (vdtool check).  Faults are injected by a filter stacked over
- * the members (tests/unit/fault.h), not here.
+ * (resync, rebuild, scrub), runtime.c (the runtime entries that lead
+ * vdtool to the serving process's control socket), check.c (vdtool
+ * check).  Faults are injected by a filter stacked over the members
+ * (tests/unit/fault.h), not here.
  *
  * Locks of an array, outer first (a thread holding one never takes one
  * listed above it; an array's locks come before those of its members):
@@ -40,12 +41,10 @@
  *                      raid_bitmap_start): a region's bit is durable
  *                      before the write it covers starts, and an older copy
  *                      of a bitmap block never lands after a newer one.
- *   pool lock, batch lock (raid.c), mon_lock (request.c, with mon_cond:
- *                      wakes the monitor to stop): leaves, never held
- *                      across I/O.
+ *   pool lock, batch lock (raid.c): leaves, never held across I/O.
  * sb_lock and bm_lock are never held together today.  Lock-free: m[].state,
  * .recovery, .inflight, .next_read, .read_errors, failed, dirty, crashed,
- * stop, rebuild_active/stop/ret/rate, rr (atomics; a reader may see a
+ * rebuild_active/stop/ret/rate/caller, rr (atomics; a reader may see a
  * state one update old, and rechecks under the lock where it matters).
  *
  * Generation counters (which writes a flush made durable):
@@ -273,17 +272,6 @@ struct raid_array {
 
   struct raid_pool *pool;
 
-  /* Online requests (the monitor thread, request.c): the serving process
-   * executes requests that vdtool leaves next to the descriptor. */
-  pthread_t monitor;
-  bool monitor_running;
-  _Atomic bool stop;
-  char *mon_req, *mon_res;     /* ARRAY.request and ARRAY.result */
-  dev_t mon_ign_dev;           /* the last request file ignored (logged */
-  ino_t mon_ign_ino;           /* once): monitor thread only */
-  struct timespec mon_ign_mtime;
-  pthread_mutex_t mon_lock;    /* with mon_cond: wakes the monitor to stop */
-  pthread_cond_t mon_cond;
   pthread_t rebuild;
   bool rebuild_running;        /* thread joinable; guarded by sb_lock */
   _Atomic bool rebuild_active; /* thread still working */
@@ -340,9 +328,7 @@ int raid_mark_dirty(struct raid_array *a);
 /* Flush every usable member; failures are recorded.  -EIO if the array
  * failed. */
 int raid_flush_members(struct raid_array *a);
-/* Online requests (request.c) and background rebuild (rebuild.c). */
-void raid_monitor_start(struct raid_array *a);
-void raid_monitor_stop(struct raid_array *a);
+/* Background rebuild (rebuild.c). */
 void raid_rebuild_start(struct raid_array *a);
 void raid_rebuild_stop(struct raid_array *a);
 
@@ -451,10 +437,6 @@ bool raid_same_file(const char *x, const char *y);
  * and record it in the descriptor; no rebuild is started. */
 int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
                          const char *fmt);
-
-/* ---- request.c ---- */
-/* DESC followed by SUFFIX (malloc'd; NULL on out of memory). */
-char *raid_side_path(const char *desc, const char *suffix);
 
 /* ---- public-ish API for vdtool and tests (vd_raid_*) ---- */
 #include "raid/raid-api.h"

@@ -405,9 +405,8 @@ out:
 
 /* ---- files beside the descriptor ----
  *
- * Every file the RAID code creates next to the descriptor (the descriptor
- * itself when rewritten, ARRAY.request, ARRAY.result, ARRAY.served) is
- * written to a fresh temporary name created with O_CREAT|O_EXCL|O_NOFOLLOW
+ * The only file the RAID code writes next to the descriptor is the
+ * descriptor itself (create, assemble, replace).  It is written to a fresh temporary name created with O_CREAT|O_EXCL|O_NOFOLLOW
  * (so a planted symlink or file at any name is never followed or reused),
  * synced, renamed over the final name (rename replaces a symlink, it does
  * not write through it) and the folder is synced, so the new name is

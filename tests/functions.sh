@@ -36,6 +36,9 @@ requires() {
 # A private scratch directory, removed at exit together with anything
 # registered with on_exit.
 VD_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vdtest.XXXXXX")
+# Servers publish their RAID runtime entries (and vdtool looks them up)
+# here rather than in the user's real runtime folder.
+export VDISK_RUNTIME_DIR="$VD_TMP/run"
 _vd_exit_cmds=()
 on_exit() { _vd_exit_cmds+=("$*"); }
 _vd_cleanup() {

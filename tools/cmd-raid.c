@@ -1,9 +1,11 @@
 /* vdtool raid — create and manage RAID arrays, in mdadm's spirit.
  *
  * Commands that change an array talk to the process serving it (vdisk-nbd,
- * vdisk-fuse) when there is one: it holds the members' locks, so the
- * request goes through the array's request file (raid/request.c) and that
- * process performs it.  Otherwise vdtool opens the array itself. */
+ * vdisk-fuse) when there is one: it holds the members' locks, so vdtool
+ * finds its control socket through the array's runtime entry
+ * (raid/runtime.c) and asks it over QMP (vdisk-raid-fail, -replace,
+ * -scrub, query-vdisk-raid; vdisk/control/cmd-raid.c).  Otherwise vdtool
+ * opens the array itself. */
 #include <config.h>
 
 #include <getopt.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tools/qmp-client.h"
 #include "tools/vdtool.h"
 #include "vdisk/raid.h"
 
@@ -25,6 +28,7 @@ const char vt_usage_raid[] =
   "                          ARRAY MEMBER...\n"
   "       vdtool raid detail [--output=human|json] ARRAY\n"
   "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
+  "       vdtool raid status [--output=human|json] ARRAY\n"
   "       vdtool raid fail ARRAY MEMBER\n"
   "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
@@ -44,6 +48,8 @@ const char vt_usage_raid[] =
   "             a terminal vdtool asks instead.\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
   "             the superblocks; works on an array that will not start)\n"
+  "  status     the live state from the process serving ARRAY (rebuild and\n"
+  "             scrub jobs included); 'detail' when nothing serves it\n"
   "  assemble   find the array from its members alone, write ARRAY and\n"
   "             start it once.  A member the superblocks record as working\n"
   "             but not given is refused unless --run (start degraded; the\n"
@@ -60,9 +66,11 @@ const char vt_usage_raid[] =
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
   "\n"
-  "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace and\n"
-  "scrub are performed by that process (online), through ARRAY.request: run\n"
-  "vdtool as the serving user or root (requests from others are ignored).\n";
+  "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
+  "scrub and status are performed by that process (online), through its\n"
+  "control socket, found in the runtime entry it keeps for ARRAY\n"
+  "($VDISK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for\n"
+  "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
                         struct raid_array **a)
@@ -328,6 +336,137 @@ static int raid_cmd_assemble(int argc, char **argv)
   return VT_EXIT_OK;
 }
 
+/* ---- online: the serving process's control socket ---- */
+
+/* Connect to the process serving DESC.  1: connected (*Q, its device name
+ * in DEV); 0: nobody serves it (work offline); -1: error printed. */
+static int raid_online(const char *desc, struct vt_qmp **q, char *dev,
+                       size_t devlen)
+{
+  struct vd_raid_served sv;
+  int r = vd_raid_served_lookup(desc, &sv);
+  if (r < 0) {
+    vt_engine_error(r);
+    return -1;
+  }
+  if (r == 0)
+    return 0;
+  if (!sv.alive && vd_raid_remove_stale(&sv) == 0) {
+    /* Left by a server that was killed: nothing serves the array. */
+    fprintf(stderr, "vdtool: note: %s: removed the stale runtime entry %s "
+            "of process %d, which is gone\n", desc, sv.entry, sv.pid);
+    return 0;
+  }
+  char msg[600];
+  if (vt_qmp_connect(sv.socket, q, msg, sizeof msg) < 0) {
+    vt_error("%s: served by process %d (runtime entry %s), but its control "
+             "socket does not answer: %s", desc, sv.pid, sv.entry, msg);
+    return -1;
+  }
+  snprintf(dev, devlen, "%s", sv.device);
+  return 1;
+}
+
+/* Execute NAME with ARGS (stolen) on Q; *RET (may be NULL) gets the
+ * answer.  Prints the error and returns -1 on failure. */
+static int raid_exec(struct vt_qmp *q, const char *name, json_t *args,
+                     json_t **ret)
+{
+  char msg[600];
+  if (vt_qmp_execute(q, name, args, ret, NULL, msg, sizeof msg) < 0) {
+    vt_error("%s", msg);
+    return -1;
+  }
+  return 0;
+}
+
+/* The query-vdisk-raid object of device DEV, or NULL (printed). */
+static json_t *raid_query(struct vt_qmp *q, const char *dev)
+{
+  json_t *list = NULL;
+  if (raid_exec(q, "query-vdisk-raid", json_pack("{s:s}", "device", dev),
+                &list) < 0)
+    return NULL;
+  json_t *o = json_incref(json_array_get(list, 0));
+  json_decref(list);
+  if (!o)
+    vt_error("%s: the server reports no such RAID device", dev);
+  return o;
+}
+
+/* Whether EV is the end of job ID: 1 completed, 2 cancelled, 0 not. */
+static int raid_job_end(json_t *ev, const char *id, const char **error)
+{
+  const char *name = json_string_value(json_object_get(ev, "event"));
+  json_t *data = json_object_get(ev, "data");
+  const char *dev = json_string_value(json_object_get(data, "device"));
+  const char *jid = json_string_value(json_object_get(data, "id"));
+  if (!name || !((dev && !strcmp(dev, id)) || (jid && !strcmp(jid, id))))
+    return 0;
+  *error = json_string_value(json_object_get(data, "error"));
+  if (!strcmp(name, "BLOCK_JOB_COMPLETED"))
+    return 1;
+  return !strcmp(name, "BLOCK_JOB_CANCELLED") ? 2 : 0;
+}
+
+/* Follow job ID to its end, showing its progress on a terminal; SEEN, if
+ * not NULL, is called with every other event (scrub reports).  Returns 0
+ * when it completed, -1 (printed) otherwise. */
+static int raid_follow_job(struct vt_qmp *q, const char *desc, const char *id,
+                           const char *what, void (*seen)(void *, json_t *),
+                           void *opaque)
+{
+  struct vt_progress prog = { .enabled = isatty(2) };
+  char msg[600];
+  int rc = -1;
+  for (;;) {
+    json_t *ev = NULL;
+    int r = vt_qmp_event(q, 200, &ev, msg, sizeof msg);
+    if (r < 0) {
+      vt_progress_end(&prog);
+      vt_error("%s: the serving process stopped during the %s (%s)%s", desc,
+               what, msg, strcmp(what, "rebuild") ? "" : "; the rebuild "
+               "resumes at the next open (or 'vdtool raid rebuild')");
+      return -1;
+    }
+    if (r > 0) {
+      const char *error = NULL;
+      int end = raid_job_end(ev, id, &error);
+      if (!end && seen)
+        seen(opaque, ev);
+      if (end) {
+        vt_progress_end(&prog);
+        if (end == 2)
+          vt_error("%s: the %s was cancelled", desc, what);
+        else if (error)
+          vt_error("%s: %s failed: %s", desc, what, error);
+        else
+          rc = 0;
+        json_decref(ev);
+        return rc;
+      }
+      json_decref(ev);
+      continue;
+    }
+    if (!prog.enabled)
+      continue;
+    json_t *jobs = NULL;
+    if (raid_exec(q, "query-block-jobs", NULL, &jobs) < 0)
+      return -1;
+    size_t i;
+    json_t *j;
+    json_array_foreach(jobs, i, j) {
+      const char *dev = json_string_value(json_object_get(j, "device"));
+      if (dev && !strcmp(dev, id))
+        vt_progress_update(&prog, (uint64_t)json_integer_value(
+                             json_object_get(j, "offset")),
+                           (uint64_t)json_integer_value(
+                             json_object_get(j, "len")));
+    }
+    json_decref(jobs);
+  }
+}
+
 /* Slot number of MEMBER (path or number), from the descriptor's view. */
 static int raid_slot_of(const char *desc, const char *member)
 {
@@ -360,6 +499,96 @@ static int raid_slot_of(const char *desc, const char *member)
   return slot;
 }
 
+/* Live state from the serving process; 'detail' when nothing serves it. */
+static int raid_cmd_status(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "output", required_argument, NULL, 'O' },
+    { NULL, 0, NULL, 0 }
+  };
+  bool json = false;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    if (c != 'O')
+      return vt_bad_option("raid", argv);
+    if (vt_parse_output(optarg, &json) < 0)
+      return vt_bad_usage("raid", "--output must be human or json");
+  }
+  if (argc - optind != 1)
+    return vt_bad_usage("raid", "status needs exactly one ARRAY");
+  const char *desc = argv[optind];
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0)
+    return VT_EXIT_ERR;
+  if (!on)
+    return raid_cmd_detail(argc, argv);
+  json_t *o = raid_query(q, name);
+  json_t *jobs = NULL;
+  if (o && raid_exec(q, "query-block-jobs", NULL, &jobs) < 0) {
+    json_decref(o);
+    o = NULL;
+  }
+  vt_qmp_close(q);
+  if (!o)
+    return VT_EXIT_ERR;
+  json_t *mine = json_array();
+  size_t i;
+  json_t *j;
+  json_array_foreach(jobs, i, j) {
+    const char *type = json_string_value(json_object_get(j, "type"));
+    if (type && !strncmp(type, "vdisk-raid-", 11))
+      json_array_append(mine, j);
+  }
+  json_decref(jobs);
+  json_object_set_new(o, "jobs", mine);
+  if (json) {
+    json_dumpf(o, stdout, JSON_INDENT(4));
+    putchar('\n');
+    json_decref(o);
+    return VT_EXIT_OK;
+  }
+  printf("%s: served as '%s'\n", desc, name);
+  printf("     Raid Level : raid%d\n",
+         (int)json_integer_value(json_object_get(o, "level")));
+  printf("          State : %s\n",
+         json_string_value(json_object_get(o, "state")));
+  printf("         Events : %" PRIu64 "\n",
+         (uint64_t)json_integer_value(json_object_get(o, "events")));
+  json_t *rb = json_object_get(o, "rebuild");
+  if (rb)
+    printf(" Rebuild Status : %" PRIu64 " of %" PRIu64 " bytes\n",
+           (uint64_t)json_integer_value(json_object_get(rb, "offset")),
+           (uint64_t)json_integer_value(json_object_get(rb, "len")));
+  json_array_foreach(mine, i, j)
+    printf("            Job : %s %s (%s): %" PRIu64 " of %" PRIu64 " bytes\n",
+           json_string_value(json_object_get(j, "type")),
+           json_string_value(json_object_get(j, "device")),
+           json_string_value(json_object_get(j, "status")) ?: "running",
+           (uint64_t)json_integer_value(json_object_get(j, "offset")),
+           (uint64_t)json_integer_value(json_object_get(j, "len")));
+  json_t *ls = json_object_get(o, "last-scrub");
+  if (ls)
+    printf("     Last Scrub : %" PRIu64 " stripes, %" PRIu64 " mismatched, %"
+           PRIu64 " repaired%s%s\n",
+           (uint64_t)json_integer_value(json_object_get(ls, "stripes")),
+           (uint64_t)json_integer_value(json_object_get(ls, "mismatches")),
+           (uint64_t)json_integer_value(json_object_get(ls, "repaired")),
+           json_object_get(ls, "error") ? ": " : "",
+           json_string_value(json_object_get(ls, "error")) ?: "");
+  printf("\n   Slot  State       Events  Device\n");
+  json_array_foreach(json_object_get(o, "members"), i, j)
+    printf("   %4d  %-10s  %6" PRIu64 "  %s\n",
+           (int)json_integer_value(json_object_get(j, "slot")),
+           json_string_value(json_object_get(j, "state")),
+           (uint64_t)json_integer_value(json_object_get(j, "events")),
+           json_string_value(json_object_get(j, "path")));
+  json_decref(o);
+  return VT_EXIT_OK;
+}
+
 static int raid_cmd_fail(int argc, char **argv)
 {
   if (argc != 3)
@@ -368,14 +597,17 @@ static int raid_cmd_fail(int argc, char **argv)
   int slot = raid_slot_of(desc, argv[2]);
   if (slot < 0)
     return VT_EXIT_ERR;
-  if (vd_raid_served_by(desc)) {
-    char req[64], res[2048];
-    snprintf(req, sizeof req, "fail %d", slot);
-    if (vd_raid_request(desc, req, res, sizeof res, 60) < 0) {
-      vt_engine_error(-1);
-      return VT_EXIT_ERR;
-    }
-    return VT_EXIT_OK;
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0)
+    return VT_EXIT_ERR;
+  if (on) {
+    int r = raid_exec(q, "vdisk-raid-fail",
+                      json_pack("{s:s, s:i}", "device", name, "member", slot),
+                      NULL);
+    vt_qmp_close(q);
+    return r < 0 ? VT_EXIT_ERR : VT_EXIT_OK;
   }
   struct vd_dev *dev;
   struct raid_array *a;
@@ -394,38 +626,33 @@ static int raid_cmd_fail(int argc, char **argv)
   return VT_EXIT_OK;
 }
 
-/* Follow an online rebuild through the superblocks' checkpoints. */
-static int raid_watch_rebuild(const char *desc)
+/* Follow the background rebuild of a served array (one resumed at open)
+ * until no member is rebuilding. */
+static int raid_watch_rebuild(struct vt_qmp *q, const char *desc,
+                              const char *dev)
 {
   struct vt_progress prog = { .enabled = isatty(2) };
-  struct vd_raid_status *st = malloc(sizeof *st);
-  int rc = VT_EXIT_OK;
-  if (!st)
-    return VT_EXIT_ERR;
   for (;;) {
-    if (vd_raid_examine(desc, st) < 0) {
-      vt_engine_error(-1);
-      rc = VT_EXIT_ERR;
-      break;
+    json_t *o = raid_query(q, dev), *rb = o ? json_object_get(o, "rebuild")
+                                            : NULL;
+    if (!o)
+      return VT_EXIT_ERR;
+    if (!rb) {
+      vt_progress_end(&prog);
+      bool degraded = json_is_true(json_object_get(o, "degraded"));
+      if (degraded)
+        vt_error("%s: rebuild did not complete (state: %s)", desc,
+                 json_string_value(json_object_get(o, "state")));
+      json_decref(o);
+      return degraded ? VT_EXIT_ERR : VT_EXIT_OK;
     }
-    if (!st->rebuilding)
-      break;
-    vt_progress_update(&prog, st->rebuild_done, st->rebuild_total);
-    if (!vd_raid_served_by(desc)) {
-      vt_error("%s: the serving process stopped; the rebuild resumes at the "
-               "next open (or 'vdtool raid rebuild')", desc);
-      rc = VT_EXIT_ERR;
-      break;
-    }
+    vt_progress_update(&prog, (uint64_t)json_integer_value(
+                         json_object_get(rb, "offset")),
+                       (uint64_t)json_integer_value(
+                         json_object_get(rb, "len")));
+    json_decref(o);
     usleep(200000);
   }
-  vt_progress_end(&prog);
-  if (rc == VT_EXIT_OK && st->degraded) {
-    vt_error("%s: rebuild did not complete (state: %s)", desc, st->state);
-    rc = VT_EXIT_ERR;
-  }
-  free(st);
-  return rc;
 }
 
 static int raid_cmd_replace(int argc, char **argv, bool resume)
@@ -466,29 +693,53 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
              newp);
     return VT_EXIT_ERR;
   }
-  if (vd_raid_served_by(desc)) {
-    char res[2048], *req = malloc(PATH_MAX + 128);
-    int r = 0;
-    if (!req) {
-      free(absnew);
-      return VT_EXIT_ERR;
-    }
-    if (rate) {
-      snprintf(req, PATH_MAX + 128, "rate %" PRIu64, rate);
-      r = vd_raid_request(desc, req, res, sizeof res, 60);
-    }
-    if (r == 0 && !resume) {
-      snprintf(req, PATH_MAX + 128, "replace %d %s %s", slot,
-               fmt ? fmt : "-", absnew);
-      r = vd_raid_request(desc, req, res, sizeof res, 60);
-    }
-    free(req);
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0) {
     free(absnew);
-    if (r < 0) {
-      vt_engine_error(-1);
-      return VT_EXIT_ERR;
+    return VT_EXIT_ERR;
+  }
+  if (on && resume) {
+    /* A checkpointed rebuild resumes by itself when the server opens the
+     * array: follow it. */
+    int rc = VT_EXIT_ERR;
+    if (rate)
+      vt_error("%s: --rate applies to an offline rebuild; online, give the "
+               "rate to 'vdtool raid replace' or use block-job-set-speed",
+               desc);
+    else
+      rc = raid_watch_rebuild(q, desc, name);
+    vt_qmp_close(q);
+    return rc;
+  }
+  if (on) {
+    char id[64];
+    snprintf(id, sizeof id, "vdtool-replace-%ld", (long)getpid());
+    json_t *args = json_pack("{s:s, s:i, s:s, s:s, s:I}", "device", name,
+                             "member", slot, "new", absnew, "job-id", id,
+                             "speed", (json_int_t)rate);
+    if (args && fmt)
+      json_object_set_new(args, "format", json_string(fmt));
+    free(absnew);
+    int rc = VT_EXIT_OK;
+    if (raid_exec(q, "vdisk-raid-replace", args, NULL) < 0)
+      rc = VT_EXIT_ERR;
+    else if (wait && raid_follow_job(q, desc, id, "rebuild", NULL, NULL) < 0)
+      rc = VT_EXIT_ERR;
+    if (rc == VT_EXIT_OK && wait) {
+      json_t *o = raid_query(q, name);
+      if (!o)
+        rc = VT_EXIT_ERR;
+      else if (json_is_true(json_object_get(o, "degraded"))) {
+        vt_error("%s: rebuild did not complete (state: %s)", desc,
+                 json_string_value(json_object_get(o, "state")));
+        rc = VT_EXIT_ERR;
+      }
+      json_decref(o);
     }
-    return wait ? raid_watch_rebuild(desc) : VT_EXIT_OK;
+    vt_qmp_close(q);
+    return rc;
   }
   struct vd_dev *dev;
   struct raid_array *a;
@@ -512,6 +763,24 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
     return VT_EXIT_ERR;
   }
   return VT_EXIT_OK;
+}
+
+/* The scrub report event of our job (raid_follow_job's SEEN). */
+struct raid_scrub_seen {
+  char id[64];
+  json_t *report;
+};
+
+static void raid_scrub_seen(void *opaque, json_t *ev)
+{
+  struct raid_scrub_seen *sn = opaque;
+  json_t *data = json_object_get(ev, "data");
+  const char *jid = json_string_value(json_object_get(data, "job-id"));
+  if (!strcmp(json_string_value(json_object_get(ev, "event")) ?: "",
+              "VDISK_RAID_SCRUB_REPORT") && jid && !strcmp(jid, sn->id)) {
+    json_decref(sn->report);
+    sn->report = json_incref(data);
+  }
 }
 
 static void raid_print_mismatch(void *opaque, uint64_t stripe, uint64_t off)
@@ -538,21 +807,44 @@ static int raid_cmd_scrub(int argc, char **argv)
     return vt_bad_usage("raid", "scrub needs ARRAY");
   const char *desc = argv[optind];
   uint64_t stripes, mism, rep;
-  if (vd_raid_served_by(desc)) {
-    char res[2048];
-    if (vd_raid_request(desc, repair ? "scrub repair" : "scrub", res,
-                        sizeof res, 0) < 0) {
-      vt_engine_error(-1);
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0)
+    return VT_EXIT_ERR;
+  if (on) {
+    struct raid_scrub_seen sn = { .report = NULL };
+    snprintf(sn.id, sizeof sn.id, "vdtool-scrub-%ld", (long)getpid());
+    int r = raid_exec(q, "vdisk-raid-scrub",
+                      json_pack("{s:s, s:b, s:s}", "device", name, "repair",
+                                repair, "job-id", sn.id), NULL);
+    if (r == 0)
+      r = raid_follow_job(q, desc, sn.id, "scrub", raid_scrub_seen, &sn);
+    vt_qmp_close(q);
+    if (r == 0 && !sn.report) {
+      vt_error("%s: the server sent no scrub report", desc);
+      r = -1;
+    }
+    if (r < 0) {
+      json_decref(sn.report);
       return VT_EXIT_ERR;
     }
-    char list[1024] = "";
-    if (sscanf(res, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %1023s", &stripes,
-               &mism, &rep, list) < 3) {
-      vt_error("%s: unexpected answer '%s'", desc, res);
-      return VT_EXIT_ERR;
-    }
-    for (char *t = strtok(list, ","); t; t = strtok(NULL, ","))
-      printf("mismatch: stripe %s\n", t);
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(sn.report, "mismatched-stripes"), i,
+                       m)
+      printf("mismatch: stripe %" PRIu64 " (array offset %" PRIu64 ")\n",
+             (uint64_t)json_integer_value(json_object_get(m, "stripe")),
+             (uint64_t)json_integer_value(json_object_get(m, "offset")));
+    stripes = (uint64_t)json_integer_value(json_object_get(sn.report,
+                                                           "stripes"));
+    mism = (uint64_t)json_integer_value(json_object_get(sn.report,
+                                                        "mismatches"));
+    rep = (uint64_t)json_integer_value(json_object_get(sn.report,
+                                                       "repaired"));
+    if (mism > i)
+      printf("(%" PRIu64 " more mismatched stripes not listed)\n", mism - i);
+    json_decref(sn.report);
   } else {
     struct vd_dev *dev;
     if (vt_open(desc, "raid", repair ? VD_OPEN_RDWR : 0, &dev) < 0)
@@ -590,6 +882,7 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "create")) return raid_cmd_create(argc, argv);
   if (!strcmp(sub, "detail")) return raid_cmd_detail(argc, argv);
   if (!strcmp(sub, "assemble")) return raid_cmd_assemble(argc, argv);
+  if (!strcmp(sub, "status")) return raid_cmd_status(argc, argv);
   if (!strcmp(sub, "fail")) return raid_cmd_fail(argc, argv);
   if (!strcmp(sub, "replace")) return raid_cmd_replace(argc, argv, false);
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);

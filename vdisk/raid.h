@@ -172,12 +172,50 @@ int vd_raid_scrub(struct raid_array *a, bool repair,
                   struct vd_raid_scrub_report *r, vd_progress_fn progress,
                   void *opaque);
 
-/* Online requests to the process serving the array at DESC (see
- * docs/raid-format.md): REQUEST is "fail SLOT", "replace SLOT FORMAT PATH",
- * "scrub", "scrub repair" or "rate BYTES_PER_S".  Waits for the answer
- * (at most TIMEOUT seconds if > 0) and copies its text to RESULT. */
-int vd_raid_request(const char *desc, const char *request, char *result,
-                    size_t reslen, int timeout);
+/* Runtime entries: how vdtool finds the process serving an array (see
+ * docs/raid-format.md, "Online management").  A serving process publishes
+ * one entry per array in its user's runtime folder, named after the
+ * descriptor's device and inode ("raid-DEV-INO", hexadecimal), holding its
+ * pid, its control socket and the array's device name there.
+ *
+ * The runtime folder: $VDISK_RUNTIME_DIR if set (absolute), else
+ * $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for root, else /tmp/vdisk-UID.
+ * With CREATE it is made (mode 0700) when missing and must be a directory
+ * (not a symlink: -ELOOP) owned by this uid and not writable by group or
+ * others (-EPERM); without, only a folder that exists is checked, and one
+ * owned by root passes too.  Its path goes to OUT. */
+int vd_raid_runtime_dir(char *out, size_t len, bool create);
+
+struct vd_raid_entry;          /* a published entry (opaque) */
+/* Publish an entry for the array at DESC: SOCKET (absolute) serves it as
+ * DEVICE.  Written to a fresh O_EXCL | O_NOFOLLOW file (0600) and linked
+ * to its name without replacing anything: -EEXIST while a live process
+ * has an entry for the array (a dead one's is replaced). */
+int vd_raid_publish(const char *desc, const char *socket, const char *device,
+                    struct vd_raid_entry **out);
+/* Publish E again under the descriptor's current inode (a replace
+ * rewrites the descriptor by rename) and remove the old entry. */
+int vd_raid_republish(struct vd_raid_entry *e);
+/* Remove E's file if it is still the one we wrote, and free E (NULL:
+ * nothing). */
+void vd_raid_unpublish(struct vd_raid_entry *e);
+
+struct vd_raid_served {
+  int pid;
+  bool alive;                  /* the process still exists */
+  char socket[108];            /* its control socket (sun_path size) */
+  char device[256];            /* the array's device name there */
+  char entry[4096];            /* the entry's path */
+  unsigned long long entry_dev, entry_ino;
+};
+/* Look up the entry of the array at DESC.  1 with *OUT filled, 0 when
+ * there is none, -errno when it cannot be trusted (a symlink: -ELOOP; not
+ * a regular file of this uid or root, or writable by others: -EPERM;
+ * malformed: -EINVAL) or read. */
+int vd_raid_served_lookup(const char *desc, struct vd_raid_served *out);
+/* Remove the entry SV names if its process is gone and the file is still
+ * the one looked up.  0, or -EBUSY when the process lives. */
+int vd_raid_remove_stale(const struct vd_raid_served *sv);
 /* Pid of a live process serving DESC, or 0. */
 int vd_raid_served_by(const char *desc);
 
