@@ -82,18 +82,19 @@ vdtool raid create -l 5 -c 64K --size 8M -f vpc bg.vdraid n0.vhd n1.vhd n2.vhd >
 head -c "$(vsize bg.vdraid)" /dev/zero > bg-expected.raw
 vdtool create -f vpc n3.vhd "$(vsize n1.vhd)" >/dev/null   # a replacement
 mkdir -p "$mnt"
-# (A relative path: the daemon runs in "/", yet the array's side files
-# and its descriptor must stay those of the array it opened.)
+# (A relative path: the daemon runs in "/", yet its runtime entry and the
+# descriptor must stay those of the array it opened.)
 vdisk_fuse bg.vdraid "$mnt"
 on_exit "fusermount3 -uz '$mnt'"
 mountpoint -q "$mnt" || fail "vdisk-fuse returned before the mount was ready"
 pid=$(pgrep -f -- "vdisk-fuse bg\.vdraid $mnt\$") || fail "no vdisk-fuse daemon found"
 random_writes "$mnt/bg.raw" bg-expected.raw 3
 cmp "$mnt/bg.raw" bg-expected.raw || fail "RAID5 in a detached vdisk-fuse reads back wrong"
-# The daemon runs the array's threads: its monitor answers online
-# requests, and a replacement is rebuilt by its rebuild thread.
-[ "$(cat bg.vdraid.served)" = "$pid" ] ||
-  fail "bg.vdraid.served names $(cat bg.vdraid.served), not the daemon $pid"
+# The daemon runs the array's threads: it answers online management on
+# its control socket (found through its runtime entry), and a replacement
+# is rebuilt by its rebuild job.
+vdtool raid detail bg.vdraid | grep -q "Served by : pid $pid\$" ||
+  fail "detail does not name the daemon $pid: $(vdtool raid detail bg.vdraid)"
 vdtool raid fail bg.vdraid 1 >/dev/null || fail "online fail through the daemon"
 vdtool raid replace --no-wait bg.vdraid 1 n3.vhd >/dev/null ||
   fail "online replace through the daemon"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# RAID side files and the online request file against a hostile neighbour
-# (issue 10, items 3, 4, 9 and 11):
+# RAID side files and online management against a hostile neighbour
+# (issue 10, items 3, 4, 9 and 11; issue 12 for the runtime entries):
 #  - symlinks planted at every temporary name the RAID code ever used, and
 #    at the final names, never make create / fail / replace / serve write
 #    through them (the victim file stays byte-identical);
 #  - the descriptor rewrite fsyncs its folder after the rename (strace);
-#  - a request written by another uid (setpriv as nobody) into a
-#    world-writable folder, a symlinked or world-writable request file are
-#    ignored with a log line; malformed requests are answered with an error
-#    and change nothing;
-#  - a FIFO as the request file never blocks the server (SIGTERM stops it),
-#    a FIFO as a member never blocks an opener, and a descriptor naming
+#  - the old request file (ARRAY.request) is inert: nothing reads it;
+#  - runtime entries that cannot be trusted (another uid's, writable by
+#    others, a symlink) are refused by vdtool in one line, never followed;
+#    malformed fail/replace arguments over the socket are refused and
+#    change nothing;
+#  - a FIFO as a member never blocks an opener, and a descriptor naming
 #    itself (directly or through another) fails in one line, no crash.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
@@ -36,15 +36,13 @@ grep -q '^VDRAID 1$' a.vdraid || fail "the descriptor was not written"
 ls a.vdraid.tmp-* >/dev/null 2>&1 && fail "a temporary file was left behind"
 
 start_nbd a.vdraid
-for i in $(seq 100); do [ -f a.vdraid.served ] && [ ! -L a.vdraid.served ] && break; sleep 0.1; done
-victim_unchanged "serving" a.vdraid.served
-[ "$(cat a.vdraid.served)" = "$(cat "$nbd_pidfile")" ] ||
-  fail "a.vdraid.served does not hold the server's pid"
-ln -s "$VD_TMP/victim" a.vdraid.result 2>/dev/null || true
+victim_unchanged "serving" a.vdraid
+vdtool raid detail --output=json a.vdraid |
+  grep -q "\"served-by\": $(cat "$nbd_pidfile")," ||
+  fail "detail does not name the server's pid"
 vdtool raid fail a.vdraid 1
-victim_unchanged "online fail" a.vdraid.result
+victim_unchanged "online fail" a.vdraid
 vdtool create -f raw new.img 4M >/dev/null
-ln -sf "$VD_TMP/victim" a.vdraid.result
 ln -sf "$VD_TMP/victim" a.vdraid.tmpXX
 vdtool raid replace a.vdraid 1 new.img
 victim_unchanged "online replace" a.vdraid
@@ -90,151 +88,86 @@ else
   echo "strace missing: folder fsync not checked" >&2
 fi
 
-# ---- item 4: the request file is checked before it is trusted ----
+# ---- item 4: what vdtool and the server trust ----
 vdtool raid create -l 1 --size 4M other.vdraid o0 o1
-if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
-  chmod 0711 "$VD_TMP"
-  W=$VD_TMP/shared
-  mkdir "$W"; chmod 0777 "$W"
-  vdtool raid create -l 1 --size 4M "$W/s.vdraid" "$W/s0" "$W/s1" "$W/s2"
-  start_nbd "$W/s.vdraid"
-  for i in $(seq 100); do [ -f "$W/s.vdraid.served" ] && break; sleep 0.1; done
-  states() {
-    vdtool raid detail --output=json "$W/s.vdraid" |
-      /usr/bin/python3 -c 'import json,sys; print(" ".join(m["state"] for m in json.load(sys.stdin)["members"]))'
-  }
-  # wait_log REGEX: the server logs it within 20 s.
-  wait_log() {
-    local i
-    for i in $(seq 200); do
-      grep -Eq -- "$1" "$nbd_errlog" && return 0
-      sleep 0.1
-    done
-    fail "the server did not log /$1/: $(cat "$nbd_errlog")"
-  }
-  as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
+W=$VD_TMP/shared
+mkdir "$W"
+vdtool raid create -l 1 --size 4M "$W/s.vdraid" "$W/s0" "$W/s1" "$W/s2"
+start_nbd --control "$VD_TMP/ctl.sock" "$W/s.vdraid"
+states() {
+  vdtool raid detail --output=json "$W/s.vdraid" |
+    /usr/bin/python3 -c 'import json,sys; print(" ".join(m["state"] for m in json.load(sys.stdin)["members"]))'
+}
+# The request file of old is inert now.
+(umask 077; printf 'fail 1\n' > "$W/s.vdraid.request")
+sleep 0.5
+[ "$(states)" = "active active active" ] || fail "a request file was executed"
+[ ! -e "$W/s.vdraid.result" ] || fail "a request file was answered"
+rm -f "$W/s.vdraid.request"
 
-  # Another uid writes a request: ignored, logged, nothing happens.
-  as_nobody sh -c "umask 077; printf 'fail 1\n' > '$W/s.vdraid.request'" ||
-    fail "nobody could not write into the shared folder"
-  wait_log "s.vdraid.request: request ignored: owned by uid 65534"
-  sleep 0.5
-  [ "$(states)" = "active active active" ] ||
-    fail "a request from uid nobody was executed: $(states)"
-  [ ! -e "$W/s.vdraid.result" ] || fail "a foreign request was answered"
-  as_nobody rm -f "$W/s.vdraid.request"
-
-  # A symlink to a file of ours that reads like a request: not followed.
-  printf 'fail 2\n' > "$VD_TMP/looks-like-a-request"
-  chmod 600 "$VD_TMP/looks-like-a-request"
-  as_nobody ln -s "$VD_TMP/looks-like-a-request" "$W/s.vdraid.request"
-  wait_log "s.vdraid.request: request ignored: it is a symbolic link"
-  as_nobody rm -f "$W/s.vdraid.request"
-  # Ours, but writable by others: anyone could have rewritten it.
-  printf 'fail 2\n' > "$W/s.vdraid.request.new"
-  chmod 666 "$W/s.vdraid.request.new"
-  mv "$W/s.vdraid.request.new" "$W/s.vdraid.request"
-  wait_log "s.vdraid.request: request ignored: writable by group or others"
-  rm -f "$W/s.vdraid.request"
-  sleep 0.3
-  [ "$(states)" = "active active active" ] ||
-    fail "a symlinked or world-writable request was executed: $(states)"
-
-  # Malformed requests from ourselves: answered with an error.
-  # send_raw TEXT: leave TEXT (printf format) as the request, print the answer.
-  send_raw() {
-    rm -f "$W/s.vdraid.result"
-    (umask 077; printf "$1" > "$W/req.tmp")
-    mv "$W/req.tmp" "$W/s.vdraid.request"
-    local i
-    for i in $(seq 200); do
-      if [ -f "$W/s.vdraid.result" ]; then
-        cat "$W/s.vdraid.result"; rm -f "$W/s.vdraid.result"; return 0
-      fi
-      sleep 0.1
-    done
-    fail "no answer to '$1'"
-  }
-  expect_answer() {
-    local re=$1 text=$2 ans
-    ans=$(send_raw "$text")
-    echo "$ans" | grep -Eq -- "^error .*$re" ||
-      fail "request '$text' answered '$ans', expected an error /$re/"
-  }
-  expect_answer "fail needs a slot number below 3" 'fail 1x\n'
-  expect_answer "fail needs a slot number below 3" 'fail -1\n'
-  expect_answer "fail needs a slot number below 3" 'fail  1\n'
-  expect_answer "fail needs a slot number below 3" 'fail 4294967297\n'
-  expect_answer "fail needs a slot number below 3" 'fail 18446744073709551617\n'
-  expect_answer "fail needs a slot number below 3" 'fail 3\n'
-  expect_answer "fail needs a slot number below 3" 'fail \n'
-  expect_answer "rate needs bytes per second" 'rate 12k\n'
-  expect_answer "one line" 'fail 1'
-  expect_answer "one line" 'fail 1\nfail 2\n'
-  expect_answer "control characters" 'fail 1\r\n'
-  expect_answer "unknown request" 'format everything\n'
-  expect_answer "slot number out of range" "replace 9 raw $W/s1\n"
-  expect_answer "unknown format" "replace 1 nosuchformat $W/s1\n"
-  expect_answer "the path must be absolute" 'replace 1 raw s1\n'
-  expect_answer "expected 'replace SLOT FORMAT PATH'" 'replace 1\n'
-  expect_answer "/dev/null: not a regular file or block device" \
-    'replace 1 raw /dev/null\n'
-  mkfifo "$W/fifo"
-  expect_answer "fifo: not a regular file or block device" \
-    "replace 1 raw $W/fifo\n"
-  expect_answer "s.vdraid: is the array's descriptor" \
-    "replace 1 raw $W/s.vdraid\n"
-  expect_answer "s.vdraid.served: is the array's control file" \
-    "replace 1 raw $W/s.vdraid.served\n"
-  expect_answer "s2 is already member 2" "replace 1 raw $W/s2\n"
-  uuid=$(sed -n 's/^uuid //p' other.vdraid)
-  expect_answer "o0: holds the superblock of another RAID array \\($uuid\\)" \
-    "replace 1 raw $VD_TMP/o0\n"
-  cmp -s victim victim.orig || fail "victim changed"
-  [ "$(states)" = "active active active" ] ||
-    fail "a malformed request changed the array: $(states)"
-  # And a well-formed one still works.
-  [ "$(send_raw 'fail 2\n')" = ok ] || fail "a valid request was not executed"
-  [ "$(states)" = "active active faulty" ] || fail "fail 2: $(states)"
-
-  # ---- item 9: a FIFO as the request file blocks nothing ----
-  mkfifo "$W/s.vdraid.request"
-  wait_log "s.vdraid.request: request ignored: it is not a regular file"
-  # The monitor still answers once the FIFO is replaced by a request.
-  vdtool raid scrub "$W/s.vdraid" 2>&1 | grep -q "degraded" ||
-    fail "the server stopped answering after a FIFO request file"
-  mkfifo "$W/s.vdraid.request" 2>/dev/null || true
-  sleep 0.5
-  pid=$(cat "$nbd_pidfile")
-  kill -TERM "$pid"
-  for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid"
-    fail "vdisk-nbd ignored SIGTERM with a FIFO as the request file"
-  fi
-  rm -f "$nbd_pidfile"
-  check_nbd_log 2>/dev/null
-  rm -f "$W/s.vdraid.request"
-else
-  echo "not root or no setpriv: the other-uid checks are skipped" >&2
+# The runtime entry: only a regular file of our uid or root, not writable
+# by others, is believed.
+entry=$(ls "$VDISK_RUNTIME_DIR"/raid-*)
+chmod 0666 "$entry"
+expect_error "runtime entry writable by group or others \(mode 666\): refused" \
+  timeout 30 "$top_builddir/tools/vdtool" raid fail "$W/s.vdraid" 1
+chmod 0600 "$entry"
+if [ "$(id -u)" = 0 ]; then
+  chown 65534 "$entry"
+  expect_error "runtime entry owned by uid 65534, not by uid 0 or root: refused" \
+    timeout 30 "$top_builddir/tools/vdtool" raid scrub "$W/s.vdraid"
+  chown 0 "$entry"
 fi
+mv "$entry" "$entry.real"
+ln -s "$entry.real" "$entry"
+expect_error "runtime entry is a symbolic link: refused" \
+  timeout 30 "$top_builddir/tools/vdtool" raid status "$W/s.vdraid"
+rm "$entry"
+mv "$entry.real" "$entry"
+[ "$(states)" = "active active active" ] || fail "an untrusted entry was used"
 
-# vdtool believes ARRAY.served (and the answer) only from its own uid or
-# root: a pid planted by another user does not make it wait for an answer.
-if [ -n "${W:-}" ]; then
-  sleep 1000 & sleeper=$!
-  on_exit "kill $sleeper"
-  as_nobody sh -c "echo $sleeper > '$W/s.vdraid.served'"
-  vdtool raid detail "$W/s.vdraid" | grep -q "Served by" &&
-    fail "a .served file of uid nobody was believed"
-  # Not served: vdtool does the work itself instead of waiting for an answer.
-  timeout 30 "$top_builddir/tools/vdtool" raid fail "$W/s.vdraid" 1 ||
-    fail "vdtool waited for a server that a planted .served file named"
-  [ "$(states)" = "active faulty faulty" ] || fail "offline fail: $(states)"
-  vdtool raid detail --output=json "$W/s.vdraid" | grep -q '"served-by": 0' ||
-    fail "served-by is not 0"
-  kill $sleeper
-fi
+# Malformed replace arguments over the socket: refused, nothing changes.
+mkfifo "$W/fifo"
+vdtool create -f raw "$W/spare" 4M >/dev/null
+uuid=$(sed -n 's/^uuid //p' other.vdraid)
+timeout 120 /usr/bin/python3 - "$VD_TMP/ctl.sock" "$W" "$VD_TMP" "$uuid" \
+  "$top_srcdir/tests/integration" <<'EOF' || fail "replace arguments"
+import sys
+ctl, W, T, uuid, here = sys.argv[1:6]
+sys.path.insert(0, here)
+from qmp import QMP
+q = QMP(ctl)
+dev = "s.vdraid"
+def refused(args, want, cmd="vdisk-raid-replace"):
+    r = q.execute(cmd, dict(device=dev, **args))
+    assert "error" in r, (args, r)
+    assert want in r["error"]["desc"], (args, r["error"]["desc"], want)
+refused(dict(member=9, new=W + "/s1"), "no slot 9")
+refused(dict(member=-1, new=W + "/s1"), "no slot -1")
+refused(dict(member="nosuch", new=W + "/s1"), "nosuch is not a member")
+refused(dict(member=1, new="s1"), "must be an absolute path")
+refused(dict(member=1, new=W + "/spare", format="nosuchformat"), "nosuchformat")
+refused(dict(member=1, new="/dev/null"), "/dev/null: not a regular file or block device")
+refused(dict(member=1, new=W + "/fifo"), "fifo: not a regular file or block device")
+refused(dict(member=1, new=W + "/s.vdraid"), "is the array's descriptor")
+refused(dict(member=1, new=W + "/s2"), "s2 is already member 2")
+refused(dict(member=1, new=T + "/o0"), "o0: holds the superblock of another RAID array (%s)" % uuid)
+refused(dict(member=1, new=W + "/s1", speed="fast"), "Parameter 'speed' expects")
+refused(dict(member=1, new=W + "/s1", bogus=1), "Parameter 'bogus' is unexpected")
+refused(dict(member="1x"), "1x is not a member", "vdisk-raid-fail")
+r = q.execute("vdisk-raid-fail", dict(device="nosuch", member=1))
+assert r["error"]["class"] == "DeviceNotFound", r
+EOF
+cmp -s victim victim.orig || fail "victim changed"
+[ "$(states)" = "active active active" ] ||
+  fail "a malformed request changed the array: $(states)"
+vdtool raid fail "$W/s.vdraid" 2
+[ "$(states)" = "active active faulty" ] || fail "fail 2: $(states)"
+vdtool raid scrub "$W/s.vdraid" 2>&1 | grep -q "degraded" ||
+  fail "online scrub of a degraded array is not refused"
+stop_nbd
+[ -z "$(ls "$VDISK_RUNTIME_DIR"/raid-* 2>/dev/null)" ] ||
+  fail "runtime entry left behind at exit"
 
 # ---- item 9: loops and FIFO members ----
 vdtool raid create -l 1 --size 4M l.vdraid l0 l1
