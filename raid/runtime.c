@@ -191,6 +191,18 @@ int vd_raid_remove_stale(const struct vd_raid_served *sv)
   if (lstat(sv->entry, &st) == 0 && st.st_dev == sv->entry_dev &&
       st.st_ino == sv->entry_ino && unlink(sv->entry) != 0)
     return vd_set_error(errno, "%s: %s", sv->entry, strerror(errno));
+  /* A server without --control had its socket in the runtime folder,
+   * named PROGRAM-PID.sock: that one is stale too. */
+  char dir[PATH_MAX], tail[32];
+  size_t dl, sl = strlen(sv->socket), tl;
+  snprintf(tail, sizeof tail, "-%d.sock", sv->pid);
+  tl = strlen(tail);
+  if (vd_raid_runtime_dir(dir, sizeof dir, false) == 0 &&
+      (dl = strlen(dir)) < sl && strncmp(sv->socket, dir, dl) == 0 &&
+      sv->socket[dl] == '/' && !strchr(sv->socket + dl + 1, '/') &&
+      sl > tl && strcmp(sv->socket + sl - tl, tail) == 0 &&
+      lstat(sv->socket, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(sv->socket);
   return 0;
 }
 

@@ -214,7 +214,9 @@ struct vd_raid_served {
  * malformed: -EINVAL) or read. */
 int vd_raid_served_lookup(const char *desc, struct vd_raid_served *out);
 /* Remove the entry SV names if its process is gone and the file is still
- * the one looked up.  0, or -EBUSY when the process lives. */
+ * the one looked up, and the dead process's own control socket if it was
+ * in the runtime folder (PROGRAM-PID.sock).  0, or -EBUSY when the
+ * process lives. */
 int vd_raid_remove_stale(const struct vd_raid_served *sv);
 /* Pid of a live process serving DESC, or 0. */
 int vd_raid_served_by(const char *desc);

@@ -493,6 +493,11 @@ static json_t *cmd_raid_scrub(struct vc_server *s, json_t *args,
   struct raid_array *a = raid_find(r, dev, &d, err);
   if (!a)
     return NULL;
+  if (vc_device_busy(s, dev)) {
+    vc_error_set(err, "GenericError", "Device '%s' is busy with a block job",
+                 dev);
+    return NULL;
+  }
   struct vd_raid_status *st = malloc(sizeof *st);
   struct scrub_job *j = calloc(1, sizeof *j);
   if (!st || !j || vd_raid_status(a, st) < 0) {
