@@ -1,16 +1,15 @@
 /* vdtool qmp — a small QMP client for the control socket of vdisk-nbd
  * and vdisk-fuse (--control=PATH, docs/control.md): run one command and
- * print its "return" as JSON, and/or follow the events. */
+ * print its "return" as JSON, and/or follow the events.  The protocol
+ * itself is tools/qmp-client.c, shared with vdtool raid. */
 #include <config.h>
 
-#include <errno.h>
+#include <getopt.h>
 #include <jansson.h>
-#include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
+#include "tools/qmp-client.h"
 #include "tools/vdtool.h"
 
 const char vt_summary_qmp[] = "send a command to a control socket";
@@ -30,78 +29,6 @@ const char vt_usage_qmp[] =
   "Example: vdtool qmp /run/disk.qmp query-block\n"
   "         vdtool qmp /run/disk.qmp block-job-set-speed device=job0 speed=0\n";
 
-/* Messages end with a newline (as the server sends them). */
-struct qmp_conn {
-  int fd;
-  char *buf;
-  size_t len, cap;
-};
-
-#define QMP_MAX_REPLY (64u << 20)
-
-/* The next message, or NULL (closed, error: printed). */
-static json_t *qmp_read(struct qmp_conn *c)
-{
-  for (;;) {
-    char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
-    if (nl) {
-      json_error_t jerr;
-      size_t n = (size_t)(nl - c->buf);
-      json_t *m = json_loadb(c->buf, n, 0, &jerr);
-      memmove(c->buf, nl + 1, c->len - n - 1);
-      c->len -= n + 1;
-      if (!m)
-        vt_error("qmp: the server sent bad JSON: %s", jerr.text);
-      return m;
-    }
-    if (c->cap - c->len < 65536) {
-      if (c->cap >= QMP_MAX_REPLY) {
-        vt_error("qmp: a message longer than 64 MiB");
-        return NULL;
-      }
-      char *p = realloc(c->buf, c->cap ? c->cap * 2 : 65536);
-      if (!p) {
-        vt_error("out of memory");
-        return NULL;
-      }
-      c->buf = p;
-      c->cap = c->cap ? c->cap * 2 : 65536;
-    }
-    ssize_t r = read(c->fd, c->buf + c->len, c->cap - c->len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      if (r < 0)
-        vt_error("qmp: %s", strerror(errno));
-      return NULL;
-    }
-    c->len += (size_t)r;
-  }
-}
-
-static int qmp_send(struct qmp_conn *c, json_t *msg)
-{
-  char *text = json_dumps(msg, JSON_COMPACT);
-  size_t len, off = 0;
-  if (!text)
-    return -ENOMEM;
-  len = strlen(text);
-  text[len] = '\n';      /* the terminator is replaced: sent by length */
-  while (off < len + 1) {
-    ssize_t r = send(c->fd, text + off, len + 1 - off, MSG_NOSIGNAL);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0) {
-      int err = errno;
-      free(text);
-      return -err;
-    }
-    off += (size_t)r;
-  }
-  free(text);
-  return 0;
-}
-
 static void print_line(json_t *m)
 {
   json_dumpf(m, stdout, JSON_COMPACT);
@@ -109,36 +36,20 @@ static void print_line(json_t *m)
   fflush(stdout);
 }
 
-/* Send EXECUTE with ARGS (stolen) and wait for its reply, printing the
- * events that come first when EVENTS.  Returns the reply or NULL. */
-static json_t *qmp_call(struct qmp_conn *c, const char *execute, json_t *args,
-                        bool events)
+/* Print the events read so far (they come before the reply they arrived
+ * ahead of).  Returns 0, or -1 when the connection failed (printed). */
+static int print_queued_events(struct vt_qmp *q)
 {
-  json_t *req = json_pack("{s:s}", "execute", execute);
-  if (!req) {
-    json_decref(args);
-    return NULL;
+  json_t *ev;
+  char msg[600];
+  int r;
+  while ((r = vt_qmp_event(q, 0, &ev, msg, sizeof msg)) > 0) {
+    print_line(ev);
+    json_decref(ev);
   }
-  if (args)
-    json_object_set_new(req, "arguments", args);
-  int r = qmp_send(c, req);
-  json_decref(req);
-  if (r < 0) {
-    vt_error("qmp: %s", strerror(-r));
-    return NULL;
-  }
-  for (;;) {
-    json_t *m = qmp_read(c);
-    if (!m) {
-      vt_error("qmp: the server closed the connection");
-      return NULL;
-    }
-    if (!json_object_get(m, "event"))
-      return m;
-    if (events)
-      print_line(m);
-    json_decref(m);
-  }
+  if (r < 0)
+    vt_error("qmp: %s", msg);
+  return r < 0 ? -1 : 0;
 }
 
 /* KEY=VALUE... into an object: VALUE as JSON when it parses. */
@@ -169,10 +80,10 @@ int vt_cmd_qmp(int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
   };
-  struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  struct qmp_conn c = { .fd = -1 };
+  struct vt_qmp *q = NULL;
+  char msg[600];
   bool events = false;
-  json_t *args = NULL, *m;
+  json_t *args = NULL, *ret = NULL;
   int opt, status = VT_EXIT_ERR;
 
   while ((opt = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
@@ -201,56 +112,41 @@ int vt_cmd_qmp(int argc, char **argv)
       return VT_EXIT_ERR;
     }
   }
-  if (strlen(path) >= sizeof sa.sun_path) {
-    vt_error("%s: socket path too long", path);
+  if (vt_qmp_connect(path, &q, msg, sizeof msg) < 0) {
+    vt_error("%s", msg);
     goto out;
   }
-  strcpy(sa.sun_path, path);
-  c.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (c.fd < 0 || connect(c.fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-    vt_error("%s: cannot connect: %s", path, strerror(errno));
+  if (events && print_queued_events(q) < 0)
     goto out;
-  }
-  m = qmp_read(&c);            /* the greeting, or a refusal */
-  if (!m || !json_object_get(m, "QMP")) {
-    json_t *e = json_object_get(m, "error");
-    vt_error("%s: %s", path, e ? json_string_value(json_object_get(e, "desc"))
-                               : "not a QMP server");
-    json_decref(m);
-    goto out;
-  }
-  json_decref(m);
-  m = qmp_call(&c, "qmp_capabilities", NULL, events);
-  if (!m)
-    goto out;
-  json_decref(m);
   if (optind + 1 < argc) {
-    m = qmp_call(&c, cmd, args, events);
+    int r = vt_qmp_execute(q, cmd, args, &ret, NULL, msg, sizeof msg);
     args = NULL;
-    if (!m)
+    if (events && print_queued_events(q) < 0)
       goto out;
-    json_t *e = json_object_get(m, "error");
-    if (e) {
-      vt_error("%s", json_string_value(json_object_get(e, "desc")));
-      json_decref(m);
+    if (r < 0) {
+      vt_error(r == -1 ? "%s" : "qmp: %s", msg);
       goto out;
     }
-    json_dumpf(json_object_get(m, "return"), stdout, JSON_INDENT(2));
+    json_dumpf(ret, stdout, JSON_INDENT(2));
     putchar('\n');
     fflush(stdout);
-    json_decref(m);
   }
   status = VT_EXIT_OK;
-  if (events) {
-    while ((m = qmp_read(&c)) != NULL) {
-      print_line(m);
-      json_decref(m);
+  /* Until the server closes the connection (no timeout: that is what
+   * following events means). */
+  while (events) {
+    json_t *ev;
+    int r = vt_qmp_event(q, 3600 * 1000, &ev, msg, sizeof msg);
+    if (r < 0)
+      break;
+    if (r > 0) {
+      print_line(ev);
+      json_decref(ev);
     }
   }
 out:
   json_decref(args);
-  if (c.fd >= 0)
-    close(c.fd);
-  free(c.buf);
+  json_decref(ret);
+  vt_qmp_close(q);
   return status;
 }
