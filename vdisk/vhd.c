@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "vdisk/endian.h"
+#include "vdisk/parent.h"
 #include "vdisk/vhd.h"
 
 static const char *const vhd_aliases[] = { "vhd", NULL };
@@ -221,75 +222,6 @@ vhd_parent_candidates(struct vd_dev *dev, char (*cand)[PATH_MAX], int max)
   return n;
 }
 
-/* The real folder of DEV as the operator named it (the directory part of
- * its path, symlinks resolved), into DIR.  Returns 0 or -1. */
-static int
-vhd_real_dir(const struct vd_dev *dev, char *dir)
-{
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s", dev->path);
-  return realpath(dirname(tmp), dir) ? 0 : -1;
-}
-
-/* True if REAL (a resolved path) lies inside the folder tree DIR. */
-static bool
-vhd_inside(const char *dir, const char *real)
-{
-  size_t n = strlen(dir);
-  if (n == 1 && dir[0] == '/')
-    return true;
-  return strncmp(real, dir, n) == 0 && real[n] == '/';
-}
-
-/* Why the last refused candidate was refused (for the final message). */
-struct vhd_refusal {
-  char path[PATH_MAX];
-  char why[96];
-  int err;
-};
-
-/* Check candidate CAND (resolved into REAL) before anything opens it:
- * it must exist, be a regular file (a block device too when the operator
- * named it), lie inside the child's folder tree unless OVERRIDE or the
- * policy says otherwise, and not already be in the chain.  Returns 0 if it
- * may be opened, 1 if it is to be skipped (reason in *REF), or -ELOOP. */
-static int
-vhd_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
-                 bool override, const char *dir, struct vhd_refusal *ref)
-{
-  struct stat st;
-  if (!realpath(cand, real) || stat(real, &st) == -1) {
-    int e = errno;
-    if (ref->err == 0 || ref->err == ENOENT) {  /* a refusal says more */
-      ref->err = e == ENOTDIR ? ENOENT : e;
-      snprintf(ref->path, sizeof ref->path, "%s", cand);
-      snprintf(ref->why, sizeof ref->why, "%s", strerror(e));
-    }
-    return 1;
-  }
-  const char *bad = NULL;
-  if (S_ISDIR(st.st_mode))
-    bad = "is a directory";
-  else if (!S_ISREG(st.st_mode) && !(override && S_ISBLK(st.st_mode)))
-    bad = "is not a regular file";
-  else if (!override && dev->opts.parent_policy == VD_PARENT_CONFINED &&
-           (!dir || !vhd_inside(dir, real)))
-    bad = "is outside the child's folder (name it with --backing to use it)";
-  if (bad) {
-    if (ref->err && ref->err != ENOENT)
-      return 1;             /* keep the first refusal */
-    ref->err = EPERM;
-    snprintf(ref->path, sizeof ref->path, "%s", cand);
-    snprintf(ref->why, sizeof ref->why, "%s", bad);
-    return 1;
-  }
-  for (const struct vd_dev *d = dev; d; d = d->child)
-    if (d->real && strcmp(d->real, real) == 0)
-      return vd_set_error(ELOOP, "%s: parent loop: %s is already in the "
-                          "chain", dev->path, cand);
-  return 0;
-}
-
 /* Open CAND (checked) as DEV's parent.  Returns 0 with p->parent set, 1 if
  * it is a VHD whose UUID does not match (*GOT gets its UUID), or -errno. */
 static int
@@ -367,8 +299,8 @@ vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
 {
   struct vhd_priv *p = dev->priv;
   char want[37], got[37] = "", mismatch[PATH_MAX] = "", dirbuf[PATH_MAX];
-  struct vhd_refusal ref = { .err = 0 };
-  const char *dir = vhd_real_dir(dev, dirbuf) == 0 ? dirbuf : NULL;
+  struct vd_parent_refusal ref = { .err = 0 };
+  const char *dir = vd_parent_real_dir(dev, dirbuf) == 0 ? dirbuf : NULL;
 
   vhd_uuid_format(p->header.parent_uuid, want);
   if (n == 0)
@@ -377,7 +309,7 @@ vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
                           dev->path);
   for (int i = 0; i < n; i++) {
     bool seen = false;
-    int r = vhd_candidate_ok(dev, cand[i], real[i], override, dir, &ref);
+    int r = vd_parent_candidate_ok(dev, cand[i], real[i], override, dir, &ref);
     if (r == 1 || (r < 0 && lookup_only)) {
       real[i][0] = '\0';
       continue;
