@@ -20,7 +20,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_MAX_SEEDS 256
-#define FUZZ_MAX_LEN (4u << 20)
+/* VHDX images start at 4 MiB (header section, log, BAT, metadata). */
+#define FUZZ_MAX_LEN (16u << 20)
 
 static uint8_t *seeds[FUZZ_MAX_SEEDS];
 static size_t seed_len[FUZZ_MAX_SEEDS];
