@@ -2,14 +2,10 @@
  * metadata, BAT), reads, block status, info.  Layout and spec sections in
  * vdisk/vhdx.h; what is accepted from other writers in docs/vhdx.md.
  *
- * Reading only for now: write-type requests are refused (no pwrite), but a
- * writable open replays a dirty log into the file as [MS-VHDX] 2.3.3 asks,
- * then records the replay in both headers.  A read-only open replays into
- * memory and never writes.
- *
- * Concurrency: everything in vhdx_priv is set by open and immutable while
- * the image is open, so requests need no lock (the overlay of a read-only
- * replay is only read).
+ * A writable open replays a dirty log into the file as [MS-VHDX] 2.3.3
+ * asks, then records the replay in both headers; a read-only open replays
+ * into memory and never writes.  Creation and writes are in vhdx-write.c;
+ * concurrency in vhdx.h (struct vhdx_priv).
  */
 #include <config.h>
 
@@ -53,7 +49,7 @@ vhdx_read_cb(void *opaque, void *buf, size_t len, uint64_t off)
   return r;
 }
 
-static int
+int
 vhdx_fread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 {
   struct vhdx_priv *p = dev->priv;
@@ -63,9 +59,7 @@ vhdx_fread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 
 /* ---- headers ---- */
 
-/* Write H (sequence bumped) into the non-current slot and flush, twice,
- * so both copies are current (2.2.2.1). */
-static int
+int
 vhdx_write_headers(struct vd_dev *dev)
 {
   struct vhdx_priv *p = dev->priv;
@@ -479,6 +473,9 @@ vhdx_close(struct vd_dev *dev)
   struct vhdx_priv *p = dev->priv;
   vd_close(p->parent);
   p->parent = NULL;
+  if (p->lock_init)
+    pthread_mutex_destroy(&p->lock);
+  p->lock_init = false;
   free(p->bat);
   p->bat = NULL;
   free(p->loc);
@@ -495,6 +492,8 @@ vhdx_open_inner(struct vd_dev *dev)
   char where[PATH_MAX + 32];
   int r;
 
+  pthread_mutex_init(&p->lock, NULL);
+  p->lock_init = true;
   if ((r = vd_file_size(dev->file, &fsz)) < 0)
     return r;
   if (fsz < VHDX_MiB)
@@ -546,12 +545,6 @@ vhdx_open(struct vd_dev *dev)
 }
 
 /* ---- reads ---- */
-
-static uint64_t
-vhdx_payload_entry(const struct vhdx_priv *p, uint64_t blk)
-{
-  return p->bat[blk + blk / p->chunk_ratio];
-}
 
 static uint64_t
 vhdx_sb_entry(const struct vhdx_priv *p, uint64_t blk)
@@ -751,7 +744,10 @@ const struct vd_driver vd_vhdx_driver = {
   .probe = vhdx_probe,
   .open = vhdx_open,
   .close = vhdx_close,
+  .create = vhdx_create,
   .pread = vhdx_pread,
+  .pwrite = vhdx_pwrite,
+  .flush = vhdx_flush,
   .block_status = vhdx_block_status,
   .info = vhdx_info,
 };

@@ -221,9 +221,14 @@ void vhdx_replay_free(struct vhdx_replay *r);
 
 extern const struct vd_driver vd_vhdx_driver;
 
+/* Concurrency: open sets everything; then reads take no lock.  Writes
+ * (vhdx-write.c) take LOCK for anything that changes the file's metadata:
+ * header updates, block allocation (BAT entry through the log), the log
+ * position; BAT entries are read with atomic loads and stored atomically
+ * once the block they point to is in place, so readers see either state. */
 struct vhdx_priv {
-  struct vhdx_header header;      /* the current one */
-  int cur;                        /* its slot, 0 or 1 */
+  struct vhdx_header header;      /* the current one; lock */
+  int cur;                        /* its slot, 0 or 1; lock */
   struct vhdx_meta meta;
   struct vhdx_region bat_region, meta_region;
   uint64_t data_blocks, bat_entries;
@@ -236,6 +241,40 @@ struct vhdx_priv {
   struct vd_dev *parent;
   char parent_path[PATH_MAX];
   char parent_format[16];
+  /* writing (vhdx-write.c) */
+  pthread_mutex_t lock;
+  bool lock_init;
+  bool session;                   /* headers updated for this open; lock */
+  bool log_active;                /* headers carry a LogGuid; lock */
+  uint32_t log_pos;               /* where the next entry goes; lock */
+  uint64_t log_seq;               /* the last entry's sequence; lock */
 };
+
+/* Payload BAT entry of block BLK (atomic: writers store new entries). */
+static inline uint64_t
+vhdx_payload_entry(struct vhdx_priv *p, uint64_t blk)
+{
+  return __atomic_load_n(&p->bat[blk + blk / p->chunk_ratio],
+                         __ATOMIC_ACQUIRE);
+}
+
+/* Read LEN bytes of the image file at OFF as the parsers see it (a
+ * read-only replay laid over). */
+int vhdx_fread(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
+/* Write the current header, sequence bumped, into the other slot and
+ * flush, twice (2.2.2.1).  Caller holds p->lock or is open. */
+int vhdx_write_headers(struct vd_dev *dev);
+
+/* ---- vhdx-write.c ---- */
+
+/* vd_driver ops: create (subformat=fixed|dynamic, block_size,
+ * logical_sector_size), pwrite (dynamic and fixed images; blocks are
+ * allocated at the end of the file and their BAT entries written through
+ * the log), flush (also clears the LogGuid once the metadata is in
+ * place). */
+int vhdx_create(const char *path, const struct vd_create_args *args);
+int vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
+                unsigned flags);
+int vhdx_flush(struct vd_dev *dev);
 
 #endif /* VDISK_VHDX_H */

@@ -6,9 +6,10 @@
  * Then it is opened read-only (a dirty log replayed in memory): reads
  * spread over the disk (one unaligned), a block-status walk, info; and a
  * copy is opened writable without its parent, which replays a dirty log
- * into the file and rewrites the headers.
+ * into the file and rewrites the headers, then takes writes (allocating
+ * blocks through the log) and a flush.
  *
- * vhdx.c, vhdx-meta.c and vhdx-log.c are compiled into this file so their
+ * vhdx.c, vhdx-meta.c, vhdx-log.c and vhdx-write.c are compiled into this file so their
  * code is instrumented (the internal library's objects for them are then
  * not pulled in).  In make check, tests/fuzz/fuzz-vhdx.sh makes seed images
  * with qemu-img and the independent writer tests/vhdxgen and runs the
@@ -20,6 +21,7 @@
 #include "vdisk/vhdx-meta.c"
 #include "vdisk/vhdx-log.c"
 #include "vdisk/vhdx.c"
+#include "vdisk/vhdx-write.c"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -135,6 +137,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if (fuzz_open(&dev, &priv, path2, VD_OPEN_RDWR) == 0) {
     if (dev.size)
       vhdx_pread(&dev, buf, dev.size < sizeof buf ? dev.size : sizeof buf, 0);
+    /* Writes on hostile metadata: in place and allocating, then flush. */
+    memset(buf, 0xA5, sizeof buf);
+    uint32_t lb = dev.logical_block;
+    if (dev.size >= 2 * (uint64_t)lb) {
+      vhdx_pwrite(&dev, buf, lb, 0, 0);
+      vhdx_pwrite(&dev, buf, lb, (dev.size / 2) / lb * lb, 0);
+      vhdx_pwrite(&dev, buf, lb, dev.size - lb, 0);
+    }
+    vhdx_flush(&dev);
     vhdx_close(&dev);
     vd_file_close(dev.file);
   }
