@@ -6,11 +6,13 @@
  * has every block allocated in order (LeaveBlocksAllocated set).
  *
  * Crash safety, the VHDX way:
- *  - the first write of a session updates both headers (new FileWriteGuid
- *    and DataWriteGuid, a new LogGuid) before anything else is modified;
+ *  - the first write of a session writes an empty log entry with a new
+ *    LogGuid (flushed), then updates both headers (new FileWriteGuid and
+ *    DataWriteGuid, the LogGuid) before anything else is modified;
  *  - writes to a present block go in place;
  *  - a write to a block that is not present appends a new block at the end
- *    of the file (its unwritten bytes are the zeros past the old end), then
+ *    of the file (its unwritten bytes are the zeros past the old end, the
+ *    file extended by writing its last bytes), then
  *    writes the BAT page holding the new entry as a log entry (one data
  *    descriptor, its own tail, the next sequence number), flushes (payload
  *    and log are now durable), writes the page in place and flushes again
@@ -232,13 +234,39 @@ vhdx_begin_locked(struct vd_dev *dev)
       VHDX_MiB)
     return vd_set_error(ENOTSUP, "%s: no usable log region for writes",
                         dev->path);
-  vhd_uuid_generate(p->header.log_guid);
-  int r = vhdx_write_headers(dev);
+  /* A header naming a LogGuid must never be durable without a valid
+   * entry of that LogGuid (2.3.3: no valid sequence means a corrupt file),
+   * so the log is first initialised with an empty entry that is its own
+   * tail, flushed, and only then do the headers name it. */
+  uint8_t g[16];
+  vhd_uuid_generate(g);
+  uint8_t *ent = vd_alloc_aligned(VHDX_LOG_SECTOR);
+  uint64_t fsz;
+  if (!ent)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = vd_file_size(dev->file, &fsz);
+  if (r == 0) {
+    memcpy(ent, "loge", 4);
+    vd_put_le32(ent + 8, VHDX_LOG_SECTOR);
+    vd_put_le32(ent + 12, 0);
+    vd_put_le64(ent + 16, ++p->log_seq);
+    memcpy(ent + 32, g, 16);
+    vd_put_le64(ent + 48, fsz / VHDX_MiB * VHDX_MiB);
+    vd_put_le64(ent + 56, (fsz + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB);
+    vd_put_le32(ent + 4, vhdx_crc32(ent, VHDX_LOG_SECTOR));
+    r = vd_file_pwrite(dev->file, ent, VHDX_LOG_SECTOR, p->header.log_offset);
+  }
+  vd_free_aligned(ent);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
   if (r < 0)
+    return r;
+  memcpy(p->header.log_guid, g, 16);
+  if ((r = vhdx_write_headers(dev)) < 0)
     return r;
   p->session = true;
   p->log_active = true;
-  p->log_pos = 0;
+  p->log_pos = VHDX_LOG_SECTOR;
   return 0;
 }
 
@@ -265,6 +293,8 @@ vhdx_log_bat_page_locked(struct vd_dev *dev, uint64_t idx, uint64_t e,
   /* The entry: a header sector with one data descriptor, then the data
    * sector (2.3.1). */
   uint32_t len = 2 * VHDX_LOG_SECTOR;
+  /* Wrapping overwrites only entries whose pages are in place: each
+   * allocation ends with the in-place write flushed. */
   if (p->log_pos + len > p->header.log_length)
     p->log_pos = 0;
   uint64_t seq = ++p->log_seq;
@@ -318,8 +348,14 @@ vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
   if (at + bs > VHDX_MAX_FILE || at >> 20 >= (UINT64_C(1) << 44))
     return vd_set_error(EFBIG, "%s: file too large for another block",
                         dev->path);
-  if ((r = vd_file_truncate(dev->file, at + bs)) < 0 ||
-      (r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0)
+  /* The file grows by writing (not ftruncate): the data, then zeros at
+   * the block's end when the data does not reach it, so the whole block
+   * lies inside the file as other readers expect. */
+  static const uint8_t zeros[VHDX_LOG_SECTOR];
+  uint64_t tail = bs - (boff + n);
+  uint64_t z = tail < sizeof zeros ? tail : sizeof zeros;
+  if ((r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0 ||
+      (z && (r = vd_file_pwrite(dev->file, zeros, z, at + bs - z)) < 0))
     return r;
   uint64_t idx = blk + blk / p->chunk_ratio;
   uint64_t e = at | VHDX_PB_FULLY_PRESENT;
