@@ -23,6 +23,8 @@ const char vt_usage_create[] =
   "  -o OPTIONS      format options key=value,...\n"
   "                  raw: preallocation=off|falloc|full\n"
   "                  vhd: subformat=dynamic|fixed, block_size=SIZE\n"
+  "                  vhdx: subformat=dynamic|fixed, block_size=SIZE\n"
+  "                  (1M..256M, default 32M), logical_sector_size=512|4096\n"
   "                  vdz (made by 'convert -O vdz' only): cluster_size=SIZE,\n"
   "                  level=0..12 (LZ4HC above 0), threads=N\n"
   "  -b BACKING      backing (parent) image\n"
