@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdisk/crc32c.h"
 #include "vdisk/endian.h"
 #include "vdisk/io.h"
 #include "vdisk/vhdx.h"
@@ -94,12 +93,7 @@ vhdx_entry_check(struct vhdx_log *l, uint32_t pos, struct vhdx_entry *e)
   if ((r = vhdx_log_read(l, pos, e->len)) < 0)
     return r;
   b = l->buf;
-  uint32_t sum = vd_get_le32(b + 4);
-  static const uint8_t z[4];
-  uint32_t c = vd_crc32c(0, b, 4);
-  c = vd_crc32c(c, z, 4);
-  c = vd_crc32c(c, b + 8, e->len - 8);
-  if (c != sum)
+  if (vhdx_checksum(b, e->len) != vd_get_le32(b + 4))
     return 0;
   uint64_t ndata = 0;
   for (uint32_t i = 0; i < e->ndesc; i++) {

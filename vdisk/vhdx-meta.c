@@ -110,10 +110,8 @@ vhdx_guid_zero(const uint8_t g[16])
   return memcmp(g, z, 16) == 0;
 }
 
-/* CRC-32C of LEN bytes with the 4 bytes at 4 (every VHDX checksum field)
- * counted as zero. */
-static uint32_t
-vhdx_crc(const uint8_t *buf, size_t len)
+uint32_t
+vhdx_checksum(const uint8_t *buf, size_t len)
 {
   static const uint8_t z[4];
   uint32_t c = vd_crc32c(0, buf, 4);
@@ -129,7 +127,7 @@ vhdx_header_decode(const uint8_t *buf, struct vhdx_header *h,
 {
   if (memcmp(buf, "head", 4) != 0)
     return vd_set_error(EINVAL, "%s: bad signature", where);
-  if (vd_get_le32(buf + 4) != vhdx_crc(buf, VHDX_HEADER_SIZE))
+  if (vd_get_le32(buf + 4) != vhdx_checksum(buf, VHDX_HEADER_SIZE))
     return vd_set_error(EINVAL, "%s: checksum mismatch", where);
   memset(h, 0, sizeof *h);
   h->seq = vd_get_le64(buf + 8);
@@ -159,7 +157,7 @@ vhdx_header_encode(const struct vhdx_header *h, uint8_t buf[VHDX_HEADER_SIZE])
   vd_put_le16(buf + 66, h->version);
   vd_put_le32(buf + 68, h->log_length);
   vd_put_le64(buf + 72, h->log_offset);
-  vd_put_le32(buf + 4, vhdx_crc(buf, VHDX_HEADER_SIZE));
+  vd_put_le32(buf + 4, vhdx_checksum(buf, VHDX_HEADER_SIZE));
 }
 
 /* ---- 2.2.3 region table ---- */
@@ -170,7 +168,7 @@ vhdx_region_decode(const uint8_t *buf, struct vhdx_region *r, uint32_t *n,
 {
   if (memcmp(buf, "regi", 4) != 0)
     return vd_set_error(EINVAL, "%s: bad signature", where);
-  if (vd_get_le32(buf + 4) != vhdx_crc(buf, VHDX_RT_SIZE))
+  if (vd_get_le32(buf + 4) != vhdx_checksum(buf, VHDX_RT_SIZE))
     return vd_set_error(EINVAL, "%s: checksum mismatch", where);
   uint32_t count = vd_get_le32(buf + 8);
   if (count > VHDX_RT_MAX)

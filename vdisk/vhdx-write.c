@@ -31,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vdisk/crc32c.h"
 #include "vdisk/endian.h"
 #include "vdisk/io.h"
 #include "vdisk/vhd.h"
@@ -42,15 +41,6 @@
 #define VHDX_NEW_META_OFF  (2 * VHDX_MiB)
 #define VHDX_NEW_BAT_OFF   (3 * VHDX_MiB)
 #define VHDX_DEFAULT_BLOCK (32u << 20)
-
-static uint32_t
-vhdx_crc32(const uint8_t *buf, size_t len)
-{
-  static const uint8_t z[4];
-  uint32_t c = vd_crc32c(0, buf, 4);
-  c = vd_crc32c(c, z, 4);
-  return vd_crc32c(c, buf + 8, len - 8);
-}
 
 /* ---- create ---- */
 
@@ -159,7 +149,7 @@ vhdx_create(const char *path, const struct vd_create_args *args)
   vd_put_le64(buf + 64, VHDX_NEW_META_OFF);
   vd_put_le32(buf + 72, VHDX_MiB);
   vd_put_le32(buf + 76, 1);
-  vd_put_le32(buf + 4, vhdx_crc32(buf, VHDX_RT_SIZE));
+  vd_put_le32(buf + 4, vhdx_checksum(buf, VHDX_RT_SIZE));
   for (int i = 0; i < 2; i++)
     if ((r = vd_file_pwrite(f, buf, VHDX_RT_SIZE, VHDX_RT_OFF(i))) < 0)
       goto out;
@@ -253,7 +243,7 @@ vhdx_begin_locked(struct vd_dev *dev)
     memcpy(ent + 32, g, 16);
     vd_put_le64(ent + 48, fsz / VHDX_MiB * VHDX_MiB);
     vd_put_le64(ent + 56, (fsz + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB);
-    vd_put_le32(ent + 4, vhdx_crc32(ent, VHDX_LOG_SECTOR));
+    vd_put_le32(ent + 4, vhdx_checksum(ent, VHDX_LOG_SECTOR));
     r = vd_file_pwrite(dev->file, ent, VHDX_LOG_SECTOR, p->header.log_offset);
   }
   vd_free_aligned(ent);
@@ -319,7 +309,7 @@ vhdx_log_bat_page_locked(struct vd_dev *dev, uint64_t idx, uint64_t e,
   vd_put_le32(ds + 4, (uint32_t)(seq >> 32));
   memcpy(ds + 8, pg + 8, 4084);
   vd_put_le32(ds + 4092, (uint32_t)seq);
-  vd_put_le32(hd + 4, vhdx_crc32(ent, len));
+  vd_put_le32(hd + 4, vhdx_checksum(ent, len));
   if ((r = vd_file_pwrite(dev->file, ent, len, p->header.log_offset +
                           p->log_pos)) < 0 ||
       (r = vd_file_flush(dev->file)) < 0 ||

@@ -709,14 +709,17 @@ vhdx_info(struct vd_dev *dev, struct vd_info *info)
   vd_info_add_u64(info, "physical-sector-size", p->meta.pss);
   vhdx_guid_format(p->meta.page83, g);
   vd_info_add_str(info, "page83", g);
-  vhdx_guid_format(p->header.data_write_guid, g);
+  pthread_mutex_lock(&p->lock);   /* writers change the header */
+  struct vhdx_header h = p->header;
+  pthread_mutex_unlock(&p->lock);
+  vhdx_guid_format(h.data_write_guid, g);
   vd_info_add_str(info, "data-write-guid", g);
-  vhdx_guid_format(p->header.file_write_guid, g);
+  vhdx_guid_format(h.file_write_guid, g);
   vd_info_add_str(info, "file-write-guid", g);
   vd_info_add_str(info, "log", !p->replayed ? "clean"
                   : p->replay.head_seq ? "dirty (replayed in memory)"
                   : "replayed");
-  vd_info_add_u64(info, "header-sequence", p->header.seq);
+  vd_info_add_u64(info, "header-sequence", h.seq);
   uint64_t n = 0;
   for (uint64_t b = 0; b < p->data_blocks; b++) {
     unsigned st = VHDX_BAT_STATE(vhdx_payload_entry(p, b));

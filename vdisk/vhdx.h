@@ -152,6 +152,9 @@ void vhdx_guid_format(const uint8_t g[16], char out[37]);
 /* Parse "{...}" or bare form (any case) into binary G: 0 or -EINVAL. */
 int vhdx_guid_parse(const char *s, uint8_t g[16]);
 bool vhdx_guid_zero(const uint8_t g[16]);
+/* CRC-32C of LEN bytes (LEN >= 8) with the 4 bytes at offset 4, where
+ * every VHDX structure keeps its checksum, counted as zero. */
+uint32_t vhdx_checksum(const uint8_t *buf, size_t len);
 
 /* Decode the 4 KiB header BUF.  Returns 0, or -EINVAL with "WHERE: why"
  * set (signature, checksum, version). */

@@ -32,7 +32,7 @@ static void
 fuzz_fix(uint8_t *b, size_t size, uint64_t off, size_t len, const char *sig)
 {
   if (off + len <= size && memcmp(b + off, sig, 4) == 0)
-    vd_put_le32(b + off + 4, vhdx_crc(b + off, len));
+    vd_put_le32(b + off + 4, vhdx_checksum(b + off, len));
 }
 
 static void
