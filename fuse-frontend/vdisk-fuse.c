@@ -830,6 +830,13 @@ vf_take_perms(struct vf_image *im, const struct stat *before)
 {
   struct stat st;
 
+  if (vd_is_nbd_uri(im->path)) {
+    /* A remote export has no file here: the serving user's, 0600. */
+    im->uid = getuid();
+    im->gid = getgid();
+    im->perm = im->read_only ? 0400 : 0600;
+    return 0;
+  }
   if (stat(im->path, &st) < 0) {
     vf_log("%s: %s", im->path, strerror(errno));
     return -1;

@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "vdisk/blocklock.h"
@@ -91,7 +92,7 @@ dev_check_type(const char *path, unsigned flags)
 
 static int dev_read_only(struct vd_dev *dev, const char *op);
 static int dev_open(const struct vd_dev *child, const char *path,
-                    const struct vd_open_args *args, struct vd_dev *adopt,
+                    const struct vd_open_args *args, struct vd_dev *adopt, bool allow_uri,
                     struct vd_dev **out);
 
 /* The open option `filter` over an image opened as DRV: a composition
@@ -100,8 +101,8 @@ static int dev_open(const struct vd_dev *child, const char *path,
  * filter that goes over it. */
 static int
 dev_open_below(const struct vd_dev *child, const char *path,
-               const struct vd_open_args *args, const struct vd_driver **drv,
-               struct vd_dev **below)
+               const struct vd_open_args *args, bool allow_uri,
+               const struct vd_driver **drv, struct vd_dev **below)
 {
   *below = NULL;
   if (!args->filter || (*drv)->opens_own_files)
@@ -112,15 +113,36 @@ dev_open_below(const struct vd_dev *child, const char *path,
                         args->filter);
   struct vd_open_args ia = *args;
   ia.filter = NULL;
-  int r = dev_open(child, path, &ia, NULL, below);
+  int r = dev_open(child, path, &ia, NULL, allow_uri, below);
   if (r == 0)
     *drv = f;
   return r;
 }
 
+/* The driver for an NBD URI the operator named: nbd, which carries the
+ * export's bytes as they are (qemu's raw over its nbd protocol).  "raw"
+ * is accepted as the same thing; a container format over NBD is not
+ * supported (its drivers read a local file). */
+static const struct vd_driver *
+dev_uri_driver(const char *path, const char *format, int *err)
+{
+  const struct vd_driver *nbd = vd_find_driver("nbd");
+  if (!format || strcasecmp(format, "raw") == 0)
+    return nbd;
+  const struct vd_driver *drv = vd_find_driver(format);
+  if (drv == nbd)
+    return nbd;
+  *err = vd_set_error(ENOTSUP, "%s: an NBD URI opens as the export's raw "
+                      "bytes (format nbd or raw), not as '%s'", path, format);
+  return NULL;
+}
+
+/* ALLOW_URI: PATH came from the operator (vd_open, --backing), so an NBD
+ * URI names an export; otherwise (a path read out of an image) it is a
+ * file name like any other. */
 static int
 dev_open(const struct vd_dev *child, const char *path,
-         const struct vd_open_args *args, struct vd_dev *adopt,
+         const struct vd_open_args *args, struct vd_dev *adopt, bool allow_uri,
          struct vd_dev **out)
 {
   static const struct vd_open_args none;
@@ -137,17 +159,22 @@ dev_open(const struct vd_dev *child, const char *path,
   if (args->parent_policy > VD_PARENT_ANY_FOLDER)
     return vd_set_error(EINVAL, "%s: invalid parent policy %u", path,
                         args->parent_policy);
-  if ((r = dev_check_type(path, flags)) < 0)
-    return r;
-  const struct vd_driver *drv = dev_lookup(path, args->format,
-                                           flags & VD_OPEN_PROBE_LEAF, &r);
+  bool uri = allow_uri && vd_is_nbd_uri(path);
+  const struct vd_driver *drv;
+  if (uri) {
+    drv = dev_uri_driver(path, args->format, &r);
+  } else {
+    if ((r = dev_check_type(path, flags)) < 0)
+      return r;
+    drv = dev_lookup(path, args->format, flags & VD_OPEN_PROBE_LEAF, &r);
+  }
   if (!drv)
     return r;
   if (drv->filter)
     return vd_set_error(EINVAL, "%s: '%s' is a filter, not a format (the "
                         "open option filter stacks it)", path, drv->name);
   struct vd_dev *below;
-  if ((r = dev_open_below(child, path, args, &drv, &below)) < 0)
+  if ((r = dev_open_below(child, path, args, allow_uri, &drv, &below)) < 0)
     return r;
 
   dev = calloc(1, sizeof *dev);
@@ -170,7 +197,8 @@ dev_open(const struct vd_dev *child, const char *path,
     dev_free(dev);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
   }
-  dev->real = realpath(path, NULL);
+  dev->real = uri ? NULL : realpath(path, NULL);
+  dev->uri_ok = uri;
   dev->child = child;
   /* A read-only format is opened read-only whatever was asked, so that
    * serving it "writable" does not take the exclusive image lock. */
@@ -231,7 +259,7 @@ int
 vd_open_opts(const char *path, const struct vd_open_args *args,
              struct vd_dev **out)
 {
-  return dev_open(NULL, path, args, NULL, out);
+  return dev_open(NULL, path, args, NULL, true, out);
 }
 
 int
@@ -239,14 +267,14 @@ vd_open(const char *path, const char *format, unsigned flags,
         struct vd_dev **out)
 {
   struct vd_open_args a = { .format = format, .flags = flags };
-  return dev_open(NULL, path, &a, NULL, out);
+  return dev_open(NULL, path, &a, NULL, true, out);
 }
 
 int
 vd_open_parent(const struct vd_dev *child, const char *path,
                const struct vd_open_args *args, struct vd_dev **out)
 {
-  return dev_open(child, path, args, NULL, out);
+  return dev_open(child, path, args, NULL, false, out);
 }
 
 int
@@ -261,7 +289,7 @@ vd_open_over(const char *path, const struct vd_open_args *args,
   if (args->filter || (args->flags & VD_OPEN_NOPARENT))
     return vd_set_error(EINVAL, "%s: an image over an open parent takes no "
                         "filter and needs its parent", path);
-  return dev_open(NULL, path, args, parent, out);
+  return dev_open(NULL, path, args, parent, false, out);
 }
 
 /* vd_reopen for a device whose image file the core opened (or a filter
@@ -302,6 +330,13 @@ vd_reopen(struct vd_dev *dev, unsigned flags)
 }
 
 int
+vd_open_parent_operator(const struct vd_dev *child, const char *path,
+                        const struct vd_open_args *args, struct vd_dev **out)
+{
+  return dev_open(child, path, args, NULL, true, out);
+}
+
+int
 vd_close(struct vd_dev *dev)
 {
   int r = 0;
@@ -334,7 +369,7 @@ vd_create(const char *path, const char *format,
   struct vd_create_args a = *args;
   char *resolved = NULL;
   const char *slash = strrchr(path, '/');
-  if (a.backing && a.backing[0] != '/' && slash) {
+  if (a.backing && a.backing[0] != '/' && !vd_is_nbd_uri(a.backing) && slash) {
     int dl = (int)(slash - path);
     if (asprintf(&resolved, "%.*s/%s", dl, path, a.backing) < 0)
       return vd_set_error(ENOMEM, "%s: out of memory", path);

@@ -84,6 +84,10 @@ struct vd_dev {
    * header that neither would alone. */
   bool probe_guard;
   pthread_mutex_t probe_lock;
+  /* PATH is an NBD URI the operator named (vd_open and the top image's
+   * --backing), never one read out of an image: only then does the nbd
+   * driver connect (docs/SECURITY.md). */
+  bool uri_ok;
   bool read_only;
   bool strict_align;          /* writes must be logical_block aligned */
   uint64_t size;              /* virtual size in bytes; set by open */
@@ -330,5 +334,12 @@ int vd_open_over(const char *path, const struct vd_open_args *args,
  * child link, so depth and loops can be checked up the chain). */
 int vd_open_parent(const struct vd_dev *child, const char *path,
                    const struct vd_open_args *args, struct vd_dev **out);
+/* vd_open_parent for a parent the operator named (the top image's
+ * --backing): PATH may be an NBD URI.  Never for a path read out of an
+ * image. */
+int vd_open_parent_operator(const struct vd_dev *child, const char *path,
+                            const struct vd_open_args *args,
+                            struct vd_dev **out);
+
 
 #endif /* VDISK_DRIVER_H */

@@ -42,6 +42,12 @@ vd_parent_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
                        struct vd_parent_refusal *ref)
 {
   struct stat st;
+  if (override && vd_is_nbd_uri(cand)) {
+    /* The operator's --backing names an NBD export: nothing local to
+     * check (a URI read out of an image never gets here as one). */
+    snprintf(real, PATH_MAX, "%s", cand);
+    return 0;
+  }
   if (!realpath(cand, real) || stat(real, &st) == -1) {
     int e = errno;
     if (ref->err == 0 || ref->err == ENOENT) {  /* a refusal says more */

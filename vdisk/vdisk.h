@@ -292,6 +292,14 @@ int vd_reopen(struct vd_dev *dev, unsigned flags);
 /* Fill *INFO (through a filter: the image's). */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
 
+/* Whether PATH is an NBD URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://, nbd+vsock://, nbds+vsock://, any case): vd_open then
+ * connects to that export with the nbd driver instead of opening a file.
+ * Only the scheme is checked; libnbd parses the rest.  Frontends use it
+ * for what they would otherwise stat (vdisk-fuse's owner and mode).  A
+ * path read out of an image is never taken as a URI (docs/SECURITY.md). */
+bool vd_is_nbd_uri(const char *path);
+
 /* Quick accessors. */
 uint64_t vd_size(const struct vd_dev *dev);
 uint32_t vd_logical_block(const struct vd_dev *dev);

@@ -244,7 +244,8 @@ vhd_try_parent(struct vd_dev *dev, const char *cand, bool override,
   else
     a.flags |= VD_OPEN_PROBE_LEAF;
   struct vd_dev *parent;
-  int r = vd_open_parent(dev, cand, &a, &parent);
+  int r = override ? vd_open_parent_operator(dev, cand, &a, &parent)
+                   : vd_open_parent(dev, cand, &a, &parent);
   /* Only the top image prefixes, so an error deep in a long chain stays
    * one readable line naming the image where it happened. */
   if (r < 0)

@@ -1,0 +1,508 @@
+/* libvdisk — the nbd driver: an image that is an NBD export, through
+ * libnbd (never a hand-written client).
+ *
+ * The image is named by an NBD URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://, nbd+vsock://, nbds+vsock://; libnbd's nbd_connect_uri
+ * parses it, TLS query parameters included).  The core (vdisk/dev.c)
+ * recognises a URI only where the operator typed it (vd_open and friends,
+ * the top image's --backing), never in a path read out of an image, and
+ * only then lets this driver open (dev->uri_ok); see docs/SECURITY.md.
+ *
+ * What maps to what:
+ *  - reads: nbd_pread (structured replies are libnbd's business); reads
+ *    the server's minimum block size does not divide are widened here,
+ *    because libnbd refuses unaligned requests;
+ *  - writes: nbd_pwrite with FUA when the server offers it, else write
+ *    then flush; the core does the read-modify-write below the minimum
+ *    block size (logical_block + strict_align);
+ *  - every data request is split at the server's maximum block size
+ *    (32 MiB when it gives none, the protocol's default);
+ *  - trim / write-zeroes (NO_HOLE, FAST_ZERO passed on) when offered;
+ *  - block status: base:allocation, whose flags are VD_EXT_*'s;
+ *  - read-only when the server says so (writes then fail with EROFS);
+ *  - multi-conn: up to NBDC_MAX_CONN handles when the server advertises
+ *    it, so that a flush on one covers writes completed on all (the NBD
+ *    protocol's promise for multi-conn); one handle otherwise.  Each
+ *    handle has a mutex: a request holds it for its whole exchange.
+ *
+ * A connection that drops fails its requests with EIO naming the URI.
+ * libnbd has no connect timeout: we connect non-blocking
+ * (nbd_aio_connect_uri) and poll up to a deadline (NBDC_CONNECT_MS).
+ * Requests themselves wait for the server as long as the socket is open
+ * (a killed server closes it; a stopped one is the RAID member timeout's
+ * business, issue 14 item 2).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <libnbd.h>
+
+#include "vdisk/driver.h"
+
+#define NBDC_MAX_CONN 4
+#define NBDC_CONNECT_MS 5000
+/* The protocol's default maximum payload when the server states none. */
+#define NBDC_DEFAULT_MAX (32u << 20)
+/* Trim / zero lengths travel in 32 bits. */
+#define NBDC_MAX_EFFECT (1u << 30)
+
+struct nbdc_conn {
+  struct nbd_handle *h;
+  pthread_mutex_t lock;
+};
+
+struct nbdc_priv {
+  struct nbdc_conn conn[NBDC_MAX_CONN];
+  int nconn;
+  atomic_uint next;
+  bool can_fua, can_flush, can_trim, can_zero, can_fast_zero, can_bs;
+  bool multi_conn;
+  uint32_t min_bs, pref_bs, max_bs;
+};
+
+static const char *const nbdc_schemes[] = {
+  "nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://",
+  "nbds+vsock://", NULL
+};
+
+bool
+vd_is_nbd_uri(const char *path)
+{
+  if (!path)
+    return false;
+  for (const char *const *s = nbdc_schemes; *s; s++)
+    if (strncasecmp(path, *s, strlen(*s)) == 0)
+      return true;
+  return false;
+}
+
+/* The failure of the last libnbd call on CONN as a vd_error naming the
+ * URI: a dead connection is EIO, a server's error keeps its errno. */
+static int
+nbdc_error(struct vd_dev *dev, struct nbd_handle *h, const char *op)
+{
+  int e = nbd_get_errno();
+  bool dead = nbd_aio_is_dead(h) || nbd_aio_is_closed(h);
+  if (dead || e == 0 || e == ENOTCONN || e == EPIPE || e == ECONNRESET ||
+      e == ESHUTDOWN)
+    return vd_set_error(EIO, "%s: %s failed: %s%s", dev->path, op,
+                        nbd_get_error() ? nbd_get_error() : "error",
+                        dead ? " (connection lost)" : "");
+  return vd_set_error(e, "%s: %s failed: %s", dev->path, op,
+                      nbd_get_error() ? nbd_get_error() : strerror(e));
+}
+
+static long long
+nbdc_now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connect a new handle to DEV's URI within NBDC_CONNECT_MS. */
+static int
+nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
+{
+  struct nbd_handle *h = nbd_create();
+  if (!h)
+    return vd_set_error(ENOMEM, "%s: %s", dev->path, nbd_get_error());
+  int r = 0;
+  /* The operator typed the URI, so its tls-certificates / tls-psk-file
+   * parameters may name local files (as nbdinfo allows). */
+  if (nbd_set_uri_allow_local_file(h, true) == -1 ||
+      nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      nbd_aio_connect_uri(h, dev->path) == -1) {
+    r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EINVAL,
+                     "%s: cannot connect: %s", dev->path, nbd_get_error());
+    nbd_close(h);
+    return r;
+  }
+  long long deadline = nbdc_now_ms() + NBDC_CONNECT_MS;
+  while (!nbd_aio_is_ready(h)) {
+    if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
+      r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EIO,
+                       "%s: cannot connect: %s", dev->path,
+                       nbd_get_error() ? nbd_get_error() : "closed");
+      break;
+    }
+    long long left = deadline - nbdc_now_ms();
+    if (left <= 0) {
+      r = vd_set_error(ETIMEDOUT, "%s: cannot connect: no NBD handshake "
+                       "within %d ms", dev->path, NBDC_CONNECT_MS);
+      break;
+    }
+    if (nbd_poll(h, (int)left) == -1) {
+      r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EIO,
+                       "%s: cannot connect: %s", dev->path, nbd_get_error());
+      break;
+    }
+  }
+  if (r < 0) {
+    nbd_close(h);
+    return r;
+  }
+  *out = h;
+  return 0;
+}
+
+static void
+nbdc_close(struct vd_dev *dev)
+{
+  struct nbdc_priv *p = dev->priv;
+  for (int i = 0; i < p->nconn; i++) {
+    nbd_shutdown(p->conn[i].h, 0);
+    nbd_close(p->conn[i].h);
+    pthread_mutex_destroy(&p->conn[i].lock);
+  }
+  p->nconn = 0;
+}
+
+static int
+nbdc_open(struct vd_dev *dev)
+{
+  struct nbdc_priv *p = dev->priv;
+  if (!dev->uri_ok)
+    return vd_set_error(EPERM, "%s: the nbd driver opens only NBD URIs the "
+                        "operator names", dev->path);
+  struct nbd_handle *h;
+  int r = nbdc_connect(dev, &h);
+  if (r < 0)
+    return r;
+  int64_t size = nbd_get_size(h);
+  if (size < 0) {
+    r = nbdc_error(dev, h, "size");
+    nbd_close(h);
+    return r;
+  }
+  dev->size = (uint64_t)size;
+  if (nbd_is_read_only(h) == 1)
+    dev->read_only = true;   /* write-type requests then fail with EROFS */
+  p->can_flush = nbd_can_flush(h) == 1;
+  p->can_fua = nbd_can_fua(h) == 1;
+  p->can_trim = nbd_can_trim(h) == 1;
+  p->can_zero = nbd_can_zero(h) == 1;
+  p->can_fast_zero = nbd_can_fast_zero(h) == 1;
+  p->can_bs = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  p->multi_conn = nbd_can_multi_conn(h) == 1;
+  int64_t mn = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  int64_t pf = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+  int64_t mx = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  p->min_bs = mn > 0 && mn <= 65536 ? (uint32_t)mn : 1;
+  p->pref_bs = pf > 0 && pf <= (32 << 20) ? (uint32_t)pf : 4096;
+  p->max_bs = mx > 0 && mx <= UINT32_MAX ? (uint32_t)mx : NBDC_DEFAULT_MAX;
+  if (p->max_bs < p->min_bs)
+    p->max_bs = p->min_bs;
+  /* Requests split at max_bs stay multiples of the minimum. */
+  p->max_bs -= p->max_bs % p->min_bs;
+  if (p->min_bs > 1) {
+    dev->logical_block = p->min_bs < 512 ? 512 : p->min_bs;
+    dev->strict_align = true;   /* the core read-modify-writes below it */
+  }
+  dev->preferred_io = p->pref_bs;
+
+  p->conn[0].h = h;
+  pthread_mutex_init(&p->conn[0].lock, NULL);
+  p->nconn = 1;
+  /* More connections only when the server promises they are coherent.
+   * One that fails is not an error: multi-conn only speeds things up. */
+  while (p->multi_conn && p->nconn < NBDC_MAX_CONN) {
+    if (nbdc_connect(dev, &h) < 0)
+      break;
+    p->conn[p->nconn].h = h;
+    pthread_mutex_init(&p->conn[p->nconn].lock, NULL);
+    p->nconn++;
+  }
+  vd_clear_error();
+  return 0;
+}
+
+/* A connection for one request, locked: round-robin over the pool. */
+static struct nbdc_conn *
+nbdc_get(struct nbdc_priv *p)
+{
+  unsigned n = atomic_fetch_add(&p->next, 1);
+  struct nbdc_conn *c = &p->conn[n % (unsigned)p->nconn];
+  pthread_mutex_lock(&c->lock);
+  return c;
+}
+
+static void
+nbdc_put(struct nbdc_conn *c)
+{
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* Read [OFF, OFF+LEN) which the minimum block size divides. */
+static int
+nbdc_read_aligned(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+{
+  struct nbdc_priv *p = dev->priv;
+  while (len > 0) {
+    size_t n = len < p->max_bs ? len : p->max_bs;
+    struct nbdc_conn *c = nbdc_get(p);
+    int r = nbd_pread(c->h, buf, n, off, 0) == -1
+            ? nbdc_error(dev, c->h, "read") : 0;
+    nbdc_put(c);
+    if (r < 0)
+      return r;
+    buf = (char *)buf + n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+static int
+nbdc_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+{
+  struct nbdc_priv *p = dev->priv;
+  uint64_t m = p->min_bs;
+  if (((off | len) % m) == 0)
+    return nbdc_read_aligned(dev, buf, len, off);
+  /* Widened through a bounce buffer (the core widens only writes). */
+  uint64_t s = off - off % m;
+  uint64_t e = off + len;
+  e = e % m ? e + (m - e % m) : e;
+  if (e > dev->size)
+    e = dev->size;   /* an export's size is a multiple of its minimum */
+  char *tmp = malloc(e - s);
+  if (!tmp)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = nbdc_read_aligned(dev, tmp, e - s, s);
+  if (r == 0)
+    memcpy(buf, tmp + (off - s), len);
+  free(tmp);
+  return r;
+}
+
+static int
+nbdc_flush(struct vd_dev *dev)
+{
+  struct nbdc_priv *p = dev->priv;
+  if (!p->can_flush)
+    return 0;   /* the server says it has no volatile cache */
+  if (p->multi_conn) {
+    /* multi-conn: one flush covers writes completed on every connection
+     * (NBD protocol).  Any connection will do. */
+    struct nbdc_conn *c = nbdc_get(p);
+    int r = nbd_flush(c->h, 0) == -1 ? nbdc_error(dev, c->h, "flush") : 0;
+    nbdc_put(c);
+    return r;
+  }
+  struct nbdc_conn *c = &p->conn[0];
+  pthread_mutex_lock(&c->lock);
+  int r = nbd_flush(c->h, 0) == -1 ? nbdc_error(dev, c->h, "flush") : 0;
+  nbdc_put(c);
+  return r;
+}
+
+static int
+nbdc_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
+            unsigned flags)
+{
+  struct nbdc_priv *p = dev->priv;
+  uint32_t nf = (flags & VD_REQ_FUA) && p->can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
+  while (len > 0) {
+    size_t n = len < p->max_bs ? len : p->max_bs;
+    struct nbdc_conn *c = nbdc_get(p);
+    int r = nbd_pwrite(c->h, buf, n, off, nf) == -1
+            ? nbdc_error(dev, c->h, "write") : 0;
+    nbdc_put(c);
+    if (r < 0)
+      return r;
+    buf = (const char *)buf + n;
+    off += n;
+    len -= n;
+  }
+  if ((flags & VD_REQ_FUA) && !nf)
+    return nbdc_flush(dev);
+  return 0;
+}
+
+static int
+nbdc_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
+{
+  struct nbdc_priv *p = dev->priv;
+  if (!p->can_trim)
+    return 0;   /* advisory */
+  uint32_t nf = (flags & VD_REQ_FUA) && p->can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
+  while (len > 0) {
+    uint64_t n = len < NBDC_MAX_EFFECT ? len : NBDC_MAX_EFFECT;
+    struct nbdc_conn *c = nbdc_get(p);
+    int r = nbd_trim(c->h, n, off, nf) == -1
+            ? nbdc_error(dev, c->h, "trim") : 0;
+    nbdc_put(c);
+    if (r < 0)
+      return r;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Zeros as data, for a server without NBD_CMD_WRITE_ZEROES. */
+static int
+nbdc_write_zero_data(struct vd_dev *dev, uint64_t off, uint64_t len,
+                     unsigned flags)
+{
+  size_t chunk = len < (1u << 20) ? (size_t)len : (1u << 20);
+  void *z = calloc(1, chunk);
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = 0;
+  while (r == 0 && len > 0) {
+    size_t n = len < chunk ? (size_t)len : chunk;
+    r = nbdc_pwrite(dev, z, n, off, flags & VD_REQ_FUA);
+    off += n;
+    len -= n;
+  }
+  free(z);
+  return r;
+}
+
+static int
+nbdc_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                  unsigned flags)
+{
+  struct nbdc_priv *p = dev->priv;
+  if ((flags & VD_REQ_FAST_ZERO) && !p->can_fast_zero)
+    return vd_set_error(ENOTSUP, "%s: the server offers no fast zeroing",
+                        dev->path);
+  if (!p->can_zero)
+    return nbdc_write_zero_data(dev, off, len, flags);
+  uint32_t nf = 0;
+  if (flags & VD_REQ_NO_HOLE)
+    nf |= LIBNBD_CMD_FLAG_NO_HOLE;
+  if (flags & VD_REQ_FAST_ZERO)
+    nf |= LIBNBD_CMD_FLAG_FAST_ZERO;
+  if ((flags & VD_REQ_FUA) && p->can_fua)
+    nf |= LIBNBD_CMD_FLAG_FUA;
+  while (len > 0) {
+    uint64_t n = len < NBDC_MAX_EFFECT ? len : NBDC_MAX_EFFECT;
+    struct nbdc_conn *c = nbdc_get(p);
+    int r = nbd_zero(c->h, n, off, nf) == -1
+            ? nbdc_error(dev, c->h, "write zeroes") : 0;
+    nbdc_put(c);
+    if (r < 0)
+      return r;
+    off += n;
+    len -= n;
+  }
+  if ((flags & VD_REQ_FUA) && !p->can_fua)
+    return nbdc_flush(dev);
+  return 0;
+}
+
+struct nbdc_bs {
+  uint64_t len;     /* of the first extent, 0 until seen */
+  uint32_t flags;
+};
+
+static int
+nbdc_extent(void *opaque, const char *metacontext, uint64_t offset,
+            uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct nbdc_bs *bs = opaque;
+  (void)offset;
+  (void)error;
+  if (strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0 ||
+      nr_entries < 2 || bs->len)
+    return 0;
+  bs->len = entries[0];
+  /* base:allocation's bits are NBD_STATE_HOLE (1) and NBD_STATE_ZERO (2),
+   * the same as VD_EXT_HOLE and VD_EXT_ZERO. */
+  bs->flags = entries[1] & (VD_EXT_HOLE | VD_EXT_ZERO);
+  return 0;
+}
+
+static int
+nbdc_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
+                  struct vd_extent *ext)
+{
+  struct nbdc_priv *p = dev->priv;
+  if (!p->can_bs) {
+    ext->length = len;   /* all data, as the protocol says without it */
+    return 0;
+  }
+  uint64_t m = p->min_bs;
+  /* The request must be aligned to the minimum; the answer is then
+   * clipped to what was asked. */
+  uint64_t s = off - off % m;
+  uint64_t n = len + (off - s);
+  if (n > UINT32_MAX - 65536)
+    n = UINT32_MAX - 65536;
+  if (n % m)
+    n += m - n % m;
+  if (s + n > dev->size)
+    n = dev->size - s;
+  struct nbdc_bs bs = { 0 };
+  nbd_extent_callback cb = { .callback = nbdc_extent, .user_data = &bs };
+  struct nbdc_conn *c = nbdc_get(p);
+  int r = nbd_block_status(c->h, n, s, cb, 0) == -1
+          ? nbdc_error(dev, c->h, "block status") : 0;
+  nbdc_put(c);
+  if (r < 0)
+    return r;
+  if (bs.len == 0 || s + bs.len <= off)
+    return vd_set_error(EIO, "%s: the server sent no usable extent at %"
+                        PRIu64, dev->path, off);
+  uint64_t got = s + bs.len - off;
+  ext->length = got < len ? got : len;
+  ext->flags = bs.flags;
+  return 0;
+}
+
+static void
+nbdc_info(struct vd_dev *dev, struct vd_info *info)
+{
+  struct nbdc_priv *p = dev->priv;
+  struct nbd_handle *h = p->conn[0].h;
+  vd_info_add_str(info, "uri", dev->path);
+  char *name = nbd_get_export_name(h);
+  if (name) {
+    vd_info_add_str(info, "export", name);
+    free(name);
+  }
+  vd_info_add_u64(info, "connections", (uint64_t)p->nconn);
+  vd_info_add_str(info, "multi-conn", p->multi_conn ? "yes" : "no");
+  vd_info_add_u64(info, "block-size-minimum", p->min_bs);
+  vd_info_add_u64(info, "block-size-preferred", p->pref_bs);
+  vd_info_add_u64(info, "block-size-maximum", p->max_bs);
+  vd_info_add_str(info, "tls", nbd_get_tls_negotiated(h) == 1 ? "yes" : "no");
+  vd_info_add_str(info, "can-flush", p->can_flush ? "yes" : "no");
+  vd_info_add_str(info, "can-fua", p->can_fua ? "yes" : "no");
+  vd_info_add_str(info, "can-trim", p->can_trim ? "yes" : "no");
+  vd_info_add_str(info, "can-zero", p->can_zero ? "yes" : "no");
+  vd_info_add_str(info, "block-status", p->can_bs ? "yes" : "no");
+}
+
+const struct vd_driver vd_nbd_driver = {
+  .name = "nbd",
+  .priv_size = sizeof(struct nbdc_priv),
+  /* never probed: the core picks it for an operator's URI */
+  .opens_own_files = true,
+  /* coherent across our own callers: one handle, or several the server
+   * promised coherent (multi-conn) */
+  .multi_conn = true,
+  .open = nbdc_open,
+  .close = nbdc_close,
+  .pread = nbdc_pread,
+  .pwrite = nbdc_pwrite,
+  .flush = nbdc_flush,
+  .discard = nbdc_discard,
+  .write_zeroes = nbdc_write_zeroes,
+  .block_status = nbdc_block_status,
+  .info = nbdc_info,
+};
+
+VD_REGISTER_DRIVER(vd_nbd_driver);
