@@ -489,7 +489,9 @@ nbdc_info(struct vd_dev *dev, struct vd_info *info)
 const struct vd_driver vd_nbd_driver = {
   .name = "nbd",
   .priv_size = sizeof(struct nbdc_priv),
-  /* never probed: the core picks it for an operator's URI */
+  /* never probed: the core picks it for an operator's URI; an export
+   * references no other file, so it may be a VHD child's parent */
+  .leaf = true,
   .opens_own_files = true,
   /* coherent across our own callers: one handle, or several the server
    * promised coherent (multi-conn) */
