@@ -107,8 +107,35 @@ stop_nbd
 # ---- read-only export ----
 NBDKIT_OPTS=-r nbdkit_start ro memory 8M
 expect_error "nbd\+unix.*(Read-only|read-only)" vdt convert -n -f raw -O raw "$T/pat" "$(u ro)"
-vdt info "$(u ro)" | grep -q '^read only: *yes\|read-only' ||
-  true  # informational; the write refusal above is the rule
+# vdisk-nbd re-serving it advertises read-only and refuses writes
+start_nbd -f nbd "ro=$(u ro)"
+/usr/bin/python3 -m nbd -u "$(nbd_uri_for ro)" -c '
+import errno
+assert h.is_read_only()
+try:
+    h.pwrite(b"x" * 512, 0)
+    raise SystemExit("write to a read-only re-served export succeeded")
+except nbd.Error as e:
+    assert e.errnum in (errno.EROFS, errno.EPERM), e
+' || fail "read-only export re-served writable"
+stop_nbd
+
+# ---- vdisk-fuse serving a remote export ----
+if [ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] &&
+   command -v fusermount3 >/dev/null; then
+  mkdir "$T/mnt"
+  timeout 30 "$top_builddir/fuse-frontend/vdisk-fuse" --format=nbd "$(u file)" "$T/mnt" 2>"$T/fuse.err" ||
+    fail "vdisk-fuse on a URI: $(cat "$T/fuse.err")"
+  on_exit "fusermount3 -uz '$T/mnt'"
+  f=file.raw   # the URI's last path component, as for a file
+  [ "$(stat -c %a "$T/mnt/$f")" = 600 ] || fail "FUSE disk mode $(stat -c %a "$T/mnt/$f")"
+  cmp "$T/mnt/$f" "$T/origin.raw" || fail "vdisk-fuse of a URI differs from the origin"
+  printf 'fuse-wrote' | dd of="$T/mnt/$f" bs=1 seek=4096 conv=notrunc status=none
+  sync "$T/mnt/$f"
+  [ "$(dd if="$T/origin.raw" bs=1 skip=4096 count=10 status=none)" = fuse-wrote ] ||
+    fail "a write through vdisk-fuse did not reach the origin"
+  fusermount3 -u "$T/mnt"
+fi
 
 # ---- a URI in a VHD's parent locator is never followed ----
 mkdir "$T/vm"
