@@ -341,6 +341,51 @@ test_open_special(void)
   unlink(p);
 }
 
+/* NBD URIs: recognised by scheme only where the operator names an image
+ * (vd_open), never in a parent path read out of an image; a container
+ * format over a URI is refused before any connection; the nbd driver
+ * refuses a path that is not an operator's URI. */
+static void
+test_nbd_uri(void)
+{
+  static const char *const yes[] = {
+    "nbd://localhost/x", "NBD://h:10809/", "nbds://h/e?tls-psk-file=/k",
+    "nbd+unix:///e?socket=/s", "nbds+unix:///?socket=/s",
+    "nbd+vsock://2/e", "nbds+vsock://2:10809/e", NULL
+  };
+  static const char *const no[] = {
+    "", "nbd:", "nbd:/x", "nbd:localhost:10809", "./nbd://x", "/nbd://x",
+    "nbd+tcp://h/", "nbdx://h/", "snbd://h/", "disk.img", NULL
+  };
+  for (const char *const *u = yes; *u; u++)
+    CU_ASSERT_TRUE(vd_is_nbd_uri(*u));
+  for (const char *const *u = no; *u; u++)
+    CU_ASSERT_FALSE(vd_is_nbd_uri(*u));
+  CU_ASSERT_FALSE(vd_is_nbd_uri(NULL));
+
+  struct vd_dev *d;
+  /* -f vpc over a URI: refused before connecting (there is no server). */
+  CU_ASSERT_EQUAL(vd_open("nbd+unix:///?socket=/nonexistent/s", "vpc", 0,
+                          &d), -ENOTSUP);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "not as 'vpc'"));
+  /* A connection that cannot be made is an error naming the URI. */
+  CU_ASSERT(vd_open("nbd+unix:///?socket=/nonexistent/s", NULL, 0, &d) < 0);
+  CU_ASSERT_PTR_NOT_NULL(strstr(vd_error(), "nbd+unix:///?socket="));
+  /* -f nbd on a file name: the driver never opens what is not a URI. */
+  char *p = tmp_path("plain.img");
+  struct vd_create_args a = { .size = 1 << 20 };
+  CU_ASSERT_EQUAL_FATAL(vd_create(p, "raw", &a), 0);
+  CU_ASSERT_EQUAL(vd_open(p, "nbd", 0, &d), -EPERM);
+  /* As a parent read out of an image, a URI is a file name. */
+  struct vd_dev *top;
+  CU_ASSERT_EQUAL_FATAL(vd_open(p, "raw", 0, &top), 0);
+  struct vd_open_args pa = { .flags = 0 };
+  CU_ASSERT_EQUAL(vd_open_parent(top, "nbd+unix:///?socket=/nonexistent/s",
+                                 &pa, &d), -ENOENT);
+  vd_close(top);
+  unlink(p);
+}
+
 /* Parent options: confinement, the policy, the override, NOPARENT. */
 static void
 test_open_parent_opts(void)
@@ -470,6 +515,7 @@ main(void)
     { "probe_guard", test_probe_guard },
     { "open_special", test_open_special },
     { "open_parent_opts", test_open_parent_opts },
+    { "nbd_uri", test_nbd_uri },
     { "manage_ops", test_manage_ops },
     { NULL, NULL }
   };
