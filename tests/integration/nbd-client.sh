@@ -104,6 +104,45 @@ grep -qi 'flush' "$T/file.log" || fail "flush not passed to the origin"
 qemu-img compare -f raw -F raw "$T/origin.raw" "$R" || fail "re-served export differs"
 stop_nbd
 
+# ---- the server's block sizes: minimum 4 KiB, maximum 64 KiB, violations
+# are errors at the server (blocksize-policy); unaligned and large I/O
+# through vdisk-nbd re-serving it must still be right ----
+nbdkit_start bs --filter=blocksize-policy memory 16M blocksize-minimum=4096 \
+  blocksize-preferred=4096 blocksize-maximum=65536 blocksize-error-policy=error
+vdt info "$(u bs)" > "$T/bs.txt"
+grep -q 'block-size-minimum: 4096' "$T/bs.txt" && grep -q 'block-size-maximum: 65536' "$T/bs.txt" ||
+  fail "block sizes: $(cat "$T/bs.txt")"
+start_nbd -f nbd "bs=$(u bs)"
+B=$(nbd_uri_for bs)
+out=$(qemu-io -f raw -c 'write -P 0x21 1000 3000' -c 'write -P 0x22 100000 1M' \
+  -c 'read -P 0x21 1000 3000' -c 'read -P 0x22 100000 1M' -c 'read -P 0 0 1000' \
+  -c 'write -z 5000 70000' -c 'read -P 0 5000 70000' -c 'read -P 0x21 1000 3000' -c 'read -P 0 4000 1000' \
+  -c 'discard 1M 128k' -c 'flush' "$B" 2>&1) || fail "qemu-io through block-size limits: $out"
+! grep -Eq 'failed|error|Pattern' <<<"$out" || fail "qemu-io through block-size limits: $out"
+qemu-img compare -f raw -F raw "$B" "$(u bs)" || fail "re-served block-size export differs"
+stop_nbd
+
+# ---- fio --verify through vdisk-nbd re-serving a multi-conn export ----
+if fio --enghelp=nbd >/dev/null 2>&1; then
+  nbdkit_start fio memory 64M
+  start_nbd -f nbd "f=$(u fio)"
+  fio --name=verify --ioengine=nbd --uri="$(nbd_uri_for f)" --iodepth=32 \
+    --size=16M --rw=randwrite --bsrange=512-128k --verify=crc32c --do_verify=1 \
+    --verify_fatal=1 --verify_state_save=0 --output="$T/fio.out" ||
+    { cat "$T/fio.out" >&2; fail "fio through the nbd driver"; }
+  [ "$(grep -c Connect "$T/fio.log")" -eq 4 ] || fail "vdisk-nbd did not use 4 connections"
+  qemu-img compare -f raw -F raw "$(nbd_uri_for f)" "$(u fio)" || fail "fio: origin differs"
+  stop_nbd
+fi
+
+# ---- TLS with a pre-shared key (libnbd's URI parameters) ----
+psktool -u alice -p "$T/keys.psk" >/dev/null 2>&1
+NBDKIT_OPTS="--tls=require --tls-psk=$T/keys.psk" nbdkit_start tls memory 1M
+vdt info "nbds+unix://alice@/?socket=$T/tls.sock&tls-psk-file=$T/keys.psk" > "$T/tls.txt" ||
+  fail "nbds+unix with tls-psk-file"
+grep -q 'tls: yes' "$T/tls.txt" || fail "TLS not negotiated: $(cat "$T/tls.txt")"
+expect_error "nbd\+unix.*socket=$T/tls.sock" vdt info "$(u tls)"
+
 # ---- read-only export ----
 NBDKIT_OPTS=-r nbdkit_start ro memory 8M
 expect_error "nbd\+unix.*(Read-only|read-only)" vdt convert -n -f raw -O raw "$T/pat" "$(u ro)"
