@@ -226,11 +226,17 @@ nbdc_open(struct vd_dev *dev)
   return 0;
 }
 
-/* A connection for one request, locked: round-robin over the pool. */
+/* A connection for one request, locked: the first idle one from a
+ * round-robin start, else wait for the start's. */
 static struct nbdc_conn *
 nbdc_get(struct nbdc_priv *p)
 {
   unsigned n = atomic_fetch_add(&p->next, 1);
+  for (int i = 0; i < p->nconn; i++) {
+    struct nbdc_conn *c = &p->conn[(n + (unsigned)i) % (unsigned)p->nconn];
+    if (pthread_mutex_trylock(&c->lock) == 0)
+      return c;
+  }
   struct nbdc_conn *c = &p->conn[n % (unsigned)p->nconn];
   pthread_mutex_lock(&c->lock);
   return c;
@@ -242,20 +248,32 @@ nbdc_put(struct nbdc_conn *c)
   pthread_mutex_unlock(&c->lock);
 }
 
-/* Read [OFF, OFF+LEN) which the minimum block size divides. */
+enum nbdc_op { NBDC_READ, NBDC_WRITE, NBDC_TRIM, NBDC_ZERO };
+
+/* One request split into pieces the server takes: data up to its maximum
+ * block size, trim and zero up to NBDC_MAX_EFFECT (32-bit lengths).  BUF
+ * is the data of reads and writes, NULL otherwise. */
 static int
-nbdc_read_aligned(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+nbdc_request(struct vd_dev *dev, enum nbdc_op op, void *buf, uint64_t len,
+             uint64_t off, uint32_t nf)
 {
+  static const char *const what[] = { "read", "write", "trim",
+                                      "write zeroes" };
   struct nbdc_priv *p = dev->priv;
+  uint64_t max = op <= NBDC_WRITE ? p->max_bs : NBDC_MAX_EFFECT;
   while (len > 0) {
-    size_t n = len < p->max_bs ? len : p->max_bs;
+    uint64_t n = len < max ? len : max;
     struct nbdc_conn *c = nbdc_get(p);
-    int r = nbd_pread(c->h, buf, n, off, 0) == -1
-            ? nbdc_error(dev, c->h, "read") : 0;
+    int x = op == NBDC_READ ? nbd_pread(c->h, buf, n, off, 0)
+          : op == NBDC_WRITE ? nbd_pwrite(c->h, buf, n, off, nf)
+          : op == NBDC_TRIM ? nbd_trim(c->h, n, off, nf)
+          : nbd_zero(c->h, n, off, nf);
+    int r = x == -1 ? nbdc_error(dev, c->h, what[op]) : 0;
     nbdc_put(c);
     if (r < 0)
       return r;
-    buf = (char *)buf + n;
+    if (buf)
+      buf = (char *)buf + n;
     off += n;
     len -= n;
   }
@@ -268,7 +286,7 @@ nbdc_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   struct nbdc_priv *p = dev->priv;
   uint64_t m = p->min_bs;
   if (((off | len) % m) == 0)
-    return nbdc_read_aligned(dev, buf, len, off);
+    return nbdc_request(dev, NBDC_READ, buf, len, off, 0);
   /* Widened through a bounce buffer (the core widens only writes). */
   uint64_t s = off - off % m;
   uint64_t e = off + len;
@@ -278,7 +296,7 @@ nbdc_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   char *tmp = malloc(e - s);
   if (!tmp)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = nbdc_read_aligned(dev, tmp, e - s, s);
+  int r = nbdc_request(dev, NBDC_READ, tmp, e - s, s, 0);
   if (r == 0)
     memcpy(buf, tmp + (off - s), len);
   free(tmp);
@@ -312,18 +330,10 @@ nbdc_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
 {
   struct nbdc_priv *p = dev->priv;
   uint32_t nf = (flags & VD_REQ_FUA) && p->can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
-  while (len > 0) {
-    size_t n = len < p->max_bs ? len : p->max_bs;
-    struct nbdc_conn *c = nbdc_get(p);
-    int r = nbd_pwrite(c->h, buf, n, off, nf) == -1
-            ? nbdc_error(dev, c->h, "write") : 0;
-    nbdc_put(c);
-    if (r < 0)
-      return r;
-    buf = (const char *)buf + n;
-    off += n;
-    len -= n;
-  }
+  /* libnbd does not write through BUF: the cast only shares the loop. */
+  int r = nbdc_request(dev, NBDC_WRITE, (void *)buf, len, off, nf);
+  if (r < 0)
+    return r;
   if ((flags & VD_REQ_FUA) && !nf)
     return nbdc_flush(dev);
   return 0;
@@ -336,18 +346,7 @@ nbdc_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
   if (!p->can_trim)
     return 0;   /* advisory */
   uint32_t nf = (flags & VD_REQ_FUA) && p->can_fua ? LIBNBD_CMD_FLAG_FUA : 0;
-  while (len > 0) {
-    uint64_t n = len < NBDC_MAX_EFFECT ? len : NBDC_MAX_EFFECT;
-    struct nbdc_conn *c = nbdc_get(p);
-    int r = nbd_trim(c->h, n, off, nf) == -1
-            ? nbdc_error(dev, c->h, "trim") : 0;
-    nbdc_put(c);
-    if (r < 0)
-      return r;
-    off += n;
-    len -= n;
-  }
-  return 0;
+  return nbdc_request(dev, NBDC_TRIM, NULL, len, off, nf);
 }
 
 /* Zeros as data, for a server without NBD_CMD_WRITE_ZEROES. */
@@ -387,17 +386,9 @@ nbdc_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
     nf |= LIBNBD_CMD_FLAG_FAST_ZERO;
   if ((flags & VD_REQ_FUA) && p->can_fua)
     nf |= LIBNBD_CMD_FLAG_FUA;
-  while (len > 0) {
-    uint64_t n = len < NBDC_MAX_EFFECT ? len : NBDC_MAX_EFFECT;
-    struct nbdc_conn *c = nbdc_get(p);
-    int r = nbd_zero(c->h, n, off, nf) == -1
-            ? nbdc_error(dev, c->h, "write zeroes") : 0;
-    nbdc_put(c);
-    if (r < 0)
-      return r;
-    off += n;
-    len -= n;
-  }
+  int r = nbdc_request(dev, NBDC_ZERO, NULL, len, off, nf);
+  if (r < 0)
+    return r;
   if ((flags & VD_REQ_FUA) && !p->can_fua)
     return nbdc_flush(dev);
   return 0;
