@@ -10,6 +10,7 @@
 #    reads.
 . "${top_srcdir:-.}/tests/functions.sh"
 requires qemu-img qemu-io qemu-nbd /usr/bin/python3
+. "$top_srcdir/tests/nbd/lib.sh"
 cd "$VD_TMP"
 MB=$((1024*1024))
 
@@ -59,10 +60,7 @@ rc=0; qemu-img check -U -r all served.qcow2 >/dev/null 2>q.err || rc=$?
 kill $qpid; wait $qpid 2>/dev/null || true
 
 cp good.vhd served.vhd
-vdisk_nbd -t --socket "$VD_TMP/v.sock" served.vhd &
-vpid=$!
-on_exit "kill $vpid"
-wait_for_socket "$VD_TMP/v.sock"
+start_nbd served.vhd
 expect_error 'served\.vhd: image is in use by process .*use -U' vdtool check served.vhd
 out=$(vdtool check -U served.vhd) || fail "check -U failed"
 grep -q 'No errors were found' <<<"$out" || fail "check -U: $out"
@@ -70,6 +68,6 @@ expect_error 'check: -U cannot be used with -r' vdtool check -U -r all served.vh
 # A write that meets the lock: no -U hint (there is no -U for writes).
 expect_error 'served\.vhd: image is in use by process [0-9]+ \([^)]*\); cannot get a write lock$' \
   vdtool resize served.vhd 16M
-kill $vpid; wait $vpid 2>/dev/null || true
+stop_nbd
 cmp -s good.vhd served.vhd || fail "refused commands changed the image"
 echo "check-habits: OK"
