@@ -33,7 +33,7 @@ cat "$img" > /dev/null
 
 nbd_run() {   # BUILD RW BS: prints MiB/s (seq) or IOPS (rand)
   rm -f "$sock"
-  "$1/nbd-server/vdisk-nbd" -t -r -U "$sock" -f raw "$img" & pid=$!
+  "$1/nbd-server/vdisk-nbd" -t -r -k "$sock" -f raw "$img" & pid=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
   local t0 t1 out
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")

@@ -39,7 +39,7 @@ cat "$raw" > /dev/null   # into the page cache
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
   case $1 in
-    vdisk)  "$vdisk_nbd" -t -U "$sock" -f "$2" "$3" & pid=$! ;;
+    vdisk)  "$vdisk_nbd" -t -k "$sock" -f "$2" "$3" & pid=$! ;;
     qemu)   qemu-nbd -t -k "$sock" -f "$2" --aio=threads --cache=writeback \
               "$3" & pid=$! ;;
     nbdkit) nbdkit -f -U "$sock" file "$3" & pid=$! ;;

@@ -17,7 +17,7 @@ run() {   # run EVERY (0: no snapshots)
   d=$(mktemp -d /tmp/snapfio.XXXXXX)
   "$build/tools/vdtool" create -q -f raw "$d/base.raw" 256M
   "$build/nbd-server/vdisk-nbd" --fork --pid-file "$d/pid" -t \
-    -U "$d/nbd.sock" --control "$d/ctl.sock" -f raw "disk=$d/base.raw"
+    -k "$d/nbd.sock" --control "$d/ctl.sock" -f raw "disk=$d/base.raw"
   "$build/tools/vdtool" qmp "$d/ctl.sock" blockdev-snapshot-sync \
     device=disk "snapshot-file=$d/s0.vhd" >/dev/null
   fio --name=lat --ioengine=nbd --uri="nbd+unix:///disk?socket=$d/nbd.sock" \

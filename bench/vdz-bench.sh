@@ -118,7 +118,7 @@ if command -v nbdcopy >/dev/null && command -v qemu-nbd >/dev/null && [ -x "$vdi
     sock=$work/nbd.sock
     rm -f "$sock" nbd.pid
     case $srv in
-      vdisk-nbd*) "$vdisk_nbd" --fork --pid-file nbd.pid -r -U "$sock" "${srv#* }" ;;
+      vdisk-nbd*) "$vdisk_nbd" --fork --pid-file nbd.pid -r -k "$sock" "${srv#* }" ;;
       qemu-nbd*)  qemu-nbd --fork --pid-file=nbd.pid -e 4 -r -f qcow2 -k "$sock" "${srv#* }" ;;
     esac
     drow "$srv | nbdcopy null:" "$(secs nbdcopy "nbd+unix:///?socket=$sock" null:)"
@@ -146,7 +146,7 @@ if fio --enghelp=nbd >/dev/null 2>&1 && [ -x "$vdisk_nbd" ]; then
     for img in fs.raw fs.vdz; do
       sock=$work/nbd.sock
       rm -f "$sock" nbd.pid
-      "$vdisk_nbd" --fork --pid-file nbd.pid -t -r -U "$sock" "$img"
+      "$vdisk_nbd" --fork --pid-file nbd.pid -t -r -k "$sock" "$img"
       fio --name=rr --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
           --rw=randread --bs=4k --iodepth=32 --runtime=15 --time_based \
           --size="$vsize" --output-format=terse --terse-version=3 \

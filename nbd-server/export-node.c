@@ -29,9 +29,12 @@ static void fill_from_node(struct nbd_export *e, struct vd_node *node,
   e->size = vd_node_size(node);
   e->read_only = ro || vd_node_is_read_only(node);
   e->multi_conn = e->read_only || vd_node_can_multi_conn(node);
-  e->min_block = vd_node_logical_block(node);
-  if (!vd_is_pow2(e->min_block) || e->min_block > 65536)
-    e->min_block = 1;
+  /* Any byte range works: the engine read-modify-writes partial blocks
+   * of the formats that need whole ones (and the file layer those of an
+   * O_DIRECT file), so like qemu-nbd and nbdkit advertise 1 and let
+   * clients such as libnbd send byte-granular requests.  The preferred
+   * size below steers them to whole blocks. */
+  e->min_block = 1;
   e->pref_block = pow2_floor(vd_node_preferred_io(node));
   if (e->pref_block < 4096)
     e->pref_block = 4096;

@@ -62,11 +62,17 @@ static void usage(FILE *f)
 "  -p, --port PORT        TCP port (default 10809)\n"
 "  -b, --bind ADDR        address to listen on (default 127.0.0.1; use\n"
 "                         0.0.0.0 or :: for all interfaces)\n"
-"  -U, --socket PATH      listen on a Unix socket instead of TCP\n"
+"  -k, --socket PATH      listen on a Unix socket instead of TCP (-U PATH,\n"
+"                         the old spelling, is accepted without -r)\n"
+"  -x, --export-name NAME  the one image's export name (default: the\n"
+"                         file's base name; it is also the default export)\n"
 "      --socket-mode MODE  permissions of that socket (octal, default 0600)\n"
 "      --control PATH     QMP control socket (mode 0600) for queries and\n"
 "                         live operations on the exports (docs/control.md)\n"
 "  -r, --read-only        export read-only\n"
+"  -U, --force-share      with -r: take no image lock, so an image another\n"
+"                         program writes can be served (it may change\n"
+"                         under the clients)\n"
 "  -f, --format FMT       image format (default: probe; a probed raw image\n"
 "                         cannot be written into another format's header)\n"
 "      --backing FILE     the parent of a differencing IMAGE, when it is\n"
@@ -79,9 +85,11 @@ static void usage(FILE *f)
 "                         one is added, persistent (IMAGE.bitmaps)\n"
 "  -D, --description TEXT export description sent to clients (default:\n"
 "                         the format and size)\n"
-"  -e, --shared N         serve at most N clients at once (default 16)\n"
+"  -e, --shared N         serve at most N clients at once; more wait until\n"
+"                         one leaves (default 16)\n"
 "  -t, --persistent       keep serving after the last client leaves\n"
-"                         (default: exit when it does, as qemu-nbd)\n"
+"                         (default: exit when the last client that reached\n"
+"                         the data phase leaves, as qemu-nbd)\n"
 "      --fork             run in the background once ready\n"
 "      --pid-file FILE    write the server's process id to FILE\n"
 "      --threads N        worker threads (default: 2 per CPU, at least 4)\n"
@@ -135,6 +143,8 @@ static void die(const char *fmt, ...)
 
 /* "[NAME=]IMAGE": a '=' counts only if no '/' comes before it. */
 static const char *backing, *backing_format;  /* --backing[-format] */
+static const char *export_name;  /* -x: the one image's export name */
+static bool force_share;         /* -U with -r: take no image lock */
 
 /* The command line's images: their nodes live until exit, whether their
  * exports were deleted meanwhile or not (the devices stay registered). */
@@ -204,7 +214,10 @@ static void add_export(const char *arg, const char *format, bool ro,
   int r;
   size_t i;
 
-  if (eq && (!slash || slash > eq)) {
+  if (export_name) {
+    /* -x names the export; the argument is a path, '=' and all. */
+    name = strdup(export_name);
+  } else if (eq && (!slash || slash > eq)) {
     name = strndup(arg, (size_t)(eq - arg));
     path = eq + 1;
   } else {
@@ -223,7 +236,8 @@ static void add_export(const char *arg, const char *format, bool ro,
       die("%s: export name '%s' used twice", arg, name);
 
   struct vd_open_args oa = { .format = format,
-                             .flags = ro ? 0 : VD_OPEN_RDWR,
+                             .flags = (ro ? 0 : VD_OPEN_RDWR) |
+                                      (force_share ? VD_OPEN_NOLOCK : 0),
                              .backing = backing,
                              .backing_format = backing_format };
   r = vd_open_opts(path, &oa, &dev);
@@ -358,11 +372,14 @@ static void *conn_thread(void *arg)
   close(lc->fd);
   free(lc);
   nconns--;
-  if (nconns == 0 && !persistent) {
-    char c = 'e';
-    if (write(wake_pipe[1], &c, 1) < 0) {
-      /* already woken */
-    }
+  /* qemu-nbd's rule: without -t the server ends when the last client
+   * leaves, but only a client that reached transmission counts, so a port
+   * probe, a listing (nbdinfo --list) or a wrong export name does not end
+   * it.  Any leave also wakes the accept loop, which stops accepting while
+   * -e clients are attached. */
+  char c = nconns == 0 && !persistent && r == 1 ? 'e' : 'w';
+  if (write(wake_pipe[1], &c, 1) < 0) {
+    /* already woken */
   }
   pthread_cond_broadcast(&conns_cond);
   pthread_mutex_unlock(&conns_lock);
@@ -371,7 +388,7 @@ static void *conn_thread(void *arg)
   return NULL;
 }
 
-static void accept_one(int lfd, unsigned shared)
+static void accept_one(int lfd)
 {
   pthread_attr_t attr;
   pthread_t t;
@@ -381,13 +398,6 @@ static void accept_one(int lfd, unsigned shared)
   if (fd < 0)
     return;
   pthread_mutex_lock(&conns_lock);
-  if (nconns >= shared) {
-    pthread_mutex_unlock(&conns_lock);
-    if (server.verbose)
-      nbd_log("connection limit (%u) reached: client refused", shared);
-    close(fd);
-    return;
-  }
   lc = calloc(1, sizeof *lc);
   if (!lc) {
     pthread_mutex_unlock(&conns_lock);
@@ -484,14 +494,34 @@ static void write_pid_file(const char *path)
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
        OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT,
        OPT_TLS_VERIFY_PEER, OPT_TLS_AUTHZ, OPT_HANDSHAKE_LIMIT,
-       OPT_SOCKET_MODE, OPT_CONTROL };
+       OPT_SOCKET_MODE, OPT_CONTROL, OPT_FORCE_SHARE };
+
+/* True if the command line asks for a read-only export: it decides what
+ * -U means (see main).  Looks at the arguments before "--" that are -r,
+ * --read-only, or a bundle of flags without arguments that holds r. */
+static bool argv_read_only(int argc, char **argv)
+{
+  for (int k = 1; k < argc; k++) {
+    const char *a = argv[k];
+    if (strcmp(a, "--") == 0)
+      break;
+    if (strcmp(a, "--read-only") == 0)
+      return true;
+    if (a[0] == '-' && a[1] != '-' && a[1] &&
+        strspn(a + 1, "rtvAhV") == strlen(a + 1) && strchr(a + 1, 'r'))
+      return true;
+  }
+  return false;
+}
 
 int main(int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "port", required_argument, NULL, 'p' },
     { "bind", required_argument, NULL, 'b' },
-    { "socket", required_argument, NULL, 'U' },
+    { "socket", required_argument, NULL, 'k' },
+    { "export-name", required_argument, NULL, 'x' },
+    { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
     { "read-only", no_argument, NULL, 'r' },
     { "format", required_argument, NULL, 'f' },
     { "shared", required_argument, NULL, 'e' },
@@ -532,13 +562,31 @@ int main(int argc, char **argv)
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
   int status = 0;
 
+  /* -U is --force-share, as in vdtool and vdisk-fuse, when the export is
+   * read-only (-r); without -r it is the old spelling of -k PATH (a
+   * writer can never share its images, so there it is unambiguous). */
+  bool u_shares = argv_read_only(argc, argv);
   opterr = 0;  /* one line of our own instead of getopt's */
-  while ((c = getopt_long(argc, argv, "p:b:U:rf:D:e:tvhVAB:", longopts,
-                          NULL)) != -1) {
+  while ((c = getopt_long(argc, argv,
+                          u_shares ? "p:b:k:Ux:rf:D:e:tvhVAB:"
+                                   : "p:b:k:U:x:rf:D:e:tvhVAB:",
+                          longopts, NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
     case 'b': bind_addr = optarg; break;
-    case 'U': sock_path = optarg; break;
+    case 'k': sock_path = optarg; break;
+    case 'U':
+      if (u_shares)
+        force_share = true;
+      else
+        sock_path = optarg;
+      break;
+    case OPT_FORCE_SHARE: force_share = true; break;
+    case 'x':
+      if (!*optarg || strlen(optarg) > NBD_MAX_STRING)
+        die("--export-name: a name of 1 to %u bytes", NBD_MAX_STRING);
+      export_name = optarg;
+      break;
     case 'r': ro = true; break;
     case 'f': format = optarg; break;
     case 'e': shared = parse_uint("--shared", optarg, 1, 100000); break;
@@ -604,6 +652,11 @@ int main(int argc, char **argv)
   }
   if (optind >= argc)
     die("no image given (try --help)");
+  if (export_name && argc - optind > 1)
+    die("--export-name names the one image; %d images given (name each as "
+        "NAME=IMAGE instead)", argc - optind);
+  if (force_share && !ro)
+    die("--force-share (-U) needs -r: a writer always locks its images");
   if ((backing || backing_format) && argc - optind > 1)
     die("--backing and --backing-format name the parent of one image; "
         "%d images given", argc - optind);
@@ -742,8 +795,16 @@ int main(int argc, char **argv)
   for (;;) {
     struct pollfd pfd[MAX_LISTEN + 1];
     char b;
+    /* -e N: with N clients attached, stop accepting; a further client
+     * waits in the listen backlog until one leaves (qemu-nbd's --shared),
+     * rather than being dropped. */
+    pthread_mutex_lock(&conns_lock);
+    bool full = nconns >= shared;
+    pthread_mutex_unlock(&conns_lock);
+    if (full && server.verbose > 1)
+      nbd_log("connection limit (%u) reached: new clients wait", shared);
     for (i = 0; i < nl; i++)
-      pfd[i] = (struct pollfd){ .fd = lfds[i], .events = POLLIN };
+      pfd[i] = (struct pollfd){ .fd = lfds[i], .events = full ? 0 : POLLIN };
     pfd[nl] = (struct pollfd){ .fd = wake_pipe[0], .events = POLLIN };
     if (poll(pfd, (nfds_t)nl + 1, -1) < 0) {
       if (errno == EINTR)
@@ -767,7 +828,7 @@ int main(int argc, char **argv)
     }
     for (i = 0; i < nl; i++)
       if (pfd[i].revents & POLLIN)
-        accept_one(lfds[i], shared);
+        accept_one(lfds[i]);
   }
 
   /* Orderly shutdown. */

@@ -12,7 +12,7 @@ mkdir -p "$seeds"
 
 # Real files: a mode byte (0: as is) then the file vdisk-nbd wrote.
 truncate -s 3M "$VD_TMP/d.raw"
-vdisk_nbd -f raw -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" \
+vdisk_nbd -f raw -k "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" \
   -B one -B two "$VD_TMP/d.raw"
 on_exit 'kill "$(cat "$VD_TMP/pid")"'
 wait_for_socket "$VD_TMP/sock"

@@ -24,12 +24,12 @@ vdtool create -q -f vpc -b "$mid" -F vpc "$child"
 # ---- the socket file ----
 echo "not a socket" >"$ctl"
 expect_error "$ctl: exists and is not a socket" \
-  vdisk_nbd -U "$VD_TMP/n.sock" --control "$ctl" "disk=$child"
+  vdisk_nbd -k "$VD_TMP/n.sock" --control "$ctl" "disk=$child"
 [ "$(cat "$ctl")" = "not a socket" ] || fail "the file at --control was touched"
 rm -f "$ctl"
 ln -s "$VD_TMP/elsewhere" "$ctl"
 expect_error "$ctl: exists and is not a socket" \
-  vdisk_nbd -U "$VD_TMP/n.sock" --control "$ctl" "disk=$child"
+  vdisk_nbd -k "$VD_TMP/n.sock" --control "$ctl" "disk=$child"
 [ ! -e "$VD_TMP/elsewhere" ] || fail "the symlink at --control was followed"
 rm -f "$ctl"
 /usr/bin/python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$ctl"
@@ -45,7 +45,7 @@ m=$(stat -c %a "$ctl")
 ls -a "$VD_TMP" | grep -q '^\.vc' && fail "private bind folder left behind"
 truncate -s 1M "$VD_TMP/other.raw"
 expect_error 'already listening' \
-  vdisk_nbd -U "$VD_TMP/n2.sock" --control "$ctl" -f raw "$VD_TMP/other.raw"
+  vdisk_nbd -k "$VD_TMP/n2.sock" --control "$ctl" -f raw "$VD_TMP/other.raw"
 
 # The peer check must hold on its own: open the socket and its folder to
 # everybody so that only SO_PEERCRED stands between uid 65534 and us.

@@ -177,7 +177,7 @@ kill -KILL "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 rm -f "$nbd_pidfile" "$nbd_sock"
 expect_error "b0.*inconsistent" \
-  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -U "$VD_TMP/s2" -B b0 src.raw
+  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -k "$VD_TMP/s2" -B b0 src.raw
 [ ! -e "$VD_TMP/s2" ] || fail "the refused start left its socket"
 # Without -B the image is served; query-block says inconsistent (as
 # QEMU), the bitmap is neither offered nor usable, and stays so on disk.
@@ -191,7 +191,7 @@ expect_error "inconsistent" q block-dirty-bitmap-clear node=$dev name=b0
 expect_error "inconsistent" q block-dirty-bitmap-enable node=$dev name=b0
 stop_nbd
 expect_error "b0.*inconsistent" \
-  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -U "$VD_TMP/s2" -B b0 src.raw
+  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -k "$VD_TMP/s2" -B b0 src.raw
 # Removed, they can be added again (a new full backup starts).
 start_nbd -f raw --control "$VD_TMP/qmp" src.raw
 q block-dirty-bitmap-remove node=$dev name=b0 > /dev/null
@@ -206,7 +206,7 @@ stop_nbd
 # A corrupt side file stops the start with a message naming it.
 printf 'garbage' | dd of=src.raw.bitmaps bs=1 seek=30 conv=notrunc status=none
 expect_error "src\.raw\.bitmaps: bad checksum" \
-  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -U "$VD_TMP/s2" src.raw
+  timeout 30 "$top_builddir/nbd-server/vdisk-nbd" -f raw -k "$VD_TMP/s2" src.raw
 rm -f src.raw.bitmaps
 
 # ---- 3. allocation depth over a chain ----

@@ -16,7 +16,7 @@ sock=$VD_TMP/s.sock
 pidf=$VD_TMP/s.pid
 
 run() {   # run ARGS...: background server on $sock with $pidf
-  vdisk_nbd --fork --pid-file "$pidf" -t -U "$sock" "$@" 2>>"$VD_TMP/nbd.err" ||
+  vdisk_nbd --fork --pid-file "$pidf" -t -k "$sock" "$@" 2>>"$VD_TMP/nbd.err" ||
     fail "vdisk-nbd $* did not start: $(cat "$VD_TMP/nbd.err")"
   nbd_pidfile=$pidf
   nbd_errlog=$VD_TMP/nbd.err
@@ -36,7 +36,7 @@ run -D "the operator's words" "$img"
 nbdinfo --json "nbd+unix:///?socket=$sock" |
   grep -q "\"description\": \"the operator's words\"" || fail "-D not sent"
 stop_nbd
-expect_error 'description' vdisk_nbd -U "$sock" -D "$(head -c 5000 /dev/zero | tr '\0' x)" "$img"
+expect_error 'description' vdisk_nbd -k "$sock" -D "$(head -c 5000 /dev/zero | tr '\0' x)" "$img"
 
 # ---- socket and pid file modes, whatever the umask ----
 for mask in 000 022 077; do
@@ -55,29 +55,29 @@ done
 m=$(stat -c %a "$sock")
 [ "$m" = 660 ] || fail "--socket-mode 0660 gave $m"
 stop_nbd
-expect_error 'socket-mode' vdisk_nbd -U "$sock" --socket-mode 0999 "$img"
-expect_error 'socket-mode' vdisk_nbd -U "$sock" --socket-mode 01777 "$img"
+expect_error 'socket-mode' vdisk_nbd -k "$sock" --socket-mode 0999 "$img"
+expect_error 'socket-mode' vdisk_nbd -k "$sock" --socket-mode 01777 "$img"
 expect_error 'socket-mode' vdisk_nbd --socket-mode 0600 "$img"
 
 # ---- what is at the socket path already ----
 victim=$VD_TMP/victim
 echo precious > "$victim"
 echo notasocket > "$sock"
-expect_error "$sock: exists and is not a socket" vdisk_nbd -U "$sock" "$img"
+expect_error "$sock: exists and is not a socket" vdisk_nbd -k "$sock" "$img"
 [ "$(cat "$sock")" = notasocket ] || fail "a regular file at the socket path was replaced"
 rm -f "$sock"
 ln -s "$victim" "$sock"
-expect_error "$sock: exists and is not a socket" vdisk_nbd -U "$sock" "$img"
+expect_error "$sock: exists and is not a socket" vdisk_nbd -k "$sock" "$img"
 [ -L "$sock" ] && [ "$(cat "$victim")" = precious ] ||
   fail "a symlink at the socket path was followed or replaced"
 rm -f "$sock"
 ln -s "$VD_TMP/dangling" "$sock"
-expect_error "$sock: exists and is not a socket" vdisk_nbd -U "$sock" "$img"
+expect_error "$sock: exists and is not a socket" vdisk_nbd -k "$sock" "$img"
 [ ! -e "$VD_TMP/dangling" ] || fail "a dangling symlink was followed"
 rm -f "$sock"
 # A live server's socket is not stolen; a dead one's is replaced.
 run "$img"
-expect_error 'already listening' vdisk_nbd -U "$sock" "$img"
+expect_error 'already listening' vdisk_nbd -k "$sock" "$img"
 nbdinfo --size "nbd+unix:///?socket=$sock" | grep -qx 4194304 ||
   fail "the first server lost its socket"
 kill -KILL "$(cat "$pidf")"
@@ -105,6 +105,6 @@ for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 rm -f "$pidf"
 ls "$VD_TMP" | grep -q 'tmp-' && fail "temporary pid files left: $(ls "$VD_TMP")"
 mkdir "$pidf"
-expect_error "$pidf" vdisk_nbd -U "$sock" --pid-file "$pidf" "$img"
+expect_error "$pidf" vdisk_nbd -k "$sock" --pid-file "$pidf" "$img"
 [ ! -e "$sock" ] || fail "socket left behind after a pid file error"
 echo PASS

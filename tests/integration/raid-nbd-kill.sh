@@ -82,7 +82,7 @@ doomed_writes
 vdtool raid detail --output=json a.vdraid | grep -q '"dirty": true' ||
   fail "no write reached the array before the kill"
 expect_error "not stopped cleanly and is degraded.*assemble --force" \
-  vdisk_nbd -U "$VD_TMP/x.sock" a.vdraid
+  vdisk_nbd -k "$VD_TMP/x.sock" a.vdraid
 vdtool raid assemble --force a.vdraid m0 m1 m3
 start_nbd a.vdraid
 run_fio $A --verify_only

@@ -35,7 +35,7 @@ for loc in "$winabs" '..\..\secret.bin'; do
       vdtool convert host/vm/disks/evil.vhd out/copy.raw
     no_secret out/copy.raw
     expect_error "outside the child's folder" vdtool info host/vm/disks/evil.vhd
-    expect_error "outside the child's folder" vdisk_nbd -r -U "$VD_TMP/s.sock" host/vm/disks/evil.vhd
+    expect_error "outside the child's folder" vdisk_nbd -r -k "$VD_TMP/s.sock" host/vm/disks/evil.vhd
     ! [ -e s.sock ] || fail "vdisk-nbd listened although the image did not open"
   done
 done
@@ -104,13 +104,13 @@ expect_error "not supported by this command" vdtool resize --backing=p/par.vhd a
 # The override is checked like any parent: a VHD with another UUID is not it.
 vdtool create -q -f vhd p/stranger.vhd 4M
 expect_error "parent UUID mismatch" vdtool info --backing=p/stranger.vhd a/b/kid.vhd
-expect_error "outside the child's folder" vdisk_nbd -r -U "$VD_TMP/s.sock" a/b/kid.vhd
+expect_error "outside the child's folder" vdisk_nbd -r -k "$VD_TMP/s.sock" a/b/kid.vhd
 start_nbd -r --backing=p/par.vhd a/b/kid.vhd
 if command -v qemu-img >/dev/null; then
   qemu-img compare -f raw -F raw "$nbd_uri" par.raw >/dev/null || fail "vdisk-nbd --backing: contents"
 fi
 stop_nbd
-expect_error "one image" vdisk_nbd -r -U "$VD_TMP/s.sock" --backing=p/par.vhd a/b/kid.vhd par.raw
+expect_error "one image" vdisk_nbd -r -k "$VD_TMP/s.sock" --backing=p/par.vhd a/b/kid.vhd par.raw
 if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null; then
   . "$top_srcdir/tests/integration/fuse-functions.sh"
   rc=0; timeout 60 "$top_builddir/fuse-frontend/vdisk-fuse" -f -r a/b/kid.vhd mnt 2>err.txt || rc=$?

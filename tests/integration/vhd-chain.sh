@@ -15,7 +15,7 @@ nbd_io() {
   local img=$1 model=$2; shift 2
   local args=() c
   for c in "$@"; do args+=(-c "$c"); done
-  vdisk_nbd -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" "$img"
+  vdisk_nbd -k "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" "$img"
   wait_for_socket "$VD_TMP/sock"
   qemu-io -f raw "${args[@]}" "nbd+unix:///?socket=$VD_TMP/sock" > io.txt ||
     fail "qemu-io through vdisk-nbd: $(cat io.txt)"

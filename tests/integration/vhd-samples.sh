@@ -75,7 +75,7 @@ done
 cp --sparse=always d2v-zerofilled.vhd mine.vhd
 cp --sparse=always d2v-zerofilled.vhd theirs.vhd
 cmds=(-c 'write -P 0x5c 1M 64k' -c 'write -P 0x5d 100M 3M' -c 'write -z 10M 1M' -c 'write -P 0x5e 250M 512')
-vdisk_nbd -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" mine.vhd
+vdisk_nbd -k "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" mine.vhd
 wait_for_socket "$VD_TMP/sock"
 qemu-io -f raw "${cmds[@]}" "nbd+unix:///?socket=$VD_TMP/sock" >/dev/null
 for _ in $(seq 100); do [ -f "$VD_TMP/pid" ] && kill -0 "$(cat "$VD_TMP/pid")" 2>/dev/null || break; sleep 0.05; done

@@ -8,7 +8,7 @@ start_nbd() {
   nbd_pidfile=$VD_TMP/nbd.pid
   nbd_errlog=$VD_TMP/nbd.err
   rm -f "$nbd_pidfile"
-  vdisk_nbd --fork --pid-file "$nbd_pidfile" -t -U "$nbd_sock" "$@" \
+  vdisk_nbd --fork --pid-file "$nbd_pidfile" -t -k "$nbd_sock" "$@" \
       2>>"$nbd_errlog" ||
     fail "vdisk-nbd $* did not start: $(cat "$nbd_errlog")"
   [ -s "$nbd_pidfile" ] || fail "vdisk-nbd wrote no pid file"
