@@ -67,7 +67,7 @@ static bool arg_strv(json_t *args, const char *key, const char ***out,
       return false;
     }
     /* Each becomes the context qemu:dirty-bitmap:NAME, one string on
-     * the wire; a selection of them is one 64-bit word (H-bitmap). */
+     * the wire; a selection of them is one 64-bit word. */
     if (strlen("qemu:dirty-bitmap:") + strlen(json_string_value(x)) >
         NBD_MAX_STRING || i >= 64) {
       if (i >= 64)
@@ -136,8 +136,8 @@ static json_t *cmd_export_add(struct vc_server *vc, json_t *args,
   node = vc_export_node(vc, &o, err);
   if (!node)
     goto fail;
-  /* An image opened here records into its persistent bitmaps too (H-bitmap:
-   * IMAGE.bitmaps, marked in use while open), and every bitmap offered
+  /* An image opened here records into its persistent bitmaps too
+   * (IMAGE.bitmaps, marked in use while open), and every bitmap offered
    * must exist and be consistent (QEMU refuses the export otherwise). */
   if (o.filename && vd_node_bitmaps_attach(node, o.filename) < 0) {
     vc_error_set(err, "GenericError", "%s", vd_error());

@@ -48,7 +48,7 @@ struct nbd_export {
   bool multi_conn;
   uint32_t min_block, pref_block, max_block;
   char **bitmaps;             /* block-export-add "bitmaps": NULL-terminated
-                                 names, or NULL (meta contexts, H-bitmap) */
+                                 names, or NULL (meta contexts) */
   bool alloc_depth;           /* "allocation-depth": qemu:allocation-depth */
 
   /* Called once, without the registry lock, when the last reference

@@ -12,12 +12,14 @@
  *  - writes to a present block go in place;
  *  - a write to a block that is not present appends a new block at the end
  *    of the file (its unwritten bytes are the zeros past the old end, the
- *    file extended by writing its last bytes), then
+ *    file extended by writing its last bytes), flushes (the grown file is
+ *    durable before any log entry names it: qemu's replay extends a file
+ *    to LastFileOffset only when that is not a multiple of 1 MiB, so a
+ *    log entry must never be the only record of the growth), then
  *    writes the BAT page holding the new entry as a log entry (one data
- *    descriptor, its own tail, the next sequence number), flushes (payload
- *    and log are now durable), writes the page in place and flushes again
- *    before the log space can be reused, and only then publishes the
- *    entry to readers;
+ *    descriptor, its own tail, the next sequence number), flushes, writes
+ *    the page in place and flushes again before the log space can be
+ *    reused, and only then publishes the entry to readers;
  *  - a flush, once everything is in place, rewrites the headers without a
  *    LogGuid, so qemu and Windows open the image clean.
  * A crash at any point leaves either the old BAT entry (the block not yet
@@ -347,11 +349,13 @@ vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
   if ((r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0 ||
       (z && (r = vd_file_pwrite(dev->file, zeros, z, at + bs - z)) < 0))
     return r;
+  /* The grown file, block and data, is durable before the log names it
+   * (see the top of this file): FlushedFileOffset is then the new size. */
+  if ((r = vd_file_flush(dev->file)) < 0)
+    return r;
   uint64_t idx = blk + blk / p->chunk_ratio;
   uint64_t e = at | VHDX_PB_FULLY_PRESENT;
-  /* The old size is durable (creation and every allocation end with a
-   * flush); the new one holds the block. */
-  if ((r = vhdx_log_bat_page_locked(dev, idx, e, fsz, at + bs)) < 0)
+  if ((r = vhdx_log_bat_page_locked(dev, idx, e, at + bs, at + bs)) < 0)
     return r;
   p->file_size = at + bs;
   __atomic_store_n(&p->bat[idx], e, __ATOMIC_RELEASE);

@@ -152,7 +152,7 @@ printf '%s\n' "$((2 * MB)) $G" "$((4 * MB)) $G" > want5
 diff want5 dirty5 > /dev/null ||
   fail "after clear and restart: $(tr '\n' ' ' < dirty5)"
 [ "$(bm b3 count)" = - ] || fail "a non-persistent bitmap survived"
-# block-export-add (H-export) offers only existing, consistent bitmaps; an
+# block-export-add offers only existing, consistent bitmaps; an
 # image it opens itself records into its persistent bitmaps too.
 expect_error "'nope' not found" q block-export-add type=nbd id=e1 \
   node-name=$dev name=e1 'bitmaps=["nope"]'
