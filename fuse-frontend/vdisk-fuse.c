@@ -68,6 +68,7 @@
 #include "vdisk/vdisk.h"
 #include "vdisk/control/control.h"
 #include "vdisk/control/cmd-raid.h"
+#include "vdisk/control/unixsock.h"
 #include "fuse-frontend/disks.h"
 #include "fuse-frontend/control.h"
 
@@ -738,6 +739,10 @@ vf_usage(FILE *f)
 "  -U, --force-share   with -r: take no image lock, so an image in use by\n"
 "                      another program can be read (it may change underneath)\n"
 "  -f, --foreground    stay in the foreground\n"
+"  -P, --pid-file=FILE write the serving process's id to FILE once the\n"
+"                      disks are mounted; FILE is removed after they are\n"
+"                      flushed and closed at exit, so waiting for that\n"
+"                      process after fusermount3 -u waits for the flush\n"
 "  -o OPT[,OPT...]     FUSE mount options (allow_other, ...); may repeat;\n"
 "                      each disk has its image file's owner and mode, and\n"
 "                      the kernel enforces them (default_permissions)\n"
@@ -957,12 +962,14 @@ main(int argc, char **argv)
     { "backing", required_argument, NULL, 'B' },
     { "backing-format", required_argument, NULL, 'b' },
     { "control", required_argument, NULL, 'K' },
+    { "pid-file", required_argument, NULL, 'P' },
     { NULL, 0, NULL, 0 },
   };
   struct vf_state s;
   bool foreground = false, force_share = false;
   const char *format = NULL, *backing = NULL, *backing_format = NULL;
-  const char *control_path = NULL;
+  const char *control_path = NULL, *pid_file = NULL;
+  struct vc_own_file own_pid_file = { NULL, 0, 0 };
   struct vc_server *control = NULL;
   struct vc_raid *raid = NULL;
   char raid_msg[512];
@@ -976,7 +983,7 @@ main(int argc, char **argv)
 
   memset(&s, 0, sizeof s);
   opterr = 0;                   /* one-line errors of our own below */
-  while ((c = getopt_long(argc, argv, ":rUfo:vhV", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":rUfo:P:vhV", longopts, NULL)) != -1) {
     switch (c) {
     case 'r': s.read_only = true; break;
     case 'f': foreground = true; break;
@@ -987,6 +994,7 @@ main(int argc, char **argv)
     case 'B': backing = optarg; break;
     case 'b': backing_format = optarg; break;
     case 'K': control_path = optarg; break;
+    case 'P': pid_file = optarg; break;
     case 'o':
       if (vf_append_opt(&opts, optarg) < 0) {
         vf_log("out of memory");
@@ -1170,6 +1178,14 @@ main(int argc, char **argv)
     vf_log("%s", raid_msg);
     goto out_unmount;
   }
+  /* Last before "started": whoever reads the pid finds a mounted,
+   * serving process (and still in the caller's folder). */
+  if (pid_file &&
+      vc_pid_file_write(pid_file, &own_pid_file, raid_msg,
+                        sizeof raid_msg) < 0) {
+    vf_log("%s", raid_msg);
+    goto out_unmount;
+  }
   vf_detach_end(ready_fd);
 
   cfg = fuse_loop_cfg_create();
@@ -1206,6 +1222,9 @@ out:
     status = 1;
   /* Flushes every disk; a failure turns the exit status into 1. */
   vf_close_all(&s, &status);
+  /* Only now: a script waiting for the pid file to go (or the process to
+   * end) finds every disk flushed and unlocked. */
+  vc_own_file_remove(&own_pid_file);
   free(s.img);
   free(opts);
   return status;

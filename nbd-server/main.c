@@ -449,46 +449,12 @@ static void drain_connections(void)
   pthread_mutex_unlock(&conns_lock);
 }
 
-/* Write our pid to PATH, mode 0644 whatever the umask: into a new file
- * beside it (O_EXCL | O_NOFOLLOW, so nothing planted there is followed),
- * renamed over PATH (which replaces a symlink, never its target), then
- * the folder is synced. */
+/* Our pid in PATH (vc_pid_file_write: O_EXCL|O_NOFOLLOW and rename). */
 static void write_pid_file(const char *path)
 {
-  char *tmp = NULL, *dir, buf[32];
-  const char *slash = strrchr(path, '/');
-  int fd, len, dfd;
-
-  if (asprintf(&tmp, "%s.tmp-%ld", path, (long)getpid()) < 0)
-    die("out of memory");
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0)
-    die("%s: cannot create: %s", tmp, strerror(errno));
-  len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-  if (fchmod(fd, 0644) < 0 || write(fd, buf, (size_t)len) != len ||
-      fsync(fd) < 0 || close(fd) < 0) {
-    int err = errno;
-    unlink(tmp);
-    die("%s: cannot write pid file: %s", path, strerror(err));
-  }
-  if (rename(tmp, path) < 0) {
-    int err = errno;
-    unlink(tmp);
-    die("%s: cannot write pid file: %s", path, strerror(err));
-  }
-  free(tmp);
-  if (vc_own_file_set(&own_pid_file, path) < 0)
-    die("out of memory");
-  dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path))
-              : strdup(".");
-  if (!dir)
-    die("out of memory");
-  dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0 || fsync(dfd) < 0)
-    die("%s: cannot sync the folder of the pid file: %s", dir,
-        strerror(errno));
-  close(dfd);
-  free(dir);
+  char msg[512];
+  if (vc_pid_file_write(path, &own_pid_file, msg, sizeof msg) < 0)
+    die("%s", msg);
 }
 
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,

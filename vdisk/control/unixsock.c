@@ -160,3 +160,55 @@ out:
   }
   return fd;
 }
+
+int vc_pid_file_write(const char *path, struct vc_own_file *own, char *msg,
+                      size_t msglen)
+{
+  char *tmp = NULL, *dir = NULL, buf[32];
+  const char *slash = strrchr(path, '/');
+  int fd, len, dfd, r = 0;
+
+  if (asprintf(&tmp, "%s.tmp-%ld", path, (long)getpid()) < 0)
+    return fail(msg, msglen, ENOMEM, "%s: out of memory", path);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    r = fail(msg, msglen, errno, "%s: cannot create: %s", tmp,
+             strerror(errno));
+    goto out;
+  }
+  len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (fchmod(fd, 0644) < 0 || write(fd, buf, (size_t)len) != len ||
+      fsync(fd) < 0) {
+    r = fail(msg, msglen, errno ? errno : EIO,
+             "%s: cannot write pid file: %s", path, strerror(errno));
+    close(fd);
+    unlink(tmp);
+    goto out;
+  }
+  if (close(fd) < 0 || rename(tmp, path) < 0) {
+    r = fail(msg, msglen, errno, "%s: cannot write pid file: %s", path,
+             strerror(errno));
+    unlink(tmp);
+    goto out;
+  }
+  if (vc_own_file_set(own, path) < 0) {
+    r = fail(msg, msglen, ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+  dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path))
+              : strdup(".");
+  if (!dir) {
+    r = fail(msg, msglen, ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+  dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || fsync(dfd) < 0)
+    r = fail(msg, msglen, errno, "%s: cannot sync the folder of the pid "
+             "file: %s", dir, strerror(errno));
+  if (dfd >= 0)
+    close(dfd);
+out:
+  free(dir);
+  free(tmp);
+  return r;
+}

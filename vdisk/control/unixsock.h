@@ -34,4 +34,12 @@ void vc_own_file_remove(struct vc_own_file *f);
 int vc_unix_listen(const char *path, mode_t mode, struct vc_own_file *own,
                    char *msg, size_t msglen);
 
+/* Write the calling process's id to PATH, mode 0644 whatever the umask:
+ * into a new file beside it (O_EXCL | O_NOFOLLOW, so nothing planted
+ * there is followed), synced, renamed over PATH (which replaces a symlink,
+ * never its target), then the folder is synced; records PATH in *OWN.
+ * Returns 0, or a negative errno with a message naming PATH in MSG. */
+int vc_pid_file_write(const char *path, struct vc_own_file *own, char *msg,
+                      size_t msglen);
+
 #endif
