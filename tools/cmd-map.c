@@ -31,8 +31,22 @@ struct map_ent {
   int64_t offset;  /* -1: none */
 };
 
+/* The file of the chain's layer DEPTH (0: DEV itself), as qemu-img map
+ * names the file an extent is mapped to. */
+static const char *
+map_file(struct vd_dev *dev, int depth)
+{
+  for (int d = 0; d < depth; d++) {
+    struct vd_dev *b = vd_backing_dev(dev);
+    if (!b)
+      break;
+    dev = b;
+  }
+  return vd_path(dev);
+}
+
 static void
-map_print(const struct map_ent *e, bool json, bool *first, const char *path)
+map_print(const struct map_ent *e, bool json, bool *first, struct vd_dev *dev)
 {
   if (json) {
     printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
@@ -47,7 +61,7 @@ map_print(const struct map_ent *e, bool json, bool *first, const char *path)
     if (*first)
       printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e->start,
-           e->length, (uint64_t)e->offset, path);
+           e->length, (uint64_t)e->offset, map_file(dev, e->depth));
   } else if (*first) {
     printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
   }
@@ -138,14 +152,14 @@ vt_cmd_map(int argc, char **argv)
       cur.length += n.length;
     } else {
       if (have)
-        map_print(&cur, json, &first, path);
+        map_print(&cur, json, &first, dev);
       cur = n;
       have = true;
     }
     off += e.length;
   }
   if (have && rc == VT_EXIT_OK)
-    map_print(&cur, json, &first, path);
+    map_print(&cur, json, &first, dev);
   if (json && rc == VT_EXIT_OK)
     printf(first ? "[]\n" : "]\n");
   else if (!json && first && rc == VT_EXIT_OK)

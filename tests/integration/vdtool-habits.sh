@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# vdtool keeps qemu-img's habits (issue 15), each beside qemu-img doing
+# the same:
+#  - map (human) names the file that holds each extent: the backing file
+#    for the extents that come from it.  The peer is qemu-img map on a
+#    qcow2 over the same raw base with the same write: offsets, lengths
+#    and file names must agree line by line (only the host offsets, which
+#    are the formats' own, may differ).
+. "${top_srcdir:-.}/tests/functions.sh"
+. "$top_srcdir/tests/nbd/lib.sh"
+requires qemu-img qemu-io
+cd "$VD_TMP"
+
+qemu-img create -q -f raw base.raw 4M
+qemu-io -f raw -c 'write -P 0x11 0 1M' -c 'write -P 0x22 2M 1M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw peer.qcow2
+qemu-io -f qcow2 -c 'write -P 0x33 512k 1M' peer.qcow2 >/dev/null
+vdtool create -q -f vpc -b base.raw -F raw ours.vhd
+# qemu cannot write a differencing VHD: through vdisk-nbd.
+start_nbd -f vpc ours.vhd
+qemu-io -f raw -c 'write -P 0x33 512k 1M' "$nbd_uri" >/dev/null
+stop_nbd
+qemu-img compare -f qcow2 -F raw peer.qcow2 "$(vdtool convert -q -O raw ours.vhd ours.raw && echo ours.raw)" >/dev/null ||
+  fail "the two chains differ"
+
+# Offset, length and the file's base name of each line.
+cols() { awk 'NR > 1 { n = split($4, p, "/"); print $1, $2, p[n] }' | sed 's/peer\.qcow2/TOP/; s/ours\.vhd/TOP/'; }
+qemu-img map -f qcow2 peer.qcow2 | cols > peer.map
+vdtool map ours.vhd | cols > ours.map
+grep -q ' base\.raw$' peer.map || fail "peer map names no backing file: $(cat peer.map)"
+diff peer.map ours.map >&2 || fail "map (human) differs from qemu-img's"
+echo "vdtool-habits: OK"
