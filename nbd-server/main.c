@@ -70,6 +70,10 @@ static void usage(FILE *f)
 "      --control PATH     QMP control socket (mode 0600) for queries and\n"
 "                         live operations on the exports (docs/control.md)\n"
 "  -r, --read-only        export read-only\n"
+"  -s, --snapshot         serve a temporary overlay: writes go to a new\n"
+"                         differencing VHD in $TMPDIR (default /var/tmp),\n"
+"                         removed at once; IMAGE (VHD, raw or vdz) is only\n"
+"                         read\n"
 "  -U, --force-share      with -r: take no image lock, so an image another\n"
 "                         program writes can be served (it may change\n"
 "                         under the clients)\n"
@@ -145,6 +149,48 @@ static void die(const char *fmt, ...)
 static const char *backing, *backing_format;  /* --backing[-format] */
 static const char *export_name;  /* -x: the one image's export name */
 static bool force_share;         /* -U with -r: take no image lock */
+static bool opt_snapshot;        /* -s: writes go to a temporary overlay */
+
+/* -s (qemu-nbd's --snapshot): open a new differencing VHD over PATH
+ * (format FORMAT or probed) as the device to serve; dies on failure.  The
+ * overlay is made in a private folder under $TMPDIR (default /var/tmp, as
+ * qemu), opened, and its name removed at once: nothing is left behind,
+ * whatever way the server ends, and PATH is only ever opened read-only. */
+static struct vd_dev *open_snapshot(const char *path, const char *format)
+{
+  const char *tmp = getenv("TMPDIR");
+  char *dir = NULL, *ov = NULL, *real = realpath(path, NULL);
+  char msg[1024] = "";
+  struct vd_dev *dev = NULL;
+
+  if (!real)
+    die("%s: %s", path, strerror(errno));
+  if (asprintf(&dir, "%s/vdisk-nbd-snapshot.XXXXXX",
+               tmp && *tmp ? tmp : "/var/tmp") < 0)
+    die("out of memory");
+  if (!mkdtemp(dir))
+    die("-s: %s: %s", dir, strerror(errno));
+  if (asprintf(&ov, "%s/overlay.vhd", dir) < 0) {
+    rmdir(dir);
+    die("out of memory");
+  }
+  struct vd_create_args ca = { .backing = real, .backing_format = format };
+  struct vd_open_args oa = { .format = "vpc", .flags = VD_OPEN_RDWR,
+                             .backing = real, .backing_format = format };
+  if (vd_create(ov, "vpc", &ca) < 0)
+    snprintf(msg, sizeof msg, "-s: %s cannot have a temporary VHD overlay: "
+             "%s", path, vd_error());
+  else if (vd_open_opts(ov, &oa, &dev) < 0)
+    snprintf(msg, sizeof msg, "-s: %s", vd_error());
+  unlink(ov);
+  rmdir(dir);
+  free(ov);
+  free(dir);
+  free(real);
+  if (!dev)
+    die("%s", msg);
+  return dev;
+}
 
 /* The command line's images: their nodes live until exit, whether their
  * exports were deleted meanwhile or not (the devices stay registered). */
@@ -240,8 +286,9 @@ static void add_export(const char *arg, const char *format, bool ro,
                                       (force_share ? VD_OPEN_NOLOCK : 0),
                              .backing = backing,
                              .backing_format = backing_format };
-  r = vd_open_opts(path, &oa, &dev);
-  if (r < 0)
+  if (opt_snapshot)
+    dev = open_snapshot(path, format);
+  else if (vd_open_opts(path, &oa, &dev) < 0)
     die("%s", vd_error());
   /* The export holds a node, never the device: the engine may swap what
    * the node points at (snapshot, mirror pivot) without us knowing. */
@@ -487,6 +534,7 @@ int main(int argc, char **argv)
     { "bind", required_argument, NULL, 'b' },
     { "socket", required_argument, NULL, 'k' },
     { "export-name", required_argument, NULL, 'x' },
+    { "snapshot", no_argument, NULL, 's' },
     { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
     { "read-only", no_argument, NULL, 'r' },
     { "format", required_argument, NULL, 'f' },
@@ -534,8 +582,8 @@ int main(int argc, char **argv)
   bool u_shares = argv_read_only(argc, argv);
   opterr = 0;  /* one line of our own instead of getopt's */
   while ((c = getopt_long(argc, argv,
-                          u_shares ? "p:b:k:Ux:rf:D:e:tvhVAB:"
-                                   : "p:b:k:U:x:rf:D:e:tvhVAB:",
+                          u_shares ? "p:b:k:Ux:rsf:D:e:tvhVAB:"
+                                   : "p:b:k:U:x:rsf:D:e:tvhVAB:",
                           longopts, NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
@@ -548,6 +596,7 @@ int main(int argc, char **argv)
         sock_path = optarg;
       break;
     case OPT_FORCE_SHARE: force_share = true; break;
+    case 's': opt_snapshot = true; break;
     case 'x':
       if (!*optarg || strlen(optarg) > NBD_MAX_STRING)
         die("--export-name: a name of 1 to %u bytes", NBD_MAX_STRING);
@@ -621,6 +670,9 @@ int main(int argc, char **argv)
   if (export_name && argc - optind > 1)
     die("--export-name names the one image; %d images given (name each as "
         "NAME=IMAGE instead)", argc - optind);
+  if (opt_snapshot && (backing || backing_format))
+    die("-s and --backing cannot be combined (the overlay's parent is the "
+        "image itself)");
   if (force_share && !ro)
     die("--force-share (-U) needs -r: a writer always locks its images");
   if ((backing || backing_format) && argc - optind > 1)

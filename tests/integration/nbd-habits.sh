@@ -7,7 +7,9 @@
 #  - -k PATH is the Unix socket, -x NAME the export name;
 #  - -e N: a client over the limit waits and is served once one leaves;
 #  - the minimum block size is 1, so libnbd sends byte-granular requests;
-#  - -U is --force-share with -r (the old "-U PATH" still works without).
+#  - -U is --force-share with -r (the old "-U PATH" still works without);
+#  - -s serves a temporary overlay: writes never reach the image, and
+#    nothing is left in $TMPDIR.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-nbd qemu-img qemu-io nbdinfo nbdcopy /usr/bin/python3
@@ -93,7 +95,20 @@ b.settimeout(10)
 assert b.recv(8) == b"NBDMAGIC", "second client not served after the first left"
 PY
   kill $spid; wait $spid 2>/dev/null || true
+
+  # ---- -s: a temporary overlay takes the writes, the image is untouched ----
+  cp disk.raw snap.raw
+  cp disk.raw snap.ref
+  rm -rf tmp && mkdir tmp
+  TMPDIR=$VD_TMP/tmp serve $who "$VD_TMP/s.sock" -t -s snap.raw
+  qemu-io -f raw -c 'write -P 0x77 1M 64k' -c 'read -P 0x77 1M 64k' \
+    -c 'read -P 0x5a 0 64k' "nbd+unix:///?socket=$VD_TMP/s.sock" >/dev/null ||
+    fail "$who -s: overlay reads"
+  kill $spid; wait $spid 2>/dev/null || true
+  cmp -s snap.raw snap.ref || fail "$who -s: the image was written"
+  [ -z "$(ls -A tmp)" ] || fail "$who -s: left $(ls -A tmp) in TMPDIR"
 done
+expect_error '(-s|snapshot)' vdisk_nbd -s -k "$VD_TMP/x.sock" --backing=disk.raw disk.raw
 
 # ---- -U: --force-share with -r, the old socket spelling without ----
 start_nbd -f raw disk.raw            # a writer holds the image lock
