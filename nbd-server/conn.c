@@ -647,6 +647,12 @@ static void job_release(struct nbd_job *j)
   pthread_mutex_unlock(&c->lock);
 }
 
+/* True if the LEN bytes at BUF are all zero. */
+static bool buf_is_zero(const uint8_t *buf, size_t len)
+{
+  return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
+}
+
 static void job_run(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
@@ -665,6 +671,18 @@ static void job_run(struct nbd_job *j)
       do_read_simple(j);
     break;
   case NBD_CMD_WRITE:
+    if (c->srv->writethrough)
+      fua = VD_REQ_FUA;
+    if (c->srv->detect_zeroes != NBD_DZ_OFF &&
+        buf_is_zero(j->buf, req->length)) {
+      /* --detect-zeroes: all-zero data is written as zeros, which may
+       * free space (unmap) or at least skip the copy (on). */
+      zf = fua | (c->srv->detect_zeroes == NBD_DZ_UNMAP &&
+                  !c->srv->discard_ignore ? 0 : VD_REQ_NO_HOLE);
+      reply_engine(j, vd_node_write_zeroes(c->node, req->offset, req->length,
+                                           zf));
+      break;
+    }
     reply_engine(j, vd_node_pwrite(c->node, j->buf, req->length, req->offset,
                                    fua));
     break;
@@ -672,12 +690,16 @@ static void job_run(struct nbd_job *j)
     reply_engine(j, vd_node_flush(c->node));
     break;
   case NBD_CMD_TRIM:
+    if (c->srv->discard_ignore) {             /* --discard=ignore */
+      reply_engine(j, 0);
+      break;
+    }
     r = vd_node_discard(c->node, req->offset, req->length, fua);
     reply_engine(j, r == -ENOTSUP ? 0 : r);   /* trim is advisory */
     break;
   case NBD_CMD_WRITE_ZEROES:
-    zf = fua;
-    if (req->flags & NBD_CMD_FLAG_NO_HOLE)
+    zf = c->srv->writethrough ? VD_REQ_FUA : fua;
+    if ((req->flags & NBD_CMD_FLAG_NO_HOLE) || c->srv->discard_ignore)
       zf |= VD_REQ_NO_HOLE;
     if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
       zf |= VD_REQ_FAST_ZERO;

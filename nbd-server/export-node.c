@@ -23,7 +23,7 @@ static uint32_t pow2_floor(uint32_t v)
 
 /* Size, read-only, multi-conn and block sizes from NODE. */
 static void fill_from_node(struct nbd_export *e, struct vd_node *node,
-                           bool ro)
+                           bool ro, bool direct)
 {
   e->node = node;
   e->size = vd_node_size(node);
@@ -35,6 +35,11 @@ static void fill_from_node(struct nbd_export *e, struct vd_node *node,
    * clients such as libnbd send byte-granular requests.  The preferred
    * size below steers them to whole blocks. */
   e->min_block = 1;
+  /* O_DIRECT (--cache=none): unaligned requests work, but each costs a
+   * read-modify-write of whole blocks; say so. */
+  if (direct && vd_is_pow2(vd_node_logical_block(node)) &&
+      vd_node_logical_block(node) <= 65536)
+    e->min_block = vd_node_logical_block(node);
   e->pref_block = pow2_floor(vd_node_preferred_io(node));
   if (e->pref_block < 4096)
     e->pref_block = 4096;
@@ -117,7 +122,7 @@ struct nbd_export *nbd_export_new(const struct nbd_export_args *a)
     return NULL;
   }
   e->alloc_depth = a->alloc_depth;
-  fill_from_node(e, a->node, a->read_only);
+  fill_from_node(e, a->node, a->read_only, a->direct);
   e->release = export_release;
   e->release_opaque = a->owns_node ? e : NULL;
   return e;

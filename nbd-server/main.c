@@ -74,6 +74,14 @@ static void usage(FILE *f)
 "                         differencing VHD in $TMPDIR (default /var/tmp),\n"
 "                         removed at once; IMAGE (VHD, raw or vdz) is only\n"
 "                         read\n"
+"  -n, --nocache          the same as --cache=none\n"
+"      --cache=MODE       none or directsync: O_DIRECT; writethrough or\n"
+"                         directsync: every write durable before its reply;\n"
+"                         writeback (default): durable at flush/FUA\n"
+"      --discard=MODE     unmap (default): TRIM frees space; ignore: TRIM\n"
+"                         does nothing (qemu-nbd's default)\n"
+"      --detect-zeroes=MODE  off (default), on: all-zero writes are written\n"
+"                         as zeros; unmap: ... and may free space\n"
 "  -U, --force-share      with -r: take no image lock, so an image another\n"
 "                         program writes can be served (it may change\n"
 "                         under the clients)\n"
@@ -150,6 +158,7 @@ static const char *backing, *backing_format;  /* --backing[-format] */
 static const char *export_name;  /* -x: the one image's export name */
 static bool force_share;         /* -U with -r: take no image lock */
 static bool opt_snapshot;        /* -s: writes go to a temporary overlay */
+static bool opt_direct;          /* --cache=none/directsync: O_DIRECT */
 
 /* -s (qemu-nbd's --snapshot): open a new differencing VHD over PATH
  * (format FORMAT or probed) as the device to serve; dies on failure.  The
@@ -283,7 +292,8 @@ static void add_export(const char *arg, const char *format, bool ro,
 
   struct vd_open_args oa = { .format = format,
                              .flags = (ro ? 0 : VD_OPEN_RDWR) |
-                                      (force_share ? VD_OPEN_NOLOCK : 0),
+                                      (force_share ? VD_OPEN_NOLOCK : 0) |
+                                      (opt_direct ? VD_OPEN_DIRECT : 0),
                              .backing = backing,
                              .backing_format = backing_format };
   if (opt_snapshot)
@@ -303,7 +313,8 @@ static void add_export(const char *arg, const char *format, bool ro,
                                 .description = desc, .format = vd_format(dev),
                                 .node = im->node, .read_only = ro,
                                 .bitmaps = (const char *const *)opt_bitmaps,
-                                .alloc_depth = opt_alloc_depth };
+                                .alloc_depth = opt_alloc_depth,
+                                .direct = opt_direct };
   e = nbd_export_new(&ea);
   if (!e)
     die("out of memory");
@@ -507,7 +518,23 @@ static void write_pid_file(const char *path)
 enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
        OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT,
        OPT_TLS_VERIFY_PEER, OPT_TLS_AUTHZ, OPT_HANDSHAKE_LIMIT,
-       OPT_SOCKET_MODE, OPT_CONTROL, OPT_FORCE_SHARE };
+       OPT_SOCKET_MODE, OPT_CONTROL, OPT_FORCE_SHARE, OPT_CACHE,
+       OPT_DISCARD, OPT_DETECT_ZEROES };
+
+/* --cache=MODE as qemu-nbd: none and directsync open O_DIRECT,
+ * writethrough and directsync make every write FUA.  unsafe (flushes
+ * ignored) is refused: vdisk acknowledges a flush only once it is done. */
+static void parse_cache(const char *mode)
+{
+  if (strcmp(mode, "none") == 0 || strcmp(mode, "directsync") == 0)
+    opt_direct = true;
+  else if (strcmp(mode, "writeback") && strcmp(mode, "writethrough"))
+    die("--cache: '%s' is not none, writeback, writethrough or directsync%s",
+        mode, strcmp(mode, "unsafe") == 0
+              ? " (unsafe, which ignores flushes, is not offered)" : "");
+  server.writethrough = strcmp(mode, "writethrough") == 0 ||
+                        strcmp(mode, "directsync") == 0;
+}
 
 /* True if the command line asks for a read-only export: it decides what
  * -U means (see main).  Looks at the arguments before "--" that are -r,
@@ -535,6 +562,10 @@ int main(int argc, char **argv)
     { "socket", required_argument, NULL, 'k' },
     { "export-name", required_argument, NULL, 'x' },
     { "snapshot", no_argument, NULL, 's' },
+    { "nocache", no_argument, NULL, 'n' },
+    { "cache", required_argument, NULL, OPT_CACHE },
+    { "discard", required_argument, NULL, OPT_DISCARD },
+    { "detect-zeroes", required_argument, NULL, OPT_DETECT_ZEROES },
     { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
     { "read-only", no_argument, NULL, 'r' },
     { "format", required_argument, NULL, 'f' },
@@ -582,8 +613,8 @@ int main(int argc, char **argv)
   bool u_shares = argv_read_only(argc, argv);
   opterr = 0;  /* one line of our own instead of getopt's */
   while ((c = getopt_long(argc, argv,
-                          u_shares ? "p:b:k:Ux:rsf:D:e:tvhVAB:"
-                                   : "p:b:k:U:x:rsf:D:e:tvhVAB:",
+                          u_shares ? "p:b:k:Ux:rsnf:D:e:tvhVAB:"
+                                   : "p:b:k:U:x:rsnf:D:e:tvhVAB:",
                           longopts, NULL)) != -1) {
     switch (c) {
     case 'p': parse_uint("--port", optarg, 1, 65535); port = optarg; break;
@@ -597,6 +628,26 @@ int main(int argc, char **argv)
       break;
     case OPT_FORCE_SHARE: force_share = true; break;
     case 's': opt_snapshot = true; break;
+    case 'n': parse_cache("none"); break;
+    case OPT_CACHE: parse_cache(optarg); break;
+    case OPT_DISCARD:
+      if (strcmp(optarg, "ignore") == 0 || strcmp(optarg, "off") == 0)
+        server.discard_ignore = true;
+      else if (strcmp(optarg, "unmap") == 0 || strcmp(optarg, "on") == 0)
+        server.discard_ignore = false;
+      else
+        die("--discard: '%s' is not ignore or unmap", optarg);
+      break;
+    case OPT_DETECT_ZEROES:
+      if (strcmp(optarg, "off") == 0)
+        server.detect_zeroes = NBD_DZ_OFF;
+      else if (strcmp(optarg, "on") == 0)
+        server.detect_zeroes = NBD_DZ_ON;
+      else if (strcmp(optarg, "unmap") == 0)
+        server.detect_zeroes = NBD_DZ_UNMAP;
+      else
+        die("--detect-zeroes: '%s' is not off, on or unmap", optarg);
+      break;
     case 'x':
       if (!*optarg || strlen(optarg) > NBD_MAX_STRING)
         die("--export-name: a name of 1 to %u bytes", NBD_MAX_STRING);
@@ -670,6 +721,8 @@ int main(int argc, char **argv)
   if (export_name && argc - optind > 1)
     die("--export-name names the one image; %d images given (name each as "
         "NAME=IMAGE instead)", argc - optind);
+  if (server.detect_zeroes == NBD_DZ_UNMAP && server.discard_ignore)
+    die("--detect-zeroes=unmap needs --discard=unmap (as qemu-nbd)");
   if (opt_snapshot && (backing || backing_format))
     die("-s and --backing cannot be combined (the overlay's parent is the "
         "image itself)");

@@ -47,11 +47,19 @@ struct nbd_tls;
 
 /* Server-wide configuration, read-only once serving (the export set
  * changes inside its registry). */
+/* qemu-nbd's --detect-zeroes. */
+enum nbd_detect_zeroes { NBD_DZ_OFF, NBD_DZ_ON, NBD_DZ_UNMAP };
+
 struct nbd_server {
   struct nbd_exports *exports;
   enum nbd_tls_mode tls;
   struct nbd_tls *tls_creds;   /* NULL unless tls != OFF */
   int verbose;
+  /* qemu-nbd's --discard=ignore: TRIM does nothing and write-zeroes
+   * never punches holes. */
+  bool discard_ignore;
+  enum nbd_detect_zeroes detect_zeroes;
+  bool writethrough;           /* --cache=writethrough/directsync: FUA always */
 };
 
 /* Options a client may send in one negotiation, STARTTLS and the final
@@ -148,6 +156,7 @@ struct nbd_export_args {
   bool owns_node;              /* the release frees NODE */
   const char *const *bitmaps;  /* NULL-terminated, or NULL */
   bool alloc_depth;
+  bool direct;                 /* opened O_DIRECT: advertise its alignment */
 };
 /* A new unlisted export of A->node (strings copied), whose release
  * (after nbd_exports_add, once its last reference went) frees it, frees

@@ -107,8 +107,45 @@ PY
   kill $spid; wait $spid 2>/dev/null || true
   cmp -s snap.raw snap.ref || fail "$who -s: the image was written"
   [ -z "$(ls -A tmp)" ] || fail "$who -s: left $(ls -A tmp) in TMPDIR"
+
+  # ---- --discard and --detect-zeroes: what frees space in the file ----
+  for mode in "--discard=ignore" "--discard=unmap" \
+              "--discard=unmap --detect-zeroes=unmap"; do
+    qemu-img create -q -f raw dz.raw 4M
+    qemu-io -f raw -c 'write -P 0x5a 0 2M' dz.raw >/dev/null
+    sync dz.raw
+    before=$(stat -c %b dz.raw)
+    # shellcheck disable=SC2086
+    serve $who "$VD_TMP/d.sock" -t $mode dz.raw
+    uri="nbd+unix:///?socket=$VD_TMP/d.sock"
+    /usr/bin/python3 - "$VD_TMP/d.sock" <<'PY'
+import nbd, sys
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+h.trim(512 << 10, 0)                       # the first half MiB
+h.pwrite(bytes(512 << 10), 1 << 20)        # zeros, as data, at 1 MiB
+h.flush()
+h.shutdown()
+PY
+    kill $spid; wait $spid 2>/dev/null || true
+    after=$(stat -c %b dz.raw)
+    freed=$(( (before - after) * 512 / 1024 ))   # KiB
+    case $mode in
+      --discard=ignore) want=0 ;;
+      --discard=unmap) want=512 ;;
+      *) want=1024 ;;
+    esac
+    echo "$who $mode: $freed KiB freed" >&2
+    [ "$freed" -ge "$want" ] && [ "$freed" -le $((want + 64)) ] ||
+      fail "$who $mode: $freed KiB freed, want $want"
+    out=$(qemu-io -f raw -c 'read -P 0 1M 512k' -c 'read -P 0x5a 1536k 512k' dz.raw)
+    [ "$(grep -c '^read 524288/524288' <<<"$out")" = 2 ] &&
+      ! grep -q 'verification failed' <<<"$out" || fail "$who $mode: content: $out"
+  done
 done
 expect_error '(-s|snapshot)' vdisk_nbd -s -k "$VD_TMP/x.sock" --backing=disk.raw disk.raw
+expect_error 'unsafe' vdisk_nbd --cache=unsafe -k "$VD_TMP/x.sock" disk.raw
+expect_error 'discard=unmap' vdisk_nbd --discard=ignore --detect-zeroes=unmap -k "$VD_TMP/x.sock" disk.raw
 
 # ---- -U: --force-share with -r, the old socket spelling without ----
 start_nbd -f raw disk.raw            # a writer holds the image lock
