@@ -163,7 +163,8 @@ mg_resize_fixed(struct vd_dev *dev, uint64_t size)
 
   vhd_chs_for_size(size, &p->footer.cylinders, &p->footer.heads,
                    &p->footer.sectors);
-  p->footer.current_size = size;
+  /* Original size too: libvhdi (vhdiinfo, vhdimount) reports that one. */
+  p->footer.current_size = p->footer.original_size = size;
   vhd_footer_encode(&p->footer, p->footer_raw);
   r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, size);
   /* Growing: the old footer becomes disk data, which must read zeros. */
@@ -296,7 +297,8 @@ vhd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   }
   if ((r = vd_flush(dev)) < 0)
     goto out;
-  p->footer.current_size = size;
+  /* Original size too: libvhdi (vhdiinfo, vhdimount) reports that one. */
+  p->footer.current_size = p->footer.original_size = size;
   vhd_chs_for_size(size, &p->footer.cylinders, &p->footer.heads,
                    &p->footer.sectors);
   r = vhd_write_metadata(dev, false, true);

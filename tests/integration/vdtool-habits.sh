@@ -5,7 +5,9 @@
 #    for the extents that come from it.  The peer is qemu-img map on a
 #    qcow2 over the same raw base with the same write: offsets, lengths
 #    and file names must agree line by line (only the host offsets, which
-#    are the formats' own, may differ).
+#    are the formats' own, may differ);
+#  - resize of a VHD updates the footer's original size with the current
+#    size, so libvhdi (vhdiinfo) sees the size qemu-img and vdtool see.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -29,4 +31,16 @@ qemu-img map -f qcow2 peer.qcow2 | cols > peer.map
 vdtool map ours.vhd | cols > ours.map
 grep -q ' base\.raw$' peer.map || fail "peer map names no backing file: $(cat peer.map)"
 diff peer.map ours.map >&2 || fail "map (human) differs from qemu-img's"
+
+for sub in dynamic fixed; do
+  vdtool create -q -f vpc -o subformat=$sub rz-$sub.vhd 8M
+  vdtool resize -q rz-$sub.vhd 16M
+  q=$(qemu-img info -f vpc --output=json rz-$sub.vhd |
+      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+  [ "$q" = 16777216 ] || fail "$sub: qemu-img sees $q bytes after resize"
+  if command -v vhdiinfo >/dev/null; then
+    vhdiinfo rz-$sub.vhd | grep -q 'Media size.*(16777216 bytes)' ||
+      fail "$sub: vhdiinfo disagrees after resize: $(vhdiinfo rz-$sub.vhd | grep -i 'media size')"
+  fi
+done
 echo "vdtool-habits: OK"
