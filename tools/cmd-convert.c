@@ -200,6 +200,8 @@ vt_cmd_convert(int argc, char **argv)
     default: return vt_bad_option("convert", argv);
     }
   }
+  if (vt_options_want_help(opts))
+    return vt_options_help(ofmt);
   if (argc - optind != 2)
     return vt_bad_usage("convert", "expected FILENAME and OUTPUT");
   const char *in = argv[optind], *out = argv[optind + 1];

@@ -57,6 +57,8 @@ vt_cmd_create(int argc, char **argv)
     default: return vt_bad_option("create", argv);
     }
   }
+  if (vt_options_want_help(opts))
+    return vt_options_help(fmt);
   if (optind >= argc)
     return vt_bad_usage("create", "missing FILENAME");
   if (argc - optind > 2)
@@ -80,7 +82,9 @@ vt_cmd_create(int argc, char **argv)
     return VT_EXIT_ERR;
   }
   if (!quiet) {
-    printf("Formatting '%s', fmt=%s", path, fmt);
+    /* The name info shows ("vhd" is created as "vpc"). */
+    const char *name = vd_format_name(fmt);
+    printf("Formatting '%s', fmt=%s", path, name ? name : fmt);
     if (args.size)
       printf(" size=%" PRIu64, args.size);
     if (backing)

@@ -263,3 +263,28 @@ vt_is_zero(const void *buf, size_t len)
       return false;
   return len <= 16 || memcmp(p, p + 16, len - 16) == 0;
 }
+
+bool
+vt_options_want_help(const char *opts)
+{
+  for (const char *p = opts; p && *p;) {
+    size_t n = strcspn(p, ",");
+    if ((n == 4 && strncmp(p, "help", 4) == 0) || (n == 1 && *p == '?'))
+      return true;
+    p += n + (p[n] == ',');
+  }
+  return false;
+}
+
+int
+vt_options_help(const char *format)
+{
+  const char *h = vd_create_options_help(format);
+  if (!h) {
+    vt_error("Unknown file format '%s'", format);
+    return VT_EXIT_ERR;
+  }
+  printf("Supported options:\n"
+         "  size=<size>            - Virtual disk size\n%s", h);
+  return VT_EXIT_OK;
+}

@@ -95,6 +95,12 @@ int vt_manage_done(struct vt_manage_opts *o, int r, const char *done);
 /* JSON string output with escaping. */
 void vt_json_string(FILE *f, const char *s);
 
+/* qemu-img's -o help (or -o ?): true if OPTS asks for the list. */
+bool vt_options_want_help(const char *opts);
+/* Print the -o options FORMAT takes as qemu-img does ("Supported
+ * options:" then one per line); the exit status. */
+int vt_options_help(const char *format);
+
 /* True if BUF holds only zero bytes. */
 bool vt_is_zero(const void *buf, size_t len);
 

@@ -125,6 +125,9 @@ struct vd_driver {
   int (*open)(struct vd_dev *dev);
   void (*close)(struct vd_dev *dev);
   int (*create)(const char *path, const struct vd_create_args *args);
+  /* The -o options create (and import) take, one per line as qemu-img
+   * -o help prints them: "  name=<type> - what it does" (NULL: none). */
+  const char *create_help;
 
   int (*pread)(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
   int (*pwrite)(struct vd_dev *dev, const void *buf, size_t len,

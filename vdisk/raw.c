@@ -150,6 +150,9 @@ const struct vd_driver vd_raw_driver = {
   .leaf = true,
   .open = raw_open,
   .create = raw_create,
+  .create_help =
+    "  preallocation=<str>    - Preallocation mode (allowed values: off, "
+    "falloc, full)\n",
   .pread = raw_pread,
   .pwrite = raw_pwrite,
   .flush = raw_flush,

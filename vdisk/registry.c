@@ -207,3 +207,19 @@ vd_probe_path_leaf(const char *path, bool leaf_only, int *err)
     *err = vd_set_error(EINVAL, "%s: unknown image format", path);
   return best;
 }
+
+const char *
+vd_format_name(const char *format)
+{
+  const struct vd_driver *d = format ? vd_find_driver(format) : NULL;
+  return d ? d->name : NULL;
+}
+
+const char *
+vd_create_options_help(const char *format)
+{
+  const struct vd_driver *d = format ? vd_find_driver(format) : NULL;
+  if (!d)
+    return NULL;
+  return d->create_help ? d->create_help : "";
+}

@@ -780,6 +780,14 @@ const char *vd_format_size(uint64_t bytes, char *buf, size_t buflen);
 /* Names of the registered formats, NULL-terminated. */
 const char *const *vd_format_names(void);
 
+/* The registered name of format FORMAT (a name or an alias: "vhd" ->
+ * "vpc"), as vd_format reports an open image's; NULL if unknown. */
+const char *vd_format_name(const char *format);
+
+/* The -o options vd_create takes for FORMAT, one per line in qemu-img's
+ * -o help layout ("" when it takes none); NULL if FORMAT is unknown. */
+const char *vd_create_options_help(const char *format);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1154,6 +1154,12 @@ const struct vd_driver vd_vdz_driver = {
   .open = vdz_open,
   .close = vdz_close,
   .create = vdz_create,
+  .create_help =
+    "  cluster_size=<size>    - Bytes compressed together (a power of two; "
+    "default 64 KiB)\n"
+    "  level=<num>            - LZ4 level: 0 fast (default), 1-12 LZ4 HC\n"
+    "  threads=<num>          - Compression threads for convert (default: "
+    "one per CPU)\n",
   .pread = vdz_pread,
   .block_status = vdz_block_status,
   .info = vdz_info,

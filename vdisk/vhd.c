@@ -1601,6 +1601,14 @@ const struct vd_driver vd_vhd_driver = {
   .open = vhd_open,
   .close = vhd_close,
   .create = vhd_create,
+  .create_help =
+    "  block_size=<size>      - Block size of a dynamic or differencing image "
+    "(a power of two, 512 KiB to 256 MiB; default 2 MiB, or the parent's)\n"
+    "  force_size=<bool (on/off)> - Force disk size calculation to use the "
+    "actual size specified, rather than using the nearest CHS-based "
+    "calculation\n"
+    "  subformat=<str>        - Type of virtual hard disk format. Supported "
+    "formats are {dynamic (default) | fixed}\n",
   .pread = vhd_pread,
   .pwrite = vhd_pwrite,
   .flush = vhd_flush,

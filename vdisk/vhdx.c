@@ -748,6 +748,12 @@ const struct vd_driver vd_vhdx_driver = {
   .open = vhdx_open,
   .close = vhdx_close,
   .create = vhdx_create,
+  .create_help =
+    "  block_size=<size>      - Block size (a power of two, 1 MiB to 256 MiB; "
+    "default 32 MiB as qemu-img)\n"
+    "  logical_sector_size=<size> - Logical sector size: 512 (default) or "
+    "4096\n"
+    "  subformat=<str>        - {dynamic (default) | fixed}\n",
   .pread = vhdx_pread,
   .pwrite = vhdx_pwrite,
   .flush = vhdx_flush,

@@ -7,7 +7,10 @@
 #    and file names must agree line by line (only the host offsets, which
 #    are the formats' own, may differ);
 #  - resize of a VHD updates the footer's original size with the current
-#    size, so libvhdi (vhdiinfo) sees the size qemu-img and vdtool see.
+#    size, so libvhdi (vhdiinfo) sees the size qemu-img and vdtool see;
+#  - create and convert take -o help (the option names qemu-img lists for
+#    the same format are among ours), and create names the format as info
+#    does ("vhd" is created as vpc).
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -43,4 +46,26 @@ for sub in dynamic fixed; do
       fail "$sub: vhdiinfo disagrees after resize: $(vhdiinfo rz-$sub.vhd | grep -i 'media size')"
   fi
 done
+
+# option names: "  name=<type> - ..." lines
+names() { sed -n 's/^  \([a-z_]*\)=.*/\1/p' | sort; }
+for f in vpc vhdx raw; do
+  qemu-img create -f $f -o help | names > q.$f
+  vdtool create -f $f -o help > o.$f || fail "create -f $f -o help failed"
+  names < o.$f > v.$f
+  head -1 o.$f | grep -qx 'Supported options:' || fail "$f: -o help heading"
+  vdtool convert -O $f -o help > c.$f || fail "convert -O $f -o help failed"
+  cmp -s o.$f c.$f || fail "$f: create and convert -o help differ"
+done
+for n in size subformat force_size; do
+  grep -qx $n q.vpc && grep -qx $n v.vpc || fail "vpc -o help lacks $n"
+done
+for n in size subformat block_size; do
+  grep -qx $n q.vhdx && grep -qx $n v.vhdx || fail "vhdx -o help lacks $n"
+done
+grep -qx preallocation v.raw || fail "raw -o help lacks preallocation"
+expect_error "Unknown file format 'nosuch'" vdtool create -f nosuch -o help
+out=$(vdtool create -f vhd named.vhd 1M)
+[ "$out" = "Formatting 'named.vhd', fmt=vpc size=1048576" ] ||
+  fail "create -f vhd printed: $out"
 echo "vdtool-habits: OK"
