@@ -42,6 +42,7 @@ vmdk_sparse_header(const uint8_t *b, struct vmdk_sparse_hdr *h,
     h->desc_size = vd_get_le64(b + 36);
     h->gt_entries = vd_get_le32(b + 44);
     h->gd_offset = vd_get_le64(b + 56);
+    h->grain_offset = vd_get_le64(b + 64);
     h->compression = vd_get_le16(b + 77);
     if (h->version < 1 || h->version > 3)
       return vd_set_error(EINVAL, "%s: unsupported VMDK version %" PRIu32,
@@ -118,6 +119,10 @@ vmdk_sparse_load(struct vmdk_extent *e, const struct vmdk_sparse_hdr *h,
   for (unsigned i = 0; i < VMDK_GT_CACHE; i++)
     e->gt[i].tag = UINT64_MAX;
 
+  if (h->grain_offset > e->file_size / 512)
+    return vd_set_error(EINVAL, "%s: file truncated: grains start at sector "
+                        "%" PRIu64 ", the file has %" PRIu64, where,
+                        h->grain_offset, e->file_size / 512);
   uint64_t gd_bytes = e->gd_entries * 4;
   if (h->gd_offset > (UINT64_C(1) << 54) ||
       !vd_range_ok(h->gd_offset * 512, gd_bytes, e->file_size))

@@ -349,12 +349,12 @@ vmdk_open_parent(struct vd_dev *dev)
   if (r < 0)
     return dev->child ? r : vd_prefix_error(-r, "%s: parent", dev->path);
   if (parent->drv == &vd_vmdk_driver) {
-    const struct vmdk_priv *pp = parent->priv;
-    if (pp->desc.cid != p->desc.parent_cid) {
+    uint32_t cid = ((const struct vmdk_priv *)parent->priv)->desc.cid;
+    if (cid != p->desc.parent_cid) {
       vd_close(parent);
       return vd_set_error(EINVAL, "%s: parent %s does not match: its CID is "
                           "%08" PRIx32 ", parentCID says %08" PRIx32,
-                          dev->path, cand, pp->desc.cid, p->desc.parent_cid);
+                          dev->path, cand, cid, p->desc.parent_cid);
     }
   }
   p->parent = parent;

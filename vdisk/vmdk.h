@@ -154,6 +154,7 @@ struct vmdk_sparse_hdr {
   uint64_t desc_offset, desc_size;    /* sectors */
   uint32_t gt_entries;
   uint64_t gd_offset;                 /* sectors */
+  uint64_t grain_offset;              /* sectors: first grain */
   uint64_t gd_entries;
   uint16_t compression;
 };
