@@ -5,6 +5,7 @@
 # devices, FIFOs): one line on stderr naming the problem, a non-zero exit,
 # the image unchanged, and (strace) nothing opened outside the folder.
 . "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io /usr/bin/python3 timeout
 cd "$VD_TMP"
 mkdir img
@@ -165,4 +166,22 @@ if command -v strace >/dev/null 2>&1; then
     fi
   done
 fi
+# A guest of a probed raw image cannot make it a VMDK: writing a sparse
+# magic or a descriptor into its first sector is refused (EPERM).
+truncate -s 8M guest.img
+start_nbd guest.img
+/usr/bin/python3 - "$nbd_uri" <<'EOF' || fail "a guest turned a raw image into a VMDK"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+for data in (b"KDMV", b"COWD", b"# Disk DescriptorFile\nversion=1\n"):
+    try:
+        h.pwrite(data + bytes(512 - len(data)), 0)
+        sys.exit("written: %r" % data)
+    except nbd.Error as e:
+        assert "EPERM" in str(e) or "not permitted" in str(e), e
+h.pwrite(b"harmless" + bytes(504), 0)
+h.shutdown()
+EOF
+stop_nbd
+[ "$(head -c 8 guest.img)" = harmless ] || fail "the harmless write is missing"
 echo PASS
