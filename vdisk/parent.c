@@ -80,3 +80,42 @@ vd_parent_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
   return 0;
 }
 
+
+int
+vd_parent_pread(struct vd_dev *parent, void *buf, uint64_t len, uint64_t off)
+{
+  uint8_t *b = buf;
+  if (!parent || off >= parent->size) {
+    memset(b, 0, len);
+    return 0;
+  }
+  uint64_t n = len;
+  if (off + n > parent->size) {
+    n = parent->size - off;
+    memset(b + n, 0, len - n);
+  }
+  return vd_pread(parent, b, n, off);
+}
+
+int
+vd_parent_block_status(struct vd_dev *parent, uint64_t off, uint64_t len,
+                       struct vd_extent *ext)
+{
+  ext->length = len;
+  ext->flags = VD_EXT_HOLE | VD_EXT_ZERO;
+  ext->depth = 1;
+  ext->host_offset = -1;
+  if (!parent || off >= parent->size)
+    return 0;
+  if (off + len > parent->size)
+    len = parent->size - off;
+  struct vd_extent pe;
+  int r = vd_block_status(parent, off, len, &pe);
+  if (r < 0)
+    return r;
+  ext->length = pe.length;
+  ext->flags = pe.flags;
+  ext->depth = pe.depth + 1;
+  ext->host_offset = pe.host_offset;
+  return 0;
+}

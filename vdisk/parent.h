@@ -33,4 +33,16 @@ int vd_parent_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
                            bool override, const char *dir,
                            struct vd_parent_refusal *ref);
 
+/* Read LEN bytes at OFF through PARENT, for a child layer that does not
+ * hold them: bytes past the parent's end (all of them without a PARENT)
+ * read as zeros.  0 or -errno. */
+int vd_parent_pread(struct vd_dev *parent, void *buf, uint64_t len,
+                    uint64_t off);
+/* Block status of [OFF, OFF+LEN) as a child sees it through PARENT, one
+ * depth down: *EXT gets the parent's extent (depth + 1), or a hole that
+ * reads as zeros past the parent's end or without a PARENT.  0 or
+ * -errno. */
+int vd_parent_block_status(struct vd_dev *parent, uint64_t off, uint64_t len,
+                           struct vd_extent *ext);
+
 #endif /* VDISK_PARENT_H */

@@ -417,22 +417,6 @@ vmdk_find(struct vmdk_priv *p, uint64_t off)
   return &p->ext[lo];
 }
 
-static int
-vmdk_read_parent(struct vd_dev *dev, uint8_t *buf, uint64_t len, uint64_t off)
-{
-  struct vmdk_priv *p = dev->priv;
-  if (!p->parent || off >= p->parent->size) {
-    memset(buf, 0, len);
-    return 0;
-  }
-  uint64_t n = len;
-  if (off + n > p->parent->size) {
-    n = p->parent->size - off;
-    memset(buf + n, 0, len - n);
-  }
-  return vd_pread(p->parent, buf, n, off);
-}
-
 static void
 vmdk_where(struct vd_dev *dev, const struct vmdk_extent *e, char *where,
            size_t n)
@@ -458,7 +442,8 @@ vmdk_read_grain(struct vd_dev *dev, struct vmdk_extent *e, uint8_t *b,
     return r;
   switch (kind) {
   case VMDK_GRAIN_UNALLOC:
-    return vmdk_read_parent(dev, b, n, off);
+    return vd_parent_pread(((struct vmdk_priv *)dev->priv)->parent, b, n,
+                           off);
   case VMDK_GRAIN_ZERO:
     memset(b, 0, n);
     return 0;
@@ -600,21 +585,7 @@ vmdk_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
     ext->flags = VD_EXT_HOLE | VD_EXT_ZERO;
     return 0;
   }
-  ext->flags = VD_EXT_HOLE | VD_EXT_ZERO;
-  ext->depth = 1;
-  if (off >= p->parent->size)
-    return 0;
-  uint64_t plen = n;
-  if (off + plen > p->parent->size)
-    plen = p->parent->size - off;
-  struct vd_extent pe;
-  if ((r = vd_block_status(p->parent, off, plen, &pe)) < 0)
-    return r;
-  ext->length = pe.length;
-  ext->flags = pe.flags;
-  ext->depth = pe.depth + 1;
-  ext->host_offset = pe.host_offset;
-  return 0;
+  return vd_parent_block_status(p->parent, off, n, ext);
 }
 
 /* ---- info ---- */
