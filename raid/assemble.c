@@ -39,6 +39,21 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
   int policy = ar->policy >= 0 ? ar->policy : (int)ops->default_policy;
   if (policy == RAID_POLICY_PPL && !ops->parity_log)
     return vd_set_error(EINVAL, "%s: the ppl policy is for RAID5 only", desc);
+  if (ar->member_timeout_ms != VD_RAID_NO_TIMEOUT &&
+      ar->member_timeout_ms > RAID_MAX_TIMEOUT_S * 1000u)
+    return vd_set_error(EINVAL, "%s: member timeout above %u s", desc,
+                        RAID_MAX_TIMEOUT_S);
+  if (ar->auto_readd_s > RAID_MAX_TIMEOUT_S)
+    return vd_set_error(EINVAL, "%s: auto re-add period above %u s", desc,
+                        RAID_MAX_TIMEOUT_S);
+  for (unsigned i = 0; ar->write_mostly && i < n; i++)
+    if (ar->write_mostly[i] && ar->level != RAID_LEVEL1)
+      return vd_set_error(EINVAL, "%s: write-mostly members are for RAID1 "
+                          "only", desc);
+  for (unsigned i = 0; i < n; i++)
+    if (ar->member_size && vd_is_nbd_uri(ar->members[i]))
+      return vd_set_error(EINVAL, "%s: an NBD export cannot be created "
+                          "(--size): create it on its server", ar->members[i]);
   /* Without redundancy there is nothing to resync: no bitmap. */
   if (!ops->redundant)
     policy = RAID_POLICY_RESYNC;
@@ -83,8 +98,10 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
       if (r < 0)
         break;
     }
-    r = vd_open(ar->members[i], ar->member_size ? ar->member_format : NULL,
-                VD_OPEN_RDWR, &dev[i]);
+    struct vd_open_args oa = {
+      .format = ar->member_size ? ar->member_format : NULL,
+      .flags = VD_OPEN_RDWR, .timeout_ms = RAID_DEFAULT_TIMEOUT_MS };
+    r = vd_open_opts(ar->members[i], &oa, &dev[i]);
   }
   uint64_t msize = UINT64_MAX;
   for (unsigned i = 0; i < n && r == 0; i++)
@@ -164,6 +181,12 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
   if (r == 0) {
     memcpy(d.uuid, sb.uuid, 16);
     d.nmembers = n;
+    d.timeout_ms = ar->member_timeout_ms == 0 ? RAID_DEFAULT_TIMEOUT_MS
+                   : ar->member_timeout_ms == VD_RAID_NO_TIMEOUT ? 0
+                   : ar->member_timeout_ms;
+    d.auto_readd_s = ar->auto_readd_s;
+    for (unsigned i = 0; ar->write_mostly && i < n; i++)
+      d.write_mostly[i] = ar->write_mostly[i];
     for (unsigned i = 0; i < n && r == 0; i++) {
       d.member[i] = raid_desc_relpath(desc, ar->members[i]);
       d.format[i] = strdup(vd_format(dev[i]));
@@ -205,7 +228,9 @@ int vd_raid_assemble(const char *desc, const char *const *members,
     r = raid_check_member_type(members[i]);
     if (r < 0)
       break;
-    r = vd_open(members[i], NULL, VD_OPEN_NOLOCK, &dev);
+    struct vd_open_args oa = { .flags = VD_OPEN_NOLOCK,
+                               .timeout_ms = RAID_DEFAULT_TIMEOUT_MS };
+    r = vd_open_opts(members[i], &oa, &dev);
     if (r < 0)
       break;
     if (vd_size(dev) < RAID_SB_OFFSET + RAID_SB_SIZE)
@@ -224,6 +249,19 @@ int vd_raid_assemble(const char *desc, const char *const *members,
     goto out;
   struct raid_desc d;
   memset(&d, 0, sizeof d);
+  /* The options of the descriptor being rewritten, if it is this array's
+   * (the members are found again, the operator's settings stay). */
+  struct raid_desc old;
+  d.timeout_ms = RAID_DEFAULT_TIMEOUT_MS;
+  if (raid_desc_read(desc, &old) == 0) {
+    if (memcmp(old.uuid, sbs[fresh].uuid, 16) == 0) {
+      d.timeout_ms = old.timeout_ms;
+      d.auto_readd_s = old.auto_readd_s;
+      memcpy(d.write_mostly, old.write_mostly, sizeof d.write_mostly);
+    }
+    raid_desc_free(&old);
+  }
+  vd_clear_error();
   memcpy(d.uuid, sbs[fresh].uuid, 16);
   d.nmembers = sbs[fresh].nmembers;
   int pick[RAID_MAX_MEMBERS];

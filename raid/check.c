@@ -9,8 +9,10 @@
  *     highest event count must agree on the role table (else split brain);
  *     a member recorded active whose events are behind is stale (the array
  *     starts without it).  Each of these is a corruption.
- *  2. Write-intent bitmap: bits set in a cleanly stopped array, or beyond
- *     the last region, only cost an unneeded resync: leaks.
+ *  2. Write-intent bitmap: bits set in a cleanly stopped array whose
+ *     members are all active, or beyond the last region, only cost an
+ *     unneeded resync: leaks.  (While a member is out its bits are kept
+ *     for a re-add.)
  *  3. Partial parity log: an entry whose header checksum is right but whose
  *     fields are impossible (stripe out of range, wrong slot or parity
  *     member, bad length or chunk mask) is a corruption.  Torn entries
@@ -110,7 +112,10 @@ static void chk_superblocks(struct chk *c)
       chk_report(c, &r->check_errors, "%s: out of memory", c->path);
       continue;
     }
-    int e = vd_open(c->mpath[i], c->d.format[i], c->open_flags, &c->dev[i]);
+    struct vd_open_args oa = { .format = c->d.format[i],
+                               .flags = c->open_flags,
+                               .timeout_ms = c->d.timeout_ms };
+    int e = vd_open_opts(c->mpath[i], &oa, &c->dev[i]);
     if (e == -ENOENT) {
       c->dev[i] = NULL;
       chk_degraded(c, "slot %u (%s) is missing", i, chk_name(c, i));
@@ -248,7 +253,13 @@ static void chk_bitmap(struct chk *c)
   if (beyond)
     chk_report(c, &c->r->leaks, "bitmap: %" PRIu64 " bits set beyond the "
                "last of %" PRIu64 " regions", beyond, c->nregions);
-  if (set && !dirty)
+  /* A degraded array keeps its bits while a member is out: they are what
+   * a re-add copies (docs/remote.md), not leaks. */
+  bool complete = true;
+  for (unsigned i = 0; i < f->nmembers; i++)
+    if (f->role[i].state != RAID_ROLE_ACTIVE)
+      complete = false;
+  if (set && !dirty && complete)
     chk_report(c, &c->r->leaks, "bitmap: %" PRIu64 " regions marked dirty "
                "although the array was stopped cleanly (an unneeded resync "
                "after the next unclean stop)", set);

@@ -24,6 +24,8 @@
 char *raid_desc_relpath(const char *desc, const char *path)
 {
   char dbuf[PATH_MAX], pbuf[PATH_MAX];
+  if (vd_is_nbd_uri(path))
+    return strdup(path);   /* an export, as the operator typed it */
   char *dcopy = strdup(desc);
   if (!dcopy)
     return NULL;
@@ -81,6 +83,8 @@ static bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid,
 bool raid_same_file(const char *x, const char *y)
 {
   struct stat a, b;
+  if (vd_is_nbd_uri(x) || vd_is_nbd_uri(y))
+    return strcmp(x, y) == 0;
   return stat(x, &a) == 0 && stat(y, &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino;
 }
@@ -109,18 +113,21 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
   }
   /* Only a regular file or a block device (a FIFO or a character device
    * would block or make no sense), never the descriptor. */
+  bool uri = a->member_uris && vd_is_nbd_uri(newpath);
   struct stat nst;
-  if (stat(newpath, &nst) != 0)
+  if (!uri && stat(newpath, &nst) != 0)
     return vd_set_error(errno, "%s: %s", newpath, strerror(errno));
-  if (!S_ISREG(nst.st_mode) && !S_ISBLK(nst.st_mode))
+  if (!uri && !S_ISREG(nst.st_mode) && !S_ISBLK(nst.st_mode))
     return vd_set_error(EINVAL, "%s: not a regular file or block device",
                         newpath);
   if (raid_same_file(a->desc_abs, newpath))
     return vd_set_error(EINVAL, "%s: is the array's descriptor", newpath);
   struct vd_open_args oa = { .format = fmt, .flags = VD_OPEN_RDWR,
-                             .filter = a->member_filter };
+                             .filter = a->member_filter,
+                             .timeout_ms = a->timeout_ms };
   struct vd_dev *nd;
-  int r = vd_open_opts(newpath, &oa, &nd);
+  int r = a->member_uris ? vd_open_opts(newpath, &oa, &nd)
+                         : vd_open_parent(NULL, newpath, &oa, &nd);
   if (r < 0)
     return r;
   uint64_t need = a->sb.data_offset + a->sb.data_size;
@@ -159,7 +166,10 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     }
   }
   char *path = strdup(newpath);
-  if (!path) {
+  char *mfmt = strdup(fmt ? fmt : vd_format(nd));
+  if (!path || !mfmt) {
+    free(path);
+    free(mfmt);
     vd_close(nd);
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   }
@@ -170,8 +180,11 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     vd_close(m->dev);
   free(m->path);
   m->path = path;
+  free(m->format);
+  m->format = mfmt;
   raid_uuid_generate(m->dev_uuid);
   atomic_store(&m->recovery, 0);
+  atomic_store(&m->readd, false);
   m->dev = nd;
   atomic_store(&m->state, RAID_ROLE_REBUILDING);
   r = raid_sb_write_all_locked(a);
@@ -399,12 +412,13 @@ int vd_raid_member_check(const char *path, char *what, size_t len)
 {
   what[0] = '\0';
   struct stat st;
-  if (stat(path, &st) != 0)
+  bool uri = vd_is_nbd_uri(path);
+  if (!uri && stat(path, &st) != 0)
     return 0;    /* created by raid create --size */
   int r = raid_check_member_type(path);
   if (r < 0)
     return r;
-  if (S_ISREG(st.st_mode) && st.st_size == 0)
+  if (!uri && S_ISREG(st.st_mode) && st.st_size == 0)
     return 0;
   struct vd_dev *dev;
   r = vd_open(path, NULL, VD_OPEN_NOLOCK, &dev);
@@ -415,4 +429,255 @@ int vd_raid_member_check(const char *path, char *what, size_t len)
     r = vd_prefix_error(-r, "%s", path);
   vd_close(dev);
   return r;
+}
+
+/* ---- re-add (docs/remote.md) ----
+ *
+ * md's --re-add: a member that failed (a remote export that went away, a
+ * device unplugged) comes back and only what was written while it was out
+ * is copied.  That is sound because the array never clears a bitmap bit
+ * while a member is out (raid_flush, raid_close): every region written
+ * since the failure, and every region with a write in flight to the member
+ * when it failed, is still marked.  The failure is dated in the survivors'
+ * role table (the events of the superblock write that first recorded it);
+ * the device must carry this slot's device UUID and an event count from
+ * just before that date (its last superblock write, or the one that
+ * failed: at most two behind), or it may have missed writes whose bits
+ * were cleared while it was still counted active. */
+
+/* The member's own superblock: this array, this slot, this device, failed
+ * when the survivors say so.  0, or -errno with the reason. */
+static int raid_readd_check_sb(struct raid_array *a, int slot,
+                               struct vd_dev *nd, uint64_t failed_at)
+{
+  struct raid_member *m = &a->m[slot];
+  struct raid_sb sb;
+  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  int r = vd_size(nd) < a->sb.data_offset + a->sb.data_size
+          ? vd_set_error(ENOSPC, "%s: smaller than the array's members",
+                         m->path)
+          : vd_pread(nd, buf, RAID_SB_SIZE, RAID_SB_OFFSET);
+  if (r == 0)
+    r = raid_sb_decode(buf, &sb, m->path);
+  vd_free_aligned(buf);
+  if (r < 0)
+    return vd_set_error(ESTALE, "%s: cannot re-add slot %d: %s (replace it: "
+                        "a full rebuild)", a->desc_path, slot, vd_error());
+  if (memcmp(sb.uuid, a->sb.uuid, 16) != 0 || sb.slot != (uint32_t)slot ||
+      sb.nmembers != a->n || sb.chunk != a->sb.chunk ||
+      sb.data_offset != a->sb.data_offset ||
+      sb.data_size != a->sb.data_size ||
+      memcmp(sb.role[slot].dev_uuid, m->dev_uuid, 16) != 0)
+    return vd_set_error(ESTALE, "%s: cannot re-add slot %d: %s is not the "
+                        "device that failed in this slot (replace it: a "
+                        "full rebuild)", a->desc_path, slot, m->path);
+  if (sb.events >= a->sb.events || sb.events + 2 < failed_at)
+    return vd_set_error(ESTALE, "%s: cannot re-add slot %d: %s has events %"
+                        PRIu64 ", the slot failed at events %" PRIu64 " (the "
+                        "array has %" PRIu64 "): the write-intent bitmap does "
+                        "not cover what it missed (replace it: a full "
+                        "rebuild)", a->desc_path, slot, m->path, sb.events,
+                        failed_at, a->sb.events);
+  return 0;
+}
+
+/* Make the returning device's metadata match the array's before it takes
+ * writes: no partial parity log entry from before its failure may ever be
+ * replayed, and its bitmap copy is the array's. */
+static int raid_readd_prepare(struct raid_array *a, struct vd_dev *nd)
+{
+  size_t bytes = vd_round_up(a->sb.bitmap_bytes, 4096);
+  uint8_t *buf = vd_alloc_aligned(bytes > 4096 ? bytes : 4096);
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  int r = 0;
+  memset(buf, 0, 4096);
+  if (a->sb.policy == RAID_POLICY_PPL)
+    for (uint32_t k = 0; k < a->sb.ppl_slots && r == 0; k++)
+      r = vd_pwrite(nd, buf, 4096,
+                    a->sb.ppl_offset + (uint64_t)k * a->sb.ppl_slot_size, 0);
+  if (r == 0) {
+    pthread_mutex_lock(&a->bm_lock);
+    memcpy(buf, a->bm, bytes);
+    pthread_mutex_unlock(&a->bm_lock);
+    r = vd_pwrite(nd, buf, bytes, a->sb.bitmap_offset, 0);
+  }
+  if (r == 0)
+    r = vd_flush(nd);
+  vd_free_aligned(buf);
+  return r;
+}
+
+int raid_readd_install(struct raid_array *a, int slot)
+{
+  if (!a->writable)
+    return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
+  if (!a->ops->redundant)
+    return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy, a member "
+                        "cannot be re-added", a->desc_path, a->sb.level);
+  if (slot < 0 || (unsigned)slot >= a->n)
+    return vd_set_error(EINVAL, "%s: no slot %d", a->desc_path, slot);
+  if (atomic_load(&a->failed))
+    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                        a->sb.level);
+  if (!a->bm)
+    return vd_set_error(ENOTSUP, "%s: no write-intent bitmap (policy "
+                        "resync): a member that failed must be replaced (a "
+                        "full rebuild)", a->desc_path);
+  struct raid_member *m = &a->m[slot];
+  int st = atomic_load(&m->state);
+  if (st == RAID_ROLE_ACTIVE)
+    return vd_set_error(EINVAL, "%s: slot %d is active", a->desc_path, slot);
+  if (st == RAID_ROLE_REBUILDING)
+    return vd_set_error(EBUSY, "%s: slot %d is being rebuilt already",
+                        a->desc_path, slot);
+  if (!m->path)
+    return vd_set_error(EINVAL, "%s: slot %d has no member in the "
+                        "descriptor", a->desc_path, slot);
+  for (unsigned i = 0; i < a->n; i++)
+    if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      return vd_set_error(EBUSY, "%s: slot %u is being rebuilt; wait for it",
+                          a->desc_path, i);
+  /* A member absent since the open is recorded as failed now (dated), so
+   * the check below has the same footing as for one that failed. */
+  pthread_mutex_lock(&a->sb_lock);
+  int r = m->failed_recorded ? 0 : raid_sb_write_all_locked(a);
+  uint64_t failed_at = m->failed_events;
+  pthread_mutex_unlock(&a->sb_lock);
+  if (r < 0)
+    return r;
+  if (failed_at == 0)
+    return vd_set_error(ESTALE, "%s: cannot re-add slot %d: its failure was "
+                        "not dated (recorded by an older vdisk): replace it "
+                        "(a full rebuild)", a->desc_path, slot);
+  r = raid_check_member_type(m->path);
+  if (r < 0)
+    return r;
+  struct vd_open_args oa = { .format = m->format, .flags = a->member_flags,
+                             .filter = a->member_filter,
+                             .timeout_ms = a->timeout_ms };
+  struct vd_dev *nd;
+  r = a->member_uris ? vd_open_opts(m->path, &oa, &nd)
+                     : vd_open_parent(NULL, m->path, &oa, &nd);
+  if (r < 0)
+    return vd_prefix_error(-r, "%s: re-add of slot %d", a->desc_path, slot);
+  r = raid_readd_check_sb(a, slot, nd, failed_at);
+  if (r == 0)
+    r = raid_readd_prepare(a, nd);
+  if (r < 0) {
+    vd_close(nd);
+    return r;
+  }
+  pthread_mutex_lock(&a->sb_lock);
+  bool busy = atomic_load(&m->state) != RAID_ROLE_FAULTY;
+  for (unsigned i = 0; i < a->n; i++)
+    if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      busy = true;
+  if (busy) {
+    pthread_mutex_unlock(&a->sb_lock);
+    vd_close(nd);
+    return vd_set_error(EBUSY, "%s: slot %d changed meanwhile (another "
+                        "re-add or replace)", a->desc_path, slot);
+  }
+  /* The dead device may still be in use by a request that has not yet
+   * seen the failure: retire it, as replace does. */
+  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
+    a->retired[a->nretired++] = m->dev;
+  else if (m->dev)
+    vd_close(m->dev);
+  m->dev = nd;
+  atomic_store(&m->recovery, 0);
+  atomic_store(&m->readd_copied, 0);
+  atomic_store(&m->readd_skipped, 0);
+  atomic_store(&m->read_errors, 0);
+  atomic_store(&m->next_read, UINT64_MAX);
+  atomic_store(&m->readd, true);
+  atomic_store(&m->state, RAID_ROLE_REBUILDING);
+  r = raid_sb_write_all_locked(a);
+  pthread_mutex_unlock(&a->sb_lock);
+  return r;
+}
+
+int vd_raid_re_add_start(struct raid_array *a, int slot, uint64_t rate)
+{
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
+  int r = raid_readd_install(a, slot);
+  if (r < 0)
+    return r;
+  atomic_store(&a->rebuild_rate, rate);
+  raid_rebuild_start(a);
+  return 0;
+}
+
+int vd_raid_re_add(struct raid_array *a, int slot, uint64_t rate,
+                   vd_progress_fn progress, void *opaque)
+{
+  int r = vd_raid_re_add_start(a, slot, rate);
+  if (r < 0)
+    return r;
+  return raid_rebuild_wait(a, progress, opaque);
+}
+
+/* ---- auto re-add ----
+ * A remote member fails when its server goes away or stops answering;
+ * once the server is back, the thread re-adds it (the background rebuild
+ * then copies the marked regions).  Only NBD URIs: a local device that
+ * failed has an error to look at, not a network to wait for. */
+
+static void *raid_readd_auto_main(void *opaque)
+{
+  struct raid_array *a = opaque;
+  pthread_mutex_lock(&a->readd_lock);
+  while (!atomic_load(&a->readd_stop)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += a->auto_readd_s;
+    while (!atomic_load(&a->readd_stop) &&
+           pthread_cond_timedwait(&a->readd_cond, &a->readd_lock, &ts) == 0)
+      ;
+    if (atomic_load(&a->readd_stop))
+      break;
+    pthread_mutex_unlock(&a->readd_lock);
+    for (unsigned i = 0; i < a->n && !atomic_load(&a->readd_stop); i++) {
+      struct raid_member *m = &a->m[i];
+      if (atomic_load(&m->state) != RAID_ROLE_FAULTY || !m->path ||
+          !vd_is_nbd_uri(m->path) || atomic_load(&a->failed) ||
+          atomic_load(&a->rebuild_active) || atomic_load(&a->rebuild_caller))
+        continue;
+      /* Failures (still unreachable, or not re-addable) are retried at
+       * the next period; vdtool raid detail shows the state. */
+      if (raid_readd_install(a, (int)i) == 0)
+        raid_rebuild_start(a);
+      vd_clear_error();
+    }
+    pthread_mutex_lock(&a->readd_lock);
+  }
+  pthread_mutex_unlock(&a->readd_lock);
+  return NULL;
+}
+
+void raid_readd_auto_start(struct raid_array *a)
+{
+  if (!a->writable || !a->auto_readd_s || !a->bm || a->readd_running ||
+      atomic_load(&a->crashed))
+    return;
+  atomic_store(&a->readd_stop, false);
+  a->readd_running =
+    pthread_create(&a->readd_thread, NULL, raid_readd_auto_main, a) == 0;
+}
+
+void raid_readd_auto_stop(struct raid_array *a)
+{
+  if (!a->readd_running)
+    return;
+  pthread_mutex_lock(&a->readd_lock);
+  atomic_store(&a->readd_stop, true);
+  pthread_cond_broadcast(&a->readd_cond);
+  pthread_mutex_unlock(&a->readd_lock);
+  pthread_join(a->readd_thread, NULL);
+  a->readd_running = false;
 }

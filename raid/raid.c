@@ -249,11 +249,29 @@ int raid_sb_write_all_locked(struct raid_array *a)
     a->sb.events++;
     a->sb.utime = (uint64_t)time(NULL);
     for (unsigned i = 0; i < a->n; i++) {
-      a->sb.role[i].state = (uint32_t)atomic_load(&a->m[i].state);
-      a->sb.role[i].recovery_offset =
-        a->sb.role[i].state == RAID_ROLE_REBUILDING
-          ? atomic_load(&a->m[i].recovery) : 0;
-      memcpy(a->sb.role[i].dev_uuid, a->m[i].dev_uuid, 16);
+      struct raid_member *m = &a->m[i];
+      struct raid_role *ro = &a->sb.role[i];
+      ro->state = (uint32_t)atomic_load(&m->state);
+      ro->flags = 0;
+      ro->recovery_offset = 0;
+      if (ro->state == RAID_ROLE_REBUILDING) {
+        ro->recovery_offset = atomic_load(&m->recovery);
+        ro->flags = atomic_load(&m->readd) ? RAID_ROLE_F_READD : 0;
+      } else if (ro->state == RAID_ROLE_FAULTY) {
+        /* The first write that records the failure dates it: a re-add
+         * accepts the device only if it failed then (raid_readd_install),
+         * since the bitmap has kept every region written from then on. */
+        if (!m->failed_recorded) {
+          m->failed_events = a->sb.events;
+          m->failed_recorded = true;
+        }
+        ro->recovery_offset = m->failed_events;
+      }
+      if (ro->state != RAID_ROLE_FAULTY) {
+        m->failed_recorded = false;
+        m->failed_events = 0;
+      }
+      memcpy(ro->dev_uuid, m->dev_uuid, 16);
     }
     for (unsigned i = 0; i < a->n; i++) {
       if (!a->m[i].dev || atomic_load(&a->m[i].state) == RAID_ROLE_FAULTY)
@@ -501,11 +519,15 @@ static int raid_flush(struct vd_dev *dev)
         a->bm_gen[r] = gen;
     pthread_mutex_unlock(&a->bm_lock);
   }
+  /* While a member is missing, failed or being rebuilt its bits stay set
+   * (as md does): they say what a re-add must copy.  A flush clears bits
+   * only when it reached every member. */
+  bool complete = raid_active_count(a) == a->n;
   uint64_t lgen = a->ops->flush_begin ? a->ops->flush_begin(a) : 0;
   int r = raid_flush_members(a);
   if (r == 0 && a->ops->flush_end)
     a->ops->flush_end(a, lgen);
-  if (r == 0 && a->bm)
+  if (r == 0 && a->bm && complete && raid_active_count(a) == a->n)
     raid_bitmap_flushed(a, gen);
   return r;
 }
@@ -645,14 +667,14 @@ static void raid_opening_pop(void)
 
 static int raid_scan_members(const char *desc,
                              const struct vd_open_args *margs, bool force,
-                             struct raid_scan *s);
+                             bool uris, struct raid_scan *s);
 
 /* Open the members named by the descriptor (with MARGS, each in the format
  * the descriptor names) and read their superblocks; decide each slot's
  * state.  Returns 0 with s->refusal set (non-empty) if the array must not
  * start, or -errno for errors before any decision. */
 static int raid_scan(const char *desc, const struct vd_open_args *margs,
-                     bool force, struct raid_scan *s)
+                     bool force, bool uris, struct raid_scan *s)
 {
   memset(s, 0, sizeof *s);
   s->fresh = -1;
@@ -662,14 +684,14 @@ static int raid_scan(const char *desc, const struct vd_open_args *margs,
   r = raid_opening_push(desc);
   if (r < 0)
     return r;
-  r = raid_scan_members(desc, margs, force, s);
+  r = raid_scan_members(desc, margs, force, uris, s);
   raid_opening_pop();
   return r;
 }
 
 static int raid_scan_members(const char *desc,
                              const struct vd_open_args *margs, bool force,
-                             struct raid_scan *s)
+                             bool uris, struct raid_scan *s)
 {
   int r;
   s->n = s->d.nmembers;
@@ -690,8 +712,14 @@ static int raid_scan_members(const char *desc,
     r = raid_check_member_type(s->path[i]);
     struct vd_open_args ma = *margs;
     ma.format = s->d.format[i];
+    ma.timeout_ms = s->d.timeout_ms;
+    /* Member paths come from the descriptor only (never from a
+     * superblock).  The operator wrote it, so its NBD URIs name exports,
+     * unless the descriptor itself was reached through an image (a
+     * parent locator): then a URI is a file name like any other. */
     if (r == 0)
-      r = vd_open_opts(s->path[i], &ma, &s->dev[i]);
+      r = uris ? vd_open_opts(s->path[i], &ma, &s->dev[i])
+               : vd_open_parent(NULL, s->path[i], &ma, &s->dev[i]);
     if (r < 0) {
       s->dev[i] = NULL;
       snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
@@ -838,6 +866,8 @@ static void raid_array_free(struct raid_array *a)
     a->m[i].dev = NULL;
     free(a->m[i].path);
     a->m[i].path = NULL;
+    free(a->m[i].format);
+    a->m[i].format = NULL;
   }
   free(a->bm);
   a->bm = NULL;
@@ -849,6 +879,8 @@ static void raid_array_free(struct raid_array *a)
     pthread_mutex_destroy(&a->stripe_lock[i]);
   pthread_mutex_destroy(&a->sb_lock);
   pthread_mutex_destroy(&a->bm_lock);
+  pthread_mutex_destroy(&a->readd_lock);
+  pthread_cond_destroy(&a->readd_cond);
   free(a->desc_path);
   a->desc_path = NULL;
   free(a->desc_abs);
@@ -897,6 +929,12 @@ static int raid_open(struct vd_dev *dev)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   pthread_mutex_init(&a->sb_lock, NULL);
   pthread_mutex_init(&a->bm_lock, NULL);
+  pthread_mutex_init(&a->readd_lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* auto re-add sleeps */
+  pthread_cond_init(&a->readd_cond, &ca);
+  pthread_condattr_destroy(&ca);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);
   a->desc_path = strdup(dev->path);
@@ -911,7 +949,8 @@ static int raid_open(struct vd_dev *dev)
   }
   struct vd_open_args margs = { .flags = mflags,
                                 .filter = dev->opts.filter };
-  r = raid_scan(dev->path, &margs, force, s);
+  a->member_uris = dev->operator_named;
+  r = raid_scan(dev->path, &margs, force, a->member_uris, s);
   if (r < 0)
     goto fail;
   if (s->refusal[0]) {
@@ -925,6 +964,9 @@ static int raid_open(struct vd_dev *dev)
   a->writable = (mflags & VD_OPEN_RDWR) != 0;
   a->force = force;
   a->member_filter = dev->opts.filter;
+  a->member_flags = mflags;
+  a->timeout_ms = s->d.timeout_ms;
+  a->auto_readd_s = s->d.auto_readd_s;
   bool recorded_change = false;
   for (unsigned i = 0; i < a->n; i++) {
     struct raid_member *m = &a->m[i];
@@ -932,6 +974,13 @@ static int raid_open(struct vd_dev *dev)
     s->path[i] = NULL;
     m->assembled = s->state[i];
     memcpy(m->dev_uuid, a->sb.role[i].dev_uuid, 16);
+    m->format = s->d.format[i];
+    s->d.format[i] = NULL;
+    m->write_mostly = s->d.write_mostly[i];
+    if (a->sb.role[i].state == RAID_ROLE_FAULTY) {
+      m->failed_events = a->sb.role[i].recovery_offset;
+      m->failed_recorded = true;
+    }
     switch (s->state[i]) {
     case VD_RAID_STATE_ACTIVE:
       m->dev = s->dev[i];
@@ -943,6 +992,8 @@ static int raid_open(struct vd_dev *dev)
       s->dev[i] = NULL;
       atomic_store(&m->state, RAID_ROLE_REBUILDING);
       atomic_store(&m->recovery, a->sb.role[i].recovery_offset);
+      atomic_store(&m->readd,
+                   (a->sb.role[i].flags & RAID_ROLE_F_READD) != 0);
       break;
     default:
       atomic_store(&m->state, RAID_ROLE_FAULTY);
@@ -1029,6 +1080,7 @@ static int raid_open(struct vd_dev *dev)
       atomic_store(&a->dirty, false);
     }
     raid_rebuild_start(a);
+    raid_readd_auto_start(a);
   }
   return 0;
 
@@ -1044,12 +1096,14 @@ fail:
 static void raid_close(struct vd_dev *dev)
 {
   struct raid_array *a = dev->priv;
+  raid_readd_auto_stop(a);
   raid_rebuild_stop(a);
   if (a->writable && !atomic_load(&a->crashed) && !atomic_load(&a->failed)) {
     /* Clean stop: everything is flushed (vd_close flushed before calling
      * us), so the bitmap and the dirty flag can be cleared. */
     if (raid_flush_members(a) == 0) {
-      if (a->bm) {
+      /* Degraded: the bits are what a re-add copies; keep them. */
+      if (a->bm && raid_active_count(a) == a->n) {
         bool failed[RAID_MAX_MEMBERS] = { false };
         pthread_mutex_lock(&a->bm_lock);
         memset(a->bm, 0, a->sb.bitmap_bytes);
@@ -1185,6 +1239,8 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st)
   st->dirty = atomic_load(&a->dirty);
   st->failed = atomic_load(&a->failed);
   st->degraded = raid_active_count(a) < a->n;
+  st->member_timeout_ms = a->timeout_ms;
+  st->auto_readd_s = a->auto_readd_s;
   raid_state_name(a, st->state, sizeof st->state);
   for (unsigned i = 0; i < a->n; i++) {
     struct vd_raid_member_status *m = &st->m[i];
@@ -1200,6 +1256,10 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st)
                : VD_RAID_STATE_FAULTY;
     m->events = st->events;
     raid_uuid_format(a->m[i].dev_uuid, m->dev_uuid);
+    m->write_mostly = a->m[i].write_mostly;
+    m->re_adding = s == RAID_ROLE_REBUILDING && atomic_load(&a->m[i].readd);
+    m->readd_copied = atomic_load(&a->m[i].readd_copied);
+    m->readd_skipped = atomic_load(&a->m[i].readd_skipped);
     if (s == RAID_ROLE_REBUILDING) {
       m->recovery_offset = atomic_load(&a->m[i].recovery);
       st->rebuilding = true;
@@ -1224,7 +1284,7 @@ int vd_raid_examine(const char *desc, struct vd_raid_status *st)
   if (!s)
     return vd_set_error(ENOMEM, "%s: out of memory", desc);
   struct vd_open_args margs = { .flags = VD_OPEN_NOLOCK };
-  int r = raid_scan(desc, &margs, false, s);
+  int r = raid_scan(desc, &margs, false, true, s);
   if (r < 0) {
     raid_scan_free(s);
     free(s);

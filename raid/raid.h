@@ -108,12 +108,18 @@ enum raid_role_state {
   RAID_ROLE_REBUILDING = 2, /* valid below its recovery offset */
 };
 #define RAID_SB_DIRTY 0x1u
+/* Role entry flags (bytes 20..23 of an entry). */
+#define RAID_ROLE_F_READD 0x1u  /* REBUILDING by re-add: regions the bitmap
+                                   does not mark are already good */
 
 struct raid_role {
   uint8_t dev_uuid[16];        /* identity of the device in this slot */
   uint32_t state;              /* enum raid_role_state */
+  uint32_t flags;              /* RAID_ROLE_F_* */
   uint64_t recovery_offset;    /* REBUILDING: member bytes (from the data
-                                  offset) known good */
+                                  offset) known good; FAULTY: the events
+                                  of the superblock write that first
+                                  recorded the failure (0 = unknown) */
 };
 
 /* Decoded superblock; the byte layout is in super.c. */
@@ -150,7 +156,14 @@ struct raid_desc {
   unsigned nmembers;
   char *member[RAID_MAX_MEMBERS];  /* as written (maybe relative), or NULL */
   char *format[RAID_MAX_MEMBERS];  /* member format, or NULL to probe */
+  /* Options (docs/remote.md), kept across rewrites of the descriptor: */
+  uint32_t timeout_ms;             /* "member-timeout SECONDS"; 0 = none;
+                                      RAID_DEFAULT_TIMEOUT_MS when absent */
+  uint32_t auto_readd_s;           /* "auto-re-add SECONDS"; 0 = off */
+  bool write_mostly[RAID_MAX_MEMBERS]; /* "write-mostly SLOT" (RAID1) */
 };
+#define RAID_DEFAULT_TIMEOUT_MS 5000u
+#define RAID_MAX_TIMEOUT_S 3600u
 int raid_desc_read(const char *path, struct raid_desc *d);
 int raid_desc_write(const char *path, const struct raid_desc *d);
 void raid_desc_free(struct raid_desc *d);
@@ -165,7 +178,8 @@ int raid_file_replace(const char *path, const void *data, size_t len,
  * opener).  A path that does not exist passes (vd_open reports it).
  * Message names the path. */
 int raid_check_member_type(const char *path);
-/* Resolve a member path relative to the descriptor's directory. */
+/* Resolve a member path relative to the descriptor's directory.  An NBD
+ * URI (vd_is_nbd_uri) is kept as it is. */
 char *raid_desc_resolve(const char *desc_path, const char *member);
 void raid_uuid_format(const uint8_t *u, char *out /* 37 bytes */);
 int raid_uuid_parse(const char *s, uint8_t *u);
@@ -198,6 +212,16 @@ struct raid_member {
   _Atomic uint64_t next_read;  /* RAID1: end of this member's last read */
   _Atomic unsigned read_errors;
   int assembled;               /* VD_RAID_STATE_* decided at assembly */
+  char *format;                /* descriptor's format, NULL = probe */
+  bool write_mostly;           /* RAID1: reads avoid it (descriptor) */
+  _Atomic bool readd;          /* REBUILDING by re-add: only the regions
+                                  the bitmap marks are copied */
+  uint64_t failed_events;      /* events of the superblock write that
+                                  first recorded it faulty (0: unknown);
+                                  guarded by sb_lock */
+  bool failed_recorded;        /* failed_events is set; sb_lock */
+  _Atomic uint64_t readd_copied;  /* last re-add: member bytes copied */
+  _Atomic uint64_t readd_skipped; /* ... and skipped (clean regions) */
 };
 
 struct raid_mio {
@@ -239,6 +263,16 @@ struct raid_array {
   bool force;                  /* assembled with --force */
   const char *member_filter;   /* open option filter the members are
                                   opened with (the array device's), or NULL */
+  unsigned member_flags;       /* VD_OPEN_* the members are opened with */
+  uint32_t timeout_ms;         /* member request timeout (descriptor) */
+  uint32_t auto_readd_s;       /* auto re-add period, 0 = off */
+  bool member_uris;            /* members may be NBD URIs: the array was
+                                  named by the operator (operator_named) */
+  pthread_t readd_thread;      /* auto re-add (raid_readd_auto_*) */
+  bool readd_running;          /* thread joinable; open/close only */
+  _Atomic bool readd_stop;
+  pthread_mutex_t readd_lock;  /* with readd_cond: the thread's sleep */
+  pthread_cond_t readd_cond;
   uint64_t stripe_bytes;       /* array bytes per row: ops->row_bytes */
   uint64_t region;             /* lock unit in member bytes */
 
@@ -427,6 +461,15 @@ int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
                       void *opaque);
 
 /* ---- members.c ---- */
+/* Re-add SLOT (failed, same device): reopen its path, check its superblock
+ * (this array, this slot, this device, failed recently enough that the
+ * bitmap covers everything it missed) and install it as rebuilding by
+ * re-add (only marked regions are copied).  No rebuild is started. */
+int raid_readd_install(struct raid_array *a, int slot);
+/* Auto re-add (descriptor option auto-re-add): a thread that retries
+ * failed members named by NBD URIs every a->auto_readd_s seconds. */
+void raid_readd_auto_start(struct raid_array *a);
+void raid_readd_auto_stop(struct raid_array *a);
 /* Path to store in descriptor DESC for member PATH: relative to the
  * descriptor's folder when below it, else absolute (malloc'd; NULL on
  * out of memory). */

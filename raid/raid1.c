@@ -14,10 +14,12 @@
 
 #include "raid/raid.h"
 
+/* A member to read from, or -1.  Write-mostly members (a mirror over a
+ * slow link) are read only when no other member can serve the range. */
 static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
                       const bool *tried)
 {
-  int best = -1;
+  int best = -1, slow = -1;
   unsigned best_load = ~0u;
   unsigned start = (unsigned)(atomic_fetch_add(&a->rr, 1) % a->n);
   for (unsigned k = 0; k < a->n; k++) {
@@ -25,6 +27,11 @@ static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
     if (tried[i] || !raid_member_usable(a, (int)i, off) ||
         !raid_member_usable(a, (int)i, off + len - 1))
       continue;
+    if (a->m[i].write_mostly) {
+      if (slow < 0)
+        slow = (int)i;
+      continue;
+    }
     if (atomic_load(&a->m[i].next_read) == off)
       return (int)i;
     unsigned load = atomic_load(&a->m[i].inflight);
@@ -33,7 +40,7 @@ static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
       best = (int)i;
     }
   }
-  return best;
+  return best >= 0 ? best : slow;
 }
 
 /* A member could not read [off, off+len): rewrite it from the good copy

@@ -110,6 +110,7 @@ static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
     raid_member_failed(a, slot, r);
     return r;
   }
+  atomic_store(&m->readd, false);
   atomic_store(&m->state, RAID_ROLE_ACTIVE);
   return raid_sb_update(a);
 }
@@ -134,9 +135,24 @@ static int raid_rebuild_row(struct raid_array *a, int slot, uint8_t *scratch)
     return 1;
   uint64_t s = off / c;
   raid_stripe_lock(a, s);
-  int r = a->ops->rebuild_row_locked(a, off, slot, scratch);
-  if (r == 0)
+  /* Re-add: a row whose region the bitmap does not mark is already good
+   * on the member.  Decided under the row's lock: a writer sets its bit
+   * before it takes the lock and picks the members it writes under it, so
+   * a write to this row either set the bit before we looked (then we
+   * copy) or finds the recovery offset past the row (then it writes the
+   * member itself). */
+  bool skip = false;
+  if (atomic_load(&m->readd) && a->bm) {
+    uint64_t ri = off / a->sb.bitmap_region;
+    pthread_mutex_lock(&a->bm_lock);
+    skip = !(a->bm[ri / 8] & (1u << (ri % 8)));
+    pthread_mutex_unlock(&a->bm_lock);
+  }
+  int r = skip ? 0 : a->ops->rebuild_row_locked(a, off, slot, scratch);
+  if (r == 0) {
     atomic_store(&m->recovery, off + c);
+    atomic_fetch_add(skip ? &m->readd_skipped : &m->readd_copied, c);
+  }
   raid_stripe_unlock(a, s);
   if (r < 0) {
     /* The new member failed, or a source did (then the array failed). */
@@ -272,15 +288,10 @@ int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
  * rebuild_active is set for that time, so no background thread starts
  * (raid_rebuild_start) and a second owner is refused. */
 
-int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
-                          const char *newformat)
+/* Make the caller the owner of the rebuild of SLOT, just installed. */
+static int raid_rebuild_own(struct raid_array *a, int slot)
 {
-  if (atomic_load(&a->rebuild_caller))
-    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
-                        "or cancel it", a->desc_path);
-  int r = raid_replace_install(a, slot, newpath, newformat);
-  if (r < 0)
-    return r;
+  int r = 0;
   pthread_mutex_lock(&a->sb_lock);
   if (atomic_load(&a->rebuild_active)) {
     r = vd_set_error(EBUSY, "%s: slot %d installed, but a background rebuild "
@@ -295,6 +306,25 @@ int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
   }
   pthread_mutex_unlock(&a->sb_lock);
   return r;
+}
+
+int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
+                          const char *newformat)
+{
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
+  int r = raid_replace_install(a, slot, newpath, newformat);
+  return r < 0 ? r : raid_rebuild_own(a, slot);
+}
+
+int vd_raid_re_add_begin(struct raid_array *a, int slot)
+{
+  if (atomic_load(&a->rebuild_caller))
+    return vd_set_error(EBUSY, "%s: a rebuild job is running: wait for it "
+                        "or cancel it", a->desc_path);
+  int r = raid_readd_install(a, slot);
+  return r < 0 ? r : raid_rebuild_own(a, slot);
 }
 
 int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,

@@ -17,8 +17,10 @@
  *  56    8  events                          0 16 device UUID of slot i
  *  64    8  array size (bytes)             16  4 state (0 active, 1 faulty,
  *  72    8  data offset (bytes)                      2 rebuilding)
- *  80    8  data size per member           20  4 zero
+ *  80    8  data size per member           20  4 flags (bit 0: rebuilding
+ *                                                  by re-add)
  *  88    8  resync offset                  24  8 recovery offset
+ *                                                (faulty: failed at events)
  *  96    8  bitmap offset (bytes)     1536 .. 4091 zero
  * 104    8  bitmap region (bytes)     4092  4 CRC-32C of bytes 0..4091
  * 112    4  bitmap size (bytes)
@@ -85,6 +87,7 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *b)
     uint8_t *r = b + 512 + 32 * i;
     memcpy(r, sb->role[i].dev_uuid, 16);
     vd_put_le32(r + 16, sb->role[i].state);
+    vd_put_le32(r + 20, sb->role[i].flags);
     vd_put_le64(r + 24, sb->role[i].recovery_offset);
   }
   vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
@@ -133,6 +136,7 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
     const uint8_t *r = b + 512 + 32 * i;
     memcpy(sb->role[i].dev_uuid, r, 16);
     sb->role[i].state = vd_get_le32(r + 16);
+    sb->role[i].flags = vd_get_le32(r + 20);
     sb->role[i].recovery_offset = vd_get_le64(r + 24);
   }
 
@@ -204,6 +208,16 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
     if (r->state > RAID_ROLE_REBUILDING)
       return vd_set_error(EINVAL, "%s: RAID role %u state %u invalid", what,
                           i, r->state);
+    if (r->flags & ~RAID_ROLE_F_READD ||
+        (r->flags && (r->state != RAID_ROLE_REBUILDING ||
+                      sb->bitmap_bytes == 0)))
+      return vd_set_error(EINVAL, "%s: RAID role %u flags %#x invalid", what,
+                          i, r->flags);
+    if (r->state == RAID_ROLE_FAULTY && r->recovery_offset > sb->events)
+      return vd_set_error(EINVAL, "%s: RAID role %u failed in the future "
+                          "(events %llu > %llu)", what, i,
+                          (unsigned long long)r->recovery_offset,
+                          (unsigned long long)sb->events);
     if (r->state == RAID_ROLE_REBUILDING &&
         r->recovery_offset > sb->data_size)
       return vd_set_error(EINVAL, "%s: RAID role %u recovery offset past the "
@@ -270,7 +284,9 @@ int raid_uuid_parse(const char *s, uint8_t *u)
  * "members N" gives the slot count; one "member SLOT FORMAT PATH" line per
  * slot that has a device ("-" = probe the format);
  * PATH is the rest of the line and is relative to the descriptor's
- * directory unless absolute.  Lines starting with '#' are comments.  At
+ * directory unless absolute or an NBD URI (docs/remote.md).  Options:
+ * "member-timeout SECONDS" (default 5, 0 = none), "auto-re-add SECONDS"
+ * (0 = off), "write-mostly SLOT" (one line per slot).  Lines starting with '#' are comments.  At
  * most 64 KiB.
  */
 
@@ -320,7 +336,7 @@ int raid_desc_read(const char *path, struct raid_desc *d)
   }
   close(fd);
   int ret = 0;
-  bool have_uuid = false, have_count = false;
+  bool have_uuid = false, have_count = false, have_timeout = false;
   unsigned lineno = 0, count = 0;
   if (len > 65536) {
     ret = vd_set_error(EINVAL, "%s: RAID descriptor larger than 64 KiB", path);
@@ -383,6 +399,37 @@ int raid_desc_read(const char *path, struct raid_desc *d)
       }
       if (slot + 1 > d->nmembers)
         d->nmembers = (unsigned)slot + 1;
+    } else if (strncmp(line, "member-timeout ", 15) == 0 ||
+               strncmp(line, "auto-re-add ", 12) == 0) {
+      /* Whole seconds, or with a fraction for the timeout ("0.5"). */
+      bool tmo = line[1] == 'e';
+      const char *v = line + (tmo ? 15 : 12);
+      char *end;
+      errno = 0;
+      double sec = strtod(v, &end);
+      if (end == v || *end || errno || !(sec >= 0) ||
+          sec > RAID_MAX_TIMEOUT_S || (!tmo && sec != (double)(uint32_t)sec)) {
+        ret = vd_set_error(EINVAL, "%s: line %u: expected '%s SECONDS' "
+                           "(0 to %u)", path, lineno,
+                           tmo ? "member-timeout" : "auto-re-add",
+                           RAID_MAX_TIMEOUT_S);
+        goto out;
+      }
+      if (tmo) {
+        d->timeout_ms = (uint32_t)(sec * 1000 + 0.5);
+        have_timeout = true;
+      } else {
+        d->auto_readd_s = (uint32_t)sec;
+      }
+    } else if (strncmp(line, "write-mostly ", 13) == 0) {
+      char *end;
+      unsigned long slot = strtoul(line + 13, &end, 10);
+      if (end == line + 13 || *end || slot >= RAID_MAX_MEMBERS) {
+        ret = vd_set_error(EINVAL, "%s: line %u: expected 'write-mostly "
+                           "SLOT'", path, lineno);
+        goto out;
+      }
+      d->write_mostly[slot] = true;
     } else {
       ret = vd_set_error(EINVAL, "%s: line %u: unknown keyword", path, lineno);
       goto out;
@@ -396,6 +443,12 @@ int raid_desc_read(const char *path, struct raid_desc *d)
                        path, d->nmembers - 1, count);
   else
     d->nmembers = count;
+  if (ret == 0 && !have_timeout)
+    d->timeout_ms = RAID_DEFAULT_TIMEOUT_MS;
+  for (unsigned i = count; ret == 0 && i < RAID_MAX_MEMBERS; i++)
+    if (d->write_mostly[i])
+      ret = vd_set_error(EINVAL, "%s: write-mostly names slot %u of %u",
+                         path, i, count);
 out:
   free(text);
   if (ret < 0)
@@ -487,6 +540,14 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
     if (d->member[i])
       fprintf(f, "member %u %s %s\n", i, d->format[i] ? d->format[i] : "-",
               d->member[i]);
+  if (d->timeout_ms != RAID_DEFAULT_TIMEOUT_MS)
+    fprintf(f, "member-timeout %u.%03u\n", d->timeout_ms / 1000,
+            d->timeout_ms % 1000);
+  if (d->auto_readd_s)
+    fprintf(f, "auto-re-add %u\n", d->auto_readd_s);
+  for (unsigned i = 0; i < d->nmembers; i++)
+    if (d->write_mostly[i])
+      fprintf(f, "write-mostly %u\n", i);
   if (fclose(f) != 0) {
     free(text);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
@@ -499,6 +560,8 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
 int raid_check_member_type(const char *path)
 {
   struct stat st;
+  if (vd_is_nbd_uri(path))
+    return 0;   /* an export: nothing local to block on */
   if (stat(path, &st) != 0)
     return 0;
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
@@ -509,7 +572,7 @@ int raid_check_member_type(const char *path)
 
 char *raid_desc_resolve(const char *desc_path, const char *member)
 {
-  if (member[0] == '/')
+  if (member[0] == '/' || vd_is_nbd_uri(member))
     return strdup(member);
   const char *slash = strrchr(desc_path, '/');
   if (!slash)

@@ -25,17 +25,20 @@ const char vt_usage_raid[] =
   "Usage: vdtool raid create -l 0|1|5 [-c CHUNK] [--size SIZE [-f FMT]]\n"
   "                          [--policy resync|bitmap|ppl] [--bitmap-region SIZE]\n"
   "                          [--assume-clean] [--name NAME] [--force]\n"
-  "                          ARRAY MEMBER...\n"
+  "                          [--member-timeout SECONDS] [--auto-re-add SECONDS]\n"
+  "                          [--write-mostly MEMBER]... ARRAY MEMBER...\n"
   "       vdtool raid detail [--output=human|json] ARRAY\n"
   "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
   "       vdtool raid status [--output=human|json] ARRAY\n"
   "       vdtool raid fail ARRAY MEMBER\n"
   "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
+  "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
   "\n"
   "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
-  "vdisk-nbd ARRAY).  MEMBER is a path or a slot number.\n"
+  "vdisk-nbd ARRAY).  MEMBER is a path, an NBD URI (nbd://HOST:PORT/EXPORT,\n"
+  "nbd+unix:///EXPORT?socket=PATH: a remote member) or a slot number.\n"
   "\n"
   "  create     write a superblock on every MEMBER and the descriptor ARRAY;\n"
   "             with --size, create the member files (format -f, default raw).\n"
@@ -45,7 +48,11 @@ const char vt_usage_raid[] =
   "             are zeroed unless --assume-clean.  A MEMBER that holds\n"
   "             another array's superblock, a filesystem, swap, LUKS, LVM2\n"
   "             or a partition table is refused (named) unless --force; on\n"
-  "             a terminal vdtool asks instead.\n"
+  "             a terminal vdtool asks instead.  --member-timeout: a member\n"
+  "             request unanswered this long fails the member (default 5,\n"
+  "             0 = wait forever; NBD members).  --auto-re-add: retry failed\n"
+  "             NBD members every SECONDS (default off).  --write-mostly\n"
+  "             (RAID1): reads avoid MEMBER (a mirror over a slow link).\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
   "             the superblocks; works on an array that will not start)\n"
   "  status     the live state from the process serving ARRAY (rebuild and\n"
@@ -63,14 +70,19 @@ const char vt_usage_raid[] =
   "             with ^C and it resumes from its checkpoint on the next open\n"
   "             or 'vdtool raid rebuild')\n"
   "  rebuild    resume a checkpointed rebuild in the foreground\n"
+  "  re-add     put a failed MEMBER back (the same device, reachable again)\n"
+  "             and copy only the regions the write-intent bitmap marked\n"
+  "             while it was out; prints the bytes copied\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
-  "scrub and status are performed by that process (online), through its\n"
+  "re-add, scrub and status are performed by that process (online), through its\n"
   "control socket, found in the runtime entry it keeps for ARRAY\n"
   "($VDISK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for\n"
   "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
+
+#define RAID_CLI_MAX 32
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
                         struct raid_array **a)
@@ -93,10 +105,18 @@ static int raid_cmd_create(int argc, char **argv)
     { "assume-clean", no_argument, NULL, 'A' },
     { "name", required_argument, NULL, 'n' },
     { "force", no_argument, NULL, 'F' },
+    { "member-timeout", required_argument, NULL, 'T' },
+    { "auto-re-add", required_argument, NULL, 'R' },
+    { "write-mostly", required_argument, NULL, 'W' },
     { NULL, 0, NULL, 0 }
   };
   struct vd_raid_create_args ca = { .level = -1, .policy = -1,
                                     .member_format = "raw" };
+  const char *wm[RAID_CLI_MAX] = { NULL };
+  unsigned nwm = 0;
+  bool wmflag[RAID_CLI_MAX] = { false };
+  char *end;
+  double sec;
   uint64_t v;
   int c;
   optind = 1;
@@ -132,6 +152,28 @@ static int raid_cmd_create(int argc, char **argv)
     case 'A': ca.assume_clean = true; break;
     case 'n': ca.name = optarg; break;
     case 'F': ca.force = true; break;
+    case 'T':
+      sec = strtod(optarg, &end);
+      if (end == optarg || *end || !(sec >= 0) || sec > 3600)
+        return vt_bad_usage("raid", "--member-timeout takes 0 to 3600 "
+                            "seconds, not '%s'", optarg);
+      ca.member_timeout_ms = sec == 0 ? VD_RAID_NO_TIMEOUT
+                             : (uint32_t)(sec * 1000 + 0.5);
+      if (ca.member_timeout_ms == 0)
+        ca.member_timeout_ms = 1;
+      break;
+    case 'R':
+      v = strtoull(optarg, &end, 10);
+      if (end == optarg || *end || v > 3600)
+        return vt_bad_usage("raid", "--auto-re-add takes 0 to 3600 seconds, "
+                            "not '%s'", optarg);
+      ca.auto_readd_s = (uint32_t)v;
+      break;
+    case 'W':
+      if (nwm == RAID_CLI_MAX)
+        return vt_bad_usage("raid", "too many --write-mostly");
+      wm[nwm++] = optarg;
+      break;
     default: return vt_bad_option("raid", argv);
     }
   }
@@ -141,6 +183,17 @@ static int raid_cmd_create(int argc, char **argv)
     return vt_bad_usage("raid", "create needs ARRAY and its MEMBERs");
   ca.nmembers = (unsigned)(argc - optind - 1);
   ca.members = (const char *const *)argv + optind + 1;
+  for (unsigned k = 0; k < nwm; k++) {
+    bool found = false;
+    for (unsigned i = 0; i < ca.nmembers && i < RAID_CLI_MAX; i++)
+      if (!strcmp(wm[k], ca.members[i]))
+        wmflag[i] = found = true;
+    if (!found)
+      return vt_bad_usage("raid", "--write-mostly %s: not one of the "
+                          "MEMBERs", wm[k]);
+  }
+  if (nwm)
+    ca.write_mostly = wmflag;
   if (access(argv[optind], F_OK) == 0) {
     vt_error("%s: already exists (remove it first)", argv[optind]);
     return VT_EXIT_ERR;
@@ -765,6 +818,104 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
   return VT_EXIT_OK;
 }
 
+/* Print the last re-add's numbers of SLOT from a query-vdisk-raid object. */
+static void raid_print_readd(const char *desc, int slot, json_t *o)
+{
+  json_t *m = json_array_get(json_object_get(o, "members"), (size_t)slot);
+  json_t *ra = json_object_get(m, "re-add");
+  uint64_t copied = (uint64_t)json_integer_value(json_object_get(ra,
+                                                                 "copied"));
+  uint64_t skipped = (uint64_t)json_integer_value(json_object_get(ra,
+                                                                  "skipped"));
+  uint64_t size = (uint64_t)json_integer_value(json_object_get(
+                    o, "member-data-size"));
+  printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
+         "(%" PRIu64 " skipped: regions not written while it was out)\n",
+         desc, slot, copied, size, skipped);
+}
+
+static int raid_cmd_re_add(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+    { "rate", required_argument, NULL, 'r' },
+    { "no-wait", no_argument, NULL, 'N' },
+    { NULL, 0, NULL, 0 }
+  };
+  uint64_t rate = 0;
+  bool wait = true;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'r':
+      if (vd_parse_size(optarg, &rate) < 0)
+        return vt_bad_usage("raid", "invalid rate '%s'", optarg);
+      break;
+    case 'N': wait = false; break;
+    default: return vt_bad_option("raid", argv);
+    }
+  }
+  if (argc - optind != 2)
+    return vt_bad_usage("raid", "re-add needs ARRAY MEMBER");
+  const char *desc = argv[optind];
+  int slot = raid_slot_of(desc, argv[optind + 1]);
+  if (slot < 0)
+    return VT_EXIT_ERR;
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0)
+    return VT_EXIT_ERR;
+  if (on) {
+    char id[64];
+    snprintf(id, sizeof id, "vdtool-re-add-%ld", (long)getpid());
+    int rc = VT_EXIT_OK;
+    if (raid_exec(q, "vdisk-raid-re-add",
+                  json_pack("{s:s, s:i, s:s, s:I}", "device", name, "member",
+                            slot, "job-id", id, "speed", (json_int_t)rate),
+                  NULL) < 0)
+      rc = VT_EXIT_ERR;
+    else if (wait && raid_follow_job(q, desc, id, "re-add", NULL, NULL) < 0)
+      rc = VT_EXIT_ERR;
+    if (rc == VT_EXIT_OK && wait) {
+      json_t *o = raid_query(q, name);
+      if (!o)
+        rc = VT_EXIT_ERR;
+      else
+        raid_print_readd(desc, slot, o);
+      json_decref(o);
+    }
+    vt_qmp_close(q);
+    return rc;
+  }
+  struct vd_dev *dev;
+  struct raid_array *a;
+  if (raid_open_rw(desc, &dev, &a) < 0)
+    return VT_EXIT_ERR;
+  struct vt_progress prog = { .enabled = isatty(2) };
+  int r = vd_raid_re_add(a, slot, rate, vt_progress_cb, &prog);
+  vt_progress_end(&prog);
+  struct vd_raid_status *st = r == 0 ? malloc(sizeof *st) : NULL;
+  if (r == 0 && (!st || vd_raid_status(a, st) < 0))
+    r = -1;
+  if (r < 0) {
+    free(st);
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
+         "(%" PRIu64 " skipped: regions not written while it was out)\n",
+         desc, slot, st->m[slot].readd_copied, st->member_data_size,
+         st->m[slot].readd_skipped);
+  free(st);
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
 /* The scrub report event of our job (raid_follow_job's SEEN). */
 struct raid_scrub_seen {
   char id[64];
@@ -886,6 +1037,7 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "fail")) return raid_cmd_fail(argc, argv);
   if (!strcmp(sub, "replace")) return raid_cmd_replace(argc, argv, false);
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
+  if (!strcmp(sub, "re-add")) return raid_cmd_re_add(argc, argv);
   if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
   if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
     vt_usage("raid", stdout);

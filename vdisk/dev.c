@@ -199,6 +199,7 @@ dev_open(const struct vd_dev *child, const char *path,
   }
   dev->real = uri ? NULL : realpath(path, NULL);
   dev->uri_ok = uri;
+  dev->operator_named = allow_uri;
   dev->child = child;
   /* A read-only format is opened read-only whatever was asked, so that
    * serving it "writable" does not take the exclusive image lock. */

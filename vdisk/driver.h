@@ -88,6 +88,10 @@ struct vd_dev {
    * --backing), never one read out of an image: only then does the nbd
    * driver connect (docs/SECURITY.md). */
   bool uri_ok;
+  /* PATH was named by the operator (vd_open and friends, --backing), not
+   * read out of an image: a composition may then follow the NBD URIs its
+   * own operator-written file names (a RAID descriptor's members). */
+  bool operator_named;
   bool read_only;
   bool strict_align;          /* writes must be logical_block aligned */
   uint64_t size;              /* virtual size in bytes; set by open */

@@ -27,10 +27,21 @@
  *
  * A connection that drops fails its requests with EIO naming the URI.
  * libnbd has no connect timeout: we connect non-blocking
- * (nbd_aio_connect_uri) and poll up to a deadline (NBDC_CONNECT_MS).
- * Requests themselves wait for the server as long as the socket is open
- * (a killed server closes it; a stopped one is the RAID member timeout's
- * business, issue 14 item 2).
+ * (nbd_aio_connect_uri) and poll up to a deadline (the open option
+ * timeout_ms, else NBDC_CONNECT_MS).
+ *
+ * Request timeout (open option timeout_ms; a RAID array passes its member
+ * timeout): every request is issued with nbd_aio_* and its completion
+ * polled up to a deadline, so a stopped or unreachable server cannot hold
+ * a request thread forever.  A request that misses its deadline fails
+ * with ETIMEDOUT and gives the whole device up: its handle is never polled
+ * again (libnbd writes a read's reply into the caller's buffer only while
+ * we poll, so the buffer the caller frees is never touched), every later
+ * request fails at once, and close neither flushes nor waits for a
+ * goodbye.  Reconnecting is reopening (RAID re-add does that).  Without a
+ * timeout a request waits as long as the socket is open (a killed server
+ * closes it).  Close sends NBD_CMD_DISC and waits for the server at most
+ * the connect deadline.
  */
 #include <config.h>
 
@@ -57,7 +68,7 @@
 
 struct nbdc_conn {
   struct nbd_handle *h;
-  pthread_mutex_t lock;
+  pthread_mutex_t lock;        /* held for a request's whole exchange */
 };
 
 struct nbdc_priv {
@@ -67,6 +78,8 @@ struct nbdc_priv {
   bool can_fua, can_flush, can_trim, can_zero, can_fast_zero, can_bs;
   bool multi_conn;
   uint32_t min_bs, pref_bs, max_bs;
+  unsigned timeout_ms;         /* request deadline, 0 = none */
+  atomic_bool given_up;        /* a request timed out: the device is dead */
 };
 
 static const char *const nbdc_schemes[] = {
@@ -109,10 +122,19 @@ nbdc_now_ms(void)
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Connect a new handle to DEV's URI within NBDC_CONNECT_MS. */
+static int
+nbdc_connect_ms(const struct nbdc_priv *p)
+{
+  return p->timeout_ms && p->timeout_ms < INT32_MAX ? (int)p->timeout_ms
+                                                    : NBDC_CONNECT_MS;
+}
+
+/* Connect a new handle to DEV's URI within the connect deadline. */
 static int
 nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
 {
+  struct nbdc_priv *p = dev->priv;
+  int ms = nbdc_connect_ms(p);
   struct nbd_handle *h = nbd_create();
   if (!h)
     return vd_set_error(ENOMEM, "%s: %s", dev->path, nbd_get_error());
@@ -127,7 +149,7 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
     nbd_close(h);
     return r;
   }
-  long long deadline = nbdc_now_ms() + NBDC_CONNECT_MS;
+  long long deadline = nbdc_now_ms() + ms;
   while (!nbd_aio_is_ready(h)) {
     if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
       r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EIO,
@@ -138,7 +160,7 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
     long long left = deadline - nbdc_now_ms();
     if (left <= 0) {
       r = vd_set_error(ETIMEDOUT, "%s: cannot connect: no NBD handshake "
-                       "within %d ms", dev->path, NBDC_CONNECT_MS);
+                       "within %d ms", dev->path, ms);
       break;
     }
     if (nbd_poll(h, (int)left) == -1) {
@@ -155,12 +177,28 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
   return 0;
 }
 
+/* Say goodbye (NBD_CMD_DISC) and wait for the server to close, at most
+ * the connect deadline: nbd_shutdown would wait without a bound. */
+static void
+nbdc_disconnect(struct nbdc_priv *p, struct nbd_handle *h)
+{
+  if (atomic_load(&p->given_up) || !nbd_aio_is_ready(h) ||
+      nbd_aio_disconnect(h, 0) == -1)
+    return;
+  long long deadline = nbdc_now_ms() + nbdc_connect_ms(p);
+  while (!nbd_aio_is_closed(h) && !nbd_aio_is_dead(h)) {
+    long long left = deadline - nbdc_now_ms();
+    if (left <= 0 || nbd_poll(h, (int)left) == -1)
+      break;
+  }
+}
+
 static void
 nbdc_close(struct vd_dev *dev)
 {
   struct nbdc_priv *p = dev->priv;
   for (int i = 0; i < p->nconn; i++) {
-    nbd_shutdown(p->conn[i].h, 0);
+    nbdc_disconnect(p, p->conn[i].h);
     nbd_close(p->conn[i].h);
     pthread_mutex_destroy(&p->conn[i].lock);
   }
@@ -174,6 +212,7 @@ nbdc_open(struct vd_dev *dev)
   if (!dev->uri_ok)
     return vd_set_error(EPERM, "%s: the nbd driver opens only NBD URIs the "
                         "operator names", dev->path);
+  p->timeout_ms = dev->opts.timeout_ms;
   struct nbd_handle *h;
   int r = nbdc_connect(dev, &h);
   if (r < 0)
@@ -248,6 +287,58 @@ nbdc_put(struct nbdc_conn *c)
   pthread_mutex_unlock(&c->lock);
 }
 
+/* Wait for request COOKIE on C (locked) until it completes or the
+ * device's deadline passes; a miss gives the device up (see the top). */
+static int
+nbdc_wait(struct vd_dev *dev, struct nbdc_conn *c, int64_t cookie,
+          const char *op)
+{
+  struct nbdc_priv *p = dev->priv;
+  if (cookie == -1)
+    return nbdc_error(dev, c->h, op);
+  long long deadline = p->timeout_ms ? nbdc_now_ms() + p->timeout_ms : 0;
+  for (;;) {
+    int d = nbd_aio_command_completed(c->h, (uint64_t)cookie);
+    if (d == 1)
+      return 0;
+    if (d == -1)
+      return nbdc_error(dev, c->h, op);
+    int left = -1;
+    if (deadline) {
+      long long l = deadline - nbdc_now_ms();
+      if (l <= 0) {
+        atomic_store(&p->given_up, true);
+        return vd_set_error(ETIMEDOUT, "%s: %s: no reply within %u ms "
+                            "(connection given up)", dev->path, op,
+                            p->timeout_ms);
+      }
+      left = l > INT32_MAX ? INT32_MAX : (int)l;
+    }
+    if (nbd_poll(c->h, left) == -1)
+      return nbdc_error(dev, c->h, op);
+  }
+}
+
+/* A locked connection for one request, or NULL (message set) once the
+ * device was given up. */
+static struct nbdc_conn *nbdc_get(struct nbdc_priv *p);
+static void nbdc_put(struct nbdc_conn *c);
+static struct nbdc_conn *
+nbdc_get_live(struct vd_dev *dev)
+{
+  struct nbdc_priv *p = dev->priv;
+  struct nbdc_conn *c = atomic_load(&p->given_up) ? NULL : nbdc_get(p);
+  if (c && atomic_load(&p->given_up)) {
+    /* Given up while we waited for the connection. */
+    nbdc_put(c);
+    c = NULL;
+  }
+  if (!c)
+    vd_set_error(ETIMEDOUT, "%s: connection given up after a request "
+                 "timed out (reopen to reconnect)", dev->path);
+  return c;
+}
+
 enum nbdc_op { NBDC_READ, NBDC_WRITE, NBDC_TRIM, NBDC_ZERO };
 
 /* One request split into pieces the server takes: data up to its maximum
@@ -263,12 +354,16 @@ nbdc_request(struct vd_dev *dev, enum nbdc_op op, void *buf, uint64_t len,
   uint64_t max = op <= NBDC_WRITE ? p->max_bs : NBDC_MAX_EFFECT;
   while (len > 0) {
     uint64_t n = len < max ? len : max;
-    struct nbdc_conn *c = nbdc_get(p);
-    int x = op == NBDC_READ ? nbd_pread(c->h, buf, n, off, 0)
-          : op == NBDC_WRITE ? nbd_pwrite(c->h, buf, n, off, nf)
-          : op == NBDC_TRIM ? nbd_trim(c->h, n, off, nf)
-          : nbd_zero(c->h, n, off, nf);
-    int r = x == -1 ? nbdc_error(dev, c->h, what[op]) : 0;
+    struct nbdc_conn *c = nbdc_get_live(dev);
+    if (!c)
+      return -ETIMEDOUT;
+    nbd_completion_callback none = NBD_NULL_COMPLETION;
+    int64_t ck = op == NBDC_READ ? nbd_aio_pread(c->h, buf, n, off, none, 0)
+               : op == NBDC_WRITE ? nbd_aio_pwrite(c->h, buf, n, off, none,
+                                                   nf)
+               : op == NBDC_TRIM ? nbd_aio_trim(c->h, n, off, none, nf)
+               : nbd_aio_zero(c->h, n, off, none, nf);
+    int r = nbdc_wait(dev, c, ck, what[op]);
     nbdc_put(c);
     if (r < 0)
       return r;
@@ -309,17 +404,27 @@ nbdc_flush(struct vd_dev *dev)
   struct nbdc_priv *p = dev->priv;
   if (!p->can_flush)
     return 0;   /* the server says it has no volatile cache */
+  struct nbdc_conn *c;
   if (p->multi_conn) {
     /* multi-conn: one flush covers writes completed on every connection
      * (NBD protocol).  Any connection will do. */
-    struct nbdc_conn *c = nbdc_get(p);
-    int r = nbd_flush(c->h, 0) == -1 ? nbdc_error(dev, c->h, "flush") : 0;
-    nbdc_put(c);
-    return r;
+    c = nbdc_get_live(dev);
+  } else {
+    c = atomic_load(&p->given_up) ? NULL : &p->conn[0];
+    if (c)
+      pthread_mutex_lock(&c->lock);
+    if (c && atomic_load(&p->given_up)) {
+      nbdc_put(c);
+      c = NULL;
+    }
+    if (!c)
+      vd_set_error(ETIMEDOUT, "%s: connection given up after a request "
+                   "timed out (reopen to reconnect)", dev->path);
   }
-  struct nbdc_conn *c = &p->conn[0];
-  pthread_mutex_lock(&c->lock);
-  int r = nbd_flush(c->h, 0) == -1 ? nbdc_error(dev, c->h, "flush") : 0;
+  if (!c)
+    return -ETIMEDOUT;
+  int r = nbdc_wait(dev, c, nbd_aio_flush(c->h, NBD_NULL_COMPLETION, 0),
+                    "flush");
   nbdc_put(c);
   return r;
 }
@@ -438,9 +543,12 @@ nbdc_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
     n = dev->size - s;
   struct nbdc_bs bs = { 0 };
   nbd_extent_callback cb = { .callback = nbdc_extent, .user_data = &bs };
-  struct nbdc_conn *c = nbdc_get(p);
-  int r = nbd_block_status(c->h, n, s, cb, 0) == -1
-          ? nbdc_error(dev, c->h, "block status") : 0;
+  struct nbdc_conn *c = nbdc_get_live(dev);
+  if (!c)
+    return -ETIMEDOUT;
+  int r = nbdc_wait(dev, c, nbd_aio_block_status(c->h, n, s, cb,
+                                                 NBD_NULL_COMPLETION, 0),
+                    "block status");
   nbdc_put(c);
   if (r < 0)
     return r;

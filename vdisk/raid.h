@@ -25,6 +25,8 @@ struct raid_array;
 #define VD_RAID_POLICY_BITMAP 1  /* write-intent bitmap: resync dirty regions */
 #define VD_RAID_POLICY_PPL 2     /* bitmap + partial parity log (RAID5) */
 
+/* vd_raid_create_args.member_timeout_ms: no timeout at all. */
+#define VD_RAID_NO_TIMEOUT UINT32_MAX
 struct vd_raid_create_args {
   int level;                   /* 0, 1 or 5 */
   uint32_t chunk;              /* bytes, power of two; 0 = 512 KiB */
@@ -38,6 +40,11 @@ struct vd_raid_create_args {
   const char *name;            /* optional array name */
   bool force;                  /* overwrite members that hold a filesystem,
                                   partition table or another array */
+  /* Descriptor options (docs/remote.md).  Members may be NBD URIs (never
+   * created: member_size must then be 0). */
+  uint32_t member_timeout_ms;  /* 0 = default (5 s); VD_RAID_NO_TIMEOUT */
+  uint32_t auto_readd_s;       /* retry failed URI members every N s; 0 off */
+  const bool *write_mostly;    /* NULL, or nmembers flags (RAID1) */
 };
 
 /* Create the array: superblocks on every member and the descriptor at
@@ -75,6 +82,11 @@ struct vd_raid_member_status {
   uint64_t recovery_offset;    /* REBUILDING: bytes done */
   char dev_uuid[37];
   char why[160];               /* examine: why it is not used, or "" */
+  bool write_mostly;           /* RAID1: reads avoid it */
+  bool re_adding;              /* REBUILDING by re-add (bitmap regions) */
+  uint64_t readd_copied;       /* open array: bytes the last re-add of this
+                                  slot copied ... */
+  uint64_t readd_skipped;      /* ... and skipped (regions not marked) */
 };
 
 struct vd_raid_status {
@@ -93,6 +105,9 @@ struct vd_raid_status {
   char state[64];              /* "clean", "active, degraded", ... */
   char refusal[512];           /* why it would not assemble, or "" */
   struct vd_raid_member_status m[32];
+  uint32_t member_timeout_ms;  /* open array: member request timeout (0 =
+                                  none) */
+  uint32_t auto_readd_s;       /* open array: auto re-add period, 0 = off */
 };
 
 /* Status of an open array. */
@@ -148,6 +163,22 @@ int vd_raid_replace_begin(struct raid_array *a, int slot, const char *newpath,
 int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,
                          uint64_t *total);
 void vd_raid_rebuild_end(struct raid_array *a);
+/* Re-add failed member SLOT, as mdadm --re-add: its path (an NBD export
+ * that came back, a device unplugged and plugged again) is reopened, its
+ * superblock must be this array's, this slot's and this device's, and it
+ * must have failed no earlier than the write-intent bitmap remembers
+ * (the array keeps every bit set while a member is out); then only the
+ * regions the bitmap marks are copied to it and it is active again.
+ * -ENOTSUP without a bitmap (policy resync), -ESTALE when the device is
+ * not the one that failed or missed more than the bitmap covers (replace
+ * it: a full rebuild), -EBUSY while another slot rebuilds.  The three
+ * forms follow vd_raid_replace, _start and _begin (the last one driven by
+ * vd_raid_rebuild_step / vd_raid_rebuild_end); bytes copied and skipped are
+ * in vd_raid_status (readd_copied, readd_skipped). */
+int vd_raid_re_add(struct raid_array *a, int slot, uint64_t rate,
+                   vd_progress_fn progress, void *opaque);
+int vd_raid_re_add_start(struct raid_array *a, int slot, uint64_t rate);
+int vd_raid_re_add_begin(struct raid_array *a, int slot);
 /* Resume a checkpointed rebuild, if any (no-op otherwise). */
 int vd_raid_resume_rebuild(struct raid_array *a, uint64_t rate,
                            vd_progress_fn progress, void *opaque);

@@ -69,6 +69,14 @@ struct vd_open_args {
    * has no filter of its own; the tests register "fault"
    * (tests/unit/fault.h).  NULL: none. */
   const char *filter;
+  /* Network images (nbd): a request without a reply after this many
+   * milliseconds fails with -ETIMEDOUT and the connection is given up, so
+   * every later request fails at once (the device is dead; reopen it).
+   * Also bounds the connect.  0: wait as long as the connection stays
+   * open (a killed server closes it; a stopped one is waited for).  A
+   * RAID array opens its members with its member timeout
+   * (docs/remote.md). */
+  unsigned timeout_ms;
 };
 
 /* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */

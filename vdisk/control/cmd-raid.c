@@ -6,6 +6,10 @@
  *   vdisk-raid-replace  device, member, new, [format, speed, job-id]
  *                       put NEW in MEMBER's slot; the rebuild is a block
  *                       job of type "vdisk-raid-rebuild"
+ *   vdisk-raid-re-add   device, member, [speed, job-id]
+ *                       reopen a failed member (same device, back again)
+ *                       and copy only the regions the write-intent bitmap
+ *                       marks; a block job of type "vdisk-raid-rebuild"
  *   vdisk-raid-scrub    device, [repair, speed, job-id]
  *                       a block job of type "vdisk-raid-scrub"; its report
  *                       comes as event VDISK_RAID_SCRUB_REPORT and in
@@ -187,6 +191,15 @@ static json_t *raid_status_json(const char *name, struct vd_node *node,
     if (mo && m->state == VD_RAID_STATE_REBUILDING)
       json_object_set_new(mo, "recovery-offset",
                           json_integer((json_int_t)m->recovery_offset));
+    if (mo && m->write_mostly)
+      json_object_set_new(mo, "write-mostly", json_true());
+    if (mo && m->re_adding)
+      json_object_set_new(mo, "re-adding", json_true());
+    if (mo && (m->readd_copied || m->readd_skipped))
+      json_object_set_new(mo, "re-add",
+                          json_pack("{s:I, s:I}", "copied",
+                                    (json_int_t)m->readd_copied, "skipped",
+                                    (json_int_t)m->readd_skipped));
     json_array_append_new(members, mo);
   }
   json_t *o = json_pack(
@@ -206,6 +219,13 @@ static json_t *raid_status_json(const char *name, struct vd_node *node,
                                   (json_int_t)st->rebuild_total));
   if (o && st->name[0])
     json_object_set_new(o, "name", json_string(st->name));
+  if (o) {
+    json_object_set_new(o, "member-timeout-ms",
+                        json_integer(st->member_timeout_ms));
+    json_object_set_new(o, "auto-re-add", json_integer(st->auto_readd_s));
+    json_object_set_new(o, "member-data-size",
+                        json_integer((json_int_t)st->member_data_size));
+  }
   if (o && d) {
     pthread_mutex_lock(&d->lock);
     if (d->scrub.valid)
@@ -376,6 +396,45 @@ static json_t *cmd_raid_replace(struct vc_server *s, json_t *args,
   /* The replace rewrote the descriptor (new inode): follow it. */
   if (d && d->entry && vd_raid_republish(d->entry) < 0)
     fprintf(stderr, "vdisk: %s\n", vd_error());
+  if (vc_job_start(s, id, dev, &rebuild_driver, j, speed, err) < 0)
+    return NULL;                     /* rebuild_free gave the rebuild up */
+  return json_object();
+}
+
+static json_t *cmd_raid_re_add(struct vc_server *s, json_t *args,
+                               void *opaque, struct vc_error *err)
+{
+  static const char *const known[] = { "device", "member", "speed", "rate",
+                                       "job-id", NULL };
+  struct vc_raid *r = opaque;
+  const char *dev, *id = NULL;
+  uint64_t speed;
+  struct raid_dev *d;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &dev, err) ||
+      !vc_arg_str(args, "job-id", false, &id, err) ||
+      !raid_speed_arg(args, &speed, err))
+    return NULL;
+  struct raid_array *a = raid_find(r, dev, &d, err);
+  int slot = a ? raid_member_arg(a, args, err) : -1;
+  if (slot < 0)
+    return NULL;
+  if (vc_device_busy(s, dev)) {
+    vc_error_set(err, "GenericError", "Device '%s' is busy with a block job",
+                 dev);
+    return NULL;
+  }
+  struct rebuild_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    vc_error_set(err, "GenericError", "out of memory");
+    return NULL;
+  }
+  j->a = a;
+  if (vd_raid_re_add_begin(a, slot) < 0) {
+    vc_error_set(err, "GenericError", "%s", vd_error());
+    free(j);
+    return NULL;
+  }
   if (vc_job_start(s, id, dev, &rebuild_driver, j, speed, err) < 0)
     return NULL;                     /* rebuild_free gave the rebuild up */
   return json_object();
@@ -577,6 +636,7 @@ int vc_raid_start(struct vc_raid **rp, struct vc_server **s,
     { "query-vdisk-raid", cmd_query_raid },
     { "vdisk-raid-fail", cmd_raid_fail },
     { "vdisk-raid-replace", cmd_raid_replace },
+    { "vdisk-raid-re-add", cmd_raid_re_add },
     { "vdisk-raid-scrub", cmd_raid_scrub },
   };
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
