@@ -73,3 +73,4 @@ for e in vhd vhdx; do
   (cd "x-$e" && sha256sum -c --quiet "../$e.sums") || fail "$e: files differ on the host"
   rm -rf "x-$e" "$e.raw"
 done
+echo "guest-boot: passed in $SECONDS s"

@@ -138,4 +138,4 @@ for e in vhd:vhd.vhd diff:diff.vhd vdz:over.vhd raid5:r5.vdraid; do
   fi
   rm -rf "x-$name" "$name.raw"
 done
-echo "guest-nbd-client: $(grep -c 'VDISK-CHECK PASS' console.log) guest checks passed"
+echo "guest-nbd-client: $(grep -c "VDISK-CHECK PASS" console.log) guest checks passed in $SECONDS s"
