@@ -41,7 +41,7 @@ crash_restart() {
     sleep 0.1
   done
   echo "--- restart ---" >> "$nbd_errlog"
-  vdisk_nbd --fork --pid-file "$nbd_pidfile" -t -U "$nbd_sock" "${args[@]}" 2>>"$nbd_errlog" ||
+  vdisk_nbd --fork --pid-file "$nbd_pidfile" -t -k "$nbd_sock" "${args[@]}" 2>>"$nbd_errlog" ||
     fail "vdisk-nbd did not start again: $(tail -n 3 "$nbd_errlog")"
 }
 
