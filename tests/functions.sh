@@ -90,3 +90,23 @@ wait_for_socket() {
 free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# vd_nbd_io IMAGE MODEL CMD...: the qemu-io commands CMD through vdisk-nbd
+# into IMAGE (qemu-io as the NBD client), and the same onto the raw MODEL.
+vd_nbd_io() {
+  local img=$1 model=$2; shift 2
+  local args=() c
+  for c in "$@"; do args+=(-c "$c"); done
+  vdisk_nbd -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" "$img"
+  wait_for_socket "$VD_TMP/sock"
+  qemu-io -f raw "${args[@]}" "nbd+unix:///?socket=$VD_TMP/sock" > "$VD_TMP/io.txt" ||
+    fail "qemu-io through vdisk-nbd: $(cat "$VD_TMP/io.txt")"
+  ! grep -qi 'error\|fail' "$VD_TMP/io.txt" || fail "qemu-io: $(cat "$VD_TMP/io.txt")"
+  # The server exits after its only client; wait so the image is closed.
+  for _ in $(seq 100); do
+    [ -f "$VD_TMP/pid" ] && kill -0 "$(cat "$VD_TMP/pid")" 2>/dev/null || break
+    sleep 0.05
+  done
+  rm -f "$VD_TMP/sock"
+  qemu-io -f raw "${args[@]}" "$model" >/dev/null
+}

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,6 +255,35 @@ vhdx_locator_decode(const uint8_t *item, uint32_t len,
     return vd_set_error(EINVAL, "%s: parent locator without parent_linkage",
                         where);
   return 0;
+}
+
+int
+vhdx_locator_encode(const char *const *keys, const char *const *vals, int n,
+                    uint8_t *out, size_t outlen)
+{
+  size_t pos = 20 + 12 * (size_t)n;
+  char tmp[PATH_MAX];
+  if (pos > outlen)
+    return -ENAMETOOLONG;
+  memset(out, 0, pos);
+  memcpy(out, vhdx_guid_locator_vhdx, 16);
+  vd_put_le16(out + 18, (uint16_t)n);
+  for (int i = 0; i < n; i++) {
+    uint8_t *e = out + 20 + 12 * i;
+    for (int kv = 0; kv < 2; kv++) {
+      snprintf(tmp, sizeof tmp, "%s", kv ? vals[i] : keys[i]);
+      for (char *c = tmp; *c; c++)
+        if (*c == '/')
+          *c = '\\';   /* Windows separators, as Hyper-V writes them */
+      int w = vhd_utf8_to_utf16(tmp, out + pos, outlen - pos, false);
+      if (w <= 0 || w > UINT16_MAX)
+        return -ENAMETOOLONG;
+      vd_put_le32(e + 4 * kv, (uint32_t)pos);
+      vd_put_le16(e + 8 + 2 * kv, (uint16_t)w);
+      pos += (size_t)w;
+    }
+  }
+  return (int)pos;
 }
 
 /* The item of entry E (LEN bytes expected, 0: any up to 1 MiB) into BUF. */

@@ -24,12 +24,22 @@
  *    LogGuid, so qemu and Windows open the image clean.
  * A crash at any point leaves either the old BAT entry (the block not yet
  * visible: its data was never acknowledged) or a log whose replay writes
- * the new page.  Differencing images are not written (refused).
+ * the new page.
+ *
+ * Differencing images: a write to a block that is not present, short of
+ * the whole block, makes it partially present: the data goes into a new
+ * block at the end of the file and is flushed, then one log entry carries
+ * the sector bitmap pages with the written sectors' bits set, the BAT
+ * page with the block's new entry and, for a chunk without one yet, the
+ * entry of a new sector bitmap block (appended, zeros).  Later writes to
+ * a partially present block go in place, flushed before their bits are
+ * logged; a whole-block write makes it fully present.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,7 +58,8 @@
 
 static int
 vhdx_create_opts(const char *path, const struct vd_create_args *args,
-                 bool *fixed, uint32_t *bs, uint32_t *lss)
+                 bool *fixed, uint32_t *bs, uint32_t *lss, bool *bs_set,
+                 bool *lss_set)
 {
   static const char *const known[] = { "subformat", "block_size",
                                        "logical_sector_size", NULL };
@@ -60,6 +71,7 @@ vhdx_create_opts(const char *path, const struct vd_create_args *args,
   *fixed = false;
   *bs = VHDX_DEFAULT_BLOCK;
   *lss = 512;
+  *bs_set = *lss_set = false;
   if ((r = vd_opt_get(args->options, "subformat", val, sizeof val)) < 0)
     return r;
   if (r == 1 && strcmp(val, "fixed") == 0)
@@ -76,6 +88,7 @@ vhdx_create_opts(const char *path, const struct vd_create_args *args,
       return vd_set_error(EINVAL, "%s: block_size %s is not a power of two "
                           "between 1 MiB and 256 MiB", path, val);
     *bs = (uint32_t)v;
+    *bs_set = true;
   }
   if ((r = vd_opt_get(args->options, "logical_sector_size", val,
                       sizeof val)) < 0)
@@ -87,27 +100,108 @@ vhdx_create_opts(const char *path, const struct vd_create_args *args,
       return vd_set_error(EINVAL, "%s: logical_sector_size %s (512 or "
                           "4096)", path, val);
     *lss = (uint32_t)v;
+    *lss_set = true;
   }
-  if (args->backing)
-    return vd_set_error(ENOTSUP, "%s: differencing VHDX creation (-b) is "
-                        "not supported yet", path);
+  if (args->backing && *fixed)
+    return vd_set_error(EINVAL, "%s: a fixed VHDX cannot have a parent",
+                        path);
   return 0;
+}
+
+/* The parent locator (2.6.2.6) of a new child at PATH over PARENT (open)
+ * named BACKING: parent_linkage is the parent's DataWriteGuid, then the
+ * parent's path relative to the child's folder and its absolute path (no
+ * drive letter: this host has none).  A volume_path would name a volume
+ * GUID, which a Linux host does not have: none is written.  *OUT is
+ * malloc'd. */
+static int
+vhdx_make_locator(const char *path, const char *backing,
+                  struct vd_dev *parent, uint8_t **out, uint32_t *len)
+{
+  struct vhdx_priv *pp = parent->priv;
+  char rel[PATH_MAX], abs[PATH_MAX], g[37], link[40];
+  int r = vhd_locator_paths(path, backing, rel, sizeof rel, abs, sizeof abs);
+  if (r < 0)
+    return r;
+  vhdx_guid_format(pp->header.data_write_guid, g);
+  snprintf(link, sizeof link, "{%s}", g);
+  const char *keys[3] = { "parent_linkage", "relative_path",
+                          "absolute_win32_path" };
+  const char *vals[3] = { link, rel, abs };
+  size_t cap = 20 + 12 * 3 + 2 * (sizeof "absolute_win32_path" + sizeof link
+                                  + strlen(rel) + strlen(abs)) * 2;
+  if (!(*out = malloc(cap)))
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  int n = vhdx_locator_encode(keys, vals, 3, *out, cap);
+  if (n < 0 || (uint64_t)n > VHDX_MiB - VHDX_META_TABLE_SIZE - 5 * 4096) {
+    free(*out);
+    *out = NULL;
+    return vd_set_error(ENAMETOOLONG, "%s: parent path too long for the "
+                        "parent locator", path);
+  }
+  *len = (uint32_t)n;
+  return 0;
+}
+
+/* Open the parent named by ARGS for a new child at PATH and take from it
+ * what the child inherits: the size when none is given, the block size
+ * and sector size unless given (the sector size must match: reads fall
+ * through sector by sector), and the locator. */
+static int
+vhdx_create_parent(const char *path, const struct vd_create_args *args,
+                   uint64_t *size, uint32_t *bs, bool bs_set, uint32_t *lss,
+                   bool lss_set, uint8_t **loc, uint32_t *loclen)
+{
+  struct vd_dev *parent;
+  int r = vd_open(args->backing, args->backing_format, VD_OPEN_NOLOCK,
+                  &parent);
+  if (r < 0)
+    return r;
+  if (parent->drv != &vd_vhdx_driver) {
+    r = vd_set_error(EINVAL, "%s: backing file %s is a '%s' image; a VHDX "
+                     "can only have a VHDX parent (its parent locator names "
+                     "VHDX files)", path, args->backing, vd_format(parent));
+    goto out;
+  }
+  struct vhdx_priv *pp = parent->priv;
+  if (lss_set && *lss != pp->meta.lss) {
+    r = vd_set_error(EINVAL, "%s: logical_sector_size %u differs from the "
+                     "parent's %u", path, *lss, pp->meta.lss);
+    goto out;
+  }
+  *lss = pp->meta.lss;
+  if (!bs_set)
+    *bs = pp->meta.block_size;
+  if (*size == 0)
+    *size = parent->size;
+  r = vhdx_make_locator(path, args->backing, parent, loc, loclen);
+out:
+  vd_close(parent);
+  return r;
 }
 
 int
 vhdx_create(const char *path, const struct vd_create_args *args)
 {
-  bool fixed;
-  uint32_t bs, lss;
-  int r = vhdx_create_opts(path, args, &fixed, &bs, &lss);
+  bool fixed, bs_set, lss_set;
+  uint32_t bs, lss, loclen = 0;
+  uint8_t *loc = NULL;
+  int r = vhdx_create_opts(path, args, &fixed, &bs, &lss, &bs_set, &lss_set);
   if (r < 0)
     return r;
   uint64_t size = args->size;
-  if (size == 0 || size > VHDX_MAX_SIZE || size % lss)
+  bool diff = args->backing != NULL;
+  if (diff && (r = vhdx_create_parent(path, args, &size, &bs, bs_set, &lss,
+                                      lss_set, &loc, &loclen)) < 0)
+    return r;
+  if (size == 0 || size > VHDX_MAX_SIZE || size % lss) {
+    free(loc);
     return vd_set_error(EINVAL, "%s: size %" PRIu64 " must be a non-zero "
                         "multiple of %u up to 64 TiB", path, size, lss);
+  }
   struct vhdx_meta m = { .block_size = bs, .leave_allocated = fixed,
-                         .disk_size = size, .lss = lss, .pss = 4096 };
+                         .has_parent = diff, .disk_size = size, .lss = lss,
+                         .pss = 4096 };
   uint64_t db, entries;
   uint32_t ratio;
   vhdx_bat_geometry(&m, &db, &ratio, &entries);
@@ -116,8 +210,10 @@ vhdx_create(const char *path, const struct vd_create_args *args)
   uint8_t *buf = calloc(1, VHDX_RT_SIZE);   /* the largest piece below */
   uint64_t *bat = NULL;
   struct vd_file *f = NULL;
-  if (!buf)
+  if (!buf) {
+    free(loc);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
   r = vd_file_open(path, VD_FILE_RDWR | VD_FILE_CREATE | VD_FILE_TRUNC, &f);
   if (r < 0)
     goto out;
@@ -155,28 +251,32 @@ vhdx_create(const char *path, const struct vd_create_args *args)
   for (int i = 0; i < 2; i++)
     if ((r = vd_file_pwrite(f, buf, VHDX_RT_SIZE, VHDX_RT_OFF(i))) < 0)
       goto out;
-  /* 2.6 metadata: the table, then each item at 64 KiB + 4 KiB * i. */
-  const uint8_t *ids[5] = { vhdx_guid_file_params, vhdx_guid_disk_size,
-                            vhdx_guid_page83, vhdx_guid_lss, vhdx_guid_pss };
+  /* 2.6 metadata: the table, then each item at 64 KiB + 4 KiB * i (the
+   * parent locator, which may be longer, last). */
+  const uint8_t *ids[6] = { vhdx_guid_file_params, vhdx_guid_disk_size,
+                            vhdx_guid_page83, vhdx_guid_lss, vhdx_guid_pss,
+                            vhdx_guid_parent_locator };
   uint8_t items[5][16] = { { 0 } };
-  uint32_t lens[5] = { 8, 8, 16, 4, 4 };
-  uint32_t flags[5] = { 4, 6, 6, 6, 6 };   /* IsRequired, IsVirtualDisk */
+  uint32_t lens[6] = { 8, 8, 16, 4, 4, loclen };
+  uint32_t flags[6] = { 4, 6, 6, 6, 6, 4 };   /* IsRequired, IsVirtualDisk */
+  int nitems = diff ? 6 : 5;
   vd_put_le32(items[0], bs);
-  vd_put_le32(items[0] + 4, fixed ? 1 : 0);
+  vd_put_le32(items[0] + 4, (fixed ? 1 : 0) | (diff ? 2 : 0));
   vd_put_le64(items[1], size);
   vhd_uuid_generate(items[2]);
   vd_put_le32(items[3], lss);
   vd_put_le32(items[4], m.pss);
   memset(buf, 0, VHDX_RT_SIZE);
   memcpy(buf, "metadata", 8);
-  vd_put_le16(buf + 10, 5);
-  for (int i = 0; i < 5; i++) {
+  vd_put_le16(buf + 10, (uint16_t)nitems);
+  for (int i = 0; i < nitems; i++) {
     uint8_t *e = buf + 32 + 32 * i;
     memcpy(e, ids[i], 16);
     vd_put_le32(e + 16, VHDX_META_TABLE_SIZE + 4096u * (uint32_t)i);
     vd_put_le32(e + 20, lens[i]);
     vd_put_le32(e + 24, flags[i]);
-    if ((r = vd_file_pwrite(f, items[i], lens[i], VHDX_NEW_META_OFF +
+    if ((r = vd_file_pwrite(f, i < 5 ? items[i] : loc, lens[i],
+                            VHDX_NEW_META_OFF +
                             VHDX_META_TABLE_SIZE + 4096u * (uint64_t)i)) < 0)
       goto out;
   }
@@ -202,6 +302,7 @@ vhdx_create(const char *path, const struct vd_create_args *args)
 out:
   free(buf);
   free(bat);
+  free(loc);
   vd_file_close(f);
   return r;
 }
@@ -262,104 +363,336 @@ vhdx_begin_locked(struct vd_dev *dev)
   return 0;
 }
 
-/* Write the BAT page holding entry IDX, as it is in memory with E stored
- * at IDX, through the log, then in place.  Flushes twice.  FLUSHED: a file
- * size known durable; LAST: one all structures fit in (2.3.1.1). */
+/* One 4 KiB page of metadata to change: its file offset and new bytes. */
+struct vhdx_page {
+  uint64_t off;
+  uint8_t *data;
+};
+#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
+
+/* Write the N pages PG as one log entry (one data descriptor each, its own
+ * tail, the next sequence number), flush, write them in place, flush.
+ * FLUSHED: a file size known durable; LAST: one all structures fit in
+ * (2.3.1.1). */
 static int
-vhdx_log_bat_page_locked(struct vd_dev *dev, uint64_t idx, uint64_t e,
-                         uint64_t flushed, uint64_t last)
+vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
+                      unsigned n, uint64_t flushed, uint64_t last)
 {
   struct vhdx_priv *p = dev->priv;
-  uint64_t page = idx * 8 / VHDX_LOG_SECTOR;
-  uint64_t foff = p->bat_region.off + page * VHDX_LOG_SECTOR;
-  uint8_t *ent = vd_alloc_aligned(3 * VHDX_LOG_SECTOR);
+  VD_ASSERT_HELD(&p->lock);
+  uint32_t dsec = (64 + 32 * n + VHDX_LOG_SECTOR - 1) / VHDX_LOG_SECTOR;
+  uint32_t len = (dsec + n) * VHDX_LOG_SECTOR;
+  if (n == 0 || n > VHDX_MAX_PAGES || len > p->header.log_length)
+    return vd_set_error(ENOSPC, "%s: log of %u bytes too small for an entry "
+                        "of %u pages", dev->path, p->header.log_length, n);
+  uint8_t *ent = vd_alloc_aligned(len);
   if (!ent)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  uint8_t *pg = ent + 2 * VHDX_LOG_SECTOR;
-  for (uint64_t i = 0; i < VHDX_LOG_SECTOR / 8; i++) {
-    uint64_t k = page * (VHDX_LOG_SECTOR / 8) + i;
-    uint64_t v = k >= p->bat_entries ? 0
-                 : k == idx ? e : __atomic_load_n(&p->bat[k], __ATOMIC_ACQUIRE);
-    vd_put_le64(pg + 8 * i, v);
-  }
-  /* The entry: a header sector with one data descriptor, then the data
-   * sector (2.3.1). */
-  uint32_t len = 2 * VHDX_LOG_SECTOR;
-  /* Wrapping overwrites only entries whose pages are in place: each
-   * allocation ends with the in-place write flushed. */
+  /* Wrapping overwrites only entries whose pages are in place: each entry
+   * ends with the in-place writes flushed. */
   if (p->log_pos + len > p->header.log_length)
     p->log_pos = 0;
   uint64_t seq = ++p->log_seq;
-  uint8_t *hd = ent, *ds = ent + VHDX_LOG_SECTOR;
   memset(ent, 0, len);
-  memcpy(hd, "loge", 4);
-  vd_put_le32(hd + 8, len);
-  vd_put_le32(hd + 12, p->log_pos);          /* a sequence of its own */
-  vd_put_le64(hd + 16, seq);
-  vd_put_le32(hd + 24, 1);
-  memcpy(hd + 32, p->header.log_guid, 16);
-  int r;
-  vd_put_le64(hd + 48, flushed / VHDX_MiB * VHDX_MiB);
-  vd_put_le64(hd + 56, (last + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB);
-  uint8_t *d = hd + 64;
-  memcpy(d, "desc", 4);
-  memcpy(d + 4, pg + 4092, 4);
-  memcpy(d + 8, pg, 8);
-  vd_put_le64(d + 16, foff);
-  vd_put_le64(d + 24, seq);
-  memcpy(ds, "data", 4);
-  vd_put_le32(ds + 4, (uint32_t)(seq >> 32));
-  memcpy(ds + 8, pg + 8, 4084);
-  vd_put_le32(ds + 4092, (uint32_t)seq);
-  vd_put_le32(hd + 4, vhdx_checksum(ent, len));
-  if ((r = vd_file_pwrite(dev->file, ent, len, p->header.log_offset +
-                          p->log_pos)) < 0 ||
-      (r = vd_file_flush(dev->file)) < 0 ||
-      (r = vd_file_pwrite(dev->file, pg, VHDX_LOG_SECTOR, foff)) < 0 ||
-      (r = vd_file_flush(dev->file)) < 0)
-    goto out;
-  p->log_pos += len;
-out:
+  memcpy(ent, "loge", 4);
+  vd_put_le32(ent + 8, len);
+  vd_put_le32(ent + 12, p->log_pos);          /* a sequence of its own */
+  vd_put_le64(ent + 16, seq);
+  vd_put_le32(ent + 24, n);
+  memcpy(ent + 32, p->header.log_guid, 16);
+  vd_put_le64(ent + 48, flushed / VHDX_MiB * VHDX_MiB);
+  vd_put_le64(ent + 56, (last + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB);
+  for (unsigned i = 0; i < n; i++) {
+    uint8_t *d = ent + 64 + 32 * i;
+    uint8_t *ds = ent + (dsec + i) * VHDX_LOG_SECTOR;
+    memcpy(d, "desc", 4);
+    memcpy(d + 4, pg[i].data + 4092, 4);
+    memcpy(d + 8, pg[i].data, 8);
+    vd_put_le64(d + 16, pg[i].off);
+    vd_put_le64(d + 24, seq);
+    memcpy(ds, "data", 4);
+    vd_put_le32(ds + 4, (uint32_t)(seq >> 32));
+    memcpy(ds + 8, pg[i].data + 8, 4084);
+    vd_put_le32(ds + 4092, (uint32_t)seq);
+  }
+  vd_put_le32(ent + 4, vhdx_checksum(ent, len));
+  int r = vd_file_pwrite(dev->file, ent, len, p->header.log_offset +
+                         p->log_pos);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  for (unsigned i = 0; i < n && r == 0; i++)
+    r = vd_file_pwrite(dev->file, pg[i].data, VHDX_LOG_SECTOR, pg[i].off);
+  if (r == 0 && (r = vd_file_flush(dev->file)) == 0)
+    p->log_pos += len;
   vd_free_aligned(ent);
   return r;
 }
 
+/* BAT entries about to change: NSET pairs of index and new value. */
+struct vhdx_bat_set {
+  uint64_t idx[2], val[2];
+  unsigned n;
+};
+
+/* Add the BAT pages holding the entries of S, with those entries changed,
+ * to PG (*N pages, BUF room for them).  Lock held. */
+static void
+vhdx_bat_pages_locked(struct vhdx_priv *p, const struct vhdx_bat_set *s,
+                      struct vhdx_page *pg, unsigned *n, uint8_t *buf)
+{
+  for (unsigned k = 0; k < s->n; k++) {
+    uint64_t page = s->idx[k] * 8 / VHDX_LOG_SECTOR;
+    uint64_t foff = p->bat_region.off + page * VHDX_LOG_SECTOR;
+    bool have = false;
+    for (unsigned j = 0; j < *n; j++)
+      have |= pg[j].off == foff;
+    if (have)
+      continue;
+    uint8_t *d = buf + (size_t)*n * VHDX_LOG_SECTOR;
+    for (uint64_t i = 0; i < VHDX_LOG_SECTOR / 8; i++) {
+      uint64_t e, idx = page * (VHDX_LOG_SECTOR / 8) + i;
+      e = idx >= p->bat_entries ? 0
+          : __atomic_load_n(&p->bat[idx], __ATOMIC_ACQUIRE);
+      for (unsigned j = 0; j < s->n; j++)
+        if (s->idx[j] == idx)
+          e = s->val[j];
+      vd_put_le64(d + 8 * i, e);
+    }
+    pg[*n].off = foff;
+    pg[*n].data = d;
+    (*n)++;
+  }
+}
+
+/* Publish S's entries to readers, once their pages are in place. */
+static void
+vhdx_bat_publish(struct vhdx_priv *p, const struct vhdx_bat_set *s)
+{
+  for (unsigned k = 0; k < s->n; k++)
+    __atomic_store_n(&p->bat[s->idx[k]], s->val[k], __ATOMIC_RELEASE);
+}
+
+/* Append LEN bytes of room at the end of the file, 1 MiB aligned, holding
+ * BUF (N bytes at BOFF; the rest reads as zeros): *AT gets its offset.
+ * The file grows by writing (not ftruncate): the data, then zeros at the
+ * end when the data does not reach it, so the whole range lies inside the
+ * file as other readers expect. */
+static int
+vhdx_append_locked(struct vd_dev *dev, uint64_t len, const uint8_t *buf,
+                   uint64_t n, uint64_t boff, uint64_t *at)
+{
+  uint64_t fsz;
+  int r = vd_file_size(dev->file, &fsz);
+  if (r < 0)
+    return r;
+  *at = (fsz + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB;
+  if (*at + len > VHDX_MAX_FILE || *at >> 20 >= (UINT64_C(1) << 44))
+    return vd_set_error(EFBIG, "%s: file too large for another block",
+                        dev->path);
+  static const uint8_t zeros[VHDX_LOG_SECTOR];
+  uint64_t tail = len - (boff + n);
+  uint64_t z = tail < sizeof zeros ? tail : sizeof zeros;
+  if ((n && (r = vd_file_pwrite(dev->file, buf, n, *at + boff)) < 0) ||
+      (z && (r = vd_file_pwrite(dev->file, zeros, z, *at + len - z)) < 0))
+    return r;
+  return 0;
+}
+
 /* Give block BLK a place at the end of the file holding BUF (N bytes at
- * BOFF in the block; the rest reads as zeros) and record it.  Lock held. */
+ * BOFF in the block; the rest reads as zeros) and record it fully
+ * present.  Lock held. */
 static int
 vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
                         uint64_t n, uint64_t boff)
 {
   struct vhdx_priv *p = dev->priv;
-  uint32_t bs = p->meta.block_size;
-  uint64_t fsz;
+  uint64_t fsz, at;
+  int r = vd_file_size(dev->file, &fsz);
+  if (r < 0 || (r = vhdx_append_locked(dev, p->meta.block_size, buf, n, boff,
+                                       &at)) < 0)
+    return r;
+  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
+                            .val = { at | VHDX_PB_FULLY_PRESENT } };
+  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
+  struct vhdx_page pg[1];
+  unsigned np = 0;
+  if (!pages)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
+  /* The grown file, block and data, is durable before the log names it
+   * (see the top of this file): FlushedFileOffset is then the new size. */
+  r = vd_file_flush(dev->file);
+  if (r == 0)
+    r = vhdx_log_pages_locked(dev, pg, np, at + p->meta.block_size,
+                              at + p->meta.block_size);
+  vd_free_aligned(pages);
+  if (r < 0)
+    return r;
+  p->file_size = at + p->meta.block_size;
+  vhdx_bat_publish(p, &s);
+  return 0;
+}
+
+/* ---- differencing images: partially present blocks ---- */
+
+/* Set the sector bitmap bits of sectors [FIRST, FIRST+COUNT) of block BLK
+ * (sector bitmap block at SBOFF) in pages added to PG (BUF room); pages
+ * whose bits are all set already are left out.  Lock held. */
+static int
+vhdx_sb_pages_locked(struct vd_dev *dev, uint64_t sboff, uint64_t blk,
+                     uint64_t first, uint64_t count, struct vhdx_page *pg,
+                     unsigned *n, uint8_t *buf)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t bit0 = (blk % p->chunk_ratio) * p->sectors_per_block + first;
+  uint64_t bit1 = bit0 + count;              /* exclusive */
+  const uint64_t pbits = VHDX_LOG_SECTOR * 8;
+  for (uint64_t page = bit0 / pbits; page * pbits < bit1; page++) {
+    uint8_t *d = buf + (size_t)*n * VHDX_LOG_SECTOR;
+    int r = vhdx_fread(dev, d, VHDX_LOG_SECTOR,
+                       sboff + page * VHDX_LOG_SECTOR);
+    if (r < 0)
+      return r;
+    bool changed = false;
+    uint64_t lo = page * pbits > bit0 ? page * pbits : bit0;
+    uint64_t hi = (page + 1) * pbits < bit1 ? (page + 1) * pbits : bit1;
+    for (uint64_t b = lo; b < hi; b++) {
+      uint8_t *byte = d + (b - page * pbits) / 8, m = (uint8_t)(1u << (b % 8));
+      if (!(*byte & m)) {
+        *byte |= m;
+        changed = true;
+      }
+    }
+    if (!changed)
+      continue;
+    pg[*n].off = sboff + page * VHDX_LOG_SECTOR;
+    pg[*n].data = d;
+    (*n)++;
+  }
+  return 0;
+}
+
+/* Write BUF (N bytes at BOFF) into block BLK of a differencing image whose
+ * entry is E (not present or partially present): the data goes into the
+ * block (appended first if not present), is flushed (the sector bitmap
+ * must never name sectors the file does not hold yet), then the sector
+ * bitmap bits, the chunk's sector bitmap block (appended when it has none)
+ * and the BAT entries go through the log in one entry.  Lock held. */
+static int
+vhdx_write_partial_locked(struct vd_dev *dev, uint64_t blk, uint64_t e,
+                          const uint8_t *buf, uint64_t n, uint64_t boff)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint32_t bs = p->meta.block_size, lss = p->meta.lss;
+  uint64_t sbidx = (blk / p->chunk_ratio) * (p->chunk_ratio + 1) +
+                   p->chunk_ratio;
+  uint64_t sbe = __atomic_load_n(&p->bat[sbidx], __ATOMIC_ACQUIRE);
+  struct vhdx_bat_set s = { .n = 0 };
+  uint64_t fsz, at, end;
   int r = vd_file_size(dev->file, &fsz);
   if (r < 0)
     return r;
-  uint64_t at = (fsz + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB;
-  if (at + bs > VHDX_MAX_FILE || at >> 20 >= (UINT64_C(1) << 44))
-    return vd_set_error(EFBIG, "%s: file too large for another block",
-                        dev->path);
-  /* The file grows by writing (not ftruncate): the data, then zeros at
-   * the block's end when the data does not reach it, so the whole block
-   * lies inside the file as other readers expect. */
-  static const uint8_t zeros[VHDX_LOG_SECTOR];
-  uint64_t tail = bs - (boff + n);
-  uint64_t z = tail < sizeof zeros ? tail : sizeof zeros;
-  if ((r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0 ||
-      (z && (r = vd_file_pwrite(dev->file, zeros, z, at + bs - z)) < 0))
+  end = fsz;
+  if (VHDX_BAT_STATE(sbe) != VHDX_SB_PRESENT) {
+    if ((r = vhdx_append_locked(dev, VHDX_SB_SIZE, NULL, 0, 0, &at)) < 0)
+      return r;
+    sbe = at | VHDX_SB_PRESENT;
+    s.idx[s.n] = sbidx;
+    s.val[s.n++] = sbe;
+    end = at + VHDX_SB_SIZE;
+  }
+  if (VHDX_BAT_STATE(e) == VHDX_PB_NOT_PRESENT) {
+    if ((r = vhdx_append_locked(dev, bs, buf, n, boff, &at)) < 0)
+      return r;
+    s.idx[s.n] = blk + blk / p->chunk_ratio;
+    s.val[s.n++] = at | VHDX_PB_PARTIALLY_PRESENT;
+    end = at + bs;
+  } else if ((r = vd_file_pwrite(dev->file, buf, n, VHDX_BAT_OFFSET(e) +
+                                 boff)) < 0) {
     return r;
-  /* The grown file, block and data, is durable before the log names it
-   * (see the top of this file): FlushedFileOffset is then the new size. */
-  if ((r = vd_file_flush(dev->file)) < 0)
+  }
+  uint8_t *pages = vd_alloc_aligned((size_t)VHDX_MAX_PAGES * VHDX_LOG_SECTOR);
+  struct vhdx_page pg[VHDX_MAX_PAGES];
+  unsigned np = 0;
+  if (!pages)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  /* A new sector bitmap block is all zeros in the file already. */
+  r = vhdx_sb_pages_locked(dev, VHDX_BAT_OFFSET(sbe), blk, boff / lss,
+                           n / lss, pg, &np, pages);
+  if (r == 0 && np + 2 > VHDX_MAX_PAGES)
+    r = vd_set_error(EIO, "%s: sector bitmap update too large", dev->path);
+  if (r < 0)
+    goto out;
+  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
+  if (np == 0)
+    goto out;                 /* every sector was this image's already */
+  /* Data and growth durable before the log names them (as above). */
+  if ((r = vd_file_flush(dev->file)) < 0 ||
+      (r = vhdx_log_pages_locked(dev, pg, np, end, end)) < 0)
+    goto out;
+  if (end > p->file_size)
+    p->file_size = end;
+  vhdx_bat_publish(p, &s);
+out:
+  vd_free_aligned(pages);
+  return r;
+}
+
+/* A partially present block written whole becomes fully present: the
+ * data in place, flushed, then the entry through the log.  Lock held. */
+static int
+vhdx_fill_partial_locked(struct vd_dev *dev, uint64_t blk, uint64_t e,
+                         const uint8_t *buf)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t fsz;
+  int r = vd_file_pwrite(dev->file, buf, p->meta.block_size,
+                         VHDX_BAT_OFFSET(e));
+  if (r < 0 || (r = vd_file_size(dev->file, &fsz)) < 0 ||
+      (r = vd_file_flush(dev->file)) < 0)
     return r;
-  uint64_t idx = blk + blk / p->chunk_ratio;
-  uint64_t e = at | VHDX_PB_FULLY_PRESENT;
-  if ((r = vhdx_log_bat_page_locked(dev, idx, e, at + bs, at + bs)) < 0)
-    return r;
-  p->file_size = at + bs;
-  __atomic_store_n(&p->bat[idx], e, __ATOMIC_RELEASE);
-  return 0;
+  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
+                            .val = { VHDX_BAT_OFFSET(e) |
+                                     VHDX_PB_FULLY_PRESENT } };
+  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
+  struct vhdx_page pg[1];
+  unsigned np = 0;
+  if (!pages)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
+  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
+  vd_free_aligned(pages);
+  if (r == 0)
+    vhdx_bat_publish(p, &s);
+  return r;
+}
+
+/* Write into block BLK, whose entry is not fully present, under the lock
+ * (allocation and sector bitmaps change metadata). */
+static int
+vhdx_write_slow(struct vd_dev *dev, uint64_t blk, const uint8_t *b,
+                uint64_t n, uint64_t boff)
+{
+  struct vhdx_priv *p = dev->priv;
+  pthread_mutex_lock(&p->lock);
+  int r = vhdx_begin_locked(dev);
+  if (r == 0) {
+    /* Someone else may have allocated meanwhile. */
+    uint64_t e = vhdx_payload_entry(p, blk);
+    unsigned st = VHDX_BAT_STATE(e);
+    bool whole = n == p->meta.block_size;
+    if (st == VHDX_PB_FULLY_PRESENT)
+      r = vd_file_pwrite(dev->file, b, n, VHDX_BAT_OFFSET(e) + boff);
+    else if (st == VHDX_PB_PARTIALLY_PRESENT && whole)
+      r = vhdx_fill_partial_locked(dev, blk, e, b);
+    else if (p->meta.has_parent && !whole &&
+             (st == VHDX_PB_NOT_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT))
+      r = vhdx_write_partial_locked(dev, blk, e, b, n, boff);
+    else
+      r = vhdx_alloc_block_locked(dev, blk, b, n, boff);
+  }
+  pthread_mutex_unlock(&p->lock);
+  return r;
 }
 
 int
@@ -370,9 +703,6 @@ vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   const uint8_t *b = buf;
   uint32_t bs = p->meta.block_size;
   (void)flags;
-  if (p->meta.has_parent)
-    return vd_set_error(ENOTSUP, "%s: writing to a differencing VHDX is not "
-                        "supported yet", dev->path);
   pthread_mutex_lock(&p->lock);
   int r = vhdx_begin_locked(dev);
   pthread_mutex_unlock(&p->lock);
@@ -380,20 +710,10 @@ vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
     uint64_t blk = off / bs, boff = off % bs;
     uint64_t n = bs - boff < len ? bs - boff : len;
     uint64_t e = vhdx_payload_entry(p, blk);
-    if (VHDX_BAT_STATE(e) == VHDX_PB_FULLY_PRESENT) {
+    if (VHDX_BAT_STATE(e) == VHDX_PB_FULLY_PRESENT)
       r = vd_file_pwrite(dev->file, b, n, VHDX_BAT_OFFSET(e) + boff);
-    } else {
-      /* Allocate under the lock; someone else may have meanwhile. */
-      pthread_mutex_lock(&p->lock);
-      if ((r = vhdx_begin_locked(dev)) == 0) {
-        e = vhdx_payload_entry(p, blk);
-        if (VHDX_BAT_STATE(e) == VHDX_PB_FULLY_PRESENT)
-          r = vd_file_pwrite(dev->file, b, n, VHDX_BAT_OFFSET(e) + boff);
-        else
-          r = vhdx_alloc_block_locked(dev, blk, b, n, boff);
-      }
-      pthread_mutex_unlock(&p->lock);
-    }
+    else
+      r = vhdx_write_slow(dev, blk, b, n, boff);
     b += n;
     off += n;
     len -= n;

@@ -547,10 +547,12 @@ vhdx_open(struct vd_dev *dev)
 /* ---- reads ---- */
 
 static uint64_t
-vhdx_sb_entry(const struct vhdx_priv *p, uint64_t blk)
+vhdx_sb_entry(struct vhdx_priv *p, uint64_t blk)
 {
-  return p->bat[(blk / p->chunk_ratio) * (p->chunk_ratio + 1) +
-                p->chunk_ratio];
+  /* Writers store new entries (vhdx-write.c). */
+  return __atomic_load_n(&p->bat[(blk / p->chunk_ratio) *
+                                 (p->chunk_ratio + 1) + p->chunk_ratio],
+                         __ATOMIC_ACQUIRE);
 }
 
 /* What this layer says of [OFF, OFF+LEN) inside one block: how many bytes

@@ -181,6 +181,11 @@ int vhdx_meta_read(vhdx_read_fn read, void *opaque, uint64_t region_off,
 int vhdx_locator_decode(const uint8_t *item, uint32_t len,
                         struct vhdx_locator *loc, const char *where);
 
+/* Encode a VHDX parent locator of N KEYS and VALS ('/' becomes '\\')
+ * into OUT.  Returns its length or -ENAMETOOLONG when OUTLEN is short. */
+int vhdx_locator_encode(const char *const *keys, const char *const *vals,
+                        int n, uint8_t *out, size_t outlen);
+
 /* BAT geometry for M: payload blocks, chunk ratio and the entries the BAT
  * must hold (2.5). */
 void vhdx_bat_geometry(const struct vhdx_meta *m, uint64_t *data_blocks,

@@ -21,6 +21,13 @@ blocks, and dirty logs.
   vhdxgen.py expect IMG OUT [--parent-raw P]
       Writes the virtual content this tool intended (from its side file
       IMG.expect.json) to OUT.
+  vhdxgen.py read IMG OUT
+      An independent reader: checks IMG (checksums of the current header
+      and region table, a clean log, BAT entries inside the file, no two
+      blocks, sector bitmaps or regions overlapping, the parent's
+      DataWriteGuid equal to parent_linkage) and writes its virtual content
+      to OUT, following relative_path to the parents.  Exits 1 with a line
+      on stderr on anything it does not accept.
 """
 import argparse, json, os, random, struct, sys, uuid
 
@@ -335,6 +342,127 @@ def expect_out(a):
             buf[o:o + l] = bytearray(l)
     open(a.out, "wb").write(bytes(buf))
 
+class Bad(Exception):
+    pass
+
+def read_image(path, depth=0):
+    """The virtual content of PATH (bytes), parents followed."""
+    if depth > 16:
+        raise Bad("chain too deep")
+    f = open(path, "rb")
+    fsize = os.fstat(f.fileno()).st_size
+    if f.read(8) != b"vhdxfile":
+        raise Bad("%s: no file type identifier" % path)
+    best = None
+    for i in (1, 2):
+        f.seek(i * 64 * 1024)
+        h = f.read(4096)
+        if h[0:4] != b"head" or struct.unpack_from("<I", h, 4)[0] != crc32c(h[:4] + b"\0" * 4 + h[8:]):
+            continue
+        seq, fwg, dwg, logg = struct.unpack_from("<Q16s16s16s", h, 8)
+        if best is None or seq > best[0]:
+            best = (seq, fwg, dwg, logg, struct.unpack_from("<IQ", h, 68))
+    if best is None:
+        raise Bad("%s: no valid header" % path)
+    if best[3] != b"\0" * 16:
+        raise Bad("%s: log not clean (LogGuid set)" % path)
+    log_len, log_off = best[4]
+    f.seek(192 * 1024)
+    rt = f.read(65536)
+    if rt[0:4] != b"regi" or struct.unpack_from("<I", rt, 4)[0] != crc32c(rt[:4] + b"\0" * 4 + rt[8:]):
+        raise Bad("%s: region table 1 invalid" % path)
+    bat_off, bs, lss, size, diff = load(f)
+    reg = {}
+    for i in range(struct.unpack_from("<I", rt, 8)[0]):
+        g, off, ln, _ = struct.unpack_from("<16sQII", rt, 16 + 32 * i)
+        reg[g] = (off, ln)
+    used = [(0, MiB, "header section"), (log_off, log_len, "log"),
+            (reg[BAT][0], reg[BAT][1], "BAT"), (reg[META][0], reg[META][1], "metadata")]
+    ratio, db, total = geometry(size, bs, lss, diff)
+    f.seek(bat_off)
+    bat = struct.unpack("<%dQ" % total, f.read(8 * total))
+    out = bytearray(size)
+    parent = None
+    if diff:
+        mo = reg[META][0]
+        f.seek(mo)
+        mt = f.read(65536)
+        loc = None
+        for i in range(struct.unpack_from("<H", mt, 10)[0]):
+            g, off, ln, _ = struct.unpack_from("<16sIII", mt, 32 + 32 * i)
+            if g == LOC:
+                f.seek(mo + off)
+                loc = f.read(ln)
+        if loc is None or loc[0:16] != LOC_VHDX:
+            raise Bad("%s: no VHDX parent locator" % path)
+        kv = {}
+        for i in range(struct.unpack_from("<H", loc, 18)[0]):
+            ko, vo, kl, vl = struct.unpack_from("<IIHH", loc, 20 + 12 * i)
+            kv[loc[ko:ko + kl].decode("utf-16-le")] = loc[vo:vo + vl].decode("utf-16-le")
+        ppath = os.path.join(os.path.dirname(path), kv["relative_path"].replace("\\", "/"))
+        with open(ppath, "rb") as pf:
+            pdwg = read_current_header(pf)[2]
+        if uuid.UUID(kv["parent_linkage"].strip("{}")).bytes_le != pdwg:
+            raise Bad("%s: parent %s: DataWriteGuid is not parent_linkage" % (path, ppath))
+        parent = read_image(ppath, depth + 1)
+        out[:min(size, len(parent))] = parent[:size]
+    sbs = {}
+    for c in range(-(-db // ratio)):
+        if c * (ratio + 1) + ratio >= total:
+            break
+        e = bat[c * (ratio + 1) + ratio]
+        if e & 7 == 6:
+            o = (e >> 20) << 20
+            if o + MiB > fsize:
+                raise Bad("%s: sector bitmap %d outside the file" % (path, c))
+            used.append((o, MiB, "sector bitmap %d" % c))
+            f.seek(o)
+            sbs[c] = f.read(MiB)
+        elif e & 7 != 0:
+            raise Bad("%s: sector bitmap entry %d state %d" % (path, c, e & 7))
+    spb = bs // lss
+    for b in range(db):
+        e = bat[b + b // ratio]
+        st, o = e & 7, (e >> 20) << 20
+        lo, n = b * bs, min(bs, size - b * bs)
+        if st in (1, 2, 3) or (st == 0 and not diff):
+            out[lo:lo + n] = bytes(n)
+        elif st == 0:
+            pass
+        elif st in (6, 7):
+            if o < MiB or o >= fsize:
+                raise Bad("%s: block %d outside the file" % (path, b))
+            used.append((o, bs, "block %d" % b))
+            f.seek(o)
+            data = f.read(n)
+            data += bytes(n - len(data))
+            if st == 6:
+                out[lo:lo + n] = data
+                continue
+            if not diff or (b // ratio) not in sbs:
+                raise Bad("%s: block %d partially present without a sector bitmap" % (path, b))
+            bm = sbs[b // ratio]
+            first = (b % ratio) * spb
+            for s in range(n // lss):
+                k = first + s
+                if bm[k // 8] >> (k % 8) & 1:
+                    out[lo + s * lss:lo + (s + 1) * lss] = data[s * lss:(s + 1) * lss]
+        else:
+            raise Bad("%s: block %d state %d" % (path, b, st))
+    used.sort()
+    for (a, al, an), (b2, bl, bn) in zip(used, used[1:]):
+        if a + al > b2:
+            raise Bad("%s: %s and %s overlap" % (path, an, bn))
+    return bytes(out)
+
+def read_out(a):
+    try:
+        data = read_image(a.img)
+    except (Bad, OSError, KeyError, struct.error) as e:
+        print("vhdxgen read: %s" % e, file=sys.stderr)
+        sys.exit(1)
+    open(a.out, "wb").write(data)
+
 def main():
     ap = argparse.ArgumentParser()
     sp = ap.add_subparsers(dest="cmd", required=True)
@@ -361,8 +489,12 @@ def main():
     e.add_argument("img")
     e.add_argument("out")
     e.add_argument("--parent-raw")
+    r = sp.add_parser("read")
+    r.add_argument("img")
+    r.add_argument("out")
     a = ap.parse_args()
-    {"create": create, "dirty": dirty, "expect": expect_out}[a.cmd](a)
+    {"create": create, "dirty": dirty, "expect": expect_out,
+     "read": read_out}[a.cmd](a)
 
 if __name__ == "__main__":
     main()
