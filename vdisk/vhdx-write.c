@@ -309,6 +309,7 @@ out:
 
 /* ---- the session and the log ---- */
 
+
 /* The first write of a session: new FileWriteGuid and DataWriteGuid (the
  * disk's content is about to change) and a LogGuid for the entries to
  * come, in both headers, before anything else is modified. */
@@ -667,6 +668,238 @@ vhdx_fill_partial_locked(struct vd_dev *dev, uint64_t blk, uint64_t e,
   return r;
 }
 
+/* ---- zero and unmapped blocks (discard, write-zeroes) ---- */
+
+/* Whether block BLK, in the zero or unmapped state, may take back the
+ * space at OFF its entry kept (2.5.1.1 leaves FileOffsetMB in place for
+ * such blocks): inside the file, clear of the header section, the log,
+ * the regions and every other entry's space.  A hostile entry must not
+ * make a write land on metadata.  Lock held. */
+static bool
+vhdx_reusable_locked(struct vd_dev *dev, uint64_t blk, uint64_t off)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t bs = p->meta.block_size, me = blk + blk / p->chunk_ratio;
+  if (off < VHDX_MiB || off + bs > p->file_size ||
+      vhdx_overlap(off, bs, p->header.log_offset, p->header.log_length) ||
+      vhdx_overlap(off, bs, p->bat_region.off, p->bat_region.len) ||
+      vhdx_overlap(off, bs, p->meta_region.off, p->meta_region.len))
+    return false;
+  for (uint64_t i = 0; i < p->bat_entries; i++) {
+    uint64_t e = __atomic_load_n(&p->bat[i], __ATOMIC_ACQUIRE);
+    bool sb = i % (p->chunk_ratio + 1) == p->chunk_ratio;
+    uint64_t o = VHDX_BAT_OFFSET(e), len = sb ? VHDX_SB_SIZE : bs;
+    if (i != me && o && VHDX_BAT_STATE(e) != VHDX_PB_NOT_PRESENT &&
+        vhdx_overlap(off, bs, o, len))
+      return false;
+  }
+  return true;
+}
+
+/* Give block BLK (zero or unmapped) its old space at AT back, holding BUF
+ * (N bytes at BOFF, zeros elsewhere): the space zeroed and written and
+ * flushed before the entry says fully present.  Lock held. */
+static int
+vhdx_reuse_block_locked(struct vd_dev *dev, uint64_t blk, uint64_t at,
+                        const uint8_t *buf, uint64_t n, uint64_t boff)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t fsz;
+  int r = vd_file_zero(dev->file, at, p->meta.block_size, false, false);
+  if (r < 0 || (r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0 ||
+      (r = vd_file_flush(dev->file)) < 0 ||
+      (r = vd_file_size(dev->file, &fsz)) < 0)
+    return r;
+  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
+                            .val = { at | VHDX_PB_FULLY_PRESENT } };
+  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
+  struct vhdx_page pg[1];
+  unsigned np = 0;
+  if (!pages)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
+  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
+  vd_free_aligned(pages);
+  if (r == 0)
+    vhdx_bat_publish(p, &s);
+  return r;
+}
+
+/* Put the whole blocks [B0, B1) into STATE (zero or unmapped), a BAT page
+ * at a time through the log; their space stays recorded in the entries
+ * (a later write reuses it) and is punched out of the file once the
+ * entries are in place.  Blocks that already read as zeros without file
+ * space in this layer are left alone.  Lock held. */
+static int
+vhdx_set_state_locked(struct vd_dev *dev, uint64_t b0, uint64_t b1,
+                      unsigned state)
+{
+  struct vhdx_priv *p = dev->priv;
+  const uint64_t per_page = VHDX_LOG_SECTOR / 8;
+  uint32_t bs = p->meta.block_size;
+  uint64_t *idx = malloc(per_page * sizeof *idx * 2);
+  uint8_t *pg = vd_alloc_aligned(VHDX_LOG_SECTOR);
+  int r = 0;
+  if (!idx || !pg) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+    goto out;
+  }
+  uint64_t *val = idx + per_page;
+  for (uint64_t b = b0; b < b1 && r == 0;) {
+    uint64_t page = (b + b / p->chunk_ratio) / per_page;
+    unsigned n = 0;
+    for (; b < b1 && (b + b / p->chunk_ratio) / per_page == page; b++) {
+      uint64_t i = b + b / p->chunk_ratio;
+      uint64_t e = __atomic_load_n(&p->bat[i], __ATOMIC_ACQUIRE);
+      unsigned st = VHDX_BAT_STATE(e);
+      bool held = st == VHDX_PB_FULLY_PRESENT ||
+                  st == VHDX_PB_PARTIALLY_PRESENT;
+      if (st == state ||
+          (!held && st != VHDX_PB_NOT_PRESENT && state == VHDX_PB_ZERO) ||
+          (st == VHDX_PB_NOT_PRESENT && !p->meta.has_parent))
+        continue;           /* reads as zeros already, holds no space */
+      idx[n] = i;
+      val[n++] = (held || st == VHDX_PB_ZERO || st == VHDX_PB_UNMAPPED
+                  ? VHDX_BAT_OFFSET(e) : 0) | state;
+    }
+    if (n == 0)
+      continue;
+    for (uint64_t k = 0; k < per_page; k++) {
+      uint64_t i = page * per_page + k;
+      uint64_t e = i >= p->bat_entries ? 0
+                   : __atomic_load_n(&p->bat[i], __ATOMIC_ACQUIRE);
+      for (unsigned j = 0; j < n; j++)
+        if (idx[j] == i)
+          e = val[j];
+      vd_put_le64(pg + 8 * k, e);
+    }
+    struct vhdx_page one = { p->bat_region.off + page * VHDX_LOG_SECTOR, pg };
+    uint64_t fsz;
+    if ((r = vd_file_size(dev->file, &fsz)) < 0 ||
+        (r = vhdx_log_pages_locked(dev, &one, 1, fsz, fsz)) < 0)
+      break;
+    for (unsigned j = 0; j < n; j++) {
+      uint64_t old = __atomic_exchange_n(&p->bat[idx[j]], val[j],
+                                         __ATOMIC_ACQ_REL);
+      unsigned st = VHDX_BAT_STATE(old);
+      /* Give the space back to the host (reads of the block no longer
+       * reach it); a file system that cannot keeps it allocated. */
+      if ((st == VHDX_PB_FULLY_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT) &&
+          vd_file_punch(dev->file, VHDX_BAT_OFFSET(old), bs) < 0)
+        vd_clear_error();
+    }
+  }
+out:
+  free(idx);
+  vd_free_aligned(pg);
+  return r;
+}
+
+/* The whole blocks inside [OFF, OFF+LEN): [*B0, *B1), the last block
+ * counting whole when the range reaches the end of the disk. */
+static void
+vhdx_whole_blocks(struct vd_dev *dev, uint64_t off, uint64_t len,
+                  uint64_t *b0, uint64_t *b1)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint32_t bs = p->meta.block_size;
+  *b0 = (off + bs - 1) / bs;
+  *b1 = off + len == dev->size ? p->data_blocks : (off + len) / bs;
+  if (*b1 < *b0)
+    *b1 = *b0;
+}
+
+/* Write zeros through pwrite over [OFF, OFF+LEN). */
+static int
+vhdx_write_zero_bytes(struct vd_dev *dev, uint64_t off, uint64_t len)
+{
+  static const uint8_t zeros[1u << 16];
+  int r = 0;
+  while (r == 0 && len) {
+    uint64_t n = len < sizeof zeros ? len : sizeof zeros;
+    r = vhdx_pwrite(dev, zeros, n, off, 0);
+    off += n;
+    len -= n;
+  }
+  return r;
+}
+
+/* Whether this layer reads [OFF, OFF+LEN) (inside one block) as zeros
+ * without the parent: a block in a zero state, or not present in an
+ * image without a parent. */
+static bool
+vhdx_reads_zero(struct vd_dev *dev, uint64_t off)
+{
+  struct vhdx_priv *p = dev->priv;
+  unsigned st = VHDX_BAT_STATE(vhdx_payload_entry(p, off /
+                                                  p->meta.block_size));
+  return st == VHDX_PB_ZERO || st == VHDX_PB_UNMAPPED ||
+         st == VHDX_PB_UNDEFINED ||
+         (st == VHDX_PB_NOT_PRESENT && !p->meta.has_parent);
+}
+
+int
+vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                  unsigned flags)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint32_t bs = p->meta.block_size;
+  uint64_t b0, b1;
+  if ((flags & VD_REQ_NO_HOLE) || p->meta.leave_allocated) {
+    /* Stay allocated: zeros written (fixed images keep every block). */
+    if (flags & VD_REQ_FAST_ZERO)
+      return vd_set_error(ENOTSUP, "%s: zeros would be written slowly",
+                          dev->path);
+    return vhdx_write_zero_bytes(dev, off, len);
+  }
+  vhdx_whole_blocks(dev, off, len, &b0, &b1);
+  int r = 0;
+  /* The partial head and tail: zeros written where they do not read as
+   * zeros already. */
+  uint64_t head_end = b0 < b1 ? b0 * bs : off + len;
+  for (uint64_t o = off; r == 0 && o < head_end;) {
+    uint64_t n = (o / bs + 1) * bs - o;
+    if (n > head_end - o)
+      n = head_end - o;
+    if (!vhdx_reads_zero(dev, o))
+      r = vhdx_write_zero_bytes(dev, o, n);
+    o += n;
+  }
+  if (r < 0 || b0 >= b1)
+    return r;
+  pthread_mutex_lock(&p->lock);
+  if ((r = vhdx_begin_locked(dev)) == 0)
+    r = vhdx_set_state_locked(dev, b0, b1, VHDX_PB_ZERO);
+  pthread_mutex_unlock(&p->lock);
+  uint64_t tail = b1 * bs;
+  if (r == 0 && tail < off + len && !vhdx_reads_zero(dev, tail))
+    r = vhdx_write_zero_bytes(dev, tail, off + len - tail);
+  return r;
+}
+
+int
+vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t b0, b1;
+  (void)flags;
+  /* Advisory: only whole blocks, and never in a fixed image (its blocks
+   * stay allocated).  In a differencing image an unmapped block might
+   * show the parent's data to some readers: zero it instead. */
+  if (p->meta.leave_allocated)
+    return 0;
+  vhdx_whole_blocks(dev, off, len, &b0, &b1);
+  if (b0 >= b1)
+    return 0;
+  pthread_mutex_lock(&p->lock);
+  int r = vhdx_begin_locked(dev);
+  if (r == 0)
+    r = vhdx_set_state_locked(dev, b0, b1, p->meta.has_parent
+                              ? VHDX_PB_ZERO : VHDX_PB_UNMAPPED);
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
 /* Write into block BLK, whose entry is not fully present, under the lock
  * (allocation and sector bitmaps change metadata). */
 static int
@@ -688,6 +921,9 @@ vhdx_write_slow(struct vd_dev *dev, uint64_t blk, const uint8_t *b,
     else if (p->meta.has_parent && !whole &&
              (st == VHDX_PB_NOT_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT))
       r = vhdx_write_partial_locked(dev, blk, e, b, n, boff);
+    else if ((st == VHDX_PB_ZERO || st == VHDX_PB_UNMAPPED) &&
+             vhdx_reusable_locked(dev, blk, VHDX_BAT_OFFSET(e)))
+      r = vhdx_reuse_block_locked(dev, blk, VHDX_BAT_OFFSET(e), b, n, boff);
     else
       r = vhdx_alloc_block_locked(dev, blk, b, n, boff);
   }

@@ -152,12 +152,6 @@ vhdx_replay_log(struct vd_dev *dev, uint64_t fsz)
 
 /* ---- regions, metadata, BAT ---- */
 
-static bool
-vhdx_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
-  return a < b + blen && b < a + alen;
-}
-
 static int
 vhdx_load_regions(struct vd_dev *dev)
 {
@@ -759,6 +753,8 @@ const struct vd_driver vd_vhdx_driver = {
   .pread = vhdx_pread,
   .pwrite = vhdx_pwrite,
   .flush = vhdx_flush,
+  .discard = vhdx_discard,
+  .write_zeroes = vhdx_write_zeroes,
   .block_status = vhdx_block_status,
   .info = vhdx_info,
 };

@@ -101,6 +101,13 @@ enum {
   VHDX_SB_NOT_PRESENT = 0, VHDX_SB_PRESENT = 6,
 };
 
+/* Whether [A, A+ALEN) and [B, B+BLEN) share a byte. */
+static inline bool
+vhdx_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+  return a < b + blen && b < a + alen;
+}
+
 /* Known GUIDs, in binary form. */
 extern const uint8_t vhdx_guid_bat[16], vhdx_guid_metadata[16],
   vhdx_guid_file_params[16], vhdx_guid_disk_size[16], vhdx_guid_page83[16],
@@ -284,5 +291,14 @@ int vhdx_create(const char *path, const struct vd_create_args *args);
 int vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
                 unsigned flags);
 int vhdx_flush(struct vd_dev *dev);
+/* vd_driver ops: whole blocks become ZERO (write-zeroes; discard in a
+ * differencing image) or UNMAPPED (discard) through the log, their space
+ * kept in the entry for reuse and punched out of the file; partial blocks
+ * get zeros written (write-zeroes) or nothing (discard); fixed images and
+ * VD_REQ_NO_HOLE keep their blocks and get zeros written. */
+int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                      unsigned flags);
+int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
+                 unsigned flags);
 
 #endif /* VDISK_VHDX_H */

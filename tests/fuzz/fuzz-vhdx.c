@@ -144,6 +144,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       vhdx_pwrite(&dev, buf, lb, 0, 0);
       vhdx_pwrite(&dev, buf, lb, (dev.size / 2) / lb * lb, 0);
       vhdx_pwrite(&dev, buf, lb, dev.size - lb, 0);
+      /* Block states: a whole block zeroed and discarded (kept space
+       * taken back by the next write), a partial range zeroed. */
+      uint64_t bs = priv.meta.block_size, span = 2 * bs;
+      if (span <= dev.size) {
+        vhdx_write_zeroes(&dev, 0, span, 0);
+        vhdx_discard(&dev, span <= dev.size - span ? span : 0, span, 0);
+        vhdx_pwrite(&dev, buf, lb, lb, 0);
+        vhdx_pwrite(&dev, buf, lb, span + lb < dev.size ? span : 0, 0);
+      }
+      vhdx_write_zeroes(&dev, lb, lb, 0);
     }
     vhdx_flush(&dev);
     vhdx_close(&dev);

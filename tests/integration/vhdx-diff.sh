@@ -86,7 +86,8 @@ vdtool info --backing-chain c2.vhdx | grep -c 'subformat: differencing' | grep -
 # Writing into the parent changes its DataWriteGuid: the child refuses it.
 cp base.vhdx b2.vhdx
 vdtool create -q -f vhdx -b b2.vhdx k.vhdx
-vd_nbd_io b2.vhdx /dev/null 'write -P 0x71 0 512' 2>/dev/null || true
+cp base.raw scratch.raw
+vd_nbd_io b2.vhdx scratch.raw 'write -P 0x71 0 512'
 expect_error 'does not match: its DataWriteGuid' vdtool info k.vhdx
 
 # 4096-byte sectors: the child inherits them.

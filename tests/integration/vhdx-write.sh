@@ -56,7 +56,6 @@ expect_error 'block_size 3M' vdtool create -q -f vhdx -o block_size=3M x.vhdx 1G
 expect_error 'logical_sector_size 1024' vdtool create -q -f vhdx -o logical_sector_size=1024 x.vhdx 1G
 expect_error 'subformat' vdtool create -q -f vhdx -o subformat=sparse x.vhdx 1G
 expect_error 'multiple of 4096' vdtool create -q -f vhdx -o logical_sector_size=4096 x.vhdx 5000
-expect_error 'differencing VHDX creation' vdtool create -q -f vhdx -b e.vhdx x.vhdx
 
 # Writing into an image qemu made: qemu still reads it as the source.
 qemu-img create -q -f vhdx -o block_size=1M into.vhdx $size

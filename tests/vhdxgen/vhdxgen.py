@@ -28,6 +28,10 @@ blocks, and dirty logs.
       DataWriteGuid equal to parent_linkage) and writes its virtual content
       to OUT, following relative_path to the parents.  Exits 1 with a line
       on stderr on anything it does not accept.
+  vhdxgen.py states IMG
+      Prints each payload block's BAT entry: "BLOCK STATE OFFSET" (state
+      0 not present, 1 undefined, 2 zero, 3 unmapped, 6 fully present,
+      7 partially present; the offset in bytes).
 """
 import argparse, json, os, random, struct, sys, uuid
 
@@ -463,6 +467,16 @@ def read_out(a):
         sys.exit(1)
     open(a.out, "wb").write(data)
 
+def states_out(a):
+    f = open(a.img, "rb")
+    bat_off, bs, lss, size, diff = load(f)
+    ratio, db, total = geometry(size, bs, lss, diff)
+    f.seek(bat_off)
+    bat = struct.unpack("<%dQ" % total, f.read(8 * total))
+    for b in range(db):
+        e = bat[b + b // ratio]
+        print(b, e & 7, (e >> 20) << 20)
+
 def main():
     ap = argparse.ArgumentParser()
     sp = ap.add_subparsers(dest="cmd", required=True)
@@ -492,9 +506,11 @@ def main():
     r = sp.add_parser("read")
     r.add_argument("img")
     r.add_argument("out")
+    st = sp.add_parser("states")
+    st.add_argument("img")
     a = ap.parse_args()
     {"create": create, "dirty": dirty, "expect": expect_out,
-     "read": read_out}[a.cmd](a)
+     "read": read_out, "states": states_out}[a.cmd](a)
 
 if __name__ == "__main__":
     main()
