@@ -755,6 +755,7 @@ const struct vd_driver vd_vhdx_driver = {
   .flush = vhdx_flush,
   .discard = vhdx_discard,
   .write_zeroes = vhdx_write_zeroes,
+  .check = vhdx_check,
   .block_status = vhdx_block_status,
   .info = vhdx_info,
 };

@@ -301,4 +301,11 @@ int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                  unsigned flags);
 
+/* ---- vhdx-check.c ---- */
+
+/* vd_driver check op (vd_check): headers and region table copies, then
+ * the driver's own open (log, metadata, BAT against the file), then
+ * overlapping structures and leaked space; -r as described there. */
+int vhdx_check(const char *path, unsigned flags, struct vd_check_report *r);
+
 #endif /* VDISK_VHDX_H */

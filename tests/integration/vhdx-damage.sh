@@ -2,7 +2,9 @@
 # Damaged VHDX images: every header, region table, metadata, BAT and log
 # corruption gives one line naming the structure; a damaged copy of a
 # header or region table is survived through the other copy; nothing is
-# written to a refused image.
+# written to a refused image.  `vdtool check` reports each of them with
+# one ERROR line naming the structure and exits 2 (qemu-img's code)
+# without writing; `check -r all` puts a damaged copy back.
 . "$top_srcdir/tests/functions.sh"
 requires qemu-img /usr/bin/python3
 gen() { /usr/bin/python3 "$top_srcdir/tests/vhdxgen/vhdxgen.py" "$@"; }
@@ -16,30 +18,49 @@ qemu-img convert -f vhdx -O raw good.vhdx good.raw
 poke() {   # FILE OFFSET BYTES(printf format)
   printf "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
+checked() {   # REGEX: check exits 2 with ERROR lines matching, writes nothing
+  local sum rc=0
+  sum=$(md5sum < bad.vhdx)
+  vdtool check -f vhdx bad.vhdx > chk.out 2> chk.err || rc=$?
+  [ $rc = 2 ] || fail "check exit $rc, not 2, for /$1/: $(cat chk.err)"
+  [ "$(grep -c '^ERROR ' chk.err)" -ge 1 ] && ! grep -v '^ERROR ' chk.err | grep -q . ||
+    fail "check: not only ERROR lines: $(cat chk.err)"
+  grep -Eq "^ERROR bad.vhdx: .*$1" chk.err || fail "check does not say /$1/: $(cat chk.err)"
+  [ "$(md5sum < bad.vhdx)" = "$sum" ] || fail "check without -r wrote"
+}
 refused() {   # REGEX: a copy of good.vhdx, damaged by the caller, is refused
   local sum
   sum=$(md5sum < bad.vhdx)
   expect_error "$1" vdtool info -f vhdx bad.vhdx
   expect_error "$1" vdtool convert -f vhdx -O raw bad.vhdx out.raw
   [ "$(md5sum < bad.vhdx)" = "$sum" ] || fail "a refused image was written"
+  checked "$1"
+  [ "$(grep -c '^ERROR ' chk.err)" = 1 ] || fail "check: more than one line: $(cat chk.err)"
 }
-survives() {   # WHAT: the damaged copy still reads as the original
+survives() {   # WHAT REGEX: the damaged copy still reads as the original;
+               # check reports it, -r all repairs it
   vdtool convert -f vhdx -O raw bad.vhdx out.raw || fail "$1: not survived"
   cmp good.raw out.raw || fail "$1: reads differently"
+  checked "$2"
+  vdtool check -q -r all bad.vhdx || fail "$1: check -r all exit $?"
+  vdtool check -q bad.vhdx || fail "$1: check after -r all exit $?"
+  vdtool compare -F raw bad.vhdx good.raw >/dev/null || fail "$1: repair changed the content"
+  qemu-img check -f vhdx bad.vhdx >/dev/null || fail "$1: qemu-img check after the repair"
 }
+vdtool check good.vhdx >/dev/null || fail "check of a good image: exit $?"
 
 cp good.vhdx bad.vhdx; poke bad.vhdx 0 'vhdy'
 refused 'file type identifier'
 # Header: one damaged copy is survived (signature, then checksum); both refused.
 cp good.vhdx bad.vhdx; poke bad.vhdx $((64 * K)) 'xxxx'
-survives "header 1 signature"
+survives "header 1 signature" "header 1: bad signature"
 cp good.vhdx bad.vhdx; poke bad.vhdx $((128 * K + 200)) '\x01'
-survives "header 2 checksum"
+survives "header 2 checksum" "header 2: checksum mismatch"
 cp good.vhdx bad.vhdx; poke bad.vhdx $((64 * K + 100)) '\x01'; poke bad.vhdx $((128 * K)) 'xxxx'
 refused 'no valid header \(header 1: checksum mismatch; header 2: bad signature\)'
 # Region table: one copy survived, both refused.
 cp good.vhdx bad.vhdx; poke bad.vhdx $((192 * K + 40)) '\x07'
-survives "region table 1"
+survives "region table 1" "region table 1: checksum mismatch"
 cp good.vhdx bad.vhdx; poke bad.vhdx $((192 * K + 40)) '\x07'; poke bad.vhdx $((256 * K)) 'xxxx'
 refused 'no valid region table \(region table 1: checksum mismatch; region table 2: bad signature\)'
 # Metadata region: its table's signature.
@@ -100,4 +121,26 @@ gen create g.vhdx --size $((64 * M)) --write 0:4096:1
 gen dirty g.vhdx --write $((8 * M)):4096:2
 cp g.vhdx bad.vhdx; poke bad.vhdx $((M + 4096 + 100)) '\x55'
 refused 'log: no valid log sequence'
+# A log entry's checksum with the log clean (no LogGuid): not used, fine;
+# with the LogGuid set it is the sequence above.
+# Overlapping blocks: block 9 made to point at block 0's space.
+cp good.vhdx bad.vhdx
+dd if=good.vhdx of=bad.vhdx bs=1 skip=$boff seek=$((boff + 8 * 9)) count=8 conv=notrunc status=none
+checked 'BAT entry 9 \(payload block\) at offset [0-9]+ overlaps BAT entry 0 \(payload block\)'
+# A block over the BAT region.
+cp good.vhdx bad.vhdx; poke bad.vhdx $((boff + 8 * 9)) "\\x06\\x00\\x$(printf %x $((boff >> 20 << 4)))"
+checked 'overlaps the BAT region|the BAT region at offset [0-9]+ overlaps'
+# Leaks: blocks appended after the last structure; -r leaks cuts them.
+cp good.vhdx bad.vhdx; head -c $((3 * M)) /dev/urandom >> bad.vhdx
+rc=0; vdtool check bad.vhdx > chk.out 2> chk.err || rc=$?
+[ $rc = 3 ] || fail "leaks: check exit $rc, not 3: $(cat chk.err)"
+grep -q '^ERROR bad.vhdx: leaked space' chk.err || fail "leaks: no ERROR line"
+vdtool check -q -r leaks bad.vhdx || fail "check -r leaks exit $?"
+vdtool check -q bad.vhdx || fail "after -r leaks: exit $?"
+[ "$(stat -c %s bad.vhdx)" = "$(stat -c %s good.vhdx)" ] || fail "-r leaks did not cut the file"
+# A dirty log is not damage: check reads it replayed; -r replays it.
+cp g.vhdx d.vhdx
+vdtool check d.vhdx >/dev/null || fail "dirty log: check exit $?"
+vdtool check -q -r all d.vhdx || fail "dirty log: check -r exit $?"
+vdtool info d.vhdx | grep -q '^ *log: clean$' || fail "dirty log: check -r did not replay"
 exit 0
