@@ -97,7 +97,7 @@ vd_nbd_io() {
   local img=$1 model=$2; shift 2
   local args=() c
   for c in "$@"; do args+=(-c "$c"); done
-  vdisk_nbd -U "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" "$img"
+  vdisk_nbd -k "$VD_TMP/sock" --fork --pid-file "$VD_TMP/pid" "$img"
   wait_for_socket "$VD_TMP/sock"
   qemu-io -f raw "${args[@]}" "nbd+unix:///?socket=$VD_TMP/sock" > "$VD_TMP/io.txt" ||
     fail "qemu-io through vdisk-nbd: $(cat "$VD_TMP/io.txt")"
