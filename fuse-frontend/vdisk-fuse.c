@@ -835,8 +835,9 @@ vf_take_perms(struct vf_image *im, const struct stat *before)
 {
   struct stat st;
 
-  if (vd_is_nbd_uri(im->path)) {
-    /* A remote export has no file here: the serving user's, 0600. */
+  if (vd_is_remote_name(im->path)) {
+    /* A remote export or RBD image has no file here: the serving
+     * user's, 0600. */
     im->uid = getuid();
     im->gid = getgid();
     im->perm = im->read_only ? 0400 : 0600;

@@ -119,27 +119,31 @@ dev_open_below(const struct vd_dev *child, const char *path,
   return r;
 }
 
-/* The driver for an NBD URI the operator named: nbd, which carries the
- * export's bytes as they are (qemu's raw over its nbd protocol).  "raw"
- * is accepted as the same thing; a container format over NBD is not
+/* The driver for a remote name the operator gave: nbd for an NBD URI,
+ * rbd for an rbd: name; each carries the image's bytes as they are
+ * (qemu's raw over its nbd protocol, qemu's rbd driver).  "raw" is
+ * accepted as the same thing; a container format over them is not
  * supported (its drivers read a local file). */
 static const struct vd_driver *
 dev_uri_driver(const char *path, const char *format, int *err)
 {
-  const struct vd_driver *nbd = vd_find_driver("nbd");
+  bool nbd_uri = vd_is_nbd_uri(path);
+  const struct vd_driver *d = vd_find_driver(nbd_uri ? "nbd" : "rbd");
   if (!format || strcasecmp(format, "raw") == 0)
-    return nbd;
+    return d;
   const struct vd_driver *drv = vd_find_driver(format);
-  if (drv == nbd)
-    return nbd;
-  *err = vd_set_error(ENOTSUP, "%s: an NBD URI opens as the export's raw "
-                      "bytes (format nbd or raw), not as '%s'", path, format);
+  if (drv == d)
+    return d;
+  *err = vd_set_error(ENOTSUP, "%s: %s opens as the image's raw bytes "
+                      "(format %s or raw), not as '%s'", path,
+                      nbd_uri ? "an NBD URI" : "an rbd: name", d->name,
+                      format);
   return NULL;
 }
 
 /* ALLOW_URI: PATH came from the operator (vd_open, --backing), so an NBD
- * URI names an export; otherwise (a path read out of an image) it is a
- * file name like any other. */
+ * URI names an export and an rbd: name an RBD image; otherwise (a path
+ * read out of an image) it is a file name like any other. */
 static int
 dev_open(const struct vd_dev *child, const char *path,
          const struct vd_open_args *args, struct vd_dev *adopt, bool allow_uri,
@@ -159,7 +163,7 @@ dev_open(const struct vd_dev *child, const char *path,
   if (args->parent_policy > VD_PARENT_ANY_FOLDER)
     return vd_set_error(EINVAL, "%s: invalid parent policy %u", path,
                         args->parent_policy);
-  bool uri = allow_uri && vd_is_nbd_uri(path);
+  bool uri = allow_uri && vd_is_remote_name(path);
   const struct vd_driver *drv;
   if (uri) {
     drv = dev_uri_driver(path, args->format, &r);
@@ -370,7 +374,8 @@ vd_create(const char *path, const char *format,
   struct vd_create_args a = *args;
   char *resolved = NULL;
   const char *slash = strrchr(path, '/');
-  if (a.backing && a.backing[0] != '/' && !vd_is_nbd_uri(a.backing) && slash) {
+  if (a.backing && a.backing[0] != '/' && !vd_is_remote_name(a.backing) &&
+      slash) {
     int dl = (int)(slash - path);
     if (asprintf(&resolved, "%.*s/%s", dl, path, a.backing) < 0)
       return vd_set_error(ENOMEM, "%s: out of memory", path);

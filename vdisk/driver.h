@@ -84,9 +84,9 @@ struct vd_dev {
    * header that neither would alone. */
   bool probe_guard;
   pthread_mutex_t probe_lock;
-  /* PATH is an NBD URI the operator named (vd_open and the top image's
-   * --backing), never one read out of an image: only then does the nbd
-   * driver connect (docs/SECURITY.md). */
+  /* PATH is an NBD URI or an rbd: name the operator named (vd_open and
+   * the top image's --backing), never one read out of an image: only
+   * then does the nbd or rbd driver connect (docs/SECURITY.md). */
   bool uri_ok;
   /* PATH was named by the operator (vd_open and friends, --backing), not
    * read out of an image: a composition may then follow the NBD URIs its
@@ -210,6 +210,15 @@ struct vd_driver {
    * parent, opened and owned by the driver), or NULL; stable for DEV's
    * life.  NULL op: none.  For vd_backing_dev (query-block's chain). */
   struct vd_dev *(*backing_dev)(struct vd_dev *dev);
+
+  /* Internal snapshots (vd_snapshot_* in vdisk.h, qemu-img snapshot).
+   * The engine (vdisk/isnap.c) has checked that NAME is not NULL and, for
+   * create and delete, that DEV is writable.  list fills a malloc'ed
+   * array the caller frees.  NULL: the format has none (-ENOTSUP). */
+  int (*snapshot_create)(struct vd_dev *dev, const char *name);
+  int (*snapshot_delete)(struct vd_dev *dev, const char *name);
+  int (*snapshot_list)(struct vd_dev *dev, struct vd_snapshot **list,
+                       size_t *count);
 
   /* New ops go here, at the end. */
 };

@@ -42,9 +42,10 @@ vd_parent_candidate_ok(struct vd_dev *dev, const char *cand, char *real,
                        struct vd_parent_refusal *ref)
 {
   struct stat st;
-  if (override && vd_is_nbd_uri(cand)) {
-    /* The operator's --backing names an NBD export: nothing local to
-     * check (a URI read out of an image never gets here as one). */
+  if (override && vd_is_remote_name(cand)) {
+    /* The operator's --backing names an NBD export or an RBD image:
+     * nothing local to check (a name read out of an image never gets here
+     * as one). */
     snprintf(real, PATH_MAX, "%s", cand);
     return 0;
   }

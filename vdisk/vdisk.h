@@ -308,6 +308,15 @@ int vd_get_info(struct vd_dev *dev, struct vd_info *info);
  * path read out of an image is never taken as a URI (docs/SECURITY.md). */
 bool vd_is_nbd_uri(const char *path);
 
+/* Whether PATH names a remote image rather than a local file: an NBD URI
+ * (vd_is_nbd_uri) or a Ceph RBD image, rbd:POOL/[NAMESPACE/]IMAGE[@SNAP]
+ * [:conf=PATH][:id=USER][:timeout=SECS] (qemu's syntax; only the "rbd:"
+ * prefix is checked here, the rbd driver parses the rest).  vd_open then
+ * opens it with the nbd or rbd driver; as for NBD URIs, a name read out
+ * of an image is never taken as one.  Frontends use it for what they
+ * would otherwise stat. */
+bool vd_is_remote_name(const char *path);
+
 /* Quick accessors. */
 uint64_t vd_size(const struct vd_dev *dev);
 uint32_t vd_logical_block(const struct vd_dev *dev);
@@ -773,6 +782,32 @@ void vd_node_bitmap_release(struct vd_node *node, const char *name);
 int vd_node_bitmap_status(struct vd_node *node, const char *name,
                           uint64_t off, uint64_t max_len, bool *dirty,
                           uint64_t *len);
+
+/* ---- Internal snapshots (qemu-img snapshot): named, read-only states
+ * of an image kept inside it (RBD snapshots).  Formats without them fail
+ * with -ENOTSUP.  None may run concurrently with vd_close of DEV. ---- */
+
+/* One snapshot, with qemu-img snapshot -l's columns as far as the format
+ * has them. */
+struct vd_snapshot {
+  char id[32];          /* the format's id (RBD: the snapshot id) */
+  char name[256];       /* the tag it is opened and deleted by */
+  uint64_t size;        /* the image's virtual size when it was taken */
+  int64_t date_sec;     /* creation time (seconds since the epoch), 0 if
+                           unknown */
+  uint32_t date_nsec;
+};
+
+/* Take a snapshot NAME of DEV (opened VD_OPEN_RDWR) holding everything
+ * written before the call (DEV is flushed first).  -EEXIST if NAME is
+ * taken, -EROFS on a read-only device. */
+int vd_snapshot_create(struct vd_dev *dev, const char *name);
+/* Delete snapshot NAME of DEV (opened VD_OPEN_RDWR); -ENOENT if none. */
+int vd_snapshot_delete(struct vd_dev *dev, const char *name);
+/* The snapshots of DEV, oldest first, in *LIST (malloc'ed; free() it)
+ * and their number in *COUNT (*LIST is not NULL even when it is 0). */
+int vd_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
+                     size_t *count);
 
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);

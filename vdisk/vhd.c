@@ -1262,9 +1262,10 @@ vhd_locator_paths(const char *child, const char *parent,
   char tmp[PATH_MAX], cdir[PATH_MAX];
   size_t n = 0;
 
-  if (vd_is_nbd_uri(parent)) {
-    /* Recorded for the reader's information only: a URI in a locator is
-     * never followed (the operator passes --backing each time). */
+  if (vd_is_remote_name(parent)) {
+    /* Recorded for the reader's information only: a URI or rbd: name in
+     * a locator is never followed (the operator passes --backing each
+     * time). */
     if (snprintf(abs, abslen, "%s", parent) >= (int)abslen ||
         snprintf(rel, rellen, "%s", parent) >= (int)rellen)
       return vd_set_error(ENAMETOOLONG, "%s: URI too long", parent);
@@ -1377,9 +1378,10 @@ vhd_check_parent(const char *path, const char *backing,
     return vd_set_error(EINVAL, "%s: backing file %s is a '%s' image; a VHD "
                         "can only have a VHD, raw or vdz parent", path,
                         backing, vd_format(parent));
-  /* An NBD URI is never reopened from the child's locators: the operator
-   * names it with --backing each time (docs/SECURITY.md). */
-  if (vd_is_nbd_uri(backing))
+  /* A remote parent (NBD URI, rbd: name) is never reopened from the
+   * child's locators: the operator names it with --backing each time
+   * (docs/SECURITY.md). */
+  if (vd_is_remote_name(backing))
     return 0;
   int r = 0;
   const struct vd_driver *again = vd_probe_path_leaf(backing, true, &r);
