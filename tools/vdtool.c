@@ -24,6 +24,7 @@ VT_CMD(resize)
 VT_CMD(compact)
 VT_CMD(raid)
 VT_CMD(qmp)
+VT_CMD(snapshot)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -40,6 +41,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(compact),
   VT_ENTRY(raid),
   VT_ENTRY(qmp),
+  VT_ENTRY(snapshot),
   { NULL, NULL, NULL, NULL }
 };
 
