@@ -75,6 +75,9 @@ rbdn_option(const char *name, const char *key, const char *val,
     snprintf(n->conf, sizeof n->conf, "%s", val);
     break;
   case 1:
+    if (strlen(val) >= sizeof n->id)
+      return vd_set_error(ENAMETOOLONG, "%s: id longer than %zu bytes",
+                          name, sizeof n->id - 1);
     snprintf(n->id, sizeof n->id, "%s", val);
     break;
   default: {

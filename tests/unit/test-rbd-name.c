@@ -118,6 +118,8 @@ test_bad(void)
   part[sizeof part - 1] = '\0';
   memcpy(part, "rbd:p/", 6);
   bad(part, ENAMETOOLONG, "image name is longer than");
+  memcpy(part, "rbd:p/i:id=", 11);
+  bad(part, ENAMETOOLONG, "id longer than");
 }
 
 int
