@@ -27,6 +27,8 @@ const char vt_usage_create[] =
   "                  (1M..256M, default 32M), logical_sector_size=512|4096\n"
   "                  vdz (made by 'convert -O vdz' only): cluster_size=SIZE,\n"
   "                  level=0..12 (LZ4HC above 0), threads=N\n"
+  "                  rbd (FILENAME rbd:POOL/IMAGE[:conf=PATH]): cluster_size=\n"
+  "                  SIZE (object size, 4K..32M)\n"
   "  -b BACKING      backing (parent) image\n"
   "  -F BACKING_FMT  backing image format (default: probe)\n"
   "  -u              as qemu-img's unsafe mode, SIZE must be given (the\n"
