@@ -79,12 +79,17 @@ assert [m["state"] for m in r["members"]] == ["active"] * 3, r
 EOF
 
 # ---- another uid ----
+# uid 65534 imports qmp.py from a copy it can read (the checkout may sit
+# under a folder only its owner can enter).
+mkdir -m 0755 "$VD_TMP/py"
+cp "$here/qmp.py" "$VD_TMP/py/"
+chmod 0644 "$VD_TMP/py/qmp.py"
 chmod 0711 "$VD_TMP"
 chmod 0666 "$ctl"
 chmod 0755 "$VDISK_RUNTIME_DIR"
 chmod 0644 "$VDISK_RUNTIME_DIR"/raid-*
 as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
-as_nobody timeout 60 "$PY" - "$ctl" "$here" <<'EOF' || fail "uid 65534 over QMP"
+as_nobody timeout 60 "$PY" - "$ctl" "$VD_TMP/py" <<'EOF' || fail "uid 65534 over QMP"
 import sys
 sys.path.insert(0, sys.argv[2])
 from qmp import QMP
@@ -92,8 +97,14 @@ q = QMP(sys.argv[1], negotiate=False)
 g = q.greeting
 assert "error" in g and "permission denied" in g["error"]["desc"], g
 EOF
-expect_error "permission denied" as_nobody timeout 60 \
-  "$top_builddir/tools/vdtool" raid fail "$VD_TMP/a.vdraid" 1
+# vdtool run by uid 65534 (only when that uid can run the build's vdtool).
+if as_nobody test -x "$top_builddir/tools/vdtool"; then
+  expect_error "permission denied: the control socket serves only" \
+    as_nobody timeout 60 "$top_builddir/tools/vdtool" raid fail \
+    "$VD_TMP/a.vdraid" 1
+else
+  echo "note: uid 65534 cannot run $top_builddir/tools/vdtool; vdtool part skipped"
+fi
 chmod 0700 "$VD_TMP" "$VDISK_RUNTIME_DIR"
 chmod 0600 "$ctl" "$VDISK_RUNTIME_DIR"/raid-*
 vdtool raid status --output=json a.vdraid | "$PY" -c '
