@@ -76,10 +76,14 @@ stop_nbd
 # The parent's CID must be the one the child records.
 cp mid.vmdk mid.keep
 /usr/bin/python3 - mid.vmdk <<'EOF'
-import re, sys
+import re, struct, sys
+# qemu writes the CID without leading zeros ("CID=%x"), so the new number
+# may be longer: rewrite the descriptor text within its sectors.
 b = bytearray(open(sys.argv[1], "rb").read())
-i = b.index(b"CID=") + 4
-b[i:i + 8] = b"0badc0de"
+off, n = (x * 512 for x in struct.unpack_from("<QQ", b, 28))
+text = bytes(b[off:off + n]).split(b"\0")[0]
+text = re.sub(rb"\nCID=[0-9a-f]+\n", b"\nCID=0badc0de\n", text, count=1)
+b[off:off + n] = text + bytes(n - len(text))
 open(sys.argv[1], "wb").write(b)
 EOF
 expect_error 'parent .*mid.vmdk does not match: its CID is 0badc0de, parentCID says' \
