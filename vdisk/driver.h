@@ -211,6 +211,11 @@ struct vd_driver {
    * life.  NULL op: none.  For vd_backing_dev (query-block's chain). */
   struct vd_dev *(*backing_dev)(struct vd_dev *dev);
 
+  /* Internal snapshots (vd_snapshot_list); NULL: the format has none,
+   * and an open with the snapshot option fails. */
+  int (*snapshot_list)(struct vd_dev *dev, struct vd_snapshot_info *out,
+                       unsigned max);
+
   /* New ops go here, at the end. */
 };
 
@@ -236,6 +241,7 @@ int vd_opt_check(const char *options, const char *const *known,
 /* Append a format-specific property to INFO (dropped when full). */
 void vd_info_add_str(struct vd_info *info, const char *key, const char *val);
 void vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val);
+void vd_info_add_bool(struct vd_info *info, const char *key, bool val);
 
 /* ---- registry (vdisk/registry.c) ---- */
 

@@ -77,6 +77,12 @@ struct vd_open_args {
    * RAID array opens its members with its member timeout
    * (docs/remote.md). */
   unsigned timeout_ms;
+  /* An internal snapshot to read instead of the current state (qemu-img
+   * convert -l): "snapshot.id=ID", "snapshot.name=NAME", or a bare ID or
+   * NAME (an ID is tried first).  The device is then read-only.  Formats
+   * without internal snapshots fail the open with -ENOTSUP.  NULL: the
+   * current state. */
+  const char *snapshot;
 };
 
 /* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */
@@ -299,6 +305,24 @@ int vd_reopen(struct vd_dev *dev, unsigned flags);
 
 /* Fill *INFO (through a filter: the image's). */
 int vd_get_info(struct vd_dev *dev, struct vd_info *info);
+
+/* One internal snapshot of an image (qemu-img info's snapshot list). */
+struct vd_snapshot_info {
+  char id[128];
+  char name[256];
+  uint64_t vm_state_size;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t icount;            /* UINT64_MAX: not recorded */
+  uint64_t disk_size;         /* virtual size when it was taken */
+};
+
+/* The internal snapshots of DEV (through a filter: the image's): up to MAX
+ * of them into OUT (which may be NULL when MAX is 0).  Returns how many
+ * the image has (which may exceed MAX), 0 for formats without internal
+ * snapshots, or -errno. */
+int vd_snapshot_list(struct vd_dev *dev, struct vd_snapshot_info *out,
+                     unsigned max);
 
 /* Whether PATH is an NBD URI (nbd://, nbds://, nbd+unix://,
  * nbds+unix://, nbd+vsock://, nbds+vsock://, any case): vd_open then
