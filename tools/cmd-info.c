@@ -5,8 +5,73 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tools/vdtool.h"
+
+/* An image's internal snapshots (qemu-img info's "Snapshot list"). */
+struct info_snaps {
+  struct vd_snapshot_info *s;
+  unsigned n;
+};
+
+static void
+info_snaps_human(const struct info_snaps *sn)
+{
+  if (!sn->n)
+    return;
+  /* qemu's bdrv_snapshot_dump layout. */
+  printf("Snapshot list:\n");
+  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+         "VM CLOCK", "ICOUNT");
+  for (unsigned i = 0; i < sn->n; i++) {
+    const struct vd_snapshot_info *x = &sn->s[i];
+    char date[32] = "", clock[64], size[64], icount[32] = "";
+    time_t t = (time_t)x->date_sec;
+    struct tm tm;
+    if (localtime_r(&t, &tm))
+      strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t secs = x->vm_clock_nsec / 1000000000u;
+    snprintf(clock, sizeof clock, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64
+             ".%03" PRIu64, secs / 3600, (secs / 60) % 60, secs % 60,
+             (x->vm_clock_nsec / 1000000u) % 1000);
+    if (x->icount != UINT64_MAX)
+      snprintf(icount, sizeof icount, "%" PRIu64, x->icount);
+    printf("%-9s %-16s %8s%20s%13s%11s\n", x->id, x->name,
+           vd_format_size(x->vm_state_size, size, sizeof size), date, clock,
+           icount);
+  }
+}
+
+static void
+info_snaps_json(const struct info_snaps *sn, const char *indent)
+{
+  if (!sn->n)
+    return;
+  printf("%s    \"snapshots\": [\n", indent);
+  for (unsigned i = 0; i < sn->n; i++) {
+    const struct vd_snapshot_info *x = &sn->s[i];
+    printf("%s        {\n", indent);
+    if (x->icount != UINT64_MAX)
+      printf("%s            \"icount\": %" PRIu64 ",\n", indent, x->icount);
+    printf("%s            \"vm-clock-nsec\": %" PRIu64 ",\n", indent,
+           x->vm_clock_nsec % 1000000000u);
+    printf("%s            \"name\": ", indent);
+    vt_json_string(stdout, x->name);
+    printf(",\n%s            \"date-sec\": %" PRIu32 ",\n", indent,
+           x->date_sec);
+    printf("%s            \"date-nsec\": %" PRIu32 ",\n", indent,
+           x->date_nsec);
+    printf("%s            \"vm-clock-sec\": %" PRIu64 ",\n", indent,
+           x->vm_clock_nsec / 1000000000u);
+    printf("%s            \"id\": ", indent);
+    vt_json_string(stdout, x->id);
+    printf(",\n%s            \"vm-state-size\": %" PRIu64 "\n", indent,
+           x->vm_state_size);
+    printf("%s        }%s\n", indent, i + 1 < sn->n ? "," : "");
+  }
+  printf("%s    ],\n", indent);
+}
 
 const char vt_summary_info[] = "show an image's format, size and properties";
 const char vt_usage_info[] =
@@ -22,7 +87,8 @@ const char vt_usage_info[] =
   "  --backing-format=FMT  the parent's format\n";
 
 static void
-info_human(const char *path, const struct vd_info *in)
+info_human(const char *path, const struct vd_info *in,
+           const struct info_snaps *sn)
 {
   char a[64], b[64];
   printf("image: %s\n", path);
@@ -37,6 +103,7 @@ info_human(const char *path, const struct vd_info *in)
     if (in->backing_format[0])
       printf("backing file format: %s\n", in->backing_format);
   }
+  info_snaps_human(sn);
   if (in->nfields) {
     printf("Format specific information:\n");
     for (unsigned i = 0; i < in->nfields; i++) {
@@ -52,9 +119,11 @@ info_human(const char *path, const struct vd_info *in)
 }
 
 static void
-info_json(const char *path, const struct vd_info *in, const char *indent)
+info_json(const char *path, const struct vd_info *in,
+          const struct info_snaps *sn, const char *indent)
 {
   printf("%s{\n", indent);
+  info_snaps_json(sn, indent);
   printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, in->size);
   printf("%s    \"filename\": ", indent);
   vt_json_string(stdout, path);
@@ -150,16 +219,21 @@ vt_cmd_info(int argc, char **argv)
       break;
     }
     vd_get_info(dev, &in);
+    struct info_snaps sn = { NULL, 0 };
+    int ns = vd_snapshot_list(dev, NULL, 0);
+    if (ns > 0 && (sn.s = calloc((size_t)ns, sizeof *sn.s)))
+      sn.n = (unsigned)vd_snapshot_list(dev, sn.s, (unsigned)ns);
     vd_close(dev);
     if (json) {
       if (depth)
         printf(",\n");
-      info_json(path, &in, chain ? "    " : "");
+      info_json(path, &in, &sn, chain ? "    " : "");
     } else {
       if (depth)
         printf("\n");
-      info_human(path, &in);
+      info_human(path, &in, &sn);
     }
+    free(sn.s);
     free(path);
     path = NULL;
     if (chain && in.backing[0]) {

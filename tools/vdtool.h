@@ -42,6 +42,10 @@ int vt_bad_option(const char *cmd, char **argv);
  * for the image named first on the command line. */
 int vt_open(const char *path, const char *format, unsigned flags,
             struct vd_dev **out);
+/* vt_open reading the internal snapshot SNAPSHOT (NULL: the current
+ * state; convert -l). */
+int vt_open_snapshot(const char *path, const char *format, unsigned flags,
+                     const char *snapshot, struct vd_dev **out);
 /* --backing=FILE / --backing-format=FMT (qemu's backing.file idea), or
  * NULL: set by vt_take_backing_opts. */
 extern const char *vt_backing, *vt_backing_format;

@@ -659,11 +659,14 @@ qcow2_open_inner(struct vd_dev *dev)
     int i = qcow2_find_snapshot(dev, dev->opts.snapshot);
     if (i < 0)
       return i;
+    /* The device keeps the image's current size, as qemu's
+     * bdrv_snapshot_load_tmp does (qemu-img convert -l): what lies past
+     * the snapshot's own size reads as unallocated. */
     p->snap_loaded = i;
-    disk_size = p->snaps[i].disk_size;
     snprintf(where, sizeof where, "snapshot %s's L1 table", p->snaps[i].id);
     r = qcow2_load_l1(dev, p->snaps[i].l1_off, p->snaps[i].l1_size,
-                      disk_size, where);
+                      p->snaps[i].disk_size < disk_size
+                      ? p->snaps[i].disk_size : disk_size, where);
   } else {
     if (h->l1_size && (h->l1_off & (p->cluster - 1)))
       return vd_set_error(EINVAL, "%s: L1 table offset 0x%" PRIx64 " is not "
