@@ -772,6 +772,7 @@ const struct vd_driver vd_qcow2_driver = {
   .pread = qcow2_pread,
   .block_status = qcow2_block_status,
   .info = qcow2_info,
+  .check = qcow2_check,
   .read_only_hint = "vdisk reads qcow2 but does not write it: convert the "
                     "image to another format (vdtool convert) to write",
   .backing_dev = qcow2_backing_dev,

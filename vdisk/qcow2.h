@@ -212,4 +212,10 @@ struct qcow2_priv {
 int qcow2_snapshot_list(struct vd_dev *dev, struct vd_snapshot_info *out,
                         unsigned max);
 
+/* ---- qcow2-check.c ---- */
+
+/* vd_driver.check: refcounts against references, COPIED flags (qemu-img
+ * check); repairs refcounts with VD_CHECK_FIX_*. */
+int qcow2_check(const char *path, unsigned flags, struct vd_check_report *r);
+
 #endif /* VDISK_QCOW2_H */
