@@ -29,10 +29,9 @@ static const char *const qcow2_aliases[] = { NULL };
 static int
 qcow2_probe(const struct vd_probe_data *pd)
 {
-  if (pd->head_len < 8 || vd_get_be32(pd->head) != QCOW2_MAGIC)
-    return 0;
-  uint32_t v = vd_get_be32(pd->head + 4);
-  return v == 2 || v == 3 ? 100 : 0;
+  /* The magic alone, as qemu: an unsupported version is then refused by
+   * name instead of being read as raw. */
+  return pd->head_len >= 8 && vd_get_be32(pd->head) == QCOW2_MAGIC ? 100 : 0;
 }
 
 /* ---- L2 tables ---- */

@@ -135,6 +135,7 @@ PY
 
 # Read-only: writes are refused with a hint, the file unchanged.
 sum=$(md5sum < "$T/w.qcow2")
-expect_error "read-only.*convert" vdtool convert -n -O qcow2 "$T/src.raw" "$T/w.qcow2"
+qemu-img create -q -f raw "$T/small.raw" 8M
+expect_error "read-only.*convert" vdtool convert -n -O qcow2 "$T/small.raw" "$T/w.qcow2"
 [ "$(md5sum < "$T/w.qcow2")" = "$sum" ] || fail "a refused write changed the image"
 echo "qcow2-read: ok"
