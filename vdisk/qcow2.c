@@ -206,23 +206,6 @@ qcow2_read_compressed(struct vd_dev *dev, uint64_t entry, uint8_t *dst)
   return r;
 }
 
-static int
-qcow2_read_backing(struct vd_dev *dev, uint8_t *buf, uint64_t len,
-                   uint64_t off)
-{
-  struct qcow2_priv *p = dev->priv;
-  if (!p->parent || off >= p->parent->size) {
-    memset(buf, 0, len);
-    return 0;
-  }
-  uint64_t n = len;
-  if (off + n > p->parent->size) {
-    n = p->parent->size - off;
-    memset(buf + n, 0, len - n);
-  }
-  return vd_pread(p->parent, buf, n, off);
-}
-
 /* Read LEN bytes of the file at HOST; bytes past its end read as zeros
  * (the last cluster of a file another writer did not fill). */
 static int
@@ -255,7 +238,7 @@ qcow2_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
       memset(b, 0, m.n);
       break;
     case Q_BACKING:
-      r = qcow2_read_backing(dev, b, m.n, off);
+      r = vd_parent_pread(p->parent, b, m.n, off);
       break;
     case Q_COMPRESSED:
       if (!cbuf && !(cbuf = malloc(p->cluster))) {
@@ -312,23 +295,7 @@ qcow2_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
   case Q_BACKING:
     break;
   }
-  ext->flags = VD_EXT_HOLE | VD_EXT_ZERO;
-  if (!p->parent)
-    return 0;
-  ext->depth = 1;
-  if (off >= p->parent->size)
-    return 0;
-  uint64_t plen = n;
-  if (off + plen > p->parent->size)
-    plen = p->parent->size - off;
-  struct vd_extent pe;
-  if ((r = vd_block_status(p->parent, off, plen, &pe)) < 0)
-    return r;
-  ext->length = pe.length;
-  ext->flags = pe.flags;
-  ext->depth = pe.depth + 1;
-  ext->host_offset = pe.host_offset;
-  return 0;
+  return vd_parent_block_status(p->parent, off, n, ext);
 }
 
 /* ---- backing file ---- */
