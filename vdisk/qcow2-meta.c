@@ -91,7 +91,8 @@ qcow2_header_decode(const uint8_t *buf, size_t len, struct qcow2_header *h,
     if (h->backing_len == 0 || h->backing_len > QCOW2_MAX_BACKING_NAME)
       return vd_set_error(EINVAL, "%s: backing file name length %" PRIu32
                           " outside 1..1023", where, h->backing_len);
-    if (h->backing_off > cluster || h->backing_len > cluster - h->backing_off)
+    uint64_t lim = len < cluster ? len : cluster;   /* what the file holds */
+    if (h->backing_off > lim || h->backing_len > lim - h->backing_off)
       return vd_set_error(EINVAL, "%s: backing file name lies outside "
                           "the first cluster", where);
   }
@@ -126,7 +127,7 @@ qcow2_header_decode(const uint8_t *buf, size_t len, struct qcow2_header *h,
     case QCOW2_EXT_FEATURE_TABLE:
       if (h->incompat & ~(uint64_t)QCOW2_INCOMPAT_KNOWN)
         for (unsigned bit = 0; bit < 64; bit++)
-          if ((h->incompat >> bit & 1) && !(QCOW2_INCOMPAT_KNOWN >> bit & 1)) {
+          if ((h->incompat >> bit & 1) && !((uint64_t)QCOW2_INCOMPAT_KNOWN >> bit & 1)) {
             qcow2_feature_name(h, d, elen, bit);
             break;
           }
