@@ -20,6 +20,7 @@ const char vt_summary_convert[] = "copy an image to a new image, any format";
 const char vt_usage_convert[] =
   "Usage: vdtool convert [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SIZE]\n"
   "                      [-m N] [-t CACHE] [-T CACHE] [-n] [-p] [-q] [-U]\n"
+  "                      [-l SNAPSHOT]\n"
   "                      FILENAME OUTPUT\n"
   "\n"
   "Copy the virtual disk FILENAME into OUTPUT.  Unallocated ranges of the\n"
@@ -39,6 +40,8 @@ const char vt_usage_convert[] =
   "  -p             show progress\n"
   "  -q             quiet\n"
   "  -U             open the source without taking the image lock\n"
+  "  -l SNAPSHOT    copy the source's internal snapshot (qcow2): an ID or\n"
+  "                 name, snapshot.id=ID or snapshot.name=NAME\n"
   "  --backing=FILE the source's parent (needed when it is outside the\n"
   "                 source's folder tree or not a regular file)\n"
   "  --backing-format=FMT  the parent's format\n";
@@ -155,7 +158,7 @@ conv_worker(void *opaque)
 int
 vt_cmd_convert(int argc, char **argv)
 {
-  const char *fmt = NULL, *ofmt = "raw", *opts = NULL;
+  const char *fmt = NULL, *ofmt = "raw", *opts = NULL, *snap = NULL;
   uint64_t sparse = 4096, threads = 4;
   bool no_create = false, progress = false, quiet = false;
   unsigned sflags = 0, dflags = VD_OPEN_RDWR;
@@ -163,7 +166,7 @@ vt_cmd_convert(int argc, char **argv)
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt(argc, argv, "f:O:o:S:m:t:T:npqU")) != -1) {
+  while ((c = getopt(argc, argv, "f:O:o:S:m:t:T:npqUl:")) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O': ofmt = optarg; break;
@@ -197,6 +200,7 @@ vt_cmd_convert(int argc, char **argv)
     case 'p': progress = true; break;
     case 'q': quiet = true; break;
     case 'U': sflags |= VD_OPEN_NOLOCK; break;
+    case 'l': snap = optarg; break;
     default: return vt_bad_option("convert", argv);
     }
   }
@@ -212,7 +216,7 @@ vt_cmd_convert(int argc, char **argv)
   pthread_mutex_init(&cv.lock, NULL);
   int rc = VT_EXIT_ERR, r;
 
-  if (vt_open(in, fmt, sflags, &cv.src) < 0)
+  if (vt_open_snapshot(in, fmt, sflags, snap, &cv.src) < 0)
     return VT_EXIT_ERR;
   cv.size = vd_size(cv.src);
   struct vd_create_args args = { .size = cv.size, .options = opts };

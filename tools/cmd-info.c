@@ -5,8 +5,45 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tools/vdtool.h"
+
+/* An image's internal snapshots (qemu-img info's "Snapshot list"). */
+struct info_snaps {
+  struct vd_snapshot *s;
+  size_t n;
+};
+
+static void
+info_snaps_json(const struct info_snaps *sn, const char *indent)
+{
+  if (!sn->n)
+    return;
+  printf("%s    \"snapshots\": [\n", indent);
+  for (size_t i = 0; i < sn->n; i++) {
+    const struct vd_snapshot *x = &sn->s[i];
+    printf("%s        {\n", indent);
+    if (x->icount != UINT64_MAX)
+      printf("%s            \"icount\": %" PRIu64 ",\n", indent, x->icount);
+    printf("%s            \"vm-clock-nsec\": %" PRIu64 ",\n", indent,
+           x->vm_clock_nsec % 1000000000u);
+    printf("%s            \"name\": ", indent);
+    vt_json_string(stdout, x->name);
+    printf(",\n%s            \"date-sec\": %" PRId64 ",\n", indent,
+           x->date_sec);
+    printf("%s            \"date-nsec\": %" PRIu32 ",\n", indent,
+           x->date_nsec);
+    printf("%s            \"vm-clock-sec\": %" PRIu64 ",\n", indent,
+           x->vm_clock_nsec / 1000000000u);
+    printf("%s            \"id\": ", indent);
+    vt_json_string(stdout, x->id);
+    printf(",\n%s            \"vm-state-size\": %" PRIu64 "\n", indent,
+           x->vm_state_size);
+    printf("%s        }%s\n", indent, i + 1 < sn->n ? "," : "");
+  }
+  printf("%s    ],\n", indent);
+}
 
 const char vt_summary_info[] = "show an image's format, size and properties";
 const char vt_usage_info[] =
@@ -22,7 +59,8 @@ const char vt_usage_info[] =
   "  --backing-format=FMT  the parent's format\n";
 
 static void
-info_human(const char *path, const struct vd_info *in)
+info_human(const char *path, const struct vd_info *in,
+           const struct info_snaps *sn)
 {
   char a[64], b[64];
   printf("image: %s\n", path);
@@ -37,6 +75,7 @@ info_human(const char *path, const struct vd_info *in)
     if (in->backing_format[0])
       printf("backing file format: %s\n", in->backing_format);
   }
+  vt_snapshot_table(sn->s, sn->n);
   if (in->nfields) {
     printf("Format specific information:\n");
     for (unsigned i = 0; i < in->nfields; i++) {
@@ -52,9 +91,11 @@ info_human(const char *path, const struct vd_info *in)
 }
 
 static void
-info_json(const char *path, const struct vd_info *in, const char *indent)
+info_json(const char *path, const struct vd_info *in,
+          const struct info_snaps *sn, const char *indent)
 {
   printf("%s{\n", indent);
+  info_snaps_json(sn, indent);
   printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, in->size);
   printf("%s    \"filename\": ", indent);
   vt_json_string(stdout, path);
@@ -150,16 +191,21 @@ vt_cmd_info(int argc, char **argv)
       break;
     }
     vd_get_info(dev, &in);
+    /* Formats without internal snapshots list none. */
+    struct info_snaps sn = { NULL, 0 };
+    if (vd_snapshot_list(dev, &sn.s, &sn.n) < 0)
+      sn.n = 0;
     vd_close(dev);
     if (json) {
       if (depth)
         printf(",\n");
-      info_json(path, &in, chain ? "    " : "");
+      info_json(path, &in, &sn, chain ? "    " : "");
     } else {
       if (depth)
         printf("\n");
-      info_human(path, &in);
+      info_human(path, &in, &sn);
     }
+    free(sn.s);
     free(path);
     path = NULL;
     if (chain && in.backing[0]) {

@@ -16,8 +16,10 @@ const char vt_usage_snapshot[] =
   "\n"
   "Manage the snapshots kept inside FILENAME, as qemu-img snapshot does.\n"
   "Formats with internal snapshots: rbd (Ceph RBD images, named\n"
-  "rbd:POOL/IMAGE[:conf=PATH][:id=USER][:timeout=SECS]).  A snapshot is\n"
-  "read by opening rbd:POOL/IMAGE@NAME (read-only).\n"
+  "rbd:POOL/IMAGE[:conf=PATH][:id=USER][:timeout=SECS]), where an RBD\n"
+  "snapshot is read by opening rbd:POOL/IMAGE@NAME (read-only); qcow2\n"
+  "(-l only: vdisk reads qcow2 snapshots, with convert -l, but does not\n"
+  "make or delete them).\n"
   "\n"
   "  -l         list the snapshots (qemu-img's table: ID, TAG, VM SIZE,\n"
   "             DATE, VM CLOCK, ICOUNT; for RBD the ID is the snapshot\n"
@@ -29,18 +31,33 @@ const char vt_usage_snapshot[] =
   "  -U         open without taking the image lock (with -l)\n"
   "  -q         quiet\n";
 
-/* qemu's bdrv_snapshot_dump line for S (block/qapi.c). */
-static void
-snapshot_row(const struct vd_snapshot *s)
+/* qemu's snapshot table (bdrv_snapshot_dump in block/qapi.c), for
+ * snapshot -l and info; nothing when N is 0. */
+void
+vt_snapshot_table(const struct vd_snapshot *list, size_t n)
 {
-  char size[64], date[32] = "";
-  time_t t = (time_t)s->date_sec;
-  struct tm tm;
-  if (localtime_r(&t, &tm))
-    strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-  printf("%-9s %-16s %8s%20s%13s%11s\n", s->id, s->name,
-         vd_format_size(s->size, size, sizeof size), date, "00:00:00.000",
-         "");
+  if (!n)
+    return;
+  printf("Snapshot list:\n");
+  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+         "VM CLOCK", "ICOUNT");
+  for (size_t i = 0; i < n; i++) {
+    const struct vd_snapshot *x = &list[i];
+    char date[32] = "", clock[64], size[64], icount[32] = "";
+    time_t t = (time_t)x->date_sec;
+    struct tm tm;
+    if (localtime_r(&t, &tm))
+      strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t secs = x->vm_clock_nsec / 1000000000u;
+    snprintf(clock, sizeof clock, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64
+             ".%03" PRIu64, secs / 3600, (secs / 60) % 60, secs % 60,
+             (x->vm_clock_nsec / 1000000u) % 1000);
+    if (x->icount != UINT64_MAX)
+      snprintf(icount, sizeof icount, "%" PRIu64, x->icount);
+    printf("%-9s %-16s %8s%20s%13s%11s\n", x->id, x->name,
+           vd_format_size(x->vm_state_size, size, sizeof size), date, clock,
+           icount);
+  }
 }
 
 static int
@@ -53,13 +70,7 @@ snapshot_list(struct vd_dev *dev)
     vt_engine_error(r);
     return VT_EXIT_ERR;
   }
-  if (n > 0) {
-    printf("Snapshot list:\n");
-    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-           "VM CLOCK", "ICOUNT");
-    for (size_t i = 0; i < n; i++)
-      snapshot_row(&list[i]);
-  }
+  vt_snapshot_table(list, n);
   free(list);
   return VT_EXIT_OK;
 }

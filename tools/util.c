@@ -69,8 +69,16 @@ int
 vt_open(const char *path, const char *format, unsigned flags,
         struct vd_dev **out)
 {
+  return vt_open_snapshot(path, format, flags, NULL, out);
+}
+
+int
+vt_open_snapshot(const char *path, const char *format, unsigned flags,
+                 const char *snapshot, struct vd_dev **out)
+{
   static bool used;
-  struct vd_open_args a = { .format = format, .flags = flags };
+  struct vd_open_args a = { .format = format, .flags = flags,
+                            .snapshot = snapshot };
   /* The override belongs to the image named first on the command line,
    * which every command opens first. */
   if (!used) {

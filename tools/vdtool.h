@@ -42,6 +42,10 @@ int vt_bad_option(const char *cmd, char **argv);
  * for the image named first on the command line. */
 int vt_open(const char *path, const char *format, unsigned flags,
             struct vd_dev **out);
+/* vt_open reading the internal snapshot SNAPSHOT (NULL: the current
+ * state; convert -l). */
+int vt_open_snapshot(const char *path, const char *format, unsigned flags,
+                     const char *snapshot, struct vd_dev **out);
 /* --backing=FILE / --backing-format=FMT (qemu's backing.file idea), or
  * NULL: set by vt_take_backing_opts. */
 extern const char *vt_backing, *vt_backing_format;
@@ -103,5 +107,8 @@ int vt_options_help(const char *format);
 
 /* True if BUF holds only zero bytes. */
 bool vt_is_zero(const void *buf, size_t len);
+
+/* qemu's snapshot table of N snapshots (nothing when N is 0). */
+void vt_snapshot_table(const struct vd_snapshot *list, size_t n);
 
 #endif

@@ -47,6 +47,7 @@ dev_free(struct vd_dev *dev)
   free((char *)dev->opts.backing);
   free((char *)dev->opts.backing_format);
   free((char *)dev->opts.filter);
+  free((char *)dev->opts.snapshot);
   free(dev);
   return r;
 }
@@ -178,6 +179,9 @@ dev_open(const struct vd_dev *child, const char *path,
     return vd_set_error(EINVAL, "%s: '%s' is a filter, not a format (the "
                         "open option filter stacks it)", path, drv->name);
   struct vd_dev *below;
+  if (args->snapshot && !drv->snapshot_list)
+    return vd_set_error(ENOTSUP, "%s: format '%s' has no internal "
+                        "snapshots", path, drv->name);
   if ((r = dev_open_below(child, path, args, allow_uri, &drv, &below)) < 0)
     return r;
 
@@ -191,12 +195,13 @@ dev_open(const struct vd_dev *child, const char *path,
   pthread_mutex_init(&dev->probe_lock, NULL);
   dev->opts = *args;
   dev->opts.format = dev->opts.backing = dev->opts.backing_format = NULL;
-  dev->opts.filter = NULL;
+  dev->opts.filter = dev->opts.snapshot = NULL;
   if (!(dev->path = strdup(path)) ||
       !dev_strdup(&dev->opts.format, args->format) ||
       !dev_strdup(&dev->opts.backing, args->backing) ||
       !dev_strdup(&dev->opts.backing_format, args->backing_format) ||
       !dev_strdup(&dev->opts.filter, args->filter) ||
+      !dev_strdup(&dev->opts.snapshot, args->snapshot) ||
       (drv->priv_size && !(dev->priv = calloc(1, drv->priv_size)))) {
     dev_free(dev);
     return vd_set_error(ENOMEM, "%s: out of memory", path);
@@ -822,6 +827,16 @@ vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val)
   struct vd_info_field *f = dev_info_field(info, key);
   if (f) {
     f->type = VD_FIELD_U64;
+    f->u64 = val;
+  }
+}
+
+void
+vd_info_add_bool(struct vd_info *info, const char *key, bool val)
+{
+  struct vd_info_field *f = dev_info_field(info, key);
+  if (f) {
+    f->type = VD_FIELD_BOOL;
     f->u64 = val;
   }
 }

@@ -245,6 +245,7 @@ int vd_opt_check(const char *options, const char *const *known,
 /* Append a format-specific property to INFO (dropped when full). */
 void vd_info_add_str(struct vd_info *info, const char *key, const char *val);
 void vd_info_add_u64(struct vd_info *info, const char *key, uint64_t val);
+void vd_info_add_bool(struct vd_info *info, const char *key, bool val);
 
 /* ---- registry (vdisk/registry.c) ---- */
 

@@ -31,8 +31,12 @@ isnap_check(struct vd_dev *dev, const char *name, bool write,
 }
 
 static int
-isnap_unsupported(struct vd_dev *dev)
+isnap_unsupported(struct vd_dev *dev, const char *op)
 {
+  if (dev->drv->snapshot_list)
+    return vd_set_error(ENOTSUP, "%s: format '%s': snapshot %s is not "
+                        "supported (snapshots are only listed and read)",
+                        dev->path, dev->drv->name, op);
   return vd_set_error(ENOTSUP, "%s: format '%s' has no internal snapshots",
                       dev->path, dev->drv->name);
 }
@@ -40,25 +44,29 @@ isnap_unsupported(struct vd_dev *dev)
 int
 vd_snapshot_create(struct vd_dev *dev, const char *name)
 {
-  int r = isnap_check(dev, name, true, "create");
+  int r = isnap_check(dev, name, false, "create");
   if (r < 0)
     return r;
-  dev = isnap_dev(dev);
-  if (!dev->drv->snapshot_create)
-    return isnap_unsupported(dev);
-  return dev->drv->snapshot_create(dev, name);
+  struct vd_dev *img = isnap_dev(dev);
+  if (!img->drv->snapshot_create)
+    return isnap_unsupported(img, "create");
+  if ((r = isnap_check(dev, name, true, "create")) < 0)
+    return r;
+  return img->drv->snapshot_create(img, name);
 }
 
 int
 vd_snapshot_delete(struct vd_dev *dev, const char *name)
 {
-  int r = isnap_check(dev, name, true, "delete");
+  int r = isnap_check(dev, name, false, "delete");
   if (r < 0)
     return r;
-  dev = isnap_dev(dev);
-  if (!dev->drv->snapshot_delete)
-    return isnap_unsupported(dev);
-  return dev->drv->snapshot_delete(dev, name);
+  struct vd_dev *img = isnap_dev(dev);
+  if (!img->drv->snapshot_delete)
+    return isnap_unsupported(img, "delete");
+  if ((r = isnap_check(dev, name, true, "delete")) < 0)
+    return r;
+  return img->drv->snapshot_delete(img, name);
 }
 
 int
@@ -73,6 +81,6 @@ vd_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
                         dev->path);
   dev = isnap_dev(dev);
   if (!dev->drv->snapshot_list)
-    return isnap_unsupported(dev);
+    return isnap_unsupported(dev, "list");
   return dev->drv->snapshot_list(dev, list, count);
 }

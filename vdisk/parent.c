@@ -1,4 +1,5 @@
-/* libvdisk — parent candidate checks shared by VHD and VHDX (parent.h). */
+/* libvdisk — parent candidate checks and reads through a parent, shared
+ * by the formats with parents (parent.h). */
 #include <config.h>
 
 #include <errno.h>

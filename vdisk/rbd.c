@@ -158,6 +158,11 @@ rbdv_open(struct vd_dev *dev)
   if (r < 0)
     return r;
   const struct vd_rbd_name *n = &p->name;
+  /* RBD snapshots are images of their own, named in the image name (as
+   * qemu's rbd driver, which has no convert -l either). */
+  if (dev->opts.snapshot)
+    return vd_set_error(ENOTSUP, "%s: an RBD snapshot is read by its name, "
+                        "rbd:POOL/IMAGE@SNAP, not with -l", dev->path);
   if ((r = rbdv_connect(dev->path, n, &p->cluster, &p->io)) < 0)
     return r;
   p->have_cluster = p->have_io = true;
@@ -477,6 +482,8 @@ rbdv_snapshot_list(struct vd_dev *dev, struct vd_snapshot **out,
     snprintf(s->id, sizeof s->id, "%" PRIu64, snaps[i].id);
     snprintf(s->name, sizeof s->name, "%s", snaps[i].name);
     s->size = snaps[i].size;
+    s->vm_state_size = snaps[i].size;  /* as qemu's rbd driver reports */
+    s->icount = UINT64_MAX;
     struct timespec ts;
     if (rbd_snap_get_timestamp(p->image, snaps[i].id, &ts) == 0) {
       s->date_sec = ts.tv_sec;

@@ -77,6 +77,12 @@ struct vd_open_args {
    * RAID array opens its members with its member timeout
    * (docs/remote.md). */
   unsigned timeout_ms;
+  /* An internal snapshot to read instead of the current state (qemu-img
+   * convert -l): "snapshot.id=ID", "snapshot.name=NAME", or a bare ID or
+   * NAME (an ID is tried first).  The device is then read-only.  Formats
+   * without internal snapshots fail the open with -ENOTSUP.  NULL: the
+   * current state. */
+  const char *snapshot;
 };
 
 /* Request flags for vd_pwrite / vd_discard / vd_write_zeroes. */
@@ -784,18 +790,21 @@ int vd_node_bitmap_status(struct vd_node *node, const char *name,
                           uint64_t *len);
 
 /* ---- Internal snapshots (qemu-img snapshot): named, read-only states
- * of an image kept inside it (RBD snapshots).  Formats without them fail
- * with -ENOTSUP.  None may run concurrently with vd_close of DEV. ---- */
+ * of an image kept inside it (qcow2 and RBD snapshots).  Formats without
+ * them fail with -ENOTSUP.  None may run concurrently with vd_close of DEV. ---- */
 
 /* One snapshot, with qemu-img snapshot -l's columns as far as the format
  * has them. */
 struct vd_snapshot {
-  char id[32];          /* the format's id (RBD: the snapshot id) */
+  char id[128];         /* the format's id (RBD: the snapshot id) */
   char name[256];       /* the tag it is opened and deleted by */
   uint64_t size;        /* the image's virtual size when it was taken */
   int64_t date_sec;     /* creation time (seconds since the epoch), 0 if
                            unknown */
   uint32_t date_nsec;
+  uint64_t vm_state_size;  /* saved VM state (qcow2), 0 if none */
+  uint64_t vm_clock_nsec;  /* guest clock when taken (qcow2), 0 if none */
+  uint64_t icount;         /* instruction count; UINT64_MAX: not recorded */
 };
 
 /* Take a snapshot NAME of DEV (opened VD_OPEN_RDWR) holding everything
