@@ -923,7 +923,7 @@ static int raid_open(struct vd_dev *dev)
   struct raid_array *a = dev->priv;
   bool force = (dev->open_flags & VD_OPEN_FORCE) != 0;
   unsigned mflags = dev->open_flags & (VD_OPEN_RDWR | VD_OPEN_DIRECT |
-                                       VD_OPEN_NOLOCK);
+                                       VD_OPEN_NOLOCK | VD_OPEN_NO_FLUSH);
   struct raid_scan *s = calloc(1, sizeof *s);
   if (!s)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);

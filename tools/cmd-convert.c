@@ -33,9 +33,15 @@ const char vt_usage_convert[] =
   "  -S SIZE        sparse detection granularity (default 4K; 0 = write\n"
   "                 everything, fully allocating the output)\n"
   "  -m N           worker threads (1..16, default 4)\n"
-  "  -t CACHE       output cache mode: writeback (default) or none\n"
-  "                 (O_DIRECT with libaio, bypassing the page cache)\n"
-  "  -T CACHE       source cache mode, as -t\n"
+  "  -t CACHE       output cache mode, as qemu-img: unsafe (default: no\n"
+  "                 flush at all, the data is durable once the system\n"
+  "                 writes it back), writeback (one flush at the end),\n"
+  "                 writethrough (every write durable before the next),\n"
+  "                 none (O_DIRECT with libaio, one flush at the end) or\n"
+  "                 directsync (O_DIRECT, every write durable); a vdz\n"
+  "                 output is always synced before it is renamed in place\n"
+  "  -T CACHE       source cache mode: writeback (default) or unsafe, or\n"
+  "                 none or directsync (O_DIRECT)\n"
   "  -n             do not create OUTPUT: it must exist and be large enough\n"
   "  -p             show progress\n"
   "  -q             quiet\n"
@@ -53,6 +59,7 @@ struct conv {
   uint64_t size;
   uint64_t sparse;        /* 0: no sparse detection */
   bool fresh;             /* output created by us: reads as zeros */
+  unsigned wflags;        /* VD_REQ_FUA for writethrough and directsync */
   _Atomic uint64_t next;  /* next chunk offset to claim */
   _Atomic uint64_t done;
   _Atomic int err;
@@ -75,7 +82,7 @@ static int
 conv_write(struct conv *cv, const uint8_t *buf, size_t len, uint64_t off)
 {
   if (!cv->sparse)
-    return vd_pwrite(cv->dst, buf, len, off, 0);
+    return vd_pwrite(cv->dst, buf, len, off, cv->wflags);
   size_t pos = 0;
   while (pos < len) {
     size_t n = len - pos < cv->sparse ? len - pos : (size_t)cv->sparse;
@@ -90,9 +97,9 @@ conv_write(struct conv *cv, const uint8_t *buf, size_t len, uint64_t off)
     }
     int r;
     if (!zero)
-      r = vd_pwrite(cv->dst, buf + pos, run, off + pos, 0);
+      r = vd_pwrite(cv->dst, buf + pos, run, off + pos, cv->wflags);
     else if (!cv->fresh)
-      r = vd_write_zeroes(cv->dst, off + pos, run, 0);
+      r = vd_write_zeroes(cv->dst, off + pos, run, cv->wflags);
     else
       r = 0;
     if (r < 0)
@@ -114,7 +121,7 @@ conv_chunk(struct conv *cv, uint8_t *buf, uint64_t off, uint64_t len)
     /* -S 0 means "allocate everything": zeros are written as data. */
     if ((e.flags & VD_EXT_ZERO) && cv->sparse) {
       if (!cv->fresh)
-        r = vd_write_zeroes(cv->dst, off, e.length, 0);
+        r = vd_write_zeroes(cv->dst, off, e.length, cv->wflags);
     } else {
       r = vd_pread(cv->src, buf, (size_t)e.length, off);
       if (r == 0)
@@ -155,13 +162,37 @@ conv_worker(void *opaque)
   return NULL;
 }
 
+/* qemu's cache modes (-t, -T) as open flags and whether every write is
+ * made durable (FUA); -1 for an unknown mode. */
+static int
+conv_cache_mode(const char *mode, unsigned *flags, bool *sync)
+{
+  static const struct { const char *name; unsigned flags; bool sync; }
+  modes[] = {
+    { "unsafe", VD_OPEN_NO_FLUSH, false },
+    { "writeback", 0, false },
+    { "writethrough", 0, true },
+    { "none", VD_OPEN_DIRECT, false },
+    { "directsync", VD_OPEN_DIRECT, true },
+  };
+  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+    if (strcmp(mode, modes[i].name) == 0) {
+      *flags |= modes[i].flags;
+      *sync = modes[i].sync;
+      return 0;
+    }
+  return -1;
+}
+
 int
 vt_cmd_convert(int argc, char **argv)
 {
   const char *fmt = NULL, *ofmt = "raw", *opts = NULL, *snap = NULL;
   uint64_t sparse = 4096, threads = 4;
   bool no_create = false, progress = false, quiet = false;
-  unsigned sflags = 0, dflags = VD_OPEN_RDWR;
+  /* qemu-img convert's defaults: -t unsafe, -T writeback. */
+  unsigned sflags = 0, dflags = VD_OPEN_RDWR | VD_OPEN_NO_FLUSH;
+  bool wsync = false;
   int c;
 
   optind = 1;
@@ -189,11 +220,12 @@ vt_cmd_convert(int argc, char **argv)
     case 't':
     case 'T': {
       unsigned *fl = c == 't' ? &dflags : &sflags;
-      if (strcmp(optarg, "none") == 0 || strcmp(optarg, "directsync") == 0)
-        *fl |= VD_OPEN_DIRECT;
-      else if (strcmp(optarg, "writeback") != 0)
-        return vt_bad_usage("convert", "-%c: cache mode must be writeback "
-                            "or none, not '%s'", c, optarg);
+      bool *sync = c == 't' ? &wsync : &(bool){ false };
+      *fl &= ~(VD_OPEN_DIRECT | VD_OPEN_NO_FLUSH);
+      if (conv_cache_mode(optarg, fl, sync) < 0)
+        return vt_bad_usage("convert", "-%c: cache mode must be unsafe, "
+                            "writeback, writethrough, none or directsync, "
+                            "not '%s'", c, optarg);
       break;
     }
     case 'n': no_create = true; break;
@@ -210,7 +242,8 @@ vt_cmd_convert(int argc, char **argv)
     return vt_bad_usage("convert", "expected FILENAME and OUTPUT");
   const char *in = argv[optind], *out = argv[optind + 1];
 
-  struct conv cv = { .sparse = sparse, .fresh = !no_create };
+  struct conv cv = { .sparse = sparse, .fresh = !no_create,
+                     .wflags = wsync ? VD_REQ_FUA : 0 };
   cv.prog.enabled = progress && !quiet;
   cv.prog.last = -1;
   pthread_mutex_init(&cv.lock, NULL);

@@ -26,7 +26,8 @@
 
 #define VD_REQ_ALL (VD_REQ_FUA | VD_REQ_NO_HOLE | VD_REQ_FAST_ZERO)
 #define VD_OPEN_ALL (VD_OPEN_RDWR | VD_OPEN_DIRECT | VD_OPEN_NOLOCK | \
-                     VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF | VD_OPEN_FORCE)
+                     VD_OPEN_NOPARENT | VD_OPEN_PROBE_LEAF | VD_OPEN_FORCE | \
+                     VD_OPEN_NO_FLUSH)
 #define VD_ZERO_CHUNK (1u << 20)
 
 /* Free DEV and close what a filter's device stands on; returns that
@@ -237,6 +238,7 @@ dev_open(const struct vd_dev *child, const char *path,
     if (flags & VD_OPEN_RDWR) ff |= VD_FILE_RDWR;
     if (flags & VD_OPEN_DIRECT) ff |= VD_FILE_DIRECT;
     if (flags & VD_OPEN_NOLOCK) ff |= VD_FILE_NOLOCK;
+    if (flags & VD_OPEN_NO_FLUSH) ff |= VD_FILE_NO_FLUSH;
     r = vd_file_open(path, ff, &dev->file);
     if (r < 0) {
       dev_free(dev);

@@ -673,6 +673,8 @@ vd_file_flush(struct vd_file *f)
     return vd_set_error(e, "%s: flush refused: an earlier flush failed "
                         "(%s), so data written before it may be lost",
                         f->path, strerror(e));
+  if (f->flags & VD_FILE_NO_FLUSH)
+    return 0;
   while (fdatasync(f->fd) == -1) {
     if (errno == EINTR)
       continue;

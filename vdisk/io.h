@@ -39,6 +39,7 @@
 #define VD_FILE_CREATE  0x08u  /* create if missing (O_CREAT) */
 #define VD_FILE_TRUNC   0x10u  /* truncate to 0 (O_TRUNC) */
 #define VD_FILE_EXCL    0x20u  /* fail if it exists (O_EXCL) */
+#define VD_FILE_NO_FLUSH 0x40u /* vd_file_flush does nothing (cache=unsafe) */
 
 struct vd_file;
 

@@ -38,6 +38,12 @@ struct vd_dev;
                                    parity log) or has members one event
                                    behind, as mdadm --force; not passed to
                                    members; other formats ignore it */
+#define VD_OPEN_NO_FLUSH 0x40u  /* flushes of the image's files do nothing
+                                   (qemu's cache=unsafe): only for work a
+                                   crash may lose whole, such as the
+                                   output of a convert; the format's
+                                   metadata is still written in its order,
+                                   only the fdatasyncs are left out */
 
 /* Where the parent (backing file) of a differencing image may be found,
  * when the operator did not name it (see docs/vhd.md, "Parent lookup"). */

@@ -10,7 +10,12 @@
 #    size, so libvhdi (vhdiinfo) sees the size qemu-img and vdtool see;
 #  - create and convert take -o help (the option names qemu-img lists for
 #    the same format are among ours), and create names the format as info
-#    does ("vhd" is created as vpc).
+#    does ("vhd" is created as vpc);
+#  - convert takes qemu-img's five cache modes (-t) with its default,
+#    unsafe: as qemu-img, the default convert leaves the data unsynced
+#    (strace counts the fdatasync calls), writeback syncs at the end,
+#    writethrough and directsync after each write, none and directsync
+#    open the output O_DIRECT; every mode writes the same image.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -68,4 +73,46 @@ expect_error "Unknown file format 'nosuch'" vdtool create -f nosuch -o help
 out=$(vdtool create -f vhd named.vhd 1M)
 [ "$out" = "Formatting 'named.vhd', fmt=vpc size=1048576" ] ||
   fail "create -f vhd printed: $out"
+
+# Cache modes.  syncs MODE...: fdatasync+fsync calls of a convert to VHD.
+requires strace
+head -c 8M /dev/urandom > cm.raw
+syncs() {
+  rm -f cm.vhd
+  strace -f -qq -c -e trace=fdatasync,fsync -o cm.strace \
+    "$top_builddir/tools/vdtool" convert "$@" -O vpc cm.raw cm.vhd ||
+    fail "convert $* failed"
+  qemu-img compare -f raw -F vpc cm.raw cm.vhd >/dev/null ||
+    fail "convert $* wrote different data"
+  awk '$NF == "fdatasync" || $NF == "fsync" {n += $4} END {print n + 0}' cm.strace
+}
+rm -f qcm.vhd
+strace -f -qq -c -e trace=fdatasync,fsync -o q.strace \
+  qemu-img convert -O vpc cm.raw qcm.vhd
+peer=$(awk '$NF == "fdatasync" || $NF == "fsync" {n += $4} END {print n + 0}' q.strace)
+dflt=$(syncs) unsafe=$(syncs -t unsafe) wb=$(syncs -t writeback)
+wt=$(syncs -t writethrough -m 1) ds=$(syncs -t directsync -m 1)
+none=$(syncs -t none)
+echo "syncs: qemu-img default $peer; vdtool default $dflt unsafe $unsafe" \
+  "writeback $wb writethrough $wt none $none directsync $ds"
+# The default writes no data durably, like qemu-img's (which syncs once,
+# as it creates the file); the image's creation may sync twice (the file
+# and its folder).
+[ "$dflt" = "$unsafe" ] && [ "$dflt" -le $((peer + 1)) ] ||
+  fail "the default convert syncs $dflt times (qemu-img: $peer)"
+[ "$wb" -gt "$unsafe" ] || fail "-t writeback does not sync at the end"
+[ "$wt" -gt $((wb + 2)) ] && [ "$ds" -gt $((wb + 2)) ] ||
+  fail "-t writethrough/directsync do not sync each write"
+[ "$none" -ge "$wb" ] || fail "-t none does not sync at the end"
+rm -f cm.vhd
+# (the file is opened, then switched to O_DIRECT with fcntl)
+strace -f -qq -e trace=fcntl -o open.strace \
+  "$top_builddir/tools/vdtool" convert -t none -O vpc cm.raw cm.vhd
+grep -q 'F_SETFL, .*O_DIRECT' open.strace || fail "-t none is not O_DIRECT"
+rm -f cm.vhd
+strace -f -qq -e trace=fcntl -o open.strace \
+  "$top_builddir/tools/vdtool" convert -O vpc cm.raw cm.vhd
+! grep -q 'F_SETFL, .*O_DIRECT' open.strace || fail "the default is O_DIRECT"
+expect_error "cache mode must be unsafe, writeback, writethrough, none or directsync" \
+  vdtool convert -t bogus cm.raw x.raw
 echo "vdtool-habits: OK"
