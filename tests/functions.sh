@@ -22,6 +22,23 @@ vdtool()     { _vd_run "$top_builddir/tools/vdtool" "$@"; }
 vdisk_nbd()  { _vd_run "$top_builddir/nbd-server/vdisk-nbd" "$@"; }
 vdisk_fuse() { _vd_run "$top_builddir/fuse-frontend/vdisk-fuse" "$@"; }
 
+# public_copy PROG: print the path of a copy of the build's PROG
+# (tools/vdtool, say) that any user can run: the program and libvdisk in
+# a 0755 folder under a 0711 $VD_TMP, for tests that drop privileges while
+# the checkout may sit in a folder only root can enter.  The copy finds
+# its library through LD_LIBRARY_PATH, which the caller passes
+# ("env LD_LIBRARY_PATH=$VD_TMP/public ...").
+public_copy() {
+  local d="$VD_TMP/public" name
+  name=$(basename "$1")
+  mkdir -p "$d" && chmod 0755 "$d" && chmod 0711 "$VD_TMP"
+  cp "$top_builddir/$(dirname "$1")/.libs/$name" "$d/$name" 2>/dev/null ||
+    cp "$top_builddir/$1" "$d/$name"
+  cp -P "$top_builddir"/vdisk/.libs/libvdisk.so* "$d/" 2>/dev/null || true
+  chmod -R a+rX "$d"
+  echo "$d/$name"
+}
+
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*" >&2; exit 77; }
 
