@@ -20,7 +20,7 @@ const char vt_summary_convert[] = "copy an image to a new image, any format";
 const char vt_usage_convert[] =
   "Usage: vdtool convert [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS] [-S SIZE]\n"
   "                      [-m N] [-t CACHE] [-T CACHE] [-n] [-p] [-q] [-U]\n"
-  "                      [-l SNAPSHOT]\n"
+  "                      [-l SNAPSHOT] [-c] [-W] [-B BACKING [-F FMT]]\n"
   "                      FILENAME OUTPUT\n"
   "\n"
   "Copy the virtual disk FILENAME into OUTPUT.  Unallocated ranges of the\n"
@@ -46,6 +46,16 @@ const char vt_usage_convert[] =
   "  -p             show progress\n"
   "  -q             quiet\n"
   "  -U             open the source without taking the image lock\n"
+  "  -c             compress the output: only vdz compresses, and always\n"
+  "                 does (other formats refuse -c, as qemu-img does)\n"
+  "  -W             allow out-of-order writes (vdtool's workers always\n"
+  "                 write their chunks concurrently; accepted for qemu-img\n"
+  "                 scripts)\n"
+  "  -B BACKING     make OUTPUT a differencing image over BACKING, which\n"
+  "                 must read as the source's own backing file does: only\n"
+  "                 what the source holds itself is copied (zeros written\n"
+  "                 as zeros), as qemu-img convert -B\n"
+  "  -F FMT         BACKING's format (default: probe)\n"
   "  -l SNAPSHOT    copy the source's internal snapshot (qcow2): an ID or\n"
   "                 name, snapshot.id=ID or snapshot.name=NAME\n"
   "  --backing=FILE the source's parent (needed when it is outside the\n"
@@ -59,6 +69,7 @@ struct conv {
   uint64_t size;
   uint64_t sparse;        /* 0: no sparse detection */
   bool fresh;             /* output created by us: reads as zeros */
+  bool top_only;          /* -B: copy only what the source holds itself */
   unsigned wflags;        /* VD_REQ_FUA for writethrough and directsync */
   _Atomic uint64_t next;  /* next chunk offset to claim */
   _Atomic uint64_t done;
@@ -118,6 +129,11 @@ conv_chunk(struct conv *cv, uint8_t *buf, uint64_t off, uint64_t len)
     int r = vd_block_status(cv->src, off, end - off, &e);
     if (r < 0)
       return r;
+    /* -B: what the source's parents hold, OUTPUT's backing file holds. */
+    if (cv->top_only && (e.depth > 0 || (e.flags & VD_EXT_HOLE))) {
+      off += e.length;
+      continue;
+    }
     /* -S 0 means "allocate everything": zeros are written as data. */
     if ((e.flags & VD_EXT_ZERO) && cv->sparse) {
       if (!cv->fresh)
@@ -188,6 +204,8 @@ int
 vt_cmd_convert(int argc, char **argv)
 {
   const char *fmt = NULL, *ofmt = "raw", *opts = NULL, *snap = NULL;
+  const char *obase = NULL, *obasefmt = NULL;
+  bool compress = false;
   uint64_t sparse = 4096, threads = 4;
   bool no_create = false, progress = false, quiet = false;
   /* qemu-img convert's defaults: -t unsafe, -T writeback. */
@@ -197,7 +215,7 @@ vt_cmd_convert(int argc, char **argv)
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt(argc, argv, "f:O:o:S:m:t:T:npqUl:")) != -1) {
+  while ((c = getopt(argc, argv, "f:O:o:S:m:t:T:npqUl:cWB:F:")) != -1) {
     switch (c) {
     case 'f': fmt = optarg; break;
     case 'O': ofmt = optarg; break;
@@ -233,6 +251,10 @@ vt_cmd_convert(int argc, char **argv)
     case 'q': quiet = true; break;
     case 'U': sflags |= VD_OPEN_NOLOCK; break;
     case 'l': snap = optarg; break;
+    case 'c': compress = true; break;
+    case 'W': break;
+    case 'B': obase = optarg; break;
+    case 'F': obasefmt = optarg; break;
     default: return vt_bad_option("convert", argv);
     }
   }
@@ -241,8 +263,19 @@ vt_cmd_convert(int argc, char **argv)
   if (argc - optind != 2)
     return vt_bad_usage("convert", "expected FILENAME and OUTPUT");
   const char *in = argv[optind], *out = argv[optind + 1];
+  const char *oname = vd_format_name(ofmt);
+  if (compress && (!oname || strcmp(oname, "vdz") != 0)) {
+    vt_error("-c: format '%s' cannot compress (vdz is the compressed "
+             "format)", ofmt);
+    return VT_EXIT_ERR;
+  }
+  if (obasefmt && !obase)
+    return vt_bad_usage("convert", "-F needs -B");
+  if (obase && no_create)
+    return vt_bad_usage("convert", "-B needs a new OUTPUT (not -n)");
 
-  struct conv cv = { .sparse = sparse, .fresh = !no_create,
+  struct conv cv = { .sparse = sparse, .fresh = !no_create && !obase,
+                     .top_only = obase != NULL,
                      .wflags = wsync ? VD_REQ_FUA : 0 };
   cv.prog.enabled = progress && !quiet;
   cv.prog.last = -1;
@@ -252,11 +285,15 @@ vt_cmd_convert(int argc, char **argv)
   if (vt_open_snapshot(in, fmt, sflags, snap, &cv.src) < 0)
     return VT_EXIT_ERR;
   cv.size = vd_size(cv.src);
-  struct vd_create_args args = { .size = cv.size, .options = opts };
+  struct vd_create_args args = { .size = cv.size, .options = opts,
+                                 .backing = obase,
+                                 .backing_format = obasefmt };
 
   if (!no_create) {
-    r = vd_import(out, ofmt, cv.src, &args, progress ? vt_progress_cb : NULL,
-                  &cv.prog);
+    /* A format that writes its output in one pass (vdz) imports it. */
+    r = obase ? -ENOTSUP
+              : vd_import(out, ofmt, cv.src, &args,
+                          progress ? vt_progress_cb : NULL, &cv.prog);
     if (r == 0) {
       vt_progress_end(&cv.prog);
       rc = VT_EXIT_OK;

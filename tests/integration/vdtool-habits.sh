@@ -15,7 +15,12 @@
 #    unsafe: as qemu-img, the default convert leaves the data unsynced
 #    (strace counts the fdatasync calls), writeback syncs at the end,
 #    writethrough and directsync after each write, none and directsync
-#    open the output O_DIRECT; every mode writes the same image.
+#    open the output O_DIRECT; every mode writes the same image;
+#  - convert -B BACKING -F FMT makes a differencing output holding only
+#    what the source holds itself (qemu-img convert -B to qcow2 beside it:
+#    the same extents come from the new image, the rest from BACKING);
+#    -c compresses to vdz and is refused for other formats as qemu-img
+#    refuses it for raw; -W is accepted.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -115,4 +120,32 @@ strace -f -qq -e trace=fcntl -o open.strace \
 ! grep -q 'F_SETFL, .*O_DIRECT' open.strace || fail "the default is O_DIRECT"
 expect_error "cache mode must be unsafe, writeback, writethrough, none or directsync" \
   vdtool convert -t bogus cm.raw x.raw
+
+# convert -B, -c, -W.
+qemu-img create -q -f raw cb.raw 8M
+qemu-io -f raw -c 'write -P 0x11 0 8M' cb.raw >/dev/null
+qemu-img create -q -f qcow2 -b cb.raw -F raw ct.qcow2
+qemu-io -f qcow2 -c 'write -P 0x22 1M 1M' -c 'write -z 4M 1M' ct.qcow2 >/dev/null
+cp cb.raw cb2.raw
+vdtool convert -B cb2.raw -F raw -O vpc ct.qcow2 cb.vhd || fail "convert -B failed"
+qemu-img convert -B cb2.raw -F raw -O qcow2 ct.qcow2 cq.qcow2
+vdtool convert -O raw cb.vhd cb.out && qemu-img compare -F qcow2 cb.out ct.qcow2 >/dev/null ||
+  fail "convert -B: the output reads differently from the source"
+[ "$(vdtool info --output=json cb.vhd | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')" = cb2.raw ] ||
+  fail "convert -B: the output's backing file is not cb2.raw"
+# The extents each new image holds itself (data, or zeros it records):
+# the same ranges.
+vdtool map --output=json cb.vhd | /usr/bin/python3 -c '
+import json, sys
+print([(e["start"], e["length"]) for e in json.load(sys.stdin) if e["depth"] == 0 and (e["data"] or e["zero"])])' > v.ext
+qemu-img map --output=json cq.qcow2 | /usr/bin/python3 -c '
+import json, sys
+print([(e["start"], e["length"]) for e in json.load(sys.stdin) if e["depth"] == 0 and (e["data"] or e["zero"])])' > q.ext
+cmp -s v.ext q.ext || fail "convert -B copied other extents than qemu-img: $(cat v.ext) vs $(cat q.ext)"
+qemu_c=$(qemu-img convert -c -O raw ct.qcow2 c.raw 2>&1) && fail "qemu-img convert -c -O raw succeeded"
+echo "qemu-img: $qemu_c"
+expect_error "-c: format 'raw' cannot compress" vdtool convert -c -O raw ct.qcow2 c.raw
+vdtool convert -c -W -O vdz ct.qcow2 c.vdz || fail "convert -c -W -O vdz failed"
+vdtool convert -O raw c.vdz cz.raw && qemu-img compare -F qcow2 cz.raw ct.qcow2 >/dev/null ||
+  fail "convert -c -O vdz differs"
 echo "vdtool-habits: OK"
