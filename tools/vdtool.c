@@ -25,6 +25,7 @@ VT_CMD(compact)
 VT_CMD(raid)
 VT_CMD(qmp)
 VT_CMD(snapshot)
+VT_CMD(measure)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -42,6 +43,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(raid),
   VT_ENTRY(qmp),
   VT_ENTRY(snapshot),
+  VT_ENTRY(measure),
   { NULL, NULL, NULL, NULL }
 };
 

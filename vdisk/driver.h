@@ -220,6 +220,13 @@ struct vd_driver {
   int (*snapshot_list)(struct vd_dev *dev, struct vd_snapshot **list,
                        size_t *count);
 
+  /* qemu-img measure (vd_measure): the file size a new image with ARGS
+   * (options and a non-zero size; no backing) needs to hold the data of
+   * SRC (NULL: an empty image) in *REQUIRED, and with every block
+   * allocated in *FULLY.  NULL: the format cannot tell (-ENOTSUP). */
+  int (*measure)(const struct vd_create_args *args, struct vd_dev *src,
+                 uint64_t *required, uint64_t *fully);
+
   /* New ops go here, at the end. */
 };
 
@@ -336,6 +343,11 @@ int vd_node_swap(struct vd_node *node, struct vd_dev *expect,
                  struct vd_dev *newdev, struct vd_dev **olddev,
                  int (*drained)(void *opaque, struct vd_dev *old),
                  void *opaque);
+
+/* For measure ops: the number of BLOCK-sized blocks of [0, SIZE) in
+ * which SRC (NULL: none) has anything but zeros, by block status. */
+int vd_measure_data_blocks(struct vd_dev *src, uint64_t size, uint64_t block,
+                           uint64_t *count);
 
 /* Open PATH with ARGS (NULL: defaults) as a differencing image whose
  * parent is the already-open PARENT, which is not opened again: the new

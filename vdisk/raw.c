@@ -144,6 +144,21 @@ raw_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   return r;
 }
 
+/* A raw file is the disk: it needs its whole size either way (as qemu's
+ * raw measure says, the data of a sparse source included). */
+static int
+raw_measure(const struct vd_create_args *args, struct vd_dev *src,
+            uint64_t *required, uint64_t *fully)
+{
+  static const char *const known[] = { "preallocation", NULL };
+  (void)src;
+  int r = vd_opt_check(args->options, known, "measure");
+  if (r < 0)
+    return r;
+  *required = *fully = args->size;
+  return 0;
+}
+
 const struct vd_driver vd_raw_driver = {
   .name = "raw",
   .probe = raw_probe,
@@ -161,6 +176,7 @@ const struct vd_driver vd_raw_driver = {
   .block_status = raw_block_status,
   .multi_conn = true,
   .truncate = raw_truncate,
+  .measure = raw_measure,
 };
 
 VD_REGISTER_DRIVER(vd_raw_driver);

@@ -824,6 +824,14 @@ int vd_snapshot_delete(struct vd_dev *dev, const char *name);
 int vd_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
                      size_t *count);
 
+/* qemu-img measure: the size of the file an image of FORMAT created
+ * with ARGS (options, and a non-zero size; no backing file) needs to hold
+ * what SRC holds (NULL: an empty image), in *REQUIRED, and with every
+ * block allocated, in *FULLY.  -ENOTSUP for formats that cannot tell
+ * (vdz: it depends on how well the data compresses). */
+int vd_measure(const char *format, const struct vd_create_args *args,
+               struct vd_dev *src, uint64_t *required, uint64_t *fully);
+
 /* The calling thread's last error message ("" if none). */
 const char *vd_error(void);
 

@@ -1397,27 +1397,26 @@ static int vhd_create_file(const char *path, unsigned type, uint64_t size,
                            uint64_t block, const char *backing,
                            struct vd_dev *parent, unsigned fflags);
 
+/* The options of create and measure: subformat (*TYPE) and block_size. */
 static int
-vhd_create(const char *path, const struct vd_create_args *args)
+vhd_create_opts(const char *path, const struct vd_create_args *args,
+                unsigned *type, uint64_t *block)
 {
   static const char *const known[] = { "subformat", "block_size",
                                        "force_size", NULL };
   char val[64];
-  unsigned type = VHD_TYPE_DYNAMIC;
-  uint64_t block = VHD_DEFAULT_BLOCK, size = args->size;
-  struct vd_dev *parent = NULL;
-  int r;
-
-  r = vd_opt_check(args->options, known, path);
+  *type = VHD_TYPE_DYNAMIC;
+  *block = VHD_DEFAULT_BLOCK;
+  int r = vd_opt_check(args->options, known, path);
   if (r < 0)
     return r;
   if ((r = vd_opt_get(args->options, "subformat", val, sizeof val)) < 0)
     return r;
   if (r == 1) {
     if (strcmp(val, "dynamic") == 0)
-      type = VHD_TYPE_DYNAMIC;
+      *type = VHD_TYPE_DYNAMIC;
     else if (strcmp(val, "fixed") == 0)
-      type = VHD_TYPE_FIXED;
+      *type = VHD_TYPE_FIXED;
     else
       return vd_set_error(EINVAL, "%s: invalid subformat '%s' (dynamic or "
                           "fixed)", path, val);
@@ -1425,12 +1424,57 @@ vhd_create(const char *path, const struct vd_create_args *args)
   if ((r = vd_opt_get(args->options, "block_size", val, sizeof val)) < 0)
     return r;
   if (r == 1) {
-    if ((r = vd_parse_size(val, &block)) < 0)
+    if ((r = vd_parse_size(val, block)) < 0)
       return r;
-    if (!vd_is_pow2(block) || block < (512u << 10) || block > VHD_MAX_BLOCK)
+    if (!vd_is_pow2(*block) || *block < (512u << 10) ||
+        *block > VHD_MAX_BLOCK)
       return vd_set_error(EINVAL, "%s: block_size %s is not a power of two "
                           "between 512 KiB and 256 MiB", path, val);
   }
+  return 0;
+}
+
+/* The layout vhd_create_file makes: a fixed image is the disk and a
+ * footer; a dynamic one the footer copy, header and BAT, then per block
+ * its bitmap and data, then the footer. */
+static int
+vhd_measure(const struct vd_create_args *args, struct vd_dev *src,
+            uint64_t *required, uint64_t *fully)
+{
+  unsigned type;
+  uint64_t block, n;
+  int r = vhd_create_opts("measure", args, &type, &block);
+  if (r < 0)
+    return r;
+  uint64_t size = vd_round_up(args->size, VHD_SECTOR);
+  if (size > VHD_MAX_SIZE)
+    return vd_set_error(EFBIG, "measure: size %" PRIu64 " exceeds the VHD "
+                        "limit of 2040 GiB", size);
+  if (type == VHD_TYPE_FIXED) {
+    *required = *fully = size + VHD_FOOTER_SIZE;
+    return 0;
+  }
+  if ((r = vd_measure_data_blocks(src, size, block, &n)) < 0)
+    return r;
+  uint64_t blocks = (size + block - 1) / block;
+  uint64_t meta = VHD_FOOTER_SIZE + VHD_HEADER_SIZE +
+                  vd_round_up(blocks * 4, VHD_SECTOR) + VHD_FOOTER_SIZE;
+  uint64_t slot = vhd_bitmap_size((uint32_t)block) + block;
+  *required = meta + n * slot;
+  *fully = meta + blocks * slot;
+  return 0;
+}
+
+static int
+vhd_create(const char *path, const struct vd_create_args *args)
+{
+  char val[64];
+  unsigned type;
+  uint64_t block, size = args->size;
+  struct vd_dev *parent = NULL;
+  int r = vhd_create_opts(path, args, &type, &block);
+  if (r < 0)
+    return r;
   if (args->backing) {
     if (type == VHD_TYPE_FIXED)
       return vd_set_error(EINVAL, "%s: a fixed VHD cannot have a parent", path);
@@ -1603,6 +1647,7 @@ const struct vd_driver vd_vhd_driver = {
   .open = vhd_open,
   .close = vhd_close,
   .create = vhd_create,
+  .measure = vhd_measure,
   .create_help =
     "  block_size=<size>      - Block size of a dynamic or differencing image "
     "(a power of two, 512 KiB to 256 MiB; default 2 MiB, or the parent's)\n"

@@ -307,6 +307,38 @@ out:
   return r;
 }
 
+/* The layout vhdx_create makes (no parent): everything up to the BAT's
+ * end, then one payload block per allocated block (all of them for a
+ * fixed image). */
+int
+vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
+             uint64_t *required, uint64_t *fully)
+{
+  bool fixed, bs_set, lss_set;
+  uint32_t bs, lss, ratio;
+  uint64_t db, entries, n;
+  int r = vhdx_create_opts("measure", args, &fixed, &bs, &lss, &bs_set,
+                           &lss_set);
+  if (r < 0)
+    return r;
+  if (args->size == 0 || args->size > VHDX_MAX_SIZE || args->size % lss)
+    return vd_set_error(EINVAL, "measure: size %" PRIu64 " must be a "
+                        "non-zero multiple of %u up to 64 TiB", args->size,
+                        lss);
+  struct vhdx_meta m = { .block_size = bs, .disk_size = args->size,
+                         .lss = lss, .pss = 4096 };
+  vhdx_bat_geometry(&m, &db, &ratio, &entries);
+  uint64_t first = VHDX_NEW_BAT_OFF +
+                   (entries * 8 + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB;
+  if (fixed)
+    n = db;
+  else if ((r = vd_measure_data_blocks(src, args->size, bs, &n)) < 0)
+    return r;
+  *required = first + n * bs;
+  *fully = first + db * bs;
+  return 0;
+}
+
 /* ---- the session and the log ---- */
 
 

@@ -744,6 +744,7 @@ const struct vd_driver vd_vhdx_driver = {
   .open = vhdx_open,
   .close = vhdx_close,
   .create = vhdx_create,
+  .measure = vhdx_measure,
   .create_help =
     "  block_size=<size>      - Block size (a power of two, 1 MiB to 256 MiB; "
     "default 32 MiB as qemu-img)\n"

@@ -288,6 +288,9 @@ int vhdx_write_headers(struct vd_dev *dev);
  * the log), flush (also clears the LogGuid once the metadata is in
  * place). */
 int vhdx_create(const char *path, const struct vd_create_args *args);
+/* qemu-img measure for VHDX (vd_driver.measure). */
+int vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
+                 uint64_t *required, uint64_t *fully);
 int vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
                 unsigned flags);
 int vhdx_flush(struct vd_dev *dev);
