@@ -26,6 +26,7 @@ VT_CMD(raid)
 VT_CMD(qmp)
 VT_CMD(snapshot)
 VT_CMD(measure)
+VT_CMD(dd)
 #undef VT_CMD
 
 #define VT_ENTRY(n) { #n, vt_cmd_##n, vt_summary_##n, vt_usage_##n }
@@ -44,6 +45,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(qmp),
   VT_ENTRY(snapshot),
   VT_ENTRY(measure),
+  VT_ENTRY(dd),
   { NULL, NULL, NULL, NULL }
 };
 
