@@ -88,6 +88,11 @@ static json_t *cmd_export_add(struct vc_server *vc, json_t *args,
 
   if (!vc_export_opts_parse(args, "fuse", NULL, &o, err))
     return NULL;
+  if (st->single) {
+    vc_error_set(err, "GenericError", "The mount point is a single disk: "
+                 "no export can be added");
+    return NULL;
+  }
   if (o.writable && st->read_only) {
     vc_error_set(err, "GenericError", "Cannot export read-only node as "
                  "writable");
@@ -179,6 +184,11 @@ static json_t *cmd_export_del(struct vc_server *vc, json_t *args,
 
   if (!vc_export_del_parse(args, &id, &hard, err))
     return NULL;
+  if (st->single) {
+    vc_error_set(err, "GenericError", "The mount point is a single disk: "
+                 "its export cannot be removed");
+    return NULL;
+  }
   im = vf_disks_get_id(&st->disks, id);
   if (!im)
     return vc_export_del_reply(-ENOENT, id, err);

@@ -24,6 +24,9 @@ struct vf_state {
   bool read_only;           /* -r: everything read-only, mounted ro */
   bool verbose;
   bool page_cache;          /* let the kernel cache file pages */
+  bool single;              /* the mount point is a regular file: the
+                               one disk is the mount's root itself (as
+                               qemu-storage-daemon's FUSE export) */
   uid_t uid;
   gid_t gid;
   struct timespec start;

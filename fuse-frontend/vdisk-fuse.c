@@ -136,12 +136,31 @@ vf_file(struct fuse_file_info *fi)
   return (struct vf_image *) (uintptr_t) fi->fh;
 }
 
+/* The disk behind inode INO with a reference (vf_disks_put), or NULL:
+ * for the root folder (*ERR 0) or a gone disk (*ERR ENOENT).  In single
+ * mode the root is the disk. */
+static struct vf_image *
+vf_get_ino(struct vf_state *s, fuse_ino_t ino, int *err)
+{
+  struct vf_image *im = NULL;
+  *err = 0;
+  if (ino == VF_ROOT_INO && s->single)
+    im = vf_disks_get_name(&s->disks, s->img[0].name);
+  else if (ino != VF_ROOT_INO)
+    im = vf_disks_get_ino(&s->disks, ino);
+  else
+    return NULL;
+  if (im == NULL)
+    *err = ENOENT;
+  return im;
+}
+
 /* Attributes of disk IM, or of the root folder if IM is NULL. */
 static void
 vf_fill_stat(struct vf_state *s, struct vf_image *im, struct stat *st)
 {
   memset(st, 0, sizeof *st);
-  st->st_ino = im ? im->ino : VF_ROOT_INO;
+  st->st_ino = im && !s->single ? im->ino : VF_ROOT_INO;
   st->st_uid = s->uid;
   st->st_gid = s->gid;
   st->st_atim = st->st_mtim = st->st_ctim = s->start;
@@ -176,7 +195,7 @@ vf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   struct fuse_entry_param e;
   struct vf_image *im;
 
-  if (parent != VF_ROOT_INO) {
+  if (parent != VF_ROOT_INO || s->single) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
@@ -200,12 +219,13 @@ static void
 vf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = NULL;
   struct stat st;
+  int err;
 
   /* A deleted disk still open somewhere keeps answering (fstat). */
-  if (ino != VF_ROOT_INO && (im = vf_disks_get_ino(&s->disks, ino)) == NULL) {
-    fuse_reply_err(req, ENOENT);
+  struct vf_image *im = vf_get_ino(s, ino, &err);
+  if (err) {
+    fuse_reply_err(req, err);
     return;
   }
   vf_fill_stat(s, im, &st);
@@ -221,10 +241,11 @@ vf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
            struct fuse_file_info *fi)
 {
   struct vf_state *s = vf_state(req);
-  struct vf_image *im = NULL;
+  int err;
+  struct vf_image *im = vf_get_ino(s, ino, &err);
 
-  if (ino != VF_ROOT_INO && (im = vf_disks_get_ino(&s->disks, ino)) == NULL) {
-    fuse_reply_err(req, ENOENT);
+  if (err) {
+    fuse_reply_err(req, err);
     return;
   }
   vf_setattr_im(req, s, im, attr, to_set);
@@ -270,7 +291,7 @@ vf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   long nv;
   off_t i;
 
-  if (ino != VF_ROOT_INO) {
+  if (ino != VF_ROOT_INO || s->single) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
@@ -391,13 +412,13 @@ vf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   struct vf_image *im;
   int err = 0;
 
-  if (ino == VF_ROOT_INO) {
+  if (ino == VF_ROOT_INO && !s->single) {
     fuse_reply_err(req, EISDIR);
     return;
   }
-  im = vf_disks_get_ino(&s->disks, ino);
-  if (im == NULL)
-    err = ENOENT;
+  im = vf_get_ino(s, ino, &err);
+  if (err)
+    ;                           /* gone */
   else if (im->read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
     err = EROFS;
   else if ((fi->flags & O_TRUNC) && im->size != 0)
@@ -733,7 +754,10 @@ vf_usage(FILE *f)
   fprintf(f,
 "Usage: %s [OPTIONS] IMAGE... MOUNTPOINT\n"
 "Expose each virtual disk IMAGE (raw, VHD, RAID array, ...) as a regular\n"
-"file MOUNTPOINT/NAME.raw holding the disk's bytes.\n"
+"file MOUNTPOINT/NAME.raw holding the disk's bytes.  When MOUNTPOINT is a\n"
+"regular file, the one IMAGE given appears at MOUNTPOINT itself (as\n"
+"qemu-storage-daemon's FUSE export); exports cannot then be added or\n"
+"removed.\n"
 "\n"
 "  -r, --read-only     open the images read-only and mount read-only\n"
 "  -U, --force-share   with -r: take no image lock, so an image in use by\n"
@@ -1037,6 +1061,16 @@ main(int argc, char **argv)
   }
   mountpoint = argv[argc - 1];
   s.nimg = (size_t) (argc - optind - 1);
+  struct stat mst;
+  if (stat(mountpoint, &mst) == 0 && S_ISREG(mst.st_mode)) {
+    if (s.nimg != 1) {
+      vf_log("%s is a file: it can show one disk, not %zu", mountpoint,
+             s.nimg);
+      free(opts);
+      return 1;
+    }
+    s.single = true;
+  }
   s.img = calloc(s.nimg, sizeof *s.img);
   if (s.img == NULL) {
     vf_log("out of memory");
