@@ -58,6 +58,33 @@ const char vt_usage_info[] =
   "                    FILENAME's folder tree or not a regular file)\n"
   "  --backing-format=FMT  the parent's format\n";
 
+/* The parent's name as the image records it (qemu-img's backing file). */
+static const char *
+info_backing_name(const struct vd_info *in)
+{
+  return in->backing_stored[0] ? in->backing_stored : in->backing;
+}
+
+/* qemu-img's full-backing-filename: the recorded name taken relative to
+ * the folder of PATH (the child as named on the command line), unless the
+ * engine resolved the parent to another path (malloc'd; NULL: no
+ * memory). */
+static char *
+info_full_backing(const char *path, const struct vd_info *in)
+{
+  const char *name = info_backing_name(in), *slash = strrchr(path, '/');
+  if (strcmp(name, in->backing) != 0 || name[0] == '/' || !slash ||
+      strstr(name, "://"))
+    return strdup(in->backing);
+  size_t dir = (size_t)(slash - path) + 1;
+  char *full = malloc(dir + strlen(name) + 1);
+  if (full) {
+    memcpy(full, path, dir);
+    strcpy(full + dir, name);
+  }
+  return full;
+}
+
 static void
 info_human(const char *path, const struct vd_info *in,
            const struct info_snaps *sn)
@@ -71,7 +98,13 @@ info_human(const char *path, const struct vd_info *in,
   if (in->cluster_size)
     printf("cluster_size: %" PRIu64 "\n", in->cluster_size);
   if (in->backing[0]) {
-    printf("backing file: %s\n", in->backing);
+    char *full = info_full_backing(path, in);
+    if (full && strcmp(full, info_backing_name(in)) != 0)
+      printf("backing file: %s (actual path: %s)\n", info_backing_name(in),
+             full);
+    else
+      printf("backing file: %s\n", info_backing_name(in));
+    free(full);
     if (in->backing_format[0])
       printf("backing file format: %s\n", in->backing_format);
   }
@@ -106,9 +139,9 @@ info_json(const char *path, const struct vd_info *in,
   printf(",\n%s    \"actual-size\": %" PRIu64 ",\n", indent, in->actual_size);
   if (in->backing[0]) {
     printf("%s    \"backing-filename\": ", indent);
-    vt_json_string(stdout, in->backing);
+    vt_json_string(stdout, info_backing_name(in));
     printf(",\n%s    \"full-backing-filename\": ", indent);
-    char *full = realpath(in->backing, NULL);
+    char *full = info_full_backing(path, in);
     vt_json_string(stdout, full ? full : in->backing);
     free(full);
     printf(",\n");

@@ -695,6 +695,8 @@ qcow2_info(struct vd_dev *dev, struct vd_info *info)
   if (h->backing_off) {
     snprintf(info->backing, sizeof info->backing, "%s",
              p->parent_path[0] ? p->parent_path : p->backing);
+    snprintf(info->backing_stored, sizeof info->backing_stored, "%s",
+             p->backing);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",
              p->parent_format[0] ? p->parent_format : h->backing_fmt);
   }

@@ -136,6 +136,9 @@ struct vd_info {
   struct vd_info_field fields[VD_INFO_MAX_FIELDS];
   uint64_t cluster_size;      /* allocation unit of the format, 0 if none
                                  (qemu-img info's cluster_size) */
+  char backing_stored[4096];  /* the parent's name as the image records it
+                                 (qemu-img info's backing-filename), "" if
+                                 the format keeps none apart from backing */
 };
 
 /* Arguments for vd_create. */

@@ -599,6 +599,9 @@ vmdk_info(struct vd_dev *dev, struct vd_info *info)
   vd_info_add_str(info, "create-type", p->create_type);
   vd_info_add_u64(info, "extents", p->n);
   info->cluster_size = p->cluster_size;
+  if (p->desc.parent_hint)
+    snprintf(info->backing_stored, sizeof info->backing_stored, "%s",
+             p->desc.parent_hint);
   if (p->parent_path[0]) {
     snprintf(info->backing, sizeof info->backing, "%s", p->parent_path);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",

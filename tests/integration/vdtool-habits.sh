@@ -20,7 +20,11 @@
 #    what the source holds itself (qemu-img convert -B to qcow2 beside it:
 #    the same extents come from the new image, the rest from BACKING);
 #    -c compresses to vdz and is refused for other formats as qemu-img
-#    refuses it for raw; -W is accepted.
+#    refuses it for raw; -W is accepted;
+#  - info names the backing file as the image records it
+#    (backing-filename) and as it is reached from the current folder
+#    (full-backing-filename; human: "(actual path: ...)"), as qemu-img
+#    does for qcow2 and VMDK chains in a subfolder.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -148,4 +152,21 @@ expect_error "-c: format 'raw' cannot compress" vdtool convert -c -O raw ct.qcow
 vdtool convert -c -W -O vdz ct.qcow2 c.vdz || fail "convert -c -W -O vdz failed"
 vdtool convert -O raw c.vdz cz.raw && qemu-img compare -F qcow2 cz.raw ct.qcow2 >/dev/null ||
   fail "convert -c -O vdz differs"
+
+# Backing file names as recorded and as reached.
+mkdir -p bsub/deep
+qemu-img create -q -f raw bsub/deep/b.raw 1M
+qemu-img create -q -f qcow2 -b deep/b.raw -F raw bsub/c.qcow2
+qemu-img create -q -f vmdk bsub/deep/b.vmdk 1M
+qemu-img create -q -f vmdk -b deep/b.vmdk -F vmdk bsub/c.vmdk
+for img in bsub/c.qcow2 bsub/c.vmdk; do
+  for k in backing-filename full-backing-filename backing-filename-format; do
+    q=$(qemu-img info --output=json "$img" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$k'])")
+    v=$(vdtool info --output=json "$img" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$k'])")
+    [ "$q" = "$v" ] || fail "$img: $k is '$v', qemu-img: '$q'"
+  done
+  q=$(qemu-img info "$img" | grep '^backing file:')
+  v=$(vdtool info "$img" | grep '^backing file:')
+  [ "$q" = "$v" ] || fail "$img: '$v', qemu-img: '$q'"
+done
 echo "vdtool-habits: OK"
