@@ -56,9 +56,12 @@ qemu-storage-daemon --daemonize --pidfile "$VD_TMP/qsd.pid" \
   --blockdev driver=vpc,file=f,node-name=d,read-only=on \
   --export type=fuse,id=e,node-name=d,mountpoint="$VD_TMP/peer.raw" ||
   fail "qemu-storage-daemon did not start"
-on_exit "fusermount3 -u '$VD_TMP/peer.raw' 2>/dev/null"
+# qemu-storage-daemon stays after its export is unmounted: stop it.
+on_exit "kill \$(cat '$VD_TMP/qsd.pid' 2>/dev/null) 2>/dev/null; fusermount3 -u '$VD_TMP/peer.raw' 2>/dev/null"
 cmp ours.raw peer.raw || fail "ours.raw and qemu-storage-daemon's file differ"
 fusermount3 -u peer.raw
+kill "$(cat qsd.pid)"
+for i in $(seq 100); do kill -0 "$(cat qsd.pid 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
 fusermount3 -u ours.raw
 
 expect_error "ours.raw is a file: it can show one disk, not 2" \
