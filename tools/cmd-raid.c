@@ -28,7 +28,8 @@ const char vt_usage_raid[] =
   "                          [--assume-clean] [--name NAME] [--force]\n"
   "                          [--member-timeout SECONDS] [--auto-re-add SECONDS]\n"
   "                          [--write-mostly MEMBER]... ARRAY MEMBER...\n"
-  "       vdtool raid detail [--output=human|json] ARRAY\n"
+  "       vdtool raid detail [--test] [--output=human|json] ARRAY\n"
+  "       vdtool raid examine [--output=human|json] MEMBER...\n"
   "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
   "       vdtool raid status [--output=human|json] ARRAY\n"
   "       vdtool raid fail ARRAY MEMBER\n"
@@ -36,6 +37,11 @@ const char vt_usage_raid[] =
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
   "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
+  "       vdtool raid monitor [-1|--oneshot] [-d|--delay SECONDS]\n"
+  "                           [-p|--program PROG] ARRAY...\n"
+  "\n"
+  "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
+  "assemble and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
   "\n"
   "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
   "vdisk-nbd ARRAY).  MEMBER is a path, an NBD URI (nbd://HOST:PORT/EXPORT,\n"
@@ -43,6 +49,8 @@ const char vt_usage_raid[] =
   "\n"
   "  create     write a superblock on every MEMBER and the descriptor ARRAY;\n"
   "             with --size, create the member files (format -f, default raw).\n"
+  "             -l takes 0, 1, 5 or raid0, raid1, raid5; -n/--raid-devices N\n"
+  "             must equal the number of MEMBERs.\n"
   "             Chunk default 512K.  Policy (what makes an unclean stop safe):\n"
   "             RAID5 ppl (write-intent bitmap + partial parity log, closes\n"
   "             the write hole), RAID1 bitmap, RAID0 none.  Existing members\n"
@@ -55,7 +63,12 @@ const char vt_usage_raid[] =
   "             NBD members every SECONDS (default off).  --write-mostly\n"
   "             (RAID1): reads avoid MEMBER (a mirror over a slow link).\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
-  "             the superblocks; works on an array that will not start)\n"
+  "             the superblocks; works on an array that will not start).\n"
+  "             --test: exit 0 healthy, 1 degraded, 2 failed (will not\n"
+  "             start), 4 cannot be read (as mdadm --detail --test)\n"
+  "  examine    the superblock of each MEMBER alone, as mdadm --examine:\n"
+  "             array uuid, level, chunk, devices, this member's slot and\n"
+  "             state, events, offsets, bitmap and PPL (no descriptor needed)\n"
   "  status     the live state from the process serving ARRAY (rebuild and\n"
   "             scrub jobs included); 'detail' when nothing serves it\n"
   "  assemble   find the array from its members alone, write ARRAY and\n"
@@ -70,12 +83,21 @@ const char vt_usage_raid[] =
   "  replace    put NEW in OLD's slot and rebuild it (progress shown; stop\n"
   "             with ^C and it resumes from its checkpoint on the next open\n"
   "             or 'vdtool raid rebuild')\n"
-  "  rebuild    resume a checkpointed rebuild in the foreground\n"
+  "  rebuild    resume a checkpointed rebuild in the foreground (says so and\n"
+  "             exits 0 when no member is rebuilding)\n"
   "  re-add     put a failed MEMBER back (the same device, reachable again)\n"
   "             and copy only the regions the write-intent bitmap marked\n"
   "             while it was out; prints the bytes copied\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
+  "  monitor    watch the arrays (served or not: it reads the superblocks\n"
+  "             every --delay seconds, default 60) and report, one per line\n"
+  "             on stdout as EVENT ARRAY [MEMBER], or by running PROG EVENT\n"
+  "             ARRAY [MEMBER] as mdadm --monitor --program: Fail,\n"
+  "             DegradedArray, RebuildStarted, RebuildFinished, SpareActive,\n"
+  "             DeviceDisappeared, NewArray.  --oneshot: one look (reports\n"
+  "             DegradedArray for a degraded array), then exit; otherwise\n"
+  "             until SIGINT/SIGTERM\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
   "re-add, scrub and status are performed by that process (online), through its\n"
@@ -995,7 +1017,7 @@ static int raid_cmd_re_add(int argc, char **argv)
       json_t *o = raid_query(q, name);
       if (!o)
         rc = VT_EXIT_ERR;
-      else
+      else if (!raid_quiet)
         raid_print_readd(desc, slot, o);
       json_decref(o);
     }
@@ -1018,10 +1040,11 @@ static int raid_cmd_re_add(int argc, char **argv)
     vd_close(dev);
     return VT_EXIT_ERR;
   }
-  printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
-         "(%" PRIu64 " skipped: regions not written while it was out)\n",
-         desc, slot, st->m[slot].readd_copied, st->member_data_size,
-         st->m[slot].readd_skipped);
+  if (!raid_quiet)
+    printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
+           "(%" PRIu64 " skipped: regions not written while it was out)\n",
+           desc, slot, st->m[slot].readd_copied, st->member_data_size,
+           st->m[slot].readd_skipped);
   free(st);
   if (vd_close(dev) < 0) {
     vt_engine_error(-1);

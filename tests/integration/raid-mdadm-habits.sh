@@ -146,6 +146,9 @@ out=$(vdtool raid fail a.vdraid m1 2>&1) || fail "fail: $out"
 wait_line mon.out "^Fail a.vdraid m1$"
 wait_line mon.out "^DegradedArray a.vdraid$"
 wait_line prog.out "^Fail a.vdraid m1$"
+# The survivors record the failure; the failed member keeps its old view.
+vdtool raid examine m0 | grep -q "Array State : A.A " || fail "examine m0 after fail: $(vdtool raid examine m0)"
+vdtool raid examine m1 | grep -q "Array State : AAA " || fail "examine m1 after fail: $(vdtool raid examine m1)"
 [ "$(detail_rc a.vdraid)" = 1 ] || fail "detail --test of a degraded array: $(detail_rc a.vdraid)"
 vdtool create -q -f raw n1 6M
 vdtool raid replace a.vdraid 1 n1 || fail "replace"
@@ -175,6 +178,11 @@ timeout 20 "$VDTOOL" raid monitor -1 --program "$VD_TMP/prog.sh" a.vdraid
 tail -n1 prog.out | grep -qx "DegradedArray a.vdraid" || fail "--oneshot --program: $(cat prog.out)"
 out=$(vdtool raid re-add a.vdraid m2) || fail "re-add: $out"
 echo "$out" | grep -q "^a.vdraid: slot 2 re-added: copied [0-9]* of [0-9]* bytes" || fail "re-add said: $out"
+vdtool raid -q fail a.vdraid 2 2>fail.err || fail "fail -q: $(cat fail.err)"
+[ ! -s fail.err ] || fail "fail -q said: $(cat fail.err)"
+out=$(vdtool raid re-add -q a.vdraid 2 2>&1) || fail "re-add -q: $out"
+[ -z "$out" ] || fail "re-add -q said: $out"
+expect_error "not a member" vdtool raid re-add a.vdraid nosuch
 [ "$(detail_rc a.vdraid)" = 0 ] || fail "detail --test after re-add"
 
 # ---- assemble: --run for a degraded array, one line ----
