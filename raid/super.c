@@ -338,15 +338,18 @@ int raid_desc_read(const char *path, struct raid_desc *d)
   int ret = 0;
   bool have_uuid = false, have_count = false, have_timeout = false;
   unsigned lineno = 0, count = 0;
+  /* The magic first: a member or an image given by mistake is "not a
+   * descriptor", whatever its size. */
+  if (len < strlen(RAID_DESC_MAGIC) ||
+      strncmp(text, RAID_DESC_MAGIC, strlen(RAID_DESC_MAGIC)) != 0) {
+    ret = vd_set_error(EINVAL, "%s: not a RAID descriptor", path);
+    goto out;
+  }
   if (len > 65536) {
     ret = vd_set_error(EINVAL, "%s: RAID descriptor larger than 64 KiB", path);
     goto out;
   }
   text[len] = '\0';
-  if (strncmp(text, RAID_DESC_MAGIC, strlen(RAID_DESC_MAGIC)) != 0) {
-    ret = vd_set_error(EINVAL, "%s: not a RAID descriptor", path);
-    goto out;
-  }
   if (memchr(text, '\0', len)) {
     ret = vd_set_error(EINVAL, "%s: RAID descriptor contains NUL bytes", path);
     goto out;

@@ -16,18 +16,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tools/cmd-raid.h"
 #include "tools/qmp-client.h"
 #include "tools/vdtool.h"
 #include "vdisk/raid.h"
 
 const char vt_summary_raid[] = "create, inspect, repair RAID 0/1/5 arrays";
 const char vt_usage_raid[] =
-  "Usage: vdtool raid create -l 0|1|5 [-c CHUNK] [--size SIZE [-f FMT]]\n"
+  "Usage: vdtool raid create -l 0|1|5 [-n N] [-c CHUNK] [--size SIZE [-f FMT]]\n"
   "                          [--policy resync|bitmap|ppl] [--bitmap-region SIZE]\n"
   "                          [--assume-clean] [--name NAME] [--force]\n"
   "                          [--member-timeout SECONDS] [--auto-re-add SECONDS]\n"
   "                          [--write-mostly MEMBER]... ARRAY MEMBER...\n"
-  "       vdtool raid detail [--output=human|json] ARRAY\n"
+  "       vdtool raid detail [--test] [--output=human|json] ARRAY\n"
+  "       vdtool raid examine [--output=human|json] MEMBER...\n"
   "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
   "       vdtool raid status [--output=human|json] ARRAY\n"
   "       vdtool raid fail ARRAY MEMBER\n"
@@ -35,6 +37,11 @@ const char vt_usage_raid[] =
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
   "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
+  "       vdtool raid monitor [-1|--oneshot] [-d|--delay SECONDS]\n"
+  "                           [-p|--program PROG] ARRAY...\n"
+  "\n"
+  "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
+  "assemble and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
   "\n"
   "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
   "vdisk-nbd ARRAY).  MEMBER is a path, an NBD URI (nbd://HOST:PORT/EXPORT,\n"
@@ -42,6 +49,8 @@ const char vt_usage_raid[] =
   "\n"
   "  create     write a superblock on every MEMBER and the descriptor ARRAY;\n"
   "             with --size, create the member files (format -f, default raw).\n"
+  "             -l takes 0, 1, 5 or raid0, raid1, raid5; -n/--raid-devices N\n"
+  "             must equal the number of MEMBERs.\n"
   "             Chunk default 512K.  Policy (what makes an unclean stop safe):\n"
   "             RAID5 ppl (write-intent bitmap + partial parity log, closes\n"
   "             the write hole), RAID1 bitmap, RAID0 none.  Existing members\n"
@@ -54,7 +63,12 @@ const char vt_usage_raid[] =
   "             NBD members every SECONDS (default off).  --write-mostly\n"
   "             (RAID1): reads avoid MEMBER (a mirror over a slow link).\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
-  "             the superblocks; works on an array that will not start)\n"
+  "             the superblocks; works on an array that will not start).\n"
+  "             --test: exit 0 healthy, 1 degraded, 2 failed (will not\n"
+  "             start), 4 cannot be read (as mdadm --detail --test)\n"
+  "  examine    the superblock of each MEMBER alone, as mdadm --examine:\n"
+  "             array uuid, level, chunk, devices, this member's slot and\n"
+  "             state, events, offsets, bitmap and PPL (no descriptor needed)\n"
   "  status     the live state from the process serving ARRAY (rebuild and\n"
   "             scrub jobs included); 'detail' when nothing serves it\n"
   "  assemble   find the array from its members alone, write ARRAY and\n"
@@ -69,12 +83,21 @@ const char vt_usage_raid[] =
   "  replace    put NEW in OLD's slot and rebuild it (progress shown; stop\n"
   "             with ^C and it resumes from its checkpoint on the next open\n"
   "             or 'vdtool raid rebuild')\n"
-  "  rebuild    resume a checkpointed rebuild in the foreground\n"
+  "  rebuild    resume a checkpointed rebuild in the foreground (says so and\n"
+  "             exits 0 when no member is rebuilding)\n"
   "  re-add     put a failed MEMBER back (the same device, reachable again)\n"
   "             and copy only the regions the write-intent bitmap marked\n"
   "             while it was out; prints the bytes copied\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
+  "  monitor    watch the arrays (served or not: it reads the superblocks\n"
+  "             every --delay seconds, default 60) and report, one per line\n"
+  "             on stdout as EVENT ARRAY [MEMBER], or by running PROG EVENT\n"
+  "             ARRAY [MEMBER] as mdadm --monitor --program: Fail,\n"
+  "             DegradedArray, RebuildStarted, RebuildFinished, SpareActive,\n"
+  "             DeviceDisappeared, NewArray.  --oneshot: one look (reports\n"
+  "             DegradedArray for a degraded array), then exit; otherwise\n"
+  "             until SIGINT/SIGTERM\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
   "re-add, scrub and status are performed by that process (online), through its\n"
@@ -83,6 +106,10 @@ const char vt_usage_raid[] =
   "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
 
 #define RAID_CLI_MAX 32
+
+/* -q/--quiet: leave out the one-line reports of what create, fail and
+ * assemble did (errors and warnings are still printed). */
+static bool raid_quiet;
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
                         struct raid_array **a)
@@ -103,7 +130,8 @@ static int raid_cmd_create(int argc, char **argv)
     { "policy", required_argument, NULL, 'p' },
     { "bitmap-region", required_argument, NULL, 'b' },
     { "assume-clean", no_argument, NULL, 'A' },
-    { "name", required_argument, NULL, 'n' },
+    { "name", required_argument, NULL, 'N' },
+    { "raid-devices", required_argument, NULL, 'n' },
     { "force", no_argument, NULL, 'F' },
     { "member-timeout", required_argument, NULL, 'T' },
     { "auto-re-add", required_argument, NULL, 'R' },
@@ -118,15 +146,25 @@ static int raid_cmd_create(int argc, char **argv)
   char *end;
   double sec;
   uint64_t v;
+  long ndev = -1;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+l:c:f:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+l:c:f:n:", longopts, NULL)) != -1) {
     switch (c) {
-    case 'l':
-      if (strcmp(optarg, "0") && strcmp(optarg, "1") && strcmp(optarg, "5"))
-        return vt_bad_usage("raid", "level must be 0, 1 or 5, not '%s'",
-                            optarg);
-      ca.level = atoi(optarg);
+    case 'l': {
+      /* mdadm spells levels "raid5" as well as "5". */
+      const char *l = strncmp(optarg, "raid", 4) ? optarg : optarg + 4;
+      if (strcmp(l, "0") && strcmp(l, "1") && strcmp(l, "5"))
+        return vt_bad_usage("raid", "level must be 0, 1 or 5 (or raid0, "
+                            "raid1, raid5), not '%s'", optarg);
+      ca.level = atoi(l);
+      break;
+    }
+    case 'n':
+      ndev = strtol(optarg, &end, 10);
+      if (end == optarg || *end || ndev < 1 || ndev > RAID_CLI_MAX)
+        return vt_bad_usage("raid", "--raid-devices takes 1 to %d, not '%s'",
+                            RAID_CLI_MAX, optarg);
       break;
     case 'c':
       if (vd_parse_size(optarg, &v) < 0 || v > UINT32_MAX)
@@ -150,7 +188,7 @@ static int raid_cmd_create(int argc, char **argv)
         return vt_bad_usage("raid", "invalid bitmap region '%s'", optarg);
       break;
     case 'A': ca.assume_clean = true; break;
-    case 'n': ca.name = optarg; break;
+    case 'N': ca.name = optarg; break;
     case 'F': ca.force = true; break;
     case 'T':
       sec = strtod(optarg, &end);
@@ -183,6 +221,9 @@ static int raid_cmd_create(int argc, char **argv)
     return vt_bad_usage("raid", "create needs ARRAY and its MEMBERs");
   ca.nmembers = (unsigned)(argc - optind - 1);
   ca.members = (const char *const *)argv + optind + 1;
+  if (ndev >= 0 && (unsigned long)ndev != ca.nmembers)
+    return vt_bad_usage("raid", "--raid-devices=%ld but %u MEMBERs given",
+                        ndev, ca.nmembers);
   for (unsigned k = 0; k < nwm; k++) {
     bool found = false;
     for (unsigned i = 0; i < ca.nmembers && i < RAID_CLI_MAX; i++)
@@ -228,6 +269,14 @@ static int raid_cmd_create(int argc, char **argv)
     vt_engine_error(-1);
     return VT_EXIT_ERR;
   }
+  struct vd_raid_status *st = raid_quiet ? NULL : malloc(sizeof *st);
+  if (st && vd_raid_examine(argv[optind], st) == 0) {
+    char sz[64];
+    fprintf(stderr, "vdtool: array %s created: raid%d, %u members, %s, "
+            "policy %s\n", argv[optind], st->level, st->nmembers,
+            vd_format_size(st->array_size, sz, sizeof sz), st->policy);
+  }
+  free(st);
   return VT_EXIT_OK;
 }
 
@@ -242,16 +291,42 @@ static const char *raid_state_str(int s)
   }
 }
 
+/* detail --test exit codes (mdadm's). */
+#define RAID_TEST_OK 0
+#define RAID_TEST_DEGRADED 1
+#define RAID_TEST_FAILED 2
+#define RAID_TEST_ERROR 4
+
+/* After DESC failed to read as a descriptor: if it is a member, say so in
+ * one line (pointing to examine) instead of the descriptor error. */
+static void raid_detail_error(const char *desc)
+{
+  struct vd_raid_superblock sb;
+  char why[512];
+  snprintf(why, sizeof why, "%s", vd_error());
+  if (vd_raid_examine_member(desc, &sb) == 0)
+    vt_error("%s is a member of array %s (slot %d), not an array "
+             "descriptor: use 'vdtool raid examine %s'", desc, sb.uuid,
+             sb.slot, desc);
+  else
+    vt_error("%s", why);
+}
+
 static int raid_cmd_detail(int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "output", required_argument, NULL, 'O' },
+    { "test", no_argument, NULL, 't' },
     { NULL, 0, NULL, 0 }
   };
-  bool json = false;
+  bool json = false, test = false;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+t", longopts, NULL)) != -1) {
+    if (c == 't') {
+      test = true;
+      continue;
+    }
     if (c != 'O')
       return vt_bad_option("raid", argv);
     if (vt_parse_output(optarg, &json) < 0)
@@ -263,8 +338,8 @@ static int raid_cmd_detail(int argc, char **argv)
   struct vd_raid_status *st = malloc(sizeof *st);
   if (!st || vd_raid_examine(desc, st) < 0) {
     free(st);
-    vt_engine_error(-1);
-    return VT_EXIT_ERR;
+    raid_detail_error(desc);
+    return test ? RAID_TEST_ERROR : VT_EXIT_ERR;
   }
   int served = vd_raid_served_by(desc);
   char sz[64];
@@ -341,8 +416,10 @@ static int raid_cmd_detail(int argc, char **argv)
       if (st->m[i].why[0])
         printf("   slot %u: %s\n", i, st->m[i].why);
   }
+  int rc = !test ? VT_EXIT_OK : st->failed ? RAID_TEST_FAILED
+           : st->degraded ? RAID_TEST_DEGRADED : RAID_TEST_OK;
   free(st);
-  return VT_EXIT_OK;
+  return rc;
 }
 
 static int raid_cmd_assemble(int argc, char **argv)
@@ -374,7 +451,16 @@ static int raid_cmd_assemble(int argc, char **argv)
   /* Say so when it runs degraded (only possible with --run or --force,
    * or when the missing members had failed before). */
   struct vd_raid_status *st = malloc(sizeof *st);
-  if (st && vd_raid_examine(desc, st) == 0 && st->degraded) {
+  if (!st || vd_raid_examine(desc, st) < 0) {
+    free(st);
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  if (!st->degraded) {
+    if (!raid_quiet)
+      fprintf(stderr, "vdtool: array %s started with %u of %u members\n",
+              desc, st->nmembers, st->nmembers);
+  } else {
     char list[256] = "";
     size_t l = 0;
     for (unsigned i = 0; i < st->nmembers && i < 32 && l < sizeof list; i++)
@@ -382,8 +468,11 @@ static int raid_cmd_assemble(int argc, char **argv)
         l += (size_t)snprintf(list + l, sizeof list - l, "%s%u (%s)",
                               l ? ", " : "", i,
                               raid_state_str(st->m[i].state));
-    vt_error("%s: started degraded: slot%s %s", desc,
-             strchr(list, ',') ? "s" : "", list);
+    unsigned up = 0;
+    for (unsigned i = 0; i < st->nmembers && i < 32; i++)
+      up += st->m[i].state == VD_RAID_STATE_ACTIVE;
+    vt_error("%s: started degraded: slot%s %s (%u of %u members)", desc,
+             strchr(list, ',') ? "s" : "", list, up, st->nmembers);
   }
   free(st);
   return VT_EXIT_OK;
@@ -552,6 +641,22 @@ static int raid_slot_of(const char *desc, const char *member)
   return slot;
 }
 
+/* MEMBER as the operator names it: GIVEN unless it is a slot number, then
+ * the descriptor's path of SLOT (GIVEN when it has none). */
+static void raid_member_name(const char *desc, int slot, const char *given,
+                             char *out, size_t len)
+{
+  char *end;
+  snprintf(out, len, "%s", given);
+  (void)strtol(given, &end, 10);
+  if (!*given || *end)
+    return;
+  struct vd_raid_status *st = malloc(sizeof *st);
+  if (st && vd_raid_examine(desc, st) == 0 && st->m[slot].path[0])
+    snprintf(out, len, "%s", st->m[slot].path);
+  free(st);
+}
+
 /* Live state from the serving process; 'detail' when nothing serves it. */
 static int raid_cmd_status(int argc, char **argv)
 {
@@ -642,6 +747,14 @@ static int raid_cmd_status(int argc, char **argv)
   return VT_EXIT_OK;
 }
 
+/* The one line of 'fail' (unless -q): mdadm's "set DEV faulty in MD". */
+static void raid_say_failed(const char *desc, const char *member, int slot)
+{
+  if (!raid_quiet)
+    fprintf(stderr, "vdtool: set %s faulty in %s (slot %d)\n", member, desc,
+            slot);
+}
+
 static int raid_cmd_fail(int argc, char **argv)
 {
   if (argc != 3)
@@ -650,6 +763,9 @@ static int raid_cmd_fail(int argc, char **argv)
   int slot = raid_slot_of(desc, argv[2]);
   if (slot < 0)
     return VT_EXIT_ERR;
+  /* Name the member as the descriptor does when given by slot number. */
+  char member[4096];
+  raid_member_name(desc, slot, argv[2], member, sizeof member);
   struct vt_qmp *q;
   char name[256];
   int on = raid_online(desc, &q, name, sizeof name);
@@ -660,7 +776,10 @@ static int raid_cmd_fail(int argc, char **argv)
                       json_pack("{s:s, s:i}", "device", name, "member", slot),
                       NULL);
     vt_qmp_close(q);
-    return r < 0 ? VT_EXIT_ERR : VT_EXIT_OK;
+    if (r < 0)
+      return VT_EXIT_ERR;
+    raid_say_failed(desc, member, slot);
+    return VT_EXIT_OK;
   }
   struct vd_dev *dev;
   struct raid_array *a;
@@ -676,6 +795,7 @@ static int raid_cmd_fail(int argc, char **argv)
     vt_engine_error(-1);
     return VT_EXIT_ERR;
   }
+  raid_say_failed(desc, member, slot);
   return VT_EXIT_OK;
 }
 
@@ -736,6 +856,22 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
     return vt_bad_usage("raid", resume ? "rebuild needs ARRAY"
                                        : "replace needs ARRAY OLD NEW");
   const char *desc = argv[optind];
+  if (resume) {
+    /* The superblocks record a rebuild in progress (served or not). */
+    struct vd_raid_status *st = malloc(sizeof *st);
+    if (!st || vd_raid_examine(desc, st) < 0) {
+      free(st);
+      raid_detail_error(desc);
+      return VT_EXIT_ERR;
+    }
+    bool idle = !st->rebuilding;
+    free(st);
+    if (idle) {
+      fprintf(stderr, "vdtool: %s: nothing to rebuild (no member is "
+              "rebuilding)\n", desc);
+      return VT_EXIT_OK;
+    }
+  }
   int slot = resume ? -1 : raid_slot_of(desc, argv[optind + 1]);
   if (!resume && slot < 0)
     return VT_EXIT_ERR;
@@ -881,7 +1017,7 @@ static int raid_cmd_re_add(int argc, char **argv)
       json_t *o = raid_query(q, name);
       if (!o)
         rc = VT_EXIT_ERR;
-      else
+      else if (!raid_quiet)
         raid_print_readd(desc, slot, o);
       json_decref(o);
     }
@@ -904,10 +1040,11 @@ static int raid_cmd_re_add(int argc, char **argv)
     vd_close(dev);
     return VT_EXIT_ERR;
   }
-  printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
-         "(%" PRIu64 " skipped: regions not written while it was out)\n",
-         desc, slot, st->m[slot].readd_copied, st->member_data_size,
-         st->m[slot].readd_skipped);
+  if (!raid_quiet)
+    printf("%s: slot %d re-added: copied %" PRIu64 " of %" PRIu64 " bytes "
+           "(%" PRIu64 " skipped: regions not written while it was out)\n",
+           desc, slot, st->m[slot].readd_copied, st->member_data_size,
+           st->m[slot].readd_skipped);
   free(st);
   if (vd_close(dev) < 0) {
     vt_engine_error(-1);
@@ -1026,6 +1163,23 @@ int vt_cmd_raid(int argc, char **argv)
 {
   if (argc < 2)
     return vt_bad_usage("raid", "missing subcommand");
+  /* -q/--quiet anywhere before "--" (mdadm takes it in any place). */
+  int k = 1;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--")) {
+      while (i < argc)
+        argv[k++] = argv[i++];
+      break;
+    }
+    if (!strcmp(argv[i], "-q") || !strcmp(argv[i], "--quiet"))
+      raid_quiet = true;
+    else
+      argv[k++] = argv[i];
+  }
+  argc = k;
+  argv[argc] = NULL;
+  if (argc < 2)
+    return vt_bad_usage("raid", "missing subcommand");
   const char *sub = argv[1];
   argc--;
   argv++;
@@ -1039,6 +1193,8 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
   if (!strcmp(sub, "re-add")) return raid_cmd_re_add(argc, argv);
   if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
+  if (!strcmp(sub, "examine")) return vt_raid_examine(argc, argv);
+  if (!strcmp(sub, "monitor")) return vt_raid_monitor(argc, argv);
   if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
     vt_usage("raid", stdout);
     return VT_EXIT_OK;

@@ -116,6 +116,37 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st);
  * works on an array that refuses to start or is served elsewhere. */
 int vd_raid_examine(const char *desc, struct vd_raid_status *st);
 
+/* The superblock of one member, as mdadm --examine shows it. */
+struct vd_raid_superblock {
+  char uuid[37];               /* the array's */
+  char name[33];
+  char format[32];             /* the member's format ("raw", "vpc", ...) */
+  int level;
+  const char *layout;          /* "left-symmetric", "-" */
+  const char *policy;          /* "resync", "bitmap", "ppl" */
+  uint32_t chunk;              /* bytes */
+  unsigned raid_devices;       /* slots of the array */
+  int slot;                    /* this member's slot */
+  char dev_uuid[37];           /* this member's device uuid */
+  int role_state;              /* VD_RAID_STATE_ACTIVE, _FAULTY or
+                                  _REBUILDING, as this member records itself */
+  uint64_t recovery_offset;    /* REBUILDING: member bytes known good */
+  uint64_t events;
+  uint64_t array_size, super_offset, data_offset, data_size;  /* bytes */
+  uint64_t resync_offset;      /* UINT64_MAX: redundancy all in sync */
+  bool dirty;                  /* not stopped cleanly */
+  bool bitmap, ppl;            /* write-intent bitmap, partial parity log */
+  uint64_t bitmap_offset, bitmap_region, ppl_offset;
+  uint32_t ppl_slots;
+  uint64_t ctime, utime;       /* seconds since the epoch */
+  char array_state[33];        /* per slot as this member saw them: 'A'
+                                  active, 'R' rebuilding, '.' faulty */
+};
+/* Read the superblock of the member at PATH (no lock taken; the array may
+ * be served).  -EINVAL with a message when PATH holds no valid vdisk RAID
+ * superblock. */
+int vd_raid_examine_member(const char *path, struct vd_raid_superblock *out);
+
 /* Assemble from members alone: read their superblocks, order them by
  * slot, write a descriptor at DESC and start the array once (so refusals
  * are reported now).  FLAGS:

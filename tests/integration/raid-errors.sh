@@ -65,6 +65,6 @@ expect_error "degraded: nothing to compare" vdtool raid scrub a.vdraid
 vdtool create -f raw small.img 1M
 expect_error "small.img: too small for slot 1" vdtool raid replace a.vdraid 1 small.img
 expect_error "RAID0 has no redundancy" sh -c '
-  vdtool raid create -l 0 --size 4M z.vdraid z0 z1 && vdtool create -f raw z2 4M >/dev/null &&
+  vdtool raid create -q -l 0 --size 4M z.vdraid z0 z1 && vdtool create -f raw z2 4M >/dev/null &&
   vdtool raid replace z.vdraid 0 z2'
 exit 0
