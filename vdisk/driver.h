@@ -227,6 +227,11 @@ struct vd_driver {
   int (*measure)(const struct vd_create_args *args, struct vd_dev *src,
                  uint64_t *required, uint64_t *fully);
 
+  /* Why DEV, asked writable, opened read-only (the format holds what the
+   * driver does not write), for the EROFS message of write-type
+   * requests; NULL: no reason (or the device was asked read-only). */
+  const char *(*read_only_reason)(struct vd_dev *dev);
+
   /* New ops go here, at the end. */
 };
 
