@@ -65,6 +65,37 @@ q_sync(struct vd_dev *dev)
   return vd_file_flush(dev->file);
 }
 
+/* Write into the image, keeping file_size the end of what was written. */
+static int
+q_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off)
+{
+  struct qcow2_priv *p = dev->priv;
+  int r = vd_file_pwrite(dev->file, buf, len, off);
+  if (r == 0 && off + len > p->file_size)
+    p->file_size = off + len;
+  return r;
+}
+
+/* Clusters taken but not yet written lie past the end of the file: extend
+ * it over them before their refcounts can become durable, so that the
+ * next open (which takes clusters from the end of the file) never hands
+ * out a cluster that already has a refcount.  The last taken cluster is
+ * unwritten while the file ends before it (every write covers a whole
+ * taken cluster). */
+static int
+q_extend(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (p->file_size >= p->next_free)
+    return 0;
+  uint8_t *z = calloc(1, p->cluster);
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = q_pwrite(dev, z, p->cluster, p->next_free - p->cluster);
+  free(z);
+  return r;
+}
+
 /* Take N clusters at the end of the file (no refcount yet). */
 static uint64_t
 q_take(struct qcow2_priv *p, uint64_t n)
@@ -88,7 +119,7 @@ q_rt_set(struct vd_dev *dev, uint64_t i, uint64_t v)
     return 0;
   uint8_t b[8];
   vd_put_be64(b, v);
-  return vd_file_pwrite(dev->file, b, 8, p->h.rt_off + i * 8);
+  return q_pwrite(dev, b, 8, p->h.rt_off + i * 8);
 }
 
 /* Grow the refcount table so that entry NEED exists: a new, larger table
@@ -127,7 +158,7 @@ q_rt_grow(struct vd_dev *dev, uint64_t need)
   if (r == 0) {
     for (uint64_t i = 0; i < n; i++)
       vd_put_be64(buf + i * 8, nrt[i]);
-    r = vd_file_pwrite(dev->file, buf, n * 8, t);
+    r = q_pwrite(dev, buf, n * 8, t);
   }
   free(buf);
   if (r == 0)
@@ -136,7 +167,7 @@ q_rt_grow(struct vd_dev *dev, uint64_t need)
     uint8_t hb[12];
     vd_put_be64(hb, t);
     vd_put_be32(hb + 8, (uint32_t)tclusters);
-    r = vd_file_pwrite(dev->file, hb, 12, 48);
+    r = q_pwrite(dev, hb, 12, 48);
   }
   if (r == 0)
     r = q_sync(dev);
@@ -172,7 +203,7 @@ q_block(struct vd_dev *dev, uint64_t bi, uint64_t *off)
   p->rb_off = 0;
   if (self / p->rpb == bi)
     rc_put(p, p->rb, self % p->rpb, 1);
-  if ((r = vd_file_pwrite(dev->file, p->rb, p->cluster, b)) < 0)
+  if ((r = q_pwrite(dev, p->rb, p->cluster, b)) < 0)
     return r;
   if (self / p->rpb != bi && (r = q_ref_add(dev, b, 1, 1)) < 0)
     return r;
@@ -192,8 +223,15 @@ q_ref_add(struct vd_dev *dev, uint64_t off, uint64_t n, int delta)
   uint64_t max = p->h.refcount_order == 6 ? UINT64_MAX
                : (UINT64_C(1) << (1u << p->h.refcount_order)) - 1;
   unsigned w = (1u << p->h.refcount_order) / 8;
+  int r0 = delta > 0 ? q_extend(dev) : 0;
+  if (r0 < 0)
+    return r0;
   while (c < end) {
     uint64_t bi = c / p->rpb, b;
+    if (delta < 0 && (bi >= p->rt_entries || !p->rt[bi]))
+      return vd_set_error(EIO, "%s: cluster 0x%" PRIx64 " to free has no "
+                          "refcount block", dev->path,
+                          c << p->h.cluster_bits);
     int r = q_block(dev, bi, &b);
     if (r < 0)
       return r;
@@ -215,7 +253,7 @@ q_ref_add(struct vd_dev *dev, uint64_t off, uint64_t n, int delta)
       }
       rc_put(p, p->rb, k, delta > 0 ? v + 1 : v - 1);
     }
-    if ((r = vd_file_pwrite(dev->file, p->rb + k0 * w, (k - k0) * w,
+    if ((r = q_pwrite(dev, p->rb + k0 * w, (k - k0) * w,
                             b + k0 * w)) < 0) {
       p->rb_off = 0;
       return r;
@@ -245,7 +283,7 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
 
 /* ---- segments: the clusters of one request under one L2 table ---- */
 
-enum q_mode { Q_WRITE, Q_ZERO, Q_DISCARD };
+enum q_mode { W_WRITE, W_ZERO, W_DISCARD };
 
 struct q_upd {
   uint32_t idx;
@@ -289,15 +327,21 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
     uint64_t e = vd_get_be64(table + (size_t)idx * 8);
     uint64_t host = e & QCOW2_OFFSET_MASK;
     bool compressed = e & QCOW2_OFLAG_COMPRESSED;
+    if (!compressed && host && ((host & (p->cluster - 1)) ||
+                                host >= p->file_size))
+      return vd_set_error(EIO, "%s: L2 entry of cluster %" PRIu64 " points "
+                          "at 0x%" PRIx64 ", unaligned or past the end of "
+                          "the file", dev->path,
+                          cstart >> p->h.cluster_bits, host);
     enum q_mode m = mode;
-    if (m == Q_ZERO && !full)
-      m = Q_WRITE;                /* buf is NULL: zeros */
-    if (m == Q_DISCARD && !full)
+    if (m == W_ZERO && !full)
+      m = W_WRITE;                /* buf is NULL: zeros */
+    if (m == W_DISCARD && !full)
       goto next;                  /* advisory */
-    if (m == Q_WRITE) {
+    if (m == W_WRITE) {
       if (!compressed && host && (e & QCOW2_OFLAG_COPIED) &&
           !(e & QCOW2_OFLAG_ZERO)) {
-        r = buf ? vd_file_pwrite(dev->file, buf, n, host + coff)
+        r = buf ? q_pwrite(dev, buf, n, host + coff)
                 : vd_file_zero(dev->file, host + coff, n, true, false);
         if (r < 0)
           return r;
@@ -318,7 +362,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       else
         memset(cb + coff, 0, n);
       uint64_t nh = q_take(p, 1);
-      if ((r = vd_file_pwrite(dev->file, cb, p->cluster, nh)) < 0)
+      if ((r = q_pwrite(dev, cb, p->cluster, nh)) < 0)
         return r;
       u[nu++] = (struct q_upd){ idx, nh | QCOW2_OFLAG_COPIED,
                                 host || compressed ? e : 0 };
@@ -326,8 +370,8 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       /* Zero (v3) or discard: the zero flag, or unallocated where
        * nothing lies below (and in a version 2 image). */
       uint64_t ne = p->h.version >= 3 &&
-                    (m == Q_ZERO || p->h.backing_off) ? QCOW2_OFLAG_ZERO : 0;
-      if (m == Q_DISCARD && p->h.version < 3 && p->h.backing_off)
+                    (m == W_ZERO || p->h.backing_off) ? QCOW2_OFLAG_ZERO : 0;
+      if (m == W_DISCARD && p->h.version < 3 && p->h.backing_off)
         goto next;
       if (!p->h.backing_off && e == 0)
         goto next;                /* unallocated: reads zeros already */
@@ -353,8 +397,6 @@ next:
                       p->h.cluster_bits, 1)) < 0 ||
        (r = q_sync(dev)) < 0))
     return r;
-  if (p->next_free > p->file_size)
-    p->file_size = p->next_free;
   uint32_t lo = UINT32_MAX, hi = 0;
   for (unsigned i = 0; i < nu; i++) {
     vd_put_be64(table + (size_t)u[i].idx * 8, u[i].e);
@@ -362,9 +404,9 @@ next:
     hi = u[i].idx > hi ? u[i].idx : hi;
   }
   if (new_l2)
-    r = vd_file_pwrite(dev->file, table, p->cluster, l2off);
+    r = q_pwrite(dev, table, p->cluster, l2off);
   else
-    r = vd_file_pwrite(dev->file, table + (size_t)lo * 8,
+    r = q_pwrite(dev, table + (size_t)lo * 8,
                        (size_t)(hi - lo + 1) * 8, l2off + (uint64_t)lo * 8);
   if (r < 0)
     return r;
@@ -374,7 +416,7 @@ next:
     uint64_t l1e = l2off | QCOW2_OFLAG_COPIED;
     vd_put_be64(b, l1e);
     if ((r = q_sync(dev)) < 0 ||
-        (r = vd_file_pwrite(dev->file, b, 8, p->h.l1_off + l1i * 8)) < 0)
+        (r = q_pwrite(dev, b, 8, p->h.l1_off + l1i * 8)) < 0)
       return r;
     p->l1[l1i] = l1e;
   }
@@ -436,7 +478,7 @@ qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
              unsigned flags)
 {
   (void)flags;                    /* FUA: the core flushes after */
-  return q_request(dev, Q_WRITE, buf, off, len);
+  return q_request(dev, W_WRITE, buf, off, len);
 }
 
 int
@@ -450,16 +492,16 @@ qcow2_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
     if (flags & VD_REQ_FAST_ZERO)
       return vd_set_error(ENOTSUP, "%s: no fast zeroing in a version 2 "
                           "image", dev->path);
-    return q_request(dev, Q_WRITE, NULL, off, len);
+    return q_request(dev, W_WRITE, NULL, off, len);
   }
-  return q_request(dev, Q_ZERO, NULL, off, len);
+  return q_request(dev, W_ZERO, NULL, off, len);
 }
 
 int
 qcow2_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
 {
   (void)flags;
-  return q_request(dev, Q_DISCARD, NULL, off, len);
+  return q_request(dev, W_DISCARD, NULL, off, len);
 }
 
 int
