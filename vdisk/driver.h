@@ -30,6 +30,8 @@
  *                          never together nor across I/O; vdz_imp.lock
  *                          (import workers' shared state);
  *                          raid_array: raid/raid.h
+ *                          qcow2_priv (qcow2.h): rw (writers exclusive,
+ *                          readers shared) -> cache_lock
  *   vd_file.rmw[64]        (io.c, blocklock.h) unaligned O_DIRECT
  *                          writes, by aligned block; held across the
  *                          bounce read and write
