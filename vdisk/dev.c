@@ -446,6 +446,8 @@ static int
 dev_read_only(struct vd_dev *dev, const char *op)
 {
   const char *hint = dev->drv->read_only_hint;
+  if (!hint && dev->drv->read_only_reason)
+    hint = dev->drv->read_only_reason(dev);
   return vd_set_error(EROFS, "%s: %s: device is read-only%s%s", dev->path, op,
                       hint ? "; " : "", hint ? hint : "");
 }

@@ -30,6 +30,8 @@
  *                          never together nor across I/O; vdz_imp.lock
  *                          (import workers' shared state);
  *                          raid_array: raid/raid.h
+ *                          qcow2_priv (qcow2.h): rw (writers exclusive,
+ *                          readers shared) -> cache_lock
  *   vd_file.rmw[64]        (io.c, blocklock.h) unaligned O_DIRECT
  *                          writes, by aligned block; held across the
  *                          bounce read and write
@@ -226,6 +228,11 @@ struct vd_driver {
    * allocated in *FULLY.  NULL: the format cannot tell (-ENOTSUP). */
   int (*measure)(const struct vd_create_args *args, struct vd_dev *src,
                  uint64_t *required, uint64_t *fully);
+
+  /* Why DEV, asked writable, opened read-only (the format holds what the
+   * driver does not write), for the EROFS message of write-type
+   * requests; NULL: no reason (or the device was asked read-only). */
+  const char *(*read_only_reason)(struct vd_dev *dev);
 
   /* New ops go here, at the end. */
 };

@@ -4,10 +4,10 @@
  * block status, info, internal snapshots.  Layout in vdisk/qcow2.h; what
  * is accepted and refused in docs/qcow2.md.
  *
- * vdisk reads qcow2 and does not write it: the driver is read-only
- * (read_only_hint), so an image that another writer left dirty (the dirty
- * bit with lazy refcounts, or the corrupt bit) is read as it is and never
- * repaired behind the operator's back.
+ * Writes live in qcow2-write.c.  An image that another writer left dirty
+ * (the dirty bit with lazy refcounts, or the corrupt bit), or that holds
+ * what vdisk does not write (qcow2_write_refusal), opens read-only even
+ * when asked writable, and is never repaired behind the operator's back.
  */
 #include <config.h>
 
@@ -220,8 +220,8 @@ qcow2_read_host(struct vd_dev *dev, uint8_t *buf, uint64_t len, uint64_t host)
   return n ? vd_file_pread(dev->file, buf, n, host) : 0;
 }
 
-static int
-qcow2_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+int
+qcow2_read_locked(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 {
   struct qcow2_priv *p = dev->priv;
   uint8_t *b = buf, *cbuf = NULL;
@@ -259,8 +259,29 @@ qcow2_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 }
 
 static int
-qcow2_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
-                   struct vd_extent *ext)
+qcow2_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_rwlock_rdlock(&p->rw);
+  int r = qcow2_read_locked(dev, buf, len, off);
+  pthread_rwlock_unlock(&p->rw);
+  return r;
+}
+
+void
+qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off, const uint8_t *table)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_mutex_lock(&p->cache_lock);
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
+    if (p->slots[i].off == off)
+      memcpy(p->slots[i].data, table, p->cluster);
+  pthread_mutex_unlock(&p->cache_lock);
+}
+
+static int
+qcow2_block_status_locked(struct vd_dev *dev, uint64_t off, uint64_t len,
+                          struct vd_extent *ext)
 {
   struct qcow2_priv *p = dev->priv;
   struct qcow2_map m;
@@ -296,6 +317,17 @@ qcow2_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
     break;
   }
   return vd_parent_block_status(p->parent, off, n, ext);
+}
+
+static int
+qcow2_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
+                   struct vd_extent *ext)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_rwlock_rdlock(&p->rw);
+  int r = qcow2_block_status_locked(dev, off, len, ext);
+  pthread_rwlock_unlock(&p->rw);
+  return r;
 }
 
 /* ---- backing file ---- */
@@ -430,9 +462,16 @@ qcow2_close(struct vd_dev *dev)
   qcow2_snapshots_free(p->snaps, p->nsnaps);
   p->snaps = NULL;
   p->nsnaps = 0;
+  free(p->rt);
+  p->rt = NULL;
+  free(p->rb);
+  p->rb = NULL;
   if (p->lock_init)
     pthread_mutex_destroy(&p->cache_lock);
   p->lock_init = false;
+  if (p->rw_init)
+    pthread_rwlock_destroy(&p->rw);
+  p->rw_init = false;
 }
 
 /* Check that [OFF, OFF+LEN) is cluster aligned and inside the file. */
@@ -566,6 +605,8 @@ qcow2_open_inner(struct vd_dev *dev)
 
   pthread_mutex_init(&p->cache_lock, NULL);
   p->lock_init = true;
+  pthread_rwlock_init(&p->rw, NULL);
+  p->rw_init = true;
   p->snap_loaded = -1;
   if ((r = vd_file_size(dev->file, &p->file_size)) < 0)
     return r;
@@ -644,6 +685,17 @@ qcow2_open_inner(struct vd_dev *dev)
   dev->size = disk_size;
   dev->logical_block = 512;
   dev->preferred_io = p->cluster > 4096 ? 4096 : p->cluster;
+  if (!dev->read_only) {
+    /* What vdisk does not write stays read-only (the file too, so its
+     * lock is a reader's); writes then fail naming the reason. */
+    if ((p->ro_reason = qcow2_write_refusal(p))) {
+      if ((r = vd_file_reopen(dev->file, false)) < 0)
+        return r;
+      dev->read_only = true;
+    } else if ((r = qcow2_write_setup(dev)) < 0) {
+      return r;
+    }
+  }
 
   if (!h->backing_off)
     return 0;
@@ -727,6 +779,13 @@ qcow2_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
   return 0;
 }
 
+static const char *
+qcow2_read_only_reason(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  return p->ro_reason;
+}
+
 static struct vd_dev *
 qcow2_backing_dev(struct vd_dev *dev)
 {
@@ -745,8 +804,25 @@ const struct vd_driver vd_qcow2_driver = {
   .block_status = qcow2_block_status,
   .info = qcow2_info,
   .check = qcow2_check,
-  .read_only_hint = "vdisk reads qcow2 but does not write it: convert the "
-                    "image to another format (vdtool convert) to write",
+  .create = qcow2_create,
+  .create_help =
+    "  cluster_size=<size>    - qcow2 cluster size (512 to 2M, default 64k)\n"
+    "  compat=<str>           - Compatibility level (0.10 or 1.1, default "
+    "1.1)\n"
+    "  compression_type=<str> - zlib (default) or zstd (recorded; vdisk "
+    "writes no compressed clusters)\n"
+    "  extended_l2=<bool (on/off)> - off only (vdisk does not write "
+    "subclusters)\n"
+    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates (the "
+    "flag is recorded; vdisk keeps refcounts exact)\n"
+    "  preallocation=<str>    - off only\n"
+    "  refcount_bits=<num>    - Width of a reference count entry in bits "
+    "(8, 16, 32, 64; default 16)\n",
+  .pwrite = qcow2_pwrite,
+  .flush = qcow2_flush,
+  .discard = qcow2_discard,
+  .write_zeroes = qcow2_write_zeroes,
+  .read_only_reason = qcow2_read_only_reason,
   .backing_dev = qcow2_backing_dev,
   .snapshot_list = qcow2_snapshot_list,
 };

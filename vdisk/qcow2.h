@@ -206,11 +206,52 @@ struct qcow2_priv {
   bool lock_init;
   uint64_t tick;
   struct qcow2_l2_slot slots[QCOW2_L2_SLOTS];
+  /* Writes (qcow2-write.c): RW is held for writing by a write-type
+   * request (one at a time) and for reading by reads, so a read never
+   * sees a half-made allocation. */
+  pthread_rwlock_t rw;
+  bool rw_init;
+  const char *ro_reason;          /* why a writable open stayed read-only */
+  uint64_t next_free;             /* where the next cluster is taken */
+  uint64_t rpb;                   /* refcount entries per block */
+  uint64_t *rt;                   /* the refcount table, in memory */
+  uint64_t rt_entries;
+  bool rt_staging;                /* a new table is being built */
+  uint8_t *rb;                    /* one refcount block (scratch/cache) */
+  uint64_t rb_off;                /* which block rb holds, 0: none */
+  bool failed;                    /* a metadata update failed: no writes */
 };
 
 /* The snapshot list of an open qcow2 DEV (vd_snapshot_list). */
 int qcow2_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
                         size_t *count);
+
+/* Read LEN bytes at OFF with RW held (either way): the reader's core,
+ * also the copy-on-write fill of the write path. */
+int qcow2_read_locked(struct vd_dev *dev, void *buf, size_t len,
+                      uint64_t off);
+/* Replace the cached copy of the L2 table at OFF (if cached) by TABLE;
+ * RW held for writing. */
+void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
+                           const uint8_t *table);
+
+/* ---- qcow2-write.c ---- */
+
+/* Why writes to the open image P are refused (snapshots, extended L2,
+ * bitmaps, dirty or corrupt, narrow refcounts), or NULL. */
+const char *qcow2_write_refusal(const struct qcow2_priv *p);
+/* Load what writes need (the refcount table) at a writable open. */
+int qcow2_write_setup(struct vd_dev *dev);
+/* vd_driver ops (contracts in vdisk/driver.h; crash order in
+ * qcow2-write.c). */
+int qcow2_create(const char *path, const struct vd_create_args *args);
+int qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len,
+                 uint64_t off, unsigned flags);
+int qcow2_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                       unsigned flags);
+int qcow2_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
+                  unsigned flags);
+int qcow2_flush(struct vd_dev *dev);
 
 /* ---- qcow2-check.c ---- */
 

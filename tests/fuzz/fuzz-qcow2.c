@@ -5,10 +5,13 @@
  * table are parsed): reads spread over the disk (one unaligned, through
  * the L2 cache, zero, compressed and subcluster entries), a block-status
  * walk, info and the snapshot list; then the first snapshot is opened the
- * same way (its L1 table); then the checker runs over the file (refcount
- * table and blocks, every L1/L2 table, the snapshot table).
+ * same way (its L1 table); then it is opened writable (the refcount table
+ * is loaded) and written: an allocating write, a partial-cluster write
+ * (copy-on-write through the hostile tables), zeroes, discard, flush; then
+ * the checker runs over the file (refcount table and blocks, every L1/L2
+ * table, the snapshot table).
  *
- * qcow2.c, qcow2-meta.c and qcow2-check.c are compiled into this file so
+ * qcow2.c, qcow2-meta.c, qcow2-write.c and qcow2-check.c are compiled into this file so
  * their code is instrumented.  In make check, tests/fuzz/fuzz-qcow2.sh
  * makes seed images with qemu-img and runs the standalone driver over
  * them; for long runs by hand:
@@ -19,6 +22,7 @@
 #include "vdisk/qcow2-meta.c"
 #include "vdisk/qcow2.c"
 #include "vdisk/qcow2-check.c"
+#include "vdisk/qcow2-write.c"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -27,12 +31,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int
 fuzz_open(struct vd_dev *dev, struct qcow2_priv *priv, const char *path,
-          const char *snapshot)
+          const char *snapshot, bool rw)
 {
   struct vd_file *f;
   memset(priv, 0, sizeof *priv);
   memset(dev, 0, sizeof *dev);
-  if (vd_file_open(path, VD_FILE_NOLOCK, &f) < 0)
+  if (vd_file_open(path, VD_FILE_NOLOCK | (rw ? VD_FILE_RDWR : 0), &f) < 0)
     return -1;
   dev->drv = &vd_qcow2_driver;
   dev->path = (char *)path;
@@ -40,7 +44,9 @@ fuzz_open(struct vd_dev *dev, struct qcow2_priv *priv, const char *path,
   dev->priv = priv;
   dev->open_flags = VD_OPEN_NOLOCK | VD_OPEN_NOPARENT;
   dev->opts.snapshot = snapshot;
-  dev->read_only = true;
+  dev->read_only = !rw;
+  if (rw)
+    dev->open_flags = VD_OPEN_NOLOCK | VD_OPEN_RDWR;
   dev->logical_block = 512;
   if (qcow2_open(dev) < 0) {
     vd_file_close(f);
@@ -100,7 +106,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     abort();
 
   char snap[128] = "";
-  if (fuzz_open(&dev, &priv, path, NULL) == 0) {
+  if (fuzz_open(&dev, &priv, path, NULL, false) == 0) {
     fuzz_reads(&dev);
     struct vd_snapshot *list;
     size_t n;
@@ -112,8 +118,25 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     qcow2_close(&dev);
     vd_file_close(dev.file);
   }
-  if (snap[0] && fuzz_open(&dev, &priv, path, snap) == 0) {
+  if (snap[0] && fuzz_open(&dev, &priv, path, snap, false) == 0) {
     fuzz_reads(&dev);
+    qcow2_close(&dev);
+    vd_file_close(dev.file);
+  }
+  /* Writable, without the backing file opened (writes are then refused
+   * for an image that has one; the others go through). */
+  if (fuzz_open(&dev, &priv, path, NULL, true) == 0) {
+    if (!dev.read_only && dev.size >= 4096) {
+      static uint8_t wbuf[4096];
+      memset(wbuf, 0x5a, sizeof wbuf);
+      qcow2_pwrite(&dev, wbuf, sizeof wbuf, 0, 0);
+      qcow2_pwrite(&dev, wbuf, 1000, dev.size / 2 / 512 * 512 + 512, 0);
+      qcow2_write_zeroes(&dev, dev.size / 4 / 512 * 512, 4096 <
+                         dev.size / 4 ? 4096 : 512, 0);
+      qcow2_discard(&dev, 0, 4096, 0);
+      qcow2_flush(&dev);
+      fuzz_reads(&dev);
+    }
     qcow2_close(&dev);
     vd_file_close(dev.file);
   }

@@ -2,7 +2,8 @@
 # qcow2 images served by vdisk-nbd (compressed zstd, extended L2 over a
 # qcow2 backing file): nbdcopy reads them byte-exact against qemu-img's
 # raw conversion, nbdinfo --map shows the holes, qemu-io reads unaligned
-# ranges, and writes are refused (vdisk serves qcow2 read-only).
+# ranges, and writes to the extended-L2 image are refused (vdisk does not
+# write subclusters: it serves that image read-only, saying why).
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io nbdinfo nbdcopy cmp
@@ -33,8 +34,8 @@ out=$(qemu-io -f raw -r -c 'read -P 0x43 1M 4k' -c 'read -P 0 12k 8k' \
 if grep -q "fail\|error" <<<"$out"; then fail "qemu-io through NBD: $out"; fi
 stop_nbd
 
-# Served "writable": the export is read-only (the format is), and a
-# write fails without changing the image.
+# Served "writable": the export is read-only (extended L2 is not
+# written), and a write fails without changing the image.
 sum=$(md5sum < "$T/top.qcow2")
 start_nbd -f qcow2 "top=$T/top.qcow2"
 nbdinfo --json "$(nbd_uri_for top)" | grep -q '"is_read_only": true' ||

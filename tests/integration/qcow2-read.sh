@@ -138,9 +138,10 @@ v, q = (json.load(open(p)) for p in sys.argv[1:])
 assert v["format-specific"] == q["format-specific"], (v["format-specific"], q["format-specific"])
 PY
 
-# Read-only: writes are refused with a hint, the file unchanged.
+# Extended L2 is read, not written: writes are refused with the reason,
+# the file unchanged.
 sum=$(md5sum < "$T/w.qcow2")
 qemu-img create -q -f raw "$T/small.raw" 8M
-expect_error "read-only.*convert" vdtool convert -n -O qcow2 "$T/small.raw" "$T/w.qcow2"
+expect_error "read-only.*extended L2" vdtool convert -n -O qcow2 "$T/small.raw" "$T/w.qcow2"
 [ "$(md5sum < "$T/w.qcow2")" = "$sum" ] || fail "a refused write changed the image"
 echo "qcow2-read: ok"

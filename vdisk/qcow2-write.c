@@ -1,0 +1,794 @@
+/* libvdisk — qcow2 writes: create, allocating writes, zeroing, discard,
+ * flush.  Layout in vdisk/qcow2.h; what is written and refused in
+ * docs/qcow2.md.
+ *
+ * One writer at a time (qcow2_priv.rw held for writing), readers share it.
+ * Metadata is written through (no dirty metadata cache), in qemu's crash
+ * order, so that a crash leaves at worst leaked clusters:
+ *   1. new clusters are taken at the end of the file (never from freed
+ *      space, so a cluster freed in this session cannot be handed out
+ *      while an old reference to it may still be on disk);
+ *   2. data (with the copy-on-write fill) is written to them;
+ *   3. their refcounts are raised (refcount blocks first made durable
+ *      before the refcount table points at them) and synced;
+ *   4. the L2 entries are written; a new L2 table is synced before the L1
+ *      entry that points at it is written;
+ *   5. clusters an L2 entry no longer references (overwritten compressed
+ *      or shared clusters, discarded or zeroed ones) are decremented only
+ *      after the L2 entries are synced.
+ * The dirty bit is never set: refcounts are always kept exact (the
+ * lazy_refcounts compat bit may be set on an image, it only permits it).
+ * With VD_OPEN_NO_FLUSH (convert's unsafe cache) the syncs do nothing and
+ * only the order stays.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vdisk/endian.h"
+#include "vdisk/io.h"
+#include "vdisk/qcow2.h"
+
+/* ---- refcounts ---- */
+
+static uint64_t
+rc_get(const struct qcow2_priv *p, const uint8_t *blk, uint64_t k)
+{
+  switch (p->h.refcount_order) {
+  case 6: return vd_get_be64(blk + k * 8);
+  case 5: return vd_get_be32(blk + k * 4);
+  case 4: return vd_get_be16(blk + k * 2);
+  default: return blk[k];
+  }
+}
+
+static void
+rc_put(const struct qcow2_priv *p, uint8_t *blk, uint64_t k, uint64_t v)
+{
+  switch (p->h.refcount_order) {
+  case 6: vd_put_be64(blk + k * 8, v); break;
+  case 5: vd_put_be32(blk + k * 4, (uint32_t)v); break;
+  case 4: vd_put_be16(blk + k * 2, (uint16_t)v); break;
+  default: blk[k] = (uint8_t)v;
+  }
+}
+
+static int
+q_sync(struct vd_dev *dev)
+{
+  return vd_file_flush(dev->file);
+}
+
+/* Write into the image, keeping file_size the end of what was written. */
+static int
+q_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off)
+{
+  struct qcow2_priv *p = dev->priv;
+  int r = vd_file_pwrite(dev->file, buf, len, off);
+  if (r == 0 && off + len > p->file_size)
+    p->file_size = off + len;
+  return r;
+}
+
+/* Clusters taken but not yet written lie past the end of the file: extend
+ * it over them before their refcounts can become durable, so that the
+ * next open (which takes clusters from the end of the file) never hands
+ * out a cluster that already has a refcount.  The last taken cluster is
+ * unwritten while the file ends before it (every write covers a whole
+ * taken cluster). */
+static int
+q_extend(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (p->file_size >= p->next_free)
+    return 0;
+  uint8_t *z = calloc(1, p->cluster);
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = q_pwrite(dev, z, p->cluster, p->next_free - p->cluster);
+  free(z);
+  return r;
+}
+
+/* Take N clusters at the end of the file (no refcount yet). */
+static uint64_t
+q_take(struct qcow2_priv *p, uint64_t n)
+{
+  uint64_t off = p->next_free;
+  p->next_free += n * p->cluster;
+  return off;
+}
+
+static int q_ref_add(struct vd_dev *dev, uint64_t off, uint64_t n,
+                     int delta);
+
+/* Write refcount table entry I (in memory only while a new table is
+ * being built: the table is written whole then). */
+static int
+q_rt_set(struct vd_dev *dev, uint64_t i, uint64_t v)
+{
+  struct qcow2_priv *p = dev->priv;
+  p->rt[i] = v;
+  if (p->rt_staging)
+    return 0;
+  uint8_t b[8];
+  vd_put_be64(b, v);
+  return q_pwrite(dev, b, 8, p->h.rt_off + i * 8);
+}
+
+/* Grow the refcount table so that entry NEED exists: a new, larger table
+ * at the end of the file, covered by its own refcounts, written and
+ * synced before the header points at it; the old table is then freed. */
+static int
+q_rt_grow(struct vd_dev *dev, uint64_t need)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t per_c = p->cluster / 8;
+  uint64_t rpb = p->rpb;
+  uint64_t n = p->rt_entries * 2 > need + 1 ? p->rt_entries * 2 : need + 1;
+  n = vd_round_up(n, per_c);
+  /* The new table and the blocks covering it must fit in it. */
+  while (((p->next_free >> p->h.cluster_bits) + n / per_c + 8) / rpb + 1 > n)
+    n += per_c;
+  if (n * 8 > QCOW2_MAX_RT_BYTES)
+    return vd_set_error(EFBIG, "%s: the refcount table would exceed qemu's "
+                        "%" PRIu64 " MiB", dev->path, QCOW2_MAX_RT_BYTES >> 20);
+  uint64_t *nrt = calloc(n, 8);
+  if (!nrt)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  memcpy(nrt, p->rt, p->rt_entries * 8);
+  uint64_t *ort = p->rt, oentries = p->rt_entries;
+  uint64_t ooff = p->h.rt_off, oclusters = p->h.rt_clusters;
+  uint64_t tclusters = n / per_c;
+  p->rt = nrt;
+  p->rt_entries = n;
+  p->rt_staging = true;
+  uint64_t t = q_take(p, tclusters);
+  int r = q_ref_add(dev, t, tclusters, 1);
+  p->rt_staging = false;
+  uint8_t *buf = NULL;
+  if (r == 0 && !(buf = malloc(n * 8)))
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  if (r == 0) {
+    for (uint64_t i = 0; i < n; i++)
+      vd_put_be64(buf + i * 8, nrt[i]);
+    r = q_pwrite(dev, buf, n * 8, t);
+  }
+  free(buf);
+  if (r == 0)
+    r = q_sync(dev);
+  if (r == 0) {
+    uint8_t hb[12];
+    vd_put_be64(hb, t);
+    vd_put_be32(hb + 8, (uint32_t)tclusters);
+    r = q_pwrite(dev, hb, 12, 48);
+  }
+  if (r == 0)
+    r = q_sync(dev);
+  if (r < 0) {
+    /* The header still names the old table: what was taken leaks. */
+    free(nrt);
+    p->rt = ort;
+    p->rt_entries = oentries;
+    return r;
+  }
+  free(ort);
+  p->h.rt_off = t;
+  p->h.rt_clusters = (uint32_t)tclusters;
+  return q_ref_add(dev, ooff, oclusters, -1);
+}
+
+/* Make sure refcount block BI exists; its offset in *OFF. */
+static int
+q_block(struct vd_dev *dev, uint64_t bi, uint64_t *off)
+{
+  struct qcow2_priv *p = dev->priv;
+  int r;
+  if (bi >= p->rt_entries && (r = q_rt_grow(dev, bi)) < 0)
+    return r;
+  uint64_t b = p->rt[bi] & QCOW2_OFFSET_MASK;
+  if (b) {
+    *off = b;
+    return 0;
+  }
+  b = q_take(p, 1);
+  uint64_t self = b >> p->h.cluster_bits;
+  memset(p->rb, 0, p->cluster);
+  p->rb_off = 0;
+  if (self / p->rpb == bi)
+    rc_put(p, p->rb, self % p->rpb, 1);
+  if ((r = q_pwrite(dev, p->rb, p->cluster, b)) < 0)
+    return r;
+  if (self / p->rpb != bi && (r = q_ref_add(dev, b, 1, 1)) < 0)
+    return r;
+  /* The block (and its own count) durable before the table names it. */
+  if ((r = q_sync(dev)) < 0 || (r = q_rt_set(dev, bi, b)) < 0)
+    return r;
+  *off = b;
+  return 0;
+}
+
+/* Add DELTA (+1 / -1) to the refcounts of the N clusters from OFF. */
+static int
+q_ref_add(struct vd_dev *dev, uint64_t off, uint64_t n, int delta)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t c = off >> p->h.cluster_bits, end = c + n;
+  uint64_t max = p->h.refcount_order == 6 ? UINT64_MAX
+               : (UINT64_C(1) << (1u << p->h.refcount_order)) - 1;
+  unsigned w = (1u << p->h.refcount_order) / 8;
+  int r0 = delta > 0 ? q_extend(dev) : 0;
+  if (r0 < 0)
+    return r0;
+  while (c < end) {
+    uint64_t bi = c / p->rpb, b;
+    if (delta < 0 && (bi >= p->rt_entries || !p->rt[bi]))
+      return vd_set_error(EIO, "%s: cluster 0x%" PRIx64 " to free has no "
+                          "refcount block", dev->path,
+                          c << p->h.cluster_bits);
+    int r = q_block(dev, bi, &b);
+    if (r < 0)
+      return r;
+    if (p->rb_off != b) {
+      if ((r = vd_file_pread(dev->file, p->rb, p->cluster, b)) < 0) {
+        p->rb_off = 0;
+        return r;
+      }
+      p->rb_off = b;
+    }
+    uint64_t k0 = c % p->rpb, k = k0;
+    for (; k < p->rpb && c < end; k++, c++) {
+      uint64_t v = rc_get(p, p->rb, k);
+      if ((delta > 0 && v == max) || (delta < 0 && v == 0)) {
+        p->rb_off = 0;
+        return vd_set_error(EIO, "%s: refcount of cluster 0x%" PRIx64
+                            " would %s", dev->path, c << p->h.cluster_bits,
+                            delta > 0 ? "overflow" : "drop below zero");
+      }
+      rc_put(p, p->rb, k, delta > 0 ? v + 1 : v - 1);
+    }
+    if ((r = q_pwrite(dev, p->rb + k0 * w, (k - k0) * w,
+                            b + k0 * w)) < 0) {
+      p->rb_off = 0;
+      return r;
+    }
+  }
+  return 0;
+}
+
+/* The host clusters an L2 entry E holds (for freeing): *OFF, *N. */
+static void
+q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
+                 uint64_t *n)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED) {
+    unsigned shift = 62 - (p->h.cluster_bits - 8);
+    uint64_t coff = e & ((UINT64_C(1) << shift) - 1);
+    uint64_t nsec = ((e & ~QCOW2_OFLAG_COPIED & ~QCOW2_OFLAG_COMPRESSED)
+                     >> shift) + 1;
+    uint64_t s = coff & ~(uint64_t)511, end = s + nsec * 512;
+    *off = s & ~(uint64_t)(p->cluster - 1);
+    *n = (end - *off + p->cluster - 1) >> p->h.cluster_bits;
+    return;
+  }
+  *off = e & QCOW2_OFFSET_MASK;
+  *n = *off ? 1 : 0;
+}
+
+/* ---- segments: the clusters of one request under one L2 table ---- */
+
+enum q_mode { W_WRITE, W_ZERO, W_DISCARD };
+
+struct q_upd {
+  uint32_t idx;
+  uint64_t e;                     /* new entry */
+  uint64_t old;                   /* entry to free, 0 if none */
+};
+
+static int
+q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
+          uint64_t off, uint64_t len, struct q_upd *u, uint8_t *cb,
+          uint8_t *table)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t cl = off >> p->h.cluster_bits;
+  uint64_t l1i = cl / p->l2_entries;
+  uint64_t l2off = p->l1[l1i] & QCOW2_OFFSET_MASK;
+  uint64_t start_free = p->next_free;
+  bool new_l2 = false;
+  unsigned nu = 0;
+  int r;
+
+  if (l2off && !(p->l1[l1i] & QCOW2_OFLAG_COPIED))
+    return vd_set_error(EROFS, "%s: L2 table %" PRIu64 " is shared (no "
+                        "COPIED flag): writing it is not supported",
+                        dev->path, l1i);
+  if (l2off) {
+    if ((r = vd_file_pread(dev->file, table, p->cluster, l2off)) < 0)
+      return r;
+  } else {
+    memset(table, 0, p->cluster);
+    l2off = q_take(p, 1);
+    new_l2 = true;
+  }
+  while (len) {
+    uint64_t cstart = off & ~(uint64_t)(p->cluster - 1);
+    uint64_t coff = off - cstart;
+    uint64_t n = p->cluster - coff < len ? p->cluster - coff : len;
+    uint64_t cend = cstart + p->cluster;
+    bool full = coff == 0 && (n == p->cluster || off + n >= dev->size);
+    uint32_t idx = (uint32_t)((cstart >> p->h.cluster_bits) % p->l2_entries);
+    uint64_t e = vd_get_be64(table + (size_t)idx * 8);
+    uint64_t host = e & QCOW2_OFFSET_MASK;
+    bool compressed = e & QCOW2_OFLAG_COMPRESSED;
+    if (!compressed && host && ((host & (p->cluster - 1)) ||
+                                host >= p->file_size))
+      return vd_set_error(EIO, "%s: L2 entry of cluster %" PRIu64 " points "
+                          "at 0x%" PRIx64 ", unaligned or past the end of "
+                          "the file", dev->path,
+                          cstart >> p->h.cluster_bits, host);
+    enum q_mode m = mode;
+    if (m == W_ZERO && !full)
+      m = W_WRITE;                /* buf is NULL: zeros */
+    if (m == W_DISCARD && !full)
+      goto next;                  /* advisory */
+    if (m == W_WRITE) {
+      if (!compressed && host && (e & QCOW2_OFLAG_COPIED) &&
+          !(e & QCOW2_OFLAG_ZERO)) {
+        r = buf ? q_pwrite(dev, buf, n, host + coff)
+                : vd_file_zero(dev->file, host + coff, n, true, false);
+        if (r < 0)
+          return r;
+        goto next;
+      }
+      /* A new cluster: what the cluster read before, then the new bytes
+       * (copy-on-write from the backing file, a zero or a compressed
+       * cluster). */
+      if (n < p->cluster)
+        memset(cb, 0, p->cluster);
+      if (!full) {
+        uint64_t have = cend <= dev->size ? p->cluster : dev->size - cstart;
+        if ((r = qcow2_read_locked(dev, cb, have, cstart)) < 0)
+          return r;
+      }
+      if (buf)
+        memcpy(cb + coff, buf, n);
+      else
+        memset(cb + coff, 0, n);
+      uint64_t nh = q_take(p, 1);
+      if ((r = q_pwrite(dev, cb, p->cluster, nh)) < 0)
+        return r;
+      u[nu++] = (struct q_upd){ idx, nh | QCOW2_OFLAG_COPIED,
+                                host || compressed ? e : 0 };
+    } else {
+      /* Zero (v3) or discard: the zero flag, or unallocated where
+       * nothing lies below (and in a version 2 image). */
+      uint64_t ne = p->h.version >= 3 &&
+                    (m == W_ZERO || p->h.backing_off) ? QCOW2_OFLAG_ZERO : 0;
+      if (m == W_DISCARD && p->h.version < 3 && p->h.backing_off)
+        goto next;
+      if (!p->h.backing_off && e == 0)
+        goto next;                /* unallocated: reads zeros already */
+      if (e == ne)
+        goto next;
+      u[nu++] = (struct q_upd){ idx, ne, host || compressed ? e : 0 };
+    }
+next:
+    if (buf)
+      buf += n;
+    off += n;
+    len -= n;
+  }
+  if (!nu && !new_l2)
+    return 0;
+  if (!nu) {                       /* nothing to record after all */
+    p->next_free = start_free;
+    return 0;
+  }
+  /* Refcounts of everything taken, durable before any entry names it. */
+  if (p->next_free > start_free &&
+      ((r = q_ref_add(dev, start_free, (p->next_free - start_free) >>
+                      p->h.cluster_bits, 1)) < 0 ||
+       (r = q_sync(dev)) < 0))
+    return r;
+  uint32_t lo = UINT32_MAX, hi = 0;
+  for (unsigned i = 0; i < nu; i++) {
+    vd_put_be64(table + (size_t)u[i].idx * 8, u[i].e);
+    lo = u[i].idx < lo ? u[i].idx : lo;
+    hi = u[i].idx > hi ? u[i].idx : hi;
+  }
+  if (new_l2)
+    r = q_pwrite(dev, table, p->cluster, l2off);
+  else
+    r = q_pwrite(dev, table + (size_t)lo * 8,
+                       (size_t)(hi - lo + 1) * 8, l2off + (uint64_t)lo * 8);
+  if (r < 0)
+    return r;
+  qcow2_l2_cache_update(dev, l2off, table);
+  if (new_l2) {
+    uint8_t b[8];
+    uint64_t l1e = l2off | QCOW2_OFLAG_COPIED;
+    vd_put_be64(b, l1e);
+    if ((r = q_sync(dev)) < 0 ||
+        (r = q_pwrite(dev, b, 8, p->h.l1_off + l1i * 8)) < 0)
+      return r;
+    p->l1[l1i] = l1e;
+  }
+  /* Old clusters are let go once no durable entry names them. */
+  bool synced = false;
+  for (unsigned i = 0; i < nu; i++) {
+    uint64_t fo, fn;
+    q_entry_clusters(p, u[i].old, &fo, &fn);
+    if (!fn)
+      continue;
+    if (!synced && (r = q_sync(dev)) < 0)
+      return r;
+    synced = true;
+    if ((r = q_ref_add(dev, fo, fn, -1)) < 0)
+      return r;
+  }
+  return 0;
+}
+
+static int
+q_request(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
+          uint64_t off, uint64_t len)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t span = (uint64_t)p->cluster * p->l2_entries;
+  struct q_upd *u = malloc(sizeof *u * p->l2_entries);
+  uint8_t *cb = malloc(p->cluster), *table = malloc(p->cluster);
+  int r = 0;
+  if (!u || !cb || !table)
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  pthread_rwlock_wrlock(&p->rw);
+  if (r == 0 && p->h.backing_off && !p->parent)
+    r = vd_set_error(EROFS, "%s: opened without its backing file: writes "
+                     "would lose what they must copy from it", dev->path);
+  if (r == 0 && p->failed)
+    r = vd_set_error(EIO, "%s: an earlier metadata update failed; the "
+                     "image takes no more writes until reopened", dev->path);
+  while (len && r == 0) {
+    uint64_t n = span - off % span < len ? span - off % span : len;
+    r = q_segment(dev, mode, buf, off, n, u, cb, table);
+    /* Half-done metadata (in memory ahead of the file, or the other way
+     * round): stop writing rather than build on it. */
+    if (r < 0)
+      p->failed = true;
+    if (buf)
+      buf += n;
+    off += n;
+    len -= n;
+  }
+  pthread_rwlock_unlock(&p->rw);
+  free(u);
+  free(cb);
+  free(table);
+  return r;
+}
+
+int
+qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
+             unsigned flags)
+{
+  (void)flags;                    /* FUA: the core flushes after */
+  return q_request(dev, W_WRITE, buf, off, len);
+}
+
+int
+qcow2_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
+                   unsigned flags)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (p->h.version < 3) {
+    /* No zero flag: zeros are written, unless nothing lies below and the
+     * clusters are unallocated (they already read zeros). */
+    if (flags & VD_REQ_FAST_ZERO)
+      return vd_set_error(ENOTSUP, "%s: no fast zeroing in a version 2 "
+                          "image", dev->path);
+    return q_request(dev, W_WRITE, NULL, off, len);
+  }
+  return q_request(dev, W_ZERO, NULL, off, len);
+}
+
+int
+qcow2_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
+{
+  (void)flags;
+  return q_request(dev, W_DISCARD, NULL, off, len);
+}
+
+int
+qcow2_flush(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_rwlock_wrlock(&p->rw);
+  int r = p->failed ? vd_set_error(EIO, "%s: an earlier metadata update "
+                                   "failed", dev->path)
+                    : q_sync(dev);
+  pthread_rwlock_unlock(&p->rw);
+  return r;
+}
+
+/* ---- open for writing ---- */
+
+const char *
+qcow2_write_refusal(const struct qcow2_priv *p)
+{
+  const struct qcow2_header *h = &p->h;
+  if (h->incompat & QCOW2_INCOMPAT_DIRTY)
+    return "the image is dirty (lazy refcounts): repair it with "
+           "vdtool check -r all first";
+  if (h->incompat & QCOW2_INCOMPAT_CORRUPT)
+    return "the image is marked corrupt: repair it with vdtool check -r all";
+  if (h->nb_snapshots)
+    return "writing qcow2 images with internal snapshots is not supported";
+  if (p->extl2)
+    return "writing qcow2 images with extended L2 entries (subclusters) is "
+           "not supported";
+  if (h->has_bitmaps)
+    return "writing qcow2 images with persistent bitmaps is not supported";
+  if (h->refcount_order < 3)
+    return "writing qcow2 images with refcounts narrower than 8 bits is "
+           "not supported";
+  return NULL;
+}
+
+int
+qcow2_write_setup(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  p->rpb = (uint64_t)p->cluster * 8 >> p->h.refcount_order;
+  p->rt_entries = (uint64_t)p->h.rt_clusters * p->cluster / 8;
+  p->next_free = vd_round_up(p->file_size, p->cluster);
+  if (!(p->rt = malloc(p->rt_entries * 8)) || !(p->rb = malloc(p->cluster)))
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  uint8_t *raw = (uint8_t *)p->rt;
+  int r = vd_file_pread(dev->file, raw, p->rt_entries * 8, p->h.rt_off);
+  if (r < 0)
+    return r;
+  for (uint64_t i = 0; i < p->rt_entries; i++) {
+    uint64_t v = vd_get_be64(raw + i * 8);
+    uint64_t b = v & QCOW2_OFFSET_MASK;
+    if (v != b || (b & (p->cluster - 1)) ||
+        (b && !vd_range_ok(b, p->cluster, p->file_size)))
+      return vd_set_error(EINVAL, "%s: refcount table entry %" PRIu64
+                          " (0x%016" PRIx64 ") is invalid", dev->path, i, v);
+    p->rt[i] = v;
+  }
+  return 0;
+}
+
+/* ---- create ---- */
+
+static int
+q_create_opts(const char *path, const struct vd_create_args *a,
+              uint32_t *cbits, uint32_t *version, bool *lazy,
+              uint32_t *rorder, uint8_t *comp)
+{
+  static const char *const known[] = { "cluster_size", "compat",
+    "lazy_refcounts", "extended_l2", "refcount_bits", "compression_type",
+    "preallocation", NULL };
+  char v[64];
+  uint64_t x;
+  int r = vd_opt_check(a->options, known, path);
+  if (r < 0)
+    return r;
+  *cbits = 16;
+  *version = 3;
+  *lazy = false;
+  *rorder = 4;
+  *comp = QCOW2_COMP_ZLIB;
+  if ((r = vd_opt_get(a->options, "cluster_size", v, sizeof v)) < 0)
+    return r;
+  if (r == 1) {
+    if (vd_parse_size(v, &x) < 0 || !vd_is_pow2(x) || x < 512 ||
+        x > (1u << QCOW2_MAX_CLUSTER_BITS))
+      return vd_set_error(EINVAL, "%s: cluster_size %s is not a power of two "
+                          "between 512 and 2M", path, v);
+    *cbits = (uint32_t)__builtin_ctzll(x);
+  }
+  if ((r = vd_opt_get(a->options, "compat", v, sizeof v)) < 0)
+    return r;
+  if (r == 1) {
+    if (strcmp(v, "0.10") == 0 || strcmp(v, "v2") == 0)
+      *version = 2;
+    else if (strcmp(v, "1.1") != 0 && strcmp(v, "v3") != 0)
+      return vd_set_error(EINVAL, "%s: compat '%s' (0.10 or 1.1)", path, v);
+  }
+  if ((r = vd_opt_get(a->options, "lazy_refcounts", v, sizeof v)) < 0)
+    return r;
+  if (r == 1) {
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+      return vd_set_error(EINVAL, "%s: lazy_refcounts '%s' (on or off)",
+                          path, v);
+    *lazy = strcmp(v, "on") == 0;
+    if (*lazy && *version < 3)
+      return vd_set_error(EINVAL, "%s: lazy_refcounts needs compat=1.1",
+                          path);
+  }
+  if ((r = vd_opt_get(a->options, "extended_l2", v, sizeof v)) < 0)
+    return r;
+  if (r == 1 && strcmp(v, "off") != 0)
+    return vd_set_error(ENOTSUP, "%s: extended_l2=%s is not supported "
+                        "(vdisk does not write subclusters)", path, v);
+  if ((r = vd_opt_get(a->options, "preallocation", v, sizeof v)) < 0)
+    return r;
+  if (r == 1 && strcmp(v, "off") != 0)
+    return vd_set_error(ENOTSUP, "%s: preallocation=%s is not supported "
+                        "(off only)", path, v);
+  if ((r = vd_opt_get(a->options, "refcount_bits", v, sizeof v)) < 0)
+    return r;
+  if (r == 1) {
+    unsigned long b = strtoul(v, NULL, 10);
+    if (b != 8 && b != 16 && b != 32 && b != 64)
+      return vd_set_error(EINVAL, "%s: refcount_bits %s (vdisk writes 8, 16, "
+                          "32 or 64)", path, v);
+    *rorder = (uint32_t)__builtin_ctzl(b);
+    if (*version < 3 && b != 16)
+      return vd_set_error(EINVAL, "%s: refcount_bits other than 16 needs "
+                          "compat=1.1", path);
+  }
+  if ((r = vd_opt_get(a->options, "compression_type", v, sizeof v)) < 0)
+    return r;
+  if (r == 1) {
+    if (strcmp(v, "zstd") == 0)
+      *comp = QCOW2_COMP_ZSTD;
+    else if (strcmp(v, "zlib") != 0)
+      return vd_set_error(EINVAL, "%s: compression_type '%s' (zlib or zstd)",
+                          path, v);
+    if (*comp == QCOW2_COMP_ZSTD && *version < 3)
+      return vd_set_error(EINVAL, "%s: compression_type=zstd needs "
+                          "compat=1.1", path);
+  }
+  return 0;
+}
+
+/* Open the backing file named for a new image at PATH (relative names are
+ * relative to PATH's folder, as qemu): its size and format. */
+static int
+q_create_backing(const char *path, const struct vd_create_args *a,
+                 uint64_t *size, char *fmt, size_t fmtlen)
+{
+  char tmp[PATH_MAX], full[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  const char *dir = dirname(tmp);
+  int k = a->backing[0] == '/' || strcmp(dir, ".") == 0
+          ? snprintf(full, sizeof full, "%s", a->backing)
+          : snprintf(full, sizeof full, "%s/%s", dir, a->backing);
+  if (k < 0 || (size_t)k >= sizeof full)
+    return vd_set_error(ENAMETOOLONG, "%s: backing file name too long", path);
+  struct vd_dev *b;
+  int r = vd_open(full, a->backing_format, VD_OPEN_NOLOCK | VD_OPEN_NOPARENT,
+                  &b);
+  if (r < 0)
+    return vd_prefix_error(-r, "%s: backing file", path);
+  if (*size == 0)
+    *size = vd_size(b);
+  snprintf(fmt, fmtlen, "%s", vd_format(b));
+  vd_close(b);
+  return 0;
+}
+
+int
+qcow2_create(const char *path, const struct vd_create_args *a)
+{
+  uint32_t cbits, version, rorder;
+  bool lazy;
+  uint8_t comp;
+  int r = q_create_opts(path, a, &cbits, &version, &lazy, &rorder, &comp);
+  if (r < 0)
+    return r;
+  uint64_t size = a->size;
+  char bfmt[32] = "";
+  size_t blen = 0;
+  if (a->backing) {
+    blen = strlen(a->backing);
+    if (blen == 0 || blen > QCOW2_MAX_BACKING_NAME)
+      return vd_set_error(EINVAL, "%s: backing file name is empty or longer "
+                          "than %u bytes", path, QCOW2_MAX_BACKING_NAME);
+    if ((r = q_create_backing(path, a, &size, bfmt, sizeof bfmt)) < 0)
+      return r;
+  }
+  uint64_t cluster = UINT64_C(1) << cbits;
+  uint64_t l2e = cluster / 8, rpb = cluster * 8 >> rorder;
+  if (size > (UINT64_C(1) << 62) || (size / (cluster * l2e) + 1) * 8 >
+      QCOW2_MAX_L1_BYTES)
+    return vd_set_error(EINVAL, "%s: size %" PRIu64 " is too large for "
+                        "%" PRIu64 "-byte clusters", path, size, cluster);
+  uint64_t l1 = (size + cluster * l2e - 1) / (cluster * l2e);
+  uint64_t l1c = l1 ? (l1 * 8 + cluster - 1) / cluster : 1;
+  uint64_t rbc = 1, rtc = 1, meta;
+  for (;;) {
+    meta = 1 + rtc + rbc + l1c;
+    uint64_t nrb = (meta + rpb - 1) / rpb;
+    uint64_t nrt = (nrb * 8 + cluster - 1) / cluster;
+    if (nrb == rbc && nrt == rtc)
+      break;
+    rbc = nrb;
+    rtc = nrt;
+  }
+  size_t hdr_len = version >= 3 ? 112 : QCOW2_V2_HEADER_LEN;
+  size_t need = hdr_len + 8 + (bfmt[0] ? 8 + 16 : 0) + blen;
+  if (need > cluster)
+    return vd_set_error(EINVAL, "%s: backing file name does not fit in the "
+                        "%" PRIu64 "-byte header cluster", path, cluster);
+  uint8_t *h = calloc(1, cluster);
+  uint8_t *blk = calloc(1, cluster);
+  if (!h || !blk) {
+    free(h);
+    free(blk);
+    return vd_set_error(ENOMEM, "%s: out of memory", path);
+  }
+  uint64_t rt_off = cluster, rb_off = rt_off + rtc * cluster;
+  uint64_t l1_off = rb_off + rbc * cluster;
+  vd_put_be32(h, QCOW2_MAGIC);
+  vd_put_be32(h + 4, version);
+  vd_put_be32(h + 20, cbits);
+  vd_put_be64(h + 24, size);
+  vd_put_be32(h + 36, (uint32_t)l1);
+  vd_put_be64(h + 40, l1_off);
+  vd_put_be64(h + 48, rt_off);
+  vd_put_be32(h + 56, (uint32_t)rtc);
+  size_t pos = hdr_len;
+  if (version >= 3) {
+    vd_put_be64(h + 72, comp == QCOW2_COMP_ZSTD ? QCOW2_INCOMPAT_COMPRESSION
+                                                : 0);
+    vd_put_be64(h + 80, lazy ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
+    vd_put_be32(h + 96, rorder);
+    vd_put_be32(h + 100, (uint32_t)hdr_len);
+    h[104] = comp;
+  }
+  if (bfmt[0]) {
+    size_t fl = strlen(bfmt);
+    vd_put_be32(h + pos, QCOW2_EXT_BACKING_FORMAT);
+    vd_put_be32(h + pos + 4, (uint32_t)fl);
+    memcpy(h + pos + 8, bfmt, fl);
+    pos += 8 + vd_round_up(fl, 8);
+  }
+  pos += 8;                       /* the end extension, zeros */
+  if (a->backing) {
+    memcpy(h + pos, a->backing, blen);
+    vd_put_be64(h + 8, pos);
+    vd_put_be32(h + 16, (uint32_t)blen);
+  }
+  struct vd_file *f = NULL;
+  r = vd_file_open(path, VD_FILE_RDWR | VD_FILE_CREATE | VD_FILE_TRUNC, &f);
+  /* Refcounts 1 for the metadata clusters, the rest of the blocks 0. */
+  struct qcow2_priv fake = { .h = { .refcount_order = rorder } };
+  for (uint64_t b = 0; r == 0 && b < rbc; b++) {
+    memset(blk, 0, cluster);
+    for (uint64_t k = 0; k < rpb && b * rpb + k < meta; k++)
+      rc_put(&fake, blk, k, 1);
+    r = vd_file_pwrite(f, blk, cluster, rb_off + b * cluster);
+  }
+  if (r == 0) {
+    memset(blk, 0, cluster);
+    for (uint64_t b = 0; r == 0 && b < rtc * cluster / 8; b++) {
+      if (b < rbc)
+        vd_put_be64(blk + (b % (cluster / 8)) * 8, rb_off + b * cluster);
+      if ((b + 1) % (cluster / 8) == 0 || b + 1 == rtc * cluster / 8) {
+        r = vd_file_pwrite(f, blk, cluster, rt_off + b / (cluster / 8) *
+                           cluster);
+        memset(blk, 0, cluster);
+      }
+    }
+  }
+  if (r == 0)
+    r = vd_file_truncate(f, meta * cluster);
+  if (r == 0)
+    r = vd_file_pwrite(f, h, cluster, 0);
+  if (r == 0)
+    r = vd_file_flush(f);
+  if (f)
+    vd_file_close(f);
+  free(h);
+  free(blk);
+  return r;
+}
