@@ -540,6 +540,41 @@ qcow2_write_refusal(const struct qcow2_priv *p)
   return NULL;
 }
 
+/* A power cut may keep a refcount update yet lose the write that extended
+ * the file over its cluster (nothing orders two writes between syncs), so
+ * clusters past the end of the file may hold refcounts.  Taking them again
+ * would count them twice: allocation starts after the last one. */
+static int
+q_skip_taken(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t first = p->next_free / p->cluster, last = 0;
+  bool any = false;
+  uint8_t *blk = malloc(p->cluster);
+  if (!blk)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (uint64_t i = first / p->rpb; i < p->rt_entries; i++) {
+    if (!p->rt[i])
+      continue;
+    int r = vd_file_pread(dev->file, blk, p->cluster, p->rt[i]);
+    if (r < 0) {
+      free(blk);
+      return r;
+    }
+    for (uint64_t k = 0; k < p->rpb; k++) {
+      uint64_t c = i * p->rpb + k;
+      if (c >= first && rc_get(p, blk, k)) {
+        last = c;
+        any = true;
+      }
+    }
+  }
+  free(blk);
+  if (any)
+    p->next_free = (last + 1) * p->cluster;
+  return 0;
+}
+
 int
 qcow2_write_setup(struct vd_dev *dev)
 {
@@ -562,7 +597,7 @@ qcow2_write_setup(struct vd_dev *dev)
                           " (0x%016" PRIx64 ") is invalid", dev->path, i, v);
     p->rt[i] = v;
   }
-  return 0;
+  return q_skip_taken(dev);
 }
 
 /* ---- create ---- */

@@ -97,10 +97,17 @@ for it in $(seq "$iterations"); do
   vdtool convert -O raw img.qcow2 ro.raw || fail "$what: vdisk cannot read the image"
   cmp q.raw ro.raw >/dev/null || fail "$what: vdisk and qemu read differently"
 
-  # Repaired leaks, vdisk writes the image again, cleanly.
+  # Repaired leaks, vdisk writes the image again without damage.  A cut
+  # can keep a refcount past the end of the file (the write that extended
+  # the file over that cluster lost): qemu-img check does not look there,
+  # vdisk allocates after it, and once the file grows over it qemu-img
+  # sees it as a leak.  So leaks (exit 3), never errors (seed 5366 of an
+  # 8-round run, iteration 8, counted cluster 47 twice before the fix).
   qemu-img check -q -r leaks img.qcow2 >/dev/null 2>&1 || true
   "$writer" img.qcow2 8 >/dev/null || fail "$what: writing after the cut"
-  qemu-img check img.qcow2 > chk.txt 2>&1 || fail "$what: qemu-img check after more writes: $(cat chk.txt)"
+  rc=0; qemu-img check img.qcow2 > chk.txt 2>&1 || rc=$?
+  [ $rc = 0 ] || [ $rc = 3 ] ||
+    fail "$what: qemu-img check after more writes: exit $rc: $(cat chk.txt)"
 done
 
 # kill -9 of vdisk-nbd under a client that writes and flushes.

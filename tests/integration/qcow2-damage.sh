@@ -134,8 +134,15 @@ expect_error "looks like 'qcow2'.*--backing-format" \
   vdtool convert -O raw "$T/sub/nofmt.qcow2" "$T/out.raw"
 
 # Refused features.
-qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
-  -o encrypt.format=luks,encrypt.key-secret=s0 "$T/luks.qcow2" 8M
+# qemu times its key derivation by CPU usage, which fails now and then on
+# a loaded machine ("Unable to get accurate CPU usage"): a few tries.
+for try in 1 2 3 4 5; do
+  qemu-img create -q -f qcow2 --object secret,id=s0,data=pw \
+    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    "$T/luks.qcow2" 8M && break
+  [ "$try" = 5 ] && fail "qemu-img could not make a LUKS qcow2"
+  sleep 1
+done
 refused luks "encrypted" 63 -
 qemu-img create -q -f qcow2 -o data_file="$T/ext.raw" "$T/ext.qcow2" 8M
 refused ext "external data file" 63 -
