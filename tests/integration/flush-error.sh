@@ -99,10 +99,12 @@ else
   echo "vdisk-fuse part skipped: /dev/fuse or fusermount3 missing"
 fi
 
-# vdtool: a convert whose final flush fails exits non-zero with one line.
+# vdtool: a convert that flushes (-t writeback; qemu-img's default,
+# unsafe, flushes nothing) and whose final flush fails exits non-zero with
+# one line.
 pattern_bytes 1048576 3 > src.raw
 vdtool create -q -f raw dst.raw 1M
 LD_PRELOAD=$shim VDTEST_SHIM_FILE=dst.raw VDTEST_FAIL_SYNC=1 \
   expect_error 'dst.raw: .*flush.*Input/output error' \
-  vdtool convert -n -f raw -O raw src.raw dst.raw
+  vdtool convert -t writeback -n -f raw -O raw src.raw dst.raw
 echo PASS

@@ -57,7 +57,7 @@ qemu-img compare src.raw full.raw >/dev/null || fail "convert -S 0 changed data"
 # cache=none (O_DIRECT + libaio) both ways gives the same bytes.
 vdtool convert -t none -T none src.raw direct.raw
 qemu-img compare src.raw direct.raw >/dev/null || fail "convert -t none changed data"
-expect_error "cache mode must be writeback or none" vdtool convert -t bogus src.raw x.raw
+expect_error "cache mode must be unsafe, writeback, writethrough, none or directsync" vdtool convert -t bogus src.raw x.raw
 # -n writes into an existing image (zeros must overwrite old data).
 qemu-img create -q -f raw dirty.raw "$size"
 qemu-io -f raw -c "write -P 0x77 0 $size" dirty.raw >/dev/null
