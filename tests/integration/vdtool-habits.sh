@@ -84,11 +84,13 @@ out=$(vdtool create -f vhd named.vhd 1M)
   fail "create -f vhd printed: $out"
 
 # Cache modes.  syncs MODE...: fdatasync+fsync calls of a convert to VHD.
+# LeakSanitizer cannot run under ptrace: off for the straced commands.
 requires strace
+noleak="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 head -c 8M /dev/urandom > cm.raw
 syncs() {
   rm -f cm.vhd
-  strace -f -qq -c -e trace=fdatasync,fsync -o cm.strace \
+  ASAN_OPTIONS=$noleak strace -f -qq -c -e trace=fdatasync,fsync -o cm.strace \
     "$top_builddir/tools/vdtool" convert "$@" -O vpc cm.raw cm.vhd ||
     fail "convert $* failed"
   qemu-img compare -f raw -F vpc cm.raw cm.vhd >/dev/null ||
@@ -115,11 +117,11 @@ echo "syncs: qemu-img default $peer; vdtool default $dflt unsafe $unsafe" \
 [ "$none" -ge "$wb" ] || fail "-t none does not sync at the end"
 rm -f cm.vhd
 # (the file is opened, then switched to O_DIRECT with fcntl)
-strace -f -qq -e trace=fcntl -o open.strace \
+ASAN_OPTIONS=$noleak strace -f -qq -e trace=fcntl -o open.strace \
   "$top_builddir/tools/vdtool" convert -t none -O vpc cm.raw cm.vhd
 grep -q 'F_SETFL, .*O_DIRECT' open.strace || fail "-t none is not O_DIRECT"
 rm -f cm.vhd
-strace -f -qq -e trace=fcntl -o open.strace \
+ASAN_OPTIONS=$noleak strace -f -qq -e trace=fcntl -o open.strace \
   "$top_builddir/tools/vdtool" convert -O vpc cm.raw cm.vhd
 ! grep -q 'F_SETFL, .*O_DIRECT' open.strace || fail "the default is O_DIRECT"
 expect_error "cache mode must be unsafe, writeback, writethrough, none or directsync" \
