@@ -531,19 +531,15 @@ vhdx_append_locked(struct vd_dev *dev, uint64_t len, const uint8_t *buf,
   return 0;
 }
 
-/* Give block BLK a place at the end of the file holding BUF (N bytes at
- * BOFF in the block; the rest reads as zeros) and record it fully
- * present.  Lock held. */
+/* Block BLK's entry becomes fully present at file offset AT, through the
+ * log (the file being FSZ bytes long); the caller has made the data
+ * durable.  Lock held. */
 static int
-vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
-                        uint64_t n, uint64_t boff)
+vhdx_present_locked(struct vd_dev *dev, uint64_t blk, uint64_t at,
+                    uint64_t fsz)
 {
   struct vhdx_priv *p = dev->priv;
-  uint64_t fsz, at;
-  int r = vd_file_size(dev->file, &fsz);
-  if (r < 0 || (r = vhdx_append_locked(dev, p->meta.block_size, buf, n, boff,
-                                       &at)) < 0)
-    return r;
+  int r;
   struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
                             .val = { at | VHDX_PB_FULLY_PRESENT } };
   uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
@@ -552,17 +548,31 @@ vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
   if (!pages)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   vhdx_bat_pages_locked(p, &s, pg, &np, pages);
-  /* The grown file, block and data, is durable before the log names it
-   * (see the top of this file): FlushedFileOffset is then the new size. */
-  r = vd_file_flush(dev->file);
-  if (r == 0)
-    r = vhdx_log_pages_locked(dev, pg, np, at + p->meta.block_size,
-                              at + p->meta.block_size);
+  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
   vd_free_aligned(pages);
+  if (r == 0)
+    vhdx_bat_publish(p, &s);
+  return r;
+}
+
+/* Give block BLK a place at the end of the file holding BUF (N bytes at
+ * BOFF in the block; the rest reads as zeros) and record it fully
+ * present.  Lock held. */
+static int
+vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
+                        uint64_t n, uint64_t boff)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t at;
+  int r = vhdx_append_locked(dev, p->meta.block_size, buf, n, boff, &at);
   if (r < 0)
     return r;
+  /* The grown file, block and data, is durable before the log names it
+   * (see the top of this file): FlushedFileOffset is then the new size. */
+  if ((r = vd_file_flush(dev->file)) < 0 ||
+      (r = vhdx_present_locked(dev, blk, at, at + p->meta.block_size)) < 0)
+    return r;
   p->file_size = at + p->meta.block_size;
-  vhdx_bat_publish(p, &s);
   return 0;
 }
 
@@ -684,20 +694,7 @@ vhdx_fill_partial_locked(struct vd_dev *dev, uint64_t blk, uint64_t e,
   if (r < 0 || (r = vd_file_size(dev->file, &fsz)) < 0 ||
       (r = vd_file_flush(dev->file)) < 0)
     return r;
-  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
-                            .val = { VHDX_BAT_OFFSET(e) |
-                                     VHDX_PB_FULLY_PRESENT } };
-  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
-  struct vhdx_page pg[1];
-  unsigned np = 0;
-  if (!pages)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
-  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
-  vd_free_aligned(pages);
-  if (r == 0)
-    vhdx_bat_publish(p, &s);
-  return r;
+  return vhdx_present_locked(dev, blk, VHDX_BAT_OFFSET(e), fsz);
 }
 
 /* ---- zero and unmapped blocks (discard, write-zeroes) ---- */
@@ -742,19 +739,7 @@ vhdx_reuse_block_locked(struct vd_dev *dev, uint64_t blk, uint64_t at,
       (r = vd_file_flush(dev->file)) < 0 ||
       (r = vd_file_size(dev->file, &fsz)) < 0)
     return r;
-  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
-                            .val = { at | VHDX_PB_FULLY_PRESENT } };
-  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
-  struct vhdx_page pg[1];
-  unsigned np = 0;
-  if (!pages)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
-  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
-  vd_free_aligned(pages);
-  if (r == 0)
-    vhdx_bat_publish(p, &s);
-  return r;
+  return vhdx_present_locked(dev, blk, at, fsz);
 }
 
 /* Put the whole blocks [B0, B1) into STATE (zero or unmapped), a BAT page
