@@ -131,21 +131,30 @@ static void examine_json(const struct vd_raid_superblock *s, bool last)
          s->utime, s->array_state, last ? "" : ",");
 }
 
-int vt_raid_examine(int argc, char **argv)
+int
+vt_raid_output_opt(int argc, char **argv, bool *json)
 {
   static const struct option longopts[] = {
     { "output", required_argument, NULL, 'O' },
     { NULL, 0, NULL, 0 }
   };
-  bool json = false;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
     if (c != 'O')
       return vt_bad_option("raid", argv);
-    if (vt_parse_output(optarg, &json) < 0)
+    if (vt_parse_output(optarg, json) < 0)
       return vt_bad_usage("raid", "--output must be human or json");
   }
+  return 0;
+}
+
+int vt_raid_examine(int argc, char **argv)
+{
+  bool json = false;
+  int r = vt_raid_output_opt(argc, argv, &json);
+  if (r)
+    return r;
   if (argc - optind < 1)
     return vt_bad_usage("raid", "examine needs a MEMBER");
   int n = argc - optind, rc = VT_EXIT_OK;

@@ -660,19 +660,10 @@ static void raid_member_name(const char *desc, int slot, const char *given,
 /* Live state from the serving process; 'detail' when nothing serves it. */
 static int raid_cmd_status(int argc, char **argv)
 {
-  static const struct option longopts[] = {
-    { "output", required_argument, NULL, 'O' },
-    { NULL, 0, NULL, 0 }
-  };
   bool json = false;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
-    if (c != 'O')
-      return vt_bad_option("raid", argv);
-    if (vt_parse_output(optarg, &json) < 0)
-      return vt_bad_usage("raid", "--output must be human or json");
-  }
+  int r = vt_raid_output_opt(argc, argv, &json);
+  if (r)
+    return r;
   if (argc - optind != 1)
     return vt_bad_usage("raid", "status needs exactly one ARRAY");
   const char *desc = argv[optind];
