@@ -51,7 +51,7 @@ requires() {
 }
 
 # A private scratch directory, removed at exit together with anything
-# registered with on_exit.
+# registered with on_exit (kept after a failure when VD_KEEP is set).
 VD_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vdtest.XXXXXX")
 # Servers publish their RAID runtime entries (and vdtool looks them up)
 # here rather than in the user's real runtime folder.
@@ -63,7 +63,12 @@ _vd_cleanup() {
   for ((i=${#_vd_exit_cmds[@]}-1; i>=0; i--)); do
     eval "${_vd_exit_cmds[i]}" >/dev/null 2>&1 || true
   done
-  rm -rf "$VD_TMP"
+  # VD_KEEP=1 keeps the scratch folder of a failed test for a look.
+  if [ -n "${VD_KEEP:-}" ] && [ "$rc" -ne 0 ]; then
+    echo "kept $VD_TMP" >&2
+  else
+    rm -rf "$VD_TMP"
+  fi
   exit $rc
 }
 trap _vd_cleanup EXIT

@@ -9,9 +9,13 @@
 #   raid5  a RAID5 of three VHDs, member 1 failed (vdtool raid fail) half-way
 #          through the guest's writes          (mkfs.ext4 in the guest)
 # For each: attach with nbd-client -N, write a tree of files (checksums
-# recorded), sync, umount, flush, detach.  Then the host kills vdisk-nbd
-# with SIGKILL and starts it again (only what was flushed may survive),
-# and the guest re-attaches each export (vhd over TLS, certificates from
+# recorded), sync, umount, flush, detach.  Then the host cuts the power:
+# the first server runs with a volatile write cache on every image file it
+# writes (raid-cut-shim.so, LD_PRELOAD: writes reach the file only when the
+# cache writes them back on its own, in random order and sometimes torn, or
+# when the server flushes), and SIGKILL loses what it still holds; so only
+# what the guest flushed survives.  The host starts the server again,
+# the guest re-attaches each export (vhd over TLS, certificates from
 # certtool), verifies the files, runs e2fsck -fn, deletes half the tree,
 # fstrims and flushes.  The host then runs vdtool check on every image,
 # e2fsck -fn on a raw copy (vdtool convert), extracts the files with
@@ -57,7 +61,15 @@ make_cert g client guest cfg/tls/client
 # limit; --tls=on keeps plain clients too ----
 args=(-v --handshake-limit 0 -e 64 --tls-creds "$T/pki" --tls=on
       vhd=vhd.vhd diff=diff.vhd vdz=over.vhd raid5=r5.vdraid)
-start_nbd "${args[@]}"
+# The power-cut cache: VDCUT_SEED picks its write-backs (printed, to
+# replay a failure).  Sanitizer builds: the shim precedes their runtime.
+shim="$top_builddir/tests/integration/.libs/raid-cut-shim.so"
+[ -f "$shim" ] || fail "raid-cut-shim.so not built"
+seed=${VDCUT_SEED:-$(( $(date +%s) % 100000 ))}
+echo "power-cut cache seed: VDCUT_SEED=$seed"
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+VDCUT_FILES="$T/vhd.vhd:$T/diff.vhd:$T/over.vhd:$T/m0.vhd:$T/m1.vhd:$T/m2.vhd" \
+  VDCUT_SEED=$seed LD_PRELOAD="$shim" start_nbd "${args[@]}"
 
 # The guest's requests to the host (tests/guest/run-guest.py runs this).
 cat > hook.sh <<EOF
@@ -74,7 +86,9 @@ case "\$1" in
     gone() { ! kill -0 "\$pid" 2>/dev/null || [ "\$(cut -d' ' -f3 /proc/\$pid/stat 2>/dev/null)" = Z ]; }
     for i in \$(seq 100); do gone && break; sleep 0.1; done
     gone || exit 1
-    echo "--- restart ---" >> nbd.err
+    echo "--- restart (after a power cut) ---" >> nbd.err
+    # VD_KEEP: the images as the power cut left them, for a post-mortem
+    [ -z "\${VD_KEEP:-}" ] || { mkdir -p cut && cp --sparse=always m?.vhd r5.vdraid vhd.vhd diff.vhd over.vhd cut/; }
     # the RAID5 is now dirty and degraded: as after a real crash, the
     # operator forces it up (the partial parity log is replayed)
     timeout 60 "$top_builddir/tools/vdtool" raid assemble --force r5.vdraid m0.vhd m1.vhd m2.vhd >&2 ||

@@ -10,7 +10,14 @@
  * (again in random order) and then syncs.  Whatever was not written back
  * when the process is killed is lost: unsynced writes are dropped, kept,
  * reordered or torn.  VDCUT_SEED seeds the choices.  Test-only: never
- * installed, built as a libtool module for make check.
+ * installed, built as a libtool module for make check (raid-powercut.sh,
+ * and guest-nbd-client.sh for every image file its server writes).
+ *
+ * What reads and fstat() see stays what a page cache shows: a write that
+ * extends the file, and fallocate() and ftruncate(), reach the file at
+ * once (after any cached write they overlap), so nothing is ever cached
+ * past the file's end; a cache may write anything back at any moment, so
+ * this only narrows the losses a cut can cause.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -128,6 +135,19 @@ static void cut_writeback(struct cut_file *f, size_t k, bool tear)
   f->w[k] = f->w[--f->nw];   /* cached writes never overlap (pwrite64) */
 }
 
+/* Write back every cached write that overlaps [OFF, OFF+LEN). */
+static void cut_writeback_range(struct cut_file *f, uint64_t off, uint64_t len)
+{
+  for (size_t k = 0; k < f->nw;) {
+    struct cut_write *w = &f->w[k];
+    if (w->off < off + len && off < w->off + w->len) {
+      cut_writeback(f, k, false);
+      continue;   /* entry K was replaced by the last one */
+    }
+    k++;
+  }
+}
+
 static void cut_flush_all(struct cut_file *f)
 {
   while (f->nw > 0)
@@ -173,13 +193,15 @@ ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off)
   /* A write over cached data: the older cached write reaches the disk
    * first (now), as a cache holding the newest data per sector behaves, so
    * cached writes never overlap and reads need no ordering. */
-  for (size_t k = 0; k < f->nw;) {
-    struct cut_write *w = &f->w[k];
-    if (w->off < (uint64_t)off + len && (uint64_t)off < w->off + w->len) {
-      cut_writeback(f, k, false);
-      continue;   /* entry K was replaced by the last one */
-    }
-    k++;
+  cut_writeback_range(f, (uint64_t)off, len);
+  struct stat st;
+  if (fstat(f->wfd, &st) != 0)
+    abort();
+  if ((uint64_t)off + len > (uint64_t)st.st_size) {
+    /* Past the end: the file grows now (see the top). */
+    ssize_t r = real_pwrite(fd, buf, len, off);
+    pthread_mutex_unlock(&cut_lock);
+    return r;
   }
   if (f->nw == f->cap) {
     size_t nc = f->cap ? 2 * f->cap : 64;
@@ -234,4 +256,48 @@ int fsync(int fd)
 {
   return cut_sync(fd, real_fsync ? real_fsync
                   : (int (*)(int))dlsym(RTLD_NEXT, "fsync"));
+}
+
+/* fallocate() and ftruncate() act on the file at once, after the cached
+ * writes they overlap (see the top). */
+static int (*real_fallocate)(int, int, off_t, off_t);
+static int (*real_ftruncate)(int, off_t);
+
+int fallocate(int fd, int mode, off_t off, off_t len)
+{
+  pthread_once(&cut_once, cut_init);
+  if (!real_fallocate)
+    real_fallocate = (int (*)(int, int, off_t, off_t))dlsym(RTLD_NEXT,
+                                                            "fallocate");
+  pthread_mutex_lock(&cut_lock);
+  struct cut_file *f = cut_find(fd);
+  if (f)
+    cut_writeback_range(f, (uint64_t)off, (uint64_t)len);
+  int r = real_fallocate(fd, mode, off, len);
+  pthread_mutex_unlock(&cut_lock);
+  return r;
+}
+
+int fallocate64(int fd, int mode, off_t off, off_t len)
+{
+  return fallocate(fd, mode, off, len);
+}
+
+int ftruncate(int fd, off_t size)
+{
+  pthread_once(&cut_once, cut_init);
+  if (!real_ftruncate)
+    real_ftruncate = (int (*)(int, off_t))dlsym(RTLD_NEXT, "ftruncate");
+  pthread_mutex_lock(&cut_lock);
+  struct cut_file *f = cut_find(fd);
+  if (f)
+    cut_writeback_range(f, (uint64_t)size, UINT64_MAX - (uint64_t)size);
+  int r = real_ftruncate(fd, size);
+  pthread_mutex_unlock(&cut_lock);
+  return r;
+}
+
+int ftruncate64(int fd, off_t size)
+{
+  return ftruncate(fd, size);
 }
