@@ -313,6 +313,11 @@ vd_mirror_open_target(struct vd_node *node, const char *path,
   if (!node || !path || !*path)
     return vd_set_error(EINVAL, "mirror: no target");
   uint64_t size = vd_node_size(node);
+  /* A remote export (an NBD URI, an rbd: name) is opened, never created:
+   * creating would make a local file of that name. */
+  if (create && vd_is_remote_name(path))
+    return vd_set_error(EINVAL, "mirror: target %s is a remote export: "
+                        "mode must be 'existing'", path);
   if (create) {
     struct vd_info *info = calloc(1, sizeof *info);
     if (!info)
@@ -355,12 +360,12 @@ vd_mirror_open_target(struct vd_node *node, const char *path,
   if (r < 0)
     return r;
   if (vd_size(t) != size) {
-    char a[32], b[32];
-    vd_format_size(vd_size(t), a, sizeof a);
-    vd_format_size(size, b, sizeof b);
+    /* In bytes: a VHD's CHS rounding hides below "64 MiB". */
+    uint64_t ts = vd_size(t);
     vd_close(t);
-    return vd_set_error(EINVAL, "mirror: target %s is %s, the source is %s",
-                        path, a, b);
+    return vd_set_error(EINVAL, "mirror: target %s is %llu bytes, the "
+                        "source is %llu", path, (unsigned long long)ts,
+                        (unsigned long long)size);
   }
   *out = t;
   return 0;

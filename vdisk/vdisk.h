@@ -645,8 +645,10 @@ struct vd_mirror_status {
  * mirror target PATH in FORMAT (NULL: probe when opening, raw when
  * creating) read-write, for a mirror of NODE with sync mode SYNC (a
  * created target of a sync=top mirror gets the top's backing file as its
- * own).  The target's size must equal the node's.  Returns 0 and the
- * device in *OUT, or -errno. */
+ * own).  PATH may be a remote export the operator names (an NBD URI, an
+ * rbd: name; FORMAT NULL, raw or its driver's), which is only opened:
+ * CREATE is refused for it.  The target's size must equal the node's.
+ * Returns 0 and the device in *OUT, or -errno. */
 int vd_mirror_open_target(struct vd_node *node, const char *path,
                           const char *format, bool create, int sync,
                           struct vd_dev **out);

@@ -194,8 +194,9 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
   struct vd_node *node = job_node(s, device, err);
   if (!node)
     return NULL;
-  /* QEMU's default target format is the source's. */
-  if (!format)
+  /* QEMU's default target format is the source's; a remote export is
+   * the image's raw bytes (format raw or nbd). */
+  if (!format && !vd_is_remote_name(target))
     format = vd_format(vd_node_dev(node));
   struct vd_dev *t = NULL;
   int r = vd_mirror_open_target(node, target, format, mo == 0, sy, &t);
