@@ -307,7 +307,7 @@ mr_scan(struct vd_mirror *m)
 int
 vd_mirror_open_target(struct vd_node *node, const char *path,
                       const char *format, bool create, int sync,
-                      struct vd_dev **out)
+                      unsigned timeout_ms, struct vd_dev **out)
 {
   *out = NULL;
   if (!node || !path || !*path)
@@ -355,8 +355,11 @@ vd_mirror_open_target(struct vd_node *node, const char *path,
     if (r < 0)
       return vd_prefix_error(-r, "mirror: create %s", path);
   }
+  struct vd_open_args oa = { .format = format, .flags = VD_OPEN_RDWR };
+  if (vd_is_remote_name(path))
+    oa.timeout_ms = timeout_ms ? timeout_ms : VD_MIRROR_REMOTE_TIMEOUT_MS;
   struct vd_dev *t;
-  int r = vd_open(path, format, VD_OPEN_RDWR, &t);
+  int r = vd_open_opts(path, &oa, &t);
   if (r < 0)
     return r;
   if (vd_size(t) != size) {

@@ -12,6 +12,9 @@
 #  3. kill -9 of B (serving dst.raw; "format": "nbd") during the mirror:
 #     the job fails (BLOCK_JOB_ERROR), A keeps serving src.vhd (fio
 #     verifies), which then checks clean
+#  4. B stopped (SIGSTOP: connections open, no answers) during a
+#     write-blocking mirror with "timeout": 2: the job fails, the guest's
+#     writes go on (fio verifies), A serves src.vhd
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 . "$top_srcdir/tests/integration/mirror-functions.sh"
@@ -104,6 +107,30 @@ rc=0; wait "$job_pid" || rc=$?
 [ "$(served_path)" = "$VD_TMP/src.vhd" ] || fail "A no longer serves src.vhd"
 fio_wait "$VD_TMP/fio3.out"
 nbdinfo --size "$uri" >/dev/null || fail "A stopped serving"
+stop_nbd
+vdtool check "$VD_TMP/src.vhd" >/dev/null || fail "vdtool check of src.vhd"
+
+# ---- 4. B stops answering (SIGSTOP) during a write-blocking mirror ----
+# Its connections stay open: without the target's request timeout the
+# job, its cancel and the guest's writes (each also written to B) would
+# wait for ever.  With "timeout": 2 the job fails, A serves on.
+serve_b "$VD_TMP/dst.raw"
+serve_a "$VD_TMP/src.vhd"
+fio_bg "$VD_TMP/fio4.out" --rate=,2m --size=8M
+qmp drive-mirror "$(mirror_args ', "copy-mode": "write-blocking",
+  "speed": 4194304, "timeout": 2')" BLOCK_JOB_COMPLETED \
+  >/dev/null 2>"$VD_TMP/job4.err" &
+job_pid=$!
+wait_copy_started
+kill -STOP "$(cat "$b_pidfile")"
+on_exit "kill -CONT $(cat "$b_pidfile")"
+rc=0; wait "$job_pid" || rc=$?
+[ "$rc" = 1 ] && grep -q 'BLOCK_JOB_ERROR' "$VD_TMP/job4.err" ||
+  fail "B stopped: the job did not fail (rc $rc): $(cat "$VD_TMP/job4.err")"
+fio_wait "$VD_TMP/fio4.out"
+[ "$(served_path)" = "$VD_TMP/src.vhd" ] || fail "A no longer serves src.vhd"
+kill -CONT "$(cat "$b_pidfile")"
+stop_b
 stop_nbd
 vdtool check "$VD_TMP/src.vhd" >/dev/null || fail "vdtool check of src.vhd"
 echo PASS
