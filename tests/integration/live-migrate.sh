@@ -15,6 +15,8 @@
 #  4. B stopped (SIGSTOP: connections open, no answers) during a
 #     write-blocking mirror with "timeout": 2: the job fails, the guest's
 #     writes go on (fio verifies), A serves src.vhd
+#  5. cancel before ready (A serves src.vhd on), after ready (no pivot;
+#     dst.raw a copy of src.vhd: qemu-img compare)
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 . "$top_srcdir/tests/integration/mirror-functions.sh"
@@ -68,7 +70,8 @@ mirror_args() {
 new_images
 serve_b "$VD_TMP/dst.vhd"
 serve_a "$VD_TMP/src.vhd"
-pivot_under_load "$VD_TMP/fio1.out" drive-mirror "$(mirror_args)" "$b_uri"
+pivot_under_load "$VD_TMP/fio1.out" drive-mirror "$(mirror_args)" "$b_uri" \
+  --size=16M
 nbdcopy "$uri" "$VD_TMP/served-a.raw"
 nbdcopy "$b_uri" "$VD_TMP/served-b.raw"
 cmp "$VD_TMP/served-a.raw" "$VD_TMP/served-b.raw" ||
@@ -133,4 +136,23 @@ kill -CONT "$(cat "$b_pidfile")"
 stop_b
 stop_nbd
 vdtool check "$VD_TMP/src.vhd" >/dev/null || fail "vdtool check of src.vhd"
+
+# ---- 5. cancel before ready, then after ready, as for a local target ----
+new_images
+serve_b "$VD_TMP/dst.raw"
+serve_a "$VD_TMP/src.vhd"
+qmp drive-mirror "$(mirror_args ', "speed": 1048576')" >/dev/null ||
+  fail "drive-mirror (slow) failed"
+qmp block-job-cancel '{"device": "disk"}' BLOCK_JOB_CANCELLED >/dev/null ||
+  fail "cancel before ready: no BLOCK_JOB_CANCELLED"
+qmp drive-mirror "$(mirror_args)" BLOCK_JOB_READY >/dev/null ||
+  fail "drive-mirror to B (again): no BLOCK_JOB_READY"
+qemu-io -f raw -c 'write -P 0x77 20M 1M' "$uri" >/dev/null   # dirty again
+qmp block-job-cancel '{"device": "disk"}' BLOCK_JOB_COMPLETED >/dev/null ||
+  fail "cancel after ready: no BLOCK_JOB_COMPLETED"
+[ "$(served_path)" = "$VD_TMP/src.vhd" ] || fail "cancel pivoted"
+stop_nbd
+stop_b
+qemu-img compare -q -f vpc "$VD_TMP/src.vhd" -F raw "$VD_TMP/dst.raw" ||
+  fail "cancel after ready: B's dst.raw is not a copy of the source"
 echo PASS

@@ -46,13 +46,14 @@ new_source() {
     "$VD_TMP/src.vhd" >/dev/null
 }
 
-# pivot_under_load OUT COMMAND JSON-ARGS EXPECT: start COMMAND (a job on
-# device "disk") while fio_bg writes, wait for BLOCK_JOB_READY, complete
-# it; the device must then serve EXPECT, and fio's verify (after the
-# pivot, so it reads the new device) must pass.
+# pivot_under_load OUT COMMAND JSON-ARGS EXPECT [FIO-ARGS]: start COMMAND
+# (a job on device "disk") while fio_bg writes, wait for BLOCK_JOB_READY,
+# complete it; the device must then serve EXPECT, and fio's verify (after
+# the pivot, so it reads the new device) must pass.
 pivot_under_load() {
   local out=$1 cmd=$2 args=$3 expect=$4
-  fio_bg "$out" --rate=,2m
+  shift 4
+  fio_bg "$out" --rate=,2m "$@"
   sleep 1
   qmp "$cmd" "$args" BLOCK_JOB_READY >/dev/null || fail "$cmd: no BLOCK_JOB_READY"
   qmp block-job-complete '{"device": "disk"}' BLOCK_JOB_COMPLETED >/dev/null ||
