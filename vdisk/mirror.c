@@ -307,12 +307,17 @@ mr_scan(struct vd_mirror *m)
 int
 vd_mirror_open_target(struct vd_node *node, const char *path,
                       const char *format, bool create, int sync,
-                      struct vd_dev **out)
+                      unsigned timeout_ms, struct vd_dev **out)
 {
   *out = NULL;
   if (!node || !path || !*path)
     return vd_set_error(EINVAL, "mirror: no target");
   uint64_t size = vd_node_size(node);
+  /* A remote export (an NBD URI, an rbd: name) is opened, never created:
+   * creating would make a local file of that name. */
+  if (create && vd_is_remote_name(path))
+    return vd_set_error(EINVAL, "mirror: target %s is a remote export: "
+                        "mode must be 'existing'", path);
   if (create) {
     struct vd_info *info = calloc(1, sizeof *info);
     if (!info)
@@ -350,17 +355,20 @@ vd_mirror_open_target(struct vd_node *node, const char *path,
     if (r < 0)
       return vd_prefix_error(-r, "mirror: create %s", path);
   }
+  struct vd_open_args oa = { .format = format, .flags = VD_OPEN_RDWR };
+  if (vd_is_remote_name(path))
+    oa.timeout_ms = timeout_ms ? timeout_ms : VD_MIRROR_REMOTE_TIMEOUT_MS;
   struct vd_dev *t;
-  int r = vd_open(path, format, VD_OPEN_RDWR, &t);
+  int r = vd_open_opts(path, &oa, &t);
   if (r < 0)
     return r;
   if (vd_size(t) != size) {
-    char a[32], b[32];
-    vd_format_size(vd_size(t), a, sizeof a);
-    vd_format_size(size, b, sizeof b);
+    /* In bytes: a VHD's CHS rounding hides below "64 MiB". */
+    uint64_t ts = vd_size(t);
     vd_close(t);
-    return vd_set_error(EINVAL, "mirror: target %s is %s, the source is %s",
-                        path, a, b);
+    return vd_set_error(EINVAL, "mirror: target %s is %llu bytes, the "
+                        "source is %llu", path, (unsigned long long)ts,
+                        (unsigned long long)size);
   }
   *out = t;
   return 0;

@@ -645,11 +645,18 @@ struct vd_mirror_status {
  * mirror target PATH in FORMAT (NULL: probe when opening, raw when
  * creating) read-write, for a mirror of NODE with sync mode SYNC (a
  * created target of a sync=top mirror gets the top's backing file as its
- * own).  The target's size must equal the node's.  Returns 0 and the
+ * own).  PATH may be a remote export the operator names (an NBD URI, an
+ * rbd: name; FORMAT NULL, raw or its driver's), which is only opened:
+ * CREATE is refused for it.  A remote target's requests time out after
+ * TIMEOUT_MS (vd_open_args.timeout_ms; 0: VD_MIRROR_REMOTE_TIMEOUT_MS),
+ * so a server that stops answering fails the job instead of holding it,
+ * its cancel and, in write-blocking mode, the guest's writes; ignored for
+ * a file.  The target's size must equal the node's.  Returns 0 and the
  * device in *OUT, or -errno. */
+#define VD_MIRROR_REMOTE_TIMEOUT_MS 30000u
 int vd_mirror_open_target(struct vd_node *node, const char *path,
                           const char *format, bool create, int sync,
-                          struct vd_dev **out);
+                          unsigned timeout_ms, struct vd_dev **out);
 
 /* Start mirroring NODE onto TARGET (writable, the node's size and logical
  * block, multi-connection safe if the node is).  Attaches the write

@@ -15,55 +15,16 @@
 #     clean (qemu-img compare, vdtool check)
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
-requires fio qemu-img qemu-io nbdcopy nbdinfo
-fio --enghelp=nbd >/dev/null 2>&1 || skip "fio has no nbd engine"
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "no python3-nbd"
+. "$top_srcdir/tests/integration/mirror-functions.sh"
 
-ctl=$VD_TMP/ctl.sock
-qmp() { /usr/bin/python3 "$top_srcdir/tests/integration/live-mirror.py" "$ctl" "$@"; }
 serve() { rm -f "$VD_TMP/nbd.err"; start_nbd --control "$ctl" "disk=$1"; uri=$(nbd_uri_for disk); }
-
-# fio_bg OUT ARGS: random 4 KiB writes over [16M, 48M), then the verify
-# pass, in the background (bounded); sets fio_pid.  At --rate=,2m the
-# writes last about 16 s, which spans the mirror of 64 MiB and its pivot
-# (not asserted: no timing in tests; correctness holds either way).
-fio_bg() {
-  local out=$1; shift
-  timeout 300 fio --name=w --ioengine=nbd --uri="$uri" --iodepth=8 \
-    --rw=randwrite --bs=4k --offset=16M --size=32M --verify=crc32c \
-    --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
-    --output="$out" "$@" &
-  fio_pid=$!
-}
-fio_wait() {
-  wait "$fio_pid" || { cat "$1" >&2; fail "fio failed (verify?)"; }
-  if grep -q 'verify:' "$1" && grep -q 'bad' "$1"; then
-    cat "$1" >&2; fail "fio: verification errors"
-  fi
-}
-served_path() {
-  vdtool qmp "$ctl" query-block |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["inserted"]["file"])'
-}
-new_source() {
-  rm -f "$VD_TMP/src.vhd"
-  qemu-img create -q -f vpc -o subformat=dynamic "$VD_TMP/src.vhd" 64M
-  qemu-io -f vpc -c 'write -P 0x5a 0 8M' -c 'write -P 0xa5 56M 4M' \
-    "$VD_TMP/src.vhd" >/dev/null
-}
 
 # ---- 1. VHD target, pivot under load ----
 new_source
 serve "$VD_TMP/src.vhd"
-fio_bg "$VD_TMP/fio1.out" --rate=,2m
-sleep 1
-qmp drive-mirror "{\"device\": \"disk\", \"target\": \"$VD_TMP/dst1.vhd\",
-  \"format\": \"vpc\", \"sync\": \"full\"}" BLOCK_JOB_READY >/dev/null ||
-  fail "drive-mirror to VHD: no BLOCK_JOB_READY"
-qmp block-job-complete '{"device": "disk"}' BLOCK_JOB_COMPLETED >/dev/null ||
-  fail "block-job-complete failed"
-[ "$(served_path)" = "$VD_TMP/dst1.vhd" ] || fail "not pivoted: $(served_path)"
-fio_wait "$VD_TMP/fio1.out"
+pivot_under_load "$VD_TMP/fio1.out" drive-mirror "{\"device\": \"disk\",
+  \"target\": \"$VD_TMP/dst1.vhd\", \"format\": \"vpc\", \"sync\": \"full\"}" \
+  "$VD_TMP/dst1.vhd"
 nbdcopy "$uri" "$VD_TMP/served1.raw"
 stop_nbd
 qemu-img compare -q -f vpc "$VD_TMP/dst1.vhd" -F raw "$VD_TMP/served1.raw" ||
@@ -112,13 +73,7 @@ nbdcopy "$uri" "$VD_TMP/acked4.raw"
 qmp drive-mirror "{\"device\": \"disk\", \"target\": \"$VD_TMP/dst4.vhd\",
   \"format\": \"vpc\", \"sync\": \"full\", \"speed\": 4194304}" >/dev/null ||
   fail "drive-mirror (slow) failed"
-for i in $(seq 100); do              # until the copy has begun (10 s max)
-  off=$(vdtool qmp "$ctl" query-block-jobs |
-        /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); print(j[0]["offset"] if j else -1)')
-  [ "$off" -gt 0 ] && break
-  sleep 0.1
-done
-[ "$off" -gt 0 ] || fail "the mirror did not start copying"
+wait_copy_started
 kill -KILL "$(cat "$nbd_pidfile")"
 for i in $(seq 100); do kill -0 "$(cat "$nbd_pidfile")" 2>/dev/null || break; sleep 0.1; done
 rm -f "$nbd_pidfile"
@@ -133,14 +88,8 @@ qemu-img create -q -f vpc -o subformat=dynamic "$VD_TMP/base.vhd" 64M
 qemu-io -f vpc -c 'write -P 0x3c 0 24M' "$VD_TMP/base.vhd" >/dev/null
 vdtool create -q -f vpc -b "$VD_TMP/base.vhd" -F vpc "$VD_TMP/top.vhd"
 serve "$VD_TMP/top.vhd"
-fio_bg "$VD_TMP/fio5.out" --rate=,2m
-sleep 1
-qmp block-commit '{"device": "disk"}' BLOCK_JOB_READY >/dev/null ||
-  fail "block-commit: no BLOCK_JOB_READY"
-qmp block-job-complete '{"device": "disk"}' BLOCK_JOB_COMPLETED >/dev/null ||
-  fail "block-job-complete of the commit failed"
-[ "$(served_path)" = "$VD_TMP/base.vhd" ] || fail "commit did not pivot: $(served_path)"
-fio_wait "$VD_TMP/fio5.out"
+pivot_under_load "$VD_TMP/fio5.out" block-commit '{"device": "disk"}' \
+  "$VD_TMP/base.vhd"
 nbdcopy "$uri" "$VD_TMP/served5.raw"
 stop_nbd
 qemu-img compare -q -f vpc "$VD_TMP/base.vhd" -F raw "$VD_TMP/served5.raw" ||

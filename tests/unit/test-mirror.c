@@ -197,7 +197,7 @@ mirror_pivot(const char *format, bool write_blocking)
   struct vd_dev *t = NULL, *old = NULL;
   struct vd_mirror *m = NULL;
   CU_ASSERT_FATAL(vd_mirror_open_target(n, dst, format, true,
-                                        VD_MIRROR_SYNC_FULL, &t) == 0);
+                                        VD_MIRROR_SYNC_FULL, 0, &t) == 0);
   struct vd_mirror_args a = { .sync = VD_MIRROR_SYNC_FULL,
                               .write_blocking = write_blocking };
   CU_ASSERT_FATAL(vd_mirror_start(n, t, &a, &m) == 0);
@@ -262,7 +262,7 @@ test_mirror_cancel_before_ready(void)
   struct vd_dev *s = vd_node_dev(n), *t = NULL;
   struct vd_mirror *m = NULL;
   CU_ASSERT_FATAL(vd_mirror_open_target(n, dst, "raw", true,
-                                        VD_MIRROR_SYNC_FULL, &t) == 0);
+                                        VD_MIRROR_SYNC_FULL, 0, &t) == 0);
   struct vd_mirror_args a = { .granularity = 65536, .buf_size = 65536 };
   CU_ASSERT_FATAL(vd_mirror_start(n, t, &a, &m) == 0);
   uint64_t done = 0;
@@ -316,7 +316,7 @@ test_mirror_cancel_after_ready(void)
   start_writers(&sh, w, tid);
   struct vd_mirror *m = NULL;
   CU_ASSERT_FATAL(vd_mirror_open_target(n, dst, "vpc", true,
-                                        VD_MIRROR_SYNC_FULL, &t) == 0);
+                                        VD_MIRROR_SYNC_FULL, 0, &t) == 0);
   CU_ASSERT_FATAL(vd_mirror_start(n, t, NULL, &m) == 0);
   CU_ASSERT_EQUAL(step_until_ready(m, NULL), 1);
   /* Writes the mirror only marks: they must reach the target through the
@@ -358,7 +358,7 @@ test_mirror_stall_switch(void)
   struct vd_dev *t = NULL, *old = NULL;
   struct vd_mirror *m = NULL;
   CU_ASSERT_FATAL(vd_mirror_open_target(n, dst, "raw", true,
-                                        VD_MIRROR_SYNC_FULL, &t) == 0);
+                                        VD_MIRROR_SYNC_FULL, 0, &t) == 0);
   struct vd_mirror_args a = { .stall_passes = 3 };
   CU_ASSERT_FATAL(vd_mirror_start(n, t, &a, &m) == 0);
   uint8_t *pat = malloc(65536);
@@ -462,11 +462,16 @@ test_mirror_size_mismatch(void)
   CU_ASSERT_FATAL(vd_create(dst, "raw", &ca) == 0);
   struct vd_dev *t = NULL;
   CU_ASSERT_EQUAL(vd_mirror_open_target(n, dst, "raw", false,
-                                        VD_MIRROR_SYNC_FULL, &t), -EINVAL);
+                                        VD_MIRROR_SYNC_FULL, 0, &t), -EINVAL);
   CU_ASSERT_PTR_NULL(t);
   /* absolute-paths never writes over an existing file. */
   CU_ASSERT(vd_mirror_open_target(n, dst, "raw", true, VD_MIRROR_SYNC_FULL,
-                                  &t) < 0);
+                                  0, &t) < 0);
+  /* An NBD export is opened, never created (nothing is connected to). */
+  CU_ASSERT_EQUAL(vd_mirror_open_target(n, "nbd+unix:///x?socket=/nonexistent",
+                                        NULL, true, VD_MIRROR_SYNC_FULL, 0,
+                                        &t), -EINVAL);
+  CU_ASSERT_PTR_NULL(t);
   CU_ASSERT_EQUAL(vd_node_free(n), 0);
   unlink(src);
   unlink(dst);

@@ -158,7 +158,7 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
 {
   static const char *const known[] = {
     "device", "target", "format", "sync", "mode", "speed", "copy-mode",
-    "job-id", "granularity", "buf-size", NULL };
+    "job-id", "granularity", "buf-size", "timeout", NULL };
   static const char *const syncs[] = { "full", "top", "none", NULL };
   static const char *const modes[] = { "absolute-paths", "existing", NULL };
   static const char *const copy_modes[] = { "background", "write-blocking",
@@ -167,7 +167,8 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
   const char *device = NULL, *target = NULL, *format = NULL, *sync = NULL,
              *mode = "absolute-paths", *copy_mode = "background",
              *job_id = NULL;
-  uint64_t speed = 0, granularity = 0, buf_size = 0;
+  uint64_t speed = 0, granularity = 0, buf_size = 0,
+           timeout = VD_MIRROR_REMOTE_TIMEOUT_MS / 1000;
   if (!vc_arg_only(args, known, err) ||
       !vc_arg_str(args, "device", true, &device, err) ||
       !vc_arg_str(args, "target", true, &target, err) ||
@@ -178,7 +179,8 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
       !vc_arg_str(args, "copy-mode", false, &copy_mode, err) ||
       !vc_arg_str(args, "job-id", false, &job_id, err) ||
       !vc_arg_uint(args, "granularity", false, &granularity, err) ||
-      !vc_arg_uint(args, "buf-size", false, &buf_size, err))
+      !vc_arg_uint(args, "buf-size", false, &buf_size, err) ||
+      !vc_arg_uint(args, "timeout", false, &timeout, err))
     return NULL;
   int sy = enum_arg("sync", sync, syncs, err);
   int mo = sy < 0 ? -1 : enum_arg("mode", mode, modes, err);
@@ -191,14 +193,22 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
                  "power of 2 between 512 and 64M");
     return NULL;
   }
+  /* vdisk's own: a remote target's request timeout, in seconds. */
+  if (timeout < 1 || timeout > 3600) {
+    vc_error_set(err, "GenericError", "Parameter 'timeout' expects seconds "
+                 "from 1 to 3600");
+    return NULL;
+  }
   struct vd_node *node = job_node(s, device, err);
   if (!node)
     return NULL;
-  /* QEMU's default target format is the source's. */
-  if (!format)
+  /* QEMU's default target format is the source's; a remote export is
+   * the image's raw bytes (format raw or nbd). */
+  if (!format && !vd_is_remote_name(target))
     format = vd_format(vd_node_dev(node));
   struct vd_dev *t = NULL;
-  int r = vd_mirror_open_target(node, target, format, mo == 0, sy, &t);
+  int r = vd_mirror_open_target(node, target, format, mo == 0, sy,
+                                (unsigned)timeout * 1000, &t);
   if (r < 0) {
     mj_error(err, r);
     return NULL;
