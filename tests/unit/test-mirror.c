@@ -473,6 +473,42 @@ test_mirror_size_mismatch(void)
   unlink(dst);
 }
 
+/* Write into the image PATH, opened alone (its chain below it read-only),
+ * LEN bytes at OFF: zeros through write_zeroes (V 0), the pattern (V -1)
+ * or byte V. */
+static void
+fill(const char *path, uint64_t off, size_t len, int v)
+{
+  struct vd_dev *d = NULL;
+  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
+  uint8_t *b = malloc(len);
+  for (size_t i = 0; i < len; i++)
+    b[i] = v < 0 ? pat_byte(off + i) : (uint8_t) v;
+  CU_ASSERT_EQUAL(v == 0 ? vd_write_zeroes(d, off, len, 0)
+                         : vd_pwrite(d, b, len, off, 0), 0);
+  free(b);
+  CU_ASSERT_EQUAL(vd_close(d), 0);
+}
+
+/* A differencing child CHILD of PARENT, as vdtool create -b makes it. */
+static void
+make_child(const char *child, const char *parent)
+{
+  struct vd_create_args cc = { .backing = parent, .backing_format = "vpc" };
+  CU_ASSERT_FATAL(vd_create(child, "vpc", &cc) == 0);
+}
+
+/* A node serving the image PATH (and its chain), writable. */
+static struct vd_node *
+serve(const char *path)
+{
+  struct vd_dev *d = NULL;
+  struct vd_node *n = NULL;
+  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
+  CU_ASSERT_FATAL(vd_node_new(d, &n) == 0);
+  return n;
+}
+
 /* Live commit of the active layer: base.vhd holds the pattern, top.vhd
  * (a child made with vd_create -b, as vdtool create -b) is served and
  * written; the commit mirrors top into base and pivots onto base, which
@@ -485,12 +521,9 @@ test_commit_active(void)
   snprintf(top, sizeof top, "%s/top.vhd", tmpdir);
   struct vd_node *bn = make_source(base);
   CU_ASSERT_EQUAL(vd_node_free(bn), 0);
-  struct vd_create_args cc = { .backing = base, .backing_format = "vpc" };
-  CU_ASSERT_FATAL(vd_create(top, "vpc", &cc) == 0);
-  struct vd_dev *td = NULL, *old = NULL;
-  struct vd_node *n = NULL;
-  CU_ASSERT_FATAL(vd_open(top, "vpc", VD_OPEN_RDWR, &td) == 0);
-  CU_ASSERT_FATAL(vd_node_new(td, &n) == 0);
+  make_child(top, base);
+  struct vd_dev *old = NULL;
+  struct vd_node *n = serve(top);
   struct shared sh = { .node = n };
   struct writer w[WR_THREADS];
   pthread_t tid[WR_THREADS];
@@ -534,46 +567,6 @@ test_commit_active(void)
   CU_ASSERT_EQUAL(rep.corruptions + rep.leaks + rep.check_errors, 0);
   unlink(top);
   unlink(base);
-}
-
-/* Write LEN bytes of byte V (0: zeros, through write_zeroes) at OFF into
- * the image PATH, opened alone (its chain below it, read-only). */
-static void
-fill(const char *path, uint64_t off, size_t len, int v)
-{
-  struct vd_dev *d = NULL;
-  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
-  if (v == 0) {
-    CU_ASSERT_EQUAL(vd_write_zeroes(d, off, len, 0), 0);
-  } else {
-    uint8_t *b = malloc(len);
-    memset(b, v, len);
-    CU_ASSERT_EQUAL(vd_pwrite(d, b, len, off, 0), 0);
-    free(b);
-  }
-  CU_ASSERT_EQUAL(vd_close(d), 0);
-}
-
-/* Write the pattern over [OFF, OFF+LEN) of the image PATH. */
-static void
-fill_pattern(const char *path, uint64_t off, size_t len)
-{
-  struct vd_dev *d = NULL;
-  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
-  uint8_t *b = malloc(len);
-  for (size_t i = 0; i < len; i++)
-    b[i] = pat_byte(off + i);
-  CU_ASSERT_EQUAL(vd_pwrite(d, b, len, off, 0), 0);
-  free(b);
-  CU_ASSERT_EQUAL(vd_close(d), 0);
-}
-
-/* A differencing child CHILD of PARENT, as vdtool create -b makes it. */
-static void
-make_child(const char *child, const char *parent)
-{
-  struct vd_create_args cc = { .backing = parent, .backing_format = "vpc" };
-  CU_ASSERT_FATAL(vd_create(child, "vpc", &cc) == 0);
 }
 
 /* The file the device DEPTH levels below the node's active layer is. */
@@ -628,17 +621,14 @@ test_commit_intermediate(void)
   fill(base, 1u << 20, 1u << 20, 0x55);       /* under mid1's pattern */
   fill(base, 5u << 20, 1u << 20, 0xaa);       /* under mid1's zeros */
   make_child(mid1, base);
-  fill_pattern(mid1, 1u << 20, 1u << 20);
+  fill(mid1, 1u << 20, 1u << 20, -1);
   fill(mid1, 5u << 20, 1u << 20, 0);
   fill(mid1, 2u << 20, 1u << 20, 0x77);       /* under mid2's pattern */
   make_child(mid2, mid1);
-  fill_pattern(mid2, 2u << 20, 1u << 20);
+  fill(mid2, 2u << 20, 1u << 20, -1);
   make_child(top, mid2);
 
-  struct vd_dev *td = NULL;
-  struct vd_node *n = NULL;
-  CU_ASSERT_FATAL(vd_open(top, "vpc", VD_OPEN_RDWR, &td) == 0);
-  CU_ASSERT_FATAL(vd_node_new(td, &n) == 0);
+  struct vd_node *n = serve(top);
   CU_ASSERT_EQUAL(count_wrong(vd_node_dev(n), NULL), 0);
   struct shared sh = { .node = n };
   struct writer w[WR_THREADS];
