@@ -340,8 +340,11 @@ bool vd_is_read_only(const struct vd_dev *dev);
 const char *vd_path(const struct vd_dev *dev);
 /* The parent device DEV reads through (a differencing image's backing
  * file; through a filter, the image's), or NULL when it has none.
- * Borrowed: valid as long as DEV is open.  For describing a chain (the
- * control socket's query-block); never write through it. */
+ * Borrowed: valid as long as DEV is open and its chain is not re-pointed
+ * (an intermediate live commit does that with the node drained, so read
+ * it inside a request on the node, or from the thread that controls the
+ * node's replacement).  For describing a chain (the control socket's
+ * query-block); never write through it. */
 struct vd_dev *vd_backing_dev(const struct vd_dev *dev);
 /* The image's format ("raw", "vpc", ...), also through a filter. */
 const char *vd_format(const struct vd_dev *dev);
