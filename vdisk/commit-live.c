@@ -39,7 +39,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
 
 #include "vdisk/driver.h"
@@ -137,12 +136,6 @@ struct vd_commit {
   uint8_t *buf;
 };
 
-static bool
-cm_is_zero(const uint8_t *b, size_t n)
-{
-  return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
-}
-
 /* The device N levels below FROM. */
 static struct vd_dev *
 cm_down(struct vd_dev *from, int n)
@@ -226,7 +219,7 @@ cm_copy(struct vd_commit *c, uint64_t off, size_t len)
     return vd_prefix_error(-r, "commit: read %s at %llu", vd_path(c->top),
                            (unsigned long long)off);
   /* Zeros are written as zeros, so a sparse base stays sparse. */
-  r = cm_is_zero(c->buf, len) ? vd_write_zeroes(c->base, off, len, 0)
+  r = vd_mirror_is_zero(c->buf, len) ? vd_write_zeroes(c->base, off, len, 0)
                               : vd_pwrite(c->base, c->buf, len, off, 0);
   if (r < 0)
     return vd_prefix_error(-r, "commit: write base %s at %llu",
