@@ -70,12 +70,12 @@ timeout 300 fio --name=w --ioengine=nbd --uri="$uri" --iodepth=8 \
 fio_pid=$!
 on_exit "kill $fio_pid"
 sleep 1
-# The job completes by itself: no READY, no block-job-complete.
+# The job completes by itself, with no block-job-complete (a job that
+# waited in READY for one would time out here).
 qmp block-commit "{\"device\": \"disk\", \"top\": \"$mid\",
                    \"base\": \"$base\", \"speed\": 67108864}" \
   BLOCK_JOB_COMPLETED >"$VD_TMP/events" || fail "block-commit failed"
 grep -q '"type": "commit"' "$VD_TMP/events" || fail "not a commit job: $(cat "$VD_TMP/events")"
-grep -q BLOCK_JOB_READY "$VD_TMP/events" && fail "an intermediate commit became ready"
 
 # The live chain: top over base.
 out=$(vdtool qmp "$ctl" query-block)
