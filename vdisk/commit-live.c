@@ -1,7 +1,10 @@
-/* libvdisk — live commit (QEMU's block-commit of the active layer): the
- * data of the layers above a base image in the node's chain is mirrored
- * into the base while the node serves, then the node pivots onto the
- * base (how QEMU's commit_active_start does it, on the mirror).
+/* libvdisk — live commit (QEMU's block-commit), of the active layer and
+ * of an intermediate one.
+ *
+ * Active commit (top = the active layer): the data of the layers above a
+ * base image in the node's chain is mirrored into the base while the
+ * node serves, then the node pivots onto the base (how QEMU's
+ * commit_active_start does it, on the mirror).
  *
  * The base is open read-only inside the chain.  It is made writable by a
  * second, unlocked read-write handle of the same file that the mirror
@@ -16,12 +19,26 @@
  * would make the base writable in place; it was not on main when this
  * was written.)
  *
- * Only the active layer can be the top: an intermediate commit (top below
- * it) needs the image above top re-pointed at base on the live chain and
- * is refused with -ENOTSUP. */
+ * Intermediate commit (top below the active layer; QEMU's commit_start):
+ * active -> ... -> above -> top -> ... -> base.  The layers top..(just
+ * above base) are read-only and never change, so a plain copy of what
+ * they hold (block status of top, depth above base's) into base is
+ * enough: no observer, no dirty bitmap.  The base is made writable in
+ * place (vd_reopen; the chain keeps reading through that same handle, so
+ * nothing cached goes stale) and written only in ranges the layers above
+ * it cover, with the bytes the chain shows there.  When the copy is done
+ * (cm_finish): base back to read-only, which flushes it; then, with the
+ * node drained, above's backing pointer is rewritten on disk (the
+ * driver's change_backing, as qemu-img rebase -u; above is made writable
+ * in place for it if it is read-only) and flushed, and the live chain is
+ * re-pointed (the driver's replace_backing); resume, close the removed
+ * layers (their files stay).  A crash at any instant leaves above
+ * pointing at top (which reads the same bytes as base underneath it) or,
+ * once the pointer is durable, at a base that was durable before. */
 #include <config.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include "vdisk/driver.h"
@@ -35,6 +52,32 @@ cl_same_file(const char *a, const char *b)
          x.st_ino == y.st_ino;
 }
 
+/* The image of the chain below FROM (FROM excluded) that is the file
+ * PATH (NULL or "": the bottom one), its depth below FROM in *DEPTH (1:
+ * FROM's parent); NULL if there is none. */
+static struct vd_dev *
+cl_below(struct vd_dev *from, const char *path, int *depth)
+{
+  struct vd_dev *found = NULL;
+  int k = 0;
+  for (struct vd_dev *d = vd_backing_dev(from); d; d = vd_backing_dev(d)) {
+    k++;
+    if (!path || !*path || cl_same_file(path, vd_path(d))) {
+      found = d;
+      *depth = k;
+      if (path && *path)
+        break;
+    }
+  }
+  return found;
+}
+
+bool
+vd_commit_is_active(struct vd_node *node, const char *top)
+{
+  return !top || !*top || cl_same_file(top, vd_path(vd_node_dev(node)));
+}
+
 int
 vd_commit_start(struct vd_node *node, const char *top, const char *base,
                 const struct vd_mirror_args *args, struct vd_mirror **out)
@@ -43,26 +86,15 @@ vd_commit_start(struct vd_node *node, const char *top, const char *base,
   if (!node)
     return vd_set_error(EINVAL, "commit: no device");
   struct vd_dev *active = vd_node_dev(node);
-  if (top && *top && !cl_same_file(top, vd_path(active)))
+  if (!vd_commit_is_active(node, top))
     return vd_set_error(ENOTSUP, "commit: '%s' is not the active layer "
-                        "(%s); committing an image below it is not "
-                        "supported", top, vd_path(active));
-  /* Walk down the chain to the base: by file, or the bottom image. */
-  struct vd_dev *b = NULL, *d = active;
-  int depth = 0, bdepth = 0;
-  while (vd_backing_dev(d)) {
-    d = vd_backing_dev(d);
-    depth++;
-    if (!base || !*base || cl_same_file(base, vd_path(d))) {
-      b = d;
-      bdepth = depth;
-      if (base && *base)
-        break;
-    }
-  }
-  if (depth == 0)
+                        "(%s): an intermediate commit is "
+                        "vd_commit_mid_start's", top, vd_path(active));
+  if (!vd_backing_dev(active))
     return vd_set_error(EINVAL, "commit: %s has no backing file",
                         vd_path(active));
+  int bdepth = 0;
+  struct vd_dev *b = cl_below(active, base, &bdepth);
   if (!b)
     return vd_set_error(ENOENT, "commit: '%s' is not in the backing chain "
                         "of %s", base, vd_path(active));
@@ -84,4 +116,219 @@ vd_commit_start(struct vd_node *node, const char *top, const char *base,
     *out = NULL;
   }
   return r;
+}
+
+/* ---- intermediate commit ---- */
+
+/* Most bytes one step copies. */
+#define CM_BUF_SIZE (1u << 20)
+
+struct vd_commit {
+  struct vd_node *node;
+  /* The chain's devices, borrowed: above -> top -> ... -> lowest -> base. */
+  struct vd_dev *above, *top, *lowest, *base;
+  int depth;                  /* base's depth below top */
+  uint64_t size;
+  uint64_t off;               /* copied up to here; == size: all copied */
+  uint64_t copied;
+  bool base_writable;         /* reopened read-write by us */
+  bool finished;              /* re-pointed, or cancelled */
+  uint8_t *buf;
+};
+
+/* The device N levels below FROM. */
+static struct vd_dev *
+cm_down(struct vd_dev *from, int n)
+{
+  while (n-- > 0)
+    from = vd_backing_dev(from);
+  return from;
+}
+
+/* Whether DEV's backing pointer can be rewritten on disk and live. */
+static bool
+cm_repointable(const struct vd_dev *dev)
+{
+  return dev->drv->change_backing && dev->drv->replace_backing;
+}
+
+int
+vd_commit_mid_start(struct vd_node *node, const char *top, const char *base,
+                    struct vd_commit **out)
+{
+  *out = NULL;
+  if (!node || !top || !*top)
+    return vd_set_error(EINVAL, "commit: no device or no top image");
+  struct vd_dev *active = vd_node_dev(node);
+  if (vd_commit_is_active(node, top))
+    return vd_set_error(EINVAL, "commit: %s is the active layer: that is "
+                        "an active commit (vd_commit_start)", top);
+  int tdepth = 0, bdepth = 0;
+  struct vd_dev *t = cl_below(active, top, &tdepth);
+  if (!t)
+    return vd_set_error(ENOENT, "commit: top '%s' is not in the backing "
+                        "chain of %s", top, vd_path(active));
+  if (base && *base && cl_same_file(base, vd_path(t)))
+    return vd_set_error(EINVAL, "commit: top and base are the same image "
+                        "(%s)", vd_path(t));
+  struct vd_dev *b = cl_below(t, base, &bdepth);
+  if (!b && base && *base)
+    return vd_set_error(ENOENT, "commit: base '%s' is not below top %s in "
+                        "the backing chain of %s", base, vd_path(t),
+                        vd_path(active));
+  if (!b)
+    return vd_set_error(EINVAL, "commit: top %s has no backing file",
+                        vd_path(t));
+  struct vd_dev *above = cm_down(active, tdepth - 1);
+  struct vd_dev *lowest = cm_down(t, bdepth - 1);
+  if (!cm_repointable(above) || !lowest->drv->replace_backing)
+    return vd_set_error(ENOTSUP, "commit: the backing file of %s ('%s') "
+                        "cannot be changed on a live chain", vd_path(above),
+                        vd_format(above));
+  if (vd_size(b) != vd_size(t))
+    return vd_set_error(EINVAL, "commit: base %s (%llu bytes) and top %s "
+                        "(%llu bytes) differ in size", vd_path(b),
+                        (unsigned long long)vd_size(b), vd_path(t),
+                        (unsigned long long)vd_size(t));
+  uint8_t *buf = malloc(CM_BUF_SIZE);
+  struct vd_commit *c = buf ? malloc(sizeof *c) : NULL;
+  if (!c) {
+    free(buf);
+    return vd_set_error(ENOMEM, "commit: out of memory");
+  }
+  *c = (struct vd_commit) { .node = node, .above = above, .top = t,
+                            .lowest = lowest, .base = b, .depth = bdepth,
+                            .size = vd_size(t), .buf = buf };
+  int r = vd_reopen(b, VD_OPEN_RDWR);
+  if (r < 0) {
+    free(c->buf);
+    free(c);
+    return vd_prefix_error(-r, "commit: cannot write base %s", vd_path(b));
+  }
+  c->base_writable = true;
+  *out = c;
+  return 0;
+}
+
+/* Copy [OFF, OFF+LEN) as top shows it into base. */
+static int
+cm_copy(struct vd_commit *c, uint64_t off, size_t len)
+{
+  int r = vd_pread(c->top, c->buf, len, off);
+  if (r < 0)
+    return vd_prefix_error(-r, "commit: read %s at %llu", vd_path(c->top),
+                           (unsigned long long)off);
+  /* Zeros are written as zeros, so a sparse base stays sparse. */
+  r = vd_mirror_is_zero(c->buf, len) ? vd_write_zeroes(c->base, off, len, 0)
+                              : vd_pwrite(c->base, c->buf, len, off, 0);
+  if (r < 0)
+    return vd_prefix_error(-r, "commit: write base %s at %llu",
+                           vd_path(c->base), (unsigned long long)off);
+  c->copied += len;
+  return 0;
+}
+
+/* With the node drained: above's pointer on disk (durable when
+ * change_backing returns), then in the live chain. */
+static int
+cm_repoint(struct vd_commit *c)
+{
+  bool ro = vd_is_read_only(c->above);
+  int r = ro ? vd_reopen(c->above, VD_OPEN_RDWR) : 0;
+  if (r < 0)
+    return vd_prefix_error(-r, "commit: cannot write %s",
+                           vd_path(c->above));
+  const char *bpath = c->base->real ? c->base->real : vd_path(c->base);
+  r = vd_change_backing(c->above, bpath, vd_format(c->base),
+                        VD_BACKING_UNSAFE, NULL, NULL);
+  if (r < 0) {
+    r = vd_prefix_error(-r, "commit");
+    if (ro)
+      vd_reopen(c->above, 0);
+    return r;
+  }
+  c->lowest->drv->replace_backing(c->lowest, NULL);
+  c->above->drv->replace_backing(c->above, c->base);
+  /* Nothing was written to above but its metadata, which is durable:
+   * this flush cannot lose anything, and if it fails above just stays
+   * writable (nothing writes it). */
+  if (ro)
+    vd_reopen(c->above, 0);
+  return 0;
+}
+
+/* The copy is done: make base durable and read-only again, re-point
+ * above at it, close the layers that are out of the chain. */
+static int
+cm_finish(struct vd_commit *c)
+{
+  int r = vd_reopen(c->base, 0);
+  if (r < 0)
+    return vd_prefix_error(-r, "commit: flush base %s", vd_path(c->base));
+  c->base_writable = false;
+  vd_node_drain(c->node);
+  r = cm_repoint(c);
+  vd_node_resume(c->node);
+  if (r < 0)
+    return r;
+  /* top..lowest, no longer reachable by any request; lowest no longer
+   * has a parent, so base stays open. */
+  vd_close(c->top);
+  c->finished = true;
+  return 0;
+}
+
+int
+vd_commit_mid_step(struct vd_commit *c, uint64_t *done, uint64_t *total)
+{
+  int r = 0;
+  if (c->finished)
+    return vd_set_error(EINVAL, "commit: the job has ended");
+  if (c->off < c->size) {
+    struct vd_extent e;
+    r = vd_block_status(c->top, c->off, c->size - c->off, &e);
+    if (r < 0)
+      return vd_prefix_error(-r, "commit: block status of %s at %llu",
+                             vd_path(c->top), (unsigned long long)c->off);
+    uint64_t n = e.length;
+    /* What a layer from top down to just above base holds, data or
+     * zeros; holes and base's own data (and below) stay. */
+    if (e.depth < c->depth && !(e.flags & VD_EXT_HOLE)) {
+      if (n > CM_BUF_SIZE)
+        n = CM_BUF_SIZE;
+      if ((r = cm_copy(c, c->off, (size_t)n)) < 0)
+        return r;
+      if (done)
+        *done += n;
+    }
+    c->off += n;
+  } else {
+    if ((r = cm_finish(c)) < 0)
+      return r;
+    r = 1;
+  }
+  if (total)
+    *total = c->copied + (c->size - c->off);
+  return r;
+}
+
+void
+vd_commit_mid_cancel(struct vd_commit *c)
+{
+  if (!c || c->finished)
+    return;
+  /* Read-only again (after a flush); the chain never changed. */
+  if (c->base_writable && vd_reopen(c->base, 0) == 0)
+    c->base_writable = false;
+  c->finished = true;
+}
+
+void
+vd_commit_mid_free(struct vd_commit *c)
+{
+  if (!c)
+    return;
+  vd_commit_mid_cancel(c);
+  free(c->buf);
+  free(c);
 }

@@ -209,8 +209,9 @@ struct vd_driver {
   bool filter;
 
   /* The device DEV reads through below itself (a differencing image's
-   * parent, opened and owned by the driver), or NULL; stable for DEV's
-   * life.  NULL op: none.  For vd_backing_dev (query-block's chain). */
+   * parent, opened and owned by the driver), or NULL; it changes only
+   * through replace_backing, with the node drained.  NULL op: none.  For
+   * vd_backing_dev (query-block's chain). */
   struct vd_dev *(*backing_dev)(struct vd_dev *dev);
 
   /* Internal snapshots (vd_snapshot_* in vdisk.h, qemu-img snapshot).
@@ -233,6 +234,18 @@ struct vd_driver {
    * driver does not write), for the EROFS message of write-type
    * requests; NULL: no reason (or the device was asked read-only). */
   const char *(*read_only_reason)(struct vd_dev *dev);
+
+  /* The chain-swap primitive of an intermediate live commit
+   * (vd_commit_mid_start): make NEWPARENT (NULL: none) the device DEV
+   * reads through below itself, setting its child link to DEV, and
+   * return the former one (NULL if none) with its child link cleared,
+   * now the caller's.  DEV owns NEWPARENT from then on.  Only the live
+   * chain: the pointer on disk is change_backing's.  No request may be
+   * in flight on DEV or the devices above it (the node is drained), and
+   * NEWPARENT must not be another device's parent.  NULL op: the
+   * format's chain cannot be re-pointed live. */
+  struct vd_dev *(*replace_backing)(struct vd_dev *dev,
+                                    struct vd_dev *newparent);
 
   /* New ops go here, at the end. */
 };

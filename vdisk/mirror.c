@@ -188,8 +188,8 @@ mr_observe(void *opaque, enum vd_obs_op op, const void *buf, uint64_t off, uint6
 
 /* ---- copying ---- */
 
-static bool
-mr_is_zero(const uint8_t *b, size_t n)
+bool
+vd_mirror_is_zero(const uint8_t *b, size_t n)
 {
   return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
 }
@@ -222,7 +222,7 @@ mr_copy(struct vd_mirror *m, struct vd_dev *src, uint64_t off, uint64_t len)
                         (unsigned long long)off);
   else {
     /* Zeros are written as zeros, so a sparse target stays sparse. */
-    if (mr_is_zero(m->buf, len))
+    if (vd_mirror_is_zero(m->buf, len))
       r = vd_write_zeroes(m->target, off, len, 0);
     else
       r = vd_pwrite(m->target, m->buf, len, off, 0);

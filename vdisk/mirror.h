@@ -18,4 +18,8 @@ int vd_mirror_start_depth(struct vd_node *node, struct vd_dev *target,
 int vd_mirror_set_relock(struct vd_mirror *m, const char *path,
                          const char *format);
 
+/* Whether the N bytes at B are all zero (a copy then writes zeros, so a
+ * sparse target stays sparse). */
+bool vd_mirror_is_zero(const uint8_t *b, size_t n);
+
 #endif

@@ -340,8 +340,11 @@ bool vd_is_read_only(const struct vd_dev *dev);
 const char *vd_path(const struct vd_dev *dev);
 /* The parent device DEV reads through (a differencing image's backing
  * file; through a filter, the image's), or NULL when it has none.
- * Borrowed: valid as long as DEV is open.  For describing a chain (the
- * control socket's query-block); never write through it. */
+ * Borrowed: valid as long as DEV is open and its chain is not re-pointed
+ * (an intermediate live commit does that with the node drained, so read
+ * it inside a request on the node, or from the thread that controls the
+ * node's replacement).  For describing a chain (the control socket's
+ * query-block); never write through it. */
 struct vd_dev *vd_backing_dev(const struct vd_dev *dev);
 /* The image's format ("raw", "vpc", ...), also through a filter. */
 const char *vd_format(const struct vd_dev *dev);
@@ -707,11 +710,70 @@ struct vd_dev *vd_mirror_target(struct vd_mirror *m);
  * unlocked), closes the layers above (their files are left as they were)
  * and stores NULL in *OLDDEV; cancel leaves the chain as it was (BASE
  * holds data the layers above also hold, which reads the same).  TOP
- * (NULL or "": the active layer) must name the active layer: an
- * intermediate commit fails with -ENOTSUP.  BASE must have the node's
- * size.  Returns 0 and the mirror in *OUT, or -errno. */
+ * (NULL or "": the active layer) must name the active layer
+ * (vd_commit_is_active); a TOP below it fails with -ENOTSUP: that is
+ * vd_commit_mid_start's.  BASE must have the node's size.  Returns 0 and
+ * the mirror in *OUT, or -errno. */
 int vd_commit_start(struct vd_node *node, const char *top, const char *base,
                     const struct vd_mirror_args *args, struct vd_mirror **out);
+
+/* Whether TOP (a path; NULL or "" too) names the active layer of NODE,
+ * the device it points at: a commit of TOP is then an active commit
+ * (vd_commit_start), otherwise an intermediate one (vd_commit_mid_start).
+ * For the thread that controls NODE's replacement. */
+bool vd_commit_is_active(struct vd_node *node, const char *top);
+
+/* Intermediate live commit (QEMU's block-commit with TOP below the active
+ * layer).  The node's chain is active -> ... -> ABOVE -> TOP -> ... ->
+ * BASE, ABOVE being the image whose backing file is TOP (the active layer
+ * itself or a read-only intermediate).  The job copies into BASE what the
+ * layers TOP .. (just above BASE) hold (block status of TOP), then
+ * re-points ABOVE at BASE, on disk and in the live chain; the layers TOP
+ * .. (just above BASE) are then closed (their files stay, unchanged).
+ * The node serves throughout; the layers copied from are read-only and
+ * never change, so nothing tracks the guest's writes.
+ *
+ * Start: TOP and BASE are paths naming files of the chain (BASE NULL or
+ * "": the bottom image).  Errors: TOP not below the active layer in the
+ * chain -ENOENT (TOP the active layer: -EINVAL), BASE the same image as
+ * TOP -EINVAL, BASE not below TOP -ENOENT, TOP without a backing file
+ * -EINVAL, BASE's size not TOP's -EINVAL, ABOVE of a format whose backing
+ * pointer cannot be changed on a live chain (a VHD's can) -ENOTSUP, BASE
+ * that cannot become writable in place (vd_reopen: another process holds
+ * it) -EBUSY or another -errno.  On success BASE has been made writable
+ * in place, and the job is returned in *OUT.
+ *
+ * Steps, driven by one thread (the job runner's): vd_commit_mid_step
+ * copies one extent of at most 1 MiB (or skips one extent not to copy)
+ * and returns 0, adding the bytes copied to *DONE and setting *TOTAL
+ * (copied + not yet looked at; either may be NULL).  Once everything is
+ * copied, the step finishes and returns 1 (there is no ready state):
+ *  1. BASE becomes read-only again in place, which flushes it: every
+ *     byte copied is durable before anything points at BASE;
+ *  2. the node is drained (the drain rule above);
+ *  3. ABOVE's backing pointer is rewritten to BASE (vd_change_backing
+ *     with VD_BACKING_UNSAFE; ABOVE made writable in place for it if it
+ *     was read-only, and read-only again after), which flushes it before
+ *     it returns;
+ *  4. the live chain is re-pointed (the driver's replace_backing);
+ *  5. the node resumes and the layers taken out are closed.
+ * A crash before 3 leaves ABOVE over TOP, and BASE holds under the
+ * layers TOP .. what they show; after 3, ABOVE is over a durable BASE
+ * holding those bytes: the chain reads the same at every instant.  A
+ * step that fails returns -errno (the chain is left as it was when it
+ * fails before 4).  Afterwards only vd_commit_mid_free may be called.
+ *
+ * vd_commit_mid_cancel (idempotent; not after the last step succeeded:
+ * then a no-op) stops the job: BASE becomes read-only again, the chain is
+ * unchanged (BASE holds, under the layers above it, what they show).
+ * vd_commit_mid_free cancels if needed and frees.  Accepts NULL. */
+struct vd_commit;
+int vd_commit_mid_start(struct vd_node *node, const char *top,
+                        const char *base, struct vd_commit **out);
+int vd_commit_mid_step(struct vd_commit *c, uint64_t *done,
+                       uint64_t *total);
+void vd_commit_mid_cancel(struct vd_commit *c);
+void vd_commit_mid_free(struct vd_commit *c);
 
 /* Detach if still attached, close the target unless the node took it,
  * free.  No vd_mirror_step may run.  Accepts NULL. */

@@ -348,6 +348,27 @@ vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
 
 /* ---- open / close ---- */
 
+/* struct vd_driver's replace_backing (also vd_open_over's adoption, and
+ * vhd_detach_parent with NEWPARENT NULL). */
+static struct vd_dev *
+vhd_replace_backing(struct vd_dev *dev, struct vd_dev *newparent)
+{
+  struct vhd_priv *p = dev->priv;
+  struct vd_dev *old = p->parent;
+  if (old)
+    old->child = NULL;
+  p->parent = newparent;
+  p->parent_path[0] = p->parent_format[0] = '\0';
+  if (newparent) {
+    newparent->child = dev;
+    snprintf(p->parent_path, sizeof p->parent_path, "%s",
+             newparent->real ? newparent->real : newparent->path);
+    snprintf(p->parent_format, sizeof p->parent_format, "%s",
+             vd_format(newparent));
+  }
+  return old;
+}
+
 /* Take dev->adopt_parent (vd_open_over) as the parent, after the checks a
  * lookup would make of it: the parent the image records (a VHD by UUID;
  * a UUID-less image only a format that references no other file), and
@@ -366,26 +387,15 @@ vhd_adopt_parent(struct vd_dev *dev)
   if (parent->child)
     return vd_set_error(EBUSY, "%s: %s is already another image's parent",
                         dev->path, parent->path);
-  p->parent = parent;
-  parent->child = dev;
   dev->adopt_parent = NULL;
-  snprintf(p->parent_path, sizeof p->parent_path, "%s",
-           parent->real ? parent->real : parent->path);
-  snprintf(p->parent_format, sizeof p->parent_format, "%s",
-           vd_format(parent));
+  vhd_replace_backing(dev, parent);
   return 0;
 }
 
 struct vd_dev *
 vhd_detach_parent(struct vd_dev *dev)
 {
-  struct vhd_priv *p = vhd_priv_of(dev);
-  if (!p || !p->parent)
-    return NULL;
-  struct vd_dev *parent = p->parent;
-  p->parent = NULL;
-  parent->child = NULL;
-  return parent;
+  return vhd_priv_of(dev) ? vhd_replace_backing(dev, NULL) : NULL;
 }
 
 static void
@@ -1669,6 +1679,7 @@ const struct vd_driver vd_vhd_driver = {
   .make_empty = vhd_make_empty,
   .change_backing = vhd_change_backing,
   .backing_dev = vhd_backing_dev,
+  .replace_backing = vhd_replace_backing,
   /* A flush covers every write that completed before it, from any thread
    * or connection: a write returns only after its data and any block
    * allocation were written to the file (one file, one page cache or

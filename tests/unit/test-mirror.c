@@ -2,7 +2,8 @@
  * VHD serves writer threads while it is mirrored onto a raw file or a VHD;
  * every test then reads every byte of the result and compares it with
  * what the source must hold (a fixed pattern written before the start,
- * the writers' last acknowledged blocks, zeros elsewhere).
+ * the writers' last acknowledged blocks, zeros elsewhere).  The live
+ * commits (vdisk/commit-live.c) are tested here too, on VHD chains.
  *
  * No timing: loops are bounded by step counts, never by the clock. */
 #include <config.h>
@@ -477,6 +478,42 @@ test_mirror_size_mismatch(void)
   unlink(dst);
 }
 
+/* Write into the image PATH, opened alone (its chain below it read-only),
+ * LEN bytes at OFF: zeros through write_zeroes (V 0), the pattern (V -1)
+ * or byte V. */
+static void
+fill(const char *path, uint64_t off, size_t len, int v)
+{
+  struct vd_dev *d = NULL;
+  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
+  uint8_t *b = malloc(len);
+  for (size_t i = 0; i < len; i++)
+    b[i] = v < 0 ? pat_byte(off + i) : (uint8_t) v;
+  CU_ASSERT_EQUAL(v == 0 ? vd_write_zeroes(d, off, len, 0)
+                         : vd_pwrite(d, b, len, off, 0), 0);
+  free(b);
+  CU_ASSERT_EQUAL(vd_close(d), 0);
+}
+
+/* A differencing child CHILD of PARENT, as vdtool create -b makes it. */
+static void
+make_child(const char *child, const char *parent)
+{
+  struct vd_create_args cc = { .backing = parent, .backing_format = "vpc" };
+  CU_ASSERT_FATAL(vd_create(child, "vpc", &cc) == 0);
+}
+
+/* A node serving the image PATH (and its chain), writable. */
+static struct vd_node *
+serve(const char *path)
+{
+  struct vd_dev *d = NULL;
+  struct vd_node *n = NULL;
+  CU_ASSERT_FATAL(vd_open(path, "vpc", VD_OPEN_RDWR, &d) == 0);
+  CU_ASSERT_FATAL(vd_node_new(d, &n) == 0);
+  return n;
+}
+
 /* Live commit of the active layer: base.vhd holds the pattern, top.vhd
  * (a child made with vd_create -b, as vdtool create -b) is served and
  * written; the commit mirrors top into base and pivots onto base, which
@@ -489,12 +526,9 @@ test_commit_active(void)
   snprintf(top, sizeof top, "%s/top.vhd", tmpdir);
   struct vd_node *bn = make_source(base);
   CU_ASSERT_EQUAL(vd_node_free(bn), 0);
-  struct vd_create_args cc = { .backing = base, .backing_format = "vpc" };
-  CU_ASSERT_FATAL(vd_create(top, "vpc", &cc) == 0);
-  struct vd_dev *td = NULL, *old = NULL;
-  struct vd_node *n = NULL;
-  CU_ASSERT_FATAL(vd_open(top, "vpc", VD_OPEN_RDWR, &td) == 0);
-  CU_ASSERT_FATAL(vd_node_new(td, &n) == 0);
+  make_child(top, base);
+  struct vd_dev *old = NULL;
+  struct vd_node *n = serve(top);
   struct shared sh = { .node = n };
   struct writer w[WR_THREADS];
   pthread_t tid[WR_THREADS];
@@ -540,6 +574,129 @@ test_commit_active(void)
   unlink(base);
 }
 
+/* The file the device DEPTH levels below the node's active layer is. */
+static const char *
+chain_path(struct vd_node *n, int depth)
+{
+  struct vd_dev *d = vd_node_dev(n);
+  while (d && depth-- > 0)
+    d = vd_backing_dev(d);
+  return d ? vd_path(d) : "";
+}
+
+/* Run an intermediate commit to its end; returns the last step result. */
+static int
+commit_mid(struct vd_node *n, const char *top, const char *base)
+{
+  struct vd_commit *c = NULL;
+  int r = vd_commit_mid_start(n, top, base, &c);
+  if (r < 0) {
+    fprintf(stderr, "commit start: %s\n", vd_error());
+    return r;
+  }
+  for (long i = 0; i < MAX_STEPS && r == 0; i++) {
+    uint64_t done = 0, total = 0;
+    r = vd_commit_mid_step(c, &done, &total);
+  }
+  if (r < 0)
+    fprintf(stderr, "commit step: %s\n", vd_error());
+  vd_commit_mid_free(c);
+  return r;
+}
+
+/* Intermediate commits on a 4-image chain base <- mid1 <- mid2 <- top
+ * while writers write the active layer (top): first mid1 into base (above
+ * is mid2, read-only), then mid2 into base (above is top, the active
+ * layer).  The layers cover each other so that only the merged view is
+ * the pattern: base holds junk under mid1's pattern and mid1 junk under
+ * mid2's, and mid1 zeros over base's junk.  After each commit the node
+ * reads every byte right; at the end the chain on disk is top <- base,
+ * base alone holds the pattern, and every image checks clean.  Then the
+ * errors, and a cancel that leaves the chain and the base as they were. */
+static void
+test_commit_intermediate(void)
+{
+  char base[96], mid1[96], mid2[96], top[96], nosuch[96];
+  snprintf(base, sizeof base, "%s/base.vhd", tmpdir);
+  snprintf(mid1, sizeof mid1, "%s/mid1.vhd", tmpdir);
+  snprintf(mid2, sizeof mid2, "%s/mid2.vhd", tmpdir);
+  snprintf(top, sizeof top, "%s/top.vhd", tmpdir);
+  snprintf(nosuch, sizeof nosuch, "%s/nosuch.vhd", tmpdir);
+  CU_ASSERT_EQUAL(vd_node_free(make_source(base)), 0);
+  fill(base, 1u << 20, 1u << 20, 0x55);       /* under mid1's pattern */
+  fill(base, 5u << 20, 1u << 20, 0xaa);       /* under mid1's zeros */
+  make_child(mid1, base);
+  fill(mid1, 1u << 20, 1u << 20, -1);
+  fill(mid1, 5u << 20, 1u << 20, 0);
+  fill(mid1, 2u << 20, 1u << 20, 0x77);       /* under mid2's pattern */
+  make_child(mid2, mid1);
+  fill(mid2, 2u << 20, 1u << 20, -1);
+  make_child(top, mid2);
+
+  struct vd_node *n = serve(top);
+  CU_ASSERT_EQUAL(count_wrong(vd_node_dev(n), NULL), 0);
+  struct shared sh = { .node = n };
+  struct writer w[WR_THREADS];
+  pthread_t tid[WR_THREADS];
+  start_writers(&sh, w, tid);
+  while (atomic_load(&sh.ops) < 1000 && !atomic_load(&sh.errors))
+    sched_yield();
+
+  /* The errors: nothing starts, nothing changes. */
+  struct vd_commit *c = NULL;
+  CU_ASSERT_EQUAL(vd_commit_mid_start(n, nosuch, base, &c), -ENOENT);
+  CU_ASSERT_EQUAL(vd_commit_mid_start(n, mid1, mid1, &c), -EINVAL);
+  CU_ASSERT_EQUAL(vd_commit_mid_start(n, base, mid1, &c), -ENOENT);
+  CU_ASSERT_EQUAL(vd_commit_mid_start(n, base, NULL, &c), -EINVAL);
+  CU_ASSERT_EQUAL(vd_commit_mid_start(n, top, base, &c), -EINVAL);
+  CU_ASSERT_PTR_NULL(c);
+  /* A cancel midway: the chain stays, the base is read-only again. */
+  CU_ASSERT_FATAL(vd_commit_mid_start(n, mid2, base, &c) == 0);
+  CU_ASSERT_EQUAL(vd_commit_mid_step(c, NULL, NULL), 0);
+  vd_commit_mid_cancel(c);
+  vd_commit_mid_free(c);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 3), base);
+  CU_ASSERT_TRUE(vd_is_read_only(vd_backing_dev(vd_backing_dev(
+    vd_backing_dev(vd_node_dev(n))))));
+
+  /* mid1 into base, under the read-only mid2. */
+  CU_ASSERT_EQUAL(commit_mid(n, mid1, base), 1);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 1), mid2);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 2), base);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 3), "");
+  CU_ASSERT_TRUE(vd_is_read_only(vd_backing_dev(vd_node_dev(n))));
+  /* mid2 into base, under the active layer (the default base). */
+  CU_ASSERT_EQUAL(commit_mid(n, mid2, NULL), 1);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 1), base);
+  CU_ASSERT_STRING_EQUAL(chain_path(n, 2), "");
+
+  long before = atomic_load(&sh.ops);
+  while (atomic_load(&sh.ops) < before + 200 && !atomic_load(&sh.errors))
+    sched_yield();
+  stop_writers(&sh, tid);
+  CU_ASSERT_EQUAL(atomic_load(&sh.errors), 0);
+  CU_ASSERT_EQUAL(count_wrong(vd_node_dev(n), w), 0);
+  CU_ASSERT_EQUAL(vd_node_free(n), 0);
+
+  /* On disk: top's backing file is base, and the chain reads right. */
+  struct vd_dev *d = NULL;
+  CU_ASSERT_FATAL(vd_open(top, "vpc", 0, &d) == 0);
+  CU_ASSERT_STRING_EQUAL(vd_path(vd_backing_dev(d)), base);
+  CU_ASSERT_EQUAL(count_wrong(d, w), 0);
+  vd_close(d);
+  CU_ASSERT_FATAL(vd_open(base, "vpc", 0, &d) == 0);
+  CU_ASSERT_EQUAL(count_wrong(d, NULL), 0);
+  vd_close(d);
+  const char *all[] = { base, mid1, mid2, top };
+  for (int i = 0; i < 4; i++) {
+    struct vd_check_report rep = { 0 };
+    CU_ASSERT_EQUAL(vd_check(all[i], "vpc", 0, &rep), 0);
+    CU_ASSERT_EQUAL(rep.corruptions + rep.leaks + rep.check_errors, 0);
+  }
+  for (int i = 0; i < 4; i++)
+    unlink(all[i]);
+}
+
 int
 main(void)
 {
@@ -554,6 +711,7 @@ main(void)
     { "target error, write-blocking", test_mirror_target_error_blocking },
     { "size mismatch", test_mirror_size_mismatch },
     { "commit of the active layer", test_commit_active },
+    { "intermediate commit under writes", test_commit_intermediate },
     { NULL, NULL },
   };
   if (!mkdtemp(tmpdir))

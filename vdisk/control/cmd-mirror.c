@@ -2,7 +2,8 @@
  * (type "mirror" and "commit") over libvdisk's live mirror
  * (vd_mirror_*, vdisk/mirror.c).  Arguments, defaults and errors follow
  * QEMU's qapi/block-core.json; what differs is listed in docs/control.md
- * ("Live mirror and commit").
+ * ("Live mirror and commit").  An intermediate commit (top below the
+ * active layer) is a job of its own over vd_commit_mid_* (commit-live.c).
  *
  * The job driver maps the runner's callbacks onto the mirror: step ->
  * vd_mirror_step (1 = ready), complete -> vd_mirror_complete (the pivot;
@@ -101,6 +102,37 @@ static const struct vc_job_driver commit_driver = {
   .complete = mj_complete,
   .abort = mj_abort,
   .free = mj_free,
+};
+
+/* An intermediate commit (vd_commit_mid_*): no ready state, no complete;
+ * its last step re-points the chain and the job completes by itself. */
+static int
+ic_step(void *opaque, uint64_t *done, uint64_t *total, struct vc_error *err)
+{
+  int r = vd_commit_mid_step(opaque, done, total);
+  if (r < 0)
+    mj_error(err, r);
+  return r;
+}
+
+static void
+ic_abort(void *opaque, bool was_ready)
+{
+  (void) was_ready;   /* never ready */
+  vd_commit_mid_cancel(opaque);
+}
+
+static void
+ic_free(void *opaque)
+{
+  vd_commit_mid_free(opaque);
+}
+
+static const struct vc_job_driver commit_mid_driver = {
+  .type = "commit",
+  .step = ic_step,
+  .abort = ic_abort,
+  .free = ic_free,
 };
 
 /* Look one keyword up in a NULL-terminated list: its index, or -1 with
@@ -228,10 +260,10 @@ cmd_drive_mirror(struct vc_server *s, json_t *args, void *opaque,
   return start_job(s, &mirror_driver, m, device, job_id, speed, err);
 }
 
-/* block-commit: only the active layer as top (an active commit); images
- * are named by file (top, base): the chain's images have no node names,
- * so top-node is accepted only as the device itself and base-node not at
- * all. */
+/* block-commit: the active layer as top (an active commit, a mirror job)
+ * or an image below it (an intermediate commit); images are named by
+ * file (top, base): the chain's images have no node names, so top-node
+ * is accepted only as the device itself and base-node not at all. */
 static json_t *
 cmd_block_commit(struct vc_server *s, json_t *args, void *opaque,
                  struct vc_error *err)
@@ -265,6 +297,19 @@ cmd_block_commit(struct vc_server *s, json_t *args, void *opaque,
   struct vd_node *node = job_node(s, device, err);
   if (!node)
     return NULL;
+  if (!vd_commit_is_active(node, top)) {
+    struct vd_commit *c = NULL;
+    int r = vd_commit_mid_start(node, top, base, &c);
+    if (r < 0) {
+      mj_error(err, r);
+      return NULL;
+    }
+    /* On failure vc_job_start has freed C (ic_free). */
+    if (vc_job_start(s, job_id, device, &commit_mid_driver, c, speed,
+                     err) < 0)
+      return NULL;
+    return json_object();
+  }
   struct vd_mirror *m = NULL;
   int r = vd_commit_start(node, top, base, NULL, &m);
   if (r < 0) {
