@@ -18,6 +18,8 @@
 #   boot-write  /dev/vda (a vdisk-nbd export attached by QEMU itself):
 #               mkfs, write the tree, print its checksums
 #   boot-verify /dev/vda: check the tree against /cfg/vda.sums, e2fsck
+#   boot-live   /dev/vda: write generations of the tree while the host
+#               snapshots, mirrors and commits the disk under the guest
 # The checksum list the host passes in /cfg comes in a second cpio archive
 # appended to the initramfs.
 PATH=/sbin:/bin
@@ -215,8 +217,52 @@ scenario_boot_verify() {
   print_sums vda /tmp/vda.sums
 }
 
+# boot-live: /dev/vda is served by a vdisk-nbd that the host changes under
+# the guest: a writer keeps writing generations of the tree (keeping the
+# last three) while the host, asked one step at a time, snapshots, mirrors
+# and pivots, snapshots again and commits; then the files are checked
+# after the page cache is dropped.
+scenario_boot_live() {
+  check vda-present test -b /dev/vda || return
+  check vda-mkfs mkfs.ext4 -q -F -b 4096 /dev/vda || return
+  check vda-mount mount -t ext4 /dev/vda /mnt || return
+  write_tree /mnt gen-0
+  rm -f /tmp/stop
+  (
+    i=1
+    while [ ! -e /tmp/stop ]; do
+      write_tree /mnt "gen-$i"
+      sync
+      rm -rf "/mnt/gen-$((i - 3))"
+      i=$((i + 1))
+    done
+    echo "$i" >/tmp/gens
+  ) &
+  wpid=$!
+  for step in snapshot mirror snapshot-again commit; do
+    check "host-$step" host live "$step"
+  done
+  touch /tmp/stop
+  wait "$wpid"
+  echo "VDISK-INFO $(cat /tmp/gens) generations written"
+  check vda-writes-across test "$(cat /tmp/gens)" -ge 2
+  # every generation kept is whole (a full disk would cut files short)
+  for g in /mnt/gen-*; do
+    check "vda-whole-${g#/mnt/}" test "$(wc -c <"$g/a/b/c/big")" = 3145728
+  done
+  sums /mnt /tmp/vda.sums
+  check vda-umount umount /mnt
+  echo 3 >/proc/sys/vm/drop_caches
+  check vda-e2fsck e2fsck -fn /dev/vda
+  check vda-mount-again mount -t ext4 -o ro /dev/vda /mnt &&
+    check vda-verify in_mnt verify_sums /tmp/vda.sums
+  umount /mnt 2>/dev/null
+  print_sums vda /tmp/vda.sums
+}
+
 case "$scenario" in
   nbd-client) scenario_nbd_client ;;
+  boot-live) scenario_boot_live ;;
   boot-write) scenario_boot_write ;;
   boot-verify) scenario_boot_verify ;;
   *) bad scenario "unknown scenario '$scenario'" ;;
