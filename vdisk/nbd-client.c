@@ -3,7 +3,9 @@
  *
  * The image is named by an NBD URI (nbd://, nbds://, nbd+unix://,
  * nbds+unix://, nbd+vsock://, nbds+vsock://; libnbd's nbd_connect_uri
- * parses it, TLS query parameters included).  The core (vdisk/dev.c)
+ * parses it, TLS query parameters included).  X.509 (tls-certificates)
+ * only over TCP, PSK (tls-psk-file) on any transport: see
+ * nbdc_tls_unverified.  The core (vdisk/dev.c)
  * recognises a URI only where the operator typed it (vd_open and friends,
  * the top image's --backing), never in a path read out of an image, and
  * only then lets this driver open (dev->uri_ok); see docs/SECURITY.md.
@@ -96,6 +98,23 @@ vd_is_nbd_uri(const char *path)
     if (strncasecmp(path, *s, strlen(*s)) == 0)
       return true;
   return false;
+}
+
+/* libnbd (1.14) checks a server's X.509 certificate only over TCP, where
+ * it has a host name to check it against: over a Unix socket or vsock it
+ * would encrypt to whatever certificate the server shows.  TLS on those
+ * transports is therefore accepted only with a PSK (tls-psk-file), which
+ * authenticates both ends. */
+static bool
+nbdc_tls_unverified(const char *uri)
+{
+  if (strncasecmp(uri, "nbds+unix://", 12) != 0 &&
+      strncasecmp(uri, "nbds+vsock://", 13) != 0)
+    return false;
+  for (const char *q = strchr(uri, '?'); q; q = strchr(q + 1, '&'))
+    if (strncmp(q + 1, "tls-psk-file=", 13) == 0)
+      return false;
+  return true;
 }
 
 /* The failure of the last libnbd call on CONN as a vd_error naming the
@@ -212,6 +231,11 @@ nbdc_open(struct vd_dev *dev)
   if (!dev->uri_ok)
     return vd_set_error(EPERM, "%s: the nbd driver opens only NBD URIs the "
                         "operator names", dev->path);
+  if (nbdc_tls_unverified(dev->path))
+    return vd_set_error(EPROTONOSUPPORT, "%s: TLS over a Unix socket or "
+                        "vsock needs tls-psk-file (libnbd checks a server "
+                        "certificate only over TCP: use nbds://HOST)",
+                        dev->path);
   p->timeout_ms = dev->opts.timeout_ms;
   struct nbd_handle *h;
   int r = nbdc_connect(dev, &h);
