@@ -62,6 +62,11 @@ good "$Q" "qemu-nbd x509"
 # and vdtool, checking the server against the wrong CA, refuses it too
 expect_error "nbds://localhost:$port/disk.*cannot connect" \
   vdt info "nbds://localhost:$port/disk?tls-certificates=$T/evil"
+# the right CA but no client certificate: qemu-nbd refuses us
+mkdir "$T/nocert"
+cp "$T/good-ca-cert.pem" "$T/nocert/ca-cert.pem"
+expect_error "nbds://localhost:$port/disk.*cannot connect" \
+  vdt info "nbds://localhost:$port/disk?tls-certificates=$T/nocert"
 # a plain URI against a TLS-only server
 expect_error "nbd://localhost:$port/disk.*cannot connect" \
   vdt info "nbd://localhost:$port/disk"
