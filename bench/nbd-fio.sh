@@ -138,14 +138,15 @@ table() {
     echo
   done
 }
-# ratios ARRAY HIGHER: per format, vdisk-nbd's median against the best
-# peer's on the same format, as a factor above 1 when vdisk-nbd is better
-# (HIGHER=1: higher values are better, else lower ones).
+# ratios ARRAY HIGHER: per format served by vdisk-nbd and a peer,
+# vdisk-nbd's median against the best peer's, as a factor above 1 when
+# vdisk-nbd is better (HIGHER=1: higher values are better, else lower ones).
 ratios() {
   local -n a=$1
   local f k c best
   for f in raw $formats; do
-    case " $cases " in *" vdisk:$f "*) ;; *) continue ;; esac
+    printf '%s\n' $cases | grep -qx "vdisk:$f" &&
+      printf '%s\n' $cases | grep -v '^vdisk:' | grep -q ":$f\$" || continue
     printf '%-12s' "ratio $f"
     for k in $cols; do
       best=""
