@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the convert benchmarks (bench/*-convert.sh); sourced after
 # `set -eu` and after the caller has set $dir, its scratch directory.
 # Checks for vdtool (VDTOOL, default tools/vdtool of this tree; VDTOOL_OPTS
