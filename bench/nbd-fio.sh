@@ -21,6 +21,10 @@ servers=${SERVERS-vdisk qemu nbdkit}
 formats=${FORMATS-vpc}; [ "${VHD:-1}" = 1 ] || formats=${FORMATS:-}
 workloads=${WORKLOADS:-seqread seqwrite randread randwrite}
 iodepths=${IODEPTHS:-32}
+declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536")
+for f in $formats; do
+  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2)" >&2; exit 1; }
+done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
 sock=$work/bench.sock
 pid=
@@ -38,9 +42,7 @@ if [ ! -s "$raw" ]; then
       --refill_buffers --output=/dev/null
 fi
 declare -A img=([raw]=$raw [vpc]=$work/bench.vhd [qcow2]=$work/bench.qcow2)
-declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536")
 for f in $formats; do
-  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2)" >&2; exit 1; }
   [ -s "${img[$f]}" ] ||
     qemu-img convert -f raw -O "$f" ${mkopts[$f]} "$raw" "${img[$f]}"
 done
