@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Benchmark: vdisk-nbd against qemu-nbd and nbdkit's file plugin serving the
-# same raw image (and vdisk-nbd against qemu-nbd for a dynamic VHD), with
-# fio's nbd engine over a Unix socket: sequential 1 MiB read and write,
-# 4 KiB random read and write, iodepth 32, one connection.  Servers
-# alternate within each round; the report gives medians and ratios.
+# same raw image (and vdisk-nbd against qemu-nbd for a dynamic VHD and/or a
+# qcow2 of the same contents), with fio's nbd engine over a Unix socket:
+# sequential 1 MiB read and write, 4 KiB random read and write, iodepth 32,
+# one connection.  Servers alternate within each round; the report gives
+# medians of throughput, completion latency (p50, p99) and server CPU time
+# per request, and ratios against the best peer.
 #
 #   bench/nbd-fio.sh [ROUNDS [SECONDS [SIZE]]]     (defaults 3, 10, 1G)
 # Environment: BUILD (build tree, default .), WORK (scratch dir), SERVERS
-# (default "vdisk qemu nbdkit"), VHD=0 to skip the VHD comparison.
+# for the raw image (default "vdisk qemu nbdkit"; empty: no raw runs),
+# FORMATS served by vdisk-nbd and qemu-nbd (default "vpc"; also "qcow2",
+# 64 KiB clusters), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
+# "seqread seqwrite randread randwrite"), IODEPTHS (default 32).
 set -eu
 rounds=${1:-3} secs=${2:-10} size=${3:-1G}
 build=${BUILD:-.}
 vdisk_nbd=$build/nbd-server/vdisk-nbd
-vdtool=$build/tools/vdtool
-servers=${SERVERS:-vdisk qemu nbdkit}
+servers=${SERVERS-vdisk qemu nbdkit}
+formats=${FORMATS-vpc}; [ "${VHD:-1}" = 1 ] || formats=${FORMATS:-}
+workloads=${WORKLOADS:-seqread seqwrite randread randwrite}
+iodepths=${IODEPTHS:-32}
+declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536")
+for f in $formats; do
+  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2)" >&2; exit 1; }
+done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
 sock=$work/bench.sock
 pid=
@@ -30,11 +41,12 @@ if [ ! -s "$raw" ]; then
   fio --name=fill --filename="$raw" --rw=write --bs=1M --size="$size" \
       --refill_buffers --output=/dev/null
 fi
-vhd=$work/bench.vhd
-if [ "${VHD:-1}" = 1 ] && [ ! -s "$vhd" ]; then
-  qemu-img convert -f raw -O vpc -o subformat=dynamic "$raw" "$vhd"
-fi
-cat "$raw" > /dev/null   # into the page cache
+declare -A img=([raw]=$raw [vpc]=$work/bench.vhd [qcow2]=$work/bench.qcow2)
+for f in $formats; do
+  [ -s "${img[$f]}" ] ||
+    qemu-img convert -f raw -O "$f" ${mkopts[$f]} "$raw" "${img[$f]}"
+done
+for f in raw $formats; do cat "${img[$f]}" > /dev/null; done  # page cache
 
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
@@ -59,8 +71,9 @@ trap cleanup EXIT
 
 cputicks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
-# run WORKLOAD: one fio run; prints MiB/s (seq) or IOPS (rand), then the
-# server's CPU time per request in microseconds (user + system).
+# run WORKLOAD IODEPTH: one fio run; prints MiB/s (seq) or IOPS (rand), the
+# server's CPU time per request in microseconds (user + system), and the
+# p50 and p99 completion latency in microseconds.
 run() {
   local rw bs out t0 t1
   case $1 in
@@ -71,7 +84,7 @@ run() {
   esac
   t0=$(cputicks)
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
-          --rw=$rw --bs=$bs --iodepth=32 --size="$size" --runtime="$secs" \
+          --rw=$rw --bs=$bs --iodepth="$2" --size="$size" --runtime="$secs" \
           --time_based --output-format=json 2>/dev/null)
   t1=$(cputicks)
   /usr/bin/python3 -c 'import json,sys,os
@@ -79,66 +92,88 @@ s=sys.stdin.read(); j=json.loads(s[s.index("{"):])["jobs"][0]
 k="read" if j["read"]["io_bytes"] else "write"
 v=j[k]["bw"]/1024 if sys.argv[1].startswith("seq") else j[k]["iops"]
 cpu=(int(sys.argv[3])-int(sys.argv[2]))/os.sysconf("SC_CLK_TCK")
-print("%.0f %.1f" % (v, cpu*1e6/max(j[k]["total_ios"],1)))' "$1" "$t0" "$t1" <<<"$out"
+p=j[k]["clat_ns"]["percentile"]
+print("%.0f %.1f %.0f %.0f" % (v, cpu*1e6/max(j[k]["total_ios"],1),
+      p["50.000000"]/1e3, p["99.000000"]/1e3))' "$1" "$t0" "$t1" <<<"$out"
 }
 
-declare -A res cpu
-workloads="seqread seqwrite randread randwrite"
+# Results: res (throughput), cpu, p50, p99, each [CASE,COLUMN] = samples;
+# a column is WORKLOAD:IODEPTH.
+declare -A res cpu p50 p99
+cols=""
+for w in $workloads; do for d in $iodepths; do cols="$cols $w:$d"; done; done
 cases=""
 for s in $servers; do cases="$cases $s:raw"; done
-if [ "${VHD:-1}" = 1 ]; then cases="$cases vdisk:vpc qemu:vpc"; fi
+for f in $formats; do cases="$cases vdisk:$f qemu:$f"; done
 for r in $(seq "$rounds"); do
   for c in $cases; do
     s=${c%%:*} f=${c##*:}
-    img=$raw; [ "$f" = vpc ] && img=$vhd
-    start "$s" "$f" "$img"
-    for w in $workloads; do
-      read -r v u <<<"$(run $w)"
-      res[$c,$w]="${res[$c,$w]:-} $v"
-      cpu[$c,$w]="${cpu[$c,$w]:-} $u"
-      echo "round $r $c $w $v (server CPU ${u} us/request)" >&2
+    start "$s" "$f" "${img[$f]}"
+    for k in $cols; do
+      read -r v u l50 l99 <<<"$(run ${k%%:*} ${k##*:})"
+      res[$c,$k]="${res[$c,$k]:-} $v"
+      cpu[$c,$k]="${cpu[$c,$k]:-} $u"
+      p50[$c,$k]="${p50[$c,$k]:-} $l50"
+      p99[$c,$k]="${p99[$c,$k]:-} $l99"
+      echo "round $r $c $k $v, p50 $l50 us, p99 $l99 us (server CPU ${u} us/request)" >&2
     done
     stop
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo
-echo "fio nbd engine, iodepth 32, Unix socket, $size image in page cache, $rounds rounds of ${secs}s, medians"
-echo "(seq: MiB/s, rand: IOPS; ratio = vdisk-nbd / best peer on the same format)"
-printf '%-12s' "server"; for w in $workloads; do printf '%12s' "$w"; done; echo
-for c in $cases; do
-  printf '%-12s' "$c"
-  for w in $workloads; do
-    m=$(echo "${res[$c,$w]}" | median); res[$c,$w,m]=$m
-    printf '%12s' "$m"
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+label() {  # label COLUMN: the workload, and the iodepth if several
+  if [ "$(echo $iodepths | wc -w)" = 1 ]; then echo "${1%%:*}"
+  else echo "${1%%:*}/qd${1##*:}"; fi
+}
+# table ARRAY: its medians, one row per case; also stored as ARRAY[CASE,COLUMN,m].
+table() {
+  local -n a=$1
+  local c k
+  printf '%-12s' server; for k in $cols; do printf '%14s' "$(label $k)"; done; echo
+  for c in $cases; do
+    printf '%-12s' "$c"
+    for k in $cols; do
+      a[$c,$k,m]=$(echo "${a[$c,$k]}" | median)
+      printf '%14s' "${a[$c,$k,m]}"
+    done
+    echo
   done
+}
+# ratios ARRAY HIGHER: per format served by vdisk-nbd and a peer,
+# vdisk-nbd's median against the best peer's, as a factor above 1 when
+# vdisk-nbd is better (HIGHER=1: higher values are better, else lower ones).
+ratios() {
+  local -n a=$1
+  local f k c best
+  for f in raw $formats; do
+    printf '%s\n' $cases | grep -qx "vdisk:$f" &&
+      printf '%s\n' $cases | grep -v '^vdisk:' | grep -q ":$f\$" || continue
+    printf '%-12s' "ratio $f"
+    for k in $cols; do
+      best=""
+      for c in $cases; do
+        [ "${c##*:}" = $f ] && [ "${c%%:*}" != vdisk ] || continue
+        best=$(awk -v h="$2" -v b="$best" -v v="${a[$c,$k,m]}" \
+               'BEGIN {print (b == "" || (h ? v > b : v < b)) ? v : b}')
+      done
+      printf '%14s' "$(awk -v h="$2" -v a="${a[vdisk:$f,$k,m]}" -v b="$best" \
+        'BEGIN {if (b == "" || a == 0 || b == 0) print "-";
+                else printf "%.2fx", h ? a / b : b / a}')"
+    done
+    echo
+  done
+}
+
+echo
+echo "fio nbd engine, iodepth $iodepths, Unix socket, $size image in page cache, $rounds rounds of ${secs}s, medians"
+echo "(seq: MiB/s, rand: IOPS; ratio = vdisk-nbd / best peer on the same format)"
+table res; echo; ratios res 1
+for q in p50 p99; do
   echo
+  echo "completion latency $q, microseconds (medians; ratio = best peer / vdisk-nbd)"
+  table $q; echo; ratios $q 0
 done
 echo
 echo "server CPU time per request, microseconds (user+system, medians; lower is better)"
-printf '%-12s' "server"; for w in $workloads; do printf '%12s' "$w"; done; echo
-for c in $cases; do
-  printf '%-12s' "$c"
-  for w in $workloads; do
-    printf '%12s' "$(echo "${cpu[$c,$w]}" | tr ' ' '\n' | grep . | sort -g |
-                     awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
-  done
-  echo
-done
-echo
-for f in raw vpc; do
-  [ -n "${res[vdisk:$f,seqread,m]:-}" ] || continue
-  printf '%-12s' "ratio $f"
-  for w in $workloads; do
-    best=0
-    for c in $cases; do
-      [ "${c##*:}" = $f ] && [ "${c%%:*}" != vdisk ] || continue
-      v=${res[$c,$w,m]}; [ "$v" -gt "$best" ] && best=$v
-    done
-    if [ "$best" -gt 0 ]; then
-      printf '%12s' "$(awk -v a="${res[vdisk:$f,$w,m]}" -v b="$best" 'BEGIN {printf "%.2fx", a/b}')"
-    else printf '%12s' "-"; fi
-  done
-  echo
-done
+table cpu
