@@ -11,7 +11,8 @@
 #  - -b naming the immediate parent also leaves TOP's data (no emptying);
 #  - a relative BASE is found from the folder of the image that names it
 #    as its backing file, as qemu-img finds it; a name not in the chain
-#    (TOP itself included) fails as qemu-img fails, nothing written;
+#    (TOP itself included) fails as qemu-img fails, nothing written; a
+#    base vdisk cannot write (internal snapshots) is refused in one line;
 #  - a VHD chain (qemu reads no differencing VHD, so it is written
 #    through vdisk-nbd and judged by the bytes: the dynamic base with
 #    qemu-img directly, top flattened by vdtool convert).
@@ -96,6 +97,15 @@ for b in nothere.qcow2 top.qcow2 ../base-copy.qcow2; do
   grep -q "Did not find '$b' in the backing chain" peer.err ||
     fail "qemu-img said: $(cat peer.err)"
 done
+cmp ours-r/base.qcow2 base-copy.qcow2 || fail "a refused commit wrote base"
+
+# A base vdisk does not write (here: an internal snapshot) is refused in
+# one line when it is made writable, nothing written (qemu-img writes
+# snapshotted images; vdisk does not).
+qemu-img snapshot -c s1 ours-r/base.qcow2
+cp ours-r/base.qcow2 base-copy.qcow2
+expect_error "cannot write the base .*internal snapshots is not supported" \
+  vdtool commit -q -b base.qcow2 ours-r/top.qcow2
 cmp ours-r/base.qcow2 base-copy.qcow2 || fail "a refused commit wrote base"
 
 # A VHD chain: the same writes, the differencing layers through
