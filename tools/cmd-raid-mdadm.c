@@ -140,7 +140,7 @@ vt_raid_output_opt(int argc, char **argv, bool *json)
   };
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (c != 'O')
       return vt_bad_option("raid", argv);
     if (vt_parse_output(optarg, json) < 0)
@@ -300,7 +300,7 @@ int vt_raid_monitor(int argc, char **argv)
   char *end;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+1d:p:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "1d:p:", longopts, NULL)) != -1) {
     switch (c) {
     case '1': oneshot = true; break;
     case 'd':

@@ -42,6 +42,8 @@ const char vt_usage_raid[] =
   "\n"
   "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
   "assemble and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
+  "Options may also follow the operands (detail ARRAY --test, as mdadm);\n"
+  "\"--\" ends them (a MEMBER named \"-m1\": fail ARRAY -- -m1).\n"
   "\n"
   "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
   "vdisk-nbd ARRAY).  MEMBER is a path, an NBD URI (nbd://HOST:PORT/EXPORT,\n"
@@ -149,7 +151,7 @@ static int raid_cmd_create(int argc, char **argv)
   long ndev = -1;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+l:c:f:n:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "l:c:f:n:", longopts, NULL)) != -1) {
     switch (c) {
     case 'l': {
       /* mdadm spells levels "raid5" as well as "5". */
@@ -322,7 +324,7 @@ static int raid_cmd_detail(int argc, char **argv)
   bool json = false, test = false;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+t", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "t", longopts, NULL)) != -1) {
     if (c == 't') {
       test = true;
       continue;
@@ -432,7 +434,7 @@ static int raid_cmd_assemble(int argc, char **argv)
   unsigned flags = 0;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (c == 'F')
       flags |= VD_RAID_ASSEMBLE_FORCE;
     else if (c == 'R')
@@ -748,15 +750,20 @@ static void raid_say_failed(const char *desc, const char *member, int slot)
 
 static int raid_cmd_fail(int argc, char **argv)
 {
-  if (argc != 3)
+  static const struct option none[] = { { NULL, 0, NULL, 0 } };
+  /* No options; "--" ends them, so a MEMBER may start with '-'. */
+  optind = 1;
+  if (getopt_long(argc, argv, "", none, NULL) != -1)
+    return vt_bad_option("raid", argv);
+  if (argc - optind != 2)
     return vt_bad_usage("raid", "fail needs ARRAY and MEMBER");
-  const char *desc = argv[1];
-  int slot = raid_slot_of(desc, argv[2]);
+  const char *desc = argv[optind], *given = argv[optind + 1];
+  int slot = raid_slot_of(desc, given);
   if (slot < 0)
     return VT_EXIT_ERR;
   /* Name the member as the descriptor does when given by slot number. */
   char member[4096];
-  raid_member_name(desc, slot, argv[2], member, sizeof member);
+  raid_member_name(desc, slot, given, member, sizeof member);
   struct vt_qmp *q;
   char name[256];
   int on = raid_online(desc, &q, name, sizeof name);
@@ -832,7 +839,7 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
   const char *fmt = NULL;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+f:", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:", longopts, NULL)) != -1) {
     switch (c) {
     case 'r':
       if (vd_parse_size(optarg, &rate) < 0)
@@ -972,7 +979,7 @@ static int raid_cmd_re_add(int argc, char **argv)
   bool wait = true;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
     case 'r':
       if (vd_parse_size(optarg, &rate) < 0)
@@ -1077,7 +1084,7 @@ static int raid_cmd_scrub(int argc, char **argv)
   bool repair = false;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (c != 'R')
       return vt_bad_option("raid", argv);
     repair = true;

@@ -39,43 +39,14 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 
 #include "vdisk/driver.h"
 #include "vdisk/mirror.h"
 
-static bool
-cl_same_file(const char *a, const char *b)
-{
-  struct stat x, y;
-  return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev &&
-         x.st_ino == y.st_ino;
-}
-
-/* The image of the chain below FROM (FROM excluded) that is the file
- * PATH (NULL or "": the bottom one), its depth below FROM in *DEPTH (1:
- * FROM's parent); NULL if there is none. */
-static struct vd_dev *
-cl_below(struct vd_dev *from, const char *path, int *depth)
-{
-  struct vd_dev *found = NULL;
-  int k = 0;
-  for (struct vd_dev *d = vd_backing_dev(from); d; d = vd_backing_dev(d)) {
-    k++;
-    if (!path || !*path || cl_same_file(path, vd_path(d))) {
-      found = d;
-      *depth = k;
-      if (path && *path)
-        break;
-    }
-  }
-  return found;
-}
-
 bool
 vd_commit_is_active(struct vd_node *node, const char *top)
 {
-  return !top || !*top || cl_same_file(top, vd_path(vd_node_dev(node)));
+  return !top || !*top || vd_same_file(top, vd_path(vd_node_dev(node)));
 }
 
 int
@@ -94,7 +65,7 @@ vd_commit_start(struct vd_node *node, const char *top, const char *base,
     return vd_set_error(EINVAL, "commit: %s has no backing file",
                         vd_path(active));
   int bdepth = 0;
-  struct vd_dev *b = cl_below(active, base, &bdepth);
+  struct vd_dev *b = vd_chain_below(active, base, &bdepth);
   if (!b)
     return vd_set_error(ENOENT, "commit: '%s' is not in the backing chain "
                         "of %s", base, vd_path(active));
@@ -164,14 +135,14 @@ vd_commit_mid_start(struct vd_node *node, const char *top, const char *base,
     return vd_set_error(EINVAL, "commit: %s is the active layer: that is "
                         "an active commit (vd_commit_start)", top);
   int tdepth = 0, bdepth = 0;
-  struct vd_dev *t = cl_below(active, top, &tdepth);
+  struct vd_dev *t = vd_chain_below(active, top, &tdepth);
   if (!t)
     return vd_set_error(ENOENT, "commit: top '%s' is not in the backing "
                         "chain of %s", top, vd_path(active));
-  if (base && *base && cl_same_file(base, vd_path(t)))
+  if (base && *base && vd_same_file(base, vd_path(t)))
     return vd_set_error(EINVAL, "commit: top and base are the same image "
                         "(%s)", vd_path(t));
-  struct vd_dev *b = cl_below(t, base, &bdepth);
+  struct vd_dev *b = vd_chain_below(t, base, &bdepth);
   if (!b && base && *base)
     return vd_set_error(ENOENT, "commit: base '%s' is not below top %s in "
                         "the backing chain of %s", base, vd_path(t),

@@ -334,6 +334,13 @@ vd_reopen(struct vd_dev *dev, unsigned flags)
     r = vd_file_reopen(dev->file, write);
   if (r < 0)
     return r;
+  if (dev->drv->reopen && (r = dev->drv->reopen(dev, write)) < 0) {
+    if (dev->below)
+      vd_reopen(dev->below, 0);
+    else if (dev->file)
+      vd_file_reopen(dev->file, false);
+    return r;
+  }
   unsigned of = write ? (dev->open_flags | VD_OPEN_RDWR)
                       : (dev->open_flags & ~VD_OPEN_RDWR);
   dev->open_flags = dev->opts.flags = of;

@@ -162,6 +162,13 @@ struct vd_driver {
   int (*check)(const char *path, unsigned flags,
                struct vd_check_report *r);
 
+  /* vd_reopen has switched DEV's image file to read-write (WRITE) or
+   * read-only: set up, once, what writes need that an open read-only
+   * skipped, or refuse with -EROFS what a writable open would have kept
+   * read-only (then the core switches the file back).  NULL: nothing to
+   * do. */
+  int (*reopen)(struct vd_dev *dev, bool write);
+
   /* Read-only formats set this to what to do instead.  The core then
    * opens their files read-only (shared lock) and makes the device
    * read-only whatever the open flags, and appends the hint to the EROFS
@@ -389,6 +396,17 @@ int vd_open_parent(const struct vd_dev *child, const char *path,
 int vd_open_parent_operator(const struct vd_dev *child, const char *path,
                             const struct vd_open_args *args,
                             struct vd_dev **out);
+
+/* Whether paths A and B name the same file (both exist). */
+bool vd_same_file(const char *a, const char *b);
+/* The image of the chain below FROM (FROM excluded) that is the file
+ * PATH (NULL or "": the bottom one), its depth below FROM in *DEPTH (1:
+ * FROM's parent); NULL if there is none.  A relative PATH names a layer
+ * as given (from the working folder) or, as QEMU's
+ * bdrv_find_backing_image has it, relative to the folder of the image
+ * whose backing file that layer is. */
+struct vd_dev *vd_chain_below(struct vd_dev *from, const char *path,
+                              int *depth);
 
 
 #endif /* VDISK_DRIVER_H */

@@ -1,5 +1,5 @@
 /* libvdisk — management operations (vd_truncate, vd_compact, vd_make_empty,
- * vd_change_backing, vd_commit): argument checks, dispatch to the driver
+ * vd_change_backing, vd_commit, vd_commit_base): argument checks, dispatch to the driver
  * ops, and the generic fallbacks that work on any format by copying
  * through the public request paths (block status, read, write).
  */
@@ -7,8 +7,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "vdisk/driver.h"
 
@@ -127,10 +130,12 @@ mg_read(struct vd_dev *dev, uint8_t *buf, size_t len, uint64_t off)
 
 /* ---- commit ---- */
 
-/* The generic commit: every extent TOP (opened without its parent) holds
- * itself goes into BASE, zeros as write_zeroes so BASE need not allocate. */
+/* The generic commit: every extent a layer of TOP's chain above DEPTH
+ * holds (DEPTH 1: TOP alone, which may be opened without its parent)
+ * goes into BASE, as TOP reads it; zeros as write_zeroes so BASE need not
+ * allocate. */
 static int
-mg_commit_copy(struct vd_dev *top, struct vd_dev *base,
+mg_commit_copy(struct vd_dev *top, struct vd_dev *base, int depth,
                vd_progress_fn progress, void *opaque)
 {
   uint8_t *buf = malloc(MG_CHUNK);
@@ -143,7 +148,7 @@ mg_commit_copy(struct vd_dev *top, struct vd_dev *base,
       progress(opaque, off, top->size);
     if ((r = vd_block_status(top, off, top->size - off, &e)) < 0)
       break;
-    if (!(e.flags & VD_EXT_HOLE) && e.depth == 0) {
+    if (!(e.flags & VD_EXT_HOLE) && e.depth < depth) {
       for (uint64_t o = off; r == 0 && o < off + e.length;) {
         size_t n = off + e.length - o < MG_CHUNK ? (size_t)(off + e.length - o)
                                                  : MG_CHUNK;
@@ -212,7 +217,7 @@ vd_commit(const char *path, const struct vd_open_args *args,
     goto out;
   }
   r = top->drv->commit ? top->drv->commit(top, base, progress, opaque)
-                       : mg_commit_copy(top, base, progress, opaque);
+                       : mg_commit_copy(top, base, 1, progress, opaque);
 out:
   if (base) {
     int r2 = vd_close(base);
@@ -222,6 +227,81 @@ out:
   vd_close(top);
   free(info);
   return r;
+}
+
+bool
+vd_same_file(const char *a, const char *b)
+{
+  struct stat x, y;
+  return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev &&
+         x.st_ino == y.st_ino;
+}
+
+/* Whether PATH names D, whose child is CHILD (vd_chain_below's rule). */
+static bool
+mg_names(const struct vd_dev *child, const char *path, struct vd_dev *d)
+{
+  if (vd_same_file(path, vd_path(d)))
+    return true;
+  const char *cp = vd_path(child), *slash = strrchr(cp, '/');
+  char rel[PATH_MAX];
+  return path[0] != '/' && slash &&
+         snprintf(rel, sizeof rel, "%.*s/%s", (int)(slash - cp), cp, path) <
+           (int)sizeof rel &&
+         vd_same_file(rel, vd_path(d));
+}
+
+struct vd_dev *
+vd_chain_below(struct vd_dev *from, const char *path, int *depth)
+{
+  struct vd_dev *found = NULL;
+  int k = 0;
+  for (struct vd_dev *c = from, *d; (d = vd_backing_dev(c)); c = d) {
+    k++;
+    if (!path || !*path || mg_names(c, path, d)) {
+      found = d;
+      *depth = k;
+      if (path && *path)
+        break;
+    }
+  }
+  return found;
+}
+
+int
+vd_commit_base(const char *path, const struct vd_open_args *args,
+               const char *base, vd_progress_fn progress, void *opaque)
+{
+  static const struct vd_open_args none;
+  struct vd_dev *top = NULL;
+  int depth = 0, r;
+
+  if (!base || !*base)
+    return vd_commit(path, args, progress, opaque);
+  struct vd_open_args a = args ? *args : none;
+  a.flags &= ~(VD_OPEN_RDWR | VD_OPEN_NOPARENT);
+  if ((r = vd_open_opts(path, &a, &top)) < 0)
+    return r;
+  struct vd_dev *b = vd_chain_below(top, base, &depth);
+  if (!b)
+    r = vd_set_error(ENOENT, "Did not find '%s' in the backing chain of "
+                     "'%s'", base, path);
+  else if (top->size > b->size)
+    r = vd_set_error(EINVAL, "%s: the image (%" PRIu64 " bytes) is larger "
+                     "than the base %s (%" PRIu64 " bytes): resize the base "
+                     "first", path, top->size, vd_path(b), b->size);
+  /* The base becomes writable in place: the chain keeps reading through
+   * that same handle, and is written only where a layer above it holds
+   * data, with the bytes the chain shows there. */
+  else if ((r = vd_reopen(b, VD_OPEN_RDWR)) < 0)
+    r = vd_prefix_error(-r, "cannot write the base %s", vd_path(b));
+  else {
+    r = mg_commit_copy(top, b, depth, progress, opaque);
+    int r2 = vd_reopen(b, 0);
+    r = r ? r : r2;
+  }
+  int r2 = vd_close(top);
+  return r ? r : r2;
 }
 
 /* ---- change backing (rebase) ---- */

@@ -786,6 +786,29 @@ qcow2_read_only_reason(struct vd_dev *dev)
   return p->ro_reason;
 }
 
+/* A device opened read-only has no refcount table loaded: load it at the
+ * first switch to read-write, refusing what a writable open keeps
+ * read-only. */
+static int
+qcow2_reopen(struct vd_dev *dev, bool write)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (!write || p->rt)
+    return 0;
+  const char *why = dev->opts.snapshot ? "a snapshot opens read-only"
+                                       : qcow2_write_refusal(p);
+  if (why)
+    return vd_set_error(EROFS, "%s: %s", dev->path, why);
+  int r = qcow2_write_setup(dev);
+  if (r < 0) {
+    free(p->rt);
+    free(p->rb);
+    p->rt = NULL;
+    p->rb = NULL;
+  }
+  return r;
+}
+
 static struct vd_dev *
 qcow2_backing_dev(struct vd_dev *dev)
 {
@@ -823,6 +846,7 @@ const struct vd_driver vd_qcow2_driver = {
   .discard = qcow2_discard,
   .write_zeroes = qcow2_write_zeroes,
   .read_only_reason = qcow2_read_only_reason,
+  .reopen = qcow2_reopen,
   .backing_dev = qcow2_backing_dev,
   .snapshot_list = qcow2_snapshot_list,
 };

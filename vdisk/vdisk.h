@@ -291,6 +291,17 @@ int vd_change_backing(struct vd_dev *dev, const char *backing,
  * file must be at least as large as PATH. */
 int vd_commit(const char *path, const struct vd_open_args *args,
               vd_progress_fn progress, void *opaque);
+/* Commit the image at PATH into BASE, a file of its backing chain at
+ * any depth (qemu-img commit -b; NULL or "": vd_commit): open PATH with
+ * ARGS and its chain, then copy into BASE every range a layer above BASE
+ * holds, as PATH reads it.  PATH and the layers between it and BASE are
+ * left unchanged (PATH then reads as before; the layers between may not).
+ * A relative BASE names a layer from the working folder or, as in QEMU,
+ * from the folder of the image that names that layer as its backing
+ * file.  -ENOENT when BASE is not in the chain; BASE must be
+ * at least as large as PATH. */
+int vd_commit_base(const char *path, const struct vd_open_args *args,
+                   const char *base, vd_progress_fn progress, void *opaque);
 
 /* Switch the open DEV between read-only (FLAGS 0) and read-write (FLAGS
  * VD_OPEN_RDWR) in place, as a live commit needs to write into a base the

@@ -15,7 +15,12 @@
 #    RebuildFinished, SpareActive, on stdout and through --program;
 #  - the JSON of detail, status (served) and examine has kebab-case keys;
 #  - the data stays right through it all (qemu-img compare on the array
-#    served by vdisk-nbd against a reference written with qemu-io).
+#    served by vdisk-nbd against a reference written with qemu-io);
+#  - every subcommand takes its options after the operands too (mdadm's
+#    "--detail /dev/md0 --test", qemu-img's "info IMG --output=json",
+#    beside qemu-img doing it), with the same result as before them; an
+#    option's negative argument stays its argument; "--" ends options, so
+#    members named like options work after it and are refused before.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io timeout
@@ -201,4 +206,41 @@ qemu-img compare -q -f raw -F raw ref.raw cur.raw || fail "degraded array data d
 mv m2 m2.away
 [ "$(detail_rc a.vdraid)" = 2 ] || fail "detail --test of a failed array: $(detail_rc a.vdraid)"
 mv m2.away m2
+# ---- options after operands, as mdadm and qemu-img take them ----
+qemu-img info --output=json ref.raw >peer1.json
+qemu-img info ref.raw --output=json >peer2.json
+cmp peer1.json peer2.json || fail "qemu-img info: option after operand differs"
+vdtool raid detail --output=json a.vdraid >before.json
+vdtool raid detail a.vdraid --output=json >after.json ||
+  fail "detail ARRAY --output=json refused"
+cmp before.json after.json || fail "detail ARRAY --output=json differs"
+[ "$(vdtool raid detail a.vdraid --test >/dev/null 2>&1; echo $?)" = "$(detail_rc a.vdraid)" ] ||
+  fail "detail ARRAY --test: not the exit status of detail --test ARRAY"
+vdtool raid examine --output=json m0 m1 >before.json
+vdtool raid examine m0 --output=json m1 >after.json || fail "examine M0 --output=json M1"
+cmp before.json after.json || fail "examine with --output between members differs"
+vdtool raid status a.vdraid --output=json | kebab || fail "status ARRAY --output=json"
+out=$(vdtool raid create p.vdraid p0 p1 -l raid1 --size 4M -n 2 2>&1) ||
+  fail "create ARRAY MEMBERs -l ... refused: $out"
+[ "$out" = "vdtool: array p.vdraid created: raid1, 2 members, 3 MiB, policy bitmap" ] ||
+  fail "create with options last said: $out"
+out=$(vdtool raid fail p.vdraid p1 -q 2>&1) || fail "fail ARRAY MEMBER -q: $out"
+[ -z "$out" ] || fail "fail ARRAY MEMBER -q said: $out"
+out=$(vdtool raid re-add p.vdraid p1 --rate 100M 2>&1) || fail "re-add ARRAY MEMBER --rate: $out"
+vdtool raid assemble p.vdraid p0 p1 --force -q || fail "assemble ... --force"
+vdtool raid scrub p.vdraid --repair | grep -q "^scrubbed" || fail "scrub ARRAY --repair"
+out=$(vdtool raid rebuild p.vdraid --rate 1M 2>&1) || fail "rebuild ARRAY --rate: $out"
+out=$(timeout 20 "$VDTOOL" raid monitor p.vdraid --oneshot) || fail "monitor ARRAY --oneshot: $out"
+# A negative argument is the option's, never an option of its own.
+expect_error "delay takes more than 0.*'-1'" vdtool raid monitor p.vdraid -d -1
+expect_error "invalid rate '-5'" vdtool raid rebuild p.vdraid --rate -5
+# Members named like options: after "--" only.
+expect_error "invalid option" vdtool raid examine -d1
+vdtool raid create -q -l 1 --size 4M dash.vdraid -- -d1 -d2 ||
+  fail "create ARRAY -- -d1 -d2"
+[ -f ./-d1 ] && [ -f ./-d2 ] || fail "members -d1 -d2 not created"
+vdtool raid examine -- -d1 | grep -q "Raid Devices : 2" || fail "examine -- -d1"
+expect_error "invalid option" vdtool raid fail dash.vdraid -d2
+vdtool raid fail -q dash.vdraid -- -d2 || fail "fail ARRAY -- -d2"
+[ "$(detail_rc dash.vdraid)" = 1 ] || fail "dash.vdraid not degraded after fail -- -d2"
 exit 0
