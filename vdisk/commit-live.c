@@ -181,24 +181,6 @@ vd_commit_mid_start(struct vd_node *node, const char *top, const char *base,
   return 0;
 }
 
-/* Copy [OFF, OFF+LEN) as top shows it into base. */
-static int
-cm_copy(struct vd_commit *c, uint64_t off, size_t len)
-{
-  int r = vd_pread(c->top, c->buf, len, off);
-  if (r < 0)
-    return vd_prefix_error(-r, "commit: read %s at %llu", vd_path(c->top),
-                           (unsigned long long)off);
-  /* Zeros are written as zeros, so a sparse base stays sparse. */
-  r = vd_mirror_is_zero(c->buf, len) ? vd_write_zeroes(c->base, off, len, 0)
-                              : vd_pwrite(c->base, c->buf, len, off, 0);
-  if (r < 0)
-    return vd_prefix_error(-r, "commit: write base %s at %llu",
-                           vd_path(c->base), (unsigned long long)off);
-  c->copied += len;
-  return 0;
-}
-
 /* With the node drained: above's pointer on disk (durable when
  * change_backing returns), then in the live chain. */
 static int
@@ -256,23 +238,19 @@ vd_commit_mid_step(struct vd_commit *c, uint64_t *done, uint64_t *total)
   if (c->finished)
     return vd_set_error(EINVAL, "commit: the job has ended");
   if (c->off < c->size) {
-    struct vd_extent e;
-    r = vd_block_status(c->top, c->off, c->size - c->off, &e);
-    if (r < 0)
-      return vd_prefix_error(-r, "commit: block status of %s at %llu",
-                             vd_path(c->top), (unsigned long long)c->off);
-    uint64_t n = e.length;
     /* What a layer from top down to just above base holds, data or
      * zeros; holes and base's own data (and below) stay. */
-    if (e.depth < c->depth && !(e.flags & VD_EXT_HOLE)) {
-      if (n > CM_BUF_SIZE)
-        n = CM_BUF_SIZE;
-      if ((r = cm_copy(c, c->off, (size_t)n)) < 0)
-        return r;
-      if (done)
-        *done += n;
-    }
-    c->off += n;
+    uint64_t adv, copied;
+    r = vd_commit_piece(c->top, c->base, c->depth, c->off, c->buf,
+                        CM_BUF_SIZE, &adv, &copied);
+    if (r < 0)
+      return vd_prefix_error(-r, "commit: %s into %s at %llu",
+                             vd_path(c->top), vd_path(c->base),
+                             (unsigned long long)c->off);
+    c->copied += copied;
+    if (done)
+      *done += copied;
+    c->off += adv;
   } else {
     if ((r = cm_finish(c)) < 0)
       return r;

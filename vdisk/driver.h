@@ -407,6 +407,16 @@ bool vd_same_file(const char *a, const char *b);
  * whose backing file that layer is. */
 struct vd_dev *vd_chain_below(struct vd_dev *from, const char *path,
                               int *depth);
+/* One piece of a commit (vdtool commit, the live intermediate commit):
+ * if the extent of TOP's chain at OFF is held by a layer above DEPTH (1:
+ * TOP alone), copy at most LEN bytes of it into BASE as TOP reads it
+ * (BUF has room for LEN), zeros as write_zeroes so BASE need not
+ * allocate.  *ADVANCED: the bytes of TOP passed (the piece, or a whole
+ * extent that needs nothing); *COPIED: the bytes written into BASE.
+ * Returns 0 or a negative errno. */
+int vd_commit_piece(struct vd_dev *top, struct vd_dev *base, int depth,
+                    uint64_t off, uint8_t *buf, size_t len,
+                    uint64_t *advanced, uint64_t *copied);
 
 
 #endif /* VDISK_DRIVER_H */

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "vdisk/driver.h"
+#include "vdisk/mirror.h"
 
 /* Copy unit of the generic paths. */
 #define MG_CHUNK (1u << 20)
@@ -88,12 +89,6 @@ vd_make_empty(struct vd_dev *dev)
 
 /* ---- shared by the copying fallbacks ---- */
 
-static bool
-mg_is_zero(const uint8_t *b, size_t n)
-{
-  return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
-}
-
 int
 vd_reads_zero(struct vd_dev *dev, uint64_t off, uint64_t len, bool *zero)
 {
@@ -130,10 +125,34 @@ mg_read(struct vd_dev *dev, uint8_t *buf, size_t len, uint64_t off)
 
 /* ---- commit ---- */
 
+int
+vd_commit_piece(struct vd_dev *top, struct vd_dev *base, int depth,
+                uint64_t off, uint8_t *buf, size_t len, uint64_t *advanced,
+                uint64_t *copied)
+{
+  struct vd_extent e;
+  *advanced = *copied = 0;
+  int r = vd_block_status(top, off, top->size - off, &e);
+  if (r < 0)
+    return r;
+  if ((e.flags & VD_EXT_HOLE) || e.depth >= depth) {
+    *advanced = e.length;          /* base (or below) shows it already */
+    return 0;
+  }
+  size_t n = e.length < len ? (size_t)e.length : len;
+  if (e.flags & VD_EXT_ZERO)
+    r = vd_write_zeroes(base, off, n, 0);
+  else if ((r = vd_pread(top, buf, n, off)) == 0)
+    r = vd_mirror_is_zero(buf, n) ? vd_write_zeroes(base, off, n, 0)
+                                  : vd_pwrite(base, buf, n, off, 0);
+  if (r == 0)
+    *advanced = *copied = n;
+  return r;
+}
+
 /* The generic commit: every extent a layer of TOP's chain above DEPTH
  * holds (DEPTH 1: TOP alone, which may be opened without its parent)
- * goes into BASE, as TOP reads it; zeros as write_zeroes so BASE need not
- * allocate. */
+ * goes into BASE (vd_commit_piece), then BASE is flushed. */
 static int
 mg_commit_copy(struct vd_dev *top, struct vd_dev *base, int depth,
                vd_progress_fn progress, void *opaque)
@@ -142,25 +161,11 @@ mg_commit_copy(struct vd_dev *top, struct vd_dev *base, int depth,
   int r = 0;
   if (!buf)
     return vd_set_error(ENOMEM, "%s: out of memory", top->path);
-  for (uint64_t off = 0; r == 0 && off < top->size;) {
-    struct vd_extent e;
+  for (uint64_t off = 0, adv, copied; r == 0 && off < top->size;
+       off += adv) {
     if (progress)
       progress(opaque, off, top->size);
-    if ((r = vd_block_status(top, off, top->size - off, &e)) < 0)
-      break;
-    if (!(e.flags & VD_EXT_HOLE) && e.depth < depth) {
-      for (uint64_t o = off; r == 0 && o < off + e.length;) {
-        size_t n = off + e.length - o < MG_CHUNK ? (size_t)(off + e.length - o)
-                                                 : MG_CHUNK;
-        if (e.flags & VD_EXT_ZERO)
-          r = vd_write_zeroes(base, o, n, 0);
-        else if ((r = vd_pread(top, buf, n, o)) == 0)
-          r = mg_is_zero(buf, n) ? vd_write_zeroes(base, o, n, 0)
-                                 : vd_pwrite(base, buf, n, o, 0);
-        o += n;
-      }
-    }
-    off += e.length;
+    r = vd_commit_piece(top, base, depth, off, buf, MG_CHUNK, &adv, &copied);
   }
   free(buf);
   if (r == 0)
