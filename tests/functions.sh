@@ -56,6 +56,7 @@ VD_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vdtest.XXXXXX")
 # Servers publish their RAID runtime entries (and vdtool looks them up)
 # here rather than in the user's real runtime folder.
 export VDISK_RUNTIME_DIR="$VD_TMP/run"
+_vd_start=$SECONDS
 _vd_exit_cmds=()
 on_exit() { _vd_exit_cmds+=("$*"); }
 _vd_cleanup() {
@@ -69,6 +70,8 @@ _vd_cleanup() {
   else
     rm -rf "$VD_TMP"
   fi
+  # One line per test for .ci/run's list of the slowest tests.
+  echo "vdtest-duration: $((SECONDS - _vd_start)) s" >&2
   exit $rc
 }
 trap _vd_cleanup EXIT
