@@ -114,6 +114,8 @@ vhdx_load_headers(struct vd_dev *dev)
 
 /* ---- log ---- */
 
+static int vhdx_apply_log(struct vd_dev *dev, const char *where);
+
 static int
 vhdx_replay_log(struct vd_dev *dev, uint64_t fsz)
 {
@@ -139,15 +141,53 @@ vhdx_replay_log(struct vd_dev *dev, uint64_t fsz)
       p->file_size = p->replay.last_file_offset;
     return 0;
   }
+  return vhdx_apply_log(dev, where);
+}
+
+/* Write the replayed log into the (writable) file, then retire it in both
+ * headers: a new FileWriteGuid and no LogGuid (2.2.2). */
+static int
+vhdx_apply_log(struct vd_dev *dev, const char *where)
+{
+  struct vhdx_priv *p = dev->priv;
+  int r;
   if ((r = vhdx_log_apply(&p->replay, dev->file, where)) < 0)
     return r;
   vhdx_replay_free(&p->replay);
   if ((r = vd_file_size(dev->file, &p->file_size)) < 0)
     return r;
-  /* The log is spent: a new FileWriteGuid and no LogGuid (2.2.2). */
   vhd_uuid_generate(p->header.file_write_guid);
   memset(p->header.log_guid, 0, 16);
   return vhdx_write_headers(dev);
+}
+
+/* vd_reopen switched the file to read-write: a log a read-only open
+ * replayed in memory goes into the file first (2.3.3: replay before any
+ * modification), else the first write's new log entry would overwrite it
+ * and the blocks only it maps would be lost.  Reads lay the replay over
+ * the file without the lock, so no request may be in flight (vdtool commit
+ * -b is alone; a live intermediate commit needs a VHD below its top, so
+ * never has a VHDX base).  Going read-only: vd_reopen has flushed, which
+ * retired this session's log. */
+static int
+vhdx_reopen(struct vd_dev *dev, bool write)
+{
+  struct vhdx_priv *p = dev->priv;
+  if (!write || !p->replay.head_seq)
+    return 0;
+  char where[PATH_MAX + 16];
+  snprintf(where, sizeof where, "%s: log", dev->path);
+  pthread_mutex_lock(&p->lock);
+  int r = vhdx_apply_log(dev, where);
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+static struct vd_dev *
+vhdx_backing_dev(struct vd_dev *dev)
+{
+  struct vhdx_priv *p = dev->priv;
+  return p->parent;
 }
 
 /* ---- regions, metadata, BAT ---- */
@@ -759,6 +799,8 @@ const struct vd_driver vd_vhdx_driver = {
   .check = vhdx_check,
   .block_status = vhdx_block_status,
   .info = vhdx_info,
+  .reopen = vhdx_reopen,
+  .backing_dev = vhdx_backing_dev,
 };
 
 VD_REGISTER_DRIVER(vd_vhdx_driver);

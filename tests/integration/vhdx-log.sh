@@ -58,6 +58,32 @@ for variant in one three-entries junk-before zero-page; do
 done
 echo "replayed: $n dirty images"
 
+# A dirty base opened read-only under a child (log replayed in memory), then
+# switched to read-write in place by `vdtool commit -b`: the pending log must
+# reach the file before the commit's own writes start a new log ([MS-VHDX]
+# 2.3.3: a log is replayed before the file is modified), or the blocks only
+# the log maps are lost.
+base cb.vhdx
+gen dirty cb.vhdx --write $((30 * M)):8192:9 --write $((540 * M)):4096:10 --entries 2
+gen expect cb.vhdx want.raw
+vdtool create -q -f vhdx -b cb.vhdx -F vhdx cc.vhdx
+start_nbd "c=$PWD/cc.vhdx"
+qemu-io -f raw -c "write -P 0x5a $((30 * M + 4096)) 8192" -c "write -P 0x6b $((100 * M)) 4096" \
+  "$(nbd_uri_for c)" >/dev/null || fail "write into the child"
+stop_nbd
+/usr/bin/python3 - want.raw $((30 * M + 4096)) 8192 90 $((100 * M)) 4096 107 <<'PY'
+import sys
+f = open(sys.argv[1], "r+b")
+a = sys.argv[2:]
+for i in range(0, len(a), 3):
+    f.seek(int(a[i])); f.write(bytes([int(a[i + 2])]) * int(a[i + 1]))
+PY
+vdtool commit -b cb.vhdx cc.vhdx >/dev/null || fail "commit into a dirty base"
+vdtool info cb.vhdx | grep -q '^ *log: clean$' || fail "the base's log is not clean after the commit"
+qemu-img check cb.vhdx > chk.txt 2>&1 || { cat chk.txt; fail "qemu-img check of the committed base"; }
+qemu-img convert -f vhdx -O raw cb.vhdx q3.raw
+cmp want.raw q3.raw || fail "the committed dirty base reads differently in qemu"
+
 # A log whose entries are all damaged while the header says there is one:
 # refused, naming the log, and nothing written.
 base bad.vhdx
