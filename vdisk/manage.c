@@ -175,6 +175,19 @@ mg_commit_copy(struct vd_dev *top, struct vd_dev *base, int depth,
   return r;
 }
 
+/* A base (opened writable) shorter than TOP grows to TOP's size first, as
+ * qemu's commit job truncates it; what it did not hold reads as zeros, as
+ * the chain read it. */
+static int
+mg_grow_base(struct vd_dev *top, struct vd_dev *base)
+{
+  if (top->size <= base->size)
+    return 0;
+  int r = vd_truncate(base, top->size, 0);
+  return r < 0 ? vd_prefix_error(-r, "cannot grow the base %s to %" PRIu64
+                                 " bytes", vd_path(base), top->size) : 0;
+}
+
 int
 vd_commit(const char *path, const struct vd_open_args *args,
           vd_progress_fn progress, void *opaque)
@@ -214,13 +227,8 @@ vd_commit(const char *path, const struct vd_open_args *args,
   };
   if ((r = vd_open_parent(top, info->backing, &b, &base)) < 0)
     goto out;
-  if (top->size > base->size) {
-    r = vd_set_error(EINVAL, "%s: the image (%" PRIu64 " bytes) is larger "
-                     "than its backing file %s (%" PRIu64 " bytes): resize "
-                     "the backing file first", path, top->size,
-                     info->backing, base->size);
+  if ((r = mg_grow_base(top, base)) < 0)
     goto out;
-  }
   r = top->drv->commit ? top->drv->commit(top, base, progress, opaque)
                        : mg_commit_copy(top, base, 1, progress, opaque);
 out:
@@ -291,17 +299,15 @@ vd_commit_base(const char *path, const struct vd_open_args *args,
   if (!b)
     r = vd_set_error(ENOENT, "Did not find '%s' in the backing chain of "
                      "'%s'", base, path);
-  else if (top->size > b->size)
-    r = vd_set_error(EINVAL, "%s: the image (%" PRIu64 " bytes) is larger "
-                     "than the base %s (%" PRIu64 " bytes): resize the base "
-                     "first", path, top->size, vd_path(b), b->size);
   /* The base becomes writable in place: the chain keeps reading through
    * that same handle, and is written only where a layer above it holds
    * data, with the bytes the chain shows there. */
   else if ((r = vd_reopen(b, VD_OPEN_RDWR)) < 0)
     r = vd_prefix_error(-r, "cannot write the base %s", vd_path(b));
   else {
-    r = mg_commit_copy(top, b, depth, progress, opaque);
+    r = mg_grow_base(top, b);
+    if (r == 0)
+      r = mg_commit_copy(top, b, depth, progress, opaque);
     int r2 = vd_reopen(b, 0);
     r = r ? r : r2;
   }

@@ -516,6 +516,116 @@ qcow2_flush(struct vd_dev *dev)
   return r;
 }
 
+/* ---- resize (grow only) ---- */
+
+/* Point the header at a new size, and at a new L1 table (L1OFF, L1SIZE)
+ * when it changes: one write of bytes 24..47, then a sync. */
+static int
+q_header_size(struct vd_dev *dev, uint64_t size, uint64_t l1off,
+              uint32_t l1size)
+{
+  uint8_t hb[24];
+  vd_put_be64(hb, size);
+  vd_put_be32(hb + 8, 0);                 /* crypt_method: open refused others */
+  vd_put_be32(hb + 12, l1size);
+  vd_put_be64(hb + 16, l1off);
+  int r = q_pwrite(dev, hb, sizeof hb, 24);   /* inside one sector */
+  return r ? r : q_sync(dev);
+}
+
+/* Grow the L1 table to NEED entries: a new table at the end of the file,
+ * its refcounts and contents durable before the header names it (with the
+ * new SIZE), the old table freed after; a crash in between leaks only. */
+static int
+q_l1_grow(struct vd_dev *dev, uint32_t need, uint64_t size)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t bytes = vd_round_up((uint64_t)need * 8, p->cluster);
+  uint64_t n = bytes / p->cluster;
+  uint64_t *nl1 = calloc(need, 8);
+  uint8_t *buf = calloc(1, bytes);
+  int r = 0;
+  if (!nl1 || !buf)
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  uint64_t t = q_take(p, n);
+  if (r == 0) {
+    for (uint32_t i = 0; i < p->l1_size; i++) {
+      nl1[i] = p->l1[i];
+      vd_put_be64(buf + (uint64_t)i * 8, p->l1[i]);
+    }
+    r = q_pwrite(dev, buf, bytes, t);
+  }
+  if (r == 0)
+    r = q_ref_add(dev, t, n, 1);
+  if (r == 0)
+    r = q_sync(dev);
+  if (r == 0)
+    r = q_header_size(dev, size, t, need);
+  free(buf);
+  if (r < 0) {
+    free(nl1);
+    return r;
+  }
+  uint64_t ooff = p->h.l1_off;
+  uint64_t on = vd_round_up((uint64_t)p->l1_size * 8, p->cluster) / p->cluster;
+  free(p->l1);
+  p->l1 = nl1;
+  p->l1_size = p->h.l1_size = need;
+  p->h.l1_off = t;
+  return ooff && on ? q_ref_add(dev, ooff, on, -1) : 0;
+}
+
+/* vd_truncate: grow the disk to SIZE (rounded up to 512 bytes, as qemu
+ * asks for).  Shrinking is refused.  Where a backing file longer than the
+ * old size would show through the new space, that space is zeroed first,
+ * as qemu's truncate does (the new bytes read as zeros). */
+int
+qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
+{
+  (void)flags;
+  struct qcow2_priv *p = dev->priv;
+  size = vd_round_up(size, 512);
+  uint64_t old = dev->size;
+  if (size < old)
+    return vd_set_error(ENOTSUP, "%s: qcow2 images cannot be shrunk",
+                        dev->path);
+  if (size == old)
+    return 0;
+  uint64_t span = (uint64_t)p->cluster * p->l2_entries;
+  uint64_t need = size / span + (size % span != 0);
+  if (need * 8 > QCOW2_MAX_L1_BYTES)
+    return vd_set_error(EFBIG, "%s: %" PRIu64 " bytes need an L1 table "
+                        "larger than qemu's %" PRIu64 " MiB", dev->path,
+                        size, QCOW2_MAX_L1_BYTES >> 20);
+  /* What lies below decides whether the new space must be zeroed: an
+   * image opened without its backing file (vdtool resize) opens it now,
+   * checked as any open checks it, as qemu-img resize opens the chain. */
+  int r = 0;
+  if (p->h.backing_off && !p->parent &&
+      (r = qcow2_open_backing(dev, false)) < 0)
+    return r;
+  pthread_rwlock_wrlock(&p->rw);
+  if (p->failed)
+    r = vd_set_error(EIO, "%s: an earlier metadata update failed",
+                     dev->path);
+  if (r == 0)
+    r = need > p->l1_size ? q_l1_grow(dev, (uint32_t)need, size)
+                          : q_header_size(dev, size, p->h.l1_off, p->l1_size);
+  if (r < 0)
+    p->failed = true;
+  else
+    p->h.size = dev->size = size;
+  pthread_rwlock_unlock(&p->rw);
+  uint64_t below = p->parent ? vd_size(p->parent) : 0;
+  if (r == 0 && below > old) {
+    uint64_t end = below < size ? below : size;
+    r = qcow2_write_zeroes(dev, old, end - old, 0);
+    if (r == 0)
+      r = qcow2_flush(dev);
+  }
+  return r;
+}
+
 /* ---- open for writing ---- */
 
 const char *

@@ -374,7 +374,7 @@ qcow2_backing_format(struct vd_dev *dev, bool override, const char *cand,
   return 0;
 }
 
-static int
+int
 qcow2_open_backing(struct vd_dev *dev, bool lookup_only)
 {
   struct qcow2_priv *p = dev->priv;
@@ -843,6 +843,7 @@ const struct vd_driver vd_qcow2_driver = {
     "(8, 16, 32, 64; default 16)\n",
   .pwrite = qcow2_pwrite,
   .flush = qcow2_flush,
+  .truncate = qcow2_truncate,
   .discard = qcow2_discard,
   .write_zeroes = qcow2_write_zeroes,
   .read_only_reason = qcow2_read_only_reason,

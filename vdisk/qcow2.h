@@ -252,6 +252,10 @@ int qcow2_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int qcow2_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                   unsigned flags);
 int qcow2_flush(struct vd_dev *dev);
+int qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
+/* Open DEV's backing file with every check an open makes (LOOKUP_ONLY:
+ * only record its name); for a device opened VD_OPEN_NOPARENT. */
+int qcow2_open_backing(struct vd_dev *dev, bool lookup_only);
 
 /* ---- qcow2-check.c ---- */
 

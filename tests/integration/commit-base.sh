@@ -13,6 +13,9 @@
 #    as its backing file, as qemu-img finds it; a name not in the chain
 #    (TOP itself included) fails as qemu-img fails, nothing written; a
 #    base vdisk cannot write (internal snapshots) is refused in one line;
+#  - a base smaller than the image is grown to the image's size first, as
+#    qemu-img commit grows it (with and without -b; qcow2 and raw bases):
+#    same virtual size, same bytes as qemu-img's;
 #  - a VHD chain (qemu reads no differencing VHD, so it is written
 #    through vdisk-nbd and judged by the bytes: the dynamic base with
 #    qemu-img directly, top flattened by vdtool convert).
@@ -107,6 +110,35 @@ cp ours-r/base.qcow2 base-copy.qcow2
 expect_error "cannot write the base .*internal snapshots is not supported" \
   vdtool commit -q -b base.qcow2 ours-r/top.qcow2
 cmp ours-r/base.qcow2 base-copy.qcow2 || fail "a refused commit wrote base"
+
+# A base smaller than the image: qemu-img commit grows it to the image's
+# size first (block/commit.c truncates a shorter base); so does vdtool.
+# small DIR BASEFMT: base.BASEFMT (2M) <- top.qcow2 (4M), top writing
+# both below and above 2M.
+small() {
+  mkdir -p "$1"
+  qemu-img create -q -f "$2" "$1/base.$2" 2M
+  qemu-io -f "$2" -c 'write -P 0x41 0 2M' "$1/base.$2" >/dev/null
+  qemu-img create -q -f qcow2 -b "base.$2" -F "$2" "$1/top.qcow2" 4M
+  qemu-io -f qcow2 -c 'write -P 0x42 1M 2M' -c 'write -P 0x43 3M 512k' \
+    "$1/top.qcow2" >/dev/null
+}
+vsize() { qemu-img info --output=json "$1" | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p'; }
+for fmt in qcow2 raw; do
+  for b in "" "-b base.$fmt"; do
+    rm -rf peer-s ours-s
+    small peer-s $fmt
+    small ours-s $fmt
+    qemu-img commit -q $b peer-s/top.qcow2
+    vdtool commit -q $b ours-s/top.qcow2 ||
+      fail "commit ${b:+$b }into a smaller $fmt base failed"
+    [ "$(vsize ours-s/base.$fmt)" = "$(vsize peer-s/base.$fmt)" ] ||
+      fail "commit ${b:+$b }: the $fmt base is $(vsize ours-s/base.$fmt) bytes, qemu-img's $(vsize peer-s/base.$fmt)"
+    qemu-img compare -q peer-s/base.$fmt ours-s/base.$fmt ||
+      fail "commit ${b:+$b }into a smaller $fmt base: base differs from qemu-img's"
+    [ $fmt = raw ] || qemu-img check -q ours-s/base.$fmt || fail "grown base is not clean"
+  done
+done
 
 # A VHD chain: the same writes, the differencing layers through
 # vdisk-nbd; then vdtool commit -b and the bytes against qemu-img's
