@@ -51,9 +51,10 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
       return vd_set_error(EINVAL, "%s: write-mostly members are for RAID1 "
                           "only", desc);
   for (unsigned i = 0; i < n; i++)
-    if (ar->member_size && vd_is_nbd_uri(ar->members[i]))
-      return vd_set_error(EINVAL, "%s: an NBD export cannot be created "
-                          "(--size): create it on its server", ar->members[i]);
+    if (ar->member_size && vd_is_remote_name(ar->members[i]))
+      return vd_set_error(EINVAL, "%s: a remote member cannot be created "
+                          "(--size): create the export or the RBD image "
+                          "first", ar->members[i]);
   /* Without redundancy there is nothing to resync: no bitmap. */
   if (!ops->redundant)
     policy = RAID_POLICY_RESYNC;

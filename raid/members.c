@@ -24,7 +24,7 @@
 char *raid_desc_relpath(const char *desc, const char *path)
 {
   char dbuf[PATH_MAX], pbuf[PATH_MAX];
-  if (vd_is_nbd_uri(path))
+  if (vd_is_remote_name(path))
     return strdup(path);   /* an export, as the operator typed it */
   char *dcopy = strdup(desc);
   if (!dcopy)
@@ -83,7 +83,7 @@ static bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid,
 bool raid_same_file(const char *x, const char *y)
 {
   struct stat a, b;
-  if (vd_is_nbd_uri(x) || vd_is_nbd_uri(y))
+  if (vd_is_remote_name(x) || vd_is_remote_name(y))
     return strcmp(x, y) == 0;
   return stat(x, &a) == 0 && stat(y, &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino;
@@ -113,7 +113,7 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
   }
   /* Only a regular file or a block device (a FIFO or a character device
    * would block or make no sense), never the descriptor. */
-  bool uri = a->member_uris && vd_is_nbd_uri(newpath);
+  bool uri = a->member_uris && vd_is_remote_name(newpath);
   struct stat nst;
   if (!uri && stat(newpath, &nst) != 0)
     return vd_set_error(errno, "%s: %s", newpath, strerror(errno));
@@ -412,7 +412,7 @@ int vd_raid_member_check(const char *path, char *what, size_t len)
 {
   what[0] = '\0';
   struct stat st;
-  bool uri = vd_is_nbd_uri(path);
+  bool uri = vd_is_remote_name(path);
   if (!uri && stat(path, &st) != 0)
     return 0;    /* created by raid create --size */
   int r = raid_check_member_type(path);
@@ -645,7 +645,7 @@ static void *raid_readd_auto_main(void *opaque)
     for (unsigned i = 0; i < a->n && !atomic_load(&a->readd_stop); i++) {
       struct raid_member *m = &a->m[i];
       if (atomic_load(&m->state) != RAID_ROLE_FAULTY || !m->path ||
-          !vd_is_nbd_uri(m->path) || atomic_load(&a->failed) ||
+          !vd_is_remote_name(m->path) || atomic_load(&a->failed) ||
           atomic_load(&a->rebuild_active) || atomic_load(&a->rebuild_caller))
         continue;
       /* Failures (still unreachable, or not re-addable) are retried at

@@ -178,8 +178,9 @@ int raid_file_replace(const char *path, const void *data, size_t len,
  * opener).  A path that does not exist passes (vd_open reports it).
  * Message names the path. */
 int raid_check_member_type(const char *path);
-/* Resolve a member path relative to the descriptor's directory.  An NBD
- * URI (vd_is_nbd_uri) is kept as it is. */
+/* Resolve a member path relative to the descriptor's directory.  A
+ * remote name (an NBD URI or an rbd: image, vd_is_remote_name) is kept as
+ * it is. */
 char *raid_desc_resolve(const char *desc_path, const char *member);
 void raid_uuid_format(const uint8_t *u, char *out /* 37 bytes */);
 int raid_uuid_parse(const char *s, uint8_t *u);

@@ -563,7 +563,7 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
 int raid_check_member_type(const char *path)
 {
   struct stat st;
-  if (vd_is_nbd_uri(path))
+  if (vd_is_remote_name(path))
     return 0;   /* an export: nothing local to block on */
   if (stat(path, &st) != 0)
     return 0;
@@ -575,7 +575,7 @@ int raid_check_member_type(const char *path)
 
 char *raid_desc_resolve(const char *desc_path, const char *member)
 {
-  if (member[0] == '/' || vd_is_nbd_uri(member))
+  if (member[0] == '/' || vd_is_remote_name(member))
     return strdup(member);
   const char *slash = strrchr(desc_path, '/');
   if (!slash)

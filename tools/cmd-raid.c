@@ -47,7 +47,8 @@ const char vt_usage_raid[] =
   "\n"
   "ARRAY is the descriptor file (open it like any image: vdtool info ARRAY,\n"
   "vdisk-nbd ARRAY).  MEMBER is a path, an NBD URI (nbd://HOST:PORT/EXPORT,\n"
-  "nbd+unix:///EXPORT?socket=PATH: a remote member) or a slot number.\n"
+  "nbd+unix:///EXPORT?socket=PATH) or a Ceph RBD image (rbd:POOL/IMAGE\n"
+  "[:conf=PATH]), both remote members, or a slot number.\n"
   "\n"
   "  create     write a superblock on every MEMBER and the descriptor ARRAY;\n"
   "             with --size, create the member files (format -f, default raw).\n"
@@ -874,7 +875,9 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
   if (!resume && slot < 0)
     return VT_EXIT_ERR;
   const char *newp = resume ? NULL : argv[optind + 2];
-  char *absnew = newp ? realpath(newp, NULL) : NULL;
+  /* A remote member (NBD URI, rbd: image) is kept as typed. */
+  char *absnew = !newp ? NULL : vd_is_remote_name(newp) ? strdup(newp)
+                                                         : realpath(newp, NULL);
   if (newp && !absnew) {
     vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
              newp);

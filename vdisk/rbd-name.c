@@ -94,6 +94,7 @@ rbdn_option(const char *name, const char *key, const char *val,
                           "from 1 to %d, not '%s'", name,
                           VD_RBD_MAX_TIMEOUT, val);
     n->timeout = t;
+    n->timeout_given = true;
     break;
   }
   }

@@ -35,6 +35,7 @@ struct vd_rbd_name {
   char conf[PATH_MAX];            /* "" : librados' default search */
   char id[VD_RBD_PART_MAX];       /* "" : librados' default (admin) */
   unsigned timeout;               /* seconds, always set */
+  bool timeout_given;             /* by the name, not the default */
 };
 
 /* Whether PATH starts with "rbd:" (case matters, as in qemu). */

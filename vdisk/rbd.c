@@ -157,6 +157,13 @@ rbdv_open(struct vd_dev *dev)
   int r = vd_rbd_name_parse(dev->path, &p->name);
   if (r < 0)
     return r;
+  /* A caller's request timeout (a RAID array's member timeout) applies
+   * when the name gives none, rounded up to whole seconds. */
+  if (!p->name.timeout_given && dev->opts.timeout_ms) {
+    uint64_t s = ((uint64_t)dev->opts.timeout_ms + 999) / 1000;
+    p->name.timeout = s > VD_RBD_MAX_TIMEOUT ? VD_RBD_MAX_TIMEOUT
+                                             : (unsigned)s;
+  }
   const struct vd_rbd_name *n = &p->name;
   /* RBD snapshots are images of their own, named in the image name (as
    * qemu's rbd driver, which has no convert -l either). */
