@@ -11,7 +11,13 @@
 # Environment: BUILD (build tree, default .), WORK (scratch dir), SERVERS
 # for the raw image (default "vdisk qemu nbdkit"; empty: no raw runs),
 # FORMATS served by vdisk-nbd and qemu-nbd (default "vpc"; also "qcow2",
-# 64 KiB clusters), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
+# 64 KiB clusters; and two remote sources, each server reading through its
+# own client: "nbd", an nbdkit file-plugin export of the raw image on a
+# second Unix socket, which vdisk-nbd opens with its nbd driver (libnbd)
+# and qemu-nbd with qemu's; "rbd", the raw image imported into a one-node
+# Ceph cluster the script starts (tests/ceph/cluster.sh, memstore), which
+# vdisk-nbd opens with its rbd driver and qemu-nbd with qemu's, both
+# librbd), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
 # "seqread seqwrite randread randwrite"), IODEPTHS (default 32).
 set -eu
 rounds=${1:-3} secs=${2:-10} size=${3:-1G}
@@ -23,7 +29,8 @@ workloads=${WORKLOADS:-seqread seqwrite randread randwrite}
 iodepths=${IODEPTHS:-32}
 declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536")
 for f in $formats; do
-  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2)" >&2; exit 1; }
+  case $f in nbd|rbd) continue ;; esac
+  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, nbd, rbd)" >&2; exit 1; }
 done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
 sock=$work/bench.sock
@@ -42,17 +49,36 @@ if [ ! -s "$raw" ]; then
       --refill_buffers --output=/dev/null
 fi
 declare -A img=([raw]=$raw [vpc]=$work/bench.vhd [qcow2]=$work/bench.qcow2)
+upstream=
+cleanup_remote() { :; }
 for f in $formats; do
-  [ -s "${img[$f]}" ] ||
-    qemu-img convert -f raw -O "$f" ${mkopts[$f]} "$raw" "${img[$f]}"
+  case $f in
+    nbd)  # the remote export: nbdkit's file plugin, any number of clients
+      nbdkit -f -U "$work/up.sock" file "$raw" & upstream=$!
+      for _ in $(seq 100); do [ -S "$work/up.sock" ] && break; sleep 0.1; done
+      img[nbd]="nbd+unix:///?socket=$work/up.sock" ;;
+    rbd)  # a cluster of our own; the test helpers it needs, then its start
+      top_srcdir=${top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
+      . "$top_srcdir/tests/functions.sh"
+      . "$top_srcdir/tests/ceph/cluster.sh"
+      cleanup_remote() { _vd_cleanup; }
+      ceph_start >&2
+      ceph_rbd import --no-progress "$raw" "$ceph_pool/bench" >&2
+      img[rbd]="rbd:$ceph_pool/bench:conf=$ceph_conf" ;;
+    *)
+      [ -s "${img[$f]}" ] ||
+        qemu-img convert -f raw -O "$f" ${mkopts[$f]} "$raw" "${img[$f]}"
+      cat "${img[$f]}" > /dev/null ;;  # page cache
+  esac
 done
-for f in raw $formats; do cat "${img[$f]}" > /dev/null; done  # page cache
+cat "$raw" > /dev/null
 
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
   case $1 in
     vdisk)  "$vdisk_nbd" -t -k "$sock" -f "$2" "$3" & pid=$! ;;
-    qemu)   qemu-nbd -t -k "$sock" -f "$2" --aio=threads --cache=writeback \
+    qemu)   case $2 in nbd|rbd) qf=raw ;; *) qf=$2 ;; esac  # over qemu's driver
+            qemu-nbd -t -k "$sock" -f "$qf" --aio=threads --cache=writeback \
               "$3" & pid=$! ;;
     nbdkit) nbdkit -f -U "$sock" file "$3" & pid=$! ;;
   esac
@@ -66,7 +92,12 @@ stop() {
   pid=
 }
 
-cleanup() { stop; [ -n "${WORK:-}" ] || rm -rf "$work"; }
+cleanup() {
+  stop
+  [ -z "$upstream" ] || { kill "$upstream"; wait "$upstream"; } 2>/dev/null || true
+  [ -n "${WORK:-}" ] || rm -rf "$work"
+  cleanup_remote
+}
 trap cleanup EXIT
 
 cputicks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
