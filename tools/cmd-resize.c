@@ -1,5 +1,5 @@
 /* vdtool resize — as qemu-img resize: change an image's virtual size
- * (vd_truncate: raw and vpc). */
+ * (vd_truncate: raw, vpc, rbd; qcow2 grows only). */
 #include <config.h>
 
 #include <inttypes.h>
@@ -12,8 +12,11 @@ const char vt_usage_resize[] =
   "\n"
   "Set the virtual size to SIZE, or grow (+) or shrink (-) it by SIZE.\n"
   "Shrinking needs --shrink.  A raw image is cut as qemu-img cuts it; a\n"
-  "VHD only gives up space that is unallocated or holds zeros.  A raw\n"
-  "image opened without -f may grow but not shrink.\n"
+  "VHD only gives up space that is unallocated or holds zeros; a qcow2\n"
+  "image only grows (over a longer backing file, the new space reads as\n"
+  "zeros, as with qemu-img).  A raw image opened without -f may grow but\n"
+  "not shrink.  SIZE is always the last argument; options may come before\n"
+  "or after FILENAME, as with qemu-img.\n"
   "\n"
   "  -f FMT     image format (default: probe)\n"
   "  --shrink   allow making the image smaller\n"
@@ -29,11 +32,15 @@ vt_cmd_resize(int argc, char **argv)
   struct vt_manage_opts o;
   struct vd_dev *dev;
   bool shrink = false;
-  int r = vt_parse_manage("resize", argc, argv, NULL, longopts, vt_manage_flag,
-                          &shrink, 2, "FILENAME and SIZE", &o);
+  /* The size is the last argument, whatever it looks like (qemu-img's
+   * rule: "-1G" is a size, and options may come before or after
+   * FILENAME). */
+  const char *arg = argc > 1 ? argv[argc - 1] : "";
+  int r = vt_parse_manage("resize", argc - (argc > 1), argv, NULL, longopts,
+                          vt_manage_flag, &shrink, 1, "FILENAME and SIZE", &o);
   if (r)
     return r;
-  const char *path = argv[optind], *arg = argv[optind + 1];
+  const char *path = argv[optind];
   int sign = 0;
   if (*arg == '+' || *arg == '-')
     sign = *arg++ == '+' ? 1 : -1;

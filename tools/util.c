@@ -156,8 +156,10 @@ vt_parse_manage(const char *cmd, int argc, char **argv,
   size_t nl = 1;
   for (const struct option *l = extra_long; l && l->name && nl < MAXLONG; l++)
     longopts[nl++] = *l;
-  /* '+': stop at the first operand (resize's "-1G" is one). */
-  snprintf(shortopts, sizeof shortopts, "+f:pq%s",
+  /* Options may follow the operands, as qemu-img takes them (commit IMG
+   * -d); "--" ends them.  resize takes its size out first (qemu's rule),
+   * so "-1G" is never read as options. */
+  snprintf(shortopts, sizeof shortopts, "f:pq%s",
            extra_short ? extra_short : "");
   *o = (struct vt_manage_opts){ .prog = { false, 0 } };
   optind = 1;

@@ -24,7 +24,10 @@
 #  - info names the backing file as the image records it
 #    (backing-filename) and as it is reached from the current folder
 #    (full-backing-filename; human: "(actual path: ...)"), as qemu-img
-#    does for qcow2 and VMDK chains in a subfolder.
+#    does for qcow2 and VMDK chains in a subfolder;
+#  - commit, rebase, resize and compact take their options after the
+#    operands too, as qemu-img does (resize's size is always the last
+#    argument, so "-1M" stays a size); "--" ends the options.
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io
@@ -171,4 +174,40 @@ for img in bsub/c.qcow2 bsub/c.vmdk; do
   v=$(vdtool info "$img" | grep '^backing file:')
   [ "$q" = "$v" ] || fail "$img: '$v', qemu-img: '$q'"
 done
+# Options after the operands, each form beside qemu-img's.
+mkdir -p late && cd late
+for side in peer ours; do
+  qemu-img create -q -f qcow2 $side-b.qcow2 4M
+  qemu-img create -q -f qcow2 -b $side-b.qcow2 -F qcow2 $side-t.qcow2
+  qemu-io -f qcow2 -c 'write -P 0x61 0 1M' $side-t.qcow2 >/dev/null
+  qemu-img create -q -f raw $side.raw 4M
+done
+qemu-img commit peer-t.qcow2 -d -q
+vdtool commit ours-t.qcow2 -d -q || fail "commit IMG -d -q"
+qemu-img compare -q peer-b.qcow2 ours-b.qcow2 || fail "commit IMG -d: base differs from qemu-img's"
+qemu-img compare -q peer-t.qcow2 ours-t.qcow2 || fail "commit IMG -d: top differs (emptied?)"
+# rebase: qemu-img's form on qcow2; vdisk rebases VHD (vhdiinfo judges).
+qemu-img create -q -f qcow2 peer-n.qcow2 4M
+qemu-img rebase peer-t.qcow2 -u -b peer-n.qcow2 -F qcow2
+vdtool create -q -f vpc b.vhd 4M
+vdtool create -q -f vpc -b b.vhd -F vpc t.vhd
+vdtool create -q -f vpc n.vhd 4M
+vdtool rebase t.vhd -u -b n.vhd -F vpc || fail "rebase IMG -u -b X -F FMT"
+if command -v vhdiinfo >/dev/null; then
+  vhdiinfo t.vhd | grep -q 'Parent filename.*: n\.vhd$' ||
+    fail "rebase with options last: vhdiinfo says $(vhdiinfo t.vhd | grep -i 'parent filename')"
+fi
+qemu-img resize peer.raw --shrink -f raw -1M >/dev/null
+vdtool resize ours.raw --shrink -f raw -1M >/dev/null || fail "resize IMG --shrink -f raw -1M"
+[ "$(stat -c %s ours.raw)" = "$(stat -c %s peer.raw)" ] || fail "resize with options last: $(stat -c %s ours.raw) bytes"
+qemu-img resize -q peer.raw -f raw +2M
+vdtool resize -q ours.raw -f raw +2M || fail "resize -q IMG -f raw +2M"
+[ "$(stat -c %s ours.raw)" = "$(stat -c %s peer.raw)" ] || fail "resize -q IMG -f raw +2M: $(stat -c %s ours.raw) bytes"
+vdtool create -q -f vpc c.vhd 4M
+vdtool compact c.vhd -q >out.txt || fail "compact IMG -q"
+[ ! -s out.txt ] || fail "compact IMG -q printed: $(cat out.txt)"
+# "--" ends the options: an image named like one.
+cp ours.raw ./-d
+expect_error "has no backing file" vdtool commit -f raw -- -d
+cd ..
 echo "vdtool-habits: OK"
