@@ -14,38 +14,8 @@ cd "$VD_TMP"
 
 # ---- the option lists ----
 vdisk_nbd --help >help.txt
-"$PY" - help.txt "$top_srcdir/docs/vdisk-nbd.1" <<'EOF' || fail "vdisk-nbd --help and vdisk-nbd.1 differ"
-import re, sys
-OPT = re.compile(r'^(?:-(\w), )?--([a-z][-a-z]*)(?:\[?=([^ \]]+)\]?)?')
-
-def entries(lines):
-    out = {}
-    for l in lines:
-        m = OPT.match(l)
-        if m:
-            vals = m.group(3) if m.group(3) and '|' in m.group(3) else None
-            out[m.group(2)] = (m.group(1), vals)
-    return out
-
-helped = entries(l.strip() for l in open(sys.argv[1])
-                 if re.match(r'^  +-', l))
-man, take = [], False
-for l in open(sys.argv[2]):
-    if take:
-        l = l.replace('\\-', '-')
-        l = re.sub(r'\\f[BIRP]', '', l)
-        l = re.sub(r'\s*", "\s*', ', ', re.sub(r'^\.B[IR]? ', '', l))
-        man.append(re.sub(r' ([\[=])', r'\1', l.strip(), count=1))
-    take = l.startswith('.TP')
-paged = entries(man)
-bad = 0
-for name in sorted(set(helped) | set(paged)):
-    h, p = helped.get(name), paged.get(name)
-    if h != p:
-        print("--%s: --help %s, man page %s" % (name, h, p), file=sys.stderr)
-        bad = 1
-sys.exit(bad)
-EOF
+"$PY" "$top_srcdir/tests/integration/man-options.py" help.txt "$top_srcdir/docs/vdisk-nbd.1" ||
+  fail "vdisk-nbd --help and vdisk-nbd.1 differ"
 
 # ---- -D beside qemu-nbd -D ----
 qemu-img create -q -f raw img.raw 4M
