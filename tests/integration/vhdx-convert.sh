@@ -2,7 +2,7 @@
 # VHD <-> VHDX conversion both ways with vdtool convert (sparse-aware,
 # -p), judged by qemu-img compare against the raw source and by the
 # allocation the outputs keep; a differencing VHDX converts to a flat VHD
-# that qemu reads as the chain.
+# that qemu reads as the chain; a VHD chain converts to a VHDX chain.
 . "${top_srcdir:-.}/tests/functions.sh"
 requires qemu-img qemu-io /usr/bin/python3
 gen() { /usr/bin/python3 "$top_srcdir/tests/vhdxgen/vhdxgen.py" "$@"; }
@@ -49,4 +49,22 @@ cp src.raw model.raw
 vd_nbd_io top.vhdx model.raw 'write -P 0x44 4096 512' 'write -P 0x55 30M 1M'
 vdtool convert -O vpc top.vhdx flat.vhd
 qemu-img compare -f vpc -F raw flat.vhd model.raw >/dev/null || fail "differencing VHDX -> VHD"
+
+# A VHD chain becomes a VHDX chain layer by layer (a VHDX takes only a
+# VHDX parent, [MS-VHDX] 2.6.2.6): the base converted, then the child
+# with -B onto the new base.  The new child holds only its own blocks,
+# and the independent reader follows the new chain to the same bytes.
+vdtool create -q -f vpc -b q.vhd -F vpc kid.vhd
+cp src.raw kmodel.raw
+vd_nbd_io kid.vhd kmodel.raw 'write -P 0x66 8M 2M' 'write -P 0x77 35M 4096'
+vdtool convert -O vhdx -o block_size=1M q.vhd qb.vhdx
+vdtool convert -O vhdx -o block_size=1M -B qb.vhdx -F vhdx kid.vhd kid.vhdx ||
+  fail "VHD child -> VHDX child over the converted base"
+gen read kid.vhdx kid.raw || fail "VHD chain -> VHDX chain: the independent reader refused it"
+# (the child VHD's size is its geometry's, the extra bytes read as zeros)
+truncate -s "$(stat -c %s kid.raw)" kmodel.raw
+cmp kid.raw kmodel.raw ||
+  fail "VHD chain -> VHDX chain: the independent reader reads other bytes"
+vdtool info kid.vhdx | grep -q '^ *allocated-blocks: 3$' ||
+  { vdtool info kid.vhdx; fail "VHD chain -> VHDX chain: the child holds more than its own blocks"; }
 exit 0
