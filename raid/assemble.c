@@ -46,10 +46,23 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
   if (ar->auto_readd_s > RAID_MAX_TIMEOUT_S)
     return vd_set_error(EINVAL, "%s: auto re-add period above %u s", desc,
                         RAID_MAX_TIMEOUT_S);
-  for (unsigned i = 0; ar->write_mostly && i < n; i++)
+  bool any_wm = false;
+  for (unsigned i = 0; ar->write_mostly && i < n; i++) {
     if (ar->write_mostly[i] && ar->level != RAID_LEVEL1)
       return vd_set_error(EINVAL, "%s: write-mostly members are for RAID1 "
                           "only", desc);
+    any_wm |= ar->write_mostly[i];
+  }
+  if (ar->write_behind && !any_wm)
+    return vd_set_error(EINVAL, "%s: write-behind needs a RAID1 with a "
+                        "write-mostly member", desc);
+  if (ar->write_behind > RAID_MAX_WRITE_BEHIND)
+    return vd_set_error(EINVAL, "%s: write-behind above %u", desc,
+                        RAID_MAX_WRITE_BEHIND);
+  if (ar->write_behind && policy == RAID_POLICY_RESYNC)
+    return vd_set_error(EINVAL, "%s: write-behind needs the bitmap policy "
+                        "(it keeps the regions of unwritten writes dirty)",
+                        desc);
   for (unsigned i = 0; i < n; i++)
     if (ar->member_size && vd_is_remote_name(ar->members[i]))
       return vd_set_error(EINVAL, "%s: a remote member cannot be created "
@@ -188,6 +201,7 @@ int vd_raid_create(const char *desc, const struct vd_raid_create_args *ar)
     d.auto_readd_s = ar->auto_readd_s;
     for (unsigned i = 0; ar->write_mostly && i < n; i++)
       d.write_mostly[i] = ar->write_mostly[i];
+    d.write_behind = ar->write_behind;
     for (unsigned i = 0; i < n && r == 0; i++) {
       d.member[i] = raid_desc_relpath(desc, ar->members[i]);
       d.format[i] = strdup(vd_format(dev[i]));
@@ -259,6 +273,7 @@ int vd_raid_assemble(const char *desc, const char *const *members,
       d.timeout_ms = old.timeout_ms;
       d.auto_readd_s = old.auto_readd_s;
       memcpy(d.write_mostly, old.write_mostly, sizeof d.write_mostly);
+      d.write_behind = old.write_behind;
     }
     raid_desc_free(&old);
   }

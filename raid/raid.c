@@ -856,6 +856,7 @@ static int raid_scan_members(const char *desc,
 
 static void raid_array_free(struct raid_array *a)
 {
+  raid_wb_stop(a);
   raid_pool_stop(a);
   for (unsigned i = 0; i < a->nretired; i++)
     vd_close(a->retired[i]);
@@ -967,6 +968,7 @@ static int raid_open(struct vd_dev *dev)
   a->member_flags = mflags;
   a->timeout_ms = s->d.timeout_ms;
   a->auto_readd_s = s->d.auto_readd_s;
+  a->wb_limit = s->d.write_behind;
   bool recorded_change = false;
   for (unsigned i = 0; i < a->n; i++) {
     struct raid_member *m = &a->m[i];
@@ -1026,6 +1028,19 @@ static int raid_open(struct vd_dev *dev)
   r = a->ops->start ? a->ops->start(a) : 0;
   if (r < 0)
     goto fail;
+  if (a->wb_limit) {
+    bool wm = false;
+    for (unsigned i = 0; i < a->n; i++)
+      wm |= a->m[i].write_mostly;
+    if (a->sb.level != RAID_LEVEL1 || !wm || !a->bm) {
+      r = vd_set_error(EINVAL, "%s: write-behind needs a RAID1 with a "
+                       "write-mostly member and a write-intent bitmap",
+                       dev->path);
+      goto fail;
+    }
+    if ((r = raid_wb_start(a)) < 0)
+      goto fail;
+  }
   atomic_store(&a->dirty, (a->sb.flags & RAID_SB_DIRTY) != 0);
 
   if (a->writable) {
@@ -1098,6 +1113,9 @@ static void raid_close(struct vd_dev *dev)
   struct raid_array *a = dev->priv;
   raid_readd_auto_stop(a);
   raid_rebuild_stop(a);
+  /* Every write-behind write reaches its member before the clean stop
+   * below clears the bitmap. */
+  raid_wb_drain(a);
   if (a->writable && !atomic_load(&a->crashed) && !atomic_load(&a->failed)) {
     /* Clean stop: everything is flushed (vd_close flushed before calling
      * us), so the bitmap and the dirty flag can be cleared. */
@@ -1241,6 +1259,8 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st)
   st->degraded = raid_active_count(a) < a->n;
   st->member_timeout_ms = a->timeout_ms;
   st->auto_readd_s = a->auto_readd_s;
+  st->write_behind = a->wb_limit;
+  st->write_behind_pending = raid_wb_outstanding(a);
   raid_state_name(a, st->state, sizeof st->state);
   for (unsigned i = 0; i < a->n; i++) {
     struct vd_raid_member_status *m = &st->m[i];

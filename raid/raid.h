@@ -161,7 +161,10 @@ struct raid_desc {
                                       RAID_DEFAULT_TIMEOUT_MS when absent */
   uint32_t auto_readd_s;           /* "auto-re-add SECONDS"; 0 = off */
   bool write_mostly[RAID_MAX_MEMBERS]; /* "write-mostly SLOT" (RAID1) */
+  uint32_t write_behind;           /* "write-behind N" (RAID1); 0 = off */
 };
+/* md's limit for outstanding write-behind requests. */
+#define RAID_MAX_WRITE_BEHIND 16383u
 #define RAID_DEFAULT_TIMEOUT_MS 5000u
 #define RAID_MAX_TIMEOUT_S 3600u
 int raid_desc_read(const char *path, struct raid_desc *d);
@@ -267,6 +270,8 @@ struct raid_array {
   unsigned member_flags;       /* VD_OPEN_* the members are opened with */
   uint32_t timeout_ms;         /* member request timeout (descriptor) */
   uint32_t auto_readd_s;       /* auto re-add period, 0 = off */
+  uint32_t wb_limit;           /* write-behind: most outstanding, 0 = off */
+  struct raid_wb *wb;          /* its queue and worker (write-behind.c) */
   bool member_uris;            /* members may be NBD URIs: the array was
                                   named by the operator (operator_named) */
   pthread_t readd_thread;      /* auto re-add (raid_readd_auto_*) */
@@ -325,6 +330,21 @@ struct raid_array {
 
   atomic_uint_fast64_t rr;     /* RAID1 round robin */
 };
+
+/* ---- write-behind.c: RAID1 writes to write-mostly members in the
+ * background (descriptor option write-behind) ---- */
+/* Start the worker when A is writable and has a limit (open). */
+int raid_wb_start(struct raid_array *a);
+/* Queue a copy of BUF for SLOT at data offset OFF, its bitmap region held
+ * dirty until written; waits while the limit is reached. */
+int raid_wb_queue(struct raid_array *a, int slot, const void *buf, size_t len,
+                  uint64_t off);
+/* Wait until every queued write has been written (or dropped with its
+ * member's failure).  No-op without write-behind. */
+void raid_wb_drain(struct raid_array *a);
+unsigned raid_wb_outstanding(struct raid_array *a);
+/* Write out the queue and end the worker (close). */
+void raid_wb_stop(struct raid_array *a);
 
 /* ---- raid.c: member I/O and state ---- */
 /* Run N member requests in parallel; each mio->ret gets its result.

@@ -40,7 +40,27 @@ static int raid1_pick(struct raid_array *a, uint64_t off, size_t len,
       best = (int)i;
     }
   }
+  if (best < 0 && slow >= 0)
+    raid_wb_drain(a);   /* it must hold every acknowledged write first */
   return best >= 0 ? best : slow;
+}
+
+/* The member a resync or rebuild copies from: an active one, not
+ * write-mostly if there is one (with write-behind, a write-mostly member
+ * may lack writes the others acknowledged), other than SKIP; or -1. */
+static int raid1_source(struct raid_array *a, int skip)
+{
+  int slow = -1;
+  for (unsigned i = 0; i < a->n; i++) {
+    if ((int)i == skip || atomic_load(&a->m[i].state) != RAID_ROLE_ACTIVE ||
+        !a->m[i].dev)
+      continue;
+    if (!a->m[i].write_mostly)
+      return (int)i;
+    if (slow < 0)
+      slow = (int)i;
+  }
+  return slow;
 }
 
 /* A member could not read [off, off+len): rewrite it from the good copy
@@ -107,12 +127,23 @@ static int raid1_write_locked(struct raid_array *a, const void *buf,
 {
   VD_ASSERT_HELD(raid_stripe_mutex(a, off / a->sb.chunk));
   struct raid_mio mio[RAID_MAX_MEMBERS];
-  int k = 0;
+  int k = 0, behind[RAID_MAX_MEMBERS], nb = 0;
+  bool fast = false;
   for (unsigned i = 0; i < a->n; i++)
-    if (raid_member_writable(a, (int)i, off))
-      mio[k++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_WRITE,
-                                    .buf = (void *)buf, .len = len,
-                                    .off = off };
+    fast |= raid_member_writable(a, (int)i, off) && !a->m[i].write_mostly;
+  for (unsigned i = 0; i < a->n; i++) {
+    if (!raid_member_writable(a, (int)i, off))
+      continue;
+    /* Write-behind: the write-mostly members get a queued copy, as long
+     * as another member takes the write now. */
+    if (a->wb && fast && a->m[i].write_mostly) {
+      behind[nb++] = (int)i;
+      continue;
+    }
+    mio[k++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_WRITE,
+                                  .buf = (void *)buf, .len = len,
+                                  .off = off };
+  }
   if (k == 0)
     return vd_set_error(EIO, "%s: RAID1 has no usable member", a->desc_path);
   raid_mio_run(a, mio, k);
@@ -125,8 +156,15 @@ static int raid1_write_locked(struct raid_array *a, const void *buf,
   }
   /* A member that failed is now recorded as faulty in the survivors'
    * superblocks; the write is complete on the others. */
-  return ok ? 0 : vd_set_error(EIO, "%s: RAID1 write failed on every member",
-                               a->desc_path);
+  if (!ok)
+    return vd_set_error(EIO, "%s: RAID1 write failed on every member",
+                        a->desc_path);
+  for (int j = 0; j < nb; j++) {
+    int r = raid_wb_queue(a, behind[j], buf, len, off);
+    if (r < 0 && raid_member_failed(a, behind[j], r) < 0)
+      return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
+  }
+  return 0;
 }
 
 static int raid1_write(struct raid_array *a, const void *buf, size_t len,
@@ -165,13 +203,11 @@ static int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
     r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
     goto out;
   }
+  raid_wb_drain(a);    /* compare what was acknowledged, not what is queued */
   for (uint64_t o = off; o < off + len && r == 0; o += c) {
     size_t n = (size_t)(off + len - o < c ? off + len - o : c);
     raid_stripe_lock(a, o / c);
-    int src = -1;
-    for (unsigned i = 0; i < a->n && src < 0; i++)
-      if (atomic_load(&a->m[i].state) == RAID_ROLE_ACTIVE && a->m[i].dev)
-        src = (int)i;
+    int src = raid1_source(a, -1);
     if (src < 0) {
       raid_stripe_unlock(a, o / c);
       r = vd_set_error(EIO, "%s: RAID1 has no active member", a->desc_path);
@@ -214,21 +250,21 @@ static int raid1_sync_row(struct raid_array *a, uint64_t moff, bool check_only,
   return raid1_sync_region(a, moff, a->sb.chunk, check_only, mismatch);
 }
 
-/* Copy the chunk at MOFF to SLOT from the first active member that reads
- * it; a source that fails is recorded and the next one tried. */
+/* Copy the chunk at MOFF to SLOT from an active member that reads it (not
+ * write-mostly if another can, raid1_source); a source that fails is
+ * recorded and the next one tried. */
 static int raid1_rebuild_row_locked(struct raid_array *a, uint64_t moff,
                                     int slot, void *scratch)
 {
   VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
   size_t c = a->sb.chunk;
   int r = -EIO;
-  for (unsigned i = 0; i < a->n && r < 0; i++) {
-    if ((int)i == slot || atomic_load(&a->m[i].state) != RAID_ROLE_ACTIVE ||
-        !a->m[i].dev)
-      continue;
-    r = raid_mio_one(a, (int)i, RAID_MIO_READ, scratch, c, moff);
+  raid_wb_drain(a);
+  for (int i; (i = raid1_source(a, slot)) >= 0;) {
+    r = raid_mio_one(a, i, RAID_MIO_READ, scratch, c, moff);
     if (r < 0) {
-      if (raid_member_failed(a, (int)i, r) < 0)
+      /* Recorded as faulty: the next call picks another source. */
+      if (raid_member_failed(a, i, r) < 0)
         break;
       r = -EIO;
       continue;
@@ -237,6 +273,7 @@ static int raid1_rebuild_row_locked(struct raid_array *a, uint64_t moff,
     if (r < 0)
       r = vd_set_error(-r, "%s: rebuild: writing %s: %s", a->desc_path,
                        a->m[slot].path, vd_error());
+    break;
   }
   return r;
 }

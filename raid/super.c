@@ -286,7 +286,10 @@ int raid_uuid_parse(const char *s, uint8_t *u)
  * PATH is the rest of the line and is relative to the descriptor's
  * directory unless absolute or an NBD URI (docs/remote.md).  Options:
  * "member-timeout SECONDS" (default 5, 0 = none), "auto-re-add SECONDS"
- * (0 = off), "write-mostly SLOT" (one line per slot).  Lines starting with '#' are comments.  At
+ * (0 = off), "write-mostly SLOT" (one line per slot), "write-behind N"
+ * (RAID1 with a write-mostly member: at most N writes to write-mostly
+ * members outstanding, 1 to 16383).  Lines starting with '#' are
+ * comments.  At
  * most 64 KiB.
  */
 
@@ -433,6 +436,16 @@ int raid_desc_read(const char *path, struct raid_desc *d)
         goto out;
       }
       d->write_mostly[slot] = true;
+    } else if (strncmp(line, "write-behind ", 13) == 0) {
+      char *end;
+      unsigned long n = strtoul(line + 13, &end, 10);
+      if (end == line + 13 || *end || line[13] == '-' || n < 1 ||
+          n > RAID_MAX_WRITE_BEHIND) {
+        ret = vd_set_error(EINVAL, "%s: line %u: expected 'write-behind N' "
+                           "(1 to %u)", path, lineno, RAID_MAX_WRITE_BEHIND);
+        goto out;
+      }
+      d->write_behind = (uint32_t)n;
     } else {
       ret = vd_set_error(EINVAL, "%s: line %u: unknown keyword", path, lineno);
       goto out;
@@ -551,6 +564,8 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
   for (unsigned i = 0; i < d->nmembers; i++)
     if (d->write_mostly[i])
       fprintf(f, "write-mostly %u\n", i);
+  if (d->write_behind)
+    fprintf(f, "write-behind %u\n", d->write_behind);
   if (fclose(f) != 0) {
     free(text);
     return vd_set_error(ENOMEM, "%s: out of memory", path);

@@ -27,7 +27,8 @@ const char vt_usage_raid[] =
   "                          [--policy resync|bitmap|ppl] [--bitmap-region SIZE]\n"
   "                          [--assume-clean] [--name NAME] [--force]\n"
   "                          [--member-timeout SECONDS] [--auto-re-add SECONDS]\n"
-  "                          [--write-mostly MEMBER]... ARRAY MEMBER...\n"
+  "                          [--write-mostly MEMBER]... [--write-behind N]\n"
+  "                          ARRAY MEMBER...\n"
   "       vdtool raid detail [--test] [--output=human|json] ARRAY\n"
   "       vdtool raid examine [--output=human|json] MEMBER...\n"
   "       vdtool raid assemble [--run] [--force] ARRAY MEMBER...\n"
@@ -63,8 +64,12 @@ const char vt_usage_raid[] =
   "             a terminal vdtool asks instead.  --member-timeout: a member\n"
   "             request unanswered this long fails the member (default 5,\n"
   "             0 = wait forever; remote members).  --auto-re-add: retry\n"
-  "             failed remote members every SECONDS (default off).  --write-mostly\n"
-  "             (RAID1): reads avoid MEMBER (a mirror over a slow link).\n"
+  "             failed remote members every SECONDS (default off).\n"
+  "             --write-mostly (RAID1): reads avoid MEMBER (a mirror over a\n"
+  "             slow link).  --write-behind N (RAID1 with a write-mostly\n"
+  "             member, bitmap policy): writes to write-mostly members\n"
+  "             complete in the background, at most N outstanding, as\n"
+  "             md's --write-behind.\n"
   "  detail     state, members and roles, events, rebuild progress (read from\n"
   "             the superblocks; works on an array that will not start).\n"
   "             --test: exit 0 healthy, 1 degraded, 2 failed (will not\n"
@@ -139,6 +144,7 @@ static int raid_cmd_create(int argc, char **argv)
     { "member-timeout", required_argument, NULL, 'T' },
     { "auto-re-add", required_argument, NULL, 'R' },
     { "write-mostly", required_argument, NULL, 'W' },
+    { "write-behind", required_argument, NULL, 'B' },
     { NULL, 0, NULL, 0 }
   };
   struct vd_raid_create_args ca = { .level = -1, .policy = -1,
@@ -209,6 +215,13 @@ static int raid_cmd_create(int argc, char **argv)
         return vt_bad_usage("raid", "--auto-re-add takes 0 to 3600 seconds, "
                             "not '%s'", optarg);
       ca.auto_readd_s = (uint32_t)v;
+      break;
+    case 'B':
+      v = strtoull(optarg, &end, 10);
+      if (end == optarg || *end || *optarg == '-' || v < 1 || v > 16383)
+        return vt_bad_usage("raid", "--write-behind takes 1 to 16383, not "
+                            "'%s'", optarg);
+      ca.write_behind = (uint32_t)v;
       break;
     case 'W':
       if (nwm == RAID_CLI_MAX)
@@ -709,6 +722,11 @@ static int raid_cmd_status(int argc, char **argv)
          json_string_value(json_object_get(o, "state")));
   printf("         Events : %" PRIu64 "\n",
          (uint64_t)json_integer_value(json_object_get(o, "events")));
+  json_t *wb = json_object_get(o, "write-behind");
+  if (wb)
+    printf("   Write Behind : %" PRIu64 " pending (at most %" PRIu64 ")\n",
+           (uint64_t)json_integer_value(json_object_get(wb, "pending")),
+           (uint64_t)json_integer_value(json_object_get(wb, "limit")));
   json_t *rb = json_object_get(o, "rebuild");
   if (rb)
     printf(" Rebuild Status : %" PRIu64 " of %" PRIu64 " bytes\n",

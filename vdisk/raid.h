@@ -45,6 +45,9 @@ struct vd_raid_create_args {
   uint32_t member_timeout_ms;  /* 0 = default (5 s); VD_RAID_NO_TIMEOUT */
   uint32_t auto_readd_s;       /* retry failed URI members every N s; 0 off */
   const bool *write_mostly;    /* NULL, or nmembers flags (RAID1) */
+  uint32_t write_behind;       /* RAID1 with a write-mostly member: at most
+                                  this many writes to write-mostly members
+                                  outstanding (md's --write-behind); 0 off */
 };
 
 /* Create the array: superblocks on every member and the descriptor at
@@ -108,6 +111,9 @@ struct vd_raid_status {
   uint32_t member_timeout_ms;  /* open array: member request timeout (0 =
                                   none) */
   uint32_t auto_readd_s;       /* open array: auto re-add period, 0 = off */
+  uint32_t write_behind;       /* open array: write-behind limit, 0 = off */
+  uint32_t write_behind_pending; /* open array: writes not yet on the
+                                    write-mostly members */
 };
 
 /* Status of an open array. */

@@ -223,6 +223,11 @@ static json_t *raid_status_json(const char *name, struct vd_node *node,
     json_object_set_new(o, "member-timeout-ms",
                         json_integer(st->member_timeout_ms));
     json_object_set_new(o, "auto-re-add", json_integer(st->auto_readd_s));
+    if (st->write_behind)
+      json_object_set_new(o, "write-behind",
+                          json_pack("{s:I, s:I}", "limit",
+                                    (json_int_t)st->write_behind, "pending",
+                                    (json_int_t)st->write_behind_pending));
     json_object_set_new(o, "member-data-size",
                         json_integer((json_int_t)st->member_data_size));
   }
