@@ -518,8 +518,8 @@ qcow2_flush(struct vd_dev *dev)
 
 /* ---- resize (grow only) ---- */
 
-/* Point the header at a new size, and at a new L1 table (L1OFF, L1SIZE)
- * when it changes: one write of bytes 24..47, then a sync. */
+/* Write the header's size and L1 table (L1OFF, L1SIZE): one write of
+ * bytes 24..47, then a sync. */
 static int
 q_header_size(struct vd_dev *dev, uint64_t size, uint64_t l1off,
               uint32_t l1size)
@@ -534,10 +534,11 @@ q_header_size(struct vd_dev *dev, uint64_t size, uint64_t l1off,
 }
 
 /* Grow the L1 table to NEED entries: a new table at the end of the file,
- * its refcounts and contents durable before the header names it (with the
- * new SIZE), the old table freed after; a crash in between leaks only. */
+ * its refcounts and contents durable before the header names it (the
+ * size unchanged), the old table freed after; a crash in between leaks
+ * only.  RW held for writing. */
 static int
-q_l1_grow(struct vd_dev *dev, uint32_t need, uint64_t size)
+q_l1_grow(struct vd_dev *dev, uint32_t need)
 {
   struct qcow2_priv *p = dev->priv;
   uint64_t bytes = vd_round_up((uint64_t)need * 8, p->cluster);
@@ -560,7 +561,7 @@ q_l1_grow(struct vd_dev *dev, uint32_t need, uint64_t size)
   if (r == 0)
     r = q_sync(dev);
   if (r == 0)
-    r = q_header_size(dev, size, t, need);
+    r = q_header_size(dev, p->h.size, t, need);
   free(buf);
   if (r < 0) {
     free(nl1);
@@ -576,9 +577,12 @@ q_l1_grow(struct vd_dev *dev, uint32_t need, uint64_t size)
 }
 
 /* vd_truncate: grow the disk to SIZE (rounded up to 512 bytes, as qemu
- * asks for).  Shrinking is refused.  Where a backing file longer than the
- * old size would show through the new space, that space is zeroed first,
- * as qemu's truncate does (the new bytes read as zeros). */
+ * asks for).  Shrinking is refused.  In crash order: the L1 table grows
+ * first (the old size still recorded); where a backing file longer than
+ * the old size would show through the new space, that space is zeroed, as
+ * qemu's truncate does; only then does the header take the new size.  A
+ * power cut leaves the old size or the new one, never the new size over
+ * unzeroed backing bytes. */
 int
 qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
 {
@@ -608,13 +612,8 @@ qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   if (p->failed)
     r = vd_set_error(EIO, "%s: an earlier metadata update failed",
                      dev->path);
-  if (r == 0)
-    r = need > p->l1_size ? q_l1_grow(dev, (uint32_t)need, size)
-                          : q_header_size(dev, size, p->h.l1_off, p->l1_size);
-  if (r < 0)
+  if (r == 0 && need > p->l1_size && (r = q_l1_grow(dev, (uint32_t)need)) < 0)
     p->failed = true;
-  else
-    p->h.size = dev->size = size;
   pthread_rwlock_unlock(&p->rw);
   uint64_t below = p->parent ? vd_size(p->parent) : 0;
   if (r == 0 && below > old) {
@@ -623,6 +622,15 @@ qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
     if (r == 0)
       r = qcow2_flush(dev);
   }
+  if (r < 0)
+    return r;
+  pthread_rwlock_wrlock(&p->rw);
+  r = q_header_size(dev, size, p->h.l1_off, p->l1_size);
+  if (r < 0)
+    p->failed = true;
+  else
+    p->h.size = dev->size = size;
+  pthread_rwlock_unlock(&p->rw);
   return r;
 }
 
