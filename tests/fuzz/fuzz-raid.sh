@@ -16,6 +16,9 @@ vdtool raid create -l 5 -c 4K --size 1088K r5.vdraid r5m0 r5m1 r5m2 >/dev/null
 vdtool raid create -l 5 -c 4K --size 1088K --policy resync r5r.vdraid \
   r5rm0 r5rm1 r5rm2 >/dev/null
 vdtool raid create -l 1 -c 4K --size 1088K r1.vdraid r1m0 r1m1 >/dev/null
+# The same array with a write-mostly member and write-behind (its worker
+# thread and queue run under the fuzzed writes).
+{ cat r1.vdraid; printf 'write-mostly 1\nwrite-behind 8\n'; } > r1wb.vdraid
 vdtool raid create -l 0 -c 4K --size 1088K r0.vdraid r0m0 r0m1 >/dev/null
 for d in r5 r5r r1 r0; do
   vdtool raid detail "$d.vdraid" >/dev/null || fail "vdtool made a broken $d array"
@@ -90,8 +93,9 @@ def stale(sb, ppl):
 bundle("r1-stale", RW | TWO, "r1.vdraid", ["r1m0", "r1m1"], stale)
 
 bundle("r0-ro", TWO, "r0.vdraid", ["r0m0", "r0m1"])
+bundle("r1-write-behind", RW | TWO, "r1wb.vdraid", ["r1m0", "r1m1"])
 EOF
-[ "$(ls "$seeds" | wc -l)" -eq 8 ] || fail "expected 8 seed bundles in $seeds"
+[ "$(ls "$seeds" | wc -l)" -eq 9 ] || fail "expected 9 seed bundles in $seeds"
 # Every seed must assemble, or the fuzzing stops at the first check.
 for f in "$seeds"/*.bundle; do
   out=$(VD_FUZZ_VERBOSE=1 VD_FUZZ_ITERS=0 "$top_builddir/libtool" \
