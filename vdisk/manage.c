@@ -382,8 +382,12 @@ vd_change_backing(struct vd_dev *dev, const char *backing,
   if (flags & ~VD_BACKING_UNSAFE)
     return vd_set_error(EINVAL, "%s: invalid change_backing flags 0x%x",
                         dev->path, flags);
+  /* A format with backing files whose pointer vdisk cannot rewrite
+   * (qcow2, VHDX) says so, rather than that it has none. */
   if (!dev->drv->change_backing)
-    return mg_unsupported(dev, "have a backing file");
+    return mg_unsupported(dev, dev->drv->backing_dev
+                               ? "have its backing file changed by vdisk"
+                               : "have a backing file");
   if ((r = mg_writable(dev, "change its backing file")) < 0)
     return r;
   bool unsafe = flags & VD_BACKING_UNSAFE;

@@ -54,6 +54,10 @@ expect_error "^vdtool: a\.vdz: format 'vdz' cannot be compacted$" vdtool compact
 expect_error "^vdtool: a\.vdz: format 'vdz' cannot be resized$" vdtool resize a.vdz +1M
 expect_error "^vdtool: a\.raw: format 'raw' cannot have a backing file$" \
   vdtool rebase -f raw -b a.vdz a.raw
+# A format with backing files vdisk cannot rewrite says that, not "none".
+qemu-img create -q -f qcow2 q.qcow2 1M
+expect_error "^vdtool: q\.qcow2: format 'qcow2' cannot have its backing file changed by vdisk$" \
+  vdtool rebase -u -b a.raw -F raw q.qcow2
 expect_error "^vdtool: a\.raw: has no backing file to commit into$" vdtool commit -f raw a.raw
 vdtool create -q -f vpc -o subformat=fixed fixed.vhd 1M
 expect_error "fixed\.vhd: a fixed VHD has no blocks to compact" vdtool compact fixed.vhd
