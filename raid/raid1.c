@@ -155,7 +155,24 @@ static int raid1_write_locked(struct raid_array *a, const void *buf,
       return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
   }
   /* A member that failed is now recorded as faulty in the survivors'
-   * superblocks; the write is complete on the others. */
+   * superblocks; the write is complete on the others.  If every member
+   * written now failed, the write-mostly ones take it at once instead,
+   * after what is queued for them (order). */
+  if (!ok && nb) {
+    raid_wb_drain(a);
+    for (int j = 0; j < nb; j++)
+      mio[j] = (struct raid_mio){ .slot = behind[j], .op = RAID_MIO_WRITE,
+                                  .buf = (void *)buf, .len = len,
+                                  .off = off };
+    raid_mio_run(a, mio, nb);
+    for (int j = 0; j < nb; j++) {
+      if (mio[j].ret == 0)
+        ok++;
+      else if (raid_member_failed(a, mio[j].slot, mio[j].ret) < 0)
+        return vd_set_error(EIO, "%s: RAID1 has failed", a->desc_path);
+    }
+    nb = 0;
+  }
   if (!ok)
     return vd_set_error(EIO, "%s: RAID1 write failed on every member",
                         a->desc_path);

@@ -8,6 +8,8 @@
 #    clean stop both members' data areas are equal.
 #  - Without write-behind the same writes wait for the paused member
 #    (the control case: the test would see no difference otherwise).
+#  - The member written at once fails (a remote export killed): the
+#    write-mostly member takes the writes at once; the client sees no error.
 #  - A crash (kill -9) with writes still pending: the restarted array
 #    resyncs their regions from the local member, never from the stale
 #    write-mostly one (which is slot 0, the first a naive resync would
@@ -119,6 +121,39 @@ for i in range(16):
         sys.exit("write %d of the crashed round is gone" % i)
 PY
   fail "acknowledged writes lost after the crash"
+
+# ---- the member written now fails: the write-mostly one takes the write ----
+# (the "fast" member is a remote export killed mid-run, the write-mostly
+# one a local file: the client must see no error).
+truncate -s 32M fastr.img wm.img
+nbdkit -U "$VD_TMP/fast.sock" -P "$VD_TMP/fast.pid" file fastr.img || fail "nbdkit (fast)"
+for _ in $(seq 100); do [ -S "$VD_TMP/fast.sock" ] && break; sleep 0.1; done
+on_exit "kill -9 $(cat "$VD_TMP/fast.pid") 2>/dev/null"
+furi="nbd+unix:///?socket=$VD_TMP/fast.sock"
+vdt raid create -q -l 1 --write-mostly wm.img --write-behind 8 c.vdraid "$furi" wm.img ||
+  fail "raid create (remote fast member)"
+start_nbd -f raid c.vdraid
+timeout 60 $PY - "$nbd_uri" "$VD_TMP/fast.pid" <<'PY' || fail "a write failed once the only fast member was gone"
+import nbd, os, signal, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+for i in range(4):
+    h.pwrite(bytes([0x31 + i]) * 65536, i * 131072)
+os.kill(int(open(sys.argv[2]).read()), signal.SIGKILL)
+time.sleep(0.5)
+for i in range(4):
+    h.pwrite(bytes([0x41 + i]) * 65536, i * 131072)
+h.flush()
+h.shutdown()
+PY
+stop_nbd
+o=$(vdt raid examine --output=json wm.img | sed -n 's/.*"data-offset": \([0-9]*\).*/\1/p')
+$PY - wm.img "$o" <<'PY' || fail "the write-mostly member lacks the writes made after the fast member died"
+import sys
+f = open(sys.argv[1], "rb"); o = int(sys.argv[2])
+for i in range(4):
+    f.seek(o + i * 131072)
+    assert f.read(65536) == bytes([0x41 + i]) * 65536, i
+PY
 
 # A hand-edited descriptor: the value is checked (docs/remote.md).
 sed 's/^write-behind 64$/write-behind 0/' a.vdraid > bad.vdraid
