@@ -122,7 +122,7 @@ out=$(vdtool raid rebuild a.vdraid 2>&1) || fail "rebuild with nothing to do fai
 echo "$out" | grep -q "a.vdraid: nothing to rebuild" || fail "rebuild said: $out"
 
 # ---- monitor --oneshot, healthy: nothing ----
-out=$(timeout 20 "$VDTOOL" raid monitor --oneshot a.vdraid) || fail "monitor --oneshot: $out"
+out=$(timeout -k 10 20 "$VDTOOL" raid monitor --oneshot a.vdraid) || fail "monitor --oneshot: $out"
 [ -z "$out" ] || fail "monitor --oneshot on a healthy array: $out"
 
 # ---- monitor of a served array: fail, replace ----
@@ -133,11 +133,20 @@ cat > prog.sh <<EOF
 echo "\$*" >> $VD_TMP/prog.out
 EOF
 chmod +x prog.sh
-timeout 60 "$VDTOOL" raid monitor -d 0.1 a.vdraid > mon.out 2> mon.err &
+timeout -k 10 60 "$VDTOOL" raid monitor -d 0.1 a.vdraid > mon.out 2> mon.err &
 mon=$!
-timeout 60 "$VDTOOL" raid monitor -d 0.1 --program "$VD_TMP/prog.sh" a.vdraid 2> monp.err &
+timeout -k 10 60 "$VDTOOL" raid monitor -d 0.1 --program "$VD_TMP/prog.sh" a.vdraid 2> monp.err &
 monp=$!
-on_exit "kill $mon $monp"
+on_exit "pkill -KILL -P $mon; pkill -KILL -P $monp; kill -KILL $mon $monp"
+# stop_monitors PID...: SIGTERM to each vdtool itself, not to its timeout:
+# timeout passes a signal on to its whole process group, followed by a
+# SIGCONT, and under ASan that reaches LeakSanitizer's exit-time tracer
+# too, which then waits for ever for a thread the SIGCONT resumed (the
+# hang that stopped CI in session 7).
+stop_monitors() {
+  local p
+  for p in "$@"; do pkill -TERM -P "$p" 2>/dev/null || true; done
+}
 # wait_line FILE REGEX: at most ~20 s.
 wait_line() {
   local i
@@ -162,7 +171,7 @@ wait_line mon.out "^SpareActive a.vdraid n1$"
 wait_line prog.out "^SpareActive a.vdraid n1$"
 # The rebuild was seen starting or was over between two looks.
 grep -q "^RebuildStarted a.vdraid n1$" mon.out || true
-kill $mon $monp 2>/dev/null || true
+stop_monitors $mon $monp
 wait $mon $monp 2>/dev/null || true
 [ ! -s mon.err ] || fail "monitor stderr: $(cat mon.err)"
 vdtool raid status --output=json a.vdraid > st.json
@@ -177,9 +186,9 @@ stop_nbd
 # ---- fail offline, re-add, rebuild ----
 out=$(vdtool raid fail a.vdraid 2 2>&1) || fail "fail offline: $out"
 echo "$out" | grep -q "^vdtool: set m2 faulty in a.vdraid (slot 2)$" || fail "fail offline said: $out"
-out=$(timeout 20 "$VDTOOL" raid monitor --oneshot a.vdraid) || fail "monitor --oneshot: $out"
+out=$(timeout -k 10 20 "$VDTOOL" raid monitor --oneshot a.vdraid) || fail "monitor --oneshot: $out"
 [ "$out" = "DegradedArray a.vdraid" ] || fail "monitor --oneshot on a degraded array: '$out'"
-timeout 20 "$VDTOOL" raid monitor -1 --program "$VD_TMP/prog.sh" a.vdraid
+timeout -k 10 20 "$VDTOOL" raid monitor -1 --program "$VD_TMP/prog.sh" a.vdraid
 tail -n1 prog.out | grep -qx "DegradedArray a.vdraid" || fail "--oneshot --program: $(cat prog.out)"
 out=$(vdtool raid re-add a.vdraid m2) || fail "re-add: $out"
 echo "$out" | grep -q "^a.vdraid: slot 2 re-added: copied [0-9]* of [0-9]* bytes" || fail "re-add said: $out"
@@ -230,7 +239,7 @@ out=$(vdtool raid re-add p.vdraid p1 --rate 100M 2>&1) || fail "re-add ARRAY MEM
 vdtool raid assemble p.vdraid p0 p1 --force -q || fail "assemble ... --force"
 vdtool raid scrub p.vdraid --repair | grep -q "^scrubbed" || fail "scrub ARRAY --repair"
 out=$(vdtool raid rebuild p.vdraid --rate 1M 2>&1) || fail "rebuild ARRAY --rate: $out"
-out=$(timeout 20 "$VDTOOL" raid monitor p.vdraid --oneshot) || fail "monitor ARRAY --oneshot: $out"
+out=$(timeout -k 10 20 "$VDTOOL" raid monitor p.vdraid --oneshot) || fail "monitor ARRAY --oneshot: $out"
 # A negative argument is the option's, never an option of its own.
 expect_error "delay takes more than 0.*'-1'" vdtool raid monitor p.vdraid -d -1
 expect_error "invalid rate '-5'" vdtool raid rebuild p.vdraid --rate -5
