@@ -30,9 +30,10 @@ start_remote() {
   rm -f "$rsock" "$ctl" remote.pid
   nbdkit -U "$rsock" -P "$VD_TMP/remote.pid" --filter=pause file slow.img \
     pause-control="$ctl" || fail "nbdkit did not start"
-  for _ in $(seq 100); do [ -S "$rsock" ] && [ -S "$ctl" ] && break; sleep 0.1; done
+  # The pid is read at exit (the file may appear after the sockets).
+  on_exit 'kill -9 $(cat "$VD_TMP/remote.pid" 2>/dev/null) 2>/dev/null'
+  for _ in $(seq 100); do [ -S "$rsock" ] && [ -S "$ctl" ] && [ -s remote.pid ] && break; sleep 0.1; done
   [ -S "$ctl" ] || fail "nbdkit did not listen"
-  on_exit "kill -9 $(cat remote.pid) 2>/dev/null"
 }
 # pause p|r: pause or resume the remote member (waits for the echo).
 pause() {
@@ -128,7 +129,7 @@ PY
 truncate -s 32M fastr.img wm.img
 nbdkit -U "$VD_TMP/fast.sock" -P "$VD_TMP/fast.pid" file fastr.img || fail "nbdkit (fast)"
 for _ in $(seq 100); do [ -S "$VD_TMP/fast.sock" ] && break; sleep 0.1; done
-on_exit "kill -9 $(cat "$VD_TMP/fast.pid") 2>/dev/null"
+on_exit 'kill -9 $(cat "$VD_TMP/fast.pid" 2>/dev/null) 2>/dev/null'
 furi="nbd+unix:///?socket=$VD_TMP/fast.sock"
 vdt raid create -q -l 1 --write-mostly wm.img --write-behind 8 c.vdraid "$furi" wm.img ||
   fail "raid create (remote fast member)"
