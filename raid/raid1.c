@@ -220,10 +220,12 @@ static int raid1_sync_region(struct raid_array *a, uint64_t off, uint64_t len,
     r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
     goto out;
   }
-  raid_wb_drain(a);    /* compare what was acknowledged, not what is queued */
   for (uint64_t o = off; o < off + len && r == 0; o += c) {
     size_t n = (size_t)(off + len - o < c ? off + len - o : c);
     raid_stripe_lock(a, o / c);
+    /* Under the row's lock, once what was queued for the write-mostly
+     * members before it is written: compare what was acknowledged. */
+    raid_wb_drain(a);
     int src = raid1_source(a, -1);
     if (src < 0) {
       raid_stripe_unlock(a, o / c);
