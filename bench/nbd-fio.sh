@@ -18,7 +18,8 @@
 # Ceph cluster the script starts (tests/ceph/cluster.sh, memstore), which
 # vdisk-nbd opens with its rbd driver and qemu-nbd with qemu's, both
 # librbd), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
-# "seqread seqwrite randread randwrite"), IODEPTHS (default 32).
+# "seqread seqwrite randread randwrite"), IODEPTHS (default 32), VDISK_ARGS
+# (more options for vdisk-nbd, e.g. "--threads 8").
 set -eu
 rounds=${1:-3} secs=${2:-10} size=${3:-1G}
 build=${BUILD:-.}
@@ -76,7 +77,7 @@ cat "$raw" > /dev/null
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
   case $1 in
-    vdisk)  "$vdisk_nbd" -t -k "$sock" -f "$2" "$3" & pid=$! ;;
+    vdisk)  "$vdisk_nbd" -t -k "$sock" ${VDISK_ARGS:-} -f "$2" "$3" & pid=$! ;;
     qemu)   case $2 in nbd|rbd) qf=raw ;; *) qf=$2 ;; esac  # over qemu's driver
             qemu-nbd -t -k "$sock" -f "$qf" --aio=threads --cache=writeback \
               "$3" & pid=$! ;;

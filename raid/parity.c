@@ -4,9 +4,17 @@
  * sits in L1, so the sources are streamed once and the destination written
  * once (no n-1 passes over memory).  Plain C loops over 64-bit words,
  * vectorised by the compiler; unaligned buffers take a byte-wise path.
+ *
+ * Runtime CPU dispatch: on x86-64 with GCC the block loop is compiled
+ * three times, for AVX-512, AVX2 and the baseline (SSE2), and the first
+ * call picks the widest the CPU runs (__builtin_cpu_supports), so one
+ * binary built for plain x86-64 (no -march) uses 64-byte vectors where
+ * they exist.  raid_xor_impl_select lets the tests run every version the
+ * CPU has.  Elsewhere: the baseline only.
  */
 #include <config.h>
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,18 +25,32 @@
 
 typedef uint64_t __attribute__((may_alias)) raid_u64;
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+static bool raid_cpu_avx512f(void)
+{
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+static bool raid_cpu_avx2(void)
+{
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+#endif
+
 /* d = a ^ b, then d ^= c: plain loops over 64-bit words that the compiler
  * vectorises at -O3 (asked for below whatever the global level). */
-__attribute__((optimize("O3", "tree-vectorize")))
-static void raid_xor2(raid_u64 *restrict d, const raid_u64 *restrict a,
+__attribute__((optimize("O3", "tree-vectorize"), always_inline))
+static inline void raid_xor2(raid_u64 *restrict d, const raid_u64 *restrict a,
                       const raid_u64 *restrict b, size_t words)
 {
   for (size_t i = 0; i < words; i++)
     d[i] = a[i] ^ b[i];
 }
 
-__attribute__((optimize("O3", "tree-vectorize")))
-static void raid_xor_acc(raid_u64 *restrict d, const raid_u64 *restrict a,
+__attribute__((optimize("O3", "tree-vectorize"), always_inline))
+static inline void raid_xor_acc(raid_u64 *restrict d, const raid_u64 *restrict a,
                          size_t words)
 {
   for (size_t i = 0; i < words; i++)
@@ -38,25 +60,82 @@ static void raid_xor_acc(raid_u64 *restrict d, const raid_u64 *restrict a,
 /* One pass over the sources, block by block: each destination block is
  * computed from every source while it stays in L1, so every source byte is
  * read once and the destination written once to memory.  Needs 8-byte
- * aligned buffers and a length multiple of 8 (the caller checks). */
+ * aligned buffers and a length multiple of 8 (the caller checks).  The
+ * loops above are inlined into each version, so each is vectorised for
+ * its target. */
+#define RAID_XOR_BLOCKS(NAME, ATTR)                                          \
+  ATTR __attribute__((optimize("O3", "tree-vectorize")))                    \
+  static void NAME(uint8_t *d, const uint8_t *const *s, unsigned n,         \
+                   size_t len)                                              \
+  {                                                                         \
+    for (size_t off = 0; off < len; off += RAID_XOR_BLOCK) {                \
+      size_t bl = len - off < RAID_XOR_BLOCK ? len - off : RAID_XOR_BLOCK;  \
+      size_t w = bl / 8;                                                    \
+      raid_u64 tmp[RAID_XOR_BLOCK / 8];                                     \
+      /* The destination may alias source 0 (in-place XOR): build the     \
+       * block in a local buffer, then store it. */                         \
+      if (n == 1)                                                           \
+        memcpy(tmp, s[0] + off, bl);                                        \
+      else                                                                  \
+        raid_xor2(tmp, (const raid_u64 *)(s[0] + off),                      \
+                  (const raid_u64 *)(s[1] + off), w);                       \
+      for (unsigned k = 2; k < n; k++)                                      \
+        raid_xor_acc(tmp, (const raid_u64 *)(s[k] + off), w);               \
+      memcpy(d + off, tmp, bl);                                             \
+    }                                                                       \
+  }
+
+typedef void raid_xor_fn(uint8_t *, const uint8_t *const *, unsigned,
+                         size_t);
+
+RAID_XOR_BLOCKS(raid_xor_blocks_base, )
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RAID_XOR_X86 1
+RAID_XOR_BLOCKS(raid_xor_blocks_avx2, __attribute__((target("avx2"))))
+RAID_XOR_BLOCKS(raid_xor_blocks_avx512, __attribute__((target("avx512f"))))
+#endif
+
+/* The versions, widest first; a CPU runs those whose test says so. */
+static const struct raid_xor_impl {
+  const char *name;
+  raid_xor_fn *fn;
+  bool (*runs)(void);
+} raid_xor_impls[] = {
+#ifdef RAID_XOR_X86
+  { "avx512f", raid_xor_blocks_avx512, raid_cpu_avx512f },
+  { "avx2", raid_xor_blocks_avx2, raid_cpu_avx2 },
+#endif
+  { "sse2/base", raid_xor_blocks_base, NULL },
+};
+#define RAID_XOR_NIMPL (sizeof raid_xor_impls / sizeof raid_xor_impls[0])
+
+static _Atomic(raid_xor_fn *) raid_xor_blocks_fn;
+
+const char *raid_xor_impl_select(unsigned i)
+{
+  for (size_t k = 0; k < RAID_XOR_NIMPL; k++) {
+    const struct raid_xor_impl *im = &raid_xor_impls[k];
+    if (im->runs && !im->runs())
+      continue;
+    if (i-- == 0) {
+      atomic_store_explicit(&raid_xor_blocks_fn, im->fn,
+                            memory_order_relaxed);
+      return im->name;
+    }
+  }
+  return NULL;
+}
+
 static void raid_xor_blocks(uint8_t *d, const uint8_t *const *s, unsigned n,
                             size_t len)
 {
-  for (size_t off = 0; off < len; off += RAID_XOR_BLOCK) {
-    size_t bl = len - off < RAID_XOR_BLOCK ? len - off : RAID_XOR_BLOCK;
-    size_t w = bl / 8;
-    raid_u64 tmp[RAID_XOR_BLOCK / 8];
-    /* The destination may alias source 0 (in-place XOR): build the block
-     * in a local buffer, then store it. */
-    if (n == 1)
-      memcpy(tmp, s[0] + off, bl);
-    else
-      raid_xor2(tmp, (const raid_u64 *)(s[0] + off),
-                (const raid_u64 *)(s[1] + off), w);
-    for (unsigned k = 2; k < n; k++)
-      raid_xor_acc(tmp, (const raid_u64 *)(s[k] + off), w);
-    memcpy(d + off, tmp, bl);
+  raid_xor_fn *fn = atomic_load_explicit(&raid_xor_blocks_fn,
+                                         memory_order_relaxed);
+  if (!fn) {   /* first call: the widest version (racing callers agree) */
+    raid_xor_impl_select(0);
+    fn = atomic_load_explicit(&raid_xor_blocks_fn, memory_order_relaxed);
   }
+  fn(d, s, n, len);
 }
 
 /* Byte-wise fallback for unaligned buffers or odd lengths. */

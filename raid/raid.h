@@ -195,6 +195,11 @@ void raid_uuid_generate(uint8_t *u);
 void raid_xor(void *dst, const void *const *src, unsigned n, size_t len);
 /* DST ^= SRC. */
 void raid_xor_into(void *dst, const void *src, size_t len);
+/* Make raid_xor use the I-th (from 0) version of its kernel that this CPU
+ * runs, widest first, and return its name; NULL (nothing changed) when
+ * there are fewer.  raid_xor picks version 0 by itself: for tests and
+ * benchmarks only. */
+const char *raid_xor_impl_select(unsigned i);
 /* A 4096-aligned buffer of at least LEN bytes owned by the calling thread
  * (contents undefined), valid until its next call with the same SLOT;
  * NULL when out of memory.  Slot 0: a request's data path; slot 1: the
