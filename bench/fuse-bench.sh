@@ -12,6 +12,9 @@
 # each peer.  Reads: dd bs=$BS (default 1M) of the whole exposed file to
 # /dev/null.  Writes: dd of the same amount of fresh data over the
 # allocated disk with conv=notrunc,fsync (vhdimount cannot write).
+# Random: fio 4 KiB random reads, then random writes, on the exposed file
+# (libaio, O_DIRECT, queue depth 16, RAND_SECS seconds each, default 5;
+# RAND_SECS=0 skips them), vdisk-fuse against qemu-storage-daemon.
 # Run as root from the build tree; never part of make check.
 set -euo pipefail
 top_builddir=${top_builddir:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -19,8 +22,9 @@ vdisk_fuse=$top_builddir/fuse-frontend/vdisk-fuse
 size_mib=${1:-1024}
 runs=${2:-5}
 bs=${BS:-1M}
+rand_secs=${RAND_SECS:-5}
 
-for c in qemu-img qemu-storage-daemon vhdimount fusermount3 mountpoint; do
+for c in qemu-img qemu-storage-daemon vhdimount fusermount3 mountpoint fio; do
   command -v "$c" >/dev/null || { echo "bench: $c is not installed" >&2; exit 77; }
 done
 [ -x "$vdisk_fuse" ] || { echo "bench: build vdisk-fuse first" >&2; exit 1; }
@@ -95,6 +99,17 @@ mount_qsd() {
 }
 umount_qsd() { kill "$qsd_pid"; wait "$qsd_pid" || true; qsd_pid=; }
 
+# IOPS of fio RW (randread or randwrite) on FILE, queue depth 16.
+fio_iops() {
+  fio --name=r --filename="$1" --rw="$2" --bs=4k --iodepth=16 \
+      --ioengine=libaio --direct=1 --runtime="$rand_secs" --time_based \
+      --size=$((size_mib))M --output-format=json 2>/dev/null |
+    /usr/bin/python3 -c 'import json,sys
+s=sys.stdin.read(); j=json.loads(s[s.index("{"):])["jobs"][0]
+k="read" if j["read"]["io_bytes"] else "write"
+print("%.0f" % j[k]["iops"])'
+}
+
 declare -A t
 count=$((size_mib * 1024 * 1024))
 for run in $(seq "$runs"); do
@@ -106,6 +121,13 @@ for run in $(seq "$runs"); do
   for who in vdisk qsd; do
     mount_$who rw
     t[write,$who]+="$(timed_dd if=fresh.raw of="$file" bs="$bs" conv=notrunc,fsync) "
+    umount_$who
+  done
+  [ "$rand_secs" = 0 ] || for who in vdisk qsd; do
+    mount_$who rw
+    for rw in randread randwrite; do
+      t[$rw,$who]+="$(fio_iops "$file" $rw) "
+    done
     umount_$who
   done
   echo "run $run/$runs done" >&2
@@ -129,4 +151,17 @@ echo
 echo "read:  vdisk-fuse / vhdimount           = $(ratio "$med_read_vdisk" "$med_read_vhdi")x  (goal 2x)"
 echo "read:  vdisk-fuse / qemu-storage-daemon = $(ratio "$med_read_vdisk" "$med_read_qsd")x  (goal 1.5x)"
 echo "write: vdisk-fuse / qemu-storage-daemon = $(ratio "$med_write_vdisk" "$med_write_qsd")x  (goal 1.5x)"
+if [ "$rand_secs" != 0 ]; then
+  echo
+  printf '%-10s %-22s %12s\n' op contender "median IOPS"
+  for rw in randread randwrite; do
+    for who in vdisk qsd; do
+      med=$(echo "${t[$rw,$who]}" | median)
+      eval "med_${rw}_$who=$med"
+      case $who in vdisk) name=vdisk-fuse;; qsd) name=qemu-storage-daemon;; esac
+      printf '%-10s %-22s %12s\n' "$rw" "$name" "$med"
+    done
+    echo "$rw 4K QD16: vdisk-fuse / qemu-storage-daemon = $(eval "ratio \$med_${rw}_qsd \$med_${rw}_vdisk")x  (goal 1.5x)"
+  done
+fi
 echo "(size ${size_mib} MiB, dd bs=$bs, $runs runs, medians; raw times: read ${t[read,vdisk]}| ${t[read,vhdi]}| ${t[read,qsd]}; write ${t[write,vdisk]}| ${t[write,qsd]})"
