@@ -24,6 +24,10 @@
  *  - resize: rbd_resize2; snapshots: rbd_snap_* (vd_snapshot_*); an
  *    image opened @SNAP is read-only.
  *
+ * librbd and librados are loaded when the first image is opened or
+ * created (vdisk/rbd-lib.h), not linked: the calls below go through
+ * vd_rbd_lib.
+ *
  * Every open has its own cluster connection (rados_t), as qemu's rbd
  * driver has.  librados' timeouts (rados_osd_op_timeout,
  * rados_mon_op_timeout, client_mount_timeout) are all set to the name's
@@ -42,10 +46,8 @@
 #include <string.h>
 #include <time.h>
 
-#include <rados/librados.h>
-#include <rbd/librbd.h>
-
 #include "vdisk/driver.h"
+#include "vdisk/rbd-lib.h"
 #include "vdisk/rbd-name.h"
 
 /* librbd returns byte counts of single requests as int (discard, write
@@ -87,13 +89,16 @@ static int
 rbdv_connect(const char *path, const struct vd_rbd_name *n, rados_t *cl,
             rados_ioctx_t *io)
 {
-  int r = rados_create(cl, n->id[0] ? n->id : NULL);
+  int r = vd_rbd_lib_load();   /* librbd is loaded on first use */
+  if (r < 0)
+    return r;
+  r = vd_rbd_lib.rados_create(cl, n->id[0] ? n->id : NULL);
   if (r < 0)
     return rbdv_error(path, n, r, "cannot create a cluster handle");
   const char *what = "cannot read the configuration";
   /* Without conf= librados looks in its default places; finding nothing
    * there is not an error (qemu's rule), a named file that fails is. */
-  r = rados_conf_read_file(*cl, n->conf[0] ? n->conf : NULL);
+  r = vd_rbd_lib.rados_conf_read_file(*cl, n->conf[0] ? n->conf : NULL);
   if (r < 0 && !n->conf[0])
     r = 0;
   char t[16];
@@ -103,32 +108,32 @@ rbdv_connect(const char *path, const struct vd_rbd_name *n, rados_t *cl,
     NULL
   };
   for (const char *const *k = timeouts; r >= 0 && *k; k++)
-    if ((r = rados_conf_set(*cl, *k, t)) < 0)
+    if ((r = vd_rbd_lib.rados_conf_set(*cl, *k, t)) < 0)
       what = "cannot set the timeouts";
-  if (r >= 0 && ((r = rados_conf_set(*cl, "log_to_stderr", "false")) < 0 ||
-                 (r = rados_conf_set(*cl, "err_to_stderr", "false")) < 0))
+  if (r >= 0 && ((r = vd_rbd_lib.rados_conf_set(*cl, "log_to_stderr", "false")) < 0 ||
+                 (r = vd_rbd_lib.rados_conf_set(*cl, "err_to_stderr", "false")) < 0))
     what = "cannot quiet librados";
-  if (r >= 0 && (r = rados_connect(*cl)) < 0)
+  if (r >= 0 && (r = vd_rbd_lib.rados_connect(*cl)) < 0)
     what = "cannot connect to the cluster";
-  if (r >= 0 && (r = rados_ioctx_create(*cl, n->pool, io)) < 0)
+  if (r >= 0 && (r = vd_rbd_lib.rados_ioctx_create(*cl, n->pool, io)) < 0)
     what = r == -ENOENT ? "no such pool" : "cannot open the pool";
   if (r < 0) {
-    rados_shutdown(*cl);
+    vd_rbd_lib.rados_shutdown(*cl);
     if (r == -ENOENT && strcmp(what, "no such pool") == 0)
       return vd_set_error(ENOENT, "%s: pool '%s' does not exist", path,
                           n->pool);
     return rbdv_error(path, n, r, what);
   }
   if (n->ns[0])
-    rados_ioctx_set_namespace(*io, n->ns);
+    vd_rbd_lib.rados_ioctx_set_namespace(*io, n->ns);
   return 0;
 }
 
 static void
 rbdv_disconnect(rados_t cl, rados_ioctx_t io)
 {
-  rados_ioctx_destroy(io);
-  rados_shutdown(cl);
+  vd_rbd_lib.rados_ioctx_destroy(io);
+  vd_rbd_lib.rados_shutdown(cl);
 }
 
 static void
@@ -139,11 +144,11 @@ rbdv_close(struct vd_dev *dev)
    * (librbd's and librados' order); rados_shutdown joins librados'
    * threads and frees what the connection held. */
   if (p->have_image)
-    rbd_close(p->image);
+    vd_rbd_lib.rbd_close(p->image);
   if (p->have_io)
-    rados_ioctx_destroy(p->io);
+    vd_rbd_lib.rados_ioctx_destroy(p->io);
   if (p->have_cluster)
-    rados_shutdown(p->cluster);
+    vd_rbd_lib.rados_shutdown(p->cluster);
   p->have_image = p->have_io = p->have_cluster = false;
 }
 
@@ -176,8 +181,8 @@ rbdv_open(struct vd_dev *dev)
   const char *snap = n->snap[0] ? n->snap : NULL;
   if (snap)
     dev->read_only = true;   /* write-type requests then fail with EROFS */
-  r = dev->read_only ? rbd_open_read_only(p->io, n->image, &p->image, snap)
-                     : rbd_open(p->io, n->image, &p->image, snap);
+  r = dev->read_only ? vd_rbd_lib.rbd_open_read_only(p->io, n->image, &p->image, snap)
+                     : vd_rbd_lib.rbd_open(p->io, n->image, &p->image, snap);
   if (r < 0) {
     rbdv_close(dev);
     if (r == -ENOENT)
@@ -187,7 +192,7 @@ rbdv_open(struct vd_dev *dev)
   }
   p->have_image = true;
   rbd_image_info_t st;
-  if ((r = rbd_stat(p->image, &st, sizeof st)) < 0) {
+  if ((r = vd_rbd_lib.rbd_stat(p->image, &st, sizeof st)) < 0) {
     rbdv_close(dev);
     return rbdv_error(dev->path, n, r, "stat");
   }
@@ -204,7 +209,7 @@ rbdv_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   struct rbdv_priv *p = dev->priv;
   while (len > 0) {
     size_t n = len < RBD_IO_MAX ? len : RBD_IO_MAX;
-    ssize_t r = rbd_read(p->image, off, n, buf);
+    ssize_t r = vd_rbd_lib.rbd_read(p->image, off, n, buf);
     if (r < 0)
       return rbdv_error(dev->path, &p->name, (int)r, "read failed");
     if (r == 0)   /* the dispatcher checked the range: cannot happen */
@@ -226,7 +231,7 @@ rbdv_flush(struct vd_dev *dev)
     return vd_set_error(e, "%s: flush refused: an earlier flush failed "
                         "(%s), so data written before it may be lost",
                         dev->path, strerror(e));
-  int r = rbd_flush(p->image);
+  int r = vd_rbd_lib.rbd_flush(p->image);
   if (r < 0) {
     int zero = 0;
     __atomic_compare_exchange_n(&p->flush_err, &zero, -r, false,
@@ -243,7 +248,7 @@ rbdv_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   struct rbdv_priv *p = dev->priv;
   while (len > 0) {
     size_t n = len < RBD_IO_MAX ? len : RBD_IO_MAX;
-    ssize_t r = rbd_write(p->image, off, n, buf);
+    ssize_t r = vd_rbd_lib.rbd_write(p->image, off, n, buf);
     if (r < 0)
       return rbdv_error(dev->path, &p->name, (int)r, "write failed");
     if ((size_t)r != n)
@@ -263,7 +268,7 @@ rbdv_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
   struct rbdv_priv *p = dev->priv;
   while (len > 0) {
     uint64_t n = len < RBD_IO_MAX ? len : RBD_IO_MAX;
-    int r = rbd_discard(p->image, off, n);
+    int r = vd_rbd_lib.rbd_discard(p->image, off, n);
     if (r < 0)
       return rbdv_error(dev->path, &p->name, r, "discard failed");
     off += n;
@@ -285,7 +290,7 @@ rbdv_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
                                     : 0;
   while (len > 0) {
     size_t n = len < RBD_IO_MAX ? (size_t)len : RBD_IO_MAX;
-    ssize_t r = rbd_write_zeroes(p->image, off, n, zf, 0);
+    ssize_t r = vd_rbd_lib.rbd_write_zeroes(p->image, off, n, zf, 0);
     if (r < 0)
       return rbdv_error(dev->path, &p->name, (int)r, "write zeroes failed");
     off += n;
@@ -340,7 +345,7 @@ rbdv_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
   struct rbdv_bs b = { .off = off, .end = off + len };
   /* whole_object 0: exact extents inside objects, so a convert skips the
    * unwritten parts of partly written objects too. */
-  int r = rbd_diff_iterate2(p->image, NULL, off, len, 1, 0, rbdv_bs_extent,
+  int r = vd_rbd_lib.rbd_diff_iterate2(p->image, NULL, off, len, 1, 0, rbdv_bs_extent,
                             &b);
   if (r < 0 && !(r == -ECANCELED && b.stopped))
     return rbdv_error(dev->path, &p->name, r, "block status failed");
@@ -361,7 +366,7 @@ static int
 rbdv_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
 {
   struct rbdv_priv *p = dev->priv;
-  int r = rbd_resize2(p->image, size, (flags & VD_TRUNCATE_SHRINK) != 0,
+  int r = vd_rbd_lib.rbd_resize2(p->image, size, (flags & VD_TRUNCATE_SHRINK) != 0,
                       NULL, NULL);
   if (r < 0)
     return rbdv_error(dev->path, &p->name, r, "resize failed");
@@ -384,19 +389,19 @@ rbdv_info(struct vd_dev *dev, struct vd_info *info)
   vd_info_add_u64(info, "object-size", p->obj_size);
   vd_info_add_u64(info, "order", (uint64_t)p->order);
   uint64_t features;
-  if (rbd_get_features(p->image, &features) == 0) {
+  if (vd_rbd_lib.rbd_get_features(p->image, &features) == 0) {
     char names[512];
     size_t nl = sizeof names;
-    if (rbd_features_to_string(features, names, &nl) == 0)
+    if (vd_rbd_lib.rbd_features_to_string(features, names, &nl) == 0)
       vd_info_add_str(info, "features", names);
   }
   char prefix[64];
-  if (rbd_get_block_name_prefix(p->image, prefix, sizeof prefix) >= 0)
+  if (vd_rbd_lib.rbd_get_block_name_prefix(p->image, prefix, sizeof prefix) >= 0)
     vd_info_add_str(info, "block-name-prefix", prefix);
   /* With no room, rbd_snap_list fails with -ERANGE and sets MAX to the
    * count plus one (its end marker). */
   int max = 0;
-  int r = rbd_snap_list(p->image, NULL, &max);
+  int r = vd_rbd_lib.rbd_snap_list(p->image, NULL, &max);
   vd_info_add_u64(info, "snapshot-count",
                   r == -ERANGE && max > 0 ? (uint64_t)max - 1 : 0);
   vd_info_add_u64(info, "timeout", n->timeout);
@@ -427,7 +432,7 @@ rbdv_snapshot_create(struct vd_dev *dev, const char *name)
   /* What was written before the snapshot belongs in it. */
   if ((r = rbdv_flush(dev)) < 0)
     return r;
-  r = rbd_snap_create(p->image, name);
+  r = vd_rbd_lib.rbd_snap_create(p->image, name);
   if (r == -EEXIST)
     return vd_set_error(EEXIST, "%s: snapshot '%s' already exists",
                         dev->path, name);
@@ -443,7 +448,7 @@ rbdv_snapshot_delete(struct vd_dev *dev, const char *name)
   int r = rbdv_snap_name_ok(dev, name);
   if (r < 0)
     return r;
-  r = rbd_snap_remove(p->image, name);
+  r = vd_rbd_lib.rbd_snap_remove(p->image, name);
   if (r == -ENOENT)
     return vd_set_error(ENOENT, "%s: no snapshot '%s'", dev->path, name);
   if (r == -EBUSY)
@@ -470,7 +475,7 @@ rbdv_snapshot_list(struct vd_dev *dev, struct vd_snapshot **out,
       return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
     }
     snaps = tmp;
-    r = rbd_snap_list(p->image, snaps, &max);
+    r = vd_rbd_lib.rbd_snap_list(p->image, snaps, &max);
     if (r != -ERANGE)
       break;
   }
@@ -480,7 +485,7 @@ rbdv_snapshot_list(struct vd_dev *dev, struct vd_snapshot **out,
   }
   struct vd_snapshot *list = calloc(r > 0 ? (size_t)r : 1, sizeof *list);
   if (!list) {
-    rbd_snap_list_end(snaps);
+    vd_rbd_lib.rbd_snap_list_end(snaps);
     free(snaps);
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   }
@@ -492,12 +497,12 @@ rbdv_snapshot_list(struct vd_dev *dev, struct vd_snapshot **out,
     s->vm_state_size = snaps[i].size;  /* as qemu's rbd driver reports */
     s->icount = UINT64_MAX;
     struct timespec ts;
-    if (rbd_snap_get_timestamp(p->image, snaps[i].id, &ts) == 0) {
+    if (vd_rbd_lib.rbd_snap_get_timestamp(p->image, snaps[i].id, &ts) == 0) {
       s->date_sec = ts.tv_sec;
       s->date_nsec = (uint32_t)ts.tv_nsec;
     }
   }
-  rbd_snap_list_end(snaps);
+  vd_rbd_lib.rbd_snap_list_end(snaps);
   free(snaps);
   *out = list;
   *count = (size_t)r;
@@ -540,11 +545,11 @@ rbdv_create(const char *path, const struct vd_create_args *args)
   if ((r = rbdv_connect(path, &n, &cl, &io)) < 0)
     return r;
   rbd_image_options_t o;
-  rbd_image_options_create(&o);
+  vd_rbd_lib.rbd_image_options_create(&o);
   if (order)
-    rbd_image_options_set_uint64(o, RBD_IMAGE_OPTION_ORDER, order);
-  r = rbd_create4(io, n.image, args->size, o);
-  rbd_image_options_destroy(o);
+    vd_rbd_lib.rbd_image_options_set_uint64(o, RBD_IMAGE_OPTION_ORDER, order);
+  r = vd_rbd_lib.rbd_create4(io, n.image, args->size, o);
+  vd_rbd_lib.rbd_image_options_destroy(o);
   rbdv_disconnect(cl, io);
   if (r == -EEXIST)
     return vd_set_error(EEXIST, "%s: the image already exists (an RBD image "

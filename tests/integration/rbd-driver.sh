@@ -9,7 +9,8 @@
 # and qemu-img list them, readable @SNAP, deleted; an rbd: name is never
 # taken from an image (VHD parent) nor opened under -f rbd as a file; the
 # cluster frozen mid-write gives one clear error within the timeout, no
-# hang, and what was flushed before survives.  One cluster for all.
+# hang, and what was flushed before survives; librbd is loaded only when
+# an rbd: image is used.  One cluster for all.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 . "$top_srcdir/tests/ceph/cluster.sh"
@@ -29,6 +30,17 @@ expect_error 'empty snapshot name' vdt info 'rbd:p/i@'
 # a local file under -f rbd is not an RBD image (and never connects)
 vdt create -q -f raw "$T/local.raw" 1M
 expect_error 'opens only rbd: names' vdt info -f rbd "$T/local.raw"
+
+# ---- librbd is loaded on first use (vdisk/rbd-lib.h), not at start ----
+# A server of a local image never maps it (linking it cost every process
+# ~50 ms of start-up); a librbd that cannot be loaded is one clear line.
+start_nbd -f raw "$T/local.raw"
+grep -E 'librbd|librados|libceph' "/proc/$(cat "$nbd_pidfile")/maps" &&
+  fail "vdisk-nbd serving a raw file mapped librbd"
+stop_nbd
+mkdir "$T/badlib" && : > "$T/badlib/librbd.so.1"
+LD_LIBRARY_PATH="$T/badlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  expect_error 'rbd: cannot load librbd.so.1' vdt info rbd:p/i
 
 ceph_start
 P=$ceph_pool
