@@ -11,7 +11,7 @@
 # Environment: BUILD (build tree, default .), WORK (scratch dir), SERVERS
 # for the raw image (default "vdisk qemu nbdkit"; empty: no raw runs),
 # FORMATS served by vdisk-nbd and qemu-nbd (default "vpc"; also "qcow2",
-# 64 KiB clusters; and two remote sources, each server reading through its
+# 64 KiB clusters, and "vhdx", dynamic; and two remote sources, each server reading through its
 # own client: "nbd", an nbdkit file-plugin export of the raw image on a
 # second Unix socket, which vdisk-nbd opens with its nbd driver (libnbd)
 # and qemu-nbd with qemu's; "rbd", the raw image imported into a one-node
@@ -28,10 +28,11 @@ servers=${SERVERS-vdisk qemu nbdkit}
 formats=${FORMATS-vpc}; [ "${VHD:-1}" = 1 ] || formats=${FORMATS:-}
 workloads=${WORKLOADS:-seqread seqwrite randread randwrite}
 iodepths=${IODEPTHS:-32}
-declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536")
+declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536"
+                   [vhdx]="-o subformat=dynamic")
 for f in $formats; do
   case $f in nbd|rbd) continue ;; esac
-  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, nbd, rbd)" >&2; exit 1; }
+  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, vhdx, nbd, rbd)" >&2; exit 1; }
 done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
 sock=$work/bench.sock
@@ -49,7 +50,8 @@ if [ ! -s "$raw" ]; then
   fio --name=fill --filename="$raw" --rw=write --bs=1M --size="$size" \
       --refill_buffers --output=/dev/null
 fi
-declare -A img=([raw]=$raw [vpc]=$work/bench.vhd [qcow2]=$work/bench.qcow2)
+declare -A img=([raw]=$raw [vpc]=$work/bench.vhd [qcow2]=$work/bench.qcow2
+                [vhdx]=$work/bench.vhdx)
 upstream=
 cleanup_remote() { :; }
 for f in $formats; do

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# vdtool convert vs qemu-img convert in qemu-img's cache modes (issue 16's
+# convert goals), on a raw source of MIB MiB (half random data from a
+# fixed seed, half written zeros), alternating the tools in every round:
+#  - default mode (the output `-t unsafe` for both, qemu-img's default):
+#    wall time of the command alone, as a script sees it; the output is
+#    synced afterwards, outside the timing, so rounds do not overlap;
+#  - `-t writeback`: wall time including a sync of the output, i.e. until
+#    the data is durable;
+#  - the disk's own durable write speed: dd of the source's data half
+#    (bs=1M, conv=fdatasync), and each tool's durable speed as allocated
+#    output bytes per second of its writeback run, as a share of dd's.
+# Conversions: raw -> dynamic VHD, VHD -> raw, raw -> VHDX, VHDX -> raw,
+# qcow2 -> VHD (sources made once by qemu-img; each tool reads the same).
+#   bench/convert-modes.sh [RUNS [MIB [DIR]]]   (defaults 3, 1024, a temp dir)
+# Never part of make check.
+set -eu
+runs=${1:-3} mib=${2:-1024}
+dir=${3:-$(mktemp -d "${TMPDIR:-/var/tmp}/convmodes.XXXXXX")}
+. "$(dirname "$0")/convert-lib.sh"
+
+echo "making a $mib MiB source (half random, half written zeros) in $dir" >&2
+half_random src.raw "$mib"
+qemu-img convert -f raw -O vpc -o subformat=dynamic src.raw src.vpc
+qemu-img convert -f raw -O vhdx src.raw src.vhdx
+qemu-img convert -f raw -O qcow2 src.raw src.qcow2
+head -c $((mib / 2 * 1024 * 1024)) src.raw > half.raw
+sync
+
+# Conversions: NAME FROM TO.
+convs="raw-vpc:raw:vpc vpc-raw:vpc:raw raw-vhdx:raw:vhdx vhdx-raw:vhdx:raw qcow2-vpc:qcow2:vpc"
+
+# run FILE MODE CMD...: one timed conversion appended to FILE as
+# "WALL CPU BYTES"; MODE default: no sync in the timing; writeback: the
+# sync is in it.  BYTES: the output's allocated bytes.
+run() {
+  local file=$1 mode=$2 out=${*: -1} s e cpu; shift 2
+  rm -f "$out"
+  s=$(date +%s.%N)
+  cpu=$( { /usr/bin/time -f "%U %S" "$@" >/dev/null; } 2>&1 | tail -1)
+  [ "$mode" = default ] || sync -f "$out"
+  e=$(date +%s.%N)
+  sync
+  echo "$(echo "$e - $s" | bc) $(echo "$cpu" | awk '{print $1 + $2}') $(du -B1 "$out" | cut -f1)" >> "$file"
+}
+
+: > dd.txt
+for i in $(seq "$runs"); do
+  rm -f dd.out
+  s=$(date +%s.%N)
+  dd if=half.raw of=dd.out bs=1M conv=fdatasync status=none
+  e=$(date +%s.%N)
+  echo "$(echo "$e - $s" | bc)" >> dd.txt
+  for c in $convs; do
+    IFS=: read -r name from to <<< "$c"
+    for mode in default writeback; do
+      t=(); [ "$mode" = default ] || t=(-t writeback)
+      run "vd_${name}_$mode.txt" $mode "$vdtool" convert "${opts[@]}" "${t[@]}" -f $from -O $to src.$from a.$to
+      run "q_${name}_$mode.txt" $mode qemu-img convert "${t[@]}" -f $from -O $to src.$from b.$to
+    done
+    if [ "$i" = 1 ]; then
+      qemu-img compare -f $to -F raw a.$to src.raw >/dev/null &&
+        qemu-img compare -f $to -F raw b.$to src.raw >/dev/null ||
+        { echo "$name: an output differs from the source" >&2; exit 1; }
+    fi
+  done
+  echo "round $i/$runs done" >&2
+done
+
+ddbytes=$(stat -c %s half.raw)
+ddrate=$(echo "$ddbytes / $(median dd.txt 1) / 1000000" | bc -l)
+printf "\nconvert, %s MiB source, %s rounds, medians; ratio = qemu-img / vdtool wall (above 1: vdtool faster)\n" "$mib" "$runs"
+printf "%-10s %10s %10s %7s   %12s %12s %7s   %9s %9s\n" conversion "vd def s" "qemu def s" ratio "vd wb+sync s" "qemu wb+s s" ratio "vd %dd" "qemu %dd"
+for c in $convs; do
+  IFS=: read -r name from to <<< "$c"
+  vd=$(median "vd_${name}_default.txt" 1); q=$(median "q_${name}_default.txt" 1)
+  vw=$(median "vd_${name}_writeback.txt" 1); qw=$(median "q_${name}_writeback.txt" 1)
+  vb=$(median "vd_${name}_writeback.txt" 3); qb=$(median "q_${name}_writeback.txt" 3)
+  printf "%-10s %10.2f %10.2f %6.2fx   %12.2f %12.2f %6.2fx   %8.0f%% %8.0f%%\n" "$name" \
+    "$vd" "$q" "$(echo "$q / $vd" | bc -l)" "$vw" "$qw" "$(echo "$qw / $vw" | bc -l)" \
+    "$(echo "100 * $vb / $vw / 1000000 / $ddrate" | bc -l)" \
+    "$(echo "100 * $qb / $qw / 1000000 / $ddrate" | bc -l)"
+done
+printf "dd of %s MiB with conv=fdatasync: %.0f MB/s (median); %%dd = allocated output bytes per second of the writeback run, against it\n" \
+  $((ddbytes >> 20)) "$ddrate"
+echo "goals: default 2x, writeback 1.25x, %dd >= 90% (vdtool)"
