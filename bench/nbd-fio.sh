@@ -164,12 +164,12 @@ label() {  # label COLUMN: the workload, and the iodepth if several
 table() {
   local -n a=$1
   local c k
-  printf '%-12s' server; for k in $cols; do printf '%14s' "$(label $k)"; done; echo
+  printf '%-12s' server; for k in $cols; do printf '%15s' "$(label $k)"; done; echo
   for c in $cases; do
     printf '%-12s' "$c"
     for k in $cols; do
       a[$c,$k,m]=$(echo "${a[$c,$k]}" | median)
-      printf '%14s' "${a[$c,$k,m]}"
+      printf '%15s' "${a[$c,$k,m]}"
     done
     echo
   done
@@ -191,7 +191,7 @@ ratios() {
         best=$(awk -v h="$2" -v b="$best" -v v="${a[$c,$k,m]}" \
                'BEGIN {print (b == "" || (h ? v > b : v < b)) ? v : b}')
       done
-      printf '%14s' "$(awk -v h="$2" -v a="${a[vdisk:$f,$k,m]}" -v b="$best" \
+      printf '%15s' "$(awk -v h="$2" -v a="${a[vdisk:$f,$k,m]}" -v b="$best" \
         'BEGIN {if (b == "" || a == 0 || b == 0) print "-";
                 else printf "%.2fx", h ? a / b : b / a}')"
     done

@@ -70,7 +70,7 @@ for r in $(seq "$rounds"); do
     t[read,$s]+="$(secs nbdcopy "$uri" null:) "
     [ $s = memory ] || t[write,$s]+="$(secs nbdcopy "$src" "$uri") "
     stop
-    echo "round $r $s: read ${t[read,$s]##* } s" >&2
+    echo "round $r $s: read $(echo ${t[read,$s]} | awk '{print $NF}') s" >&2
   done
 done
 

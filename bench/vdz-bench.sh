@@ -141,7 +141,7 @@ echo "  fs.vdz, 64 KiB requests:"
 # alternating with vdz-read three times; medians.
 vdz_gbs= lz4_gbs=
 for _ in 1 2 3; do
-  vdz_gbs="$vdz_gbs $("$vdz_read" fs.vdz | awk '$1 == "all" {print $5}')"
+  vdz_gbs="$vdz_gbs $("$vdz_read" fs.vdz | awk '$1 == "all" {print $6}')"
   lz4_gbs="$lz4_gbs $(lz4 -b1 -B64KB "$fs" 2>&1 | grep -o ',[0-9.]* MB/s' |
                       tail -1 | tr -d , | awk '{printf "%.2f", $1 / 1000}')"
 done
