@@ -345,7 +345,7 @@ vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
 /* The first write of a session: new FileWriteGuid and DataWriteGuid (the
  * disk's content is about to change) and a LogGuid for the entries to
  * come, in both headers, before anything else is modified. */
-static int
+int
 vhdx_begin_locked(struct vd_dev *dev)
 {
   struct vhdx_priv *p = dev->priv;
@@ -396,18 +396,9 @@ vhdx_begin_locked(struct vd_dev *dev)
   return 0;
 }
 
-/* One 4 KiB page of metadata to change: its file offset and new bytes. */
-struct vhdx_page {
-  uint64_t off;
-  uint8_t *data;
-};
-#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
-
-/* Write the N pages PG as one log entry (one data descriptor each, its own
- * tail, the next sequence number), flush, write them in place, flush.
- * FLUSHED: a file size known durable; LAST: one all structures fit in
- * (2.3.1.1). */
-static int
+/* vhdx.h; one data descriptor per page, the entry its own tail, the next
+ * sequence number. */
+int
 vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                       unsigned n, uint64_t flushed, uint64_t last)
 {

@@ -797,6 +797,7 @@ const struct vd_driver vd_vhdx_driver = {
   .discard = vhdx_discard,
   .write_zeroes = vhdx_write_zeroes,
   .check = vhdx_check,
+  .truncate = vhdx_truncate,
   .block_status = vhdx_block_status,
   .info = vhdx_info,
   .reopen = vhdx_reopen,

@@ -141,6 +141,7 @@ struct vhdx_meta {
   uint32_t block_size;
   bool leave_allocated, has_parent;
   uint64_t disk_size;
+  uint32_t size_off;                  /* the size item, in the region */
   uint8_t page83[16];
   uint32_t lss, pss;
   bool have_locator;
@@ -303,6 +304,30 @@ int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
                       unsigned flags);
 int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                  unsigned flags);
+
+/* One 4 KiB page of metadata to change: its file offset and new bytes. */
+struct vhdx_page {
+  uint64_t off;
+  uint8_t *data;
+};
+#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
+
+/* The first change of a session: new FileWriteGuid and DataWriteGuid, a
+ * new LogGuid (its first entry written and flushed first) in both
+ * headers.  Does nothing once done.  Lock held. */
+int vhdx_begin_locked(struct vd_dev *dev);
+/* Write the N (<= VHDX_MAX_PAGES) pages PG as one log entry, flush, write
+ * them in place, flush.  FLUSHED: a file size known durable; LAST: one all
+ * structures fit in (2.3.1.1).  Lock held, session begun. */
+int vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
+                          unsigned n, uint64_t flushed, uint64_t last);
+
+/* ---- vhdx-manage.c ---- */
+
+/* vd_driver truncate op: dynamic images only; grows through the log (the
+ * new BAT entries first, then the size item) when the BAT region holds
+ * the entries; shrinks when no block past the new end is allocated. */
+int vhdx_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
 
 /* ---- vhdx-check.c ---- */
 
