@@ -289,6 +289,11 @@ int vhdx_write_headers(struct vd_dev *dev);
  * the log), flush (also clears the LogGuid once the metadata is in
  * place). */
 int vhdx_create(const char *path, const struct vd_create_args *args);
+/* The parent locator (2.6.2.6) of the child at PATH over PARENT (an open
+ * VHDX) named BACKING: parent_linkage (PARENT's DataWriteGuid),
+ * relative_path and absolute_win32_path.  *OUT (*LEN bytes) is malloc'd. */
+int vhdx_make_locator(const char *path, const char *backing,
+                      struct vd_dev *parent, uint8_t **out, uint32_t *len);
 /* qemu-img measure for VHDX (vd_driver.measure). */
 int vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
                  uint64_t *required, uint64_t *fully);
@@ -322,12 +327,31 @@ int vhdx_begin_locked(struct vd_dev *dev);
 int vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                           unsigned n, uint64_t flushed, uint64_t last);
 
+/* Clear the LogGuid in both headers when set (every entry's pages are
+ * in place and flushed by then).  Lock held. */
+int vhdx_retire_log_locked(struct vd_dev *dev);
+
 /* ---- vhdx-manage.c ---- */
 
 /* vd_driver truncate op: dynamic images only; grows through the log (the
  * new BAT entries first, then the size item) when the BAT region holds
  * the entries; shrinks when no block past the new end is allocated. */
 int vhdx_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
+/* vd_driver compact op: dynamic images only; blocks of zeros lose their
+ * space, the last blocks move into the gaps, the file is cut. */
+int vhdx_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
+                 void *opaque);
+/* Give the payload block of BAT entry IDX its own copy at the end of the
+ * file (1 MiB aligned; BUF: 1 MiB of scratch): the copy written and
+ * flushed, then the entry through the log.  For check -r, with no reader
+ * of DEV about.  Lock held, session begun. */
+int vhdx_fresh_copy_locked(struct vd_dev *dev, uint64_t idx, uint8_t *buf);
+/* vd_driver change_backing op: the parent locator (linkage and paths of
+ * BDEV, a VHDX) rewritten in place through the log, with its length in
+ * the metadata table; only a differencing image, only to another parent,
+ * only where the locator fits before the next item. */
+int vhdx_change_backing(struct vd_dev *dev, const char *backing,
+                        struct vd_dev *bdev);
 
 /* ---- vhdx-check.c ---- */
 
@@ -335,5 +359,19 @@ int vhdx_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
  * the driver's own open (log, metadata, BAT against the file), then
  * overlapping structures and leaked space; -r as described there. */
 int vhdx_check(const char *path, unsigned flags, struct vd_check_report *r);
+
+/* A range of the file a structure claims. */
+struct vhdx_use {
+  uint64_t off, len;
+  uint64_t entry;               /* BAT index, or UINT64_MAX */
+  const char *what;
+};
+/* Fill U (room for p->bat_entries + 4) with every range a structure of P
+ * claims, unsorted: the header section, the log, the regions, payload
+ * blocks (also the space a zero or unmapped entry keeps) and, in a
+ * differencing image, sector bitmap blocks.  Returns how many. */
+size_t vhdx_uses(const struct vhdx_priv *p, struct vhdx_use *u);
+/* qsort comparator of vhdx_use by offset. */
+int vhdx_use_cmp(const void *a, const void *b);
 
 #endif /* VDISK_VHDX_H */
