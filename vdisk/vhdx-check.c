@@ -17,7 +17,11 @@
  * memory), and -r replays it into the file.
  * Repairs: -r leaks cuts leaked space off the end of the file and punches
  * leaked gaps; -r all also rewrites a damaged header or region table copy
- * from the good one.  BAT entries that overlap are reported, not repaired.
+ * from the good one, and gives a payload block whose space another payload
+ * block's entry also names (the entry with the higher index) a copy of its
+ * own at the end of the file, through the log, so both read what they
+ * read before.  Other overlaps (a block over the log, a region or a
+ * sector bitmap) are reported, not repaired.
  * Without a fix flag the file is opened read-only and never changed.
  */
 #include <config.h>
@@ -135,14 +139,7 @@ vhdx_chk_copies(struct vhdx_checker *c, struct vd_file *f, bool *unusable)
   return r;
 }
 
-/* A range of the file a structure claims. */
-struct vhdx_use {
-  uint64_t off, len;
-  uint64_t entry;               /* BAT index, or UINT64_MAX */
-  const char *what;
-};
-
-static int
+int
 vhdx_use_cmp(const void *a, const void *b)
 {
   const struct vhdx_use *x = a, *y = b;
@@ -177,20 +174,46 @@ vhdx_chk_nonzero(struct vd_file *f, uint64_t off, uint64_t len, bool *nz)
   return 0;
 }
 
-/* Overlaps and leaks of the open image DEV. */
+/* Whether overlapping uses A and B are both payload blocks. */
+static bool
+vhdx_chk_blocks(const struct vhdx_use *a, const struct vhdx_use *b)
+{
+  return a->entry != UINT64_MAX && b->entry != UINT64_MAX &&
+         strcmp(a->what, "payload block") == 0 &&
+         strcmp(b->what, "payload block") == 0;
+}
+
+/* -r all: each of the N entries MV (sharing space with another payload
+ * block) gets a copy of its block at the end of the file, so both keep
+ * reading what they read. */
 static int
-vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
+vhdx_chk_unshare(struct vhdx_checker *c, struct vd_dev *dev,
+                 const uint64_t *mv, size_t n)
 {
   struct vhdx_priv *p = dev->priv;
-  uint64_t fsz, bs = p->meta.block_size, cr = p->chunk_ratio;
-  int r = vd_file_size(dev->file, &fsz);
-  if (r < 0)
-    return r;
-  struct vhdx_use *u = malloc((p->bat_entries + 4) * sizeof *u);
-  if (!u)
+  uint8_t *buf = malloc(VHDX_MiB);
+  if (!buf)
     return vd_set_error(ENOMEM, "%s: out of memory", c->path);
+  pthread_mutex_lock(&p->lock);
+  int r = vhdx_begin_locked(dev);
+  for (size_t i = 0; r == 0 && i < n; i++) {
+    bool done = false;
+    for (size_t j = 0; j < i; j++)
+      done |= mv[j] == mv[i];
+    /* An entry moved already fixed this overlap too. */
+    if (done || (r = vhdx_fresh_copy_locked(dev, mv[i], buf)) == 0)
+      c->r->corruptions_fixed++;
+  }
+  pthread_mutex_unlock(&p->lock);
+  free(buf);
+  return r;
+}
+
+size_t
+vhdx_uses(const struct vhdx_priv *p, struct vhdx_use *u)
+{
+  uint64_t cr = p->chunk_ratio;
   size_t n = 0;
-  c->r->total_clusters = p->data_blocks;
   u[n++] = (struct vhdx_use){ 0, VHDX_MiB, UINT64_MAX, "the header section" };
   if (p->header.log_length)
     u[n++] = (struct vhdx_use){ p->header.log_offset, p->header.log_length,
@@ -206,11 +229,35 @@ vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
     if (sb ? st != VHDX_SB_PRESENT || !p->meta.has_parent
            : st == VHDX_PB_NOT_PRESENT || st == VHDX_PB_UNDEFINED || !off)
       continue;
-    if (!sb && (st == VHDX_PB_FULLY_PRESENT ||
-                st == VHDX_PB_PARTIALLY_PRESENT))
-      c->r->allocated_clusters++;
-    u[n++] = (struct vhdx_use){ off, sb ? VHDX_SB_SIZE : bs, i,
-                                sb ? "sector bitmap" : "payload block" };
+    u[n++] = (struct vhdx_use){ off, sb ? VHDX_SB_SIZE : p->meta.block_size,
+                                i, sb ? "sector bitmap" : "payload block" };
+  }
+  return n;
+}
+
+/* Overlaps and leaks of the open image DEV. */
+static int
+vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t fsz, bs = p->meta.block_size, cr = p->chunk_ratio;
+  int r = vd_file_size(dev->file, &fsz);
+  if (r < 0)
+    return r;
+  struct vhdx_use *u = malloc((p->bat_entries + 4) * sizeof *u);
+  if (!u)
+    return vd_set_error(ENOMEM, "%s: out of memory", c->path);
+  c->r->total_clusters = p->data_blocks;
+  for (uint64_t b = 0; b < p->data_blocks; b++) {
+    unsigned st = VHDX_BAT_STATE(p->bat[b + b / cr]);
+    c->r->allocated_clusters += st == VHDX_PB_FULLY_PRESENT ||
+                                st == VHDX_PB_PARTIALLY_PRESENT;
+  }
+  size_t n = vhdx_uses(p, u), nmv = 0;
+  uint64_t *mv = malloc(n * sizeof *mv);
+  if (!mv) {
+    free(u);
+    return vd_set_error(ENOMEM, "%s: out of memory", c->path);
   }
   qsort(u, n, sizeof *u, vhdx_use_cmp);
   uint64_t end = 0;
@@ -222,6 +269,9 @@ vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
       vhdx_use_name(&u[i], b, sizeof b);
       vhdx_chk_msg(c, &c->r->corruptions, "%s at offset %" PRIu64 " overlaps "
                    "%s", b, u[i].off, a);
+      /* Two payload blocks: the later entry gets its own copy (-r all). */
+      if (vhdx_chk_blocks(&u[i], &u[last]))
+        mv[nmv++] = u[i].entry > u[last].entry ? u[i].entry : u[last].entry;
     } else if (u[i].off >= end + VHDX_MiB && end < fsz) {
       /* A gap: non-zero bytes in it are a leak. */
       uint64_t glen = (u[i].off < fsz ? u[i].off : fsz) - end;
@@ -244,8 +294,10 @@ vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
     }
   }
   free(u);
-  if (r < 0)
+  if (r < 0) {
+    free(mv);
     return r;
+  }
   c->r->image_end_offset = end < fsz ? end : fsz;
   if (fsz > end) {
     uint64_t k = (fsz - end + bs - 1) / bs;
@@ -257,6 +309,9 @@ vhdx_chk_space(struct vhdx_checker *c, struct vd_dev *dev)
         (r = vd_file_flush(dev->file)) == 0)
       c->r->leaks_fixed += k;
   }
+  if (r == 0 && nmv && (c->fix & VD_CHECK_FIX_ERRORS))
+    r = vhdx_chk_unshare(c, dev, mv, nmv);
+  free(mv);
   return r;
 }
 

@@ -378,6 +378,7 @@ vhdx_meta_read(vhdx_read_fn read, void *opaque, uint64_t region_off,
                           names[SIZE], where)) < 0)
     goto out;
   m->disk_size = vd_get_le64(b);
+  m->size_off = vd_get_le32(found[SIZE] + 16);
   if ((r = vhdx_meta_item(read, opaque, region_off, found[P83], m->page83,
                           16, names[P83], where)) < 0)
     goto out;

@@ -114,7 +114,7 @@ vhdx_create_opts(const char *path, const struct vd_create_args *args,
  * drive letter: this host has none).  A volume_path would name a volume
  * GUID, which a Linux host does not have: none is written.  *OUT is
  * malloc'd. */
-static int
+int
 vhdx_make_locator(const char *path, const char *backing,
                   struct vd_dev *parent, uint8_t **out, uint32_t *len)
 {
@@ -345,7 +345,7 @@ vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
 /* The first write of a session: new FileWriteGuid and DataWriteGuid (the
  * disk's content is about to change) and a LogGuid for the entries to
  * come, in both headers, before anything else is modified. */
-static int
+int
 vhdx_begin_locked(struct vd_dev *dev)
 {
   struct vhdx_priv *p = dev->priv;
@@ -396,18 +396,9 @@ vhdx_begin_locked(struct vd_dev *dev)
   return 0;
 }
 
-/* One 4 KiB page of metadata to change: its file offset and new bytes. */
-struct vhdx_page {
-  uint64_t off;
-  uint8_t *data;
-};
-#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
-
-/* Write the N pages PG as one log entry (one data descriptor each, its own
- * tail, the next sequence number), flush, write them in place, flush.
- * FLUSHED: a file size known durable; LAST: one all structures fit in
- * (2.3.1.1). */
-static int
+/* vhdx.h; one data descriptor per page, the entry its own tail, the next
+ * sequence number. */
+int
 vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                       unsigned n, uint64_t flushed, uint64_t last)
 {
@@ -981,15 +972,25 @@ vhdx_flush(struct vd_dev *dev)
   int r = vd_file_flush(dev->file);
   if (r < 0)
     return r;
-  /* Every logged page is in place and flushed: the log can be retired so
-   * other readers open the image without a replay. */
   pthread_mutex_lock(&p->lock);
-  if (p->log_active) {
-    memset(p->header.log_guid, 0, 16);
-    r = vhdx_write_headers(dev);
-    if (r == 0)
-      p->log_active = false;
-  }
+  r = vhdx_retire_log_locked(dev);
   pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+int
+vhdx_retire_log_locked(struct vd_dev *dev)
+{
+  struct vhdx_priv *p = dev->priv;
+  VD_ASSERT_HELD(&p->lock);
+  if (!p->log_active)
+    return 0;
+  /* Every logged page is in place and flushed (each entry ends so): the
+   * log can be retired so other readers open the image without a
+   * replay. */
+  memset(p->header.log_guid, 0, 16);
+  int r = vhdx_write_headers(dev);
+  if (r == 0)
+    p->log_active = false;
   return r;
 }

@@ -141,6 +141,7 @@ struct vhdx_meta {
   uint32_t block_size;
   bool leave_allocated, has_parent;
   uint64_t disk_size;
+  uint32_t size_off;                  /* the size item, in the region */
   uint8_t page83[16];
   uint32_t lss, pss;
   bool have_locator;
@@ -288,6 +289,11 @@ int vhdx_write_headers(struct vd_dev *dev);
  * the log), flush (also clears the LogGuid once the metadata is in
  * place). */
 int vhdx_create(const char *path, const struct vd_create_args *args);
+/* The parent locator (2.6.2.6) of the child at PATH over PARENT (an open
+ * VHDX) named BACKING: parent_linkage (PARENT's DataWriteGuid),
+ * relative_path and absolute_win32_path.  *OUT (*LEN bytes) is malloc'd. */
+int vhdx_make_locator(const char *path, const char *backing,
+                      struct vd_dev *parent, uint8_t **out, uint32_t *len);
 /* qemu-img measure for VHDX (vd_driver.measure). */
 int vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
                  uint64_t *required, uint64_t *fully);
@@ -304,11 +310,68 @@ int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                  unsigned flags);
 
+/* One 4 KiB page of metadata to change: its file offset and new bytes. */
+struct vhdx_page {
+  uint64_t off;
+  uint8_t *data;
+};
+#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
+
+/* The first change of a session: new FileWriteGuid and DataWriteGuid, a
+ * new LogGuid (its first entry written and flushed first) in both
+ * headers.  Does nothing once done.  Lock held. */
+int vhdx_begin_locked(struct vd_dev *dev);
+/* Write the N (<= VHDX_MAX_PAGES) pages PG as one log entry, flush, write
+ * them in place, flush.  FLUSHED: a file size known durable; LAST: one all
+ * structures fit in (2.3.1.1).  Lock held, session begun. */
+int vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
+                          unsigned n, uint64_t flushed, uint64_t last);
+
+/* Clear the LogGuid in both headers when set (every entry's pages are
+ * in place and flushed by then).  Lock held. */
+int vhdx_retire_log_locked(struct vd_dev *dev);
+
+/* ---- vhdx-manage.c ---- */
+
+/* vd_driver truncate op: dynamic images only; grows through the log (the
+ * new BAT entries first, then the size item) when the BAT region holds
+ * the entries; shrinks when no block past the new end is allocated. */
+int vhdx_truncate(struct vd_dev *dev, uint64_t size, unsigned flags);
+/* vd_driver compact op: dynamic images only; blocks of zeros lose their
+ * space, the last blocks move into the gaps, the file is cut. */
+int vhdx_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
+                 void *opaque);
+/* Give the payload block of BAT entry IDX its own copy at the end of the
+ * file (1 MiB aligned; BUF: 1 MiB of scratch): the copy written and
+ * flushed, then the entry through the log.  For check -r, with no reader
+ * of DEV about.  Lock held, session begun. */
+int vhdx_fresh_copy_locked(struct vd_dev *dev, uint64_t idx, uint8_t *buf);
+/* vd_driver change_backing op: the parent locator (linkage and paths of
+ * BDEV, a VHDX) rewritten in place through the log, with its length in
+ * the metadata table; only a differencing image, only to another parent,
+ * only where the locator fits before the next item. */
+int vhdx_change_backing(struct vd_dev *dev, const char *backing,
+                        struct vd_dev *bdev);
+
 /* ---- vhdx-check.c ---- */
 
 /* vd_driver check op (vd_check): headers and region table copies, then
  * the driver's own open (log, metadata, BAT against the file), then
  * overlapping structures and leaked space; -r as described there. */
 int vhdx_check(const char *path, unsigned flags, struct vd_check_report *r);
+
+/* A range of the file a structure claims. */
+struct vhdx_use {
+  uint64_t off, len;
+  uint64_t entry;               /* BAT index, or UINT64_MAX */
+  const char *what;
+};
+/* Fill U (room for p->bat_entries + 4) with every range a structure of P
+ * claims, unsorted: the header section, the log, the regions, payload
+ * blocks (also the space a zero or unmapped entry keeps) and, in a
+ * differencing image, sector bitmap blocks.  Returns how many. */
+size_t vhdx_uses(const struct vhdx_priv *p, struct vhdx_use *u);
+/* qsort comparator of vhdx_use by offset. */
+int vhdx_use_cmp(const void *a, const void *b);
 
 #endif /* VDISK_VHDX_H */

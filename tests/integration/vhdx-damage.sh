@@ -6,7 +6,7 @@
 # one ERROR line naming the structure and exits 2 (qemu-img's code)
 # without writing; `check -r all` puts a damaged copy back.
 . "$top_srcdir/tests/functions.sh"
-requires qemu-img /usr/bin/python3
+requires qemu-img qemu-io /usr/bin/python3
 gen() { /usr/bin/python3 "$top_srcdir/tests/vhdxgen/vhdxgen.py" "$@"; }
 cd "$VD_TMP"
 M=$((1 << 20)); K=1024
@@ -127,6 +127,17 @@ refused 'log: no valid log sequence'
 cp good.vhdx bad.vhdx
 dd if=good.vhdx of=bad.vhdx bs=1 skip=$boff seek=$((boff + 8 * 9)) count=8 conv=notrunc status=none
 checked 'BAT entry 9 \(payload block\) at offset [0-9]+ overlaps BAT entry 0 \(payload block\)'
+# -r all gives block 9 a copy of its own: both read what they read, then
+# take writes apart; qemu-img checks the repaired image clean.
+vdtool convert -f vhdx -O raw bad.vhdx before.raw
+vdtool check -q -r all bad.vhdx || fail "overlap: check -r all exit $?"
+vdtool check -q bad.vhdx || fail "overlap: check after -r all exit $?"
+qemu-img check -q -f vhdx bad.vhdx || fail "overlap: qemu-img check after -r all"
+qemu-img compare -q -f vhdx -F raw bad.vhdx before.raw || fail "overlap: -r all changed what the disk reads"
+bs=$(vdtool info --output=json bad.vhdx | sed -n 's/.*"cluster-size": \([0-9]*\).*/\1/p')
+qemu-io -f vhdx -c "write -P 0x5c $((9 * bs)) 4k" bad.vhdx >/dev/null
+qemu-io -f raw -c "write -P 0x5c $((9 * bs)) 4k" before.raw >/dev/null
+qemu-img compare -q -f vhdx -F raw bad.vhdx before.raw || fail "overlap: blocks 0 and 9 still share space after -r all"
 # A block over the BAT region.
 cp good.vhdx bad.vhdx; poke bad.vhdx $((boff + 8 * 9)) "\\x06\\x00\\x$(printf %x $((boff >> 20 << 4)))"
 checked 'overlaps the BAT region|the BAT region at offset [0-9]+ overlaps'
