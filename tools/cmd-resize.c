@@ -1,5 +1,5 @@
 /* vdtool resize — as qemu-img resize: change an image's virtual size
- * (vd_truncate: raw, vpc, rbd; qcow2 grows only). */
+ * (vd_truncate: raw, vpc, rbd, qcow2). */
 #include <config.h>
 
 #include <inttypes.h>
@@ -13,9 +13,9 @@ const char vt_usage_resize[] =
   "Set the virtual size to SIZE, or grow (+) or shrink (-) it by SIZE.\n"
   "Shrinking needs --shrink.  A raw image is cut as qemu-img cuts it; a\n"
   "VHD only gives up space that is unallocated or holds zeros; a qcow2\n"
-  "image only grows (over a longer backing file, the new space reads as\n"
-  "zeros, as with qemu-img).  A raw image opened without -f may grow but\n"
-  "not shrink.  SIZE is always the last argument; options may come before\n"
+  "image frees the clusters past the new end and is cut, as with qemu-img\n"
+  "(grown over a longer backing file, the new space reads as zeros).  A\n"
+  "raw image opened without -f may grow but not shrink.  SIZE is always the last argument; options may come before\n"
   "or after FILENAME, as with qemu-img.\n"
   "\n"
   "  -f FMT     image format (default: probe)\n"

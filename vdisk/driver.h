@@ -397,6 +397,10 @@ int vd_open_parent_operator(const struct vd_dev *child, const char *path,
                             const struct vd_open_args *args,
                             struct vd_dev **out);
 
+/* Why DEV is read-only when the format says (read_only_hint, else
+ * read_only_reason), or NULL. */
+const char *vd_read_only_why(struct vd_dev *dev);
+
 /* Whether paths A and B name the same file (both exist). */
 bool vd_same_file(const char *a, const char *b);
 /* The image of the chain below FROM (FROM excluded) that is the file
