@@ -447,6 +447,19 @@ vd_check(const char *path, const char *format, unsigned flags,
   return drv->check(path, flags, r);
 }
 
+int
+vd_amend(const char *path, const char *format, const char *options)
+{
+  int err = 0;
+  const struct vd_driver *drv = dev_lookup(path, format, false, &err);
+  if (!drv)
+    return err;
+  if (!drv->amend)
+    return vd_set_error(ENOTSUP, "Format driver '%s' does not support "
+                        "option amendment", drv->name);
+  return drv->amend(path, options);
+}
+
 /* ---- request checks ---- */
 
 const char *

@@ -254,6 +254,13 @@ struct vd_driver {
   struct vd_dev *(*replace_backing)(struct vd_dev *dev,
                                     struct vd_dev *newparent);
 
+  /* qemu-img amend (vd_amend): change the format options OPTIONS
+   * ("k=v,...") of the image at PATH, which no one else has open (the
+   * driver takes the image's locks).  amend_help lists them as
+   * create_help does.  NULL: the format amends nothing (-ENOTSUP). */
+  int (*amend)(const char *path, const char *options);
+  const char *amend_help;
+
   /* New ops go here, at the end. */
 };
 
