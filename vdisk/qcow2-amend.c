@@ -60,14 +60,14 @@ q_amend_opts(const char *path, const char *options, struct q_amend *a)
     snprintf(val, sizeof val, "%.*s", k < n ? (int)(n - k - 1) : 0,
              o + k + 1);
     o += n + (o[n] == ',');
-    bool known = false;
-    for (const char *const *c = creation; *c && !known; c++)
+    for (const char *const *c = creation; *c; c++)
       if (strcmp(key, *c) == 0)
         return vd_set_error(EINVAL, "Invalid parameter '%s': this option "
                             "is only supported for image creation", key);
-    for (const char *const *c = other; *c && !known; c++)
-      known = strcmp(key, *c) == 0 || strncmp(key, "encrypt.", 8) == 0;
-    if (known)
+    bool other_opt = strncmp(key, "encrypt.", 8) == 0;
+    for (const char *const *c = other; *c && !other_opt; c++)
+      other_opt = strcmp(key, *c) == 0;
+    if (other_opt)
       return vd_set_error(ENOTSUP, "%s: amending '%s' is not supported by "
                           "vdisk (compat and lazy_refcounts are)", path, key);
     if (strcmp(key, "compat") == 0) {
