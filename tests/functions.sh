@@ -91,6 +91,39 @@ expect_error() {
   grep -Eq -- "$re" "$out" || fail "'$*' said '$(cat "$out")', expected /$re/"
 }
 
+# power_cut IMG SEED MAXCUT CMD...: run CMD under the test shim
+# (tests/unit/vdtest-shim.c) journaling IMG's writes and killing CMD after
+# a random 1st..MAXCUT-th write (RANDOM seeded with SEED), then roll IMG
+# back as a power cut would (powercut.py).  Prints "exit RC, CUT" (RC 0:
+# CMD finished, no cut); fails the test when CMD exits otherwise.
+power_cut() {
+  local img=$1 seed=$2 max=$3 rc=0 cut=none j="$VD_TMP/.journal"
+  shift 3
+  RANDOM=$seed
+  rm -f "$j"
+  { LD_PRELOAD="$top_builddir/tests/unit/.libs/libvdtest-shim.so" \
+      VDTEST_SHIM_FILE="$img" VDTEST_JOURNAL="$j" \
+      VDTEST_CUT_AFTER=$((1 + RANDOM % max)) "$@" >"$VD_TMP/.cut" 2>&1; } \
+      2>/dev/null || rc=$?
+  [ $rc = 0 ] || [ $rc = 137 ] ||
+    fail "seed $seed: '$*' exited $rc: $(cat "$VD_TMP/.cut")"
+  [ $rc = 0 ] ||
+    cut=$(/usr/bin/python3 "$top_srcdir/tests/integration/powercut.py" "$img" "$j" "$seed")
+  echo "exit $rc, $cut"
+}
+
+# check_leaks_only IMG WHAT: qemu-img check finds IMG clean or with leaks
+# only (else the test fails naming WHAT); prints "clean" or "leaks".
+check_leaks_only() {
+  local rc=0
+  qemu-img check "$1" >"$VD_TMP/.check" 2>&1 || rc=$?
+  case $rc in
+    0) echo clean ;;
+    3) echo leaks ;;
+    *) fail "$2: qemu-img check exit $rc (only leaks allowed): $(cat "$VD_TMP/.check")" ;;
+  esac
+}
+
 # Deterministic pattern data: pattern_file FILE SIZE SEED writes SIZE bytes.
 pattern_bytes() {
   local n=$1 seed=$2

@@ -1,5 +1,5 @@
 /* vdtool resize — as qemu-img resize: change an image's virtual size
- * (vd_truncate: raw, vpc, dynamic vhdx, rbd; qcow2 grows only). */
+ * (vd_truncate: raw, vpc, dynamic vhdx, rbd, qcow2). */
 #include <config.h>
 
 #include <inttypes.h>
@@ -14,10 +14,11 @@ const char vt_usage_resize[] =
   "Shrinking needs --shrink.  A raw image is cut as qemu-img cuts it; a\n"
   "VHD only gives up space that is unallocated or holds zeros; a dynamic\n"
   "VHDX shrinks only when no block past the new end is allocated; a qcow2\n"
-  "image only grows (over a longer backing file, the new space reads as\n"
-  "zeros, as with qemu-img).  A raw image opened without -f may grow but\n"
-  "not shrink.  SIZE is always the last argument; options may come before\n"
-  "or after FILENAME, as with qemu-img.\n"
+  "image frees the clusters past the new end and is cut, as with qemu-img\n"
+  "(grown over a longer backing file, the new space reads as zeros).  A\n"
+  "raw image opened without -f may grow but not shrink.  SIZE is always\n"
+  "the last argument; options may come before or after FILENAME, as with\n"
+  "qemu-img.\n"
   "\n"
   "  -f FMT     image format (default: probe)\n"
   "  --shrink   allow making the image smaller\n"

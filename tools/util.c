@@ -176,7 +176,7 @@ vt_parse_manage(const char *cmd, int argc, char **argv,
         return VT_EXIT_ERR;
     }
   }
-  if (argc - optind != noper)
+  if (noper >= 0 ? argc - optind != noper : argc - optind > -noper)
     return vt_bad_usage(cmd, "expected %s", operands);
   return 0;
 }

@@ -21,6 +21,7 @@ VT_CMD(check)
 VT_CMD(commit)
 VT_CMD(rebase)
 VT_CMD(resize)
+VT_CMD(amend)
 VT_CMD(compact)
 VT_CMD(raid)
 VT_CMD(qmp)
@@ -40,6 +41,7 @@ const struct vt_command vt_commands[] = {
   VT_ENTRY(commit),
   VT_ENTRY(rebase),
   VT_ENTRY(resize),
+  VT_ENTRY(amend),
   VT_ENTRY(compact),
   VT_ENTRY(raid),
   VT_ENTRY(qmp),

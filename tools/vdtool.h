@@ -81,8 +81,8 @@ typedef int (*vt_manage_opt_fn)(int c, const char *arg, void *ctx);
 /* Parse ARGV of CMD (getopt_long from the start, stopping at the first
  * operand so that "-1G" after FILENAME is an operand): the shared options
  * into *O, and EXTRA_SHORT / EXTRA_LONG (NULL-ended, may be NULL) through
- * ON_OPT(c, optarg, CTX).  Exactly NOPER operands must follow (OPERANDS
- * names them for the message).  Returns 0 with optind at the first
+ * ON_OPT(c, optarg, CTX).  Exactly NOPER operands must follow, or at most
+ * -NOPER when NOPER is negative (OPERANDS names them for the message).  Returns 0 with optind at the first
  * operand, or VT_EXIT_ERR (printed). */
 int vt_parse_manage(const char *cmd, int argc, char **argv,
                     const char *extra_short, const struct option *extra_long,

@@ -447,14 +447,34 @@ vd_check(const char *path, const char *format, unsigned flags,
   return drv->check(path, flags, r);
 }
 
+int
+vd_amend(const char *path, const char *format, const char *options)
+{
+  int err = 0;
+  const struct vd_driver *drv = dev_lookup(path, format, false, &err);
+  if (!drv)
+    return err;
+  if (!drv->amend)
+    return vd_set_error(ENOTSUP, "Format driver '%s' does not support "
+                        "option amendment", drv->name);
+  return drv->amend(path, options);
+}
+
 /* ---- request checks ---- */
 
-static int
-dev_read_only(struct vd_dev *dev, const char *op)
+const char *
+vd_read_only_why(struct vd_dev *dev)
 {
   const char *hint = dev->drv->read_only_hint;
   if (!hint && dev->drv->read_only_reason)
     hint = dev->drv->read_only_reason(dev);
+  return hint;
+}
+
+static int
+dev_read_only(struct vd_dev *dev, const char *op)
+{
+  const char *hint = vd_read_only_why(dev);
   return vd_set_error(EROFS, "%s: %s: device is read-only%s%s", dev->path, op,
                       hint ? "; " : "", hint ? hint : "");
 }

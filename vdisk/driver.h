@@ -254,6 +254,13 @@ struct vd_driver {
   struct vd_dev *(*replace_backing)(struct vd_dev *dev,
                                     struct vd_dev *newparent);
 
+  /* qemu-img amend (vd_amend): change the format options OPTIONS
+   * ("k=v,...") of the image at PATH, which no one else has open (the
+   * driver takes the image's locks).  amend_help lists them as
+   * create_help does.  NULL: the format amends nothing (-ENOTSUP). */
+  int (*amend)(const char *path, const char *options);
+  const char *amend_help;
+
   /* New ops go here, at the end. */
 };
 
@@ -396,6 +403,10 @@ int vd_open_parent(const struct vd_dev *child, const char *path,
 int vd_open_parent_operator(const struct vd_dev *child, const char *path,
                             const struct vd_open_args *args,
                             struct vd_dev **out);
+
+/* Why DEV is read-only when the format says (read_only_hint, else
+ * read_only_reason), or NULL. */
+const char *vd_read_only_why(struct vd_dev *dev);
 
 /* Whether paths A and B name the same file (both exist). */
 bool vd_same_file(const char *a, const char *b);

@@ -24,9 +24,11 @@
 static int
 mg_writable(struct vd_dev *dev, const char *what)
 {
+  const char *why = dev->read_only ? vd_read_only_why(dev) : NULL;
   if (dev->read_only)
-    return vd_set_error(EROFS, "%s: cannot %s: the image is open read-only",
-                        dev->path, what);
+    return vd_set_error(EROFS, "%s: cannot %s: the image is open read-only%s"
+                        "%s", dev->path, what, why ? "; " : "",
+                        why ? why : "");
   return 0;
 }
 

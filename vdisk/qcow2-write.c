@@ -516,7 +516,7 @@ qcow2_flush(struct vd_dev *dev)
   return r;
 }
 
-/* ---- resize (grow only) ---- */
+/* ---- resize ---- */
 
 /* Write the header's size and L1 table (L1OFF, L1SIZE): one write of
  * bytes 24..47, then a sync. */
@@ -576,23 +576,272 @@ q_l1_grow(struct vd_dev *dev, uint32_t need)
   return ooff && on ? q_ref_add(dev, ooff, on, -1) : 0;
 }
 
-/* vd_truncate: grow the disk to SIZE (rounded up to 512 bytes, as qemu
- * asks for).  Shrinking is refused.  In crash order: the L1 table grows
- * first (the old size still recorded); where a backing file longer than
- * the old size would show through the new space, that space is zeroed, as
- * qemu's truncate does; only then does the header take the new size.  A
- * power cut leaves the old size or the new one, never the new size over
- * unzeroed backing bytes. */
+/* The last cluster from cluster FIRST on with a non-zero refcount:
+ * *LAST, *ANY false if none. */
+static int
+q_last_counted(struct vd_dev *dev, uint64_t first, uint64_t *last, bool *any)
+{
+  struct qcow2_priv *p = dev->priv;
+  *any = false;
+  uint8_t *blk = malloc(p->cluster);
+  if (!blk)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (uint64_t i = first / p->rpb; i < p->rt_entries; i++) {
+    if (!p->rt[i])
+      continue;
+    int r = vd_file_pread(dev->file, blk, p->cluster, p->rt[i]);
+    if (r < 0) {
+      free(blk);
+      return r;
+    }
+    for (uint64_t k = 0; k < p->rpb; k++) {
+      uint64_t c = i * p->rpb + k;
+      if (c >= first && rc_get(p, blk, k)) {
+        *last = c;
+        *any = true;
+      }
+    }
+  }
+  free(blk);
+  return 0;
+}
+
+/* ---- shrink ---- */
+
+/* Free the clusters the N L2 entries of TABLE from K0 hold (runs of
+ * adjacent clusters in one refcount update each). */
+static int
+q_free_entries(struct vd_dev *dev, const uint8_t *table, uint32_t k0,
+               uint32_t n)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t run = 0, runn = 0;
+  int r = 0;
+  for (uint32_t k = k0; k < k0 + n && r == 0; k++) {
+    uint64_t fo, fn;
+    q_entry_clusters(p, vd_get_be64(table + (size_t)k * 8), &fo, &fn);
+    if (!fn)
+      continue;
+    if (runn && fo == run + runn * p->cluster) {
+      runn += fn;
+      continue;
+    }
+    if (runn)
+      r = q_ref_add(dev, run, runn, -1);
+    run = fo;
+    runn = fn;
+  }
+  return r == 0 && runn ? q_ref_add(dev, run, runn, -1) : r;
+}
+
+/* The L2 table of L1 entry I (its offset in *OFF, 0: none) into TABLE. */
+static int
+q_l2_load(struct vd_dev *dev, uint64_t i, uint8_t *table, uint64_t *off)
+{
+  struct qcow2_priv *p = dev->priv;
+  *off = p->l1[i] & QCOW2_OFFSET_MASK;
+  if (!*off)
+    return 0;
+  if (!(p->l1[i] & QCOW2_OFLAG_COPIED))
+    return vd_set_error(EROFS, "%s: L2 table %" PRIu64 " is shared (no "
+                        "COPIED flag): shrinking over it is not supported",
+                        dev->path, i);
+  return vd_file_pread(dev->file, table, p->cluster, *off);
+}
+
+/* Drop every cluster from cluster FIRST on (qemu's discard of the cut
+ * tail): the entries of a table that stays are zeroed and synced before
+ * their clusters are freed; the L1 entries of tables wholly past the end
+ * are zeroed and synced before those tables and their clusters are freed
+ * (the L1 table keeps its size, as qemu's).  A crash leaks at worst. */
+static int
+q_drop_tail(struct vd_dev *dev, uint64_t first, uint8_t *table)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t keep = first / p->l2_entries + (first % p->l2_entries != 0);
+  uint64_t off;
+  int r;
+  if (keep > p->l1_size)
+    return 0;
+  if (first % p->l2_entries) {
+    uint64_t i = keep - 1;
+    uint32_t k0 = (uint32_t)(first % p->l2_entries);
+    uint32_t n = p->l2_entries - k0;
+    if ((r = q_l2_load(dev, i, table, &off)) < 0)
+      return r;
+    bool used = false;
+    for (uint32_t k = k0; off && k < p->l2_entries; k++)
+      used |= vd_get_be64(table + (size_t)k * 8) != 0;
+    if (used) {
+      uint8_t *old = malloc((size_t)n * 8);
+      if (!old)
+        return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+      memcpy(old, table + (size_t)k0 * 8, (size_t)n * 8);
+      memset(table + (size_t)k0 * 8, 0, (size_t)n * 8);
+      r = q_pwrite(dev, table + (size_t)k0 * 8, (size_t)n * 8,
+                   off + (uint64_t)k0 * 8);
+      if (r == 0) {
+        qcow2_l2_cache_update(dev, off, table);
+        r = q_sync(dev);
+      }
+      if (r == 0)
+        r = q_free_entries(dev, old, 0, n);
+      free(old);
+      if (r < 0)
+        return r;
+    }
+  }
+  bool any = false;
+  for (uint64_t i = keep; i < p->l1_size; i++) {
+    if (p->l1[i] && !(p->l1[i] & QCOW2_OFLAG_COPIED))
+      return vd_set_error(EROFS, "%s: L2 table %" PRIu64 " is shared (no "
+                          "COPIED flag): shrinking over it is not "
+                          "supported", dev->path, i);
+    any |= p->l1[i] != 0;
+  }
+  if (!any)
+    return 0;
+  size_t tail = (size_t)(p->l1_size - keep) * 8;
+  uint8_t *z = calloc(1, tail);
+  if (!z)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  r = q_pwrite(dev, z, tail, p->h.l1_off + keep * 8);
+  free(z);
+  if (r == 0)
+    r = q_sync(dev);
+  for (uint64_t i = keep; i < p->l1_size && r == 0; i++) {
+    if ((r = q_l2_load(dev, i, table, &off)) < 0 || !off)
+      continue;
+    p->l1[i] = 0;
+    r = q_free_entries(dev, table, 0, p->l2_entries);
+    if (r == 0)
+      r = q_ref_add(dev, off, 1, -1);
+  }
+  return r;
+}
+
+/* Drop the refcount blocks that count nothing but themselves (qemu's
+ * shrink of the refcount table), so that the file can be cut below them:
+ * their table entries zeroed and synced, then a block counted in another
+ * block is freed there.  A crash leaks at worst. */
+static int
+q_drop_refblocks(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t *gone = calloc(p->rt_entries, sizeof *gone);
+  uint8_t *blk = malloc(p->cluster);
+  int r = 0;
+  if (!gone || !blk)
+    r = vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (uint64_t i = 0; i < p->rt_entries && r == 0; i++) {
+    uint64_t b = p->rt[i], self = b >> p->h.cluster_bits;
+    if (!b || (r = vd_file_pread(dev->file, blk, p->cluster, b)) < 0)
+      continue;
+    bool unused = true;
+    for (uint64_t k = 0; k < p->rpb && unused; k++)
+      unused = rc_get(p, blk, k) == 0 ||
+               (self / p->rpb == i && self % p->rpb == k);
+    if (unused && (r = q_rt_set(dev, i, 0)) == 0)
+      gone[i] = b;
+  }
+  if (r == 0)
+    r = q_sync(dev);
+  for (uint64_t i = 0; i < p->rt_entries && r == 0; i++) {
+    uint64_t b = gone[i];
+    if (b == p->rb_off)
+      p->rb_off = 0;
+    if (b && (b >> p->h.cluster_bits) / p->rpb != i)
+      r = q_ref_add(dev, b, 1, -1);
+  }
+  free(gone);
+  free(blk);
+  return r;
+}
+
+/* Give the end of the file back: after the last cluster that holds a
+ * refcount (the refcounts made durable first), as qemu's truncate does.
+ * Cached L2 tables past the new end are forgotten (their offsets may be
+ * taken again). */
+static int
+q_cut_file(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t last;
+  bool any;
+  int r = q_sync(dev);
+  if (r == 0)
+    r = q_last_counted(dev, 0, &last, &any);
+  if (r < 0 || !any)
+    return r;
+  uint64_t end = (last + 1) * p->cluster;
+  if (end >= p->file_size)
+    return 0;
+  if ((r = vd_file_truncate(dev->file, end)) < 0 || (r = q_sync(dev)) < 0)
+    return r;
+  p->file_size = p->next_free = end;
+  pthread_mutex_lock(&p->cache_lock);
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
+    if (p->slots[i].off >= end)
+      p->slots[i].off = 0;
+  pthread_mutex_unlock(&p->cache_lock);
+  return 0;
+}
+
+/* Shrink to SIZE (a multiple of 512 below the current size), as qemu's
+ * truncate: the clusters past the new end dropped (q_drop_tail), and the
+ * refcount blocks left counting nothing, then the header takes the new
+ * size, then the file is cut.  A power cut leaves the
+ * old size (the tail partly dropped: it reads zeros, the bytes below SIZE
+ * intact) or the new one, with at worst leaked clusters.  RW held for
+ * writing. */
+static int
+q_shrink(struct vd_dev *dev, uint64_t size)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint8_t *table = malloc(p->cluster);
+  if (!table)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = q_drop_tail(dev, vd_round_up(size, p->cluster) >> p->h.cluster_bits,
+                      table);
+  free(table);
+  if (r == 0)
+    r = q_drop_refblocks(dev);
+  if (r == 0)
+    r = q_header_size(dev, size, p->h.l1_off, p->l1_size);
+  if (r < 0)
+    return r;
+  p->h.size = dev->size = size;
+  return q_cut_file(dev);
+}
+
+/* vd_truncate.  Shrinking (SIZE a multiple of 512, as qemu asks):
+ * q_shrink.  Growing: to SIZE rounded up to 512 bytes.  In crash order:
+ * the L1 table grows first (the old size still recorded); where a backing
+ * file longer than the old size would show through the new space, that
+ * space is zeroed, as qemu's truncate does; only then does the header take
+ * the new size.  A power cut leaves the old size or the new one, never the
+ * new size over unzeroed backing bytes. */
 int
 qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
 {
-  (void)flags;
+  (void)flags;                    /* the engine checked VD_TRUNCATE_SHRINK */
   struct qcow2_priv *p = dev->priv;
-  size = vd_round_up(size, 512);
   uint64_t old = dev->size;
-  if (size < old)
-    return vd_set_error(ENOTSUP, "%s: qcow2 images cannot be shrunk",
-                        dev->path);
+  int r;
+  if (size < old) {
+    if (size % 512)
+      return vd_set_error(EINVAL, "%s: the new size must be a multiple of "
+                          "512", dev->path);
+    pthread_rwlock_wrlock(&p->rw);
+    r = p->failed ? vd_set_error(EIO, "%s: an earlier metadata update "
+                                 "failed", dev->path)
+                  : q_shrink(dev, size);
+    if (r < 0)
+      p->failed = true;
+    pthread_rwlock_unlock(&p->rw);
+    return r;
+  }
+  size = vd_round_up(size, 512);
   if (size == old)
     return 0;
   uint64_t span = (uint64_t)p->cluster * p->l2_entries;
@@ -604,7 +853,7 @@ qcow2_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   /* What lies below decides whether the new space must be zeroed: an
    * image opened without its backing file (vdtool resize) opens it now,
    * checked as any open checks it, as qemu-img resize opens the chain. */
-  int r = 0;
+  r = 0;
   if (p->h.backing_off && !p->parent &&
       (r = qcow2_open_backing(dev, false)) < 0)
     return r;
@@ -666,31 +915,12 @@ static int
 q_skip_taken(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  uint64_t first = p->next_free / p->cluster, last = 0;
-  bool any = false;
-  uint8_t *blk = malloc(p->cluster);
-  if (!blk)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  for (uint64_t i = first / p->rpb; i < p->rt_entries; i++) {
-    if (!p->rt[i])
-      continue;
-    int r = vd_file_pread(dev->file, blk, p->cluster, p->rt[i]);
-    if (r < 0) {
-      free(blk);
-      return r;
-    }
-    for (uint64_t k = 0; k < p->rpb; k++) {
-      uint64_t c = i * p->rpb + k;
-      if (c >= first && rc_get(p, blk, k)) {
-        last = c;
-        any = true;
-      }
-    }
-  }
-  free(blk);
-  if (any)
+  uint64_t last;
+  bool any;
+  int r = q_last_counted(dev, p->next_free / p->cluster, &last, &any);
+  if (r == 0 && any)
     p->next_free = (last + 1) * p->cluster;
-  return 0;
+  return r;
 }
 
 int

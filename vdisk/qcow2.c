@@ -850,6 +850,10 @@ const struct vd_driver vd_qcow2_driver = {
   .reopen = qcow2_reopen,
   .backing_dev = qcow2_backing_dev,
   .snapshot_list = qcow2_snapshot_list,
+  .amend = qcow2_amend,
+  .amend_help =
+    "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
+    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n",
 };
 
 VD_REGISTER_DRIVER(vd_qcow2_driver);

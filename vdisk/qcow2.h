@@ -263,4 +263,9 @@ int qcow2_open_backing(struct vd_dev *dev, bool lookup_only);
  * check); repairs refcounts with VD_CHECK_FIX_*. */
 int qcow2_check(const char *path, unsigned flags, struct vd_check_report *r);
 
+/* ---- qcow2-amend.c ---- */
+
+/* vd_driver.amend: compat and lazy_refcounts (qemu-img amend). */
+int qcow2_amend(const char *path, const char *options);
+
 #endif /* VDISK_QCOW2_H */

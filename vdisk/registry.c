@@ -216,6 +216,13 @@ vd_format_name(const char *format)
 }
 
 const char *
+vd_amend_options_help(const char *format)
+{
+  const struct vd_driver *d = format ? vd_find_driver(format) : NULL;
+  return d && d->amend ? d->amend_help : NULL;
+}
+
+const char *
 vd_create_options_help(const char *format)
 {
   const struct vd_driver *d = format ? vd_find_driver(format) : NULL;

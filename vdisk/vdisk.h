@@ -237,6 +237,15 @@ struct vd_check_report {
 int vd_check(const char *path, const char *format, unsigned flags,
              struct vd_check_report *r);
 
+/* Change format options of the image at PATH as qemu-img amend does
+ * (OPTIONS "key=value,...", FORMAT NULL: probe; qcow2: compat and
+ * lazy_refcounts).  Returns 0, -ENOTSUP when the format amends nothing,
+ * or another -errno with vd_error() set. */
+int vd_amend(const char *path, const char *format, const char *options);
+/* The options vd_amend takes for FORMAT, one per line in qemu-img's -o
+ * help layout; NULL if FORMAT is unknown or amends nothing. */
+const char *vd_amend_options_help(const char *format);
+
 /* ---- Management operations (qemu-img's commit, rebase, resize; compact).
  * Each is a driver op with a generic fallback where the job can be done by
  * copying (vdisk/manage.c); a format that cannot do it fails with -ENOTSUP
