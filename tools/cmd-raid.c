@@ -37,6 +37,7 @@ const char vt_usage_raid[] =
   "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
   "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
+  "       vdtool raid add [-f FMT] ARRAY SPARE\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
   "       vdtool raid monitor [-1|--oneshot] [-d|--delay SECONDS]\n"
   "                           [-p|--program PROG] ARRAY...\n"
@@ -96,6 +97,12 @@ const char vt_usage_raid[] =
   "  re-add     put a failed MEMBER back (the same device, reachable again)\n"
   "             and copy only the regions the write-intent bitmap marked\n"
   "             while it was out; prints the bytes copied\n"
+  "  add        add SPARE as a hot spare (mdadm --add): when a member fails,\n"
+  "             or is missing when the array is opened for writing, the\n"
+  "             spare takes its slot and is rebuilt in the background.  Added\n"
+  "             to a degraded array it takes over at once (offline, vdtool\n"
+  "             waits for the rebuild).  SPARE must be at least as large as a\n"
+  "             member; RAID0 has no spares\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
   "  monitor    watch the arrays (served or not: it reads the superblocks\n"
@@ -108,7 +115,7 @@ const char vt_usage_raid[] =
   "             until SIGINT/SIGTERM\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
-  "re-add, scrub and status are performed by that process (online), through its\n"
+  "re-add, add, scrub and status are performed by that process (online), through its\n"
   "control socket, found in the runtime entry it keeps for ARRAY\n"
   "($VDISK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for\n"
   "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
@@ -320,7 +327,10 @@ static void raid_detail_error(const char *desc)
   struct vd_raid_superblock sb;
   char why[512];
   snprintf(why, sizeof why, "%s", vd_error());
-  if (vd_raid_examine_member(desc, &sb) == 0)
+  if (vd_raid_examine_member(desc, &sb) == 0 && sb.spare)
+    vt_error("%s is a hot spare of array %s, not an array descriptor: use "
+             "'vdtool raid examine %s'", desc, sb.uuid, desc);
+  else if (vd_raid_examine_member(desc, &sb) == 0)
     vt_error("%s is a member of array %s (slot %d), not an array "
              "descriptor: use 'vdtool raid examine %s'", desc, sb.uuid,
              sb.slot, desc);
@@ -394,6 +404,15 @@ static int raid_cmd_detail(int argc, char **argv)
       vt_json_string(stdout, m->why);
       printf(" }%s\n", i + 1 < st->nmembers ? "," : "");
     }
+    printf("    ],\n    \"spares\": [\n");
+    for (unsigned i = 0; i < st->nspares; i++) {
+      printf("        { \"path\": ");
+      vt_json_string(stdout, st->spare[i].path);
+      printf(", \"device-uuid\": \"%s\", \"reason\": ",
+             st->spare[i].dev_uuid);
+      vt_json_string(stdout, st->spare[i].why);
+      printf(" }%s\n", i + 1 < st->nspares ? "," : "");
+    }
     printf("    ]\n}\n");
   } else {
     printf("%s:\n", desc);
@@ -428,9 +447,15 @@ static int raid_cmd_detail(int argc, char **argv)
              raid_state_str(m->state), m->events,
              m->path[0] ? m->path : "-");
     }
+    for (unsigned i = 0; i < st->nspares; i++)
+      printf("      -  %-10s  %6s  %s\n", st->spare[i].why[0] ? "unusable"
+             : "spare", "-", st->spare[i].path);
     for (unsigned i = 0; i < st->nmembers && i < 32; i++)
       if (st->m[i].why[0])
         printf("   slot %u: %s\n", i, st->m[i].why);
+    for (unsigned i = 0; i < st->nspares; i++)
+      if (st->spare[i].why[0])
+        printf("   spare: %s\n", st->spare[i].why);
   }
   int rc = !test ? VT_EXIT_OK : st->failed ? RAID_TEST_FAILED
            : st->degraded ? RAID_TEST_DEGRADED : RAID_TEST_OK;
@@ -754,6 +779,10 @@ static int raid_cmd_status(int argc, char **argv)
            (int)json_integer_value(json_object_get(j, "slot")),
            json_string_value(json_object_get(j, "state")),
            (uint64_t)json_integer_value(json_object_get(j, "events")),
+           json_string_value(json_object_get(j, "path")));
+  json_array_foreach(json_object_get(o, "spares"), i, j)
+    printf("      -  %-10s  %6s  %s\n",
+           json_string_value(json_object_get(j, "state")), "-",
            json_string_value(json_object_get(j, "path")));
   json_decref(o);
   return VT_EXIT_OK;
@@ -1178,6 +1207,98 @@ static int raid_cmd_scrub(int argc, char **argv)
   return mism && !repair ? 3 : VT_EXIT_OK;
 }
 
+/* The one line of 'add' (unless -q), as mdadm's "added DEV". */
+static void raid_say_added(const char *desc, const char *spare, int slot)
+{
+  if (raid_quiet)
+    return;
+  if (slot >= 0)
+    fprintf(stderr, "vdtool: added %s to %s: it took slot %d (rebuilding)\n",
+            spare, desc, slot);
+  else
+    fprintf(stderr, "vdtool: added %s to %s as a spare\n", spare, desc);
+}
+
+static int raid_cmd_add(int argc, char **argv)
+{
+  const char *fmt = NULL;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "f:", NULL, NULL)) != -1) {
+    if (c != 'f')
+      return vt_bad_option("raid", argv);
+    fmt = optarg;
+  }
+  if (argc - optind != 2)
+    return vt_bad_usage("raid", "add needs ARRAY SPARE");
+  const char *desc = argv[optind], *spare = argv[optind + 1];
+  /* A remote spare (NBD URI, rbd: image) is kept as typed. */
+  char *abs = vd_is_remote_name(spare) ? strdup(spare)
+                                       : realpath(spare, NULL);
+  if (!abs) {
+    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
+             spare);
+    return VT_EXIT_ERR;
+  }
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0) {
+    free(abs);
+    return VT_EXIT_ERR;
+  }
+  if (on) {
+    json_t *args = json_pack("{s:s, s:s}", "device", name, "spare", abs);
+    json_t *ret = NULL;
+    if (args && fmt)
+      json_object_set_new(args, "format", json_string(fmt));
+    free(abs);
+    int r = raid_exec(q, "vdisk-raid-add", args, &ret);
+    vt_qmp_close(q);
+    if (r < 0)
+      return VT_EXIT_ERR;
+    json_t *slot = json_object_get(ret, "slot");
+    raid_say_added(desc, spare, slot ? (int)json_integer_value(slot) : -1);
+    json_decref(ret);
+    return VT_EXIT_OK;
+  }
+  struct vd_dev *dev;
+  struct raid_array *a;
+  if (raid_open_rw(desc, &dev, &a) < 0) {
+    free(abs);
+    return VT_EXIT_ERR;
+  }
+  int r = vd_raid_add(a, abs, fmt);
+  /* Added to a degraded array, it took a failed member's slot. */
+  struct vd_raid_status *st = r == 0 ? malloc(sizeof *st) : NULL;
+  int slot = -1;
+  if (st && vd_raid_status(a, st) == 0)
+    for (unsigned i = 0; i < st->nmembers; i++)
+      if (!strcmp(st->m[i].path, abs))
+        slot = (int)i;
+  free(st);
+  free(abs);
+  if (r == 0 && slot >= 0) {
+    /* The rebuild runs now, as for replace. */
+    raid_say_added(desc, spare, slot);
+    struct vt_progress prog = { .enabled = isatty(2) };
+    r = vd_raid_resume_rebuild(a, 0, vt_progress_cb, &prog);
+    vt_progress_end(&prog);
+  } else if (r == 0) {
+    raid_say_added(desc, spare, -1);
+  }
+  if (r < 0) {
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
 int vt_cmd_raid(int argc, char **argv)
 {
   if (argc < 2)
@@ -1211,6 +1332,7 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "replace")) return raid_cmd_replace(argc, argv, false);
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
   if (!strcmp(sub, "re-add")) return raid_cmd_re_add(argc, argv);
+  if (!strcmp(sub, "add")) return raid_cmd_add(argc, argv);
   if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
   if (!strcmp(sub, "examine")) return vt_raid_examine(argc, argv);
   if (!strcmp(sub, "monitor")) return vt_raid_monitor(argc, argv);
