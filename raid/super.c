@@ -152,7 +152,8 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
     sb->role[i].flags = vd_get_le32(r + 20);
     sb->role[i].recovery_offset = vd_get_le64(r + 24);
   }
-  memcpy(sb->spare_self, b + 184, 16);
+  if (sb->flags & RAID_SB_SPARE)   /* else reserved: not kept */
+    memcpy(sb->spare_self, b + 184, 16);
   sb->nspares = vd_get_le32(b + 1536);
   if (sb->nspares > RAID_MAX_SPARES)
     return vd_set_error(EINVAL, "%s: RAID spare count %u invalid (at most "
