@@ -43,7 +43,7 @@ const char vt_usage_raid[] =
   "                           [-p|--program PROG] ARRAY...\n"
   "\n"
   "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
-  "assemble and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
+  "assemble, add and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
   "Options may also follow the operands (detail ARRAY --test, as mdadm);\n"
   "\"--\" ends them (a MEMBER named \"-m1\": fail ARRAY -- -m1).\n"
   "\n"
@@ -122,8 +122,8 @@ const char vt_usage_raid[] =
 
 #define RAID_CLI_MAX 32
 
-/* -q/--quiet: leave out the one-line reports of what create, fail and
- * assemble did (errors and warnings are still printed). */
+/* -q/--quiet: leave out the one-line reports of what create, fail,
+ * assemble and add did (errors and warnings are still printed). */
 static bool raid_quiet;
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
