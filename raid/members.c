@@ -118,10 +118,14 @@ int raid_new_device_open(struct raid_array *a, int slot, const char *newpath,
         ((int)i != slot || a->m[i].dev))
       return vd_set_error(EINVAL, "%s: %s is already member %u", a->desc_path,
                           newpath, i);
+  bool spare = false;
+  pthread_mutex_lock(&a->sb_lock);   /* a takeover may drop a spare */
   for (unsigned i = 0; i < a->nspares; i++)
-    if (raid_same_file(a->spare[i].path, newpath))
-      return vd_set_error(EINVAL, "%s: %s is already a spare", a->desc_path,
-                          newpath);
+    spare |= raid_same_file(a->spare[i].path, newpath);
+  pthread_mutex_unlock(&a->sb_lock);
+  if (spare)
+    return vd_set_error(EINVAL, "%s: %s is already a spare", a->desc_path,
+                        newpath);
   /* Only a regular file or a block device (a FIFO or a character device
    * would block or make no sense), never the descriptor. */
   bool uri = a->member_uris && vd_is_remote_name(newpath);
@@ -162,6 +166,28 @@ int raid_new_device_open(struct raid_array *a, int slot, const char *newpath,
   }
   *ndp = nd;
   return 0;
+}
+
+void raid_slot_install_locked(struct raid_array *a, int slot,
+                              struct vd_dev *nd, char *path, char *fmt,
+                              const uint8_t *dev_uuid)
+{
+  VD_ASSERT_HELD(&a->sb_lock);
+  struct raid_member *m = &a->m[slot];
+  /* I/O in flight may still use the old device: closed at the end. */
+  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
+    a->retired[a->nretired++] = m->dev;
+  else if (m->dev)
+    vd_close(m->dev);
+  free(m->path);
+  m->path = path;
+  free(m->format);
+  m->format = fmt;
+  memcpy(m->dev_uuid, dev_uuid, 16);
+  atomic_store(&m->recovery, 0);
+  atomic_store(&m->readd, false);
+  m->dev = nd;
+  atomic_store(&m->state, RAID_ROLE_REBUILDING);
 }
 
 int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
@@ -213,20 +239,10 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     vd_close(nd);
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   }
+  uint8_t u[16];
+  raid_uuid_generate(u);
   pthread_mutex_lock(&a->sb_lock);
-  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
-    a->retired[a->nretired++] = m->dev;
-  else if (m->dev)
-    vd_close(m->dev);
-  free(m->path);
-  m->path = path;
-  free(m->format);
-  m->format = mfmt;
-  raid_uuid_generate(m->dev_uuid);
-  atomic_store(&m->recovery, 0);
-  atomic_store(&m->readd, false);
-  m->dev = nd;
-  atomic_store(&m->state, RAID_ROLE_REBUILDING);
+  raid_slot_install_locked(a, slot, nd, path, mfmt, u);
   r = raid_sb_write_all_locked(a);
   pthread_mutex_unlock(&a->sb_lock);
   if (r < 0)

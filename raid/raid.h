@@ -552,6 +552,12 @@ bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid, char *other);
  * enough, no other array's superblock. */
 int raid_new_device_open(struct raid_array *a, int slot, const char *newpath,
                          const char *fmt, struct vd_dev **ndp);
+/* Put ND (PATH and FMT, both taken over) in SLOT as a rebuilding member
+ * with device UUID DEV_UUID, from recovery offset 0; the old device is
+ * retired.  The caller writes the superblocks.  sb_lock held. */
+void raid_slot_install_locked(struct raid_array *a, int slot,
+                              struct vd_dev *nd, char *path, char *fmt,
+                              const uint8_t *dev_uuid);
 /* Put NEWPATH (format FMT, NULL to probe) in SLOT as a rebuilding member
  * and record it in the descriptor; no rebuild is started. */
 int raid_replace_install(struct raid_array *a, int slot, const char *newpath,

@@ -160,7 +160,6 @@ static int raid_spare_takeover(struct raid_array *a)
     return 1;
   }
   struct raid_spare *sp = &a->spare[k];
-  struct raid_member *m = &a->m[slot];
   char *fmt = strdup(sp->format ? sp->format : vd_format(sp->dev));
   char *path = strdup(sp->path);
   if (!fmt || !path) {
@@ -169,21 +168,9 @@ static int raid_spare_takeover(struct raid_array *a)
     pthread_mutex_unlock(&a->sb_lock);
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   }
-  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
-    a->retired[a->nretired++] = m->dev;
-  else if (m->dev)
-    vd_close(m->dev);
-  free(m->path);
-  m->path = path;
-  free(m->format);
-  m->format = fmt;
-  memcpy(m->dev_uuid, sp->dev_uuid, 16);
-  atomic_store(&m->recovery, 0);
-  atomic_store(&m->readd, false);
-  m->dev = sp->dev;
+  raid_slot_install_locked(a, slot, sp->dev, path, fmt, sp->dev_uuid);
   sp->dev = NULL;
   raid_spare_drop_locked(a, (unsigned)k);
-  atomic_store(&m->state, RAID_ROLE_REBUILDING);
   int r = raid_sb_write_all_locked(a);
   pthread_mutex_unlock(&a->sb_lock);
   if (r == 0)

@@ -550,6 +550,34 @@ static int raid_online(const char *desc, struct vt_qmp **q, char *dev,
   return 1;
 }
 
+/* The end of an offline subcommand: print R's error (the engine's
+ * result) or the close's, and close DEV. */
+static int raid_offline_end(struct vd_dev *dev, int r)
+{
+  if (r < 0) {
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+/* The absolute path of a device to join an array (the server may run in
+ * another folder); a remote one (NBD URI, rbd: image) is kept as typed.
+ * NULL with the error printed. */
+static char *raid_abs_device(const char *path)
+{
+  char *abs = vd_is_remote_name(path) ? strdup(path) : realpath(path, NULL);
+  if (!abs)
+    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
+             path);
+  return abs;
+}
+
 /* Execute NAME with ARGS (stolen) on Q; *RET (may be NULL) gets the
  * answer.  Prints the error and returns -1 on failure. */
 static int raid_exec(struct vt_qmp *q, const char *name, json_t *args,
@@ -922,14 +950,9 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
   if (!resume && slot < 0)
     return VT_EXIT_ERR;
   const char *newp = resume ? NULL : argv[optind + 2];
-  /* A remote member (NBD URI, rbd: image) is kept as typed. */
-  char *absnew = !newp ? NULL : vd_is_remote_name(newp) ? strdup(newp)
-                                                         : realpath(newp, NULL);
-  if (newp && !absnew) {
-    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
-             newp);
+  char *absnew = newp ? raid_abs_device(newp) : NULL;
+  if (newp && !absnew)
     return VT_EXIT_ERR;
-  }
   struct vt_qmp *q;
   char name[256];
   int on = raid_online(desc, &q, name, sizeof name);
@@ -990,16 +1013,7 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
                                    &prog);
   vt_progress_end(&prog);
   free(absnew);
-  if (r < 0) {
-    vt_engine_error(r);
-    vd_close(dev);
-    return VT_EXIT_ERR;
-  }
-  if (vd_close(dev) < 0) {
-    vt_engine_error(-1);
-    return VT_EXIT_ERR;
-  }
-  return VT_EXIT_OK;
+  return raid_offline_end(dev, r);
 }
 
 /* Print the last re-add's numbers of SLOT from a query-vdisk-raid object. */
@@ -1232,14 +1246,9 @@ static int raid_cmd_add(int argc, char **argv)
   if (argc - optind != 2)
     return vt_bad_usage("raid", "add needs ARRAY SPARE");
   const char *desc = argv[optind], *spare = argv[optind + 1];
-  /* A remote spare (NBD URI, rbd: image) is kept as typed. */
-  char *abs = vd_is_remote_name(spare) ? strdup(spare)
-                                       : realpath(spare, NULL);
-  if (!abs) {
-    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
-             spare);
+  char *abs = raid_abs_device(spare);
+  if (!abs)
     return VT_EXIT_ERR;
-  }
   struct vt_qmp *q;
   char name[256];
   int on = raid_online(desc, &q, name, sizeof name);
@@ -1287,16 +1296,7 @@ static int raid_cmd_add(int argc, char **argv)
   } else if (r == 0) {
     raid_say_added(desc, spare, -1);
   }
-  if (r < 0) {
-    vt_engine_error(r);
-    vd_close(dev);
-    return VT_EXIT_ERR;
-  }
-  if (vd_close(dev) < 0) {
-    vt_engine_error(-1);
-    return VT_EXIT_ERR;
-  }
-  return VT_EXIT_OK;
+  return raid_offline_end(dev, r);
 }
 
 int vt_cmd_raid(int argc, char **argv)
