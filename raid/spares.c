@@ -383,3 +383,49 @@ void raid_spares_examine(const char *desc, const struct raid_desc *d,
   free(x);
   vd_clear_error();
 }
+
+int vd_raid_remove_spare(struct raid_array *a, const char *path)
+{
+  if (!a->writable)
+    return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
+  for (unsigned i = 0; i < a->n; i++)
+    if (a->m[i].path && raid_same_file(a->m[i].path, path))
+      return vd_set_error(EBUSY, "%s: %s is member %u, not a spare (fail or "
+                          "replace it)", a->desc_path, path, i);
+  pthread_mutex_lock(&a->sb_lock);
+  int k = -1;
+  for (unsigned i = 0; i < a->nspares && k < 0; i++)
+    if (raid_same_file(a->spare[i].path, path) ||
+        strcmp(a->spare[i].path, path) == 0)
+      k = (int)i;
+  if (k < 0) {
+    pthread_mutex_unlock(&a->sb_lock);
+    return vd_set_error(ENOENT, "%s: %s is not a spare of the array",
+                        a->desc_path, path);
+  }
+  /* Out of the members' tables first: from then on it is never used,
+   * whatever its own superblock says; then the descriptor; then its
+   * superblock is wiped (a cut before leaves an unlisted spare). */
+  struct vd_dev *dev = a->spare[k].dev;
+  a->spare[k].dev = NULL;
+  raid_spare_drop_locked(a, (unsigned)k);
+  int r = raid_sb_write_all_locked(a);
+  pthread_mutex_unlock(&a->sb_lock);
+  if (r == 0)
+    r = raid_desc_update(a, -1, NULL, NULL);
+  if (r == 0 && dev) {
+    uint8_t *zero = vd_alloc_aligned(RAID_SB_SIZE);
+    if (!zero)
+      r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    else {
+      memset(zero, 0, RAID_SB_SIZE);
+      r = vd_pwrite(dev, zero, RAID_SB_SIZE, RAID_SB_OFFSET, 0);
+      if (r == 0)
+        r = vd_flush(dev);
+      vd_free_aligned(zero);
+    }
+  }
+  if (dev && vd_close(dev) < 0 && r == 0)
+    r = -EIO;
+  return r;
+}

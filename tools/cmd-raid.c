@@ -38,12 +38,13 @@ const char vt_usage_raid[] =
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
   "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
   "       vdtool raid add [-f FMT] ARRAY SPARE\n"
+  "       vdtool raid remove ARRAY SPARE\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
   "       vdtool raid monitor [-1|--oneshot] [-d|--delay SECONDS]\n"
   "                           [-p|--program PROG] ARRAY...\n"
   "\n"
   "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
-  "assemble, add and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
+  "assemble, add, remove and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
   "Options may also follow the operands (detail ARRAY --test, as mdadm);\n"
   "\"--\" ends them (a MEMBER named \"-m1\": fail ARRAY -- -m1).\n"
   "\n"
@@ -103,6 +104,8 @@ const char vt_usage_raid[] =
   "             to a degraded array it takes over at once (offline, vdtool\n"
   "             waits for the rebuild).  SPARE must be at least as large as a\n"
   "             member; RAID0 has no spares\n"
+  "  remove     remove SPARE from the array's spares (mdadm --remove of a\n"
+  "             spare); its superblock is wiped\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
   "  monitor    watch the arrays (served or not: it reads the superblocks\n"
@@ -115,7 +118,7 @@ const char vt_usage_raid[] =
   "             until SIGINT/SIGTERM\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
-  "re-add, add, scrub and status are performed by that process (online), through its\n"
+  "re-add, add, remove, scrub and status are performed by that process (online), through its\n"
   "control socket, found in the runtime entry it keeps for ARRAY\n"
   "($VDISK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for\n"
   "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
@@ -1299,6 +1302,41 @@ static int raid_cmd_add(int argc, char **argv)
   return raid_offline_end(dev, r);
 }
 
+static int raid_cmd_remove(int argc, char **argv)
+{
+  static const struct option none[] = { { NULL, 0, NULL, 0 } };
+  optind = 1;
+  if (getopt_long(argc, argv, "", none, NULL) != -1)
+    return vt_bad_option("raid", argv);
+  if (argc - optind != 2)
+    return vt_bad_usage("raid", "remove needs ARRAY SPARE");
+  const char *desc = argv[optind], *spare = argv[optind + 1];
+  char *abs = raid_abs_device(spare);
+  if (!abs)
+    return VT_EXIT_ERR;
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  int r;
+  if (on > 0) {
+    r = raid_exec(q, "vdisk-raid-remove",
+                  json_pack("{s:s, s:s}", "device", name, "spare", abs),
+                  NULL) < 0 ? VT_EXIT_ERR : VT_EXIT_OK;
+    vt_qmp_close(q);
+  } else if (on == 0) {
+    struct vd_dev *dev;
+    struct raid_array *a;
+    r = raid_open_rw(desc, &dev, &a) < 0 ? VT_EXIT_ERR
+        : raid_offline_end(dev, vd_raid_remove_spare(a, abs));
+  } else {
+    r = VT_EXIT_ERR;
+  }
+  free(abs);
+  if (r == VT_EXIT_OK && !raid_quiet)
+    fprintf(stderr, "vdtool: removed %s from %s\n", spare, desc);
+  return r;
+}
+
 int vt_cmd_raid(int argc, char **argv)
 {
   if (argc < 2)
@@ -1333,6 +1371,7 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
   if (!strcmp(sub, "re-add")) return raid_cmd_re_add(argc, argv);
   if (!strcmp(sub, "add")) return raid_cmd_add(argc, argv);
+  if (!strcmp(sub, "remove")) return raid_cmd_remove(argc, argv);
   if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
   if (!strcmp(sub, "examine")) return vt_raid_examine(argc, argv);
   if (!strcmp(sub, "monitor")) return vt_raid_monitor(argc, argv);

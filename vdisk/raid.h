@@ -187,6 +187,10 @@ int vd_raid_assemble(const char *desc, const char *const *members,
  * notify hook).  On a degraded array the spare takes over at once;
  * vd_raid_resume_rebuild waits for that rebuild.  -ENOTSUP for RAID0. */
 int vd_raid_add(struct raid_array *a, const char *path, const char *format);
+/* Remove the hot spare at PATH (as mdadm --remove of a spare): out of the
+ * members' spare tables, out of the descriptor, its superblock wiped.
+ * -ENOENT when PATH is not a spare, -EBUSY when it is a member. */
+int vd_raid_remove_spare(struct raid_array *a, const char *path);
 /* Called (on an engine thread) when a spare takes over SLOT: EVENT is
  * "spare-active", PATH the spare.  One hook per array; NULL removes it. */
 void vd_raid_set_notify(struct raid_array *a,

@@ -3,6 +3,7 @@
 #  - offline add, its one-line refusals (too small, a member, a spare
 #    already, RAID0, another array's member, missing file), examine and
 #    detail showing the spare, detail of a spare pointing to examine;
+#    remove (mdadm --remove of a spare) offline and online, -q;
 #  - a spare is never a data member: named in a member line it is left
 #    out (the array runs degraded), assemble keeps it a spare;
 #  - served by vdisk-nbd under a writer (libnbd, mirrored to a reference
@@ -56,6 +57,16 @@ vdtool raid detail r1.vdraid | grep -Eq "^ +- +spare +- +s0$" ||
   fail "detail: $(vdtool raid detail r1.vdraid)"
 expect_error "s0 is a hot spare of array .*, not an array descriptor: use 'vdtool raid examine s0'" \
   vdtool raid detail s0
+# remove (mdadm --remove of a spare), -q, the refusals.
+vdtool raid -q add r1.vdraid s2 2>out && [ ! -s out ] || fail "add -q said: $(cat out)"
+vdtool raid remove r1.vdraid s2 2>out || fail "remove: $(cat out)"
+grep -qx "vdtool: removed s2 from r1.vdraid" out || fail "remove said: $(cat out)"
+! grep -q "s2" r1.vdraid || fail "removed spare still named: $(cat r1.vdraid)"
+expect_error "s2: not a RAID member" vdtool raid examine s2
+expect_error "s2 is not a spare of the array" vdtool raid remove r1.vdraid s2
+expect_error "a1 is member 1, not a spare" vdtool raid remove r1.vdraid a1
+expect_error "remove needs ARRAY SPARE" vdtool raid remove r1.vdraid
+vdtool raid --help | grep -q "vdtool raid add \[-f FMT\] ARRAY SPARE" || fail "--help lacks add"
 
 # ---- a spare is never a data member ----
 cp r1.vdraid keep.vdraid
@@ -85,6 +96,11 @@ served_takeover() {
   grep -q "added sp-$desc to $desc as a spare" out || fail "online add said $(cat out)"
   vdtool raid status --output=json "$desc" | grep -q '"state": "spare"' ||
     fail "status shows no spare: $(vdtool raid status "$desc")"
+  # Online remove (and add back) through the socket.
+  vdtool raid -q remove "$desc" sp-"$desc" || fail "online remove"
+  vdtool raid status --output=json "$desc" | grep -q "sp-$desc" &&
+    fail "removed spare in status: $(vdtool raid status "$desc")"
+  vdtool raid -q add "$desc" sp-"$desc" || fail "online add again"
   timeout 120 "$PY" - "$ctl" "$here" "$desc" "$taker" "$left" <<'EOF' || fail "$desc: takeover"
 import os, sys, time
 sys.path.insert(0, sys.argv[2])

@@ -14,6 +14,8 @@
  *                       add a hot spare; on a degraded array it takes a
  *                       failed slot at once (returns "slot") and a
  *                       background rebuild starts (query-vdisk-raid)
+ *   vdisk-raid-remove   device, spare
+ *                       remove a hot spare
  *   vdisk-raid-scrub    device, [repair, speed, job-id]
  *                       a block job of type "vdisk-raid-scrub"; its report
  *                       comes as event VDISK_RAID_SCRUB_REPORT and in
@@ -479,6 +481,34 @@ static json_t *cmd_raid_add(struct vc_server *s, json_t *args, void *opaque,
   return o;
 }
 
+static json_t *cmd_raid_remove(struct vc_server *s, json_t *args,
+                               void *opaque, struct vc_error *err)
+{
+  static const char *const known[] = { "device", "spare", NULL };
+  struct vc_raid *r = opaque;
+  const char *dev, *spare;
+  struct raid_dev *d;
+  (void)s;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &dev, err) ||
+      !vc_arg_str(args, "spare", true, &spare, err))
+    return NULL;
+  struct raid_array *a = raid_find(r, dev, &d, err);
+  if (!a)
+    return NULL;
+  if (spare[0] != '/') {
+    vc_error_set(err, "GenericError", "Parameter 'spare' must be an "
+                 "absolute path");
+    return NULL;
+  }
+  if (vd_raid_remove_spare(a, spare) < 0) {
+    vc_error_set(err, "GenericError", "%s", vd_error());
+    return NULL;
+  }
+  raid_republish(d);
+  return json_object();
+}
+
 /* A spare took SLOT (engine's takeover thread). */
 static void raid_notify(void *opaque, const char *event, int slot,
                         const char *path)
@@ -729,6 +759,7 @@ int vc_raid_start(struct vc_raid **rp, struct vc_server **s,
     { "vdisk-raid-replace", cmd_raid_replace },
     { "vdisk-raid-re-add", cmd_raid_re_add },
     { "vdisk-raid-add", cmd_raid_add },
+    { "vdisk-raid-remove", cmd_raid_remove },
     { "vdisk-raid-scrub", cmd_raid_scrub },
   };
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
