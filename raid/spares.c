@@ -173,16 +173,18 @@ static int raid_spare_takeover(struct raid_array *a)
   raid_spare_drop_locked(a, (unsigned)k);
   int r = raid_sb_write_all_locked(a);
   pthread_mutex_unlock(&a->sb_lock);
-  if (r == 0)
-    r = raid_desc_update(a, slot, path, fmt);
   if (r < 0)
     return r;
+  /* The superblocks say the slot is the spare's: rebuild it even if the
+   * descriptor cannot be rewritten (the next open finds the spare in
+   * its slot all the same, raid_scan). */
+  r = raid_desc_update(a, slot, path, fmt);
   pthread_mutex_lock(&a->notify_lock);
   if (a->notify)
     a->notify(a->notify_opaque, "spare-active", slot, path);
   pthread_mutex_unlock(&a->notify_lock);
   raid_rebuild_start(a);
-  return 0;
+  return r;
 }
 
 static void *raid_spare_main(void *opaque)
