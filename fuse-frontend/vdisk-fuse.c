@@ -1240,6 +1240,7 @@ out_unmount:
    * it.  Once vc_server_stop returned no command runs (and its jobs
    * ended, cancelled, before the nodes they work on are freed). */
   vf_control_stop();
+  vc_raid_stop(raid);
   vc_server_stop(control);
   control = NULL;
   fuse_session_unmount(se);
@@ -1249,6 +1250,7 @@ out:
   if (se != NULL)
     fuse_session_destroy(se);
   fuse_opt_free_args(&args);
+  vc_raid_stop(raid);
   vc_server_stop(control);     /* NULL unless it started: no-op */
   vc_raid_free(raid);          /* our runtime entries, after the jobs */
   /* The disks added over the control socket close their nodes here. */

@@ -911,6 +911,7 @@ int main(int argc, char **argv)
   nbd_pool_stop();
   /* Jobs end (cancelled) before the nodes they work on are freed. */
   nbd_control_stop();
+  vc_raid_stop(raid);
   vc_server_stop(control);
   vc_raid_free(raid);          /* our runtime entries, after the jobs */
   /* The exports added over the control socket close their nodes here. */

@@ -257,9 +257,13 @@ int vd_raid_assemble(const char *desc, const char *const *members,
       r = raid_sb_decode(buf, &sbs[i], members[i]);
     fmts[i] = strdup(vd_format(dev));
     vd_close(dev);
-    if (r == 0 && (fresh < 0 || sbs[i].events > sbs[fresh].events))
+    if (r == 0 && !(sbs[i].flags & RAID_SB_SPARE) &&
+        (fresh < 0 || sbs[i].events > sbs[fresh].events))
       fresh = (int)i;
   }
+  if (r == 0 && fresh < 0)
+    r = vd_set_error(EINVAL, "%s: only hot spares given: name the members",
+                     desc);
   if (r < 0)
     goto out;
   struct raid_desc d;
@@ -289,7 +293,27 @@ int vd_raid_assemble(const char *desc, const char *const *members,
       raid_uuid_format(sbs[i].uuid, u);
       r = vd_set_error(EINVAL, "%s: belongs to another array (%s)",
                        members[i], u);
+      raid_desc_free(&d);
       goto out;
+    }
+    if (sbs[i].flags & RAID_SB_SPARE) {
+      /* Never a member: a spare the array still lists stays a spare. */
+      bool listed = false;
+      for (unsigned k = 0; k < sbs[fresh].nspares; k++)
+        listed |= !memcmp(sbs[fresh].spare_uuid[k], sbs[i].spare_self, 16);
+      if (!listed) {
+        r = vd_set_error(EINVAL, "%s: a hot spare the array no longer lists "
+                         "(add it again with vdtool raid add)", members[i]);
+        raid_desc_free(&d);
+        goto out;
+      }
+      if (d.nspares < RAID_MAX_SPARES) {
+        d.spare[d.nspares] = raid_desc_relpath(desc, members[i]);
+        d.spare_format[d.nspares] = fmts[i] ? strdup(fmts[i]) : NULL;
+        if (!d.spare[d.nspares++])
+          r = vd_set_error(ENOMEM, "%s: out of memory", desc);
+      }
+      continue;
     }
     unsigned s = sbs[i].slot;
     if (s >= d.nmembers)

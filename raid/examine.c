@@ -63,8 +63,14 @@ int vd_raid_examine_member(const char *path, struct vd_raid_superblock *out)
     out->ppl_slots = out->ppl ? sb->ppl_slots : 0;
     out->ctime = sb->ctime;
     out->utime = sb->utime;
-    const struct raid_role *me = &sb->role[sb->slot];
-    raid_uuid_format(me->dev_uuid, out->dev_uuid);
+    out->spare = (sb->flags & RAID_SB_SPARE) != 0;
+    if (out->spare)
+      out->slot = -1;
+    static const struct raid_role spare_role = { .state = RAID_ROLE_ACTIVE };
+    const struct raid_role *me = out->spare ? &spare_role
+                                            : &sb->role[sb->slot];
+    raid_uuid_format(out->spare ? sb->spare_self : me->dev_uuid,
+                     out->dev_uuid);
     out->role_state = me->state == RAID_ROLE_ACTIVE ? VD_RAID_STATE_ACTIVE
                       : me->state == RAID_ROLE_REBUILDING
                       ? VD_RAID_STATE_REBUILDING : VD_RAID_STATE_FAULTY;

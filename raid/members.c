@@ -46,26 +46,47 @@ char *raid_desc_relpath(const char *desc, const char *path)
   return res;
 }
 
-static int raid_desc_set_member(struct raid_array *a, int slot,
-                                const char *path, const char *format)
+int raid_desc_update(struct raid_array *a, int slot, const char *path,
+                     const char *format)
 {
   struct raid_desc d;
+  /* One rewrite of the descriptor at a time; a->spare[] is stable. */
+  pthread_mutex_lock(&a->sb_lock);
   int r = raid_desc_read(a->desc_abs, &d);
-  if (r < 0)
+  if (r < 0) {
+    pthread_mutex_unlock(&a->sb_lock);
     return r;
-  free(d.member[slot]);
-  free(d.format[slot]);
-  d.member[slot] = raid_desc_relpath(a->desc_abs, path);
-  d.format[slot] = format ? strdup(format) : NULL;
-  r = d.member[slot] ? raid_desc_write(a->desc_abs, &d)
-                     : vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  }
+  bool oom = false;
+  if (slot >= 0) {
+    free(d.member[slot]);
+    free(d.format[slot]);
+    d.member[slot] = raid_desc_relpath(a->desc_abs, path);
+    d.format[slot] = format ? strdup(format) : NULL;
+    oom = !d.member[slot];
+  }
+  for (unsigned i = 0; i < d.nspares; i++) {
+    free(d.spare[i]);
+    free(d.spare_format[i]);
+    d.spare[i] = d.spare_format[i] = NULL;
+  }
+  d.nspares = a->nspares;
+  for (unsigned i = 0; i < a->nspares; i++) {
+    const struct raid_spare *sp = &a->spare[i];
+    d.spare[i] = raid_desc_relpath(a->desc_abs, sp->path);
+    d.spare_format[i] = sp->format ? strdup(sp->format) : NULL;
+    oom |= !d.spare[i];
+  }
+  r = !oom ? raid_desc_write(a->desc_abs, &d)
+           : vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   raid_desc_free(&d);
+  pthread_mutex_unlock(&a->sb_lock);
   return r;
 }
 
 /* Whether DEV holds a valid superblock of an array other than UUID; its
  * UUID goes to OTHER. */
-static bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid,
+bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid,
                             char *other)
 {
   struct raid_sb sb;
@@ -89,28 +110,22 @@ bool raid_same_file(const char *x, const char *y)
          a.st_ino == b.st_ino;
 }
 
-int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
-                         const char *fmt)
+int raid_new_device_open(struct raid_array *a, int slot, const char *newpath,
+                         const char *fmt, struct vd_dev **ndp)
 {
-  if (!a->writable)
-    return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
-  if (!a->ops->redundant)
-    return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy, a member "
-                        "cannot be rebuilt", a->desc_path, a->sb.level);
-  if (slot < 0 || (unsigned)slot >= a->n)
-    return vd_set_error(EINVAL, "%s: no slot %d", a->desc_path, slot);
-  if (atomic_load(&a->failed))
-    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
-                        a->sb.level);
-  for (unsigned i = 0; i < a->n; i++) {
+  for (unsigned i = 0; i < a->n; i++)
     if (a->m[i].path && raid_same_file(a->m[i].path, newpath) &&
         ((int)i != slot || a->m[i].dev))
       return vd_set_error(EINVAL, "%s: %s is already member %u", a->desc_path,
                           newpath, i);
-    if ((int)i != slot && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
-      return vd_set_error(EBUSY, "%s: slot %u is being rebuilt; wait for it",
-                          a->desc_path, i);
-  }
+  bool spare = false;
+  pthread_mutex_lock(&a->sb_lock);   /* a takeover may drop a spare */
+  for (unsigned i = 0; i < a->nspares; i++)
+    spare |= raid_same_file(a->spare[i].path, newpath);
+  pthread_mutex_unlock(&a->sb_lock);
+  if (spare)
+    return vd_set_error(EINVAL, "%s: %s is already a spare", a->desc_path,
+                        newpath);
   /* Only a regular file or a block device (a FIFO or a character device
    * would block or make no sense), never the descriptor. */
   bool uri = a->member_uris && vd_is_remote_name(newpath);
@@ -134,6 +149,10 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
   if (vd_size(nd) < need) {
     uint64_t have = vd_size(nd);
     vd_close(nd);
+    if (slot < 0)
+      return vd_set_error(ENOSPC, "%s: too small to be a spare: %" PRIu64
+                          " bytes, a member needs %" PRIu64, newpath, have,
+                          need);
     return vd_set_error(ENOSPC, "%s: too small for slot %d: %" PRIu64
                         " bytes, needs %" PRIu64, newpath, slot, have, need);
   }
@@ -145,6 +164,53 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     return vd_set_error(EBUSY, "%s: holds the superblock of another RAID "
                         "array (%s): wipe it first", newpath, other);
   }
+  *ndp = nd;
+  return 0;
+}
+
+void raid_slot_install_locked(struct raid_array *a, int slot,
+                              struct vd_dev *nd, char *path, char *fmt,
+                              const uint8_t *dev_uuid)
+{
+  VD_ASSERT_HELD(&a->sb_lock);
+  struct raid_member *m = &a->m[slot];
+  /* I/O in flight may still use the old device: closed at the end. */
+  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
+    a->retired[a->nretired++] = m->dev;
+  else if (m->dev)
+    vd_close(m->dev);
+  free(m->path);
+  m->path = path;
+  free(m->format);
+  m->format = fmt;
+  memcpy(m->dev_uuid, dev_uuid, 16);
+  atomic_store(&m->recovery, 0);
+  atomic_store(&m->readd, false);
+  m->dev = nd;
+  atomic_store(&m->state, RAID_ROLE_REBUILDING);
+}
+
+int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
+                         const char *fmt)
+{
+  if (!a->writable)
+    return vd_set_error(EROFS, "%s: array is open read-only", a->desc_path);
+  if (!a->ops->redundant)
+    return vd_set_error(ENOTSUP, "%s: RAID%u has no redundancy, a member "
+                        "cannot be rebuilt", a->desc_path, a->sb.level);
+  if (slot < 0 || (unsigned)slot >= a->n)
+    return vd_set_error(EINVAL, "%s: no slot %d", a->desc_path, slot);
+  if (atomic_load(&a->failed))
+    return vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                        a->sb.level);
+  for (unsigned i = 0; i < a->n; i++)
+    if ((int)i != slot && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
+      return vd_set_error(EBUSY, "%s: slot %u is being rebuilt; wait for it",
+                          a->desc_path, i);
+  struct vd_dev *nd;
+  int r = raid_new_device_open(a, slot, newpath, fmt, &nd);
+  if (r < 0)
+    return r;
   struct raid_member *m = &a->m[slot];
   int st = atomic_load(&m->state);
   if (st != RAID_ROLE_FAULTY || m->dev) {
@@ -173,26 +239,16 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
     vd_close(nd);
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   }
+  uint8_t u[16];
+  raid_uuid_generate(u);
   pthread_mutex_lock(&a->sb_lock);
-  if (m->dev && a->nretired < sizeof a->retired / sizeof a->retired[0])
-    a->retired[a->nretired++] = m->dev;
-  else if (m->dev)
-    vd_close(m->dev);
-  free(m->path);
-  m->path = path;
-  free(m->format);
-  m->format = mfmt;
-  raid_uuid_generate(m->dev_uuid);
-  atomic_store(&m->recovery, 0);
-  atomic_store(&m->readd, false);
-  m->dev = nd;
-  atomic_store(&m->state, RAID_ROLE_REBUILDING);
+  raid_slot_install_locked(a, slot, nd, path, mfmt, u);
   r = raid_sb_write_all_locked(a);
   pthread_mutex_unlock(&a->sb_lock);
   if (r < 0)
     return r;
   /* The new member's bitmap and log areas start clean. */
-  return raid_desc_set_member(a, slot, newpath, fmt ? fmt : vd_format(nd));
+  return raid_desc_update(a, slot, newpath, fmt ? fmt : vd_format(nd));
 }
 
 int vd_raid_replace_start(struct raid_array *a, int slot, const char *newpath,

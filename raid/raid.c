@@ -351,6 +351,8 @@ int raid_member_failed(struct raid_array *a, int slot, int err)
                      a->desc_path, a->sb.level, slot,
                      err ? strerror(-err) : "marked faulty");
   pthread_mutex_unlock(&a->sb_lock);
+  if (r == 0)
+    raid_spares_kick(a);   /* a hot spare takes the slot (spares.c) */
   return r < 0 ? -EIO : 0;
 }
 
@@ -583,6 +585,9 @@ struct raid_scan {
   int state[RAID_MAX_MEMBERS];       /* VD_RAID_STATE_* */
   int fresh;                         /* slot of the freshest superblock */
   bool forced_behind;                /* force took a member one event behind */
+  uint32_t taken;                    /* slots whose device is a spare line's
+                                        (a takeover cut before the
+                                        descriptor was rewritten) */
   char refusal[512];
 };
 
@@ -597,7 +602,7 @@ static void raid_scan_free(struct raid_scan *s)
   raid_desc_free(&s->d);
 }
 
-static bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y)
+bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y)
 {
   return memcmp(x->uuid, y->uuid, 16) == 0 && x->level == y->level &&
          x->layout == y->layout && x->chunk == y->chunk &&
@@ -689,6 +694,102 @@ static int raid_scan(const char *desc, const struct vd_open_args *margs,
   return r;
 }
 
+/* Open the member PATH (FMT) as raid_scan does; *DEV NULL on failure
+ * with the reason in WHY.  -errno only for failures of the whole open (a
+ * lock held elsewhere, a loop of arrays). */
+static int raid_scan_open(const char *path, const char *fmt,
+                          const struct vd_open_args *margs, uint32_t tmo,
+                          bool uris, struct vd_dev **dev, char *why,
+                          size_t whylen)
+{
+  int r = raid_check_member_type(path);
+  struct vd_open_args ma = *margs;
+  ma.format = fmt;
+  ma.timeout_ms = tmo;
+  /* Member paths come from the descriptor only (never from a
+   * superblock).  The operator wrote it, so its NBD URIs name exports,
+   * unless the descriptor itself was reached through an image (a
+   * parent locator): then a URI is a file name like any other. */
+  if (r == 0)
+    r = uris ? vd_open_opts(path, &ma, dev)
+             : vd_open_parent(NULL, path, &ma, dev);
+  if (r < 0) {
+    *dev = NULL;
+    snprintf(why, whylen, "%s", vd_error());
+    if (r == -EBUSY || (r == -ELOOP && raid_loop_found))
+      return vd_set_error(-r, "%s", why);
+  }
+  return 0;
+}
+
+/* A takeover that was cut after its superblock write and before the
+ * descriptor's rewrite (spares.c) leaves the device in a spare line
+ * holding slot S's superblock, the device the freshest superblock
+ * records for S: take it for S (and out of the spare lines). */
+static int raid_scan_taken(const char *desc, const struct vd_open_args *margs,
+                           bool uris, struct raid_scan *s)
+{
+  const struct raid_sb *f = &s->sb[s->fresh];
+  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
+  struct raid_sb *sb = malloc(sizeof *sb);
+  int r = 0;
+  if (!buf || !sb)
+    r = vd_set_error(ENOMEM, "%s: out of memory", desc);
+  for (unsigned k = 0; r == 0 && k < s->d.nspares; k++) {
+    char *path = raid_desc_resolve(desc, s->d.spare[k]), why[160];
+    struct vd_dev *dev = NULL;
+    if (!path) {
+      r = vd_set_error(ENOMEM, "%s: out of memory", desc);
+      break;
+    }
+    r = raid_scan_open(path, s->d.spare_format[k], margs, s->d.timeout_ms,
+                       uris, &dev, why, sizeof why);
+    unsigned slot = 0;
+    bool take = r == 0 && dev &&
+                vd_size(dev) >= RAID_SB_OFFSET + RAID_SB_SIZE &&
+                vd_pread(dev, buf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0 &&
+                raid_sb_decode(buf, sb, path) == 0 &&
+                !(sb->flags & RAID_SB_SPARE) && raid_sb_same_array(sb, f) &&
+                (slot = sb->slot) < s->n &&
+                memcmp(sb->role[slot].dev_uuid, f->role[slot].dev_uuid,
+                       16) == 0 &&
+                !(s->have_sb[slot] &&
+                  memcmp(s->sb[slot].role[slot].dev_uuid,
+                         f->role[slot].dev_uuid, 16) == 0);
+    if (!take) {
+      vd_close(dev);
+      free(path);
+      continue;
+    }
+    vd_close(s->dev[slot]);
+    free(s->path[slot]);
+    free(s->d.member[slot]);
+    free(s->d.format[slot]);
+    s->dev[slot] = dev;
+    s->path[slot] = path;
+    s->sb[slot] = *sb;
+    s->have_sb[slot] = true;
+    s->why[slot][0] = '\0';
+    s->d.member[slot] = s->d.spare[k];
+    s->d.format[slot] = s->d.spare_format[k];
+    s->d.nspares--;
+    memmove(&s->d.spare[k], &s->d.spare[k + 1],
+            (s->d.nspares - k) * sizeof s->d.spare[0]);
+    memmove(&s->d.spare_format[k], &s->d.spare_format[k + 1],
+            (s->d.nspares - k) * sizeof s->d.spare_format[0]);
+    s->d.spare[s->d.nspares] = s->d.spare_format[s->d.nspares] = NULL;
+    s->taken |= 1u << slot;
+    if (sb->events > f->events)
+      s->fresh = (int)slot;   /* f stays valid: s->sb[] does not move */
+    f = &s->sb[s->fresh];
+    k--;
+  }
+  vd_clear_error();
+  free(sb);
+  vd_free_aligned(buf);
+  return r;
+}
+
 static int raid_scan_members(const char *desc,
                              const struct vd_open_args *margs, bool force,
                              bool uris, struct raid_scan *s)
@@ -709,28 +810,16 @@ static int raid_scan_members(const char *desc,
       vd_free_aligned(buf);
       return vd_set_error(ENOMEM, "%s: out of memory", desc);
     }
-    r = raid_check_member_type(s->path[i]);
-    struct vd_open_args ma = *margs;
-    ma.format = s->d.format[i];
-    ma.timeout_ms = s->d.timeout_ms;
-    /* Member paths come from the descriptor only (never from a
-     * superblock).  The operator wrote it, so its NBD URIs name exports,
-     * unless the descriptor itself was reached through an image (a
-     * parent locator): then a URI is a file name like any other. */
-    if (r == 0)
-      r = uris ? vd_open_opts(s->path[i], &ma, &s->dev[i])
-               : vd_open_parent(NULL, s->path[i], &ma, &s->dev[i]);
+    /* A lock held elsewhere, or a loop, fails the whole open (the
+     * message names the chain). */
+    r = raid_scan_open(s->path[i], s->d.format[i], margs, s->d.timeout_ms,
+                       uris, &s->dev[i], s->why[i], sizeof s->why[i]);
     if (r < 0) {
-      s->dev[i] = NULL;
-      snprintf(s->why[i], sizeof s->why[i], "%s", vd_error());
-      if (r == -EBUSY || (r == -ELOOP && raid_loop_found)) {
-        /* A lock held elsewhere, or a loop: the whole open fails (the
-         * message names the chain). */
-        vd_free_aligned(buf);
-        return vd_set_error(-r, "%s", s->why[i]);
-      }
-      continue;
+      vd_free_aligned(buf);
+      return r;
     }
+    if (!s->dev[i])
+      continue;
     if (vd_size(s->dev[i]) < RAID_SB_OFFSET + RAID_SB_SIZE ||
         vd_pread(s->dev[i], buf, RAID_SB_SIZE, RAID_SB_OFFSET) < 0 ||
         raid_sb_decode(buf, &s->sb[i], s->path[i]) < 0) {
@@ -745,6 +834,13 @@ static int raid_scan_members(const char *desc,
     if (memcmp(s->sb[i].uuid, s->d.uuid, 16) != 0) {
       snprintf(s->why[i], sizeof s->why[i], "%s: belongs to another array",
                s->path[i]);
+      vd_close(s->dev[i]);
+      s->dev[i] = NULL;
+      continue;
+    }
+    if (s->sb[i].flags & RAID_SB_SPARE) {
+      snprintf(s->why[i], sizeof s->why[i], "%s: is a hot spare of the "
+               "array, not a member", s->path[i]);
       vd_close(s->dev[i]);
       s->dev[i] = NULL;
       continue;
@@ -767,6 +863,9 @@ static int raid_scan_members(const char *desc,
              "this array (%s)", s->n ? s->why[0] : "no members");
     return 0;
   }
+  r = raid_scan_taken(desc, margs, uris, s);
+  if (r < 0)
+    return r;
   const struct raid_sb *f = &s->sb[s->fresh];
   for (unsigned i = 0; i < s->n; i++) {
     if (!s->have_sb[i])
@@ -856,6 +955,7 @@ static int raid_scan_members(const char *desc,
 
 static void raid_array_free(struct raid_array *a)
 {
+  raid_spares_stop(a);
   raid_wb_stop(a);
   raid_pool_stop(a);
   for (unsigned i = 0; i < a->nretired; i++)
@@ -882,6 +982,9 @@ static void raid_array_free(struct raid_array *a)
   pthread_mutex_destroy(&a->bm_lock);
   pthread_mutex_destroy(&a->readd_lock);
   pthread_cond_destroy(&a->readd_cond);
+  pthread_mutex_destroy(&a->spare_wlock);
+  pthread_mutex_destroy(&a->notify_lock);
+  pthread_cond_destroy(&a->spare_cond);
   free(a->desc_path);
   a->desc_path = NULL;
   free(a->desc_abs);
@@ -931,6 +1034,9 @@ static int raid_open(struct vd_dev *dev)
   pthread_mutex_init(&a->sb_lock, NULL);
   pthread_mutex_init(&a->bm_lock, NULL);
   pthread_mutex_init(&a->readd_lock, NULL);
+  pthread_mutex_init(&a->spare_wlock, NULL);
+  pthread_mutex_init(&a->notify_lock, NULL);
+  pthread_cond_init(&a->spare_cond, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* auto re-add sleeps */
@@ -1004,6 +1110,10 @@ static int raid_open(struct vd_dev *dev)
     }
   }
   bool forced_behind = s->forced_behind;
+  uint32_t taken = s->taken;
+  r = raid_spares_open(a, dev->path, &s->d);
+  if (r < 0)
+    goto fail;
   raid_scan_free(s);
   free(s);
   s = NULL;
@@ -1094,8 +1204,16 @@ static int raid_open(struct vd_dev *dev)
         goto fail;
       atomic_store(&a->dirty, false);
     }
+    /* A takeover cut before its descriptor rewrite (raid_scan took the
+     * spare for its slot): the descriptor names it there now. */
+    for (unsigned i = 0; i < a->n && r == 0; i++)
+      if (taken & (1u << i))
+        r = raid_desc_update(a, (int)i, a->m[i].path, a->m[i].format);
+    if (r < 0)
+      goto fail;
     raid_rebuild_start(a);
     raid_readd_auto_start(a);
+    raid_spares_start(a);
   }
   return 0;
 
@@ -1111,6 +1229,7 @@ fail:
 static void raid_close(struct vd_dev *dev)
 {
   struct raid_array *a = dev->priv;
+  raid_spares_stop(a);   /* no takeover starts a rebuild after this */
   raid_readd_auto_stop(a);
   raid_rebuild_stop(a);
   /* Every write-behind write reaches its member before the clean stop
@@ -1287,6 +1406,7 @@ int vd_raid_status(struct raid_array *a, struct vd_raid_status *st)
       st->rebuild_total = a->sb.data_size;
     }
   }
+  raid_spares_status(a, st);
   if (a->bm) {
     pthread_mutex_lock(&a->bm_lock);
     for (uint64_t r = 0; r < a->nregions; r++)
@@ -1346,6 +1466,8 @@ int vd_raid_examine(const char *desc, struct vd_raid_status *st)
            st->degraded && !st->failed ? ", degraded" : "",
            st->rebuilding ? ", recovering" : "",
            s->fresh >= 0 && !st->failed ? "" : "");
+  raid_spares_examine(desc, &s->d, s->fresh >= 0 ? &s->sb[s->fresh] : NULL,
+                      st);
   raid_scan_free(s);
   free(s);
   return 0;

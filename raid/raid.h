@@ -108,6 +108,11 @@ enum raid_role_state {
   RAID_ROLE_REBUILDING = 2, /* valid below its recovery offset */
 };
 #define RAID_SB_DIRTY 0x1u
+#define RAID_SB_SPARE 0x2u      /* a hot spare's superblock: no slot (slot
+                                   field RAID_SPARE_SLOT), its own device
+                                   UUID in spare_self */
+#define RAID_SPARE_SLOT UINT32_MAX
+#define RAID_MAX_SPARES 8u
 /* Role entry flags (bytes 20..23 of an entry). */
 #define RAID_ROLE_F_READD 0x1u  /* REBUILDING by re-add: regions the bitmap
                                    does not mark are already good */
@@ -139,6 +144,12 @@ struct raid_sb {
   uint64_t ctime, utime;
   char name[33];
   struct raid_role role[RAID_MAX_MEMBERS];
+  /* Hot spares (docs/raid-format.md, "Hot spares"): the device UUIDs of
+   * the array's spares (members' superblocks), and in a spare's own
+   * superblock (flag RAID_SB_SPARE) its device UUID. */
+  uint32_t nspares;
+  uint8_t spare_uuid[RAID_MAX_SPARES][16];
+  uint8_t spare_self[16];
 };
 
 /* ---- super.c ---- */
@@ -148,6 +159,8 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *buf);
  * set) if it is not a valid superblock, whatever is wrong with it. */
 int raid_sb_decode(const uint8_t *buf, struct raid_sb *sb, const char *what);
 bool raid_sb_is_magic(const uint8_t *buf);
+/* Whether X and Y describe the same array and geometry (raid.c). */
+bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y);
 
 /* The descriptor: "VDRAID 1" + uuid + member lines (docs/raid-format.md). */
 #define RAID_DESC_MAGIC "VDRAID 1\n"
@@ -162,6 +175,9 @@ struct raid_desc {
   uint32_t auto_readd_s;           /* "auto-re-add SECONDS"; 0 = off */
   bool write_mostly[RAID_MAX_MEMBERS]; /* "write-mostly SLOT" (RAID1) */
   uint32_t write_behind;           /* "write-behind N" (RAID1); 0 = off */
+  unsigned nspares;                /* "spare FORMAT PATH" lines */
+  char *spare[RAID_MAX_SPARES];    /* as written, like member[] */
+  char *spare_format[RAID_MAX_SPARES]; /* or NULL to probe */
 };
 /* md's limit for outstanding write-behind requests. */
 #define RAID_MAX_WRITE_BEHIND 16383u
@@ -250,6 +266,15 @@ struct raid_mio {
 struct raid_pool;
 struct raid_level_ops;
 
+/* A hot spare of an open array (spares.c). */
+struct raid_spare {
+  char *path;                  /* resolved path */
+  char *format;                /* descriptor's format, NULL = probe */
+  struct vd_dev *dev;          /* open (and locked) while usable, else NULL */
+  uint8_t dev_uuid[16];        /* from its superblock */
+  char why[160];               /* why it is not usable, or "" */
+};
+
 /* Stripe locks (RAID5 read-modify-write, RAID1 regions, rebuild): a
  * stripe takes one of RAID_STRIPE_LOCKS mutexes, picked by the top
  * RAID_STRIPE_LOCK_BITS bits of a multiplicative hash of its number. */
@@ -334,6 +359,23 @@ struct raid_array {
   unsigned nretired;           /* guarded by sb_lock */
 
   atomic_uint_fast64_t rr;     /* RAID1 round robin */
+
+  /* Hot spares (spares.c).  spare[] and nspares are guarded by sb_lock
+   * (set at open, changed by add, remove and a takeover); the takeover
+   * thread sleeps on spare_cond under spare_wlock (a leaf). */
+  struct raid_spare spare[RAID_MAX_SPARES];
+  unsigned nspares;
+  pthread_t spare_thread;
+  bool spare_running;          /* thread joinable; open/close only */
+  bool spare_stop, spare_kick; /* spare_wlock */
+  pthread_mutex_t spare_wlock;
+  pthread_cond_t spare_cond;
+  pthread_mutex_t notify_lock; /* notify, notify_opaque; held across the
+                                  call (a leaf for the engine: taken with
+                                  no array lock held) */
+  void (*notify)(void *opaque, const char *event, int slot,
+                 const char *path);  /* takeover events (vd_raid_set_notify) */
+  void *notify_opaque;
 };
 
 /* ---- write-behind.c: RAID1 writes to write-mostly members in the
@@ -502,10 +544,50 @@ void raid_readd_auto_stop(struct raid_array *a);
 char *raid_desc_relpath(const char *desc, const char *path);
 /* Whether paths X and Y name the same existing file (device and inode). */
 bool raid_same_file(const char *x, const char *y);
+/* Rewrite the descriptor: SLOT (>= 0) gets PATH (format FORMAT, NULL to
+ * probe), and the spare lines become a->spare[].  Takes sb_lock. */
+int raid_desc_update(struct raid_array *a, int slot, const char *path,
+                     const char *format);
+/* Whether DEV holds a valid superblock of an array other than UUID; its
+ * UUID goes to OTHER (37 bytes). */
+bool raid_foreign_sb(struct vd_dev *dev, const uint8_t *uuid, char *other);
+/* Open NEWPATH (format FMT, NULL to probe) read-write to join A, in SLOT
+ * or as a spare (SLOT -1): a regular file or block device (or a remote
+ * member), not a member or spare already, not the descriptor, large
+ * enough, no other array's superblock. */
+int raid_new_device_open(struct raid_array *a, int slot, const char *newpath,
+                         const char *fmt, struct vd_dev **ndp);
+/* Put ND (PATH and FMT, both taken over) in SLOT as a rebuilding member
+ * with device UUID DEV_UUID, from recovery offset 0; the old device is
+ * retired.  The caller writes the superblocks.  sb_lock held. */
+void raid_slot_install_locked(struct raid_array *a, int slot,
+                              struct vd_dev *nd, char *path, char *fmt,
+                              const uint8_t *dev_uuid);
 /* Put NEWPATH (format FMT, NULL to probe) in SLOT as a rebuilding member
  * and record it in the descriptor; no rebuild is started. */
 int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
                          const char *fmt);
+
+/* ---- spares.c: hot spares ---- */
+/* Open the spares the descriptor D names (DESC: its path), keeping those
+ * whose superblock is a spare of A (as FRESH, the freshest member
+ * superblock, records it); the others are kept with the reason. */
+int raid_spares_open(struct raid_array *a, const char *desc,
+                     const struct raid_desc *d);
+/* Start the takeover thread (writable redundant array) and, when a slot
+ * is faulty already, wake it. */
+void raid_spares_start(struct raid_array *a);
+/* A member failed: wake the takeover thread (no-op without spares). */
+void raid_spares_kick(struct raid_array *a);
+/* The spares of an open array, or (examine) of descriptor D (at DESC)
+ * judged by their superblocks against FRESH (NULL: unknown). */
+struct vd_raid_status;
+void raid_spares_status(struct raid_array *a, struct vd_raid_status *st);
+void raid_spares_examine(const char *desc, const struct raid_desc *d,
+                         const struct raid_sb *fresh,
+                         struct vd_raid_status *st);
+/* End the thread and close the spares. */
+void raid_spares_stop(struct raid_array *a);
 
 /* ---- public-ish API for vdtool and tests (vd_raid_*) ---- */
 #include "raid/raid-api.h"

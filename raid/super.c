@@ -12,8 +12,9 @@
  *  36    4  layout (0 left-symmetric)  136  8  creation time (Unix s)
  *  40    4  chunk size (bytes)         144  8  update time (Unix s)
  *  44    4  member count               152 32  name, NUL padded
- *  48    4  this member's slot         184 .. 511 zero
- *  52    4  flags (bit 0 dirty)        512 32*32 role table, entry i:
+ *  48    4  this member's slot         184 16  spare: its device UUID
+ *  52    4  flags (bit 0 dirty,        200 .. 511 zero
+ *               bit 1 spare)           512 32*32 role table, entry i:
  *  56    8  events                          0 16 device UUID of slot i
  *  64    8  array size (bytes)             16  4 state (0 active, 1 faulty,
  *  72    8  data offset (bytes)                      2 rebuilding)
@@ -21,9 +22,16 @@
  *                                                  by re-add)
  *  88    8  resync offset                  24  8 recovery offset
  *                                                (faulty: failed at events)
- *  96    8  bitmap offset (bytes)     1536 .. 4091 zero
- * 104    8  bitmap region (bytes)     4092  4 CRC-32C of bytes 0..4091
- * 112    4  bitmap size (bytes)
+ *  96    8  bitmap offset (bytes)     1536  4 spare count (0..8)
+ * 104    8  bitmap region (bytes)     1540  4 zero
+ * 112    4  bitmap size (bytes)       1544 16*8 spare device UUIDs
+ *                                     1672 .. 4091 zero
+ *                                     4092  4 CRC-32C of bytes 0..4091
+ *
+ * The spare table (1536..1671) is ignorable: readers before it never
+ * looked at those bytes, so they open the array without its spares.  A
+ * spare's own superblock (flag bit 1, slot 0xffffffff) is refused by
+ * those readers (unknown flag) and by every reader as a data member.
  *
  * Offsets "resync" and "recovery" are member bytes counted from the data
  * offset; UINT64_MAX means nothing pending.
@@ -90,6 +98,11 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *b)
     vd_put_le32(r + 20, sb->role[i].flags);
     vd_put_le64(r + 24, sb->role[i].recovery_offset);
   }
+  if (sb->flags & RAID_SB_SPARE)
+    memcpy(b + 184, sb->spare_self, 16);
+  vd_put_le32(b + 1536, sb->nspares);
+  for (unsigned i = 0; i < sb->nspares && i < RAID_MAX_SPARES; i++)
+    memcpy(b + 1544 + 16 * i, sb->spare_uuid[i], 16);
   vd_put_le32(b + 4092, vd_crc32c(0, b, 4092));
 }
 
@@ -139,6 +152,14 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
     sb->role[i].flags = vd_get_le32(r + 20);
     sb->role[i].recovery_offset = vd_get_le64(r + 24);
   }
+  if (sb->flags & RAID_SB_SPARE)   /* else reserved: not kept */
+    memcpy(sb->spare_self, b + 184, 16);
+  sb->nspares = vd_get_le32(b + 1536);
+  if (sb->nspares > RAID_MAX_SPARES)
+    return vd_set_error(EINVAL, "%s: RAID spare count %u invalid (at most "
+                        "%u)", what, sb->nspares, RAID_MAX_SPARES);
+  for (unsigned i = 0; i < sb->nspares; i++)
+    memcpy(sb->spare_uuid[i], b + 1544 + 16 * i, 16);
 
   /* Validate every field before anything trusts it. */
   const struct raid_level_ops *ops = raid_level_find(sb->level);
@@ -155,10 +176,12 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
   if (sb->nmembers < ops->min_members || sb->nmembers > RAID_MAX_MEMBERS)
     return vd_set_error(EINVAL, "%s: RAID%u with %u members invalid", what,
                         sb->level, sb->nmembers);
-  if (sb->slot >= sb->nmembers)
+  bool spare = (sb->flags & RAID_SB_SPARE) != 0;
+  if (spare ? sb->slot != RAID_SPARE_SLOT : sb->slot >= sb->nmembers)
     return vd_set_error(EINVAL, "%s: RAID slot %u out of %u", what, sb->slot,
                         sb->nmembers);
-  if (sb->flags & ~RAID_SB_DIRTY)
+  if (sb->flags & ~(RAID_SB_DIRTY | RAID_SB_SPARE) ||
+      (spare && (sb->flags & RAID_SB_DIRTY)))
     return vd_set_error(EINVAL, "%s: RAID superblock flags %#x unknown", what,
                         sb->flags);
   if (sb->policy > RAID_POLICY_PPL ||
@@ -288,7 +311,8 @@ int raid_uuid_parse(const char *s, uint8_t *u)
  * "member-timeout SECONDS" (default 5, 0 = none), "auto-re-add SECONDS"
  * (0 = off), "write-mostly SLOT" (one line per slot), "write-behind N"
  * (RAID1 with a write-mostly member: at most N writes to write-mostly
- * members outstanding, 1 to 16383).  Lines starting with '#' are
+ * members outstanding, 1 to 16383), "spare FORMAT PATH" (a hot spare, at
+ * most 8; older readers refuse the keyword).  Lines starting with '#' are
  * comments.  At
  * most 64 KiB.
  */
@@ -300,6 +324,25 @@ void raid_desc_free(struct raid_desc *d)
     free(d->format[i]);
     d->member[i] = d->format[i] = NULL;
   }
+  for (unsigned i = 0; i < RAID_MAX_SPARES; i++) {
+    free(d->spare[i]);
+    free(d->spare_format[i]);
+    d->spare[i] = d->spare_format[i] = NULL;
+  }
+  d->nspares = 0;
+}
+
+/* "FORMAT PATH" at P (a member or spare line's tail): the format (NULL
+ * for "-") to *FMT, the path to *PATH.  -EINVAL if malformed. */
+static int raid_desc_fmt_path(char *p, char **fmt, char **path)
+{
+  char *sp = strchr(p, ' ');
+  if (!sp || sp == p || sp[1] == '\0' || sp - p > 15)
+    return -EINVAL;
+  *sp = '\0';
+  *fmt = strcmp(p, "-") ? strdup(p) : NULL;
+  *path = strdup(sp + 1);
+  return !*path || (strcmp(p, "-") && !*fmt) ? -ENOMEM : 0;
 }
 
 int raid_desc_read(const char *path, struct raid_desc *d)
@@ -389,22 +432,29 @@ int raid_desc_read(const char *path, struct raid_desc *d)
                            path, lineno);
         goto out;
       }
-      p = end + 1;
-      char *sp = strchr(p, ' ');
-      if (!sp || sp == p || sp[1] == '\0' || sp - p > 15) {
-        ret = vd_set_error(EINVAL, "%s: line %u: expected 'member SLOT FORMAT "
-                           "PATH'", path, lineno);
-        goto out;
-      }
-      *sp = '\0';
-      d->format[slot] = strcmp(p, "-") ? strdup(p) : NULL;
-      d->member[slot] = strdup(sp + 1);
-      if (!d->member[slot]) {
-        ret = vd_set_error(ENOMEM, "%s: out of memory", path);
+      int e = raid_desc_fmt_path(end + 1, &d->format[slot], &d->member[slot]);
+      if (e < 0) {
+        ret = e == -ENOMEM ? vd_set_error(ENOMEM, "%s: out of memory", path)
+              : vd_set_error(EINVAL, "%s: line %u: expected 'member SLOT "
+                             "FORMAT PATH'", path, lineno);
         goto out;
       }
       if (slot + 1 > d->nmembers)
         d->nmembers = (unsigned)slot + 1;
+    } else if (strncmp(line, "spare ", 6) == 0) {
+      if (d->nspares == RAID_MAX_SPARES) {
+        ret = vd_set_error(EINVAL, "%s: line %u: more than %u spares", path,
+                           lineno, RAID_MAX_SPARES);
+        goto out;
+      }
+      unsigned k = d->nspares++;
+      int e = raid_desc_fmt_path(line + 6, &d->spare_format[k], &d->spare[k]);
+      if (e < 0) {
+        ret = e == -ENOMEM ? vd_set_error(ENOMEM, "%s: out of memory", path)
+              : vd_set_error(EINVAL, "%s: line %u: expected 'spare FORMAT "
+                             "PATH'", path, lineno);
+        goto out;
+      }
     } else if (strncmp(line, "member-timeout ", 15) == 0 ||
                strncmp(line, "auto-re-add ", 12) == 0) {
       /* Whole seconds, or with a fraction for the timeout ("0.5"). */
@@ -556,6 +606,9 @@ int raid_desc_write(const char *path, const struct raid_desc *d)
     if (d->member[i])
       fprintf(f, "member %u %s %s\n", i, d->format[i] ? d->format[i] : "-",
               d->member[i]);
+  for (unsigned i = 0; i < d->nspares; i++)
+    fprintf(f, "spare %s %s\n", d->spare_format[i] ? d->spare_format[i] : "-",
+            d->spare[i]);
   if (d->timeout_ms != RAID_DEFAULT_TIMEOUT_MS)
     fprintf(f, "member-timeout %u.%03u\n", d->timeout_ms / 1000,
             d->timeout_ms % 1000);

@@ -87,7 +87,9 @@ static void examine_human(const char *path, const struct vd_raid_superblock *s)
   printf("         Events : %" PRIu64 "\n", s->events);
   printf("         Layout : %s\n", s->layout);
   printf("     Chunk Size : %uK\n", s->chunk / 1024);
-  if (s->role_state == VD_RAID_STATE_ACTIVE)
+  if (s->spare)
+    printf("    Device Role : spare\n");
+  else if (s->role_state == VD_RAID_STATE_ACTIVE)
     printf("    Device Role : Active device %d\n", s->slot);
   else if (s->role_state == VD_RAID_STATE_REBUILDING)
     printf("    Device Role : Rebuilding device %d (%" PRIu64 " bytes "
@@ -112,7 +114,8 @@ static void examine_json(const struct vd_raid_superblock *s, bool last)
          ",\n    \"super-offset\": %" PRIu64 ",\n    \"data-offset\": %"
          PRIu64 ",\n    \"data-size\": %" PRIu64 ",\n    \"resync-offset\": ",
          s->level, s->layout, s->chunk, s->raid_devices, s->slot,
-         role_name(s->role_state), s->dev_uuid, s->recovery_offset,
+         s->spare ? "spare" : role_name(s->role_state), s->dev_uuid,
+         s->recovery_offset,
          s->events, s->array_size, s->super_offset, s->data_offset,
          s->data_size);
   if (s->resync_offset == UINT64_MAX)

@@ -37,12 +37,14 @@ const char vt_usage_raid[] =
   "       vdtool raid replace [--rate BYTES/S] [--no-wait] [-f FMT] ARRAY OLD NEW\n"
   "       vdtool raid rebuild [--rate BYTES/S] ARRAY\n"
   "       vdtool raid re-add [--rate BYTES/S] [--no-wait] ARRAY MEMBER\n"
+  "       vdtool raid add [-f FMT] ARRAY SPARE\n"
+  "       vdtool raid remove ARRAY SPARE\n"
   "       vdtool raid scrub [--repair] ARRAY\n"
   "       vdtool raid monitor [-1|--oneshot] [-d|--delay SECONDS]\n"
   "                           [-p|--program PROG] ARRAY...\n"
   "\n"
   "-q (--quiet), anywhere: leave out the line saying what create, fail,\n"
-  "assemble and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
+  "assemble, add, remove and re-add did.  JSON keys are kebab-case, as qemu-img's.\n"
   "Options may also follow the operands (detail ARRAY --test, as mdadm);\n"
   "\"--\" ends them (a MEMBER named \"-m1\": fail ARRAY -- -m1).\n"
   "\n"
@@ -96,6 +98,14 @@ const char vt_usage_raid[] =
   "  re-add     put a failed MEMBER back (the same device, reachable again)\n"
   "             and copy only the regions the write-intent bitmap marked\n"
   "             while it was out; prints the bytes copied\n"
+  "  add        add SPARE as a hot spare (mdadm --add): when a member fails,\n"
+  "             or is missing when the array is opened for writing, the\n"
+  "             spare takes its slot and is rebuilt in the background.  Added\n"
+  "             to a degraded array it takes over at once (offline, vdtool\n"
+  "             waits for the rebuild).  SPARE must be at least as large as a\n"
+  "             member; RAID0 has no spares\n"
+  "  remove     remove SPARE from the array's spares (mdadm --remove of a\n"
+  "             spare); its superblock is wiped\n"
   "  scrub      compare parity (or mirrors) with data; --repair rewrites\n"
   "             parity.  Exit status 3 when mismatches were found.\n"
   "  monitor    watch the arrays (served or not: it reads the superblocks\n"
@@ -108,15 +118,15 @@ const char vt_usage_raid[] =
   "             until SIGINT/SIGTERM\n"
   "\n"
   "When a vdisk-nbd or vdisk-fuse process serves ARRAY, fail, replace,\n"
-  "re-add, scrub and status are performed by that process (online), through its\n"
+  "re-add, add, remove, scrub and status are performed by that process (online), through its\n"
   "control socket, found in the runtime entry it keeps for ARRAY\n"
   "($VDISK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vdisk, else /run/vdisk for\n"
   "root or /tmp/vdisk-UID): run vdtool as the serving user or root.\n";
 
 #define RAID_CLI_MAX 32
 
-/* -q/--quiet: leave out the one-line reports of what create, fail and
- * assemble did (errors and warnings are still printed). */
+/* -q/--quiet: leave out the one-line reports of what create, fail,
+ * assemble and add did (errors and warnings are still printed). */
 static bool raid_quiet;
 
 static int raid_open_rw(const char *desc, struct vd_dev **dev,
@@ -320,7 +330,10 @@ static void raid_detail_error(const char *desc)
   struct vd_raid_superblock sb;
   char why[512];
   snprintf(why, sizeof why, "%s", vd_error());
-  if (vd_raid_examine_member(desc, &sb) == 0)
+  if (vd_raid_examine_member(desc, &sb) == 0 && sb.spare)
+    vt_error("%s is a hot spare of array %s, not an array descriptor: use "
+             "'vdtool raid examine %s'", desc, sb.uuid, desc);
+  else if (vd_raid_examine_member(desc, &sb) == 0)
     vt_error("%s is a member of array %s (slot %d), not an array "
              "descriptor: use 'vdtool raid examine %s'", desc, sb.uuid,
              sb.slot, desc);
@@ -394,6 +407,15 @@ static int raid_cmd_detail(int argc, char **argv)
       vt_json_string(stdout, m->why);
       printf(" }%s\n", i + 1 < st->nmembers ? "," : "");
     }
+    printf("    ],\n    \"spares\": [\n");
+    for (unsigned i = 0; i < st->nspares; i++) {
+      printf("        { \"path\": ");
+      vt_json_string(stdout, st->spare[i].path);
+      printf(", \"device-uuid\": \"%s\", \"reason\": ",
+             st->spare[i].dev_uuid);
+      vt_json_string(stdout, st->spare[i].why);
+      printf(" }%s\n", i + 1 < st->nspares ? "," : "");
+    }
     printf("    ]\n}\n");
   } else {
     printf("%s:\n", desc);
@@ -428,9 +450,15 @@ static int raid_cmd_detail(int argc, char **argv)
              raid_state_str(m->state), m->events,
              m->path[0] ? m->path : "-");
     }
+    for (unsigned i = 0; i < st->nspares; i++)
+      printf("      -  %-10s  %6s  %s\n", st->spare[i].why[0] ? "unusable"
+             : "spare", "-", st->spare[i].path);
     for (unsigned i = 0; i < st->nmembers && i < 32; i++)
       if (st->m[i].why[0])
         printf("   slot %u: %s\n", i, st->m[i].why);
+    for (unsigned i = 0; i < st->nspares; i++)
+      if (st->spare[i].why[0])
+        printf("   spare: %s\n", st->spare[i].why);
   }
   int rc = !test ? VT_EXIT_OK : st->failed ? RAID_TEST_FAILED
            : st->degraded ? RAID_TEST_DEGRADED : RAID_TEST_OK;
@@ -523,6 +551,34 @@ static int raid_online(const char *desc, struct vt_qmp **q, char *dev,
   }
   snprintf(dev, devlen, "%s", sv.device);
   return 1;
+}
+
+/* The end of an offline subcommand: print R's error (the engine's
+ * result) or the close's, and close DEV. */
+static int raid_offline_end(struct vd_dev *dev, int r)
+{
+  if (r < 0) {
+    vt_engine_error(r);
+    vd_close(dev);
+    return VT_EXIT_ERR;
+  }
+  if (vd_close(dev) < 0) {
+    vt_engine_error(-1);
+    return VT_EXIT_ERR;
+  }
+  return VT_EXIT_OK;
+}
+
+/* The absolute path of a device to join an array (the server may run in
+ * another folder); a remote one (NBD URI, rbd: image) is kept as typed.
+ * NULL with the error printed. */
+static char *raid_abs_device(const char *path)
+{
+  char *abs = vd_is_remote_name(path) ? strdup(path) : realpath(path, NULL);
+  if (!abs)
+    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
+             path);
+  return abs;
 }
 
 /* Execute NAME with ARGS (stolen) on Q; *RET (may be NULL) gets the
@@ -755,6 +811,10 @@ static int raid_cmd_status(int argc, char **argv)
            json_string_value(json_object_get(j, "state")),
            (uint64_t)json_integer_value(json_object_get(j, "events")),
            json_string_value(json_object_get(j, "path")));
+  json_array_foreach(json_object_get(o, "spares"), i, j)
+    printf("      -  %-10s  %6s  %s\n",
+           json_string_value(json_object_get(j, "state")), "-",
+           json_string_value(json_object_get(j, "path")));
   json_decref(o);
   return VT_EXIT_OK;
 }
@@ -893,14 +953,9 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
   if (!resume && slot < 0)
     return VT_EXIT_ERR;
   const char *newp = resume ? NULL : argv[optind + 2];
-  /* A remote member (NBD URI, rbd: image) is kept as typed. */
-  char *absnew = !newp ? NULL : vd_is_remote_name(newp) ? strdup(newp)
-                                                         : realpath(newp, NULL);
-  if (newp && !absnew) {
-    vt_error("%s: cannot find it (create it first, e.g. with vdtool create)",
-             newp);
+  char *absnew = newp ? raid_abs_device(newp) : NULL;
+  if (newp && !absnew)
     return VT_EXIT_ERR;
-  }
   struct vt_qmp *q;
   char name[256];
   int on = raid_online(desc, &q, name, sizeof name);
@@ -961,16 +1016,7 @@ static int raid_cmd_replace(int argc, char **argv, bool resume)
                                    &prog);
   vt_progress_end(&prog);
   free(absnew);
-  if (r < 0) {
-    vt_engine_error(r);
-    vd_close(dev);
-    return VT_EXIT_ERR;
-  }
-  if (vd_close(dev) < 0) {
-    vt_engine_error(-1);
-    return VT_EXIT_ERR;
-  }
-  return VT_EXIT_OK;
+  return raid_offline_end(dev, r);
 }
 
 /* Print the last re-add's numbers of SLOT from a query-vdisk-raid object. */
@@ -1178,6 +1224,119 @@ static int raid_cmd_scrub(int argc, char **argv)
   return mism && !repair ? 3 : VT_EXIT_OK;
 }
 
+/* The one line of 'add' (unless -q), as mdadm's "added DEV". */
+static void raid_say_added(const char *desc, const char *spare, int slot)
+{
+  if (raid_quiet)
+    return;
+  if (slot >= 0)
+    fprintf(stderr, "vdtool: added %s to %s: it took slot %d (rebuilding)\n",
+            spare, desc, slot);
+  else
+    fprintf(stderr, "vdtool: added %s to %s as a spare\n", spare, desc);
+}
+
+static int raid_cmd_add(int argc, char **argv)
+{
+  const char *fmt = NULL;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "f:", NULL, NULL)) != -1) {
+    if (c != 'f')
+      return vt_bad_option("raid", argv);
+    fmt = optarg;
+  }
+  if (argc - optind != 2)
+    return vt_bad_usage("raid", "add needs ARRAY SPARE");
+  const char *desc = argv[optind], *spare = argv[optind + 1];
+  char *abs = raid_abs_device(spare);
+  if (!abs)
+    return VT_EXIT_ERR;
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  if (on < 0) {
+    free(abs);
+    return VT_EXIT_ERR;
+  }
+  if (on) {
+    json_t *args = json_pack("{s:s, s:s}", "device", name, "spare", abs);
+    json_t *ret = NULL;
+    if (args && fmt)
+      json_object_set_new(args, "format", json_string(fmt));
+    free(abs);
+    int r = raid_exec(q, "vdisk-raid-add", args, &ret);
+    vt_qmp_close(q);
+    if (r < 0)
+      return VT_EXIT_ERR;
+    json_t *slot = json_object_get(ret, "slot");
+    raid_say_added(desc, spare, slot ? (int)json_integer_value(slot) : -1);
+    json_decref(ret);
+    return VT_EXIT_OK;
+  }
+  struct vd_dev *dev;
+  struct raid_array *a;
+  if (raid_open_rw(desc, &dev, &a) < 0) {
+    free(abs);
+    return VT_EXIT_ERR;
+  }
+  int r = vd_raid_add(a, abs, fmt);
+  /* Added to a degraded array, it took a failed member's slot. */
+  struct vd_raid_status *st = r == 0 ? malloc(sizeof *st) : NULL;
+  int slot = -1;
+  if (st && vd_raid_status(a, st) == 0)
+    for (unsigned i = 0; i < st->nmembers; i++)
+      if (!strcmp(st->m[i].path, abs))
+        slot = (int)i;
+  free(st);
+  free(abs);
+  if (r == 0 && slot >= 0) {
+    /* The rebuild runs now, as for replace. */
+    raid_say_added(desc, spare, slot);
+    struct vt_progress prog = { .enabled = isatty(2) };
+    r = vd_raid_resume_rebuild(a, 0, vt_progress_cb, &prog);
+    vt_progress_end(&prog);
+  } else if (r == 0) {
+    raid_say_added(desc, spare, -1);
+  }
+  return raid_offline_end(dev, r);
+}
+
+static int raid_cmd_remove(int argc, char **argv)
+{
+  static const struct option none[] = { { NULL, 0, NULL, 0 } };
+  optind = 1;
+  if (getopt_long(argc, argv, "", none, NULL) != -1)
+    return vt_bad_option("raid", argv);
+  if (argc - optind != 2)
+    return vt_bad_usage("raid", "remove needs ARRAY SPARE");
+  const char *desc = argv[optind], *spare = argv[optind + 1];
+  char *abs = raid_abs_device(spare);
+  if (!abs)
+    return VT_EXIT_ERR;
+  struct vt_qmp *q;
+  char name[256];
+  int on = raid_online(desc, &q, name, sizeof name);
+  int r;
+  if (on > 0) {
+    r = raid_exec(q, "vdisk-raid-remove",
+                  json_pack("{s:s, s:s}", "device", name, "spare", abs),
+                  NULL) < 0 ? VT_EXIT_ERR : VT_EXIT_OK;
+    vt_qmp_close(q);
+  } else if (on == 0) {
+    struct vd_dev *dev;
+    struct raid_array *a;
+    r = raid_open_rw(desc, &dev, &a) < 0 ? VT_EXIT_ERR
+        : raid_offline_end(dev, vd_raid_remove_spare(a, abs));
+  } else {
+    r = VT_EXIT_ERR;
+  }
+  free(abs);
+  if (r == VT_EXIT_OK && !raid_quiet)
+    fprintf(stderr, "vdtool: removed %s from %s\n", spare, desc);
+  return r;
+}
+
 int vt_cmd_raid(int argc, char **argv)
 {
   if (argc < 2)
@@ -1211,6 +1370,8 @@ int vt_cmd_raid(int argc, char **argv)
   if (!strcmp(sub, "replace")) return raid_cmd_replace(argc, argv, false);
   if (!strcmp(sub, "rebuild")) return raid_cmd_replace(argc, argv, true);
   if (!strcmp(sub, "re-add")) return raid_cmd_re_add(argc, argv);
+  if (!strcmp(sub, "add")) return raid_cmd_add(argc, argv);
+  if (!strcmp(sub, "remove")) return raid_cmd_remove(argc, argv);
   if (!strcmp(sub, "scrub")) return raid_cmd_scrub(argc, argv);
   if (!strcmp(sub, "examine")) return vt_raid_examine(argc, argv);
   if (!strcmp(sub, "monitor")) return vt_raid_monitor(argc, argv);

@@ -92,6 +92,12 @@ struct vd_raid_member_status {
   uint64_t readd_skipped;      /* ... and skipped (regions not marked) */
 };
 
+struct vd_raid_spare_status {
+  char path[4096];
+  char dev_uuid[37];
+  char why[160];               /* why it cannot take over, or "" */
+};
+
 struct vd_raid_status {
   char uuid[37];
   char name[33];
@@ -114,6 +120,8 @@ struct vd_raid_status {
   uint32_t write_behind;       /* open array: write-behind limit, 0 = off */
   uint32_t write_behind_pending; /* open array: writes not yet on the
                                     write-mostly members */
+  unsigned nspares;            /* hot spares the descriptor names */
+  struct vd_raid_spare_status spare[8];
 };
 
 /* Status of an open array. */
@@ -132,7 +140,8 @@ struct vd_raid_superblock {
   const char *policy;          /* "resync", "bitmap", "ppl" */
   uint32_t chunk;              /* bytes */
   unsigned raid_devices;       /* slots of the array */
-  int slot;                    /* this member's slot */
+  int slot;                    /* this member's slot, -1 for a spare */
+  bool spare;                  /* a hot spare's superblock */
   char dev_uuid[37];           /* this member's device uuid */
   int role_state;              /* VD_RAID_STATE_ACTIVE, _FAULTY or
                                   _REBUILDING, as this member records itself */
@@ -167,6 +176,27 @@ int vd_raid_examine_member(const char *path, struct vd_raid_superblock *out);
 #define VD_RAID_ASSEMBLE_RUN 2u
 int vd_raid_assemble(const char *desc, const char *const *members,
                      unsigned n, unsigned flags);
+
+/* Add the device at PATH (format FORMAT, NULL to probe) as a hot spare,
+ * as mdadm --add to a healthy array: a regular file or block device at
+ * least as large as a member, not a member or spare already, holding no
+ * other array's superblock.  Its superblock says "spare of this array",
+ * the members' superblocks list it, the descriptor names it ("spare" line).
+ * When a member fails (or is missing at a read-write open) a spare takes
+ * its slot and is rebuilt in the background (event "spare-active" to the
+ * notify hook).  On a degraded array the spare takes over at once;
+ * vd_raid_resume_rebuild waits for that rebuild.  -ENOTSUP for RAID0. */
+int vd_raid_add(struct raid_array *a, const char *path, const char *format);
+/* Remove the hot spare at PATH (as mdadm --remove of a spare): out of the
+ * members' spare tables, out of the descriptor, its superblock wiped.
+ * -ENOENT when PATH is not a spare, -EBUSY when it is a member. */
+int vd_raid_remove_spare(struct raid_array *a, const char *path);
+/* Called (on an engine thread) when a spare takes over SLOT: EVENT is
+ * "spare-active", PATH the spare.  One hook per array; NULL removes it. */
+void vd_raid_set_notify(struct raid_array *a,
+                        void (*fn)(void *opaque, const char *event, int slot,
+                                   const char *path),
+                        void *opaque);
 
 /* Mark member SLOT faulty (as if it had failed). */
 int vd_raid_fail(struct raid_array *a, int slot);

@@ -19,6 +19,7 @@
 #include "tests/unit/cu.h"
 #include "vdisk/vdisk.h"
 #include "vdisk/driver.h"
+#include "vdisk/endian.h"
 #include "raid/raid.h"
 #include "tests/unit/fault.h"
 
@@ -418,6 +419,62 @@ static void test_superblock(void)
   bad.slot = 3;
   raid_sb_encode(&bad, buf);
   CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+}
+
+/* Hot spares: the spare table and a spare's own superblock (bytes 184,
+ * 1536..1671; docs/raid-format.md "Hot spares"). */
+static void test_superblock_spares(void)
+{
+  struct raid_sb sb, back;
+  memset(&sb, 0, sizeof sb);
+  raid_uuid_generate(sb.uuid);
+  sb.level = 1; sb.chunk = 65536; sb.nmembers = 2; sb.slot = 0;
+  sb.data_offset = MIB; sb.data_size = 8 * 65536;
+  sb.array_size = sb.data_size; sb.resync_offset = RAID_NO_OFFSET;
+  sb.nspares = 2;
+  raid_uuid_generate(sb.spare_uuid[0]);
+  raid_uuid_generate(sb.spare_uuid[1]);
+  uint8_t buf[RAID_SB_SIZE];
+  raid_sb_encode(&sb, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == 0);
+  CU_ASSERT(memcmp(&sb, &back, sizeof sb) == 0);
+  /* The table is where the format says, and nothing else moved: a reader
+   * that ignores bytes 1536..4091 sees the same superblock. */
+  CU_ASSERT(buf[1536] == 2 && memcmp(buf + 1544 + 16, sb.spare_uuid[1],
+                                     16) == 0);
+  /* A spare's superblock: slot 0xffffffff, its UUID at 184. */
+  struct raid_sb sp = sb;
+  sp.flags = RAID_SB_SPARE;
+  sp.slot = RAID_SPARE_SLOT;
+  memcpy(sp.spare_self, sb.spare_uuid[1], 16);
+  raid_sb_encode(&sp, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == 0);
+  CU_ASSERT(memcmp(&sp, &back, sizeof sp) == 0);
+  CU_ASSERT(vd_get_le32(buf + 48) == UINT32_MAX &&
+            memcmp(buf + 184, sp.spare_self, 16) == 0);
+  /* Refused: a spare with a slot, a member without one, a dirty spare, a
+   * table of more than 8. */
+  struct raid_sb bad = sp;
+  bad.slot = 1;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  bad = sb;
+  bad.slot = RAID_SPARE_SLOT;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  bad = sp;
+  bad.flags |= RAID_SB_DIRTY;
+  raid_sb_encode(&bad, buf);
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  raid_sb_encode(&sb, buf);
+  vd_put_le32(buf + 1536, RAID_MAX_SPARES + 1);
+  vd_put_le32(buf + 4092, vd_crc32c(0, buf, 4092));
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == -EINVAL);
+  /* Bytes 184..199 of a member's superblock are reserved, not read. */
+  raid_sb_encode(&sb, buf);
+  buf[184] = 1;
+  vd_put_le32(buf + 4092, vd_crc32c(0, buf, 4092));
+  CU_ASSERT(raid_sb_decode(buf, &back, "t") == 0 && back.spare_self[0] == 0);
 }
 
 /* ---- data paths against the model ---- */
@@ -1847,6 +1904,7 @@ int main(void)
     { "parity, one pass", test_parity },
     { "parity, every kernel version", test_parity_versions },
     { "superblock codec", test_superblock },
+    { "superblock spares", test_superblock_spares },
     { "RAID0 against the model", test_raid0 },
     { "RAID1 against the model", test_raid1 },
     { "RAID5 against the model", test_raid5 },

@@ -10,10 +10,18 @@
  *                       reopen a failed member (same device, back again)
  *                       and copy only the regions the write-intent bitmap
  *                       marks; a block job of type "vdisk-raid-rebuild"
+ *   vdisk-raid-add      device, spare, [format]
+ *                       add a hot spare; on a degraded array it takes a
+ *                       failed slot at once (returns "slot") and a
+ *                       background rebuild starts (query-vdisk-raid)
+ *   vdisk-raid-remove   device, spare
+ *                       remove a hot spare
  *   vdisk-raid-scrub    device, [repair, speed, job-id]
  *                       a block job of type "vdisk-raid-scrub"; its report
  *                       comes as event VDISK_RAID_SCRUB_REPORT and in
  *                       query-vdisk-raid's "last-scrub"
+ * Event VDISK_RAID_SPARE_ACTIVE: a spare took a failed member's slot
+ * (sent from the engine's takeover thread, through vd_raid_set_notify).
  * MEMBER is a slot number or a member's path.  Commands are serialised by
  * the control module; the jobs run on their own threads and step the
  * engine's caller-driven rebuild and scrub (vd_raid_rebuild_step,
@@ -22,7 +30,8 @@
  * "rebuilding" and the rebuild resumes when the array is next opened.
  *
  * Locks: each array's d->lock guards its scrub report (written by the
- * scrub job's thread, read by query-vdisk-raid); everything else here is
+ * scrub job's thread, read by query-vdisk-raid) and its runtime entry's
+ * republishing (control thread, takeover thread); everything else here is
  * touched by the control thread only, or before the server starts.
  */
 #include <config.h>
@@ -55,6 +64,7 @@ struct raid_report {
 
 struct raid_dev {
   struct raid_dev *next;
+  struct vc_raid *owner;
   char *name;
   struct vd_node *node;
   struct vd_raid_entry *entry;       /* our runtime entry, or NULL */
@@ -79,6 +89,7 @@ int vc_raid_add(struct vc_raid **r, const char *name, struct vd_node *node)
     return -ENOMEM;
   }
   d->node = node;
+  d->owner = *r;
   pthread_mutex_init(&d->lock, NULL);
   struct raid_dev **p = &(*r)->devs;
   while (*p)
@@ -212,6 +223,20 @@ static json_t *raid_status_json(const char *name, struct vd_node *node,
     (json_int_t)st->array_size, "events", (json_int_t)st->events, "degraded",
     st->degraded, "failed", st->failed, "dirty", st->dirty, "members",
     members);
+  json_t *spares = json_array();
+  for (unsigned i = 0; i < st->nspares; i++)
+    json_array_append_new(spares, json_pack(
+      "{s:s, s:s, s:s}", "path", st->spare[i].path, "device-uuid",
+      st->spare[i].dev_uuid, "state", st->spare[i].why[0] ? "unusable"
+                                                          : "spare"));
+  for (unsigned i = 0; i < st->nspares; i++)
+    if (st->spare[i].why[0])
+      json_object_set_new(json_array_get(spares, i), "reason",
+                          json_string(st->spare[i].why));
+  if (o)
+    json_object_set_new(o, "spares", spares);
+  else
+    json_decref(spares);
   if (o && st->rebuilding)
     json_object_set_new(o, "rebuild",
                         json_pack("{s:I, s:I}", "offset",
@@ -404,6 +429,97 @@ static json_t *cmd_raid_replace(struct vc_server *s, json_t *args,
   if (vc_job_start(s, id, dev, &rebuild_driver, j, speed, err) < 0)
     return NULL;                     /* rebuild_free gave the rebuild up */
   return json_object();
+}
+
+/* The descriptor was rewritten (a new inode): publish D's runtime entry
+ * under it. */
+static void raid_republish(struct raid_dev *d)
+{
+  if (!d)
+    return;
+  pthread_mutex_lock(&d->lock);
+  if (d->entry && vd_raid_republish(d->entry) < 0)
+    fprintf(stderr, "vdisk: %s\n", vd_error());
+  pthread_mutex_unlock(&d->lock);
+}
+
+static json_t *cmd_raid_add(struct vc_server *s, json_t *args, void *opaque,
+                            struct vc_error *err)
+{
+  static const char *const known[] = { "device", "spare", "format", NULL };
+  struct vc_raid *r = opaque;
+  const char *dev, *spare, *fmt = NULL;
+  struct raid_dev *d;
+  (void)s;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &dev, err) ||
+      !vc_arg_str(args, "spare", true, &spare, err) ||
+      !vc_arg_str(args, "format", false, &fmt, err))
+    return NULL;
+  struct raid_array *a = raid_find(r, dev, &d, err);
+  if (!a)
+    return NULL;
+  /* As for replace: the server may run in another folder. */
+  if (spare[0] != '/') {
+    vc_error_set(err, "GenericError", "Parameter 'spare' must be an "
+                 "absolute path");
+    return NULL;
+  }
+  if (vd_raid_add(a, spare, fmt) < 0) {
+    vc_error_set(err, "GenericError", "%s", vd_error());
+    return NULL;
+  }
+  raid_republish(d);
+  /* Added to a degraded array, it took a slot at once. */
+  json_t *o = json_object();
+  struct vd_raid_status *st = malloc(sizeof *st);
+  if (st && vd_raid_status(a, st) == 0)
+    for (unsigned i = 0; i < st->nmembers; i++)
+      if (!strcmp(st->m[i].path, spare))
+        json_object_set_new(o, "slot", json_integer(i));
+  free(st);
+  return o;
+}
+
+static json_t *cmd_raid_remove(struct vc_server *s, json_t *args,
+                               void *opaque, struct vc_error *err)
+{
+  static const char *const known[] = { "device", "spare", NULL };
+  struct vc_raid *r = opaque;
+  const char *dev, *spare;
+  struct raid_dev *d;
+  (void)s;
+  if (!vc_arg_only(args, known, err) ||
+      !vc_arg_str(args, "device", true, &dev, err) ||
+      !vc_arg_str(args, "spare", true, &spare, err))
+    return NULL;
+  struct raid_array *a = raid_find(r, dev, &d, err);
+  if (!a)
+    return NULL;
+  if (spare[0] != '/') {
+    vc_error_set(err, "GenericError", "Parameter 'spare' must be an "
+                 "absolute path");
+    return NULL;
+  }
+  if (vd_raid_remove_spare(a, spare) < 0) {
+    vc_error_set(err, "GenericError", "%s", vd_error());
+    return NULL;
+  }
+  raid_republish(d);
+  return json_object();
+}
+
+/* A spare took SLOT (engine's takeover thread). */
+static void raid_notify(void *opaque, const char *event, int slot,
+                        const char *path)
+{
+  struct raid_dev *d = opaque;
+  if (strcmp(event, "spare-active") != 0)
+    return;
+  raid_republish(d);
+  vc_event(d->owner->s, "VDISK_RAID_SPARE_ACTIVE",
+           json_pack("{s:s, s:i, s:s}", "device", d->name, "slot", slot,
+                     "spare", path));
 }
 
 static json_t *cmd_raid_re_add(struct vc_server *s, json_t *args,
@@ -642,6 +758,8 @@ int vc_raid_start(struct vc_raid **rp, struct vc_server **s,
     { "vdisk-raid-fail", cmd_raid_fail },
     { "vdisk-raid-replace", cmd_raid_replace },
     { "vdisk-raid-re-add", cmd_raid_re_add },
+    { "vdisk-raid-add", cmd_raid_add },
+    { "vdisk-raid-remove", cmd_raid_remove },
     { "vdisk-raid-scrub", cmd_raid_scrub },
   };
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
@@ -659,12 +777,22 @@ int vc_raid_start(struct vc_raid **rp, struct vc_server **s,
     return e;
   }
   for (struct raid_dev *d = r->devs; d; d = d->next)
+    vd_raid_set_notify(vd_raid_of(vd_node_dev(d->node)), raid_notify, d);
+  for (struct raid_dev *d = r->devs; d; d = d->next)
     if (vd_raid_publish(vd_path(vd_node_dev(d->node)), sock, d->name,
                         &d->entry) < 0)
       fprintf(stderr, "%s: warning: %s (vdtool raid cannot find this "
               "server)\n", program, vd_error());
   free(sock);
   return 0;
+}
+
+void vc_raid_stop(struct vc_raid *r)
+{
+  /* The arrays outlive the server (the frontend closes them later): no
+   * event may reach it once it is stopped. */
+  for (struct raid_dev *d = r ? r->devs : NULL; d; d = d->next)
+    vd_raid_set_notify(vd_raid_of(vd_node_dev(d->node)), NULL, NULL);
 }
 
 void vc_raid_free(struct vc_raid *r)

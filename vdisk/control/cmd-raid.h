@@ -5,7 +5,8 @@
  * docs/raid-format.md, "Online management").
  *
  * A frontend calls vc_raid_add for each device it serves, then
- * vc_raid_start once, and at exit vc_server_stop then vc_raid_free. */
+ * vc_raid_start once, and at exit vc_raid_stop, vc_server_stop, then
+ * vc_raid_free. */
 #ifndef VDISK_CONTROL_CMD_RAID_H
 #define VDISK_CONTROL_CMD_RAID_H
 
@@ -32,6 +33,10 @@ int vc_raid_add(struct vc_raid **r, const char *name, struct vd_node *node);
 int vc_raid_start(struct vc_raid **r, struct vc_server **s,
                   const char *control_path, const char *program, char *msg,
                   size_t msglen);
+
+/* Stop the engine's events for the arrays (a spare's takeover) from
+ * reaching the server: call before vc_server_stop.  R may be NULL. */
+void vc_raid_stop(struct vc_raid *r);
 
 /* Remove our runtime entries and free R (NULL: nothing).  Call after
  * vc_server_stop (the jobs have ended). */
