@@ -191,7 +191,10 @@ static void *raid_spare_main(void *opaque)
 {
   struct raid_array *a = opaque;
   pthread_mutex_lock(&a->spare_wlock);
-  while (!a->spare_stop) {
+  /* A kick still pending at stop is served first: a member failed just
+   * before close (an offline `vdtool raid fail`) still gets its spare,
+   * whose rebuild the close then checkpoints. */
+  while (!a->spare_stop || a->spare_kick) {
     if (!a->spare_kick) {
       pthread_cond_wait(&a->spare_cond, &a->spare_wlock);
       continue;
