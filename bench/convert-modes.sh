@@ -10,6 +10,7 @@
 #  - the disk's own durable write speed: dd of the source's data half
 #    (bs=1M, conv=fdatasync), and each tool's durable speed as allocated
 #    output bytes per second of its writeback run, as a share of dd's.
+# The tools alternate, and which goes first alternates by round.
 # Conversions: raw -> dynamic VHD, VHD -> raw, raw -> VHDX, VHDX -> raw,
 # qcow2 -> VHD (sources made once by qemu-img; each tool reads the same).
 #   bench/convert-modes.sh [RUNS [MIB [DIR]]]   (defaults 3, 1024, a temp dir)
@@ -55,8 +56,15 @@ for i in $(seq "$runs"); do
     IFS=: read -r name from to <<< "$c"
     for mode in default writeback; do
       t=(); [ "$mode" = default ] || t=(-t writeback)
-      run "vd_${name}_$mode.txt" $mode "$vdtool" convert "${opts[@]}" "${t[@]}" -f $from -O $to src.$from a.$to
-      run "q_${name}_$mode.txt" $mode qemu-img convert "${t[@]}" -f $from -O $to src.$from b.$to
+      # Who goes first alternates by round: the first run after a
+      # sync meets a different page cache than the second.
+      for who in $( ((i % 2)) && echo vd q || echo q vd); do
+        if [ $who = vd ]; then
+          run "vd_${name}_$mode.txt" $mode "$vdtool" convert "${opts[@]}" "${t[@]}" -f $from -O $to src.$from a.$to
+        else
+          run "q_${name}_$mode.txt" $mode qemu-img convert "${t[@]}" -f $from -O $to src.$from b.$to
+        fi
+      done
     done
     if [ "$i" = 1 ]; then
       qemu-img compare -f $to -F raw a.$to src.raw >/dev/null &&
