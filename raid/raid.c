@@ -730,10 +730,9 @@ static int raid_scan_taken(const char *desc, const struct vd_open_args *margs,
                            bool uris, struct raid_scan *s)
 {
   const struct raid_sb *f = &s->sb[s->fresh];
-  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
   struct raid_sb *sb = malloc(sizeof *sb);
   int r = 0;
-  if (!buf || !sb)
+  if (!sb)
     r = vd_set_error(ENOMEM, "%s: out of memory", desc);
   for (unsigned k = 0; r == 0 && k < s->d.nspares; k++) {
     char *path = raid_desc_resolve(desc, s->d.spare[k]), why[160];
@@ -745,10 +744,7 @@ static int raid_scan_taken(const char *desc, const struct vd_open_args *margs,
     r = raid_scan_open(path, s->d.spare_format[k], margs, s->d.timeout_ms,
                        uris, &dev, why, sizeof why);
     unsigned slot = 0;
-    bool take = r == 0 && dev &&
-                vd_size(dev) >= RAID_SB_OFFSET + RAID_SB_SIZE &&
-                vd_pread(dev, buf, RAID_SB_SIZE, RAID_SB_OFFSET) == 0 &&
-                raid_sb_decode(buf, sb, path) == 0 &&
+    bool take = r == 0 && dev && raid_sb_read(dev, sb, path) == 0 &&
                 !(sb->flags & RAID_SB_SPARE) && raid_sb_same_array(sb, f) &&
                 (slot = sb->slot) < s->n &&
                 memcmp(sb->role[slot].dev_uuid, f->role[slot].dev_uuid,
@@ -786,7 +782,6 @@ static int raid_scan_taken(const char *desc, const struct vd_open_args *margs,
   }
   vd_clear_error();
   free(sb);
-  vd_free_aligned(buf);
   return r;
 }
 

@@ -158,6 +158,9 @@ void raid_sb_encode(const struct raid_sb *sb, uint8_t *buf);
 /* Decode and validate; WHAT names the member in messages.  -EINVAL (message
  * set) if it is not a valid superblock, whatever is wrong with it. */
 int raid_sb_decode(const uint8_t *buf, struct raid_sb *sb, const char *what);
+/* Read DEV's superblock (at RAID_SB_OFFSET) and decode it into SB; WHAT
+ * names DEV in messages.  0 or a negative errno (message set). */
+int raid_sb_read(struct vd_dev *dev, struct raid_sb *sb, const char *what);
 bool raid_sb_is_magic(const uint8_t *buf);
 /* Whether X and Y describe the same array and geometry (raid.c). */
 bool raid_sb_same_array(const struct raid_sb *x, const struct raid_sb *y);

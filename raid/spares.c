@@ -29,22 +29,6 @@
 #include "raid/raid.h"
 #include "vdisk/raid.h"
 
-/* Read and decode the superblock of DEV (PATH for messages) into SB. */
-static int raid_spare_read_sb(struct vd_dev *dev, const char *path,
-                              struct raid_sb *sb)
-{
-  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
-  if (!buf)
-    return vd_set_error(ENOMEM, "%s: out of memory", path);
-  int r = vd_size(dev) < RAID_SB_OFFSET + RAID_SB_SIZE
-          ? vd_set_error(EINVAL, "%s: too small to be a spare", path)
-          : vd_pread(dev, buf, RAID_SB_SIZE, RAID_SB_OFFSET);
-  if (r == 0)
-    r = raid_sb_decode(buf, sb, path);
-  vd_free_aligned(buf);
-  return r;
-}
-
 static bool raid_spare_listed(const struct raid_sb *sb, const uint8_t *u)
 {
   for (unsigned i = 0; i < sb->nspares; i++)
@@ -57,7 +41,7 @@ static bool raid_spare_listed(const struct raid_sb *sb, const uint8_t *u)
 static bool raid_spare_valid(struct raid_array *a, struct raid_spare *sp)
 {
   struct raid_sb *sb = malloc(sizeof *sb);
-  if (!sb || raid_spare_read_sb(sp->dev, sp->path, sb) < 0)
+  if (!sb || raid_sb_read(sp->dev, sb, sp->path) < 0)
     snprintf(sp->why, sizeof sp->why, "%s", sb ? vd_error() : "out of memory");
   else if (!(sb->flags & RAID_SB_SPARE))
     snprintf(sp->why, sizeof sp->why, "%s: not a spare (its superblock is "

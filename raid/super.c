@@ -249,6 +249,21 @@ int raid_sb_decode(const uint8_t *b, struct raid_sb *sb, const char *what)
   return 0;
 }
 
+int raid_sb_read(struct vd_dev *dev, struct raid_sb *sb, const char *what)
+{
+  if (vd_size(dev) < RAID_SB_OFFSET + RAID_SB_SIZE)
+    return vd_set_error(EINVAL, "%s: too small to hold a RAID superblock",
+                        what);
+  uint8_t *buf = vd_alloc_aligned(RAID_SB_SIZE);
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", what);
+  int r = vd_pread(dev, buf, RAID_SB_SIZE, RAID_SB_OFFSET);
+  if (r == 0)
+    r = raid_sb_decode(buf, sb, what);
+  vd_free_aligned(buf);
+  return r;
+}
+
 /* ---- UUIDs ---- */
 
 void raid_uuid_generate(uint8_t *u)

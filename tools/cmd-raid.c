@@ -1282,13 +1282,7 @@ static int raid_cmd_add(int argc, char **argv)
   }
   int r = vd_raid_add(a, abs, fmt);
   /* Added to a degraded array, it took a failed member's slot. */
-  struct vd_raid_status *st = r == 0 ? malloc(sizeof *st) : NULL;
-  int slot = -1;
-  if (st && vd_raid_status(a, st) == 0)
-    for (unsigned i = 0; i < st->nmembers; i++)
-      if (!strcmp(st->m[i].path, abs))
-        slot = (int)i;
-  free(st);
+  int slot = r == 0 ? vd_raid_find_member(a, abs) : -1;
   free(abs);
   if (r == 0 && slot >= 0) {
     /* The rebuild runs now, as for replace. */

@@ -472,12 +472,9 @@ static json_t *cmd_raid_add(struct vc_server *s, json_t *args, void *opaque,
   raid_republish(d);
   /* Added to a degraded array, it took a slot at once. */
   json_t *o = json_object();
-  struct vd_raid_status *st = malloc(sizeof *st);
-  if (st && vd_raid_status(a, st) == 0)
-    for (unsigned i = 0; i < st->nmembers; i++)
-      if (!strcmp(st->m[i].path, spare))
-        json_object_set_new(o, "slot", json_integer(i));
-  free(st);
+  int slot = vd_raid_find_member(a, spare);
+  if (slot >= 0)
+    json_object_set_new(o, "slot", json_integer(slot));
   return o;
 }
 
