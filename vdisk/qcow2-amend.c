@@ -260,11 +260,9 @@ qcow2_amend(const char *path, const char *options)
     if (r == 0 && rep.corruptions)
       r = vd_set_error(EIO, "%s: the dirty image could not be repaired "
                        "(see vdtool check)", path);
-    if (r == 0)
-      r = vd_file_open(path, VD_FILE_RDWR, &f);
+    if (r == 0 && (r = vd_file_open(path, VD_FILE_RDWR, &f)) == 0)
+      r = q_amend_read(f, path, buf, cluster, &h);   /* as repaired */
   }
-  if (r == 0)
-    r = q_amend_read(f, path, buf, cluster, &h);
   if (r == 0) {
     if (a.version < 0)
       a.version = (int)h.version;

@@ -1,7 +1,7 @@
-/* libvdisk — VHDX management ops (struct vd_driver's truncate, compact), [MS-VHDX]
- * sections and layout in vhdx.h.  The engine (vdisk/manage.c) has checked
- * the arguments and that the device is writable; no request is in flight
- * (the BAT array is replaced).
+/* libvdisk — VHDX management ops (struct vd_driver's truncate, compact,
+ * change_backing), [MS-VHDX] sections and layout in vhdx.h.  The engine
+ * (vdisk/manage.c) has checked the arguments and that the device is
+ * writable; no request is in flight (the BAT array is replaced).
  *
  * Every metadata change goes through the log (vhdx_log_pages_locked:
  * write-ahead, flushed, then in place, flushed), in an order where a crash

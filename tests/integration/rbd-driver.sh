@@ -41,6 +41,15 @@ stop_nbd
 mkdir "$T/badlib" && : > "$T/badlib/librbd.so.1"
 LD_LIBRARY_PATH="$T/badlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   expect_error 'rbd: cannot load librbd.so.1' vdt info rbd:p/i
+# a library that loads but lacks the functions (an old or foreign one)
+if command -v "${CC:-cc}" >/dev/null; then
+  mkdir "$T/oldlib"
+  echo 'int vd_not_librbd;' | "${CC:-cc}" -shared -fPIC -x c - \
+    -o "$T/oldlib/librbd.so.1"
+  LD_LIBRARY_PATH="$T/oldlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    expect_error 'rbd: librbd.so.1 has no rados_create: too old' \
+    vdt info rbd:p/i
+fi
 
 ceph_start
 P=$ceph_pool
