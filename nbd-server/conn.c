@@ -24,16 +24,24 @@
  * request of any allowed size is always admitted); the reader stops
  * reading the socket until replies drain.
  *
+ * Large reads of data the image stores plainly in its own file (raw, and
+ * present blocks of VHD, VHDX and qcow2) are not copied: the worker
+ * splices the file's pages into the job's pipe (vd_node_splice_read) and
+ * the writer splices the pipe into the socket, so the bytes are copied
+ * once, into the client's buffer, instead of three times.  Not with TLS.
+ *
  * Locks: a connection's wlock and lock are never held together, and the
  * pool lock is taken with neither.
  */
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "vdisk/endian.h"
 #include "vdisk/vdisk.h"
@@ -48,6 +56,9 @@
 #define READ_MAX_CHUNKS   16             /* content chunks per READ */
 #define BS_MAX_EXTENTS    128            /* descriptors per BLOCK_STATUS */
 #define RBUF_SIZE         65536
+#define SPLICE_MIN        (64u << 10)    /* smaller reads are copied */
+#define SPLICE_PIPE_SIZE  (2u << 20)     /* a 1 MiB read at any alignment */
+#define SPLICE_PIPES_MAX  64             /* in the process, 2 fds each */
 
 struct nbd_conn;
 
@@ -65,6 +76,12 @@ struct nbd_job {
   int niov, iov_pos;
   uint8_t hdrs[READ_MAX_CHUNKS][NBD_CHUNK_HDR_LEN + 12];
   char msg[256];                /* error message of an error chunk */
+  /* Zero-copy reads: the job's pipe (kept with the job once made), its
+   * room in bytes, and the bytes in it that follow iov in the reply. */
+  bool has_pipe;
+  int pipe[2];
+  size_t pipe_cap;
+  uint32_t spliced;
 };
 
 struct nbd_conn {
@@ -254,7 +271,7 @@ static void reply_submit(struct nbd_job *j)
     job_release(j);
     return;
   }
-  if (!c->outq && !c->io->tls) {
+  if (!c->outq && !c->io->tls && !j->spliced) {
     while (j->iov_pos < j->niov) {
       struct msghdr msg = { .msg_iov = j->iov + j->iov_pos,
                             .msg_iovlen = (size_t)(j->niov - j->iov_pos) };
@@ -284,6 +301,31 @@ static void reply_submit(struct nbd_job *j)
   pthread_mutex_unlock(&c->wlock);
 }
 
+/* Splice the job's SPLICED pipe bytes into the socket (blocking). */
+static int send_spliced(struct nbd_conn *c, struct nbd_job *j)
+{
+  while (j->spliced) {
+    ssize_t n = splice(j->pipe[0], NULL, c->io->fd, NULL, j->spliced, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    j->spliced -= (uint32_t)n;
+  }
+  return 0;
+}
+
+/* Send the rest of J's reply (blocking): iov, with a spliced READ's pipe
+ * bytes after iov[0] (reply_submit never sent part of such a reply). */
+static int send_reply(struct nbd_conn *c, struct nbd_job *j)
+{
+  int at = j->spliced ? 1 : j->niov;
+  if (c->io->sendv(c->io, j->iov + j->iov_pos, at - j->iov_pos) < 0 ||
+      send_spliced(c, j) < 0)
+    return -1;
+  return at < j->niov ? c->io->sendv(c->io, j->iov + at, j->niov - at) : 0;
+}
+
 /* The writer: blocking sends of queued replies, one whole reply at a
  * time.  The head of the queue stays queued while it is sent, so that
  * workers keep appending behind it instead of sending directly. */
@@ -303,8 +345,7 @@ static void *conn_writer(void *arg)
       break;
     dead = c->dead;
     pthread_mutex_unlock(&c->wlock);
-    r = dead ? -1 : c->io->sendv(c->io, j->iov + j->iov_pos,
-                                 j->niov - j->iov_pos);
+    r = dead ? -1 : send_reply(c, j);
     pthread_mutex_lock(&c->wlock);
     if (r < 0 && !c->dead)
       conn_kill_locked(c);
@@ -394,39 +435,110 @@ static int job_reserve(struct nbd_job *j, size_t len)
   return 0;
 }
 
+static unsigned splice_pipes;  /* atomic: job pipes in the process */
+
+static void job_pipe_close(struct nbd_job *j)
+{
+  if (!j->has_pipe)
+    return;
+  close(j->pipe[0]);
+  close(j->pipe[1]);
+  j->has_pipe = false;
+  j->spliced = 0;
+  __atomic_sub_fetch(&splice_pipes, 1, __ATOMIC_RELAXED);
+}
+
+/* J's pipe, made on first use; false if it cannot be had. */
+static bool job_pipe(struct nbd_job *j)
+{
+  if (j->has_pipe)
+    return true;
+  if (__atomic_add_fetch(&splice_pipes, 1, __ATOMIC_RELAXED) >
+          SPLICE_PIPES_MAX ||
+      pipe2(j->pipe, O_CLOEXEC) < 0) {
+    __atomic_sub_fetch(&splice_pipes, 1, __ATOMIC_RELAXED);
+    return false;
+  }
+  j->has_pipe = true;
+  /* Over pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE. */
+  int sz = fcntl(j->pipe[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);
+  if (sz < 0)
+    sz = fcntl(j->pipe[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE / 2);
+  if (sz < 0)
+    sz = fcntl(j->pipe[1], F_GETPIPE_SZ);
+  j->pipe_cap = sz < 0 ? 0 : (size_t)sz;
+  return true;
+}
+
+/* Splice into J's pipe as much of the head of J's READ as it takes, when
+ * the read is large, the connection is not TLS and the engine stores
+ * those bytes plainly (one run in the image's own file).  Returns the
+ * bytes spliced, 0 if none; the reply sends them right after iov[0]. */
+static size_t read_splice_head(struct nbd_job *j)
+{
+  struct nbd_conn *c = j->conn;
+  const struct nbd_request *req = &j->req;
+  ssize_t r;
+
+  if (c->io->tls || req->length < SPLICE_MIN || !job_pipe(j))
+    return 0;
+  r = vd_node_splice_read(c->node, j->pipe[1],
+                          req->length < j->pipe_cap ? req->length
+                                                    : j->pipe_cap,
+                          req->offset);
+  if (r < 0) {
+    if (r != -ENOTSUP)
+      job_pipe_close(j);  /* part of the data may be in it */
+    return 0;
+  }
+  j->spliced = (uint32_t)r;
+  return (size_t)r;
+}
+
 static void do_read_simple(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
   const struct nbd_request *req = &j->req;
-  int r;
+  size_t sp = read_splice_head(j);
+  int r = 0;
 
-  r = vd_node_pread(c->node, j->buf, req->length, req->offset);
+  if (sp < req->length)
+    r = vd_node_pread(c->node, j->buf, req->length - sp, req->offset + sp);
   if (r < 0) {
+    job_pipe_close(j);
     reply_error(j, nbd_errno_to_wire(r), vd_error());
     return;
   }
   j->iov[0].iov_base = j->hdrs[0];
   j->iov[0].iov_len = nbd_encode_simple_reply(j->hdrs[0], req->cookie, 0);
   j->iov[1].iov_base = j->buf;
-  j->iov[1].iov_len = req->length;
-  j->niov = 2;
+  j->iov[1].iov_len = req->length - sp;
+  j->niov = sp < req->length ? 2 : 1;
   reply_submit(j);
 }
 
 /* Structured READ: holes that read as zeros become OFFSET_HOLE chunks,
  * the rest is read and sent as OFFSET_DATA; the whole reply is built
- * first so that an engine error yields a single error chunk.  Reads
- * under READ_SPARSE_MIN are one data chunk: looking for holes would cost
- * more than sending the zeros. */
+ * first so that an engine error yields a single error chunk.  A spliced
+ * head is a data chunk of its own (the first).  Reads under
+ * READ_SPARSE_MIN are one data chunk: looking for holes would cost more
+ * than sending the zeros. */
 static void do_read_structured(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
   const struct nbd_request *req = &j->req;
   struct { uint64_t off; uint32_t len; bool hole; } ch[READ_MAX_CHUNKS];
   struct iovec *iov = j->iov;
-  uint64_t pos = req->offset, end = req->offset + req->length;
+  size_t sp = read_splice_head(j);
+  uint64_t pos = req->offset + sp, end = req->offset + req->length;
   int n = 0, niov = 0, i, r;
 
+  if (sp) {
+    ch[0].off = req->offset;
+    ch[0].len = (uint32_t)sp;
+    ch[0].hole = false;
+    n = 1;
+  }
   if (!(req->flags & NBD_CMD_FLAG_DF) && req->length >= READ_SPARSE_MIN) {
     while (pos < end && n < READ_MAX_CHUNKS - 1) {
       struct vd_extent e;
@@ -435,7 +547,7 @@ static void do_read_structured(struct nbd_job *j)
           e.length == 0 || e.length > end - pos)
         break;
       hole = e.flags & VD_EXT_ZERO;
-      if (n && ch[n - 1].hole == hole)
+      if (n > !!sp && ch[n - 1].hole == hole)
         ch[n - 1].len += (uint32_t)e.length;
       else {
         ch[n].off = pos;
@@ -447,7 +559,7 @@ static void do_read_structured(struct nbd_job *j)
     }
   }
   if (pos < end) {
-    if (n && !ch[n - 1].hole)
+    if (n > !!sp && !ch[n - 1].hole)
       ch[n - 1].len += (uint32_t)(end - pos);
     else {
       ch[n].off = pos;
@@ -457,12 +569,13 @@ static void do_read_structured(struct nbd_job *j)
     }
   }
 
-  for (i = 0; i < n; i++) {
+  for (i = !!sp; i < n; i++) {
     if (ch[i].hole)
       continue;
     r = vd_node_pread(c->node, j->buf + (ch[i].off - req->offset),
                       ch[i].len, ch[i].off);
     if (r < 0) {
+      job_pipe_close(j);
       reply_error(j, nbd_errno_to_wire(r), vd_error());
       return;
     }
@@ -484,6 +597,8 @@ static void do_read_structured(struct nbd_job *j)
       vd_put_be64(h + NBD_CHUNK_HDR_LEN, ch[i].off);
       iov[niov].iov_base = h;
       iov[niov++].iov_len = NBD_CHUNK_HDR_LEN + 8;
+      if (i == 0 && sp)
+        continue;  /* its bytes are in the pipe, sent after iov[0] */
       iov[niov].iov_base = j->buf + (ch[i].off - req->offset);
       iov[niov++].iov_len = ch[i].len;
     }
@@ -631,6 +746,8 @@ static int do_cache(struct nbd_job *j)
 static void job_release(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
+  if (j->spliced)
+    job_pipe_close(j);  /* the reply was not sent whole: stale bytes */
   if (j->cap > JOB_SMALL_BUF &&
       __atomic_load_n(&c->buf_bytes, __ATOMIC_RELAXED) > CONN_BUF_KEEP) {
     __atomic_sub_fetch(&c->buf_bytes, j->cap, __ATOMIC_RELAXED);
@@ -815,6 +932,7 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
     j->conn = c;
     j->cost = cost;
     j->niov = j->iov_pos = 0;
+    j->spliced = 0;
   }
   return j;
 }
@@ -929,6 +1047,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
 out:
   while ((j = c->free_jobs) != NULL) {
     c->free_jobs = j->next;
+    job_pipe_close(j);
     free(j->buf);
     free(j);
   }

@@ -564,6 +564,23 @@ vd_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   return dev->drv->pread(dev, buf, len, off);
 }
 
+ssize_t
+vd_splice_read(struct vd_dev *dev, int pipe_wr, size_t len, uint64_t off)
+{
+  struct vd_extent e;
+  int r = dev_check(dev, "read", off, len, 0, 0, false);
+  if (r < 0)
+    return r;
+  if (len == 0 || !dev->drv->host_mapped || !dev->file ||
+      vd_file_is_direct(dev->file))
+    return -ENOTSUP;
+  if ((r = dev->drv->block_status(dev, off, len, &e)) < 0)
+    return r;
+  if (e.length < len || e.flags || e.depth != 0 || e.host_offset < 0)
+    return -ENOTSUP;
+  return vd_file_splice_read(dev->file, pipe_wr, (uint64_t)e.host_offset, len);
+}
+
 /* ---- the probe guard (qemu's rule for a guessed raw format) ---- */
 
 /* Copy into WIN (the window [WOFF, WOFF + WLEN) of the device) the part of

@@ -214,6 +214,10 @@ struct vd_driver {
    * write_zeroes writes zeros through pwrite.  The core closes dev->below
    * after close. */
   bool filter;
+  /* block_status's host_offset at depth 0 is an offset in dev->file, and
+   * the bytes there are what pread returns (no transformation, no cache
+   * of newer data): vd_splice_read may then hand out the file's pages. */
+  bool host_mapped;
 
   /* The device DEV reads through below itself (a differencing image's
    * parent, opened and owned by the driver), or NULL; it changes only

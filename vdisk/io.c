@@ -904,6 +904,31 @@ bool vd_file_writable(const struct vd_file *f)
 uint32_t vd_file_align(const struct vd_file *f) { return f->align; }
 int vd_file_fd(const struct vd_file *f) { return f->fd; }
 
+ssize_t
+vd_file_splice_read(struct vd_file *f, int pipe_wr, uint64_t off, size_t len)
+{
+  size_t done = 0;
+  if (f->direct)
+    return vd_set_error(ENOTSUP, "%s: no splice in direct mode", f->path);
+  while (done < len) {
+    loff_t o = (loff_t)(off + done);
+    ssize_t n = splice(f->fd, &o, pipe_wr, NULL, len - done,
+                       SPLICE_F_NONBLOCK);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN)
+      break;  /* the pipe is full */
+    if (n < 0)
+      return vd_set_error(errno, "%s: splice at %" PRIu64 ": %s", f->path,
+                          off + done, strerror(errno));
+    if (n == 0)
+      return vd_set_error(EIO, "%s: unexpected end of file at %" PRIu64,
+                          f->path, off + done);
+    done += (size_t)n;
+  }
+  return (ssize_t)done;
+}
+
 void *
 vd_alloc_aligned(size_t len)
 {

@@ -113,6 +113,13 @@ bool vd_file_writable(const struct vd_file *f);
 uint32_t vd_file_align(const struct vd_file *f);
 /* Raw descriptor, for zero-copy frontends (splice/sendfile) only. */
 int vd_file_fd(const struct vd_file *f);
+/* Move up to LEN bytes at OFF into the pipe PIPE_WR without copying them
+ * (the pipe then references the file's cached pages) and return how many:
+ * fewer when the pipe fills up (it never waits).  -ENOTSUP for files in
+ * direct mode (their page cache is not what was written); after another
+ * failure part of the bytes may be in the pipe. */
+ssize_t vd_file_splice_read(struct vd_file *f, int pipe_wr, uint64_t off,
+                            size_t len);
 
 /* Aligned buffer helpers (4096-aligned, zeroed on alloc). */
 void *vd_alloc_aligned(size_t len);

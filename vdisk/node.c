@@ -186,6 +186,17 @@ vd_node_pread(struct vd_node *node, void *buf, size_t len, uint64_t off)
   return r;
 }
 
+ssize_t
+vd_node_splice_read(struct vd_node *node, int pipe_wr, size_t len,
+                    uint64_t off)
+{
+  if (!node)
+    return vd_set_error(EINVAL, "vd_node_splice_read: no node");
+  ssize_t r = vd_splice_read(vd_node_get(node), pipe_wr, len, off);
+  vd_node_put(node);
+  return r;
+}
+
 int
 vd_node_pwrite(struct vd_node *node, const void *buf, size_t len,
                uint64_t off, unsigned flags)

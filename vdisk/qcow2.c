@@ -820,6 +820,7 @@ const struct vd_driver vd_qcow2_driver = {
   .name = "qcow2",
   .aliases = qcow2_aliases,
   .priv_size = sizeof (struct qcow2_priv),
+  .host_mapped = true,
   .probe = qcow2_probe,
   .open = qcow2_open,
   .close = qcow2_close,

@@ -163,6 +163,7 @@ const struct vd_driver vd_raw_driver = {
   .name = "raw",
   .probe = raw_probe,
   .leaf = true,
+  .host_mapped = true,
   .open = raw_open,
   .create = raw_create,
   .create_help =

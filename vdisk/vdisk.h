@@ -14,6 +14,7 @@
 #define VDISK_VDISK_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <stdbool.h>
 
@@ -179,6 +180,18 @@ int vd_create(const char *path, const char *format,
 /* Read LEN bytes at OFF.  The whole range must lie inside the device.
  * Returns 0 or -errno; never a short read. */
 int vd_pread(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
+
+/* Zero-copy read for frontends: when [OFF, OFF + LEN) of DEV is data
+ * stored plainly in DEV's own image file (one run, no hole, not in a
+ * parent, not compressed; the file not in direct mode), move it into the
+ * pipe PIPE_WR without copying (splice), as much as the pipe takes
+ * without waiting, and return the bytes moved (read the rest with
+ * vd_pread).  -ENOTSUP when it is not so (nothing was moved); after any
+ * other failure part of the bytes may be in the pipe.  The pipe
+ * references the file's page cache: a write to the range made before the
+ * pipe is drained shows through, as with any read racing a write. */
+ssize_t vd_splice_read(struct vd_dev *dev, int pipe_wr, size_t len,
+                       uint64_t off);
 
 /* Write LEN bytes at OFF; FLAGS may hold VD_REQ_FUA. */
 int vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
@@ -436,6 +449,8 @@ int vd_node_free(struct vd_node *node);
  * node points at (same arguments, results and errors).  NODE NULL gives
  * -EINVAL. */
 int vd_node_pread(struct vd_node *node, void *buf, size_t len, uint64_t off);
+ssize_t vd_node_splice_read(struct vd_node *node, int pipe_wr, size_t len,
+                            uint64_t off);
 int vd_node_pwrite(struct vd_node *node, const void *buf, size_t len,
                    uint64_t off, unsigned flags);
 int vd_node_flush(struct vd_node *node);

@@ -1653,6 +1653,7 @@ const struct vd_driver vd_vhd_driver = {
   .name = "vpc",
   .aliases = vhd_aliases,
   .priv_size = sizeof (struct vhd_priv),
+  .host_mapped = true,
   .probe = vhd_probe,
   .open = vhd_open,
   .close = vhd_close,

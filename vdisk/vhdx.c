@@ -780,6 +780,7 @@ const struct vd_driver vd_vhdx_driver = {
   .name = "vhdx",
   .aliases = vhdx_aliases,
   .priv_size = sizeof (struct vhdx_priv),
+  .host_mapped = true,
   .probe = vhdx_probe,
   .open = vhdx_open,
   .close = vhdx_close,

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Zero-copy READ replies (nbd-server/conn.c): a large read of data that the
+# image stores plainly in its own file is spliced from the file into the
+# socket.  Clients must read the image's content whatever the format (raw;
+# VHD, whose data sits 512 bytes past a page boundary; qcow2; VHDX), the
+# request size (64 KiB to 32 MiB: larger than the pipe, so a spliced head
+# and a copied tail), the alignment, the reply type (structured or simple);
+# holes must still come back as hole chunks; and --cache=none (O_DIRECT,
+# whose writes bypass the page cache) must not splice.  TLS never splices
+# (nbd-client-tls.sh reads through TLS).
+. "$top_srcdir/tests/functions.sh"
+. "$top_srcdir/tests/nbd/lib.sh"
+requires nbdcopy qemu-img strace
+
+mib=$((1024 * 1024))
+ref=$VD_TMP/ref.raw           # 40 MiB data, 8 MiB hole, 16 MiB data
+pattern_bytes $((64 * mib)) 7 > "$ref"
+dd if=/dev/zero of="$ref" bs=1M seek=40 count=8 conv=notrunc status=none
+cp --sparse=always "$ref" "$VD_TMP/disk.raw"
+for f in vpc qcow2 vhdx; do
+  qemu-img convert -q -f raw -O $f "$ref" "$VD_TMP/disk.$f"
+done
+
+# py SIMPLE: reads at page-unaligned offsets and odd lengths, compared with
+# the reference; with structured replies, a read across the data/hole edge
+# must give a hole chunk.
+py() {
+  /usr/bin/python3 - "$nbd_sock" "$ref" "$1" <<'PY'
+import nbd, sys
+sock, ref, simple = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+data = open(ref, "rb").read()
+h = nbd.NBD()
+h.set_request_structured_replies(not simple)
+h.connect_unix(sock)
+for off, n in [(512, 1 << 20), (3 * 4096 + 512, (1 << 20) + 4096),
+               ((5 << 20) - 512, 65536), (7 << 20, 4 << 20),
+               ((1 << 20) + 1536, (32 << 20) - 3 * 512),
+               ((48 << 20) + 512, (16 << 20) - 512)]:
+    got = h.pread(n, off)
+    if got != data[off:off + n]:
+        sys.exit("read of %d bytes at %d differs" % (n, off))
+if not simple:
+    holes = []
+    def chunk(buf, off, status, err):
+        if status == nbd.READ_HOLE:
+            holes.append(off)
+        return 0
+    buf = h.pread_structured(2 << 20, 39 << 20, chunk)
+    if buf != data[39 << 20:41 << 20]:
+        sys.exit("read across the hole differs")
+    if (40 << 20) not in holes:
+        sys.exit("no hole chunk at 40 MiB: %r" % holes)
+h.shutdown()
+PY
+}
+
+# serve FORMAT IMAGE ARGS...: the server under strace, counting splices
+# (in the foreground: strace -f would wait for a --fork daemon to end).
+serve() {
+  local f=$1 img=$2; shift 2
+  nbd_sock=$VD_TMP/nbd.sock nbd_pidfile=$VD_TMP/nbd.pid
+  nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
+  rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
+  strace -f -qq -e trace=splice -o "$VD_TMP/strace" \
+    "$top_builddir/libtool" --mode=execute \
+    "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
+    -t -k "$nbd_sock" -f "$f" "$@" "$img" 2>>"$nbd_errlog" &
+  strace_pid=$!
+  on_exit "kill $strace_pid 2>/dev/null"
+  wait_for_socket "$nbd_sock" || fail "vdisk-nbd -f $f $* did not start"
+  for _ in $(seq 100); do [ -s "$nbd_pidfile" ] && break; sleep 0.1; done
+  on_exit stop_nbd
+}
+# stop: the server, then strace.
+stop() { stop_nbd; wait "$strace_pid" 2>/dev/null || true; }
+splices() { grep -c '^[0-9]* *splice(' "$VD_TMP/strace" || true; }
+
+for f in raw vpc qcow2 vhdx; do
+  serve $f "$VD_TMP/disk.$f"
+  for rs in 65536 1048576 33554432; do
+    nbdcopy --connections=2 --request-size=$rs "$nbd_uri" "$VD_TMP/out.raw" ||
+      fail "$f: nbdcopy --request-size=$rs failed"
+    qemu-img compare -q -U -f raw -F $f "$VD_TMP/out.raw" "$VD_TMP/disk.$f" ||
+      fail "$f: nbdcopy --request-size=$rs read other bytes than qemu-img"
+  done
+  py 0 || fail "$f: structured reads"
+  py 1 || fail "$f: simple reads"
+  stop
+  n=$(splices)
+  echo "$f: $n splice calls"
+  [ "$n" -gt 0 ] || fail "$f: no read was spliced"
+done
+
+# O_DIRECT: the page cache is not what was written; reads are copied.
+serve raw "$VD_TMP/disk.raw" --cache=none
+nbdcopy --request-size=1048576 "$nbd_uri" "$VD_TMP/out.raw" ||
+  fail "--cache=none: nbdcopy failed"
+cmp "$VD_TMP/out.raw" "$ref" || fail "--cache=none: read other bytes"
+stop
+[ "$(splices)" = 0 ] || fail "--cache=none spliced $(splices) reads"
+echo PASS
