@@ -11,6 +11,8 @@
 #
 #   bench/ab-frontends.sh BUILD_A BUILD_B [ROUNDS [SECONDS [SIZE_MIB]]]
 #                                              (defaults 3, 5, 512)
+# Environment: TESTS (default "seqread randread fuseread"; also randwrite,
+# 4 KiB random writes), IODEPTH (default 32) for the NBD tests.
 # Run as root (FUSE) from anywhere; never part of make check.
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-3} secs=${4:-5} size_mib=${5:-512}
@@ -33,16 +35,18 @@ cat "$img" > /dev/null
 
 nbd_run() {   # BUILD RW BS: prints MiB/s (seq) or IOPS (rand)
   rm -f "$sock"
-  "$1/nbd-server/vdisk-nbd" -t -r -k "$sock" -f raw "$img" & pid=$!
+  local ro=-r; [ "$2" = randwrite ] && ro=
+  "$1/nbd-server/vdisk-nbd" -t $ro -k "$sock" -f raw "$img" & pid=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
   local t0 t1 out
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
-      --rw="$2" --bs="$3" --iodepth=32 --size=$((size_mib))M \
+      --rw="$2" --bs="$3" --iodepth="${IODEPTH:-32}" --size=$((size_mib))M \
       --runtime="$secs" --time_based --output-format=json 2>/dev/null)
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   /usr/bin/python3 -c 'import json,sys,os
-s=sys.stdin.read(); j=json.loads(s[s.index("{"):])["jobs"][0]["read"]
+s=sys.stdin.read(); j=json.loads(s[s.index("{"):])["jobs"][0]
+j=j["write" if sys.argv[1]=="randwrite" else "read"]
 cpu=(int(sys.argv[3])-int(sys.argv[2]))/os.sysconf("SC_CLK_TCK")
 print("%.0f %.1f" % (j["bw"]/1024 if sys.argv[1]=="read" else j["iops"],
                      cpu*1e6/max(j["total_ios"],1)))' "$2" "$t0" "$t1" <<<"$out"
@@ -62,7 +66,7 @@ fuse_run() {  # BUILD: prints MiB/s of a dd read of the whole file
 }
 
 declare -A res cpu
-tests="seqread randread fuseread"
+tests=${TESTS:-seqread randread fuseread}
 for r in $(seq "$rounds"); do
   for t in $tests; do
     for side in A B; do
@@ -71,6 +75,7 @@ for r in $(seq "$rounds"); do
       case $t in
         seqread)  read -r v u <<<"$(nbd_run "$build" read 1M)" ;;
         randread) read -r v u <<<"$(nbd_run "$build" randread 4k)" ;;
+        randwrite) read -r v u <<<"$(nbd_run "$build" randwrite 4k)" ;;
         fuseread) v=$(fuse_run "$build") ;;
       esac
       res[$side,$t]="${res[$side,$t]:-} $v"
@@ -81,8 +86,8 @@ for r in $(seq "$rounds"); do
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "A=$a B=$b; ${size_mib} MiB raw in page cache, $rounds rounds, medians"
-echo "(nbd seqread 1M MiB/s, nbd randread 4K iodepth 32 IOPS, fuse dd read MiB/s)"
-printf '%-8s%12s%12s%12s\n' "" $tests
+echo "(nbd seqread 1M MiB/s, nbd randread/randwrite 4K iodepth ${IODEPTH:-32} IOPS, fuse dd read MiB/s)"
+printf '%-8s' ""; printf '%12s' $tests; echo
 for side in A B; do
   printf '%-8s' $side
   for t in $tests; do printf '%12s' "$(echo "${res[$side,$t]}" | median)"; done
@@ -98,7 +103,8 @@ echo
 echo "server CPU per request, us (medians; lower is better)"
 for side in A B; do
   printf '%-8s' $side
-  for t in seqread randread; do
+  for t in $tests; do
+    [ $t = fuseread ] && continue
     printf '%12s' "$(echo "${cpu[$side,$t]}" | median)"
   done
   echo

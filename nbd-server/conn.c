@@ -6,7 +6,9 @@
  * every connection.  Each connection has its own queue in the pool, and
  * workers take one job from each connection with work in turn (round
  * robin), so a connection with thousands of queued requests delays
- * another's next request by at most one job per busy connection.
+ * another's next request by at most one job per busy connection.  A
+ * small read or write of a connection with nothing else in flight (a
+ * client at queue depth 1) is run by the reader itself (run_inline).
  * Workers call the engine and build the reply inside
  * the job; the reply is then sent whole, in completion order, under the
  * connection's write lock.
@@ -57,6 +59,7 @@
 #define BS_MAX_EXTENTS    128            /* descriptors per BLOCK_STATUS */
 #define RBUF_SIZE         65536
 #define SPLICE_MIN        (64u << 10)    /* smaller reads are copied */
+#define INLINE_MAX        (64u << 10)    /* larger requests go to the pool */
 #define SPLICE_PIPE_SIZE  (2u << 20)     /* a 1 MiB read at any alignment */
 #define SPLICE_PIPES_MAX  64             /* in the process, 2 fds each */
 
@@ -69,6 +72,8 @@ struct nbd_job {
   struct nbd_conn *conn;
   struct nbd_request req;
   uint32_t cost;                /* bytes charged to the connection */
+  bool alone;                   /* nothing else of the connection's was in
+                                   flight when the reader took it */
   uint8_t *buf;                 /* payload / read data, cap bytes */
   size_t cap;
   /* The reply: iov[iov_pos..niov) still to send. */
@@ -924,6 +929,7 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
   else
     j = calloc(1, sizeof *j);
   if (j) {
+    j->alone = c->inflight == 0;
     c->inflight++;
     c->inflight_bytes += cost;
   }
@@ -935,6 +941,22 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
     j->spliced = 0;
   }
   return j;
+}
+
+/* True if the reader should run J itself instead of handing it to the
+ * pool: a small READ or WRITE (no FUA) of a connection with nothing else
+ * in flight, queued or received.  That is a client waiting for each reply
+ * before its next request (queue depth 1), which then pays no thread
+ * hand-off; anything that may take long still goes to the pool so that
+ * the reader keeps reading. */
+static bool run_inline(const struct nbd_conn *c, const struct nbd_job *j)
+{
+  const struct nbd_request *req = &j->req;
+  return j->alone && !c->nbatch && c->rpos == c->rlen &&
+         req->length <= INLINE_MAX &&
+         (req->type == NBD_CMD_READ ||
+          (req->type == NBD_CMD_WRITE && !(req->flags & NBD_CMD_FLAG_FUA) &&
+           !c->srv->writethrough));
 }
 
 /* Answer REQ with an error from the reader.  Returns -1 if impossible. */
@@ -1030,7 +1052,10 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
         break;
       }
     }
-    batch_add(c, j);
+    if (run_inline(c, j))
+      job_run(j);
+    else
+      batch_add(c, j);
   }
   batch_flush(c);
 
