@@ -13,6 +13,9 @@
 # The tools alternate, and which goes first alternates by round.
 # Conversions: raw -> dynamic VHD, VHD -> raw, raw -> VHDX, VHDX -> raw,
 # qcow2 -> VHD (sources made once by qemu-img; each tool reads the same).
+# With VDTOOL_BASE (another build's vdtool binary, its libvdisk in
+# VDTOOL_BASE_LIB if that is not installed) the base build runs too, between
+# the two, and a before/after table (base vs this vdtool) follows.
 #   bench/convert-modes.sh [RUNS [MIB [DIR]]]   (defaults 3, 1024, a temp dir)
 # Never part of make check.
 set -eu
@@ -27,6 +30,8 @@ qemu-img convert -f raw -O vhdx src.raw src.vhdx
 qemu-img convert -f raw -O qcow2 src.raw src.qcow2
 head -c $((mib / 2 * 1024 * 1024)) src.raw > half.raw
 sync
+
+base=${VDTOOL_BASE:+base}
 
 # Conversions: NAME FROM TO.
 convs="raw-vpc:raw:vpc vpc-raw:vpc:raw raw-vhdx:raw:vhdx vhdx-raw:vhdx:raw qcow2-vpc:qcow2:vpc"
@@ -58,9 +63,12 @@ for i in $(seq "$runs"); do
       t=(); [ "$mode" = default ] || t=(-t writeback)
       # Who goes first alternates by round: the first run after a
       # sync meets a different page cache than the second.
-      for who in $( ((i % 2)) && echo vd q || echo q vd); do
+      for who in $( ((i % 2)) && echo vd $base q || echo q $base vd); do
         if [ $who = vd ]; then
           run "vd_${name}_$mode.txt" $mode "$vdtool" convert "${opts[@]}" "${t[@]}" -f $from -O $to src.$from a.$to
+        elif [ $who = base ]; then
+          run "base_${name}_$mode.txt" $mode env LD_LIBRARY_PATH="${VDTOOL_BASE_LIB:-}" \
+            "$VDTOOL_BASE" convert "${opts[@]}" "${t[@]}" -f $from -O $to src.$from c.$to
         else
           run "q_${name}_$mode.txt" $mode qemu-img convert "${t[@]}" -f $from -O $to src.$from b.$to
         fi
@@ -92,3 +100,16 @@ done
 printf "dd of %s MiB with conv=fdatasync: %.0f MB/s (median); %%dd = allocated output bytes per second of the writeback run, against it\n" \
   $((ddbytes >> 20)) "$ddrate"
 echo "goals: default 2x, writeback 1.25x, %dd >= 90% (vdtool)"
+[ -n "$base" ] || exit 0
+printf "\nbefore/after: base %s vs this vdtool, medians; ratio = base / this (above 1: this is faster)\n" "$VDTOOL_BASE"
+printf "%-10s %10s %10s %7s   %12s %12s %7s   %9s %9s\n" conversion "base def s" "this def s" ratio "base wb+s s" "this wb+s s" ratio "base %dd" "this %dd"
+for c in $convs; do
+  IFS=: read -r name from to <<< "$c"
+  vd=$(median "vd_${name}_default.txt" 1); b=$(median "base_${name}_default.txt" 1)
+  vw=$(median "vd_${name}_writeback.txt" 1); bw=$(median "base_${name}_writeback.txt" 1)
+  vb=$(median "vd_${name}_writeback.txt" 3); bb=$(median "base_${name}_writeback.txt" 3)
+  printf "%-10s %10.2f %10.2f %6.2fx   %12.2f %12.2f %6.2fx   %8.0f%% %8.0f%%\n" "$name" \
+    "$b" "$vd" "$(echo "$b / $vd" | bc -l)" "$bw" "$vw" "$(echo "$bw / $vw" | bc -l)" \
+    "$(echo "100 * $bb / $bw / 1000000 / $ddrate" | bc -l)" \
+    "$(echo "100 * $vb / $vw / 1000000 / $ddrate" | bc -l)"
+done

@@ -707,6 +707,15 @@ vd_flush(struct vd_dev *dev)
   return dev->drv->flush(dev);
 }
 
+void
+vd_writeback(struct vd_dev *dev)
+{
+  while (dev->below)
+    dev = dev->below;
+  if (!dev->read_only && dev->file)
+    vd_file_writeback(dev->file);
+}
+
 int
 vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
 {

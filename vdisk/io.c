@@ -688,6 +688,13 @@ vd_file_flush(struct vd_file *f)
   return 0;
 }
 
+void
+vd_file_writeback(struct vd_file *f)
+{
+  if (!(f->flags & VD_FILE_NO_FLUSH))
+    (void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
 int
 vd_file_sync_dir(const char *path)
 {

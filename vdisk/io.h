@@ -78,6 +78,11 @@ int vd_file_reopen(struct vd_file *f, bool write);
  * the unwritten pages and cleared the error, so a later success would be
  * a lie).  Writes and reads still work; only reopening starts afresh. */
 int vd_file_flush(struct vd_file *f);
+/* Start writing F's dirty pages back to the disk without waiting for them
+ * (sync_file_range SYNC_FILE_RANGE_WRITE), so a later flush has less
+ * left to do.  A hint: nothing is durable because of it, it does nothing
+ * with VD_FILE_NO_FLUSH, and errors are left to the next flush. */
+void vd_file_writeback(struct vd_file *f);
 /* fsync the folder holding PATH, so that a file just created there keeps
  * its name after a crash. */
 int vd_file_sync_dir(const char *path);

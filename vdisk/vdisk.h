@@ -200,6 +200,13 @@ int vd_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
 /* Make everything acknowledged so far durable. */
 int vd_flush(struct vd_dev *dev);
 
+/* Start writing what the image's own file holds unwritten back to the
+ * disk, without waiting, so that a later vd_flush has little left (a
+ * copy's write-behind).  A hint: it makes nothing durable, does nothing
+ * on a device opened with VD_OPEN_NO_FLUSH or whose driver opens its own
+ * files, and leaves errors to the next vd_flush. */
+void vd_writeback(struct vd_dev *dev);
+
 /* Advisory: the range need not keep its data; it may read back as
  * anything until written.  Drivers that free space make it read zeros. */
 int vd_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags);

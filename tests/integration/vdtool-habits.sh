@@ -15,7 +15,9 @@
 #    unsafe: as qemu-img, the default convert leaves the data unsynced
 #    (strace counts the fdatasync calls), writeback syncs at the end,
 #    writethrough and directsync after each write, none and directsync
-#    open the output O_DIRECT; every mode writes the same image;
+#    open the output O_DIRECT; writeback writes behind the copy
+#    (sync_file_range) and the default does not; every mode writes the
+#    same image;
 #  - convert -B BACKING -F FMT makes a differencing output holding only
 #    what the source holds itself (qemu-img convert -B to qcow2 beside it:
 #    the same extents come from the new image, the rest from BACKING);
@@ -118,6 +120,19 @@ echo "syncs: qemu-img default $peer; vdtool default $dflt unsafe $unsafe" \
 [ "$wt" -gt $((wb + 2)) ] && [ "$ds" -gt $((wb + 2)) ] ||
   fail "-t writethrough/directsync do not sync each write"
 [ "$none" -ge "$wb" ] || fail "-t none does not sync at the end"
+# Write-behind: -t writeback hands the written data to the disk during
+# the copy (sync_file_range), so its final flush has little left; the
+# default (unsafe) never pushes data out.
+behind() {
+  rm -f cm.vhd
+  ASAN_OPTIONS=$noleak strace -f -qq -c -e trace=sync_file_range \
+    -o wb.strace "$top_builddir/tools/vdtool" convert "$@" -O vpc cm.raw \
+    cm.vhd || fail "convert $* failed"
+  awk '$NF == "sync_file_range" {n += $4} END {print n + 0}' wb.strace
+}
+[ "$(behind -t writeback)" -ge 1 ] ||
+  fail "-t writeback does not write behind the copy"
+[ "$(behind)" = 0 ] || fail "the default convert writes behind the copy"
 rm -f cm.vhd
 # (the file is opened, then switched to O_DIRECT with fcntl)
 ASAN_OPTIONS=$noleak strace -f -qq -e trace=fcntl -o open.strace \
