@@ -503,6 +503,7 @@ again:
   if (r >= 0)
     memcpy(buf, e->data + off, len);
 
+  /* Publish the load and drop the reference in one critical section. */
   pthread_mutex_lock(&p->cache_lock);
   e->loading = false;
   if (r < 0) {
@@ -512,9 +513,10 @@ again:
     r = 0;
   }
   pthread_cond_broadcast(&p->cache_cond);
-  pthread_mutex_unlock(&p->cache_lock);
+  goto unref;
 release:
   pthread_mutex_lock(&p->cache_lock);
+unref:
   e->refs--;
   pthread_mutex_unlock(&p->cache_lock);
   return r;
