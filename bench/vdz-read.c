@@ -2,12 +2,16 @@
  * one thread (what "per core" means in bench/README-vdz.md).
  *
  *   vdz-read IMAGE [REQUEST_SIZE]
+ *   vdz-read IMAGE REQUEST_SIZE COUNT
  *
  * Reads the whole virtual disk in REQUEST_SIZE pieces (default 1 MiB):
  * every byte, then only the data extents (holes skipped through
  * block_status, as nbdcopy and qemu-img do).  Each pass runs twice and
  * the second (warm) run is reported: bytes, seconds and GB/s (10^9
- * bytes).  Built by make (bench/Makefile.inc); bench/vdz-bench.sh runs it. */
+ * bytes).  With COUNT, it makes COUNT reads at random aligned offsets
+ * instead (a fixed seed, so that callgrind counts repeat) and reports
+ * reads per second.  Built by make (bench/Makefile.inc);
+ * bench/vdz-bench.sh runs it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -55,6 +59,26 @@ static long long pass(struct vd_dev *d, char *buf, size_t rs, int data_only)
   return bytes;
 }
 
+/* COUNT reads of RS bytes at random multiples of RS. */
+static int random_reads(struct vd_dev *d, char *buf, size_t rs,
+                        unsigned long count)
+{
+  uint64_t slots = vd_size(d) / rs, x = 88172645463325252ull;
+  double t0 = now(), t;
+
+  for (unsigned long i = 0; slots && i < count; i++) {
+    x ^= x << 13;   /* xorshift64 */
+    x ^= x >> 7;
+    x ^= x << 17;
+    if (rd(d, buf, rs, x % slots * rs) < 0)
+      return -1;
+  }
+  t = now() - t0;
+  printf("rand %lu x %zu bytes %8.3f s %9.0f reads/s\n", count, rs, t,
+         (double)count / t);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
   struct vd_dev *d;
@@ -72,6 +96,8 @@ int main(int argc, char **argv)
   buf = malloc(rs);
   if (!buf)
     return 1;
+  if (argc > 3)
+    return random_reads(d, buf, rs, strtoul(argv[3], NULL, 0)) < 0;
   for (int data_only = 0; data_only < 2; data_only++) {
     long long bytes = 0;
     double t0 = 0, t1 = 0;

@@ -17,7 +17,7 @@ yes 'compressible text' | head -c $mib | dd of=src.raw bs=1M seek=4 conv=notrunc
 cp src.raw plain.img
 qemu-img convert -f raw -O vpc -o subformat=dynamic src.raw disk.vhd
 qemu-img convert -f vpc -O raw disk.vhd disk-ref.raw
-vdtool convert -O vdz src.raw packed.vdz
+vdtool convert -O vdz -o cluster_size=64K src.raw packed.vdz
 vdtool raid create -l 0 -c 64K --size 4M stripe.vdraid s0.img s1.img >/dev/null
 
 # The disks show their image files' modes (whatever the umask made them).

@@ -12,7 +12,7 @@ truncate -s $((12 * 1024 * 1024 + 4096)) "$raw"
 pattern_bytes $((2 * 1024 * 1024)) 7 | dd of="$raw" bs=1M seek=1 conv=notrunc status=none
 yes 'served over NBD and FUSE' | head -c $((3 * 1024 * 1024)) |
   dd of="$raw" bs=1M seek=6 conv=notrunc status=none
-vdtool convert -O vdz "$raw" "$VD_TMP/disk.vdz"
+vdtool convert -O vdz -o cluster_size=64K "$raw" "$VD_TMP/disk.vdz"
 
 # Corrupt cluster 100 (in the text at 6.25 MiB) of a copy.
 cp "$VD_TMP/disk.vdz" "$VD_TMP/bad.vdz"

@@ -45,11 +45,11 @@ qemu-img compare -q -f raw -F vpc "$raw" "$VD_TMP/default.vhd" ||
 vdtool convert -O vdz "$VD_TMP/default.vhd" "$VD_TMP/again.vdz"
 vdtool compare "$raw" "$VD_TMP/again.vdz" >/dev/null || fail "vhd -> vdz differs"
 
-# Much smaller than the source, and the default cluster size is 64 KiB.
+# Much smaller than the source, and the default cluster size is 32 KiB.
 size=$(stat -c %s "$VD_TMP/default.vdz")
 [ "$size" -lt $((6 * 1024 * 1024)) ] || fail "vdz is $size bytes"
-grep -Eq 'cluster_size.*65536' "$VD_TMP/default.info" ||
-  fail "default cluster size is not 64 KiB: $(cat "$VD_TMP/default.info")"
+grep -Eq 'cluster_size.*32768' "$VD_TMP/default.info" ||
+  fail "default cluster size is not 32 KiB: $(cat "$VD_TMP/default.info")"
 
 # Zero clusters are holes: every range qemu-img maps as data in the raw
 # file is data in the vdz map, and the vdz map has holes.

@@ -22,7 +22,7 @@
 static char tmpdir[] = "/tmp/test-vdz.XXXXXX";
 static char raw_path[256], vdz_path[256];
 
-#define CS 65536u
+#define CS 32768u   /* the default cluster size */
 /* 40 clusters and a partial one. */
 #define SIZE ((uint64_t)40 * CS + 12288)
 
