@@ -171,73 +171,161 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
   return r;
 }
 
+/* A piece of a read: one data chunk's rows of one stripe. */
+struct raid5_piece {
+  struct raid_mio io;          /* slot -1: on a missing member */
+  uint64_t stripe;
+  unsigned d;                  /* data chunk */
+};
+
+/* Serve the pieces P[0..K) of a read that fall in stripe S, one of them
+ * (P[L]) on a missing member, in one parallel batch under the stripe lock:
+ * the other pieces straight into the caller's buffer and, of the rows of
+ * P[L] on the survivors, only those no piece holds (the parity, partly
+ * read chunks) into scratch, so each member is read once, as when
+ * healthy.  Returns 1, having changed nothing but the caller's buffer,
+ * when the stripe needs the piece-by-piece path (a member changed state,
+ * a read failed, or a read-only open applies the log). */
+static int raid5_read_stripe_degraded(struct raid_array *a, uint64_t s,
+                                      struct raid5_piece *p, int k, int l)
+{
+  unsigned n = a->n;
+  unsigned t = raid5_data_member(n, s, p[l].d);
+  uint64_t moff = p[l].io.off;
+  size_t len = p[l].io.len;
+  if (a->ppl_ro)
+    return 1;
+  uint8_t *bufs = raid_scratch(0, (size_t)(n - 1) * len);
+  if (!bufs)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  struct raid_mio mio[2 * RAID_MAX_MEMBERS];
+  const void *src[RAID_MAX_MEMBERS];
+  int nio = 0, r = 0;
+  unsigned nsrc = 0;
+  raid_stripe_lock(a, s);
+  if (raid_member_usable(a, (int)t, moff))
+    r = 1;                        /* it came back: read it directly */
+  for (unsigned i = 0; i < n && r == 0; i++) {
+    if (i == t)
+      continue;
+    if (!raid_member_usable(a, (int)i, moff)) {
+      r = 1;                      /* two missing: the slow path says so */
+      break;
+    }
+    const struct raid_mio *have = NULL;
+    for (int j = 0; j < k; j++)
+      if (j != l && p[j].io.slot == (int)i) {
+        mio[nio++] = p[j].io;
+        if (p[j].io.off <= moff && p[j].io.off + p[j].io.len >= moff + len)
+          have = &p[j].io;
+      }
+    if (have) {
+      src[nsrc++] = (const uint8_t *)have->buf + (moff - have->off);
+    } else {
+      uint8_t *b = bufs + (size_t)nsrc * len;
+      src[nsrc++] = b;
+      mio[nio++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
+                                      .buf = b, .len = len, .off = moff };
+    }
+  }
+  if (r == 0 && raid_mio_run(a, mio, nio) < 0)
+    r = 1;
+  if (r == 0)
+    raid_xor(p[l].io.buf, src, nsrc, len);
+  raid_stripe_unlock(a, s);
+  return r;
+}
+
+/* Serve the pieces P[0..K) of stripe S one by one: healthy ones from their
+ * member (a read error reconstructs and rewrites), the others
+ * reconstructed. */
+static int raid5_read_pieces(struct raid_array *a, uint64_t s,
+                             struct raid5_piece *p, int k)
+{
+  int r = 0;
+  for (int i = 0; i < k && r == 0; i++) {
+    struct raid_mio *io = &p[i].io;
+    bool fix = false;
+    if (io->slot >= 0) {
+      raid_mio_run(a, io, 1);
+      if (io->ret == 0)
+        continue;
+      fix = true;
+    }
+    r = raid5_read_degraded(a, s, p[i].d, io->off - s * a->sb.chunk, io->len,
+                            io->buf, fix);
+  }
+  return r;
+}
+
 static int raid5_read(struct raid_array *a, void *buf, size_t len,
                       uint64_t off)
 {
   uint64_t c = a->sb.chunk;
   size_t nmax = (size_t)((off % c + len + c - 1) / c);
+  struct raid5_piece stackp[16];
   struct raid_mio stackmio[16];
-  struct raid_mio *mio = nmax <= 16 ? stackmio : calloc(nmax, sizeof *mio);
-  if (!mio)
-    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-  int k = 0, r = 0;
-  uint8_t *p = buf;
+  struct raid5_piece *p = nmax <= 16 ? stackp : calloc(nmax, sizeof *p);
+  struct raid_mio *hm = nmax <= 16 ? stackmio : calloc(nmax, sizeof *hm);
+  int k = 0, h = 0, r = 0;
+  if (!p || !hm) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  uint8_t *b = buf;
   uint64_t o = off;
   size_t left = len;
-  /* Healthy pieces: straight to their data member, all in parallel. */
   while (left > 0) {
     struct raid5_map m;
     raid5_map(a->n, a->sb.chunk, o, &m);
     size_t n = left < c - o % c ? left : (size_t)(c - o % c);
-    mio[k++] = (struct raid_mio){
-      .slot = raid_member_usable(a, (int)m.member, m.moff) ? (int)m.member
-                                                           : -1,
-      .op = RAID_MIO_READ, .buf = p, .len = n, .off = m.moff };
-    p += n;
+    p[k++] = (struct raid5_piece){
+      .io = { .slot = raid_member_usable(a, (int)m.member, m.moff)
+                      ? (int)m.member : -1,
+              .op = RAID_MIO_READ, .buf = b, .len = n, .off = m.moff },
+      .stripe = m.stripe, .d = m.dchunk };
+    b += n;
     o += n;
     left -= n;
   }
-  /* Run the healthy ones (slot >= 0) together. */
-  int h = 0;
-  struct raid_mio *hm = nmax <= 16 ? (struct raid_mio[16]){ { 0 } }
-                                   : calloc(nmax, sizeof *hm);
-  if (!hm) {
-    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    goto out;
+  /* Stripes with every piece on a usable member: all of those pieces in
+   * one parallel batch, without the stripe lock. */
+  for (int i0 = 0, i1; i0 < k; i0 = i1) {
+    bool whole = true;
+    for (i1 = i0; i1 < k && p[i1].stripe == p[i0].stripe; i1++)
+      whole = whole && p[i1].io.slot >= 0;
+    for (int i = i0; whole && i < i1; i++)
+      hm[h++] = p[i].io;
   }
-  int *idx = calloc((size_t)k, sizeof *idx);
-  if (!idx) {
-    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    if (nmax > 16)
-      free(hm);
-    goto out;
-  }
-  for (int i = 0; i < k; i++)
-    if (mio[i].slot >= 0) {
-      hm[h] = mio[i];
-      idx[h++] = i;
-    }
   raid_mio_run(a, hm, h);
-  for (int j = 0; j < h; j++)
-    if (hm[j].ret < 0)
-      mio[idx[j]].slot = -2;   /* read error: reconstruct and rewrite */
-  free(idx);
-  if (nmax > 16)
-    free(hm);
-  /* Pieces on missing members: reconstruct from the others. */
-  o = off;
-  for (int i = 0; i < k && r == 0; i++) {
-    if (mio[i].slot < 0) {
-      struct raid5_map m;
-      raid5_map(a->n, a->sb.chunk, o, &m);
-      r = raid5_read_degraded(a, m.stripe, m.dchunk, o % c, mio[i].len,
-                              mio[i].buf, mio[i].slot == -2);
+  /* Then stripe by stripe: read errors of that batch, and the stripes
+   * with a piece on a missing member. */
+  h = 0;
+  for (int i0 = 0, i1; i0 < k && r == 0; i0 = i1) {
+    uint64_t s = p[i0].stripe;
+    int lost = -1, nlost = 0;
+    for (i1 = i0; i1 < k && p[i1].stripe == s; i1++)
+      if (p[i1].io.slot < 0) {
+        lost = i1 - i0;
+        nlost++;
+      }
+    if (nlost == 0) {
+      for (int i = i0; i < i1 && r == 0; i++)
+        if (hm[h++].ret < 0)
+          r = raid5_read_degraded(a, s, p[i].d, p[i].io.off - s * c,
+                                  p[i].io.len, p[i].io.buf, true);
+      continue;
     }
-    o += mio[i].len;
+    r = nlost == 1 ? raid5_read_stripe_degraded(a, s, p + i0, i1 - i0, lost)
+                   : 1;
+    if (r == 1)
+      r = raid5_read_pieces(a, s, p + i0, i1 - i0);
   }
 out:
-  if (mio != stackmio)
-    free(mio);
+  if (p != stackp)
+    free(p);
+  if (hm != stackmio)
+    free(hm);
   return r;
 }
 

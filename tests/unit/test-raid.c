@@ -586,6 +586,37 @@ static void test_fail_each_member(void)
   fail_each(5, 4);
 }
 
+/* A degraded RAID5 read of whole stripes reads each survivor once per
+ * stripe, as a healthy one reads each member once: the data chunks the
+ * request asks for are also the sources of the lost chunk.  Partial
+ * stripes read back right too. */
+static void test_degraded_read_once(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 16384, 3 * MIB, -1, 0);
+  struct vd_fault *f[4];
+  for (unsigned i = 0; i < 4; i++)
+    f[i] = tarr_fault(&t, i);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  size_t stripe = 3 * 16384;
+  CU_ASSERT(mwrite(&t, 0, 8 * stripe, 1) == 0);
+  CU_ASSERT_FATAL(vd_raid_fail(t.a, 1) == 0);
+  uint64_t before[4];
+  for (unsigned i = 0; i < 4; i++)
+    before[i] = vd_fault_count(f[i]);
+  /* Stripes 0-3 put data, parity and data chunks on member 1. */
+  CU_ASSERT(mcheck(&t, 0, 4 * stripe) == 0);
+  for (unsigned i = 0; i < 4; i++)
+    if (i != 1)
+      CU_ASSERT_EQUAL(vd_fault_count(f[i]) - before[i], 4);
+  CU_ASSERT(mcheck(&t, 4 * stripe + 5000, 2 * stripe + 777) == 0);
+  CU_ASSERT(mcheck(&t, 16384 + 100, 16384) == 0);
+  tarr_close(&t);
+  for (unsigned i = 0; i < 4; i++)
+    vd_fault_detach(f[i]);
+  tarr_free(&t);
+}
+
 /* Member errors in the middle of a write: the Nth write or read of one
  * member fails (data member, parity member, RMW pre-read). */
 static void test_fail_midwrite(void)
@@ -1916,6 +1947,7 @@ int main(void)
     { "forced start through the open flags", test_open_force },
     { "stale member never read", test_stale_member },
     { "two failures: EIO, no more writes", test_two_failures },
+    { "degraded read: each survivor read once", test_degraded_read_once },
     { "power cut then member loss", test_powercut },
     { "power cut after a full-row write (issue 10)", test_powercut_full_row },
     { "randomized power cuts, each member lost", test_powercut_random },
