@@ -986,39 +986,82 @@ out:
   return r;
 }
 
-/* SLOT's chunk of the stripe at MOFF is the XOR of the others'. */
-static int raid5_rebuild_row_locked(struct raid_array *a, uint64_t moff,
-                                    int slot, void *scratch)
+/* The rebuild's pipeline block: cache-sized, so that the XOR finds its
+ * sources still in cache. */
+#define RAID5_REBUILD_BLOCK (512u << 10)
+
+struct raid5_xor_job {
+  void *out;
+  const void *src[RAID_MAX_MEMBERS];
+  unsigned k;
+  size_t len;
+};
+
+static void raid5_xor_job(void *opaque)
+{
+  struct raid5_xor_job *j = opaque;
+  if (j->len)
+    raid_xor(j->out, j->src, j->k, j->len);
+}
+
+/* SLOT's rows [MOFF, MOFF+LEN) (whole rows) are the XOR of the others',
+ * in a pipeline of blocks: while the pool reads block t from the others
+ * and writes block t-2 to SLOT, the caller XORs block t-1. */
+static int raid5_rebuild_rows_locked(struct raid_array *a, uint64_t moff,
+                                     size_t len, int slot, void *scratch)
 {
   VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
-  unsigned n = a->n;
-  size_t c = a->sb.chunk;
-  uint8_t *bufs = scratch;
-  struct raid_mio mio[RAID_MAX_MEMBERS];
-  const void *src[RAID_MAX_MEMBERS];
-  int k = 0;
+  unsigned n = a->n, k = 0;
+  int src[RAID_MAX_MEMBERS];
   for (unsigned i = 0; i < n; i++) {
     if ((int)i == slot)
       continue;
-    if (!raid_member_usable(a, (int)i, moff))
+    if (!raid_member_usable(a, (int)i, moff + len - 1))
       return vd_set_error(EIO, "%s: cannot rebuild slot %d: member %u is "
                           "unavailable too", a->desc_path, slot, i);
-    src[k] = bufs + (size_t)k * c;
-    mio[k] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
-                                .buf = bufs + (size_t)k * c, .len = c,
-                                .off = moff };
-    k++;
+    src[k++] = (int)i;
   }
-  raid_mio_run(a, mio, k);
-  for (int j = 0; j < k; j++)
-    if (mio[j].ret < 0) {
+  size_t blk = len < RAID5_REBUILD_BLOCK ? len : RAID5_REBUILD_BLOCK;
+  size_t nblk = (len + blk - 1) / blk;
+  uint8_t *in[2], *out[2];
+  for (int b = 0; b < 2; b++) {
+    in[b] = (uint8_t *)scratch + (size_t)b * k * blk;
+    out[b] = (uint8_t *)scratch + (size_t)2 * k * blk + (size_t)b * blk;
+  }
+#define BLEN(t) ((t) + 1 < nblk ? blk : len - ((t) * blk))
+  for (size_t t = 0; t < nblk + 2; t++) {
+    struct raid_mio mio[RAID_MAX_MEMBERS + 1];
+    int nio = 0;
+    if (t < nblk)
+      for (unsigned m = 0; m < k; m++)
+        mio[nio++] = (struct raid_mio){ .slot = src[m], .op = RAID_MIO_READ,
+                                        .buf = in[t % 2] + (size_t)m * blk,
+                                        .len = BLEN(t),
+                                        .off = moff + t * blk };
+    if (t >= 2)
+      mio[nio++] = (struct raid_mio){ .slot = slot, .op = RAID_MIO_WRITE,
+                                      .buf = out[t % 2], .len = BLEN(t - 2),
+                                      .off = moff + (t - 2) * blk };
+    struct raid5_xor_job x = { .k = k };
+    if (t >= 1 && t <= nblk) {
+      x.out = out[(t - 1) % 2];
+      x.len = BLEN(t - 1);
+      for (unsigned m = 0; m < k; m++)
+        x.src[m] = in[(t - 1) % 2] + (size_t)m * blk;
+    }
+    raid_mio_run_while(a, mio, nio, raid5_xor_job, &x);
+    for (int j = 0; j < nio; j++) {
+      if (mio[j].ret >= 0)
+        continue;
+      if (mio[j].slot == slot)
+        return mio[j].ret;      /* the caller records the new member's */
       raid_member_failed(a, mio[j].slot, mio[j].ret);
       return vd_set_error(EIO, "%s: rebuild of slot %d: member %d failed",
                           a->desc_path, slot, mio[j].slot);
     }
-  uint8_t *out = bufs + (size_t)k * c;
-  raid_xor(out, src, (unsigned)k, c);
-  return raid_mio_one(a, slot, RAID_MIO_WRITE, out, c, moff);
+  }
+#undef BLEN
+  return 0;
 }
 
 static uint64_t raid5_capacity(unsigned n, uint64_t data_size)
@@ -1053,7 +1096,7 @@ const struct raid_level_ops raid5_ops = {
   .read = raid5_read,
   .write = raid5_write,
   .sync_row = raid5_sync_row,
-  .rebuild_row_locked = raid5_rebuild_row_locked,
+  .rebuild_rows_locked = raid5_rebuild_rows_locked,
   .start = raid5_ppl_init,
   .stop = raid5_ppl_free,
   .replay_log = raid5_ppl_recover,

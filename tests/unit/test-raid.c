@@ -295,7 +295,7 @@ static void test_level_ops(void)
     CU_ASSERT(ops->read && ops->write && ops->capacity && ops->row_bytes);
     /* Resync, scrub and rebuild exactly where there is redundancy. */
     CU_ASSERT((ops->sync_row != NULL) == ops->redundant);
-    CU_ASSERT((ops->rebuild_row_locked != NULL) == ops->redundant);
+    CU_ASSERT((ops->rebuild_rows_locked != NULL) == ops->redundant);
     /* Only a level with a log has its hooks; start and stop pair up. */
     CU_ASSERT((ops->replay_log != NULL) == ops->parity_log);
     CU_ASSERT((ops->start != NULL) == (ops->stop != NULL));
@@ -1877,7 +1877,8 @@ static void call_sb_write_all(struct raid_array *a)
 static void call_rebuild_stripe(struct raid_array *a)
 {
   uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
-  a->ops->rebuild_row_locked(a, 3 * (uint64_t)a->sb.chunk, 1, scratch);
+  a->ops->rebuild_rows_locked(a, 3 * (uint64_t)a->sb.chunk, a->sb.chunk, 1,
+                              scratch);
 }
 #endif
 
@@ -1911,8 +1912,8 @@ static void test_lock_asserts(void)
   pthread_mutex_unlock(&t.a->sb_lock);
   uint8_t *scratch = raid_scratch(0, (size_t)(t.a->n + 1) * t.a->sb.chunk);
   raid_stripe_lock(t.a, 3);
-  CU_ASSERT(t.a->ops->rebuild_row_locked(t.a, 3 * (uint64_t)t.a->sb.chunk, 1,
-                                        scratch) == 0);
+  CU_ASSERT(t.a->ops->rebuild_rows_locked(t.a, 3 * (uint64_t)t.a->sb.chunk,
+                                         t.a->sb.chunk, 1, scratch) == 0);
   raid_stripe_unlock(t.a, 3);
   tarr_close(&t);
   tarr_free(&t);
