@@ -489,7 +489,7 @@ struct raid_level_ops {
    * compare) the row at MOFF, taking its stripe lock; *MISMATCH says
    * whether the redundancy differed.  Rebuild SLOT's rows [MOFF, MOFF+LEN)
    * (whole rows, one request per member) from the others; the caller holds
-   * their stripe locks (raid_stripes_lock) and SCRATCH holds (n + 1) * LEN
+   * their stripe locks (raid_stripes_lock) and SCRATCH holds 2 * n * LEN
    * bytes. */
   int (*sync_row)(struct raid_array *a, uint64_t moff, bool check_only,
                   bool *mismatch);

@@ -138,7 +138,7 @@ static unsigned raid_rebuild_rows(struct raid_array *a)
 
 static uint8_t *raid_rebuild_scratch(struct raid_array *a)
 {
-  return raid_scratch(0, (size_t)(a->n + 1) * raid_rebuild_rows(a) *
+  return raid_scratch(0, (size_t)2 * a->n * raid_rebuild_rows(a) *
                          a->sb.chunk);
 }
 

@@ -1876,7 +1876,7 @@ static void call_sb_write_all(struct raid_array *a)
 
 static void call_rebuild_stripe(struct raid_array *a)
 {
-  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
+  uint8_t *scratch = raid_scratch(0, (size_t)2 * a->n * a->sb.chunk);
   a->ops->rebuild_rows_locked(a, 3 * (uint64_t)a->sb.chunk, a->sb.chunk, 1,
                               scratch);
 }
@@ -1910,7 +1910,7 @@ static void test_lock_asserts(void)
   pthread_mutex_lock(&t.a->sb_lock);
   CU_ASSERT(raid_sb_write_all_locked(t.a) == 0);
   pthread_mutex_unlock(&t.a->sb_lock);
-  uint8_t *scratch = raid_scratch(0, (size_t)(t.a->n + 1) * t.a->sb.chunk);
+  uint8_t *scratch = raid_scratch(0, (size_t)2 * t.a->n * t.a->sb.chunk);
   raid_stripe_lock(t.a, 3);
   CU_ASSERT(t.a->ops->rebuild_rows_locked(t.a, 3 * (uint64_t)t.a->sb.chunk,
                                          t.a->sb.chunk, 1, scratch) == 0);
