@@ -714,6 +714,37 @@ out:
 
 enum { R5_FULL, R5_RMW, R5_RCW, R5_DATA_ONLY };
 
+/* CPU work that runs while member requests are in flight
+ * (raid_mio_run_while): OUT = XOR of SRC[0..K), LEN bytes (none if 0). */
+struct raid5_xor_job {
+  void *out;
+  const void *src[RAID_MAX_MEMBERS + 1];
+  unsigned k;
+  size_t len;
+};
+
+static void raid5_xor_job(void *opaque)
+{
+  struct raid5_xor_job *j = opaque;
+  if (j->len)
+    raid_xor(j->out, j->src, j->k, j->len);
+}
+
+/* A full stripe: its parity, then the parity write IO, while the pool
+ * writes the data chunks. */
+struct raid5_full_job {
+  struct raid_array *a;
+  struct raid5_xor_job x;
+  struct raid_mio *io;
+};
+
+static void raid5_full_parity(void *opaque)
+{
+  struct raid5_full_job *j = opaque;
+  raid5_xor_job(&j->x);
+  raid_mio_run(j->a, j->io, 1);
+}
+
 /* Write rows [R0, R0+LEN) of stripe S: chunks in MASK get SRC[d].  Caller
  * holds the stripe lock. */
 static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
@@ -809,14 +840,16 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
           xs[nx++] = buf[d];
       raid_xor(pp, xs, nx, len);
     }
+    /* (A full stripe's parity is computed while its data is written.) */
+    struct raid5_full_job full = { .a = a, .x = { .out = par, .len = len } };
     if (mode != R5_DATA_ONLY) {
-      nx = 0;
       if (mode != R5_FULL)
-        xs[nx++] = pp;
+        full.x.src[full.x.k++] = pp;
       for (unsigned d = 0; d < nd; d++)
         if (mask & (1u << d))
-          xs[nx++] = src[d];
-      raid_xor(par, xs, nx, len);
+          full.x.src[full.x.k++] = src[d];
+      if (mode != R5_FULL)
+        raid5_xor_job(&full.x);
     }
 
     /* Close the write hole before touching the stripe in place. */
@@ -846,7 +879,12 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
         mio[k++] = (struct raid_mio){
           .slot = (int)raid5_data_member(n, s, d), .op = RAID_MIO_WRITE,
           .buf = (void *)src[d], .len = len, .off = moff };
-    raid_mio_run(a, mio, k);
+    if (mode == R5_FULL) {
+      full.io = &mio[0];
+      raid_mio_run_while(a, mio + 1, k - 1, raid5_full_parity, &full);
+    } else {
+      raid_mio_run(a, mio, k);
+    }
     if (logged)
       raid5_ppl_done(a, slot, s);
     replan = false;
@@ -989,20 +1027,6 @@ out:
 /* The rebuild's pipeline block: cache-sized, so that the XOR finds its
  * sources still in cache. */
 #define RAID5_REBUILD_BLOCK (512u << 10)
-
-struct raid5_xor_job {
-  void *out;
-  const void *src[RAID_MAX_MEMBERS];
-  unsigned k;
-  size_t len;
-};
-
-static void raid5_xor_job(void *opaque)
-{
-  struct raid5_xor_job *j = opaque;
-  if (j->len)
-    raid_xor(j->out, j->src, j->k, j->len);
-}
 
 /* SLOT's rows [MOFF, MOFF+LEN) (whole rows) are the XOR of the others',
  * in a pipeline of blocks: while the pool reads block t from the others
