@@ -1557,6 +1557,31 @@ static void test_rebuild_online(void)
   rebuild_online(1);
 }
 
+/* A rebuild whose steps span several pipeline blocks (64 KiB chunks: 32
+ * rows, 2 MiB of each member per step, four 512 KiB blocks) rebuilds every
+ * byte: the data reads back, parity matches, and the rebuilt member serves
+ * reconstruction once another one fails. */
+static void test_rebuild_pipeline(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 65536, 9 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  random_ops(&t, 5);
+  char newp[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  struct vd_create_args ca = { .size = 9 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  CU_ASSERT(vd_raid_replace(t.a, 1, newp, "raw", 0, NULL, NULL) == 0);
+  CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(verify_all(&t) == 0);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(vd_raid_fail(t.a, 2) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
 /* A rebuild killed midway resumes from its checkpoint. */
 static void test_rebuild_killed(void)
 {
@@ -1955,6 +1980,7 @@ int main(void)
     { "bitmap-driven resync", test_bitmap_resync },
     { "bit rot found and repaired by scrub", test_bitrot },
     { "online rebuild under concurrent I/O", test_rebuild_online },
+    { "rebuild in pipelined multi-block steps", test_rebuild_pipeline },
     { "killed rebuild resumes", test_rebuild_killed },
     { "caller-driven rebuild, step by step", test_rebuild_steps },
     { "caller-driven scrub, step by step", test_scrub_steps },
