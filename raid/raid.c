@@ -143,25 +143,17 @@ static void raid_pool_stop(struct raid_array *a)
   a->pool = NULL;
 }
 
-int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n)
+/* Queue MIO[0..N) on the pool, then run FN(ARG) (or, with FN NULL,
+ * MIO[N]) in the caller, and wait for the queued ones. */
+static void raid_mio_pool_run(struct raid_array *a, struct raid_mio *mio,
+                              int n, void (*fn)(void *), void *arg)
 {
-  if (n <= 0)
-    return 0;
-  if (n == 1 || !a->pool) {
-    int first = 0;
-    for (int i = 0; i < n; i++) {
-      raid_mio_exec(a, &mio[i]);
-      if (mio[i].ret < 0 && first == 0)
-        first = mio[i].ret;
-    }
-    return first;
-  }
-  struct raid_batch b = { .pending = n - 1 };
+  struct raid_batch b = { .pending = n };
   pthread_mutex_init(&b.lock, NULL);
   pthread_cond_init(&b.cond, NULL);
   struct raid_pool *p = a->pool;
   pthread_mutex_lock(&p->lock);
-  for (int i = 0; i < n - 1; i++) {
+  for (int i = 0; i < n; i++) {
     mio[i].batch = &b;
     mio[i].next = NULL;
     if (p->tail)
@@ -172,18 +164,50 @@ int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n)
   }
   pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
-  raid_mio_exec(a, &mio[n - 1]);
+  if (fn)
+    fn(arg);
+  else
+    raid_mio_exec(a, &mio[n]);
   pthread_mutex_lock(&b.lock);
   while (b.pending > 0)
     pthread_cond_wait(&b.cond, &b.lock);
   pthread_mutex_unlock(&b.lock);
   pthread_mutex_destroy(&b.lock);
   pthread_cond_destroy(&b.cond);
-  int first = 0;
+}
+
+static int raid_mio_first_error(const struct raid_mio *mio, int n)
+{
   for (int i = 0; i < n; i++)
-    if (mio[i].ret < 0 && first == 0)
-      first = mio[i].ret;
-  return first;
+    if (mio[i].ret < 0)
+      return mio[i].ret;
+  return 0;
+}
+
+int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n)
+{
+  if (n <= 0)
+    return 0;
+  if (n == 1 || !a->pool) {
+    for (int i = 0; i < n; i++)
+      raid_mio_exec(a, &mio[i]);
+  } else {
+    raid_mio_pool_run(a, mio, n - 1, NULL, NULL);
+  }
+  return raid_mio_first_error(mio, n);
+}
+
+int raid_mio_run_while(struct raid_array *a, struct raid_mio *mio, int n,
+                       void (*fn)(void *), void *arg)
+{
+  if (n > 0 && a->pool) {
+    raid_mio_pool_run(a, mio, n, fn, arg);
+  } else {
+    for (int i = 0; i < n; i++)
+      raid_mio_exec(a, &mio[i]);
+    fn(arg);
+  }
+  return raid_mio_first_error(mio, n);
 }
 
 int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
@@ -388,6 +412,40 @@ void raid_stripe_lock(struct raid_array *a, uint64_t stripe)
 void raid_stripe_unlock(struct raid_array *a, uint64_t stripe)
 {
   pthread_mutex_unlock(raid_stripe_mutex(a, stripe));
+}
+
+/* Which mutexes stripes [STRIPE, STRIPE+K) take (hashing may map several
+ * to one). */
+static void raid_stripes_set(struct raid_array *a, uint64_t stripe,
+                             unsigned k, uint64_t set[RAID_STRIPE_LOCKS / 64])
+{
+  memset(set, 0, RAID_STRIPE_LOCKS / 8);
+  for (unsigned i = 0; i < k; i++) {
+    size_t m = (size_t)(raid_stripe_mutex(a, stripe + i) - a->stripe_lock);
+    set[m / 64] |= 1ull << (m % 64);
+  }
+}
+
+/* OP (lock or unlock) each mutex of stripes [STRIPE, STRIPE+K) once, in
+ * index order. */
+static void raid_stripes_each(struct raid_array *a, uint64_t stripe,
+                              unsigned k, int (*op)(pthread_mutex_t *))
+{
+  uint64_t set[RAID_STRIPE_LOCKS / 64];
+  raid_stripes_set(a, stripe, k, set);
+  for (size_t m = 0; m < RAID_STRIPE_LOCKS; m++)
+    if (set[m / 64] & (1ull << (m % 64)))
+      op(&a->stripe_lock[m]);
+}
+
+void raid_stripes_lock(struct raid_array *a, uint64_t stripe, unsigned k)
+{
+  raid_stripes_each(a, stripe, k, pthread_mutex_lock);
+}
+
+void raid_stripes_unlock(struct raid_array *a, uint64_t stripe, unsigned k)
+{
+  raid_stripes_each(a, stripe, k, pthread_mutex_unlock);
 }
 
 /* ---- write-intent bitmap ---- */
@@ -977,6 +1035,7 @@ static void raid_array_free(struct raid_array *a)
   pthread_mutex_destroy(&a->bm_lock);
   pthread_mutex_destroy(&a->readd_lock);
   pthread_cond_destroy(&a->readd_cond);
+  pthread_cond_destroy(&a->rebuild_done);
   pthread_mutex_destroy(&a->spare_wlock);
   pthread_mutex_destroy(&a->notify_lock);
   pthread_cond_destroy(&a->spare_cond);
@@ -1036,6 +1095,7 @@ static int raid_open(struct vd_dev *dev)
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* auto re-add sleeps */
   pthread_cond_init(&a->readd_cond, &ca);
+  pthread_cond_init(&a->rebuild_done, &ca);
   pthread_condattr_destroy(&ca);
   for (int i = 0; i < RAID_STRIPE_LOCKS; i++)
     pthread_mutex_init(&a->stripe_lock[i], NULL);

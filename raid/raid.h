@@ -21,7 +21,10 @@
  *                      (RAID1) on the members: writes, read-modify-write,
  *                      resync/scrub/rebuild of it, read repair.  Held
  *                      across that member I/O: that is what it orders.
- *                      One at a time; hashed, so unrelated stripes share.
+ *                      One at a time (the rebuild alone takes a run of
+ *                      them, raid_stripes_lock: no cycle, since nobody
+ *                      else waits for a second); hashed, so unrelated
+ *                      stripes share.
  *   ppl_lock[slot]     a PPL slot (member, stripe mod slots): ppl_stripe[]
  *                      and ppl_done_gen[] of the slot and its entry on
  *                      disk.  Held from the log write (and flush; maybe a
@@ -348,6 +351,7 @@ struct raid_array {
   pthread_t rebuild;
   bool rebuild_running;        /* thread joinable; guarded by sb_lock */
   _Atomic bool rebuild_active; /* thread still working */
+  pthread_cond_t rebuild_done; /* with sb_lock: rebuild_active cleared */
   _Atomic bool rebuild_stop;
   _Atomic int rebuild_ret;
   _Atomic uint64_t rebuild_rate; /* bytes/s, 0 = unlimited */
@@ -355,8 +359,8 @@ struct raid_array {
                                   (vd_raid_rebuild_step), not a thread;
                                   rebuild_active is set meanwhile */
   int rb_slot;                 /* the rebuild owner's slot and checkpoint */
-  uint64_t rb_ckpt_off;        /* state (raid_rebuild_row): the rebuild */
-  double rb_last_ckpt;         /* thread or the stepping caller only */
+  uint64_t rb_ckpt_off;        /* state (raid_rebuild_step_rows): the */
+  double rb_last_ckpt;         /* rebuild thread or the stepping caller */
   struct vd_dev *retired[RAID_MAX_MEMBERS * 4]; /* replaced members, closed
                                   at the end (I/O may still use them) */
   unsigned nretired;           /* guarded by sb_lock */
@@ -400,6 +404,10 @@ void raid_wb_stop(struct raid_array *a);
 /* Run N member requests in parallel; each mio->ret gets its result.
  * Returns 0 if all succeeded, else the first error. */
 int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n);
+/* Run N member requests on the pool while the caller runs FN(ARG) (CPU
+ * work that overlaps them); returns as raid_mio_run once all are done. */
+int raid_mio_run_while(struct raid_array *a, struct raid_mio *mio, int n,
+                       void (*fn)(void *), void *arg);
 /* Single member request, inline: at data-relative OFF, or (_abs) at OFF
  * from the member's start (metadata areas). */
 int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
@@ -424,6 +432,10 @@ void raid_stripe_lock(struct raid_array *a, uint64_t stripe);
 void raid_stripe_unlock(struct raid_array *a, uint64_t stripe);
 /* The mutex raid_stripe_lock takes for STRIPE (for VD_ASSERT_HELD). */
 pthread_mutex_t *raid_stripe_mutex(struct raid_array *a, uint64_t stripe);
+/* The locks of stripes [STRIPE, STRIPE+K), each mutex once, in index
+ * order: only the rebuild (one owner at a time) holds several. */
+void raid_stripes_lock(struct raid_array *a, uint64_t stripe, unsigned k);
+void raid_stripes_unlock(struct raid_array *a, uint64_t stripe, unsigned k);
 /* Write-intent bitmap: mark member range [off, off+len) dirty before a
  * write, and done after. */
 int raid_bitmap_start(struct raid_array *a, uint64_t off, uint64_t len);
@@ -475,13 +487,14 @@ struct raid_level_ops {
 
   /* Redundant levels only (NULL otherwise).  Resync (or with CHECK_ONLY,
    * compare) the row at MOFF, taking its stripe lock; *MISMATCH says
-   * whether the redundancy differed.  Rebuild SLOT's chunk of the row at
-   * MOFF from the others; the caller holds the stripe lock and SCRATCH
-   * holds (n + 1) chunks. */
+   * whether the redundancy differed.  Rebuild SLOT's rows [MOFF, MOFF+LEN)
+   * (whole rows, one request per member) from the others; the caller holds
+   * their stripe locks (raid_stripes_lock) and SCRATCH holds 2 * n * LEN
+   * bytes. */
   int (*sync_row)(struct raid_array *a, uint64_t moff, bool check_only,
                   bool *mismatch);
-  int (*rebuild_row_locked)(struct raid_array *a, uint64_t moff, int slot,
-                            void *scratch);
+  int (*rebuild_rows_locked)(struct raid_array *a, uint64_t moff,
+                             size_t len, int slot, void *scratch);
 
   /* Optional (NULL: nothing to do).  START sets up the level's state once
    * the members are known (open), STOP frees it (close, failed open);
@@ -527,6 +540,9 @@ int raid_resync(struct raid_array *a, bool all);
 /* Monotonic seconds; sleep SEC seconds (nothing when SEC <= 0). */
 double raid_now(void);
 void raid_sleep(double sec);
+/* *TS = NS nanoseconds from now on CLOCK_MONOTONIC (a timed wait's
+ * deadline, for a condition variable on that clock). */
+void raid_deadline(struct timespec *ts, long ns);
 /* Wait for the running rebuild to end, reporting to PROGRESS; its result. */
 int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
                       void *opaque);

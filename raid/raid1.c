@@ -272,15 +272,14 @@ static int raid1_sync_row(struct raid_array *a, uint64_t moff, bool check_only,
 /* Copy the chunk at MOFF to SLOT from an active member that reads it (not
  * write-mostly if another can, raid1_source); a source that fails is
  * recorded and the next one tried. */
-static int raid1_rebuild_row_locked(struct raid_array *a, uint64_t moff,
-                                    int slot, void *scratch)
+static int raid1_rebuild_rows_locked(struct raid_array *a, uint64_t moff,
+                                     size_t len, int slot, void *scratch)
 {
   VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
-  size_t c = a->sb.chunk;
   int r = -EIO;
   raid_wb_drain(a);
   for (int i; (i = raid1_source(a, slot)) >= 0;) {
-    r = raid_mio_one(a, i, RAID_MIO_READ, scratch, c, moff);
+    r = raid_mio_one(a, i, RAID_MIO_READ, scratch, len, moff);
     if (r < 0) {
       /* Recorded as faulty: the next call picks another source. */
       if (raid_member_failed(a, i, r) < 0)
@@ -288,7 +287,7 @@ static int raid1_rebuild_row_locked(struct raid_array *a, uint64_t moff,
       r = -EIO;
       continue;
     }
-    r = raid_mio_one(a, slot, RAID_MIO_WRITE, scratch, c, moff);
+    r = raid_mio_one(a, slot, RAID_MIO_WRITE, scratch, len, moff);
     if (r < 0)
       r = vd_set_error(-r, "%s: rebuild: writing %s: %s", a->desc_path,
                        a->m[slot].path, vd_error());
@@ -326,5 +325,5 @@ const struct raid_level_ops raid1_ops = {
   .read = raid1_read,
   .write = raid1_write,
   .sync_row = raid1_sync_row,
-  .rebuild_row_locked = raid1_rebuild_row_locked,
+  .rebuild_rows_locked = raid1_rebuild_rows_locked,
 };

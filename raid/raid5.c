@@ -171,73 +171,161 @@ static int raid5_read_degraded(struct raid_array *a, uint64_t s, unsigned d,
   return r;
 }
 
+/* A piece of a read: one data chunk's rows of one stripe. */
+struct raid5_piece {
+  struct raid_mio io;          /* slot -1: on a missing member */
+  uint64_t stripe;
+  unsigned d;                  /* data chunk */
+};
+
+/* Serve the pieces P[0..K) of a read that fall in stripe S, one of them
+ * (P[L]) on a missing member, in one parallel batch under the stripe lock:
+ * the other pieces straight into the caller's buffer and, of the rows of
+ * P[L] on the survivors, only those no piece holds (the parity, partly
+ * read chunks) into scratch, so each member is read once, as when
+ * healthy.  Returns 1, having changed nothing but the caller's buffer,
+ * when the stripe needs the piece-by-piece path (a member changed state,
+ * a read failed, or a read-only open applies the log). */
+static int raid5_read_stripe_degraded(struct raid_array *a, uint64_t s,
+                                      struct raid5_piece *p, int k, int l)
+{
+  unsigned n = a->n;
+  unsigned t = raid5_data_member(n, s, p[l].d);
+  uint64_t moff = p[l].io.off;
+  size_t len = p[l].io.len;
+  if (a->ppl_ro)
+    return 1;
+  uint8_t *bufs = raid_scratch(0, (size_t)(n - 1) * len);
+  if (!bufs)
+    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+  struct raid_mio mio[2 * RAID_MAX_MEMBERS];
+  const void *src[RAID_MAX_MEMBERS];
+  int nio = 0, r = 0;
+  unsigned nsrc = 0;
+  raid_stripe_lock(a, s);
+  if (raid_member_usable(a, (int)t, moff))
+    r = 1;                        /* it came back: read it directly */
+  for (unsigned i = 0; i < n && r == 0; i++) {
+    if (i == t)
+      continue;
+    if (!raid_member_usable(a, (int)i, moff)) {
+      r = 1;                      /* two missing: the slow path says so */
+      break;
+    }
+    const struct raid_mio *have = NULL;
+    for (int j = 0; j < k; j++)
+      if (j != l && p[j].io.slot == (int)i) {
+        mio[nio++] = p[j].io;
+        if (p[j].io.off <= moff && p[j].io.off + p[j].io.len >= moff + len)
+          have = &p[j].io;
+      }
+    if (have) {
+      src[nsrc++] = (const uint8_t *)have->buf + (moff - have->off);
+    } else {
+      uint8_t *b = bufs + (size_t)nsrc * len;
+      src[nsrc++] = b;
+      mio[nio++] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
+                                      .buf = b, .len = len, .off = moff };
+    }
+  }
+  if (r == 0 && raid_mio_run(a, mio, nio) < 0)
+    r = 1;
+  if (r == 0)
+    raid_xor(p[l].io.buf, src, nsrc, len);
+  raid_stripe_unlock(a, s);
+  return r;
+}
+
+/* Serve the pieces P[0..K) of stripe S one by one: healthy ones from their
+ * member (a read error reconstructs and rewrites), the others
+ * reconstructed. */
+static int raid5_read_pieces(struct raid_array *a, uint64_t s,
+                             struct raid5_piece *p, int k)
+{
+  int r = 0;
+  for (int i = 0; i < k && r == 0; i++) {
+    struct raid_mio *io = &p[i].io;
+    bool fix = false;
+    if (io->slot >= 0) {
+      raid_mio_run(a, io, 1);
+      if (io->ret == 0)
+        continue;
+      fix = true;
+    }
+    r = raid5_read_degraded(a, s, p[i].d, io->off - s * a->sb.chunk, io->len,
+                            io->buf, fix);
+  }
+  return r;
+}
+
 static int raid5_read(struct raid_array *a, void *buf, size_t len,
                       uint64_t off)
 {
   uint64_t c = a->sb.chunk;
   size_t nmax = (size_t)((off % c + len + c - 1) / c);
+  struct raid5_piece stackp[16];
   struct raid_mio stackmio[16];
-  struct raid_mio *mio = nmax <= 16 ? stackmio : calloc(nmax, sizeof *mio);
-  if (!mio)
-    return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-  int k = 0, r = 0;
-  uint8_t *p = buf;
+  struct raid5_piece *p = nmax <= 16 ? stackp : calloc(nmax, sizeof *p);
+  struct raid_mio *hm = nmax <= 16 ? stackmio : calloc(nmax, sizeof *hm);
+  int k = 0, h = 0, r = 0;
+  if (!p || !hm) {
+    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
+    goto out;
+  }
+  uint8_t *b = buf;
   uint64_t o = off;
   size_t left = len;
-  /* Healthy pieces: straight to their data member, all in parallel. */
   while (left > 0) {
     struct raid5_map m;
     raid5_map(a->n, a->sb.chunk, o, &m);
     size_t n = left < c - o % c ? left : (size_t)(c - o % c);
-    mio[k++] = (struct raid_mio){
-      .slot = raid_member_usable(a, (int)m.member, m.moff) ? (int)m.member
-                                                           : -1,
-      .op = RAID_MIO_READ, .buf = p, .len = n, .off = m.moff };
-    p += n;
+    p[k++] = (struct raid5_piece){
+      .io = { .slot = raid_member_usable(a, (int)m.member, m.moff)
+                      ? (int)m.member : -1,
+              .op = RAID_MIO_READ, .buf = b, .len = n, .off = m.moff },
+      .stripe = m.stripe, .d = m.dchunk };
+    b += n;
     o += n;
     left -= n;
   }
-  /* Run the healthy ones (slot >= 0) together. */
-  int h = 0;
-  struct raid_mio *hm = nmax <= 16 ? (struct raid_mio[16]){ { 0 } }
-                                   : calloc(nmax, sizeof *hm);
-  if (!hm) {
-    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    goto out;
+  /* Stripes with every piece on a usable member: all of those pieces in
+   * one parallel batch, without the stripe lock. */
+  for (int i0 = 0, i1; i0 < k; i0 = i1) {
+    bool whole = true;
+    for (i1 = i0; i1 < k && p[i1].stripe == p[i0].stripe; i1++)
+      whole = whole && p[i1].io.slot >= 0;
+    for (int i = i0; whole && i < i1; i++)
+      hm[h++] = p[i].io;
   }
-  int *idx = calloc((size_t)k, sizeof *idx);
-  if (!idx) {
-    r = vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-    if (nmax > 16)
-      free(hm);
-    goto out;
-  }
-  for (int i = 0; i < k; i++)
-    if (mio[i].slot >= 0) {
-      hm[h] = mio[i];
-      idx[h++] = i;
-    }
   raid_mio_run(a, hm, h);
-  for (int j = 0; j < h; j++)
-    if (hm[j].ret < 0)
-      mio[idx[j]].slot = -2;   /* read error: reconstruct and rewrite */
-  free(idx);
-  if (nmax > 16)
-    free(hm);
-  /* Pieces on missing members: reconstruct from the others. */
-  o = off;
-  for (int i = 0; i < k && r == 0; i++) {
-    if (mio[i].slot < 0) {
-      struct raid5_map m;
-      raid5_map(a->n, a->sb.chunk, o, &m);
-      r = raid5_read_degraded(a, m.stripe, m.dchunk, o % c, mio[i].len,
-                              mio[i].buf, mio[i].slot == -2);
+  /* Then stripe by stripe: read errors of that batch, and the stripes
+   * with a piece on a missing member. */
+  h = 0;
+  for (int i0 = 0, i1; i0 < k && r == 0; i0 = i1) {
+    uint64_t s = p[i0].stripe;
+    int lost = -1, nlost = 0;
+    for (i1 = i0; i1 < k && p[i1].stripe == s; i1++)
+      if (p[i1].io.slot < 0) {
+        lost = i1 - i0;
+        nlost++;
+      }
+    if (nlost == 0) {
+      for (int i = i0; i < i1 && r == 0; i++)
+        if (hm[h++].ret < 0)
+          r = raid5_read_degraded(a, s, p[i].d, p[i].io.off - s * c,
+                                  p[i].io.len, p[i].io.buf, true);
+      continue;
     }
-    o += mio[i].len;
+    r = nlost == 1 ? raid5_read_stripe_degraded(a, s, p + i0, i1 - i0, lost)
+                   : 1;
+    if (r == 1)
+      r = raid5_read_pieces(a, s, p + i0, i1 - i0);
   }
 out:
-  if (mio != stackmio)
-    free(mio);
+  if (p != stackp)
+    free(p);
+  if (hm != stackmio)
+    free(hm);
   return r;
 }
 
@@ -626,6 +714,37 @@ out:
 
 enum { R5_FULL, R5_RMW, R5_RCW, R5_DATA_ONLY };
 
+/* CPU work that runs while member requests are in flight
+ * (raid_mio_run_while): OUT = XOR of SRC[0..K), LEN bytes (none if 0). */
+struct raid5_xor_job {
+  void *out;
+  const void *src[RAID_MAX_MEMBERS + 1];
+  unsigned k;
+  size_t len;
+};
+
+static void raid5_xor_job(void *opaque)
+{
+  struct raid5_xor_job *j = opaque;
+  if (j->len)
+    raid_xor(j->out, j->src, j->k, j->len);
+}
+
+/* A full stripe: its parity, then the parity write IO, while the pool
+ * writes the data chunks. */
+struct raid5_full_job {
+  struct raid_array *a;
+  struct raid5_xor_job x;
+  struct raid_mio *io;
+};
+
+static void raid5_full_parity(void *opaque)
+{
+  struct raid5_full_job *j = opaque;
+  raid5_xor_job(&j->x);
+  raid_mio_run(j->a, j->io, 1);
+}
+
 /* Write rows [R0, R0+LEN) of stripe S: chunks in MASK get SRC[d].  Caller
  * holds the stripe lock. */
 static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
@@ -721,14 +840,16 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
           xs[nx++] = buf[d];
       raid_xor(pp, xs, nx, len);
     }
+    /* (A full stripe's parity is computed while its data is written.) */
+    struct raid5_full_job full = { .a = a, .x = { .out = par, .len = len } };
     if (mode != R5_DATA_ONLY) {
-      nx = 0;
       if (mode != R5_FULL)
-        xs[nx++] = pp;
+        full.x.src[full.x.k++] = pp;
       for (unsigned d = 0; d < nd; d++)
         if (mask & (1u << d))
-          xs[nx++] = src[d];
-      raid_xor(par, xs, nx, len);
+          full.x.src[full.x.k++] = src[d];
+      if (mode != R5_FULL)
+        raid5_xor_job(&full.x);
     }
 
     /* Close the write hole before touching the stripe in place. */
@@ -758,7 +879,12 @@ static int raid5_segment(struct raid_array *a, uint64_t s, uint32_t r0,
         mio[k++] = (struct raid_mio){
           .slot = (int)raid5_data_member(n, s, d), .op = RAID_MIO_WRITE,
           .buf = (void *)src[d], .len = len, .off = moff };
-    raid_mio_run(a, mio, k);
+    if (mode == R5_FULL) {
+      full.io = &mio[0];
+      raid_mio_run_while(a, mio + 1, k - 1, raid5_full_parity, &full);
+    } else {
+      raid_mio_run(a, mio, k);
+    }
     if (logged)
       raid5_ppl_done(a, slot, s);
     replan = false;
@@ -898,39 +1024,68 @@ out:
   return r;
 }
 
-/* SLOT's chunk of the stripe at MOFF is the XOR of the others'. */
-static int raid5_rebuild_row_locked(struct raid_array *a, uint64_t moff,
-                                    int slot, void *scratch)
+/* The rebuild's pipeline block: cache-sized, so that the XOR finds its
+ * sources still in cache. */
+#define RAID5_REBUILD_BLOCK (512u << 10)
+
+/* SLOT's rows [MOFF, MOFF+LEN) (whole rows) are the XOR of the others',
+ * in a pipeline of blocks: while the pool reads block t from the others
+ * and writes block t-2 to SLOT, the caller XORs block t-1. */
+static int raid5_rebuild_rows_locked(struct raid_array *a, uint64_t moff,
+                                     size_t len, int slot, void *scratch)
 {
   VD_ASSERT_HELD(raid_stripe_mutex(a, moff / a->sb.chunk));
-  unsigned n = a->n;
-  size_t c = a->sb.chunk;
-  uint8_t *bufs = scratch;
-  struct raid_mio mio[RAID_MAX_MEMBERS];
-  const void *src[RAID_MAX_MEMBERS];
-  int k = 0;
+  unsigned n = a->n, k = 0;
+  int src[RAID_MAX_MEMBERS];
   for (unsigned i = 0; i < n; i++) {
     if ((int)i == slot)
       continue;
-    if (!raid_member_usable(a, (int)i, moff))
+    if (!raid_member_usable(a, (int)i, moff + len - 1))
       return vd_set_error(EIO, "%s: cannot rebuild slot %d: member %u is "
                           "unavailable too", a->desc_path, slot, i);
-    src[k] = bufs + (size_t)k * c;
-    mio[k] = (struct raid_mio){ .slot = (int)i, .op = RAID_MIO_READ,
-                                .buf = bufs + (size_t)k * c, .len = c,
-                                .off = moff };
-    k++;
+    src[k++] = (int)i;
   }
-  raid_mio_run(a, mio, k);
-  for (int j = 0; j < k; j++)
-    if (mio[j].ret < 0) {
+  size_t blk = len < RAID5_REBUILD_BLOCK ? len : RAID5_REBUILD_BLOCK;
+  size_t nblk = (len + blk - 1) / blk;
+  uint8_t *in[2], *out[2];
+  for (int b = 0; b < 2; b++) {
+    in[b] = (uint8_t *)scratch + (size_t)b * k * blk;
+    out[b] = (uint8_t *)scratch + (size_t)2 * k * blk + (size_t)b * blk;
+  }
+#define BLEN(t) ((t) + 1 < nblk ? blk : len - ((t) * blk))
+  for (size_t t = 0; t < nblk + 2; t++) {
+    struct raid_mio mio[RAID_MAX_MEMBERS + 1];
+    int nio = 0;
+    if (t < nblk)
+      for (unsigned m = 0; m < k; m++)
+        mio[nio++] = (struct raid_mio){ .slot = src[m], .op = RAID_MIO_READ,
+                                        .buf = in[t % 2] + (size_t)m * blk,
+                                        .len = BLEN(t),
+                                        .off = moff + t * blk };
+    if (t >= 2)
+      mio[nio++] = (struct raid_mio){ .slot = slot, .op = RAID_MIO_WRITE,
+                                      .buf = out[t % 2], .len = BLEN(t - 2),
+                                      .off = moff + (t - 2) * blk };
+    struct raid5_xor_job x = { .k = k };
+    if (t >= 1 && t <= nblk) {
+      x.out = out[(t - 1) % 2];
+      x.len = BLEN(t - 1);
+      for (unsigned m = 0; m < k; m++)
+        x.src[m] = in[(t - 1) % 2] + (size_t)m * blk;
+    }
+    raid_mio_run_while(a, mio, nio, raid5_xor_job, &x);
+    for (int j = 0; j < nio; j++) {
+      if (mio[j].ret >= 0)
+        continue;
+      if (mio[j].slot == slot)
+        return mio[j].ret;      /* the caller records the new member's */
       raid_member_failed(a, mio[j].slot, mio[j].ret);
       return vd_set_error(EIO, "%s: rebuild of slot %d: member %d failed",
                           a->desc_path, slot, mio[j].slot);
     }
-  uint8_t *out = bufs + (size_t)k * c;
-  raid_xor(out, src, (unsigned)k, c);
-  return raid_mio_one(a, slot, RAID_MIO_WRITE, out, c, moff);
+  }
+#undef BLEN
+  return 0;
 }
 
 static uint64_t raid5_capacity(unsigned n, uint64_t data_size)
@@ -965,7 +1120,7 @@ const struct raid_level_ops raid5_ops = {
   .read = raid5_read,
   .write = raid5_write,
   .sync_row = raid5_sync_row,
-  .rebuild_row_locked = raid5_rebuild_row_locked,
+  .rebuild_rows_locked = raid5_rebuild_rows_locked,
   .start = raid5_ppl_init,
   .stop = raid5_ppl_free,
   .replay_log = raid5_ppl_recover,

@@ -30,6 +30,14 @@ double raid_now(void)
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+void raid_deadline(struct timespec *ts, long ns)
+{
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_nsec += ns;
+  ts->tv_sec += ts->tv_nsec / 1000000000;
+  ts->tv_nsec %= 1000000000;
+}
+
 void raid_sleep(double sec)
 {
   if (sec <= 0)
@@ -115,15 +123,47 @@ static int raid_rebuild_finish(struct raid_array *a, int slot, int r)
   return raid_sb_update(a);
 }
 
-/* Rebuild the next row of SLOT (at its recovery offset) and checkpoint
- * every 1/16 of the member or 2 seconds (md: 1/16 or 5 min), so a killed
- * rebuild resumes near where it stopped.  Only the rebuild's owner (the
- * background thread or the caller of vd_raid_rebuild_step) calls it.
- * Returns 0 when rows remain, 1 when the member is complete (not yet
- * marked active: raid_rebuild_finish does that), -EINTR when asked to stop
- * or when the slot stopped rebuilding, or another -errno (the failure is
- * recorded). */
-static int raid_rebuild_row(struct raid_array *a, int slot, uint8_t *scratch)
+/* A rebuild step covers about this many bytes of each member (at least one
+ * row, at most 1/8 of the stripe locks, which it holds meanwhile): few
+ * large requests per member instead of one per chunk. */
+#define RAID_REBUILD_STEP (4u << 20)
+
+/* Rows per rebuild step, and the scratch a step needs (raid_scratch 0). */
+static unsigned raid_rebuild_rows(struct raid_array *a)
+{
+  uint64_t rows = RAID_REBUILD_STEP / a->sb.chunk;
+  return rows < 1 ? 1 : rows > RAID_STRIPE_LOCKS / 8 ? RAID_STRIPE_LOCKS / 8
+                                                     : (unsigned)rows;
+}
+
+static uint8_t *raid_rebuild_scratch(struct raid_array *a)
+{
+  return raid_scratch(0, (size_t)2 * a->n * raid_rebuild_rows(a) *
+                         a->sb.chunk);
+}
+
+/* Re-add: whether the bitmap leaves the row at OFF alone (already good on
+ * the member).  Decided under the row's lock: a writer sets its bit before
+ * it takes the lock and picks the members it writes under it, so a write
+ * to this row either set the bit before we looked (then we copy) or finds
+ * the recovery offset past the row (then it writes the member itself). */
+static bool raid_readd_skips(struct raid_array *a, uint64_t off)
+{
+  VD_ASSERT_HELD(&a->bm_lock);
+  uint64_t ri = off / a->sb.bitmap_region;
+  return !(a->bm[ri / 8] & (1u << (ri % 8)));
+}
+
+/* Rebuild the next rows of SLOT (at its recovery offset; at most MAXROWS,
+ * at most raid_rebuild_rows) and checkpoint every 1/16 of the member or 2
+ * seconds (md: 1/16 or 5 min), so a killed rebuild resumes near where it
+ * stopped.  Only the rebuild's owner (the background thread or the caller
+ * of vd_raid_rebuild_step) calls it.  Returns 0 when rows remain, 1 when
+ * the member is complete (not yet marked active: raid_rebuild_finish does
+ * that), -EINTR when asked to stop or when the slot stopped rebuilding, or
+ * another -errno (the failure is recorded). */
+static int raid_rebuild_step_rows(struct raid_array *a, int slot,
+                                  uint8_t *scratch, uint64_t maxrows)
 {
   struct raid_member *m = &a->m[slot];
   uint64_t c = a->sb.chunk, total = a->sb.data_size;
@@ -134,39 +174,47 @@ static int raid_rebuild_row(struct raid_array *a, int slot, uint8_t *scratch)
   if (off >= total)
     return 1;
   uint64_t s = off / c;
-  raid_stripe_lock(a, s);
-  /* Re-add: a row whose region the bitmap does not mark is already good
-   * on the member.  Decided under the row's lock: a writer sets its bit
-   * before it takes the lock and picks the members it writes under it, so
-   * a write to this row either set the bit before we looked (then we
-   * copy) or finds the recovery offset past the row (then it writes the
-   * member itself). */
+  uint64_t k = (total - off + c - 1) / c;
+  if (k > maxrows)
+    k = maxrows;
+  if (k > raid_rebuild_rows(a))
+    k = raid_rebuild_rows(a);
+  if (k == 0)
+    k = 1;
+  raid_stripes_lock(a, s, (unsigned)k);
+  /* The rows of the step: a run that the bitmap all skips or all copies. */
   bool skip = false;
+  uint64_t rows = k;
   if (atomic_load(&m->readd) && a->bm) {
-    uint64_t ri = off / a->sb.bitmap_region;
     pthread_mutex_lock(&a->bm_lock);
-    skip = !(a->bm[ri / 8] & (1u << (ri % 8)));
+    skip = raid_readd_skips(a, off);
+    for (rows = 1; rows < k && raid_readd_skips(a, off + rows * c) == skip;
+         rows++)
+      ;
     pthread_mutex_unlock(&a->bm_lock);
   }
-  int r = skip ? 0 : a->ops->rebuild_row_locked(a, off, slot, scratch);
+  uint64_t len = rows * c < total - off ? rows * c : total - off;
+  int r = skip ? 0 : a->ops->rebuild_rows_locked(a, off, (size_t)len, slot,
+                                                 scratch);
   if (r == 0) {
-    atomic_store(&m->recovery, off + c);
-    atomic_fetch_add(skip ? &m->readd_skipped : &m->readd_copied, c);
+    atomic_store(&m->recovery, off + len);
+    atomic_fetch_add(skip ? &m->readd_skipped : &m->readd_copied, len);
   }
-  raid_stripe_unlock(a, s);
+  raid_stripes_unlock(a, s, (unsigned)k);
   if (r < 0) {
     /* The new member failed, or a source did (then the array failed). */
     if (!atomic_load(&a->failed))
       raid_member_failed(a, slot, r);
     return r;
   }
-  if (off + c >= total)
+  if (off + len >= total)
     return 1;
   double now = raid_now();
-  if (off + c - a->rb_ckpt_off >= total / 16 || now - a->rb_last_ckpt >= 2.0) {
+  if (off + len - a->rb_ckpt_off >= total / 16 ||
+      now - a->rb_last_ckpt >= 2.0) {
     if (raid_mio_one(a, slot, RAID_MIO_FLUSH, NULL, 0, 0) == 0)
       raid_sb_update(a);
-    a->rb_ckpt_off = off + c;
+    a->rb_ckpt_off = off + len;
     a->rb_last_ckpt = now;
   }
   return 0;
@@ -175,8 +223,7 @@ static int raid_rebuild_row(struct raid_array *a, int slot, uint8_t *scratch)
 static int raid_rebuild_slot(struct raid_array *a, int slot)
 {
   struct raid_member *m = &a->m[slot];
-  uint64_t c = a->sb.chunk;
-  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * c);
+  uint8_t *scratch = raid_rebuild_scratch(a);
   if (!scratch)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
   double t0 = raid_now();
@@ -184,7 +231,7 @@ static int raid_rebuild_slot(struct raid_array *a, int slot)
   a->rb_ckpt_off = start;
   a->rb_last_ckpt = t0;
   int r;
-  while ((r = raid_rebuild_row(a, slot, scratch)) == 0) {
+  while ((r = raid_rebuild_step_rows(a, slot, scratch, UINT64_MAX)) == 0) {
     /* Rate limit: foreground I/O keeps flowing. */
     uint64_t rate = atomic_load(&a->rebuild_rate);
     if (rate) {
@@ -204,7 +251,10 @@ static void *raid_rebuild_main(void *opaque)
     if (a->m[i].dev && atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
       r = raid_rebuild_slot(a, (int)i);
   atomic_store(&a->rebuild_ret, r);
+  pthread_mutex_lock(&a->sb_lock);
   atomic_store(&a->rebuild_active, false);
+  pthread_cond_broadcast(&a->rebuild_done);
+  pthread_mutex_unlock(&a->sb_lock);
   return NULL;
 }
 
@@ -257,11 +307,20 @@ int raid_rebuild_wait(struct raid_array *a, vd_progress_fn progress,
   for (unsigned i = 0; i < a->n; i++)
     if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
       slot = (int)i;
+  pthread_mutex_lock(&a->sb_lock);
   while (atomic_load(&a->rebuild_active)) {
-    if (progress && slot >= 0)
+    if (progress && slot >= 0) {
+      pthread_mutex_unlock(&a->sb_lock);
       progress(opaque, atomic_load(&a->m[slot].recovery), a->sb.data_size);
-    raid_sleep(0.02);
+      pthread_mutex_lock(&a->sb_lock);
+    }
+    /* Progress every 20 ms; the end is signalled. */
+    struct timespec ts;
+    raid_deadline(&ts, 20000000);
+    if (atomic_load(&a->rebuild_active))
+      pthread_cond_timedwait(&a->rebuild_done, &a->sb_lock, &ts);
   }
+  pthread_mutex_unlock(&a->sb_lock);
   raid_rebuild_join(a);
   int r = atomic_load(&a->rebuild_ret);
   if (r == 0 && progress)
@@ -351,14 +410,15 @@ int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,
     a->rb_ckpt_off = atomic_load(&m->recovery);
     a->rb_last_ckpt = raid_now();
   }
-  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
+  uint8_t *scratch = raid_rebuild_scratch(a);
   if (!scratch)
     return vd_set_error(ENOMEM, "%s: out of memory", a->desc_path);
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, c = a->sb.chunk;
   int r = 0;
   while (r == 0 && (bytes < max || bytes == 0)) {
     uint64_t before = atomic_load(&m->recovery);
-    r = raid_rebuild_row(a, slot, scratch);
+    r = raid_rebuild_step_rows(a, slot, scratch,
+                               bytes < max ? (max - bytes + c - 1) / c : 1);
     uint64_t after = atomic_load(&m->recovery);
     if (after > before)
       bytes += after - before;

@@ -192,12 +192,7 @@ static void *raid_spare_main(void *opaque)
     if (r == 1 && !a->spare_stop) {
       /* A slot waits for the running rebuild to end: look again soon. */
       struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      ts.tv_nsec += 200000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      raid_deadline(&ts, 200000000);
       pthread_cond_timedwait(&a->spare_cond, &a->spare_wlock, &ts);
       a->spare_kick = true;
     }

@@ -295,7 +295,7 @@ static void test_level_ops(void)
     CU_ASSERT(ops->read && ops->write && ops->capacity && ops->row_bytes);
     /* Resync, scrub and rebuild exactly where there is redundancy. */
     CU_ASSERT((ops->sync_row != NULL) == ops->redundant);
-    CU_ASSERT((ops->rebuild_row_locked != NULL) == ops->redundant);
+    CU_ASSERT((ops->rebuild_rows_locked != NULL) == ops->redundant);
     /* Only a level with a log has its hooks; start and stop pair up. */
     CU_ASSERT((ops->replay_log != NULL) == ops->parity_log);
     CU_ASSERT((ops->start != NULL) == (ops->stop != NULL));
@@ -584,6 +584,37 @@ static void test_fail_each_member(void)
   fail_each(1, 3);
   fail_each(5, 3);
   fail_each(5, 4);
+}
+
+/* A degraded RAID5 read of whole stripes reads each survivor once per
+ * stripe, as a healthy one reads each member once: the data chunks the
+ * request asks for are also the sources of the lost chunk.  Partial
+ * stripes read back right too. */
+static void test_degraded_read_once(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 16384, 3 * MIB, -1, 0);
+  struct vd_fault *f[4];
+  for (unsigned i = 0; i < 4; i++)
+    f[i] = tarr_fault(&t, i);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  size_t stripe = 3 * 16384;
+  CU_ASSERT(mwrite(&t, 0, 8 * stripe, 1) == 0);
+  CU_ASSERT_FATAL(vd_raid_fail(t.a, 1) == 0);
+  uint64_t before[4];
+  for (unsigned i = 0; i < 4; i++)
+    before[i] = vd_fault_count(f[i]);
+  /* Stripes 0-3 put data, parity and data chunks on member 1. */
+  CU_ASSERT(mcheck(&t, 0, 4 * stripe) == 0);
+  for (unsigned i = 0; i < 4; i++)
+    if (i != 1)
+      CU_ASSERT_EQUAL(vd_fault_count(f[i]) - before[i], 4);
+  CU_ASSERT(mcheck(&t, 4 * stripe + 5000, 2 * stripe + 777) == 0);
+  CU_ASSERT(mcheck(&t, 16384 + 100, 16384) == 0);
+  tarr_close(&t);
+  for (unsigned i = 0; i < 4; i++)
+    vd_fault_detach(f[i]);
+  tarr_free(&t);
 }
 
 /* Member errors in the middle of a write: the Nth write or read of one
@@ -1526,6 +1557,31 @@ static void test_rebuild_online(void)
   rebuild_online(1);
 }
 
+/* A rebuild whose steps span several pipeline blocks (64 KiB chunks: 32
+ * rows, 2 MiB of each member per step, four 512 KiB blocks) rebuilds every
+ * byte: the data reads back, parity matches, and the rebuilt member serves
+ * reconstruction once another one fails. */
+static void test_rebuild_pipeline(void)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 65536, 9 * MIB, -1, 0);
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  random_ops(&t, 5);
+  char newp[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  struct vd_create_args ca = { .size = 9 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  CU_ASSERT(vd_raid_replace(t.a, 1, newp, "raw", 0, NULL, NULL) == 0);
+  CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_ACTIVE);
+  CU_ASSERT(verify_all(&t) == 0);
+  CU_ASSERT(scrub_mismatches(&t, false) == 0);
+  CU_ASSERT(vd_raid_fail(t.a, 2) == 0);
+  CU_ASSERT(verify_all(&t) == 0);
+  tarr_free(&t);
+}
+
 /* A rebuild killed midway resumes from its checkpoint. */
 static void test_rebuild_killed(void)
 {
@@ -1845,8 +1901,9 @@ static void call_sb_write_all(struct raid_array *a)
 
 static void call_rebuild_stripe(struct raid_array *a)
 {
-  uint8_t *scratch = raid_scratch(0, (size_t)(a->n + 1) * a->sb.chunk);
-  a->ops->rebuild_row_locked(a, 3 * (uint64_t)a->sb.chunk, 1, scratch);
+  uint8_t *scratch = raid_scratch(0, (size_t)2 * a->n * a->sb.chunk);
+  a->ops->rebuild_rows_locked(a, 3 * (uint64_t)a->sb.chunk, a->sb.chunk, 1,
+                              scratch);
 }
 #endif
 
@@ -1878,10 +1935,10 @@ static void test_lock_asserts(void)
   pthread_mutex_lock(&t.a->sb_lock);
   CU_ASSERT(raid_sb_write_all_locked(t.a) == 0);
   pthread_mutex_unlock(&t.a->sb_lock);
-  uint8_t *scratch = raid_scratch(0, (size_t)(t.a->n + 1) * t.a->sb.chunk);
+  uint8_t *scratch = raid_scratch(0, (size_t)2 * t.a->n * t.a->sb.chunk);
   raid_stripe_lock(t.a, 3);
-  CU_ASSERT(t.a->ops->rebuild_row_locked(t.a, 3 * (uint64_t)t.a->sb.chunk, 1,
-                                        scratch) == 0);
+  CU_ASSERT(t.a->ops->rebuild_rows_locked(t.a, 3 * (uint64_t)t.a->sb.chunk,
+                                         t.a->sb.chunk, 1, scratch) == 0);
   raid_stripe_unlock(t.a, 3);
   tarr_close(&t);
   tarr_free(&t);
@@ -1916,12 +1973,14 @@ int main(void)
     { "forced start through the open flags", test_open_force },
     { "stale member never read", test_stale_member },
     { "two failures: EIO, no more writes", test_two_failures },
+    { "degraded read: each survivor read once", test_degraded_read_once },
     { "power cut then member loss", test_powercut },
     { "power cut after a full-row write (issue 10)", test_powercut_full_row },
     { "randomized power cuts, each member lost", test_powercut_random },
     { "bitmap-driven resync", test_bitmap_resync },
     { "bit rot found and repaired by scrub", test_bitrot },
     { "online rebuild under concurrent I/O", test_rebuild_online },
+    { "rebuild in pipelined multi-block steps", test_rebuild_pipeline },
     { "killed rebuild resumes", test_rebuild_killed },
     { "caller-driven rebuild, step by step", test_rebuild_steps },
     { "caller-driven scrub, step by step", test_scrub_steps },
