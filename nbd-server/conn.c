@@ -101,6 +101,8 @@ struct nbd_conn {
   bool dead;                    /* wlock: a send failed, stop replying */
   bool closing;                 /* wlock: the writer may exit when idle */
   struct nbd_job *outq, *outq_tail; /* wlock: replies waiting for the writer */
+  bool sending;                 /* wlock: a worker is sending replies */
+  struct nbd_job *pend, *pend_tail; /* wlock: replies for that worker */
   pthread_t writer;
 
   pthread_mutex_t lock;
@@ -265,45 +267,147 @@ static void conn_kill_locked(struct nbd_conn *c)
   shutdown(c->io->fd, SHUT_RDWR);
 }
 
-/* Send J's reply (now, or through the writer) and release J after. */
+/* Append the list HEAD..TAIL to the queue *Q / *QT. */
+static void list_append(struct nbd_job **q, struct nbd_job **qt,
+                        struct nbd_job *head, struct nbd_job *tail)
+{
+  if (*qt)
+    (*qt)->next = head;
+  else
+    *q = head;
+  *qt = tail;
+}
+
+static struct nbd_job *list_tail(struct nbd_job *j)
+{
+  while (j->next)
+    j = j->next;
+  return j;
+}
+
+/* Bytes of J's reply still to send through iov. */
+static size_t iov_left(const struct nbd_job *j)
+{
+  size_t n = 0;
+  for (int i = j->iov_pos; i < j->niov; i++)
+    n += j->iov[i].iov_len;
+  return n;
+}
+
+#define SEND_BATCH_IOV 64   /* a job has at most JOB_MAX_IOV */
+
+/* Send the replies of LIST with as few sendmsg calls as they take (the
+ * iovs of several jobs in one), never waiting; each job sent whole moves
+ * to *DONE (released by the caller once it no longer touches the
+ * connection: the last release may let it close).  Stops at a spliced
+ * reply (the writer sends those), a full socket or an error (*ERR =
+ * errno); returns the jobs not sent whole, in order, the first one
+ * possibly sent in part. */
+static struct nbd_job *send_batch(struct nbd_conn *c, struct nbd_job *list,
+                                  struct nbd_job **done, int *err)
+{
+  while (list && !list->spliced) {
+    struct iovec iov[SEND_BATCH_IOV];
+    struct nbd_job *j;
+    size_t n = 0;
+    for (j = list; j && !j->spliced &&
+                   n + (size_t)(j->niov - j->iov_pos) <= SEND_BATCH_IOV;
+         j = j->next) {
+      memcpy(iov + n, j->iov + j->iov_pos,
+             (size_t)(j->niov - j->iov_pos) * sizeof *iov);
+      n += (size_t)(j->niov - j->iov_pos);
+    }
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n };
+    ssize_t w = sendmsg(c->io->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        *err = errno;
+      return list;
+    }
+    size_t left = (size_t)w;
+    while (list && list != j && left >= iov_left(list)) {
+      struct nbd_job *next = list->next;
+      left -= iov_left(list);
+      list->next = *done;
+      *done = list;
+      list = next;
+    }
+    if (left) {            /* the socket is full */
+      iov_advance(list, left);
+      return list;
+    }
+  }
+  return list;
+}
+
+/* Send J's reply and release J after.  A worker that finds nobody sending
+ * and nothing queued for the writer becomes the sender: it sends its reply
+ * with MSG_DONTWAIT, then the replies other workers left meanwhile in the
+ * pending list, several per sendmsg, until none is left; what a full
+ * socket does not take goes to the writer, in order.  TLS replies and
+ * spliced READs always go through the writer. */
 static void reply_submit(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
+  struct nbd_job *list = j, *done = NULL;
+  int err = 0;
 
+  j->next = NULL;
   pthread_mutex_lock(&c->wlock);
   if (c->dead) {
     pthread_mutex_unlock(&c->wlock);
     job_release(j);
     return;
   }
-  if (!c->outq && !c->io->tls && !j->spliced) {
-    while (j->iov_pos < j->niov) {
-      struct msghdr msg = { .msg_iov = j->iov + j->iov_pos,
-                            .msg_iovlen = (size_t)(j->niov - j->iov_pos) };
-      ssize_t w = sendmsg(c->io->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (w < 0) {
-        if (errno == EINTR)
-          continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-          conn_kill_locked(c);
-        break;
-      }
-      iov_advance(j, (size_t)w);
-    }
-    if (c->dead || j->iov_pos == j->niov) {
-      pthread_mutex_unlock(&c->wlock);
-      job_release(j);
-      return;
-    }
+  if (c->sending) {
+    list_append(&c->pend, &c->pend_tail, j, j);
+    pthread_mutex_unlock(&c->wlock);
+    return;
   }
-  j->next = NULL;
-  if (c->outq_tail)
-    c->outq_tail->next = j;
-  else
-    c->outq = j;
-  c->outq_tail = j;
-  pthread_cond_signal(&c->wcond);
+  if (c->outq || c->io->tls || j->spliced) {
+    list_append(&c->outq, &c->outq_tail, j, j);
+    pthread_cond_signal(&c->wcond);
+    pthread_mutex_unlock(&c->wlock);
+    return;
+  }
+  c->sending = true;
+  for (;;) {
+    pthread_mutex_unlock(&c->wlock);
+    list = send_batch(c, list, &done, &err);
+    pthread_mutex_lock(&c->wlock);
+    if (err && !c->dead)
+      conn_kill_locked(c);
+    bool stuck = list != NULL;
+    if (c->pend) {  /* what other workers left meanwhile, after LIST */
+      if (list)
+        list_tail(list)->next = c->pend;
+      else
+        list = c->pend;
+      c->pend = c->pend_tail = NULL;
+    }
+    if (c->dead) {
+      if (list)
+        list_tail(list)->next = done;
+      done = list ? list : done;
+      break;
+    }
+    if (stuck) {  /* the outq is empty: nobody else sent while we did */
+      list_append(&c->outq, &c->outq_tail, list, list_tail(list));
+      pthread_cond_signal(&c->wcond);
+      break;
+    }
+    if (!list)
+      break;
+  }
+  c->sending = false;
   pthread_mutex_unlock(&c->wlock);
+  while (done) {
+    struct nbd_job *next = done->next;
+    job_release(done);
+    done = next;
+  }
 }
 
 /* Splice the job's SPLICED pipe bytes into the socket (blocking). */
