@@ -21,11 +21,6 @@ grep libnbd "/proc/$(cat "$nbd_pidfile")/maps" &&
   fail "vdisk-nbd serving a raw file mapped libnbd"
 stop_nbd
 
-qemu-nbd -f raw -k "$T/qn.sock" -t --pid-file="$T/qn.pid" "$T/a.raw" &
-wait_for_socket "$T/qn.sock"
-on_exit "kill \$(cat $T/qn.pid)"
-U="nbd+unix:///?socket=$T/qn.sock"
-
 # ---- a libnbd that cannot be loaded: one line, local files still work ----
 mkdir "$T/badlib" && : > "$T/badlib/libnbd.so.0"
 bad() {
@@ -34,6 +29,12 @@ bad() {
 bad vdt convert -O vpc "$T/a.raw" "$T/a.vhd" ||
   fail "vdtool convert of local files needed libnbd"
 qemu-img compare -q "$T/a.raw" "$T/a.vhd" || fail "a.vhd differs"
+
+cp "$T/a.raw" "$T/q.raw"   # qemu-nbd locks what it serves
+qemu-nbd -f raw -k "$T/qn.sock" -t --pid-file="$T/qn.pid" "$T/q.raw" &
+wait_for_socket "$T/qn.sock"
+on_exit "kill \$(cat $T/qn.pid)"
+U="nbd+unix:///?socket=$T/qn.sock"
 bad expect_error \
   'nbd: libnbd.so.0 cannot be loaded: .*: install libnbd0$' vdt info "$U"
 
