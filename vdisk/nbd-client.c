@@ -57,9 +57,8 @@
 #include <strings.h>
 #include <time.h>
 
-#include <libnbd.h>
-
 #include "vdisk/driver.h"
+#include "vdisk/nbd-lib.h"
 
 #define NBDC_MAX_CONN 4
 #define NBDC_CONNECT_MS 5000
@@ -117,20 +116,36 @@ nbdc_tls_unverified(const char *uri)
   return true;
 }
 
+/* libnbd's errno of its last failure on this thread, else DFLT. */
+static int
+nbdc_errno_or(int dflt)
+{
+  int e = vd_nbd_lib.nbd_get_errno();
+  return e ? e : dflt;
+}
+
+/* libnbd's message for its last failure on this thread, else DFLT. */
+static const char *
+nbdc_errmsg_or(const char *dflt)
+{
+  const char *m = vd_nbd_lib.nbd_get_error();
+  return m ? m : dflt;
+}
+
 /* The failure of the last libnbd call on CONN as a vd_error naming the
  * URI: a dead connection is EIO, a server's error keeps its errno. */
 static int
 nbdc_error(struct vd_dev *dev, struct nbd_handle *h, const char *op)
 {
-  int e = nbd_get_errno();
-  bool dead = nbd_aio_is_dead(h) || nbd_aio_is_closed(h);
+  int e = vd_nbd_lib.nbd_get_errno();
+  bool dead = vd_nbd_lib.nbd_aio_is_dead(h) || vd_nbd_lib.nbd_aio_is_closed(h);
   if (dead || e == 0 || e == ENOTCONN || e == EPIPE || e == ECONNRESET ||
       e == ESHUTDOWN)
     return vd_set_error(EIO, "%s: %s failed: %s%s", dev->path, op,
-                        nbd_get_error() ? nbd_get_error() : "error",
+                        nbdc_errmsg_or("error"),
                         dead ? " (connection lost)" : "");
   return vd_set_error(e, "%s: %s failed: %s", dev->path, op,
-                      nbd_get_error() ? nbd_get_error() : strerror(e));
+                      nbdc_errmsg_or(strerror(e)));
 }
 
 static long long
@@ -154,26 +169,27 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
 {
   struct nbdc_priv *p = dev->priv;
   int ms = nbdc_connect_ms(p);
-  struct nbd_handle *h = nbd_create();
+  struct nbd_handle *h = vd_nbd_lib.nbd_create();
   if (!h)
-    return vd_set_error(ENOMEM, "%s: %s", dev->path, nbd_get_error());
+    return vd_set_error(ENOMEM, "%s: %s", dev->path,
+                        vd_nbd_lib.nbd_get_error());
   int r = 0;
   /* The operator typed the URI, so its tls-certificates / tls-psk-file
    * parameters may name local files (as nbdinfo allows). */
-  if (nbd_set_uri_allow_local_file(h, true) == -1 ||
-      nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_aio_connect_uri(h, dev->path) == -1) {
-    r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EINVAL,
-                     "%s: cannot connect: %s", dev->path, nbd_get_error());
-    nbd_close(h);
+  if (vd_nbd_lib.nbd_set_uri_allow_local_file(h, true) == -1 ||
+      vd_nbd_lib.nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION)
+        == -1 ||
+      vd_nbd_lib.nbd_aio_connect_uri(h, dev->path) == -1) {
+    r = vd_set_error(nbdc_errno_or(EINVAL), "%s: cannot connect: %s",
+                     dev->path, vd_nbd_lib.nbd_get_error());
+    vd_nbd_lib.nbd_close(h);
     return r;
   }
   long long deadline = nbdc_now_ms() + ms;
-  while (!nbd_aio_is_ready(h)) {
-    if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
-      r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EIO,
-                       "%s: cannot connect: %s", dev->path,
-                       nbd_get_error() ? nbd_get_error() : "closed");
+  while (!vd_nbd_lib.nbd_aio_is_ready(h)) {
+    if (vd_nbd_lib.nbd_aio_is_dead(h) || vd_nbd_lib.nbd_aio_is_closed(h)) {
+      r = vd_set_error(nbdc_errno_or(EIO), "%s: cannot connect: %s",
+                       dev->path, nbdc_errmsg_or("closed"));
       break;
     }
     long long left = deadline - nbdc_now_ms();
@@ -182,14 +198,14 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
                        "within %d ms", dev->path, ms);
       break;
     }
-    if (nbd_poll(h, (int)left) == -1) {
-      r = vd_set_error(nbd_get_errno() ? nbd_get_errno() : EIO,
-                       "%s: cannot connect: %s", dev->path, nbd_get_error());
+    if (vd_nbd_lib.nbd_poll(h, (int)left) == -1) {
+      r = vd_set_error(nbdc_errno_or(EIO), "%s: cannot connect: %s",
+                       dev->path, vd_nbd_lib.nbd_get_error());
       break;
     }
   }
   if (r < 0) {
-    nbd_close(h);
+    vd_nbd_lib.nbd_close(h);
     return r;
   }
   *out = h;
@@ -201,13 +217,13 @@ nbdc_connect(struct vd_dev *dev, struct nbd_handle **out)
 static void
 nbdc_disconnect(struct nbdc_priv *p, struct nbd_handle *h)
 {
-  if (atomic_load(&p->given_up) || !nbd_aio_is_ready(h) ||
-      nbd_aio_disconnect(h, 0) == -1)
+  if (atomic_load(&p->given_up) || !vd_nbd_lib.nbd_aio_is_ready(h) ||
+      vd_nbd_lib.nbd_aio_disconnect(h, 0) == -1)
     return;
   long long deadline = nbdc_now_ms() + nbdc_connect_ms(p);
-  while (!nbd_aio_is_closed(h) && !nbd_aio_is_dead(h)) {
+  while (!vd_nbd_lib.nbd_aio_is_closed(h) && !vd_nbd_lib.nbd_aio_is_dead(h)) {
     long long left = deadline - nbdc_now_ms();
-    if (left <= 0 || nbd_poll(h, (int)left) == -1)
+    if (left <= 0 || vd_nbd_lib.nbd_poll(h, (int)left) == -1)
       break;
   }
 }
@@ -218,7 +234,7 @@ nbdc_close(struct vd_dev *dev)
   struct nbdc_priv *p = dev->priv;
   for (int i = 0; i < p->nconn; i++) {
     nbdc_disconnect(p, p->conn[i].h);
-    nbd_close(p->conn[i].h);
+    vd_nbd_lib.nbd_close(p->conn[i].h);
     pthread_mutex_destroy(&p->conn[i].lock);
   }
   p->nconn = 0;
@@ -236,30 +252,34 @@ nbdc_open(struct vd_dev *dev)
                         "vsock needs tls-psk-file (libnbd checks a server "
                         "certificate only over TCP: use nbds://HOST)",
                         dev->path);
-  p->timeout_ms = dev->opts.timeout_ms;
-  struct nbd_handle *h;
-  int r = nbdc_connect(dev, &h);
+  int r = vd_nbd_lib_load();   /* libnbd is loaded on first use */
   if (r < 0)
     return r;
-  int64_t size = nbd_get_size(h);
+  p->timeout_ms = dev->opts.timeout_ms;
+  struct nbd_handle *h;
+  r = nbdc_connect(dev, &h);
+  if (r < 0)
+    return r;
+  int64_t size = vd_nbd_lib.nbd_get_size(h);
   if (size < 0) {
     r = nbdc_error(dev, h, "size");
-    nbd_close(h);
+    vd_nbd_lib.nbd_close(h);
     return r;
   }
   dev->size = (uint64_t)size;
-  if (nbd_is_read_only(h) == 1)
+  if (vd_nbd_lib.nbd_is_read_only(h) == 1)
     dev->read_only = true;   /* write-type requests then fail with EROFS */
-  p->can_flush = nbd_can_flush(h) == 1;
-  p->can_fua = nbd_can_fua(h) == 1;
-  p->can_trim = nbd_can_trim(h) == 1;
-  p->can_zero = nbd_can_zero(h) == 1;
-  p->can_fast_zero = nbd_can_fast_zero(h) == 1;
-  p->can_bs = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
-  p->multi_conn = nbd_can_multi_conn(h) == 1;
-  int64_t mn = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
-  int64_t pf = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
-  int64_t mx = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  p->can_flush = vd_nbd_lib.nbd_can_flush(h) == 1;
+  p->can_fua = vd_nbd_lib.nbd_can_fua(h) == 1;
+  p->can_trim = vd_nbd_lib.nbd_can_trim(h) == 1;
+  p->can_zero = vd_nbd_lib.nbd_can_zero(h) == 1;
+  p->can_fast_zero = vd_nbd_lib.nbd_can_fast_zero(h) == 1;
+  p->can_bs = vd_nbd_lib.nbd_can_meta_context(
+                h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  p->multi_conn = vd_nbd_lib.nbd_can_multi_conn(h) == 1;
+  int64_t mn = vd_nbd_lib.nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  int64_t pf = vd_nbd_lib.nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+  int64_t mx = vd_nbd_lib.nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
   p->min_bs = mn > 0 && mn <= 65536 ? (uint32_t)mn : 1;
   p->pref_bs = pf > 0 && pf <= (32 << 20) ? (uint32_t)pf : 4096;
   p->max_bs = mx > 0 && mx <= UINT32_MAX ? (uint32_t)mx : NBDC_DEFAULT_MAX;
@@ -322,7 +342,7 @@ nbdc_wait(struct vd_dev *dev, struct nbdc_conn *c, int64_t cookie,
     return nbdc_error(dev, c->h, op);
   long long deadline = p->timeout_ms ? nbdc_now_ms() + p->timeout_ms : 0;
   for (;;) {
-    int d = nbd_aio_command_completed(c->h, (uint64_t)cookie);
+    int d = vd_nbd_lib.nbd_aio_command_completed(c->h, (uint64_t)cookie);
     if (d == 1)
       return 0;
     if (d == -1)
@@ -338,7 +358,7 @@ nbdc_wait(struct vd_dev *dev, struct nbdc_conn *c, int64_t cookie,
       }
       left = l > INT32_MAX ? INT32_MAX : (int)l;
     }
-    if (nbd_poll(c->h, left) == -1)
+    if (vd_nbd_lib.nbd_poll(c->h, left) == -1)
       return nbdc_error(dev, c->h, op);
   }
 }
@@ -382,11 +402,12 @@ nbdc_request(struct vd_dev *dev, enum nbdc_op op, void *buf, uint64_t len,
     if (!c)
       return -ETIMEDOUT;
     nbd_completion_callback none = NBD_NULL_COMPLETION;
-    int64_t ck = op == NBDC_READ ? nbd_aio_pread(c->h, buf, n, off, none, 0)
-               : op == NBDC_WRITE ? nbd_aio_pwrite(c->h, buf, n, off, none,
-                                                   nf)
-               : op == NBDC_TRIM ? nbd_aio_trim(c->h, n, off, none, nf)
-               : nbd_aio_zero(c->h, n, off, none, nf);
+    const struct vd_nbd_lib *l = &vd_nbd_lib;
+    int64_t ck = op == NBDC_READ ? l->nbd_aio_pread(c->h, buf, n, off, none, 0)
+               : op == NBDC_WRITE ? l->nbd_aio_pwrite(c->h, buf, n, off, none,
+                                                      nf)
+               : op == NBDC_TRIM ? l->nbd_aio_trim(c->h, n, off, none, nf)
+               : l->nbd_aio_zero(c->h, n, off, none, nf);
     int r = nbdc_wait(dev, c, ck, what[op]);
     nbdc_put(c);
     if (r < 0)
@@ -447,8 +468,8 @@ nbdc_flush(struct vd_dev *dev)
   }
   if (!c)
     return -ETIMEDOUT;
-  int r = nbdc_wait(dev, c, nbd_aio_flush(c->h, NBD_NULL_COMPLETION, 0),
-                    "flush");
+  int64_t ck = vd_nbd_lib.nbd_aio_flush(c->h, NBD_NULL_COMPLETION, 0);
+  int r = nbdc_wait(dev, c, ck, "flush");
   nbdc_put(c);
   return r;
 }
@@ -570,7 +591,7 @@ nbdc_block_status(struct vd_dev *dev, uint64_t off, uint64_t len,
   struct nbdc_conn *c = nbdc_get_live(dev);
   if (!c)
     return -ETIMEDOUT;
-  int r = nbdc_wait(dev, c, nbd_aio_block_status(c->h, n, s, cb,
+  int r = nbdc_wait(dev, c, vd_nbd_lib.nbd_aio_block_status(c->h, n, s, cb,
                                                  NBD_NULL_COMPLETION, 0),
                     "block status");
   nbdc_put(c);
@@ -591,7 +612,7 @@ nbdc_info(struct vd_dev *dev, struct vd_info *info)
   struct nbdc_priv *p = dev->priv;
   struct nbd_handle *h = p->conn[0].h;
   vd_info_add_str(info, "uri", dev->path);
-  char *name = nbd_get_export_name(h);
+  char *name = vd_nbd_lib.nbd_get_export_name(h);
   if (name) {
     vd_info_add_str(info, "export", name);
     free(name);
@@ -601,7 +622,8 @@ nbdc_info(struct vd_dev *dev, struct vd_info *info)
   vd_info_add_u64(info, "block-size-minimum", p->min_bs);
   vd_info_add_u64(info, "block-size-preferred", p->pref_bs);
   vd_info_add_u64(info, "block-size-maximum", p->max_bs);
-  vd_info_add_str(info, "tls", nbd_get_tls_negotiated(h) == 1 ? "yes" : "no");
+  vd_info_add_str(info, "tls",
+                  vd_nbd_lib.nbd_get_tls_negotiated(h) == 1 ? "yes" : "no");
   vd_info_add_str(info, "can-flush", p->can_flush ? "yes" : "no");
   vd_info_add_str(info, "can-fua", p->can_fua ? "yes" : "no");
   vd_info_add_str(info, "can-trim", p->can_trim ? "yes" : "no");
