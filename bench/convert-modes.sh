@@ -85,31 +85,30 @@ done
 
 ddbytes=$(stat -c %s half.raw)
 ddrate=$(echo "$ddbytes / $(median dd.txt 1) / 1000000" | bc -l)
+# ratio_table FIRST SECOND REF: a row per conversion with the medians of the
+# contenders whose result files start FIRST_ and SECOND_ (default mode,
+# writeback + sync, and %dd), the ratios being REF's time over the other's.
+ratio_table() {
+  local c name from to f1 s1 fw sw fb sb r rw
+  for c in $convs; do
+    IFS=: read -r name from to <<< "$c"
+    f1=$(median "$1_${name}_default.txt" 1); s1=$(median "$2_${name}_default.txt" 1)
+    fw=$(median "$1_${name}_writeback.txt" 1); sw=$(median "$2_${name}_writeback.txt" 1)
+    fb=$(median "$1_${name}_writeback.txt" 3); sb=$(median "$2_${name}_writeback.txt" 3)
+    if [ "$3" = "$1" ]; then r="$f1 / $s1" rw="$fw / $sw"; else r="$s1 / $f1" rw="$sw / $fw"; fi
+    printf "%-10s %10.2f %10.2f %6.2fx   %12.2f %12.2f %6.2fx   %8.0f%% %8.0f%%\n" "$name" \
+      "$f1" "$s1" "$(echo "$r" | bc -l)" "$fw" "$sw" "$(echo "$rw" | bc -l)" \
+      "$(echo "100 * $fb / $fw / 1000000 / $ddrate" | bc -l)" \
+      "$(echo "100 * $sb / $sw / 1000000 / $ddrate" | bc -l)"
+  done
+}
 printf "\nconvert, %s MiB source, %s rounds, medians; ratio = qemu-img / vdtool wall (above 1: vdtool faster)\n" "$mib" "$runs"
 printf "%-10s %10s %10s %7s   %12s %12s %7s   %9s %9s\n" conversion "vd def s" "qemu def s" ratio "vd wb+sync s" "qemu wb+s s" ratio "vd %dd" "qemu %dd"
-for c in $convs; do
-  IFS=: read -r name from to <<< "$c"
-  vd=$(median "vd_${name}_default.txt" 1); q=$(median "q_${name}_default.txt" 1)
-  vw=$(median "vd_${name}_writeback.txt" 1); qw=$(median "q_${name}_writeback.txt" 1)
-  vb=$(median "vd_${name}_writeback.txt" 3); qb=$(median "q_${name}_writeback.txt" 3)
-  printf "%-10s %10.2f %10.2f %6.2fx   %12.2f %12.2f %6.2fx   %8.0f%% %8.0f%%\n" "$name" \
-    "$vd" "$q" "$(echo "$q / $vd" | bc -l)" "$vw" "$qw" "$(echo "$qw / $vw" | bc -l)" \
-    "$(echo "100 * $vb / $vw / 1000000 / $ddrate" | bc -l)" \
-    "$(echo "100 * $qb / $qw / 1000000 / $ddrate" | bc -l)"
-done
+ratio_table vd q q
 printf "dd of %s MiB with conv=fdatasync: %.0f MB/s (median); %%dd = allocated output bytes per second of the writeback run, against it\n" \
   $((ddbytes >> 20)) "$ddrate"
 echo "goals: default 2x, writeback 1.25x, %dd >= 90% (vdtool)"
 [ -n "$base" ] || exit 0
 printf "\nbefore/after: base %s vs this vdtool, medians; ratio = base / this (above 1: this is faster)\n" "$VDTOOL_BASE"
 printf "%-10s %10s %10s %7s   %12s %12s %7s   %9s %9s\n" conversion "base def s" "this def s" ratio "base wb+s s" "this wb+s s" ratio "base %dd" "this %dd"
-for c in $convs; do
-  IFS=: read -r name from to <<< "$c"
-  vd=$(median "vd_${name}_default.txt" 1); b=$(median "base_${name}_default.txt" 1)
-  vw=$(median "vd_${name}_writeback.txt" 1); bw=$(median "base_${name}_writeback.txt" 1)
-  vb=$(median "vd_${name}_writeback.txt" 3); bb=$(median "base_${name}_writeback.txt" 3)
-  printf "%-10s %10.2f %10.2f %6.2fx   %12.2f %12.2f %6.2fx   %8.0f%% %8.0f%%\n" "$name" \
-    "$b" "$vd" "$(echo "$b / $vd" | bc -l)" "$bw" "$vw" "$(echo "$bw / $vw" | bc -l)" \
-    "$(echo "100 * $bb / $bw / 1000000 / $ddrate" | bc -l)" \
-    "$(echo "100 * $vb / $vw / 1000000 / $ddrate" | bc -l)"
-done
+ratio_table base vd base
