@@ -55,13 +55,15 @@ PY
 }
 
 # serve FORMAT IMAGE ARGS...: the server under strace, counting splices
-# (in the foreground: strace -f would wait for a --fork daemon to end).
+# (in the foreground: strace -f would wait for a --fork daemon to end;
+# LeakSanitizer cannot run under ptrace: off for it).
 serve() {
   local f=$1 img=$2; shift 2
   nbd_sock=$VD_TMP/nbd.sock nbd_pidfile=$VD_TMP/nbd.pid
   nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
   rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
-  strace -f -qq -e trace=splice -o "$VD_TMP/strace" \
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+    strace -f -qq -e trace=splice -o "$VD_TMP/strace" \
     "$top_builddir/libtool" --mode=execute \
     "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
     -t -k "$nbd_sock" -f "$f" "$@" "$img" 2>>"$nbd_errlog" &
