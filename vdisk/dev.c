@@ -568,13 +568,13 @@ ssize_t
 vd_splice_read(struct vd_dev *dev, int pipe_wr, size_t len, uint64_t off)
 {
   struct vd_extent e;
-  int r = dev_check(dev, "read", off, len, 0, 0, false);
-  if (r < 0)
-    return r;
+  int r;
   if (len == 0 || !dev->drv->host_mapped || !dev->file ||
       vd_file_is_direct(dev->file))
     return -ENOTSUP;
-  if ((r = dev->drv->block_status(dev, off, len, &e)) < 0)
+  /* The core's block status: range check, defaults (depth 0, no host
+   * offset) the driver may leave unset, and a sane length. */
+  if ((r = vd_block_status(dev, off, len, &e)) < 0)
     return r;
   if (e.length < len || e.flags || e.depth != 0 || e.host_offset < 0)
     return -ENOTSUP;
