@@ -2,7 +2,9 @@
  * flush.  Layout in vdisk/qcow2.h; what is written and refused in
  * docs/qcow2.md.
  *
- * One writer at a time (qcow2_priv.rw held for writing), readers share it.
+ * Overwrites of clusters the image alone owns change no metadata: they
+ * share qcow2_priv.rw with readers (q_overwrite).  Other writes go one at
+ * a time (rw held for writing).
  * Metadata is written through (no dirty metadata cache), in qemu's crash
  * order, so that a crash leaves at worst leaked clusters:
  *   1. new clusters are taken at the end of the file (never from freed
@@ -473,12 +475,53 @@ q_request(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
   return r;
 }
 
+/* Overwrite, in place and under the shared lock, the head of [OFF,
+ * OFF+LEN) whose clusters this image alone owns: that changes no metadata,
+ * so such writes run side by side with each other and with reads (the
+ * writer's path takes the lock for itself and rereads the L2 table).
+ * Contiguous host clusters go in one write.  Returns the bytes written
+ * (the rest needs the writer's path), or -errno. */
+static int64_t
+q_overwrite(struct vd_dev *dev, const uint8_t *buf, uint64_t off,
+            uint64_t len)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t done = 0, run = 0, run_host = 0;
+  int r = 0;
+  pthread_rwlock_rdlock(&p->rw);
+  while (!p->failed && done + run < len) {
+    uint64_t n;
+    int64_t host = qcow2_owned_data(dev, off + done + run, len - done - run,
+                                    &n);
+    if (host <= 0)
+      break;                      /* the writer's path decides, or fails */
+    if (run && run_host + run != (uint64_t)host) {
+      if ((r = vd_file_pwrite(dev->file, buf + done, run, run_host)) < 0)
+        break;
+      done += run;
+      run = 0;
+    }
+    if (!run)
+      run_host = (uint64_t)host;
+    run += n;
+  }
+  if (r == 0 && run && (r = vd_file_pwrite(dev->file, buf + done, run,
+                                           run_host)) == 0)
+    done += run;
+  pthread_rwlock_unlock(&p->rw);
+  return r < 0 ? r : (int64_t)done;
+}
+
 int
 qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
              unsigned flags)
 {
   (void)flags;                    /* FUA: the core flushes after */
-  return q_request(dev, W_WRITE, buf, off, len);
+  int64_t done = q_overwrite(dev, buf, off, len);
+  if (done < 0 || (uint64_t)done == len)
+    return done < 0 ? (int)done : 0;
+  return q_request(dev, W_WRITE, (const uint8_t *)buf + done, off + done,
+                   len - (uint64_t)done);
 }
 
 int

@@ -99,7 +99,7 @@ struct qcow2_map {
   enum qcow2_kind kind;
   uint64_t n;                     /* bytes from the asked offset */
   uint64_t host;                  /* Q_DATA: host offset of the offset */
-  uint64_t entry;                 /* Q_COMPRESSED: the L2 entry */
+  uint64_t entry;                 /* the L2 entry (0 if none) */
 };
 
 /* What [OFF, OFF+LEN) reads from, for the run of bytes inside one cluster
@@ -124,9 +124,9 @@ qcow2_map(struct vd_dev *dev, uint64_t off, uint64_t len, struct qcow2_map *m)
   int r = qcow2_l2_get(dev, l1e, l2i, &e, &bm);
   if (r < 0)
     return r;
+  m->entry = e;
   if (e & QCOW2_OFLAG_COMPRESSED) {
     m->kind = Q_COMPRESSED;
-    m->entry = e;
     return 0;
   }
   uint64_t host = e & QCOW2_OFFSET_MASK;
@@ -256,6 +256,23 @@ qcow2_read_locked(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
   }
   free(cbuf);
   return r;
+}
+
+int64_t
+qcow2_owned_data(struct vd_dev *dev, uint64_t off, uint64_t len,
+                 uint64_t *n)
+{
+  struct qcow2_priv *p = dev->priv;
+  struct qcow2_map m;
+  uint64_t l1i = (off >> p->h.cluster_bits) / p->l2_entries;
+  if (p->extl2 || l1i >= p->l1_size || !(p->l1[l1i] & QCOW2_OFLAG_COPIED))
+    return 0;                     /* the writer's path, or its refusal */
+  int r = qcow2_map(dev, off, len, &m);
+  if (r < 0)
+    return r;
+  *n = m.n;
+  return m.kind == Q_DATA && (m.entry & QCOW2_OFLAG_COPIED)
+         ? (int64_t)m.host : 0;
 }
 
 static int

@@ -230,6 +230,13 @@ int qcow2_snapshot_list(struct vd_dev *dev, struct vd_snapshot **list,
  * also the copy-on-write fill of the write path. */
 int qcow2_read_locked(struct vd_dev *dev, void *buf, size_t len,
                       uint64_t off);
+/* With RW held (either way): the host offset of OFF if its cluster holds
+ * data this image alone owns (allocated with the COPIED flag, neither
+ * compressed nor zero, in an L2 table with the COPIED flag), so that writing it in place changes no metadata,
+ * and in *N the bytes from OFF to the end of that cluster (at most LEN);
+ * 0 if it is not so (or with extended L2), or -errno. */
+int64_t qcow2_owned_data(struct vd_dev *dev, uint64_t off, uint64_t len,
+                         uint64_t *n);
 /* Replace the cached copy of the L2 table at OFF (if cached) by TABLE;
  * RW held for writing. */
 void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
