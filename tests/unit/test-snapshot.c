@@ -115,7 +115,7 @@ writer_main(void *arg)
       break;
     }
     memcpy(w->model + off, buf, len);
-    w->writes[phase]++;
+    __atomic_add_fetch(&w->writes[phase], 1, __ATOMIC_RELAXED);
     uint64_t roff = (x >> 20) % (REGION / 4096) * 4096;
     size_t rlen = roff + len > REGION ? REGION - roff : len;
     if (vd_node_pread(w->ld->node, back, rlen, base + roff) < 0 ||
@@ -141,6 +141,21 @@ load_start(struct load *ld, struct writer *w)
     w[i].model = calloc(1, REGION);
     CU_ASSERT_FATAL(w[i].model != NULL);
     pthread_create(&w[i].tid, NULL, writer_main, &w[i]);
+  }
+}
+
+/* Wait (at most 30 s: a loaded machine may not run a writer for a while)
+ * until every writer has had a write acknowledged in PHASE. */
+static void
+load_wait_phase(struct writer *w, int phase)
+{
+  for (int t = 0; t < 3000; t++) {
+    int i = 0;
+    while (i < NW && __atomic_load_n(&w[i].writes[phase], __ATOMIC_RELAXED))
+      i++;
+    if (i == NW)
+      return;
+    nap(10);
   }
 }
 
@@ -205,7 +220,7 @@ test_snapshot_under_load(void)
   CU_ASSERT(!can_share(base));          /* writable: exclusive */
   ld.node = n;
   load_start(&ld, w);
-  nap(100);
+  load_wait_phase(w, 0);
 
   int r = vd_node_snapshot(n, s1, "vhd", 0);
   if (r < 0)
@@ -215,7 +230,7 @@ test_snapshot_under_load(void)
   atomic_store(&ld.phase, 1);
   CU_ASSERT(can_share(base));           /* a parent: shared */
   CU_ASSERT(!can_share(s1));
-  nap(100);
+  load_wait_phase(w, 1);
 
   r = vd_node_snapshot(n, s2, NULL, 0);
   if (r < 0)
@@ -225,7 +240,7 @@ test_snapshot_under_load(void)
   atomic_store(&ld.phase, 2);
   CU_ASSERT(can_share(s1));
   CU_ASSERT(!can_share(s2));
-  nap(100);
+  load_wait_phase(w, 2);
   load_stop(&ld, w);
 
   CU_ASSERT_EQUAL(atomic_load(&ld.errors), 0);
