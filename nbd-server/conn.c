@@ -8,7 +8,9 @@
  * robin), so a connection with thousands of queued requests delays
  * another's next request by at most one job per busy connection.  A
  * small read or write of a connection with nothing else in flight (a
- * client at queue depth 1) is run by the reader itself (run_inline).
+ * client at queue depth 1) is run by the reader itself (run_inline),
+ * which, while such a client's requests come quickly, polls the socket
+ * for the next one instead of sleeping (rd_fill).
  * Workers call the engine and build the reply inside
  * the job; the reply is then sent whole, in completion order, under the
  * connection's write lock.
@@ -43,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vdisk/endian.h"
@@ -62,6 +65,7 @@
 #define INLINE_MAX        (64u << 10)    /* larger requests go to the pool */
 #define SPLICE_PIPE_SIZE  (2u << 20)     /* a 1 MiB read at any alignment */
 #define SPLICE_PIPES_MAX  64             /* in the process, 2 fds each */
+#define SPIN_MIN_NS       4000           /* polling for a request: rd_fill */
 
 struct nbd_conn;
 
@@ -122,6 +126,7 @@ struct nbd_conn {
    * (handed to the pool in one go before the reader blocks). */
   uint8_t rbuf[RBUF_SIZE];
   size_t rpos, rlen;
+  int64_t spin_ns;              /* rd_fill's polling window */
   struct nbd_job *batch, *batch_tail;
   unsigned nbatch;
 };
@@ -141,6 +146,11 @@ static struct {
            .cond = PTHREAD_COND_INITIALIZER };
 
 static void job_run(struct nbd_job *j);
+
+/* Readers polling their socket (rd_fill), how many may at once, and the
+ * longest window (0: none). */
+static unsigned spinners, spinners_max = 1;
+static int64_t spin_max_ns;
 
 static void pool_ring_append_locked(struct nbd_conn *c)
 {
@@ -194,9 +204,12 @@ static void *pool_worker(void *arg)
   }
 }
 
-int nbd_pool_start(unsigned nthreads)
+int nbd_pool_start(unsigned nthreads, unsigned poll_max_ns)
 {
   unsigned i;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  spinners_max = ncpu > 3 ? (unsigned)ncpu / 2 : 1;
+  spin_max_ns = poll_max_ns;
   pool.threads = calloc(nthreads, sizeof *pool.threads);
   if (!pool.threads)
     return -ENOMEM;
@@ -970,6 +983,57 @@ static void batch_add(struct nbd_conn *c, struct nbd_job *j)
     batch_flush(c);
 }
 
+static int64_t now_ns(void)
+{
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Fill the input buffer from the socket.  A connection with nothing in
+ * flight waits for its client's next request; when that wait has been
+ * short lately (a client at queue depth 1), the reader first polls the
+ * socket for up to spin_ns instead of sleeping, so that neither side pays
+ * a wake-up per request (qemu's iothreads poll the same way).  The window
+ * doubles from SPIN_MIN_NS up to spin_max_ns (--poll-max-ns) while the
+ * waits stay under spin_max_ns and drops to none after a longer one: an
+ * idle client costs one window.  At most half the CPUs (at least one
+ * reader) poll at once.  Not under TLS (GnuTLS reads its records). */
+static ssize_t rd_fill(struct nbd_conn *c)
+{
+  bool idle = false;
+  int64_t t0 = 0;
+  ssize_t r = -1;
+
+  if (spin_max_ns && !c->io->tls) {
+    pthread_mutex_lock(&c->lock);
+    idle = c->inflight == 0;
+    pthread_mutex_unlock(&c->lock);
+  }
+  if (idle) {
+    t0 = now_ns();
+    if (c->spin_ns && __atomic_add_fetch(&spinners, 1, __ATOMIC_RELAXED) <=
+                          spinners_max) {
+      do
+        r = recv(c->io->fd, c->rbuf, RBUF_SIZE, MSG_DONTWAIT);
+      while (r < 0 && (errno == EAGAIN || errno == EINTR) &&
+             now_ns() - t0 < c->spin_ns);
+    }
+    if (c->spin_ns)
+      __atomic_sub_fetch(&spinners, 1, __ATOMIC_RELAXED);
+  }
+  if (r < 0)
+    r = c->io->recv(c->io, c->rbuf, RBUF_SIZE);
+  if (idle) {
+    int64_t waited = now_ns() - t0;
+    c->spin_ns = waited > spin_max_ns ? 0
+                 : !c->spin_ns ? SPIN_MIN_NS
+                 : c->spin_ns * 2 < spin_max_ns ? c->spin_ns * 2
+                 : spin_max_ns;
+  }
+  return r;
+}
+
 static int rd_full(struct nbd_conn *c, void *dst, size_t len)
 {
   uint8_t *p = dst;
@@ -992,7 +1056,7 @@ static int rd_full(struct nbd_conn *c, void *dst, size_t len)
       len -= (size_t)r;
       continue;
     }
-    r = c->io->recv(c->io, c->rbuf, RBUF_SIZE);
+    r = rd_fill(c);
     if (r <= 0)
       return -1;
     c->rpos = 0;

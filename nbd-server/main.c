@@ -105,6 +105,9 @@ static void usage(FILE *f)
 "      --fork             run in the background once ready\n"
 "      --pid-file FILE    write the server's process id to FILE\n"
 "      --threads N        worker threads (default: 2 per CPU, at least 4)\n"
+"      --poll-max-ns N    poll an idle client's socket up to N ns before\n"
+"                         sleeping, while its requests come quickly\n"
+"                         (default 50000; 0: never)\n"
 "      --tls-creds DIR    X.509 credentials: DIR/ca-cert.pem,\n"
 "                         DIR/server-cert.pem, DIR/server-key.pem\n"
 "      --tls-psk FILE     pre-shared keys, in psktool's format\n"
@@ -519,7 +522,7 @@ enum { OPT_FORK = 256, OPT_PID_FILE, OPT_THREADS, OPT_TLS_CREDS,
        OPT_TLS_PSK, OPT_TLS, OPT_BACKING, OPT_BACKING_FORMAT,
        OPT_TLS_VERIFY_PEER, OPT_TLS_AUTHZ, OPT_HANDSHAKE_LIMIT,
        OPT_SOCKET_MODE, OPT_CONTROL, OPT_FORCE_SHARE, OPT_CACHE,
-       OPT_DISCARD, OPT_DETECT_ZEROES };
+       OPT_DISCARD, OPT_DETECT_ZEROES, OPT_POLL_MAX_NS };
 
 /* --cache=MODE as qemu-nbd: none and directsync open O_DIRECT,
  * writethrough and directsync make every write FUA.  unsafe (flushes
@@ -574,6 +577,7 @@ int main(int argc, char **argv)
     { "fork", no_argument, NULL, OPT_FORK },
     { "pid-file", required_argument, NULL, OPT_PID_FILE },
     { "threads", required_argument, NULL, OPT_THREADS },
+    { "poll-max-ns", required_argument, NULL, OPT_POLL_MAX_NS },
     { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
     { "tls", required_argument, NULL, OPT_TLS },
@@ -603,7 +607,7 @@ int main(int argc, char **argv)
   struct vc_raid *raid = NULL;
   char raid_msg[512];
   bool ro = false, do_fork = false;
-  unsigned shared = 16, threads = 0;
+  unsigned shared = 16, threads = 0, poll_max_ns = 50000;
   int lfds[MAX_LISTEN], nl = 0, c, i, ready_pipe[2] = { -1, -1 };
   int status = 0;
 
@@ -660,6 +664,9 @@ int main(int argc, char **argv)
     case OPT_FORK: do_fork = true; break;
     case OPT_PID_FILE: pid_file = optarg; break;
     case OPT_THREADS: threads = parse_uint("--threads", optarg, 1, 1024); break;
+    case OPT_POLL_MAX_NS:
+      poll_max_ns = parse_uint("--poll-max-ns", optarg, 0, 1000000);
+      break;
     case OPT_TLS_CREDS: tls_creds = optarg; break;
     case OPT_TLS_PSK: tls_psk = optarg; break;
     case OPT_TLS: tls_arg = optarg; break;
@@ -815,7 +822,7 @@ int main(int argc, char **argv)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     threads = n > 2 ? (unsigned)(2 * n) : 4;
   }
-  if (nbd_pool_start(threads) < 0)
+  if (nbd_pool_start(threads, poll_max_ns) < 0)
     die("cannot start %u worker threads", threads);
 
   if (server.verbose)

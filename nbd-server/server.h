@@ -120,8 +120,9 @@ int nbd_negotiate(const struct nbd_server *srv, struct nbd_io *io,
 /* Transmission flags for EXP given the negotiated structured replies. */
 uint16_t nbd_export_flags(const struct nbd_export *exp, bool structured);
 
-/* Worker pool shared by all connections. */
-int nbd_pool_start(unsigned nthreads);
+/* Worker pool shared by all connections; readers poll their socket up
+ * to POLL_MAX_NS before sleeping (conn.c, rd_fill). */
+int nbd_pool_start(unsigned nthreads, unsigned poll_max_ns);
 void nbd_pool_stop(void);
 
 /* Serve requests until the client disconnects, the transport fails or the
