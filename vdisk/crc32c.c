@@ -215,9 +215,7 @@ static uint32_t crc32c_hw(uint32_t c, const uint8_t *p, size_t len)
     c = __builtin_ia32_crc32qi(c, *p++);
   return c;
 }
-#endif
 
-#ifdef CRC32C_HW
 #define CRC32C_FOLD_TARGET \
   __attribute__((target("sse4.2,pclmul,avx512f,vpclmulqdq")))
 
