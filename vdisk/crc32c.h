@@ -6,7 +6,9 @@
  *
  * Chaining: start with CRC = 0 and pass the previous result to continue,
  * so vd_crc32c(vd_crc32c(0, a, n), b, m) equals the CRC of a followed
- * by b.  Thread-safe; uses the SSE4.2 instruction when the CPU has it.
+ * by b.  Thread-safe; uses the SSE4.2 instruction when the CPU has it,
+ * and carry-less multiplication (AVX-512 VPCLMULQDQ) on buffers of 512
+ * bytes or more when it has that too.
  */
 #ifndef VDISK_CRC32C_H
 #define VDISK_CRC32C_H

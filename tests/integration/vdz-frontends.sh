@@ -53,13 +53,17 @@ for off, n in ((0, 4096), (1048576 + 512, 70144), (len(data) - 512, 512)):
 h.shutdown()
 b = nbd.NBD(); b.connect_uri(bad)
 cs = 65536
-for off, n in ((100 * cs, cs), (100 * cs + 4096, 4096), (99 * cs, 2 * cs)):
+# 1 MiB requests take 16 clusters with one read of the file: one bad
+# cluster among them fails the request, the 16 before it read.
+for off, n in ((100 * cs, cs), (100 * cs + 4096, 4096), (99 * cs, 2 * cs),
+               (96 * cs, 16 * cs), (100 * cs - 512, 1048576)):
     try:
         b.pread(n, off)
         raise SystemExit("read of the corrupted cluster at %d succeeded" % off)
     except nbd.Error as e:
         assert e.errnum == errno.EIO, e
-for off, n in ((99 * cs, cs), (101 * cs, cs), (101 * cs + 512, 1024), (0, 4096)):
+for off, n in ((99 * cs, cs), (101 * cs, cs), (101 * cs + 512, 1024), (0, 4096),
+               (84 * cs, 16 * cs), (101 * cs, 16 * cs)):
     assert b.pread(n, off) == data[off:off + n], "read at %d differs" % off
 b.shutdown()
 PY

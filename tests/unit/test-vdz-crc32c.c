@@ -63,9 +63,12 @@ static void test_against_reference(void)
   free(b);
 
   /* Long buffers, around the boundaries of the SSE4.2 path's lanes
-   * (3 x 256 and 3 x 8192 bytes). */
-  static const size_t lens[] = { 767, 768, 769, 775, 776, 1543, 24575, 24576,
-                                 24577, 24583, 25343, 49152, 65536, 100003 };
+   * (3 x 256 and 3 x 8192 bytes) and of the folding path's (from 512
+   * bytes, 256 then 64 at a time, then a tail of up to 63). */
+  static const size_t lens[] = { 511, 512, 513, 519, 520, 575, 576, 577,
+                                 639, 767, 768, 769, 775, 776, 1023, 1024,
+                                 1087, 1543, 24575, 24576, 24577, 24583,
+                                 25343, 49152, 65536, 100003 };
   b = malloc(100003 + 8);
   CU_ASSERT_FATAL(b != NULL);
   for (int i = 0; i < 100003 + 8; i++)

@@ -288,6 +288,39 @@ static void entry_of(const char *path, uint64_t c, uint64_t *entry_off,
   *len = vd_get_le32(e + 8);
 }
 
+/* Clusters 10 and 11 are stored back to back, so a read of both takes
+ * them with one read of the file; a corrupted 11 fails that read with
+ * 11's error, and 10 alone still reads. */
+static void test_corrupt_in_run(void)
+{
+  char path[300];
+  struct vd_dev *d;
+  uint8_t buf[3 * CS], x;
+  uint64_t eoff, off10, off11;
+  uint32_t len10, len11;
+
+  snprintf(path, sizeof path, "%s/badrun.vdz", tmpdir);
+  copy_file(vdz_path, path);
+  entry_of(path, 10, &eoff, &off10, &len10);
+  entry_of(path, 11, &eoff, &off11, &len11);
+  CU_ASSERT_FATAL(len10 > 0 && len11 > 0 && off10 + len10 == off11);
+  read_file(path, &x, 1, (off_t)(off11 + len11 - 1));
+  x ^= 0x01;
+  write_file(path, &x, 1, (off_t)(off11 + len11 - 1));
+
+  CU_ASSERT_EQUAL_FATAL(vd_open(path, NULL, 0, &d), 0);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, 2 * CS, 10 * CS), -EIO);
+  CU_ASSERT(strstr(vd_error(), "badrun.vdz: cluster 11 ") != NULL);
+  CU_ASSERT(strchr(vd_error(), '\n') == NULL);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, 3 * CS, 9 * CS), -EIO);
+  CU_ASSERT(strstr(vd_error(), "cluster 11 ") != NULL);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, CS, 10 * CS), 0);
+  CU_ASSERT(memcmp(buf, expect + 10 * CS, CS) == 0);
+  CU_ASSERT_EQUAL(vd_pread(d, buf, 2 * CS, 12 * CS), 0);
+  CU_ASSERT(memcmp(buf, expect + 12 * CS, 2 * CS) == 0);
+  vd_close(d);
+}
+
 static void test_corrupt_cluster(void)
 {
   char path[300];
@@ -314,6 +347,7 @@ static void test_corrupt_cluster(void)
   CU_ASSERT_EQUAL(vd_pread(d, buf, 100, 10 * CS + 5000), -EIO);
   CU_ASSERT(strstr(vd_error(), want) != NULL);
   CU_ASSERT_EQUAL(vd_pread(d, buf, 3 * CS, 9 * CS), -EIO);
+  CU_ASSERT(strstr(vd_error(), want) != NULL);
   /* Its neighbours and the rest read. */
   CU_ASSERT_EQUAL(vd_pread(d, buf, CS, 9 * CS), 0);
   CU_ASSERT(memcmp(buf, expect + 9 * CS, CS) == 0);
@@ -473,6 +507,8 @@ int main(void)
   CU_add_test(s, "concurrent reads", test_threads);
   CU_add_test(s, "import options", test_options);
   CU_add_test(s, "corrupted cluster: EIO for it only", test_corrupt_cluster);
+  CU_add_test(s, "corrupted cluster in a coalesced read: its own error",
+              test_corrupt_in_run);
   CU_add_test(s, "damaged header and index", test_bad_images);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
