@@ -12,19 +12,27 @@
  *  - writes to a present block go in place;
  *  - a write to a block that is not present appends a new block at the end
  *    of the file (its unwritten bytes are the zeros past the old end, the
- *    file extended by writing its last bytes), flushes (the grown file is
- *    durable before any log entry names it: qemu's replay extends a file
+ *    file extended by writing its last bytes), publishes the new entry to
+ *    readers at once and marks its BAT page pending, without a flush;
+ *  - the next flush (vhdx_flush: also FUA writes and writethrough, which
+ *    the core turns into flushes, and close), or any other log entry, or
+ *    a write that finds VHDX_MAX_PAGES pages pending, commits them all
+ *    (vhdx_commit_locked): flushes (the blocks and the grown file are
+ *    durable before any log entry names them: qemu's replay extends a file
  *    to LastFileOffset only when that is not a multiple of 1 MiB, so a
- *    log entry must never be the only record of the growth), then
- *    writes the BAT page holding the new entry as a log entry (one data
- *    descriptor, its own tail, the next sequence number), flushes, writes
- *    the page in place and flushes again before the log space can be
- *    reused, and only then publishes the entry to readers;
+ *    log entry must never be the only record of the growth), writes the
+ *    pages as one log entry (one data descriptor each, its own tail, the
+ *    next sequence number), flushes, writes the pages in place and flushes
+ *    again before the log space can be reused;
  *  - a flush, once everything is in place, rewrites the headers without a
- *    LogGuid, so qemu and Windows open the image clean.
- * A crash at any point leaves either the old BAT entry (the block not yet
- * visible: its data was never acknowledged) or a log whose replay writes
- * the new page.
+ *    LogGuid, so qemu and Windows open the image clean; the next log entry
+ *    sets a new one.
+ * A crash at any point leaves either the old BAT entries (blocks allocated
+ * since the last flush are leaked space past the last one the BAT names:
+ * their data was never acknowledged as durable) or a log whose replay
+ * writes the new pages.  A commit that fails keeps its pages pending: the
+ * next flush tries again, and fails when the file's flush failed
+ * (vd_file_flush never forgets one).
  *
  * Differencing images: a write to a block that is not present, short of
  * the whole block, makes it partially present: the data goes into a new
@@ -33,7 +41,9 @@
  * page with the block's new entry and, for a chunk without one yet, the
  * entry of a new sector bitmap block (appended, zeros).  Later writes to
  * a partially present block go in place, flushed before their bits are
- * logged; a whole-block write makes it fully present.
+ * logged (these are not batched: the bits are read from the file, so they
+ * would need a cache of pending bitmap pages); a whole-block write makes it
+ * fully present, its BAT page pending as above.
  */
 #include <config.h>
 
@@ -390,16 +400,17 @@ vhdx_begin_locked(struct vd_dev *dev)
   memcpy(p->header.log_guid, g, 16);
   if ((r = vhdx_write_headers(dev)) < 0)
     return r;
-  p->session = true;
+  __atomic_store_n(&p->session, true, __ATOMIC_RELEASE);
   p->log_active = true;
   p->log_pos = VHDX_LOG_SECTOR;
   return 0;
 }
 
-/* vhdx.h; one data descriptor per page, the entry its own tail, the next
- * sequence number. */
-int
-vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
+/* Write the N pages PG as one log entry (one data descriptor per page,
+ * the entry its own tail, the next sequence number), flush, write them in
+ * place, flush.  Lock held, log active. */
+static int
+vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                       unsigned n, uint64_t flushed, uint64_t last)
 {
   struct vhdx_priv *p = dev->priv;
@@ -458,6 +469,26 @@ struct vhdx_bat_set {
   unsigned n;
 };
 
+/* BAT page PAGE as the entries in memory make it, S's entries (S may be
+ * NULL) in place of theirs, into PG (D: its 4 KiB).  Lock held. */
+static void
+vhdx_bat_page_locked(struct vhdx_priv *p, uint64_t page,
+                     const struct vhdx_bat_set *s, struct vhdx_page *pg,
+                     uint8_t *d)
+{
+  for (uint64_t i = 0; i < VHDX_LOG_SECTOR / 8; i++) {
+    uint64_t e, idx = page * (VHDX_LOG_SECTOR / 8) + i;
+    e = idx >= p->bat_entries ? 0
+        : __atomic_load_n(&p->bat[idx], __ATOMIC_ACQUIRE);
+    for (unsigned j = 0; s && j < s->n; j++)
+      if (s->idx[j] == idx)
+        e = s->val[j];
+    vd_put_le64(d + 8 * i, e);
+  }
+  pg->off = p->bat_region.off + page * VHDX_LOG_SECTOR;
+  pg->data = d;
+}
+
 /* Add the BAT pages holding the entries of S, with those entries changed,
  * to PG (*N pages, BUF room for them).  Lock held. */
 static void
@@ -466,26 +497,87 @@ vhdx_bat_pages_locked(struct vhdx_priv *p, const struct vhdx_bat_set *s,
 {
   for (unsigned k = 0; k < s->n; k++) {
     uint64_t page = s->idx[k] * 8 / VHDX_LOG_SECTOR;
-    uint64_t foff = p->bat_region.off + page * VHDX_LOG_SECTOR;
     bool have = false;
     for (unsigned j = 0; j < *n; j++)
-      have |= pg[j].off == foff;
+      have |= pg[j].off == p->bat_region.off + page * VHDX_LOG_SECTOR;
     if (have)
       continue;
-    uint8_t *d = buf + (size_t)*n * VHDX_LOG_SECTOR;
-    for (uint64_t i = 0; i < VHDX_LOG_SECTOR / 8; i++) {
-      uint64_t e, idx = page * (VHDX_LOG_SECTOR / 8) + i;
-      e = idx >= p->bat_entries ? 0
-          : __atomic_load_n(&p->bat[idx], __ATOMIC_ACQUIRE);
-      for (unsigned j = 0; j < s->n; j++)
-        if (s->idx[j] == idx)
-          e = s->val[j];
-      vd_put_le64(d + 8 * i, e);
-    }
-    pg[*n].off = foff;
-    pg[*n].data = d;
+    vhdx_bat_page_locked(p, page, s, &pg[*n],
+                         buf + (size_t)*n * VHDX_LOG_SECTOR);
     (*n)++;
   }
+}
+
+/* ---- BAT pages pending until the next flush ---- */
+
+int
+vhdx_commit_locked(struct vd_dev *dev)
+{
+  struct vhdx_priv *p = dev->priv;
+  VD_ASSERT_HELD(&p->lock);
+  unsigned n = p->npending;
+  if (n == 0)
+    return 0;
+  uint8_t *buf = vd_alloc_aligned((size_t)n * VHDX_LOG_SECTOR);
+  struct vhdx_page pg[VHDX_MAX_PAGES];
+  uint64_t fsz;
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (unsigned i = 0; i < n; i++)
+    vhdx_bat_page_locked(p, p->pending[i], NULL, &pg[i],
+                         buf + (size_t)i * VHDX_LOG_SECTOR);
+  /* Every block the pages name is inside the file (appends happen under
+   * the lock): the flush makes them and the growth durable, so the size
+   * is FlushedFileOffset.  A log that is not active yet gets its first
+   * entry, whose flush is that flush. */
+  int r = vd_file_size(dev->file, &fsz);
+  if (r == 0)
+    r = p->log_active ? vd_file_flush(dev->file) : vhdx_begin_locked(dev);
+  if (r == 0 && (r = vhdx_log_write_locked(dev, pg, n, fsz, fsz)) == 0)
+    p->npending = 0;
+  vd_free_aligned(buf);
+  return r;
+}
+
+/* vhdx.h */
+int
+vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
+                      unsigned n, uint64_t flushed, uint64_t last)
+{
+  int r = vhdx_commit_locked(dev);
+  if (r == 0)
+    r = vhdx_begin_locked(dev);
+  return r < 0 ? r : vhdx_log_write_locked(dev, pg, n, flushed, last);
+}
+
+/* Make room for BAT entry IDX's page among the pending ones: there
+ * already, or a free slot, or else the pending pages are committed now.
+ * Lock held. */
+static int
+vhdx_pending_room_locked(struct vd_dev *dev, uint64_t idx)
+{
+  struct vhdx_priv *p = dev->priv;
+  uint64_t page = idx * 8 / VHDX_LOG_SECTOR;
+  for (unsigned i = 0; i < p->npending; i++)
+    if (p->pending[i] == page)
+      return 0;
+  return p->npending < VHDX_MAX_PAGES ? 0 : vhdx_commit_locked(dev);
+}
+
+/* Block BLK becomes fully present at AT, whose data the caller has
+ * written: readers see it at once, its BAT page is pending (room made by
+ * vhdx_pending_room_locked).  Lock held. */
+static void
+vhdx_present_locked(struct vhdx_priv *p, uint64_t blk, uint64_t at)
+{
+  uint64_t idx = blk + blk / p->chunk_ratio, page = idx * 8 / VHDX_LOG_SECTOR;
+  unsigned i = 0;
+  while (i < p->npending && p->pending[i] != page)
+    i++;
+  if (i == p->npending)
+    p->pending[p->npending++] = page;
+  __atomic_store_n(&p->bat[idx], at | VHDX_PB_FULLY_PRESENT,
+                   __ATOMIC_RELEASE);
 }
 
 /* Publish S's entries to readers, once their pages are in place. */
@@ -522,48 +614,22 @@ vhdx_append_locked(struct vd_dev *dev, uint64_t len, const uint8_t *buf,
   return 0;
 }
 
-/* Block BLK's entry becomes fully present at file offset AT, through the
- * log (the file being FSZ bytes long); the caller has made the data
- * durable.  Lock held. */
-static int
-vhdx_present_locked(struct vd_dev *dev, uint64_t blk, uint64_t at,
-                    uint64_t fsz)
-{
-  struct vhdx_priv *p = dev->priv;
-  int r;
-  struct vhdx_bat_set s = { .n = 1, .idx = { blk + blk / p->chunk_ratio },
-                            .val = { at | VHDX_PB_FULLY_PRESENT } };
-  uint8_t *pages = vd_alloc_aligned(VHDX_LOG_SECTOR);
-  struct vhdx_page pg[1];
-  unsigned np = 0;
-  if (!pages)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  vhdx_bat_pages_locked(p, &s, pg, &np, pages);
-  r = vhdx_log_pages_locked(dev, pg, np, fsz, fsz);
-  vd_free_aligned(pages);
-  if (r == 0)
-    vhdx_bat_publish(p, &s);
-  return r;
-}
-
 /* Give block BLK a place at the end of the file holding BUF (N bytes at
  * BOFF in the block; the rest reads as zeros) and record it fully
- * present.  Lock held. */
+ * present, its BAT page pending.  Lock held. */
 static int
 vhdx_alloc_block_locked(struct vd_dev *dev, uint64_t blk, const uint8_t *buf,
                         uint64_t n, uint64_t boff)
 {
   struct vhdx_priv *p = dev->priv;
   uint64_t at;
-  int r = vhdx_append_locked(dev, p->meta.block_size, buf, n, boff, &at);
-  if (r < 0)
-    return r;
-  /* The grown file, block and data, is durable before the log names it
-   * (see the top of this file): FlushedFileOffset is then the new size. */
-  if ((r = vd_file_flush(dev->file)) < 0 ||
-      (r = vhdx_present_locked(dev, blk, at, at + p->meta.block_size)) < 0)
+  int r = vhdx_pending_room_locked(dev, blk + blk / p->chunk_ratio);
+  if (r < 0 ||
+      (r = vhdx_append_locked(dev, p->meta.block_size, buf, n, boff,
+                              &at)) < 0)
     return r;
   p->file_size = at + p->meta.block_size;
+  vhdx_present_locked(p, blk, at);
   return 0;
 }
 
@@ -673,19 +739,18 @@ out:
 }
 
 /* A partially present block written whole becomes fully present: the
- * data in place, flushed, then the entry through the log.  Lock held. */
+ * data in place, then the entry, its BAT page pending.  Lock held. */
 static int
 vhdx_fill_partial_locked(struct vd_dev *dev, uint64_t blk, uint64_t e,
                          const uint8_t *buf)
 {
   struct vhdx_priv *p = dev->priv;
-  uint64_t fsz;
-  int r = vd_file_pwrite(dev->file, buf, p->meta.block_size,
-                         VHDX_BAT_OFFSET(e));
-  if (r < 0 || (r = vd_file_size(dev->file, &fsz)) < 0 ||
-      (r = vd_file_flush(dev->file)) < 0)
+  int r = vhdx_pending_room_locked(dev, blk + blk / p->chunk_ratio);
+  if (r < 0 || (r = vd_file_pwrite(dev->file, buf, p->meta.block_size,
+                                   VHDX_BAT_OFFSET(e))) < 0)
     return r;
-  return vhdx_present_locked(dev, blk, VHDX_BAT_OFFSET(e), fsz);
+  vhdx_present_locked(p, blk, VHDX_BAT_OFFSET(e));
+  return 0;
 }
 
 /* ---- zero and unmapped blocks (discard, write-zeroes) ---- */
@@ -717,20 +782,21 @@ vhdx_reusable_locked(struct vd_dev *dev, uint64_t blk, uint64_t off)
 }
 
 /* Give block BLK (zero or unmapped) its old space at AT back, holding BUF
- * (N bytes at BOFF, zeros elsewhere): the space zeroed and written and
- * flushed before the entry says fully present.  Lock held. */
+ * (N bytes at BOFF, zeros elsewhere): the space zeroed and written before
+ * the entry says fully present, its BAT page pending.  Lock held. */
 static int
 vhdx_reuse_block_locked(struct vd_dev *dev, uint64_t blk, uint64_t at,
                         const uint8_t *buf, uint64_t n, uint64_t boff)
 {
   struct vhdx_priv *p = dev->priv;
-  uint64_t fsz;
-  int r = vd_file_zero(dev->file, at, p->meta.block_size, false, false);
-  if (r < 0 || (r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0 ||
-      (r = vd_file_flush(dev->file)) < 0 ||
-      (r = vd_file_size(dev->file, &fsz)) < 0)
+  int r = vhdx_pending_room_locked(dev, blk + blk / p->chunk_ratio);
+  if (r < 0 ||
+      (r = vd_file_zero(dev->file, at, p->meta.block_size, false,
+                        false)) < 0 ||
+      (r = vd_file_pwrite(dev->file, buf, n, at + boff)) < 0)
     return r;
-  return vhdx_present_locked(dev, blk, at, fsz);
+  vhdx_present_locked(p, blk, at);
+  return 0;
 }
 
 /* Put the whole blocks [B0, B1) into STATE (zero or unmapped), a BAT page
@@ -909,32 +975,31 @@ vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len, unsigned flags)
 }
 
 /* Write into block BLK, whose entry is not fully present, under the lock
- * (allocation and sector bitmaps change metadata). */
+ * (allocation and sector bitmaps change metadata); the session is
+ * begun. */
 static int
 vhdx_write_slow(struct vd_dev *dev, uint64_t blk, const uint8_t *b,
                 uint64_t n, uint64_t boff)
 {
   struct vhdx_priv *p = dev->priv;
+  int r;
   pthread_mutex_lock(&p->lock);
-  int r = vhdx_begin_locked(dev);
-  if (r == 0) {
-    /* Someone else may have allocated meanwhile. */
-    uint64_t e = vhdx_payload_entry(p, blk);
-    unsigned st = VHDX_BAT_STATE(e);
-    bool whole = n == p->meta.block_size;
-    if (st == VHDX_PB_FULLY_PRESENT)
-      r = vd_file_pwrite(dev->file, b, n, VHDX_BAT_OFFSET(e) + boff);
-    else if (st == VHDX_PB_PARTIALLY_PRESENT && whole)
-      r = vhdx_fill_partial_locked(dev, blk, e, b);
-    else if (p->meta.has_parent && !whole &&
-             (st == VHDX_PB_NOT_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT))
-      r = vhdx_write_partial_locked(dev, blk, e, b, n, boff);
-    else if ((st == VHDX_PB_ZERO || st == VHDX_PB_UNMAPPED) &&
-             vhdx_reusable_locked(dev, blk, VHDX_BAT_OFFSET(e)))
-      r = vhdx_reuse_block_locked(dev, blk, VHDX_BAT_OFFSET(e), b, n, boff);
-    else
-      r = vhdx_alloc_block_locked(dev, blk, b, n, boff);
-  }
+  /* Someone else may have allocated meanwhile. */
+  uint64_t e = vhdx_payload_entry(p, blk);
+  unsigned st = VHDX_BAT_STATE(e);
+  bool whole = n == p->meta.block_size;
+  if (st == VHDX_PB_FULLY_PRESENT)
+    r = vd_file_pwrite(dev->file, b, n, VHDX_BAT_OFFSET(e) + boff);
+  else if (st == VHDX_PB_PARTIALLY_PRESENT && whole)
+    r = vhdx_fill_partial_locked(dev, blk, e, b);
+  else if (p->meta.has_parent && !whole &&
+           (st == VHDX_PB_NOT_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT))
+    r = vhdx_write_partial_locked(dev, blk, e, b, n, boff);
+  else if ((st == VHDX_PB_ZERO || st == VHDX_PB_UNMAPPED) &&
+           vhdx_reusable_locked(dev, blk, VHDX_BAT_OFFSET(e)))
+    r = vhdx_reuse_block_locked(dev, blk, VHDX_BAT_OFFSET(e), b, n, boff);
+  else
+    r = vhdx_alloc_block_locked(dev, blk, b, n, boff);
   pthread_mutex_unlock(&p->lock);
   return r;
 }
@@ -946,10 +1011,13 @@ vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   struct vhdx_priv *p = dev->priv;
   const uint8_t *b = buf;
   uint32_t bs = p->meta.block_size;
-  (void)flags;
-  pthread_mutex_lock(&p->lock);
-  int r = vhdx_begin_locked(dev);
-  pthread_mutex_unlock(&p->lock);
+  int r = 0;
+  (void)flags;              /* FUA: the core flushes after the write */
+  if (!__atomic_load_n(&p->session, __ATOMIC_ACQUIRE)) {
+    pthread_mutex_lock(&p->lock);
+    r = vhdx_begin_locked(dev);
+    pthread_mutex_unlock(&p->lock);
+  }
   while (r == 0 && len) {
     uint64_t blk = off / bs, boff = off % bs;
     uint64_t n = bs - boff < len ? bs - boff : len;
@@ -965,15 +1033,25 @@ vhdx_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   return r;
 }
 
+/* Covers every write acknowledged before it: their data with the file's
+ * flush, their allocations with the commit of the pending pages (which
+ * flushes first).  Without pending pages the flush runs outside the lock,
+ * so allocations go on meanwhile. */
 int
 vhdx_flush(struct vd_dev *dev)
 {
   struct vhdx_priv *p = dev->priv;
-  int r = vd_file_flush(dev->file);
-  if (r < 0)
-    return r;
+  int r;
   pthread_mutex_lock(&p->lock);
-  r = vhdx_retire_log_locked(dev);
+  if (p->npending) {
+    r = vhdx_commit_locked(dev);
+  } else {
+    pthread_mutex_unlock(&p->lock);
+    r = vd_file_flush(dev->file);
+    pthread_mutex_lock(&p->lock);
+  }
+  if (r == 0)
+    r = vhdx_retire_log_locked(dev);
   pthread_mutex_unlock(&p->lock);
   return r;
 }

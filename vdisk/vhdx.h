@@ -233,15 +233,26 @@ int vhdx_log_apply(const struct vhdx_replay *r, struct vd_file *f,
                    const char *where);
 void vhdx_replay_free(struct vhdx_replay *r);
 
+/* One 4 KiB page of metadata to change: its file offset and new bytes. */
+struct vhdx_page {
+  uint64_t off;
+  uint8_t *data;
+};
+/* The pages of one log entry at most: a block's bitmap pages and BAT
+ * pages, or the BAT pages a flush writes (41 sectors, well inside the
+ * 1 MiB log every writer makes). */
+#define VHDX_MAX_PAGES 40
+
 /* ---- vhdx.c: the driver ---- */
 
 extern const struct vd_driver vd_vhdx_driver;
 
 /* Concurrency: open sets everything; then reads take no lock.  Writes
  * (vhdx-write.c) take LOCK for anything that changes the file's metadata:
- * header updates, block allocation (BAT entry through the log), the log
- * position; BAT entries are read with atomic loads and stored atomically
- * once the block they point to is in place, so readers see either state. */
+ * header updates, block allocation (BAT entry, its page pending or through
+ * the log), the log position; BAT entries are read with atomic loads and
+ * stored atomically once the block they point to is written, so readers
+ * see either state. */
 struct vhdx_priv {
   struct vhdx_header header;      /* the current one; lock */
   int cur;                        /* its slot, 0 or 1; lock */
@@ -260,10 +271,16 @@ struct vhdx_priv {
   /* writing (vhdx-write.c) */
   pthread_mutex_t lock;
   bool lock_init;
-  bool session;                   /* headers updated for this open; lock */
+  bool session;                   /* headers updated for this open; set
+                                     under lock, read atomically */
   bool log_active;                /* headers carry a LogGuid; lock */
   uint32_t log_pos;               /* where the next entry goes; lock */
   uint64_t log_seq;               /* the last entry's sequence; lock */
+  /* BAT pages (numbers in the region) whose entries in memory are newer
+   * than in the file, written by the next flush (vhdx_commit_locked);
+   * lock. */
+  uint64_t pending[VHDX_MAX_PAGES];
+  unsigned npending;
 };
 
 /* Payload BAT entry of block BLK (atomic: writers store new entries). */
@@ -285,9 +302,9 @@ int vhdx_write_headers(struct vd_dev *dev);
 
 /* vd_driver ops: create (subformat=fixed|dynamic, block_size,
  * logical_sector_size), pwrite (dynamic and fixed images; blocks are
- * allocated at the end of the file and their BAT entries written through
- * the log), flush (also clears the LogGuid once the metadata is in
- * place). */
+ * allocated at the end of the file and their BAT entries published at
+ * once, their pages pending), flush (the pending pages through the log,
+ * then the LogGuid cleared once the metadata is in place). */
 int vhdx_create(const char *path, const struct vd_create_args *args);
 /* The parent locator (2.6.2.6) of the child at PATH over PARENT (an open
  * VHDX) named BACKING: parent_linkage (PARENT's DataWriteGuid),
@@ -310,22 +327,23 @@ int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                  unsigned flags);
 
-/* One 4 KiB page of metadata to change: its file offset and new bytes. */
-struct vhdx_page {
-  uint64_t off;
-  uint8_t *data;
-};
-#define VHDX_MAX_PAGES 40   /* a BAT page or two and a block's bitmap */
-
 /* The first change of a session: new FileWriteGuid and DataWriteGuid, a
  * new LogGuid (its first entry written and flushed first) in both
  * headers.  Does nothing once done.  Lock held. */
 int vhdx_begin_locked(struct vd_dev *dev);
 /* Write the N (<= VHDX_MAX_PAGES) pages PG as one log entry, flush, write
- * them in place, flush.  FLUSHED: a file size known durable; LAST: one all
- * structures fit in (2.3.1.1).  Lock held, session begun. */
+ * them in place, flush; the pending BAT pages are committed first
+ * (vhdx_commit_locked), as PG may hold their entries.  FLUSHED: a file
+ * size known durable; LAST: one all structures fit in (2.3.1.1).  Lock
+ * held, session begun. */
 int vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                           unsigned n, uint64_t flushed, uint64_t last);
+/* Make the pending BAT pages durable: the file flushed (the blocks they
+ * name and the file's growth), then all of them as one log entry,
+ * flushed, in place, flushed.  On failure they stay pending, for the next
+ * flush to retry (or to fail, the file's flush error being kept).  Lock
+ * held, session begun. */
+int vhdx_commit_locked(struct vd_dev *dev);
 
 /* Clear the LogGuid in both headers when set (every entry's pages are
  * in place and flushed by then).  Lock held. */

@@ -5,7 +5,9 @@
 # forgets it.  Every later flush must fail too and the error must reach
 # the client: NBD_CMD_FLUSH and FUA writes through vdisk-nbd (judged by
 # libnbd), fsync through vdisk-fuse, vdtool's exit code; a dynamic VHD
-# must not have written its BAT.
+# must not have written its BAT, nor a dynamic VHDX, whose new blocks wait
+# for the flush that failed (their BAT page stays pending and is never
+# written).
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
@@ -16,10 +18,11 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 
 cd "$VD_TMP"
 
-# nbd_round FORMAT IMAGE: serve IMAGE with the first fdatasync failing.
+# nbd_round FORMAT IMAGE [N]: serve IMAGE with the Nth fdatasync (default
+# the first) failing.
 nbd_round() {
   local fmt=$1 img=$2
-  LD_PRELOAD=$shim VDTEST_SHIM_FILE=$img VDTEST_FAIL_SYNC=1 \
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=$img VDTEST_FAIL_SYNC=${3:-1} \
     start_nbd -f "$fmt" "disk=$img"
   /usr/bin/python3 - "$nbd_sock" <<'PY' || fail "$fmt: vdisk-nbd forgot a failed flush"
 import errno, sys
@@ -69,6 +72,19 @@ assert not used, used
 PY
 rc=0; vdtool check disk.vhd >/dev/null 2>&1 || rc=$?
 [ $rc = 0 ] || [ $rc = 3 ] || fail "check after the failed flush exited $rc"
+
+# VHDX: the first write's session start takes three syncs (its empty log
+# entry, then each header), so the fourth, the first flush's, fails.
+vdtool create -q -f vhdx disk.vhdx 8M
+nbd_round vhdx disk.vhdx 4
+/usr/bin/python3 - disk.vhdx <<'PY' || fail "the VHDX BAT was written after a failed flush"
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+bat = struct.unpack("<8Q", d[3 << 20:(3 << 20) + 64])   # vdtool's layout
+assert not any(bat), bat
+PY
+rc=0; vdtool check disk.vhdx >/dev/null 2>&1 || rc=$?
+[ $rc = 0 ] || [ $rc = 3 ] || fail "check of the VHDX after the failed flush exited $rc"
 
 # vdisk-fuse: fsync of the disk file gets EIO, and again the second time.
 if [ -c /dev/fuse ] && [ -r /dev/fuse ] && command -v fusermount3 >/dev/null &&

@@ -53,10 +53,12 @@ for o in (1 * M, 2 * M, 3 * M + 4096, 15 * M + 7):
 for o in (0, 4 * M, 5 * M, 8 * M):
     assert at(o)["data"], at(o)
 PY
-# The space went back to the host (where the file system can punch).
+# The space went back to the host (where the file system can punch).  The
+# log entries written meanwhile may take up to the log's 1 MiB of space the
+# file did not use yet.
 if fallocate -p -o 0 -l 4096 z.vhdx.probe 2>/dev/null || { truncate -s 8192 z.vhdx.probe && fallocate -p -o 0 -l 4096 z.vhdx.probe; }; then
   alloc1=$(du -k z.vhdx | cut -f1)
-  [ $((alloc0 - alloc1)) -ge 4096 ] || fail "4 MiB of blocks not given back ($alloc0 KiB -> $alloc1 KiB)"
+  [ $((alloc0 - alloc1)) -ge 3072 ] || fail "4 MiB of blocks not given back ($alloc0 KiB -> $alloc1 KiB)"
 fi
 # A write into the unmapped block takes its old space back.
 vd_nbd_io z.vhdx model.raw "write -P 0x55 $((M + 4096)) 4096"
