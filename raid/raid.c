@@ -169,9 +169,8 @@ static void raid_mio_pool_run(struct raid_array *a, struct raid_mio *mio,
     else
       p->head = &mio[i];
     p->tail = &mio[i];
-    /* One worker per request: a broadcast would wake them all. */
-    pthread_cond_signal(&p->cond);
   }
+  pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
   if (fn)
     fn(arg);
