@@ -55,7 +55,8 @@ struct raid_pool {
   struct raid_mio *head, *tail;   /* guarded by lock */
   bool stop;                      /* guarded by lock */
   unsigned nthreads;
-  pthread_t th[16];
+  unsigned ncpu;                  /* CPUs online at start (raid_run_lanes) */
+  pthread_t th[RAID_MAX_LANES - 1];
 };
 
 static int raid_member_io(struct raid_array *a, int slot, int op, void *buf,
@@ -74,6 +75,11 @@ static int raid_member_io(struct raid_array *a, int slot, int op, void *buf,
 
 static void raid_mio_exec(struct raid_array *a, struct raid_mio *io)
 {
+  if (io->op == RAID_MIO_CALL) {
+    io->call(io->buf, io->lane, io->nlanes);
+    io->ret = 0;
+    return;
+  }
   uint64_t abs = io->off;
   if (io->op != RAID_MIO_FLUSH && !io->abs_off)
     abs += a->sb.data_offset;
@@ -115,7 +121,9 @@ static int raid_pool_start(struct raid_array *a)
   pthread_mutex_init(&p->lock, NULL);
   pthread_cond_init(&p->cond, NULL);
   a->pool = p;
-  unsigned want = a->n < 16 ? a->n : 16;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  p->ncpu = ncpu > 0 ? (unsigned)ncpu : 1;
+  unsigned want = a->n < RAID_MAX_LANES - 1 ? a->n : RAID_MAX_LANES - 1;
   for (unsigned i = 0; i < want; i++) {
     if (pthread_create(&p->th[i], NULL, raid_pool_worker, a) != 0)
       break;
@@ -208,6 +216,28 @@ int raid_mio_run_while(struct raid_array *a, struct raid_mio *mio, int n,
     fn(arg);
   }
   return raid_mio_first_error(mio, n);
+}
+
+void raid_run_lanes(struct raid_array *a,
+                    void (*fn)(void *arg, unsigned lane, unsigned nlanes),
+                    void *arg, unsigned max)
+{
+  struct raid_pool *p = a->pool;
+  unsigned n = p ? p->nthreads + 1 : 1;
+  if (p && n > p->ncpu)
+    n = p->ncpu;
+  if (n > max)
+    n = max;
+  if (n <= 1) {
+    fn(arg, 0, 1);
+    return;
+  }
+  /* The last entry runs in the caller: it is lane 0. */
+  struct raid_mio mio[RAID_MAX_LANES];
+  for (unsigned i = 0; i < n; i++)
+    mio[i] = (struct raid_mio){ .op = RAID_MIO_CALL, .call = fn, .buf = arg,
+                                .lane = (i + 1) % n, .nlanes = n };
+  raid_mio_pool_run(a, mio, (int)n - 1, NULL, NULL);
 }
 
 int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
@@ -1025,6 +1055,8 @@ static void raid_array_free(struct raid_array *a)
   }
   free(a->bm);
   a->bm = NULL;
+  free(a->rb_scratch);
+  a->rb_scratch = NULL;
   free(a->bm_inflight);
   free(a->bm_gen);
   if (a->ops && a->ops->stop)

@@ -230,7 +230,9 @@ const char *raid_xor_impl_select(unsigned i);
 void *raid_scratch(int slot, size_t len);
 
 /* ---- the array ---- */
-enum raid_mio_op { RAID_MIO_READ, RAID_MIO_WRITE, RAID_MIO_FLUSH };
+/* RAID_MIO_CALL: not a member request but one lane of raid_run_lanes. */
+enum raid_mio_op { RAID_MIO_READ, RAID_MIO_WRITE, RAID_MIO_FLUSH,
+                   RAID_MIO_CALL };
 
 struct raid_member {
   char *path;                  /* resolved path, NULL if none in descriptor */
@@ -265,6 +267,9 @@ struct raid_mio {
   bool abs_off;                /* metadata (superblock, bitmap, log): OFF
                                   is not moved past sb.data_offset */
   int ret;
+  /* RAID_MIO_CALL: CALL(BUF, LANE, NLANES) instead of a request. */
+  void (*call)(void *arg, unsigned lane, unsigned nlanes);
+  unsigned lane, nlanes;
   struct raid_batch *batch;
   struct raid_mio *next;
 };
@@ -361,6 +366,8 @@ struct raid_array {
   int rb_slot;                 /* the rebuild owner's slot and checkpoint */
   uint64_t rb_ckpt_off;        /* state (raid_rebuild_step_rows): the */
   double rb_last_ckpt;         /* rebuild thread or the stepping caller */
+  uint8_t *rb_scratch;         /* the rebuild owner's buffers, kept for the
+                                  next rebuild (raid_rebuild_scratch) */
   struct vd_dev *retired[RAID_MAX_MEMBERS * 4]; /* replaced members, closed
                                   at the end (I/O may still use them) */
   unsigned nretired;           /* guarded by sb_lock */
@@ -408,6 +415,16 @@ int raid_mio_run(struct raid_array *a, struct raid_mio *mio, int n);
  * work that overlaps them); returns as raid_mio_run once all are done. */
 int raid_mio_run_while(struct raid_array *a, struct raid_mio *mio, int n,
                        void (*fn)(void *), void *arg);
+/* At most this many lanes (the pool's threads and the caller). */
+#define RAID_MAX_LANES 17
+/* Run FN(ARG, LANE, NLANES) for every LANE in [0, NLANES) at once: lane 0
+ * in the caller, the others on the pool; returns when all have.  NLANES is
+ * MAX, or fewer: at most the CPUs online and the pool's threads + 1.  FN
+ * runs its member requests with raid_mio_one, never raid_mio_run (the
+ * pool's threads may all be running lanes). */
+void raid_run_lanes(struct raid_array *a,
+                    void (*fn)(void *arg, unsigned lane, unsigned nlanes),
+                    void *arg, unsigned max);
 /* Single member request, inline: at data-relative OFF, or (_abs) at OFF
  * from the member's start (metadata areas). */
 int raid_mio_one(struct raid_array *a, int slot, int op, void *buf,
@@ -488,7 +505,7 @@ struct raid_level_ops {
   /* Redundant levels only (NULL otherwise).  Resync (or with CHECK_ONLY,
    * compare) the row at MOFF, taking its stripe lock; *MISMATCH says
    * whether the redundancy differed.  Rebuild SLOT's rows [MOFF, MOFF+LEN)
-   * (whole rows, one request per member) from the others; the caller holds
+   * (whole rows) from the others; the caller holds
    * their stripe locks (raid_stripes_lock) and SCRATCH holds 2 * n * LEN
    * bytes. */
   int (*sync_row)(struct raid_array *a, uint64_t moff, bool check_only,

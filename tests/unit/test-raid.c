@@ -1557,10 +1557,10 @@ static void test_rebuild_online(void)
   rebuild_online(1);
 }
 
-/* A rebuild whose steps span several pipeline blocks (64 KiB chunks: 32
- * rows, 2 MiB of each member per step, four 512 KiB blocks) rebuilds every
- * byte: the data reads back, parity matches, and the rebuilt member serves
- * reconstruction once another one fails. */
+/* A rebuild whose steps span several blocks (64 KiB chunks: 32 rows, 2 MiB
+ * of each member per step, sixteen 128 KiB blocks shared out to the lanes)
+ * rebuilds every byte: the data reads back, parity matches, and the rebuilt
+ * member serves reconstruction once another one fails. */
 static void test_rebuild_pipeline(void)
 {
   struct tarr t;
@@ -1580,6 +1580,52 @@ static void test_rebuild_pipeline(void)
   CU_ASSERT(vd_raid_fail(t.a, 2) == 0);
   CU_ASSERT(verify_all(&t) == 0);
   tarr_free(&t);
+}
+
+/* An I/O error in the last block of a RAID5 rebuild step (the last lane's,
+ * while the other lanes run) ends the rebuild with that error, recorded on
+ * the right member: a source's fails the array (a second member lost), the
+ * new member's fails only the new member, and the array still serves every
+ * byte. */
+static void rebuild_lane_error(bool source)
+{
+  struct tarr t;
+  tarr_create(&t, 5, 4, 65536, 9 * MIB, -1, 0);
+  struct vd_fault *f = source ? tarr_fault(&t, 2) : NULL;
+  char newp[400];
+  snprintf(newp, sizeof newp, "%s/new.img", t.dir);
+  struct vd_create_args ca = { .size = 9 * MIB };
+  CU_ASSERT_FATAL(vd_create(newp, "raw", &ca) == 0);
+  if (!source) {
+    f = vd_fault_attach(newp);
+    CU_ASSERT_FATAL(f != NULL);
+    t.filter = "fault";
+  }
+  CU_ASSERT_FATAL(tarr_open(&t) == 0);
+  random_ops(&t, 20);
+  CU_ASSERT(vd_raid_fail(t.a, 1) == 0);
+  uint64_t d0 = t.a->sb.data_offset;
+  struct vd_fault_cfg fc = { .mode = VD_FAULT_FAIL_RANGE,
+                             .start = d0 + 2 * MIB - 4096,
+                             .end = d0 + 2 * MIB };
+  vd_fault_set(f, &fc);
+  CU_ASSERT(vd_raid_replace(t.a, 1, newp, "raw", 0, NULL, NULL) == -EIO);
+  if (source) {
+    CU_ASSERT(member_state(&t, 2) == VD_RAID_STATE_FAULTY);
+  } else {
+    CU_ASSERT(member_state(&t, 1) == VD_RAID_STATE_FAULTY);
+    CU_ASSERT(member_state(&t, 2) == VD_RAID_STATE_ACTIVE);
+    CU_ASSERT(verify_all(&t) == 0);
+    tarr_close(&t);
+  }
+  tarr_free(&t);       /* a failed array's close reports the failure */
+  vd_fault_detach(f);
+}
+
+static void test_rebuild_lane_error(void)
+{
+  rebuild_lane_error(true);
+  rebuild_lane_error(false);
 }
 
 /* A rebuild killed midway resumes from its checkpoint. */
@@ -1980,7 +2026,8 @@ int main(void)
     { "bitmap-driven resync", test_bitmap_resync },
     { "bit rot found and repaired by scrub", test_bitrot },
     { "online rebuild under concurrent I/O", test_rebuild_online },
-    { "rebuild in pipelined multi-block steps", test_rebuild_pipeline },
+    { "rebuild in multi-block steps on lanes", test_rebuild_pipeline },
+    { "rebuild: an I/O error in a lane", test_rebuild_lane_error },
     { "killed rebuild resumes", test_rebuild_killed },
     { "caller-driven rebuild, step by step", test_rebuild_steps },
     { "caller-driven scrub, step by step", test_scrub_steps },
