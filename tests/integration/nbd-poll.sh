@@ -12,26 +12,9 @@ requires strace
 pattern_bytes $((4 * 1024 * 1024)) 5 > "$VD_TMP/disk.raw"
 cp "$VD_TMP/disk.raw" "$VD_TMP/ref.raw"
 
-# serve ARGS...: the server under strace, counting non-blocking receives
-# (those of the input buffer: the handshake has its own; in the
-# foreground: strace -f would wait for a --fork daemon to end;
-# LeakSanitizer cannot run under ptrace: off for it).
-serve() {
-  nbd_sock=$VD_TMP/nbd.sock nbd_pidfile=$VD_TMP/nbd.pid
-  nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
-  rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
-  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-    strace -f -qq -e trace=recvfrom -o "$VD_TMP/strace" \
-    "$top_builddir/libtool" --mode=execute \
-    "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
-    -t -k "$nbd_sock" -f raw "$@" "$VD_TMP/disk.raw" 2>>"$nbd_errlog" &
-  strace_pid=$!
-  on_exit "kill $strace_pid 2>/dev/null"
-  wait_for_socket "$nbd_sock" || fail "vdisk-nbd $* did not start"
-  for _ in $(seq 100); do [ -s "$nbd_pidfile" ] && break; sleep 0.1; done
-  on_exit stop_nbd
-}
-stop() { stop_nbd; wait "$strace_pid" 2>/dev/null || true; }
+# serve ARGS...: the server under strace, counting receives; polls: the
+# non-blocking ones of the input buffer (the handshake has its own).
+serve() { start_nbd_traced recvfrom -f raw "$@" "$VD_TMP/disk.raw"; }
 polls() { grep -c ', 65536, MSG_DONTWAIT' "$VD_TMP/strace" || true; }
 
 # 300 requests one at a time: reads checked against the data, writes
@@ -59,14 +42,14 @@ PY
 
 serve --poll-max-ns=1000000
 qd1 1 || fail "requests while polling"
-stop
+stop_nbd_traced
 n=$(polls)
 echo "--poll-max-ns=1000000: $n non-blocking receives"
 [ "$n" -gt 0 ] || fail "a queue-depth-1 client was never polled for"
 
 serve --poll-max-ns=0
 qd1 2 || fail "requests without polling"
-stop
+stop_nbd_traced
 n=$(polls)
 echo "--poll-max-ns=0: $n non-blocking receives"
 [ "$n" = 0 ] || fail "--poll-max-ns=0 polled $n times"

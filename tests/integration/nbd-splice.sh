@@ -54,27 +54,8 @@ h.shutdown()
 PY
 }
 
-# serve FORMAT IMAGE ARGS...: the server under strace, counting splices
-# (in the foreground: strace -f would wait for a --fork daemon to end;
-# LeakSanitizer cannot run under ptrace: off for it).
-serve() {
-  local f=$1 img=$2; shift 2
-  nbd_sock=$VD_TMP/nbd.sock nbd_pidfile=$VD_TMP/nbd.pid
-  nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
-  rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
-  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-    strace -f -qq -e trace=splice -o "$VD_TMP/strace" \
-    "$top_builddir/libtool" --mode=execute \
-    "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
-    -t -k "$nbd_sock" -f "$f" "$@" "$img" 2>>"$nbd_errlog" &
-  strace_pid=$!
-  on_exit "kill $strace_pid 2>/dev/null"
-  wait_for_socket "$nbd_sock" || fail "vdisk-nbd -f $f $* did not start"
-  for _ in $(seq 100); do [ -s "$nbd_pidfile" ] && break; sleep 0.1; done
-  on_exit stop_nbd
-}
-# stop: the server, then strace.
-stop() { stop_nbd; wait "$strace_pid" 2>/dev/null || true; }
+# serve FORMAT IMAGE ARGS...: the server under strace, counting splices.
+serve() { local f=$1 img=$2; shift 2; start_nbd_traced splice -f "$f" "$@" "$img"; }
 splices() { grep -c '^[0-9]* *splice(' "$VD_TMP/strace" || true; }
 
 for f in raw vpc qcow2 vhdx; do
@@ -87,7 +68,7 @@ for f in raw vpc qcow2 vhdx; do
   done
   py 0 || fail "$f: structured reads"
   py 1 || fail "$f: simple reads"
-  stop
+  stop_nbd_traced
   n=$(splices)
   echo "$f: $n splice calls"
   [ "$n" -gt 0 ] || fail "$f: no read was spliced"
@@ -98,6 +79,6 @@ serve raw "$VD_TMP/disk.raw" --cache=none
 nbdcopy --request-size=1048576 "$nbd_uri" "$VD_TMP/out.raw" ||
   fail "--cache=none: nbdcopy failed"
 cmp "$VD_TMP/out.raw" "$ref" || fail "--cache=none: read other bytes"
-stop
+stop_nbd_traced
 [ "$(splices)" = 0 ] || fail "--cache=none spliced $(splices) reads"
 echo PASS

@@ -53,23 +53,9 @@ qemu-img check -q "$img" || fail "qemu-img check after fio"
 qemu-img convert -q -f raw -O qcow2 -o cluster_size=64k "$ref" "$VD_TMP/own.qcow2"
 cmds=()
 for i in $(seq 0 199); do cmds+=(-c "write -P $((i % 250 + 1)) $((i * 77 % 4000))k 4k"); done
-nbd_sock=$VD_TMP/s.sock nbd_pidfile=$VD_TMP/s.pid nbd_errlog=$VD_TMP/s.err
-nbd_uri="nbd+unix:///?socket=$nbd_sock"
-# In the foreground: strace -f would wait for a --fork daemon to end;
-# LeakSanitizer cannot run under ptrace: off for it.
-ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-  strace -f -qq -e trace=pread64 -o "$VD_TMP/strace" \
-  "$top_builddir/libtool" --mode=execute "$top_builddir/nbd-server/vdisk-nbd" \
-  --pid-file "$nbd_pidfile" -t -k "$nbd_sock" -f qcow2 "$VD_TMP/own.qcow2" \
-  2>>"$nbd_errlog" &
-strace_pid=$!
-on_exit "kill $strace_pid 2>/dev/null"
-wait_for_socket "$nbd_sock" || fail "vdisk-nbd under strace did not start"
-for _ in $(seq 100); do [ -s "$nbd_pidfile" ] && break; sleep 0.1; done
-on_exit stop_nbd
+start_nbd_traced pread64 -f qcow2 "$VD_TMP/own.qcow2"
 qemu-io -f raw "${cmds[@]}" "$nbd_uri" >/dev/null || fail "qemu-io overwrites"
-stop_nbd
-wait "$strace_pid" 2>/dev/null || true
+stop_nbd_traced
 n=$(grep -c 'pread64([0-9]*, .*, 65536, ' "$VD_TMP/strace" || true)
 echo "200 overwrites: $n reads of 64 KiB"
 [ "$n" -lt 20 ] || fail "200 overwrites of owned clusters read $n L2 tables"

@@ -16,6 +16,29 @@ start_nbd() {
   nbd_uri="nbd+unix:///?socket=$nbd_sock"
 }
 
+# start_nbd_traced SYSCALLS ARGS...: vdisk-nbd -t ARGS under strace -f,
+# which writes the calls of SYSCALLS (strace's -e trace= list) to
+# $VD_TMP/strace; stop_nbd_traced stops both.  In the foreground: strace
+# -f would wait for a --fork daemon to end.  LeakSanitizer cannot run
+# under ptrace: off for it.
+start_nbd_traced() {
+  local trace=$1; shift
+  nbd_sock=$VD_TMP/nbd.sock nbd_pidfile=$VD_TMP/nbd.pid
+  nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
+  rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+    strace -f -qq -e trace="$trace" -o "$VD_TMP/strace" \
+    "$top_builddir/libtool" --mode=execute \
+    "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
+    -t -k "$nbd_sock" "$@" 2>>"$nbd_errlog" &
+  nbd_strace_pid=$!
+  on_exit "kill $nbd_strace_pid 2>/dev/null"
+  wait_for_socket "$nbd_sock" || fail "vdisk-nbd $* (under strace) did not start"
+  for _ in $(seq 100); do [ -s "$nbd_pidfile" ] && break; sleep 0.1; done
+  on_exit stop_nbd
+}
+stop_nbd_traced() { stop_nbd; wait "$nbd_strace_pid" 2>/dev/null || true; }
+
 # nbd_uri_for NAME: URI of export NAME on the running server.
 nbd_uri_for() { echo "nbd+unix:///$1?socket=$nbd_sock"; }
 
