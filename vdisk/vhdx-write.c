@@ -469,20 +469,20 @@ struct vhdx_bat_set {
   unsigned n;
 };
 
-/* BAT page PAGE as the entries in memory make it, S's entries (S may be
- * NULL) in place of theirs, into PG (D: its 4 KiB).  Lock held. */
+/* BAT page PAGE as the entries in memory make it, the N entries IDX[] set
+ * to VAL[] in place of theirs, into PG (D: its 4 KiB).  Lock held. */
 static void
 vhdx_bat_page_locked(struct vhdx_priv *p, uint64_t page,
-                     const struct vhdx_bat_set *s, struct vhdx_page *pg,
-                     uint8_t *d)
+                     const uint64_t *idx, const uint64_t *val, unsigned n,
+                     struct vhdx_page *pg, uint8_t *d)
 {
   for (uint64_t i = 0; i < VHDX_LOG_SECTOR / 8; i++) {
-    uint64_t e, idx = page * (VHDX_LOG_SECTOR / 8) + i;
-    e = idx >= p->bat_entries ? 0
-        : __atomic_load_n(&p->bat[idx], __ATOMIC_ACQUIRE);
-    for (unsigned j = 0; s && j < s->n; j++)
-      if (s->idx[j] == idx)
-        e = s->val[j];
+    uint64_t e, at = page * (VHDX_LOG_SECTOR / 8) + i;
+    e = at >= p->bat_entries ? 0
+        : __atomic_load_n(&p->bat[at], __ATOMIC_ACQUIRE);
+    for (unsigned j = 0; j < n; j++)
+      if (idx[j] == at)
+        e = val[j];
     vd_put_le64(d + 8 * i, e);
   }
   pg->off = p->bat_region.off + page * VHDX_LOG_SECTOR;
@@ -502,7 +502,7 @@ vhdx_bat_pages_locked(struct vhdx_priv *p, const struct vhdx_bat_set *s,
       have |= pg[j].off == p->bat_region.off + page * VHDX_LOG_SECTOR;
     if (have)
       continue;
-    vhdx_bat_page_locked(p, page, s, &pg[*n],
+    vhdx_bat_page_locked(p, page, s->idx, s->val, s->n, &pg[*n],
                          buf + (size_t)*n * VHDX_LOG_SECTOR);
     (*n)++;
   }
@@ -524,7 +524,7 @@ vhdx_commit_locked(struct vd_dev *dev)
   if (!buf)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   for (unsigned i = 0; i < n; i++)
-    vhdx_bat_page_locked(p, p->pending[i], NULL, &pg[i],
+    vhdx_bat_page_locked(p, p->pending[i], NULL, NULL, 0, &pg[i],
                          buf + (size_t)i * VHDX_LOG_SECTOR);
   /* Every block the pages name is inside the file (appends happen under
    * the lock): the flush makes them and the growth durable, so the size
@@ -838,16 +838,8 @@ vhdx_set_state_locked(struct vd_dev *dev, uint64_t b0, uint64_t b1,
     }
     if (n == 0)
       continue;
-    for (uint64_t k = 0; k < per_page; k++) {
-      uint64_t i = page * per_page + k;
-      uint64_t e = i >= p->bat_entries ? 0
-                   : __atomic_load_n(&p->bat[i], __ATOMIC_ACQUIRE);
-      for (unsigned j = 0; j < n; j++)
-        if (idx[j] == i)
-          e = val[j];
-      vd_put_le64(pg + 8 * k, e);
-    }
-    struct vhdx_page one = { p->bat_region.off + page * VHDX_LOG_SECTOR, pg };
+    struct vhdx_page one;
+    vhdx_bat_page_locked(p, page, idx, val, n, &one, pg);
     uint64_t fsz;
     if ((r = vd_file_size(dev->file, &fsz)) < 0 ||
         (r = vhdx_log_pages_locked(dev, &one, 1, fsz, fsz)) < 0)
