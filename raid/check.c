@@ -7,8 +7,9 @@
  *     (magic, checksum, fields), carry the descriptor's array UUID and its
  *     own slot, and agree with the freshest one on the geometry; two at the
  *     highest event count must agree on the role table (else split brain);
- *     a member recorded active whose events are behind is stale (the array
- *     starts without it).  Each of these is a corruption.
+ *     a member recorded active whose events are more than one behind is
+ *     stale (the array starts without it; one behind is an interrupted
+ *     superblock write, accepted).  Each of these is a corruption.
  *  2. Write-intent bitmap: bits set in a cleanly stopped array whose
  *     members are all active, or beyond the last region, only cost an
  *     unneeded resync: leaks.  (While a member is out its bits are kept
@@ -198,7 +199,8 @@ static void chk_superblocks(struct chk *c)
       chk_degraded(c, "slot %u (%s) is recorded as faulty", i,
                    chk_name(c, i));
       c->have_sb[i] = false;
-    } else if (m->events < f->events) {
+    } else if (m->events + 1 < f->events) {
+      /* One behind: an interrupted superblock write, accepted (raid.c). */
       chk_report(c, &c->r->corruptions, "member %u: %s: stale superblock "
                  "(events %" PRIu64 ", member %d has %" PRIu64 ") although "
                  "recorded active: the array starts without it", i,

@@ -8,8 +8,10 @@
  * Assembly rules (as md/mdadm):
  *  - the member(s) with the highest event count are authoritative; their
  *    role table says which slots are active, faulty or rebuilding;
- *  - a member with a lower event count, or whose device UUID is not the
- *    one recorded for its slot, is stale and never read;
+ *  - a member more than one event behind, or whose device UUID is not the
+ *    one recorded for its slot, is stale and never read; one behind is an
+ *    interrupted superblock write and is accepted where the freshest table
+ *    names it active or rebuilding (as md's and mdadm's margin of one);
  *  - two freshest members that disagree about the roles (split brain)
  *    refuse to assemble;
  *  - a missing member on a clean array starts degraded (vdtool raid
@@ -366,8 +368,12 @@ int raid_sb_write_all_locked(struct raid_array *a)
         bad = true;
       }
     vd_free_aligned(bufs);
-    if (!bad)
+    if (!bad) {
+      /* Every failure stored before this write began (under sb_lock) is
+       * now on the survivors. */
+      atomic_store(&a->unrecorded, 0);
       return 0;
+    }
     /* A member failed under us: record that too (another round). */
     if (!raid_viable(a)) {
       atomic_store(&a->failed, true);
@@ -391,6 +397,9 @@ int raid_member_failed(struct raid_array *a, int slot, int err)
   struct raid_member *m = &a->m[slot];
   int r = 0;
   if (atomic_load(&m->state) != RAID_ROLE_FAULTY) {
+    /* Counted before it is visible: a writer that skips the member
+     * finds the count in its flush (raid_flush_members). */
+    atomic_fetch_add(&a->unrecorded, 1);
     atomic_store(&m->state, RAID_ROLE_FAULTY);
     if (!raid_viable(a)) {
       /* Too many failures: stop writing anything, not even superblocks,
@@ -575,6 +584,26 @@ static void raid_bitmap_flushed(struct raid_array *a, uint64_t gen)
   raid_handle_failed(a, failed, -EIO);
 }
 
+/* A flush acknowledges writes that skipped a member failed since the
+ * last superblock write.  Unless the survivors' superblocks say so before
+ * the flush returns, a crash could bring that member back as active with
+ * its stale data (another thread records the failure: wait for it, or
+ * write it if nobody does). */
+static int raid_failures_durable(struct raid_array *a)
+{
+  if (atomic_load(&a->unrecorded) == 0)
+    return 0;
+  pthread_mutex_lock(&a->sb_lock);
+  int r = 0;
+  if (!atomic_load(&a->failed) && atomic_load(&a->unrecorded))
+    r = raid_sb_write_all_locked(a);
+  if (atomic_load(&a->failed))
+    r = vd_set_error(EIO, "%s: RAID%u has failed", a->desc_path,
+                     a->sb.level);
+  pthread_mutex_unlock(&a->sb_lock);
+  return r;
+}
+
 /* Flush every writable member; record failures. */
 int raid_flush_members(struct raid_array *a)
 {
@@ -588,6 +617,8 @@ int raid_flush_members(struct raid_array *a)
   for (int j = 0; j < k; j++)
     if (mio[j].ret < 0 && raid_member_failed(a, mio[j].slot, mio[j].ret) < 0)
       r = -EIO;
+  if (r == 0)
+    r = raid_failures_durable(a);
   return r;
 }
 
@@ -672,7 +703,7 @@ struct raid_scan {
   char why[RAID_MAX_MEMBERS][160];   /* why a member is not usable */
   int state[RAID_MAX_MEMBERS];       /* VD_RAID_STATE_* */
   int fresh;                         /* slot of the freshest superblock */
-  bool forced_behind;                /* force took a member one event behind */
+  bool behind;                       /* a member is one event behind */
   uint32_t taken;                    /* slots whose device is a spare line's
                                         (a takeover cut before the
                                         descriptor was rewritten) */
@@ -982,16 +1013,20 @@ static int raid_scan_members(const char *desc,
       s->state[i] = VD_RAID_STATE_FAULTY;
       continue;
     }
-    if (m->events < f->events &&
-        !(force && m->events + 1 == f->events &&
-          f->role[i].state != RAID_ROLE_FAULTY)) {
+    /* One event behind is an interrupted superblock write (each member's
+     * superblock is written in parallel, so a crash can leave some at the
+     * new count): the freshest table still names the member active or
+     * rebuilding (checked above), and nothing that skipped it was
+     * acknowledged before that write completed (raid_flush_members).
+     * md and mdadm allow the same margin of one. */
+    if (m->events + 1 < f->events) {
       snprintf(s->why[i], sizeof s->why[i], "%s: stale (events %" PRIu64
                " < %" PRIu64 ")", s->path[i], m->events, f->events);
       s->state[i] = VD_RAID_STATE_STALE;
       continue;
     }
     if (m->events < f->events)
-      s->forced_behind = true;
+      s->behind = true;
     switch (f->role[i].state) {
     case RAID_ROLE_REBUILDING:
       s->state[i] = VD_RAID_STATE_REBUILDING;
@@ -1196,7 +1231,7 @@ static int raid_open(struct vd_dev *dev)
         recorded_change = true;
     }
   }
-  bool forced_behind = s->forced_behind;
+  bool behind = s->behind;
   uint32_t taken = s->taken;
   r = raid_spares_open(a, dev->path, &s->d);
   if (r < 0)
@@ -1250,15 +1285,15 @@ static int raid_open(struct vd_dev *dev)
      * nothing leaves the superblocks alone, so a member that was merely
      * absent (not given to vdtool raid assemble --run, unplugged) comes
      * back without a rebuild.  Opens that write at once (resync, rebuild)
-     * record the absent members first; a forced start rewrites the
-     * superblocks to accept members one event behind. */
+     * record the absent members first.  A member accepted one event
+     * behind gets the current count at once. */
     bool rebuilding = false;
     for (unsigned i = 0; i < a->n; i++)
       if (atomic_load(&a->m[i].state) == RAID_ROLE_REBUILDING)
         rebuilding = true;
     bool writes_now = was_dirty || rebuilding ||
                       a->sb.resync_offset != RAID_NO_OFFSET;
-    if ((recorded_change && writes_now) || forced_behind) {
+    if ((recorded_change && writes_now) || behind) {
       r = raid_sb_update(a);
       if (r < 0)
         goto fail;

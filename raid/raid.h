@@ -327,6 +327,9 @@ struct raid_array {
   _Atomic bool failed;         /* too many failures: EIO, no more writes */
   _Atomic bool dirty;          /* sb DIRTY flag written */
   _Atomic bool crashed;        /* vd_raid_crash: close writes nothing */
+  _Atomic unsigned unrecorded; /* member failures that no completed
+                                  superblock write records yet: a flush
+                                  waits for that write (raid_flush_members) */
 
   pthread_mutex_t stripe_lock[RAID_STRIPE_LOCKS]; /* raid_stripe_lock */
 

@@ -7,6 +7,8 @@
  *    byte range, or everything (the device is gone);
  *  - drop writes (report success, write nothing) or tear them (keep the
  *    first 512 bytes);
+ *  - hold I/O touching a byte range until the test changes the mode (to
+ *    stop another thread at a chosen point);
  *  - power-cut mode: remember each write since the device's last flush
  *    (its pre-image and data); vd_fault_powercut() then rolls the device
  *    back to its last flush and re-applies a random subset, which
@@ -39,6 +41,8 @@ struct vd_fault {
   dev_t st_dev;
   ino_t st_ino;
   pthread_mutex_t lock;
+  pthread_cond_t released;        /* cfg changed (VD_FAULT_HOLD_RANGE) */
+  unsigned held;                  /* I/Os waiting in it; guarded by lock */
   struct vd_fault_cfg cfg;        /* guarded by lock */
   uint64_t count;                 /* I/Os matching cfg's kinds */
   uint64_t total;
@@ -77,6 +81,7 @@ struct vd_fault *vd_fault_attach(const char *path)
   f->st_ino = st.st_ino;
   f->refs = 1;
   pthread_mutex_init(&f->lock, NULL);
+  pthread_cond_init(&f->released, NULL);
   pthread_mutex_lock(&fault_list_lock);
   f->next = fault_list;
   fault_list = f;
@@ -103,6 +108,7 @@ static void fault_unref(struct vd_fault *f)
   fault_clear_recs(f);
   free(f->rec);
   pthread_mutex_destroy(&f->lock);
+  pthread_cond_destroy(&f->released);
   free(f);
 }
 
@@ -119,6 +125,7 @@ void vd_fault_detach(struct vd_fault *f)
   pthread_mutex_unlock(&fault_list_lock);
   pthread_mutex_lock(&f->lock);
   memset(&f->cfg, 0, sizeof f->cfg);
+  pthread_cond_broadcast(&f->released);
   f->tripped = f->armed = false;
   fault_clear_recs(f);
   pthread_mutex_unlock(&f->lock);
@@ -149,7 +156,16 @@ void vd_fault_set(struct vd_fault *f, const struct vd_fault_cfg *c)
   f->cfg = *c;
   f->count = 0;
   f->tripped = false;
+  pthread_cond_broadcast(&f->released);
   pthread_mutex_unlock(&f->lock);
+}
+
+unsigned vd_fault_held(struct vd_fault *f)
+{
+  pthread_mutex_lock(&f->lock);
+  unsigned n = f->held;
+  pthread_mutex_unlock(&f->lock);
+  return n;
 }
 
 void vd_fault_powercut_arm(struct vd_fault *f, bool on)
@@ -169,7 +185,7 @@ uint64_t vd_fault_count(struct vd_fault *f)
 }
 
 /* Decide the fate of one I/O.  Returns 0 (do it), -EIO (fail), 1 (drop),
- * 2 (tear).  Caller holds f->lock. */
+ * 2 (tear), 3 (hold).  Caller holds f->lock. */
 static int fault_decide(struct vd_fault *f, enum fault_op op, size_t len,
                         uint64_t off)
 {
@@ -200,6 +216,9 @@ static int fault_decide(struct vd_fault *f, enum fault_op op, size_t len,
     return is_write ? 1 : 0;
   case VD_FAULT_TEAR_WRITES:
     return is_write ? 2 : 0;
+  case VD_FAULT_HOLD_RANGE:
+    return op != FAULT_FLUSH && kinds && off < c->end && off + len > c->start
+           ? 3 : 0;
   default:
     return 0;
   }
@@ -249,6 +268,13 @@ static int fault_io(struct vd_fault *f, struct vd_dev *dev, enum fault_op op,
   pthread_mutex_lock(&f->lock);
   f->dev = dev;
   int fate = fault_decide(f, op, len, off);
+  if (fate == 3) {
+    f->held++;
+    while (f->cfg.mode == VD_FAULT_HOLD_RANGE)
+      pthread_cond_wait(&f->released, &f->lock);
+    f->held--;
+    fate = 0;
+  }
   int r = 0;
   if (fate < 0) {
     pthread_mutex_unlock(&f->lock);

@@ -27,6 +27,9 @@ enum vd_fault_mode {
   VD_FAULT_DROP_WRITES,        /* writes report success, do nothing */
   VD_FAULT_TEAR_WRITES,        /* writes keep only the first 512 bytes */
   VD_FAULT_FAIL_ALL,           /* every I/O fails (device gone) */
+  VD_FAULT_HOLD_RANGE,         /* I/O touching [start, end) waits until
+                                  vd_fault_set changes the mode, then
+                                  goes ahead */
 };
 
 struct vd_fault_cfg {
@@ -49,6 +52,8 @@ void vd_fault_detach(struct vd_fault *f);
 void vd_fault_set(struct vd_fault *f, const struct vd_fault_cfg *c);
 /* Number of reads and writes seen through F since it was attached. */
 uint64_t vd_fault_count(struct vd_fault *f);
+/* Number of I/Os waiting in VD_FAULT_HOLD_RANGE now. */
+unsigned vd_fault_held(struct vd_fault *f);
 
 /* Power-cut recording on (or off): remember each write (its pre-image and
  * data) until the next flush through F. */
