@@ -12,7 +12,8 @@
 #   bench/ab-frontends.sh BUILD_A BUILD_B [ROUNDS [SECONDS [SIZE_MIB]]]
 #                                              (defaults 3, 5, 512)
 # Environment: TESTS (default "seqread randread fuseread"; also randwrite,
-# 4 KiB random writes), IODEPTH (default 32) for the NBD tests.
+# 4 KiB random writes, and syncwrite, the same with a flush after each
+# write as fio --fsync=1), IODEPTH (default 32) for the NBD tests.
 # Run as root (FUSE) from anywhere; never part of make check.
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-3} secs=${4:-5} size_mib=${5:-512}
@@ -33,7 +34,7 @@ img=$work/disk.raw
 head -c $((size_mib << 20)) /dev/urandom > "$img"
 cat "$img" > /dev/null
 
-nbd_run() {   # BUILD RW BS: prints MiB/s (seq) or IOPS (rand)
+nbd_run() {   # BUILD RW BS [FIO_OPTION]: prints MiB/s (seq) or IOPS (rand)
   rm -f "$sock"
   local ro=-r; [ "$2" = randwrite ] && ro=
   "$1/nbd-server/vdisk-nbd" -t $ro -k "$sock" -f raw "$img" & pid=$!
@@ -41,7 +42,7 @@ nbd_run() {   # BUILD RW BS: prints MiB/s (seq) or IOPS (rand)
   local t0 t1 out
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
-      --rw="$2" --bs="$3" --iodepth="${IODEPTH:-32}" --size=$((size_mib))M \
+      --rw="$2" --bs="$3" ${4:-} --iodepth="${IODEPTH:-32}" --size=$((size_mib))M \
       --runtime="$secs" --time_based --output-format=json 2>/dev/null)
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   /usr/bin/python3 -c 'import json,sys,os
@@ -76,6 +77,7 @@ for r in $(seq "$rounds"); do
         seqread)  read -r v u <<<"$(nbd_run "$build" read 1M)" ;;
         randread) read -r v u <<<"$(nbd_run "$build" randread 4k)" ;;
         randwrite) read -r v u <<<"$(nbd_run "$build" randwrite 4k)" ;;
+        syncwrite) read -r v u <<<"$(nbd_run "$build" randwrite 4k --fsync=1)" ;;
         fuseread) v=$(fuse_run "$build") ;;
       esac
       res[$side,$t]="${res[$side,$t]:-} $v"
@@ -86,7 +88,7 @@ for r in $(seq "$rounds"); do
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "A=$a B=$b; ${size_mib} MiB raw in page cache, $rounds rounds, medians"
-echo "(nbd seqread 1M MiB/s, nbd randread/randwrite 4K iodepth ${IODEPTH:-32} IOPS, fuse dd read MiB/s)"
+echo "(nbd seqread 1M MiB/s, nbd randread/randwrite/syncwrite 4K iodepth ${IODEPTH:-32} IOPS, fuse dd read MiB/s)"
 printf '%-8s' ""; printf '%12s' $tests; echo
 for side in A B; do
   printf '%-8s' $side

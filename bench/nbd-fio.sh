@@ -18,7 +18,8 @@
 # Ceph cluster the script starts (tests/ceph/cluster.sh, memstore), which
 # vdisk-nbd opens with its rbd driver and qemu-nbd with qemu's, both
 # librbd), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
-# "seqread seqwrite randread randwrite"), IODEPTHS (default 32), VDISK_ARGS
+# "seqread seqwrite randread randwrite"; also "syncwrite", 4 KiB random
+# writes each followed by a flush, as fio --fsync=1), IODEPTHS (default 32), VDISK_ARGS
 # (more options for vdisk-nbd, e.g. "--threads 8").
 set -eu
 rounds=${1:-3} secs=${2:-10} size=${3:-1G}
@@ -109,16 +110,18 @@ cputicks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 # server's CPU time per request in microseconds (user + system), and the
 # p50 and p99 completion latency in microseconds.
 run() {
-  local rw bs out t0 t1
+  local rw bs out t0 t1 extra=
   case $1 in
     seqread)   rw=read bs=1M ;;
     seqwrite)  rw=write bs=1M ;;
     randread)  rw=randread bs=4k ;;
     randwrite) rw=randwrite bs=4k ;;
+    syncwrite) rw=randwrite bs=4k extra=--fsync=1 ;;  # a flush after each
   esac
   t0=$(cputicks)
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
-          --rw=$rw --bs=$bs --iodepth="$2" --size="$size" --runtime="$secs" \
+          --rw=$rw --bs=$bs $extra --iodepth="$2" --size="$size" \
+          --runtime="$secs" \
           --time_based --output-format=json 2>/dev/null)
   t1=$(cputicks)
   /usr/bin/python3 -c 'import json,sys,os

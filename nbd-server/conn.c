@@ -116,6 +116,16 @@ struct nbd_conn {
   uint64_t buf_bytes;           /* atomic: job buffer bytes allocated */
   struct nbd_job *free_jobs;    /* lock */
 
+  /* FLUSH requests go to the connection's flusher thread (started at the
+   * first one), which answers every one waiting with a single flush: no
+   * worker waits for the disk, and concurrent flushes cost one (group
+   * commit; the core also coalesces flushes across connections). */
+  struct nbd_job *fq, *fq_tail;  /* lock */
+  pthread_cond_t fcond;          /* lock: fq has jobs, or fstop */
+  bool fstop;                    /* lock */
+  bool flusher_on;               /* reader only */
+  pthread_t flusher;
+
   /* The pool's queue of this connection's jobs, and its place in the
    * pool's ring of connections with queued jobs. */
   struct nbd_job *q_head, *q_tail;  /* pool.lock */
@@ -960,6 +970,51 @@ static void job_run(struct nbd_job *j)
   }
 }
 
+/* ---- the flusher ---- */
+
+/* Each flush taken covers every write answered before it was received:
+ * the one vd_node_flush below starts after all of them were taken. */
+static void *conn_flusher(void *arg)
+{
+  struct nbd_conn *c = arg;
+  pthread_mutex_lock(&c->lock);
+  for (;;) {
+    while (!c->fq && !c->fstop)
+      pthread_cond_wait(&c->fcond, &c->lock);
+    struct nbd_job *list = c->fq;
+    if (!list)
+      break;
+    c->fq = c->fq_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    int r = vd_node_flush(c->node);
+    while (list) {
+      struct nbd_job *next = list->next;
+      reply_engine(list, r);
+      list = next;
+    }
+    pthread_mutex_lock(&c->lock);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return NULL;
+}
+
+/* Hand the FLUSH job J to the flusher; false if it cannot start (the
+ * pool then runs J). */
+static bool flusher_submit(struct nbd_conn *c, struct nbd_job *j)
+{
+  if (!c->flusher_on) {
+    if (pthread_create(&c->flusher, NULL, conn_flusher, c) != 0)
+      return false;
+    c->flusher_on = true;
+  }
+  j->next = NULL;
+  pthread_mutex_lock(&c->lock);
+  list_append(&c->fq, &c->fq_tail, j, j);
+  pthread_cond_signal(&c->fcond);
+  pthread_mutex_unlock(&c->lock);
+  return true;
+}
+
 /* ---- the reader ---- */
 
 static void batch_flush(struct nbd_conn *c)
@@ -1112,17 +1167,17 @@ static struct nbd_job *job_get(struct nbd_conn *c, uint32_t cost)
 }
 
 /* True if the reader should run J itself instead of handing it to the
- * pool: a small READ or WRITE (no FUA) of a connection with nothing else
- * in flight, queued or received.  That is a client waiting for each reply
- * before its next request (queue depth 1), which then pays no thread
- * hand-off; anything that may take long still goes to the pool so that
- * the reader keeps reading. */
+ * pool (or the flusher): a small READ or WRITE (no FUA), or a FLUSH, of a
+ * connection with nothing else in flight, queued or received.  That is a
+ * client waiting for each reply before its next request (queue depth 1),
+ * which then pays no thread hand-off; anything else that may take long
+ * still goes to the pool so that the reader keeps reading. */
 static bool run_inline(const struct nbd_conn *c, const struct nbd_job *j)
 {
   const struct nbd_request *req = &j->req;
   return j->alone && !c->nbatch && c->rpos == c->rlen &&
          req->length <= INLINE_MAX &&
-         (req->type == NBD_CMD_READ ||
+         (req->type == NBD_CMD_READ || req->type == NBD_CMD_FLUSH ||
           (req->type == NBD_CMD_WRITE && !(req->flags & NBD_CMD_FLAG_FUA) &&
            !c->srv->writethrough));
 }
@@ -1162,6 +1217,7 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   pthread_cond_init(&c->wcond, NULL);
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->cond, NULL);
+  pthread_cond_init(&c->fcond, NULL);
   if (pthread_create(&c->writer, NULL, conn_writer, c) != 0) {
     nbd_log("cannot start a writer thread: client dropped");
     goto out;
@@ -1220,6 +1276,9 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
         break;
       }
     }
+    if (req.type == NBD_CMD_FLUSH && !run_inline(c, j) &&
+        flusher_submit(c, j))
+      continue;
     if (run_inline(c, j))
       job_run(j);
     else
@@ -1231,7 +1290,11 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
   pthread_mutex_lock(&c->lock);
   while (c->inflight)
     pthread_cond_wait(&c->cond, &c->lock);
+  c->fstop = true;
+  pthread_cond_signal(&c->fcond);
   pthread_mutex_unlock(&c->lock);
+  if (c->flusher_on)
+    pthread_join(c->flusher, NULL);
   pthread_mutex_lock(&c->wlock);
   c->closing = true;
   pthread_cond_signal(&c->wcond);
@@ -1244,6 +1307,7 @@ out:
     free(j->buf);
     free(j);
   }
+  pthread_cond_destroy(&c->fcond);
   pthread_cond_destroy(&c->cond);
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->wcond);

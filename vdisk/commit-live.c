@@ -202,6 +202,8 @@ cm_repoint(struct vd_commit *c)
   }
   c->lowest->drv->replace_backing(c->lowest, NULL);
   c->above->drv->replace_backing(c->above, c->base);
+  vd_dev_changed(c->lowest);
+  vd_dev_changed(c->above);
   /* Nothing was written to above but its metadata, which is durable:
    * this flush cannot lose anything, and if it fails above just stays
    * writable (nothing writes it). */

@@ -41,6 +41,8 @@ dev_free(struct vd_dev *dev)
   vd_file_close(dev->file);
   vd_blocklock_destroy(dev->rmw_lock, VD_DEV_RMW_LOCKS);
   pthread_mutex_destroy(&dev->probe_lock);
+  pthread_mutex_destroy(&dev->flush_lock);
+  pthread_cond_destroy(&dev->flush_done);
   free(dev->priv);
   free(dev->path);
   free(dev->real);
@@ -194,6 +196,9 @@ dev_open(const struct vd_dev *child, const char *path,
   dev->below = below;
   vd_blocklock_init(dev->rmw_lock, VD_DEV_RMW_LOCKS);
   pthread_mutex_init(&dev->probe_lock, NULL);
+  pthread_mutex_init(&dev->flush_lock, NULL);
+  pthread_cond_init(&dev->flush_done, NULL);
+  dev->wgen = 1;              /* the first flush always reaches the driver */
   dev->opts = *args;
   dev->opts.format = dev->opts.backing = dev->opts.backing_format = NULL;
   dev->opts.filter = dev->opts.snapshot = NULL;
@@ -545,11 +550,49 @@ dev_rmw(struct vd_dev *dev, void *buf, size_t len, uint64_t off, bool write,
   return r;
 }
 
+void
+vd_dev_changed(struct vd_dev *dev)
+{
+  __atomic_add_fetch(&dev->wgen, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Make everything that completed before this call durable.  As qemu's
+ * bdrv_co_flush: when a driver flush that began after the last change
+ * has succeeded there is nothing to do; while one runs, callers wait for
+ * it and then one of them (if still needed) runs the next for all.  A
+ * failed driver flush covers nothing, so every caller then asks the
+ * driver again and gets the failure (vd_file_flush never forgets one). */
+static int
+dev_flush(struct vd_dev *dev)
+{
+  uint64_t want = __atomic_load_n(&dev->wgen, __ATOMIC_SEQ_CST);
+  pthread_mutex_lock(&dev->flush_lock);
+  while (dev->flushed_gen < want && dev->flushing)
+    pthread_cond_wait(&dev->flush_done, &dev->flush_lock);
+  if (dev->flushed_gen >= want) {
+    pthread_mutex_unlock(&dev->flush_lock);
+    return 0;
+  }
+  dev->flushing = true;
+  pthread_mutex_unlock(&dev->flush_lock);
+  uint64_t gen = __atomic_load_n(&dev->wgen, __ATOMIC_SEQ_CST);
+  int r = dev->drv->flush(dev);
+  pthread_mutex_lock(&dev->flush_lock);
+  dev->flushing = false;
+  if (r == 0 && gen > dev->flushed_gen)
+    dev->flushed_gen = gen;
+  pthread_cond_broadcast(&dev->flush_done);
+  pthread_mutex_unlock(&dev->flush_lock);
+  return r;
+}
+
+/* The end of a write-type request: count the change, then flush if FUA. */
 static int
 dev_fua(struct vd_dev *dev, int r, unsigned flags)
 {
+  vd_dev_changed(dev);
   if (r == 0 && (flags & VD_REQ_FUA) && dev->drv->flush)
-    r = dev->drv->flush(dev);
+    r = dev_flush(dev);
   return r;
 }
 
@@ -704,7 +747,7 @@ vd_flush(struct vd_dev *dev)
 {
   if (dev->read_only || !dev->drv->flush)
     return 0;
-  return dev->drv->flush(dev);
+  return dev_flush(dev);
 }
 
 void

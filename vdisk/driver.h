@@ -103,7 +103,23 @@ struct vd_dev {
   /* Core only: serialises read-modify-write of partial logical blocks
    * (block number modulo VD_DEV_RMW_LOCKS). */
   pthread_mutex_t rmw_lock[VD_DEV_RMW_LOCKS];
+  /* Core only: flushes coalesce (qemu's write_gen / flushed_gen).  wgen
+   * counts completed write-type requests and other changes
+   * (vd_dev_changed); a flush returns at once when a driver flush that
+   * began after all of them has succeeded, and flushes that arrive while
+   * one runs share the next one. */
+  uint64_t wgen;              /* __atomic */
+  pthread_mutex_t flush_lock;
+  pthread_cond_t flush_done;
+  bool flushing;              /* a driver flush runs; flush_lock */
+  uint64_t flushed_gen;       /* wgen the last successful driver flush
+                                 covers; flush_lock */
 };
+
+/* DEV's contents or metadata changed outside vd_pwrite, vd_discard and
+ * vd_write_zeroes (which count themselves): the next vd_flush must reach
+ * the driver. */
+void vd_dev_changed(struct vd_dev *dev);
 
 /* Bytes available to probe: the first VD_PROBE_HEAD bytes of the file (or
  * fewer if the file is shorter) and its last 512 bytes. */

@@ -52,7 +52,10 @@ vd_snapshot_create(struct vd_dev *dev, const char *name)
     return isnap_unsupported(img, "create");
   if ((r = isnap_check(dev, name, true, "create")) < 0)
     return r;
-  return img->drv->snapshot_create(img, name);
+  r = img->drv->snapshot_create(img, name);
+  vd_dev_changed(img);
+  vd_dev_changed(dev);
+  return r;
 }
 
 int
@@ -66,7 +69,10 @@ vd_snapshot_delete(struct vd_dev *dev, const char *name)
     return isnap_unsupported(img, "delete");
   if ((r = isnap_check(dev, name, true, "delete")) < 0)
     return r;
-  return img->drv->snapshot_delete(img, name);
+  r = img->drv->snapshot_delete(img, name);
+  vd_dev_changed(img);
+  vd_dev_changed(dev);
+  return r;
 }
 
 int

@@ -59,7 +59,9 @@ vd_truncate(struct vd_dev *dev, uint64_t size, unsigned flags)
   if (size < dev->size && dev->probe_guard)
     return vd_set_error(EPERM, "%s: probed as raw: name the format (-f raw) "
                         "to shrink it", dev->path);
-  return dev->drv->truncate(dev, size, flags);
+  r = dev->drv->truncate(dev, size, flags);
+  vd_dev_changed(dev);
+  return r;
 }
 
 int
@@ -75,7 +77,9 @@ vd_compact(struct vd_dev *dev, uint64_t *freed, vd_progress_fn progress,
     return mg_unsupported(dev, "be compacted");
   if ((r = mg_writable(dev, "compact")) < 0)
     return r;
-  return dev->drv->compact(dev, freed, progress, opaque);
+  r = dev->drv->compact(dev, freed, progress, opaque);
+  vd_dev_changed(dev);
+  return r;
 }
 
 int
@@ -86,7 +90,9 @@ vd_make_empty(struct vd_dev *dev)
     return mg_unsupported(dev, "be emptied");
   if ((r = mg_writable(dev, "empty it")) < 0)
     return r;
-  return dev->drv->make_empty(dev);
+  r = dev->drv->make_empty(dev);
+  vd_dev_changed(dev);
+  return r;
 }
 
 /* ---- shared by the copying fallbacks ---- */
@@ -233,6 +239,8 @@ vd_commit(const char *path, const struct vd_open_args *args,
     goto out;
   r = top->drv->commit ? top->drv->commit(top, base, progress, opaque)
                        : mg_commit_copy(top, base, 1, progress, opaque);
+  vd_dev_changed(top);
+  vd_dev_changed(base);
 out:
   if (base) {
     int r2 = vd_close(base);
@@ -420,6 +428,7 @@ vd_change_backing(struct vd_dev *dev, const char *backing,
     r = mg_rebase_copy(dev, np, progress, opaque);
   if (r == 0)
     r = dev->drv->change_backing(dev, backing, np);
+  vd_dev_changed(dev);
   if (r == 0 && progress)
     progress(opaque, dev->size, dev->size);
   vd_close(np);

@@ -7,8 +7,8 @@
  *    byte range, or everything (the device is gone);
  *  - drop writes (report success, write nothing) or tear them (keep the
  *    first 512 bytes);
- *  - hold I/O touching a byte range until the test changes the mode (to
- *    stop another thread at a chosen point);
+ *  - hold I/O touching a byte range, or flushes, until the test changes
+ *    the mode (to stop another thread at a chosen point);
  *  - power-cut mode: remember each write since the device's last flush
  *    (its pre-image and data); vd_fault_powercut() then rolls the device
  *    back to its last flush and re-applies a random subset, which
@@ -46,6 +46,7 @@ struct vd_fault {
   struct vd_fault_cfg cfg;        /* guarded by lock */
   uint64_t count;                 /* I/Os matching cfg's kinds */
   uint64_t total;
+  uint64_t flushes;
   bool tripped;                   /* FAIL_NTH sticky has fired */
   bool armed;                     /* power-cut recording */
   struct vd_dev *dev;             /* last device below seen (for the roll
@@ -160,6 +161,14 @@ void vd_fault_set(struct vd_fault *f, const struct vd_fault_cfg *c)
   pthread_mutex_unlock(&f->lock);
 }
 
+uint64_t vd_fault_flushes(struct vd_fault *f)
+{
+  pthread_mutex_lock(&f->lock);
+  uint64_t n = f->flushes;
+  pthread_mutex_unlock(&f->lock);
+  return n;
+}
+
 unsigned vd_fault_held(struct vd_fault *f)
 {
   pthread_mutex_lock(&f->lock);
@@ -194,6 +203,7 @@ static int fault_decide(struct vd_fault *f, enum fault_op op, size_t len,
   bool kinds = (!c->reads && !c->writes) ||
                (c->reads && op == FAULT_READ) || (c->writes && is_write);
   f->total += op != FAULT_FLUSH;
+  f->flushes += op == FAULT_FLUSH;
   switch (c->mode) {
   case VD_FAULT_FAIL_ALL:
     return -EIO;
@@ -219,6 +229,8 @@ static int fault_decide(struct vd_fault *f, enum fault_op op, size_t len,
   case VD_FAULT_HOLD_RANGE:
     return op != FAULT_FLUSH && kinds && off < c->end && off + len > c->start
            ? 3 : 0;
+  case VD_FAULT_HOLD_FLUSH:
+    return op == FAULT_FLUSH ? 3 : 0;
   default:
     return 0;
   }
@@ -270,7 +282,8 @@ static int fault_io(struct vd_fault *f, struct vd_dev *dev, enum fault_op op,
   int fate = fault_decide(f, op, len, off);
   if (fate == 3) {
     f->held++;
-    while (f->cfg.mode == VD_FAULT_HOLD_RANGE)
+    int held_in = f->cfg.mode;
+    while (f->cfg.mode == held_in)
       pthread_cond_wait(&f->released, &f->lock);
     f->held--;
     fate = 0;

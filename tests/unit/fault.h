@@ -30,6 +30,7 @@ enum vd_fault_mode {
   VD_FAULT_HOLD_RANGE,         /* I/O touching [start, end) waits until
                                   vd_fault_set changes the mode, then
                                   goes ahead */
+  VD_FAULT_HOLD_FLUSH,         /* flushes wait the same way */
 };
 
 struct vd_fault_cfg {
@@ -52,7 +53,9 @@ void vd_fault_detach(struct vd_fault *f);
 void vd_fault_set(struct vd_fault *f, const struct vd_fault_cfg *c);
 /* Number of reads and writes seen through F since it was attached. */
 uint64_t vd_fault_count(struct vd_fault *f);
-/* Number of I/Os waiting in VD_FAULT_HOLD_RANGE now. */
+/* Number of flushes seen through F since it was attached. */
+uint64_t vd_fault_flushes(struct vd_fault *f);
+/* Number of I/Os waiting in VD_FAULT_HOLD_RANGE or _FLUSH now. */
 unsigned vd_fault_held(struct vd_fault *f);
 
 /* Power-cut recording on (or off): remember each write (its pre-image and

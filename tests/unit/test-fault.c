@@ -5,6 +5,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,92 @@ static struct vd_fault *fault_image(char *path, size_t plen, const char *name,
   /* Filters are not formats: the device still says what the image is. */
   CU_ASSERT_STRING_EQUAL(vd_format(*dev), format);
   return f;
+}
+
+struct flusher {
+  struct vd_dev *dev;
+  int ret;
+};
+
+static void *flush_fn(void *p)
+{
+  struct flusher *fl = p;
+  fl->ret = vd_flush(fl->dev);
+  return NULL;
+}
+
+/* The core's flushes (dev.c dev_flush, as qemu's bdrv_co_flush): a flush
+ * with nothing written since the last successful one reaches no driver;
+ * every write-type request and FUA counts; flushes that arrive while one
+ * runs share the next one.  Counted at the filter, i.e. the top device's
+ * driver. */
+static void test_flush_coalescing(void)
+{
+  char path[300];
+  struct vd_dev *dev;
+  struct vd_fault *f = fault_image(path, sizeof path, "flush.img", "raw",
+                                   "raw", 1 * MIB, &dev);
+  uint8_t b[4096];
+  memset(b, 0x33, sizeof b);
+  CU_ASSERT(vd_flush(dev) == 0);          /* the first one always goes */
+  uint64_t n = vd_fault_flushes(f);
+  CU_ASSERT(n == 1);
+  CU_ASSERT(vd_flush(dev) == 0);          /* nothing new: no driver flush */
+  CU_ASSERT(vd_fault_flushes(f) == n);
+  CU_ASSERT(vd_pread(dev, b, sizeof b, 0) == 0);   /* reads change nothing */
+  CU_ASSERT(vd_flush(dev) == 0);
+  CU_ASSERT(vd_fault_flushes(f) == n);
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 0, 0) == 0);
+  CU_ASSERT(vd_flush(dev) == 0);
+  CU_ASSERT(vd_fault_flushes(f) == ++n);
+  CU_ASSERT(vd_write_zeroes(dev, 8192, 4096, 0) == 0);
+  CU_ASSERT(vd_flush(dev) == 0);
+  CU_ASSERT(vd_fault_flushes(f) == ++n);
+  CU_ASSERT(vd_discard(dev, 8192, 4096, 0) == 0);  /* the filter has no */
+  CU_ASSERT(vd_flush(dev) == 0);                    /* discard: nothing */
+  CU_ASSERT(vd_fault_flushes(f) == n);              /* changed */
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 0, VD_REQ_FUA) == 0);
+  CU_ASSERT(vd_fault_flushes(f) == ++n);  /* FUA: its own flush */
+  CU_ASSERT(vd_flush(dev) == 0);          /* ... which covers it */
+  CU_ASSERT(vd_fault_flushes(f) == n);
+  /* A failed driver flush covers nothing: the next flush asks again. */
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 0, 0) == 0);
+  struct vd_fault_cfg gone = { .mode = VD_FAULT_FAIL_ALL };
+  vd_fault_set(f, &gone);
+  CU_ASSERT(vd_flush(dev) == -EIO);
+  struct vd_fault_cfg none = { .mode = VD_FAULT_NONE };
+  vd_fault_set(f, &none);
+  n = vd_fault_flushes(f);
+  CU_ASSERT(vd_flush(dev) == 0);
+  CU_ASSERT(vd_fault_flushes(f) == ++n);
+
+  /* Concurrent: A's driver flush is held; the writes after it began are
+   * not covered by it, so B and C (arriving during it or after) need one
+   * more driver flush, and share it. */
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 0, 0) == 0);
+  struct vd_fault_cfg hold = { .mode = VD_FAULT_HOLD_FLUSH };
+  vd_fault_set(f, &hold);
+  n = vd_fault_flushes(f);
+  struct flusher fa = { .dev = dev }, fb = { .dev = dev }, fc = { .dev = dev };
+  pthread_t ta, tb, tc;
+  CU_ASSERT_FATAL(pthread_create(&ta, NULL, flush_fn, &fa) == 0);
+  for (int i = 0; i < 10000 && vd_fault_held(f) == 0; i++)
+    usleep(1000);
+  CU_ASSERT_FATAL(vd_fault_held(f) == 1);
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 4096, 0) == 0);
+  CU_ASSERT(vd_pwrite(dev, b, sizeof b, 8192, 0) == 0);
+  CU_ASSERT_FATAL(pthread_create(&tb, NULL, flush_fn, &fb) == 0);
+  CU_ASSERT_FATAL(pthread_create(&tc, NULL, flush_fn, &fc) == 0);
+  usleep(50000);
+  vd_fault_set(f, &none);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  pthread_join(tc, NULL);
+  CU_ASSERT(fa.ret == 0 && fb.ret == 0 && fc.ret == 0);
+  CU_ASSERT(vd_fault_flushes(f) == n + 2);
+  CU_ASSERT(vd_close(dev) == 0);
+  vd_fault_detach(f);
+  CU_ASSERT(unlink(path) == 0);
 }
 
 /* The Nth read of a raw image fails with -EIO through the layer and the
@@ -163,6 +250,7 @@ int main(void)
     { "read error on a raw image, counted", test_raw_read_error },
     { "power cut on a VHD", test_vhd_powercut },
     { "selected by the open option only", test_selection },
+    { "core: flushes coalesce", test_flush_coalescing },
     { NULL, NULL }
   };
   int rc = cu_main("fault", tests);
