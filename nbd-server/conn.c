@@ -116,14 +116,15 @@ struct nbd_conn {
   uint64_t buf_bytes;           /* atomic: job buffer bytes allocated */
   struct nbd_job *free_jobs;    /* lock */
 
-  /* FLUSH requests go to the connection's flusher thread (started at the
-   * first one), which answers every one waiting with a single flush: no
-   * worker waits for the disk, and concurrent flushes cost one (group
-   * commit; the core also coalesces flushes across connections). */
+  /* FLUSH requests, and FUA writes once written, go to the connection's
+   * flusher thread (started at the first one), which answers every one
+   * waiting after a single flush: no worker waits for the disk, and
+   * concurrent flushes cost one (group commit; the core also coalesces
+   * flushes across connections). */
   struct nbd_job *fq, *fq_tail;  /* lock */
   pthread_cond_t fcond;          /* lock: fq has jobs, or fstop */
   bool fstop;                    /* lock */
-  bool flusher_on;               /* reader only */
+  bool flusher_on;               /* lock */
   pthread_t flusher;
 
   /* The pool's queue of this connection's jobs, and its place in the
@@ -902,6 +903,20 @@ static bool buf_is_zero(const uint8_t *buf, size_t len)
   return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
 }
 
+static bool flusher_submit(struct nbd_conn *c, struct nbd_job *j);
+
+/* A FUA write: written by the caller, made durable by the flusher with
+ * whatever else waits for a flush (the core would flush here, blocking
+ * this worker: vd_pwrite's FUA is a write then a flush). */
+static void write_fua(struct nbd_job *j, int r)
+{
+  if (r < 0 || !flusher_submit(j->conn, j)) {
+    if (r == 0)
+      r = vd_node_flush(j->conn->node);
+    reply_engine(j, r);
+  }
+}
+
 static void job_run(struct nbd_job *j)
 {
   struct nbd_conn *c = j->conn;
@@ -930,6 +945,11 @@ static void job_run(struct nbd_job *j)
                   !c->srv->discard_ignore ? 0 : VD_REQ_NO_HOLE);
       reply_engine(j, vd_node_write_zeroes(c->node, req->offset, req->length,
                                            zf));
+      break;
+    }
+    if (fua && !j->alone) {
+      write_fua(j, vd_node_pwrite(c->node, j->buf, req->length,
+                                  req->offset, 0));
       break;
     }
     reply_engine(j, vd_node_pwrite(c->node, j->buf, req->length, req->offset,
@@ -998,17 +1018,20 @@ static void *conn_flusher(void *arg)
   return NULL;
 }
 
-/* Hand the FLUSH job J to the flusher; false if it cannot start (the
- * pool then runs J). */
+/* Hand J (a FLUSH, or a FUA write already written) to the flusher, which
+ * answers it after its flush; false if the flusher cannot start (the
+ * caller then flushes itself). */
 static bool flusher_submit(struct nbd_conn *c, struct nbd_job *j)
 {
-  if (!c->flusher_on) {
-    if (pthread_create(&c->flusher, NULL, conn_flusher, c) != 0)
-      return false;
-    c->flusher_on = true;
-  }
   j->next = NULL;
   pthread_mutex_lock(&c->lock);
+  if (!c->flusher_on) {
+    if (pthread_create(&c->flusher, NULL, conn_flusher, c) != 0) {
+      pthread_mutex_unlock(&c->lock);
+      return false;
+    }
+    c->flusher_on = true;
+  }
   list_append(&c->fq, &c->fq_tail, j, j);
   pthread_cond_signal(&c->fcond);
   pthread_mutex_unlock(&c->lock);
@@ -1292,8 +1315,9 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
     pthread_cond_wait(&c->cond, &c->lock);
   c->fstop = true;
   pthread_cond_signal(&c->fcond);
+  bool flusher = c->flusher_on;
   pthread_mutex_unlock(&c->lock);
-  if (c->flusher_on)
+  if (flusher)
     pthread_join(c->flusher, NULL);
   pthread_mutex_lock(&c->wlock);
   c->closing = true;

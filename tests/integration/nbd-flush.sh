@@ -9,9 +9,10 @@
 #    with nothing written since the last one reaches the disk not at all;
 #  - every write answered before a flush is on the file after it
 #    (checked against the data), writes and flushes interleaved;
+#  - FUA writes in flight together share fdatasyncs the same way;
 #  - a failed fdatasync fails every flush waiting for it, and the later
-#    ones (LD_PRELOAD shim, as flush-error.sh): no flush is answered as a
-#    success once one failed.
+#    ones, and FUA writes (LD_PRELOAD shim, as flush-error.sh): nothing is
+#    answered as durable once a flush failed.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires strace
@@ -38,10 +39,12 @@ def wait_all(cookies):
         while not h.aio_command_completed(c):
             h.poll(-1)
 
-def writes(n):
+# Writes in flight together go to distinct blocks (their order is not
+# defined otherwise).
+def writes(n, blocks=None):
     cs = []
-    for _ in range(n):
-        off = r.randrange(nblk) * 4096
+    for b in blocks or r.sample(range(nblk), n):
+        off = b * 4096
         buf = r.randbytes(4096)
         cs.append(h.aio_pwrite(buf, off))
         data[off:off + 4096] = buf
@@ -53,8 +56,8 @@ for rnd in range(8):
     wait_all([h.aio_flush() for _ in range(16)])
     flushes += 16
     cs = []
-    for _ in range(16):
-        cs += writes(1)
+    for b in r.sample(range(nblk), 16):
+        cs += writes(1, [b])
         cs.append(h.aio_flush())
     wait_all(cs)
     flushes += 16
@@ -73,6 +76,36 @@ cmp "$VD_TMP/disk.raw" "$VD_TMP/ref.raw" || fail "answered writes missing"
 [ "$syncs" -ge 1 ] || fail "no fdatasync at all"
 [ "$syncs" -le $((flushes / 4)) ] ||
   fail "$syncs fdatasyncs for $flushes flushes: not shared"
+
+# FUA writes, 16 in flight at a time: written by the workers, made
+# durable by the flusher together (one fdatasync for many).
+start_nbd_traced fdatasync -f raw "$VD_TMP/disk.raw"
+/usr/bin/python3 - "$nbd_sock" "$VD_TMP/ref.raw" <<'PY' ||
+import nbd, random, sys
+sock, ref = sys.argv[1], sys.argv[2]
+data = bytearray(open(ref, "rb").read())
+h = nbd.NBD()
+h.connect_unix(sock)
+r = random.Random(8)
+for rnd in range(8):
+    cs = []
+    for b in r.sample(range(len(data) // 4096), 16):  # distinct: in flight
+        off = b * 4096
+        buf = r.randbytes(4096)
+        cs.append(h.aio_pwrite(buf, off, flags=nbd.CMD_FLAG_FUA))
+        data[off:off + 4096] = buf
+    for c in cs:
+        while not h.aio_command_completed(c):
+            h.poll(-1)
+h.shutdown()
+open(ref, "wb").write(data)
+PY
+  fail "FUA writes through vdisk-nbd"
+stop_nbd_traced
+syncs=$(grep -c fdatasync "$VD_TMP/strace" || true)
+echo "128 FUA writes, $syncs fdatasyncs (the exit's included)"
+cmp "$VD_TMP/disk.raw" "$VD_TMP/ref.raw" || fail "FUA writes missing"
+[ "$syncs" -le 48 ] || fail "$syncs fdatasyncs for 128 FUA writes: not shared"
 
 # A failed fdatasync: every flush in flight fails, and so do later ones.
 shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
@@ -105,6 +138,17 @@ for rnd in range(2):
         sys.exit("round %d: %d of %d flushes succeeded after a failed "
                  "fdatasync" % (rnd, ok, ok + eio))
     cs = [h.aio_flush() for _ in range(4)]
+# FUA writes too: written, but never answered as durable.
+cs = [h.aio_pwrite(b"\x77" * 4096, 4096 * i, flags=nbd.CMD_FLAG_FUA)
+      for i in range(8)]
+for c in cs:
+    try:
+        while not h.aio_command_completed(c):
+            h.poll(-1)
+        sys.exit("a FUA write succeeded after a failed fdatasync")
+    except nbd.Error as e:
+        if e.errnum != errno.EIO:
+            sys.exit("FUA: errno %s (%s), expected EIO" % (e.errnum, e.string))
 h.shutdown()
 PY
 stop_nbd
