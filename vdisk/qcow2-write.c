@@ -18,6 +18,10 @@
  *   5. clusters an L2 entry no longer references (overwritten compressed
  *      or shared clusters, discarded or zeroed ones) are decremented only
  *      after the L2 entries are synced.
+ * New data clusters of an image without a backing file, where nothing was
+ * allocated, come from a reserve whose refcounts were made durable ahead
+ * (q_resv_fill): no sync per allocating write; a crash leaks the unused
+ * reserve, a clean close gives it back.
  * The dirty bit is never set: refcounts are always kept exact (the
  * lazy_refcounts compat bit may be set on an image, it only permits it).
  * With VD_OPEN_NO_FLUSH (convert's unsafe cache) the syncs do nothing and
@@ -283,6 +287,50 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
   *n = *off ? 1 : 0;
 }
 
+/* ---- reserved clusters ---- */
+
+#define Q_RESV_CLUSTERS 64
+
+static int q_cut_file(struct vd_dev *dev);
+
+/* Reserve at least N clusters for new data clusters that need no copy
+ * (no backing file, nothing allocated there before): their refcounts are
+ * raised and synced here, once, instead of once per allocating write.
+ * Such a cluster can then be named by its L2 entry right after its data
+ * is written, with no sync between: a crash that keeps the entry but not
+ * the data shows the cluster's zeros (fresh space at the end of the file),
+ * which is what the cluster read before, and a write not yet flushed may
+ * read either way.  A crash leaks the reserved clusters not yet named
+ * (qemu-img check: leaks); a clean close gives them back. */
+static int
+q_resv_fill(struct vd_dev *dev, uint64_t n)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (n < Q_RESV_CLUSTERS)
+    n = Q_RESV_CLUSTERS;
+  uint64_t t = q_take(p, n);
+  int r = q_ref_add(dev, t, n, 1);
+  if (r == 0)
+    r = q_sync(dev);
+  if (r < 0)
+    return r;
+  p->resv = t;
+  p->resv_end = t + n * p->cluster;
+  return 0;
+}
+
+void
+qcow2_write_close(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (p->resv >= p->resv_end || p->failed || !p->rt || !p->rb)
+    return;
+  uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
+  if (q_ref_add(dev, p->resv, n, -1) == 0)
+    (void)q_cut_file(dev);
+  p->resv = p->resv_end = 0;
+}
+
 /* ---- segments: the clusters of one request under one L2 table ---- */
 
 enum q_mode { W_WRITE, W_ZERO, W_DISCARD };
@@ -302,10 +350,18 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
   uint64_t cl = off >> p->h.cluster_bits;
   uint64_t l1i = cl / p->l2_entries;
   uint64_t l2off = p->l1[l1i] & QCOW2_OFFSET_MASK;
-  uint64_t start_free = p->next_free;
   bool new_l2 = false;
   unsigned nu = 0;
   int r;
+
+  /* No backing file: new clusters where nothing was allocated come from
+   * the reserve (no sync per write). */
+  bool reserve = mode == W_WRITE && !p->h.backing_off;
+  if (reserve && p->resv >= p->resv_end &&
+      (r = q_resv_fill(dev, (off % p->cluster + len + p->cluster - 1) /
+                       p->cluster)) < 0)
+    return r;
+  uint64_t start_free = p->next_free;
 
   if (l2off && !(p->l1[l1i] & QCOW2_OFLAG_COPIED))
     return vd_set_error(EROFS, "%s: L2 table %" PRIu64 " is shared (no "
@@ -347,6 +403,16 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
                 : vd_file_zero(dev->file, host + coff, n, true, false);
         if (r < 0)
           return r;
+        goto next;
+      }
+      if (reserve && e == 0 && p->resv < p->resv_end) {
+        /* A reserved cluster is fresh space, zeros, as the unallocated
+         * cluster read: only the new bytes are written. */
+        uint64_t nh = p->resv;
+        p->resv += p->cluster;
+        if (buf && (r = q_pwrite(dev, buf, n, nh + coff)) < 0)
+          return r;
+        u[nu++] = (struct q_upd){ idx, nh | QCOW2_OFLAG_COPIED, 0 };
         goto next;
       }
       /* A new cluster: what the cluster read before, then the new bytes

@@ -467,6 +467,7 @@ static void
 qcow2_close(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
+  qcow2_write_close(dev);
   vd_close(p->parent);
   p->parent = NULL;
   free(p->l1);

@@ -213,6 +213,9 @@ struct qcow2_priv {
   bool rw_init;
   const char *ro_reason;          /* why a writable open stayed read-only */
   uint64_t next_free;             /* where the next cluster is taken */
+  uint64_t resv, resv_end;        /* reserved clusters [resv, resv_end):
+                                     refcount 1 already durable, named by
+                                     nothing yet (q_resv_fill) */
   uint64_t rpb;                   /* refcount entries per block */
   uint64_t *rt;                   /* the refcount table, in memory */
   uint64_t rt_entries;
@@ -249,6 +252,9 @@ void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
 const char *qcow2_write_refusal(const struct qcow2_priv *p);
 /* Load what writes need (the refcount table) at a writable open. */
 int qcow2_write_setup(struct vd_dev *dev);
+/* At close: give back the reserved clusters not used (and the file's
+ * end after the last counted cluster). */
+void qcow2_write_close(struct vd_dev *dev);
 /* vd_driver ops (contracts in vdisk/driver.h; crash order in
  * qcow2-write.c). */
 int qcow2_create(const char *path, const struct vd_create_args *args);

@@ -16,6 +16,16 @@ M=$((1 << 20))
 qcheck() {   # IMAGE WHAT: qemu-img check clean (no leaks either)
   qemu-img check -U "$1" > "$T/chk.txt" 2>&1 || fail "$2: qemu-img check: $(cat "$T/chk.txt")"
 }
+# IMAGE WHAT: while vdisk-nbd serves IMAGE, after a flush: no corruption;
+# leaks only of the clusters reserved for new data (qcow2-write.c,
+# q_resv_fill: refcounts raised ahead, given back at close).
+qcheck_live() {
+  local rc=0
+  qemu-img check -U "$1" > "$T/chk.txt" 2>&1 || rc=$?
+  [ $rc = 0 ] || [ $rc = 3 ] || fail "$2: qemu-img check: $(cat "$T/chk.txt")"
+  [ $rc = 0 ] || [ "$(grep -c '^Leaked cluster' "$T/chk.txt")" -le 64 ] ||
+    fail "$2: more leaks than the reserve: $(cat "$T/chk.txt")"
+}
 same() {     # IMAGE RAW WHAT: qemu reads IMAGE as RAW
   qemu-img convert -U -O raw "$1" "$T/same.raw" || fail "$3: qemu cannot read $1"
   cmp "$T/same.raw" "$2" || fail "$3: qemu reads $1 differently from the reference"
@@ -92,9 +102,10 @@ nbd_writes() {   # IMAGE REF WHAT [vdisk-nbd options]
       fail "$what: qemu-io '$op' via NBD: $(cat "$T/io.err")"
     grep -qi 'fail\|error' "$T/io.err" && fail "$what: '$op': $(cat "$T/io.err")"
     qemu-io -f raw -c "$op" "$ref" >/dev/null
-    qcheck "$img" "$what: after '$op'"
+    qcheck_live "$img" "$what: after '$op'"
   done
   stop_nbd
+  qcheck "$img" "$what: after the stop"
   same "$img" "$ref" "$what"
 }
 cp "$T/src.raw" "$T/ref.raw"
