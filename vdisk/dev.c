@@ -329,8 +329,11 @@ vd_reopen(struct vd_dev *dev, unsigned flags)
                         "read-only and read-write in place", dev->path,
                         dev->drv->name);
   int r = 0;
-  /* Going read-only: what was acknowledged must be durable first, and a
-   * failed flush keeps the device writable (nothing is forgotten). */
+  /* Going read-only: the driver lets go of what only writes use, and what
+   * was acknowledged must be durable first; a failed flush keeps the
+   * device writable (nothing is forgotten). */
+  if (!write && dev->drv->reopen && (r = dev->drv->reopen(dev, false)) < 0)
+    return r;
   if (!write && (r = vd_flush(dev)) < 0)
     return r;
   if (dev->below)
@@ -339,7 +342,7 @@ vd_reopen(struct vd_dev *dev, unsigned flags)
     r = vd_file_reopen(dev->file, write);
   if (r < 0)
     return r;
-  if (dev->drv->reopen && (r = dev->drv->reopen(dev, write)) < 0) {
+  if (write && dev->drv->reopen && (r = dev->drv->reopen(dev, true)) < 0) {
     if (dev->below)
       vd_reopen(dev->below, 0);
     else if (dev->file)

@@ -178,11 +178,13 @@ struct vd_driver {
   int (*check)(const char *path, unsigned flags,
                struct vd_check_report *r);
 
-  /* vd_reopen has switched DEV's image file to read-write (WRITE) or
-   * read-only: set up, once, what writes need that an open read-only
-   * skipped, or refuse with -EROFS what a writable open would have kept
-   * read-only (then the core switches the file back).  NULL: nothing to
-   * do. */
+  /* WRITE: vd_reopen has switched DEV's image file to read-write: set
+   * up, once, what writes need that an open read-only skipped, or refuse
+   * with -EROFS what a writable open would have kept read-only (then the
+   * core switches the file back).  !WRITE: DEV is about to become
+   * read-only (its file still writable, the flush that makes everything
+   * durable still to come): give back what only writes use (qcow2's
+   * reserved clusters).  NULL: nothing to do. */
   int (*reopen)(struct vd_dev *dev, bool write);
 
   /* Read-only formats set this to what to do instead.  The core then

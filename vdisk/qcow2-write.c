@@ -320,15 +320,19 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
 }
 
 void
-qcow2_write_close(struct vd_dev *dev)
+qcow2_resv_release(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  if (p->resv >= p->resv_end || p->failed || !p->rt || !p->rb)
+  if (!p->rw_init)
     return;
-  uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
-  if (q_ref_add(dev, p->resv, n, -1) == 0)
-    (void)q_cut_file(dev);
+  pthread_rwlock_wrlock(&p->rw);
+  if (p->resv < p->resv_end && !p->failed && p->rt && p->rb) {
+    uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
+    if (q_ref_add(dev, p->resv, n, -1) == 0)
+      (void)q_cut_file(dev);
+  }
   p->resv = p->resv_end = 0;
+  pthread_rwlock_unlock(&p->rw);
 }
 
 /* ---- segments: the clusters of one request under one L2 table ---- */

@@ -467,7 +467,7 @@ static void
 qcow2_close(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  qcow2_write_close(dev);
+  qcow2_resv_release(dev);
   vd_close(p->parent);
   p->parent = NULL;
   free(p->l1);
@@ -811,7 +811,11 @@ static int
 qcow2_reopen(struct vd_dev *dev, bool write)
 {
   struct qcow2_priv *p = dev->priv;
-  if (!write || p->rt)
+  if (!write) {
+    qcow2_resv_release(dev);
+    return 0;
+  }
+  if (p->rt)
     return 0;
   const char *why = dev->opts.snapshot ? "a snapshot opens read-only"
                                        : qcow2_write_refusal(p);

@@ -252,9 +252,10 @@ void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
 const char *qcow2_write_refusal(const struct qcow2_priv *p);
 /* Load what writes need (the refcount table) at a writable open. */
 int qcow2_write_setup(struct vd_dev *dev);
-/* At close: give back the reserved clusters not used (and the file's
- * end after the last counted cluster). */
-void qcow2_write_close(struct vd_dev *dev);
+/* At close, or before the image becomes read-only: give back the
+ * reserved clusters not used (and the file's end after the last counted
+ * cluster). */
+void qcow2_resv_release(struct vd_dev *dev);
 /* vd_driver ops (contracts in vdisk/driver.h; crash order in
  * qcow2-write.c). */
 int qcow2_create(const char *path, const struct vd_create_args *args);
