@@ -168,3 +168,19 @@ vd_nbd_io() {
   rm -f "$VD_TMP/sock"
   qemu-io -f raw "${args[@]}" "$model" >/dev/null
 }
+
+# need_shim: $shim, the LD_PRELOAD test shim (tests/unit/vdtest-shim.c), or
+# skip; a sanitized binary wants its runtime first in the library list.
+need_shim() {
+  shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
+  [ -f "$shim" ] || skip "the test shim is not built"
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+}
+
+# need_crash_writer: $writer (tests/unit/test-vhd-crash-writer) and $shim,
+# or skip.
+need_crash_writer() {
+  writer="$top_builddir/tests/unit/test-vhd-crash-writer"
+  [ -x "$writer" ] || skip "test-vhd-crash-writer not built"
+  need_shim
+}

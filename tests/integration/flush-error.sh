@@ -11,10 +11,7 @@
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd is not installed"
-shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
-[ -f "$shim" ] || skip "the test shim is not built"
-# A sanitized binary wants its runtime first in the library list.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+need_shim
 
 cd "$VD_TMP"
 

@@ -108,9 +108,7 @@ cmp "$VD_TMP/disk.raw" "$VD_TMP/ref.raw" || fail "FUA writes missing"
 [ "$syncs" -le 48 ] || fail "$syncs fdatasyncs for 128 FUA writes: not shared"
 
 # A failed fdatasync: every flush in flight fails, and so do later ones.
-shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
-[ -f "$shim" ] || skip "the test shim is not built"
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+need_shim
 LD_PRELOAD=$shim VDTEST_SHIM_FILE=$VD_TMP/disk.raw VDTEST_FAIL_SYNC=1 \
   start_nbd -f raw "disk=$VD_TMP/disk.raw"
 /usr/bin/python3 - "$nbd_sock" <<'PY' || fail "a failed flush was answered as done"

@@ -16,11 +16,7 @@
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires /usr/bin/python3 qemu-img
-writer="$top_builddir/tests/unit/test-vhd-crash-writer"
-shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
-[ -x "$writer" ] || skip "test-vhd-crash-writer not built"
-[ -f "$shim" ] || skip "the test shim is not built"
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+need_crash_writer
 cd "$VD_TMP"
 nslots=512                       # 16 MiB of 32 KiB slots
 iterations=${QCOW2_CRASH_ITERATIONS:-8}

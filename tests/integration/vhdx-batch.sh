@@ -17,13 +17,9 @@
 . "${top_srcdir:-.}/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires strace qemu-img qemu-io /usr/bin/python3
-writer="$top_builddir/tests/unit/test-vhd-crash-writer"
-shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
-[ -x "$writer" ] || skip "test-vhd-crash-writer not built"
-[ -f "$shim" ] || skip "the test shim is not built"
-# LeakSanitizer cannot run under ptrace; a sanitized binary wants its
-# runtime first in the library list.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0:verify_asan_link_order=0"
+need_crash_writer
+# LeakSanitizer cannot run under ptrace.
+export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0"
 cd "$VD_TMP"
 M=$((1 << 20))
 

@@ -25,11 +25,7 @@
 # (leaks, which both checks accept).
 . "${top_srcdir:-.}/tests/functions.sh"
 requires /usr/bin/python3 qemu-img
-writer="$top_builddir/tests/unit/test-vhd-crash-writer"
-shim="$top_builddir/tests/unit/.libs/libvdtest-shim.so"
-[ -x "$writer" ] || skip "test-vhd-crash-writer not built"
-[ -f "$shim" ] || skip "the test shim is not built"
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+need_crash_writer
 cd "$VD_TMP"
 nslots=1024                      # 32 MiB of 32 KiB slots, 32 blocks of 1 MiB
 wide=20480                       # 640 MiB: BAT pages 0 and 1
