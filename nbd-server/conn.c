@@ -1299,10 +1299,10 @@ void nbd_conn_serve(const struct nbd_server *srv, struct nbd_io *io,
         break;
       }
     }
-    if (req.type == NBD_CMD_FLUSH && !run_inline(c, j) &&
-        flusher_submit(c, j))
+    bool inl = run_inline(c, j);
+    if (!inl && req.type == NBD_CMD_FLUSH && flusher_submit(c, j))
       continue;
-    if (run_inline(c, j))
+    if (inl)
       job_run(j);
     else
       batch_add(c, j);
