@@ -20,7 +20,9 @@
 # librbd), VHD=0 (FORMATS then defaults to ""), WORKLOADS (default
 # "seqread seqwrite randread randwrite"; also "syncwrite", 4 KiB random
 # writes each followed by a flush, as fio --fsync=1), IODEPTHS (default 32), VDISK_ARGS
-# (more options for vdisk-nbd, e.g. "--threads 8").
+# (more options for vdisk-nbd, e.g. "--threads 8"), FRESH=1 (every run
+# gets a new empty image, made by qemu-img create, instead of the filled
+# one: allocating writes, as to a new VM disk; for write workloads).
 set -eu
 rounds=${1:-3} secs=${2:-10} size=${3:-1G}
 build=${BUILD:-.}
@@ -32,7 +34,8 @@ iodepths=${IODEPTHS:-32}
 declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536"
                    [vhdx]="-o subformat=dynamic")
 for f in $formats; do
-  case $f in nbd|rbd) continue ;; esac
+  case $f in nbd|rbd) [ "${FRESH:-0}" = 0 ] && continue
+    echo "FRESH=1: no $f (a remote source is not created per run)" >&2; exit 1 ;; esac
   [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, vhdx, nbd, rbd)" >&2; exit 1; }
 done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
@@ -45,7 +48,7 @@ done
 mkdir -p "$work"
 
 raw=$work/bench.raw
-if [ ! -s "$raw" ]; then
+if [ ! -s "$raw" ] && [ "${FRESH:-0}" = 0 ]; then
   echo "writing $size of random data to $raw" >&2
   qemu-img create -q -f raw "$raw" "$size"
   fio --name=fill --filename="$raw" --rw=write --bs=1M --size="$size" \
@@ -70,12 +73,13 @@ for f in $formats; do
       ceph_rbd import --no-progress "$raw" "$ceph_pool/bench" >&2
       img[rbd]="rbd:$ceph_pool/bench:conf=$ceph_conf" ;;
     *)
+      [ "${FRESH:-0}" = 0 ] || continue
       [ -s "${img[$f]}" ] ||
         qemu-img convert -f raw -O "$f" ${mkopts[$f]} "$raw" "${img[$f]}"
       cat "${img[$f]}" > /dev/null ;;  # page cache
   esac
 done
-cat "$raw" > /dev/null
+[ "${FRESH:-0}" = 1 ] || cat "$raw" > /dev/null
 
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
@@ -142,18 +146,35 @@ for w in $workloads; do for d in $iodepths; do cols="$cols $w:$d"; done; done
 cases=""
 for s in $servers; do cases="$cases $s:raw"; done
 for f in $formats; do cases="$cases vdisk:$f qemu:$f"; done
+# fresh FORMAT: a new empty image of FORMAT for the next run; its name.
+fresh() {
+  local f=$1 i=$work/fresh.$1
+  rm -f "$i"
+  qemu-img create -q -f "$f" ${mkopts[$f]:-} "$i" "$size"
+  echo "$i"
+}
+# measure CASE COLUMN: one run, its numbers kept.
+measure() {
+  read -r v u l50 l99 <<<"$(run ${2%%:*} ${2##*:})"
+  res[$1,$2]="${res[$1,$2]:-} $v"
+  cpu[$1,$2]="${cpu[$1,$2]:-} $u"
+  p50[$1,$2]="${p50[$1,$2]:-} $l50"
+  p99[$1,$2]="${p99[$1,$2]:-} $l99"
+  echo "round $r $1 $2 $v, p50 $l50 us, p99 $l99 us (server CPU ${u} us/request)" >&2
+}
 for r in $(seq "$rounds"); do
   for c in $cases; do
     s=${c%%:*} f=${c##*:}
+    if [ "${FRESH:-0}" = 1 ]; then
+      for k in $cols; do
+        start "$s" "$f" "$(fresh "$f")"
+        measure "$c" "$k"
+        stop
+      done
+      continue
+    fi
     start "$s" "$f" "${img[$f]}"
-    for k in $cols; do
-      read -r v u l50 l99 <<<"$(run ${k%%:*} ${k##*:})"
-      res[$c,$k]="${res[$c,$k]:-} $v"
-      cpu[$c,$k]="${cpu[$c,$k]:-} $u"
-      p50[$c,$k]="${p50[$c,$k]:-} $l50"
-      p99[$c,$k]="${p99[$c,$k]:-} $l99"
-      echo "round $r $c $k $v, p50 $l50 us, p99 $l99 us (server CPU ${u} us/request)" >&2
-    done
+    for k in $cols; do measure "$c" "$k"; done
     stop
   done
 done
@@ -203,7 +224,11 @@ ratios() {
 }
 
 echo
-echo "fio nbd engine, iodepth $iodepths, Unix socket, $size image in page cache, $rounds rounds of ${secs}s, medians"
+if [ "${FRESH:-0}" = 1 ]; then
+  echo "fio nbd engine, iodepth $iodepths, Unix socket, a new empty $size image per run (FRESH=1), $rounds rounds of ${secs}s, medians"
+else
+  echo "fio nbd engine, iodepth $iodepths, Unix socket, $size image in page cache, $rounds rounds of ${secs}s, medians"
+fi
 echo "(seq: MiB/s, rand: IOPS; ratio = vdisk-nbd / best peer on the same format)"
 table res; echo; ratios res 1
 for q in p50 p99; do

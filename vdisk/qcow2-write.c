@@ -20,8 +20,9 @@
  *      after the L2 entries are synced.
  * New data clusters of an image without a backing file, where nothing was
  * allocated, come from a reserve whose refcounts were made durable ahead
- * (q_resv_fill): no sync per allocating write; a crash leaks the unused
- * reserve, a clean close gives it back.
+ * (q_resv_fill, growing from 64 clusters to 64 MiB): no sync per
+ * allocating write; a crash leaks the unused reserve, a clean close gives
+ * it back.
  * The dirty bit is never set: refcounts are always kept exact (the
  * lazy_refcounts compat bit may be set on an image, it only permits it).
  * With VD_OPEN_NO_FLUSH (convert's unsafe cache) the syncs do nothing and
@@ -290,8 +291,25 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
 /* ---- reserved clusters ---- */
 
 #define Q_RESV_CLUSTERS 64
+#define Q_RESV_MAX_BYTES (UINT64_C(64) << 20)
 
 static int q_cut_file(struct vd_dev *dev);
+
+/* The reserve doubles at each fill, from 64 clusters up to 64 MiB (or 64
+ * clusters if they are larger) and at most the image's cluster count:
+ * a sync per 1024 allocating writes with 64 KiB clusters at most. */
+static uint64_t
+q_resv_size(const struct qcow2_priv *p)
+{
+  uint64_t max = Q_RESV_MAX_BYTES / p->cluster;
+  if (max < Q_RESV_CLUSTERS)
+    max = Q_RESV_CLUSTERS;
+  uint64_t n = p->resv_fills < 16 ? (uint64_t)Q_RESV_CLUSTERS << p->resv_fills
+                                  : max;
+  n = n < max ? n : max;
+  uint64_t all = (p->h.size + p->cluster - 1) / p->cluster;
+  return n < all ? n : all;
+}
 
 /* Reserve at least N clusters for new data clusters that need no copy
  * (no backing file, nothing allocated there before): their refcounts are
@@ -306,8 +324,8 @@ static int
 q_resv_fill(struct vd_dev *dev, uint64_t n)
 {
   struct qcow2_priv *p = dev->priv;
-  if (n < Q_RESV_CLUSTERS)
-    n = Q_RESV_CLUSTERS;
+  if (n < q_resv_size(p))
+    n = q_resv_size(p);
   uint64_t t = q_take(p, n);
   int r = q_ref_add(dev, t, n, 1);
   if (r == 0)
@@ -316,6 +334,7 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
     return r;
   p->resv = t;
   p->resv_end = t + n * p->cluster;
+  p->resv_fills++;
   return 0;
 }
 
@@ -332,6 +351,7 @@ qcow2_resv_release(struct vd_dev *dev)
       (void)q_cut_file(dev);
   }
   p->resv = p->resv_end = 0;
+  p->resv_fills = 0;
   pthread_rwlock_unlock(&p->rw);
 }
 
@@ -372,7 +392,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
                         "COPIED flag): writing it is not supported",
                         dev->path, l1i);
   if (l2off) {
-    if ((r = vd_file_pread(dev->file, table, p->cluster, l2off)) < 0)
+    if ((r = qcow2_l2_table(dev, l2off, table)) < 0)
       return r;
   } else {
     memset(table, 0, p->cluster);

@@ -36,6 +36,55 @@ qcow2_probe(const struct vd_probe_data *pd)
 
 /* ---- L2 tables ---- */
 
+/* The cached copy of the L2 table at OFF, or NULL; CACHE_LOCK held.  A
+ * hit counts as a use. */
+static struct qcow2_l2_slot *
+l2_slot_find(struct qcow2_priv *p, uint64_t off)
+{
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
+    if (p->slots[i].off == off) {
+      p->slots[i].used = ++p->tick;
+      return &p->slots[i];
+    }
+  return NULL;
+}
+
+/* Keep T (one cluster, malloc'd) as the copy of the L2 table at OFF, in
+ * place of the least recently used one unless another thread cached it
+ * meanwhile; returns the buffer to free.  CACHE_LOCK held. */
+static uint8_t *
+l2_slot_put(struct qcow2_priv *p, uint64_t off, uint8_t *t)
+{
+  if (l2_slot_find(p, off))
+    return t;
+  struct qcow2_l2_slot *victim = &p->slots[0];
+  for (unsigned i = 1; i < QCOW2_L2_SLOTS; i++)
+    if (p->slots[i].used < victim->used)
+      victim = &p->slots[i];
+  uint8_t *old = victim->data;
+  victim->data = t;
+  victim->off = off;
+  victim->used = ++p->tick;
+  return old;
+}
+
+/* Read the L2 table at OFF into a new buffer, *T (one cluster). */
+static int
+l2_load(struct vd_dev *dev, uint64_t off, uint8_t **t)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint8_t *b = malloc(p->cluster);
+  if (!b)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = vd_file_pread(dev->file, b, p->cluster, off);
+  if (r < 0) {
+    free(b);
+    return r;
+  }
+  *t = b;
+  return 0;
+}
+
 /* Copy entry IDX (and with extended L2 its bitmap into *BM) of the L2
  * table at OFF, through the cache. */
 static int
@@ -45,47 +94,46 @@ qcow2_l2_get(struct vd_dev *dev, uint64_t off, uint32_t idx, uint64_t *e,
   struct qcow2_priv *p = dev->priv;
   unsigned w = p->extl2 ? 16 : 8;
   pthread_mutex_lock(&p->cache_lock);
-  struct qcow2_l2_slot *victim = &p->slots[0];
-  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++) {
-    struct qcow2_l2_slot *s = &p->slots[i];
-    if (s->off == off) {
-      s->used = ++p->tick;
-      *e = vd_get_be64(s->data + (size_t)idx * w);
-      *bm = p->extl2 ? vd_get_be64(s->data + (size_t)idx * w + 8) : 0;
-      pthread_mutex_unlock(&p->cache_lock);
-      return 0;
-    }
-    if (s->used < victim->used)
-      victim = s;
+  struct qcow2_l2_slot *s = l2_slot_find(p, off);
+  if (s) {
+    *e = vd_get_be64(s->data + (size_t)idx * w);
+    *bm = p->extl2 ? vd_get_be64(s->data + (size_t)idx * w + 8) : 0;
+    pthread_mutex_unlock(&p->cache_lock);
+    return 0;
   }
   pthread_mutex_unlock(&p->cache_lock);
 
-  uint8_t *t = malloc(p->cluster);
-  if (!t)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = vd_file_pread(dev->file, t, p->cluster, off);
-  if (r < 0) {
-    free(t);
+  uint8_t *t;
+  int r = l2_load(dev, off, &t);
+  if (r < 0)
     return r;
-  }
   *e = vd_get_be64(t + (size_t)idx * w);
   *bm = p->extl2 ? vd_get_be64(t + (size_t)idx * w + 8) : 0;
   pthread_mutex_lock(&p->cache_lock);
-  /* Another reader may have loaded it meanwhile: keep one copy. */
-  bool have = false;
-  for (unsigned i = 0; i < QCOW2_L2_SLOTS && !have; i++)
-    have = p->slots[i].off == off;
-  if (!have) {
-    victim = &p->slots[0];
-    for (unsigned i = 1; i < QCOW2_L2_SLOTS; i++)
-      if (p->slots[i].used < victim->used)
-        victim = &p->slots[i];
-    uint8_t *old = victim->data;
-    victim->data = t;
-    victim->off = off;
-    victim->used = ++p->tick;
-    t = old;
-  }
+  t = l2_slot_put(p, off, t);
+  pthread_mutex_unlock(&p->cache_lock);
+  free(t);
+  return 0;
+}
+
+int
+qcow2_l2_table(struct vd_dev *dev, uint64_t off, uint8_t *table)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_mutex_lock(&p->cache_lock);
+  struct qcow2_l2_slot *s = l2_slot_find(p, off);
+  if (s)
+    memcpy(table, s->data, p->cluster);
+  pthread_mutex_unlock(&p->cache_lock);
+  if (s)
+    return 0;
+  uint8_t *t;
+  int r = l2_load(dev, off, &t);
+  if (r < 0)
+    return r;
+  memcpy(table, t, p->cluster);
+  pthread_mutex_lock(&p->cache_lock);
+  t = l2_slot_put(p, off, t);
   pthread_mutex_unlock(&p->cache_lock);
   free(t);
   return 0;
@@ -290,10 +338,18 @@ qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off, const uint8_t *table)
 {
   struct qcow2_priv *p = dev->priv;
   pthread_mutex_lock(&p->cache_lock);
-  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
-    if (p->slots[i].off == off)
-      memcpy(p->slots[i].data, table, p->cluster);
+  struct qcow2_l2_slot *s = l2_slot_find(p, off);
+  if (s)
+    memcpy(s->data, table, p->cluster);
   pthread_mutex_unlock(&p->cache_lock);
+  uint8_t *t = s ? NULL : malloc(p->cluster);
+  if (!t)
+    return;                       /* cached and updated, or left uncached */
+  memcpy(t, table, p->cluster);
+  pthread_mutex_lock(&p->cache_lock);
+  t = l2_slot_put(p, off, t);
+  pthread_mutex_unlock(&p->cache_lock);
+  free(t);
 }
 
 static int

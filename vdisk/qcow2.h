@@ -216,6 +216,7 @@ struct qcow2_priv {
   uint64_t resv, resv_end;        /* reserved clusters [resv, resv_end):
                                      refcount 1 already durable, named by
                                      nothing yet (q_resv_fill) */
+  unsigned resv_fills;            /* fills since open or release */
   uint64_t rpb;                   /* refcount entries per block */
   uint64_t *rt;                   /* the refcount table, in memory */
   uint64_t rt_entries;
@@ -240,8 +241,12 @@ int qcow2_read_locked(struct vd_dev *dev, void *buf, size_t len,
  * 0 if it is not so (or with extended L2), or -errno. */
 int64_t qcow2_owned_data(struct vd_dev *dev, uint64_t off, uint64_t len,
                          uint64_t *n);
-/* Replace the cached copy of the L2 table at OFF (if cached) by TABLE;
- * RW held for writing. */
+/* Copy the L2 table at OFF into TABLE (one cluster), from the cache, or
+ * read and then cached.  RW held (the writer: for writing). */
+int qcow2_l2_table(struct vd_dev *dev, uint64_t off, uint8_t *table);
+/* TABLE was written as the L2 table at OFF: the cache keeps a copy of it
+ * (replacing the old one, or as a new entry if memory allows); RW held for
+ * writing. */
 void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
                            const uint8_t *table);
 

@@ -2,13 +2,15 @@
 # qcow2 reserved clusters (vdisk/qcow2-write.c, q_resv_fill): in an image
 # without a backing file, a new data cluster where nothing was allocated
 # comes from a reserve whose refcounts were raised and synced once for 64
-# clusters, so an allocating write needs no sync of its own (before: one
+# clusters, doubling at each fill up to 64 MiB, so an allocating write
+# needs no sync of its own (before: one
 # fdatasync per allocating write, refcounts before the L2 entry), and only
 # its new bytes are written (the reserve is fresh space: zeros).  Rules
 # checked against qemu (docs/qcow2.md, "Crash order"):
 #  - the bytes: random 4 KiB and unaligned writes through vdisk-nbd equal
 #    the same writes by qemu-io on a raw copy (qemu-img compare);
-#  - strace counts the fdatasyncs of 200 allocating 4 KiB writes;
+#  - strace counts the fdatasyncs of 200 allocating 4 KiB writes, and of
+#    2000 to a 1 GiB image (the reserve grows: 16, not 53);
 #  - a clean stop gives the unused reserve back: qemu-img check finds no
 #    leak and the file ends at the last cluster in use;
 #  - kill -9 after a flush: every flushed byte is there and qemu-img check
@@ -25,20 +27,22 @@ img=$VD_TMP/d.qcow2 ref=$VD_TMP/ref.raw
 qemu-img create -q -f qcow2 -o cluster_size=64k "$img" 64M
 qemu-img create -q -f raw "$ref" 64M
 
-# writes SEED N SOCKET|-: N random writes (4 KiB at cluster-random places,
-# every fifth unaligned and crossing a cluster edge), through the NBD
-# server at SOCKET, or as a qemu-io script on stdout for the raw copy.
+# writes SEED N SOCKET|- [CLUSTERS]: N random writes (4 KiB at places
+# random among the first CLUSTERS (1024) 64 KiB clusters, every fifth
+# unaligned and crossing a cluster edge), through the NBD server at
+# SOCKET, or as a qemu-io script on stdout for the raw copy.
 writes() {
   /usr/bin/python3 - "$@" <<'PY'
 import random, sys
 seed, n, sock = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ncl = int(sys.argv[4]) if len(sys.argv) > 4 else 1024
 r = random.Random(seed)
 reqs = []
 for i in range(n):
     if i % 5 == 4:
-        off, ln = r.randrange(1, 1024) * 65536 - r.randrange(1, 3000), 5000
+        off, ln = r.randrange(1, ncl) * 65536 - r.randrange(1, 3000), 5000
     else:
-        off, ln = r.randrange(1024) * 65536 + r.randrange(16) * 4096, 4096
+        off, ln = r.randrange(ncl) * 65536 + r.randrange(16) * 4096, 4096
     reqs.append((off, ln, 1 + i % 250))
 if sock == "-":
     for off, ln, v in reqs:
@@ -67,6 +71,23 @@ used=$(qemu-img check --output=json "$img" | /usr/bin/python3 -c \
   'import json,sys; j=json.load(sys.stdin); print(j["image-end-offset"])')
 size=$(stat -c %s "$img")
 [ "$size" -le "$used" ] || fail "clean stop left the reserve: file $size, used $used"
+
+# The reserve doubles at each fill (64, 128, ... 1024 clusters): 2000
+# allocating writes (2400 clusters) spread over a 1 GiB image cost 7 fills
+# and 16 fdatasyncs in all, where a fixed 64-cluster reserve cost 53.
+big=$VD_TMP/big.qcow2 bigref=$VD_TMP/big.raw
+qemu-img create -q -f qcow2 -o cluster_size=64k "$big" 1G
+qemu-img create -q -f raw "$bigref" 1G
+start_nbd_traced fdatasync -f qcow2 "$big"
+writes 3 2000 "$nbd_sock" 16384 || fail "2000 writes through vdisk-nbd"
+stop_nbd_traced
+syncs=$(grep -c fdatasync "$VD_TMP/strace" || true)
+echo "2000 allocating writes to 1 GiB: $syncs fdatasyncs"
+[ "$syncs" -le 24 ] || fail "$syncs fdatasyncs for 2000 allocating writes: the reserve does not grow"
+writes 3 2000 - 16384 | qemu-io -f raw "$bigref" >/dev/null
+qemu-img compare -q "$bigref" "$big" || fail "2000 writes differ from qemu's"
+qemu-img check -q "$big" || fail "clean stop (1 GiB): $(qemu-img check "$big" 2>&1)"
+rm -f "$big" "$bigref"
 
 # kill -9 after a flush: flushed bytes kept, leaks at worst.
 start_nbd -f qcow2 "$img"
