@@ -5,8 +5,10 @@
  * Overwrites of clusters the image alone owns change no metadata: they
  * share qcow2_priv.rw with readers (q_overwrite).  Other writes go one at
  * a time (rw held for writing).
- * Metadata is written through (no dirty metadata cache), in qemu's crash
- * order, so that a crash leaves at worst leaked clusters:
+ * Metadata is written through, in qemu's crash order, so that a crash
+ * leaves at worst leaked clusters (the one exception: L2 entries that only
+ * name reserved clusters, below, may wait in the L2 cache until the next
+ * flush, q_l2_writeback):
  *   1. new clusters are taken at the end of the file (never from freed
  *      space, so a cluster freed in this session cannot be handed out
  *      while an old reference to it may still be on disk);
@@ -288,6 +290,42 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
   *n = *off ? 1 : 0;
 }
 
+/* ---- dirty L2 entries ---- */
+
+/* Write the L2 entries the cache holds ahead of the file (entries naming
+ * reserved clusters, qcow2_l2_cache_dirty), table by table; a table stays
+ * dirty if its write fails.  RW held for writing (no entry changes
+ * meanwhile). */
+static int
+q_l2_writeback(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (!__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE))
+    return 0;
+  uint8_t *buf = malloc(p->cluster);
+  if (!buf)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  int r = 0;
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS && r == 0; i++) {
+    struct qcow2_l2_slot *sl = &p->slots[i];
+    pthread_mutex_lock(&p->cache_lock);
+    bool dirty = sl->dirty;
+    uint64_t off = sl->off + (uint64_t)sl->lo * 8;
+    size_t len = (size_t)(sl->hi - sl->lo + 1) * 8;
+    if (dirty)
+      memcpy(buf, sl->data + (size_t)sl->lo * 8, len);
+    pthread_mutex_unlock(&p->cache_lock);
+    if (!dirty || (r = q_pwrite(dev, buf, len, off)) < 0)
+      continue;
+    pthread_mutex_lock(&p->cache_lock);
+    sl->dirty = false;
+    __atomic_store_n(&p->l2_dirty, p->l2_dirty - 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&p->cache_lock);
+  }
+  free(buf);
+  return r;
+}
+
 /* ---- reserved clusters ---- */
 
 #define Q_RESV_CLUSTERS 64
@@ -345,6 +383,8 @@ qcow2_resv_release(struct vd_dev *dev)
   if (!p->rw_init)
     return;
   pthread_rwlock_wrlock(&p->rw);
+  if (!p->failed && q_l2_writeback(dev) < 0)
+    p->failed = true;
   if (p->resv < p->resv_end && !p->failed && p->rt && p->rb) {
     uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
     if (q_ref_add(dev, p->resv, n, -1) == 0)
@@ -399,6 +439,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
     l2off = q_take(p, 1);
     new_l2 = true;
   }
+  bool lazy = !new_l2;            /* every update names a reserved cluster */
   while (len) {
     uint64_t cstart = off & ~(uint64_t)(p->cluster - 1);
     uint64_t coff = off - cstart;
@@ -442,6 +483,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       /* A new cluster: what the cluster read before, then the new bytes
        * (copy-on-write from the backing file, a zero or a compressed
        * cluster). */
+      lazy = false;
       if (n < p->cluster)
         memset(cb, 0, p->cluster);
       if (!full) {
@@ -469,6 +511,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
         goto next;                /* unallocated: reads zeros already */
       if (e == ne)
         goto next;
+      lazy = false;
       u[nu++] = (struct q_upd){ idx, ne, host || compressed ? e : 0 };
     }
 next:
@@ -495,6 +538,11 @@ next:
     lo = u[i].idx < lo ? u[i].idx : lo;
     hi = u[i].idx > hi ? u[i].idx : hi;
   }
+  /* Entries that only name reserved clusters may wait in the cache until
+   * the next flush: until then the clusters are leaks after a crash, and
+   * what the guest wrote was not flushed. */
+  if (lazy && qcow2_l2_cache_dirty(dev, l2off, table, lo, hi))
+    return 0;
   if (new_l2)
     r = q_pwrite(dev, table, p->cluster, l2off);
   else
@@ -647,6 +695,21 @@ qcow2_flush(struct vd_dev *dev)
   if (failed)
     return vd_set_error(EIO, "%s: an earlier metadata update failed",
                         dev->path);
+  /* L2 entries waiting in the cache are written first (under the writer's
+   * lock: no entry changes meanwhile).  A write that completed before
+   * this flush began dirtied its table before it completed, so it is
+   * seen here. */
+  if (__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE)) {
+    pthread_rwlock_wrlock(&p->rw);
+    int r = p->failed ? vd_set_error(EIO, "%s: an earlier metadata update "
+                                     "failed", dev->path)
+                      : q_l2_writeback(dev);
+    if (r < 0)
+      p->failed = true;
+    pthread_rwlock_unlock(&p->rw);
+    if (r < 0)
+      return r;
+  }
   /* Nothing is held for the fdatasync: metadata is written through, in
    * crash order (above), so the file is consistent at any moment, and a
    * flush need not wait for writes still in progress (nor stop them). */
@@ -938,8 +1001,11 @@ q_shrink(struct vd_dev *dev, uint64_t size)
   uint8_t *table = malloc(p->cluster);
   if (!table)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = q_drop_tail(dev, vd_round_up(size, p->cluster) >> p->h.cluster_bits,
-                      table);
+  /* q_drop_tail reads the tables from the file. */
+  int r = q_l2_writeback(dev);
+  if (r == 0)
+    r = q_drop_tail(dev, vd_round_up(size, p->cluster) >> p->h.cluster_bits,
+                    table);
   free(table);
   if (r == 0)
     r = q_drop_refblocks(dev);

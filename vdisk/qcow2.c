@@ -50,17 +50,20 @@ l2_slot_find(struct qcow2_priv *p, uint64_t off)
 }
 
 /* Keep T (one cluster, malloc'd) as the copy of the L2 table at OFF, in
- * place of the least recently used one unless another thread cached it
- * meanwhile; returns the buffer to free.  CACHE_LOCK held. */
+ * place of the least recently used clean one unless another thread cached
+ * it meanwhile; returns the buffer to free.  CACHE_LOCK held. */
 static uint8_t *
 l2_slot_put(struct qcow2_priv *p, uint64_t off, uint8_t *t)
 {
   if (l2_slot_find(p, off))
     return t;
-  struct qcow2_l2_slot *victim = &p->slots[0];
-  for (unsigned i = 1; i < QCOW2_L2_SLOTS; i++)
-    if (p->slots[i].used < victim->used)
+  struct qcow2_l2_slot *victim = NULL;
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
+    if (!p->slots[i].dirty &&
+        (!victim || p->slots[i].used < victim->used))
       victim = &p->slots[i];
+  if (!victim)
+    return t;                     /* every slot dirty: not cached */
   uint8_t *old = victim->data;
   victim->data = t;
   victim->off = off;
@@ -350,6 +353,32 @@ qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off, const uint8_t *table)
   t = l2_slot_put(p, off, t);
   pthread_mutex_unlock(&p->cache_lock);
   free(t);
+}
+
+bool
+qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off, const uint8_t *table,
+                     uint32_t lo, uint32_t hi)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_mutex_lock(&p->cache_lock);
+  struct qcow2_l2_slot *s = l2_slot_find(p, off);
+  bool ok = s && (s->dirty || p->l2_dirty < QCOW2_L2_DIRTY_MAX);
+  if (ok) {
+    /* TABLE was copied from this slot (RW held for writing since): only
+     * LO..HI differ. */
+    memcpy(s->data + (size_t)lo * 8, table + (size_t)lo * 8,
+           (size_t)(hi - lo + 1) * 8);
+    if (!s->dirty) {
+      s->dirty = true;
+      s->lo = lo;
+      s->hi = hi;
+      __atomic_store_n(&p->l2_dirty, p->l2_dirty + 1, __ATOMIC_RELEASE);
+    }
+    s->lo = lo < s->lo ? lo : s->lo;
+    s->hi = hi > s->hi ? hi : s->hi;
+  }
+  pthread_mutex_unlock(&p->cache_lock);
+  return ok;
 }
 
 static int

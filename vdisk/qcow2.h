@@ -175,13 +175,19 @@ extern const struct vd_driver vd_qcow2_driver;
 
 /* A small cache of L2 tables (QEMU's l2-cache-size idea): a fixed
  * number of slots, least recently used evicted; tables are immutable while
- * the image is open read-only. */
+ * the image is open read-only.  A writable image may hold entries in the
+ * cache ahead of the file (dirty, never evicted, at most
+ * QCOW2_L2_DIRTY_MAX tables): entries that name reserved clusters
+ * (qcow2-write.c), written back at the next flush. */
 #define QCOW2_L2_SLOTS 32
+#define QCOW2_L2_DIRTY_MAX 16
 
 struct qcow2_l2_slot {
   uint64_t off;                   /* host offset of the table, 0: empty */
   uint64_t used;                  /* LRU tick */
   uint8_t *data;                  /* one cluster */
+  bool dirty;                     /* entries [lo, hi] not yet written */
+  uint32_t lo, hi;
 };
 
 /* Concurrency: open sets everything; reads take CACHE_LOCK only around
@@ -206,6 +212,8 @@ struct qcow2_priv {
   bool lock_init;
   uint64_t tick;
   struct qcow2_l2_slot slots[QCOW2_L2_SLOTS];
+  unsigned l2_dirty;              /* dirty slots (atomic reads outside
+                                     CACHE_LOCK) */
   /* Writes (qcow2-write.c): RW is held for writing by a write-type
    * request (one at a time) and for reading by reads, so a read never
    * sees a half-made allocation. */
@@ -246,9 +254,16 @@ int64_t qcow2_owned_data(struct vd_dev *dev, uint64_t off, uint64_t len,
 int qcow2_l2_table(struct vd_dev *dev, uint64_t off, uint8_t *table);
 /* TABLE was written as the L2 table at OFF: the cache keeps a copy of it
  * (replacing the old one, or as a new entry if memory allows); RW held for
- * writing. */
+ * writing.  Dirty entries stay dirty (TABLE was copied with them). */
 void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
                            const uint8_t *table);
+/* Keep entries LO..HI of TABLE (a copy of the cached L2 table at OFF,
+ * taken by qcow2_l2_table under the same hold of RW for writing) in the
+ * cache only, dirty (to be written at the next flush): true if done,
+ * false if the table is not cached or too many are dirty already (the
+ * caller then writes it). */
+bool qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off,
+                          const uint8_t *table, uint32_t lo, uint32_t hi);
 
 /* ---- qcow2-write.c ---- */
 

@@ -7,6 +7,10 @@
  *                        EIO without syncing, once; later ones go through,
  *                        as the kernel reports a lost write-back only once
  *                        per open file and then forgets it.
+ *   VDTEST_FAIL_WRITE_LEN=L  the first pwrite of exactly L bytes to that
+ *                        file fails with EIO without writing, once (to
+ *                        fail one kind of metadata write: a qcow2 L2
+ *                        entry is 8 bytes).
  *   VDTEST_JOURNAL=PATH  record every pwrite to the file since its last
  *                        successful fdatasync/fsync in PATH: before each
  *                        write one record {magic, seq, offset, length, file
@@ -58,6 +62,7 @@ static long shim_fail_nth;       /* 0: never */
 static long shim_syncs;          /* syncs of the target seen */
 static long shim_cut_after;      /* 0: never */
 static long shim_writes;         /* writes to the target seen */
+static long shim_fail_len = -1;  /* VDTEST_FAIL_WRITE_LEN, -1 when done */
 static int shim_jfd = -1;
 static uint64_t shim_seq;
 
@@ -75,6 +80,8 @@ shim_init(void)
     shim_target = abs;
   const char *n = getenv("VDTEST_FAIL_SYNC");
   shim_fail_nth = n ? strtol(n, NULL, 10) : 0;
+  const char *l = getenv("VDTEST_FAIL_WRITE_LEN");
+  shim_fail_len = l ? strtol(l, NULL, 10) : -1;
   const char *k = getenv("VDTEST_CUT_AFTER");
   shim_cut_after = k ? strtol(k, NULL, 10) : 0;
   const char *j = getenv("VDTEST_JOURNAL");
@@ -145,9 +152,16 @@ shim_record(int fd, const void *buf, size_t len, off_t off)
 static ssize_t
 shim_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
-  if ((shim_jfd < 0 && !shim_cut_after) || !shim_is_target(fd))
+  if ((shim_jfd < 0 && !shim_cut_after && shim_fail_len < 0) ||
+      !shim_is_target(fd))
     return syscall(SYS_pwrite64, fd, buf, len, off);
   pthread_mutex_lock(&shim_lock);
+  if (shim_fail_len >= 0 && (size_t)shim_fail_len == len) {
+    shim_fail_len = -1;
+    pthread_mutex_unlock(&shim_lock);
+    errno = EIO;
+    return -1;
+  }
   if (shim_jfd >= 0)
     shim_record(fd, buf, len, off);
   ssize_t r = syscall(SYS_pwrite64, fd, buf, len, off);
