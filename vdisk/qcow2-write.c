@@ -650,6 +650,51 @@ q_overwrite(struct vd_dev *dev, const uint8_t *buf, uint64_t off,
   return r < 0 ? r : (int64_t)done;
 }
 
+/* A write inside one unallocated cluster of an image without a backing
+ * file, whose L2 table exists and is cached (the usual write to a new
+ * disk): the cluster is claimed from the reserve by a dirty L2 entry under
+ * the writer's lock, and the data written after the lock is let go, so
+ * that the next allocation need not wait for it.  Until the data lands, a
+ * read of the cluster may see its zeros, as for any write in flight; a
+ * crash, as for the reserve, zeros or leaks.  1 if done, 0 if this path
+ * does not apply (nothing changed), or -errno. */
+static int
+q_alloc_fast(struct vd_dev *dev, const uint8_t *buf, uint64_t off,
+             uint64_t len)
+{
+  struct qcow2_priv *p = dev->priv;
+  uint64_t coff = off & (p->cluster - 1);
+  if (p->h.backing_off || coff + len > p->cluster)
+    return 0;
+  uint64_t cl = off >> p->h.cluster_bits;
+  uint64_t l1i = cl / p->l2_entries;
+  uint32_t idx = (uint32_t)(cl % p->l2_entries);
+  int r = 0;
+  pthread_rwlock_wrlock(&p->rw);
+  uint64_t l1e = p->l1[l1i];
+  if (p->failed || !(l1e & QCOW2_OFLAG_COPIED))
+    goto out;                     /* the writer's path decides, or fails */
+  if (p->resv >= p->resv_end && (r = q_resv_fill(dev, 1)) < 0) {
+    p->failed = true;
+    goto out;
+  }
+  uint64_t nh = p->resv;
+  if (qcow2_l2_cache_claim(dev, l1e & QCOW2_OFFSET_MASK, idx,
+                           nh | QCOW2_OFLAG_COPIED) == 1) {
+    p->resv += p->cluster;
+    r = 1;
+  }
+out:
+  pthread_rwlock_unlock(&p->rw);
+  if (r == 1) {
+    /* The file covers the reserve (q_extend): no size to keep. */
+    int w = vd_file_pwrite(dev->file, buf, len, nh + coff);
+    if (w < 0)
+      return w;
+  }
+  return r;
+}
+
 int
 qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
              unsigned flags)
@@ -658,8 +703,11 @@ qcow2_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off,
   int64_t done = q_overwrite(dev, buf, off, len);
   if (done < 0 || (uint64_t)done == len)
     return done < 0 ? (int)done : 0;
-  return q_request(dev, W_WRITE, (const uint8_t *)buf + done, off + done,
-                   len - (uint64_t)done);
+  const uint8_t *rest = (const uint8_t *)buf + done;
+  int r = q_alloc_fast(dev, rest, off + done, len - (uint64_t)done);
+  if (r != 0)
+    return r < 0 ? r : 0;
+  return q_request(dev, W_WRITE, rest, off + done, len - (uint64_t)done);
 }
 
 int

@@ -381,6 +381,30 @@ qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off, const uint8_t *table,
   return ok;
 }
 
+int
+qcow2_l2_cache_claim(struct vd_dev *dev, uint64_t off, uint32_t idx,
+                     uint64_t e)
+{
+  struct qcow2_priv *p = dev->priv;
+  pthread_mutex_lock(&p->cache_lock);
+  struct qcow2_l2_slot *s = l2_slot_find(p, off);
+  int r = -1;
+  if (s && (s->dirty || p->l2_dirty < QCOW2_L2_DIRTY_MAX))
+    r = vd_get_be64(s->data + (size_t)idx * 8) == 0;
+  if (r == 1) {
+    vd_put_be64(s->data + (size_t)idx * 8, e);
+    if (!s->dirty) {
+      s->dirty = true;
+      s->lo = s->hi = idx;
+      __atomic_store_n(&p->l2_dirty, p->l2_dirty + 1, __ATOMIC_RELEASE);
+    }
+    s->lo = idx < s->lo ? idx : s->lo;
+    s->hi = idx > s->hi ? idx : s->hi;
+  }
+  pthread_mutex_unlock(&p->cache_lock);
+  return r;
+}
+
 static int
 qcow2_block_status_locked(struct vd_dev *dev, uint64_t off, uint64_t len,
                           struct vd_extent *ext)

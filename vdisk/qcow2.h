@@ -264,6 +264,11 @@ void qcow2_l2_cache_update(struct vd_dev *dev, uint64_t off,
  * caller then writes it). */
 bool qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off,
                           const uint8_t *table, uint32_t lo, uint32_t hi);
+/* Set entry IDX of the cached L2 table at OFF to E, dirty, if it is 0
+ * (unallocated): 1 if done, 0 if the entry is not 0, -1 if the table is
+ * not cached or too many are dirty already.  RW held for writing. */
+int qcow2_l2_cache_claim(struct vd_dev *dev, uint64_t off, uint32_t idx,
+                         uint64_t e);
 
 /* ---- qcow2-write.c ---- */
 
