@@ -15,13 +15,9 @@ need_shim
 
 cd "$VD_TMP"
 
-# nbd_round FORMAT IMAGE [N]: serve IMAGE with the Nth fdatasync (default
-# the first) failing.
-nbd_round() {
-  local fmt=$1 img=$2
-  LD_PRELOAD=$shim VDTEST_SHIM_FILE=$img VDTEST_FAIL_SYNC=${3:-1} \
-    start_nbd -f "$fmt" "disk=$img"
-  /usr/bin/python3 - "$nbd_sock" <<'PY' || fail "$fmt: vdisk-nbd forgot a failed flush"
+# nbd_py: run the Python on stdin with h connected to the export "disk"
+# at $nbd_sock and expect_eio(WHAT, FN, ARGS...) defined.
+cat > eio.py <<'PY'
 import errno, sys
 import nbd
 h = nbd.NBD()
@@ -35,6 +31,16 @@ def expect_eio(what, fn, *args):
             sys.exit("%s: errno %s (%s), expected EIO" % (what, e.errnum, e.string))
         return
     sys.exit("%s: succeeded, expected EIO" % what)
+PY
+nbd_py() { cat eio.py - | /usr/bin/python3 - "$nbd_sock"; }
+
+# nbd_round FORMAT IMAGE [N]: serve IMAGE with the Nth fdatasync (default
+# the first) failing.
+nbd_round() {
+  local fmt=$1 img=$2
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=$img VDTEST_FAIL_SYNC=${3:-1} \
+    start_nbd -f "$fmt" "disk=$img"
+  nbd_py <<'PY' || fail "$fmt: vdisk-nbd forgot a failed flush"
 h.pwrite(b"\x5a" * 65536, 0)
 expect_eio("first flush", h.flush)
 # The kernel would report success now: the server must not.
@@ -93,20 +99,7 @@ qemu-img create -q -f qcow2 disk.qcow2 8M
 qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
 LD_PRELOAD=$shim VDTEST_SHIM_FILE=disk.qcow2 VDTEST_FAIL_WRITE_LEN=8 \
   start_nbd -f qcow2 "disk=disk.qcow2"
-/usr/bin/python3 - "$nbd_sock" <<'PY' || fail "qcow2: a failed write-back of L2 entries was not reported"
-import errno, sys
-import nbd
-h = nbd.NBD()
-h.set_export_name("disk")
-h.connect_unix(sys.argv[1])
-def expect_eio(what, fn, *args):
-    try:
-        fn(*args)
-    except nbd.Error as e:
-        if e.errnum != errno.EIO:
-            sys.exit("%s: errno %s (%s), expected EIO" % (what, e.errnum, e.string))
-        return
-    sys.exit("%s: succeeded, expected EIO" % what)
+nbd_py <<'PY' || fail "qcow2: a failed write-back of L2 entries was not reported"
 h.pwrite(b"\x5a" * 4096, 0)
 expect_eio("first flush", h.flush)
 expect_eio("second flush", h.flush)
