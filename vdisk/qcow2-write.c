@@ -671,16 +671,15 @@ q_alloc_fast(struct vd_dev *dev, const uint8_t *buf, uint64_t off,
   uint32_t idx = (uint32_t)(cl % p->l2_entries);
   int r = 0;
   pthread_rwlock_wrlock(&p->rw);
-  uint64_t l1e = p->l1[l1i];
-  if (p->failed || !(l1e & QCOW2_OFLAG_COPIED))
+  uint64_t l1e = p->l1[l1i], l2off = l1e & QCOW2_OFFSET_MASK;
+  if (p->failed || !l2off || !(l1e & QCOW2_OFLAG_COPIED))
     goto out;                     /* the writer's path decides, or fails */
   if (p->resv >= p->resv_end && (r = q_resv_fill(dev, 1)) < 0) {
     p->failed = true;
     goto out;
   }
   uint64_t nh = p->resv;
-  if (qcow2_l2_cache_claim(dev, l1e & QCOW2_OFFSET_MASK, idx,
-                           nh | QCOW2_OFLAG_COPIED) == 1) {
+  if (qcow2_l2_cache_claim(dev, l2off, idx, nh | QCOW2_OFLAG_COPIED) == 1) {
     p->resv += p->cluster;
     r = 1;
   }

@@ -41,7 +41,7 @@ qcow2_probe(const struct vd_probe_data *pd)
 static struct qcow2_l2_slot *
 l2_slot_find(struct qcow2_priv *p, uint64_t off)
 {
-  for (unsigned i = 0; i < QCOW2_L2_SLOTS; i++)
+  for (unsigned i = 0; i < QCOW2_L2_SLOTS && off; i++)
     if (p->slots[i].off == off) {
       p->slots[i].used = ++p->tick;
       return &p->slots[i];
@@ -69,6 +69,21 @@ l2_slot_put(struct qcow2_priv *p, uint64_t off, uint8_t *t)
   victim->off = off;
   victim->used = ++p->tick;
   return old;
+}
+
+/* Entries LO..HI of slot S are ahead of the file; CACHE_LOCK held. */
+static void
+l2_slot_mark(struct qcow2_priv *p, struct qcow2_l2_slot *s, uint32_t lo,
+             uint32_t hi)
+{
+  if (!s->dirty) {
+    s->dirty = true;
+    s->lo = lo;
+    s->hi = hi;
+    __atomic_store_n(&p->l2_dirty, p->l2_dirty + 1, __ATOMIC_RELEASE);
+  }
+  s->lo = lo < s->lo ? lo : s->lo;
+  s->hi = hi > s->hi ? hi : s->hi;
 }
 
 /* Read the L2 table at OFF into a new buffer, *T (one cluster). */
@@ -368,14 +383,7 @@ qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off, const uint8_t *table,
      * LO..HI differ. */
     memcpy(s->data + (size_t)lo * 8, table + (size_t)lo * 8,
            (size_t)(hi - lo + 1) * 8);
-    if (!s->dirty) {
-      s->dirty = true;
-      s->lo = lo;
-      s->hi = hi;
-      __atomic_store_n(&p->l2_dirty, p->l2_dirty + 1, __ATOMIC_RELEASE);
-    }
-    s->lo = lo < s->lo ? lo : s->lo;
-    s->hi = hi > s->hi ? hi : s->hi;
+    l2_slot_mark(p, s, lo, hi);
   }
   pthread_mutex_unlock(&p->cache_lock);
   return ok;
@@ -393,13 +401,7 @@ qcow2_l2_cache_claim(struct vd_dev *dev, uint64_t off, uint32_t idx,
     r = vd_get_be64(s->data + (size_t)idx * 8) == 0;
   if (r == 1) {
     vd_put_be64(s->data + (size_t)idx * 8, e);
-    if (!s->dirty) {
-      s->dirty = true;
-      s->lo = s->hi = idx;
-      __atomic_store_n(&p->l2_dirty, p->l2_dirty + 1, __ATOMIC_RELEASE);
-    }
-    s->lo = idx < s->lo ? idx : s->lo;
-    s->hi = idx > s->hi ? idx : s->hi;
+    l2_slot_mark(p, s, idx, idx);
   }
   pthread_mutex_unlock(&p->cache_lock);
   return r;
