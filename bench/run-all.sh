@@ -7,7 +7,7 @@
 # stderr.  Sizes and rounds: ROUNDS (3), SECS per fio run (3), SIZE of the
 # NBD images (512M), MIB for the convert, FUSE and vdz images (512), and
 # REMOTE=1 adds the NBD and Ceph RBD remote sources (starts a one-node
-# Ceph cluster).  About 20 minutes with the defaults on 2 CPUs.  Never part
+# Ceph cluster).  About 22 minutes with the defaults on 2 CPUs.  Never part
 # of make check; the numbers belong in bench/README.md with the load.
 set -u
 out=${1:-bench-results-$(date -u +%Y%m%d-%H%M).txt}
@@ -42,6 +42,9 @@ section() {
 
 section "NBD: raw vs qemu-nbd and nbdkit; VHD, VHDX, qcow2 vs qemu-nbd; iodepth 32 and 1" \
   env IODEPTHS="32 1" FORMATS="vpc vhdx qcow2" bash "$b/nbd-fio.sh" "$rounds" "$secs" "$size"
+section "NBD: new empty images (allocating writes, with and without a flush after each), every format" \
+  env FRESH=1 SERVERS="vdisk nbdkit" FORMATS="qcow2 vhdx vpc" WORKLOADS="randwrite syncwrite" \
+  bash "$b/nbd-fio.sh" "$rounds" "$secs" 2G
 section "NBD: nbdcopy read and write, 4 connections; nbdkit memory plugin as the read ceiling" \
   bash "$b/nbdcopy.sh" "$rounds" "$size"
 [ "${REMOTE:-0}" != 1 ] ||
