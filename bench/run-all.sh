@@ -7,7 +7,7 @@
 # stderr.  Sizes and rounds: ROUNDS (3), SECS per fio run (3), SIZE of the
 # NBD images (512M), MIB for the convert, FUSE and vdz images (512), and
 # REMOTE=1 adds the NBD and Ceph RBD remote sources (starts a one-node
-# Ceph cluster).  About 22 minutes with the defaults on 2 CPUs.  Never part
+# Ceph cluster).  About 24 minutes with the defaults on 2 CPUs.  Never part
 # of make check; the numbers belong in bench/README.md with the load.
 set -u
 out=${1:-bench-results-$(date -u +%Y%m%d-%H%M).txt}
