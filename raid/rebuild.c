@@ -425,8 +425,11 @@ int vd_raid_rebuild_step(struct raid_array *a, uint64_t max, uint64_t *done,
   int r = 0;
   while (r == 0 && (bytes < max || bytes == 0)) {
     uint64_t before = atomic_load(&m->recovery);
+    /* Rows left to MAX, rounded up without overflow (MAX may be
+     * UINT64_MAX: "all of it"). */
+    uint64_t left = bytes < max ? max - bytes : 0;
     r = raid_rebuild_step_rows(a, slot, scratch,
-                               bytes < max ? (max - bytes + c - 1) / c : 1);
+                               left ? left / c + (left % c != 0) : 1);
     uint64_t after = atomic_load(&m->recovery);
     if (after > before)
       bytes += after - before;
