@@ -71,6 +71,14 @@ l2_slot_put(struct qcow2_priv *p, uint64_t off, uint8_t *t)
   return old;
 }
 
+/* Slot S (may be NULL) may hold entries ahead of the file: it is cached,
+ * and dirty already or one more dirty table is allowed; CACHE_LOCK held. */
+static bool
+l2_slot_may_dirty(const struct qcow2_priv *p, const struct qcow2_l2_slot *s)
+{
+  return s && (s->dirty || p->l2_dirty < QCOW2_L2_DIRTY_MAX);
+}
+
 /* Entries LO..HI of slot S are ahead of the file; CACHE_LOCK held. */
 static void
 l2_slot_mark(struct qcow2_priv *p, struct qcow2_l2_slot *s, uint32_t lo,
@@ -377,7 +385,7 @@ qcow2_l2_cache_dirty(struct vd_dev *dev, uint64_t off, const uint8_t *table,
   struct qcow2_priv *p = dev->priv;
   pthread_mutex_lock(&p->cache_lock);
   struct qcow2_l2_slot *s = l2_slot_find(p, off);
-  bool ok = s && (s->dirty || p->l2_dirty < QCOW2_L2_DIRTY_MAX);
+  bool ok = l2_slot_may_dirty(p, s);
   if (ok) {
     /* TABLE was copied from this slot (RW held for writing since): only
      * LO..HI differ. */
@@ -397,7 +405,7 @@ qcow2_l2_cache_claim(struct vd_dev *dev, uint64_t off, uint32_t idx,
   pthread_mutex_lock(&p->cache_lock);
   struct qcow2_l2_slot *s = l2_slot_find(p, off);
   int r = -1;
-  if (s && (s->dirty || p->l2_dirty < QCOW2_L2_DIRTY_MAX))
+  if (l2_slot_may_dirty(p, s))
     r = vd_get_be64(s->data + (size_t)idx * 8) == 0;
   if (r == 1) {
     vd_put_be64(s->data + (size_t)idx * 8, e);

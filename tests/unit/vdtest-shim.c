@@ -62,7 +62,8 @@ static long shim_fail_nth;       /* 0: never */
 static long shim_syncs;          /* syncs of the target seen */
 static long shim_cut_after;      /* 0: never */
 static long shim_writes;         /* writes to the target seen */
-static long shim_fail_len = -1;  /* VDTEST_FAIL_WRITE_LEN, -1 when done */
+static bool shim_fail_write;     /* VDTEST_FAIL_WRITE_LEN given (set once) */
+static long shim_fail_len = -1;  /* its length, -1 once failed (shim_lock) */
 static int shim_jfd = -1;
 static uint64_t shim_seq;
 
@@ -82,6 +83,7 @@ shim_init(void)
   shim_fail_nth = n ? strtol(n, NULL, 10) : 0;
   const char *l = getenv("VDTEST_FAIL_WRITE_LEN");
   shim_fail_len = l ? strtol(l, NULL, 10) : -1;
+  shim_fail_write = shim_fail_len >= 0;
   const char *k = getenv("VDTEST_CUT_AFTER");
   shim_cut_after = k ? strtol(k, NULL, 10) : 0;
   const char *j = getenv("VDTEST_JOURNAL");
@@ -152,7 +154,7 @@ shim_record(int fd, const void *buf, size_t len, off_t off)
 static ssize_t
 shim_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
-  if ((shim_jfd < 0 && !shim_cut_after && shim_fail_len < 0) ||
+  if ((shim_jfd < 0 && !shim_cut_after && !shim_fail_write) ||
       !shim_is_target(fd))
     return syscall(SYS_pwrite64, fd, buf, len, off);
   pthread_mutex_lock(&shim_lock);
