@@ -2,9 +2,9 @@
  *
  * Works on the file directly, so images too damaged to open can be
  * examined.  Counts, as qemu-img check does:
- *  - corruptions: a bad footer copy, a missing copy at offset 0, footer
- *    copies that differ,
- *    a bad dynamic header, BAT entries past the end of file or overlapping
+ *  - corruptions: a bad footer copy, a missing copy at offset 0, a fixed
+ *    footer at the end behind a dynamic one at offset 0, a bad dynamic
+ *    header, BAT entries past the end of file or overlapping
  *    metadata or each other, a parent that cannot be opened, a parent UUID
  *    mismatch, a parent loop;
  *  - leaks: non-zero bytes in the file that nothing references, in a gap
@@ -13,10 +13,12 @@
  *    leak per started block of such bytes.  Also a dynamic or differencing
  *    image whose file does not end with a footer copy while the copy at
  *    offset 0 is sound: a power cut during an allocation leaves that, and
- *    a read-write open repairs it the same way (vhd.c, vhd_repair_tail).
+ *    a read-write open repairs it the same way (vhd.c, vhd_repair_tail);
+ *    and a sound tail copy that differs from the one at offset 0, which a
+ *    management command cut short leaves (the copy at offset 0 is newer).
  * Repairs: -r leaks punches leaked ranges, or cuts them off the end of the
- * file and moves the footer down (or puts the missing one back).  -r all also rewrites bad footer copies
- * from the good one, recomputes a header checksum when its fields are sane
+ * file and moves the footer down (or puts the missing or stale one back).
+ * -r all also rewrites bad footer copies from the good one, recomputes a header checksum when its fields are sane
  * and drops BAT entries that point outside the file or into other data.
  * Without a fix flag the file is opened read-only and never changed.
  */
@@ -141,10 +143,11 @@ chk_write_footer(struct vhd_checker *c, const uint8_t *fb, bool head,
  * vhd_repair_tail in vhd.c, which a read-write open runs).  Nothing
  * references the bytes after the last block, so it is counted as a leak
  * and -r leaks cuts the file after the last block and writes the footer
- * there.  TAIL_BAD: a damaged or different tail copy (a corruption). */
+ * there; so is TAIL_STALE, a sound tail copy older than the one at offset
+ * 0.  TAIL_BAD: a damaged tail copy (a corruption). */
 static int
 chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
-            bool tail_bad, bool tail_missing)
+            bool tail_bad, bool tail_missing, bool tail_stale)
 {
   struct vd_check_report *rep = c->r;
   uint8_t hb[VHD_HEADER_SIZE], fb[VHD_FOOTER_SIZE];
@@ -357,20 +360,26 @@ chk_dynamic(struct vhd_checker *c, struct vhd_footer *f, bool head_bad,
     chk_msg(c, NULL, "no footer copy at the end of file: an allocation cut "
             "short by a crash; the copy at offset 0 is sound (leaked)");
   }
+  if (tail_stale) {
+    rep->leaks++;
+    chk_msg(c, NULL, "the footer copy at the end of file is older than the "
+            "one at offset 0: a command cut short by a crash (leaked)");
+  }
 
   /* Footer copies: rewrite the bad one from the good one; cutting leaks
    * off the end moves the tail copy down. */
   vhd_footer_encode(f, fb);
   bool fix_head = head_bad && (c->fix & VD_CHECK_FIX_ERRORS);
   bool fix_tail = tail_bad && (c->fix & VD_CHECK_FIX_ERRORS);
-  bool cut = (leak_trailing || tail_missing) && (c->fix & VD_CHECK_FIX_LEAKS);
+  bool cut = (leak_trailing || tail_missing || tail_stale) &&
+             (c->fix & VD_CHECK_FIX_LEAKS);
   if (fix_head || fix_tail || cut) {
     r = chk_write_footer(c, fb, fix_head, fix_tail || cut ? end : UINT64_MAX);
     if (r < 0)
       goto out;
     rep->corruptions_fixed += fix_head + fix_tail;
     if (cut)
-      rep->leaks_fixed += leak_trailing + tail_missing;
+      rep->leaks_fixed += leak_trailing + tail_missing + tail_stale;
   }
 
   /* The parent: the driver's own resolution, loop and UUID checks. */
@@ -448,18 +457,26 @@ vhd_check(const char *path, unsigned flags, struct vd_check_report *rep)
       tail_missing = false;
       tail_bad = true;
     }
+    /* Copies that differ, both sound: a management command cut short
+     * between them; the copy at offset 0 is the newer (vhd.c,
+     * vhd_write_metadata), so the tail copy is stale, like a missing one. */
+    bool tail_stale = false;
     if (tail_ok && memcmp(head, tp, tlen) != 0) {
-      chk_msg(&c, &rep->corruptions, "the footer copies at offset 0 and at "
-              "the end of file differ");
-      tail_bad = true;
+      if (tf.type == VHD_TYPE_FIXED) {
+        chk_msg(&c, &rep->corruptions, "the footer at offset 0 is not a "
+                "fixed VHD's, the one at the end of file is");
+        tail_bad = true;
+      } else {
+        tail_stale = true;
+      }
     }
-    r = chk_dynamic(&c, &hf, false, tail_bad, tail_missing);
+    r = chk_dynamic(&c, &hf, false, tail_bad, tail_missing, tail_stale);
   } else if (tail_ok && tf.type != VHD_TYPE_FIXED) {
     if (head_cookie)
       chk_corrupt_error(&c);
     else
       chk_msg(&c, &rep->corruptions, "no footer copy at offset 0");
-    r = chk_dynamic(&c, &tf, true, false, false);
+    r = chk_dynamic(&c, &tf, true, false, false, false);
   } else if (tail_ok) {
     r = chk_fixed(&c, &tf, tlen);
   } else {

@@ -68,7 +68,11 @@ mg_set_parent(struct vd_dev *c, const char *np_path, struct vd_dev *np)
     struct vhd_header old = p->header;
     p->header = h;
     p->footer.type = VHD_TYPE_DYNAMIC;
-    r = vhd_write_metadata(c, true, true);
+    /* Footers first: a dynamic image ignores its header's parent fields,
+     * while a differencing one without them would not open. */
+    r = vhd_write_metadata(c, false, true);
+    if (r == 0)
+      r = vhd_write_metadata(c, true, false);
     /* The old locator payloads are now unreferenced: zero them. */
     for (int i = 0; r == 0 && i < VHD_NLOC; i++)
       if (old.loc[i].length)
@@ -124,7 +128,7 @@ mg_set_parent(struct vd_dev *c, const char *np_path, struct vd_dev *np)
     r = vd_file_flush(c->file);
   if (r == 0) {
     /* A dynamic image given a parent becomes a differencing one: the
-     * footers change too. */
+     * footers change too, after the header (vhd_write_metadata). */
     bool was_dynamic = p->footer.type == VHD_TYPE_DYNAMIC;
     p->header = h;
     p->footer.type = VHD_TYPE_DIFF;

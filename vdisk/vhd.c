@@ -513,7 +513,9 @@ vhd_load_bat(struct vd_dev *dev, uint64_t fsz, uint64_t tail_pos)
  * offset 0 is intact and the BAT references only durable blocks, so write
  * the footer after everything the file holds (never over a byte of it:
  * another tool may keep locators past the blocks) and make it durable.
- * What lies between is unreferenced: `vdtool check` counts it as leaked. */
+ * What lies between is unreferenced: `vdtool check` counts it as leaked.
+ * Also a tail copy older than the copy at offset 0: a management command
+ * cut short (vhd_write_metadata); it is overwritten. */
 static int
 vhd_repair_tail(struct vd_dev *dev)
 {
@@ -572,11 +574,18 @@ vhd_open_inner(struct vd_dev *dev)
   bool head_cookie = memcmp(head, "conectix", 8) == 0;
   if (head_cookie && (r = vhd_footer_decode(head, VHD_FOOTER_SIZE, &hf, where)) < 0)
     return r;
+  bool tail_stale = false;
   if (head_cookie && hf.type != VHD_TYPE_FIXED) {
+    /* Copies that differ: a management command cut short between them
+     * (vhd_write_metadata writes the copy at offset 0 first). */
     if (tail_ok && memcmp(head, tail + (VHD_FOOTER_SIZE - footer_len),
-                          footer_len) != 0)
-      return vd_set_error(EINVAL, "%s: the footer copies at offset 0 and at "
-                          "the end of file differ", path);
+                          footer_len) != 0) {
+      if (tf.type == VHD_TYPE_FIXED)
+        return vd_set_error(EINVAL, "%s: the footer at offset 0 is not a "
+                            "fixed VHD's, the one at the end of file is",
+                            path);
+      tail_stale = true;
+    }
     p->footer = hf;
     if (!tail_ok)
       tail_pos = vd_round_up(fsz, VHD_SECTOR);
@@ -654,7 +663,8 @@ vhd_open_inner(struct vd_dev *dev)
     return r;
   vhd_footer_encode(&p->footer, p->footer_raw);
   /* (Not on a block device: its end is not where an image ends.) */
-  if (!tail_ok && !dev->read_only && !vd_file_is_blockdev(dev->file)) {
+  if ((!tail_ok || tail_stale) && !dev->read_only &&
+      !vd_file_is_blockdev(dev->file)) {
     r = vhd_repair_tail(dev);
     if (r < 0)
       return r;
@@ -1617,6 +1627,10 @@ out:
 
 /* ---- metadata rewrite (management commands) ---- */
 
+/* Each step is durable before the next: everything written so far, the
+ * header, the footer copy at offset 0, the copy at the end.  A power cut
+ * between the two copies leaves the one at offset 0 newer, which opening
+ * takes (as qemu does) and a read-write open copies to the end. */
 int
 vhd_write_metadata(struct vd_dev *dev, bool header, bool footers)
 {
@@ -1627,18 +1641,24 @@ vhd_write_metadata(struct vd_dev *dev, bool header, bool footers)
   if (r == 0 && header) {
     vhd_header_encode(&p->header, hb);
     r = vd_file_pwrite(dev->file, hb, sizeof hb, p->footer.data_offset);
+    if (r == 0)
+      r = vd_file_flush(dev->file);
   }
   if (r == 0 && footers) {
     vhd_footer_encode(&p->footer, p->footer_raw);
+    if (p->type != VHD_TYPE_FIXED) {
+      r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, 0);
+      if (r == 0)
+        r = vd_file_flush(dev->file);
+    }
     pthread_mutex_lock(&p->alloc_lock);
     uint64_t tail = p->type == VHD_TYPE_FIXED ? p->footer_pos : p->next_free;
-    r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, tail);
-    if (r == 0 && p->type != VHD_TYPE_FIXED)
-      r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, 0);
+    if (r == 0)
+      r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, tail);
     pthread_mutex_unlock(&p->alloc_lock);
+    if (r == 0)
+      r = vd_file_flush(dev->file);
   }
-  if (r == 0)
-    r = vd_file_flush(dev->file);
   return r;
 }
 

@@ -18,8 +18,10 @@
  *                        empties PATH.  tests/integration/powercut.py then
  *                        rolls the file back to its last sync and replays
  *                        a random subset of the records (a power cut).
- *                        Other ways of changing the file (fallocate,
- *                        pwritev, and ftruncate while writes are pending
+ *                        A punched hole or zeroed range (fallocate) is
+ *                        recorded as a write of zeros.  Other ways of
+ *                        changing the file (pwritev, other fallocate
+ *                        modes, and ftruncate while writes are pending
  *                        in the journal) abort the process while
  *                        recording, so a test cannot silently model less
  *                        than what happened.  An ftruncate with nothing
@@ -229,10 +231,50 @@ int ftruncate(int fd, off_t len)
 
 int ftruncate64(int fd, off_t len) { return ftruncate(fd, len); }
 
+/* fallocate on the recorded file: punching a hole or zeroing a range is
+ * recorded as a write of zeros over the part of the range that changes
+ * (up to the file's end with FALLOC_FL_KEEP_SIZE; a plain allocation
+ * changes only what lies past the end), so a power cut may keep, drop or
+ * tear it like any write.  Other modes, and ranges over SHIM_ZERO_MAX
+ * bytes, are not modelled. */
+#define SHIM_ZERO_MAX (64u << 20)
 int fallocate(int fd, int mode, off_t off, off_t len)
 {
-  shim_unmodelled(fd, "fallocate");
-  return (int)syscall(SYS_fallocate, fd, mode, off, len);
+  if ((shim_jfd < 0 && !shim_cut_after) || !shim_is_target(fd))
+    return (int)syscall(SYS_fallocate, fd, mode, off, len);
+  int keep = mode & FALLOC_FL_KEEP_SIZE, kind = mode & ~FALLOC_FL_KEEP_SIZE;
+  if ((kind != 0 && kind != FALLOC_FL_ZERO_RANGE &&
+       kind != FALLOC_FL_PUNCH_HOLE) || (kind == FALLOC_FL_PUNCH_HOLE &&
+                                         !keep) || off < 0 || len <= 0)
+    shim_unmodelled(fd, "this fallocate mode");
+  pthread_mutex_lock(&shim_lock);
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    abort();
+  off_t start = off, end = off + len;
+  if (keep && end > st.st_size)
+    end = st.st_size;
+  if (kind == 0 && start < st.st_size)
+    start = st.st_size;      /* allocation: only the growth is visible */
+  if (end > start) {
+    if ((uint64_t)(end - start) > SHIM_ZERO_MAX) {
+      pthread_mutex_unlock(&shim_lock);
+      shim_unmodelled(fd, "a fallocate of more than 64 MiB");
+    }
+    void *zeros = calloc(1, (size_t)(end - start));
+    if (!zeros)
+      abort();
+    if (shim_jfd >= 0)
+      shim_record(fd, zeros, (size_t)(end - start), start);
+    free(zeros);
+  }
+  int r = (int)syscall(SYS_fallocate, fd, mode, off, len);
+  int e = errno;
+  if (end > start && ++shim_writes == shim_cut_after)
+    kill(getpid(), SIGKILL);
+  pthread_mutex_unlock(&shim_lock);
+  errno = e;
+  return r;
 }
 
 int fallocate64(int fd, int mode, off_t off, off_t len)
