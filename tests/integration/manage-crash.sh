@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Power cuts during management commands of VHD (resize, rebase -u) and
+# Power cuts during management commands of VHD (resize, rebase -u,
+# compact) and
 # VHDX (compact, resize, rebase -u), at every write of each (the crash
 # rule: docs/vhd.md, "Crash safety"; docs/vhdx.md, "Compact").  The
 # command runs under the
@@ -90,6 +91,13 @@ case_run() {
   echo "$name: $((k - 1)) cut points"
 }
 
+# A dynamic image for compact: a block of zeros and a discarded one below
+# data (compact frees them and moves the last blocks down).
+vdtool create -q -f vpc -o block_size=512K comp.vhd 16M
+cp src.raw comp.raw
+vd_nbd_io comp.vhd comp.raw 'write -P 0x31 0 3M' 'write -P 0 3M 512k' \
+  'write -P 0x33 4M 512k' 'discard 4M 512k' 'write -P 0x32 5M 3M'
+compact() { vdtool compact -q "$1"; }
 grow() { vdtool resize -q "$1" 48M; }                 # the BAT moves
 shrink() { vdtool resize -q --shrink "$1" 12M; }      # blocks past 12M freed
 to_diff() { vdtool rebase -u -b parent.raw -F raw "$1"; }
@@ -98,6 +106,7 @@ case_run "resize to 48M" dyn.vhd grow
 case_run "resize --shrink to 12M" dyn.vhd shrink
 case_run "rebase -u of a dynamic image onto a parent" dyn.vhd to_diff
 case_run "rebase -u of a differencing image onto none" diff.vhd to_dynamic
+case_run "compact" comp.vhd compact
 
 # VHDX, 1 MiB blocks: data, a block of zeros (compact frees it), a
 # discarded one, data last (compact moves it down); a differencing child.
@@ -109,7 +118,6 @@ mkdir -p sub
 cp c.vhdx sub/c.vhdx
 vdtool create -q -f vhdx -b c.vhdx -F vhdx child.vhdx
 vd_nbd_io child.vhdx c.raw 'write -P 0x71 1M 64k'
-compact() { vdtool compact -q "$1"; }
 grow_x() { vdtool resize -q "$1" 40M; }
 shrink_x() { vdtool resize -q --shrink "$1" 9728K; }   # inside block 9
 onto_copy() { vdtool rebase -u -b sub/c.vhdx -F vhdx "$1"; }
