@@ -15,7 +15,8 @@
 #  - a clean stop gives the unused reserve back: qemu-img check finds no
 #    leak and the file ends at the last cluster in use;
 #  - kill -9 after a flush: every flushed byte is there and qemu-img check
-#    finds at worst leaks (the reserve not yet used);
+#    finds at worst leaks (the reserve not yet used); also with more L2
+#    tables holding new entries than the cache keeps dirty;
 #  - an image with a backing file keeps copying (no reserve): the backing
 #    bytes around a 4 KiB write survive.
 . "$top_srcdir/tests/functions.sh"
@@ -108,6 +109,24 @@ rc=0; qemu-img check "$img" > "$VD_TMP/chk" 2>&1 || rc=$?
 [ $rc = 0 ] || [ $rc = 3 ] || fail "after kill -9: qemu-img check exit $rc: $(cat "$VD_TMP/chk")"
 echo "after kill -9: qemu-img check exit $rc"
 qemu-img compare -q "$ref" "$img" || fail "flushed writes lost by kill -9"
+
+# More L2 tables dirty than the cache keeps dirty (16): 4 KiB clusters,
+# so a table maps 2 MiB and 300 writes over 40 MiB touch 20 tables before
+# the flush; entries past the 16th table are written through.  The bytes
+# equal qemu's, and a kill -9 after the flush loses none of them.
+small=$VD_TMP/small.qcow2 smallref=$VD_TMP/small.raw
+qemu-img create -q -f qcow2 -o cluster_size=4k "$small" 40M
+qemu-img create -q -f raw "$smallref" 40M
+start_nbd -f qcow2 "$small"
+writes 4 300 "$nbd_sock" 640 || fail "writes over 20 L2 tables"
+kill -9 "$(cat "$nbd_pidfile")"
+for _ in $(seq 100); do kill -0 "$(cat "$nbd_pidfile")" 2>/dev/null || break; sleep 0.05; done
+rm -f "$nbd_pidfile"
+writes 4 300 - 640 | qemu-io -f raw "$smallref" >/dev/null
+rc=0; qemu-img check "$small" > "$VD_TMP/chk" 2>&1 || rc=$?
+[ $rc = 0 ] || [ $rc = 3 ] || fail "20 L2 tables, kill -9: qemu-img check exit $rc: $(cat "$VD_TMP/chk")"
+qemu-img compare -q "$smallref" "$small" || fail "20 L2 tables: flushed writes differ from qemu's"
+rm -f "$small" "$smallref"
 
 # With a backing file the cluster is copied first (no reserve).
 base=$VD_TMP/base.raw top=$VD_TMP/top.qcow2
