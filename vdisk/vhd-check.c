@@ -4,9 +4,9 @@
  * examined.  Counts, as qemu-img check does:
  *  - corruptions: a bad footer copy, a missing copy at offset 0, a fixed
  *    footer at the end behind a dynamic one at offset 0, a bad dynamic
- *    header, BAT entries past the end of file or overlapping
- *    metadata or each other, a parent that cannot be opened, a parent UUID
- *    mismatch, a parent loop;
+ *    header, BAT entries past the end of file or overlapping metadata or
+ *    each other, a parent that cannot be opened, a parent UUID mismatch, a
+ *    parent loop;
  *  - leaks: non-zero bytes in the file that nothing references, in a gap
  *    large enough for a block (blocks appended by a writer that died before
  *    its next flush).  Smaller gaps are padding other tools leave.  One
@@ -18,8 +18,9 @@
  *    management command cut short leaves (the copy at offset 0 is newer).
  * Repairs: -r leaks punches leaked ranges, or cuts them off the end of the
  * file and moves the footer down (or puts the missing or stale one back).
- * -r all also rewrites bad footer copies from the good one, recomputes a header checksum when its fields are sane
- * and drops BAT entries that point outside the file or into other data.
+ * -r all also rewrites bad footer copies from the good one, recomputes a
+ * header checksum when its fields are sane and drops BAT entries that
+ * point outside the file or into other data.
  * Without a fix flag the file is opened read-only and never changed.
  */
 #include <config.h>

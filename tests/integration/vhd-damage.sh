@@ -71,6 +71,27 @@ damaged t.vhd 'footer at end of file.*footer checksum mismatch'
 repaired t.vhd
 vdtool compare -F raw t.vhd src.raw >/dev/null || fail "tail footer repair lost data"
 
+# Both copies sound but different (a management command cut short between
+# them; docs/vhd.md): not damage.  The copy at offset 0 is the newer: it
+# gives the size, for qemu too; check counts the stale tail as a leak and
+# -r leaks (or a read-write open) rewrites it.
+cp good.vhd t.vhd
+poke t.vhd $((fsz - 512 + 40)) Q $((4 * MB)) footer   # original size
+poke t.vhd $((fsz - 512 + 48)) Q $((4 * MB)) footer   # current size
+vdtool info t.vhd | grep -q "virtual size: 8 MiB" || fail "stale tail: not the size of the copy at offset 0"
+[ "$(qemu-img info -f vpc --output=json t.vhd | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')" -ge $((8 * MB - 512 * 1024)) ] ||
+  fail "stale tail: qemu sees another size"
+rc=0; vdtool check t.vhd > check.txt 2>&1 || rc=$?
+[ $rc = 3 ] || fail "stale tail: check exit $rc, expected 3 (leaks): $(cat check.txt)"
+grep -q 'older than the one at offset 0' check.txt || fail "stale tail: check says: $(cat check.txt)"
+vdtool check -q -r leaks t.vhd || fail "stale tail: check -r leaks failed"
+vdtool check -q t.vhd || fail "stale tail: not clean after -r leaks"
+cmp -s good.vhd t.vhd || fail "stale tail: the repair did not restore the image"
+cp good.vhd t.vhd
+poke t.vhd $((fsz - 512 + 48)) Q $((4 * MB)) footer
+vd_nbd_io t.vhd src.raw 'read -P 0 7M 4k' >/dev/null || fail "stale tail: a read-write open failed"
+cmp -s good.vhd t.vhd || fail "stale tail: a read-write open did not rewrite it"
+
 cp good.vhd t.vhd; poke t.vhd $((512 + 100)) B 0x41
 damaged t.vhd 'dynamic header checksum mismatch'
 repaired t.vhd
