@@ -6,9 +6,8 @@
  * has every block allocated in order (LeaveBlocksAllocated set).
  *
  * Crash safety, the VHDX way:
- *  - the first write of a session writes an empty log entry with a new
- *    LogGuid (flushed), then updates both headers (new FileWriteGuid and
- *    DataWriteGuid, the LogGuid) before anything else is modified;
+ *  - the first write of a session updates both headers (new FileWriteGuid
+ *    and DataWriteGuid) before anything else is modified;
  *  - writes to a present block go in place;
  *  - a write to a block that is not present appends a new block at the end
  *    of the file (its unwritten bytes are the zeros past the old end, the
@@ -17,16 +16,20 @@
  *  - the next flush (vhdx_flush: also FUA writes and writethrough, which
  *    the core turns into flushes, and close), or any other log entry, or
  *    a write that finds VHDX_MAX_PAGES pages pending, commits them all
- *    (vhdx_commit_locked): flushes (the blocks and the grown file are
- *    durable before any log entry names them: qemu's replay extends a file
- *    to LastFileOffset only when that is not a multiple of 1 MiB, so a
- *    log entry must never be the only record of the growth), writes the
- *    pages as one log entry (one data descriptor each, its own tail, the
- *    next sequence number), flushes, writes the pages in place and flushes
- *    again before the log space can be reused;
- *  - a flush, once everything is in place, rewrites the headers without a
- *    LogGuid, so qemu and Windows open the image clean; the next log entry
- *    sets a new one.
+ *    (vhdx_commit_locked): writes the pages as one log entry (one data
+ *    descriptor each, its own tail, the next sequence number) under a new
+ *    LogGuid and flushes (the blocks and the grown file are durable before
+ *    any live log entry names them: qemu's replay extends a file to
+ *    LastFileOffset only when that is not a multiple of 1 MiB, so a live
+ *    entry must never be the only record of the growth), then writes one
+ *    header naming the LogGuid and flushes, writes the pages in place and
+ *    flushes again before the log space can be reused; a second entry
+ *    while the log is live flushes the file before it is written;
+ *  - a flush, once everything is in place, writes a header without a
+ *    LogGuid, so qemu and Windows open the image clean.  A flush cycle
+ *    with new blocks so costs four syncs: entry, header, pages in place,
+ *    header.  One header per update: a torn one leaves the other slot
+ *    current, which names the state before the update.
  * A crash at any point leaves either the old BAT entries (blocks allocated
  * since the last flush are leaked space past the last one the BAT names:
  * their data was never acknowledged as durable) or a log whose replay
@@ -353,62 +356,35 @@ vhdx_measure(const struct vd_create_args *args, struct vd_dev *src,
 
 
 /* The first write of a session: new FileWriteGuid and DataWriteGuid (the
- * disk's content is about to change) and a LogGuid for the entries to
- * come, in both headers, before anything else is modified. */
+ * disk's content is about to change), in both headers, before anything
+ * else is modified.  The LogGuid stays zero until the first log entry
+ * (vhdx_log_write_locked). */
 int
 vhdx_begin_locked(struct vd_dev *dev)
 {
   struct vhdx_priv *p = dev->priv;
   VD_ASSERT_HELD(&p->lock);
-  if (p->session && p->log_active)
+  if (p->session)
     return 0;
-  if (!p->session) {
-    vhd_uuid_generate(p->header.file_write_guid);
-    vhd_uuid_generate(p->header.data_write_guid);
-  }
   if (p->header.log_length < 2 * VHDX_LOG_SECTOR || p->header.log_offset <
       VHDX_MiB)
     return vd_set_error(ENOTSUP, "%s: no usable log region for writes",
                         dev->path);
-  /* A header naming a LogGuid must never be durable without a valid
-   * entry of that LogGuid (2.3.3: no valid sequence means a corrupt file),
-   * so the log is first initialised with an empty entry that is its own
-   * tail, flushed, and only then do the headers name it. */
-  uint8_t g[16];
-  vhd_uuid_generate(g);
-  uint8_t *ent = vd_alloc_aligned(VHDX_LOG_SECTOR);
-  uint64_t fsz;
-  if (!ent)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = vd_file_size(dev->file, &fsz);
-  if (r == 0) {
-    memcpy(ent, "loge", 4);
-    vd_put_le32(ent + 8, VHDX_LOG_SECTOR);
-    vd_put_le32(ent + 12, 0);
-    vd_put_le64(ent + 16, ++p->log_seq);
-    memcpy(ent + 32, g, 16);
-    vd_put_le64(ent + 48, fsz / VHDX_MiB * VHDX_MiB);
-    vd_put_le64(ent + 56, (fsz + VHDX_MiB - 1) / VHDX_MiB * VHDX_MiB);
-    vd_put_le32(ent + 4, vhdx_checksum(ent, VHDX_LOG_SECTOR));
-    r = vd_file_pwrite(dev->file, ent, VHDX_LOG_SECTOR, p->header.log_offset);
-  }
-  vd_free_aligned(ent);
+  vhd_uuid_generate(p->header.file_write_guid);
+  vhd_uuid_generate(p->header.data_write_guid);
+  int r = vhdx_write_headers(dev);
   if (r == 0)
-    r = vd_file_flush(dev->file);
-  if (r < 0)
-    return r;
-  memcpy(p->header.log_guid, g, 16);
-  if ((r = vhdx_write_headers(dev)) < 0)
-    return r;
-  __atomic_store_n(&p->session, true, __ATOMIC_RELEASE);
-  p->log_active = true;
-  p->log_pos = VHDX_LOG_SECTOR;
-  return 0;
+    __atomic_store_n(&p->session, true, __ATOMIC_RELEASE);
+  return r;
 }
 
 /* Write the N pages PG as one log entry (one data descriptor per page,
  * the entry its own tail, the next sequence number), flush, write them in
- * place, flush.  Lock held, log active. */
+ * place, flush.  A log that is not active gets a new LogGuid: the entry
+ * is written and flushed first, with everything written before it, and
+ * only then does a header name the LogGuid (2.3.3: a header must never
+ * name a LogGuid without a valid entry of it), so the entry is live only
+ * once the blocks it names are durable.  Lock held, session begun. */
 static int
 vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                       unsigned n, uint64_t flushed, uint64_t last)
@@ -427,6 +403,15 @@ vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
    * ends with the in-place writes flushed. */
   if (p->log_pos + len > p->header.log_length)
     p->log_pos = 0;
+  /* After a failed header update a header naming the LogGuid may be on
+   * disk: its entries must stay as they are. */
+  if (p->hdr_err) {
+    vd_free_aligned(ent);
+    return vhdx_hdr_failed(dev);
+  }
+  bool activate = !p->log_active;
+  if (activate)
+    vhd_uuid_generate(p->header.log_guid);
   uint64_t seq = ++p->log_seq;
   memset(ent, 0, len);
   memcpy(ent, "loge", 4);
@@ -455,6 +440,14 @@ vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                          p->log_pos);
   if (r == 0)
     r = vd_file_flush(dev->file);
+  if (activate) {
+    if (r == 0)
+      r = vhdx_write_header(dev);
+    if (r == 0)
+      p->log_active = true;
+    else
+      memset(p->header.log_guid, 0, 16);
+  }
   for (unsigned i = 0; i < n && r == 0; i++)
     r = vd_file_pwrite(dev->file, pg[i].data, VHDX_LOG_SECTOR, pg[i].off);
   if (r == 0 && (r = vd_file_flush(dev->file)) == 0)
@@ -528,11 +521,12 @@ vhdx_commit_locked(struct vd_dev *dev)
                          buf + (size_t)i * VHDX_LOG_SECTOR);
   /* Every block the pages name is inside the file (appends happen under
    * the lock): the flush makes them and the growth durable, so the size
-   * is FlushedFileOffset.  A log that is not active yet gets its first
-   * entry, whose flush is that flush. */
+   * is FlushedFileOffset.  A log that is not active yet gets a new
+   * LogGuid with this entry, which a header names only after the entry's
+   * own flush: that flush is this one. */
   int r = vd_file_size(dev->file, &fsz);
-  if (r == 0)
-    r = p->log_active ? vd_file_flush(dev->file) : vhdx_begin_locked(dev);
+  if (r == 0 && p->log_active)
+    r = vd_file_flush(dev->file);
   if (r == 0 && (r = vhdx_log_write_locked(dev, pg, n, fsz, fsz)) == 0)
     p->npending = 0;
   vd_free_aligned(buf);
@@ -545,8 +539,6 @@ vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
                       unsigned n, uint64_t flushed, uint64_t last)
 {
   int r = vhdx_commit_locked(dev);
-  if (r == 0)
-    r = vhdx_begin_locked(dev);
   return r < 0 ? r : vhdx_log_write_locked(dev, pg, n, flushed, last);
 }
 
@@ -1059,7 +1051,7 @@ vhdx_retire_log_locked(struct vd_dev *dev)
    * log can be retired so other readers open the image without a
    * replay. */
   memset(p->header.log_guid, 0, 16);
-  int r = vhdx_write_headers(dev);
+  int r = vhdx_write_header(dev);
   if (r == 0)
     p->log_active = false;
   return r;

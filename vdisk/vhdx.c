@@ -59,15 +59,17 @@ vhdx_fread(struct vd_dev *dev, void *buf, size_t len, uint64_t off)
 
 /* ---- headers ---- */
 
-int
-vhdx_write_headers(struct vd_dev *dev)
+static int
+vhdx_write_header_slots(struct vd_dev *dev, int count)
 {
   struct vhdx_priv *p = dev->priv;
+  if (p->hdr_err)
+    return vhdx_hdr_failed(dev);
   uint8_t *buf = vd_alloc_aligned(VHDX_HEADER_SIZE);
   if (!buf)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
   int r = 0;
-  for (int k = 0; k < 2 && r == 0; k++) {
+  for (int k = 0; k < count && r == 0; k++) {
     int slot = 1 - p->cur;
     p->header.seq++;
     vhdx_header_encode(&p->header, buf);
@@ -79,7 +81,30 @@ vhdx_write_headers(struct vd_dev *dev)
       p->cur = slot;
   }
   vd_free_aligned(buf);
+  if (r < 0)
+    p->hdr_err = -r;
   return r < 0 ? vd_prefix_error(-r, "%s: header update", dev->path) : 0;
+}
+
+int
+vhdx_hdr_failed(struct vd_dev *dev)
+{
+  struct vhdx_priv *p = dev->priv;
+  return vd_set_error(p->hdr_err, "%s: an earlier header update failed "
+                      "(%s): no more metadata is written until the image "
+                      "is opened again", dev->path, strerror(p->hdr_err));
+}
+
+int
+vhdx_write_headers(struct vd_dev *dev)
+{
+  return vhdx_write_header_slots(dev, 2);
+}
+
+int
+vhdx_write_header(struct vd_dev *dev)
+{
+  return vhdx_write_header_slots(dev, 1);
 }
 
 static int

@@ -274,6 +274,9 @@ struct vhdx_priv {
   bool session;                   /* headers updated for this open; set
                                      under lock, read atomically */
   bool log_active;                /* headers carry a LogGuid; lock */
+  int hdr_err;                    /* a header update failed (its errno):
+                                     either header may be on disk, so no
+                                     more header or log writes; lock */
   uint32_t log_pos;               /* where the next entry goes; lock */
   uint64_t log_seq;               /* the last entry's sequence; lock */
   /* BAT pages (numbers in the region) whose entries in memory are newer
@@ -297,6 +300,11 @@ int vhdx_fread(struct vd_dev *dev, void *buf, size_t len, uint64_t off);
 /* Write the current header, sequence bumped, into the other slot and
  * flush, twice (2.2.2.1).  Caller holds p->lock or is open. */
 int vhdx_write_headers(struct vd_dev *dev);
+/* The same, once: the other slot becomes current and the old one stays
+ * valid, a torn write of the new one falling back to it (2.2.2.1). */
+int vhdx_write_header(struct vd_dev *dev);
+/* The error for writes after a failed header update (p->hdr_err). */
+int vhdx_hdr_failed(struct vd_dev *dev);
 
 /* ---- vhdx-write.c ---- */
 
@@ -327,9 +335,8 @@ int vhdx_write_zeroes(struct vd_dev *dev, uint64_t off, uint64_t len,
 int vhdx_discard(struct vd_dev *dev, uint64_t off, uint64_t len,
                  unsigned flags);
 
-/* The first change of a session: new FileWriteGuid and DataWriteGuid, a
- * new LogGuid (its first entry written and flushed first) in both
- * headers.  Does nothing once done.  Lock held. */
+/* The first change of a session: new FileWriteGuid and DataWriteGuid in
+ * both headers.  Does nothing once done.  Lock held. */
 int vhdx_begin_locked(struct vd_dev *dev);
 /* Write the N (<= VHDX_MAX_PAGES) pages PG as one log entry, flush, write
  * them in place, flush; the pending BAT pages are committed first
@@ -345,8 +352,8 @@ int vhdx_log_pages_locked(struct vd_dev *dev, const struct vhdx_page *pg,
  * held, session begun. */
 int vhdx_commit_locked(struct vd_dev *dev);
 
-/* Clear the LogGuid in both headers when set (every entry's pages are
- * in place and flushed by then).  Lock held. */
+/* Clear the LogGuid when set, in one header write (every entry's pages
+ * are in place and flushed by then).  Lock held. */
 int vhdx_retire_log_locked(struct vd_dev *dev);
 
 /* ---- vhdx-manage.c ---- */

@@ -71,8 +71,10 @@ fi
 # (single-threaded, see vhdx-crash.sh) writes 32 KiB slots i * 7919 mod
 # 32768 of a 1 GiB image with 1 MiB blocks, flushing every 4 rounds: the
 # first flush commits blocks 0, 247, 494 (BAT page 0) and 742 (page 1).
-# A first run under strace finds the index of that entry's write among the
-# image's writes; the second run is killed by the shim right after it.
+# The entry goes live with the header write that follows it (naming its
+# LogGuid).  A first run under strace finds the index of that header's
+# write among the image's writes; the second run is killed by the shim
+# right after it.
 nslots=32768
 vdtool create -q -f vhdx -o block_size=1M img.vhdx 1G
 cp img.vhdx dry.vhdx
@@ -82,7 +84,7 @@ cp img.vhdx dry.vhdx
 k=$(/usr/bin/python3 - w.txt $M <<'PY'
 import re, sys
 M = int(sys.argv[2])
-n = 0
+n, entry = 0, False
 for line in open(sys.argv[1]):
     # Every pwrite of the writer goes to the image.
     m = re.search(r'pwrite64\(\d+, .*, (\d+), (\d+)\) += \d+$', line)
@@ -90,12 +92,14 @@ for line in open(sys.argv[1]):
         continue
     ln, off = (int(x) for x in m.groups())
     n += 1
-    if M <= off < 2 * M and ln >= 3 * 4096:
-        print(n)                     # an entry of two descriptors or more
+    if entry:
+        if off in (64 << 10, 128 << 10):
+            print(n)                 # the header that makes it live
         break
+    entry = M <= off < 2 * M and ln >= 3 * 4096   # two descriptors or more
 PY
 )
-[ -n "$k" ] || fail "no log entry with several data descriptors among the writer's first writes"
+[ -n "$k" ] || fail "no log entry with several data descriptors, then a header, among the writer's first writes"
 rc=0
 { LD_PRELOAD=$shim VDTEST_SHIM_FILE=img.vhdx VDTEST_CUT_AFTER=$k \
     "$writer" img.vhdx $nslots spread > log.txt 2>err.txt; } 2>/dev/null || rc=$?
