@@ -179,8 +179,10 @@ vhdx_zero_tail(struct vd_dev *dev, uint64_t size)
 {
   struct vhdx_priv *p = dev->priv;
   uint64_t bs = p->meta.block_size, old = dev->size, blk = old / bs;
+  if (old % bs == 0)
+    return 0;          /* (and BLK would be past the last entry) */
   uint64_t e = vhdx_payload_entry(p, blk);
-  if (old % bs == 0 || VHDX_BAT_STATE(e) != VHDX_PB_FULLY_PRESENT)
+  if (VHDX_BAT_STATE(e) != VHDX_PB_FULLY_PRESENT)
     return 0;
   uint64_t from = VHDX_BAT_OFFSET(e) + old % bs;
   uint64_t to = VHDX_BAT_OFFSET(e) + (size - blk * bs < bs ? size - blk * bs
