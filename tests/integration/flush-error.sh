@@ -96,16 +96,33 @@ PY
   [ $rc = 0 ] || [ $rc = 3 ] || fail "check of the VHDX after failed sync $n exited $rc: $(cat chk.txt)"
 done
 
+# qcow2_serve VAR=VALUE: a new 8 MiB qcow2 holding 0x77 at 7 MiB, served
+# with the shim set by VAR.  qcow2_after WHAT: the server stopped, the image
+# checks with at worst leaks and the 0x77 bytes are intact.
+qcow2_serve() {
+  rm -f disk.qcow2
+  qemu-img create -q -f qcow2 disk.qcow2 8M
+  qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
+  eval "LD_PRELOAD=\$shim VDTEST_SHIM_FILE=disk.qcow2 $1 \
+    start_nbd -f qcow2 disk=disk.qcow2"
+}
+qcow2_after() {
+  stop_nbd
+  rm -f "$nbd_errlog"
+  local rc=0
+  qemu-img check disk.qcow2 >/dev/null 2>&1 || rc=$?
+  [ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check of the qcow2 after $1 exited $rc"
+  qemu-io -f qcow2 -c 'read -P 0x77 7M 64k' disk.qcow2 | grep -q 'read 65536' ||
+    fail "qcow2: data written before $1's session changed"
+}
+
 # qcow2: the L2 entries of new clusters taken from the reserve wait in the
 # cache until the next flush (docs/qcow2.md, "Dirty L2 entries").  The
 # shim fails the first 8-byte pwrite (such an entry: the L2 table exists
 # already, so no L1 entry is written): the flush that writes it back must
 # fail, and every later one; the data stays readable through the server;
 # qemu-img check then finds at worst leaks.
-qemu-img create -q -f qcow2 disk.qcow2 8M
-qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
-LD_PRELOAD=$shim VDTEST_SHIM_FILE=disk.qcow2 VDTEST_FAIL_WRITE_LEN=8 \
-  start_nbd -f qcow2 "disk=disk.qcow2"
+qcow2_serve VDTEST_FAIL_WRITE_LEN=8
 nbd_py <<'PY' || fail "qcow2: a failed write-back of L2 entries was not reported"
 h.pwrite(b"\x5a" * 4096, 0)
 expect_eio("first flush", h.flush)
@@ -114,20 +131,12 @@ assert h.pread(4096, 0) == b"\x5a" * 4096
 assert h.pread(4096, 7 << 20) == b"\x77" * 4096
 h.shutdown()
 PY
-stop_nbd
-rm -f "$nbd_errlog"
-rc=0; qemu-img check disk.qcow2 >/dev/null 2>&1 || rc=$?
-[ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check of the qcow2 after the failed flush exited $rc"
-qemu-io -f qcow2 -c 'read -P 0x77 7M 64k' disk.qcow2 | grep -q 'read 65536' ||
-  fail "qcow2: data written before the failed flush's session changed"
+qcow2_after "the failed flush"
 
 # qcow2, the same write-back failing at close instead (no flush came):
 # the server says so and exits; the unflushed write may be lost, the
 # image checks with at worst leaks and older data is intact.
-qemu-img create -q -f qcow2 disk.qcow2 8M
-qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
-LD_PRELOAD=$shim VDTEST_SHIM_FILE=disk.qcow2 VDTEST_FAIL_WRITE_LEN=8 \
-  start_nbd -f qcow2 "disk=disk.qcow2"
+qcow2_serve VDTEST_FAIL_WRITE_LEN=8
 nbd_py <<'PY' || fail "qcow2: a write before the close failed"
 h.pwrite(b"\x5a" * 4096, 0)
 h.shutdown()
@@ -135,20 +144,13 @@ PY
 stop_nbd
 grep -q 'disk.qcow2: .*Input/output error' "$nbd_errlog" ||
   fail "qcow2: a failed write-back at close was not reported"
-rm -f "$nbd_errlog"
-rc=0; qemu-img check disk.qcow2 >/dev/null 2>&1 || rc=$?
-[ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check of the qcow2 after the failed close exited $rc"
-qemu-io -f qcow2 -c 'read -P 0x77 7M 64k' disk.qcow2 | grep -q 'read 65536' ||
-  fail "qcow2: data written before the failed close's session changed"
+qcow2_after "the failed close"
 
 # qcow2: the first allocating write fills the reserve of new clusters and
 # syncs their refcounts; that sync fails.  The write fails, and so does
 # every later write and flush (the image takes no more writes until it is
 # reopened); qemu-img check then finds at worst leaks.
-qemu-img create -q -f qcow2 disk.qcow2 8M
-qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
-LD_PRELOAD=$shim VDTEST_SHIM_FILE=disk.qcow2 VDTEST_FAIL_SYNC=1 \
-  start_nbd -f qcow2 "disk=disk.qcow2"
+qcow2_serve VDTEST_FAIL_SYNC=1
 nbd_py <<'PY' || fail "qcow2: a failed reserve fill was not reported"
 expect_eio("allocating write", h.pwrite, b"\x5a" * 4096, 0)
 expect_eio("next allocating write", h.pwrite, b"\x5b" * 4096, 1 << 20)
@@ -159,12 +161,7 @@ assert h.pread(4096, 0) == bytes(4096)
 assert h.pread(4096, 7 << 20) == b"\x77" * 4096
 h.shutdown()
 PY
-stop_nbd
-rm -f "$nbd_errlog"
-rc=0; qemu-img check disk.qcow2 >/dev/null 2>&1 || rc=$?
-[ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check of the qcow2 after the failed reserve fill exited $rc"
-qemu-io -f qcow2 -c 'read -P 0x77 7M 64k' disk.qcow2 | grep -q 'read 65536' ||
-  fail "qcow2: data written before the failed reserve fill's session changed"
+qcow2_after "the failed reserve fill"
 
 # vdisk-fuse: fsync of the disk file gets EIO, and again the second time.
 if [ -c /dev/fuse ] && [ -r /dev/fuse ] && command -v fusermount3 >/dev/null &&
