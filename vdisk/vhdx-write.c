@@ -391,6 +391,10 @@ vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
 {
   struct vhdx_priv *p = dev->priv;
   VD_ASSERT_HELD(&p->lock);
+  /* After a failed header update a header naming the LogGuid may be on
+   * disk: its entries must stay as they are. */
+  if (p->hdr_err)
+    return vhdx_hdr_failed(dev);
   uint32_t dsec = (64 + 32 * n + VHDX_LOG_SECTOR - 1) / VHDX_LOG_SECTOR;
   uint32_t len = (dsec + n) * VHDX_LOG_SECTOR;
   if (n == 0 || n > VHDX_MAX_PAGES || len > p->header.log_length)
@@ -403,12 +407,6 @@ vhdx_log_write_locked(struct vd_dev *dev, const struct vhdx_page *pg,
    * ends with the in-place writes flushed. */
   if (p->log_pos + len > p->header.log_length)
     p->log_pos = 0;
-  /* After a failed header update a header naming the LogGuid may be on
-   * disk: its entries must stay as they are. */
-  if (p->hdr_err) {
-    vd_free_aligned(ent);
-    return vhdx_hdr_failed(dev);
-  }
   bool activate = !p->log_active;
   if (activate)
     vhd_uuid_generate(p->header.log_guid);
