@@ -211,24 +211,16 @@ int raid_replace_install(struct raid_array *a, int slot, const char *newpath,
   int r = raid_new_device_open(a, slot, newpath, fmt, &nd);
   if (r < 0)
     return r;
-  struct raid_member *m = &a->m[slot];
-  int st = atomic_load(&m->state);
-  if (st != RAID_ROLE_FAULTY || m->dev) {
+  int st = atomic_load(&a->m[slot].state);
+  if (st != RAID_ROLE_FAULTY) {
     /* Replacing a working member: fail it first (the array runs degraded
-     * during the rebuild), unless that would stop it. */
-    if (st == RAID_ROLE_ACTIVE && raid_active_count(a) < a->n) {
-      vd_close(nd);
-      return vd_set_error(EBUSY, "%s: slot %d is active and the array is "
-                          "degraded: replace the failed member first",
-                          a->desc_path, slot);
-    }
-    if (st != RAID_ROLE_FAULTY) {
+     * during the rebuild), unless the array is degraded already. */
+    if (st == RAID_ROLE_REBUILDING)
       raid_rebuild_stop(a);
-      r = raid_member_failed(a, slot, 0);
-      if (r < 0) {
-        vd_close(nd);
-        return r;
-      }
+    r = raid_member_fail_request(a, slot, true);
+    if (r < 0) {
+      vd_close(nd);
+      return r;
     }
   }
   char *path = strdup(newpath);
@@ -285,16 +277,9 @@ int vd_raid_fail(struct raid_array *a, int slot)
   if (st == RAID_ROLE_FAULTY)
     return vd_set_error(EINVAL, "%s: slot %d is already faulty", a->desc_path,
                         slot);
-  if (st == RAID_ROLE_ACTIVE) {
-    unsigned act = raid_active_count(a);
-    if (!raid_level_viable(a->ops, a->n, act - 1))
-      return vd_set_error(EBUSY, "%s: failing slot %d would stop the RAID%u "
-                          "(%u of %u members active): refused", a->desc_path,
-                          slot, a->sb.level, act, a->n);
-  } else {
+  if (st == RAID_ROLE_REBUILDING)
     raid_rebuild_stop(a);
-  }
-  return raid_member_failed(a, slot, 0);
+  return raid_member_fail_request(a, slot, false);
 }
 
 int vd_raid_find_member(struct raid_array *a, const char *what)

@@ -391,9 +391,9 @@ int raid_sb_update(struct raid_array *a)
   return r;
 }
 
-int raid_member_failed(struct raid_array *a, int slot, int err)
+static int raid_member_failed_locked(struct raid_array *a, int slot, int err)
 {
-  pthread_mutex_lock(&a->sb_lock);
+  VD_ASSERT_HELD(&a->sb_lock);
   struct raid_member *m = &a->m[slot];
   int r = 0;
   if (atomic_load(&m->state) != RAID_ROLE_FAULTY) {
@@ -413,10 +413,48 @@ int raid_member_failed(struct raid_array *a, int slot, int err)
     r = vd_set_error(EIO, "%s: RAID%u has failed (member %d: %s)",
                      a->desc_path, a->sb.level, slot,
                      err ? strerror(-err) : "marked faulty");
+  return r < 0 ? -EIO : 0;
+}
+
+int raid_member_failed(struct raid_array *a, int slot, int err)
+{
+  pthread_mutex_lock(&a->sb_lock);
+  int r = raid_member_failed_locked(a, slot, err);
   pthread_mutex_unlock(&a->sb_lock);
   if (r == 0)
     raid_spares_kick(a);   /* a hot spare takes the slot (spares.c) */
-  return r < 0 ? -EIO : 0;
+  return r;
+}
+
+/* The operator fails SLOT (vd_raid_fail, a replace of a working member).
+ * The rule is checked under sb_lock, where I/O failures are marked, so a
+ * member failing meanwhile cannot turn an allowed request into one that
+ * stops the array.  An active SLOT is refused if failing it would stop
+ * the array or, with WHOLE (replace), unless every member is active. */
+int raid_member_fail_request(struct raid_array *a, int slot, bool whole)
+{
+  pthread_mutex_lock(&a->sb_lock);
+  if (atomic_load(&a->m[slot].state) == RAID_ROLE_ACTIVE) {
+    unsigned act = raid_active_count(a);
+    int r = 0;
+    if (whole && act < a->n)
+      r = vd_set_error(EBUSY, "%s: slot %d is active and the array is "
+                       "degraded: replace the failed member first",
+                       a->desc_path, slot);
+    else if (!raid_level_viable(a->ops, a->n, act - 1))
+      r = vd_set_error(EBUSY, "%s: failing slot %d would stop the RAID%u "
+                       "(%u of %u members active): refused", a->desc_path,
+                       slot, a->sb.level, act, a->n);
+    if (r < 0) {
+      pthread_mutex_unlock(&a->sb_lock);
+      return r;
+    }
+  }
+  int r = raid_member_failed_locked(a, slot, 0);
+  pthread_mutex_unlock(&a->sb_lock);
+  if (r == 0)
+    raid_spares_kick(a);
+  return r;
 }
 
 int raid_mark_dirty(struct raid_array *a)

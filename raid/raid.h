@@ -442,6 +442,10 @@ bool raid_member_writable(struct raid_array *a, int slot, uint64_t off);
  * survivors' superblocks before returning.  Returns 0 if the array can
  * carry on, -EIO if it has failed. */
 int raid_member_failed(struct raid_array *a, int slot, int err);
+/* The operator fails SLOT: refused (-EBUSY) if it is active and failing
+ * it would stop the array or, with WHOLE, if the array is degraded; the
+ * check and the marking are one step under sb_lock. */
+int raid_member_fail_request(struct raid_array *a, int slot, bool whole);
 /* Number of members currently active (not faulty/missing). */
 unsigned raid_active_count(struct raid_array *a);
 /* Write every usable member's superblock (events + 1) and flush.  Caller

@@ -64,6 +64,9 @@ expect_error "degraded: nothing to compare" vdtool raid scrub a.vdraid
 # replace with a too small device.
 vdtool create -f raw small.img 1M
 expect_error "small.img: too small for slot 1" vdtool raid replace a.vdraid 1 small.img
+# replace of a working member while degraded: it would stop the array.
+vdtool create -f raw big.img 8M >/dev/null
+expect_error "slot 2 is active and the array is degraded" vdtool raid replace a.vdraid 2 big.img
 expect_error "RAID0 has no redundancy" sh -c '
   vdtool raid create -q -l 0 --size 4M z.vdraid z0 z1 && vdtool create -f raw z2 4M >/dev/null &&
   vdtool raid replace z.vdraid 0 z2'
