@@ -51,7 +51,8 @@ const char vt_usage_info[] =
   "\n"
   "  -f FMT            image format (default: probe)\n"
   "  --output=FMT      human (default) or json (qemu-img's keys)\n"
-  "  --backing-chain   also show every backing image down the chain\n"
+  "  --backing-chain   open the whole chain (checking it) and show every\n"
+  "                    image down it; without it no parent is opened\n"
   "  -U, --force-share open without taking the image lock\n"
   "  --backing=FILE    FILENAME's parent (needed when it is outside\n"
   "                    FILENAME's folder tree or not a regular file)\n"
@@ -185,8 +186,6 @@ vt_cmd_info(int argc, char **argv)
   };
   const char *fmt = NULL;
   bool json = false, chain = false;
-  /* The whole chain is opened (and so checked: UUIDs, loops, where each
-   * parent is), as every other open does. */
   unsigned flags = 0;
   char bfmt[sizeof ((struct vd_info *)0)->backing_format] = "";
   int c;
@@ -208,6 +207,12 @@ vt_cmd_info(int argc, char **argv)
   }
   if (argc - optind != 1)
     return vt_bad_usage("info", "expected exactly one FILENAME");
+  /* As qemu-img info: one image is shown without opening its parent, so
+   * an image whose parent is missing still shows what it names.  With
+   * --backing-chain every image is opened with its chain below it (and
+   * so checked: UUIDs, loops, where each parent is). */
+  if (!chain)
+    flags |= VD_OPEN_NOPARENT;
 
   char *path = strdup(argv[optind]);
   int depth = 0, rc = VT_EXIT_OK;

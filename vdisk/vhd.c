@@ -334,8 +334,10 @@ vhd_open_parent_from(struct vd_dev *dev, char (*cand)[PATH_MAX],
     if (!mismatch[0])
       snprintf(mismatch, sizeof mismatch, "%s", cand[i]);
   }
-  if (lookup_only)
+  if (lookup_only) {
+    snprintf(p->parent_named, sizeof p->parent_named, "%s", cand[0]);
     return 0;
+  }
   if (mismatch[0])
     return vd_set_error(EINVAL, "%s: parent UUID mismatch: %s has %s, "
                         "the child expects %s", dev->path, mismatch, got, want);
@@ -359,6 +361,7 @@ vhd_replace_backing(struct vd_dev *dev, struct vd_dev *newparent)
     old->child = NULL;
   p->parent = newparent;
   p->parent_path[0] = p->parent_format[0] = '\0';
+  p->parent_named[0] = '\0';
   if (newparent) {
     newparent->child = dev;
     snprintf(p->parent_path, sizeof p->parent_path, "%s",
@@ -1267,7 +1270,8 @@ vhd_info(struct vd_dev *dev, struct vd_info *info)
   if (p->type == VHD_TYPE_DIFF) {
     vhd_uuid_format(p->header.parent_uuid, buf);
     vd_info_add_str(info, "parent-uuid", buf);
-    snprintf(info->backing, sizeof info->backing, "%s", p->parent_path);
+    snprintf(info->backing, sizeof info->backing, "%s",
+             p->parent_path[0] ? p->parent_path : p->parent_named);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",
              p->parent_format);
   }

@@ -172,6 +172,9 @@ struct vhd_priv {
   struct vd_dev *parent;
   char parent_path[4096];
   char parent_format[16];
+  /* With VD_OPEN_NOPARENT and no candidate found: the first one the image
+   * names (info shows it, as qemu-img info shows a missing backing). */
+  char parent_named[4096];
 };
 
 /* Open a chain (or one image with VD_OPEN_NOPARENT) as a VHD.  The dev's

@@ -506,8 +506,10 @@ vhdx_open_parent(struct vd_dev *dev, bool lookup_only)
     return r;
   p->parent_path[0] = '\0';
   p->parent_format[0] = '\0';
-  if (lookup_only)
+  if (lookup_only) {
+    snprintf(p->parent_named, sizeof p->parent_named, "%s", first);
     return 0;
+  }
   char exp[37];
   vhdx_guid_format(want[0], exp);
   if (mismatch[0])
@@ -795,7 +797,8 @@ vhdx_info(struct vd_dev *dev, struct vd_info *info)
     if (p->loc->absolute_win32_path[0])
       vd_info_add_str(info, "parent-absolute-path",
                       p->loc->absolute_win32_path);
-    snprintf(info->backing, sizeof info->backing, "%s", p->parent_path);
+    snprintf(info->backing, sizeof info->backing, "%s",
+             p->parent_path[0] ? p->parent_path : p->parent_named);
     snprintf(info->backing_format, sizeof info->backing_format, "%s",
              p->parent_format);
   }

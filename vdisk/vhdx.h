@@ -268,6 +268,9 @@ struct vhdx_priv {
   struct vd_dev *parent;
   char parent_path[PATH_MAX];
   char parent_format[16];
+  /* With VD_OPEN_NOPARENT and no candidate found: the first one the image
+   * names (info shows it, as qemu-img info shows a missing backing). */
+  char parent_named[PATH_MAX];
   /* writing (vhdx-write.c) */
   pthread_mutex_t lock;
   bool lock_init;

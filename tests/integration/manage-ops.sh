@@ -115,7 +115,9 @@ qemu-img compare -f vpc -F raw dyn.vhd model.raw >/dev/null || fail "qemu reads 
 # rebase -u) never look for it; what reads through it says so.
 cp base0.vhd base.vhd; cp top0.vhd top.vhd
 mv base.vhd gone.vhd
-expect_error 'parent image not found' vdtool info top.vhd
+expect_error 'parent image not found' vdtool info --backing-chain top.vhd
+vdtool info top.vhd | grep -q '^backing file: base.vhd$' ||
+  fail "info without the parent: $(vdtool info top.vhd 2>&1)"
 expect_error 'parent image not found' vdtool commit top.vhd
 expect_error 'parent image not found' vdtool rebase -b "" top.vhd
 vdtool resize top.vhd +1M | grep -qx 'Image resized.' || fail "resize without the parent"

@@ -38,7 +38,7 @@ refused() {
   local img=$T/$1.qcow2 re=$2 want=$3 qwant=${4:-$3} sum rc=0 qrc=0
   sum=$(md5sum < "$img")
   expect_error "$re" vdtool convert -O raw "$img" "$T/out.raw"
-  expect_error "$re" vdtool info "$img"
+  expect_error "$re" vdtool info --backing-chain "$img"
   vdtool check "$img" >/dev/null 2>&1 || rc=$?
   [ "$rc" -eq "$want" ] || fail "$1: vdtool check exit $rc, expected $want"
   if [ "$qwant" != - ]; then
@@ -109,7 +109,7 @@ qemu-img create -q -f qcow2 -b loopb.qcow2 -F qcow2 "$T/loopa.qcow2"
 qemu-img rebase -q -u -b loopa.qcow2 -F qcow2 "$T/loopb.qcow2"
 sum=$(md5sum < "$T/loopa.qcow2")
 expect_error "loop" vdtool convert -O raw "$T/loopa.qcow2" "$T/out.raw"
-expect_error "loop" vdtool info "$T/loopa.qcow2"
+expect_error "loop" vdtool info --backing-chain "$T/loopa.qcow2"
 [ "$(md5sum < "$T/loopa.qcow2")" = "$sum" ] || fail "loop: the image changed"
 # A backing file outside the child's folder is not followed unless named.
 mkdir -p "$T/sub"

@@ -130,6 +130,14 @@ qemu-img info --output=json "$T/top.qcow2" | grep -q '"backing-filename-format":
 a=$(qemu-img info --output=json "$T/top.qcow2" | info_json)
 b=$(vdtool info --output=json "$T/top.qcow2" | info_json)
 [ "$a" = "$b" ] || fail "create -b: qemu-img info $a, vdtool info $b"
+# info opens no parent (qemu-img info's BDRV_O_NO_BACKING): with the backing
+# file gone both still show the image and the name it records.
+mv "$T/src.raw" "$T/src.away"
+b=$(vdtool info --output=json "$T/top.qcow2" | info_json) ||
+  fail "info without the backing file"
+[ "$a" = "$b" ] || fail "backing file gone: qemu-img info $a, vdtool info $b"
+expect_error 'src\.raw' vdtool info --backing-chain "$T/top.qcow2"
+mv "$T/src.away" "$T/src.raw"
 cp "$T/top.qcow2" "$T/qtop.qcow2"
 start_nbd -f qcow2 "$T/top.qcow2"
 for op in "write -P 0x61 100 200" "write -P 0x62 10M 8k" "write -P 0x63 3000000 70000" \

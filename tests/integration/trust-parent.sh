@@ -34,7 +34,7 @@ for loc in "$winabs" '..\..\secret.bin'; do
     expect_error "evil\.vhd: parent .*secret\.bin is outside the child's folder" \
       vdtool convert host/vm/disks/evil.vhd out/copy.raw
     no_secret out/copy.raw
-    expect_error "outside the child's folder" vdtool info host/vm/disks/evil.vhd
+    expect_error "outside the child's folder" vdtool info --backing-chain host/vm/disks/evil.vhd
     expect_error "outside the child's folder" vdisk_nbd -r -k "$VD_TMP/s.sock" host/vm/disks/evil.vhd
     ! [ -e s.sock ] || fail "vdisk-nbd listened although the image did not open"
   done
@@ -52,12 +52,12 @@ expect_error "evil\.vhd: parent: .*sec\.bin: .*VHD" vdtool convert host/vm/disks
 no_secret out/copy.raw
 vdtool create -q -f vhd host/vm/disks/other.vhd $size
 craft file host/vm/disks/evil.vhd $size '.\other.vhd' 0123456789abcdef0123456789abcdef
-expect_error "parent UUID mismatch" vdtool info host/vm/disks/evil.vhd
+expect_error "parent UUID mismatch" vdtool info --backing-chain host/vm/disks/evil.vhd
 # A UUID-less child probes its parent among raw and vdz only: a VHD parent
 # is read as its raw bytes, never followed into its own parent.
 vdtool create -q -f vhd -b ../../secret.bin host/vm/disks/mid.vhd
 craft file host/vm/disks/evil.vhd $((size / 4)) '.\mid.vhd' 0
-vdtool info host/vm/disks/evil.vhd | grep -q '^backing file format: raw' ||
+vdtool info --backing-chain host/vm/disks/evil.vhd | grep -q '^backing file format: raw' ||
   fail "a UUID-less child's VHD parent was not read as raw"
 vdtool convert host/vm/disks/evil.vhd out/copy.raw
 no_secret out/copy.raw
@@ -65,7 +65,8 @@ no_secret out/copy.raw
 # 3. Special files as parents: an error within seconds, never a hang.
 mkfifo host/vm/disks/fifo.vhd
 craft file host/vm/disks/evil.vhd $size '.\fifo.vhd' 0123456789abcdef0123456789abcdef
-for cmd in "info" "convert -O raw" "info --backing=host/vm/disks/fifo.vhd"; do
+for cmd in "info --backing-chain" "convert -O raw" \
+           "info --backing-chain --backing=host/vm/disks/fifo.vhd"; do
   rc=0
   extra=""; [ "${cmd%% *}" = convert ] && extra=out/x.raw
   timeout 20 "$top_builddir/tools/vdtool" $cmd host/vm/disks/evil.vhd $extra \
@@ -74,6 +75,12 @@ for cmd in "info" "convert -O raw" "info --backing=host/vm/disks/fifo.vhd"; do
   [ $rc != 0 ] || fail "vdtool $cmd: accepted a FIFO parent"
   grep -q 'fifo\.vhd is not a regular file' err.txt || fail "vdtool $cmd: $(cat err.txt)"
 done
+# Without --backing-chain info opens no parent (as qemu-img info): it names
+# the FIFO and never opens it.
+rc=0; timeout 20 "$top_builddir/tools/vdtool" info host/vm/disks/evil.vhd \
+  >out.txt 2>err.txt || rc=$?
+[ $rc = 0 ] && grep -q '^backing file: .*fifo\.vhd' out.txt ||
+  fail "info of a FIFO's child: rc $rc: $(cat out.txt err.txt)"
 rc=0; timeout 20 "$top_builddir/tools/vdtool" info host/vm/disks/fifo.vhd 2>err.txt || rc=$?
 [ $rc != 124 ] && [ $rc != 0 ] && grep -q 'not a regular file' err.txt ||
   fail "info on a FIFO: rc $rc: $(cat err.txt)"
@@ -92,7 +99,7 @@ pattern_bytes $MB 9 > par.raw; truncate -s 4M par.raw
 vdtool convert -n -f raw -O vpc par.raw p/par.vhd
 vdtool create -q -f vhd -b ../../p/par.vhd a/b/kid.vhd
 expect_error "kid\.vhd: parent a/b/\.\./\.\./p/par\.vhd is outside the child's folder \(name it with --backing" \
-  vdtool info a/b/kid.vhd
+  vdtool info --backing-chain a/b/kid.vhd
 expect_error "outside the child's folder" vdtool convert a/b/kid.vhd out/kid.raw
 vdtool convert --backing=p/par.vhd a/b/kid.vhd out/kid.raw
 cmp out/kid.raw par.raw || fail "--backing: convert differs"
@@ -103,7 +110,7 @@ vdtool info --backing-chain --backing=p/par.vhd a/b/kid.vhd | grep -c '^image:' 
 expect_error "not supported by this command" vdtool resize --backing=p/par.vhd a/b/kid.vhd +1M
 # The override is checked like any parent: a VHD with another UUID is not it.
 vdtool create -q -f vhd p/stranger.vhd 4M
-expect_error "parent UUID mismatch" vdtool info --backing=p/stranger.vhd a/b/kid.vhd
+expect_error "parent UUID mismatch" vdtool info --backing-chain --backing=p/stranger.vhd a/b/kid.vhd
 expect_error "outside the child's folder" vdisk_nbd -r -k "$VD_TMP/s.sock" a/b/kid.vhd
 start_nbd -r --backing=p/par.vhd a/b/kid.vhd
 if command -v qemu-img >/dev/null; then
@@ -150,7 +157,7 @@ vdtool create -q -f vhd -b c.vhd l/a2.vhd
 /usr/bin/python3 "$top_srcdir/tests/vhdgen/vhdgen.py" setuuid l/a2.vhd "$(cat uuid.txt)"
 mv l/a2.vhd l/a.vhd                      # a -> c -> b -> a
 for img in a b c; do
-  expect_error "parent loop: .* is already in the chain" vdtool info l/$img.vhd
+  expect_error "parent loop: .* is already in the chain" vdtool info --backing-chain l/$img.vhd
   expect_error "parent loop" vdtool convert l/$img.vhd out/loop.raw
 done
 mkdir d; vdtool create -q -f vhd -o block_size=512K d/c0.vhd 1M
@@ -161,7 +168,7 @@ while [ $i -lt 70 ]; do
 done
 [ $rc = 1 ] || fail "a chain of 70 was created (rc $rc)"
 [ "$(wc -l < err.txt)" = 1 ] && grep -q 'deeper than 64' err.txt || fail "depth: $(cat err.txt)"
-vdtool info d/c$((i - 1)).vhd >/dev/null || fail "the deepest allowed chain does not open"
+vdtool info --backing-chain d/c$((i - 1)).vhd >/dev/null || fail "the deepest allowed chain does not open"
 
 # 6. create -F (qemu-img's rule: the backing opens in that format or the
 # create fails, "Image is not in qcow2 format").
@@ -169,7 +176,7 @@ vdtool create -q -f vhd base.vhd 2M
 pattern_bytes 4096 3 > pat.bin
 vdtool convert -n -f raw pat.bin base.vhd
 vdtool create -q -f vhd -b base.vhd -F raw rawkid.vhd
-vdtool info rawkid.vhd > info.txt
+vdtool info --backing-chain rawkid.vhd > info.txt
 grep -q '^backing file format: raw' info.txt || fail "-F raw: $(cat info.txt)"
 grep -q 'parent-uuid: 00000000-0000-0000-0000-000000000000' info.txt || fail "-F raw: UUID recorded"
 [ "$(vdtool info rawkid.vhd | sed -n 's/^virtual size: .*(\([0-9]*\) bytes)/\1/p')" = \

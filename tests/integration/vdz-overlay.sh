@@ -18,7 +18,7 @@ vdtool convert -O vdz base.raw base.vdz
 cp base.vdz base.vdz.orig
 
 vdtool create -f vhd -b base.vdz child.vhd >/dev/null
-vdtool info child.vhd > info.txt
+vdtool info --backing-chain child.vhd > info.txt
 grep -q 'backing file: base.vdz' info.txt || fail "info: $(cat info.txt)"
 grep -q 'backing file format: vdz' info.txt || fail "info: $(cat info.txt)"
 if command -v vhdiinfo >/dev/null; then

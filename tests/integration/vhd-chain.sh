@@ -116,7 +116,7 @@ vdtool info ctop.vhd | grep -q '^backing file: cbase.vhd' || fail "rebase pointe
 same ctop.vhd cmodel.raw
 # -u only rewrites the pointer, even when the old parent is gone.
 mkdir sub && mv cbase.vhd sub/
-expect_error 'parent image not found' vdtool info ctop.vhd
+expect_error 'parent image not found' vdtool info --backing-chain ctop.vhd
 vdtool rebase -u -b sub/cbase.vhd ctop.vhd
 same ctop.vhd cmodel.raw
 # A loop is refused.
@@ -144,7 +144,7 @@ vdtool info a/kid.vhd | grep -q '^backing file: a/par.vhd' || fail "lookup by na
 same a/kid.vhd par.raw
 mv a/par.vhd p/par.vhd
 vdtool create -q -f vhd -b ../../p/par.vhd a/b/kid.vhd
-expect_error 'outside the child' vdtool info a/b/kid.vhd
+expect_error 'outside the child' vdtool info --backing-chain a/b/kid.vhd
 vdtool info --backing=p/par.vhd a/b/kid.vhd | grep -q '^backing file: p/par.vhd' ||
   fail "--backing"
 vdtool compare --backing=p/par.vhd a/b/kid.vhd par.raw >/dev/null || fail "--backing: contents"

@@ -37,7 +37,7 @@ bat=$((512 + 1024))
 damaged() {
   local img=$1 re=$2 sum rc=0
   sum=$(sha256sum "$img")
-  expect_error "$re" vdtool info "$img"
+  expect_error "$re" vdtool info --backing-chain "$img"
   expect_error "$re" vdtool convert -O raw "$img" out.raw
   vdtool check "$img" > check.txt 2>&1 || rc=$?
   [ $rc = 2 ] || fail "$img: check exit $rc, expected 2: $(cat check.txt)"
@@ -122,7 +122,7 @@ damaged t.vhd 'exceeds the VHD limit'
 # Fixed VHDs: a bad footer, a truncated file.
 vdtool convert -O vhd -o subformat=fixed src.raw fixed.vhd
 cp fixed.vhd t.vhd; poke t.vhd $((8*MB + 20)) B 0x12
-expect_error 'footer checksum mismatch' vdtool info -f vpc t.vhd
+expect_error 'footer checksum mismatch' vdtool info --backing-chain -f vpc t.vhd
 rc=0; vdtool check -f vpc t.vhd >/dev/null 2>&1 || rc=$?; [ $rc = 2 ] || fail "fixed: check exit $rc"
 
 # Differencing: a missing parent, a UUID mismatch, a parent loop.

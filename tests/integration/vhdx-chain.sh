@@ -83,18 +83,18 @@ vdtool convert -O raw d/a.vhdx got.raw
 cmp want.raw got.raw || fail "absolute path"
 cp base.vhdx out/p.vhdx
 gen create d/o.vhdx --size $((64 * M)) --parent out/p.vhdx --write 0:512:14
-expect_error "outside the child's folder" vdtool info d/o.vhdx
+expect_error "outside the child's folder" vdtool info --backing-chain d/o.vhdx
 vdtool convert --backing=out/p.vhdx -O raw d/o.vhdx got.raw || fail "--backing override"
 cmp want.raw got.raw || fail "--backing override reads differently"
 gen create d/w.vhdx --size $((64 * M)) --parent d/sub/p.vhdx \
   --linkage '{01234567-89ab-cdef-0123-456789abcdef}'
-expect_error 'does not match: its DataWriteGuid' vdtool info d/w.vhdx
+expect_error 'does not match: its DataWriteGuid' vdtool info --backing-chain d/w.vhdx
 gen create d/n.vhdx --size $((64 * M)) --parent d/sub/p.vhdx --rel 'nothere.vhdx'
-expect_error 'parent image not found' vdtool info d/n.vhdx
+expect_error 'parent image not found' vdtool info --backing-chain d/n.vhdx
 # A loop: an image that names itself.
 gen create d/self.vhdx --size $((64 * M)) --parent d/sub/p.vhdx --rel 'self.vhdx' \
   --linkage '{01234567-89ab-cdef-0123-456789abcdef}'
-expect_error 'loop' vdtool info d/self.vhdx
+expect_error 'loop' vdtool info --backing-chain d/self.vhdx
 
 # libvhdi reads the 4K and differencing images.
 if command -v vhdiinfo >/dev/null; then

@@ -88,7 +88,7 @@ cp base.vhdx b2.vhdx
 vdtool create -q -f vhdx -b b2.vhdx k.vhdx
 cp base.raw scratch.raw
 vd_nbd_io b2.vhdx scratch.raw 'write -P 0x71 0 512'
-expect_error 'does not match: its DataWriteGuid' vdtool info k.vhdx
+expect_error 'does not match: its DataWriteGuid' vdtool info --backing-chain k.vhdx
 
 # 4096-byte sectors: the child inherits them.
 truncate -s $((16 * M)) b4.raw
@@ -108,7 +108,7 @@ grep -qi 'bytes per sector.*4096' vi.txt || { cat vi.txt; fail "vhdiinfo: 4K sec
 mkdir d
 vdtool create -q -f vhdx -b ../base.vhdx d/o.vhdx
 vdtool info --backing="$PWD/base.vhdx" d/o.vhdx | grep -q '^ *parent-relative-path: \.\./base.vhdx$' || fail "relative path with .."
-expect_error "outside the child's folder" vdtool info d/o.vhdx
+expect_error "outside the child's folder" vdtool info --backing-chain d/o.vhdx
 vdtool compare --backing="$PWD/base.vhdx" -F raw d/o.vhdx base.raw >/dev/null || fail "--backing override"
 
 # Refused with one line.

@@ -87,7 +87,7 @@ b[off:off + n] = text + bytes(n - len(text))
 open(sys.argv[1], "wb").write(b)
 EOF
 expect_error 'parent .*mid.vmdk does not match: its CID is 0badc0de, parentCID says' \
-  vdtool info top.vmdk
+  vdtool info --backing-chain top.vmdk
 cp mid.keep mid.vmdk
 
 # A parent outside the child's folder (even through a symlink inside it)
@@ -97,13 +97,13 @@ mkdir ../out
 mv base.vmdk ../out/b.vmdk
 desc_edit mid.vmdk 'parentFileNameHint="base.vmdk"' \
   'parentFileNameHint="../out/b.vmdk"'
-expect_error "parent .*b.vmdk is outside the child's folder" vdtool info mid.vmdk
+expect_error "parent .*b.vmdk is outside the child's folder" vdtool info --backing-chain mid.vmdk
 vdtool convert --backing ../out/b.vmdk -O raw mid.vmdk mid.raw ||
   fail "the operator's --backing is refused"
 cmp mid-want.raw mid.raw || fail "mid.vmdk over the operator's parent differs"
 cp mid.keep mid.vmdk
 ln -s ../out/b.vmdk base.vmdk
-expect_error "parent .*base.vmdk is outside the child's folder" vdtool info mid.vmdk
+expect_error "parent .*base.vmdk is outside the child's folder" vdtool info --backing-chain mid.vmdk
 rm base.vmdk
 mv ../out/b.vmdk base.vmdk
 
@@ -124,6 +124,6 @@ assert len(text) <= n
 b[off:off + n] = text + bytes(n - len(text))
 open(sys.argv[1], "wb").write(b)
 EOF
-expect_error 'parent loop' vdtool info top.vmdk
+expect_error 'parent loop' vdtool info --backing-chain top.vmdk
 expect_error 'parent loop' vdtool convert -O raw top.vmdk loop.raw
 echo PASS

@@ -28,7 +28,7 @@ poke() {   # FILE OFFSET BYTES(printf format)
 refused() {   # REGEX FILE: FILE is refused by open and by a full read
   local sum
   sum=$(md5sum < "$2")
-  expect_error "$1" vdtool info -f vmdk "$2"
+  expect_error "$1" vdtool info --backing-chain -f vmdk "$2"
   expect_error "$1" vdtool convert -f vmdk -O raw "$2" out.raw
   [ "$(md5sum < "$2")" = "$sum" ] || fail "a refused image was written"
 }
@@ -120,7 +120,7 @@ refused 'line 6 longer than 4096 bytes' d.vmdk
 desc
 refused 'descriptor names no extent' d.vmdk
 { echo 'version=1'; head -c 3000 /dev/urandom; } > d.vmdk
-expect_error 'd.vmdk: ' vdtool info -f vmdk d.vmdk
+expect_error 'd.vmdk: ' vdtool info --backing-chain -f vmdk d.vmdk
 { echo 'version=1'; head -c 2000000 /dev/zero | tr '\0' '#'; } > d.vmdk
 refused 'too large .* for a descriptor' d.vmdk
 # A sparse extent whose header is broken, named by a descriptor.
@@ -142,7 +142,7 @@ mkfifo fifo.raw
 desc 'RW 2048 FLAT "fifo.raw" 0'
 sum=$(md5sum < d.vmdk)
 timeout 20 bash -c ". '$top_srcdir/tests/functions.sh'; top_builddir='$top_builddir'; \
-  expect_error 'extent fifo.raw is not a regular file' vdtool info -f vmdk '$PWD/d.vmdk'" ||
+  expect_error 'extent fifo.raw is not a regular file' vdtool info --backing-chain -f vmdk '$PWD/d.vmdk'" ||
   fail "a FIFO extent was not refused in time"
 desc 'RW 2048 FLAT "d.vmdk" 0'
 refused 'extent d.vmdk is an image of the chain itself' d.vmdk
