@@ -21,10 +21,11 @@
  *      or shared clusters, discarded or zeroed ones) are decremented only
  *      after the L2 entries are synced.
  * New data clusters of an image without a backing file, where nothing was
- * allocated, come from a reserve whose refcounts were made durable ahead
- * (q_resv_fill, growing from 64 clusters to 64 MiB): no sync per
- * allocating write; a crash leaks the unused reserve, a clean close gives
- * it back.
+ * allocated, come from a reserve whose refcounts were raised ahead
+ * (q_resv_fill, growing from 64 clusters to 64 MiB) and are made durable
+ * by the first sync before an L2 entry is written (q_resv_durable; usually
+ * the next flush's): no sync per allocating write; a crash leaks the
+ * unused reserve, a clean close gives it back.
  * The dirty bit is never set: refcounts are always kept exact (the
  * lazy_refcounts compat bit may be set on an image, it only permits it).
  * With VD_OPEN_NO_FLUSH (convert's unsafe cache) the syncs do nothing and
@@ -292,6 +293,21 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
 
 /* ---- dirty L2 entries ---- */
 
+/* Before an L2 entry that may name a reserved cluster is written (any L2
+ * write: a table read back from the cache carries the entries waiting in
+ * it), the reserve's refcounts are made durable.  RW held for writing. */
+static int
+q_resv_durable(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  if (!p->resv_unsynced)
+    return 0;
+  int r = q_sync(dev);
+  if (r == 0)
+    p->resv_unsynced = false;
+  return r;
+}
+
 /* Write the L2 entries the cache holds ahead of the file (entries naming
  * reserved clusters, qcow2_l2_cache_dirty), table by table; a table stays
  * dirty if its write fails.  RW held for writing (no entry changes
@@ -302,10 +318,12 @@ q_l2_writeback(struct vd_dev *dev)
   struct qcow2_priv *p = dev->priv;
   if (!__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE))
     return 0;
+  int r = q_resv_durable(dev);
+  if (r < 0)
+    return r;
   uint8_t *buf = malloc(p->cluster);
   if (!buf)
     return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  int r = 0;
   for (unsigned i = 0; i < QCOW2_L2_SLOTS && r == 0; i++) {
     struct qcow2_l2_slot *sl = &p->slots[i];
     pthread_mutex_lock(&p->cache_lock);
@@ -351,7 +369,10 @@ q_resv_size(const struct qcow2_priv *p)
 
 /* Reserve at least N clusters for new data clusters that need no copy
  * (no backing file, nothing allocated there before): their refcounts are
- * raised and synced here, once, instead of once per allocating write.
+ * raised here, once, instead of once per allocating write, and made
+ * durable by the next sync that comes before an L2 entry is written
+ * (q_resv_durable), not here: the fill holds the writer's lock, and a
+ * sync here would also wait for every data write since the last one.
  * Such a cluster can then be named by its L2 entry right after its data
  * is written, with no sync between: a crash that keeps the entry but not
  * the data shows the cluster's zeros (fresh space at the end of the file),
@@ -365,9 +386,8 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
   if (n < q_resv_size(p))
     n = q_resv_size(p);
   uint64_t t = q_take(p, n);
+  p->resv_unsynced = true;
   int r = q_ref_add(dev, t, n, 1);
-  if (r == 0)
-    r = q_sync(dev);
   if (r < 0)
     return r;
   p->resv = t;
@@ -526,11 +546,11 @@ next:
     p->next_free = start_free;
     return 0;
   }
-  /* Refcounts of everything taken, durable before any entry names it. */
-  if (p->next_free > start_free &&
-      ((r = q_ref_add(dev, start_free, (p->next_free - start_free) >>
-                      p->h.cluster_bits, 1)) < 0 ||
-       (r = q_sync(dev)) < 0))
+  /* Refcounts of everything taken, durable before any entry names it
+   * (the sync below; an update that waits in the cache took nothing). */
+  bool took = p->next_free > start_free;
+  if (took && (r = q_ref_add(dev, start_free, (p->next_free - start_free) >>
+                             p->h.cluster_bits, 1)) < 0)
     return r;
   uint32_t lo = UINT32_MAX, hi = 0;
   for (unsigned i = 0; i < nu; i++) {
@@ -543,6 +563,13 @@ next:
    * what the guest wrote was not flushed. */
   if (lazy && qcow2_l2_cache_dirty(dev, l2off, table, lo, hi))
     return 0;
+  if (took) {
+    if ((r = q_sync(dev)) < 0)
+      return r;
+    p->resv_unsynced = false;     /* the fill's refcounts came before */
+  }
+  if ((r = q_resv_durable(dev)) < 0)
+    return r;
   if (new_l2)
     r = q_pwrite(dev, table, p->cluster, l2off);
   else
