@@ -92,6 +92,14 @@ poke t.vhd $((fsz - 512 + 48)) Q $((4 * MB)) footer
 vd_nbd_io t.vhd src.raw 'read -P 0 7M 4k' >/dev/null || fail "stale tail: a read-write open failed"
 cmp -s good.vhd t.vhd || fail "stale tail: a read-write open did not rewrite it"
 
+# A sound tail copy that is a fixed VHD's footer behind a dynamic one at
+# offset 0 is not a copy cut short (no command writes one over the
+# other): damage, not a stale tail; -r all rewrites it from offset 0.
+cp good.vhd t.vhd; poke t.vhd $((fsz - 512 + 60)) I 2 footer
+damaged t.vhd "the footer at offset 0 is not a fixed VHD's, the one at the end of file is"
+repaired t.vhd
+cmp -s good.vhd t.vhd || fail "fixed tail: -r all did not restore the copy at offset 0"
+
 cp good.vhd t.vhd; poke t.vhd $((512 + 100)) B 0x41
 damaged t.vhd 'dynamic header checksum mismatch'
 repaired t.vhd
