@@ -513,12 +513,13 @@ struct raid_level_ops {
    * compare) the row at MOFF, taking its stripe lock; *MISMATCH says
    * whether the redundancy differed.  Rebuild SLOT's rows [MOFF, MOFF+LEN)
    * (whole rows) from the others; the caller holds
-   * their stripe locks (raid_stripes_lock) and SCRATCH holds 2 * n * LEN
-   * bytes. */
+   * their stripe locks (raid_stripes_lock) and SCRATCH holds
+   * rebuild_scratch(a, LEN) bytes. */
   int (*sync_row)(struct raid_array *a, uint64_t moff, bool check_only,
                   bool *mismatch);
   int (*rebuild_rows_locked)(struct raid_array *a, uint64_t moff,
                              size_t len, int slot, void *scratch);
+  size_t (*rebuild_scratch)(const struct raid_array *a, size_t len);
 
   /* Optional (NULL: nothing to do).  START sets up the level's state once
    * the members are known (open), STOP frees it (close, failed open);

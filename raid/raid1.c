@@ -296,6 +296,13 @@ static int raid1_rebuild_rows_locked(struct raid_array *a, uint64_t moff,
   return r;
 }
 
+/* The rows pass through one buffer. */
+static size_t raid1_rebuild_scratch(const struct raid_array *a, size_t len)
+{
+  (void)a;
+  return len;
+}
+
 static uint64_t raid1_capacity(unsigned n, uint64_t data_size)
 {
   return data_size;
@@ -326,4 +333,5 @@ const struct raid_level_ops raid1_ops = {
   .write = raid1_write,
   .sync_row = raid1_sync_row,
   .rebuild_rows_locked = raid1_rebuild_rows_locked,
+  .rebuild_scratch = raid1_rebuild_scratch,
 };

@@ -1075,6 +1075,23 @@ static void raid5_rebuild_lane(void *opaque, unsigned lane, unsigned nlanes)
   }
 }
 
+/* The block size and count of a rebuild run of LEN bytes. */
+static void raid5_rebuild_blocks(size_t len, size_t *blk, size_t *nblk)
+{
+  *blk = len < RAID5_REBUILD_BLOCK ? len : RAID5_REBUILD_BLOCK;
+  *nblk = *blk ? (len + *blk - 1) / *blk : 0;
+}
+
+/* Each lane (at most one per block) reads the n - 1 sources of a block
+ * into its own buffers and XORs them into the first. */
+static size_t raid5_rebuild_scratch(const struct raid_array *a, size_t len)
+{
+  size_t blk, nblk;
+  raid5_rebuild_blocks(len, &blk, &nblk);
+  size_t lanes = nblk < RAID_MAX_LANES ? nblk : RAID_MAX_LANES;
+  return lanes * (a->n - 1) * blk;
+}
+
 /* SLOT's rows [MOFF, MOFF+LEN) (whole rows) are the XOR of the others',
  * rebuilt block by block on as many lanes as there are CPUs (a copy reads
  * one source and uses one CPU; this reads k). */
@@ -1092,9 +1109,8 @@ static int raid5_rebuild_rows_locked(struct raid_array *a, uint64_t moff,
                           "unavailable too", a->desc_path, slot, i);
     j.src[j.k++] = (int)i;
   }
-  /* Lanes <= blocks, so the lanes' k * blk each fit the 2 * n * LEN. */
-  j.blk = len < RAID5_REBUILD_BLOCK ? len : RAID5_REBUILD_BLOCK;
-  j.nblk = (len + j.blk - 1) / j.blk;
+  /* Lanes <= blocks: the lanes' k * blk fit raid5_rebuild_scratch. */
+  raid5_rebuild_blocks(len, &j.blk, &j.nblk);
   raid_run_lanes(a, raid5_rebuild_lane, &j,
                  j.nblk < RAID_MAX_LANES ? (unsigned)j.nblk : RAID_MAX_LANES);
   for (unsigned l = 0; l < RAID_MAX_LANES; l++) {
@@ -1142,6 +1158,7 @@ const struct raid_level_ops raid5_ops = {
   .write = raid5_write,
   .sync_row = raid5_sync_row,
   .rebuild_rows_locked = raid5_rebuild_rows_locked,
+  .rebuild_scratch = raid5_rebuild_scratch,
   .start = raid5_ppl_init,
   .stop = raid5_ppl_free,
   .replay_log = raid5_ppl_recover,

@@ -144,8 +144,8 @@ static uint8_t *raid_rebuild_scratch(struct raid_array *a)
 {
   void *p = NULL;
   if (!a->rb_scratch &&
-      posix_memalign(&p, 4096, (size_t)2 * a->n * raid_rebuild_rows(a) *
-                               a->sb.chunk) == 0)
+      posix_memalign(&p, 4096, a->ops->rebuild_scratch(
+                       a, (size_t)raid_rebuild_rows(a) * a->sb.chunk)) == 0)
     a->rb_scratch = p;
   return a->rb_scratch;
 }
