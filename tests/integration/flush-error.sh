@@ -96,6 +96,35 @@ PY
   [ $rc = 0 ] || [ $rc = 3 ] || fail "check of the VHDX after failed sync $n exited $rc: $(cat chk.txt)"
 done
 
+# VHDX: the session start's own header writes fail (sync 1: the first
+# header, sync 2: the second).  The write that needed the session start
+# fails, and so does every later write and flush (no header or log is
+# written again until the image is reopened); reads still work; the file
+# opens and checks clean, or with leaks, and the first header update of a
+# new session succeeds.
+for n in 1 2; do
+  rm -f disk.vhdx
+  vdtool create -q -f vhdx disk.vhdx 8M
+  LD_PRELOAD=$shim VDTEST_SHIM_FILE=disk.vhdx VDTEST_FAIL_SYNC=$n \
+    start_nbd -f vhdx "disk=disk.vhdx"
+  nbd_py <<'PY' || fail "vhdx: a failed session start (sync $n) was not reported"
+expect_eio("first write", h.pwrite, b"\x5a" * 65536, 0)
+expect_eio("second write", h.pwrite, b"\xa5" * 65536, 1 << 20)
+expect_eio("flush", h.flush)
+assert h.pread(65536, 0) == bytes(65536)
+h.shutdown()
+PY
+  stop_nbd
+  rm -f "$nbd_errlog"
+  rc=0; vdtool check disk.vhdx > chk.txt 2>&1 || rc=$?
+  [ $rc = 0 ] || [ $rc = 3 ] || fail "check of the VHDX after failed session start sync $n exited $rc: $(cat chk.txt)"
+  truncate -s 8M model.raw
+  vd_nbd_io disk.vhdx model.raw 'write -P 0x42 0 64k' 'flush'
+  vdtool compare -q disk.vhdx model.raw ||
+    fail "the VHDX lost the write of a new session after failed sync $n"
+  rm -f model.raw
+done
+
 # qcow2_serve VAR=VALUE: a new 8 MiB qcow2 holding 0x77 at 7 MiB, served
 # with the shim set by VAR.  qcow2_after WHAT: the server stopped, the image
 # checks with at worst leaks and the 0x77 bytes are intact.
