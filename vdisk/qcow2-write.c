@@ -20,12 +20,12 @@
  *   5. clusters an L2 entry no longer references (overwritten compressed
  *      or shared clusters, discarded or zeroed ones) are decremented only
  *      after the L2 entries are synced.
- * New data clusters of an image without a backing file, where nothing was
- * allocated, come from a reserve whose refcounts were raised ahead
- * (q_resv_fill, growing from 64 clusters to 64 MiB) and are made durable
- * by the first sync before an L2 entry is written (q_resv_durable; usually
- * the next flush's): no sync per allocating write; a crash leaks the
- * unused reserve, a clean close gives it back.
+ * New data clusters where nothing was allocated come from a reserve whose
+ * refcounts were raised ahead (q_resv_fill, growing from 64 clusters to
+ * 64 MiB) and are made durable by the first sync before an L2 entry is
+ * written (q_resv_durable; usually the next flush's), together with the
+ * data copied into them from a backing file: no sync per allocating
+ * write; a crash leaks the unused reserve, a clean close gives it back.
  * The dirty bit is never set: refcounts are always kept exact (the
  * lazy_refcounts compat bit may be set on an image, it only permits it).
  * With VD_OPEN_NO_FLUSH (convert's unsafe cache) the syncs do nothing and
@@ -295,7 +295,8 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
 
 /* Before an L2 entry that may name a reserved cluster is written (any L2
  * write: a table read back from the cache carries the entries waiting in
- * it), the reserve's refcounts are made durable.  RW held for writing. */
+ * it), the reserve's refcounts, and the data copied from a backing file
+ * into reserved clusters, are made durable.  RW held for writing. */
 static int
 q_resv_durable(struct vd_dev *dev)
 {
@@ -367,17 +368,19 @@ q_resv_size(const struct qcow2_priv *p)
   return n < all ? n : all;
 }
 
-/* Reserve at least N clusters for new data clusters that need no copy
- * (no backing file, nothing allocated there before): their refcounts are
+/* Reserve at least N clusters for new data clusters where nothing was
+ * allocated before: their refcounts are
  * raised here, once, instead of once per allocating write, and made
  * durable by the next sync that comes before an L2 entry is written
  * (q_resv_durable), not here: the fill holds the writer's lock, and a
  * sync here would also wait for every data write since the last one.
- * Such a cluster can then be named by its L2 entry right after its data
- * is written, with no sync between: a crash that keeps the entry but not
- * the data shows the cluster's zeros (fresh space at the end of the file),
- * which is what the cluster read before, and a write not yet flushed may
- * read either way.  A crash leaks the reserved clusters not yet named
+ * Without a backing file such a cluster can then be named by its L2 entry
+ * right after its data is written, with no sync between: a crash that
+ * keeps the entry but not the data shows the cluster's zeros (fresh space
+ * at the end of the file), which is what the cluster read before, and a
+ * write not yet flushed may read either way.  Over a backing file the
+ * cluster holds data copied from it, which the cluster's zeros would
+ * lose: that copy is synced before any entry is written (resv_unsynced).  A crash leaks the reserved clusters not yet named
  * (qemu-img check: leaks); a clean close gives them back. */
 static int
 q_resv_fill(struct vd_dev *dev, uint64_t n)
@@ -438,9 +441,9 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
   unsigned nu = 0;
   int r;
 
-  /* No backing file: new clusters where nothing was allocated come from
-   * the reserve (no sync per write). */
-  bool reserve = mode == W_WRITE && !p->h.backing_off;
+  /* New clusters where nothing was allocated come from the reserve (no
+   * sync per write). */
+  bool reserve = mode == W_WRITE;
   if (reserve && p->resv >= p->resv_end &&
       (r = q_resv_fill(dev, (off % p->cluster + len + p->cluster - 1) /
                        p->cluster)) < 0)
@@ -490,7 +493,8 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
           return r;
         goto next;
       }
-      if (reserve && e == 0 && p->resv < p->resv_end) {
+      bool from_resv = reserve && e == 0 && p->resv < p->resv_end;
+      if (from_resv && !p->h.backing_off) {
         /* A reserved cluster is fresh space, zeros, as the unallocated
          * cluster read: only the new bytes are written. */
         uint64_t nh = p->resv;
@@ -502,8 +506,12 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       }
       /* A new cluster: what the cluster read before, then the new bytes
        * (copy-on-write from the backing file, a zero or a compressed
-       * cluster). */
-      lazy = false;
+       * cluster).  An unallocated cluster over a backing file takes a
+       * reserved one: its entry may then wait in the cache like the
+       * others, since the copied data, like the reserve's refcounts, is
+       * made durable before any L2 entry is written (q_resv_durable). */
+      if (!from_resv)
+        lazy = false;
       if (n < p->cluster)
         memset(cb, 0, p->cluster);
       if (!full) {
@@ -515,7 +523,14 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
         memcpy(cb + coff, buf, n);
       else
         memset(cb + coff, 0, n);
-      uint64_t nh = q_take(p, 1);
+      uint64_t nh;
+      if (from_resv) {
+        nh = p->resv;
+        p->resv += p->cluster;
+        p->resv_unsynced = true;
+      } else {
+        nh = q_take(p, 1);
+      }
       if ((r = q_pwrite(dev, cb, p->cluster, nh)) < 0)
         return r;
       u[nu++] = (struct q_upd){ idx, nh | QCOW2_OFLAG_COPIED,

@@ -17,8 +17,12 @@
 #  - kill -9 after a flush: every flushed byte is there and qemu-img check
 #    finds at worst leaks (the reserve not yet used); also with more L2
 #    tables holding new entries than the cache keeps dirty;
-#  - an image with a backing file keeps copying (no reserve): the backing
-#    bytes around a 4 KiB write survive.
+#  - the order in an strace: an L2 entry is written only after a sync that
+#    follows the refcount writes (and, over a backing file, the data copied
+#    into the reserved cluster);
+#  - over a backing file the copied cluster comes from the reserve too: the
+#    bytes equal qemu-io's, and the backing bytes around a 4 KiB write
+#    survive.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires qemu-img qemu-io strace
@@ -60,6 +64,53 @@ h.shutdown()
 PY
 }
 
+# order_check IMAGE TRACE WHAT: from an strace of vdisk-nbd writing IMAGE,
+# every pwrite of entries into an L2 table (less than a cluster: a whole
+# cluster is a new table's zeros or the file's extension) comes after an
+# fdatasync that follows the last pwrite into a refcount block (WHAT
+# "refcounts") or into a refcount block or a data cluster (WHAT "data":
+# over a backing file a new cluster holds copied data, which must be
+# durable before an entry names it).  The tables' places are read from the
+# image at the end; the workloads checked free nothing and overwrite
+# nothing, so no such write may trail a table unsynced.
+order_check() {
+  /usr/bin/python3 - "$@" <<'PY' || fail "$3: an L2 table was written before what its entries name was synced"
+import re, struct, sys
+img = open(sys.argv[1], "rb").read()
+data_too = sys.argv[3] == "data"
+cb, = struct.unpack_from(">I", img, 20)
+l1n, l1o = struct.unpack_from(">IQ", img, 36)
+rto, rtc = struct.unpack_from(">QI", img, 48)
+cs, mask = 1 << cb, 0x00fffffffffffe00
+l2 = {e & mask for e in struct.unpack_from(">%dQ" % l1n, img, l1o) if e & mask}
+rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
+      if e & mask}
+meta = set(range(0, cs * 1, cs)) | {l1o & ~(cs - 1)} | \
+    {rto + i * cs for i in range(rtc)}
+pending, l2_writes = False, 0
+for line in open(sys.argv[2]):
+    if "fdatasync(" in line and "= 0" in line:
+        pending = False
+        continue
+    m = re.search(r"pwrite64\(\d+, .*, (\d+), (\d+)\) = \d+", line)
+    if not m:
+        continue
+    cl = int(m.group(2)) & ~(cs - 1)
+    if cl in l2:
+        if int(m.group(1)) < cs:
+            l2_writes += 1
+            if pending:
+                sys.exit("L2 table at %d written with what it may name not "
+                         "yet synced: %s" % (cl, line.strip()))
+    elif cl in rb or (data_too and cl not in meta):
+        pending = True
+if not l2_writes:
+    sys.exit("no write of L2 entries seen in the trace")
+print("%s: %d writes of L2 entries, each after the sync" % (sys.argv[3],
+                                                           l2_writes))
+PY
+}
+
 start_nbd_traced fdatasync,pwrite64 -f qcow2 "$img"
 writes 1 200 "$nbd_sock" || fail "writes through vdisk-nbd"
 stop_nbd_traced
@@ -74,43 +125,9 @@ pw=$(grep -c pwrite64 "$VD_TMP/strace" || true)
 echo "200 allocating writes: $pw pwrites"
 [ "$pw" -le 280 ] || fail "$pw pwrites for 200 allocating writes: L2 entries written one by one"
 # Crash order (docs/qcow2.md): the reserve's refcounts are durable before
-# any L2 entry naming one of its clusters is.  From the trace: every pwrite
-# of entries into an L2 table (less than a cluster: a whole cluster is a
-# new table's zeros or the file's extension) comes after an fdatasync that
-# follows the last pwrite into a refcount block (the tables' places read
-# from the image at the end; this workload frees nothing, so no refcount
-# write may trail a table).
+# any L2 entry naming one of its clusters is (order_check, below).
 cp "$VD_TMP/strace" "$VD_TMP/strace.order"
-/usr/bin/python3 - "$img" "$VD_TMP/strace.order" <<'PY' || fail "an L2 table was written before the refcounts of the clusters it may name were synced"
-import re, struct, sys
-img = open(sys.argv[1], "rb").read()
-cb, = struct.unpack_from(">I", img, 20)
-l1n, l1o = struct.unpack_from(">IQ", img, 36)
-rto, rtc = struct.unpack_from(">QI", img, 48)
-cs, mask = 1 << cb, 0x00fffffffffffe00
-l2 = {e & mask for e in struct.unpack_from(">%dQ" % l1n, img, l1o) if e & mask}
-rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
-      if e & mask}
-rb_pending, l2_writes = False, 0
-for line in open(sys.argv[2]):
-    if "fdatasync(" in line and "= 0" in line:
-        rb_pending = False
-        continue
-    m = re.search(r"pwrite64\(\d+, .*, (\d+), (\d+)\) = \d+", line)
-    if not m:
-        continue
-    cl = int(m.group(2)) & ~(cs - 1)
-    if cl in rb:
-        rb_pending = True
-    elif cl in l2 and int(m.group(1)) < cs:
-        l2_writes += 1
-        if rb_pending:
-            sys.exit("L2 table at %d written with refcount writes not yet "
-                     "synced: %s" % (cl, line.strip()))
-if not l2_writes:
-    sys.exit("no write of L2 entries seen in the trace")
-print("%d writes of L2 entries, each after the refcounts' sync" % l2_writes)
-PY
+order_check "$img" "$VD_TMP/strace.order" refcounts
 writes 1 200 - | qemu-io -f raw "$ref" >/dev/null
 qemu-img compare -q "$ref" "$img" || fail "writes differ from qemu's"
 qemu-img check -q "$img" || fail "clean stop: $(qemu-img check "$img" 2>&1)"
@@ -167,7 +184,51 @@ rc=0; qemu-img check "$small" > "$VD_TMP/chk" 2>&1 || rc=$?
 qemu-img compare -q "$smallref" "$small" || fail "20 L2 tables: flushed writes differ from qemu's"
 rm -f "$small" "$smallref"
 
-# With a backing file the cluster is copied first (no reserve).
+# With a backing file a new cluster is copied first, into a reserved
+# cluster: its entry may wait in the cache too, so the copied data, like
+# the reserve's refcounts, is synced before any entry is written.  60
+# writes to distinct new clusters (nothing overwritten) of an overlay, a
+# flush after the 40th and one at the end (the second with no reserve fill
+# since the first: only the copied data asks for the sync), traced: the
+# order, then the bytes against qemu-io's on a raw copy.
+ovl=$VD_TMP/ovl.qcow2 oref=$VD_TMP/oref.raw
+pattern_bytes $((64 * M)) 5 > "$VD_TMP/obase.raw"
+cp "$VD_TMP/obase.raw" "$oref"
+qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
+# distinct SOCKET|-: the writes through the NBD server at SOCKET (with the
+# flushes), or as a qemu-io script on stdout.
+distinct() {
+  /usr/bin/python3 - "$1" <<'PY'
+import random, sys
+r = random.Random(7)
+reqs = [(c * 65536 + r.randrange(16) * 4096, 1 + i % 250)
+        for i, c in enumerate(r.sample(range(1024), 60))]
+if sys.argv[1] == "-":
+    for off, v in reqs:
+        print("write -P %d %d 4096" % (v, off))
+    sys.exit(0)
+import nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+for i, (off, v) in enumerate(reqs):
+    h.pwrite(bytes([v]) * 4096, off)
+    if i == 39:
+        h.flush()
+h.flush()
+h.shutdown()
+PY
+}
+start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
+distinct "$nbd_sock" || fail "writes to the overlay"
+stop_nbd_traced
+order_check "$ovl" "$VD_TMP/strace" data
+distinct - | qemu-io -f raw "$oref" >/dev/null
+qemu-img compare -q "$oref" "$ovl" || fail "overlay writes differ from qemu's"
+qemu-img check -q "$ovl" || fail "overlay, clean stop: $(qemu-img check "$ovl" 2>&1)"
+rm -f "$ovl" "$oref" "$VD_TMP/obase.raw"
+
+# A write over a backing file keeps the backing bytes around it.
+
 base=$VD_TMP/base.raw top=$VD_TMP/top.qcow2
 pattern_bytes $((4 * M)) 3 > "$base"
 qemu-img create -q -f qcow2 -o cluster_size=64k -b "$base" -F raw "$top"

@@ -144,9 +144,10 @@ for op in "write -P 0x61 100 200" "write -P 0x62 10M 8k" "write -P 0x63 3000000 
           "write -z 9M 64k" "write -z 33000 1000" "discard 10M 64k"; do
   qemu-io -f raw -c "$op" -c flush "$nbd_uri" >/dev/null || fail "COW: '$op' via NBD"
   qemu-io -c "$op" "$T/qtop.qcow2" >/dev/null
-  qcheck "$T/top.qcow2" "COW: after '$op'"
+  qcheck_live "$T/top.qcow2" "COW: after '$op'"
 done
 stop_nbd
+qcheck "$T/top.qcow2" "COW: after the server stopped"
 # discard may drop to the backing file in qemu and read zeros in vdisk:
 # compare everything but that cluster.
 qemu-img convert -O raw "$T/top.qcow2" "$T/a.raw"
@@ -169,9 +170,12 @@ for op in "write -P 0x72 5100000 3000" "write -P 0x73 20M 100k" "write -z 5M 64k
   qemu-io -f raw -c "$op" "$T/chain.raw" >/dev/null
   cp "$T/chain.qcow2" "$T/nob.qcow2"
   qemu-img rebase -u -b '' "$T/nob.qcow2"
-  qcheck "$T/nob.qcow2" "chain: after '$op'"
+  qcheck_live "$T/nob.qcow2" "chain: after '$op'"
 done
 stop_nbd
+cp "$T/chain.qcow2" "$T/nob.qcow2"
+qemu-img rebase -u -b '' "$T/nob.qcow2"
+qcheck "$T/nob.qcow2" "chain: after the server stopped"
 vdtool convert --backing "$T/mid.vhd" --backing-format vpc -O raw \
   "$T/chain.qcow2" "$T/chain.out" || fail "chain: read back"
 cmp "$T/chain.out" "$T/chain.raw" || fail "qcow2 over VHD over raw reads differently"
