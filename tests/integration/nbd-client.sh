@@ -190,7 +190,7 @@ rc=0; (cd "$T/vm" && timeout 30 "$top_builddir/tools/vdtool" convert evil.vhd "$
 cmp -n $((1 << 20)) "$T/evil.raw" "$T/origin.raw" || fail "child over --backing URI reads wrong data"
 # create -b URI: the child records it, reopens it only with --backing
 vdt create -q -f vhd -b "$(u file)" -F nbd "$T/vm/kid.vhd"
-expect_error "kid\.vhd: parent" vdt info "$T/vm/kid.vhd"
+expect_error "kid\.vhd: parent" vdt info --backing-chain "$T/vm/kid.vhd"
 vdt compare --backing "$(u file)" "$T/vm/kid.vhd" "$T/origin.raw" || fail "create -b URI child differs"
 
 # ---- a server that dies mid-copy: an error, no hang ----

@@ -223,7 +223,7 @@ expect_error 'no internal snapshots' vdt snapshot -l "$T/src.vhd"
 vdt create -q -f vpc -b "rbd:$P/b$O" -F rbd "$T/child.vhd"
 vdt compare --backing="rbd:$P/b$O" --backing-format=rbd "$T/child.vhd" "$T/src.vhd" ||
   fail "a VHD over an RBD parent named by --backing"
-expect_error 'parent|backing' vdt info "$T/child.vhd"
+expect_error 'parent|backing' vdt info --backing-chain "$T/child.vhd"
 ls "$T" | grep -q '^rbd:' && fail "something was created under the rbd: name"
 
 # ---- the cluster frozen mid-write ----
