@@ -369,19 +369,19 @@ q_resv_size(const struct qcow2_priv *p)
 }
 
 /* Reserve at least N clusters for new data clusters where nothing was
- * allocated before: their refcounts are
- * raised here, once, instead of once per allocating write, and made
- * durable by the next sync that comes before an L2 entry is written
- * (q_resv_durable), not here: the fill holds the writer's lock, and a
- * sync here would also wait for every data write since the last one.
- * Without a backing file such a cluster can then be named by its L2 entry
- * right after its data is written, with no sync between: a crash that
- * keeps the entry but not the data shows the cluster's zeros (fresh space
- * at the end of the file), which is what the cluster read before, and a
- * write not yet flushed may read either way.  Over a backing file the
- * cluster holds data copied from it, which the cluster's zeros would
- * lose: that copy is synced before any entry is written (resv_unsynced).  A crash leaks the reserved clusters not yet named
- * (qemu-img check: leaks); a clean close gives them back. */
+ * allocated before: their refcounts are raised here, once, instead of
+ * once per allocating write, and made durable by the next sync that comes
+ * before an L2 entry is written (q_resv_durable), not here: the fill
+ * holds the writer's lock, and a sync here would also wait for every data
+ * write since the last one.  Without a backing file such a cluster can
+ * then be named by its L2 entry right after its data is written, with no
+ * sync between: a crash that keeps the entry but not the data shows the
+ * cluster's zeros (fresh space at the end of the file), which is what the
+ * cluster read before, and a write not yet flushed may read either way.
+ * Over a backing file the cluster holds data copied from it, which the
+ * cluster's zeros would lose: that copy is synced before any entry is
+ * written (resv_unsynced).  A crash leaks the reserved clusters not yet
+ * named (qemu-img check: leaks); a clean close gives them back. */
 static int
 q_resv_fill(struct vd_dev *dev, uint64_t n)
 {
