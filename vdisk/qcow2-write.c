@@ -295,17 +295,18 @@ q_entry_clusters(const struct qcow2_priv *p, uint64_t e, uint64_t *off,
 
 /* Before an L2 entry that may name a reserved cluster is written (any L2
  * write: a table read back from the cache carries the entries waiting in
- * it), the reserve's refcounts, and the data copied from a backing file
- * into reserved clusters, are made durable.  RW held for writing. */
+ * it), the refcounts of clusters reserved or just taken, and the data
+ * copied from a backing file into reserved clusters, are made durable.
+ * RW held for writing. */
 static int
 q_resv_durable(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  if (!p->resv_unsynced)
+  if (!p->deps_unsynced)
     return 0;
   int r = q_sync(dev);
   if (r == 0)
-    p->resv_unsynced = false;
+    p->deps_unsynced = false;
   return r;
 }
 
@@ -380,7 +381,7 @@ q_resv_size(const struct qcow2_priv *p)
  * cluster read before, and a write not yet flushed may read either way.
  * Over a backing file the cluster holds data copied from it, which the
  * cluster's zeros would lose: that copy is synced before any entry is
- * written (resv_unsynced).  A crash leaks the reserved clusters not yet
+ * written (deps_unsynced).  A crash leaks the reserved clusters not yet
  * named (qemu-img check: leaks); a clean close gives them back. */
 static int
 q_resv_fill(struct vd_dev *dev, uint64_t n)
@@ -389,7 +390,7 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
   if (n < q_resv_size(p))
     n = q_resv_size(p);
   uint64_t t = q_take(p, n);
-  p->resv_unsynced = true;
+  p->deps_unsynced = true;
   int r = q_ref_add(dev, t, n, 1);
   if (r < 0)
     return r;
@@ -527,7 +528,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       if (from_resv) {
         nh = p->resv;
         p->resv += p->cluster;
-        p->resv_unsynced = true;
+        p->deps_unsynced = true;
       } else {
         nh = q_take(p, 1);
       }
@@ -562,7 +563,8 @@ next:
     return 0;
   }
   /* Refcounts of everything taken, durable before any entry names it
-   * (the sync below; an update that waits in the cache took nothing). */
+   * (q_resv_durable below; an update that waits in the cache took
+   * nothing). */
   bool took = p->next_free > start_free;
   if (took && (r = q_ref_add(dev, start_free, (p->next_free - start_free) >>
                              p->h.cluster_bits, 1)) < 0)
@@ -578,11 +580,8 @@ next:
    * what the guest wrote was not flushed. */
   if (lazy && qcow2_l2_cache_dirty(dev, l2off, table, lo, hi))
     return 0;
-  if (took) {
-    if ((r = q_sync(dev)) < 0)
-      return r;
-    p->resv_unsynced = false;     /* the fill's refcounts came before */
-  }
+  if (took)
+    p->deps_unsynced = true;      /* the refcounts just written */
   if ((r = q_resv_durable(dev)) < 0)
     return r;
   if (new_l2)

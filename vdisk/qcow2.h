@@ -224,10 +224,11 @@ struct qcow2_priv {
   uint64_t resv, resv_end;        /* reserved clusters [resv, resv_end):
                                      refcount 1 written, named by nothing
                                      yet (q_resv_fill) */
-  bool resv_unsynced;             /* a fill's refcounts, or data copied
-                                     into reserved clusters, may not be
-                                     durable yet: sync before writing L2
-                                     entries (q_resv_durable) */
+  bool deps_unsynced;             /* what an L2 entry may name (new
+                                     refcounts, data copied into reserved
+                                     clusters) may not be durable yet:
+                                     sync before writing L2 entries
+                                     (q_resv_durable) */
   unsigned resv_fills;            /* fills since open or release */
   uint64_t rpb;                   /* refcount entries per block */
   uint64_t *rt;                   /* the refcount table, in memory */

@@ -85,7 +85,7 @@ cs, mask = 1 << cb, 0x00fffffffffffe00
 l2 = {e & mask for e in struct.unpack_from(">%dQ" % l1n, img, l1o) if e & mask}
 rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
       if e & mask}
-meta = set(range(0, cs * 1, cs)) | {l1o & ~(cs - 1)} | \
+meta = {0, l1o & ~(cs - 1)} | \
     {rto + i * cs for i in range(rtc)}
 pending, l2_writes = False, 0
 for line in open(sys.argv[2]):
