@@ -302,11 +302,12 @@ static int
 q_resv_durable(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  if (!p->deps_unsynced)
+  if (p->deps_seq == p->deps_synced)
     return 0;
+  uint64_t seq = p->deps_seq;
   int r = q_sync(dev);
   if (r == 0)
-    p->deps_unsynced = false;
+    p->deps_synced = seq;
   return r;
 }
 
@@ -381,7 +382,7 @@ q_resv_size(const struct qcow2_priv *p)
  * cluster read before, and a write not yet flushed may read either way.
  * Over a backing file the cluster holds data copied from it, which the
  * cluster's zeros would lose: that copy is synced before any entry is
- * written (deps_unsynced).  A crash leaks the reserved clusters not yet
+ * written (deps_seq).  A crash leaks the reserved clusters not yet
  * named (qemu-img check: leaks); a clean close gives them back. */
 static int
 q_resv_fill(struct vd_dev *dev, uint64_t n)
@@ -390,7 +391,7 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
   if (n < q_resv_size(p))
     n = q_resv_size(p);
   uint64_t t = q_take(p, n);
-  p->deps_unsynced = true;
+  p->deps_seq++;
   int r = q_ref_add(dev, t, n, 1);
   if (r < 0)
     return r;
@@ -528,7 +529,7 @@ q_segment(struct vd_dev *dev, enum q_mode mode, const uint8_t *buf,
       if (from_resv) {
         nh = p->resv;
         p->resv += p->cluster;
-        p->deps_unsynced = true;
+        p->deps_seq++;
       } else {
         nh = q_take(p, 1);
       }
@@ -581,7 +582,7 @@ next:
   if (lazy && qcow2_l2_cache_dirty(dev, l2off, table, lo, hi))
     return 0;
   if (took)
-    p->deps_unsynced = true;      /* the refcounts just written */
+    p->deps_seq++;      /* the refcounts just written */
   if ((r = q_resv_durable(dev)) < 0)
     return r;
   if (new_l2)
@@ -788,10 +789,23 @@ qcow2_flush(struct vd_dev *dev)
    * this flush began dirtied its table before it completed, so it is
    * seen here. */
   if (__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE)) {
+    /* What they may name is made durable first, without the lock, so
+     * that writes go on meanwhile: all that deps_seq counts up to SEQ was
+     * written within a hold of the writer's lock that ended before this
+     * one began, so this sync covers it, and q_l2_writeback syncs again
+     * (under the lock) only for what came since. */
+    pthread_rwlock_rdlock(&p->rw);
+    uint64_t seq = p->deps_seq;
+    bool presync = seq != p->deps_synced && !p->failed;
+    pthread_rwlock_unlock(&p->rw);
+    int r = presync ? q_sync(dev) : 0;
     pthread_rwlock_wrlock(&p->rw);
-    int r = p->failed ? vd_set_error(EIO, "%s: an earlier metadata update "
-                                     "failed", dev->path)
-                      : q_l2_writeback(dev);
+    if (r == 0 && presync && p->deps_synced < seq)
+      p->deps_synced = seq;
+    if (r == 0)
+      r = p->failed ? vd_set_error(EIO, "%s: an earlier metadata update "
+                                   "failed", dev->path)
+                    : q_l2_writeback(dev);
     if (r < 0)
       p->failed = true;
     pthread_rwlock_unlock(&p->rw);

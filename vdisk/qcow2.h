@@ -224,11 +224,14 @@ struct qcow2_priv {
   uint64_t resv, resv_end;        /* reserved clusters [resv, resv_end):
                                      refcount 1 written, named by nothing
                                      yet (q_resv_fill) */
-  bool deps_unsynced;             /* what an L2 entry may name (new
-                                     refcounts, data copied into reserved
-                                     clusters) may not be durable yet:
-                                     sync before writing L2 entries
-                                     (q_resv_durable) */
+  uint64_t deps_seq;              /* bumped, with RW held for writing,
+                                     whenever something an L2 entry may
+                                     name (new refcounts, data copied into
+                                     reserved clusters) is written, within
+                                     that same hold */
+  uint64_t deps_synced;           /* the deps_seq a sync has covered: the
+                                     two differ, sync before writing L2
+                                     entries (q_resv_durable) */
   unsigned resv_fills;            /* fills since open or release */
   uint64_t rpb;                   /* refcount entries per block */
   uint64_t *rt;                   /* the refcount table, in memory */

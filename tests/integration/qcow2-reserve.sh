@@ -19,7 +19,8 @@
 #    tables holding new entries than the cache keeps dirty;
 #  - the order in an strace: an L2 entry is written only after a sync that
 #    follows the refcount writes (and, over a backing file, the data copied
-#    into the reserved cluster);
+#    into the reserved cluster), also with writes in flight while flushes
+#    run (a flush syncs before it takes the writer's lock);
 #  - over a backing file the copied cluster comes from the reserve too: the
 #    bytes equal qemu-io's, and the backing bytes around a 4 KiB write
 #    survive.
@@ -64,15 +65,18 @@ h.shutdown()
 PY
 }
 
-# order_check IMAGE TRACE WHAT: from an strace of vdisk-nbd writing IMAGE,
-# every pwrite of entries into an L2 table (less than a cluster: a whole
-# cluster is a new table's zeros or the file's extension) comes after an
-# fdatasync that follows the last pwrite into a refcount block (WHAT
-# "refcounts") or into a refcount block or a data cluster (WHAT "data":
-# over a backing file a new cluster holds copied data, which must be
-# durable before an entry names it).  The tables' places are read from the
-# image at the end; the workloads checked free nothing and overwrite
-# nothing, so no such write may trail a table unsynced.
+# order_check IMAGE TRACE WHAT: from an strace -f of vdisk-nbd writing
+# IMAGE, every pwrite of entries into an L2 table (less than a cluster: a
+# whole cluster is a new table's zeros or the file's extension) begins
+# after an fdatasync that began after the last pwrite into a refcount
+# block (WHAT "refcounts"), or into a refcount block or a data cluster
+# (WHAT "data": over a backing file a new cluster holds copied data, which
+# must be durable before an entry names it), that ended before it began,
+# had ended.  Calls of several threads interleave: a call's start is its
+# entry line (whole, or "<unfinished ...>"), its end its result line
+# (whole, or "<... resumed>").  The tables' places are read from the image
+# at the end; the workloads checked free nothing and overwrite nothing, so
+# no such write may trail a table unsynced.
 order_check() {
   /usr/bin/python3 - "$@" <<'PY' || fail "$3: an L2 table was written before what its entries name was synced"
 import re, struct, sys
@@ -87,23 +91,41 @@ rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
       if e & mask}
 meta = {0, l1o & ~(cs - 1)} | \
     {rto + i * cs for i in range(rtc)}
-pending, l2_writes = False, 0
-for line in open(sys.argv[2]):
-    if "fdatasync(" in line and "= 0" in line:
-        pending = False
+calls, open_ = [], {}             # [kind, start, end, ok, detail]
+for i, line in enumerate(open(sys.argv[2])):
+    pid, _, rest = line.strip().partition(" ")
+    rest = rest.lstrip()
+    m = re.match(r"<\.\.\. (\w+) resumed>.*= (-?\d+)", rest)
+    if m:
+        c = open_.pop(pid)
+        c[2], c[3] = i, int(m.group(2)) >= 0
         continue
-    m = re.search(r"pwrite64\(\d+, .*, (\d+), (\d+)\) = \d+", line)
+    m = re.match(r"(pwrite64|fdatasync)\((.*)", rest)
     if not m:
         continue
-    cl = int(m.group(2)) & ~(cs - 1)
-    if cl in l2:
-        if int(m.group(1)) < cs:
-            l2_writes += 1
-            if pending:
-                sys.exit("L2 table at %d written with what it may name not "
-                         "yet synced: %s" % (cl, line.strip()))
-    elif cl in rb or (data_too and cl not in meta):
-        pending = True
+    kind = m.group(1)
+    if kind == "pwrite64":
+        a = re.search(r", (\d+), (\d+)\)?\s*(<unfinished|=)", rest)
+        ln, off = int(a.group(1)), int(a.group(2))
+        cl = off & ~(cs - 1)
+        kind = ("l2" if ln < cs else "other") if cl in l2 else \
+            "dep" if cl in rb or (data_too and cl not in meta) else "other"
+    c = [kind, i, i, True, line.strip()]
+    calls.append(c)
+    if "<unfinished" in rest:
+        open_[pid] = c
+    else:
+        c[3] = not re.search(r"= -\d+", rest)
+l2_writes = 0
+for w in calls:
+    if w[0] != "l2":
+        continue
+    l2_writes += 1
+    deps = [d[2] for d in calls if d[0] == "dep" and d[2] < w[1]]
+    if deps and not any(s[0] == "fdatasync" and s[3] and s[1] > max(deps)
+                        and s[2] < w[1] for s in calls):
+        sys.exit("L2 table written with what it may name not yet synced: "
+                 "%s" % w[4])
 if not l2_writes:
     sys.exit("no write of L2 entries seen in the trace")
 print("%s: %d writes of L2 entries, each after the sync" % (sys.argv[3],
@@ -225,6 +247,46 @@ order_check "$ovl" "$VD_TMP/strace" data
 distinct - | qemu-io -f raw "$oref" >/dev/null
 qemu-img compare -q "$oref" "$ovl" || fail "overlay writes differ from qemu's"
 qemu-img check -q "$ovl" || fail "overlay, clean stop: $(qemu-img check "$ovl" 2>&1)"
+# The same with writes in flight while flushes run: 600 writes to distinct
+# new clusters of an overlay, up to 16 at a time, a flush (not waited for)
+# after every 20th.  A flush syncs what the entries may name before it
+# takes the writer's lock, then writes the entries under it; copies that
+# landed in between must be synced too (under the lock) before the
+# entries that name them are written.
+qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
+cp "$VD_TMP/obase.raw" "$oref"
+inflight() {
+  /usr/bin/python3 - "$1" <<'PY'
+import random, sys
+r = random.Random(11)
+reqs = [(c * 65536 + r.randrange(16) * 4096, 1 + i % 250)
+        for i, c in enumerate(r.sample(range(1024), 600))]
+if sys.argv[1] == "-":
+    for off, v in reqs:
+        print("write -P %d %d 4096" % (v, off))
+    sys.exit(0)
+import nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+for i, (off, v) in enumerate(reqs):
+    while h.aio_in_flight() >= 16:
+        h.poll(-1)
+    h.aio_pwrite(bytes([v]) * 4096, off)
+    if i % 20 == 19:
+        h.aio_flush()
+while h.aio_in_flight():
+    h.poll(-1)
+h.flush()
+h.shutdown()
+PY
+}
+start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
+inflight "$nbd_sock" || fail "writes in flight to the overlay"
+stop_nbd_traced
+order_check "$ovl" "$VD_TMP/strace" data
+inflight - | qemu-io -f raw "$oref" >/dev/null
+qemu-img compare -q "$oref" "$ovl" || fail "overlay writes in flight differ from qemu's"
+qemu-img check -q "$ovl" || fail "overlay, writes in flight, clean stop: $(qemu-img check "$ovl" 2>&1)"
 rm -f "$ovl" "$oref" "$VD_TMP/obase.raw"
 
 # A write over a backing file keeps the backing bytes around it.
