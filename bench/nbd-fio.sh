@@ -11,7 +11,10 @@
 # Environment: BUILD (build tree, default .), WORK (scratch dir), SERVERS
 # for the raw image (default "vdisk qemu nbdkit"; empty: no raw runs),
 # FORMATS served by vdisk-nbd and qemu-nbd (default "vpc"; also "qcow2",
-# 64 KiB clusters, and "vhdx", dynamic; and two remote sources, each server reading through its
+# 64 KiB clusters, and "vhdx", dynamic; "overlay", a new qcow2 (64 KiB
+# clusters) over the filled raw image for every run, as a VM's snapshot:
+# its writes allocate and copy from the base, its reads fall through to
+# it; and two remote sources, each server reading through its
 # own client: "nbd", an nbdkit file-plugin export of the raw image on a
 # second Unix socket, which vdisk-nbd opens with its nbd driver (libnbd)
 # and qemu-nbd with qemu's; "rbd", the raw image imported into a one-node
@@ -32,11 +35,11 @@ formats=${FORMATS-vpc}; [ "${VHD:-1}" = 1 ] || formats=${FORMATS:-}
 workloads=${WORKLOADS:-seqread seqwrite randread randwrite}
 iodepths=${IODEPTHS:-32}
 declare -A mkopts=([vpc]="-o subformat=dynamic" [qcow2]="-o cluster_size=65536"
-                   [vhdx]="-o subformat=dynamic")
+                   [vhdx]="-o subformat=dynamic" [overlay]="-o cluster_size=65536")
 for f in $formats; do
-  case $f in nbd|rbd) [ "${FRESH:-0}" = 0 ] && continue
-    echo "FRESH=1: no $f (a remote source is not created per run)" >&2; exit 1 ;; esac
-  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, vhdx, nbd, rbd)" >&2; exit 1; }
+  case $f in nbd|rbd|overlay) [ "${FRESH:-0}" = 0 ] && continue
+    echo "FRESH=1: no $f (it has no empty image to start from)" >&2; exit 1 ;; esac
+  [ -n "${mkopts[$f]:-}" ] || { echo "FORMATS: no $f (vpc, qcow2, vhdx, overlay, nbd, rbd)" >&2; exit 1; }
 done
 work=${WORK:-$(mktemp -d /var/tmp/nbd-bench.XXXXXX)}
 sock=$work/bench.sock
@@ -72,6 +75,7 @@ for f in $formats; do
       ceph_start >&2
       ceph_rbd import --no-progress "$raw" "$ceph_pool/bench" >&2
       img[rbd]="rbd:$ceph_pool/bench:conf=$ceph_conf" ;;
+    overlay) ;;  # one per run (fresh)
     *)
       [ "${FRESH:-0}" = 0 ] || continue
       [ -s "${img[$f]}" ] ||
@@ -84,8 +88,9 @@ done
 start() {  # start SERVER FORMAT IMAGE
   rm -f "$sock"
   case $1 in
-    vdisk)  "$vdisk_nbd" -t -k "$sock" ${VDISK_ARGS:-} -f "$2" "$3" & pid=$! ;;
-    qemu)   case $2 in nbd|rbd) qf=raw ;; *) qf=$2 ;; esac  # over qemu's driver
+    vdisk)  vf=$2; [ "$2" = overlay ] && vf=qcow2
+            "$vdisk_nbd" -t -k "$sock" ${VDISK_ARGS:-} -f "$vf" "$3" & pid=$! ;;
+    qemu)   case $2 in nbd|rbd) qf=raw ;; overlay) qf=qcow2 ;; *) qf=$2 ;; esac  # over qemu's driver
             qemu-nbd -t -k "$sock" -f "$qf" --aio=threads --cache=writeback \
               "$3" & pid=$! ;;
     nbdkit) nbdkit -f -U "$sock" file "$3" & pid=$! ;;
@@ -146,11 +151,16 @@ for w in $workloads; do for d in $iodepths; do cols="$cols $w:$d"; done; done
 cases=""
 for s in $servers; do cases="$cases $s:raw"; done
 for f in $formats; do cases="$cases vdisk:$f qemu:$f"; done
-# fresh FORMAT: a new empty image of FORMAT for the next run; its name.
+# fresh FORMAT: a new empty image of FORMAT (overlay: a new qcow2 over the
+# raw image) for the next run; its name.
 fresh() {
   local f=$1 i=$work/fresh.$1
   rm -f "$i"
-  qemu-img create -q -f "$f" ${mkopts[$f]:-} "$i" "$size"
+  if [ "$f" = overlay ]; then
+    qemu-img create -q -f qcow2 ${mkopts[$f]} -b "$raw" -F raw "$i"
+  else
+    qemu-img create -q -f "$f" ${mkopts[$f]:-} "$i" "$size"
+  fi
   echo "$i"
 }
 # measure CASE COLUMN: one run, its numbers kept.
@@ -165,7 +175,7 @@ measure() {
 for r in $(seq "$rounds"); do
   for c in $cases; do
     s=${c%%:*} f=${c##*:}
-    if [ "${FRESH:-0}" = 1 ]; then
+    if [ "${FRESH:-0}" = 1 ] || [ "$f" = overlay ]; then
       for k in $cols; do
         start "$s" "$f" "$(fresh "$f")"
         measure "$c" "$k"
@@ -228,6 +238,8 @@ if [ "${FRESH:-0}" = 1 ]; then
   echo "fio nbd engine, iodepth $iodepths, Unix socket, a new empty $size image per run (FRESH=1), $rounds rounds of ${secs}s, medians"
 else
   echo "fio nbd engine, iodepth $iodepths, Unix socket, $size image in page cache, $rounds rounds of ${secs}s, medians"
+  case " $formats " in *" overlay "*)
+    echo "(overlay: a new qcow2 over the raw image for every run)" ;; esac
 fi
 echo "(seq: MiB/s, rand: IOPS; ratio = vdisk-nbd / best peer on the same format)"
 table res; echo; ratios res 1

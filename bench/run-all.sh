@@ -45,6 +45,9 @@ section "NBD: raw vs qemu-nbd and nbdkit; VHD, VHDX, qcow2 vs qemu-nbd; iodepth 
 section "NBD: new empty images (allocating writes, with and without a flush after each), every format" \
   env FRESH=1 SERVERS="vdisk nbdkit" FORMATS="qcow2 vhdx vpc" WORKLOADS="randwrite syncwrite" \
   bash "$b/nbd-fio.sh" "$rounds" "$secs" 2G
+section "NBD: a new qcow2 overlay over the raw image per run (copy-on-write allocations; reads fall through) vs qemu-nbd" \
+  env SERVERS= FORMATS=overlay WORKLOADS="randwrite syncwrite randread" \
+  bash "$b/nbd-fio.sh" "$rounds" "$secs" "$size"
 section "NBD: nbdcopy read and write, 4 connections; nbdkit memory plugin as the read ceiling" \
   bash "$b/nbdcopy.sh" "$rounds" "$size"
 [ "${REMOTE:-0}" != 1 ] ||
