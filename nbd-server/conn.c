@@ -45,6 +45,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,7 +67,9 @@
 #define INLINE_MAX        (64u << 10)    /* larger reads go to the pool */
 #define INLINE_WRITE_MAX  (4u << 20)     /* larger writes go to the pool */
 #define SPLICE_PIPE_SIZE  (2u << 20)     /* a 1 MiB read at any alignment */
-#define SPLICE_PIPES_MAX  64             /* in the process, 2 fds each */
+#define SPLICE_PIPES_MAX  512            /* in the process, 2 fds each, and
+                                            at most a quarter of the fds
+                                            allowed (splice_pipes_max) */
 #define SPIN_MIN_NS       4000           /* polling for a request: rd_fill */
 
 struct nbd_conn;
@@ -572,6 +575,26 @@ static int job_reserve(struct nbd_job *j, size_t len)
 
 static unsigned splice_pipes;  /* atomic: job pipes in the process */
 
+/* How many job pipes the process may hold: enough for every READ a few
+ * clients keep in flight (nbdcopy: 4 connections of 64), and never more
+ * than half the descriptors it may open, so that pipes never cost a
+ * client its connection or an export its file. */
+static unsigned splice_pipes_max(void)
+{
+  static unsigned max;            /* atomic; 0: not computed yet */
+  unsigned m = __atomic_load_n(&max, __ATOMIC_RELAXED);
+  if (m)
+    return m;
+  struct rlimit rl;
+  m = SPLICE_PIPES_MAX;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 4 < m)
+    m = (unsigned)(rl.rlim_cur / 4);
+  m = m ? m : 1;
+  __atomic_store_n(&max, m, __ATOMIC_RELAXED);
+  return m;
+}
+
 static void job_pipe_close(struct nbd_job *j)
 {
   if (!j->has_pipe)
@@ -589,7 +612,7 @@ static bool job_pipe(struct nbd_job *j)
   if (j->has_pipe)
     return true;
   if (__atomic_add_fetch(&splice_pipes, 1, __ATOMIC_RELAXED) >
-          SPLICE_PIPES_MAX ||
+          splice_pipes_max() ||
       pipe2(j->pipe, O_CLOEXEC) < 0) {
     __atomic_sub_fetch(&splice_pipes, 1, __ATOMIC_RELAXED);
     return false;

@@ -449,21 +449,35 @@ static void *conn_thread(void *arg)
   return NULL;
 }
 
-static void accept_one(int lfd)
+/* Accept one client on LFD and start its thread.  False when the process
+ * is out of descriptors or memory for it: the client stays in the backlog
+ * and the caller waits before trying again (the listening socket stays
+ * readable, so trying at once would spin). */
+static bool accept_one(int lfd)
 {
   pthread_attr_t attr;
   pthread_t t;
   struct live_conn *lc;
   int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 
-  if (fd < 0)
-    return;
+  if (fd < 0) {
+    if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+        errno != ENOMEM)
+      return true;                /* that client gave up: next */
+    static time_t said;
+    time_t now = time(NULL);
+    if (now - said >= 60) {       /* once a minute at most */
+      said = now;
+      nbd_log("accept: %s: new clients wait", strerror(errno));
+    }
+    return false;
+  }
   pthread_mutex_lock(&conns_lock);
   lc = calloc(1, sizeof *lc);
   if (!lc) {
     pthread_mutex_unlock(&conns_lock);
     close(fd);
-    return;
+    return true;
   }
   lc->fd = fd;
   lc->next = conns;
@@ -483,6 +497,7 @@ static void accept_one(int lfd)
     nbd_log("cannot start a connection thread");
   }
   pthread_attr_destroy(&attr);
+  return true;
 }
 
 /* Stop reading requests on every connection and wait for them to finish
@@ -870,6 +885,7 @@ int main(int argc, char **argv)
     close(ready_pipe[1]);
   }
 
+  bool starved = false;           /* out of descriptors: accept_one */
   for (;;) {
     struct pollfd pfd[MAX_LISTEN + 1];
     char b;
@@ -882,9 +898,13 @@ int main(int argc, char **argv)
     if (full && server.verbose > 1)
       nbd_log("connection limit (%u) reached: new clients wait", shared);
     for (i = 0; i < nl; i++)
-      pfd[i] = (struct pollfd){ .fd = lfds[i], .events = full ? 0 : POLLIN };
+      pfd[i] = (struct pollfd){ .fd = lfds[i],
+                                .events = full || starved ? 0 : POLLIN };
     pfd[nl] = (struct pollfd){ .fd = wake_pipe[0], .events = POLLIN };
-    if (poll(pfd, (nfds_t)nl + 1, -1) < 0) {
+    /* Starved: try again in 100 ms, or as soon as a client leaves. */
+    int pr = poll(pfd, (nfds_t)nl + 1, starved ? 100 : -1);
+    starved = false;
+    if (pr < 0) {
       if (errno == EINTR)
         continue;
       die("poll: %s", strerror(errno));
@@ -904,9 +924,9 @@ int main(int argc, char **argv)
       if (stop)
         break;
     }
-    for (i = 0; i < nl; i++)
+    for (i = 0; i < nl && !starved; i++)
       if (pfd[i].revents & POLLIN)
-        accept_one(lfds[i]);
+        starved = !accept_one(lfds[i]);
   }
 
   /* Orderly shutdown. */

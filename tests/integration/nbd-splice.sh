@@ -7,7 +7,10 @@
 # and a copied tail), the alignment, the reply type (structured or simple);
 # holes must still come back as hole chunks; and --cache=none (O_DIRECT,
 # whose writes bypass the page cache) must not splice.  TLS never splices
-# (nbd-client-tls.sh reads through TLS).
+# (nbd-client-tls.sh reads through TLS).  Pipes are kept by a connection's
+# jobs until it closes and take at most a quarter of the server's
+# descriptors: a client with 64 large reads in flight under a limit of 48
+# descriptors leaves room for four more clients.
 . "$top_srcdir/tests/functions.sh"
 . "$top_srcdir/tests/nbd/lib.sh"
 requires nbdcopy qemu-img strace
@@ -81,4 +84,42 @@ nbdcopy --request-size=1048576 "$nbd_uri" "$VD_TMP/out.raw" ||
 cmp "$VD_TMP/out.raw" "$ref" || fail "--cache=none: read other bytes"
 stop_nbd_traced
 [ "$(splices)" = 0 ] || fail "--cache=none spliced $(splices) reads"
+# Descriptors: a server allowed 48 (prlimit, before its first large
+# read); a first client keeps 64 reads of 256 KiB in flight and stays
+# connected (its jobs keep their pipes), then four more clients connect and
+# read; every byte equals the image's.  With pipes bounded only by a fixed
+# count, the first client's took every descriptor and the next clients
+# were never accepted.
+requires prlimit
+start_nbd -f raw "$VD_TMP/disk.raw"
+prlimit --pid "$(cat "$nbd_pidfile")" --nofile=48:48 ||
+  fail "prlimit on vdisk-nbd"
+timeout 60 /usr/bin/python3 - "$nbd_sock" "$ref" <<'PY' || fail "clients after one that holds 64 large reads"
+import nbd, sys
+sock, data = sys.argv[1], open(sys.argv[2], "rb").read()
+a = nbd.NBD()
+a.connect_unix(sock)
+bufs = [nbd.Buffer(262144) for _ in range(64)]
+for i, b in enumerate(bufs):
+    a.aio_pread(b, i * 262144 + 512)
+while a.aio_in_flight():
+    a.poll(-1)
+for i, b in enumerate(bufs):
+    off = i * 262144 + 512
+    if b.to_bytearray() != data[off:off + 262144]:
+        sys.exit("first client: read at %d differs" % off)
+more = []
+for k in range(4):
+    h = nbd.NBD()
+    h.connect_unix(sock)
+    off = (k * 7 + 1) << 20
+    if h.pread(1 << 20, off) != data[off:off + (1 << 20)]:
+        sys.exit("client %d: read at %d differs" % (k + 2, off))
+    more.append(h)
+if a.pread(1 << 20, 3 << 20) != data[3 << 20:4 << 20]:
+    sys.exit("first client: read after the others differs")
+for h in more + [a]:
+    h.shutdown()
+PY
+stop_nbd
 echo PASS
