@@ -28,20 +28,34 @@ done
 # 100 ms (or when a client leaves) instead of spinning on a listening
 # socket that stays readable: it made tens of thousands of accept4 calls
 # in the 2 s (under strace), now about 50 (the accepted clients and a retry
-# every 100 ms).  Once the hogs leave, a client is served.
+# every 100 ms).  The control socket's loop (vdisk/control/server.c) does
+# the same for a control client that comes meanwhile.  Once the hogs leave,
+# an NBD client and a control client are served.
 requires prlimit strace
-start_nbd_traced accept4 -e 100 -f raw "$img"
+ctl=$VD_TMP/ctl.sock
+start_nbd_traced accept4 -e 100 --control "$ctl" -f raw "$img"
 prlimit --pid "$(cat "$nbd_pidfile")" --nofile=32:32 || fail "prlimit on vdisk-nbd"
-/usr/bin/python3 - "$nbd_sock" <<'PY' || fail "descriptor hogs"
-import socket, sys, time
+/usr/bin/python3 - "$nbd_sock" "$ctl" <<'PY' || fail "descriptor hogs"
+import json, socket, sys, time
 hogs = []
 for _ in range(40):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     hogs.append(s)
-time.sleep(2)
+time.sleep(0.5)
+c = socket.socket(socket.AF_UNIX)
+c.connect(sys.argv[2])           # waits in the backlog
+time.sleep(1.5)
 for s in hogs:
     s.close()
+c.settimeout(10)
+f = c.makefile("rwb")
+if "QMP" not in json.loads(f.readline()):
+    sys.exit("no greeting on the control socket after the hogs left")
+f.write(b'{"execute": "qmp_capabilities"}\n')
+f.flush()
+if "return" not in json.loads(f.readline()):
+    sys.exit("control socket: qmp_capabilities failed")
 PY
 n=$(grep -c 'accept4(' "$VD_TMP/strace" || true)
 echo "accept4 calls while out of descriptors: $n"

@@ -174,7 +174,11 @@ static void refuse(int fd, const char *cls, const char *desc)
   close(fd);
 }
 
-static void accept_client(struct vc_server *s)
+/* Accept one client.  False when the process is out of descriptors or
+ * memory for it: the peer stays in the backlog and the caller waits before
+ * trying again (the listening socket stays readable: trying at once would
+ * spin). */
+static bool accept_client(struct vc_server *s)
 {
   struct ucred cred;
   socklen_t len = sizeof cred;
@@ -183,7 +187,8 @@ static void accept_client(struct vc_server *s)
   int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
   if (fd < 0)
-    return;
+    return errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+           errno != ENOMEM;
   /* The socket is 0600, but a folder ACL or a renamed path could still
    * let somebody in: only our user and root may drive us. */
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
@@ -191,19 +196,19 @@ static void accept_client(struct vc_server *s)
     refuse(fd, "GenericError",
            "permission denied: the control socket serves only its owner "
            "and root");
-    return;
+    return true;
   }
   pthread_mutex_lock(&s->lock);
   if (s->nclients >= VC_MAX_CLIENTS) {
     pthread_mutex_unlock(&s->lock);
     refuse(fd, "GenericError", "too many clients (at most 16)");
-    return;
+    return true;
   }
   c = calloc(1, sizeof *c);
   if (!c) {
     pthread_mutex_unlock(&s->lock);
     close(fd);
-    return;
+    return true;
   }
   c->fd = fd;
   c->next = s->clients;
@@ -219,6 +224,7 @@ static void accept_client(struct vc_server *s)
     pthread_mutex_unlock(&s->lock);
   }
   json_decref(greeting);
+  return true;
 }
 
 static void free_client(struct vc_server *s, struct vc_client *c)
@@ -390,6 +396,7 @@ static void *control_thread(void *arg)
   who = calloc(VC_MAX_CLIENTS + 2, sizeof *who);
   if (!pfd || !who)
     goto out;
+  bool starved = false;           /* out of descriptors: accept_client */
   for (;;) {
     size_t n = 0;
     pthread_mutex_lock(&s->lock);
@@ -398,7 +405,8 @@ static void *control_thread(void *arg)
       break;
     }
     pfd[n++] = (struct pollfd){ .fd = s->wake[0], .events = POLLIN };
-    pfd[n++] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
+    pfd[n++] = (struct pollfd){ .fd = s->listen_fd,
+                                .events = starved ? 0 : POLLIN };
     for (struct vc_client *c = s->clients; c; c = c->next) {
       who[n] = c;
       pfd[n++] = (struct pollfd){
@@ -406,7 +414,10 @@ static void *control_thread(void *arg)
         .events = (short)(POLLIN | (c->out_head || c->dead ? POLLOUT : 0)) };
     }
     pthread_mutex_unlock(&s->lock);
-    if (poll(pfd, n, -1) < 0)
+    /* Starved: try again in 100 ms. */
+    int pr = poll(pfd, n, starved ? 100 : -1);
+    starved = false;
+    if (pr < 0)
       continue;
     if (pfd[0].revents) {
       char buf[64];
@@ -424,7 +435,7 @@ static void *control_thread(void *arg)
         free_client(s, c);
     }
     if (pfd[1].revents & POLLIN)
-      accept_client(s);
+      starved = !accept_client(s);
     /* Clients that got output after poll: write it now. */
     pthread_mutex_lock(&s->lock);
     for (struct vc_client *c = s->clients, *next; c; c = next) {
