@@ -392,6 +392,10 @@ q_resv_fill(struct vd_dev *dev, uint64_t n)
     n = q_resv_size(p);
   uint64_t t = q_take(p, n);
   p->deps_seq++;
+  /* Allocated in the file at once (unwritten: reads zeros), so that the
+   * small writes to come land in one extent instead of one each; not
+   * where the file system cannot. */
+  (void)vd_file_allocate(dev->file, t, n * p->cluster);
   int r = q_ref_add(dev, t, n, 1);
   if (r < 0)
     return r;
@@ -412,6 +416,9 @@ qcow2_resv_release(struct vd_dev *dev)
     p->failed = true;
   if (p->resv < p->resv_end && !p->failed && p->rt && p->rb) {
     uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
+    /* Named by nothing: their space goes back even where the file cannot
+     * be cut (a table taken after them). */
+    (void)vd_file_punch(dev->file, p->resv, p->resv_end - p->resv);
     if (q_ref_add(dev, p->resv, n, -1) == 0)
       (void)q_cut_file(dev);
   }

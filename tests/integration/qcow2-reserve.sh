@@ -13,7 +13,8 @@
 #    flush) and fdatasyncs of 200 allocating 4 KiB writes, and of
 #    2000 to a 1 GiB image (the reserve grows: 16, not 53);
 #  - a clean stop gives the unused reserve back: qemu-img check finds no
-#    leak and the file ends at the last cluster in use;
+#    leak and the file ends at the last cluster in use, and the space of
+#    a reserve that tables follow is punched (it is allocated when taken);
 #  - kill -9 after a flush: every flushed byte is there and qemu-img check
 #    finds at worst leaks (the reserve not yet used); also with more L2
 #    tables holding new entries than the cache keeps dirty;
@@ -205,6 +206,28 @@ rc=0; qemu-img check "$small" > "$VD_TMP/chk" 2>&1 || rc=$?
 [ $rc = 0 ] || [ $rc = 3 ] || fail "20 L2 tables, kill -9: qemu-img check exit $rc: $(cat "$VD_TMP/chk")"
 qemu-img compare -q "$smallref" "$small" || fail "20 L2 tables: flushed writes differ from qemu's"
 rm -f "$small" "$smallref"
+
+# The reserve is allocated in the file when it is taken (fallocate:
+# unwritten, reads zeros); a clean stop gives back the part no entry
+# names, in space too, even where tables taken after it keep the file from
+# being cut there.  4 KiB clusters (a table maps 2 MiB), 600 writes over
+# 1 GiB: most touch a table not made yet, taken after the reserve.  The
+# image takes no more disk space than the same writes to a sparse raw
+# file, plus 2 MiB for its tables.
+sp=$VD_TMP/sp.qcow2 spref=$VD_TMP/sp.raw
+qemu-img create -q -f qcow2 -o cluster_size=4k "$sp" 1G
+qemu-img create -q -f raw "$spref" 1G
+start_nbd -f qcow2 "$sp"
+writes 5 600 "$nbd_sock" 16384 || fail "writes over 512 L2 tables"
+stop_nbd
+writes 5 600 - 16384 | qemu-io -f raw "$spref" >/dev/null
+qemu-img compare -q "$spref" "$sp" || fail "4 KiB clusters: writes differ from qemu's"
+qemu-img check -q "$sp" || fail "4 KiB clusters, clean stop: $(qemu-img check "$sp" 2>&1)"
+used=$(( $(stat -c '%b * %B' "$sp") )) want=$(( $(stat -c '%b * %B' "$spref") ))
+echo "4 KiB clusters, 600 writes: $used bytes on disk (raw: $want)"
+[ "$used" -le $((want + 2 * 1024 * 1024)) ] ||
+  fail "clean stop kept the unused reserve's space: $used bytes on disk, the raw copy $want"
+rm -f "$sp" "$spref"
 
 # With a backing file a new cluster is copied first, into a reserved
 # cluster: its entry may wait in the cache too, so the copied data, like
