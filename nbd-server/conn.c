@@ -67,9 +67,9 @@
 #define INLINE_MAX        (64u << 10)    /* larger reads go to the pool */
 #define INLINE_WRITE_MAX  (4u << 20)     /* larger writes go to the pool */
 #define SPLICE_PIPE_SIZE  (2u << 20)     /* a 1 MiB read at any alignment */
-#define SPLICE_PIPES_MAX  512            /* in the process, 2 fds each, and
-                                            at most a quarter of the fds
-                                            allowed (splice_pipes_max) */
+#define SPLICE_PIPES_MAX  512            /* in the process, 2 fds each;
+                                            fewer under a low descriptor
+                                            limit (splice_pipes_max) */
 #define SPIN_MIN_NS       4000           /* polling for a request: rd_fill */
 
 struct nbd_conn;
@@ -576,9 +576,9 @@ static int job_reserve(struct nbd_job *j, size_t len)
 static unsigned splice_pipes;  /* atomic: job pipes in the process */
 
 /* How many job pipes the process may hold: enough for every READ a few
- * clients keep in flight (nbdcopy: 4 connections of 64), and never more
- * than half the descriptors it may open, so that pipes never cost a
- * client its connection or an export its file. */
+ * clients keep in flight (nbdcopy: 4 connections of 64), and at most a
+ * quarter of its descriptor limit (half its descriptors), so that pipes
+ * never cost a client its connection or an export its file. */
 static unsigned splice_pipes_max(void)
 {
   static unsigned max;            /* atomic; 0: not computed yet */
