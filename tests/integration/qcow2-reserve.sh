@@ -240,34 +240,43 @@ ovl=$VD_TMP/ovl.qcow2 oref=$VD_TMP/oref.raw
 pattern_bytes $((64 * M)) 5 > "$VD_TMP/obase.raw"
 cp "$VD_TMP/obase.raw" "$oref"
 qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
-# distinct SOCKET|-: the writes through the NBD server at SOCKET (with the
-# flushes), or as a qemu-io script on stdout.
+# distinct SEED N DEPTH EVERY SOCKET|-: N writes of 4 KiB to distinct
+# clusters, through the NBD server at SOCKET (up to DEPTH in flight, a
+# flush after every EVERYth and one at the end), or as a qemu-io script on
+# stdout.
 distinct() {
-  /usr/bin/python3 - "$1" <<'PY'
+  /usr/bin/python3 - "$@" <<'PY'
 import random, sys
-r = random.Random(7)
+seed, n, depth, every = map(int, sys.argv[1:5])
+r = random.Random(seed)
 reqs = [(c * 65536 + r.randrange(16) * 4096, 1 + i % 250)
-        for i, c in enumerate(r.sample(range(1024), 60))]
-if sys.argv[1] == "-":
+        for i, c in enumerate(r.sample(range(1024), n))]
+if sys.argv[5] == "-":
     for off, v in reqs:
         print("write -P %d %d 4096" % (v, off))
     sys.exit(0)
 import nbd
 h = nbd.NBD()
-h.connect_unix(sys.argv[1])
+h.connect_unix(sys.argv[5])
 for i, (off, v) in enumerate(reqs):
-    h.pwrite(bytes([v]) * 4096, off)
-    if i == 39:
-        h.flush()
+    while h.aio_in_flight() >= depth:
+        h.poll(-1)
+    h.aio_pwrite(bytes([v]) * 4096, off)
+    if i % every == every - 1:
+        while depth == 1 and h.aio_in_flight():
+            h.poll(-1)            # one at a time: the flush after the write
+        h.aio_flush()
+while h.aio_in_flight():
+    h.poll(-1)
 h.flush()
 h.shutdown()
 PY
 }
 start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
-distinct "$nbd_sock" || fail "writes to the overlay"
+distinct 7 60 1 40 "$nbd_sock" || fail "writes to the overlay"
 stop_nbd_traced
 order_check "$ovl" "$VD_TMP/strace" data
-distinct - | qemu-io -f raw "$oref" >/dev/null
+distinct 7 60 1 40 - | qemu-io -f raw "$oref" >/dev/null
 qemu-img compare -q "$oref" "$ovl" || fail "overlay writes differ from qemu's"
 qemu-img check -q "$ovl" || fail "overlay, clean stop: $(qemu-img check "$ovl" 2>&1)"
 # The same with writes in flight while flushes run: 600 writes to distinct
@@ -278,36 +287,11 @@ qemu-img check -q "$ovl" || fail "overlay, clean stop: $(qemu-img check "$ovl" 2
 # entries that name them are written.
 qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
 cp "$VD_TMP/obase.raw" "$oref"
-inflight() {
-  /usr/bin/python3 - "$1" <<'PY'
-import random, sys
-r = random.Random(11)
-reqs = [(c * 65536 + r.randrange(16) * 4096, 1 + i % 250)
-        for i, c in enumerate(r.sample(range(1024), 600))]
-if sys.argv[1] == "-":
-    for off, v in reqs:
-        print("write -P %d %d 4096" % (v, off))
-    sys.exit(0)
-import nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-for i, (off, v) in enumerate(reqs):
-    while h.aio_in_flight() >= 16:
-        h.poll(-1)
-    h.aio_pwrite(bytes([v]) * 4096, off)
-    if i % 20 == 19:
-        h.aio_flush()
-while h.aio_in_flight():
-    h.poll(-1)
-h.flush()
-h.shutdown()
-PY
-}
 start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
-inflight "$nbd_sock" || fail "writes in flight to the overlay"
+distinct 11 600 16 20 "$nbd_sock" || fail "writes in flight to the overlay"
 stop_nbd_traced
 order_check "$ovl" "$VD_TMP/strace" data
-inflight - | qemu-io -f raw "$oref" >/dev/null
+distinct 11 600 16 20 - | qemu-io -f raw "$oref" >/dev/null
 qemu-img compare -q "$oref" "$ovl" || fail "overlay writes in flight differ from qemu's"
 qemu-img check -q "$ovl" || fail "overlay, writes in flight, clean stop: $(qemu-img check "$ovl" 2>&1)"
 rm -f "$ovl" "$oref" "$VD_TMP/obase.raw"
