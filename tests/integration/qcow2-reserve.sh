@@ -238,8 +238,6 @@ rm -f "$sp" "$spref"
 # order, then the bytes against qemu-io's on a raw copy.
 ovl=$VD_TMP/ovl.qcow2 oref=$VD_TMP/oref.raw
 pattern_bytes $((64 * M)) 5 > "$VD_TMP/obase.raw"
-cp "$VD_TMP/obase.raw" "$oref"
-qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
 # distinct SEED N DEPTH EVERY SOCKET|-: N writes of 4 KiB to distinct
 # clusters, through the NBD server at SOCKET (up to DEPTH in flight, a
 # flush after every EVERYth and one at the end), or as a qemu-io script on
@@ -272,28 +270,28 @@ h.flush()
 h.shutdown()
 PY
 }
-start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
-distinct 7 60 1 40 "$nbd_sock" || fail "writes to the overlay"
-stop_nbd_traced
-order_check "$ovl" "$VD_TMP/strace" data
-distinct 7 60 1 40 - | qemu-io -f raw "$oref" >/dev/null
-qemu-img compare -q "$oref" "$ovl" || fail "overlay writes differ from qemu's"
-qemu-img check -q "$ovl" || fail "overlay, clean stop: $(qemu-img check "$ovl" 2>&1)"
+# overlay_run SEED N DEPTH EVERY: distinct's writes to a new overlay
+# through a traced vdisk-nbd: the order, then the bytes against qemu-io's
+# on a raw copy of the base, and a clean check.
+overlay_run() {
+  qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
+  cp "$VD_TMP/obase.raw" "$oref"
+  start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
+  distinct "$@" "$nbd_sock" || fail "$*: writes to the overlay"
+  stop_nbd_traced
+  order_check "$ovl" "$VD_TMP/strace" data
+  distinct "$@" - | qemu-io -f raw "$oref" >/dev/null
+  qemu-img compare -q "$oref" "$ovl" || fail "$*: overlay writes differ from qemu's"
+  qemu-img check -q "$ovl" || fail "$*: overlay, clean stop: $(qemu-img check "$ovl" 2>&1)"
+}
+overlay_run 7 60 1 40
 # The same with writes in flight while flushes run: 600 writes to distinct
 # new clusters of an overlay, up to 16 at a time, a flush (not waited for)
 # after every 20th.  A flush syncs what the entries may name before it
 # takes the writer's lock, then writes the entries under it; copies that
 # landed in between must be synced too (under the lock) before the
 # entries that name them are written.
-qemu-img create -q -f qcow2 -o cluster_size=64k -b "$VD_TMP/obase.raw" -F raw "$ovl"
-cp "$VD_TMP/obase.raw" "$oref"
-start_nbd_traced fdatasync,pwrite64 -f qcow2 "$ovl"
-distinct 11 600 16 20 "$nbd_sock" || fail "writes in flight to the overlay"
-stop_nbd_traced
-order_check "$ovl" "$VD_TMP/strace" data
-distinct 11 600 16 20 - | qemu-io -f raw "$oref" >/dev/null
-qemu-img compare -q "$oref" "$ovl" || fail "overlay writes in flight differ from qemu's"
-qemu-img check -q "$ovl" || fail "overlay, writes in flight, clean stop: $(qemu-img check "$ovl" 2>&1)"
+overlay_run 11 600 16 20
 rm -f "$ovl" "$oref" "$VD_TMP/obase.raw"
 
 # A write over a backing file keeps the backing bytes around it.
