@@ -482,7 +482,11 @@ vhd_load_bat(struct vd_dev *dev, uint64_t fsz, uint64_t tail_pos)
       return vd_set_error(EINVAL, "%s: BAT entry %" PRIu32
                           " points past end of file", path, i);
     }
-    if (start < meta_end || (start < bat_end && start + len > p->bat_offset)) {
+    /* Not over the footer copy, the header (usually right after it; past
+     * the blocks while a management command replaces it) or the BAT. */
+    if (start < VHD_FOOTER_SIZE ||
+        (start < meta_end && start + len > p->footer.data_offset) ||
+        (start < bat_end && start + len > p->bat_offset)) {
       free(ext);
       return vd_set_error(EINVAL, "%s: BAT entry %" PRIu32
                           " overlaps the image metadata", path, i);
@@ -1631,10 +1635,81 @@ out:
 
 /* ---- metadata rewrite (management commands) ---- */
 
+/* Write the footer bytes FB at offset 0, then at TAIL, each made durable. */
+static int
+vhd_put_footers(struct vd_dev *dev, const uint8_t *fb, uint64_t tail)
+{
+  int r = vd_file_pwrite(dev->file, fb, VHD_FOOTER_SIZE, 0);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r == 0)
+    r = vd_file_pwrite(dev->file, fb, VHD_FOOTER_SIZE, tail);
+  return r ? r : vd_file_flush(dev->file);
+}
+
+/* Replace the dynamic header (at the footers' data offset, HOME) by HB so
+ * that a power cut at any moment leaves the old header or the new one in
+ * force, never a mix of their two sectors (its checksum is in the first,
+ * the parent locators in the second; a power cut may land one sector of
+ * a write and not the other).  When the second sector does not change,
+ * the first is written alone.  Otherwise the new header goes first past
+ * the last block (the tail footer moved after it first), the footers name
+ * it (the copy at offset 0 first), the header at HOME is rewritten while
+ * nothing reads it, the footers name HOME again and the file is cut back.
+ * Management commands only: no other writer. */
+static int
+vhd_header_replace(struct vd_dev *dev, const uint8_t *hb)
+{
+  struct vhd_priv *p = dev->priv;
+  uint64_t home = p->footer.data_offset;
+  uint8_t old[VHD_SECTOR], fb[VHD_FOOTER_SIZE];
+  int r = vd_file_pread(dev->file, old, sizeof old, home + VHD_SECTOR);
+  if (r < 0)
+    return r;
+  if (memcmp(old, hb + VHD_SECTOR, VHD_SECTOR) == 0) {
+    r = vd_file_pwrite(dev->file, hb, VHD_SECTOR, home);
+    return r ? r : vd_file_flush(dev->file);
+  }
+  pthread_mutex_lock(&p->alloc_lock);
+  uint64_t s = p->next_free, tail = s + VHD_HEADER_SIZE;
+  p->next_free = tail;
+  pthread_mutex_unlock(&p->alloc_lock);
+  r = vd_file_pwrite(dev->file, p->footer_raw, VHD_FOOTER_SIZE, tail);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r == 0)
+    r = vd_file_pwrite(dev->file, hb, VHD_HEADER_SIZE, s);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  memcpy(fb, p->footer_raw, sizeof fb);         /* as on disk, naming S */
+  vd_put_be64(fb + 16, s);
+  vd_put_be32(fb + 64, vhd_checksum(fb, sizeof fb, 64));
+  if (r == 0)
+    r = vhd_put_footers(dev, fb, tail);
+  if (r == 0)
+    r = vd_file_pwrite(dev->file, hb, VHD_HEADER_SIZE, home);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  /* Back to HOME; the footer at S, over the copy, is the new tail. */
+  if (r == 0)
+    r = vhd_put_footers(dev, p->footer_raw, s);
+  if (r == 0)
+    r = vd_file_truncate(dev->file, s + VHD_FOOTER_SIZE);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r == 0) {
+    pthread_mutex_lock(&p->alloc_lock);
+    p->next_free = s;
+    pthread_mutex_unlock(&p->alloc_lock);
+  }
+  return r;
+}
+
 /* Each step is durable before the next: everything written so far, the
- * header, the footer copy at offset 0, the copy at the end.  A power cut
- * between the two copies leaves the one at offset 0 newer, which opening
- * takes (as qemu does) and a read-write open copies to the end. */
+ * header (vhd_header_replace), the footer copy at offset 0, the copy at
+ * the end.  A power cut between the two copies leaves the one at offset 0
+ * newer, which opening takes (as qemu does) and a read-write open copies
+ * to the end. */
 int
 vhd_write_metadata(struct vd_dev *dev, bool header, bool footers)
 {
@@ -1644,9 +1719,7 @@ vhd_write_metadata(struct vd_dev *dev, bool header, bool footers)
 
   if (r == 0 && header) {
     vhd_header_encode(&p->header, hb);
-    r = vd_file_pwrite(dev->file, hb, sizeof hb, p->footer.data_offset);
-    if (r == 0)
-      r = vd_file_flush(dev->file);
+    r = vhd_header_replace(dev, hb);
   }
   if (r == 0 && footers) {
     vhd_footer_encode(&p->footer, p->footer_raw);
