@@ -589,7 +589,7 @@ next:
   if (lazy && qcow2_l2_cache_dirty(dev, l2off, table, lo, hi))
     return 0;
   if (took)
-    p->deps_seq++;      /* the refcounts just written */
+    p->deps_seq++;                /* the refcounts just written */
   if ((r = q_resv_durable(dev)) < 0)
     return r;
   if (new_l2)
@@ -787,6 +787,8 @@ qcow2_flush(struct vd_dev *dev)
   struct qcow2_priv *p = dev->priv;
   pthread_rwlock_rdlock(&p->rw);
   bool failed = p->failed;
+  uint64_t seq = p->deps_seq;
+  bool presync = seq != p->deps_synced;
   pthread_rwlock_unlock(&p->rw);
   if (failed)
     return vd_set_error(EIO, "%s: an earlier metadata update failed",
@@ -799,12 +801,8 @@ qcow2_flush(struct vd_dev *dev)
     /* What they may name is made durable first, without the lock, so
      * that writes go on meanwhile: all that deps_seq counts up to SEQ was
      * written within a hold of the writer's lock that ended before this
-     * one began, so this sync covers it, and q_l2_writeback syncs again
-     * (under the lock) only for what came since. */
-    pthread_rwlock_rdlock(&p->rw);
-    uint64_t seq = p->deps_seq;
-    bool presync = seq != p->deps_synced && !p->failed;
-    pthread_rwlock_unlock(&p->rw);
+     * flush read it, so this sync covers it, and q_l2_writeback syncs
+     * again (under the lock) only for what came since. */
     int r = presync ? q_sync(dev) : 0;
     pthread_rwlock_wrlock(&p->rw);
     if (r == 0 && presync && p->deps_synced < seq)

@@ -88,6 +88,12 @@ void vhd_footer_encode(struct vhd_footer *f, uint8_t buf[VHD_FOOTER_SIZE])
   vd_put_be32(buf + 64, f->checksum);
 }
 
+void vhd_footer_set_data_offset(uint8_t buf[VHD_FOOTER_SIZE], uint64_t off)
+{
+  vd_put_be64(buf + 16, off);
+  vd_put_be32(buf + 64, vhd_checksum(buf, VHD_FOOTER_SIZE, 64));
+}
+
 int vhd_header_decode(const uint8_t *buf, struct vhd_header *h,
                       const char *where)
 {

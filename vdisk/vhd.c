@@ -1656,7 +1656,8 @@ vhd_put_footers(struct vd_dev *dev, const uint8_t *fb, uint64_t tail)
  * the last block (the tail footer moved after it first), the footers name
  * it (the copy at offset 0 first), the header at HOME is rewritten while
  * nothing reads it, the footers name HOME again and the file is cut back.
- * Management commands only: no other writer. */
+ * No other writer: a management command, or a live commit with the node
+ * drained. */
 static int
 vhd_header_replace(struct vd_dev *dev, const uint8_t *hb)
 {
@@ -1682,8 +1683,7 @@ vhd_header_replace(struct vd_dev *dev, const uint8_t *hb)
   if (r == 0)
     r = vd_file_flush(dev->file);
   memcpy(fb, p->footer_raw, sizeof fb);         /* as on disk, naming S */
-  vd_put_be64(fb + 16, s);
-  vd_put_be32(fb + 64, vhd_checksum(fb, sizeof fb, 64));
+  vhd_footer_set_data_offset(fb, s);
   if (r == 0)
     r = vhd_put_footers(dev, fb, tail);
   if (r == 0)

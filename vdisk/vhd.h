@@ -101,6 +101,8 @@ int vhd_footer_decode(const uint8_t *buf, size_t len, struct vhd_footer *f,
                       const char *where);
 /* Encode F into 512 bytes, computing the checksum (stored back in F). */
 void vhd_footer_encode(struct vhd_footer *f, uint8_t buf[VHD_FOOTER_SIZE]);
+/* Point the encoded footer BUF at a dynamic header at OFF (checksum too). */
+void vhd_footer_set_data_offset(uint8_t buf[VHD_FOOTER_SIZE], uint64_t off);
 /* Same pair for the dynamic header. */
 int vhd_header_decode(const uint8_t *buf, struct vhd_header *h,
                       const char *where);
