@@ -13,8 +13,9 @@
  *      space, so a cluster freed in this session cannot be handed out
  *      while an old reference to it may still be on disk);
  *   2. data (with the copy-on-write fill) is written to them;
- *   3. their refcounts are raised (refcount blocks first made durable
- *      before the refcount table points at them) and synced;
+ *   3. their refcounts are raised (refcount blocks made durable before
+ *      the refcount table points at them, by the next sync: q_sync) and
+ *      synced;
  *   4. the L2 entries are written; a new L2 table is synced before the L1
  *      entry that points at it is written;
  *   5. clusters an L2 entry no longer references (overwritten compressed
@@ -69,12 +70,6 @@ rc_put(const struct qcow2_priv *p, uint8_t *blk, uint64_t k, uint64_t v)
   }
 }
 
-static int
-q_sync(struct vd_dev *dev)
-{
-  return vd_file_flush(dev->file);
-}
-
 /* Write into the image, keeping file_size the end of what was written. */
 static int
 q_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off)
@@ -83,6 +78,33 @@ q_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off)
   int r = vd_file_pwrite(dev->file, buf, len, off);
   if (r == 0 && off + len > p->file_size)
     p->file_size = off + len;
+  return r;
+}
+
+/* A sync with RW held for writing, that callers make before writing
+ * anything that names clusters: it also writes the refcount table entries
+ * of refcount blocks taken since the last one (q_block), after a sync of
+ * the blocks themselves and before a second sync, so that what the caller
+ * writes next never names a cluster whose count is not durable. */
+static int
+q_sync(struct vd_dev *dev)
+{
+  struct qcow2_priv *p = dev->priv;
+  int r = vd_file_flush(dev->file);
+  if (r < 0 || p->rt_pend_lo >= p->rt_pend_hi)
+    return r;
+  uint64_t lo = p->rt_pend_lo, n = p->rt_pend_hi - lo;
+  uint8_t *b = malloc(n * 8);
+  if (!b)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (uint64_t i = 0; i < n; i++)
+    vd_put_be64(b + i * 8, p->rt[lo + i]);
+  r = q_pwrite(dev, b, n * 8, p->h.rt_off + lo * 8);
+  free(b);
+  if (r == 0)
+    r = vd_file_flush(dev->file);
+  if (r == 0)
+    p->rt_pend_lo = p->rt_pend_hi = 0;
   return r;
 }
 
@@ -217,9 +239,20 @@ q_block(struct vd_dev *dev, uint64_t bi, uint64_t *off)
     return r;
   if (self / p->rpb != bi && (r = q_ref_add(dev, b, 1, 1)) < 0)
     return r;
-  /* The block (and its own count) durable before the table names it. */
-  if ((r = q_sync(dev)) < 0 || (r = q_rt_set(dev, bi, b)) < 0)
-    return r;
+  /* The block (and its own count) durable before the table names it: the
+   * entry is written by the next sync (q_sync), which comes before
+   * anything names a cluster the block counts; a table being built is
+   * written whole, after a sync. */
+  p->rt[bi] = b;
+  if (!p->rt_staging) {
+    if (p->rt_pend_lo >= p->rt_pend_hi) {
+      p->rt_pend_lo = bi;
+      p->rt_pend_hi = bi + 1;
+    } else {
+      p->rt_pend_lo = bi < p->rt_pend_lo ? bi : p->rt_pend_lo;
+      p->rt_pend_hi = bi + 1 > p->rt_pend_hi ? bi + 1 : p->rt_pend_hi;
+    }
+  }
   *off = b;
   return 0;
 }
@@ -302,7 +335,7 @@ static int
 q_resv_durable(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  if (p->deps_seq == p->deps_synced)
+  if (p->deps_seq == p->deps_synced && p->rt_pend_lo >= p->rt_pend_hi)
     return 0;
   uint64_t seq = p->deps_seq;
   int r = q_sync(dev);
@@ -412,7 +445,8 @@ qcow2_resv_release(struct vd_dev *dev)
   if (!p->rw_init)
     return;
   pthread_rwlock_wrlock(&p->rw);
-  if (!p->failed && q_l2_writeback(dev) < 0)
+  if (!p->failed && (q_l2_writeback(dev) < 0 ||
+                     (p->rt_pend_lo < p->rt_pend_hi && q_sync(dev) < 0)))
     p->failed = true;
   if (p->resv < p->resv_end && !p->failed && p->rt && p->rb) {
     uint64_t n = (p->resv_end - p->resv) >> p->h.cluster_bits;
@@ -803,7 +837,7 @@ qcow2_flush(struct vd_dev *dev)
      * written within a hold of the writer's lock that ended before this
      * flush read it, so this sync covers it, and q_l2_writeback syncs
      * again (under the lock) only for what came since. */
-    int r = presync ? q_sync(dev) : 0;
+    int r = presync ? vd_file_flush(dev->file) : 0;
     pthread_rwlock_wrlock(&p->rw);
     if (r == 0 && presync && p->deps_synced < seq)
       p->deps_synced = seq;
@@ -819,8 +853,10 @@ qcow2_flush(struct vd_dev *dev)
   }
   /* Nothing is held for the fdatasync: metadata is written through, in
    * crash order (above), so the file is consistent at any moment, and a
-   * flush need not wait for writes still in progress (nor stop them). */
-  return q_sync(dev);
+   * flush need not wait for writes still in progress (nor stop them).
+   * Refcount table entries still waiting (q_block) may go on waiting:
+   * nothing durable names a cluster their blocks count. */
+  return vd_file_flush(dev->file);
 }
 
 /* ---- resize ---- */

@@ -237,6 +237,9 @@ struct qcow2_priv {
   uint64_t *rt;                   /* the refcount table, in memory */
   uint64_t rt_entries;
   bool rt_staging;                /* a new table is being built */
+  uint64_t rt_pend_lo, rt_pend_hi; /* entries [lo, hi) name refcount
+                                     blocks taken since the last sync:
+                                     written by the next one (q_sync) */
   uint8_t *rb;                    /* one refcount block (scratch/cache) */
   uint64_t rb_off;                /* which block rb holds, 0: none */
   bool failed;                    /* a metadata update failed: no writes */
