@@ -16,8 +16,8 @@
  *   3. their refcounts are raised (refcount blocks made durable before
  *      the refcount table points at them, by the next sync: q_sync) and
  *      synced;
- *   4. the L2 entries are written; a new L2 table is synced before the L1
- *      entry that points at it is written;
+ *   4. the L2 entries are written; a new L2 table is written whole and
+ *      its L1 entry after a sync, at the next write-back (q_l2_new);
  *   5. clusters an L2 entry no longer references (overwritten compressed
  *      or shared clusters, discarded or zeroed ones) are decremented only
  *      after the L2 entries are synced.
@@ -81,6 +81,40 @@ q_pwrite(struct vd_dev *dev, const void *buf, size_t len, uint64_t off)
   return r;
 }
 
+/* Add entry I to the pending range [*LO, *HI). */
+static void
+q_pend_add(uint64_t *lo, uint64_t *hi, uint64_t i)
+{
+  if (*lo >= *hi) {
+    *lo = i;
+    *hi = i + 1;
+    return;
+  }
+  *lo = i < *lo ? i : *lo;
+  *hi = i + 1 > *hi ? i + 1 : *hi;
+}
+
+/* Write the table entries V[LO, HI) (big-endian, 8 bytes each) into the
+ * table at OFF; the range is emptied once written. */
+static int
+q_pend_write(struct vd_dev *dev, const uint64_t *v, uint64_t *lo,
+             uint64_t *hi, uint64_t off)
+{
+  if (*lo >= *hi)
+    return 0;
+  uint64_t n = *hi - *lo;
+  uint8_t *b = malloc(n * 8);
+  if (!b)
+    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
+  for (uint64_t i = 0; i < n; i++)
+    vd_put_be64(b + i * 8, v[*lo + i]);
+  int r = q_pwrite(dev, b, n * 8, off + *lo * 8);
+  free(b);
+  if (r == 0)
+    *lo = *hi = 0;
+  return r;
+}
+
 /* A sync with RW held for writing, that callers make before writing
  * anything that names clusters: it also writes the refcount table entries
  * of refcount blocks taken since the last one (q_block), after a sync of
@@ -93,19 +127,9 @@ q_sync(struct vd_dev *dev)
   int r = vd_file_flush(dev->file);
   if (r < 0 || p->rt_pend_lo >= p->rt_pend_hi)
     return r;
-  uint64_t lo = p->rt_pend_lo, n = p->rt_pend_hi - lo;
-  uint8_t *b = malloc(n * 8);
-  if (!b)
-    return vd_set_error(ENOMEM, "%s: out of memory", dev->path);
-  for (uint64_t i = 0; i < n; i++)
-    vd_put_be64(b + i * 8, p->rt[lo + i]);
-  r = q_pwrite(dev, b, n * 8, p->h.rt_off + lo * 8);
-  free(b);
-  if (r == 0)
-    r = vd_file_flush(dev->file);
-  if (r == 0)
-    p->rt_pend_lo = p->rt_pend_hi = 0;
-  return r;
+  r = q_pend_write(dev, p->rt, &p->rt_pend_lo, &p->rt_pend_hi,
+                   p->h.rt_off);
+  return r ? r : vd_file_flush(dev->file);
 }
 
 /* Clusters taken but not yet written lie past the end of the file: extend
@@ -244,15 +268,8 @@ q_block(struct vd_dev *dev, uint64_t bi, uint64_t *off)
    * anything names a cluster the block counts; a table being built is
    * written whole, after a sync. */
   p->rt[bi] = b;
-  if (!p->rt_staging) {
-    if (p->rt_pend_lo >= p->rt_pend_hi) {
-      p->rt_pend_lo = bi;
-      p->rt_pend_hi = bi + 1;
-    } else {
-      p->rt_pend_lo = bi < p->rt_pend_lo ? bi : p->rt_pend_lo;
-      p->rt_pend_hi = bi + 1 > p->rt_pend_hi ? bi + 1 : p->rt_pend_hi;
-    }
-  }
+  if (!p->rt_staging)
+    q_pend_add(&p->rt_pend_lo, &p->rt_pend_hi, bi);
   *off = b;
   return 0;
 }
@@ -345,14 +362,15 @@ q_resv_durable(struct vd_dev *dev)
 }
 
 /* Write the L2 entries the cache holds ahead of the file (entries naming
- * reserved clusters, qcow2_l2_cache_dirty), table by table; a table stays
- * dirty if its write fails.  RW held for writing (no entry changes
- * meanwhile). */
+ * reserved clusters, qcow2_l2_cache_dirty), table by table, then the L1
+ * entries of new tables (q_l2_new); a table stays dirty if its write
+ * fails.  RW held for writing (no entry changes meanwhile). */
 static int
 q_l2_writeback(struct vd_dev *dev)
 {
   struct qcow2_priv *p = dev->priv;
-  if (!__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE))
+  if (!__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE) &&
+      p->l1_pend_lo >= p->l1_pend_hi)
     return 0;
   int r = q_resv_durable(dev);
   if (r < 0)
@@ -377,7 +395,31 @@ q_l2_writeback(struct vd_dev *dev)
     pthread_mutex_unlock(&p->cache_lock);
   }
   free(buf);
-  return r;
+  return r ? r : q_pend_write(dev, p->l1, &p->l1_pend_lo, &p->l1_pend_hi,
+                              p->h.l1_off);
+}
+
+/* A new L2 table (TABLE, for L1 entry L1I, at L2OFF) is written whole
+ * with no sync before or after: nothing names it until its L1 entry is
+ * written, which waits, like the entries in the cache, for the next
+ * write-back (usually the next flush's), after a sync of the table and of
+ * what it names (q_resv_durable).  Such a sync under the writer's lock,
+ * twice per table, also wrote out every dirty page of the image: a
+ * sequential write to a fresh image stalled at every table (512 MiB with
+ * 64 KiB clusters). */
+static int
+q_l2_new(struct vd_dev *dev, uint64_t l1i, uint64_t l2off,
+         const uint8_t *table)
+{
+  struct qcow2_priv *p = dev->priv;
+  int r = q_pwrite(dev, table, p->cluster, l2off);
+  if (r < 0)
+    return r;
+  qcow2_l2_cache_update(dev, l2off, table);
+  p->l1[l1i] = l2off | QCOW2_OFLAG_COPIED;
+  p->deps_seq++;
+  q_pend_add(&p->l1_pend_lo, &p->l1_pend_hi, l1i);
+  return 0;
 }
 
 /* ---- reserved clusters ---- */
@@ -624,25 +666,13 @@ next:
     return 0;
   if (took)
     p->deps_seq++;                /* the refcounts just written */
-  if ((r = q_resv_durable(dev)) < 0)
-    return r;
-  if (new_l2)
-    r = q_pwrite(dev, table, p->cluster, l2off);
-  else
-    r = q_pwrite(dev, table + (size_t)lo * 8,
-                       (size_t)(hi - lo + 1) * 8, l2off + (uint64_t)lo * 8);
-  if (r < 0)
+  if (new_l2)                     /* nothing old in it to let go */
+    return q_l2_new(dev, l1i, l2off, table);
+  if ((r = q_resv_durable(dev)) < 0 ||
+      (r = q_pwrite(dev, table + (size_t)lo * 8, (size_t)(hi - lo + 1) * 8,
+                    l2off + (uint64_t)lo * 8)) < 0)
     return r;
   qcow2_l2_cache_update(dev, l2off, table);
-  if (new_l2) {
-    uint8_t b[8];
-    uint64_t l1e = l2off | QCOW2_OFLAG_COPIED;
-    vd_put_be64(b, l1e);
-    if ((r = q_sync(dev)) < 0 ||
-        (r = q_pwrite(dev, b, 8, p->h.l1_off + l1i * 8)) < 0)
-      return r;
-    p->l1[l1i] = l1e;
-  }
   /* Old clusters are let go once no durable entry names them. */
   bool synced = false;
   for (unsigned i = 0; i < nu; i++) {
@@ -823,15 +853,17 @@ qcow2_flush(struct vd_dev *dev)
   bool failed = p->failed;
   uint64_t seq = p->deps_seq;
   bool presync = seq != p->deps_synced;
+  bool l1_pend = p->l1_pend_lo < p->l1_pend_hi;
   pthread_rwlock_unlock(&p->rw);
   if (failed)
     return vd_set_error(EIO, "%s: an earlier metadata update failed",
                         dev->path);
-  /* L2 entries waiting in the cache are written first (under the writer's
-   * lock: no entry changes meanwhile).  A write that completed before
+  /* L2 entries waiting in the cache, and the L1 entries of new tables,
+   * are written first (under the writer's lock: no entry changes
+   * meanwhile).  A write that completed before
    * this flush began dirtied its table before it completed, so it is
    * seen here. */
-  if (__atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE)) {
+  if (l1_pend || __atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE)) {
     /* What they may name is made durable first, without the lock, so
      * that writes go on meanwhile: all that deps_seq counts up to SEQ was
      * written within a hold of the writer's lock that ended before this

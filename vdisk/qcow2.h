@@ -240,6 +240,9 @@ struct qcow2_priv {
   uint64_t rt_pend_lo, rt_pend_hi; /* entries [lo, hi) name refcount
                                      blocks taken since the last sync:
                                      written by the next one (q_sync) */
+  uint64_t l1_pend_lo, l1_pend_hi; /* L1 entries [lo, hi) name new L2
+                                     tables not yet written there: by the
+                                     next write-back (q_l2_writeback) */
   uint8_t *rb;                    /* one refcount block (scratch/cache) */
   uint64_t rb_off;                /* which block rb holds, 0: none */
   bool failed;                    /* a metadata update failed: no writes */

@@ -18,7 +18,8 @@ start_nbd() {
 
 # start_nbd_traced SYSCALLS ARGS...: vdisk-nbd -t ARGS under strace -f,
 # which writes the calls of SYSCALLS (strace's -e trace= list) to
-# $VD_TMP/strace; stop_nbd_traced stops both.  In the foreground: strace
+# $VD_TMP/strace (buffers shown up to $STRACE_STRLEN bytes, default
+# strace's 32); stop_nbd_traced stops both.  In the foreground: strace
 # -f would wait for a --fork daemon to end.  LeakSanitizer cannot run
 # under ptrace: off for it.
 start_nbd_traced() {
@@ -27,7 +28,7 @@ start_nbd_traced() {
   nbd_errlog=$VD_TMP/nbd.err nbd_uri="nbd+unix:///?socket=$nbd_sock"
   rm -f "$nbd_pidfile" "$nbd_sock" "$VD_TMP/strace"
   ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
-    strace -f -qq -e trace="$trace" -o "$VD_TMP/strace" \
+    strace -f -qq -s "${STRACE_STRLEN:-32}" -e trace="$trace" -o "$VD_TMP/strace" \
     "$top_builddir/libtool" --mode=execute \
     "$top_builddir/nbd-server/vdisk-nbd" --pid-file "$nbd_pidfile" \
     -t -k "$nbd_sock" "$@" 2>>"$nbd_errlog" &
