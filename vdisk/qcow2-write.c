@@ -860,9 +860,8 @@ qcow2_flush(struct vd_dev *dev)
                         dev->path);
   /* L2 entries waiting in the cache, and the L1 entries of new tables,
    * are written first (under the writer's lock: no entry changes
-   * meanwhile).  A write that completed before
-   * this flush began dirtied its table before it completed, so it is
-   * seen here. */
+   * meanwhile).  A write that completed before this flush began dirtied
+   * its table (or made it) before it completed, so it is seen here. */
   if (l1_pend || __atomic_load_n(&p->l2_dirty, __ATOMIC_ACQUIRE)) {
     /* What they may name is made durable first, without the lock, so
      * that writes go on meanwhile: all that deps_seq counts up to SEQ was
