@@ -73,14 +73,15 @@ PY
 # block (WHAT "refcounts"), or into a refcount block or a data cluster
 # (WHAT "data": over a backing file a new cluster holds copied data, which
 # must be durable before an entry names it), that ended before it began,
-# had ended.  Calls of several threads interleave: a call's start is its
-# entry line (whole, or "<unfinished ...>"), its end its result line
-# (whole, or "<... resumed>").  The tables' places are read from the image
-# at the end; the workloads checked free nothing and overwrite nothing, so
-# no such write may trail a table unsynced.
+# had ended (calls of several threads: strace_calls.py).  The tables'
+# places are read from the image at the end; the workloads checked free
+# nothing and overwrite nothing, so no such write may trail a table
+# unsynced.
 order_check() {
   /usr/bin/python3 - "$@" <<'PY' || fail "$3: an L2 table was written before what its entries name was synced"
-import re, struct, sys
+import os, struct, sys
+sys.path.insert(0, os.environ["top_srcdir"] + "/tests/integration")
+import strace_calls
 img = open(sys.argv[1], "rb").read()
 data_too = sys.argv[3] == "data"
 cb, = struct.unpack_from(">I", img, 20)
@@ -92,31 +93,11 @@ rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
       if e & mask}
 meta = {0, l1o & ~(cs - 1)} | \
     {rto + i * cs for i in range(rtc)}
-calls, open_ = [], {}             # [kind, start, end, ok, detail]
-for i, line in enumerate(open(sys.argv[2])):
-    pid, _, rest = line.strip().partition(" ")
-    rest = rest.lstrip()
-    m = re.match(r"<\.\.\. (\w+) resumed>.*= (-?\d+)", rest)
-    if m:
-        c = open_.pop(pid)
-        c[2], c[3] = i, int(m.group(2)) >= 0
-        continue
-    m = re.match(r"(pwrite64|fdatasync)\((.*)", rest)
-    if not m:
-        continue
-    kind = m.group(1)
-    if kind == "pwrite64":
-        a = re.search(r", (\d+), (\d+)\)?\s*(<unfinished|=)", rest)
-        ln, off = int(a.group(1)), int(a.group(2))
-        cl = off & ~(cs - 1)
-        kind = ("l2" if ln < cs else "other") if cl in l2 else \
-            "dep" if cl in rb or (data_too and cl not in meta) else "other"
-    c = [kind, i, i, True, line.strip()]
-    calls.append(c)
-    if "<unfinished" in rest:
-        open_[pid] = c
-    else:
-        c[3] = not re.search(r"= -\d+", rest)
+def classify(buf, ln, off):
+    cl = off & ~(cs - 1)
+    return ("l2" if ln < cs else "other") if cl in l2 else \
+        "dep" if cl in rb or (data_too and cl not in meta) else "other", None
+calls = strace_calls.read(sys.argv[2], classify)
 l2_writes = 0
 for w in calls:
     if w[0] != "l2":

@@ -87,15 +87,16 @@ PY
 }
 
 # order_check IMAGE TRACE: the crash order (above), from a trace that
-# shows whole buffers.  A new table is the first whole cluster written
-# into it with a byte other than zero (the file's extension over it writes
-# zeros); the L1 entries written are decoded from the buffer.  Calls of
-# several threads interleave: a call's start is its entry line (whole, or
-# "<unfinished ...>"), its end its result line (whole, or "<...
-# resumed>").  The places of the tables are read from the image.
+# shows whole buffers (calls of several threads: strace_calls.py).  A new
+# table is the first whole cluster written into it with a byte other than
+# zero (the file's extension over it writes zeros); the L1 entries written
+# are decoded from the buffer.  The places of the tables are read from the
+# image.
 order_check() {
   /usr/bin/python3 - "$@" <<'PY' || fail "a table was written before what it names was synced"
-import codecs, re, struct, sys
+import os, struct, sys
+sys.path.insert(0, os.environ["top_srcdir"] + "/tests/integration")
+import strace_calls
 img = open(sys.argv[1], "rb").read()
 cb, = struct.unpack_from(">I", img, 20)
 l1n, l1o = struct.unpack_from(">IQ", img, 36)
@@ -107,40 +108,20 @@ rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
 if len(rb) < 4 or len(l2) < 4:
     sys.exit("%d refcount blocks, %d L2 tables: the test takes too few"
              % (len(rb), len(l2)))
-calls, open_, made = [], {}, set()  # [kind, start, end, ok, detail, x]
-for i, line in enumerate(open(sys.argv[2])):
-    pid, _, rest = line.strip().partition(" ")
-    rest = rest.lstrip()
-    m = re.match(r"<\.\.\. (\w+) resumed>.*= (-?\d+)", rest)
-    if m:
-        c = open_.pop(pid)
-        c[2], c[3] = i, int(m.group(2)) >= 0
-        continue
-    m = re.match(r"(pwrite64|fdatasync)\((.*)", rest)
-    if not m:
-        continue
-    kind, named = m.group(1), set()
-    if kind == "pwrite64":
-        a = re.search(r'^pwrite64\(\d+, "(.*)"(\.\.\.)?, (\d+), (\d+)\)?\s*(<unfinished|=)',
-                      rest)
-        buf = codecs.escape_decode(a.group(1).encode())[0]
-        ln, off = int(a.group(3)), int(a.group(4))
-        cl = off & ~(cs - 1)
-        kind = ("new-rb" if ln == cs else "rb") if cl in rb else \
-            "rt" if rto <= off < rto + rtc * cs else \
-            "l2" if cl in l2 else \
-            "l1" if l1o <= off < l1o + l1n * 8 else "data"
-        if kind == "l2" and ln == cs and any(buf) and cl not in made:
-            kind = "new-l2"
-            made.add(cl)
-        if kind == "l1":
-            named = {e & mask for e in struct.unpack(">%dQ" % (ln // 8), buf)}
-    c = [kind, i, i, True, line.strip(), off if kind == "new-l2" else named]
-    calls.append(c)
-    if "<unfinished" in rest:
-        open_[pid] = c
-    else:
-        c[3] = not re.search(r"= -\d+", rest)
+made = set()
+def classify(buf, ln, off):
+    cl = off & ~(cs - 1)
+    kind = ("new-rb" if ln == cs else "rb") if cl in rb else \
+        "rt" if rto <= off < rto + rtc * cs else \
+        "l2" if cl in l2 else \
+        "l1" if l1o <= off < l1o + l1n * 8 else "data"
+    if kind == "l2" and ln == cs and any(buf) and cl not in made:
+        made.add(cl)
+        return "new-l2", off
+    if kind == "l1":
+        return kind, {e & mask for e in struct.unpack(">%dQ" % (ln // 8), buf)}
+    return kind, None
+calls = strace_calls.read(sys.argv[2], classify)
 def first(pred, after):
     return next((c for c in calls if c[1] > after and pred(c)), None)
 def synced_after(w, deps):
