@@ -73,31 +73,24 @@ PY
 # block (WHAT "refcounts"), or into a refcount block or a data cluster
 # (WHAT "data": over a backing file a new cluster holds copied data, which
 # must be durable before an entry names it), that ended before it began,
-# had ended (calls of several threads: strace_calls.py).  The tables'
+# had ended (calls of several threads: qcow2_trace.py).  The tables'
 # places are read from the image at the end; the workloads checked free
 # nothing and overwrite nothing, so no such write may trail a table
 # unsynced.
 order_check() {
   /usr/bin/python3 - "$@" <<'PY' || fail "$3: an L2 table was written before what its entries name was synced"
-import os, struct, sys
+import os, sys
 sys.path.insert(0, os.environ["top_srcdir"] + "/tests/integration")
-import strace_calls
-img = open(sys.argv[1], "rb").read()
+import qcow2_trace
+t = qcow2_trace.layout(sys.argv[1])
 data_too = sys.argv[3] == "data"
-cb, = struct.unpack_from(">I", img, 20)
-l1n, l1o = struct.unpack_from(">IQ", img, 36)
-rto, rtc = struct.unpack_from(">QI", img, 48)
-cs, mask = 1 << cb, 0x00fffffffffffe00
-l2 = {e & mask for e in struct.unpack_from(">%dQ" % l1n, img, l1o) if e & mask}
-rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
-      if e & mask}
-meta = {0, l1o & ~(cs - 1)} | \
-    {rto + i * cs for i in range(rtc)}
+cs, l2, rb = t.cs, t.l2, t.rb
+meta = {0, t.l1o & ~(cs - 1)} | {t.rto + i * cs for i in range(t.rtc)}
 def classify(buf, ln, off):
     cl = off & ~(cs - 1)
     return ("l2" if ln < cs else "other") if cl in l2 else \
         "dep" if cl in rb or (data_too and cl not in meta) else "other", None
-calls = strace_calls.read(sys.argv[2], classify)
+calls = qcow2_trace.read(sys.argv[2], classify)
 l2_writes = 0
 for w in calls:
     if w[0] != "l2":

@@ -87,7 +87,7 @@ PY
 }
 
 # order_check IMAGE TRACE: the crash order (above), from a trace that
-# shows whole buffers (calls of several threads: strace_calls.py).  A new
+# shows whole buffers (calls of several threads: qcow2_trace.py).  A new
 # table is the first whole cluster written into it with a byte other than
 # zero (the file's extension over it writes zeros); the L1 entries written
 # are decoded from the buffer.  The places of the tables are read from the
@@ -96,15 +96,9 @@ order_check() {
   /usr/bin/python3 - "$@" <<'PY' || fail "a table was written before what it names was synced"
 import os, struct, sys
 sys.path.insert(0, os.environ["top_srcdir"] + "/tests/integration")
-import strace_calls
-img = open(sys.argv[1], "rb").read()
-cb, = struct.unpack_from(">I", img, 20)
-l1n, l1o = struct.unpack_from(">IQ", img, 36)
-rto, rtc = struct.unpack_from(">QI", img, 48)
-cs, mask = 1 << cb, 0x00fffffffffffe00
-l2 = {e & mask for e in struct.unpack_from(">%dQ" % l1n, img, l1o) if e & mask}
-rb = {e & mask for e in struct.unpack_from(">%dQ" % (rtc * cs // 8), img, rto)
-      if e & mask}
+import qcow2_trace
+t = qcow2_trace.layout(sys.argv[1])
+cs, l2, rb, l1o, rto = t.cs, t.l2, t.rb, t.l1o, t.rto
 if len(rb) < 4 or len(l2) < 4:
     sys.exit("%d refcount blocks, %d L2 tables: the test takes too few"
              % (len(rb), len(l2)))
@@ -112,16 +106,17 @@ made = set()
 def classify(buf, ln, off):
     cl = off & ~(cs - 1)
     kind = ("new-rb" if ln == cs else "rb") if cl in rb else \
-        "rt" if rto <= off < rto + rtc * cs else \
+        "rt" if rto <= off < rto + t.rtc * cs else \
         "l2" if cl in l2 else \
-        "l1" if l1o <= off < l1o + l1n * 8 else "data"
+        "l1" if l1o <= off < l1o + t.l1n * 8 else "data"
     if kind == "l2" and ln == cs and any(buf) and cl not in made:
         made.add(cl)
         return "new-l2", off
     if kind == "l1":
-        return kind, {e & mask for e in struct.unpack(">%dQ" % (ln // 8), buf)}
+        return kind, {e & qcow2_trace.MASK
+                      for e in struct.unpack(">%dQ" % (ln // 8), buf)}
     return kind, None
-calls = strace_calls.read(sys.argv[2], classify)
+calls = qcow2_trace.read(sys.argv[2], classify)
 def first(pred, after):
     return next((c for c in calls if c[1] > after and pred(c)), None)
 def synced_after(w, deps):

@@ -1,5 +1,6 @@
-"""The pwrite64 and fdatasync calls of an `strace -f` trace, for the
-crash-order checks of qcow2-reserve.sh and qcow2-tables.sh.
+"""For the crash-order checks of qcow2-reserve.sh and qcow2-tables.sh:
+the tables of a qcow2 image, and the pwrite64 and fdatasync calls of an
+`strace -f` trace.
 
 Calls of several threads interleave: a call starts at its entry line
 (whole, or "<unfinished ...>") and ends at its result line (whole, or
@@ -12,6 +13,27 @@ sync.  Only the first bytes of a buffer are there unless strace ran with
 """
 import codecs
 import re
+import struct
+from types import SimpleNamespace
+
+MASK = 0x00fffffffffffe00
+
+
+def layout(path):
+    """The image's cluster size cs; L1 table (l1o, l1n entries); refcount
+    table (rto, rtc clusters); host offsets of its L2 tables (l2) and
+    refcount blocks (rb)."""
+    img = open(path, "rb").read()
+    cb, = struct.unpack_from(">I", img, 20)
+    l1n, l1o = struct.unpack_from(">IQ", img, 36)
+    rto, rtc = struct.unpack_from(">QI", img, 48)
+    cs = 1 << cb
+    def offsets(n, at):
+        return {e & MASK for e in struct.unpack_from(">%dQ" % n, img, at)
+                if e & MASK}
+    return SimpleNamespace(cs=cs, l1o=l1o, l1n=l1n, rto=rto, rtc=rtc,
+                           l2=offsets(l1n, l1o),
+                           rb=offsets(rtc * cs // 8, rto))
 
 
 def read(path, classify):
