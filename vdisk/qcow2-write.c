@@ -164,15 +164,13 @@ q_take(struct qcow2_priv *p, uint64_t n)
 static int q_ref_add(struct vd_dev *dev, uint64_t off, uint64_t n,
                      int delta);
 
-/* Write refcount table entry I (in memory only while a new table is
- * being built: the table is written whole then). */
+/* Write refcount table entry I at once (q_drop_refblocks; a new block's
+ * entry waits for the next sync instead, q_block). */
 static int
 q_rt_set(struct vd_dev *dev, uint64_t i, uint64_t v)
 {
   struct qcow2_priv *p = dev->priv;
   p->rt[i] = v;
-  if (p->rt_staging)
-    return 0;
   uint8_t b[8];
   vd_put_be64(b, v);
   return q_pwrite(dev, b, 8, p->h.rt_off + i * 8);
