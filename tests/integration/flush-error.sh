@@ -125,12 +125,13 @@ PY
   rm -f model.raw
 done
 
-# qcow2_serve VAR=VALUE: a new 8 MiB qcow2 holding 0x77 at 7 MiB, served
-# with the shim set by VAR.  qcow2_after WHAT: the server stopped, the image
-# checks with at worst leaks and the 0x77 bytes are intact.
+# qcow2_serve VAR=VALUE [OPTIONS [SIZE]]: a new qcow2 (qemu-img create -o
+# OPTIONS, SIZE 8M) holding 0x77 at 7 MiB, served with the shim set by VAR.
+# qcow2_after WHAT: the server stopped, the image checks with at worst
+# leaks and the 0x77 bytes are intact.
 qcow2_serve() {
   rm -f disk.qcow2
-  qemu-img create -q -f qcow2 disk.qcow2 8M
+  qemu-img create -q -f qcow2 ${2:+-o "$2"} disk.qcow2 "${3:-8M}"
   qemu-io -f qcow2 -c 'write -P 0x77 7M 64k' disk.qcow2 >/dev/null
   eval "LD_PRELOAD=\$shim VDTEST_SHIM_FILE=disk.qcow2 $1 \
     start_nbd -f qcow2 disk=disk.qcow2"
@@ -194,6 +195,42 @@ assert h.pread(4096, 7 << 20) == b"\x77" * 4096
 h.shutdown()
 PY
 qcow2_after "the failed reserve fill"
+
+# qcow2: a new L2 table is written whole and its L1 entry waits for the
+# next flush (docs/qcow2.md, "New tables wait for the next sync").  A
+# write to the second table of a 1 GiB image (64 KiB clusters: 512 MiB
+# each) makes it; the flush's first 8-byte pwrite is that L1 entry, and
+# the shim fails it.  The flush fails, and every later flush and write;
+# the data still reads back; qemu-img check finds at worst leaks.
+qcow2_serve VDTEST_FAIL_WRITE_LEN=8 "" 1G
+nbd_py <<'PY' || fail "qcow2: a failed L1 entry of a new table was not reported"
+h.pwrite(b"\x5a" * 4096, 600 << 20)
+expect_eio("first flush", h.flush)
+expect_eio("second flush", h.flush)
+expect_eio("write", h.pwrite, b"\x5c" * 4096, 700 << 20)
+assert h.pread(4096, 600 << 20) == b"\x5a" * 4096
+assert h.pread(4096, 7 << 20) == b"\x77" * 4096
+h.shutdown()
+PY
+qcow2_after "the failed L1 entry"
+
+# qcow2: the same for the refcount table entry of a new refcount block,
+# written by the first sync before an L1 or L2 entry (here the flush's).
+# 4 KiB clusters and 16-bit refcounts: a block covers 8 MiB of the file,
+# and 9 MiB of writes (after the 0x77 bytes) take a second one; its table entry is the flush's
+# first 8-byte pwrite (refcounts change 2 bytes a cluster, the L1 entries
+# of the four new L2 tables go in one 40-byte pwrite after it).
+qcow2_serve VDTEST_FAIL_WRITE_LEN=8 cluster_size=4k 24M
+nbd_py <<'PY' || fail "qcow2: a failed refcount table entry was not reported"
+h.pwrite(b"\x5a" * (9 << 20), 8 << 20)
+expect_eio("first flush", h.flush)
+expect_eio("second flush", h.flush)
+expect_eio("write", h.pwrite, b"\x5c" * 4096, 20 << 20)
+assert h.pread(9 << 20, 8 << 20) == b"\x5a" * (9 << 20)
+assert h.pread(4096, 7 << 20) == b"\x77" * 4096
+h.shutdown()
+PY
+qcow2_after "the failed refcount table entry"
 
 # vdisk-fuse: fsync of the disk file gets EIO, and again the second time.
 if [ -c /dev/fuse ] && [ -r /dev/fuse ] && command -v fusermount3 >/dev/null &&
