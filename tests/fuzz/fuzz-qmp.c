@@ -13,6 +13,7 @@
  * the server keeps serving (the next connection gets its greeting). */
 #include <config.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   while (off < size) {
     ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n <= 0)
       break;                    /* dropped (too long): fine */
     off += (size_t)n;
@@ -106,6 +109,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     ssize_t n = recv(fd, buf + len, cap - len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;                 /* libFuzzer's -timeout alarm */
     if (n < 0 && len == 0)
       abort();                  /* no greeting within 30 s: server stuck */
     if (n <= 0)
