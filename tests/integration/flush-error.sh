@@ -217,9 +217,10 @@ qcow2_after "the failed L1 entry"
 # qcow2: the same for the refcount table entry of a new refcount block,
 # written by the first sync before an L1 or L2 entry (here the flush's).
 # 4 KiB clusters and 16-bit refcounts: a block covers 8 MiB of the file,
-# and 9 MiB of writes (after the 0x77 bytes) take a second one; its table entry is the flush's
-# first 8-byte pwrite (refcounts change 2 bytes a cluster, the L1 entries
-# of the four new L2 tables go in one 40-byte pwrite after it).
+# and 9 MiB of writes (after the 0x77 bytes) take a second one; its table
+# entry is the flush's first 8-byte pwrite (refcounts change 2 bytes a
+# cluster, the L1 entries of the four new L2 tables go in one 40-byte
+# pwrite after it).
 qcow2_serve VDTEST_FAIL_WRITE_LEN=8 cluster_size=4k 24M
 nbd_py <<'PY' || fail "qcow2: a failed refcount table entry was not reported"
 h.pwrite(b"\x5a" * (9 << 20), 8 << 20)
